@@ -600,8 +600,9 @@ class _Storage:
     def has_ready(self, queue):
         return bool(self.conn.execute(_SQL_HAS_READY, (queue,)).fetchall())
 
-    def complete_and_claim(self, outcomes, worker, pid, now, queue, n):
-        """Record finished tasks and claim up to n more, in one transaction.
+    def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=()):
+        """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
+        to n more, in one transaction.
 
         Returns (claimed rows, completions rejected because their fencing token is stale).
         """
@@ -611,14 +612,10 @@ class _Storage:
                 conn.execute(_SQL_COMPLETE, (state, result, tb, now, seq, attempt, worker))
                 if conn.changes() == 0:
                     rejected += 1
+            for seq in release:
+                conn.execute(_SQL_RELEASE, (seq, worker))
             rows = conn.execute(_SQL_CLAIM, (worker, pid, now, queue, n)).fetchall() if n else []
         return rows, rejected
-
-    def release(self, worker, seqs):
-        """Put claimed rows that never started back in the queue."""
-        with self.write() as conn:
-            for seq in seqs:
-                conn.execute(_SQL_RELEASE, (seq, worker))
 
     def rescue(self, worker, crashed_seq, reason, now, default_max_retries):
         """Requeue a dead worker's rows. The one it was running counts as a failed attempt.
@@ -1343,6 +1340,7 @@ class _Child:
         self.stopping = False
         self.orphaned = False
         self._queue_turn = 0
+        self._durations = {}      # task name -> moving average of its run time
 
     def run(self):
         spec = self.spec
@@ -1388,8 +1386,8 @@ class _Child:
         outcomes = []             # finished, not yet committed
         claimed = []              # claimed, not yet run (reversed: pop() takes the next)
         batch = 1
+        last_duration = 0.0
         first_uncommitted = None
-        batch_started = time.monotonic()
         while True:
             if not claimed:
                 if self._parent_gone():
@@ -1404,45 +1402,58 @@ class _Child:
                     rows = self._idle()
                     if rows is None:
                         continue
-                # Grow the batch only while the backlog is deep and tasks are fast, so a
-                # slow task never sits behind another in one child while others idle.
-                elapsed = time.monotonic() - batch_started
-                if len(rows) >= batch and elapsed < _GROUP_COMMIT_WINDOW * batch:
+                # Claim more at once only while the backlog is deep and tasks are fast.
+                if len(rows) >= batch and last_duration < _GROUP_COMMIT_WINDOW:
                     batch = min(batch * 2, self.prefetch)
-                elif len(rows) < batch:
-                    batch = max(1, len(rows))
-                batch_started = time.monotonic()
                 claimed = rows[::-1]
             row = claimed.pop()
-            outcome = self._execute(row)
-            outcomes.append(outcome)
-            now = time.monotonic()
-            if first_uncommitted is None:
-                first_uncommitted = now
-            if claimed and (self.stopping or now - first_uncommitted > _GROUP_COMMIT_WINDOW):
+            if outcomes and self._durations.get(row[2], 1.0) > _GROUP_COMMIT_WINDOW:
+                # This task may be slow: do not make finished results wait for it.
                 self._commit(outcomes, 0)
                 outcomes, first_uncommitted = [], None
-            if claimed and (self.stopping or self._parent_gone()):
-                self._commit(outcomes, 0)
-                outcomes = []
-                self.storage.release(self.worker_id, [r[0] for r in claimed])
+            started = time.monotonic()
+            outcomes.append(self._execute(row))
+            now = time.monotonic()
+            last_duration = now - started
+            previous = self._durations.get(row[2], last_duration)
+            self._durations[row[2]] = 0.7 * previous + 0.3 * last_duration
+            if last_duration > _GROUP_COMMIT_WINDOW:
+                batch = 1
+            if not claimed:
+                continue
+            if self.stopping or self._parent_gone():
+                # Finish what ran, give the rest back, and go.
+                self._commit(outcomes, 0, release=[r[0] for r in claimed])
                 return
+            if last_duration > _GROUP_COMMIT_WINDOW:
+                # A slow task: hand the prefetched rows back so idle children can have
+                # them, instead of making them wait behind this child.
+                self._commit(outcomes, 0, release=[r[0] for r in claimed])
+                outcomes, claimed, first_uncommitted = [], [], None
+                continue
+            if first_uncommitted is None:
+                first_uncommitted = started
+            if now - first_uncommitted > _GROUP_COMMIT_WINDOW:
+                self._commit(outcomes, 0)
+                outcomes, first_uncommitted = [], None
 
     def _parent_gone(self):
         if self.parent_sentinel is None:
             return False
         return bool(select.select([self.parent_sentinel], [], [], 0)[0])
 
-    def _commit(self, outcomes, want):
-        """Record outcomes and claim up to `want` rows from the next queue in turn."""
-        if not outcomes and not want:
+    def _commit(self, outcomes, want, release=()):
+        """Record outcomes, hand back `release`, and claim up to `want` rows from the
+        next queue in turn."""
+        if not outcomes and not want and not release:
             return []
         rows = []
         queues_left = len(self.queues) if want else 1
         while True:
             queue = self._next_queue()
             rows, rejected = self.storage.complete_and_claim(
-                outcomes, self.worker_id, self.pid, time.time(), queue, want)
+                outcomes, self.worker_id, self.pid, time.time(), queue, want, release)
+            release = ()
             if rejected:
                 logger.warning("%d stale completion(s) rejected: the task was rescued and "
                                "given to another worker", rejected)
@@ -1995,6 +2006,62 @@ def status(db):
             busy = running.get(child["id"], [])
             doing = ", ".join(f"{n}[{i}]" for i, n, _ in busy) or "idle"
             click.echo(f"    child {child['id']} pid {child['pid']}: {doing}")
+
+
+_DEMO_TASKS = """
+import random, time
+from litequeue import LiteQueue
+
+app = LiteQueue(%(db)r)
+
+@app.task
+def add(x, y):
+    return x + y
+
+@app.task
+def slow_square(x):
+    time.sleep(random.uniform(0.05, 0.3))
+    return x * x
+
+@app.task
+def divide(x, y):
+    return x / y
+"""
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("-n", "--tasks", "count", default=12, show_default=True, type=click.IntRange(1, 10000))
+def demo(db, count):
+    """Start a 2-process worker on DB, queue some demo tasks and show them being done."""
+    import subprocess
+    import tempfile
+    db = os.path.abspath(db)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "litequeue_demo_tasks.py"), "w") as f:
+            f.write(_DEMO_TASKS % {"db": db})
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [tmp, os.path.dirname(os.path.abspath(__file__))]))
+        command = [sys.executable, os.path.abspath(__file__), "worker", db, "-c", "2",
+                   "-A", "litequeue_demo_tasks"]
+        click.echo("$ " + " ".join(command[1:]))
+        worker_process = subprocess.Popen(command, env=env)
+        try:
+            sys.path.insert(0, tmp)
+            tasks = importlib.import_module("litequeue_demo_tasks")
+            results = [(f"add({i}, {i})", tasks.add.delay(i, i)) for i in range(count // 2)]
+            results += [(f"slow_square({i})", tasks.slow_square.delay(i))
+                        for i in range(count - count // 2 - 1)]
+            results.append(("divide(1, 0)", tasks.divide.delay(1, 0)))
+            click.echo(f"queued {len(results)} tasks; waiting for the worker...")
+            for label, res in results:
+                value = res.get(timeout=60, propagate=False)
+                shown = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
+                click.echo(f"  {label:<18} -> {res.state:<8} {shown}")
+        finally:
+            worker_process.send_signal(signal.SIGTERM)
+            worker_process.wait(timeout=60)
+    click.echo(f"done. Inspect the file with: litequeue status {db}")
 
 
 if __name__ == "__main__":
