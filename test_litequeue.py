@@ -1,0 +1,1326 @@
+"""Tests of litequeue, with real SQLite files, real worker processes and real signals.
+
+Layout: helpers first (wait_until, the task module the workers import, the ``project``
+and ``workers`` fixtures), then one class per section of litequeue.py, in its order:
+serialization, storage, app and task API, worker, CLI, protocol.
+
+Nothing here mocks SQLite or multiprocessing. Workers are started as subprocesses in
+their own session (``start_new_session=True``), so teardown can kill the supervisor and
+every child it spawned with one ``os.killpg``. Nothing waits a fixed time for a state:
+``wait_until`` polls a condition against a deadline and fails saying what it waited for.
+"""
+
+import collections
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import types
+import uuid
+from pathlib import Path
+
+import apsw
+import msgpack
+import pytest
+
+import litequeue
+from litequeue import (
+    FAILURE, PENDING, STARTED, SUCCESS, UNKNOWN, ConfigurationError, CorruptDatabase,
+    DuplicateTaskId, ForeignDatabase, LiteQueue, LitequeueError, RemoteError, SchemaTooNew,
+    SerializationError, TaskNotFound, UnknownTask, WorkerLostError,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+LITEQUEUE_PY = Path(__file__).resolve().with_name("litequeue.py")
+# The supervisor logs this when the first SIGTERM/SIGINT starts a warm shutdown.
+WARM_SHUTDOWN_LOG = "warm shutdown"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def wait_until(predicate, timeout=10.0, message="condition", interval=0.01):
+    """Poll predicate() until it returns something truthy, and return that.
+
+    Fails the test after timeout seconds; message (a string or a callable giving one)
+    says what was awaited.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout} s waiting for: {text}")
+        time.sleep(interval)
+
+
+# The task module that worker processes import. A fixture writes it into a temp dir;
+# its tasks leave marks in marks/ so tests can see what ran, where and how often.
+TASKS_SOURCE = '''\
+"""Tasks for litequeue's test suite (written into a temp dir by the tests)."""
+import os
+import signal
+import time
+
+from litequeue import LiteQueue
+
+app = LiteQueue("jobs.sqlite")
+
+MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
+
+
+class TaskFailed(Exception):
+    """What fail() raises: tests check that this type reaches the caller."""
+
+
+def _mark(name):
+    with open(os.path.join(MARKS, name), "w"):
+        pass
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def fail(message):
+    raise TaskFailed(message)
+
+
+@app.task(bind=True)
+def record(self, n):
+    """One ledger line per execution. O_APPEND writes of one short line are atomic, so
+    the per-process ledgers are exact even with many processes."""
+    fd = os.open(os.path.join(MARKS, f"ledger.{os.getpid()}"),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{self.request.id} {n}\\n".encode())
+    finally:
+        os.close(fd)
+    return n
+
+
+@app.task(bind=True)
+def block(self, name, timeout=120):
+    """Mark that it started (marks/NAME.started.ATTEMPT.PID), then run until the test
+    creates marks/NAME.go (or marks/ABORT, which teardown creates)."""
+    _mark(f"{name}.started.{self.request.attempt}.{os.getpid()}")
+    go, abort = os.path.join(MARKS, name + ".go"), os.path.join(MARKS, "ABORT")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(go):
+        if os.path.exists(abort) or time.monotonic() > deadline:
+            raise RuntimeError(f"block({name!r}) was never released")
+        time.sleep(0.01)
+    return name
+
+
+@app.task(bind=True)
+def die(self, how):
+    """Kill the process running it: every run leaves marks/die.ID.ATTEMPT first."""
+    _mark(f"die.{self.request.id}.{self.request.attempt}")
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(1)
+'''
+
+TASK_NAMES = ("add", "fail", "record", "block", "die")
+
+
+def write_tasks_module(directory, vendored=False):
+    """Write tasks.py (and marks/) into directory; with vendored, copy litequeue.py too."""
+    directory = Path(directory)
+    (directory / "marks").mkdir(parents=True, exist_ok=True)
+    (directory / "tasks.py").write_text(TASKS_SOURCE)
+    if vendored:
+        shutil.copy(LITEQUEUE_PY, directory / "litequeue.py")
+    return directory / "tasks.py"
+
+
+def sql(db, query, *params):
+    """Rows of one query, on a fresh connection that never creates the file.
+
+    It uses apsw, the SQLite library litequeue uses, and not the stdlib sqlite3 module:
+    two copies of SQLite in one process break each other's POSIX locks (closing one's
+    file descriptor drops the other's locks), which leaves litequeue's connection in this
+    process reading a stale snapshot. Clients using stdlib sqlite3 run in subprocesses.
+    """
+    if not os.path.exists(db):
+        raise FileNotFoundError(db)
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        conn.set_busy_timeout(30_000)
+        return [tuple(row) for row in conn.execute(query, params)]
+    finally:
+        conn.close()
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _proc_stat(pid):
+    """(state, pgrp) of a process, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[2])
+
+
+def alive(pid):
+    """True if the process exists and is not a zombie (PID 1 here does not reap)."""
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def group_members(pgid):
+    """Live (non-zombie) processes of a process group."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                pids.append(int(entry))
+    return pids
+
+
+def run(cmd, cwd, timeout=60, env=None):
+    """Run a command to completion in its own session; on timeout kill its whole group."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with _suppress_lookup():
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def lq(*args, cwd, timeout=60):
+    """Run `python litequeue.py ARGS...` (the repository's file)."""
+    return run([sys.executable, str(LITEQUEUE_PY), *map(str, args)], cwd=cwd, timeout=timeout)
+
+
+def python(code, cwd, *args, timeout=60, isolated=False):
+    """Run `python -c code args...` in cwd; fails the test if it exits non-zero."""
+    cmd = [sys.executable] + (["-I"] if isolated else []) + ["-c", code, *map(str, args)]
+    done = run(cmd, cwd=cwd, timeout=timeout)
+    assert done.returncode == 0, f"{cmd[:3]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class _suppress_lookup:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, ProcessLookupError)
+
+
+class Project:
+    """A temp directory holding tasks.py and jobs.sqlite, as a user's project would."""
+
+    def __init__(self, directory, vendored=False):
+        self.dir = Path(directory)
+        write_tasks_module(self.dir, vendored=vendored)
+        self.db = str(self.dir / "jobs.sqlite")
+        self.marks = self.dir / "marks"
+        self._app = None
+
+    @property
+    def app(self):
+        """A producer app in this (the test) process. It does not import tasks.py: its
+        tasks are stand-ins named tasks.<name>, so delay() registers module 'tasks' as a
+        real producer would. Calling one inline is an error."""
+        if self._app is None:
+            self._app = LiteQueue(self.db)
+            for name in TASK_NAMES:
+                def stand_in(*args, **kwargs):
+                    raise AssertionError("runs only in a worker")
+                stand_in.__module__, stand_in.__qualname__ = "tasks", name
+                stand_in.__name__ = name
+                self._app.task(stand_in)
+        return self._app
+
+    def delay(self, name, *args, **kwargs):
+        return self.app.tasks[f"tasks.{name}"].delay(*args, **kwargs)
+
+    def row(self, task_id):
+        cols = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
+                "pid", "result", "traceback")
+        rows = sql(self.db, f"SELECT {', '.join(cols)} FROM tasks WHERE id = ?", task_id)
+        return dict(zip(cols, rows[0])) if rows else None
+
+    def state(self, task_id):
+        row = self.row(task_id)
+        return row and row["state"]
+
+    def started(self, name):
+        """[(attempt, pid), ...] of the runs of block(name) that have begun."""
+        runs = []
+        for path in self.marks.glob(f"{name}.started.*"):
+            attempt, pid = path.name.rsplit(".", 2)[1:]
+            runs.append((int(attempt), int(pid)))
+        return sorted(runs)
+
+    def go(self, name):
+        (self.marks / f"{name}.go").touch()
+
+    def abort_all(self):
+        (self.marks / "ABORT").touch()
+
+    def cleanup(self):
+        # Deep paths put the wake-up sockets in the temp dir instead of beside the file.
+        for kind in ("work", "done"):
+            side = Path(litequeue._socket_dir(self.db, kind)).parent
+            if self.dir not in side.parents:
+                shutil.rmtree(side, ignore_errors=True)
+
+
+class Worker:
+    """One worker supervisor subprocess (the leader of its own process group)."""
+
+    def __init__(self, proc, log, db, concurrency, cmd):
+        self.proc = proc
+        self.pid = self.pgid = proc.pid
+        self.log = log
+        self.db = db
+        self.concurrency = concurrency
+        self.cmd = cmd
+        self.id = None
+
+    def log_text(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def _fail(self, text):
+        pytest.fail(f"{text}\ncommand: {self.cmd}\nworker log:\n{self.log_text()}")
+
+    def supervisor_row(self):
+        try:
+            rows = sql(self.db, "SELECT id FROM workers WHERE pid = ? AND parent IS NULL",
+                       self.pid)
+        except (FileNotFoundError, apsw.SQLError):
+            return None
+        return rows[0][0] if rows else None
+
+    def children(self):
+        """[{'id', 'pid'}] of this supervisor's children registered in the workers table."""
+        if self.id is None:
+            return []
+        rows = sql(self.db, "SELECT id, pid FROM workers WHERE parent = ? ORDER BY pid", self.id)
+        return [{"id": r[0], "pid": r[1]} for r in rows]
+
+    def live_children(self):
+        return [c for c in self.children() if alive(c["pid"])]
+
+    def wait_ready(self, timeout=30):
+        """Wait until the supervisor and all its children are registered."""
+        def ready():
+            if self.proc.poll() is not None:
+                self._fail(f"worker exited with {self.proc.returncode} while starting")
+            self.id = self.id or self.supervisor_row()
+            return self.id and len(self.live_children()) == self.concurrency
+        wait_until(ready, timeout, lambda: f"worker ready with {self.concurrency} children\n"
+                   f"log:\n{self.log_text()}")
+        return self
+
+    def wait(self, timeout):
+        """The exit code, once the supervisor exits within timeout."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._fail(f"worker did not exit within {timeout} s")
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def killpg(self, sig):
+        with _suppress_lookup():
+            os.killpg(self.pgid, sig)
+
+
+class Workers:
+    """Starts worker supervisors and always reaps them and every process they spawned."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.started = []
+        self.projects = []
+
+    def start(self, project, *extra, concurrency=1, app=("tasks",), loglevel="INFO",
+              cmd=None, ready=True):
+        """Start `python litequeue.py worker DB -A tasks -c N` in the project's directory;
+        cmd replaces everything before the options. Waits until it is ready unless told."""
+        if cmd is None:
+            cmd = [sys.executable, str(LITEQUEUE_PY), "worker", project.db]
+            for module in app:
+                cmd += ["-A", module]
+            cmd += ["-c", str(concurrency), "-l", loglevel]
+        cmd = [*cmd, *map(str, extra)]
+        log = self.tmp_path / f"worker-{len(self.started)}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=project.dir, stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        worker = Worker(proc, log, project.db, concurrency, cmd)
+        self.started.append(worker)
+        if project not in self.projects:
+            self.projects.append(project)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    def reap(self):
+        for project in self.projects:
+            project.abort_all()  # blocked tasks end, so a warm stop is quick
+        for worker in self.started:
+            if worker.proc.poll() is None:
+                worker.killpg(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for worker in self.started:
+            try:
+                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for worker in self.started:
+            worker.killpg(signal.SIGKILL)  # children left behind, orphans included
+            worker.proc.wait()
+        for worker in self.started:
+            wait_until(lambda: not group_members(worker.pgid), 10,
+                       f"process group {worker.pgid} to be gone")
+        for worker in self.started:
+            print(f"----- {worker.log.name}: {worker.cmd}, exit {worker.proc.returncode}")
+            print(worker.log_text())
+
+
+@pytest.fixture
+def workers(tmp_path):
+    pool = Workers(tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.reap()
+
+
+@pytest.fixture
+def project(tmp_path):
+    proj = Project(tmp_path / "proj")
+    yield proj
+    proj.cleanup()
+
+
+def pack(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def insert_raw(db, rows):
+    """INSERT (id, name, payload) rows directly, as a foreign writer would: nothing
+    rings the wake-up channel. Returns the ids."""
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        conn.set_busy_timeout(30_000)
+        ids = []
+        with conn:
+            for name, payload in rows:
+                task_id = str(uuid.uuid4())
+                conn.execute("INSERT INTO tasks (id, name, payload) VALUES (?, ?, ?)",
+                             (task_id, name, payload))
+                ids.append(task_id)
+        return ids
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------
+# Serialization and small helpers
+# ---------------------------------------------------------------------------
+
+class TestSerialization:
+
+    def test_envelope_round_trip(self):
+        when = dt.datetime(2024, 3, 10, 2, 30, tzinfo=dt.timezone.utc)
+        args = (1, -2**63, 2**64 - 1, 1.5, "ü", b"\x00\xff", None, True, [1, [2]], {"k": 1}, when)
+        payload = litequeue._pack_envelope("t", args, {"x": (1, 2)})
+        assert msgpack.unpackb(payload, timestamp=3)["args"][0] == 1
+        got_args, got_kwargs = litequeue._unpack_envelope(payload)
+        assert got_args == [1, -2**63, 2**64 - 1, 1.5, "ü", b"\x00\xff", None, True, [1, [2]],
+                            {"k": 1}, when]
+        assert got_kwargs == {"x": [1, 2]}
+
+    @pytest.mark.parametrize("value", [{1, 2}, object(), 2**64, -2**63 - 1,
+                                       dt.datetime(2024, 1, 1)],
+                             ids=["set", "object", "int-2**64", "int-below-int64", "naive-datetime"])
+    def test_unencodable_arguments(self, value):
+        with pytest.raises(SerializationError, match="cannot be encoded as msgpack") as info:
+            litequeue._pack_envelope("tasks.add", (value,), {})
+        assert "tasks.add" in str(info.value)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, LitequeueError)
+
+    @pytest.mark.parametrize("payload, message", [
+        ("text", "not msgpack bytes"),
+        (b"\xc1", "not valid msgpack"),
+        (pack({"args": []}) + b"\x01", "not valid msgpack"),
+        (pack([1, 2]), "envelope is list, not a map"),
+        (pack({"args": 1}), "'args' is not an array"),
+        (pack({"kwargs": [1]}), "'kwargs' is not a map"),
+        (pack({"kwargs": {1: 2}}), "'kwargs' is not a map with string keys"),
+    ], ids=["text", "bad-byte", "trailing-data", "list", "args-int", "kwargs-list",
+            "kwargs-int-keys"])
+    def test_invalid_envelopes(self, payload, message):
+        with pytest.raises(ValueError, match=message):
+            litequeue._unpack_envelope(payload)
+
+    def test_missing_args_and_kwargs_default_to_empty(self):
+        assert litequeue._unpack_envelope(pack({})) == ([], {})
+
+    def test_error_rebuilt_as_its_type_or_a_stand_in(self):
+        exc = litequeue._rebuild_error(litequeue._encode_error(KeyError("k")), "tb text")
+        assert type(exc) is KeyError and exc.args == ("k",)
+        assert any("tb text" in note for note in exc.__notes__)
+        blob = pack({"type": "nowhere.Missing", "message": "gone", "args": ["gone"]})
+        stand_in = litequeue._rebuild_error(blob, "remote tb")
+        assert isinstance(stand_in, RemoteError)
+        assert (stand_in.exc_type, stand_in.exc_message) == ("nowhere.Missing", "gone")
+        assert stand_in.remote_traceback == "remote tb"
+        assert str(stand_in) == "nowhere.Missing: gone"
+
+    def test_exception_tree(self):
+        for name in litequeue.__all__:
+            obj = getattr(litequeue, name)
+            if isinstance(obj, type) and issubclass(obj, BaseException) and name != "Retry":
+                assert issubclass(obj, LitequeueError), name
+        assert not issubclass(litequeue.Retry, LitequeueError)
+        assert issubclass(litequeue.TimeoutError, TimeoutError)
+        assert issubclass(UnknownTask, KeyError) and issubclass(ConfigurationError, ValueError)
+
+
+# ---------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------
+
+class TestStorage:
+
+    def test_new_file_is_ours_in_wal_mode(self, tmp_path):
+        db = str(tmp_path / "new.sqlite")
+        litequeue._Storage(db).close()
+        conn = sqlite3.connect(db)
+        try:
+            pragma = lambda name: conn.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+            assert pragma("application_id") == litequeue.APPLICATION_ID
+            assert pragma("user_version") == litequeue.SCHEMA_VERSION == len(litequeue._MIGRATIONS)
+            assert pragma("journal_mode") == "wal"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
+        finally:
+            conn.close()
+        assert {"tasks", "workers", "registry", "tasks_ready"} <= tables
+
+    def test_reopening_changes_nothing(self, tmp_path):
+        db = str(tmp_path / "again.sqlite")
+        litequeue._Storage(db).close()
+        before = sha256(db)
+        litequeue._Storage(db).close()
+        assert sha256(db) == before
+
+    def test_synchronous_setting(self, tmp_path):
+        db = str(tmp_path / "sync.sqlite")
+        assert LiteQueue(db)._storage()._pragma("synchronous") == 1                 # NORMAL
+        assert LiteQueue(db, synchronous="FULL")._storage()._pragma("synchronous") == 2
+
+    def test_claim_uses_the_partial_ready_index(self, tmp_path):
+        """Internal invariant: the claim's cost must not depend on finished rows."""
+        storage = litequeue._Storage(str(tmp_path / "plan.sqlite"))
+        try:
+            plan = storage.conn.execute("EXPLAIN QUERY PLAN " + litequeue._SQL_CLAIM,
+                                        ("w", 1, 0.0, "default", 1)).fetchall()
+        finally:
+            storage.close()
+        details = " | ".join(row[3] for row in plan)
+        assert "INDEX tasks_ready" in details, details
+        assert "SCAN tasks" not in details, details
+
+    @staticmethod
+    def _make_bad_file(kind, path):
+        if kind == "not-sqlite":
+            path.write_bytes(b"id,name\n1,add\n" * 200)
+            return CorruptDatabase
+        if kind == "damaged-sqlite":
+            good = path.with_name("good.sqlite")
+            litequeue._Storage(str(good)).close()
+            path.write_bytes(good.read_bytes()[:100] + bytes(range(256)) * 48)
+            return CorruptDatabase
+        if kind == "foreign":
+            conn = sqlite3.connect(path)
+            conn.execute("CREATE TABLE notes (body TEXT)")
+            conn.execute("INSERT INTO notes VALUES ('mine')")
+            conn.commit()
+            conn.close()
+            return ForeignDatabase
+        if kind == "too-new":
+            litequeue._Storage(str(path)).close()
+            conn = sqlite3.connect(path)
+            conn.execute("PRAGMA user_version = 99")
+            conn.commit()
+            conn.close()
+            return SchemaTooNew
+        raise AssertionError(kind)
+
+    @pytest.mark.parametrize("kind", ["not-sqlite", "damaged-sqlite", "foreign", "too-new"])
+    def test_refuses_bad_files_without_touching_them(self, tmp_path, kind):
+        path = tmp_path / "file.sqlite"
+        expected = self._make_bad_file(kind, path)
+        siblings = sorted(p.name for p in tmp_path.iterdir())
+        before = sha256(path)
+        with pytest.raises(expected) as info:
+            litequeue._Storage(str(path))
+        assert str(path) in str(info.value)
+        assert isinstance(info.value, litequeue.DatabaseError)
+        # The public API refuses it the same way.
+        with pytest.raises(expected):
+            LiteQueue(str(path)).AsyncResult("some-id").state
+        assert sha256(path) == before
+        if kind != "too-new":
+            # No -wal or -shm left behind: nothing was journalled.
+            assert sorted(p.name for p in tmp_path.iterdir()) == siblings
+
+    def test_directory_is_refused(self, tmp_path):
+        with pytest.raises(CorruptDatabase, match="directory"):
+            litequeue._Storage(str(tmp_path))
+
+    def test_missing_file_when_create_is_off(self, tmp_path):
+        with pytest.raises(litequeue.DatabaseError, match="no database"):
+            litequeue._Storage(str(tmp_path / "absent.sqlite"), create=False)
+        assert not (tmp_path / "absent.sqlite").exists()
+
+
+# ---------------------------------------------------------------------------
+# App and task API
+# ---------------------------------------------------------------------------
+
+class TestApp:
+
+    def test_eager_mode_runs_inline_and_writes_nothing(self, tmp_path):
+        db = tmp_path / "eager.sqlite"
+        app = LiteQueue(str(db), task_always_eager=True)
+
+        @app.task
+        def echo(*args, **kwargs):
+            return [list(args), kwargs]
+
+        @app.task
+        def boom(message):
+            raise ValueError(message)  # the raise line
+
+        when = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+        result = echo.delay(1, (2, 3), b"x", when, k={"a": None})
+        assert result.get() == [[1, [2, 3], b"x", when], {"k": {"a": None}}]  # what a worker sees
+        assert result.state == SUCCESS and result.successful() and result.ready()
+
+        failed = boom.apply_async(["bad"])
+        assert failed.state == FAILURE and failed.failed() and not failed.successful()
+        assert isinstance(failed.result, ValueError)
+        assert "raise ValueError(message)  # the raise line" in failed.traceback
+        with pytest.raises(ValueError, match="bad"):
+            failed.get()
+        assert isinstance(failed.get(propagate=False), ValueError)
+        with pytest.raises(SerializationError):
+            echo.delay({1})
+        assert not db.exists()
+
+    def test_config_from_object(self, tmp_path, monkeypatch):
+        db = str(tmp_path / "conf.sqlite")
+        module = types.ModuleType("celeryconfig")
+        module.CELERY_TASK_RESULT_EXPIRES = 3600
+        module.CELERY_IMPORTS = "tasks"
+        module.CELERY_TIMEZONE = "Asia/Shanghai"
+        module.BROKER_URL = "redis://ignored"
+        module.worker_prefetch = 4
+        app = LiteQueue(db)
+        app.config_from_object(module)
+        assert app.conf["result_expires"] == 3600
+        assert tuple(app.conf["imports"]) == ("tasks",)
+        assert app.conf["timezone"] == "Asia/Shanghai"
+        assert app.conf["worker_prefetch"] == 4
+        assert "BROKER_URL" not in app.conf
+
+        (tmp_path / "lq_test_settings.py").write_text("task_default_queue = 'mail'\n"
+                                                      "CELERYD_CONCURRENCY = 3\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        app.config_from_object("lq_test_settings")
+        assert app.conf["task_default_queue"] == "mail"
+        assert app.conf["worker_concurrency"] == 3
+
+        class Settings:
+            task_max_retries = 7
+        app.config_from_object(Settings)
+        app.config_from_object({"synchronous": "FULL"})
+        assert app.conf["task_max_retries"] == 7 and app.conf["synchronous"] == "FULL"
+
+    @pytest.mark.parametrize("settings, message", [
+        ({"bogus": 1}, "unknown setting 'bogus'"),
+        ({"result_expire": 1}, "did you mean 'result_expires'"),
+        ({"synchronous": "SOMETIMES"}, "synchronous"),
+        ({"worker_concurrency": 0}, "worker_concurrency"),
+        ({"busy_timeout": -1}, "busy_timeout"),
+    ], ids=["unknown", "misspelt", "synchronous", "concurrency", "busy-timeout"])
+    def test_bad_settings(self, tmp_path, settings, message):
+        with pytest.raises(ConfigurationError, match=message):
+            LiteQueue(str(tmp_path / "x.sqlite"), **settings)
+        app = LiteQueue(str(tmp_path / "x.sqlite"))
+        if "unknown setting" in message or "did you mean" in message:
+            # A config module holds other names too (imports, helpers): they are skipped.
+            app.config_from_object(settings)
+            assert not set(settings) & set(app.conf)
+        else:
+            with pytest.raises(ConfigurationError, match=message):
+                app.config_from_object(settings)
+
+    def test_task_decorator(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "t.sqlite"))
+
+        @app.task
+        def plain(x):
+            return x * 2
+
+        @app.task(name="custom.name", bind=True)
+        def bound(self, x):
+            return [self.name, self.request.id, x]
+
+        assert plain.name == f"{__name__}.{plain.__wrapped__.__qualname__}"
+        assert plain.name in app.tasks and app.tasks["custom.name"] is bound
+        assert plain(21) == 42                      # calling runs inline
+        assert bound(1) == ["custom.name", None, 1]
+        assert not (tmp_path / "t.sqlite").exists()  # and writes nothing
+        with pytest.raises(ConfigurationError, match="unknown task option"):
+            app.task(retries=3)
+        with pytest.raises(ConfigurationError):
+            app.task(42)
+
+    def test_delay_commits_the_row(self, project):
+        result = project.delay("add", 4, 4)
+        # Another connection sees it at once: the row was committed before delay returned.
+        name, queue, priority, state, payload = sql(
+            project.db, "SELECT name, queue, priority, state, payload FROM tasks WHERE id = ?",
+            result.id)[0]
+        assert (name, queue, priority, state) == ("tasks.add", "default", 0, PENDING)
+        assert msgpack.unpackb(payload) == {"args": [4, 4], "kwargs": {}}
+        assert sql(project.db, "SELECT module FROM registry WHERE name = 'tasks.add'") == [("tasks",)]
+
+    def test_apply_async_options(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "opts.sqlite"))
+
+        @app.task(queue="mail", priority=5)
+        def send(to):
+            return to
+
+        r = send.apply_async(["a"], task_id="my-id")
+        assert r.id == "my-id" and r.state == PENDING and r.name == send.name
+        r2 = send.apply_async(args=("b",), kwargs={}, priority=-1, queue="other")
+        rows = dict((row[0], row[1:]) for row in sql(
+            app.path, "SELECT id, queue, priority FROM tasks"))
+        assert rows == {"my-id": ("mail", 5), r2.id: ("other", -1)}
+        with pytest.raises(DuplicateTaskId):
+            send.apply_async(["c"], task_id="my-id")
+        with pytest.raises(TypeError, match="unsupported option"):
+            send.apply_async(["c"], countdown_typo=3)
+        with pytest.raises(TypeError, match="args must be a list or tuple"):
+            send.apply_async("abc")
+        with pytest.raises(TypeError, match="kwargs must be a dict"):
+            send.apply_async([], ["x"])
+        assert sql(app.path, "SELECT count(*) FROM tasks") == [(2,)]
+
+    def test_send_task(self, project, tmp_path):
+        project.delay("add", 1, 1)                  # a producer registered tasks.add
+        other = LiteQueue(project.db)               # this one does not import it
+        result = other.send_task("tasks.add", [2, 3], queue="q", priority=3)
+        assert project.row(result.id)["name"] == "tasks.add"
+        assert (project.row(result.id)["queue"], project.row(result.id)["priority"]) == ("q", 3)
+        with pytest.raises(UnknownTask, match=r"unknown task 'tasks.ad'.*did you mean tasks.add"):
+            other.send_task("tasks.ad", [1, 2])
+        assert sql(project.db, "SELECT count(*) FROM tasks") == [(2,)]
+
+    def test_async_result_of_unknown_and_pending_ids(self, project):
+        unknown = project.app.AsyncResult("no-such-id")
+        assert unknown.state == UNKNOWN and not unknown.ready() and unknown.result is None
+        with pytest.raises(TaskNotFound):
+            unknown.get(timeout=5)
+
+        pending = project.delay("add", 1, 2)
+        assert pending.state == PENDING and not pending.ready() and pending.result is None
+        assert pending.date_done is None and pending.traceback is None
+        started = time.monotonic()
+        with pytest.raises(litequeue.TimeoutError, match="not ready"):
+            pending.get(timeout=0.2)
+        assert time.monotonic() - started < 5
+        with pytest.raises(TimeoutError):           # the builtin catches it too
+            pending.get(timeout=0.05)
+        pending.forget()
+        assert pending.state == UNKNOWN
+        assert sql(project.db, "SELECT count(*) FROM tasks") == [(0,)]
+
+    @pytest.mark.parametrize("args, kwargs", [
+        (({1, 2},), {}), ((object(),), {}), ((2**64,), {}), ((), {"x": {1}}),
+    ], ids=["set", "object", "int-2**64", "kwarg-set"])
+    def test_unencodable_arguments_write_no_row(self, project, args, kwargs):
+        project.delay("add", 1, 1)
+        with pytest.raises(SerializationError, match="tasks.add"):
+            project.delay("add", *args, **kwargs)
+        assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
+
+
+# ---------------------------------------------------------------------------
+# Worker
+# ---------------------------------------------------------------------------
+
+QUICKSTART_CHECK = '''
+import json
+import litequeue
+from tasks import add, fail, TaskFailed
+
+out = {"litequeue_file": litequeue.__file__}
+r = add.delay(4, 4)
+out["get"] = r.get(timeout=20)
+out["result"], out["successful"], out["failed"], out["state"] = \\
+    r.result, r.successful(), r.failed(), r.state
+f = fail.delay("boom")
+try:
+    f.get(timeout=20)
+    out["raised"] = None
+except TaskFailed as exc:
+    out["raised"] = str(exc)
+out["f_successful"], out["f_failed"], out["f_state"] = f.successful(), f.failed(), f.state
+out["f_result_type"] = type(f.result).__name__
+out["f_result_is_task_failed"] = isinstance(f.result, TaskFailed)
+out["f_traceback"] = f.traceback
+out["f_no_propagate"] = repr(f.get(timeout=20, propagate=False))
+print(json.dumps(out))
+'''
+
+
+class TestWorker:
+
+    @pytest.mark.parametrize("mode", ["vendored", "installed"])
+    def test_quickstart(self, tmp_path, workers, mode):
+        proj = Project(tmp_path / "quickstart", vendored=mode == "vendored")
+        if mode == "vendored":
+            # `python litequeue.py worker jobs.sqlite`, no -A: the worker imports the
+            # modules that producers registered.
+            cmd = [sys.executable, "litequeue.py", "worker", "jobs.sqlite"]
+        else:
+            script = Path(sys.executable).with_name("litequeue")
+            cmd = [str(script)] if script.exists() else [sys.executable, "-m", "litequeue"]
+            cmd += ["worker", "jobs.sqlite", "-A", "tasks"]
+        concurrency = os.cpu_count() or 1
+        producer = "from tasks import add; r = add.delay(4, 4); print(r.get(timeout=20))"
+        try:
+            if mode == "vendored":
+                # The tutorial's order: the worker starts first, with no database yet and
+                # nothing registered, and still finds tasks.py once a producer uses it.
+                first_worker = workers.start(proj, cmd=cmd, concurrency=concurrency)
+                assert python(producer, proj.dir) == "8\n"
+                first_worker.signal(signal.SIGTERM)
+                assert first_worker.wait(20) == 0
+            # With no worker running, the row is committed and not ready.
+            first_id, ready, state = python(
+                "from tasks import add; r = add.delay(4, 4); print(r.id, r.ready(), r.state)",
+                proj.dir).split()
+            assert (ready, state) == ("False", PENDING)
+            workers.start(proj, cmd=cmd, concurrency=concurrency)
+            assert python(producer, proj.dir) == "8\n"
+
+            first = LiteQueue(proj.db).AsyncResult(first_id)
+            assert first.get(timeout=20) == 8
+            assert (first.result, first.successful(), first.state) == (8, True, SUCCESS)
+            assert first.date_done is not None
+
+            checks = json.loads(python(QUICKSTART_CHECK, proj.dir))
+            if mode == "vendored":
+                assert checks["litequeue_file"] == str(proj.dir / "litequeue.py")
+            else:
+                assert Path(checks["litequeue_file"]).parent != proj.dir
+            assert checks["get"] == 8 and checks["result"] == 8
+            assert (checks["successful"], checks["failed"], checks["state"]) == (True, False, SUCCESS)
+            assert checks["raised"] == "boom"
+            assert (checks["f_successful"], checks["f_failed"], checks["f_state"]) == \
+                (False, True, FAILURE)
+            assert checks["f_result_is_task_failed"], checks["f_result_type"]
+            assert "raise TaskFailed(message)" in checks["f_traceback"]
+            assert "tasks.py" in checks["f_traceback"]
+            assert checks["f_no_propagate"] == "TaskFailed('boom')"
+        finally:
+            proj.cleanup()
+
+    def test_exactly_once_over_two_supervisors(self, project, workers):
+        a = workers.start(project, concurrency=2, loglevel="WARNING", ready=False)
+        b = workers.start(project, concurrency=2, loglevel="WARNING", ready=False)
+        a.wait_ready()
+        b.wait_ready()
+        children = {c["id"]: "a" for c in a.children()} | {c["id"]: "b" for c in b.children()}
+        record = project.app.tasks["tasks.record"]
+        expected = {record.delay(n).id: n for n in range(2000)}
+
+        def done():
+            return sql(project.db, "SELECT count(*) FROM tasks WHERE state = ?", SUCCESS)[0][0]
+        wait_until(lambda: done() == 2000, 120,
+                   lambda: f"2000 SUCCESS rows (have {done()})")
+
+        rows = sql(project.db, "SELECT id, state, result, attempt, worker, retries FROM tasks")
+        assert len(rows) == 2000
+        # Every execution, as the tasks themselves recorded it.
+        runs = collections.Counter()
+        for ledger in project.marks.glob("ledger.*"):
+            for line in ledger.read_text().splitlines():
+                task_id, n = line.split()
+                assert expected[task_id] == int(n)
+                runs[task_id] += 1
+        assert set(runs) == set(expected)
+        for task_id, state, result, attempt, worker, retries in rows:
+            assert state == SUCCESS and msgpack.unpackb(result) == expected[task_id]
+        # Each task ran exactly once and was never charged a failed attempt. (The attempt
+        # column counts claims: a child may hand prefetched rows back unrun.)
+        again = [(task_id, attempt, retries, worker, runs[task_id])
+                 for task_id, _, _, attempt, worker, retries in rows
+                 if retries != 0 or runs[task_id] != 1]
+        assert again == [], f"{len(again)} task(s) run more than once: {again[:5]}"
+        # Both supervisors took part.
+        by_supervisor = collections.Counter(children[row[4]] for row in rows)
+        assert set(by_supervisor) == {"a", "b"}, by_supervisor
+        assert a.proc.poll() is None and b.proc.poll() is None
+
+    def test_sigkill_of_a_child_mid_task(self, project, workers):
+        w = workers.start(project, concurrency=2)
+        r = project.delay("block", "k")
+        (attempt, pid), = wait_until(lambda: project.started("k"), 10, "block('k') to start")
+        assert attempt == 1 and pid in {c["pid"] for c in w.children()}
+        assert (project.row(r.id)["state"], project.row(r.id)["pid"]) == (STARTED, pid)
+
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        runs = wait_until(lambda: len(project.started("k")) == 2 and project.started("k"), 10,
+                          "block('k') to run again")
+        requeue_latency = time.monotonic() - killed_at
+        assert runs[1][0] == 2 and runs[1][1] != pid
+        assert requeue_latency < 5, f"requeued after {requeue_latency:.1f} s"
+        project.go("k")
+        assert r.get(timeout=20) == "k"
+        assert (r.state, r.retries) == (SUCCESS, 1)
+        assert project.row(r.id)["attempt"] >= 2     # the fencing token moved on
+        assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
+
+        # The supervisor replaced the dead child.
+        def replaced():
+            pids = [c["pid"] for c in w.live_children()]
+            return len(pids) == 2 and pid not in pids
+        wait_until(replaced, 15, "a replacement child")
+        status = lq("status", project.db, cwd=project.dir)
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count("    child ") == 2, status.stdout
+        assert w.proc.poll() is None
+
+    def test_sigkill_of_the_whole_supervisor_mid_task(self, project, workers):
+        a = workers.start(project, concurrency=2)
+        results = [project.delay("block", name) for name in ("s1", "s2")]
+        wait_until(lambda: project.started("s1") and project.started("s2"), 10,
+                   "both block tasks to start")
+        a.killpg(signal.SIGKILL)
+        assert a.wait(10) == -signal.SIGKILL
+        wait_until(lambda: not group_members(a.pgid), 10, "the killed workers to be gone")
+        assert [project.state(r.id) for r in results] == [STARTED, STARTED]  # orphaned
+
+        for name in ("s1", "s2"):
+            project.go(name)
+        restarted_at = time.monotonic()
+        workers.start(project, concurrency=2)
+        for r in results:
+            r.get(timeout=30)
+        latency = time.monotonic() - restarted_at
+        assert latency < 15, f"rescued after {latency:.1f} s (the lease is 300 s)"
+        for r in results:
+            assert (r.state, r.retries) == (SUCCESS, 1)
+        assert [len(project.started(name)) for name in ("s1", "s2")] == [2, 2]
+        # The dead supervisor and its children are no longer listed.
+        ids = {row[0] for row in sql(project.db, "SELECT id FROM workers")}
+        assert a.id not in ids and not ({c["id"] for c in a.children()} & ids)
+
+    def test_sigkill_of_the_supervisor_only(self, project, workers):
+        a = workers.start(project, concurrency=2)
+        r = project.delay("block", "orphan")
+        (_, busy_pid), = wait_until(lambda: project.started("orphan"), 10, "block to start")
+        (idle_pid,) = [c["pid"] for c in a.children() if c["pid"] != busy_pid]
+        queued = [project.delay("add", n, n) for n in range(5)]
+        wait_until(lambda: all(project.state(q.id) == SUCCESS for q in queued), 10,
+                   "the idle child to run the adds")
+        queued += [project.delay("add", n, n) for n in range(5, 8)]
+        a.signal(signal.SIGKILL)
+        assert a.wait(10) == -signal.SIGKILL
+        # The idle orphan exits at once; the busy one keeps running its task.
+        wait_until(lambda: not alive(idle_pid), 5, "the idle orphaned child to exit")
+        assert alive(busy_pid)
+
+        workers.start(project, concurrency=1)
+        assert project.state(r.id) == STARTED        # its owner lives: nobody steals it
+        project.go("orphan")
+        assert r.get(timeout=20) == "orphan"
+        assert project.started("orphan") == [(1, busy_pid)]  # finished by the orphan, once
+        assert r.retries == 0
+        wait_until(lambda: not alive(busy_pid), 15, "the orphaned child to exit")
+        assert [q.get(timeout=20) for q in queued] == [0, 2, 4, 6, 8, 10, 12, 14]
+        assert all(q.retries == 0 for q in queued)
+        # The new supervisor notices the dead one (its lock is free) and drops it.
+        wait_until(lambda: not sql(project.db, "SELECT 1 FROM workers WHERE id = ?", a.id), 15,
+                   "the dead supervisor to leave the workers table")
+        assert sql(project.db, "SELECT count(*) FROM tasks WHERE state != ?", SUCCESS) == [(0,)]
+
+    @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+    def test_warm_shutdown(self, project, workers, how):
+        w = workers.start(project, concurrency=1)
+        r = project.delay("block", "warm")
+        wait_until(lambda: project.started("warm"), 10, "block to start")
+        queued = [project.delay("add", n, 1) for n in range(3)]
+        if how == "SIGTERM":
+            w.signal(signal.SIGTERM)                 # kill PID
+        else:
+            w.killpg(signal.SIGINT)                  # Ctrl-C reaches the whole group
+        wait_until(lambda: WARM_SHUTDOWN_LOG in w.log_text(), 10, "the warm shutdown to begin")
+        assert w.proc.poll() is None                 # waiting for the running task
+        project.go("warm")
+        assert w.wait(20) == 0
+        assert (r.state, r.result) == (SUCCESS, "warm")
+        assert [project.state(q.id) for q in queued] == [PENDING] * 3   # never started
+        assert sql(project.db, "SELECT count(*) FROM workers") == [(0,)]
+        wait_until(lambda: not group_members(w.pgid), 10, "no process left")
+
+    def test_cold_shutdown_requeues_the_running_task(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        r = project.delay("block", "cold")
+        wait_until(lambda: project.started("cold"), 10, "block to start")
+        queued = project.delay("add", 2, 3)
+        w.signal(signal.SIGTERM)
+        wait_until(lambda: WARM_SHUTDOWN_LOG in w.log_text(), 10, "the warm shutdown to begin")
+        second = time.monotonic()
+        w.signal(signal.SIGTERM)
+        assert w.wait(10) == 1
+        assert time.monotonic() - second < 5
+        wait_until(lambda: not group_members(w.pgid), 10, "the killed children to be gone")
+        row = project.row(r.id)
+        # Requeued, and not charged to the task: the shutdown was not its fault.
+        assert (row["state"], row["retries"], row["worker"]) == (PENDING, 0, None)
+        assert project.state(queued.id) == PENDING
+
+        project.go("cold")
+        workers.start(project, concurrency=1)
+        assert r.get(timeout=20) == "cold"
+        assert len(project.started("cold")) == 2
+        assert queued.get(timeout=20) == 5
+
+    def test_grace_period_over_turns_cold(self, project, workers):
+        w = workers.start(project, "--grace", "0.5", concurrency=1)
+        r = project.delay("block", "grace")
+        wait_until(lambda: project.started("grace"), 10, "block to start")
+        w.signal(signal.SIGTERM)
+        assert w.wait(15) == 1
+        wait_until(lambda: not group_members(w.pgid), 10, "the killed child to be gone")
+        row = project.row(r.id)
+        assert (row["state"], row["retries"]) == (PENDING, 0)
+
+    def test_priority_and_queues(self, project, workers):
+        w = workers.start(project, "-Q", "default,mail", concurrency=1)
+        project.delay("block", "gate")
+        wait_until(lambda: project.started("gate"), 10, "block to start")
+        record = project.app.tasks["tasks.record"]
+        low = [record.apply_async([n]) for n in range(3)]
+        high = [record.apply_async([10 + n], priority=5) for n in range(3)]
+        mail = record.apply_async([20], queue="mail")
+        elsewhere = record.apply_async([30], queue="elsewhere")
+        project.go("gate")
+        assert [r.get(timeout=20) for r in low + high + [mail]] == [0, 1, 2, 10, 11, 12, 20]
+        (ledger,) = project.marks.glob("ledger.*")   # one child ran them, in this order:
+        order = [int(line.split()[1]) for line in ledger.read_text().splitlines()]
+        assert [n for n in order if n != 20] == [10, 11, 12, 0, 1, 2]
+        assert project.state(elsewhere.id) == PENDING  # a queue nobody serves
+        assert w.proc.poll() is None
+
+    def test_fencing_rejects_a_stale_completion(self, project):
+        """Internal invariant: a rescued task's zombie cannot overwrite the real result."""
+        result = project.delay("add", 1, 1)
+        storage = litequeue._Storage(project.db)
+        try:
+            now = time.time()
+            (first,), rejected = storage.complete_and_claim([], "zombie", 111, now, "default", 1)
+            seq, task_id, _, _, attempt, *_ = first
+            assert (task_id, attempt, rejected) == (result.id, 1, 0)
+            # The zombie's worker is found dead: its row goes back to the queue.
+            assert storage.rescue("zombie", None, "x", now, 3) == (1, 0)
+            (second,), _ = storage.complete_and_claim([], "heir", 222, now, "default", 1)
+            assert (second[0], second[4]) == (seq, 2)
+
+            zombie = (SUCCESS, pack("zombie"), None, seq, attempt, "tag")
+            _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
+            assert rejected == 1
+            # Right attempt number, wrong worker: rejected too.
+            forged = (SUCCESS, pack("forged"), None, seq, 2, "tag")
+            _, rejected = storage.complete_and_claim([forged], "zombie", 111, now, "default", 0)
+            assert rejected == 1
+            row = project.row(result.id)
+            assert (row["state"], row["result"], row["worker"]) == (STARTED, None, "heir")
+
+            heir = (SUCCESS, pack(2), None, seq, 2, "tag")
+            _, rejected = storage.complete_and_claim([heir], "heir", 222, now, "default", 0)
+            assert rejected == 0
+            _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
+            assert rejected == 1                     # still rejected after the result
+        finally:
+            storage.close()
+        assert (result.get(timeout=5), result.state) == (2, SUCCESS)
+
+    def test_wake_up_without_the_fallback(self, project, workers):
+        w = workers.start(project, "--poll-interval", "60", concurrency=1)
+        assert project.delay("add", 1, 1).get(timeout=10) == 2   # it has been busy, now idle
+        latencies = []
+        for n in range(3):
+            started = time.monotonic()
+            assert project.delay("add", n, n).get(timeout=10) == 2 * n
+            latencies.append(time.monotonic() - started)
+        # The issue asks for "a few seconds"; 1 s is stricter on purpose: the supervisor
+        # also rings every child every 2 s, which would satisfy 3 s with no doorbell at all.
+        assert max(latencies) < 1.0, latencies
+        assert w.proc.poll() is None
+
+    def test_bad_task_rows_fail_and_the_worker_keeps_serving(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        cases = [
+            ("tasks.nope", pack({"args": [], "kwargs": {}}), UnknownTask,
+             "unknown task 'tasks.nope'"),
+            ("tasks.add", b"\xc1\xc1", ValueError, "payload is not valid msgpack"),
+            ("tasks.add", pack({"args": [1, 2]})[:-1], ValueError, "payload is not valid msgpack"),
+            ("tasks.add", pack([4, 4]), ValueError, "envelope is list, not a map"),
+            ("tasks.add", pack({"args": 4}), ValueError, "'args' is not an array"),
+            ("tasks.add", pack({"args": [], "kwargs": [1]}), ValueError, "'kwargs' is not a map"),
+            ("tasks.add", pack({"kwargs": {1: 2}}), ValueError, "string keys"),
+            ("tasks.add", '{"args": [4, 4]}', ValueError, "payload is str, not msgpack bytes"),
+            ("tasks.add", pack({"args": [1]}), TypeError, "missing 1 required positional"),
+        ]
+        ids = insert_raw(project.db, [(name, payload) for name, payload, _, _ in cases])
+        (good_id,) = insert_raw(project.db, [("tasks.add", pack({"args": [4, 4]}))])
+        good = project.app.AsyncResult(good_id)
+        assert good.get(timeout=20) == 8
+        for task_id, (name, _, exc_type, message) in zip(ids, cases):
+            result = project.app.AsyncResult(task_id)
+            assert result.state == FAILURE, (name, message)
+            assert isinstance(result.result, exc_type), (message, result.result)
+            assert message in str(result.result)
+            with pytest.raises(exc_type):
+                result.get(timeout=5)
+        # One child served them all: none of these crashed it.
+        (child,) = w.children()
+        assert {project.row(i)["pid"] for i in ids + [good_id]} == {child["pid"]}
+        assert w.proc.poll() is None
+
+    @pytest.mark.parametrize("how", ["sigkill", "exit"])
+    def test_task_that_kills_its_process_fails_after_its_retry_budget(self, project, workers,
+                                                                      how):
+        w = workers.start(project, concurrency=1)
+        r = project.delay("die", how)
+        after = project.delay("add", 2, 2)
+        exc = r.get(timeout=60, propagate=False)
+        assert isinstance(exc, WorkerLostError), exc
+        assert "died" in str(exc)
+        assert (r.state, r.retries) == (FAILURE, 3)
+        with pytest.raises(WorkerLostError):
+            r.get(timeout=5)
+        runs = list(project.marks.glob(f"die.{r.id}.*"))
+        assert len(runs) == 4                        # task_max_retries=3: four runs at most
+        assert after.get(timeout=20) == 4            # the worker keeps serving
+        wait_until(lambda: len(w.live_children()) == 1, 15, "one live child")
+        assert w.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+def assert_one_line_error(done, code=1, contains=""):
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert contains in lines[0], lines[0]
+
+
+class TestCLI:
+
+    def test_call_result_and_status(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+        done = lq("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
+        done = lq("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
+                  "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
+
+        done = lq("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
+                  "--priority", 3, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
+        done = lq("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+        done = lq("result", db, "cli-id", "--json", cwd=cwd)
+        out = json.loads(done.stdout)
+        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
+
+        done = lq("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
+        assert "raise TaskFailed(message)" in done.stderr
+
+        done = lq("status", db, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        assert "tasks:" in done.stdout and "workers:" in done.stdout
+        lines = done.stdout.splitlines()
+        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+        assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
+        (child,) = w.children()
+        assert f"child {child['id']} pid {child['pid']}: idle" in done.stdout
+
+    def test_status_of_an_empty_database(self, project):
+        litequeue._Storage(project.db).close()
+        done = lq("status", project.db, cwd=project.dir)
+        assert done.returncode == 0
+        assert done.stdout.splitlines() == ["tasks:", "  (none)", "workers:", "  (none)"]
+
+    @pytest.mark.parametrize("args, message", [
+        (["worker", "{db}", "--bogus"], "No such option"),
+        (["worker", "{db}", "-c", "0"], "-c"),
+        (["worker", "{db}", "-c", "two"], "-c"),
+        (["worker", "{db}", "-l", "LOUD"], "-l"),
+        (["call", "{db}", "add", "--args", "not json"], "not valid JSON"),
+        (["call", "{db}", "add", "--args", '{"x": 1}'], "must be a JSON array"),
+        (["call", "{db}", "add", "--kwargs", "[1]"], "must be a JSON object"),
+        (["call", "{db}", "add", "1", "--args", "[1]"], "either positionally or with --args"),
+        (["call", "{db}"], "Missing argument"),
+        (["result"], "Missing argument"),
+        (["frobnicate", "{db}"], "No such command"),
+    ], ids=["unknown-option", "c-zero", "c-text", "bad-loglevel", "args-not-json",
+            "args-not-array", "kwargs-not-object", "args-twice", "no-task", "no-db",
+            "unknown-command"])
+    def test_usage_errors_exit_2(self, project, args, message):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        done = lq(*[a.replace("{db}", project.db) for a in args], cwd=project.dir, timeout=30)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Usage:" in done.stderr and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
+
+    def test_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
+        project.delay("add", 1, 1)
+        db, cwd = project.db, project.dir
+        corrupt = tmp_path / "corrupt.sqlite"
+        corrupt.write_bytes(b"not a database at all\n" * 10)
+        missing = tmp_path / "missing.sqlite"
+        assert_one_line_error(lq("call", db, "nope", cwd=cwd), contains="unknown task 'nope'")
+        assert_one_line_error(lq("call", db, "tasks.ad", 1, 2, cwd=cwd),
+                              contains="did you mean tasks.add")
+        assert_one_line_error(lq("status", missing, cwd=cwd), contains="no database")
+        assert_one_line_error(lq("call", missing, "add", cwd=cwd), contains="no database")
+        assert not missing.exists()
+        assert_one_line_error(lq("status", corrupt, cwd=cwd), contains="not a SQLite database")
+        assert_one_line_error(lq("result", db, "no-such-id", cwd=cwd), contains="no task")
+        assert_one_line_error(lq("call", db, "add", 1, 1, "--wait", "--timeout", "0.2", cwd=cwd),
+                              contains="not ready")
+        assert_one_line_error(lq("worker", corrupt, "-c", 1, cwd=cwd, timeout=30),
+                              contains="not a SQLite database")
+        worker = lq("worker", db, "-A", "no_such_module", "-c", 1, cwd=cwd, timeout=30)
+        assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
+        assert worker.stderr.strip().splitlines()[-1].startswith("Error: cannot import")
+
+
+# ---------------------------------------------------------------------------
+# Protocol: the schema and the msgpack envelope, without litequeue
+# ---------------------------------------------------------------------------
+
+# A client in "another language": stdlib sqlite3 and msgpack only. It inserts tasks with
+# one INSERT each (rings nothing) and polls their rows until they are finished.
+PROTOCOL_CLIENT = '''
+import json, sqlite3, sys, time, uuid
+import msgpack
+
+db, calls = sys.argv[1], json.loads(sys.argv[2])
+conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+out = []
+for name, args, kwargs in calls:
+    task_id = str(uuid.uuid4())
+    payload = msgpack.packb({"args": args, "kwargs": kwargs})
+    started = time.monotonic()
+    conn.execute("INSERT INTO tasks (id, name, payload) VALUES (?, ?, ?)",
+                 (task_id, name, payload))
+    deadline = started + 30
+    while True:
+        state, result, tb = conn.execute(
+            "SELECT state, result, traceback FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if state in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    out.append({"id": task_id, "state": state, "traceback": tb,
+                "result": None if result is None else msgpack.unpackb(result),
+                "elapsed": time.monotonic() - started})
+print(json.dumps({"litequeue_imported": "litequeue" in sys.modules, "calls": out}))
+'''
+
+
+class TestProtocol:
+
+    def test_enqueue_and_read_without_litequeue(self, project, workers):
+        workers.start(project, concurrency=1)
+        calls = [["tasks.add", [2, 3], {}], ["tasks.add", [], {"x": "a", "y": "b"}],
+                 ["tasks.fail", ["boom"], {}]]
+        out = json.loads(python(PROTOCOL_CLIENT, project.dir, project.db, json.dumps(calls),
+                                isolated=True))
+        assert out["litequeue_imported"] is False
+        ok, kwargs, failed = out["calls"]
+        assert (ok["state"], ok["result"]) == (SUCCESS, 5)
+        assert (kwargs["state"], kwargs["result"]) == (SUCCESS, "ab")
+        assert failed["state"] == FAILURE
+        assert failed["result"]["type"] == "tasks.TaskFailed"
+        assert failed["result"]["message"] == "boom" and failed["result"]["args"] == ["boom"]
+        assert "raise TaskFailed(message)" in failed["traceback"]
+        # litequeue reads what the foreign client wrote, and the client's defaults held.
+        row = project.row(ok["id"])
+        assert (row["queue"], row["priority"], row["attempt"]) == ("default", 0, 1)
+        assert project.app.AsyncResult(ok["id"]).get(timeout=5) == 5
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "litequeue bug: _Storage.data_version() uses apsw Connection.data_version() "
+        "(SQLITE_FCNTL_DATA_VERSION), which only changes when this connection reads, so the "
+        "idle fallback never sees other writers' commits; rows are found only by the "
+        "supervisor's 2 s rescue ring. Use PRAGMA data_version."))
+    def test_writers_that_do_not_ring_are_picked_up(self, project, workers):
+        """The data_version fallback: an INSERT that rings nothing still runs, within the
+        fallback's poll interval (0.2 s here), not only when something else wakes it."""
+        workers.start(project, "--poll-interval", "0.2", concurrency=1)
+        assert project.delay("add", 0, 0).get(timeout=10) == 0   # worker idle after this
+        calls = [["tasks.add", [n, n], {}] for n in range(3)]
+        out = json.loads(python(PROTOCOL_CLIENT, project.dir, project.db, json.dumps(calls),
+                                isolated=True))
+        for n, call in enumerate(out["calls"]):
+            assert (call["state"], call["result"]) == (SUCCESS, 2 * n)
+        elapsed = [round(call["elapsed"], 3) for call in out["calls"]]
+        assert max(elapsed) < 1.0, f"picked up after {elapsed} s with a 0.2 s fallback poll"
