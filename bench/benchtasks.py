@@ -1,0 +1,82 @@
+"""Task modules for bench.py: a no-op task for litequeue and for huey's SqliteHuey.
+
+bench.py imports this module in its own process and calls make_litequeue() / make_huey()
+once per database. A worker imports it as ``-A benchtasks`` (litequeue) or
+``benchtasks.huey`` (huey_consumer); the database path then comes from the environment.
+Both tasks return their argument, so both systems store a result for every task (huey
+stores nothing for a task that returns None).
+"""
+
+import os
+import struct
+import time
+
+_DOUBLE = struct.Struct("<d")
+
+
+def make_litequeue(path, synchronous="NORMAL"):
+    from litequeue import LiteQueue
+
+    app = LiteQueue(path, synchronous=synchronous)
+
+    @app.task(name="benchtasks.noop")
+    def noop(i):
+        return i
+
+    return app, noop
+
+
+def make_huey(path, marks=None):
+    """A SqliteHuey with every storage option at its default (fsync=None, i.e. SQLite's
+    compiled-in synchronous=FULL; journal_mode='wal'; cache_mb=8; timeout=5).
+
+    With ``marks`` (a directory), each worker process records the unix time of the first
+    task it starts (start-<pid>) and of the last task it completed, after its result was
+    stored (end-<pid>): the drain measurement's equivalent of litequeue's started_at and
+    finished_at columns.
+    """
+    from huey import SqliteHuey, signals
+
+    huey = SqliteHuey(name="bench", filename=path)
+
+    @huey.task()
+    def noop(i):
+        return i
+
+    if marks:
+        files = {}
+
+        def _fd(kind):
+            key = (kind, os.getpid())
+            fd = files.get(key)
+            if fd is None:
+                path = os.path.join(marks, f"{kind}-{os.getpid()}")
+                fd = files[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                if kind == "start":
+                    os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+            return fd
+
+        @huey.signal(signals.SIGNAL_EXECUTING)
+        def _executing(signal, task, *args, **kwargs):
+            _fd("start")  # writes once per process
+
+        # huey emits SIGNAL_COMPLETE after put_result(): the result is stored.
+        @huey.signal(signals.SIGNAL_COMPLETE)
+        def _complete(signal, task, *args, **kwargs):
+            os.pwrite(_fd("end"), _DOUBLE.pack(time.time()), 0)
+
+    return huey, noop
+
+
+def read_mark(path):
+    with open(path, "rb") as f:
+        return _DOUBLE.unpack(f.read(_DOUBLE.size))[0]
+
+
+# Module-level objects for the workers, which import this module by name.
+if os.environ.get("LQBENCH_DB"):
+    app, noop = make_litequeue(os.environ["LQBENCH_DB"],
+                               os.environ.get("LQBENCH_SYNC", "NORMAL"))
+if os.environ.get("HUEYBENCH_DB"):
+    huey, huey_noop = make_huey(os.environ["HUEYBENCH_DB"],
+                                os.environ.get("HUEYBENCH_MARKS"))
