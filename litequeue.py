@@ -70,6 +70,7 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+import weakref
 
 import apsw
 import click
@@ -849,7 +850,7 @@ def _probe_lock(path, lease):
 # App and task API
 # ---------------------------------------------------------------------------
 
-_apps = []          # every LiteQueue made in this process; a worker serves their tasks
+_apps = weakref.WeakSet()   # every live LiteQueue of this process; a worker serves their tasks
 _request = threading.local()
 
 
@@ -1094,7 +1095,7 @@ class LiteQueue:
         self._waiters = 0
         self._waiters_lock = threading.Lock()
         self.update_settings(settings)
-        _apps.append(self)
+        _apps.add(self)
 
     def __repr__(self):
         return f"<LiteQueue {self.path}>"
