@@ -505,6 +505,7 @@ class _Storage:
             if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
                 raise ConfigurationError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
             self.conn.execute(f"PRAGMA synchronous = {sync}")
+            self.synchronous = sync
             self.conn.wal_autocheckpoint(int(autocheckpoint))
             # After a checkpoint resets the WAL, truncate it back to this size.
             self.conn.execute("PRAGMA journal_size_limit = 4194304")
@@ -607,6 +608,22 @@ class _Storage:
 
         Returns (claimed rows, completions rejected because their fencing token is stale).
         """
+        if not outcomes and self.synchronous != "NORMAL":
+            # A claim lost to a power cut only puts the row back to PENDING, which
+            # at-least-once allows, and the next FULL commit syncs these frames too.
+            with self._synchronous("NORMAL"):
+                return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release)
+        return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release)
+
+    @contextlib.contextmanager
+    def _synchronous(self, level):
+        self.conn.execute(f"PRAGMA synchronous = {level}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+    def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release):
         rejected = 0
         with self.write() as conn:
             for state, result, tb, seq, attempt, *_ in outcomes:
@@ -1771,7 +1788,8 @@ class _Supervisor:
                 os.unlink(path)
             logger.warning("worker %s (pid %s) is gone; rescued %d task(s), %d failed",
                            worker["id"], worker["pid"], requeued, failed)
-        self._work_bell().ring()
+            if requeued:
+                self._work_bell().ring()
 
     def _work_bell(self):
         bell = getattr(self, "_bell", None)
