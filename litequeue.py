@@ -394,6 +394,15 @@ _MIGRATIONS = [
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+# One statement, so the three are read in one snapshot.
+_SQL_IDENTITY = """
+    SELECT (SELECT application_id FROM pragma_application_id),
+           (SELECT user_version FROM pragma_user_version),
+           (SELECT count(*) FROM sqlite_schema)
+"""
+# PRAGMA data_version, unlike the SQLITE_FCNTL_DATA_VERSION file control, sees other
+# connections' commits without this one reading anything first.
+_SQL_DATA_VERSION = "PRAGMA data_version"
 _SQL_INSERT_TASK = """
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
                        max_retries, created_at)
@@ -495,6 +504,7 @@ class _Storage:
             self.conn = apsw.Connection(path)
         except apsw.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}") from None
+        self.busy_timeout = busy_timeout
         self.conn.set_busy_timeout(int(busy_timeout * 1000))
         # With STAT4 compiled in, SQLite re-plans a statement whenever a bound value might
         # change the plan; the stable plan keeps the claim statement prepared (37% faster).
@@ -522,28 +532,44 @@ class _Storage:
     def _pragma(self, name):
         return self.conn.execute(f"PRAGMA {name}").fetchall()[0][0]
 
-    def _open_schema(self):
-        app_id, version = self._pragma("application_id"), self._pragma("user_version")
-        fresh = app_id == 0 and version == 0 and not self.conn.execute(
-            "SELECT 1 FROM sqlite_schema LIMIT 1").fetchall()
+    def _check_identity(self):
+        """(fresh, version) of the file, read in one snapshot; refuses files not ours."""
+        app_id, version, objects = self.conn.execute(_SQL_IDENTITY).fetchall()[0]
+        fresh = app_id == 0 and version == 0 and objects == 0
         if not fresh and app_id != APPLICATION_ID:
             raise ForeignDatabase(f"{self.path} is a SQLite database that litequeue did not create")
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"{self.path} has schema version {version}; this litequeue {__version__} "
                 f"knows up to {SCHEMA_VERSION}: upgrade litequeue")
-        if fresh:
-            # Both only take effect before the first table exists.
-            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        if self._pragma("journal_mode") != "wal":
-            self.conn.execute("PRAGMA journal_mode = WAL")
+        return fresh, version
+
+    def _open_schema(self):
+        fresh, version = self._check_identity()
         if version < SCHEMA_VERSION:
+            if fresh:
+                # Takes effect only outside a transaction and before the first table.
+                self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             with self.write():
-                version = self._pragma("user_version")  # another process may have migrated
+                # Again under the lock: another process may have created or migrated it.
+                fresh, version = self._check_identity()
                 for sql in _MIGRATIONS[version:]:
                     self.conn.execute(sql)
                 self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if self._pragma("journal_mode") != "wal":
+            self._retry_busy(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchall())
+
+    def _retry_busy(self, action):
+        """Run an action that SQLite does not retry itself, until busy_timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return action()
+            except apsw.BusyError:
+                if time.monotonic() > deadline:
+                    raise DatabaseBusy(f"{self.path}: still busy after busy_timeout") from None
+                time.sleep(0.005)
 
     @contextlib.contextmanager
     def write(self):
@@ -679,7 +705,8 @@ class _Storage:
         return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
 
     def data_version(self):
-        return self.conn.data_version()
+        """Changes whenever another connection commits; a read that takes no lock."""
+        return self.conn.execute(_SQL_DATA_VERSION).fetchall()[0][0]
 
     def checkpoint(self):
         """A passive checkpoint: copies what it can without blocking anyone."""
