@@ -42,7 +42,7 @@ __all__ = [
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "SerializationError",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
-    "WorkerLostError",
+    "WorkerLostError", "TaskRevoked", "crontab",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
 ]
@@ -57,6 +57,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -71,6 +72,7 @@ import time
 import traceback as _traceback
 import uuid
 import weakref
+import zoneinfo
 
 import apsw
 import click
@@ -151,6 +153,15 @@ _LISTING_SETTLE = 0.05
 # A child that dies within this many seconds of starting is restarted with backoff.
 _FAST_DEATH = 1.0
 _RESTART_BACKOFF_MAX = 10.0
+# How often a supervisor re-reads the next due time, for writers that do not ring.
+_SCHEDULER_RESCAN = 2.0
+# Due ETA rows promoted per transaction.
+_PROMOTE_BATCH = 1000
+# catch_up="all" fires at most this many missed times per schedule per pass.
+_CATCH_UP_MAX = 1000
+# catch_up="none": a fire later than this is skipped, not run late.
+_CATCH_UP_NONE_GRACE = 10.0
+_CATCH_UP_POLICIES = ("once", "all", "none")
 # Longest socket path the kernel accepts (sun_path is 108 bytes with the NUL).
 _SUN_PATH_MAX = 107
 
@@ -225,6 +236,10 @@ class RemoteError(LitequeueError):
 
     def __str__(self):
         return f"{self.exc_type}: {self.exc_message}"
+
+
+class TaskRevoked(LitequeueError):
+    """The task was revoked or expired before it ran."""
 
 
 class WorkerLostError(LitequeueError):
@@ -343,6 +358,357 @@ def _new_id():
 
 
 # ---------------------------------------------------------------------------
+# Time: zones, crontab and intervals
+# ---------------------------------------------------------------------------
+
+def _zone(name):
+    """A ZoneInfo for an IANA name, or ConfigurationError naming it."""
+    if isinstance(name, _dt.tzinfo):
+        return name
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"unknown time zone {name!r} (use an IANA name such as "
+                                 "'Asia/Shanghai' or 'UTC')") from None
+
+
+def _zone_name(zone):
+    return getattr(zone, "key", None) or str(zone)
+
+
+def _to_instant(value, zone, what):
+    """Unix time of a datetime (naive: wall time in zone), a number of seconds from now,
+    or None."""
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone)
+        return value.timestamp()
+    if isinstance(value, _dt.timedelta):
+        return time.time() + value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return time.time() + float(value)
+    raise ConfigurationError(f"{what} must be a datetime or a number of seconds, "
+                             f"not {type(value).__name__}")
+
+
+_UTC = _dt.timezone.utc
+_DAY_NAMES = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_MONTH_NAMES = {name: i + 1 for i, name in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+# field name -> (lowest, highest, names)
+_CRON_FIELDS = {
+    "minute": (0, 59, {}),
+    "hour": (0, 23, {}),
+    "day_of_week": (0, 6, _DAY_NAMES),
+    "day_of_month": (1, 31, {}),
+    "month_of_year": (1, 12, _MONTH_NAMES),
+}
+# Longest span searched for the next fire: Feb 29 on a given weekday can be 40 years away.
+_CRON_SEARCH_DAYS = 366 * 40
+
+
+def _parse_cron_field(field, spec):
+    """The set of values a Celery-style cron field allows, or ConfigurationError."""
+    low, high, names = _CRON_FIELDS[field]
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = str(spec)
+    elif isinstance(spec, (list, tuple, set, frozenset, range)):
+        spec = ",".join(str(v) for v in spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigurationError(f"crontab {field}: invalid value {spec!r}")
+
+    def value(text):
+        text = text.strip().lower()
+        if text in names:
+            return names[text]
+        if not text.isdigit():
+            raise ValueError(text)
+        number = int(text)
+        if field == "day_of_week" and number == 7:
+            return 0  # cron's other spelling of Sunday
+        if not low <= number <= high:
+            raise ValueError(text)
+        return number
+
+    allowed = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            step = 1
+            if "/" in part:
+                part, step_text = part.split("/", 1)
+                step = int(step_text)
+                if step < 1:
+                    raise ValueError(step_text)
+            if part in ("*", ""):
+                if part == "" and step == 1:
+                    raise ValueError(part)
+                start, end = low, high
+            elif "-" in part:
+                a, b = part.split("-", 1)
+                start, end = value(a), value(b)
+                if end < start:
+                    raise ValueError(part)
+            else:
+                start = value(part)
+                end = high if step > 1 else start
+            allowed.update(range(start, end + 1, step))
+    except (ValueError, TypeError):
+        raise ConfigurationError(
+            f"crontab {field}: invalid value {spec!r} (allowed: numbers {low}-{high}"
+            + (f", names such as {next(iter(names))}" if names else "")
+            + ", '*', ranges a-b, steps */n, and lists a,b)") from None
+    return frozenset(allowed)
+
+
+class crontab:
+    """A cron schedule in Celery's field syntax, evaluated in one time zone.
+
+    ``crontab(minute=0, hour="*/3", day_of_week="mon-fri", tz="Asia/Shanghai")``.
+    Unlike classic cron, day_of_month and day_of_week must both match (Celery's rule).
+
+    Daylight saving time: a fixed wall time that spring-forward skips fires once, at the
+    first instant after the gap; one that fall-back repeats fires once, at its first
+    occurrence. A schedule whose hour is '*' follows real time instead: it fires at every
+    occurrence of its minutes, so an hourly job fires every real hour through both changes.
+    """
+
+    def __init__(self, minute="*", hour="*", day_of_week="*", day_of_month="*",
+                 month_of_year="*", tz=None):
+        self.fields = {"minute": minute, "hour": hour, "day_of_week": day_of_week,
+                       "day_of_month": day_of_month, "month_of_year": month_of_year}
+        self.minutes = sorted(_parse_cron_field("minute", minute))
+        self.hours = sorted(_parse_cron_field("hour", hour))
+        self.days_of_week = _parse_cron_field("day_of_week", day_of_week)
+        self.days_of_month = _parse_cron_field("day_of_month", day_of_month)
+        self.months = _parse_cron_field("month_of_year", month_of_year)
+        self.tz = None if tz is None else _zone(tz)
+        if not any(day <= (29 if month == 2 else 30 if month in (4, 6, 9, 11) else 31)
+                   for month in self.months for day in self.days_of_month):
+            raise ConfigurationError(
+                f"crontab day_of_month {day_of_month!r} never occurs in month_of_year "
+                f"{month_of_year!r}")
+        self._every_hour = len(self.hours) == 24
+
+    @classmethod
+    def from_string(cls, expression, tz=None):
+        """Parse 'minute hour day_of_month month_of_year day_of_week' (cron's order)."""
+        parts = str(expression).split()
+        if len(parts) != 5:
+            raise ConfigurationError(
+                f"cron expression {expression!r} must have 5 fields: minute hour "
+                "day_of_month month_of_year day_of_week")
+        minute, hour, dom, month, dow = parts
+        return cls(minute=minute, hour=hour, day_of_month=dom, month_of_year=month,
+                   day_of_week=dow, tz=tz)
+
+    def __repr__(self):
+        zone = f", tz={_zone_name(self.tz)!r}" if self.tz else ""
+        return f"<crontab: {self.expression}{zone}>"
+
+    def __eq__(self, other):
+        return isinstance(other, crontab) and (self.expression, self.tz) == \
+            (other.expression, other.tz)
+
+    def __hash__(self):
+        return hash(self.expression)
+
+    @property
+    def expression(self):
+        f = self.fields
+        return " ".join(str(f[k]) if not isinstance(f[k], (list, tuple, set, frozenset, range))
+                        else ",".join(map(str, sorted(f[k])))
+                        for k in ("minute", "hour", "day_of_month", "month_of_year",
+                                  "day_of_week"))
+
+    def _days(self, start):
+        for offset in range(_CRON_SEARCH_DAYS):
+            day = start + _dt.timedelta(days=offset)
+            if (day.month in self.months and day.day in self.days_of_month
+                    and (day.weekday() + 1) % 7 in self.days_of_week):
+                yield day
+
+    def _instants(self, wall, zone):
+        """The instants at which the wall time fires, by the DST policy above."""
+        first = wall.replace(tzinfo=zone, fold=0)
+        second = wall.replace(tzinfo=zone, fold=1)
+        if first.astimezone(_UTC).astimezone(zone).replace(tzinfo=None) != wall:
+            # Skipped by spring-forward.
+            if self._every_hour:
+                return ()
+            return (_gap_end(second, first),)
+        if first.utcoffset() != second.utcoffset() and self._every_hour:
+            return (first, second)  # repeated by fall-back: each real occurrence
+        return (first,)
+
+    def next_after(self, dt, zone=None):
+        """The next fire time strictly after the aware datetime dt, in the schedule's zone."""
+        if not isinstance(dt, _dt.datetime) or dt.tzinfo is None:
+            raise ConfigurationError("next_after() takes an aware datetime")
+        zone = self.tz or zone or _UTC
+        after = dt.astimezone(_UTC)
+        # A wall time up to a DST shift before dt's can map to an instant after it, and a
+        # later wall time to an earlier instant: look that far either side.
+        slack = _dt.timedelta(hours=3)
+        first_wall = dt.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0) - slack
+        best = best_wall = None
+        for day in self._days(first_wall.date()):
+            for hour in self.hours:
+                for minute in self.minutes:
+                    wall = _dt.datetime.combine(day, _dt.time(hour, minute))
+                    if wall < first_wall:
+                        continue
+                    if best_wall is not None and wall > best_wall + slack:
+                        return best.astimezone(zone)
+                    for instant in self._instants(wall, zone):
+                        instant = instant.astimezone(_UTC)
+                        if instant > after and (best is None or instant < best):
+                            best, best_wall = instant, wall
+        if best is None:
+            raise ConfigurationError(f"{self!r} never fires")
+        return best.astimezone(zone)
+
+
+def _gap_end(before, after):
+    """First instant after a spring-forward gap, given a skipped wall time read with the
+    new offset (before, earlier in UTC) and the old one (after)."""
+    zone = after.tzinfo
+    new_offset = after.astimezone(_UTC).astimezone(zone).utcoffset()
+    low, high = int(before.timestamp()), int(after.timestamp())
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _dt.datetime.fromtimestamp(mid, zone).utcoffset() == new_offset:
+            high = mid
+        else:
+            low = mid
+    return _dt.datetime.fromtimestamp(high, _UTC)
+
+
+class _Interval:
+    """Every N seconds, at multiples of N since the epoch, so every process agrees on the
+    fire times."""
+
+    def __init__(self, seconds):
+        if isinstance(seconds, _dt.timedelta):
+            seconds = seconds.total_seconds()
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise ConfigurationError(f"an interval must be a positive number of seconds or a "
+                                     f"timedelta, not {seconds!r}")
+        self.seconds = float(seconds)
+        self.tz = None
+
+    def __repr__(self):
+        return f"<every {self.seconds:g} s>"
+
+    @property
+    def expression(self):
+        return f"every {self.seconds:g}s"
+
+    def next_after(self, dt, zone=None):
+        t = dt.timestamp()
+        n = math.floor(t / self.seconds) + 1
+        return _dt.datetime.fromtimestamp(n * self.seconds, _UTC)
+
+
+def _schedule_to_text(schedule):
+    """How a schedule is stored in the schedules table."""
+    if isinstance(schedule, crontab):
+        return "cron:" + schedule.expression
+    return f"every:{schedule.seconds!r}"
+
+
+def _schedule_from_text(text, tz):
+    kind, _, spec = text.partition(":")
+    if kind == "cron":
+        return crontab.from_string(spec, tz=tz)
+    if kind == "every":
+        return _Interval(float(spec))
+    raise ConfigurationError(f"unknown schedule {text!r}")
+
+
+def _as_schedule(schedule):
+    if isinstance(schedule, (crontab, _Interval)):
+        return schedule
+    return _Interval(schedule)
+
+
+def _fire_id(schedule_name, fire):
+    """The task id of one fire: the same in every process, so the database can refuse a
+    second insert of it."""
+    return f"{schedule_name}@{fire.astimezone(_UTC).isoformat()}"
+
+
+def _latest_fire(schedule, zone, after, now):
+    """The latest fire time in (after, now], or None. Looks back over a widening window,
+    so a long outage does not mean walking every missed minute."""
+    span = _dt.timedelta(minutes=2)
+    while True:
+        start = max(after, now - span)
+        latest, t = None, start
+        while True:
+            t = schedule.next_after(t, zone)
+            if t > now:
+                break
+            latest = t
+        if latest is not None or start == after:
+            return latest
+        span *= 16
+
+
+def _plan_fires(row, now):
+    """Which fires of a due schedule row to queue, by its catch-up policy.
+
+    Returns ([(task_id, fire_time)], last_fire, next_fire) with times as unix seconds.
+    'once' queues the latest missed fire, 'all' every missed fire (up to _CATCH_UP_MAX),
+    'none' the latest only if it is less than _CATCH_UP_NONE_GRACE late.
+    """
+    zone = _zone(row["tz"])
+    schedule = _schedule_from_text(row["schedule"], zone)
+    now_dt = _dt.datetime.fromtimestamp(now, _UTC)
+    last = row["last_fire"]
+    after = _dt.datetime.fromtimestamp(last, _UTC) if last is not None else now_dt
+    fires = []
+    if row["catch_up"] == "all":
+        t = after
+        while len(fires) < _CATCH_UP_MAX:
+            t = schedule.next_after(t, zone)
+            if t > now_dt:
+                break
+            fires.append(t)
+        latest = fires[-1] if fires else None
+        if len(fires) == _CATCH_UP_MAX:
+            latest = _latest_fire(schedule, zone, fires[-1], now_dt) or fires[-1]
+            logger.warning("schedule %s missed more than %d fires; queued the first %d",
+                           row["name"], _CATCH_UP_MAX, _CATCH_UP_MAX)
+    else:
+        latest = _latest_fire(schedule, zone, after, now_dt)
+        if latest is not None and (row["catch_up"] == "once"
+                                   or now - latest.timestamp() <= _CATCH_UP_NONE_GRACE):
+            fires.append(latest)
+    handled = latest or after
+    next_fire = schedule.next_after(max(handled, after), zone).timestamp()
+    last_fire = max(handled.timestamp(), last) if last is not None else handled.timestamp()
+    return [(_fire_id(row["name"], f), f.timestamp()) for f in fires], last_fire, next_fire
+
+
+def _plan_sync(definition, stored, now):
+    """(last_fire, next_fire) for a definition being written to the schedules table.
+
+    A new schedule starts now: nothing before its first sync fires. An unchanged one
+    keeps its last fire, so fires missed while no worker ran follow its catch-up policy.
+    """
+    zone = _zone(definition["tz"])
+    schedule = _schedule_from_text(definition["schedule"], zone)
+    unchanged = stored is not None and (stored[0], stored[1]) == (definition["schedule"],
+                                                                  definition["tz"])
+    last_fire = stored[2] if unchanged and stored[2] is not None else now
+    base = _dt.datetime.fromtimestamp(last_fire, _UTC)
+    return last_fire, schedule.next_after(base, zone).timestamp()
+
+
+# ---------------------------------------------------------------------------
 # SQL
 # ---------------------------------------------------------------------------
 
@@ -390,6 +756,23 @@ _MIGRATIONS = [
         module      TEXT NOT NULL,                 -- module that defines it
         updated_at  REAL NOT NULL
     );
+    """,
+    """
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,              -- periodic task name
+        task        TEXT NOT NULL,                 -- task it queues
+        module      TEXT NOT NULL,                 -- module that defines it (its owner)
+        schedule    TEXT NOT NULL,                 -- 'cron:<5 fields>' or 'every:<seconds>'
+        tz          TEXT NOT NULL,                 -- IANA zone the schedule reads in
+        payload     BLOB NOT NULL,                 -- msgpack envelope of each call
+        queue       TEXT NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 0,
+        catch_up    TEXT NOT NULL DEFAULT 'once',  -- 'once', 'all' or 'none'
+        last_fire   REAL,                          -- latest fire time handled
+        next_fire   REAL NOT NULL,                 -- next fire time
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX schedules_next ON schedules (next_fire);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -469,6 +852,46 @@ _SQL_UPSERT_REGISTRY = """
     ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
 """
 _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
+# tasks_due: only rows waiting for their time are in it.
+_SQL_PROMOTE_DUE = """
+    UPDATE tasks SET state = 'PENDING'
+    WHERE seq IN (SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND eta <= :now
+                  ORDER BY eta LIMIT :n)
+"""
+_SQL_NEXT_DUE = "SELECT min(eta) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')"
+# A fire's task id is derived from (schedule, fire time): a second insert of the same fire
+# is ignored by the UNIQUE id.
+_SQL_INSERT_FIRE = """
+    INSERT INTO tasks (id, name, queue, priority, state, payload, created_at)
+    VALUES (:id, :name, :queue, :priority, 'PENDING', :payload, :now)
+    ON CONFLICT (id) DO NOTHING
+"""
+# schedules_next.
+_SQL_DUE_SCHEDULES = """
+    SELECT name, task, schedule, tz, payload, queue, priority, catch_up, last_fire
+    FROM schedules WHERE next_fire <= :now
+"""
+_SQL_NEXT_FIRE = "SELECT min(next_fire) FROM schedules"
+_SQL_SET_FIRED = "UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire WHERE name = :name"
+_SQL_SCHEDULES = """
+    SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire
+    FROM schedules ORDER BY name
+"""
+_SQL_GET_SCHEDULE = "SELECT schedule, tz, last_fire FROM schedules WHERE name = :name"
+_SQL_UPSERT_SCHEDULE = """
+    INSERT INTO schedules (name, task, module, schedule, tz, payload, queue, priority, catch_up,
+                           last_fire, next_fire, updated_at)
+    VALUES (:name, :task, :module, :schedule, :tz, :payload, :queue, :priority, :catch_up,
+            :last_fire, :next_fire, :now)
+    ON CONFLICT (name) DO UPDATE SET
+        task = excluded.task, module = excluded.module, schedule = excluded.schedule,
+        tz = excluded.tz, payload = excluded.payload, queue = excluded.queue,
+        priority = excluded.priority, catch_up = excluded.catch_up,
+        last_fire = excluded.last_fire, next_fire = excluded.next_fire,
+        updated_at = excluded.updated_at
+"""
+_SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
+_SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 
 
 # ---------------------------------------------------------------------------
@@ -711,6 +1134,70 @@ class _Storage:
     def checkpoint(self):
         """A passive checkpoint: copies what it can without blocking anyone."""
         self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+
+    # -- scheduler ---------------------------------------------------------------------
+
+    def promote_due(self, now):
+        """Move ETA rows that are due to PENDING, one hop; returns how many."""
+        moved = 0
+        while True:
+            with self.write() as conn:
+                conn.execute(_SQL_PROMOTE_DUE, (now, _PROMOTE_BATCH))
+                changed = conn.changes()
+            moved += changed
+            if changed < _PROMOTE_BATCH:
+                return moved
+
+    def next_wakeup(self):
+        """Unix time of the earliest due ETA row or periodic fire, or None."""
+        due = self.conn.execute(_SQL_NEXT_DUE).fetchall()[0][0]
+        fire = self.conn.execute(_SQL_NEXT_FIRE).fetchall()[0][0]
+        times = [t for t in (due, fire) if t is not None]
+        return min(times) if times else None
+
+    def fire_due_schedules(self, now, plan):
+        """Queue every due periodic fire in one transaction; returns how many were queued.
+
+        plan(row, now) returns ([(task_id, fire_time)], last_fire, next_fire). The write
+        lock serializes supervisors, last_fire only moves forward, and a fire's task id is
+        unique, so each (schedule, fire time) is queued at most once.
+        """
+        queued = 0
+        cols = ("name", "task", "schedule", "tz", "payload", "queue", "priority", "catch_up",
+                "last_fire")
+        with self.write() as conn:
+            for values in conn.execute(_SQL_DUE_SCHEDULES, (now,)).fetchall():
+                row = dict(zip(cols, values))
+                fires, last_fire, next_fire = plan(row, now)
+                for task_id, _ in fires:
+                    conn.execute(_SQL_INSERT_FIRE, (task_id, row["task"], row["queue"],
+                                                    row["priority"], row["payload"], now))
+                    queued += conn.changes()
+                conn.execute(_SQL_SET_FIRED, (last_fire, next_fire, row["name"]))
+        return queued
+
+    def sync_schedules(self, definitions, owned_modules, now, plan):
+        """Make the schedules table match the definitions of the modules a worker runs.
+
+        plan(definition, stored (schedule, tz, last_fire) or None, now) returns
+        (last_fire, next_fire). Rows of other modules are left to their own workers.
+        """
+        names = {d["name"] for d in definitions}
+        with self.write() as conn:
+            for module in owned_modules:
+                for (name,) in conn.execute(_SQL_SCHEDULES_OF_MODULE, (module,)).fetchall():
+                    if name not in names:
+                        conn.execute(_SQL_DELETE_SCHEDULE, (name,))
+            for definition in definitions:
+                stored = conn.execute(_SQL_GET_SCHEDULE, (definition["name"],)).fetchall()
+                last_fire, next_fire = plan(definition, stored[0] if stored else None, now)
+                conn.execute(_SQL_UPSERT_SCHEDULE, dict(definition, last_fire=last_fire,
+                                                        next_fire=next_fire, now=now))
+
+    def schedules(self):
+        cols = ("name", "task", "module", "schedule", "tz", "queue", "priority", "catch_up",
+                "last_fire", "next_fire")
+        return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
 
     # -- results -----------------------------------------------------------------------
 
@@ -961,10 +1448,27 @@ class Task:
         return self.apply_async(args, kwargs)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, priority=None, queue=None,
-                    **options):
-        """Queue a call with options (Celery's names); returns its AsyncResult."""
+                    countdown=None, eta=None, expires=None, **options):
+        """Queue a call with options (Celery's names); returns its AsyncResult.
+
+        countdown: seconds from now; eta: a datetime (naive: in the app's timezone);
+        expires: seconds from now or a datetime, after which it never starts.
+        """
         return self.app._send(self.name, args, kwargs, task=self, task_id=task_id,
-                              priority=priority, queue=queue, **options)
+                              priority=priority, queue=queue, countdown=countdown, eta=eta,
+                              expires=expires, **options)
+
+    def s(self, *args, **kwargs):
+        """A signature: this task with these arguments, for add_periodic_task."""
+        return _Signature(self, args, kwargs)
+
+
+class _Signature:
+    def __init__(self, task, args, kwargs):
+        self.task, self.args, self.kwargs = task, args, kwargs
+
+    def __repr__(self):
+        return f"{self.task.name}(*{self.args!r}, **{self.kwargs!r})"
 
 
 class AsyncResult:
@@ -995,7 +1499,7 @@ class AsyncResult:
     def state(self):
         """PENDING, SCHEDULED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, EXPIRED or UNKNOWN."""
         row = self._fetch()
-        return row["state"] if row else UNKNOWN
+        return _visible_state(row) if row else UNKNOWN
 
     status = state
 
@@ -1060,7 +1564,7 @@ class AsyncResult:
         sleeper = None
         try:
             poll = _POLL_MIN
-            while row is None or row["state"] not in READY_STATES:
+            while row is None or _visible_state(row) not in READY_STATES:
                 if row is None:
                     raise TaskNotFound(f"no task with id {self.id!r}")
                 if sleeper is None:
@@ -1083,8 +1587,13 @@ class AsyncResult:
         finally:
             if sleeper is not None:
                 sleeper.close()
-        if row["state"] == SUCCESS:
+        state = _visible_state(row)
+        if state == SUCCESS:
             return _unpack(row["result"]) if row["result"] is not None else None
+        if state in (REVOKED, EXPIRED):
+            if propagate:
+                raise TaskRevoked(f"task {self.id} was {state.lower()} before it ran")
+            return None
         exc = self.result
         if propagate and exc is not None:
             raise exc
@@ -1092,6 +1601,16 @@ class AsyncResult:
 
     def wait(self, timeout=None, propagate=True, interval=None):
         return self.get(timeout=timeout, propagate=propagate, interval=interval)
+
+
+def _visible_state(row):
+    """The row's state, except that a task still waiting past its expiry reads EXPIRED
+    (a worker marks the row itself when it meets it)."""
+    state = row["state"]
+    expires = row.get("expires")
+    if expires is not None and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
+        return EXPIRED
+    return state
 
 
 class EagerResult(AsyncResult):
@@ -1131,10 +1650,12 @@ class LiteQueue:
         self.path = os.path.abspath(os.fspath(path))
         self.conf = dict(DEFAULTS)
         self.tasks = {}
+        self.periodic = {}
         self._local = threading.local()
         self._noted = set()
         self._known_remote = set()
         self._work_bell = _Doorbell(_socket_dir(self.path, "work"))
+        self._sched_bell = _Doorbell(_socket_dir(self.path, "sched"))
         self._done_dir = _socket_dir(self.path, "done")
         self._waiters = 0
         self._waiters_lock = threading.Lock()
@@ -1198,6 +1719,50 @@ class LiteQueue:
             return register(fn)
         return register
 
+    def periodic_task(self, schedule, name=None, args=(), kwargs=None, catch_up="once",
+                      **task_options):
+        """Register a task and run it on a schedule: ``@app.periodic_task(crontab(minute=0))``.
+
+        schedule is a crontab, a timedelta or a number of seconds. Workers sync the
+        definitions into the schedules table when they start; there is no beat process.
+        """
+        def register(fn):
+            task = self.task(**task_options)(fn)
+            self.add_periodic_task(schedule, task, args=args, kwargs=kwargs,
+                                   name=name or task.name, catch_up=catch_up)
+            return task
+        return register
+
+    def add_periodic_task(self, schedule, task, args=(), kwargs=None, name=None,
+                          catch_up="once", queue=None, priority=None):
+        """Run a task (a Task, a signature such as add.s(2, 2), or a task name) on a
+        schedule, as Celery beat's add_periodic_task does."""
+        if isinstance(task, _Signature):
+            task, args, kwargs = task.task, task.args, task.kwargs
+        schedule = _as_schedule(schedule)
+        zone = schedule.tz or _zone(self.conf["timezone"])
+        if catch_up not in _CATCH_UP_POLICIES:
+            raise ConfigurationError(f"catch_up must be one of {', '.join(_CATCH_UP_POLICIES)}, "
+                                     f"not {catch_up!r}")
+        task_name = task.name if isinstance(task, Task) else str(task)
+        name = name or task_name
+        if name in self.periodic:
+            raise ConfigurationError(f"a periodic task named {name!r} is already defined")
+        schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
+        payload = _pack_envelope(task_name, args or (), kwargs or {})
+        module = task.module if isinstance(task, Task) else task_name.rpartition(".")[0]
+        self.periodic[name] = {
+            "name": name, "task": task_name, "module": module,
+            "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
+            "payload": payload,
+            "queue": queue or (task.queue if isinstance(task, Task) else None)
+            or self.conf["task_default_queue"],
+            "priority": int(priority if priority is not None else
+                            (task.priority if isinstance(task, Task) and task.priority
+                             is not None else self.conf["task_default_priority"])),
+            "catch_up": catch_up}
+        return name
+
     def send_task(self, name, args=None, kwargs=None, **options):
         """Queue a task by name, without importing it. The name must be registered with a
         worker or producer of this database."""
@@ -1233,7 +1798,7 @@ class LiteQueue:
         return _Sleeper(self._done_dir, name)
 
     def _send(self, name, args, kwargs, task=None, task_id=None, priority=None, queue=None,
-              **options):
+              countdown=None, eta=None, expires=None, **options):
         if options:
             raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
         args = () if args is None else args
@@ -1243,6 +1808,8 @@ class LiteQueue:
         if not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
         payload = _pack_envelope(name, args, kwargs)
+        now = time.time()
+        eta_at, expires_at = self._timing(now, countdown, eta, expires)
         task_id = _new_id() if task_id is None else str(task_id)
         if self.conf["task_always_eager"]:
             return self._run_eagerly(task, name, task_id, payload)
@@ -1251,9 +1818,10 @@ class LiteQueue:
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
-        now = time.time()
+        scheduled = eta_at is not None and eta_at > now
         row = {"id": task_id, "name": name, "queue": str(queue), "priority": int(priority),
-               "state": PENDING, "payload": payload, "eta": None, "expires": None,
+               "state": SCHEDULED if scheduled else PENDING, "payload": payload,
+               "eta": eta_at if scheduled else None, "expires": expires_at,
                "max_retries": task.max_retries if task else None, "created_at": now}
         registry_row = None
         if task is not None and name not in self._noted:
@@ -1261,8 +1829,29 @@ class LiteQueue:
         self._storage().insert_task(row, registry_row)
         if registry_row:
             self._noted.add(name)
-        self._work_bell.ring()
+        (self._sched_bell if scheduled else self._work_bell).ring()
         return AsyncResult(task_id, self)
+
+    def _timing(self, now, countdown, eta, expires):
+        """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
+        if countdown is not None and eta is not None:
+            raise ConfigurationError("give countdown or eta, not both")
+        eta_at = None
+        if countdown is not None:
+            if isinstance(countdown, _dt.timedelta):
+                countdown = countdown.total_seconds()
+            if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) \
+                    or not math.isfinite(countdown):
+                raise ConfigurationError(f"countdown must be a number of seconds, not {countdown!r}")
+            eta_at = now + countdown
+        elif eta is not None:
+            if not isinstance(eta, _dt.datetime):
+                raise ConfigurationError(f"eta must be a datetime, not {type(eta).__name__}")
+            eta_at = _to_instant(eta, _zone(self.conf["timezone"]), "eta")
+        expires_at = _to_instant(expires, _zone(self.conf["timezone"]), "expires")
+        if expires_at is not None and eta_at is not None and expires_at < eta_at:
+            raise ConfigurationError("expires is earlier than eta: the task could never run")
+        return eta_at, expires_at
 
     def _run_eagerly(self, task, name, task_id, payload):
         if task is None:
@@ -1289,6 +1878,7 @@ def _validate_settings(conf):
         raise ConfigurationError("worker_concurrency must be a whole number >= 1")
     if isinstance(conf["imports"], str):
         conf["imports"] = (conf["imports"],)
+    _zone(conf["timezone"])
 
 
 def _unknown_task_message(name, known):
@@ -1342,14 +1932,21 @@ def _autoimport(modules, root):
 def _collect_tasks(db_path):
     """Tasks and settings of the apps of this process that use db_path (or of all apps,
     if none does)."""
+    tasks, conf, _ = _collect_apps(db_path)
+    return tasks, conf
+
+
+def _collect_apps(db_path):
+    """(tasks, settings, periodic definitions) of the apps that use db_path."""
     real = os.path.realpath(db_path)
     matching = [a for a in _apps if os.path.realpath(a.path) == real] or list(_apps)
-    tasks, conf = {}, dict(DEFAULTS)
+    tasks, conf, periodic = {}, dict(DEFAULTS), {}
     for app in matching:
         tasks.update(app.tasks)
+        periodic.update(app.periodic)
     if matching:
         conf.update(matching[0].conf)
-    return tasks, conf
+    return tasks, conf, periodic
 
 
 def _load_worker_code(spec, storage):
@@ -1554,6 +2151,9 @@ class _Child:
             logger.error("Task %s[%s] rejected: %s", name, task_id, exc)
             return (FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")),
                     None, seq, attempt, tag)
+        if expires is not None and expires <= time.time():
+            logger.warning("Task %s[%s] expired before it could start", name, task_id)
+            return (EXPIRED, None, None, seq, attempt, tag)
         task = self.tasks.get(name)
         if task is None:
             task = self._find_late(name)
@@ -1617,9 +2217,10 @@ class _Supervisor:
     """Starts N children, replaces dead ones, rescues orphans and checkpoints the WAL."""
 
     def __init__(self, db, *, concurrency, queues, modules, loglevel, settings, autoimport,
-                 poll_interval, grace, tasks):
+                 poll_interval, grace, tasks, periodic=None):
         self.db = os.path.abspath(db)
         self.tasks = tasks
+        self.periodic = periodic or {}
         self.concurrency = concurrency
         self.queues = queues
         self.modules = modules
@@ -1664,6 +2265,10 @@ class _Supervisor:
             now = time.time()
             self.storage.upsert_registry(
                 [{"name": t.name, "module": t.module, "now": now} for t in tasks.values()])
+        owned = {t.module for t in tasks.values()} | {p["module"] for p in self.periodic.values()}
+        self.storage.sync_schedules(list(self.periodic.values()), sorted(owned), time.time(),
+                                    _plan_sync)
+        self.sched_sleeper = _Sleeper(_socket_dir(self.db, "sched"), self.worker_id)
         sig_r, sig_w = os.pipe()
         os.set_blocking(sig_r, False)
         os.set_blocking(sig_w, False)
@@ -1681,6 +2286,7 @@ class _Supervisor:
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            self.sched_sleeper.close()
             os.close(sig_r)
             os.close(sig_w)
             with contextlib.suppress(Exception):
@@ -1696,14 +2302,28 @@ class _Supervisor:
         lease = self.settings["worker_lease"]
         next_touch = time.monotonic() + (lease / 4 if lease else 3600)
         wal_seen = None
+        due_at = self._run_scheduler()   # unix time of the next ETA or periodic fire
+        next_rescan = time.monotonic() + _SCHEDULER_RESCAN
         while True:
             now = time.monotonic()
-            deadlines = [next_rescue, next_checkpoint, next_touch]
+            deadlines = [next_rescue, next_checkpoint, next_touch, next_rescan]
             deadlines += [when for when, _ in self.restarts]
             if warm_deadline is not None:
                 deadlines.append(warm_deadline)
             timeout = max(0.0, min(deadlines) - now)
-            ready = multiprocessing.connection.wait(list(self.children) + [sig_r], timeout)
+            if due_at is not None and warm_deadline is None:
+                timeout = max(0.0, min(timeout, due_at - time.time()))
+            waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
+            ready = multiprocessing.connection.wait(waitables, timeout)
+            rung = self.sched_sleeper.fileno() in ready
+            if rung:
+                self.sched_sleeper.drain()
+            if warm_deadline is None and (rung or (due_at is not None and time.time() >= due_at)):
+                due_at = self._run_scheduler()
+            if time.monotonic() >= next_rescan:
+                # Writers that do not ring (the sqlite3 shell) still get their ETAs kept.
+                next_rescan = time.monotonic() + _SCHEDULER_RESCAN
+                due_at = self.storage.next_wakeup()
             if sig_r in ready:
                 try:
                     signals = os.read(sig_r, 64)
@@ -1745,6 +2365,20 @@ class _Supervisor:
             if now >= next_touch:
                 next_touch = now + lease / 4
                 self.lock.touch()
+
+    def _run_scheduler(self):
+        """Promote due ETA rows, queue due periodic fires, and return the next due time.
+
+        Runs exactly when something is due or a producer rang; it never ticks.
+        """
+        now = time.time()
+        promoted = self.storage.promote_due(now)
+        fired = self.storage.fire_due_schedules(now, _plan_fires)
+        if promoted or fired:
+            self._work_bell().ring()
+            logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
+                         promoted, fired)
+        return self.storage.next_wakeup()
 
     def _checkpoint_if_grown(self, seen):
         """Checkpoint here, off the task path, whenever the WAL changed since last time."""
@@ -1837,6 +2471,7 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
     try:
         spec = {"db": db, "modules": list(modules), "cwd": cwd, "autoimport": autoimport}
         tasks, conf = _load_worker_code(spec, probe)
+        periodic = _collect_apps(db)[2]
     finally:
         probe.close()
     conf.update(settings or {})
@@ -1846,7 +2481,8 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
         queues=list(queues or [conf["task_default_queue"]]), modules=spec["modules"],
         loglevel=loglevel, settings={k: conf[k] for k in DEFAULTS}, autoimport=spec["autoimport"],
         poll_interval=conf["worker_poll_interval"] if poll_interval is None else poll_interval,
-        grace=conf["worker_shutdown_grace"] if grace is None else grace, tasks=tasks)
+        grace=conf["worker_shutdown_grace"] if grace is None else grace, tasks=tasks,
+        periodic=periodic)
     return supervisor.run()
 
 
@@ -1887,10 +2523,39 @@ def _json_option(kind):
     return convert
 
 
-def _open_app(db):
+def _iso_datetime(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date and time "
+                                 "(e.g. 2026-11-24T09:00:00+08:00)") from None
+
+
+def _seconds_or_iso(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return _iso_datetime(ctx, param, value)
+
+
+def _zone_option(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        _zone(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _open_app(db, **settings):
     if not os.path.exists(db):
         raise DatabaseError(f"no database at {db}")
-    return LiteQueue(db)
+    return LiteQueue(db, **settings)
 
 
 def _resolve_task_name(app, name):
@@ -1989,17 +2654,26 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, poll_interval
 @click.option("--queue", "-q", help="Queue to send to.")
 @click.option("--priority", type=int, help="Higher runs first.")
 @click.option("--id", "task_id", help="Task id to use instead of a new uuid.")
+@click.option("--countdown", type=click.FloatRange(min=0), help="Run no sooner than seconds from now.")
+@click.option("--eta", callback=_iso_datetime, help="Run no sooner than this ISO 8601 time.")
+@click.option("--expires", callback=_seconds_or_iso,
+              help="Never start after this: seconds from now, or an ISO 8601 time.")
+@click.option("--tz", callback=_zone_option,
+              help="Zone of an --eta/--expires without an offset [default: UTC].")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
-def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, wait, timeout):
+def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
+         expires, tz, wait, timeout):
     """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id."""
     if args and args_json is not None:
         raise click.UsageError("give arguments either positionally or with --args, not both")
-    app = _open_app(db)
+    if countdown is not None and eta is not None:
+        raise click.UsageError("give --countdown or --eta, not both")
+    app = _open_app(db, **({"timezone": tz} if tz else {}))
     name = _resolve_task_name(app, task)
     call_args = args_json if args_json is not None else [_json_value(a) for a in args]
     result = app.send_task(name, call_args, kwargs_json or {}, queue=queue, priority=priority,
-                           task_id=task_id)
+                           task_id=task_id, countdown=countdown, eta=eta, expires=expires)
     if not wait:
         click.echo(result.id)
         return
@@ -2052,6 +2726,36 @@ def status(db):
             busy = running.get(child["id"], [])
             doing = ", ".join(f"{n}[{i}]" for i, n, _ in busy) or "idle"
             click.echo(f"    child {child['id']} pid {child['pid']}: {doing}")
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("-n", "--next", "count", default=3, show_default=True, type=click.IntRange(0, 100),
+              help="How many upcoming fire times to show.")
+def schedules(db, count):
+    """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone."""
+    app = _open_app(db)
+    rows = app._storage().schedules()
+    if not rows:
+        click.echo("no periodic tasks (a worker syncs them from your modules when it starts)")
+    for row in rows:
+        zone = _zone(row["tz"])
+        schedule = _schedule_from_text(row["schedule"], zone)
+        shown = row["schedule"].partition(":")[2]
+        last = _from_unix(row["last_fire"]).astimezone(zone).isoformat() \
+            if row["last_fire"] is not None else "never"
+        click.echo(f"{row['name']}  ->  {row['task']}")
+        click.echo(f"  schedule  {shown}  ({row['schedule'].partition(':')[0]}, "
+                   f"catch_up={row['catch_up']}, queue={row['queue']})")
+        click.echo(f"  zone      {row['tz']}")
+        click.echo(f"  last fire {last}")
+        t = _dt.datetime.fromtimestamp(max(row["next_fire"] - 1e-6, 0), _UTC)
+        upcoming = []
+        for _ in range(count):
+            t = schedule.next_after(t, zone)
+            upcoming.append(t.astimezone(zone).isoformat())
+        for i, when in enumerate(upcoming):
+            click.echo(f"  {'next' if i == 0 else '':<9} {when}")
 
 
 _DEMO_TASKS = """
