@@ -597,6 +597,44 @@ class TestStorage:
             # No -wal or -shm left behind: nothing was journalled.
             assert sorted(p.name for p in tmp_path.iterdir()) == siblings
 
+    def test_concurrent_first_open_of_a_new_file(self, tmp_path):
+        """Two supervisors, or a producer and a worker, may create the file at once."""
+        script = textwrap.dedent("""
+            import collections, json, multiprocessing, os, sys
+            sys.path.insert(0, sys.argv[4])                 # the litequeue under test
+            import litequeue
+
+            def open_it(path, barrier, results):
+                barrier.wait()
+                try:
+                    litequeue._Storage(path).close()
+                    results.put("ok")
+                except BaseException as exc:
+                    results.put(f"{type(exc).__module__}.{type(exc).__name__}")
+
+            if __name__ == "__main__":
+                directory, trials, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+                ctx = multiprocessing.get_context("fork")   # nothing is open yet here
+                outcomes = collections.Counter()
+                for trial in range(trials):
+                    path = os.path.join(directory, f"fresh{trial}.sqlite")
+                    barrier, results = ctx.Barrier(n), ctx.Queue()
+                    procs = [ctx.Process(target=open_it, args=(path, barrier, results))
+                             for _ in range(n)]
+                    for proc in procs:
+                        proc.start()
+                    for _ in range(n):
+                        outcomes[results.get(timeout=60)] += 1
+                    for proc in procs:
+                        proc.join()
+                print(json.dumps(outcomes))
+        """)
+        (tmp_path / "opener.py").write_text(script)
+        done = run([sys.executable, str(tmp_path / "opener.py"), str(tmp_path), "40", "6",
+                    str(LITEQUEUE_PY.parent)], cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"ok": 240}
+
     def test_directory_is_refused(self, tmp_path):
         with pytest.raises(CorruptDatabase, match="directory"):
             litequeue._Storage(str(tmp_path))
@@ -1307,11 +1345,6 @@ class TestProtocol:
         assert (row["queue"], row["priority"], row["attempt"]) == ("default", 0, 1)
         assert project.app.AsyncResult(ok["id"]).get(timeout=5) == 5
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "litequeue bug: _Storage.data_version() uses apsw Connection.data_version() "
-        "(SQLITE_FCNTL_DATA_VERSION), which only changes when this connection reads, so the "
-        "idle fallback never sees other writers' commits; rows are found only by the "
-        "supervisor's 2 s rescue ring. Use PRAGMA data_version."))
     def test_writers_that_do_not_ring_are_picked_up(self, project, workers):
         """The data_version fallback: an INSERT that rings nothing still runs, within the
         fallback's poll interval (0.2 s here), not only when something else wakes it."""
