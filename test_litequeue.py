@@ -564,6 +564,26 @@ class TestStorage:
         litequeue._Storage(db).close()
         assert sha256(db) == before
 
+    def test_migrations_run_in_order_and_once(self, tmp_path, monkeypatch):
+        db = str(tmp_path / "old.sqlite")
+        app = LiteQueue(db)
+        app.task(name="m.t")(lambda: None).delay()
+        app._storage().close()
+        # A later version of litequeue with one more migration opens the old file.
+        extra = "ALTER TABLE tasks ADD COLUMN note TEXT DEFAULT 'migrated'"
+        monkeypatch.setattr(litequeue, "_MIGRATIONS", [*litequeue._MIGRATIONS, extra])
+        monkeypatch.setattr(litequeue, "SCHEMA_VERSION", len(litequeue._MIGRATIONS))
+        litequeue._Storage(db).close()
+        migrated = sha256(db)
+        litequeue._Storage(db).close()
+        assert sha256(db) == migrated                 # each migration runs once
+        assert sql(db, "PRAGMA user_version") == [(litequeue.SCHEMA_VERSION,)]
+        assert sql(db, "SELECT name, note FROM tasks") == [("m.t", "migrated")]
+        # And this version refuses the file that the newer one wrote.
+        monkeypatch.undo()
+        with pytest.raises(SchemaTooNew, match="upgrade litequeue"):
+            litequeue._Storage(db)
+
     def test_synchronous_setting(self, tmp_path):
         db = str(tmp_path / "sync.sqlite")
         assert LiteQueue(db)._storage()._pragma("synchronous") == 1                 # NORMAL
@@ -1316,6 +1336,15 @@ class TestCLI:
         assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
         (child,) = w.children()
         assert f"child {child['id']} pid {child['pid']}: idle" in done.stdout
+
+    def test_demo(self, tmp_path):
+        """README's first command: a worker on demo tasks, and the user sees them done."""
+        done = lq("demo", tmp_path / "demo.sqlite", "-n", 6, cwd=tmp_path, timeout=90)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("SUCCESS") == 5, done.stdout
+        assert "FAILURE  ZeroDivisionError" in done.stdout, done.stdout
+        status = lq("status", tmp_path / "demo.sqlite", cwd=tmp_path)
+        assert "workers:\n  (none)" in status.stdout, status.stdout
 
     def test_status_of_an_empty_database(self, project):
         litequeue._Storage(project.db).close()
