@@ -1696,6 +1696,12 @@ class LiteQueue:
                     settings[_CELERY_ALIASES[key]] = value
             elif key in _BROKER_SETTINGS:
                 logger.info("ignoring %s: litequeue's broker and backend is the database file", key)
+            elif not callable(value) and not isinstance(value, type(sys)):
+                close = difflib.get_close_matches(key, list(DEFAULTS) + list(_CELERY_ALIASES),
+                                                  n=1, cutoff=0.8)
+                if close:
+                    logger.warning("config: ignoring unknown setting %r (did you mean %r?)",
+                                   key, close[0])
         if "imports" in settings and isinstance(settings["imports"], str):
             settings["imports"] = (settings["imports"],)
         self.update_settings(settings)
@@ -2017,6 +2023,9 @@ class _Child:
         return 0
 
     def _on_sigterm(self, signum, frame):
+        # One is enough: a second (a group signal plus the supervisor's) must not kill
+        # the child while it finishes its task or exits.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.stopping = True
 
     def _next_queue(self):
@@ -2167,7 +2176,7 @@ class _Child:
                                     worker=self.worker_id)
         try:
             value = task(*args, **kwargs)
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
             tb = _traceback.format_exc()
             logger.error("Task %s[%s] raised %s: %s", name, task_id, type(exc).__name__, exc)
             return (FAILURE, _encode_error(exc), tb, seq, attempt, tag)
@@ -2363,8 +2372,13 @@ class _Supervisor:
                 next_checkpoint = now + _CHECKPOINT_INTERVAL
                 wal_seen = self._checkpoint_if_grown(wal_seen)
             if now >= next_touch:
+                # The lease fallback counts an untouched lock file as dead; keep every
+                # process of ours fresh, however long its task runs.
                 next_touch = now + lease / 4
                 self.lock.touch()
+                for child in self.children.values():
+                    with contextlib.suppress(OSError):
+                        os.utime(_lock_path(self.db, child.worker_id))
 
     def _run_scheduler(self):
         """Promote due ETA rows, queue due periodic fires, and return the next due time.
@@ -2403,6 +2417,8 @@ class _Supervisor:
                                                self.settings["task_max_retries"])
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
+        if requeued:
+            self._work_bell().ring()
         if code != 0 or requeued or failed:
             logger.warning("child %s (pid %d) ended with %s; %d task(s) requeued, %d failed",
                            child.worker_id, process.pid, how, requeued, failed)

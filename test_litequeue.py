@@ -1048,12 +1048,6 @@ class TestWorker:
         ids = {row[0] for row in sql(project.db, "SELECT id FROM workers")}
         assert a.id not in ids and not ({c["id"] for c in a.children()} & ids)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "litequeue bug: only a supervisor touches its own lock file (every lease/4); a "
-        "child's lock file is written only when a task starts, so another supervisor's "
-        "_probe_lock sees a held lock older than worker_lease and rescues a live child: "
-        "its running task is requeued and runs twice, and live children vanish from the "
-        "workers table. Supervisors should also touch their children's lock files."))
     def test_a_live_worker_is_not_rescued_after_the_lease(self, project, workers):
         """The lease is a fallback for filesystems whose locks lie: a held lock on a live
         worker must win, however long its task runs. (lease 1 s here, 300 s by default)"""
@@ -1280,13 +1274,6 @@ class TestWorker:
         wait_until(lambda: len(w.live_children()) == 1, 15, "one live child")
         assert w.proc.poll() is None
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "litequeue bug: _Child._execute catches only Exception and SystemExit; a task "
-        "raising KeyboardInterrupt (or another BaseException) kills the child after the "
-        "finally block reset the lock record to 0 and run() unlinked the lock file, so "
-        "_Supervisor._reap finds no crashed seq and requeues the task uncharged: it runs "
-        "forever and starves the queue. Record it as FAILURE (catch BaseException), or "
-        "leave the lock record in place so the crash is charged."))
     def test_task_raising_a_base_exception_does_not_loop(self, project, workers):
         w = workers.start(project, concurrency=1)
         r = project.delay("interrupt")
