@@ -42,7 +42,8 @@ __all__ = [
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "SerializationError",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
-    "WorkerLostError", "TaskRevoked", "crontab",
+    "WorkerLostError", "TaskRevoked", "MaxRetriesExceededError", "TimeLimitExceeded",
+    "SoftTimeLimitExceeded", "crontab",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
 ]
@@ -52,6 +53,7 @@ import contextlib
 import datetime as _dt
 import difflib
 import fcntl
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -61,6 +63,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import re
 import select
 import signal
@@ -112,7 +115,11 @@ DEFAULTS = {
     "task_always_eager": False,       # run tasks inline, for unit tests
     "task_default_queue": "default",
     "task_default_priority": 0,
-    "task_max_retries": 3,            # budget when a task's process dies under it
+    "task_max_retries": 3,            # retries when a task's policy or its dying process asks
+    "task_time_limit": None,          # hard limit, seconds: the process is killed
+    "task_soft_time_limit": None,     # soft limit, seconds: SoftTimeLimitExceeded is raised
+    "worker_max_tasks_per_child": None,   # replace a child after this many tasks
+    "worker_max_memory_per_child": None,  # ... or once its resident memory passes this (KiB)
     "worker_concurrency": os.cpu_count() or 1,
     "worker_poll_interval": 1.0,      # slowest fallback poll, for writers that do not ring
     "worker_prefetch": 16,            # largest claim batch when the backlog is deep
@@ -134,6 +141,9 @@ _CELERY_ALIASES = {
     "CELERYD_CONCURRENCY": "worker_concurrency",
     "CELERY_CONCURRENCY": "worker_concurrency",
     "CELERYD_PREFETCH_MULTIPLIER": None,
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
 }
 # Settings that name a broker or backend: litequeue has exactly one, the file.
 _BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
@@ -162,6 +172,8 @@ _CATCH_UP_MAX = 1000
 # catch_up="none": a fire later than this is skipped, not run late.
 _CATCH_UP_NONE_GRACE = 10.0
 _CATCH_UP_POLICIES = ("once", "all", "none")
+# Finished rows deleted per pruning transaction: short enough not to hold up claims.
+_PRUNE_BATCH = 2000
 # Longest socket path the kernel accepts (sun_path is 108 bytes with the NUL).
 _SUN_PATH_MAX = 107
 
@@ -246,8 +258,31 @@ class WorkerLostError(LitequeueError):
     """The process running the task died before it finished."""
 
 
+class MaxRetriesExceededError(LitequeueError):
+    """A task asked for a retry after using up max_retries, with no exception to report."""
+
+
+class TimeLimitExceeded(LitequeueError):
+    """The task ran past its hard time_limit; its process was killed."""
+
+
+class SoftTimeLimitExceeded(LitequeueError):
+    """Raised inside a task when its soft_time_limit passes, so it can clean up."""
+
+
 class Retry(Exception):
-    """Raised inside a task to ask for a retry; deliberately outside LitequeueError."""
+    """Raised by ``self.retry()`` inside a task to ask for a retry.
+
+    Deliberately outside LitequeueError, so ``except LitequeueError`` in a task never
+    swallows it.
+    """
+
+    def __init__(self, message=None, exc=None, countdown=None, eta=None, max_retries=None):
+        super().__init__(message or (f"retry requested: {exc!r}" if exc else "retry requested"))
+        self.exc = exc
+        self.countdown = countdown
+        self.eta = eta
+        self.max_retries = max_retries
 
 
 # ---------------------------------------------------------------------------
@@ -774,6 +809,10 @@ _MIGRATIONS = [
     );
     CREATE INDEX schedules_next ON schedules (next_fire);
     """,
+    """
+    -- Finished rows by age, for pruning by result_expires.
+    CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -798,34 +837,44 @@ _SQL_CLAIM = """
                      started_at = :now
     WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND queue = :queue
                   ORDER BY priority DESC, seq LIMIT :n)
-    RETURNING seq, id, name, payload, attempt, retries, max_retries, expires
+    RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors
 """
 # tasks_ready: one index probe.
 _SQL_HAS_READY = "SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue LIMIT 1"
 # Primary key; the attempt and worker are the fencing token of the claim.
 _SQL_COMPLETE = """
-    UPDATE tasks SET state = :state, result = :result, traceback = :traceback,
-                     finished_at = :now
+    UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
+                     errors = coalesce(:errors, errors), retries = retries + :retried,
+                     finished_at = CASE :state WHEN 'RETRY' THEN NULL ELSE :now END
     WHERE seq = :seq AND attempt = :attempt AND worker = :worker AND state = 'STARTED'
 """
 # tasks_running.
 _SQL_RUNNING_OF_WORKER = """
-    SELECT seq, id, name, retries, max_retries, errors FROM tasks
+    SELECT seq, id, name, attempt, retries, max_retries, errors FROM tasks
     WHERE worker = :worker AND state = 'STARTED'
 """
 _SQL_RELEASE = """
     UPDATE tasks SET state = 'PENDING', worker = NULL, pid = NULL, started_at = NULL
     WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
 """
-_SQL_REQUEUE_CRASHED = """
-    UPDATE tasks SET state = 'PENDING', worker = NULL, pid = NULL, started_at = NULL,
-                     retries = retries + 1, errors = :errors
+# How the row a dead process was executing ends: requeued, retried later, or failed.
+_SQL_SETTLE_LOST = """
+    UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
+                     errors = :errors, retries = retries + :retried,
+                     finished_at = CASE WHEN :state IN ('PENDING', 'RETRY') THEN NULL ELSE :now END
     WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
 """
-_SQL_FAIL_CRASHED = """
-    UPDATE tasks SET state = 'FAILURE', result = :result, traceback = :traceback,
-                     finished_at = :now, errors = :errors
-    WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
+# UNIQUE index on id. Without terminate, a running task is left to finish.
+_SQL_REVOKE = """
+    UPDATE tasks SET state = 'REVOKED', finished_at = :now
+    WHERE id = :id AND (state IN ('PENDING', 'SCHEDULED', 'RETRY')
+                        OR (:terminate AND state = 'STARTED'))
+"""
+_SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
+# tasks_finished.
+_SQL_PRUNE = """
+    DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < :cutoff
+                                    ORDER BY finished_at LIMIT :n)
 """
 # UNIQUE index on id.
 _SQL_GET_TASK = """
@@ -1075,8 +1124,9 @@ class _Storage:
     def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release):
         rejected = 0
         with self.write() as conn:
-            for state, result, tb, seq, attempt, *_ in outcomes:
-                conn.execute(_SQL_COMPLETE, (state, result, tb, now, seq, attempt, worker))
+            for o in outcomes:
+                conn.execute(_SQL_COMPLETE, (o.state, o.result, o.traceback, o.eta, o.errors,
+                                             o.retried, now, o.seq, o.attempt, worker))
                 if conn.changes() == 0:
                     rejected += 1
             for seq in release:
@@ -1084,31 +1134,29 @@ class _Storage:
             rows = conn.execute(_SQL_CLAIM, (worker, pid, now, queue, n)).fetchall() if n else []
         return rows, rejected
 
-    def rescue(self, worker, crashed_seq, reason, now, default_max_retries):
-        """Requeue a dead worker's rows. The one it was running counts as a failed attempt.
+    def rescue(self, worker, crashed_seq, settle, now):
+        """Take back a dead worker's rows and unregister it.
 
-        Returns (requeued, failed) counts.
+        Rows it had only prefetched go back to PENDING uncharged. The row it was executing
+        (crashed_seq) ends as settle(row) says: an _Outcome whose state is PENDING,
+        RETRY or FAILURE. Returns (requeued, failed) counts.
         """
         requeued = failed = 0
+        cols = ("seq", "id", "name", "attempt", "retries", "max_retries", "errors")
         with self.write() as conn:
-            rows = conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall()
-            for seq, task_id, name, retries, max_retries, errors in rows:
-                if seq != crashed_seq:
-                    conn.execute(_SQL_RELEASE, (seq, worker))
+            for values in conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall():
+                row = dict(zip(cols, values))
+                if row["seq"] != crashed_seq:
+                    conn.execute(_SQL_RELEASE, (row["seq"], worker))
                     requeued += 1
                     continue
-                history = _unpack(errors) if errors else []
-                history.append({"type": "litequeue.WorkerLostError", "message": reason,
-                                "time": now})
-                limit = default_max_retries if max_retries is None else max_retries
-                if retries < limit:
-                    conn.execute(_SQL_REQUEUE_CRASHED, (_pack(history), seq, worker))
-                    requeued += 1
-                else:
-                    error = _encode_error(WorkerLostError(reason))
-                    conn.execute(_SQL_FAIL_CRASHED, (error, reason, now, _pack(history),
-                                                     seq, worker))
+                o = settle(row)
+                conn.execute(_SQL_SETTLE_LOST, (o.state, o.result, o.traceback, o.eta, o.errors,
+                                                o.retried, now, row["seq"], worker))
+                if o.state == FAILURE:
                     failed += 1
+                else:
+                    requeued += 1
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
         return requeued, failed
 
@@ -1209,6 +1257,30 @@ class _Storage:
         rows = self.conn.execute(_SQL_GET_TASK, (task_id,)).fetchall()
         return dict(zip(self._TASK_COLUMNS, rows[0])) if rows else None
 
+    def revoke(self, task_id, terminate, now):
+        """Mark a task REVOKED unless it finished; returns True if it was revoked."""
+        with self.write() as conn:
+            conn.execute(_SQL_REVOKE, (now, task_id, int(bool(terminate))))
+            return conn.changes() > 0
+
+    def states_of(self, seqs):
+        return dict(self.conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
+
+    def prune(self, cutoff):
+        """Delete rows finished before cutoff, a batch per transaction so claims are never
+        held up for long, then hand the freed pages back to the filesystem."""
+        deleted = 0
+        while True:
+            with self.write() as conn:
+                conn.execute(_SQL_PRUNE, (cutoff, _PRUNE_BATCH))
+                n = conn.changes()
+            deleted += n
+            if n < _PRUNE_BATCH:
+                break
+        if deleted:
+            self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+        return deleted
+
     def forget(self, task_id):
         with self.write() as conn:
             conn.execute(_SQL_FORGET, (task_id,))
@@ -1240,6 +1312,9 @@ def _socket_dir(db_path, kind):
     return os.path.join(base, kind)
 
 
+_RING_REVOKED = b"R"   # a task was revoked: re-check what you have prefetched
+
+
 class _Doorbell:
     """Rings the sleepers bound in one directory: one datagram each, never blocking."""
 
@@ -1249,7 +1324,7 @@ class _Doorbell:
         self._listed_mtime = None
         self._sock = None
 
-    def ring(self, prefix=None):
+    def ring(self, prefix=None, message=b"!"):
         try:
             st = os.stat(self.directory)
         except FileNotFoundError:
@@ -1267,7 +1342,7 @@ class _Doorbell:
                 continue
             path = os.path.join(self.directory, name)
             try:
-                self._sock.sendto(b"!", path)
+                self._sock.sendto(message, path)
             except BlockingIOError:
                 pass  # its buffer is full of unread rings: it is awake already
             except (ConnectionRefusedError, FileNotFoundError):
@@ -1288,18 +1363,26 @@ class _Sleeper:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.setblocking(False)
+        self._revoked = False
 
     def fileno(self):
         return self.sock.fileno()
 
     def drain(self):
+        """Read every pending ring; True if there was any."""
         rang = False
         while True:
             try:
-                self.sock.recv(64)
+                self._revoked |= self.sock.recv(64) == _RING_REVOKED
                 rang = True
             except BlockingIOError:
                 return rang
+
+    def revoked(self):
+        """True (once) if a revoke rang since the last call."""
+        self.drain()
+        revoked, self._revoked = self._revoked, False
+        return revoked
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -1311,7 +1394,8 @@ class _Sleeper:
 # Worker lock files
 # ---------------------------------------------------------------------------
 
-_LOCK_RECORD = struct.Struct("<q")  # seq of the task being executed, 0 between tasks
+# The task being executed (seq, 0 between tasks) and its hard deadline (unix time, 0: none).
+_LOCK_RECORD = struct.Struct("<qd")
 
 
 def _lock_path(db_path, worker_id):
@@ -1333,8 +1417,8 @@ class _WorkerLock:
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.executing(0)
 
-    def executing(self, seq):
-        os.pwrite(self.fd, _LOCK_RECORD.pack(seq), 0)
+    def executing(self, seq, deadline=0.0):
+        os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline), 0)
 
     def touch(self):
         os.utime(self.fd)
@@ -1346,13 +1430,14 @@ class _WorkerLock:
 
 
 def _read_executing(path):
-    """The seq a (dead) worker was executing according to its lock file, or None."""
+    """(seq or None, hard deadline or None) of the task a worker is executing, from its
+    lock file."""
     try:
         with open(path, "rb") as f:
-            data = f.read(_LOCK_RECORD.size)
-        return _LOCK_RECORD.unpack(data)[0] or None
+            seq, deadline = _LOCK_RECORD.unpack(f.read(_LOCK_RECORD.size))
+        return seq or None, deadline or None
     except (OSError, struct.error):
-        return None
+        return None, None
 
 
 def _probe_lock(path, lease):
@@ -1413,10 +1498,15 @@ def _task_name_for(fn):
 class Task:
     """A registered task. Call it to run inline; delay()/apply_async() to queue it."""
 
-    _OPTIONS = {"name", "queue", "priority", "bind", "max_retries"}
+    # Celery's names and defaults.
+    _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
+                "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
+                "time_limit", "soft_time_limit"}
 
     def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
-                 max_retries=None):
+                 max_retries=None, autoretry_for=(), retry_backoff=False,
+                 retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
+                 time_limit=None, soft_time_limit=None):
         default_name, module = _task_name_for(fn)
         self.app = app
         self.fn = fn
@@ -1425,10 +1515,43 @@ class Task:
         self.queue = queue
         self.priority = priority
         self.bind = bind
+        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
+            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
         self.max_retries = max_retries
+        self.autoretry_for = tuple(autoretry_for)
+        if not all(isinstance(t, type) and issubclass(t, BaseException)
+                   for t in self.autoretry_for):
+            raise ConfigurationError("autoretry_for takes exception classes")
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.default_retry_delay = default_retry_delay
+        for key, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
+                raise ConfigurationError(f"{key} must be a positive number of seconds")
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
+
+    def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
+        """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
+
+        Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
+        countdown defaults to the task's backoff policy.
+        """
+        raise Retry(exc=exc, countdown=countdown, eta=eta, max_retries=max_retries)
+
+    def backoff(self, retries):
+        """Seconds to wait before retry number retries+1, by the task's policy."""
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1 if self.retry_backoff is True else self.retry_backoff
+        countdown = min(self.retry_backoff_max, factor * 2 ** retries)
+        if self.retry_jitter:
+            countdown = random.uniform(0, countdown)  # "full jitter", as Celery does
+        return float(countdown)
 
     def __repr__(self):
         return f"<@task: {self.name}>"
@@ -1545,6 +1668,25 @@ class AsyncResult:
     def retries(self):
         row = self._fetch()
         return row["retries"] if row else 0
+
+    @property
+    def errors(self):
+        """Every failed attempt so far: dicts with type, message, time and attempt."""
+        row = self._fetch()
+        return _unpack(row["errors"]) if row and row["errors"] else []
+
+    def revoke(self, terminate=False):
+        """Stop the task from running: a waiting task becomes REVOKED and never runs.
+
+        A running task is left to finish unless terminate is true; then its process is
+        killed (and replaced) and the task is REVOKED. Returns True if it was revoked.
+        """
+        revoked = self.app._storage().revoke(self.id, terminate, time.time())
+        self._row = None
+        if revoked and terminate:
+            self.app._sched_bell.ring()                           # supervisors kill it
+            self.app._work_bell.ring(message=_RING_REVOKED)       # children drop prefetched
+        return revoked
 
     def forget(self):
         """Delete the task and its result."""
@@ -1977,6 +2119,35 @@ def _configure_logging(level):
                         format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
 
 
+class _Outcome:
+    """How one claimed row ended, as complete_and_claim records it."""
+
+    __slots__ = ("state", "result", "traceback", "seq", "attempt", "tag", "eta", "errors",
+                 "retried")
+
+    def __init__(self, state, result=None, traceback=None, *, seq, attempt, tag, eta=None,
+                 errors=None, retried=0):
+        self.state, self.result, self.traceback = state, result, traceback
+        self.seq, self.attempt, self.tag = seq, attempt, tag
+        self.eta, self.errors, self.retried = eta, errors, retried
+
+
+def _resident_kib():
+    """This process's resident memory in KiB (current, not peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _error_entry(exc, attempt):
+    """One line of a task's error history."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    return {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": message,
+            "time": time.time(), "attempt": attempt}
+
+
 class _Child:
     """One worker process: claims rows, runs them, records results."""
 
@@ -2000,12 +2171,25 @@ class _Child:
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
         self.lock = _WorkerLock(spec["db"], self.worker_id)
+        self.tasks_done = 0
+        self.max_memory = spec["max_memory"]
+        if self.max_memory:
+            baseline = _resident_kib()
+            if baseline * 1.1 >= self.max_memory:
+                # A fresh child already near the limit would be replaced after every task,
+                # for ever (Celery's respawn loop): allow it some room instead.
+                self.max_memory = int(baseline * 1.5)
+                logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
+                               "using %d KiB", spec["max_memory"], baseline, self.max_memory)
         self.storage.register_worker({
             "id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
             "pid": self.pid, "queues": ",".join(self.queues), "concurrency": 1,
             "started_at": time.time()})
         self.sleeper = _Sleeper(_socket_dir(spec["db"], "work"), self.worker_id)
         self.done_bell = _Doorbell(_socket_dir(spec["db"], "done"))
+        self.control_bell = _Doorbell(_socket_dir(spec["db"], "sched"))
+        self.in_task = False
+        signal.signal(signal.SIGALRM, self._on_soft_limit)
         self.sig_r, sig_w = os.pipe()
         os.set_blocking(sig_w, False)
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -2021,6 +2205,11 @@ class _Child:
             self.lock.release()
             self.storage.close()
         return 0
+
+    def _on_soft_limit(self, signum, frame):
+        if self.in_task:
+            self.in_task = False
+            raise SoftTimeLimitExceeded("the task ran past its soft time limit")
 
     def _on_sigterm(self, signum, frame):
         # One is enough: a second (a group signal plus the supervisor's) must not kill
@@ -2058,6 +2247,12 @@ class _Child:
                     batch = min(batch * 2, self.prefetch)
                 claimed = rows[::-1]
             row = claimed.pop()
+            if self.sleeper.revoked():
+                # A task was revoked: drop the prefetched rows it may have hit.
+                states = self.storage.states_of([row[0]] + [r[0] for r in claimed])
+                claimed = [r for r in claimed if states.get(r[0]) == STARTED]
+                if states.get(row[0]) != STARTED:
+                    continue
             if outcomes and self._durations.get(row[2], 1.0) > _GROUP_COMMIT_WINDOW:
                 # This task may be slow: do not make finished results wait for it.
                 self._commit(outcomes, 0)
@@ -2070,6 +2265,9 @@ class _Child:
             self._durations[row[2]] = 0.7 * previous + 0.3 * last_duration
             if last_duration > _GROUP_COMMIT_WINDOW:
                 batch = 1
+            self.tasks_done += 1
+            if self._used_up():
+                self.stopping = True
             if not claimed:
                 continue
             if self.stopping or self._parent_gone():
@@ -2087,6 +2285,18 @@ class _Child:
             if now - first_uncommitted > _GROUP_COMMIT_WINDOW:
                 self._commit(outcomes, 0)
                 outcomes, first_uncommitted = [], None
+
+    def _used_up(self):
+        """True once this child should be replaced (max tasks or memory per child)."""
+        max_tasks = self.spec["max_tasks"]
+        if max_tasks and self.tasks_done >= max_tasks:
+            logger.info("child %s ran %d tasks: replacing it", self.worker_id, self.tasks_done)
+            return True
+        if self.max_memory and _resident_kib() > self.max_memory:
+            logger.info("child %s uses %d KiB (limit %d): replacing it", self.worker_id,
+                        _resident_kib(), self.max_memory)
+            return True
+        return False
 
     def _parent_gone(self):
         if self.parent_sentinel is None:
@@ -2110,7 +2320,9 @@ class _Child:
                                "given to another worker", rejected)
             if outcomes:
                 for outcome in outcomes:
-                    self.done_bell.ring(prefix=outcome[5])
+                    self.done_bell.ring(prefix=outcome.tag)
+                if any(o.state == RETRY for o in outcomes):
+                    self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 outcomes = []
             queues_left -= 1
             if rows or queues_left <= 0:
@@ -2150,37 +2362,44 @@ class _Child:
         return None
 
     def _execute(self, row):
-        """Run one claimed row; returns its outcome tuple for complete_and_claim."""
-        seq, task_id, name, payload, attempt, retries, max_retries, expires = row
-        tag = _short_hash(task_id)
+        """Run one claimed row; returns its _Outcome for complete_and_claim."""
+        seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
+        outcome = functools.partial(_Outcome, seq=seq, attempt=attempt, tag=_short_hash(task_id))
         started = time.monotonic()
         try:
             args, kwargs = _unpack_envelope(payload)
         except ValueError as exc:
             logger.error("Task %s[%s] rejected: %s", name, task_id, exc)
-            return (FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")),
-                    None, seq, attempt, tag)
+            return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
         if expires is not None and expires <= time.time():
             logger.warning("Task %s[%s] expired before it could start", name, task_id)
-            return (EXPIRED, None, None, seq, attempt, tag)
+            return outcome(EXPIRED)
         task = self.tasks.get(name)
         if task is None:
             task = self._find_late(name)
         if task is None:
             message = _unknown_task_message(name, self.tasks)
             logger.error("Task %s[%s] rejected: %s", name, task_id, message)
-            return (FAILURE, _encode_error(UnknownTask(message)), None, seq, attempt, tag)
-        self.lock.executing(seq)
+            return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        soft = task.soft_time_limit or self.spec["soft_time_limit"]
+        hard = task.time_limit or self.spec["time_limit"]
+        self.lock.executing(seq, time.time() + hard if hard else 0.0)
+        if hard:
+            self.control_bell.ring()  # the supervisor enforces the hard limit
         _request.current = _Request(task_id, args, kwargs, retries=retries, attempt=attempt,
                                     name=name, hostname=self.spec["hostname"],
                                     worker=self.worker_id)
         try:
+            if soft:
+                self.in_task = True
+                signal.setitimer(signal.ITIMER_REAL, soft)
             value = task(*args, **kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
-            tb = _traceback.format_exc()
-            logger.error("Task %s[%s] raised %s: %s", name, task_id, type(exc).__name__, exc)
-            return (FAILURE, _encode_error(exc), tb, seq, attempt, tag)
+            return self._failed(task, row, exc, _traceback.format_exc(), outcome)
         finally:
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.in_task = False
             _request.current = None
             self.lock.executing(0)
         try:
@@ -2188,11 +2407,39 @@ class _Child:
         except (TypeError, ValueError, OverflowError) as exc:
             error = SerializationError(f"result of {name} cannot be encoded as msgpack: {exc}")
             logger.error("Task %s[%s] failed: %s", name, task_id, error)
-            return (FAILURE, _encode_error(error), None, seq, attempt, tag)
+            return outcome(FAILURE, _encode_error(error))
         if logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] succeeded in %.6fs: %r", name, task_id,
                         time.monotonic() - started, value)
-        return (SUCCESS, result, None, seq, attempt, tag)
+        return outcome(SUCCESS, result)
+
+    def _failed(self, task, row, exc, tb, outcome):
+        """A raising task: RETRY if its policy asks and allows, else FAILURE."""
+        seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
+        asked = exc if isinstance(exc, Retry) else None
+        cause = asked.exc if asked is not None and asked.exc is not None else exc
+        wants_retry = asked is not None or (
+            task.autoretry_for and isinstance(exc, task.autoretry_for))
+        limit = next(v for v in (asked.max_retries if asked else None, max_retries,
+                                 self.default_max_retries) if v is not None)
+        history = (_unpack(errors) if errors else []) + [_error_entry(cause, attempt)]
+        if wants_retry and retries < limit:
+            if asked is not None and asked.eta is not None:
+                eta = _to_instant(asked.eta, _UTC, "eta")
+            elif asked is not None and asked.countdown is not None:
+                eta = time.time() + float(asked.countdown)
+            else:
+                eta = time.time() + task.backoff(retries)
+            logger.warning("Task %s[%s] retry %d/%d in %.2fs: %s: %s", name, task_id,
+                           retries + 1, limit, eta - time.time(), type(cause).__name__, cause)
+            return outcome(RETRY, _encode_error(cause), tb, eta=eta, errors=_pack(history),
+                           retried=1)
+        if asked is not None and asked.exc is None:
+            cause = MaxRetriesExceededError(
+                f"{name}[{task_id}] asked for a retry after {retries} retries (max {limit})")
+            history[-1] = _error_entry(cause, attempt)
+        logger.error("Task %s[%s] raised %s: %s", name, task_id, type(cause).__name__, cause)
+        return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
 
     def _find_late(self, name):
         """A name this child does not know: maybe a producer registered a new module."""
@@ -2220,6 +2467,12 @@ class _ChildHandle:
         self.process = process
         self.worker_id = worker_id
         self.started = started
+        self.killed_for = None      # "time limit" or "revoked" once the supervisor kills it
+
+    def kill(self, why):
+        self.killed_for = why
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
 
 
 class _Supervisor:
@@ -2250,7 +2503,11 @@ class _Supervisor:
                 "queues": self.queues, "modules": self.modules, "loglevel": self.loglevel,
                 "settings": self.settings, "autoimport": self.autoimport,
                 "poll_interval": self.poll_interval, "cwd": os.getcwd(),
-                "hostname": self.hostname}
+                "hostname": self.hostname,
+                "time_limit": self.settings["task_time_limit"],
+                "soft_time_limit": self.settings["task_soft_time_limit"],
+                "max_tasks": self.settings["worker_max_tasks_per_child"],
+                "max_memory": self.settings["worker_max_memory_per_child"]}
 
     def _start_child(self):
         worker_id = uuid.uuid4().hex[:12]
@@ -2306,33 +2563,46 @@ class _Supervisor:
     def _loop(self, sig_r):
         warm_deadline = None
         cold = False
-        next_rescue = time.monotonic() + _RESCUE_INTERVAL
-        next_checkpoint = time.monotonic() + _CHECKPOINT_INTERVAL
         lease = self.settings["worker_lease"]
-        next_touch = time.monotonic() + (lease / 4 if lease else 3600)
+        expires = self.settings["result_expires"]
+        # Prune about four times per expiry period, but at most once a second.
+        prune_every = min(60.0, max(1.0, expires / 4)) if expires else None
+        start = time.monotonic()
+        next_rescue = start + _RESCUE_INTERVAL
+        next_checkpoint = start + _CHECKPOINT_INTERVAL
+        next_touch = start + (lease / 4 if lease else 3600)
+        next_rescan = start + _SCHEDULER_RESCAN
+        next_prune = start + prune_every if prune_every else None
         wal_seen = None
         due_at = self._run_scheduler()   # unix time of the next ETA or periodic fire
-        next_rescan = time.monotonic() + _SCHEDULER_RESCAN
+        hard_deadline = None             # unix time a running task's time limit ends
         while True:
             now = time.monotonic()
             deadlines = [next_rescue, next_checkpoint, next_touch, next_rescan]
             deadlines += [when for when, _ in self.restarts]
+            if next_prune is not None and warm_deadline is None:
+                deadlines.append(next_prune)
             if warm_deadline is not None:
                 deadlines.append(warm_deadline)
             timeout = max(0.0, min(deadlines) - now)
-            if due_at is not None and warm_deadline is None:
-                timeout = max(0.0, min(timeout, due_at - time.time()))
+            for unix_deadline in (due_at if warm_deadline is None else None, hard_deadline):
+                if unix_deadline is not None:
+                    timeout = max(0.0, min(timeout, unix_deadline - time.time()))
             waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
             ready = multiprocessing.connection.wait(waitables, timeout)
+            # Producers (ETAs), children (retries, time limits) and revoke() ring here.
             rung = self.sched_sleeper.fileno() in ready
             if rung:
                 self.sched_sleeper.drain()
-            if warm_deadline is None and (rung or (due_at is not None and time.time() >= due_at)):
-                due_at = self._run_scheduler()
-            if time.monotonic() >= next_rescan:
-                # Writers that do not ring (the sqlite3 shell) still get their ETAs kept.
+            rescan = time.monotonic() >= next_rescan
+            if rescan:
+                # Writers that do not ring (the sqlite3 shell) are seen within this interval.
                 next_rescan = time.monotonic() + _SCHEDULER_RESCAN
-                due_at = self.storage.next_wakeup()
+            if warm_deadline is None and (rung or rescan or (due_at is not None and
+                                                             time.time() >= due_at)):
+                due_at = self._run_scheduler()
+            if rung or rescan or (hard_deadline is not None and time.time() >= hard_deadline):
+                hard_deadline = self._police_children()
             if sig_r in ready:
                 try:
                     signals = os.read(sig_r, 64)
@@ -2368,6 +2638,11 @@ class _Supervisor:
             if now >= next_rescue:
                 next_rescue = now + _RESCUE_INTERVAL
                 self._rescue_dead_workers()
+            if next_prune is not None and now >= next_prune and warm_deadline is None:
+                next_prune = now + prune_every
+                pruned = self.storage.prune(time.time() - expires)
+                if pruned:
+                    logger.info("pruned %d finished task(s) older than %s s", pruned, expires)
             if now >= next_checkpoint:
                 next_checkpoint = now + _CHECKPOINT_INTERVAL
                 wal_seen = self._checkpoint_if_grown(wal_seen)
@@ -2379,6 +2654,53 @@ class _Supervisor:
                 for child in self.children.values():
                     with contextlib.suppress(OSError):
                         os.utime(_lock_path(self.db, child.worker_id))
+
+    def _police_children(self):
+        """Kill children past their task's hard time limit, or running a task revoked with
+        terminate. Returns the next hard deadline (unix time) or None."""
+        executing = {}
+        for child in self.children.values():
+            if child.killed_for is None:
+                seq, deadline = _read_executing(_lock_path(self.db, child.worker_id))
+                if seq:
+                    executing[child] = (seq, deadline)
+        if not executing:
+            return None
+        states = self.storage.states_of(seq for seq, _ in executing.values())
+        now, next_deadline = time.time(), None
+        for child, (seq, deadline) in executing.items():
+            if states.get(seq) == REVOKED:
+                logger.warning("terminating child %s: its task was revoked", child.worker_id)
+                child.kill("revoked")
+            elif deadline and deadline <= now:
+                logger.error("killing child %s: its task ran past its hard time limit",
+                             child.worker_id)
+                child.kill("time limit")
+            elif deadline:
+                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+        return next_deadline
+
+    def _settle_lost(self, exc):
+        """How the row a dead process was executing ends: a retry if the task's policy
+        asks for it (time limits) or its budget allows (a lost worker), else FAILURE."""
+        def settle(row):
+            task = self.tasks.get(row["name"])
+            limit = row["max_retries"] if row["max_retries"] is not None else \
+                self.settings["task_max_retries"]
+            history = (_unpack(row["errors"]) if row["errors"] else []) + \
+                [_error_entry(exc, row["attempt"])]
+            outcome = functools.partial(_Outcome, seq=row["seq"], attempt=row["attempt"],
+                                        tag="", errors=_pack(history))
+            if row["retries"] < limit:
+                if isinstance(exc, TimeLimitExceeded):
+                    if task is not None and task.autoretry_for and \
+                            isinstance(exc, task.autoretry_for):
+                        return outcome(RETRY, _encode_error(exc), str(exc),
+                                       eta=time.time() + task.backoff(row["retries"]), retried=1)
+                else:
+                    return outcome(PENDING, _encode_error(exc), str(exc), retried=1)
+            return outcome(FAILURE, _encode_error(exc), str(exc))
+        return settle
 
     def _run_scheduler(self):
         """Promote due ETA rows, queue due periodic fires, and return the next due time.
@@ -2410,21 +2732,30 @@ class _Supervisor:
         process.join()
         code = process.exitcode
         lock_path = _lock_path(self.db, child.worker_id)
-        crashed = _read_executing(lock_path)
+        crashed, _ = _read_executing(lock_path)
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        reason = f"worker process {process.pid} died ({how}) while running the task"
-        requeued, failed = self.storage.rescue(child.worker_id, crashed, reason, time.time(),
-                                               self.settings["task_max_retries"])
+        if child.killed_for == "time limit":
+            exc = TimeLimitExceeded(f"the task ran past its hard time limit; worker process "
+                                    f"{process.pid} was killed")
+        else:
+            exc = WorkerLostError(f"worker process {process.pid} died ({how}) while running "
+                                  "the task")
+        requeued, failed = self.storage.rescue(child.worker_id, crashed, self._settle_lost(exc),
+                                               time.time())
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         if requeued:
             self._work_bell().ring()
-        if code != 0 or requeued or failed:
-            logger.warning("child %s (pid %d) ended with %s; %d task(s) requeued, %d failed",
-                           child.worker_id, process.pid, how, requeued, failed)
+        if failed or requeued or (code != 0 and child.killed_for is None):
+            logger.warning("child %s (pid %d) ended with %s%s; %d task(s) requeued, %d failed",
+                           child.worker_id, process.pid, how,
+                           f" ({child.killed_for})" if child.killed_for else "", requeued, failed)
         if not restart:
             return
-        if time.monotonic() - child.started < _FAST_DEATH:
+        # A child that exits 0 was recycled on purpose; one that keeps dying at start-up
+        # (an import error, say) is restarted with backoff instead of in a tight loop.
+        if code != 0 and child.killed_for is None and \
+                time.monotonic() - child.started < _FAST_DEATH:
             self.fast_deaths += 1
         else:
             self.fast_deaths = 0
@@ -2440,8 +2771,7 @@ class _Supervisor:
         for child in self.children.values():
             child.process.join()
             # Not the task's fault: everything it held goes back without a retry charged.
-            self.storage.rescue(child.worker_id, None, "cold shutdown", time.time(),
-                                self.settings["task_max_retries"])
+            self.storage.rescue(child.worker_id, None, None, time.time())
             with contextlib.suppress(OSError):
                 os.unlink(_lock_path(self.db, child.worker_id))
         self.children.clear()
@@ -2456,11 +2786,11 @@ class _Supervisor:
             path = _lock_path(self.db, worker["id"])
             if not _probe_lock(path, lease):
                 continue
-            crashed = _read_executing(path)
-            reason = f"worker process {worker['pid']} on {worker['hostname']} died " \
-                     "while running the task"
-            requeued, failed = self.storage.rescue(worker["id"], crashed, reason, time.time(),
-                                                   self.settings["task_max_retries"])
+            crashed, _ = _read_executing(path)
+            exc = WorkerLostError(f"worker process {worker['pid']} on {worker['hostname']} "
+                                  "died while running the task")
+            requeued, failed = self.storage.rescue(worker["id"], crashed,
+                                                   self._settle_lost(exc), time.time())
             with contextlib.suppress(OSError):
                 os.unlink(path)
             logger.warning("worker %s (pid %s) is gone; rescued %d task(s), %d failed",
@@ -2603,7 +2933,8 @@ def _print_result(result, as_json):
     state = result.state
     if as_json:
         out = {"id": result.id, "state": state, "date_done": None, "result": None,
-               "traceback": result.traceback}
+               "traceback": result.traceback, "retries": result.retries,
+               "errors": _to_jsonable(result.errors)}
         if result.date_done:
             out["date_done"] = result.date_done.isoformat()
         value = result.result
@@ -2617,6 +2948,10 @@ def _print_result(result, as_json):
             click.echo(result.traceback.rstrip(), err=True)
     else:
         click.echo(state)
+    for error in ([] if as_json else result.errors):
+        when = _from_unix(error.get("time", 0)).isoformat(timespec="milliseconds")
+        click.echo(f"  attempt {error.get('attempt', '?')} at {when}: {error.get('type')}: "
+                   f"{error.get('message')}", err=True)
     return 1 if state == FAILURE else 0
 
 
@@ -2646,14 +2981,27 @@ def cli():
               help="Seconds a warm shutdown waits for running tasks.")
 @click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),
               help="FULL also survives power loss [default: NORMAL].")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Hard limit per task, seconds: the process is killed and replaced.")
+@click.option("--soft-time-limit", type=click.FloatRange(min=0, min_open=True),
+              help="Soft limit per task, seconds: SoftTimeLimitExceeded is raised in it.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a child after this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a child after a task leaves it above this resident memory.")
 def worker(db, modules, concurrency, queues, loglevel, autoimport, poll_interval, grace,
-           synchronous):
+           synchronous, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child):
     """Run a pool of worker processes on DB until SIGTERM/SIGINT (twice: at once)."""
     _configure_logging(loglevel.upper())
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if queues is not None and not queue_list:
         raise click.BadParameter("no queue named", param_hint="-Q")
     settings = {"synchronous": synchronous.upper()} if synchronous else {}
+    for key, value in (("task_time_limit", time_limit), ("task_soft_time_limit", soft_time_limit),
+                       ("worker_max_tasks_per_child", max_tasks_per_child),
+                       ("worker_max_memory_per_child", max_memory_per_child)):
+        if value is not None:
+            settings[key] = value
     code = run_worker(db, concurrency=concurrency, queues=queue_list, modules=modules,
                       loglevel=loglevel.upper(), autoimport=autoimport,
                       poll_interval=poll_interval, grace=grace, settings=settings)
@@ -2712,6 +3060,24 @@ def result(db, task_id, wait, timeout, as_json):
     if wait:
         res.get(timeout=timeout, propagate=False)
     sys.exit(_print_result(res, as_json))
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("task_id")
+@click.option("--terminate", is_flag=True, help="Also kill the process running it.")
+def revoke(db, task_id, terminate):
+    """Revoke a task: a waiting one never runs; with --terminate a running one is killed."""
+    app = _open_app(db)
+    res = app.AsyncResult(task_id)
+    if res.state == UNKNOWN:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    if res.revoke(terminate=terminate):
+        click.echo(f"revoked {task_id}")
+    else:
+        click.echo(f"not revoked: the task is {res.state}"
+                   + ("" if terminate or res.state != STARTED else " (use --terminate)"))
+        sys.exit(1)
 
 
 @cli.command()
