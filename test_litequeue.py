@@ -1174,21 +1174,21 @@ class TestWorker:
             seq, task_id, _, _, attempt, *_ = first
             assert (task_id, attempt, rejected) == (result.id, 1, 0)
             # The zombie's worker is found dead: its row goes back to the queue.
-            assert storage.rescue("zombie", None, "x", now, 3) == (1, 0)
+            assert storage.rescue("zombie", None, None, now) == (1, 0)
             (second,), _ = storage.complete_and_claim([], "heir", 222, now, "default", 1)
             assert (second[0], second[4]) == (seq, 2)
 
-            zombie = (SUCCESS, pack("zombie"), None, seq, attempt, "tag")
+            zombie = litequeue._Outcome(SUCCESS, pack("zombie"), seq=seq, attempt=attempt, tag="")
             _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
             assert rejected == 1
             # Right attempt number, wrong worker: rejected too.
-            forged = (SUCCESS, pack("forged"), None, seq, 2, "tag")
+            forged = litequeue._Outcome(SUCCESS, pack("forged"), seq=seq, attempt=2, tag="")
             _, rejected = storage.complete_and_claim([forged], "zombie", 111, now, "default", 0)
             assert rejected == 1
             row = project.row(result.id)
             assert (row["state"], row["result"], row["worker"]) == (STARTED, None, "heir")
 
-            heir = (SUCCESS, pack(2), None, seq, 2, "tag")
+            heir = litequeue._Outcome(SUCCESS, pack(2), seq=seq, attempt=2, tag="")
             _, rejected = storage.complete_and_claim([heir], "heir", 222, now, "default", 0)
             assert rejected == 0
             _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
