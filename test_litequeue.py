@@ -1083,6 +1083,48 @@ class TestStorage:
         assert "INDEX tasks_ready" in details, details
         assert "SCAN tasks" not in details, details
 
+    def test_claim_plan_is_independent_of_scheduled_rows(self, tmp_path):
+        """Issue 3: scheduled rows wait where the claim never looks. The claim searches the
+        partial index tasks_ready (and never scans tasks) whether the table is empty or
+        holds 50 000 SCHEDULED rows, before and after ANALYZE; promotion uses tasks_due."""
+        db = str(tmp_path / "plan.sqlite")
+        storage = litequeue._Storage(db)
+
+        def plan(statement, bindings):
+            rows = storage.conn.execute("EXPLAIN QUERY PLAN " + statement, bindings).fetchall()
+            return " | ".join(row[3] for row in rows)
+
+        def check():
+            claim = plan(litequeue._SQL_CLAIM, ("w", 1, 0.0, "default", 16))
+            assert "USING COVERING INDEX tasks_ready" in claim, claim
+            assert "SCAN" not in claim, claim
+            promote = plan(litequeue._SQL_PROMOTE_DUE, (time.time(), litequeue._PROMOTE_BATCH))
+            assert "USING INDEX tasks_due" in promote, promote
+            assert "SCAN" not in promote, promote
+            next_due = plan(litequeue._SQL_NEXT_DUE, ())
+            assert "tasks_due" in next_due and "SCAN" not in next_due, next_due
+
+        try:
+            check()
+            now = time.time()
+            with storage.write() as conn:
+                conn.executemany(
+                    "INSERT INTO tasks (id, name, state, payload, eta, created_at) "
+                    "VALUES (?, 'tasks.add', 'SCHEDULED', ?, ?, ?)",
+                    ((f"later-{i}", pack({"args": [i, i]}), now + 3600 + i, now)
+                     for i in range(50_000)))
+            check()
+            storage.conn.execute("ANALYZE")
+            storage.close()
+            storage = litequeue._Storage(db)
+            check()
+            # And the claim takes none of them.
+            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            assert rows == []
+            assert storage.counts() == [("default", SCHEDULED, 50_000)]
+        finally:
+            storage.close()
+
     @staticmethod
     def _make_bad_file(kind, path):
         if kind == "not-sqlite":
@@ -1349,6 +1391,154 @@ class TestApp:
         with pytest.raises(SerializationError, match="tasks.add"):
             project.delay("add", *args, **kwargs)
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
+
+    # -- scheduling options (issue 3) ------------------------------------------------------
+
+    @staticmethod
+    def _timing(db, task_id):
+        state, eta, expires = sql(db, "SELECT state, eta, expires FROM tasks WHERE id = ?",
+                                  task_id)[0]
+        return state, eta, expires
+
+    def test_countdown_eta_and_expires_set_the_row(self, tmp_path):
+        db = str(tmp_path / "eta.sqlite")
+        app = LiteQueue(db, timezone="Asia/Shanghai")
+
+        @app.task
+        def job(x):
+            return x
+
+        before = time.time()
+        r = job.apply_async([1], countdown=30)
+        after = time.time()
+        state, eta, expires = self._timing(db, r.id)
+        assert state == SCHEDULED and before + 30 <= eta <= after + 30 and expires is None
+        assert r.state == SCHEDULED and not r.ready() and r.result is None
+        r = job.apply_async([1], countdown=dt.timedelta(minutes=2))
+        assert self._timing(db, r.id)[1] == pytest.approx(time.time() + 120, abs=5)
+
+        # An aware eta is that instant; a naive one is wall time in the app's zone, so a
+        # Shanghai user's 09:00 is 01:00 UTC, never eight hours off.
+        aware = dt.datetime(2030, 1, 1, 9, 0, tzinfo=zoneinfo.ZoneInfo("America/New_York"))
+        r = job.apply_async([1], eta=aware)
+        assert self._timing(db, r.id)[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 14, 0))
+        r = job.apply_async([1], eta=dt.datetime(2030, 1, 1, 9, 0))
+        assert self._timing(db, r.id)[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 1, 0))
+        utc_app = LiteQueue(db)
+        r = utc_app.send_task(job.name, [1], eta=dt.datetime(2030, 1, 1, 9, 0))
+        assert self._timing(db, r.id)[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 9, 0))
+
+        # An eta in the past: ready at once.
+        r = job.apply_async([1], eta=dt.datetime.now(UTC) - dt.timedelta(hours=1))
+        assert self._timing(db, r.id) == (PENDING, None, None) and r.state == PENDING
+        r = job.apply_async([1], countdown=-5)
+        assert self._timing(db, r.id) == (PENDING, None, None)
+
+        # expires: seconds from now, an aware datetime, or a naive one in the app's zone.
+        r = job.apply_async([1], expires=60)
+        assert self._timing(db, r.id)[2] == pytest.approx(time.time() + 60, abs=5)
+        r = job.apply_async([1], expires=aware)
+        assert self._timing(db, r.id)[2] == utc_ts(2030, 1, 1, 14, 0)
+        r = job.apply_async([1], countdown=10, expires=dt.datetime(2030, 1, 1, 9, 0))
+        assert self._timing(db, r.id)[0::2] == (SCHEDULED, utc_ts(2030, 1, 1, 1, 0))
+
+    @pytest.mark.parametrize("options, message", [
+        ({"countdown": 5, "eta": "future"}, "countdown or eta, not both"),
+        ({"eta": "future", "expires": "past"}, "expires is earlier than eta"),
+        ({"countdown": 60, "expires": 30}, "expires is earlier than eta"),
+        ({"eta": "future", "expires": 10}, "expires is earlier than eta"),
+        ({"eta": "2030-01-01T00:00:00"}, "eta must be a datetime"),
+        ({"eta": 1893456000}, "eta must be a datetime"),
+        ({"countdown": "5"}, "countdown must be a number"),
+        ({"countdown": float("nan")}, "countdown must be a number"),
+        ({"countdown": True}, "countdown must be a number"),
+        ({"expires": "tomorrow"}, "expires must be a datetime or a number"),
+        pytest.param({"expires": float("nan")}, "expires", marks=pytest.mark.xfail(
+            strict=True, raises=pytest.fail.Exception,
+            reason="litequeue bug: expires=nan is accepted and stored as NULL: the task "
+                   "silently never expires (countdown=nan is refused)")),
+    ], ids=["countdown-and-eta", "expires-before-eta", "expires-before-countdown",
+            "expires-seconds-before-eta", "eta-text", "eta-number", "countdown-text",
+            "countdown-nan", "countdown-bool", "expires-text", "expires-nan"])
+    def test_bad_timing_options_are_refused_and_write_nothing(self, project, options, message):
+        future = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+        options = {k: {"future": future, "past": future - dt.timedelta(minutes=10)}.get(v, v)
+                   if isinstance(v, str) else v for k, v in options.items()}
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        task = project.app.tasks["tasks.add"]
+        try:
+            task.apply_async([1, 2], **options)
+        except ConfigurationError as exc:
+            assert message in str(exc)
+        else:
+            pytest.fail(f"apply_async accepted {options}")
+        assert sha256(project.db) == before
+        assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
+
+    def test_expired_before_it_could_start(self, project):
+        """No worker runs here: the state reads EXPIRED as soon as expires passes, and
+        get() says the task was expired instead of waiting forever."""
+        for expires in (-1, dt.datetime.now(UTC) - dt.timedelta(minutes=1)):
+            r = project.app.tasks["tasks.add"].apply_async([1, 1], expires=expires)
+            assert r.state == EXPIRED and r.ready() and not r.successful()
+            with pytest.raises(TaskRevoked, match="expired"):
+                r.get(timeout=5)
+            assert r.get(timeout=5, propagate=False) is None
+        r = project.app.tasks["tasks.add"].apply_async([1, 1], countdown=30, expires=40)
+        assert r.state == SCHEDULED
+
+    def test_periodic_task_registration(self, tmp_path):
+        db = tmp_path / "beat.sqlite"
+        app = LiteQueue(str(db), timezone="Europe/London")
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        @app.periodic_task(crontab(minute=0, hour=7, tz="Asia/Shanghai"), name="morning",
+                           args=(1,), kwargs={"y": 2})
+        def report(x, y):
+            return x + y
+
+        assert isinstance(report, litequeue.Task) and report(1, y=2) == 3
+        assert app.tasks[report.name] is report
+        assert app.add_periodic_task(dt.timedelta(minutes=5), add.s(2, 2),
+                                     name="add-every-5-min") == "add-every-5-min"
+        assert app.add_periodic_task(30, add, args=(1, 2), name="add-30s", catch_up="all") \
+            == "add-30s"
+        assert app.add_periodic_task(crontab(minute="*/5"), "tasks.remote", name="remote",
+                                     catch_up="none", queue="q") == "remote"
+        assert app.add_periodic_task(60.0, add) == add.name          # named after its task
+
+        def definition(name):
+            d = dict(app.periodic[name])
+            d["payload"] = litequeue._unpack_envelope(d["payload"])
+            return {k: d[k] for k in ("task", "module", "schedule", "tz", "payload", "queue",
+                                      "catch_up")}
+        assert definition("morning") == {
+            "task": report.name, "module": __name__, "schedule": "cron:0 7 * * *",
+            "tz": "Asia/Shanghai", "payload": ([1], {"y": 2}), "queue": "default",
+            "catch_up": "once"}
+        assert definition("add-every-5-min") == {
+            "task": add.name, "module": __name__, "schedule": "every:300.0",
+            "tz": "Europe/London", "payload": ([2, 2], {}), "queue": "default",
+            "catch_up": "once"}
+        assert definition("add-30s")["schedule"] == "every:30.0"
+        assert definition("add-30s")["payload"] == ([1, 2], {})
+        assert definition("add-30s")["catch_up"] == "all"
+        assert definition("remote") == {
+            "task": "tasks.remote", "module": "tasks", "schedule": "cron:*/5 * * * *",
+            "tz": "Europe/London", "payload": ([], {}), "queue": "q", "catch_up": "none"}
+
+        with pytest.raises(ConfigurationError, match="'morning' is already defined"):
+            app.add_periodic_task(10, add, name="morning")
+        with pytest.raises(ConfigurationError, match="already defined"):
+            app.add_periodic_task(10, add)
+        with pytest.raises(ConfigurationError, match="catch_up must be one of"):
+            app.add_periodic_task(10, add, name="x", catch_up="sometimes")
+        assert set(app.periodic) == {"morning", "add-every-5-min", "add-30s", "remote", add.name}
+        assert not db.exists()                  # defining schedules writes nothing
 
 
 # ---------------------------------------------------------------------------
