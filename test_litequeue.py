@@ -908,8 +908,9 @@ class TestScheduling:
         crontab(minute=[0, 30], day_of_week=["mon", "fri"]),
         crontab(minute=5, month_of_year="jan,jul"),
         pytest.param(lambda: crontab(minute="0, 30"), marks=pytest.mark.xfail(
-            strict=True, raises=ConfigurationError, reason="litequeue bug: crontab.expression keeps the spaces of a "
-            "field, so the stored text does not parse back (the worker cannot start)")),
+            strict=True, raises=ConfigurationError,
+            reason="litequeue bug: crontab.expression keeps the spaces of a field, so the "
+                   "stored text does not parse back (the worker cannot start)")),
     ], ids=["fields", "lists", "int-and-names", "spaces-in-a-list"])
     def test_crontab_survives_the_schedules_table(self, schedule):
         if callable(schedule):
@@ -971,20 +972,19 @@ class TestScheduling:
 
     def test_catch_up_all_across_spring_forward_and_daily_fall_back(self):
         ny = zoneinfo.ZoneInfo("America/New_York")
+
+        def missed(schedule, since, until):
+            fires, _, _ = litequeue._plan_fires(
+                plan_row(schedule, "all", dt.datetime(*since, tzinfo=ny).timestamp(),
+                         tz="America/New_York"),
+                dt.datetime(*until, tzinfo=ny).timestamp())
+            return [dt.datetime.fromtimestamp(t, ny).isoformat() for _, t in fires]
         # A daily 02:30 over the spring-forward weekend: one fire a day, 03:00 EDT on the 8th.
-        fires, _, _ = litequeue._plan_fires(
-            plan_row("cron:30 2 * * *", "all", dt.datetime(2026, 3, 6, 12, tzinfo=ny).timestamp(),
-                     tz="America/New_York"),
-            dt.datetime(2026, 3, 10, 12, tzinfo=ny).timestamp())
-        assert [dt.datetime.fromtimestamp(t, ny).isoformat() for _, t in fires] == [
+        assert missed("cron:30 2 * * *", (2026, 3, 6, 12), (2026, 3, 10, 12)) == [
             "2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00",
             "2026-03-09T02:30:00-04:00", "2026-03-10T02:30:00-04:00"]
         # A daily 01:30 over the fall-back weekend: the repeated 01:30 once.
-        fires, _, _ = litequeue._plan_fires(
-            plan_row("cron:30 1 * * *", "all", dt.datetime(2026, 10, 31, 12, tzinfo=ny).timestamp(),
-                     tz="America/New_York"),
-            dt.datetime(2026, 11, 2, 12, tzinfo=ny).timestamp())
-        assert [dt.datetime.fromtimestamp(t, ny).isoformat() for _, t in fires] == [
+        assert missed("cron:30 1 * * *", (2026, 10, 31, 12), (2026, 11, 2, 12)) == [
             "2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
 
     def test_catch_up_all_is_capped_and_never_fires_before_the_last_fire(self):
@@ -2386,6 +2386,178 @@ class TestCLI:
         worker = lq("worker", db, "-A", "no_such_module", "-c", 1, cwd=cwd, timeout=30)
         assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
         assert worker.stderr.strip().splitlines()[-1].startswith("Error: cannot import")
+
+    # -- scheduling (issue 3) ---------------------------------------------------------------
+
+    def test_call_with_countdown_eta_expires_and_tz(self, project, workers):
+        workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+
+        def timing(task_id):
+            return sql(db, "SELECT state, eta, expires FROM tasks WHERE id = ?", task_id)[0]
+
+        sent = time.time()
+        done = lq("call", db, "add", 1, 2, "--countdown", 3, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        countdown_id = done.stdout.strip()
+        state, eta, _ = timing(countdown_id)
+        assert state == SCHEDULED and sent + 3 <= eta <= time.time() + 3
+        shown = lq("result", db, countdown_id, cwd=cwd)
+        assert (shown.returncode, shown.stdout) == (0, "SCHEDULED\n"), shown.stderr
+
+        # --eta in ISO 8601 with an offset is that instant.
+        eta = dt.datetime.now(dt.timezone(dt.timedelta(hours=5, minutes=30))) + \
+            dt.timedelta(seconds=2)
+        done = lq("call", db, "add", 2, 2, "--eta", eta.isoformat(), cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        offset_id = done.stdout.strip()
+        assert timing(offset_id)[:2] == (SCHEDULED, pytest.approx(eta.timestamp(), abs=1e-6))
+        # Without an offset it is read in --tz (else UTC).
+        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00",
+                  "--tz", "Asia/Shanghai", cwd=cwd)
+        assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 1, 0))
+        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00", cwd=cwd)
+        assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 9, 0))
+
+        # --expires: seconds from now, or an ISO time; one in the past never runs.
+        done = lq("call", db, "add", 4, 4, "--expires", 60, cwd=cwd)
+        assert timing(done.stdout.strip())[2] == pytest.approx(time.time() + 60, abs=10)
+        done = lq("call", db, "add", 5, 5, "--expires", "2020-01-01T00:00:00+00:00", cwd=cwd)
+        expired_id = done.stdout.strip()
+        assert timing(expired_id)[2] == utc_ts(2020, 1, 1, 0, 0)
+        shown = lq("result", db, expired_id, cwd=cwd)
+        assert (shown.returncode, shown.stdout) == (0, "EXPIRED\n"), shown.stderr
+
+        for task_id, value in [(countdown_id, "3"), (offset_id, "4")]:
+            done = lq("result", db, task_id, "--wait", "--timeout", 15, cwd=cwd)
+            assert (done.returncode, done.stdout) == (0, value + "\n"), done.stderr
+        (started_at, eta_at), = sql(db, "SELECT started_at, ? FROM tasks WHERE id = ?",
+                                    eta.timestamp(), offset_id)
+        assert started_at >= eta_at
+        wait_until(lambda: project.state(expired_id) == EXPIRED, 10, "the worker to mark it")
+
+    @pytest.mark.parametrize("args, message", [
+        (["--eta", "tomorrow"], "is not an ISO 8601 date and time"),
+        (["--eta", "2030-13-01T00:00:00"], "is not an ISO 8601 date and time"),
+        (["--expires", "soon"], "is not an ISO 8601 date and time"),
+        (["--eta", "2030-01-01T09:00:00", "--tz", "Mars/Olympus_Mons"],
+         "unknown time zone 'Mars/Olympus_Mons'"),
+        (["--countdown", "1", "--eta", "2030-01-01T09:00:00+00:00"], "--countdown or --eta"),
+        (["--countdown", "-1"], "--countdown"),
+        (["--countdown", "soon"], "--countdown"),
+    ], ids=["eta-text", "eta-month-13", "expires-text", "unknown-zone", "countdown-and-eta",
+            "negative-countdown", "countdown-text"])
+    def test_call_bad_timing_exits_2_and_writes_nothing(self, project, args, message):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        done = lq("call", project.db, "add", 1, 2, *args, cwd=project.dir, timeout=30)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Usage:" in done.stderr and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
+
+    def test_call_with_expires_before_eta_exits_1_and_writes_nothing(self, project):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        assert_one_line_error(lq("call", project.db, "add", 1, 2,
+                                 "--eta", "2030-01-01T09:00:00+00:00",
+                                 "--expires", "2030-01-01T08:00:00+00:00", cwd=project.dir),
+                              contains="expires is earlier than eta")
+        assert sha256(project.db) == before
+
+    @staticmethod
+    def _parse_schedules(text):
+        """{name: {"task", "schedule", "zone", "last", "next": [...]}} from `schedules`."""
+        out, current = {}, None
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                name, _, task = line.partition("  ->  ")
+                current = out[name] = {"task": task, "next": []}
+            elif line.startswith("  schedule  "):
+                current["schedule"] = line[len("  schedule  "):]
+            elif line.startswith("  zone      "):
+                current["zone"] = line[len("  zone      "):]
+            elif line.startswith("  last fire "):
+                current["last"] = line[len("  last fire "):]
+            else:
+                current["next"].append(line.split()[-1])
+        return out
+
+    def test_schedules_lists_next_fires_in_their_own_zone(self, project, workers):
+        project.write_module("beat", '''
+            from litequeue import crontab
+            from tasks import app, record
+
+            app.add_periodic_task(crontab(minute=0, hour=9, day_of_week="mon-fri",
+                                          tz="Asia/Shanghai"), record.s("m"), name="morning")
+            app.add_periodic_task(crontab(minute=30, hour=2, tz="America/New_York"),
+                                  record.s("n"), name="nightly", catch_up="all")
+            app.add_periodic_task(1.0, record.s("t"), name="tick")
+        ''')
+        before = dt.datetime.now(UTC)
+        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        after = dt.datetime.now(UTC)
+        wait_until(lambda: any(s == SUCCESS for s, _ in fires_of(project.db, "tick").values()),
+                   10, "a tick")
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        done = lq("schedules", project.db, "-n", 4, cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        listed = self._parse_schedules(done.stdout)
+        assert list(listed) == ["morning", "nightly", "tick"], done.stdout
+        assert {name: (s["task"], s["zone"]) for name, s in listed.items()} == {
+            "morning": ("tasks.record", "Asia/Shanghai"),
+            "nightly": ("tasks.record", "America/New_York"), "tick": ("tasks.record", "UTC")}
+        assert listed["morning"]["schedule"].startswith("0 9 * * mon-fri  (cron, catch_up=once")
+        assert listed["nightly"]["schedule"].startswith("30 2 * * *  (cron, catch_up=all")
+        assert listed["tick"]["schedule"].startswith("1.0  (every, catch_up=once")
+
+        # The next four fire times, in the schedule's own zone, as next_after gives them
+        # from the time the worker synced them.
+        for name, cron in [
+                ("morning", crontab(minute=0, hour=9, day_of_week="mon-fri", tz="Asia/Shanghai")),
+                ("nightly", crontab(minute=30, hour=2, tz="America/New_York"))]:
+            candidates = []
+            for t in (before, after):
+                upcoming = [cron.next_after(t)]
+                for _ in range(3):
+                    upcoming.append(cron.next_after(upcoming[-1]))
+                candidates.append([f.isoformat() for f in upcoming])
+            assert listed[name]["next"] in candidates, (name, done.stdout)
+        assert listed["morning"]["next"][0].endswith("T09:00:00+08:00")
+
+        # The tick fired: its last fire and the times after it, in UTC.
+        (last_fire, next_fire), = sql(project.db, "SELECT last_fire, next_fire FROM schedules "
+                                      "WHERE name = 'tick'")
+        assert listed["tick"]["last"] == dt.datetime.fromtimestamp(last_fire, UTC).isoformat()
+        assert listed["tick"]["next"] == [
+            dt.datetime.fromtimestamp(next_fire + k, UTC).isoformat() for k in range(4)]
+        assert fire_time(max(fires_of(project.db, "tick"))) == last_fire
+
+        fewer = self._parse_schedules(lq("schedules", project.db, "-n", 1, cwd=project.dir).stdout)
+        assert all(len(s["next"]) == 1 for s in fewer.values())
+        litequeue._Storage(str(project.dir / "empty.sqlite")).close()
+        empty = lq("schedules", project.dir / "empty.sqlite", cwd=project.dir)
+        assert empty.returncode == 0 and "no periodic tasks" in empty.stdout
+
+    @pytest.mark.xfail(strict=True, raises=AssertionError,
+                       reason="litequeue bug: the schedules table's last_fire is a cursor set "
+                              "to the sync time, and `schedules` prints it as the last fire")
+    def test_schedules_shows_never_for_a_schedule_that_has_not_fired(self, project, workers):
+        project.write_module("beat", '''
+            from litequeue import crontab
+            from tasks import app, record
+            app.add_periodic_task(crontab(minute=0, hour=9, day_of_month=1, month_of_year=1,
+                                          tz="Asia/Shanghai"), record.s("m"), name="new-year")
+        ''')
+        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        done = lq("schedules", project.db, cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        listed = self._parse_schedules(done.stdout)
+        assert fires_of(project.db, "new-year") == {}                 # it never fired
+        assert listed["new-year"]["last"] == "never", done.stdout
 
 
 # ---------------------------------------------------------------------------
