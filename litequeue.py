@@ -422,10 +422,11 @@ def _to_instant(value, zone, what):
         return value.timestamp()
     if isinstance(value, _dt.timedelta):
         return time.time() + value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value):
         return time.time() + float(value)
     raise ConfigurationError(f"{what} must be a datetime or a number of seconds, "
-                             f"not {type(value).__name__}")
+                             f"not {value!r}")
 
 
 _UTC = _dt.timezone.utc
@@ -553,7 +554,8 @@ class crontab:
     @property
     def expression(self):
         f = self.fields
-        return " ".join(str(f[k]) if not isinstance(f[k], (list, tuple, set, frozenset, range))
+        return " ".join("".join(str(f[k]).split())
+                        if not isinstance(f[k], (list, tuple, set, frozenset, range))
                         else ",".join(map(str, sorted(f[k])))
                         for k in ("minute", "hour", "day_of_month", "month_of_year",
                                   "day_of_week"))
@@ -642,9 +644,12 @@ class _Interval:
         return f"every {self.seconds:g}s"
 
     def next_after(self, dt, zone=None):
-        t = dt.timestamp()
-        n = math.floor(t / self.seconds) + 1
-        return _dt.datetime.fromtimestamp(n * self.seconds, _UTC)
+        n = math.floor(dt.timestamp() / self.seconds) + 1
+        fire = _dt.datetime.fromtimestamp(n * self.seconds, _UTC)
+        while fire <= dt:   # float division, and datetime's microseconds, can round down
+            n += 1
+            fire = _dt.datetime.fromtimestamp(n * self.seconds, _UTC)
+        return fire
 
 
 def _schedule_to_text(schedule):
@@ -803,7 +808,8 @@ _MIGRATIONS = [
         queue       TEXT NOT NULL,
         priority    INTEGER NOT NULL DEFAULT 0,
         catch_up    TEXT NOT NULL DEFAULT 'once',  -- 'once', 'all' or 'none'
-        last_fire   REAL,                          -- latest fire time handled
+        last_fire   REAL,                          -- latest fire time handled (a cursor)
+        fires       INTEGER NOT NULL DEFAULT 0,    -- fires queued so far
         next_fire   REAL NOT NULL,                 -- next fire time
         updated_at  REAL NOT NULL
     );
@@ -921,9 +927,13 @@ _SQL_DUE_SCHEDULES = """
     FROM schedules WHERE next_fire <= :now
 """
 _SQL_NEXT_FIRE = "SELECT min(next_fire) FROM schedules"
-_SQL_SET_FIRED = "UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire WHERE name = :name"
+_SQL_SET_FIRED = """
+    UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire, fires = fires + :fired
+    WHERE name = :name
+"""
 _SQL_SCHEDULES = """
-    SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire
+    SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire,
+           fires
     FROM schedules ORDER BY name
 """
 _SQL_GET_SCHEDULE = "SELECT schedule, tz, last_fire FROM schedules WHERE name = :name"
@@ -1217,11 +1227,13 @@ class _Storage:
             for values in conn.execute(_SQL_DUE_SCHEDULES, (now,)).fetchall():
                 row = dict(zip(cols, values))
                 fires, last_fire, next_fire = plan(row, now)
+                fired = 0
                 for task_id, _ in fires:
                     conn.execute(_SQL_INSERT_FIRE, (task_id, row["task"], row["queue"],
                                                     row["priority"], row["payload"], now))
-                    queued += conn.changes()
-                conn.execute(_SQL_SET_FIRED, (last_fire, next_fire, row["name"]))
+                    fired += conn.changes()
+                conn.execute(_SQL_SET_FIRED, (last_fire, next_fire, fired, row["name"]))
+                queued += fired
         return queued
 
     def sync_schedules(self, definitions, owned_modules, now, plan):
@@ -1244,7 +1256,7 @@ class _Storage:
 
     def schedules(self):
         cols = ("name", "task", "module", "schedule", "tz", "queue", "priority", "catch_up",
-                "last_fire", "next_fire")
+                "last_fire", "next_fire", "fires")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
 
     # -- results -----------------------------------------------------------------------
@@ -1485,13 +1497,18 @@ class _Request:
         self.worker = worker
 
 
+def _module_name(name, file=None):
+    """A module's importable name: a script run as __main__ goes by its file's name, so a
+    worker can import what it defines."""
+    if name == "__main__":
+        file = file or getattr(sys.modules.get("__main__"), "__file__", None)
+        if file:
+            return os.path.splitext(os.path.basename(file))[0]
+    return name
+
+
 def _task_name_for(fn):
-    module = fn.__module__
-    if module == "__main__":
-        # A script's tasks must be importable by the worker under the script's own name.
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        if main_file:
-            module = os.path.splitext(os.path.basename(main_file))[0]
+    module = _module_name(fn.__module__)
     return f"{module}.{fn.__qualname__}", module
 
 
@@ -1876,15 +1893,26 @@ class LiteQueue:
         """
         def register(fn):
             task = self.task(**task_options)(fn)
-            self.add_periodic_task(schedule, task, args=args, kwargs=kwargs,
-                                   name=name or task.name, catch_up=catch_up)
+            self._add_periodic(schedule, task, args, kwargs, name or task.name, catch_up,
+                               None, None, task.module)
             return task
         return register
 
     def add_periodic_task(self, schedule, task, args=(), kwargs=None, name=None,
                           catch_up="once", queue=None, priority=None):
         """Run a task (a Task, a signature such as add.s(2, 2), or a task name) on a
-        schedule, as Celery beat's add_periodic_task does."""
+        schedule, as Celery beat's add_periodic_task does.
+
+        The calling module owns the schedule: a worker that imports that module deletes
+        the module's stored schedules that it no longer defines.
+        """
+        caller = sys._getframe(1).f_globals
+        module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
+        return self._add_periodic(schedule, task, args, kwargs, name, catch_up, queue,
+                                  priority, module)
+
+    def _add_periodic(self, schedule, task, args, kwargs, name, catch_up, queue, priority,
+                      module):
         if isinstance(task, _Signature):
             task, args, kwargs = task.task, task.args, task.kwargs
         schedule = _as_schedule(schedule)
@@ -1898,7 +1926,6 @@ class LiteQueue:
             raise ConfigurationError(f"a periodic task named {name!r} is already defined")
         schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
         payload = _pack_envelope(task_name, args or (), kwargs or {})
-        module = task.module if isinstance(task, Task) else task_name.rpartition(".")[0]
         self.periodic[name] = {
             "name": name, "task": task_name, "module": module,
             "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
@@ -2045,13 +2072,17 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 def _import_module(name):
     """Import a module given as 'pkg.mod', 'pkg.mod:app' or 'path/to/mod.py'."""
+    try:
+        return importlib.import_module(_module_spec_name(name))
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import task module {name!r}: {exc}") from None
+
+
+def _module_spec_name(name):
     name = name.split(":", 1)[0]
     if name.endswith(".py"):
         name = os.path.splitext(os.path.normpath(name))[0].replace(os.sep, ".")
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import task module {name!r}: {exc}") from None
+    return name
 
 
 def _autoimport(modules, root):
@@ -2532,6 +2563,8 @@ class _Supervisor:
             self.storage.upsert_registry(
                 [{"name": t.name, "module": t.module, "now": now} for t in tasks.values()])
         owned = {t.module for t in tasks.values()} | {p["module"] for p in self.periodic.values()}
+        owned |= {_module_spec_name(m) for m in self.modules}
+        owned |= {_module_spec_name(m) for m in self.settings["imports"]}
         self.storage.sync_schedules(list(self.periodic.values()), sorted(owned), time.time(),
                                     _plan_sync)
         self.sched_sleeper = _Sleeper(_socket_dir(self.db, "sched"), self.worker_id)
@@ -3125,7 +3158,7 @@ def schedules(db, count):
         schedule = _schedule_from_text(row["schedule"], zone)
         shown = row["schedule"].partition(":")[2]
         last = _from_unix(row["last_fire"]).astimezone(zone).isoformat() \
-            if row["last_fire"] is not None else "never"
+            if row["fires"] and row["last_fire"] is not None else "never"
         click.echo(f"{row['name']}  ->  {row['task']}")
         click.echo(f"  schedule  {shown}  ({row['schedule'].partition(':')[0]}, "
                    f"catch_up={row['catch_up']}, queue={row['queue']})")

@@ -888,10 +888,6 @@ class TestScheduling:
             app.add_periodic_task(seconds, "tasks.add")
         assert app.periodic == {} and not (tmp_path / "iv.sqlite").exists()
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="litequeue bug: _Interval.next_after can return dt "
-                       "itself for fractional intervals (float rounding); _plan_fires then "
-                       "loops forever inside the scheduler's write transaction")
     @pytest.mark.parametrize("seconds", [0.1, 1.1, 7 / 3], ids=["0.1", "1.1", "7/3"])
     def test_fractional_interval_next_after_is_strictly_after(self, seconds):
         schedule = litequeue._as_schedule(seconds)
@@ -907,10 +903,7 @@ class TestScheduling:
         crontab(minute="*/15", hour="9-17", day_of_week="mon-fri", tz="Asia/Shanghai"),
         crontab(minute=[0, 30], day_of_week=["mon", "fri"]),
         crontab(minute=5, month_of_year="jan,jul"),
-        pytest.param(lambda: crontab(minute="0, 30"), marks=pytest.mark.xfail(
-            strict=True, raises=ConfigurationError,
-            reason="litequeue bug: crontab.expression keeps the spaces of a field, so the "
-                   "stored text does not parse back (the worker cannot start)")),
+        lambda: crontab(minute="0, 30"),
     ], ids=["fields", "lists", "int-and-names", "spaces-in-a-list"])
     def test_crontab_survives_the_schedules_table(self, schedule):
         if callable(schedule):
@@ -1453,10 +1446,7 @@ class TestApp:
         ({"countdown": float("nan")}, "countdown must be a number"),
         ({"countdown": True}, "countdown must be a number"),
         ({"expires": "tomorrow"}, "expires must be a datetime or a number"),
-        pytest.param({"expires": float("nan")}, "expires", marks=pytest.mark.xfail(
-            strict=True, raises=pytest.fail.Exception,
-            reason="litequeue bug: expires=nan is accepted and stored as NULL: the task "
-                   "silently never expires (countdown=nan is refused)")),
+        ({"expires": float("nan")}, "expires"),
     ], ids=["countdown-and-eta", "expires-before-eta", "expires-before-countdown",
             "expires-seconds-before-eta", "eta-text", "eta-number", "countdown-text",
             "countdown-nan", "countdown-bool", "expires-text", "expires-nan"])
@@ -1528,7 +1518,7 @@ class TestApp:
         assert definition("add-30s")["payload"] == ([1, 2], {})
         assert definition("add-30s")["catch_up"] == "all"
         assert definition("remote") == {
-            "task": "tasks.remote", "module": "tasks", "schedule": "cron:*/5 * * * *",
+            "task": "tasks.remote", "module": __name__, "schedule": "cron:*/5 * * * *",
             "tz": "Europe/London", "payload": ([], {}), "queue": "q", "catch_up": "none"}
 
         with pytest.raises(ConfigurationError, match="'morning' is already defined"):
@@ -2073,7 +2063,7 @@ class TestScheduler:
         assert set(rows) == {"tick", "morning", "six-hourly"}
         assert {k: rows["tick"][k] for k in ("task", "module", "schedule", "tz", "catch_up",
                                              "queue")} == {
-            "task": "tasks.record", "module": "tasks", "schedule": "every:1.0", "tz": "UTC",
+            "task": "tasks.record", "module": "beat", "schedule": "every:1.0", "tz": "UTC",
             "catch_up": "once", "queue": "default"}
         assert litequeue._unpack_envelope(rows["tick"]["payload"]) == (["tick"], {})
         morning = rows["morning"]
@@ -2128,10 +2118,6 @@ class TestScheduler:
         assert set(rows) == {"tick", "six-hourly", "other"}
         assert rows["tick"]["last_fire"] >= last_tick        # unchanged: keeps its history
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="litequeue bug: a schedule is owned by its task's module, not "
-                              "by the module that defines it, so a module whose last own "
-                              "task is removed no longer owns its schedules")
     def test_a_module_s_last_periodic_task_removed_is_deleted(self, project, workers):
         project.write_module("beat", BEAT_SOURCE)
         w = workers.start(project, app=("tasks", "beat"), concurrency=1)
@@ -2147,9 +2133,6 @@ class TestScheduler:
         # queue an unknown task every six hours.
         assert set(project.schedules()) == {"tick"}
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="litequeue bug: a worker that does not load beat.py deletes the "
-                              "schedules beat.py defines for tasks of a module it does run")
     def test_a_worker_without_the_schedule_module_leaves_its_schedules(self, project,
                                                                        workers):
         project.write_module("beat", '''
@@ -2540,9 +2523,6 @@ class TestCLI:
         empty = lq("schedules", project.dir / "empty.sqlite", cwd=project.dir)
         assert empty.returncode == 0 and "no periodic tasks" in empty.stdout
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="litequeue bug: the schedules table's last_fire is a cursor set "
-                              "to the sync time, and `schedules` prints it as the last fire")
     def test_schedules_shows_never_for_a_schedule_that_has_not_fired(self, project, workers):
         project.write_module("beat", '''
             from litequeue import crontab
