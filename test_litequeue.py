@@ -1016,6 +1016,35 @@ class TestScheduling:
 # Storage
 # ---------------------------------------------------------------------------
 
+# The layout of a file litequeue wrote at schema version 3 before commit c7ea920 (the
+# versions from the first with pruning up to 557827e): a snapshot, taken from such a file,
+# so that a later edit of an old migration cannot hide from the upgrade test.
+SCHEMA_V3_SNAPSHOT = """
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    queue TEXT NOT NULL DEFAULT 'default', priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'PENDING', payload BLOB NOT NULL, eta REAL, expires REAL,
+    attempt INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, max_retries INTEGER,
+    worker TEXT, pid INTEGER,
+    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    started_at REAL, finished_at REAL, result BLOB, traceback TEXT, errors BLOB);
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, seq) WHERE state = 'PENDING';
+CREATE INDEX tasks_due ON tasks (eta) WHERE state IN ('SCHEDULED', 'RETRY');
+CREATE INDEX tasks_running ON tasks (worker) WHERE state = 'STARTED';
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY, parent TEXT, hostname TEXT NOT NULL, pid INTEGER NOT NULL,
+    queues TEXT NOT NULL, concurrency INTEGER, started_at REAL NOT NULL);
+CREATE TABLE registry (name TEXT PRIMARY KEY, module TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY, task TEXT NOT NULL, module TEXT NOT NULL, schedule TEXT NOT NULL,
+    tz TEXT NOT NULL, payload BLOB NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0, catch_up TEXT NOT NULL DEFAULT 'once',
+    last_fire REAL, next_fire REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX schedules_next ON schedules (next_fire);
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+"""
+
+
 class TestStorage:
 
     def test_new_file_is_ours_in_wal_mode(self, tmp_path):
@@ -1058,6 +1087,36 @@ class TestStorage:
         monkeypatch.undo()
         with pytest.raises(SchemaTooNew, match="upgrade litequeue"):
             litequeue._Storage(db)
+
+    @pytest.mark.xfail(strict=True, raises=apsw.SQLError,
+                       reason="litequeue bug: c7ea920 added schedules.fires by editing "
+                              "migration 1 in place instead of appending a migration, so a "
+                              "schema-3 file written by an earlier version lacks the column")
+    def test_a_schema_3_file_from_an_earlier_version_still_fires(self, tmp_path):
+        """Upgrading litequeue keeps the user's file working: its schedules still fire."""
+        db = str(tmp_path / "v3.sqlite")
+        conn = apsw.Connection(db)
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = WAL")
+            with conn:
+                conn.execute(SCHEMA_V3_SNAPSHOT)
+                conn.execute(f"PRAGMA application_id = {litequeue.APPLICATION_ID}")
+                conn.execute("PRAGMA user_version = 3")
+        finally:
+            conn.close()
+        storage = litequeue._Storage(db)
+        try:
+            now = time.time()
+            definition = {"name": "tick", "task": "tasks.record", "module": "beat",
+                          "schedule": "every:1.0", "tz": "UTC", "queue": "default",
+                          "payload": litequeue._pack_envelope("tasks.record", ["t"], {}),
+                          "priority": 0, "catch_up": "once"}
+            storage.sync_schedules([definition], ["beat"], now - 5, litequeue._plan_sync)
+            assert storage.fire_due_schedules(now, litequeue._plan_fires) == 1
+            assert [row["name"] for row in storage.schedules()] == ["tick"]
+        finally:
+            storage.close()
 
     def test_synchronous_setting(self, tmp_path):
         db = str(tmp_path / "sync.sqlite")
