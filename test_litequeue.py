@@ -904,7 +904,11 @@ class TestScheduling:
         crontab(minute=[0, 30], day_of_week=["mon", "fri"]),
         crontab(minute=5, month_of_year="jan,jul"),
         lambda: crontab(minute="0, 30"),
-    ], ids=["fields", "lists", "int-and-names", "spaces-in-a-list"])
+        pytest.param(lambda: crontab(minute=0, day_of_week=[1, "fri"]), marks=pytest.mark.xfail(
+            strict=True, raises=TypeError,
+            reason="litequeue bug: crontab.expression sorts a list field's items, which fails "
+                   "on a mix of numbers and names (repr and add_periodic_task raise TypeError)")),
+    ], ids=["fields", "lists", "int-and-names", "spaces-in-a-list", "numbers-and-names"])
     def test_crontab_survives_the_schedules_table(self, schedule):
         if callable(schedule):
             schedule = schedule()
