@@ -478,9 +478,7 @@ def _parse_cron_field(field, spec):
                 step = int(step_text)
                 if step < 1:
                     raise ValueError(step_text)
-            if part in ("*", ""):
-                if part == "" and step == 1:
-                    raise ValueError(part)
+            if part == "*":
                 start, end = low, high
             elif "-" in part:
                 a, b = part.split("-", 1)
@@ -556,7 +554,7 @@ class crontab:
         f = self.fields
         return " ".join("".join(str(f[k]).split())
                         if not isinstance(f[k], (list, tuple, set, frozenset, range))
-                        else ",".join(map(str, sorted(f[k])))
+                        else ",".join(map(str, sorted(_parse_cron_field(k, f[k]))))
                         for k in ("minute", "hour", "day_of_month", "month_of_year",
                                   "day_of_week"))
 
@@ -644,6 +642,8 @@ class _Interval:
         return f"every {self.seconds:g}s"
 
     def next_after(self, dt, zone=None):
+        if not isinstance(dt, _dt.datetime) or dt.tzinfo is None:
+            raise ConfigurationError("next_after() takes an aware datetime")
         n = math.floor(dt.timestamp() / self.seconds) + 1
         fire = _dt.datetime.fromtimestamp(n * self.seconds, _UTC)
         while fire <= dt:   # float division, and datetime's microseconds, can round down
@@ -809,7 +809,6 @@ _MIGRATIONS = [
         priority    INTEGER NOT NULL DEFAULT 0,
         catch_up    TEXT NOT NULL DEFAULT 'once',  -- 'once', 'all' or 'none'
         last_fire   REAL,                          -- latest fire time handled (a cursor)
-        fires       INTEGER NOT NULL DEFAULT 0,    -- fires queued so far
         next_fire   REAL NOT NULL,                 -- next fire time
         updated_at  REAL NOT NULL
     );
@@ -818,6 +817,9 @@ _MIGRATIONS = [
     """
     -- Finished rows by age, for pruning by result_expires.
     CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+    """,
+    """
+    ALTER TABLE schedules ADD COLUMN fires INTEGER NOT NULL DEFAULT 0;  -- fires queued so far
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1828,13 +1830,15 @@ class LiteQueue:
 
     def update_settings(self, settings):
         """Apply settings by their DEFAULTS names; an unknown name is an error."""
+        conf = dict(self.conf)
         for key, value in settings.items():
             if key not in DEFAULTS:
                 close = difflib.get_close_matches(key, DEFAULTS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigurationError(f"unknown setting {key!r}{hint}")
-            self.conf[key] = value
-        _validate_settings(self.conf)
+            conf[key] = value
+        _validate_settings(conf)   # a bad value leaves the settings as they were
+        self.conf = conf
 
     def config_from_object(self, obj):
         """Read settings from a module, a module name, a class or a mapping.
@@ -1892,8 +1896,12 @@ class LiteQueue:
         definitions into the schedules table when they start; there is no beat process.
         """
         def register(fn):
+            default_name, module = _task_name_for(fn)
+            periodic_name = name or task_options.get("name") or default_name
+            if periodic_name in self.periodic:
+                raise ConfigurationError(f"a periodic task named {periodic_name!r} is already defined")
             task = self.task(**task_options)(fn)
-            self._add_periodic(schedule, task, args, kwargs, name or task.name, catch_up,
+            self._add_periodic(schedule, task, args, kwargs, periodic_name, catch_up,
                                None, None, task.module)
             return task
         return register

@@ -904,10 +904,7 @@ class TestScheduling:
         crontab(minute=[0, 30], day_of_week=["mon", "fri"]),
         crontab(minute=5, month_of_year="jan,jul"),
         lambda: crontab(minute="0, 30"),
-        pytest.param(lambda: crontab(minute=0, day_of_week=[1, "fri"]), marks=pytest.mark.xfail(
-            strict=True, raises=TypeError,
-            reason="litequeue bug: crontab.expression sorts a list field's items, which fails "
-                   "on a mix of numbers and names (repr and add_periodic_task raise TypeError)")),
+        lambda: crontab(minute=0, day_of_week=[1, "fri"]),
     ], ids=["fields", "lists", "int-and-names", "spaces-in-a-list", "numbers-and-names"])
     def test_crontab_survives_the_schedules_table(self, schedule):
         if callable(schedule):
@@ -1092,10 +1089,6 @@ class TestStorage:
         with pytest.raises(SchemaTooNew, match="upgrade litequeue"):
             litequeue._Storage(db)
 
-    @pytest.mark.xfail(strict=True, raises=apsw.SQLError,
-                       reason="litequeue bug: c7ea920 added schedules.fires by editing "
-                              "migration 1 in place instead of appending a migration, so a "
-                              "schema-3 file written by an earlier version lacks the column")
     def test_a_schema_3_file_from_an_earlier_version_still_fires(self, tmp_path):
         """Upgrading litequeue keeps the user's file working: its schedules still fire."""
         db = str(tmp_path / "v3.sqlite")
