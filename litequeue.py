@@ -1197,16 +1197,21 @@ class _Storage:
 
     # -- scheduler ---------------------------------------------------------------------
 
-    def promote_due(self, now):
-        """Move ETA rows that are due to PENDING, one hop; returns how many."""
-        moved = 0
+    def _in_batches(self, sql, value, batch):
+        """Run a statement that changes at most `batch` rows per call, one transaction per
+        batch so no writer waits long, until it changes fewer. Returns the total."""
+        total = 0
         while True:
             with self.write() as conn:
-                conn.execute(_SQL_PROMOTE_DUE, (now, _PROMOTE_BATCH))
+                conn.execute(sql, (value, batch))
                 changed = conn.changes()
-            moved += changed
-            if changed < _PROMOTE_BATCH:
-                return moved
+            total += changed
+            if changed < batch:
+                return total
+
+    def promote_due(self, now):
+        """Move ETA rows that are due to PENDING, one hop; returns how many."""
+        return self._in_batches(_SQL_PROMOTE_DUE, now, _PROMOTE_BATCH)
 
     def next_wakeup(self):
         """Unix time of the earliest due ETA row or periodic fire, or None."""
@@ -1283,14 +1288,7 @@ class _Storage:
     def prune(self, cutoff):
         """Delete rows finished before cutoff, a batch per transaction so claims are never
         held up for long, then hand the freed pages back to the filesystem."""
-        deleted = 0
-        while True:
-            with self.write() as conn:
-                conn.execute(_SQL_PRUNE, (cutoff, _PRUNE_BATCH))
-                n = conn.changes()
-            deleted += n
-            if n < _PRUNE_BATCH:
-                break
+        deleted = self._in_batches(_SQL_PRUNE, cutoff, _PRUNE_BATCH)
         if deleted:
             self.conn.execute("PRAGMA incremental_vacuum").fetchall()
         return deleted
