@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """litequeue against huey's SqliteHuey, in one run on one machine.
 
-    python bench/bench.py              # full run: 3 repeats, about 5 minutes on 2 cores
-    python bench/bench.py --quick      # 1 repeat, smaller sizes, about 1 minute
+    python bench/bench.py              # full run: 3 repeats, about 7 minutes on 2 cores
+    python bench/bench.py --quick      # 1 repeat, smaller sizes, about 1.5 minutes
+    python bench/bench.py --only eta,future        # just the scheduling rows (issue 3)
     python bench/bench.py --repeat 5 --out bench/results/run.json
 
 Prints a Markdown table (medians, with min-max over the repeats) to stdout; progress goes
@@ -10,7 +11,9 @@ to stderr. See bench/README.md for what each figure means and how it is measured
 """
 
 import argparse
+import collections
 import contextlib
+import datetime as _dt
 import json
 import math
 import os
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 
@@ -39,6 +43,10 @@ import litequeue  # noqa: E402
 import benchtasks  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Measurements, in the order a repeat runs them; --only picks a subset.
+MEASUREMENTS = ("drain", "roundtrip", "idle", "eta", "future")
+FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
 
 # Every worker this run started. Cleanup kills their process groups.
 _PROCS = []
@@ -220,7 +228,7 @@ class LiteQueueSystem:
 
     def open(self, db):
         self.db = db
-        self.app, self.noop = benchtasks.make_litequeue(db, self.synchronous)
+        self.app, self.noop, self.stamp = benchtasks.make_litequeue(db, self.synchronous)
         # Create the schema and open this thread's connection before any timing.
         assert self.app.AsyncResult("warm-up").state == litequeue.UNKNOWN
         return self._pragma_synchronous()
@@ -255,6 +263,13 @@ class LiteQueueSystem:
 
     def roundtrip(self, i):
         return self.noop.delay(i).get(timeout=30)
+
+    def schedule_stamp(self, i, due):
+        """Queue stamp(i) due at the unix time `due` (an aware datetime: that instant)."""
+        return self.stamp.apply_async((i,), eta=_dt.datetime.fromtimestamp(due, _dt.timezone.utc))
+
+    def stamp_result(self, handle, timeout):
+        return handle.get(timeout=timeout)
 
     def start_worker(self, tmp, logname):
         argv = [sys.executable, LITEQUEUE_PY, "worker", self.db, "-c", "2", "-A", "benchtasks",
@@ -298,7 +313,7 @@ class HueySystem:
 
     def open(self, db):
         self.db = db
-        self.huey, self.noop = benchtasks.make_huey(db)
+        self.huey, self.noop, self.stamp = benchtasks.make_huey(db)
         self.huey.pending_count()  # opens the connection before any timing
         conn = self.huey.storage.conn
         return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
@@ -314,6 +329,14 @@ class HueySystem:
 
     def roundtrip(self, i):
         return self.noop(i).get(blocking=True, timeout=30, **self.get_kwargs)
+
+    def schedule_stamp(self, i, due):
+        """Queue stamp(i) due at the unix time `due`. huey turns an aware eta into naive
+        UTC (its default utc=True) and compares it with utcnow(), to the microsecond."""
+        return self.stamp.schedule((i,), eta=_dt.datetime.fromtimestamp(due, _dt.timezone.utc))
+
+    def stamp_result(self, handle, timeout):
+        return handle.get(blocking=True, timeout=timeout)
 
     def start_worker(self, tmp, logname):
         self.marks = os.path.join(tmp, logname + "-marks")
@@ -458,6 +481,260 @@ def measure_idle(system, tmp, tag, settle, window, results):
         remove_db(db)
 
 
+class _SlowEnqueue(Exception):
+    pass
+
+
+def measure_eta_retrying(system, tmp, tag, mode, cfg, results, tries=3):
+    for attempt in range(1, tries + 1):
+        try:
+            return measure_eta(system, tmp, f"{tag}-{attempt}", mode, cfg, results)
+        except _SlowEnqueue as exc:
+            log(f"  {exc}: {'trying again' if attempt < tries else 'giving up on this sample'}")
+            results["eta_retries"].append(1)
+
+
+def measure_eta(system, tmp, tag, mode, cfg, results):
+    """ETA lateness: an idle 2-process worker; `eta_tasks` stamp() tasks due `eta_ahead`
+    seconds from now, all at one instant (mode 'burst') or `eta_spacing_ms` apart
+    (mode 'spaced'). Lateness = the time.time() the task read as its first statement
+    minus its due time. Appends p50/p99/max (ms) and the count started early."""
+    db = os.path.join(tmp, f"{tag}.sqlite")
+    remove_db(db)
+    system.open(db)
+    worker = None
+    try:
+        worker = system.start_worker(tmp, f"{tag}-eta-{mode}.log")
+        assert system.roundtrip(-1) == -1   # waits out the worker's start-up
+        time.sleep(cfg["eta_settle"])       # then the worker idles
+        worker.check_alive()
+        n, ahead = cfg["eta_tasks"], cfg["eta_ahead"]
+        spacing = cfg["eta_spacing_ms"] / 1000.0 if mode == "spaced" else 0.0
+        base = time.time() + ahead
+        dues = [base + i * spacing for i in range(n)]
+        handles = [system.schedule_stamp(i, due) for i, due in enumerate(dues)]
+        enqueued = time.time()
+        if enqueued > base - 0.2:
+            # A busy disk (another process's fsyncs) can slow huey's 200 synchronous
+            # commits to seconds; a task queued after it fell due would not measure the
+            # scheduler. The caller runs the measurement again.
+            raise _SlowEnqueue(f"{system.label}: queuing {n} tasks ended "
+                               f"{enqueued - base + ahead:.2f} s after the first due time "
+                               f"was set ({ahead:g} s ahead)")
+        time.sleep(max(0.0, dues[-1] - time.time()))
+        started = [system.stamp_result(h, timeout=60) for h in handles]
+        worker.check_alive()
+        late = [(s - d) * 1000.0 for s, d in zip(started, dues)]
+        key = f"eta_{mode}"
+        p50, p99 = percentile(late, 50), percentile(late, 99)
+        early = sum(1 for x in late if x < 0)
+        results[key + "_p50"].append(p50)
+        results[key + "_p99"].append(p99)
+        results[key + "_max"].append(max(late))
+        results[key + "_early"].append(early)
+        log(f"  {system.label:<18} ETA {mode:<6}: lateness p50 {p50:8.2f} ms  p99 {p99:8.2f} ms"
+            f"  max {max(late):8.2f} ms  min {min(late):7.2f} ms  (early: {early}; enqueued "
+            f"{n} in {(enqueued - (base - ahead)) * 1000:.0f} ms)")
+    finally:
+        if worker is not None:
+            worker.stop()
+        system.close()
+        remove_db(db)
+
+
+# The prefilled rows look like apply_async(eta=...) rows: same columns, a random uuid4 id,
+# the payload litequeue writes for noop(i), state SCHEDULED and an eta a year or more ahead.
+_SQL_PREFILL = """
+    INSERT INTO tasks (id, name, queue, priority, state, payload, eta, created_at)
+    VALUES (?, 'benchtasks.noop', 'default', 0, 'SCHEDULED', ?, ?, ?)
+"""
+
+
+def build_future_template(tmp, rows):
+    """A litequeue database holding `rows` SCHEDULED rows due a year or more ahead, and
+    nothing else. Built once per run; every repeat works on a byte copy of it.
+
+    The first row goes through the public API (apply_async(eta=...)); the bench checks
+    that its own msgpack payload is byte-identical to that row's before inserting the
+    other rows directly with apsw, 100 000 per transaction (synchronous=OFF and a 256 MB
+    cache while building: the random uuid ids make the UNIQUE index insert-bound).
+    """
+    import msgpack
+    db = os.path.join(tmp, "future-template.sqlite")
+    remove_db(db)
+    t0 = time.perf_counter()
+    app, noop, _ = benchtasks.make_litequeue(db)
+    far = time.time() + 365 * 86400.0
+    try:
+        first = noop.apply_async((0,), eta=_dt.datetime.fromtimestamp(far, _dt.timezone.utc))
+        if first.state != litequeue.SCHEDULED:
+            raise RuntimeError(f"template row is {first.state}, not SCHEDULED")
+    finally:
+        with contextlib.suppress(Exception):
+            app._local.storage.close()
+        with contextlib.suppress(Exception):
+            apps = litequeue._apps
+            (apps.discard if hasattr(apps, "discard") else apps.remove)(app)
+    pack = msgpack.Packer(use_bin_type=True).pack
+    conn = apsw.Connection(db)
+    try:
+        conn.set_busy_timeout(30000)
+        (payload,), = conn.execute("SELECT payload FROM tasks").fetchall()
+        if bytes(payload) != pack({"args": [0], "kwargs": {}}):
+            raise RuntimeError("litequeue's payload format changed: update build_future_template")
+        conn.execute("PRAGMA cache_size = -262144")
+        conn.execute("PRAGMA synchronous = OFF")
+        now = time.time()
+        batch = 100_000
+        for start in range(1, rows, batch):
+            with conn:
+                conn.executemany(_SQL_PREFILL, (
+                    (str(uuid.uuid4()), pack({"args": [i], "kwargs": {}}), far + i * 0.01, now)
+                    for i in range(start, min(rows, start + batch))))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (count,), = conn.execute(
+            "SELECT count(*) FROM tasks WHERE state = 'SCHEDULED'").fetchall()
+    finally:
+        conn.close()
+    shutil.rmtree(db + "-lq", ignore_errors=True)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db + suffix)
+    if count != rows:
+        raise RuntimeError(f"template holds {count} SCHEDULED rows, not {rows}")
+    log(f"  built the template: {rows:,} SCHEDULED rows, "
+        f"{os.path.getsize(db) / 2**20:.0f} MB, in {time.perf_counter() - t0:.1f} s")
+    return db
+
+
+def _stmt_steps(conn, sql, binds, times):
+    """VM steps of each of `times` runs of sql (in the caller's transaction)."""
+    seen = []
+
+    def on_profile(event):
+        if (event.get("sql") or "").strip() == sql.strip() and not event.get("trigger"):
+            seen.append(event["stmt_status"].get("SQLITE_STMTSTATUS_VM_STEP"))
+
+    conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, on_profile, id="lqbench")
+    try:
+        for _ in range(times):
+            conn.execute(sql, binds).fetchall()
+    finally:
+        conn.trace_v2(0, None, id="lqbench")
+    return seen
+
+
+def claim_counts(cfg):
+    """Claims timed with n=1 and with n=16: together they use at most about half of the
+    ready rows, so every timed claim finds a full batch."""
+    return (min(cfg["claim_samples"], cfg["tasks"] // 4),
+            min(cfg["claim_samples"] // 4, cfg["tasks"] // 2 // 16))
+
+
+def claim_cost(db, cfg):
+    """EXPLAIN QUERY PLAN of litequeue's claim statement, and its cost per execution
+    (VM steps, and wall time) with the ready rows in place and no worker running.
+    Runs inside BEGIN IMMEDIATE ... ROLLBACK, so the database is left as it was.
+    Uses litequeue's private statement texts; if they move, reports nothing."""
+    claim = getattr(litequeue, "_SQL_CLAIM", None)
+    if claim is None:
+        log("  litequeue._SQL_CLAIM not found: claim cost not measured")
+        return None
+    sched = {name: getattr(litequeue, name, None) for name in ("_SQL_NEXT_DUE",
+                                                              "_SQL_PROMOTE_DUE")}
+    conn = apsw.Connection(db)
+    out = {}
+    try:
+        conn.set_busy_timeout(30000)
+        # As litequeue's own connections: a stable plan, so the statement stays prepared.
+        with contextlib.suppress(Exception):
+            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
+        binds = {"worker": "bench-claim", "pid": os.getpid(), "now": time.time(),
+                 "queue": "default", "n": 1}
+        out["plan"] = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + claim, binds)]
+        for name, sql in sched.items():
+            if sql:
+                out["plan" + name.lower()[4:]] = [
+                    row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, binds)]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            k1, k16 = claim_counts(cfg)
+            for n, k in ((1, k1), (16, k16)):
+                binds["n"] = n
+                samples = []
+                for _ in range(k):
+                    t0 = time.perf_counter()
+                    rows = conn.execute(claim, binds).fetchall()
+                    samples.append((time.perf_counter() - t0) * 1e6)
+                    if len(rows) != n:
+                        raise RuntimeError(f"claim returned {len(rows)} rows, wanted {n}")
+                out[f"us_n{n}"] = statistics.median(samples)
+                steps = _stmt_steps(conn, claim, binds, 20)
+                out[f"steps_n{n}"] = statistics.median(steps) if steps else None
+            for name, sql in sched.items():
+                if sql:
+                    binds["n"] = 1000   # _PROMOTE_BATCH; nothing is due
+                    steps = _stmt_steps(conn, sql, binds, 5)
+                    out["steps" + name.lower()[4:]] = statistics.median(steps) if steps else None
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return out
+
+
+def measure_future_drain(tmp, tag, template, n, cfg, results):
+    """The drain measurement (litequeue NORMAL, -c 2) on a copy of the 1M-row template
+    (template given) or on an empty table (template None). Appends to results."""
+    system = LiteQueueSystem("litequeue NORMAL", "NORMAL")
+    kind = "1m" if template else "0"
+    db = os.path.join(tmp, f"{tag}.sqlite")
+    remove_db(db)
+    if template:
+        shutil.copyfile(template, db)
+    scheduled_before = cfg["future_rows"] if template else 0
+    system.open(db)
+    worker = None
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            system.enqueue(i)
+        elapsed = time.perf_counter() - t0
+        results[f"future_delay_{kind}"].append(n / elapsed)
+        cost = claim_cost(db, cfg)
+        if cost:
+            for key in ("us_n1", "us_n16", "steps_n1", "steps_n16", "steps_next_due",
+                        "steps_promote_due"):
+                if cost.get(key) is not None:
+                    results[f"claim_{key}_{kind}"].append(cost[key])
+            results.setdefault(f"plans_{kind}", {k: v for k, v in cost.items()
+                                                 if k.startswith("plan")})
+        launched = time.time()
+        worker = system.start_worker(tmp, f"{tag}-drain.log")
+        first, last, observed = system.wait_drained(n, worker, timeout=max(120, n / 100))
+        rate = n / (last - first)
+        results[f"future_drain_{kind}"].append(rate)
+        worker.stop()
+        worker = None
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            (left,), = conn.execute(
+                "SELECT count(*) FROM tasks WHERE state = 'SCHEDULED'").fetchall()
+        finally:
+            conn.close()
+        if left != scheduled_before:
+            raise RuntimeError(f"{left} SCHEDULED rows after the drain, not {scheduled_before}")
+        log(f"  {'litequeue NORMAL':<18} {scheduled_before:>9,} scheduled: drain {rate:9.0f} "
+            f"tasks/s ({last - first:.2f} s); delay() {n / elapsed:7.0f}/s; claim n=1 "
+            f"{cost and cost.get('us_n1') or float('nan'):.1f} µs, "
+            f"{cost and cost.get('steps_n1')} VM steps")
+    finally:
+        if worker is not None:
+            worker.stop()
+        system.close()
+        remove_db(db)
+
+
 def percentile(samples, p):
     """Nearest-rank percentile."""
     ordered = sorted(samples)
@@ -544,6 +821,8 @@ def build_table(S, cfg):
                  fmt(N.get("idle_wakeups"), "/s", 1), "(same code path)",
                  fmt(H.get("idle_wakeups"), "/s", 1),
                  f"{wn / wh:.1f}× huey's" if wn and wh else "—", "—", "—"])
+    # Rows of measurements this run skipped (--only) have no figures: leave them out.
+    rows = [r for r in rows if any(c not in ("—", "(same code path)") for c in r[1:4])]
     header = ["metric", "litequeue NORMAL", "litequeue FULL", "huey (defaults)",
               "ratio vs huey (NORMAL / FULL)", "target", "met?"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -561,6 +840,112 @@ def build_table(S, cfg):
     return "\n".join(out)
 
 
+def build_sched_table(S, raw, cfg):
+    """The scheduling figures of issue 3: ETA lateness (litequeue vs huey) and the drain
+    with future-dated rows (litequeue against itself), with targets."""
+    N, H, X = S["litequeue NORMAL"], S["huey"], S[FUTURE]
+    out = []
+
+    def med(d, key):
+        return d[key]["median"] if d.get(key) else None
+
+    if N.get("eta_spaced_p50") or H.get("eta_spaced_p50"):
+        n, ahead = cfg["eta_tasks"], cfg["eta_ahead"]
+        rows = []
+        for mode, what in (("spaced", f"{n} tasks due {ahead:g} s ahead, "
+                                      f"{cfg['eta_spacing_ms']:g} ms apart"),
+                           ("burst", f"{n} tasks all due at one instant {ahead:g} s ahead")):
+            for q, target in (("p50", None), ("p99", 10.0)):
+                key = f"eta_{mode}_{q}"
+                lq, hu = med(N, key), med(H, key)
+                ratio = f"{hu / lq:.0f}× lower" if lq and hu and lq > 0 else "—"
+                met = "—" if target is None else \
+                    ("yes" if lq is not None and lq <= target else "NO")
+                rows.append([f"ETA lateness {q}, {what}" if q == "p50" else
+                             f"ETA lateness {q}, {mode}",
+                             fmt(N.get(key), "ms", 2), fmt(H.get(key), "ms", 0), ratio,
+                             "—" if target is None else f"≤ {target:g} ms", met])
+            key = f"eta_{mode}_max"
+            rows.append([f"ETA lateness max (worst of {n}), {mode}",
+                         fmt(N.get(key), "ms", 2), fmt(H.get(key), "ms", 0), "—", "—", "—"])
+        early_lq = sum(raw["litequeue NORMAL"].get("eta_spaced_early", []) +
+                       raw["litequeue NORMAL"].get("eta_burst_early", []))
+        early_hu = sum(raw["huey"].get("eta_spaced_early", []) +
+                       raw["huey"].get("eta_burst_early", []))
+        rows.append(["tasks started before their ETA, all runs", str(early_lq), str(early_hu),
+                     "—", "0", "yes" if early_lq == 0 else "NO"])
+        retries = [len(raw[k].get("eta_retries", [])) for k in ("litequeue NORMAL", "huey")]
+        if any(retries):
+            rows.append(["runs redone because queuing the 200 did not finish 0.2 s before the "
+                         "first due time (busy machine)", str(retries[0]), str(retries[1]),
+                         "—", "—", "—"])
+        header = ["metric (idle worker -c 2 / -w 2; lateness = task's own time.time() at "
+                  "start − due time)", "litequeue NORMAL", "huey (defaults)",
+                  "litequeue vs huey", "target", "met?"]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+
+    if X.get("future_drain_0") or X.get("future_drain_1m"):
+        rows_1m = f"{cfg['future_rows']:,}"
+        d0, d1 = med(X, "future_drain_0"), med(X, "future_drain_1m")
+        paired = [b / a - 1 for a, b in zip(raw[FUTURE].get("future_drain_0", []),
+                                            raw[FUTURE].get("future_drain_1m", []))]
+        change = "—"
+        if d0 and d1:
+            change = f"{(d1 / d0 - 1) * 100:+.1f}%"
+            if len(paired) > 1:
+                change += (f" (paired per repeat: {min(paired) * 100:+.1f}% to "
+                           f"{max(paired) * 100:+.1f}%)")
+        rows = [[f"drain rate, {cfg['tasks']:,} prefilled, -c 2, results stored",
+                 fmt(X.get("future_drain_0"), "/s"), fmt(X.get("future_drain_1m"), "/s"),
+                 change, "within 15%",
+                 "yes" if d0 and d1 and d1 >= 0.85 * d0 else "NO"]]
+
+        def same(key, unit, digits, what, target="—"):
+            a, b = med(X, f"{key}_0"), med(X, f"{key}_1m")
+            delta = f"{(b / a - 1) * 100:+.1f}%" if a and b else "—"
+            met = "—"
+            if target != "—":
+                met = "yes" if a is not None and a == b else "NO"
+            rows.append([what, fmt(X.get(f"{key}_0"), unit, digits),
+                         fmt(X.get(f"{key}_1m"), unit, digits), delta, target, met])
+
+        k1, k16 = claim_counts(cfg)
+        same("claim_steps_n1", "steps", 0, "claim statement, SQLite VM steps per execution, "
+             "n=1", "equal")
+        same("claim_steps_n16", "steps", 0, "claim statement, VM steps, n=16 (a full "
+             "prefetch batch)", "equal")
+        same("claim_us_n1", "µs", 1, f"claim statement, wall time per execution, n=1 "
+             f"(median of {k1:,}, rolled back)")
+        same("claim_us_n16", "µs", 1, f"claim statement, wall time, n=16 (median of "
+             f"{k16:,})")
+        same("claim_steps_next_due", "steps", 0, "scheduler: next-due query "
+             "(min(eta)), VM steps")
+        same("claim_steps_promote_due", "steps", 0, "scheduler: promote-due statement, "
+             "nothing due, VM steps")
+        same("future_delay", "/s", 0, f"delay() rate while prefilling the {cfg['tasks']:,} "
+             f"(info)")
+        header = ["metric (litequeue NORMAL)", "empty table",
+                  f"{rows_1m} SCHEDULED rows due ≥ 1 year ahead", "change", "target", "met?"]
+        if out:
+            out.append("")
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        for kind, label in (("0", "empty table"), ("1m", f"{rows_1m} SCHEDULED rows")):
+            plans = raw[FUTURE].get(f"plans_{kind}")
+            if not plans:
+                continue
+            claim = "; ".join(plans.get("plan", []))
+            uses = "yes" if "tasks_ready" in claim else "NO"
+            out += ["", f"EXPLAIN QUERY PLAN, {label} (uses tasks_ready: {uses}):",
+                    f"- claim (`_SQL_CLAIM`): {claim}"]
+            for name, title in (("plan_next_due", "next due (`_SQL_NEXT_DUE`)"),
+                                ("plan_promote_due", "promote due (`_SQL_PROMOTE_DUE`)")):
+                if plans.get(name):
+                    out.append(f"- {title}: {'; '.join(plans[name])}")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -569,7 +954,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="short run: 1 repeat, 5 000 tasks, 100 round trips, 5 s idle window")
+                    help="short run: 1 repeat, 5 000 tasks, 100 round trips, 5 s idle window, "
+                         "100 000 future rows")
     ap.add_argument("--repeat", type=int, help="repeats of every measurement [3; quick 1]")
     ap.add_argument("--tasks", type=int, help="tasks for delay() and drain [20000; quick 5000]")
     ap.add_argument("--roundtrips", type=int, help="round trips per repeat [200; quick 100]")
@@ -578,8 +964,29 @@ def main(argv=None):
                     help="seconds a worker idles before the window [5]")
     ap.add_argument("--no-tuned-huey", action="store_true",
                     help="skip the extra huey-at-1-ms-poll measurements")
+    ap.add_argument("--only", default=",".join(MEASUREMENTS),
+                    help="comma-separated measurements to run, of: "
+                         f"{','.join(MEASUREMENTS)} [all]")
+    ap.add_argument("--eta-tasks", type=int, default=200,
+                    help="tasks per ETA lateness run [200]")
+    ap.add_argument("--eta-ahead", type=float, default=2.0,
+                    help="seconds ahead the (first) task is due [2]")
+    ap.add_argument("--eta-spacing-ms", type=float, default=10.0,
+                    help="due times' spacing in the 'spaced' ETA run [10]")
+    ap.add_argument("--eta-settle", type=float, default=1.0,
+                    help="seconds the worker idles before the ETA tasks are queued [1]")
+    ap.add_argument("--future-rows", type=int,
+                    help="SCHEDULED rows in the 'future' drain [1000000; quick 100000]")
+    ap.add_argument("--claim-samples", type=int, default=2000,
+                    help="claims timed per database for the claim cost (n=1; n=16 gets "
+                         "a quarter; both capped by --tasks) [2000]")
     ap.add_argument("--out", help="also write every sample and the summary as JSON here")
     args = ap.parse_args(argv)
+    only = [m.strip() for m in args.only.split(",") if m.strip()]
+    unknown = sorted(set(only) - set(MEASUREMENTS))
+    if unknown or not only:
+        ap.error(f"--only: unknown measurement(s) {', '.join(unknown) or '(none given)'}; "
+                 f"choose from {','.join(MEASUREMENTS)}")
     cfg = {
         "repeat": args.repeat or (1 if args.quick else 3),
         "tasks": args.tasks or (5000 if args.quick else 20000),
@@ -587,6 +994,13 @@ def main(argv=None):
         "idle_window": args.idle_window or (5.0 if args.quick else 10.0),
         "idle_settle": args.idle_settle,
         "roundtrip_gap_s": 0.02,
+        "only": only,
+        "eta_tasks": args.eta_tasks,
+        "eta_ahead": args.eta_ahead,
+        "eta_spacing_ms": args.eta_spacing_ms,
+        "eta_settle": args.eta_settle,
+        "future_rows": args.future_rows or (100_000 if args.quick else 1_000_000),
+        "claim_samples": args.claim_samples,
     }
 
     lq_normal = LiteQueueSystem("litequeue NORMAL", "NORMAL")
@@ -599,8 +1013,9 @@ def main(argv=None):
     systems = [lq_normal, lq_full, hu]
     if not args.no_tuned_huey:
         systems.append(hu_fast)
-    results = {s.label: {"delay": [], "drain": [], "drain_incl_startup": [], "rt_p50": [],
-                         "rt_p99": [], "idle_cpu": [], "idle_wakeups": []} for s in systems}
+    results = {label: collections.defaultdict(list)
+               for label in [s.label for s in systems] + [FUTURE]}
+    template = None
 
     tmp = tempfile.mkdtemp(prefix="lqbench-")
     started = time.monotonic()
@@ -615,19 +1030,30 @@ def main(argv=None):
     try:
         for r in range(cfg["repeat"]):
             log(f"repeat {r + 1}/{cfg['repeat']}")
-            for s in (lq_normal, lq_full, hu):
+            for s in (lq_normal, lq_full, hu) if "drain" in only else ():
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_delay_and_drain(s, tmp, tag, cfg["tasks"], results[s.label])
-            for s in systems:
+            for s in systems if "roundtrip" in only else ():
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_roundtrip(s, tmp, tag, cfg["roundtrips"], cfg["roundtrip_gap_s"],
                                   results[s.label])
-            for s in (lq_normal, hu, hu_fast if not args.no_tuned_huey else None):
-                if s is None:
+            for s in (lq_normal, hu, hu_fast) if "idle" in only else ():
+                if s is hu_fast and args.no_tuned_huey:
                     continue
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_idle(s, tmp, tag, cfg["idle_settle"], cfg["idle_window"],
                              results[s.label])
+            for mode in ("spaced", "burst") if "eta" in only else ():
+                for s in (lq_normal, hu):
+                    tag = f"r{r}-{s.label.replace(' ', '-')}-eta-{mode}"
+                    measure_eta_retrying(s, tmp, tag, mode, cfg, results[s.label])
+            if "future" in only:
+                if template is None:
+                    template = build_future_template(tmp, cfg["future_rows"])
+                # Alternate the order, so drift on the machine does not favour one side.
+                for t in ((None, template) if r % 2 == 0 else (template, None)):
+                    tag = f"r{r}-future-{'1m' if t else '0'}"
+                    measure_future_drain(tmp, tag, t, cfg["tasks"], cfg, results[FUTURE])
     finally:
         with _uninterrupted():
             cleanup_all()
@@ -635,17 +1061,25 @@ def main(argv=None):
 
     S = {label: {k: summary(v) if isinstance(v, list) else v for k, v in res.items()}
          for label, res in results.items()}
-    table = build_table(S, cfg)
+    tables = []
+    if {"drain", "roundtrip", "idle"} & set(only):
+        tables.append(build_table(S, cfg))
+    if {"eta", "future"} & set(only):
+        tables.append(build_sched_table(S, results, cfg))
+    table = "\n\n".join(tables)
     elapsed = time.monotonic() - started
     notes = (
-        f"\nMedian over {cfg['repeat']} repeat(s), (min–max) in brackets. "
+        f"\nMedian over {cfg['repeat']} repeat(s), (min–max) in brackets. Measurements run: "
+        f"{','.join(only)}. "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, litequeue "
         f"{litequeue.__version__} on SQLite {apsw.sqlite_lib_version()} (apsw), huey "
         f"{huey_pkg.__version__} on SQLite {sqlite3.sqlite_version} (sqlite3 module). "
-        f"PRAGMA synchronous seen on the producer connection: litequeue NORMAL="
-        f"{results['litequeue NORMAL'].get('pragma_synchronous')}, litequeue FULL="
-        f"{results['litequeue FULL'].get('pragma_synchronous')}, huey="
-        f"{results['huey'].get('pragma_synchronous')} (WAL everywhere). Load average "
+        + (f"PRAGMA synchronous seen on the producer connection: litequeue NORMAL="
+           f"{results['litequeue NORMAL'].get('pragma_synchronous')}, litequeue FULL="
+           f"{results['litequeue FULL'].get('pragma_synchronous')}, huey="
+           f"{results['huey'].get('pragma_synchronous')} (WAL everywhere). "
+           if "drain" in only else "") +
+        f"Load average "
         f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. Run took "
         f"{elapsed / 60:.1f} min.")
     print(table)

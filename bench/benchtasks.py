@@ -1,10 +1,13 @@
-"""Task modules for bench.py: a no-op task for litequeue and for huey's SqliteHuey.
+"""Task modules for bench.py: the same two tasks for litequeue and for huey's SqliteHuey.
 
 bench.py imports this module in its own process and calls make_litequeue() / make_huey()
 once per database. A worker imports it as ``-A benchtasks`` (litequeue) or
 ``benchtasks.huey`` (huey_consumer); the database path then comes from the environment.
-Both tasks return their argument, so both systems store a result for every task (huey
-stores nothing for a task that returns None).
+
+- noop(i) returns its argument, so both systems store a result for every task (huey
+  stores nothing for a task that returns None).
+- stamp(i) returns time.time() read as its first statement: the moment the task started
+  executing, measured alike in both systems (the ETA lateness measurement).
 """
 
 import os
@@ -23,7 +26,11 @@ def make_litequeue(path, synchronous="NORMAL"):
     def noop(i):
         return i
 
-    return app, noop
+    @app.task(name="benchtasks.stamp")
+    def stamp(i):
+        return time.time()
+
+    return app, noop, stamp
 
 
 def make_huey(path, marks=None):
@@ -42,6 +49,10 @@ def make_huey(path, marks=None):
     @huey.task()
     def noop(i):
         return i
+
+    @huey.task()
+    def stamp(i):
+        return time.time()
 
     if marks:
         files = {}
@@ -65,7 +76,7 @@ def make_huey(path, marks=None):
         def _complete(signal, task, *args, **kwargs):
             os.pwrite(_fd("end"), _DOUBLE.pack(time.time()), 0)
 
-    return huey, noop
+    return huey, noop, stamp
 
 
 def read_mark(path):
@@ -75,8 +86,8 @@ def read_mark(path):
 
 # Module-level objects for the workers, which import this module by name.
 if os.environ.get("LQBENCH_DB"):
-    app, noop = make_litequeue(os.environ["LQBENCH_DB"],
+    app, noop, stamp = make_litequeue(os.environ["LQBENCH_DB"],
                                os.environ.get("LQBENCH_SYNC", "NORMAL"))
 if os.environ.get("HUEYBENCH_DB"):
-    huey, huey_noop = make_huey(os.environ["HUEYBENCH_DB"],
+    huey, huey_noop, huey_stamp = make_huey(os.environ["HUEYBENCH_DB"],
                                 os.environ.get("HUEYBENCH_MARKS"))
