@@ -2731,6 +2731,109 @@ class TestFailures:
             assert r.state == FAILURE and "soft time limit" in str(r.result)
             assert w.live_children() == [child]
 
+    # -- revoke -----------------------------------------------------------------------------
+
+    def test_revoked_queued_tasks_never_run(self, project, workers):
+        stamp = project.app.tasks["tasks.stamp"]
+        # No worker running yet.
+        queued = stamp.delay("queued")
+        assert queued.revoke() is True
+        assert (queued.state, queued.ready(), queued.result) == (REVOKED, True, None)
+        with pytest.raises(TaskRevoked, match="revoked"):
+            queued.get(timeout=5)
+        assert queued.get(timeout=5, propagate=False) is None
+        assert queued.revoke() is False                  # nothing left to revoke
+        w = workers.start(project, concurrency=1)
+        # A queue nobody serves yet.
+        elsewhere = stamp.apply_async(["elsewhere"], queue="other")
+        assert stamp.delay("later").get(timeout=20) > 0  # queued after `queued`: FIFO
+        assert elsewhere.state == PENDING and elsewhere.revoke() is True
+        workers.start(project, "-Q", "other", concurrency=1)
+        assert stamp.apply_async(["probe"], queue="other").get(timeout=20) > 0
+        assert [queued.state, elsewhere.state] == [REVOKED, REVOKED]
+        assert project.stamps("queued") == project.stamps("elsewhere") == []
+        assert project.row(queued.id)["attempt"] == project.row(elsewhere.id)["attempt"] == 0
+        assert w.proc.poll() is None
+
+    def test_revoked_scheduled_and_retrying_tasks_never_run(self, project, workers):
+        workers.start(project, concurrency=1)
+        stamp = project.app.tasks["tasks.stamp"]
+        scheduled = stamp.apply_async(["scheduled"], countdown=0.5)
+        retrying = project.delay("retrier", "waiting", 5, 0.5)
+        wait_until(lambda: retrying.state == RETRY, 10, "the retry to wait")
+        assert scheduled.state == SCHEDULED
+        assert scheduled.revoke() is True and retrying.revoke() is True
+        (eta,), = sql(project.db, "SELECT max(eta) FROM tasks WHERE id IN (?, ?)",
+                      scheduled.id, retrying.id)
+        # A task due after both: once it has run, the scheduler went past their ETAs.
+        after = stamp.apply_async(["after"], eta=dt.datetime.fromtimestamp(eta + 0.2, UTC))
+        assert after.get(timeout=20) >= eta
+        assert [scheduled.state, retrying.state] == [REVOKED, REVOKED]
+        assert project.stamps("scheduled") == []
+        assert len(project.runs("waiting")) == 1         # the first run only
+        for r in (scheduled, retrying):
+            with pytest.raises(TaskRevoked):
+                r.get(timeout=5)
+
+    def test_revoke_terminate_kills_and_replaces_the_child(self, project, workers):
+        w = workers.start(project, concurrency=2)
+        r = project.delay("nap", "victim", 30)
+        ((_, pid),) = wait_until(lambda: project.started("victim"), 10, "the task to start")
+        (other,) = [c["pid"] for c in w.children() if c["pid"] != pid]
+        # Without terminate a running task is left to finish, as in Celery.
+        assert r.revoke() is False and r.state == STARTED
+        revoked_at = time.monotonic()
+        assert r.revoke(terminate=True) is True
+        assert r.state == REVOKED
+        wait_until(lambda: not alive(pid), 5, "the child to be killed")
+        killed = time.monotonic() - revoked_at
+        new = wait_until(lambda: [c["pid"] for c in w.live_children() if c["pid"] != other
+                                  and c["pid"] != pid], 5, "a replacement child")
+        replaced = time.monotonic() - revoked_at
+        print(f"revoke(terminate=True): child killed after {killed * 1000:.0f} ms, "
+              f"replaced after {replaced * 1000:.0f} ms")
+        assert replaced < 1.5
+        assert alive(other) and len(new) == 1
+        # The process is dead, so the rest of the task never happens, and nobody reruns it.
+        assert project.delay("add", 2, 3).get(timeout=20) == 5
+        assert project.marked("victim.finished.*") == []
+        assert project.started("victim") == [(1, pid)]
+        row = project.row(r.id)
+        assert (row["state"], row["result"], row["retries"]) == (REVOKED, None, 0)
+        with pytest.raises(TaskRevoked):
+            r.get(timeout=5)
+        assert w.proc.poll() is None
+
+    def test_revoke_terminate_of_a_prefetched_task_kills_nothing(self, project, workers):
+        """A row a child claimed in a batch but has not started is dropped; the child
+        running another task is left alone. Batches grow 1, 2, 4, 8, 16 rows while tasks
+        are fast, so a slow task at position 20 shares a batch with the one after it."""
+        w = workers.start(project, concurrency=1)
+        (child,) = w.children()
+        record = project.app.tasks["tasks.record"]
+        prefetched = 0
+        for round_ in range(3):
+            project.delay("block", f"gate{round_}")
+            wait_until(lambda: project.started(f"gate{round_}"), 10, "the gate to start")
+            before = [record.delay(n) for n in range(20)]
+            mid = project.delay("block", f"mid{round_}")
+            target = project.delay("stamp", f"target{round_}")
+            after = [record.delay(n) for n in range(20, 30)]
+            project.go(f"gate{round_}")
+            wait_until(lambda: project.started(f"mid{round_}"), 10, "the slow task to start")
+            prefetched += project.state(target.id) == STARTED
+            assert target.revoke(terminate=True) is True
+            project.go(f"mid{round_}")
+            assert mid.get(timeout=20) == f"mid{round_}"
+            assert [r.get(timeout=20) for r in before + after] == list(range(30))
+            assert target.state == REVOKED and project.stamps(f"target{round_}") == []
+            assert w.live_children() == [child]                # nothing was killed
+            if prefetched:
+                break
+        print(f"the target was prefetched in round {round_ + 1} of 3" if prefetched else
+              "the target was never prefetched")
+        assert prefetched, "the target was never in a prefetched batch"
+
 
 # ---------------------------------------------------------------------------
 # CLI
@@ -3023,6 +3126,61 @@ class TestCLI:
         listed = self._parse_schedules(done.stdout)
         assert fires_of(project.db, "new-year") == {}                 # it never fired
         assert listed["new-year"]["last"] == "never", done.stdout
+
+    # -- failure handling (issue 4) ---------------------------------------------------------
+
+    def test_result_shows_every_attempt_s_error(self, project, workers):
+        workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+        recovered = project.delay("flaky", "cli", 2)
+        failed = project.delay("flaky", "clifail", 99)
+        assert recovered.get(timeout=20) == 2
+        failed.get(timeout=20, propagate=False)
+        done = lq("result", db, recovered.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2, done.stderr
+        for n, line in enumerate(lines):
+            assert line.startswith(f"  attempt {n + 1} at 20"), line
+            assert line.endswith(f": builtins.OSError: cli failed on retry {n}"), line
+        done = lq("result", db, failed.id, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "clifail failed on retry 3" in done.stdout
+        assert "raise IOError" in done.stderr                       # the traceback
+        assert done.stderr.count("  attempt ") == 4
+        out = json.loads(lq("result", db, recovered.id, "--json", cwd=cwd).stdout)
+        assert (out["state"], out["result"], out["retries"]) == (SUCCESS, 2, 2)
+        assert [(e["type"], e["message"], e["attempt"]) for e in out["errors"]] == \
+            [("builtins.OSError", f"cli failed on retry {n}", n + 1) for n in range(2)]
+        assert all(isinstance(e["time"], float) for e in out["errors"])
+        out = json.loads(lq("result", db, failed.id, "--json", cwd=cwd).stdout)
+        assert (out["state"], out["retries"], len(out["errors"])) == (FAILURE, 3, 4)
+
+    def test_revoke(self, project, workers):
+        db, cwd = project.db, project.dir
+        queued = project.delay("stamp", "cli")                      # no worker running
+        done = lq("revoke", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, f"revoked {queued.id}\n"), done.stderr
+        assert queued.state == REVOKED
+        done = lq("revoke", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (1, "not revoked: the task is REVOKED\n")
+        assert_one_line_error(lq("revoke", db, "no-such-id", cwd=cwd), contains="no task")
+        w = workers.start(project, concurrency=1)
+        finished = project.delay("add", 1, 1)
+        assert finished.get(timeout=20) == 2
+        done = lq("revoke", db, finished.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (1, "not revoked: the task is SUCCESS\n")
+        running = project.delay("block", "cli")
+        ((_, pid),) = wait_until(lambda: project.started("cli"), 10, "the task to start")
+        done = lq("revoke", db, running.id, cwd=cwd)
+        assert done.returncode == 1 and "STARTED (use --terminate)" in done.stdout, done.stdout
+        done = lq("revoke", db, running.id, "--terminate", cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, f"revoked {running.id}\n"), done.stderr
+        wait_until(lambda: not alive(pid), 5, "the child to be killed")
+        wait_until(lambda: len(w.live_children()) == 1, 10, "a replacement child")
+        done = lq("result", db, running.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
+        assert project.stamps("cli") == []
 
 
 # ---------------------------------------------------------------------------
