@@ -2149,9 +2149,10 @@ class TestWorker:
         assert {project.row(i)["pid"] for i in ids + [good_id]} == {child["pid"]}
         assert w.proc.poll() is None
 
-    @pytest.mark.parametrize("how", ["sigkill", "exit"])
+    @pytest.mark.parametrize("how, ended", [("sigkill", "signal 9"), ("exit", "exit code 1"),
+                                            ("segfault", "signal 11")])
     def test_task_that_kills_its_process_fails_after_its_retry_budget(self, project, workers,
-                                                                      how):
+                                                                      how, ended):
         w = workers.start(project, concurrency=1)
         project.delay("block", "gate")
         wait_until(lambda: project.started("gate"), 10, "block to start")
@@ -2163,12 +2164,17 @@ class TestWorker:
         project.go("gate")
         exc = r.get(timeout=60, propagate=False)
         assert isinstance(exc, WorkerLostError), exc
-        assert "died" in str(exc)
+        assert "died" in str(exc) and ended in str(exc), str(exc)
         assert (r.state, r.retries) == (FAILURE, 3)
         with pytest.raises(WorkerLostError):
             r.get(timeout=5)
         runs = list(project.marks.glob(f"die.{r.id}.*"))
         assert len(runs) == 4                        # task_max_retries=3: four runs at most
+        # Each death is a failed attempt in the error history, with a clear message.
+        assert len(r.errors) == 4
+        for error in r.errors:
+            assert error["type"] == "litequeue.WorkerLostError", error
+            assert "died" in error["message"] and ended in error["message"], error
         # The worker kept serving, and the tasks around it were neither charged nor rerun
         # (results finished before a task of unknown duration are committed before it).
         assert [q.get(timeout=20) for q in before + after] == list(range(40))
@@ -2177,6 +2183,16 @@ class TestWorker:
                                      for line in path.read_text().splitlines())
         assert all(ledger[q.id] == 1 for q in before + after), ledger
         wait_until(lambda: len(w.live_children()) == 1, 15, "one live child")
+        assert w.proc.poll() is None
+
+    def test_a_dying_task_s_own_retry_budget_applies(self, project, workers):
+        """die_once has max_retries=1: two runs, then FAILURE."""
+        w = workers.start(project, concurrency=1)
+        r = project.delay("die_once", "segfault")
+        assert isinstance(r.get(timeout=30, propagate=False), WorkerLostError)
+        assert (r.state, r.retries, len(r.errors)) == (FAILURE, 1, 2)
+        assert len(list(project.marks.glob(f"die.{r.id}.*"))) == 2
+        assert project.delay("add", 1, 1).get(timeout=20) == 2
         assert w.proc.poll() is None
 
     def test_task_raising_a_base_exception_does_not_loop(self, project, workers):
@@ -2833,6 +2849,74 @@ class TestFailures:
         print(f"the target was prefetched in round {round_ + 1} of 3" if prefetched else
               "the target was never prefetched")
         assert prefetched, "the target was never in a prefetched batch"
+
+    # -- worker hygiene ---------------------------------------------------------------------
+
+    def test_max_tasks_per_child_replaces_children_and_loses_nothing(self, project, workers):
+        w = workers.start(project, "--max-tasks-per-child", 3, concurrency=2)
+        first = {c["pid"] for c in w.children()}
+        record = project.app.tasks["tasks.record"]
+        results = [record.delay(n) for n in range(40)]
+        assert [r.get(timeout=60) for r in results] == list(range(40))
+        assert all(r.retries == 0 for r in results)
+        assert set(project.ledger().values()) == {1}           # each ran exactly once
+        per_child = {path.name: len(path.read_text().splitlines())
+                     for path in project.marks.glob("ledger.*")}
+        assert max(per_child.values()) <= 3, per_child
+        assert len(per_child) >= 14, per_child
+        wait_until(lambda: len(w.live_children()) == 2 and
+                   not first & {c["pid"] for c in w.live_children()}, 15,
+                   "two fresh children")
+        assert "ran 3 tasks: replacing it" in w.log_text()
+        assert project.delay("add", 1, 2).get(timeout=20) == 3
+        assert w.proc.poll() is None
+
+    @staticmethod
+    def _fresh_child_kib(project, workers):
+        """Resident KiB of a fresh child that has run one task (a worker without limits,
+        stopped again)."""
+        probe = workers.start(project, concurrency=1)
+        assert project.delay("add", 0, 0).get(timeout=20) == 0
+        (child,) = probe.children()
+        with open(f"/proc/{child['pid']}/statm") as f:
+            kib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        probe.signal(signal.SIGTERM)
+        assert probe.wait(20) == 0
+        return kib
+
+    def test_max_memory_per_child_replaces_a_child_that_grew(self, project, workers):
+        fresh = self._fresh_child_kib(project, workers)
+        limit = fresh + 40 * 1024
+        w = workers.start(project, "--max-memory-per-child", limit, concurrency=1)
+        (child,) = w.children()
+        small = [project.delay("add", n, n) for n in range(10)]
+        assert [r.get(timeout=20) for r in small] == [2 * n for n in range(10)]
+        assert {project.row(r.id)["pid"] for r in small} == {child["pid"]}
+        assert project.delay("hog", 60).get(timeout=20) == child["pid"]
+        wait_until(lambda: not alive(child["pid"]), 10, "the grown child to be replaced")
+        after = project.delay("add", 1, 1)
+        assert after.get(timeout=20) == 2
+        assert project.row(after.id)["pid"] != child["pid"]
+        print(f"fresh child {fresh} KiB; limit {limit} KiB; replaced after hog(60 MiB)")
+        assert "KiB (limit" in w.log_text() and "is below a fresh child" not in w.log_text()
+        assert w.proc.poll() is None
+
+    def test_memory_limit_below_a_fresh_child_does_not_respawn_in_a_loop(self, project,
+                                                                         workers):
+        w = workers.start(project, "--max-memory-per-child", 1000, concurrency=1)
+        (child,) = w.children()
+        results = [project.delay("add", n, 1) for n in range(30)]
+        assert [r.get(timeout=20) for r in results] == [n + 1 for n in range(30)]
+        # One child ran them all; it was not replaced after each task.
+        assert {project.row(r.id)["pid"] for r in results} == {child["pid"]}
+        assert w.live_children() == [child]
+        log = w.log_text()
+        assert log.count("max memory per child 1000 KiB is below a fresh child's") == 1, log
+        # The allowance it got instead (1.5 times its start size) still applies.
+        assert project.delay("hog", 80).get(timeout=20) == child["pid"]
+        wait_until(lambda: not alive(child["pid"]), 10, "the grown child to be replaced")
+        assert project.delay("add", 2, 2).get(timeout=20) == 4
+        assert w.proc.poll() is None
 
 
 # ---------------------------------------------------------------------------
