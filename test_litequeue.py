@@ -1880,7 +1880,6 @@ class TestApp:
         assert set(app.periodic) == {"morning", "add-every-5-min", "add-30s", "remote", add.name}
         assert not db.exists()                  # defining schedules writes nothing
 
-
     # -- failure handling and serialization (issue 4) ---------------------------------------
 
     @staticmethod
