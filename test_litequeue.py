@@ -3181,6 +3181,12 @@ class TestFailures:
 
     @pytest.mark.slow
     @pytest.mark.timeout(300)
+    # Not strict: the bug is timing-dependent (3 of 4 runs here), and a strict xfail would
+    # make the suite flaky. raises= keeps every other failure of this test a failure.
+    @pytest.mark.xfail(strict=False, raises=WalBoundExceeded, reason="litequeue bug: after "
+                       "an idle spell the supervisor checks the WAL only every 0.5 s, and a "
+                       "burst writes ~100 MB/s of WAL, so the first truncating checkpoint of "
+                       "a burst can find 30-59 MiB")
     def test_storage_stays_bounded_over_200_000_tasks(self, project, workers):
         """10 waves of 20 000 tasks, result_expires=3 s, one worker with 2 children: the
         supervisor prunes and vacuums as it goes, so the file and the -wal stay small.
