@@ -999,7 +999,7 @@ class _Storage:
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
     def __init__(self, path, *, synchronous="NORMAL", busy_timeout=30.0,
-                 autocheckpoint=1000, create=True, fine_busy_wait=False):
+                 autocheckpoint=1000, create=True, fine_busy_wait=False, on_wal_growth=None):
         self.path = path
         if not create and not os.path.exists(path):
             raise DatabaseError(f"no database at {path}")
@@ -1026,6 +1026,10 @@ class _Storage:
             self.conn.wal_autocheckpoint(int(autocheckpoint))
             # After a checkpoint resets the WAL, truncate it back to this size.
             self.conn.execute("PRAGMA journal_size_limit = 4194304")
+            if on_wal_growth is not None:
+                page_size = self._pragma("page_size")
+                self._wal_alarm = (_WAL_TRUNCATE_BYTES // page_size, on_wal_growth, [0.0])
+                self.conn.set_wal_hook(self._wal_hook)
         except (apsw.NotADBError, apsw.CorruptError) as exc:
             self.conn.close()
             raise CorruptDatabase(f"{path} is corrupt: {exc}") from None
@@ -1035,6 +1039,15 @@ class _Storage:
         except LitequeueError:
             self.conn.close()
             raise
+
+    def _wal_hook(self, conn, name, pages):
+        """After each commit: past the size where the WAL should be emptied, tell the
+        supervisor (at most every 50 ms), so a burst of work cannot outrun its checks."""
+        limit, alarm, last = self._wal_alarm
+        if pages > limit and time.monotonic() - last[0] > 0.05:
+            last[0] = time.monotonic()
+            alarm()
+        return apsw.SQLITE_OK
 
     def _busy_wait(self, attempts):
         """Busy handler for worker children: SQLite's own sleeps 1, 2, 5, 10 ms... at
@@ -2246,9 +2259,10 @@ class _Child:
     def run(self):
         spec = self.spec
         conf = spec["settings"]
+        self.control_bell = _Doorbell(_socket_dir(spec["db"], "sched"))
         self.storage = _Storage(spec["db"], synchronous=conf["synchronous"],
                                 busy_timeout=conf["busy_timeout"], autocheckpoint=0,
-                                fine_busy_wait=True)
+                                fine_busy_wait=True, on_wal_growth=self.control_bell.ring)
         self.tasks, _ = _load_worker_code(spec, self.storage)
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
@@ -2270,7 +2284,6 @@ class _Child:
             "started_at": time.time()})
         self.sleeper = _Sleeper(_socket_dir(spec["db"], "work"), self.worker_id)
         self.done_bell = _Doorbell(_socket_dir(spec["db"], "done"))
-        self.control_bell = _Doorbell(_socket_dir(spec["db"], "sched"))
         self.in_task = False
         signal.signal(signal.SIGALRM, self._on_soft_limit)
         self.sig_r, sig_w = os.pipe()
@@ -2694,6 +2707,8 @@ class _Supervisor:
                 due_at = self._run_scheduler()
             if rung or rescan or (hard_deadline is not None and time.time() >= hard_deadline):
                 hard_deadline = self._police_children()
+            if rung:
+                wal_seen = self._checkpoint_if_grown(wal_seen)   # a child may have asked
             if sig_r in ready:
                 try:
                     signals = os.read(sig_r, 64)

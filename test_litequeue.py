@@ -852,7 +852,7 @@ class TestSerialization:
         assert issubclass(litequeue.TimeoutError, TimeoutError)
         assert issubclass(UnknownTask, KeyError) and issubclass(ConfigurationError, ValueError)
 
-    @hsettings(max_examples=300, deadline=None)
+    @hsettings(max_examples=300, deadline=None, database=None)
     @given(args=st.lists(msgpack_values(), max_size=4),
            kwargs=st.dictionaries(st.text(), msgpack_values(), max_size=3))
     def test_every_supported_value_round_trips_exactly(self, args, kwargs):
@@ -1884,7 +1884,7 @@ class TestApp:
         """An app whose database is never opened (the tests below do no I/O)."""
         return LiteQueue(os.path.join(os.sep, "nonexistent", "never-opened.sqlite"), **settings)
 
-    @hsettings(max_examples=300, deadline=None)
+    @hsettings(max_examples=300, deadline=None, database=None)
     @given(factor=st.just(True) | st.integers(1, 10) | st.floats(0.01, 100),
            cap=st.floats(0.01, 3600), retries=st.integers(0, 1000), jitter=st.booleans())
     def test_backoff_stays_within_zero_and_the_capped_exponential(self, factor, cap,
@@ -1915,7 +1915,7 @@ class TestApp:
                                          retry_jitter=False)
         assert task.backoff(1024) == 600.0
 
-    @hsettings(max_examples=200, deadline=None)
+    @hsettings(max_examples=200, deadline=None, database=None)
     @given(args=st.lists(msgpack_values(), max_size=4),
            kwargs=st.dictionaries(st.text(), msgpack_values(), max_size=3))
     def test_eager_mode_round_trips_every_supported_value(self, args, kwargs):
@@ -3181,12 +3181,6 @@ class TestFailures:
 
     @pytest.mark.slow
     @pytest.mark.timeout(300)
-    # Not strict: the bug is timing-dependent (3 of 4 runs here), and a strict xfail would
-    # make the suite flaky. raises= keeps every other failure of this test a failure.
-    @pytest.mark.xfail(strict=False, raises=WalBoundExceeded, reason="litequeue bug: after "
-                       "an idle spell the supervisor checks the WAL only every 0.5 s, and a "
-                       "burst writes ~100 MB/s of WAL, so the first truncating checkpoint of "
-                       "a burst can find 30-59 MiB")
     def test_storage_stays_bounded_over_200_000_tasks(self, project, workers):
         """10 waves of 20 000 tasks, result_expires=3 s, one worker with 2 children: the
         supervisor prunes and vacuums as it goes, so the file and the -wal stay small.
