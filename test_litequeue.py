@@ -3781,6 +3781,8 @@ class TestChaos:
             else:
                 processes_killed += len(group_members(target.pgid))
                 target.killpg(signal.SIGKILL)
+            if kind != "child":
+                target.proc.wait()          # so the next poll() sees it dead and restarts it
             kills[kind] += 1
         chaos_time = time.monotonic() - began
         # The faults stop; the restarted supervisors finish the work.
