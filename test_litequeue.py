@@ -399,6 +399,15 @@ def _proc_stat(pid):
     return fields[0], int(fields[2])
 
 
+def parent_of(pid):
+    """The parent pid of a process, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def alive(pid):
     """True if the process exists and is not a zombie (PID 1 here does not reap)."""
     stat = _proc_stat(pid)
@@ -752,7 +761,10 @@ def same(sent, got):
             return math.isnan(got)
         return got == sent and math.copysign(1, got) == math.copysign(1, sent)
     if isinstance(sent, dt.datetime):
-        return type(got) is dt.datetime and got == sent and got.utcoffset() == dt.timedelta(0)
+        # Compare instants: under PEP 495, == between zones is always False for a wall
+        # time in a fold or gap (1919-11-24 00:00 in Africa/Accra is one).
+        return (type(got) is dt.datetime and got.utcoffset() == dt.timedelta(0)
+                and got.timestamp() == sent.timestamp())
     return type(got) is type(sent) and got == sent
 
 
@@ -3769,7 +3781,11 @@ class TestChaos:
             kind = rng.choices(["child", "supervisor", "group"], [0.6, 0.2, 0.2])[0]
             if kind == "child":
                 target.id = target.id or target.supervisor_row()
-                pids = [c["pid"] for c in target.live_children()]
+                # Only a process that really is this supervisor's child right now: a
+                # stale row of a killed group's child can carry a pid the kernel has since
+                # given to another process (a supervisor, say).
+                pids = [c["pid"] for c in target.live_children()
+                        if parent_of(c["pid"]) == target.proc.pid]
                 if not pids:
                     continue
                 with _suppress_lookup():
