@@ -419,14 +419,27 @@ def measure_delay_and_drain(system, tmp, tag, n, results):
         remove_db(db)
 
 
-def measure_roundtrip(system, tmp, tag, repeats, gap, results):
+@contextlib.contextmanager
+def idle_worker(system, tmp, tag, suffix):
+    """A fresh database with a started worker that has run one task; both are stopped
+    and removed afterwards, however the measurement ends."""
     db = os.path.join(tmp, f"{tag}.sqlite")
     remove_db(db)
     system.open(db)
     worker = None
     try:
-        worker = system.start_worker(tmp, f"{tag}-rt.log")
+        worker = system.start_worker(tmp, f"{tag}-{suffix}.log")
         assert system.roundtrip(-1) == -1   # waits out the worker's start-up
+        yield worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        system.close()
+        remove_db(db)
+
+
+def measure_roundtrip(system, tmp, tag, repeats, gap, results):
+    with idle_worker(system, tmp, tag, "rt") as worker:
         for i in range(5):                  # warm-up, not counted
             system.roundtrip(-2 - i)
         time.sleep(0.2)
@@ -443,21 +456,10 @@ def measure_roundtrip(system, tmp, tag, repeats, gap, results):
         results["rt_p50"].append(p50)
         results["rt_p99"].append(p99)
         log(f"  {system.label:<18} round trip: p50 {p50:8.2f} ms  p99 {p99:8.2f} ms")
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 def measure_idle(system, tmp, tag, settle, window, results):
-    db = os.path.join(tmp, f"{tag}.sqlite")
-    remove_db(db)
-    system.open(db)
-    worker = None
-    try:
-        worker = system.start_worker(tmp, f"{tag}-idle.log")
-        assert system.roundtrip(-1) == -1   # the worker is up and has run a task
+    with idle_worker(system, tmp, tag, "idle") as worker:
         time.sleep(settle)
         worker.check_alive()
         t0, before, wake0 = time.monotonic(), session_cpu_ticks(worker.pid), \
@@ -474,11 +476,6 @@ def measure_idle(system, tmp, tag, settle, window, results):
         results.setdefault("idle_processes", len(after))
         log(f"  {system.label:<18} idle CPU: {pct:6.2f}% of one core over {t1 - t0:.1f} s "
             f"({len(after)} processes, {used} ticks of 1/{CLK_TCK} s, {wakeups:.1f} wake-ups/s)")
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 class _SlowEnqueue(Exception):
@@ -499,13 +496,7 @@ def measure_eta(system, tmp, tag, mode, cfg, results):
     seconds from now, all at one instant (mode 'burst') or `eta_spacing_ms` apart
     (mode 'spaced'). Lateness = the time.time() the task read as its first statement
     minus its due time. Appends p50/p99/max (ms) and the count started early."""
-    db = os.path.join(tmp, f"{tag}.sqlite")
-    remove_db(db)
-    system.open(db)
-    worker = None
-    try:
-        worker = system.start_worker(tmp, f"{tag}-eta-{mode}.log")
-        assert system.roundtrip(-1) == -1   # waits out the worker's start-up
+    with idle_worker(system, tmp, tag, f"eta-{mode}") as worker:
         time.sleep(cfg["eta_settle"])       # then the worker idles
         worker.check_alive()
         n, ahead = cfg["eta_tasks"], cfg["eta_ahead"]
@@ -535,11 +526,6 @@ def measure_eta(system, tmp, tag, mode, cfg, results):
         log(f"  {system.label:<18} ETA {mode:<6}: lateness p50 {p50:8.2f} ms  p99 {p99:8.2f} ms"
             f"  max {max(late):8.2f} ms  min {min(late):7.2f} ms  (early: {early}; enqueued "
             f"{n} in {(enqueued - (base - ahead)) * 1000:.0f} ms)")
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 # The prefilled rows look like apply_async(eta=...) rows: same columns, a random uuid4 id,
