@@ -163,7 +163,7 @@ _CHECKPOINT_BUSY_INTERVAL = 0.1
 # Past this size the WAL is checkpointed with TRUNCATE, which empties it.
 _WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
 # How long a truncating checkpoint may wait for the write lock and for readers.
-_TRUNCATE_WAIT_MS = 200
+_TRUNCATE_WAIT_MS = 1000
 # A directory listing whose mtime is this recent may miss an entry made in the same tick.
 _LISTING_SETTLE = 0.05
 # A child that dies within this many seconds of starting is restarted with backoff.
@@ -1042,9 +1042,9 @@ class _Storage:
 
     def _wal_hook(self, conn, name, pages):
         """After each commit: past the size where the WAL should be emptied, tell the
-        supervisor (at most every 50 ms), so a burst of work cannot outrun its checks."""
+        supervisor (at most every 20 ms), so a burst of work cannot outrun its checks."""
         limit, alarm, last = self._wal_alarm
-        if pages > limit and time.monotonic() - last[0] > 0.05:
+        if pages > limit and time.monotonic() - last[0] > 0.02:
             last[0] = time.monotonic()
             alarm()
         return apsw.SQLITE_OK
@@ -1255,7 +1255,7 @@ class _Storage:
 
     # -- scheduler ---------------------------------------------------------------------
 
-    def _in_batches(self, sql, value, batch):
+    def _in_batches(self, sql, value, batch, after_batch=None):
         """Run a statement that changes at most `batch` rows per call, one transaction per
         batch so no writer waits long, until it changes fewer. Returns the total."""
         total = 0
@@ -1264,8 +1264,19 @@ class _Storage:
                 conn.execute(sql, (value, batch))
                 changed = conn.changes()
             total += changed
+            if after_batch is not None:
+                after_batch()
             if changed < batch:
                 return total
+
+    def truncate_wal_if_large(self):
+        """Empty the WAL if it has passed _WAL_TRUNCATE_BYTES (deletes write plenty)."""
+        try:
+            large = os.stat(self.path + "-wal").st_size > _WAL_TRUNCATE_BYTES
+        except FileNotFoundError:
+            return
+        if large:
+            self.checkpoint(truncate=True)
 
     def promote_due(self, now):
         """Move ETA rows that are due to PENDING, one hop; returns how many."""
@@ -1346,9 +1357,11 @@ class _Storage:
     def prune(self, cutoff):
         """Delete rows finished before cutoff, a batch per transaction so claims are never
         held up for long, then hand the freed pages back to the filesystem."""
-        deleted = self._in_batches(_SQL_PRUNE, cutoff, _PRUNE_BATCH)
+        deleted = self._in_batches(_SQL_PRUNE, cutoff, _PRUNE_BATCH,
+                                   after_batch=self.truncate_wal_if_large)
         if deleted:
             self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+            self.truncate_wal_if_large()
         return deleted
 
     def forget(self, task_id):
