@@ -180,6 +180,9 @@ _CATCH_UP_NONE_GRACE = 10.0
 _CATCH_UP_POLICIES = ("once", "all", "none")
 # Finished rows deleted per pruning transaction: short enough not to hold up claims.
 _PRUNE_BATCH = 2000
+# Free pages handed back per vacuum transaction (1 MiB of 4 KiB pages): one pass over the
+# pages a big prune freed wrote 4 MiB of WAL in a single transaction.
+_VACUUM_STEP_PAGES = 256
 # A worker child retries a busy write lock after 0.1 ms, 0.2 ms, ... up to 2 ms: a claim
 # holds the lock for about 0.1 ms.
 _BUSY_STEP = 0.0001
@@ -904,6 +907,8 @@ _SQL_PRUNE = """
     DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < :cutoff
                                     ORDER BY finished_at LIMIT :n)
 """
+_SQL_FREE_PAGES = "PRAGMA freelist_count"
+_SQL_VACUUM_STEP = f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})"
 # UNIQUE index on id.
 _SQL_GET_TASK = """
     SELECT id, name, queue, priority, state, attempt, retries, worker, pid, created_at,
@@ -1009,10 +1014,8 @@ class _Storage:
         except apsw.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}") from None
         self.busy_timeout = busy_timeout
-        if fine_busy_wait:
-            self.conn.set_busy_handler(self._busy_wait)
-        else:
-            self.conn.set_busy_timeout(int(busy_timeout * 1000))
+        self.fine_busy_wait = fine_busy_wait
+        self._set_busy_handler()
         # With STAT4 compiled in, SQLite re-plans a statement whenever a bound value might
         # change the plan; the stable plan keeps the claim statement prepared (37% faster).
         self.conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
@@ -1049,8 +1052,14 @@ class _Storage:
             alarm()
         return apsw.SQLITE_OK
 
+    def _set_busy_handler(self):
+        if self.fine_busy_wait:
+            self.conn.set_busy_handler(self._busy_wait)
+        else:
+            self.conn.set_busy_timeout(int(self.busy_timeout * 1000))
+
     def _busy_wait(self, attempts):
-        """Busy handler for worker children: SQLite's own sleeps 1, 2, 5, 10 ms... at
+        """Busy handler for worker processes: SQLite's own sleeps 1, 2, 5, 10 ms... at
         first, far longer than a claim holds the lock (about 0.1 ms), so a child that lost
         one race sat out a whole burst of work. Wait in short steps instead."""
         if attempts == 0:
@@ -1245,13 +1254,25 @@ class _Storage:
         if not truncate:
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
             return
-        self.conn.set_busy_timeout(_TRUNCATE_WAIT_MS)
+        # Children retake the write lock within a fraction of a millisecond, so SQLite's
+        # own busy handler (1, 2, 5, 10 ms...) lost the race for 100 ms at a time while the
+        # WAL grew by 12 MiB. Ask in the shortest steps instead, ahead of the children.
+        self.conn.set_busy_handler(self._checkpoint_wait)
         try:
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
             pass   # try again at the next check
         finally:
-            self.conn.set_busy_timeout(int(self.busy_timeout * 1000))
+            self._set_busy_handler()
+
+    def _checkpoint_wait(self, attempts):
+        """Busy handler for a truncating checkpoint: a flat, short step, for a second."""
+        if attempts == 0:
+            self._busy_since = time.monotonic()
+        elif time.monotonic() - self._busy_since > _TRUNCATE_WAIT_MS / 1000:
+            return False
+        time.sleep(_BUSY_STEP)
+        return True
 
     # -- scheduler ---------------------------------------------------------------------
 
@@ -1360,9 +1381,19 @@ class _Storage:
         deleted = self._in_batches(_SQL_PRUNE, cutoff, _PRUNE_BATCH,
                                    after_batch=self.truncate_wal_if_large)
         if deleted:
-            self.conn.execute("PRAGMA incremental_vacuum").fetchall()
-            self.truncate_wal_if_large()
+            self._vacuum()
         return deleted
+
+    def _vacuum(self):
+        """Shrink the file by the free pages, a step per transaction, emptying the WAL
+        between steps so it stays small."""
+        free = self.conn.execute(_SQL_FREE_PAGES).fetchall()[0][0]
+        while free:
+            self.conn.execute(_SQL_VACUUM_STEP).fetchall()
+            self.truncate_wal_if_large()
+            free, before = self.conn.execute(_SQL_FREE_PAGES).fetchall()[0][0], free
+            if free >= before:
+                return     # auto_vacuum is off in this file: nothing to hand back
 
     def forget(self, task_id):
         with self.write() as conn:
@@ -2635,7 +2666,8 @@ class _Supervisor:
     def run(self):
         """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold."""
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
-                                busy_timeout=self.settings["busy_timeout"], autocheckpoint=0)
+                                busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
+                                fine_busy_wait=True)
         self.lock = _WorkerLock(self.db, self.worker_id)
         self.storage.register_worker({
             "id": self.worker_id, "parent": None, "hostname": self.hostname,
@@ -2711,6 +2743,7 @@ class _Supervisor:
             rung = self.sched_sleeper.fileno() in ready
             if rung:
                 self.sched_sleeper.drain()
+                wal_seen = self._checkpoint_if_grown(wal_seen)   # a child may have asked
             rescan = time.monotonic() >= next_rescan
             if rescan:
                 # Writers that do not ring (the sqlite3 shell) are seen within this interval.
@@ -2720,8 +2753,6 @@ class _Supervisor:
                 due_at = self._run_scheduler()
             if rung or rescan or (hard_deadline is not None and time.time() >= hard_deadline):
                 hard_deadline = self._police_children()
-            if rung:
-                wal_seen = self._checkpoint_if_grown(wal_seen)   # a child may have asked
             if sig_r in ready:
                 try:
                     signals = os.read(sig_r, 64)
@@ -2831,6 +2862,9 @@ class _Supervisor:
         Runs exactly when something is due or a producer rang; it never ticks.
         """
         now = time.time()
+        due_at = self.storage.next_wakeup()
+        if due_at is None or due_at > now:
+            return due_at      # a read: most rings are not for the scheduler
         promoted = self.storage.promote_due(now)
         fired = self.storage.fire_due_schedules(now, _plan_fires)
         if promoted or fired:
