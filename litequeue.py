@@ -60,6 +60,7 @@ import importlib.util
 import json
 import logging
 import math
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -896,10 +897,10 @@ _SQL_SETTLE_LOST = """
     WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
 """
 # UNIQUE index on id. Without terminate, a running task is left to finish.
+_SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
 _SQL_REVOKE = """
     UPDATE tasks SET state = 'REVOKED', finished_at = :now
-    WHERE id = :id AND (state IN ('PENDING', 'SCHEDULED', 'RETRY')
-                        OR (:terminate AND state = 'STARTED'))
+    WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED')
 """
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
 # tasks_finished.
@@ -1366,14 +1367,34 @@ class _Storage:
         rows = self.conn.execute(_SQL_GET_TASK, (task_id,)).fetchall()
         return dict(zip(self._TASK_COLUMNS, rows[0])) if rows else None
 
-    def revoke(self, task_id, terminate, now):
-        """Mark a task REVOKED unless it finished; returns True if it was revoked."""
+    def revoke(self, task_id, terminate, now, announce, progress):
+        """Mark a task REVOKED unless it finished, or is running and terminate is false.
+        Returns True if it was revoked.
+
+        announce() runs under the write lock, before the task's state is read (see
+        _RevokeCounter for why the order matters), and progress(worker, seq) says how far
+        the worker that claimed a STARTED row has got: "running", "finished" or None."""
         with self.write() as conn:
-            conn.execute(_SQL_REVOKE, (now, task_id, int(bool(terminate))))
+            announce()
+            target = conn.execute(_SQL_REVOKE_TARGET, (task_id,)).fetchall()
+            if not target:
+                return False
+            seq, state, worker = target[0]
+            if state == STARTED:
+                stage = progress(worker, seq)
+                if stage == "finished" or (stage == "running" and not terminate):
+                    return False
+            conn.execute(_SQL_REVOKE, (now, seq))
             return conn.changes() > 0
 
-    def states_of(self, seqs):
-        return dict(self.conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
+    def states_of(self, seqs, locked=False):
+        """{seq: state}; locked=True reads under the write lock, after any revoke that
+        holds it has committed."""
+        if not locked:
+            return dict(self.conn.execute(_SQL_STATE_OF_SEQS,
+                                          (json.dumps(list(seqs)),)).fetchall())
+        with self.write() as conn:
+            return dict(conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
 
     def prune(self, cutoff):
         """Delete rows finished before cutoff, a batch per transaction so claims are never
@@ -1426,9 +1447,6 @@ def _socket_dir(db_path, kind):
     return os.path.join(base, kind)
 
 
-_RING_REVOKED = b"R"   # a task was revoked: re-check what you have prefetched
-
-
 class _Doorbell:
     """Rings the sleepers bound in one directory: one datagram each, never blocking."""
 
@@ -1438,7 +1456,7 @@ class _Doorbell:
         self._listed_mtime = None
         self._sock = None
 
-    def ring(self, prefix=None, message=b"!"):
+    def ring(self, prefix=None):
         try:
             st = os.stat(self.directory)
         except FileNotFoundError:
@@ -1456,7 +1474,7 @@ class _Doorbell:
                 continue
             path = os.path.join(self.directory, name)
             try:
-                self._sock.sendto(message, path)
+                self._sock.sendto(b"!", path)
             except BlockingIOError:
                 pass  # its buffer is full of unread rings: it is awake already
             except (ConnectionRefusedError, FileNotFoundError):
@@ -1477,7 +1495,6 @@ class _Sleeper:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.setblocking(False)
-        self._revoked = False
 
     def fileno(self):
         return self.sock.fileno()
@@ -1487,16 +1504,10 @@ class _Sleeper:
         rang = False
         while True:
             try:
-                self._revoked |= self.sock.recv(64) == _RING_REVOKED
+                self.sock.recv(64)
                 rang = True
             except BlockingIOError:
                 return rang
-
-    def revoked(self):
-        """True (once) if a revoke rang since the last call."""
-        self.drain()
-        revoked, self._revoked = self._revoked, False
-        return revoked
 
     def close(self):
         with contextlib.suppress(OSError):
@@ -1508,8 +1519,11 @@ class _Sleeper:
 # Worker lock files
 # ---------------------------------------------------------------------------
 
-# The task being executed (seq, 0 between tasks) and its hard deadline (unix time, 0: none).
-_LOCK_RECORD = struct.Struct("<qd")
+# The task being executed (seq, 0 between tasks), its hard deadline (unix time, 0: none)
+# and how many seqs follow: rows the process has begun whose outcomes are not committed yet
+# (results wait for a group commit), which a revoke must treat as running.
+_LOCK_RECORD = struct.Struct("<qdq")
+_COUNTER = struct.Struct("<q")
 
 
 def _lock_path(db_path, worker_id):
@@ -1531,8 +1545,10 @@ class _WorkerLock:
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.executing(0)
 
-    def executing(self, seq, deadline=0.0):
-        os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline), 0)
+    def executing(self, seq, deadline=0.0, begun=()):
+        """Record the row being run (0: none) and the rows begun but not committed."""
+        os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline, len(begun)) +
+                  struct.pack(f"<{len(begun)}q", *begun), 0)
 
     def touch(self):
         os.utime(self.fd)
@@ -1543,15 +1559,68 @@ class _WorkerLock:
         os.close(self.fd)
 
 
-def _read_executing(path):
-    """(seq or None, hard deadline or None) of the task a worker is executing, from its
-    lock file."""
+def _read_lock_record(path):
+    """(seq or None, hard deadline or None, begun seqs) from a worker's lock file."""
     try:
         with open(path, "rb") as f:
-            seq, deadline = _LOCK_RECORD.unpack(f.read(_LOCK_RECORD.size))
-        return seq or None, deadline or None
+            record = f.read()
+        seq, deadline, count = _LOCK_RECORD.unpack_from(record)
+        begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
+        return seq or None, deadline or None, begun
     except (OSError, struct.error):
-        return None, None
+        return None, None, ()
+
+
+def _read_executing(path):
+    """(seq or None, hard deadline or None) of the task a worker is executing."""
+    return _read_lock_record(path)[:2]
+
+
+class _RevokeCounter:
+    """A counter in a file beside the database, bumped by every revoke.
+
+    A child may hold rows it claimed but has not begun (prefetched). A revoke must stop
+    those, yet leave a running task alone unless told to terminate it. The revoker bumps
+    the counter while it holds the write lock, then reads the state of the row and, if
+    it is STARTED, the lock file of the child that claimed it. The child writes the row
+    into its lock file before it reads the counter. If the counter moved, the child
+    re-reads its rows' states under the write lock, so after the revoke has committed.
+    So either the revoker sees that the row is running, or the child sees that it is
+    REVOKED. Reading the counter costs no system call: the file is mapped.
+    """
+
+    def __init__(self, db_path):
+        directory = _side_dir(db_path)
+        os.makedirs(directory, exist_ok=True)
+        self.fd = os.open(os.path.join(directory, "revocations"), os.O_RDWR | os.O_CREAT,
+                          0o644)
+        if os.fstat(self.fd).st_size < _COUNTER.size:
+            os.pwrite(self.fd, _COUNTER.pack(0), 0)
+        self._map = None
+
+    def bump(self):
+        """Call with the write lock held, so bumps never interleave."""
+        count, = _COUNTER.unpack(os.pread(self.fd, _COUNTER.size, 0))
+        os.pwrite(self.fd, _COUNTER.pack(count + 1), 0)
+
+    def value(self):
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, _COUNTER.size, prot=mmap.PROT_READ)
+        return _COUNTER.unpack_from(self._map)[0]
+
+    def close(self):
+        if self._map is not None:
+            self._map.close()
+        os.close(self.fd)
+
+
+def _progress(db_path, worker, seq):
+    """How far the worker that claimed row seq has got with it, from its lock file:
+    "running", "finished" (its outcome waits for the next commit) or None (not begun)."""
+    if worker is None:
+        return None
+    running, _, begun = _read_lock_record(_lock_path(db_path, worker))
+    return "running" if seq == running else "finished" if seq in begun else None
 
 
 def _probe_lock(path, lease):
@@ -1795,16 +1864,23 @@ class AsyncResult:
         return _unpack(row["errors"]) if row and row["errors"] else []
 
     def revoke(self, terminate=False):
-        """Stop the task from running: a waiting task becomes REVOKED and never runs.
+        """Stop the task from running: a waiting task becomes REVOKED and never runs,
+        even one a child has claimed but not begun.
 
         A running task is left to finish unless terminate is true; then its process is
-        killed (and replaced) and the task is REVOKED. Returns True if it was revoked.
+        killed (and replaced) and the task is REVOKED. Returns True if it was revoked,
+        False if it had finished (or, without terminate, begun).
         """
-        revoked = self.app._storage().revoke(self.id, terminate, time.time())
+        counter = _RevokeCounter(self.app.path)
+        try:
+            revoked = self.app._storage().revoke(
+                self.id, terminate, time.time(), announce=counter.bump,
+                progress=functools.partial(_progress, self.app.path))
+        finally:
+            counter.close()
         self._row = None
         if revoked and terminate:
             self.app._sched_bell.ring()                           # supervisors kill it
-            self.app._work_bell.ring(message=_RING_REVOKED)       # children drop prefetched
         return revoked
 
     def forget(self):
@@ -2312,6 +2388,8 @@ class _Child:
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
         self.lock = _WorkerLock(spec["db"], self.worker_id)
+        self.revocations = _RevokeCounter(spec["db"])
+        self.revocations_seen = self.revocations.value()     # read before the first claim
         self.tasks_done = 0
         self.max_memory = spec["max_memory"]
         if self.max_memory:
@@ -2388,18 +2466,25 @@ class _Child:
                     batch = min(batch * 2, self.prefetch)
                 claimed = rows[::-1]
             row = claimed.pop()
-            if self.sleeper.revoked():
-                # A task was revoked: drop the prefetched rows it may have hit.
-                states = self.storage.states_of([row[0]] + [r[0] for r in claimed])
+            begun = [outcome.seq for outcome in outcomes]
+            self.lock.executing(row[0], begun=begun)   # before the counter: see _RevokeCounter
+            revocations = self.revocations.value()
+            if revocations != self.revocations_seen:
+                self.revocations_seen = revocations
+                states = self.storage.states_of([row[0]] + [r[0] for r in claimed], locked=True)
                 claimed = [r for r in claimed if states.get(r[0]) == STARTED]
                 if states.get(row[0]) != STARTED:
+                    self.lock.executing(0, begun=begun)
                     continue
             if outcomes and self._durations.get(row[2], 1.0) > _GROUP_COMMIT_WINDOW:
                 # This task may be slow: do not make finished results wait for it.
                 self._commit(outcomes, 0)
                 outcomes, first_uncommitted = [], None
             started = time.monotonic()
-            outcomes.append(self._execute(row))
+            try:
+                outcomes.append(self._execute(row, begun))
+            finally:
+                self.lock.executing(0, begun=begun + [row[0]])
             now = time.monotonic()
             last_duration = now - started
             previous = self._durations.get(row[2], last_duration)
@@ -2502,7 +2587,7 @@ class _Child:
             poll = _POLL_MIN if look else min(poll * 2, self.poll_max)
         return None
 
-    def _execute(self, row):
+    def _execute(self, row, begun=()):
         """Run one claimed row; returns its _Outcome for complete_and_claim."""
         seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
         outcome = functools.partial(_Outcome, seq=seq, attempt=attempt, tag=_short_hash(task_id))
@@ -2524,8 +2609,8 @@ class _Child:
             return outcome(FAILURE, _encode_error(UnknownTask(message)))
         soft = task.soft_time_limit or self.spec["soft_time_limit"]
         hard = task.time_limit or self.spec["time_limit"]
-        self.lock.executing(seq, time.time() + hard if hard else 0.0)
         if hard:
+            self.lock.executing(seq, time.time() + hard, begun)
             self.control_bell.ring()  # the supervisor enforces the hard limit
         _request.current = _Request(task_id, args, kwargs, retries=retries, attempt=attempt,
                                     name=name, hostname=self.spec["hostname"],
@@ -2547,7 +2632,6 @@ class _Child:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _request.current = None
-            self.lock.executing(0)
         try:
             result = _pack(value)
         except (TypeError, ValueError, OverflowError) as exc:

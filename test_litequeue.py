@@ -3088,10 +3088,14 @@ class TestFailures:
             r.get(timeout=5)
         assert w.proc.poll() is None
 
-    def test_revoke_terminate_of_a_prefetched_task_kills_nothing(self, project, workers):
-        """A row a child claimed in a batch but has not started is dropped; the child
-        running another task is left alone. Batches grow 1, 2, 4, 8, 16 rows while tasks
-        are fast, so a slow task at position 20 shares a batch with the one after it."""
+    @pytest.mark.parametrize("terminate", [False, True])
+    def test_revoke_of_a_prefetched_task_drops_it_and_kills_nothing(self, project, workers,
+                                                                    terminate):
+        """A row a child claimed in a batch but has not started (it reads STARTED) is
+        revoked and never runs, with or without terminate; the task the child is running
+        is left alone, and a plain revoke() of it is refused. Batches grow 1, 2, 4, 8, 16
+        rows while tasks are fast, so a slow task at position 20 shares a batch with the
+        one after it."""
         w = workers.start(project, concurrency=1)
         (child,) = w.children()
         record = project.app.tasks["tasks.record"]
@@ -3106,9 +3110,10 @@ class TestFailures:
             project.go(f"gate{round_}")
             wait_until(lambda: project.started(f"mid{round_}"), 10, "the slow task to start")
             prefetched += project.state(target.id) == STARTED
-            assert target.revoke(terminate=True) is True
+            assert mid.revoke() is False                       # running: left to finish
+            assert target.revoke(terminate=terminate) is True
             project.go(f"mid{round_}")
-            assert mid.get(timeout=20) == f"mid{round_}"
+            assert mid.get(timeout=20) == f"mid{round_}" and mid.state == SUCCESS
             assert [r.get(timeout=20) for r in before + after] == list(range(30))
             assert target.state == REVOKED and project.stamps(f"target{round_}") == []
             assert w.live_children() == [child]                # nothing was killed
@@ -3117,6 +3122,36 @@ class TestFailures:
         print(f"the target was prefetched in round {round_ + 1} of 3" if prefetched else
               "the target was never prefetched")
         assert prefetched, "the target was never in a prefetched batch"
+
+    def test_revokes_racing_fast_tasks_never_let_a_revoked_task_run(self, project, workers):
+        """While two children drain 3 000 fast tasks in batches, the producer revokes
+        one of the last 30 it queued after every third delay(). Whatever the timing,
+        revoke() returning True means the task never ran and reads REVOKED; False means it
+        had begun or finished, and it ends SUCCESS, run once."""
+        workers.start(project, concurrency=2)
+        record = project.app.tasks["tasks.record"]
+        rng = random.Random(4)
+        results, outcome, seen_started = [], {}, 0
+        for n in range(3000):
+            results.append(record.delay(n))
+            if n % 3 == 0 and n >= 30:
+                r = results[n - rng.randrange(1, 30)]
+                if r.id not in outcome:
+                    before = project.state(r.id)
+                    outcome[r.id] = r.revoke()
+                    seen_started += before == STARTED and outcome[r.id]
+        wait_until(lambda: all(r.ready() for r in results), 60, "every task to end")
+        ledger = project.ledger()
+        revoked = [task_id for task_id, done in outcome.items() if done]
+        refused = [task_id for task_id, done in outcome.items() if not done]
+        print(f"racing revokes: {len(revoked)} revoked ({seen_started} read STARTED just "
+              f"before), {len(refused)} refused (running or finished)")
+        assert revoked and refused, "the revokes never raced the children"
+        assert [task_id for task_id in revoked if ledger[task_id]] == []
+        assert {project.state(task_id) for task_id in revoked} == {REVOKED}
+        others = [r.id for r in results if not outcome.get(r.id)]
+        assert {project.state(task_id) for task_id in others} == {SUCCESS}
+        assert {ledger[task_id] for task_id in others} == {1}
 
     # -- worker hygiene ---------------------------------------------------------------------
 
