@@ -14,6 +14,7 @@ Data flow::
                                        jobs.sqlite-lq/locks/<worker>.lock
                                        (fcntl lock held while a worker lives:
                                         a free lock means its rows can be rescued)
+                                       jobs.sqlite-lq/revocations (bumped by revoke())
 
 Task life cycle (the ``state`` column)::
 
