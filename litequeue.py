@@ -1783,16 +1783,28 @@ class Task:
                               expires=expires, **options)
 
     def s(self, *args, **kwargs):
-        """A signature: this task with these arguments, for add_periodic_task."""
+        """A signature: this task with these arguments, to call later or to schedule with
+        add_periodic_task."""
         return _Signature(self, args, kwargs)
 
 
 class _Signature:
+    """A task with (some of) its arguments, as Celery's ``task.s()``."""
+
     def __init__(self, task, args, kwargs):
         self.task, self.args, self.kwargs = task, args, kwargs
 
     def __repr__(self):
         return f"{self.task.name}(*{self.args!r}, **{self.kwargs!r})"
+
+    def delay(self, *args, **kwargs):
+        """Queue the task; arguments given here follow the signature's own."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args=None, kwargs=None, **options):
+        """Queue the task with apply_async's options; args are appended, kwargs merged."""
+        return self.task.apply_async((*self.args, *(args or ())),
+                                     {**self.kwargs, **(kwargs or {})}, **options)
 
 
 class AsyncResult:

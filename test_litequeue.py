@@ -3732,6 +3732,102 @@ class TestProtocol:
 
 
 # ---------------------------------------------------------------------------
+# Portability: a tasks module moves to Celery by changing the app line
+# ---------------------------------------------------------------------------
+
+# One tasks module; only APP_LINES differ between the engines.
+PORTABLE_TASKS = '''
+{app_lines}
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0.1)
+def flaky(self, fail_times):
+    if self.request.retries < fail_times:
+        raise self.retry(exc=OSError(f"attempt {{self.request.retries}}"))
+    return self.request.retries
+
+
+@app.task(autoretry_for=(OSError,), max_retries=2, retry_backoff=0.1, retry_jitter=False)
+def always_fails():
+    raise OSError("still broken")
+
+
+@app.task
+def divide(x, y):
+    return x / y
+'''
+APP_LINES = {
+    "litequeue": 'from litequeue import LiteQueue\napp = LiteQueue("jobs.sqlite")',
+    "celery": 'from celery import Celery\n'
+              'app = Celery("tasks", broker="memory://", backend="cache+memory://")',
+}
+
+# What a user's program does with the tasks, identical for both engines.
+PORTABLE_CLIENT = '''
+def observe(app, tasks):
+    seen = {}
+    r = tasks.add.delay(4, 4)
+    seen["delay"] = [r.get(timeout=30), r.ready(), r.successful(), r.failed(), r.state,
+                     r.result]
+    r = tasks.add.apply_async((1, 2), countdown=0.2)
+    seen["countdown"] = r.get(timeout=30)
+    seen["by_id"] = app.AsyncResult(r.id).get(timeout=30)
+    seen["signature"] = tasks.add.s(2, 3).delay().get(timeout=30)
+    seen["partial"] = tasks.add.s(2).apply_async((3,), countdown=0.1).get(timeout=30)
+    seen["self.retry"] = tasks.flaky.delay(2).get(timeout=30)
+    r = tasks.always_fails.delay()
+    exc = r.get(timeout=30, propagate=False)
+    seen["autoretry"] = [r.state, type(exc).__name__, str(exc), r.failed()]
+    r = tasks.divide.delay(1, 0)
+    try:
+        r.get(timeout=30)
+    except ZeroDivisionError as exc:
+        seen["propagate"] = [type(exc).__name__, r.state]
+    return seen
+'''
+
+# Each engine runs the client in its own process: litequeue against a real worker,
+# Celery with its in-process test worker on the memory transport (no broker to run here).
+PORTABLE_RUN = {
+    "litequeue": "import json, client, tasks\n"
+                 "print(json.dumps(client.observe(tasks.app, tasks)))",
+    "celery": "import json, client, tasks\n"
+              "from celery.contrib.testing.worker import start_worker\n"
+              "tasks.app.conf.broker_transport_options = {'polling_interval': 0.05}\n"
+              "with start_worker(tasks.app, pool='solo', perform_ping_check=False,\n"
+              "                  loglevel='ERROR'):\n"
+              "    print(json.dumps(client.observe(tasks.app, tasks)))",
+}
+
+
+class TestPortability:
+
+    def test_a_tasks_module_moves_to_celery_by_changing_the_app_line(self, tmp_path, workers):
+        """DESIGN 8: the same tasks module and the same calling code give the same answers
+        on litequeue and on Celery 5; only the app line differs."""
+        seen = {}
+        for engine in ("litequeue", "celery"):
+            proj = Project(tmp_path / engine)
+            (proj.dir / "tasks.py").write_text(
+                PORTABLE_TASKS.format(app_lines=APP_LINES[engine]))
+            (proj.dir / "client.py").write_text(PORTABLE_CLIENT)
+            if engine == "litequeue":
+                workers.start(proj, concurrency=2)
+            seen[engine] = json.loads(python(PORTABLE_RUN[engine], proj.dir, timeout=120))
+        assert seen["litequeue"] == seen["celery"]
+        assert seen["litequeue"] == {
+            "delay": [8, True, True, False, "SUCCESS", 8], "countdown": 3, "by_id": 3,
+            "signature": 5, "partial": 5, "self.retry": 2,
+            "autoretry": ["FAILURE", "OSError", "still broken", True],
+            "propagate": ["ZeroDivisionError", "FAILURE"]}
+
+
+# ---------------------------------------------------------------------------
 # Chaos: SIGKILL everything, lose nothing
 # ---------------------------------------------------------------------------
 
