@@ -39,7 +39,7 @@ Example (README repeats it)::
 __version__ = "0.1.0"
 
 __all__ = [
-    "LiteQueue", "Task", "AsyncResult", "Retry",
+    "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "SerializationError",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 import builtins
+import collections
 import contextlib
 import datetime as _dt
 import difflib
@@ -1161,6 +1162,19 @@ class _Storage:
         except apsw.ConstraintError:
             raise DuplicateTaskId(f"a task with id {row['id']!r} already exists") from None
 
+    def insert_tasks(self, rows, registry_rows):
+        """Commit many task rows in one transaction: all of them, or none."""
+        try:
+            with self.write() as conn:
+                for registry_row in registry_rows:
+                    conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
+                conn.executemany(_SQL_INSERT_TASK, rows)
+        except apsw.ConstraintError:
+            ids = collections.Counter(row["id"] for row in rows)
+            repeated = [task_id for task_id, n in ids.items() if n > 1]
+            raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
+                                  "a task id of the group already exists") from None
+
     def upsert_registry(self, rows):
         with self.write() as conn:
             for row in rows:
@@ -2002,6 +2016,96 @@ class EagerResult(AsyncResult):
         pass
 
 
+class group:
+    """Signatures queued together, as Celery's ``group``: one transaction for all of them
+    (one commit, so one fsync at synchronous=FULL), and one GroupResult back.
+
+    ``group(add.s(i, i) for i in range(100)).apply_async()``
+    """
+
+    def __init__(self, *signatures):
+        if len(signatures) == 1 and not isinstance(signatures[0], _Signature):
+            signatures = signatures[0]
+        self.signatures = list(signatures)
+        for sig in self.signatures:
+            if not isinstance(sig, _Signature):
+                raise TypeError(f"group() takes task signatures (task.s(...)), not "
+                                f"{type(sig).__name__}")
+        apps = {id(sig.task.app) for sig in self.signatures}
+        if len(apps) > 1:
+            raise ConfigurationError("a group's tasks must belong to one app")
+
+    def __repr__(self):
+        return f"group({self.signatures!r})"
+
+    def apply_async(self, **options):
+        """Queue every signature, with these apply_async options for all of them."""
+        if not self.signatures:
+            return GroupResult([])
+        app = self.signatures[0].task.app
+        return app._send_group([(sig.task, sig.args, sig.kwargs, options)
+                                for sig in self.signatures])
+
+    def delay(self):
+        """Queue every signature."""
+        return self.apply_async()
+
+    __call__ = delay
+
+
+class GroupResult:
+    """The AsyncResults of a group, in the group's order."""
+
+    def __init__(self, results):
+        self.results = list(results)
+
+    def __repr__(self):
+        return f"<GroupResult: {len(self.results)} task(s)>"
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    def __getitem__(self, index):
+        return self.results[index]
+
+    def ready(self):
+        """True when every task has finished, whatever the outcome."""
+        return all(r.ready() for r in self.results)
+
+    def waiting(self):
+        return not self.ready()
+
+    def successful(self):
+        """True when every task succeeded."""
+        return all(r.successful() for r in self.results)
+
+    def failed(self):
+        """True if any task failed."""
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self):
+        """How many tasks succeeded."""
+        return sum(r.successful() for r in self.results)
+
+    def get(self, timeout=None, propagate=True, interval=None):
+        """Every task's result, in order; timeout (seconds) covers them all."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=left, propagate=propagate, interval=interval))
+        return values
+
+    join = get
+
+    def revoke(self, terminate=False):
+        """Revoke every task; returns how many were revoked."""
+        return sum(bool(r.revoke(terminate=terminate)) for r in self.results)
+
+
 class LiteQueue:
     """The app: task registry, settings and the database they share.
 
@@ -2181,8 +2285,42 @@ class LiteQueue:
             name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
         return _Sleeper(self._done_dir, name)
 
-    def _send(self, name, args, kwargs, task=None, task_id=None, priority=None, queue=None,
-              countdown=None, eta=None, expires=None, **options):
+    def _send(self, name, args, kwargs, task=None, **options):
+        row = self._task_row(name, args, kwargs, task, **options)
+        if self.conf["task_always_eager"]:
+            return self._run_eagerly(task, name, row["id"], row["payload"])
+        registry_row = None
+        if task is not None and name not in self._noted:
+            registry_row = {"name": name, "module": task.module, "now": row["created_at"]}
+        self._storage().insert_task(row, registry_row)
+        if registry_row:
+            self._noted.add(name)
+        (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
+        return AsyncResult(row["id"], self)
+
+    def _send_group(self, calls):
+        """Queue (task, args, kwargs, options) calls in one transaction; a GroupResult."""
+        rows = [self._task_row(task.name, args, kwargs, task, **options)
+                for task, args, kwargs, options in calls]   # all checked before any write
+        if self.conf["task_always_eager"]:
+            return GroupResult([self._run_eagerly(task, task.name, row["id"], row["payload"])
+                                for (task, *_), row in zip(calls, rows)])
+        tasks = {task.name: task for task, *_ in calls if task.name not in self._noted}
+        registry_rows = [{"name": name, "module": task.module, "now": time.time()}
+                         for name, task in tasks.items()]
+        if rows:
+            self._storage().insert_tasks(rows, registry_rows)
+        self._noted.update(tasks)
+        states = {row["state"] for row in rows}
+        if SCHEDULED in states:
+            self._sched_bell.ring()
+        if PENDING in states:
+            self._work_bell.ring()
+        return GroupResult([AsyncResult(row["id"], self) for row in rows])
+
+    def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
+                  queue=None, countdown=None, eta=None, expires=None, **options):
+        """The tasks row a call becomes, or the error its arguments or options deserve."""
         if options:
             raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
         args = () if args is None else args
@@ -2195,26 +2333,16 @@ class LiteQueue:
         now = time.time()
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
         task_id = _new_id() if task_id is None else str(task_id)
-        if self.conf["task_always_eager"]:
-            return self._run_eagerly(task, name, task_id, payload)
         if queue is None:
             queue = (task.queue if task else None) or self.conf["task_default_queue"]
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
         scheduled = eta_at is not None and eta_at > now
-        row = {"id": task_id, "name": name, "queue": str(queue), "priority": int(priority),
-               "state": SCHEDULED if scheduled else PENDING, "payload": payload,
-               "eta": eta_at if scheduled else None, "expires": expires_at,
-               "max_retries": task.max_retries if task else None, "created_at": now}
-        registry_row = None
-        if task is not None and name not in self._noted:
-            registry_row = {"name": name, "module": task.module, "now": now}
-        self._storage().insert_task(row, registry_row)
-        if registry_row:
-            self._noted.add(name)
-        (self._sched_bell if scheduled else self._work_bell).ring()
-        return AsyncResult(task_id, self)
+        return {"id": task_id, "name": name, "queue": str(queue), "priority": int(priority),
+                "state": SCHEDULED if scheduled else PENDING, "payload": payload,
+                "eta": eta_at if scheduled else None, "expires": expires_at,
+                "max_retries": task.max_retries if task else None, "created_at": now}
 
     def _timing(self, now, countdown, eta, expires):
         """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""

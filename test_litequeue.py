@@ -40,10 +40,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from litequeue import (
     EXPIRED, FAILURE, PENDING, RETRY, REVOKED, SCHEDULED, STARTED, SUCCESS, UNKNOWN,
-    ConfigurationError, CorruptDatabase, DuplicateTaskId, ForeignDatabase, LiteQueue,
+    ConfigurationError, CorruptDatabase, DuplicateTaskId, ForeignDatabase, GroupResult, LiteQueue,
     LitequeueError, MaxRetriesExceededError, RemoteError, Retry, SchemaTooNew,
     SerializationError, SoftTimeLimitExceeded, TaskNotFound, TaskRevoked, TimeLimitExceeded,
-    UnknownTask, WorkerLostError, crontab,
+    UnknownTask, WorkerLostError, crontab, group,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -1577,6 +1577,44 @@ class TestStorage:
 
 class TestApp:
 
+    def test_group_queues_every_signature_in_one_transaction_or_none(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "g.sqlite"))
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        g = group(add.s(i, i) for i in range(300)).apply_async()
+        assert isinstance(g, GroupResult) and len(g) == 300
+        assert {r.state for r in g} == {PENDING} and not g.ready() and g.waiting()
+        later = group(add.s(1, 1), add.s(2, 2)).apply_async(countdown=60)
+        assert [r.state for r in later] == [SCHEDULED, SCHEDULED]
+        assert len(group([add.s(5, 5)])()) == 1 and len(group().apply_async()) == 0
+        count = lambda: sql(str(tmp_path / "g.sqlite"), "SELECT count(*) FROM tasks")[0][0]
+        assert count() == 303
+        # One bad member, at the end of a big group: nothing is written.
+        with pytest.raises(SerializationError):
+            group([add.s(i, i) for i in range(500)] + [add.s(1, {2})]).apply_async()
+        with pytest.raises(DuplicateTaskId):
+            group(add.s(1, 1), add.s(2, 2)).apply_async(task_id="same")
+        with pytest.raises(TypeError, match="signatures"):
+            group(add, add)
+        assert count() == 303
+
+    def test_group_in_eager_mode_runs_inline(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "eager.sqlite"), task_always_eager=True)
+
+        @app.task
+        def div(x, y):
+            return x / y
+
+        g = group(div.s(6, 3), div.s(1, 0)).apply_async()
+        assert g.ready() and g.failed() and not g.successful() and g.completed_count() == 1
+        assert g.get(propagate=False)[0] == 2.0
+        with pytest.raises(ZeroDivisionError):
+            g.get()
+        assert not (tmp_path / "eager.sqlite").exists()
+
     def test_eager_mode_runs_inline_and_writes_nothing(self, tmp_path):
         db = tmp_path / "eager.sqlite"
         app = LiteQueue(str(db), task_always_eager=True)
@@ -1991,6 +2029,20 @@ print(json.dumps(out))
 
 
 class TestWorker:
+
+    def test_group_results_come_back_in_order(self, project, workers):
+        workers.start(project, concurrency=2)
+        add = project.app.tasks["tasks.add"]
+        fail = project.app.tasks["tasks.fail"]
+        g = group(add.s(i, i) for i in range(200)).apply_async()
+        assert g.get(timeout=30) == [2 * i for i in range(200)]
+        assert g.ready() and g.successful() and g.completed_count() == 200
+        mixed = group(add.s(1, 2), fail.s("boom"), add.s(3, 4)).apply_async()
+        values = mixed.get(timeout=30, propagate=False)
+        assert values[0] == 3 and values[2] == 7 and str(values[1]).endswith("boom")
+        assert mixed.failed() and not mixed.successful() and mixed.completed_count() == 2
+        with pytest.raises(Exception, match="boom"):
+            mixed.get(timeout=5)
 
     @pytest.mark.parametrize("mode", ["vendored", "installed"])
     def test_quickstart(self, tmp_path, workers, mode):
@@ -3762,8 +3814,8 @@ def divide(x, y):
     return x / y
 '''
 APP_LINES = {
-    "litequeue": 'from litequeue import LiteQueue\napp = LiteQueue("jobs.sqlite")',
-    "celery": 'from celery import Celery\n'
+    "litequeue": 'from litequeue import LiteQueue, group\napp = LiteQueue("jobs.sqlite")',
+    "celery": 'from celery import Celery, group\n'
               'app = Celery("tasks", broker="memory://", backend="cache+memory://")',
 }
 
@@ -3779,6 +3831,8 @@ def observe(app, tasks):
     seen["by_id"] = app.AsyncResult(r.id).get(timeout=30)
     seen["signature"] = tasks.add.s(2, 3).delay().get(timeout=30)
     seen["partial"] = tasks.add.s(2).apply_async((3,), countdown=0.1).get(timeout=30)
+    g = tasks.group(tasks.add.s(i, i) for i in range(5)).apply_async()
+    seen["group"] = [g.get(timeout=30), g.ready(), g.successful(), g.completed_count()]
     seen["self.retry"] = tasks.flaky.delay(2).get(timeout=30)
     r = tasks.always_fails.delay()
     exc = r.get(timeout=30, propagate=False)
@@ -3822,7 +3876,8 @@ class TestPortability:
         assert seen["litequeue"] == seen["celery"]
         assert seen["litequeue"] == {
             "delay": [8, True, True, False, "SUCCESS", 8], "countdown": 3, "by_id": 3,
-            "signature": 5, "partial": 5, "self.retry": 2,
+            "signature": 5, "partial": 5, "group": [[0, 2, 4, 6, 8], True, True, 5],
+            "self.retry": 2,
             "autoretry": ["FAILURE", "OSError", "still broken", True],
             "propagate": ["ZeroDivisionError", "FAILURE"]}
 

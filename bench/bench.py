@@ -261,6 +261,10 @@ class LiteQueueSystem:
     def enqueue(self, i):
         return self.noop.delay(i)
 
+    def enqueue_group(self, first, size):
+        """group(noop.s(i) ...) of `size` tasks: one transaction, one commit."""
+        return litequeue.group(self.noop.s(i) for i in range(first, first + size)).apply_async()
+
     def roundtrip(self, i):
         return self.noop.delay(i).get(timeout=30)
 
@@ -415,6 +419,24 @@ def measure_delay_and_drain(system, tmp, tag, n, results):
     finally:
         if worker is not None:
             worker.stop()
+        system.close()
+        remove_db(db)
+
+
+def measure_group(system, tmp, tag, n, size, results):
+    """Queue n no-op tasks as groups of `size` (litequeue only; huey has no batch enqueue),
+    no worker running. Appends the rate to results["group"]."""
+    db = os.path.join(tmp, f"{tag}-group.sqlite")
+    remove_db(db)
+    system.open(db)
+    try:
+        t0 = time.perf_counter()
+        for first in range(0, n, size):
+            system.enqueue_group(first, min(size, n - first))
+        elapsed = time.perf_counter() - t0
+        results["group"].append(n / elapsed)
+        log(f"  {system.label:<18} group(): {n / elapsed:9.0f} tasks/s  (groups of {size})")
+    finally:
         system.close()
         remove_db(db)
 
@@ -773,6 +795,11 @@ def build_table(S, cfg):
                      f"{'yes' if met else 'NO'} (FULL: {'yes' if met_full else 'no'})"])
 
     at_least("delay", f"delay() rate, {cfg['tasks']:,} no-op tasks, no worker", 3)
+    gn, gf, gh = med(N, "group"), med(F, "group"), med(H, "delay")
+    rows.append([f"group() enqueue rate, {cfg['tasks']:,} no-op tasks in groups of "
+                 f"{cfg['group_size']}, no worker (huey: its delay(), it has no batch enqueue)",
+                 fmt(N.get("group"), "/s"), fmt(F.get("group"), "/s"), fmt(H.get("delay"), "/s"),
+                 f"{times(gn, gh)} / {times(gf, gh)}", "—", "—"])
     at_least("drain", f"drain rate, {cfg['tasks']:,} prefilled, 2 worker processes, results "
              "stored", 4)
     rows.append(["drain, worker launch → all results seen by a 20 ms poll (incl. start-up)",
@@ -972,6 +999,7 @@ def main(argv=None):
     cfg = {
         "repeat": args.repeat or (1 if args.quick else 3),
         "tasks": args.tasks or (5000 if args.quick else 20000),
+        "group_size": 100,
         "roundtrips": args.roundtrips or (100 if args.quick else 200),
         "idle_window": args.idle_window or (5.0 if args.quick else 10.0),
         "idle_settle": args.idle_settle,
@@ -1015,6 +1043,9 @@ def main(argv=None):
             for s in (lq_normal, lq_full, hu) if "drain" in only else ():
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_delay_and_drain(s, tmp, tag, cfg["tasks"], results[s.label])
+                if s is not hu:
+                    measure_group(s, tmp, tag, cfg["tasks"], cfg["group_size"],
+                                  results[s.label])
             for s in systems if "roundtrip" in only else ():
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_roundtrip(s, tmp, tag, cfg["roundtrips"], cfg["roundtrip_gap_s"],
