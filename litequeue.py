@@ -923,6 +923,18 @@ _SQL_GET_TASK = """
     FROM tasks WHERE id = :id
 """
 _SQL_FORGET = "DELETE FROM tasks WHERE id = :id"
+# A finished task queued again by hand: a fresh retry budget, its error history kept.
+_SQL_REQUEUE = """
+    UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
+                     eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
+                     retries = 0
+    WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+"""
+_SQL_PURGE = """
+    DELETE FROM tasks WHERE seq IN (
+        SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY')
+                              AND (:queue IS NULL OR queue = :queue) LIMIT :n)
+"""
 _SQL_COUNTS = "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY 1, 2"
 _SQL_REGISTER_WORKER = """
     INSERT OR REPLACE INTO workers (id, parent, hostname, pid, queues, concurrency, started_at)
@@ -1446,6 +1458,16 @@ class _Storage:
     def forget(self, task_id):
         with self.write() as conn:
             conn.execute(_SQL_FORGET, (task_id,))
+
+    def requeue(self, task_id):
+        """Queue a FAILURE, REVOKED or EXPIRED task again; True if it was one."""
+        with self.write() as conn:
+            conn.execute(_SQL_REQUEUE, (task_id,))
+            return conn.changes() > 0
+
+    def purge(self, queue=None):
+        """Delete every task waiting to run (in one queue, or all); returns how many."""
+        return self._in_batches(_SQL_PURGE, queue, _PRUNE_BATCH)
 
     def counts(self):
         return self.conn.execute(_SQL_COUNTS).fetchall()
@@ -3482,6 +3504,37 @@ def revoke(db, task_id, terminate):
         click.echo(f"not revoked: the task is {res.state}"
                    + ("" if terminate or res.state != STARTED else " (use --terminate)"))
         sys.exit(1)
+
+
+@cli.command("retry")
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("task_id")
+def retry_command(db, task_id):
+    """Queue a failed, revoked or expired task again, with a fresh retry budget."""
+    app = _open_app(db)
+    res = app.AsyncResult(task_id)
+    if res.state == UNKNOWN:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    if not app._storage().requeue(task_id):
+        click.echo(f"not queued again: the task is {res.state}; only FAILURE, REVOKED and "
+                   "EXPIRED tasks can be", err=True)
+        sys.exit(1)
+    app._work_bell.ring()
+    click.echo(f"queued {task_id} again")
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--queue", "-q", help="Only this queue [default: every queue].")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def purge(db, queue, yes):
+    """Delete every task waiting to run (PENDING, SCHEDULED, RETRY); running and finished
+    tasks and periodic schedules are kept."""
+    app = _open_app(db)
+    where = f"queue {queue!r}" if queue else "every queue"
+    if not yes:
+        click.confirm(f"Delete every waiting task in {where} of {db}?", abort=True)
+    click.echo(f"purged {app._storage().purge(queue)} waiting task(s) from {where}")
 
 
 @cli.command()

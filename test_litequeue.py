@@ -3688,6 +3688,56 @@ class TestCLI:
         out = json.loads(lq("result", db, failed.id, "--json", cwd=cwd).stdout)
         assert (out["state"], out["retries"], len(out["errors"])) == (FAILURE, 3, 4)
 
+    def test_retry_queues_a_finished_task_again(self, project, workers):
+        db, cwd = project.db, project.dir
+        revoked = project.delay("add", 2, 3)                         # no worker running
+        assert revoked.revoke() is True
+        failed = project.delay("fail", "again")
+        w = workers.start(project, concurrency=1)
+        assert failed.get(timeout=20, propagate=False) is not None and failed.state == FAILURE
+        done_ok = project.delay("add", 1, 1)
+        assert done_ok.get(timeout=20) == 2
+        for res in (revoked, failed):
+            done = lq("retry", db, res.id, cwd=cwd)
+            assert (done.returncode, done.stdout) == (0, f"queued {res.id} again\n"), done.stderr
+        # Fresh handles: an AsyncResult keeps a finished row it has read, as Celery's does.
+        revoked, failed = (project.app.AsyncResult(r.id) for r in (revoked, failed))
+        assert revoked.get(timeout=20) == 5 and revoked.state == SUCCESS
+        assert failed.get(timeout=20, propagate=False) is not None
+        assert failed.state == FAILURE and len(failed.errors) == 2   # both attempts kept
+        done = lq("retry", db, done_ok.id, cwd=cwd)
+        assert done.returncode == 1 and "the task is SUCCESS" in done.stderr, done.stderr
+        assert_one_line_error(lq("retry", db, "no-such-id", cwd=cwd), contains="no task")
+        assert w.proc.poll() is None
+
+    def test_purge_deletes_waiting_tasks_only(self, project, workers):
+        db, cwd = project.db, project.dir
+        w = workers.start(project, concurrency=1)
+        finished = project.delay("add", 1, 1)
+        assert finished.get(timeout=20) == 2
+        running = project.delay("block", "purge")
+        wait_until(lambda: project.started("purge"), 10, "the task to start")
+        other = [project.app.tasks["tasks.add"].apply_async((n, n), queue="other")
+                 for n in range(3)]
+        later = [project.app.tasks["tasks.add"].apply_async((n, n), countdown=600)
+                 for n in range(2)]
+        waiting = [project.delay("add", n, n) for n in range(4)]       # behind the block
+        done = lq("purge", db, cwd=cwd)                                  # no tty: it asks
+        assert done.returncode == 1 and "Aborted" in done.stderr, done.stderr
+        assert {r.state for r in waiting + later} == {PENDING, SCHEDULED}
+        done = lq("purge", db, "--queue", "other", "--yes", cwd=cwd)
+        assert (done.returncode, done.stdout) == \
+            (0, "purged 3 waiting task(s) from queue 'other'\n"), done.stderr
+        assert {r.state for r in other} == {UNKNOWN}
+        done = lq("purge", db, "-y", cwd=cwd)
+        assert (done.returncode, done.stdout) == \
+            (0, "purged 6 waiting task(s) from every queue\n"), done.stderr
+        assert {r.state for r in waiting + later} == {UNKNOWN}
+        assert finished.state == SUCCESS and running.state == STARTED
+        project.go("purge")
+        assert running.get(timeout=20) == "purge"
+        assert w.proc.poll() is None
+
     def test_revoke(self, project, workers):
         db, cwd = project.db, project.dir
         queued = project.delay("stamp", "cli")                      # no worker running
