@@ -2037,6 +2037,10 @@ class EagerResult(AsyncResult):
     def forget(self):
         pass
 
+    def revoke(self, terminate=False):
+        """An eager task has already run: nothing to revoke."""
+        return False
+
 
 class group:
     """Signatures queued together, as Celery's ``group``: one transaction for all of them

@@ -1613,6 +1613,7 @@ class TestApp:
         assert g.get(propagate=False)[0] == 2.0
         with pytest.raises(ZeroDivisionError):
             g.get()
+        assert g.revoke() == 0                  # they have run already
         assert not (tmp_path / "eager.sqlite").exists()
 
     def test_eager_mode_runs_inline_and_writes_nothing(self, tmp_path):
