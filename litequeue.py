@@ -190,10 +190,12 @@ _PRUNE_BATCH = 2000
 # Free pages handed back per vacuum transaction (1 MiB of 4 KiB pages): one pass over the
 # pages a big prune freed wrote 4 MiB of WAL in a single transaction.
 _VACUUM_STEP_PAGES = 256
-# A worker child retries a busy write lock after 0.1 ms, 0.2 ms, ... up to 2 ms: a claim
-# holds the lock for about 0.1 ms.
+# A worker process retries a busy write lock after 0.1 ms, 0.2 ms, ... up to 2 ms: a claim
+# holds the lock for about 0.1 ms. A producer retries every 0.1 ms, so that delay() is not
+# starved by workers that retake the lock back to back.
 _BUSY_STEP = 0.0001
-_BUSY_STEPS_MAX = 20
+_BUSY_STEPS_WORKER = 20
+_BUSY_STEPS_PRODUCER = 1
 # Longest socket path the kernel accepts (sun_path is 108 bytes with the NUL).
 _SUN_PATH_MAX = 107
 
@@ -1023,7 +1025,8 @@ class _Storage:
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
     def __init__(self, path, *, synchronous="NORMAL", busy_timeout=30.0,
-                 autocheckpoint=1000, create=True, fine_busy_wait=False, on_wal_growth=None):
+                 autocheckpoint=1000, create=True, busy_steps=_BUSY_STEPS_PRODUCER,
+                 on_wal_growth=None):
         self.path = path
         if not create and not os.path.exists(path):
             raise DatabaseError(f"no database at {path}")
@@ -1033,7 +1036,7 @@ class _Storage:
         except apsw.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}") from None
         self.busy_timeout = busy_timeout
-        self.fine_busy_wait = fine_busy_wait
+        self._busy_wait = self._stepped_wait(busy_steps, busy_timeout)
         self._set_busy_handler()
         # With STAT4 compiled in, SQLite re-plans a statement whenever a bound value might
         # change the plan; the stable plan keeps the claim statement prepared (37% faster).
@@ -1072,21 +1075,24 @@ class _Storage:
         return apsw.SQLITE_OK
 
     def _set_busy_handler(self):
-        if self.fine_busy_wait:
-            self.conn.set_busy_handler(self._busy_wait)
-        else:
-            self.conn.set_busy_timeout(int(self.busy_timeout * 1000))
+        self.conn.set_busy_handler(self._busy_wait)
 
-    def _busy_wait(self, attempts):
-        """Busy handler for worker processes: SQLite's own sleeps 1, 2, 5, 10 ms... at
-        first, far longer than a claim holds the lock (about 0.1 ms), so a child that lost
-        one race sat out a whole burst of work. Wait in short steps instead."""
-        if attempts == 0:
-            self._busy_since = time.monotonic()
-        elif time.monotonic() - self._busy_since > self.busy_timeout:
-            return False
-        time.sleep(_BUSY_STEP * min(attempts + 1, _BUSY_STEPS_MAX))
-        return True
+    @staticmethod
+    def _stepped_wait(steps_max, limit):
+        """A busy handler that retries after 0.1 ms, 0.2 ms, ... up to steps_max × 0.1 ms,
+        for `limit` seconds. SQLite's own sleeps 1, 2, 5, 10 ms... at first, far longer
+        than a claim holds the lock (about 0.1 ms): a worker that lost one race sat out a
+        whole burst of work, and a delay() beside busy workers waited up to 0.5 s."""
+        since = [0.0]
+
+        def wait(attempts):
+            if attempts == 0:
+                since[0] = time.monotonic()
+            elif time.monotonic() - since[0] > limit:
+                return False
+            time.sleep(_BUSY_STEP * min(attempts + 1, steps_max))
+            return True
+        return wait
 
     def _pragma(self, name):
         return self.conn.execute(f"PRAGMA {name}").fetchall()[0][0]
@@ -1289,7 +1295,7 @@ class _Storage:
         # Children retake the write lock within a fraction of a millisecond, so SQLite's
         # own busy handler (1, 2, 5, 10 ms...) lost the race for 100 ms at a time while the
         # WAL grew by 12 MiB. Ask in the shortest steps instead, ahead of the children.
-        self.conn.set_busy_handler(self._checkpoint_wait)
+        self.conn.set_busy_handler(self._stepped_wait(1, _TRUNCATE_WAIT_MS / 1000))
         try:
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
@@ -1297,14 +1303,6 @@ class _Storage:
         finally:
             self._set_busy_handler()
 
-    def _checkpoint_wait(self, attempts):
-        """Busy handler for a truncating checkpoint: a flat, short step, for a second."""
-        if attempts == 0:
-            self._busy_since = time.monotonic()
-        elif time.monotonic() - self._busy_since > _TRUNCATE_WAIT_MS / 1000:
-            return False
-        time.sleep(_BUSY_STEP)
-        return True
 
     # -- scheduler ---------------------------------------------------------------------
 
@@ -2561,7 +2559,8 @@ class _Child:
         self.control_bell = _Doorbell(_socket_dir(spec["db"], "sched"))
         self.storage = _Storage(spec["db"], synchronous=conf["synchronous"],
                                 busy_timeout=conf["busy_timeout"], autocheckpoint=0,
-                                fine_busy_wait=True, on_wal_growth=self.control_bell.ring)
+                                busy_steps=_BUSY_STEPS_WORKER,
+                                on_wal_growth=self.control_bell.ring)
         self.tasks, _ = _load_worker_code(spec, self.storage)
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
@@ -2930,7 +2929,7 @@ class _Supervisor:
         """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold."""
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
                                 busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
-                                fine_busy_wait=True)
+                                busy_steps=_BUSY_STEPS_WORKER)
         self.lock = _WorkerLock(self.db, self.worker_id)
         self.storage.register_worker({
             "id": self.worker_id, "parent": None, "hostname": self.hostname,

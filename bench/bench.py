@@ -45,7 +45,7 @@ import benchtasks  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Measurements, in the order a repeat runs them; --only picks a subset.
-MEASUREMENTS = ("drain", "roundtrip", "idle", "eta", "future")
+MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future")
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
 
 # Every worker this run started. Cleanup kills their process groups.
@@ -125,8 +125,11 @@ class Worker:
 
     def check_alive(self):
         if self.proc.poll() is not None:
+            self.log.flush()
+            with open(self.log.name, errors="replace") as f:
+                tail = f.read()[-2000:]
             raise RuntimeError(f"{self.kind} worker exited early with code "
-                               f"{self.proc.returncode}; see {self.log.name}")
+                               f"{self.proc.returncode}; the end of {self.log.name}:\n{tail}")
 
     def stop(self, timeout=15.0):
         """Graceful signal to the leader; then SIGKILL to whatever is left of the group."""
@@ -220,6 +223,16 @@ def session_cpu_ticks(sid):
 # Systems under test
 # ---------------------------------------------------------------------------
 
+def _apsw_reader(db):
+    """A read-only connection to a litequeue file from this process. It must be apsw, the
+    SQLite that litequeue's own connections use: a stdlib sqlite3 connection is a second
+    copy of SQLite, and closing it drops the POSIX locks apsw holds on the same files.
+    That corrupted a database here once, mid-drain."""
+    conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(30_000)
+    return conn
+
+
 class LiteQueueSystem:
     def __init__(self, label, synchronous):
         self.label = label
@@ -265,6 +278,17 @@ class LiteQueueSystem:
         """group(noop.s(i) ...) of `size` tasks: one transaction, one commit."""
         return litequeue.group(self.noop.s(i) for i in range(first, first + size)).apply_async()
 
+    def prefill(self, n):
+        for first in range(0, n, 1000):
+            self.enqueue_group(first, min(1000, n - first))
+
+    def backlog(self):
+        conn = _apsw_reader(self.db)      # not stdlib sqlite3: see _apsw_reader
+        try:
+            return conn.execute("SELECT count(*) FROM tasks WHERE state = 'PENDING'").fetchall()[0][0]
+        finally:
+            conn.close()
+
     def roundtrip(self, i):
         return self.noop.delay(i).get(timeout=30)
 
@@ -284,7 +308,7 @@ class LiteQueueSystem:
     def wait_drained(self, n, worker, timeout):
         """Poll (cheap index probes, every 20 ms) until nothing is PENDING or STARTED;
         return (first started_at, last finished_at, SUCCESS count)."""
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        conn = _apsw_reader(self.db)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -330,6 +354,13 @@ class HueySystem:
 
     def enqueue(self, i):
         return self.noop(i)
+
+    def prefill(self, n):
+        for i in range(n):
+            self.noop(i)
+
+    def backlog(self):
+        return self.huey.pending_count()
 
     def roundtrip(self, i):
         return self.noop(i).get(blocking=True, timeout=30, **self.get_kwargs)
@@ -437,6 +468,54 @@ def measure_group(system, tmp, tag, n, size, results):
         results["group"].append(n / elapsed)
         log(f"  {system.label:<18} group(): {n / elapsed:9.0f} tasks/s  (groups of {size})")
     finally:
+        system.close()
+        remove_db(db)
+
+
+def measure_delay_under_load(system, tmp, tag, prefill, n, seconds, results):
+    """delay() latency while a 2-process worker drains a backlog: `prefill` no-op tasks
+    are queued first, the worker starts, and once the backlog shrinks the producer times n
+    delay() calls, 1 ms apart, or as many as fit in cfg's `load_seconds`. The backlog must
+    outlast them, or the figure is refused."""
+    db = os.path.join(tmp, f"{tag}-load.sqlite")
+    remove_db(db)
+    system.open(db)
+    worker = None
+    try:
+        system.prefill(prefill)
+        worker = system.start_worker(tmp, f"{tag}-load.log")
+        deadline = time.monotonic() + 60
+        while system.backlog() > prefill - 200:       # the worker is draining
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{system.label}: the worker did not start draining")
+            time.sleep(0.01)
+        latencies = []
+        began = time.monotonic()
+        for i in range(n):
+            if time.monotonic() - began > seconds:
+                break
+            t0 = time.perf_counter()
+            system.enqueue(10**9 + i)
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            time.sleep(0.001)
+        worker.check_alive()
+        left = system.backlog()
+        if left < 200:
+            raise RuntimeError(f"{system.label}: the backlog ran out ({left} left) before the "
+                               f"{n} delay() calls ended ({time.monotonic() - began:.1f} s; "
+                               f"{len(latencies)} calls); prefill more")
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        results["load_p50"].append(p50)
+        results["load_p99"].append(p99)
+        results["load_max"].append(max(latencies))
+        results["load_calls"].append(len(latencies))
+        log(f"  {system.label:<18} delay() under load: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+            f"max {max(latencies):7.2f} ms  ({len(latencies)} calls in "
+            f"{time.monotonic() - began:.1f} s; {left} of {prefill} still queued at the end)")
+    finally:
+        if worker is not None:
+            worker.stop()
         system.close()
         remove_db(db)
 
@@ -724,7 +803,7 @@ def measure_future_drain(tmp, tag, template, n, cfg, results):
         results[f"future_drain_{kind}"].append(rate)
         worker.stop()
         worker = None
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        conn = _apsw_reader(db)
         try:
             (left,), = conn.execute(
                 "SELECT count(*) FROM tasks WHERE state = 'SCHEDULED'").fetchall()
@@ -825,6 +904,13 @@ def build_table(S, cfg):
                  fmt(N.get("idle_cpu"), "%", 2), "(same code path)", fmt(H.get("idle_cpu"), "%", 2),
                  f"{cn / ch:.1f}× huey's" if cn and ch else "—",
                  "< 1%", "yes" if cn is not None and cn < 1.0 else "NO"])
+    for key, what in (("load_p50", "p50"), ("load_p99", "p99"), ("load_max", "max")):
+        ln, lh = med(N, key), med(H, key)
+        rows.append([f"delay() latency {what} while a 2-process worker drains a backlog "
+                     f"(up to {cfg['load_calls']:,} calls 1 ms apart, at most "
+                     f"{cfg['load_seconds']:.0f} s)",
+                     fmt(N.get(key), "ms", 2), "(same code path)", fmt(H.get(key), "ms", 2),
+                     lower(ln, lh), "—", "—"])
     wn, wh = med(N, "idle_wakeups"), med(H, "idle_wakeups")
     rows.append(["idle wake-ups per second, all processes (voluntary context switches)",
                  fmt(N.get("idle_wakeups"), "/s", 1), "(same code path)",
@@ -1000,6 +1086,12 @@ def main(argv=None):
         "repeat": args.repeat or (1 if args.quick else 3),
         "tasks": args.tasks or (5000 if args.quick else 20000),
         "group_size": 100,
+        # delay() under load: the backlog must outlast the calls (litequeue drains about
+        # 40 000/s, huey about 2 000/s).
+        "load_calls": 1000,
+        "load_seconds": 10.0,
+        "load_prefill": 200_000,
+        "load_prefill_huey": 40_000,
         "roundtrips": args.roundtrips or (100 if args.quick else 200),
         "idle_window": args.idle_window or (5.0 if args.quick else 10.0),
         "idle_settle": args.idle_settle,
@@ -1056,6 +1148,11 @@ def main(argv=None):
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_idle(s, tmp, tag, cfg["idle_settle"], cfg["idle_window"],
                              results[s.label])
+            for s in (lq_normal, hu) if "load" in only else ():
+                tag = f"r{r}-{s.label.replace(' ', '-')}"
+                prefill = cfg["load_prefill_huey" if s is hu else "load_prefill"]
+                measure_delay_under_load(s, tmp, tag, prefill, cfg["load_calls"],
+                                         cfg["load_seconds"], results[s.label])
             for mode in ("spaced", "burst") if "eta" in only else ():
                 for s in (lq_normal, hu):
                     tag = f"r{r}-{s.label.replace(' ', '-')}-eta-{mode}"
@@ -1075,7 +1172,7 @@ def main(argv=None):
     S = {label: {k: summary(v) if isinstance(v, list) else v for k, v in res.items()}
          for label, res in results.items()}
     tables = []
-    if {"drain", "roundtrip", "idle"} & set(only):
+    if {"drain", "roundtrip", "idle", "load"} & set(only):
         tables.append(build_table(S, cfg))
     if {"eta", "future"} & set(only):
         tables.append(build_sched_table(S, results, cfg))
