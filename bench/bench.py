@@ -422,14 +422,40 @@ def remove_db(db):
     shutil.rmtree(db + "-lq", ignore_errors=True)
 
 
+class _Session:
+    """One measurement's fresh database, opened by `system`, and the worker it starts."""
+
+    def __init__(self, system, tmp, tag, synchronous):
+        self.system, self.tmp, self.tag = system, tmp, tag
+        self.synchronous = synchronous
+        self.worker = None
+
+    def start_worker(self, suffix):
+        self.worker = self.system.start_worker(self.tmp, f"{self.tag}-{suffix}.log")
+        return self.worker
+
+
+@contextlib.contextmanager
+def fresh_database(system, tmp, tag):
+    """A new database for one measurement. Afterwards its worker is stopped, the system
+    closed and the files removed, however the measurement ends."""
+    db = os.path.join(tmp, f"{tag}.sqlite")
+    remove_db(db)
+    session = _Session(system, tmp, tag, system.open(db))
+    try:
+        yield session
+    finally:
+        if session.worker is not None:
+            session.worker.stop()
+        system.close()
+        remove_db(db)
+
+
 def measure_delay_and_drain(system, tmp, tag, n, results):
     """delay() n no-op tasks with no worker running, then drain exactly those n tasks with a
     2-process worker. Appends to results[label]."""
-    db = os.path.join(tmp, f"{tag}.sqlite")
-    remove_db(db)
-    sync = system.open(db)
-    worker = None
-    try:
+    with fresh_database(system, tmp, tag) as session:
+        sync = session.synchronous
         t0 = time.perf_counter()
         for i in range(n):
             system.enqueue(i)
@@ -439,7 +465,7 @@ def measure_delay_and_drain(system, tmp, tag, n, results):
         log(f"  {system.label:<18} delay(): {n / elapsed:9.0f} tasks/s  (synchronous={sync})")
 
         launched = time.time()
-        worker = system.start_worker(tmp, f"{tag}-drain.log")
+        worker = session.start_worker("drain")
         first, last, observed = system.wait_drained(n, worker, timeout=max(120, n / 100))
         rate = n / (last - first)
         results["drain"].append(rate)
@@ -447,43 +473,28 @@ def measure_delay_and_drain(system, tmp, tag, n, results):
         log(f"  {system.label:<18} drain:   {rate:9.0f} tasks/s  "
             f"(first start -> last result {last - first:.2f} s; "
             f"launch -> observed done {observed - launched:.2f} s)")
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 def measure_group(system, tmp, tag, n, size, results):
     """Queue n no-op tasks as groups of `size` (litequeue only; huey has no batch enqueue),
     no worker running. Appends the rate to results["group"]."""
-    db = os.path.join(tmp, f"{tag}-group.sqlite")
-    remove_db(db)
-    system.open(db)
-    try:
+    with fresh_database(system, tmp, f"{tag}-group"):
         t0 = time.perf_counter()
         for first in range(0, n, size):
             system.enqueue_group(first, min(size, n - first))
         elapsed = time.perf_counter() - t0
         results["group"].append(n / elapsed)
         log(f"  {system.label:<18} group(): {n / elapsed:9.0f} tasks/s  (groups of {size})")
-    finally:
-        system.close()
-        remove_db(db)
 
 
 def measure_delay_under_load(system, tmp, tag, prefill, n, seconds, results):
     """delay() latency while a 2-process worker drains a backlog: `prefill` no-op tasks
     are queued first, the worker starts, and once the backlog shrinks the producer times n
-    delay() calls, 1 ms apart, or as many as fit in cfg's `load_seconds`. The backlog must
-    outlast them, or the figure is refused."""
-    db = os.path.join(tmp, f"{tag}-load.sqlite")
-    remove_db(db)
-    system.open(db)
-    worker = None
-    try:
+    delay() calls, 1 ms apart, or as many as fit in `seconds`. The backlog must outlast
+    them, or the figure is refused."""
+    with fresh_database(system, tmp, f"{tag}-load") as session:
         system.prefill(prefill)
-        worker = system.start_worker(tmp, f"{tag}-load.log")
+        worker = session.start_worker("load")
         deadline = time.monotonic() + 60
         while system.backlog() > prefill - 200:       # the worker is draining
             worker.check_alive()
@@ -513,30 +524,16 @@ def measure_delay_under_load(system, tmp, tag, prefill, n, seconds, results):
         log(f"  {system.label:<18} delay() under load: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
             f"max {max(latencies):7.2f} ms  ({len(latencies)} calls in "
             f"{time.monotonic() - began:.1f} s; {left} of {prefill} still queued at the end)")
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 @contextlib.contextmanager
 def idle_worker(system, tmp, tag, suffix):
     """A fresh database with a started worker that has run one task; both are stopped
     and removed afterwards, however the measurement ends."""
-    db = os.path.join(tmp, f"{tag}.sqlite")
-    remove_db(db)
-    system.open(db)
-    worker = None
-    try:
-        worker = system.start_worker(tmp, f"{tag}-{suffix}.log")
+    with fresh_database(system, tmp, tag) as session:
+        worker = session.start_worker(suffix)
         assert system.roundtrip(-1) == -1   # waits out the worker's start-up
         yield worker
-    finally:
-        if worker is not None:
-            worker.stop()
-        system.close()
-        remove_db(db)
 
 
 def measure_roundtrip(system, tmp, tag, repeats, gap, results):
