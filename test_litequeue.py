@@ -905,6 +905,17 @@ def fires_between(schedule, start, end):
         fires.append(t)
 
 
+def daily_fires_around(tz, day, wall):
+    """A daily crontab at the wall time (hour, minute) in tz, the same wall time on the days
+    before and after `day`, and every fire from an hour before the first to the last."""
+    zone = zoneinfo.ZoneInfo(tz)
+    daily = crontab(minute=wall[1], hour=wall[0], tz=tz)
+    midnight, _ = local_day(tz, day)
+    before = dt.datetime.combine(midnight.date() - dt.timedelta(days=1), dt.time(*wall), zone)
+    after = dt.datetime.combine(midnight.date() + dt.timedelta(days=1), dt.time(*wall), zone)
+    return daily, before, after, fires_between(daily, before - dt.timedelta(hours=1), after)
+
+
 def local_day(zone_name, day):
     """(local midnight of day, local midnight of the next day) as aware datetimes."""
     zone = zoneinfo.ZoneInfo(zone_name)
@@ -945,11 +956,7 @@ class TestScheduling:
             self, tz, day, wall, expected):
         zone = zoneinfo.ZoneInfo(tz)
         assert not wall_exists(tz, dt.datetime(*day, *wall))        # the premise
-        daily = crontab(minute=wall[1], hour=wall[0], tz=tz)
-        midnight, _ = local_day(tz, day)
-        before = dt.datetime.combine(midnight.date() - dt.timedelta(days=1), dt.time(*wall), zone)
-        after = dt.datetime.combine(midnight.date() + dt.timedelta(days=1), dt.time(*wall), zone)
-        fires = fires_between(daily, before - dt.timedelta(hours=1), after)
+        daily, before, after, fires = daily_fires_around(tz, day, wall)
         assert [f.isoformat() for f in fires] == \
             [before.isoformat(), expected, after.isoformat()]
         # The late fire is the first instant after the gap, in the schedule's zone.
@@ -980,11 +987,7 @@ class TestScheduling:
         first = naive.replace(tzinfo=zone, fold=0)
         second = naive.replace(tzinfo=zone, fold=1)
         assert first.utcoffset() != second.utcoffset()               # the premise
-        daily = crontab(minute=wall[1], hour=wall[0], tz=tz)
-        midnight, _ = local_day(tz, day)
-        before = dt.datetime.combine(midnight.date() - dt.timedelta(days=1), dt.time(*wall), zone)
-        after = dt.datetime.combine(midnight.date() + dt.timedelta(days=1), dt.time(*wall), zone)
-        fires = fires_between(daily, before - dt.timedelta(hours=1), after)
+        daily, before, after, fires = daily_fires_around(tz, day, wall)
         assert [f.isoformat() for f in fires] == \
             [before.isoformat(), expected, after.isoformat()]
         assert fires[1].astimezone(UTC) == first.astimezone(UTC)
