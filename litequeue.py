@@ -916,7 +916,6 @@ _SQL_PRUNE = """
     DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < :cutoff
                                     ORDER BY finished_at LIMIT :n)
 """
-_SQL_FREE_PAGES = "PRAGMA freelist_count"
 _SQL_VACUUM_STEP = f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})"
 # UNIQUE index on id.
 _SQL_GET_TASK = """
@@ -1309,7 +1308,7 @@ class _Storage:
     def _in_batches(self, sql, value, batch, after_batch=None, first_batch=None):
         """Run a statement that changes at most `batch` rows per call (`first_batch` the
         first time), one transaction per batch so no writer waits long, until it changes
-        fewer. Returns the total."""
+        fewer; after_batch() follows each batch that changed rows. Returns the total."""
         total = 0
         batch, next_batch = first_batch or batch, batch
         while True:
@@ -1317,7 +1316,7 @@ class _Storage:
                 conn.execute(sql, (value, batch))
                 changed = conn.changes()
             total += changed
-            if after_batch is not None:
+            if changed and after_batch is not None:
                 after_batch()
             if changed < batch:
                 return total
@@ -1427,10 +1426,7 @@ class _Storage:
     def states_of(self, seqs, locked=False):
         """{seq: state}; locked=True reads under the write lock, after any revoke that
         holds it has committed."""
-        if not locked:
-            return dict(self.conn.execute(_SQL_STATE_OF_SEQS,
-                                          (json.dumps(list(seqs)),)).fetchall())
-        with self.write() as conn:
+        with self.write() if locked else contextlib.nullcontext(self.conn) as conn:
             return dict(conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
 
     def prune(self, cutoff):
@@ -1445,11 +1441,11 @@ class _Storage:
     def _vacuum(self):
         """Shrink the file by the free pages, a step per transaction, emptying the WAL
         between steps so it stays small."""
-        free = self.conn.execute(_SQL_FREE_PAGES).fetchall()[0][0]
+        free = self._pragma("freelist_count")
         while free:
             self.conn.execute(_SQL_VACUUM_STEP).fetchall()
             self.truncate_wal_if_large()
-            free, before = self.conn.execute(_SQL_FREE_PAGES).fetchall()[0][0], free
+            free, before = self._pragma("freelist_count"), free
             if free >= before:
                 return     # auto_vacuum is off in this file: nothing to hand back
 
