@@ -41,7 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
-    "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "SerializationError",
+    "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "SideDirectoryError",
+    "CorruptResult", "SerializationError",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "MaxRetriesExceededError", "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "crontab",
@@ -54,10 +55,12 @@ import collections
 import contextlib
 import datetime as _dt
 import difflib
+import errno
 import fcntl
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import logging
@@ -68,9 +71,11 @@ import multiprocessing.connection
 import os
 import random
 import re
+import reprlib
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -127,9 +132,14 @@ DEFAULTS = {
     "worker_poll_interval": 1.0,      # slowest fallback poll, for writers that do not ring
     "worker_prefetch": 16,            # largest claim batch when the backlog is deep
     "worker_shutdown_grace": 30.0,    # seconds a warm shutdown waits for running tasks
-    "worker_lease": 300.0,            # lock files untouched this long count as dead
     "worker_autoimport": True,        # import task modules named in the registry table
     "wal_autocheckpoint": 1000,       # producers' safety net; workers checkpoint off the task path
+}
+
+# Settings that no longer mean anything: accepted with a warning, so old configs load.
+_RETIRED_SETTINGS = {
+    "worker_lease": "a held lock file always means a live worker (SQLite's WAL locking "
+                    "relies on the same locks), so there is no lease to wait out",
 }
 
 # Celery's old upper-case names, as the seed tutorial's celeryconfig.py uses them.
@@ -196,8 +206,17 @@ _VACUUM_STEP_PAGES = 256
 _BUSY_STEP = 0.0001
 _BUSY_STEPS_WORKER = 20
 _BUSY_STEPS_PRODUCER = 1
-# Longest socket path the kernel accepts (sun_path is 108 bytes with the NUL).
-_SUN_PATH_MAX = 107
+
+
+# A busy write lock or a full disk is waited out: retries back off up to this many
+# seconds, and the warning about it repeats at most this often.
+_TROUBLE_BACKOFF_MAX = 1.0
+_TROUBLE_LOG_INTERVAL = 30.0
+# A supervisor step that fails this many times in a row, with bad rows set aside between
+# tries, is not going to recover: the worker ends, so that its service manager restarts it.
+_STEP_FAILURES_MAX = 5
+# How often a supervisor removes wake-up sockets that killed processes left behind.
+_SWEEP_INTERVAL = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -230,6 +249,18 @@ class SchemaTooNew(DatabaseError):
 
 class DatabaseBusy(DatabaseError):
     """The write lock was not obtained within busy_timeout."""
+
+
+class DiskFull(DatabaseError):
+    """The disk holding the database is full: the write did not happen."""
+
+
+class SideDirectoryError(DatabaseError):
+    """The directory beside the database (DB-lq/) cannot be used safely."""
+
+
+class CorruptResult(DatabaseError):
+    """A stored result or error history cannot be decoded."""
 
 
 class SerializationError(LitequeueError, TypeError):
@@ -353,6 +384,15 @@ def _unpack_envelope(payload):
     return args, kwargs
 
 
+def _unpack_stored(blob, what, task_id):
+    """A stored result or error history, or CorruptResult saying which cannot be read."""
+    try:
+        return _unpack(blob)
+    except Exception as exc:
+        raise CorruptResult(f"the stored {what} of task {task_id} cannot be decoded: "
+                            f"{exc}") from None
+
+
 def _encode_error(exc):
     """msgpack map describing an exception: type, message and (when encodable) args."""
     cls = type(exc)
@@ -422,6 +462,54 @@ def _new_id():
     value = value & ~(0xF << 76) | 0x7 << 76        # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62        # RFC 4122 variant
     return str(uuid.UUID(int=value))
+
+
+def _checked_text(what, value):
+    """A task id or queue name: non-empty text (a UUID is taken as its text)."""
+    if isinstance(value, uuid.UUID):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    if not value or "\x00" in value:
+        raise ConfigurationError(f"{what} must be non-empty text without NUL characters")
+    return value
+
+
+def _checked_priority(value):
+    """A priority: a whole number that SQLite can store (64 bits)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+        raise ConfigurationError(f"priority must be a whole number (higher runs first), not "
+                                 f"{value!r}")
+    return value
+
+
+# Longest repr of a value or message in a log line (Celery's resultrepr_maxsize).
+_LOG_REPR_MAX = 1024
+_log_repr = reprlib.Repr()
+_log_repr.maxstring = _log_repr.maxother = _LOG_REPR_MAX
+
+
+def _saferepr(value, limit=_LOG_REPR_MAX):
+    """A repr for a log line: at most `limit` characters, and never an exception (a huge
+    result must not make a huge log, and a broken __repr__ must not fail the task)."""
+    try:
+        if isinstance(value, (bytes, bytearray)) and len(value) > limit:
+            text = repr(bytes(value[:limit])) + f"... ({len(value)} bytes)"
+        elif isinstance(value, BaseException):
+            text = str(value)
+        else:
+            text = _log_repr.repr(value)
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _shown(value, limit=200):
+    """Text from the database as a terminal line shows it: printable text as it is, and
+    anything else (control characters, bytes, numbers) as its repr, at most limit long."""
+    if isinstance(value, str) and value.isprintable() and len(value) <= limit:
+        return value
+    return _saferepr(value, limit)
 
 
 # ---------------------------------------------------------------------------
@@ -729,6 +817,11 @@ def _latest_fire(schedule, zone, after, now):
         span *= 16
 
 
+def _is_time(value):
+    """True for a unix time as the database holds one (a number, not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _plan_fires(row, now):
     """Which fires of a due schedule row to queue, by its catch-up policy.
 
@@ -853,6 +946,10 @@ _MIGRATIONS = [
     """
     ALTER TABLE schedules ADD COLUMN fires INTEGER NOT NULL DEFAULT 0;  -- fires queued so far
     """,
+    """
+    -- Why a schedule was disabled (a row the scheduler cannot read); NULL: enabled.
+    ALTER TABLE schedules ADD COLUMN error TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -871,14 +968,17 @@ _SQL_INSERT_TASK = """
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at)
 """
-# tasks_ready: the LIMIT stops after n index entries.
+# tasks_ready: the LIMIT stops after n index entries. A process whose workers row is gone
+# (declared dead) claims nothing: a rescuer may no longer see its rows.
 _SQL_CLAIM = """
     UPDATE tasks SET state = 'STARTED', attempt = attempt + 1, worker = :worker, pid = :pid,
                      started_at = :now
     WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND queue = :queue
                   ORDER BY priority DESC, seq LIMIT :n)
+      AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
     RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors
 """
+_SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe.
 _SQL_HAS_READY = "SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue LIMIT 1"
 # Primary key; the attempt and worker are the fencing token of the claim.
@@ -892,6 +992,13 @@ _SQL_COMPLETE = """
 _SQL_RUNNING_OF_WORKER = """
     SELECT seq, id, name, attempt, retries, max_retries, errors FROM tasks
     WHERE worker = :worker AND state = 'STARTED'
+"""
+# tasks_running: every process that holds STARTED rows, registered or not.
+_SQL_CLAIMING_WORKERS = "SELECT DISTINCT worker FROM tasks WHERE state = 'STARTED'"
+# STARTED rows that name no worker: only a foreign writer makes them; nobody owns them.
+_SQL_RELEASE_UNOWNED = """
+    UPDATE tasks SET state = 'PENDING', pid = NULL, started_at = NULL
+    WHERE state = 'STARTED' AND worker IS NULL
 """
 _SQL_RELEASE = """
     UPDATE tasks SET state = 'PENDING', worker = NULL, pid = NULL, started_at = NULL
@@ -954,6 +1061,7 @@ _SQL_UPSERT_REGISTRY = """
     ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
 """
 _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
+_SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
 # tasks_due: only rows waiting for their time are in it.
 _SQL_PROMOTE_DUE = """
     UPDATE tasks SET state = 'PENDING'
@@ -961,6 +1069,13 @@ _SQL_PROMOTE_DUE = """
                   ORDER BY eta LIMIT :n)
 """
 _SQL_NEXT_DUE = "SELECT min(eta) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')"
+# tasks_due: a waiting row whose eta is not a time (NULL, text, a blob: text and blobs
+# sort after every number) would wait for ever; it ends FAILURE instead.
+_SQL_QUARANTINE_ETA = """
+    UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
+    WHERE state IN ('SCHEDULED', 'RETRY') AND (eta IS NULL OR eta >= '')
+    RETURNING id, name
+"""
 # A fire's task id is derived from (schedule, fire time): a second insert of the same fire
 # is ignored by the UNIQUE id.
 _SQL_INSERT_FIRE = """
@@ -968,19 +1083,37 @@ _SQL_INSERT_FIRE = """
     VALUES (:id, :name, :queue, :priority, 'PENDING', :payload, :now)
     ON CONFLICT (id) DO NOTHING
 """
-# schedules_next.
+# schedules_next. Disabled schedules (error set) never fire.
 _SQL_DUE_SCHEDULES = """
     SELECT name, task, schedule, tz, payload, queue, priority, catch_up, last_fire
-    FROM schedules WHERE next_fire <= :now
+    FROM schedules WHERE next_fire <= :now AND error IS NULL
 """
-_SQL_NEXT_FIRE = "SELECT min(next_fire) FROM schedules"
+_SQL_NEXT_FIRE = "SELECT min(next_fire) FROM schedules WHERE error IS NULL"
+# A schedule whose times are not numbers would never be due: disable it.
+_SQL_DISABLE_BAD_TIMES = """
+    UPDATE schedules SET error = 'next_fire or last_fire is not a unix time'
+    WHERE error IS NULL AND (typeof(next_fire) NOT IN ('integer', 'real')
+                             OR typeof(last_fire) NOT IN ('integer', 'real', 'null'))
+    RETURNING name
+"""
+_SQL_DISABLE_SCHEDULE = "UPDATE schedules SET error = :error WHERE name = :name"
+# tasks_due, tasks_running and the small schedules table: is anything above to do?
+_SQL_NEEDS_QUARANTINE = """
+    SELECT EXISTS (SELECT 1 FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
+                                         AND (eta IS NULL OR eta >= '')),
+           EXISTS (SELECT 1 FROM schedules
+                   WHERE error IS NULL AND (typeof(next_fire) NOT IN ('integer', 'real')
+                                            OR typeof(last_fire) NOT IN ('integer', 'real',
+                                                                         'null'))),
+           EXISTS (SELECT 1 FROM tasks WHERE state = 'STARTED' AND worker IS NULL)
+"""
 _SQL_SET_FIRED = """
     UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire, fires = fires + :fired
     WHERE name = :name
 """
 _SQL_SCHEDULES = """
     SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire,
-           fires
+           fires, error
     FROM schedules ORDER BY name
 """
 _SQL_GET_SCHEDULE = "SELECT schedule, tz, last_fire FROM schedules WHERE name = :name"
@@ -994,7 +1127,7 @@ _SQL_UPSERT_SCHEDULE = """
         tz = excluded.tz, payload = excluded.payload, queue = excluded.queue,
         priority = excluded.priority, catch_up = excluded.catch_up,
         last_fire = excluded.last_fire, next_fire = excluded.next_fire,
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at, error = NULL
 """
 _SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
 _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
@@ -1149,15 +1282,18 @@ class _Storage:
             raise DatabaseBusy(f"{self.path}: write lock not obtained within busy_timeout") from None
         try:
             yield conn
-        except BaseException:
+            conn.execute("COMMIT")
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, apsw.BusyError):
+                raise DatabaseBusy(f"{self.path}: commit not possible within busy_timeout") from None
+            if isinstance(exc, apsw.FullError):
+                raise self._disk_full() from None
             raise
-        try:
-            conn.execute("COMMIT")
-        except apsw.BusyError:
-            conn.execute("ROLLBACK")
-            raise DatabaseBusy(f"{self.path}: commit not possible within busy_timeout") from None
+
+    def _disk_full(self):
+        return DiskFull(f"the disk holding {self.path} is full: nothing was written")
 
     def close(self):
         self.conn.close()
@@ -1172,6 +1308,8 @@ class _Storage:
                     self.conn.execute(_SQL_INSERT_TASK, row)
                 except apsw.BusyError:
                     raise DatabaseBusy(f"{self.path}: write lock not obtained within busy_timeout") from None
+                except apsw.FullError:
+                    raise self._disk_full() from None
             else:
                 with self.write() as conn:
                     conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
@@ -1200,10 +1338,18 @@ class _Storage:
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
 
+    def module_of(self, task_name):
+        """The module a producer registered for a task name, or None."""
+        rows = self.conn.execute(_SQL_MODULE_OF, (task_name,)).fetchall()
+        return rows[0][0] if rows else None
+
     # -- workers -----------------------------------------------------------------------
 
     def has_ready(self, queue):
         return bool(self.conn.execute(_SQL_HAS_READY, (queue,)).fetchall())
+
+    def registered(self, worker_id):
+        return bool(self.conn.execute(_SQL_IS_REGISTERED, (worker_id,)).fetchall())
 
     def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=()):
         """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
@@ -1236,7 +1382,8 @@ class _Storage:
                     rejected += 1
             for seq in release:
                 conn.execute(_SQL_RELEASE, (seq, worker))
-            rows = conn.execute(_SQL_CLAIM, (worker, pid, now, queue, n)).fetchall() if n else []
+            rows = conn.execute(_SQL_CLAIM, {"worker": worker, "pid": pid, "now": now,
+                                             "queue": queue, "n": n}).fetchall() if n else []
         return rows, rejected
 
     def rescue(self, worker, crashed_seq, settle, now):
@@ -1264,6 +1411,34 @@ class _Storage:
                     requeued += 1
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
         return requeued, failed
+
+    def claiming_workers(self):
+        """Ids of every process that holds STARTED rows (None for rows naming none)."""
+        return [worker for (worker,) in self.conn.execute(_SQL_CLAIMING_WORKERS).fetchall()]
+
+    def release_unowned(self):
+        """Requeue STARTED rows that name no worker; returns how many."""
+        with self.write() as conn:
+            conn.execute(_SQL_RELEASE_UNOWNED)
+            return conn.changes()
+
+    def needs_quarantine(self):
+        """True if quarantine() has anything to do: one read through the indexes."""
+        return any(self.conn.execute(_SQL_NEEDS_QUARANTINE).fetchall()[0])
+
+    def quarantine(self, now):
+        """End rows and disable schedules the scheduler cannot read, so none of them can
+        stop it. Returns ([(task id, name)] failed, [schedule name] disabled)."""
+        error = _encode_error(ValueError("invalid task row: its eta is not a unix time, so "
+                                         "it could never become due"))
+        with self.write() as conn:
+            failed = conn.execute(_SQL_QUARANTINE_ETA, {"result": error, "now": now}).fetchall()
+            disabled = [name for (name,) in conn.execute(_SQL_DISABLE_BAD_TIMES).fetchall()]
+        return failed, disabled
+
+    def disable_schedule(self, name, error):
+        with self.write() as conn:
+            conn.execute(_SQL_DISABLE_SCHEDULE, {"name": name, "error": error})
 
     def register_worker(self, row):
         with self.write() as conn:
@@ -1344,7 +1519,7 @@ class _Storage:
 
     def next_wakeup(self):
         """Unix time of the earliest due ETA row or periodic fire, or None."""
-        times = [t for t in self.next_due_and_fire() if t is not None]
+        times = [t for t in self.next_due_and_fire() if _is_time(t)]
         return min(times) if times else None
 
     def fire_due_schedules(self, now, plan):
@@ -1360,7 +1535,13 @@ class _Storage:
         with self.write() as conn:
             for values in conn.execute(_SQL_DUE_SCHEDULES, (now,)).fetchall():
                 row = dict(zip(cols, values))
-                fires, last_fire, next_fire = plan(row, now)
+                try:
+                    fires, last_fire, next_fire = plan(row, now)
+                except Exception as exc:      # a row no planner can read: set it aside
+                    message = f"cannot plan its fires: {type(exc).__name__}: {exc}"
+                    logger.error("periodic task %s disabled: %s", row["name"], message)
+                    conn.execute(_SQL_DISABLE_SCHEDULE, {"name": row["name"], "error": message})
+                    continue
                 fired = 0
                 for task_id, _ in fires:
                     conn.execute(_SQL_INSERT_FIRE, (task_id, row["task"], row["queue"],
@@ -1390,7 +1571,7 @@ class _Storage:
 
     def schedules(self):
         cols = ("name", "task", "module", "schedule", "tz", "queue", "priority", "catch_up",
-                "last_fire", "next_fire", "fires")
+                "last_fire", "next_fire", "fires", "error")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
 
     # -- results -----------------------------------------------------------------------
@@ -1468,75 +1649,284 @@ class _Storage:
 
 
 # ---------------------------------------------------------------------------
-# Wake-up channel: datagram sockets beside the database
+# Side directory: wake-up sockets, lock files and the revocations counter
 # ---------------------------------------------------------------------------
+#
+# Everything beside the database lives in one directory, DB-lq/:
+#   work/<child id>      datagram sockets of idle children; producers ring them
+#   sched/<supervisor>   supervisors' sockets; ETA producers, children and revoke() ring
+#   done/<tag>.<...>     sockets of AsyncResult.get() waiters; a child rings its task's tag
+#   locks/<id>.lock      an fcntl lock held for each worker process's life
+#   revocations          a counter every revoke() bumps (see _RevokeCounter)
+#
+# The directory is created by us (mode 0700) and verified before use: a directory, not a
+# link, owned by this user, root or the database's owner, and writable by nobody else.
+# Every file in it is then reached relative to a descriptor of a verified directory, never
+# following a link (socket paths go through /proc/self/fd, which also lifts the 107-byte
+# limit on socket paths). Nothing is unlinked unless it was verified to be a socket or a
+# lock file of ours, and ids read from the database are checked before they name a file.
 
-def _side_dir(db_path):
-    """The directory beside the database that holds wake-up sockets and lock files."""
-    return db_path + "-lq"
+_SIDE_DIR_MODE = 0o700
+_WORKER_ID = re.compile(r"^[0-9a-f]{12}$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _socket_dir(db_path, kind):
-    """Directory of the sleepers of one kind ('work' or 'done').
+def _fd_path(fd, name=None):
+    """A path that reaches `name` inside the directory open as fd (or fd itself)."""
+    return f"/proc/self/fd/{fd}" if name is None else f"/proc/self/fd/{fd}/{name}"
 
-    Socket paths are limited to 107 bytes; a deep database path falls back to a
-    directory in the temp dir named after the database's real path, which every process
-    computes alike.
-    """
-    base = _side_dir(db_path)
-    if len(base) + len(kind) + 32 > _SUN_PATH_MAX:
-        tmp = os.environ.get("TMPDIR", "/tmp")
-        base = os.path.join(tmp, "litequeue-" + _short_hash(os.path.realpath(db_path), 8))
-    return os.path.join(base, kind)
+
+def _new_worker_id():
+    return uuid.uuid4().hex[:12]
+
+
+class _SideDir:
+    """Opens and verifies DB-lq/ and its subdirectories; every caller owns the
+    descriptors it gets."""
+
+    def __init__(self, db_path):
+        self.db_path = db_path
+        self.path = db_path + "-lq"
+
+    def _trusted(self):
+        owners = {os.geteuid(), 0}
+        with contextlib.suppress(OSError):
+            owners.add(os.stat(self.db_path).st_uid)
+        return owners
+
+    def _refuse(self, what, why):
+        return SideDirectoryError(f"cannot use {what}: {why}")
+
+    def _open_dir(self, parent_fd, name, shown, create):
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, _SIDE_DIR_MODE, dir_fd=parent_fd)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            why = {errno.ELOOP: "it is a symbolic link",
+                   errno.ENOTDIR: "it is not a directory"}.get(exc.errno, exc.strerror)
+            raise self._refuse(shown, why) from None
+        st = os.fstat(fd)
+        if st.st_uid not in self._trusted() or st.st_mode & 0o022:
+            os.close(fd)
+            raise self._refuse(shown, f"it is owned by uid {st.st_uid} with mode "
+                                      f"{stat.S_IMODE(st.st_mode):o}; it must belong to this "
+                                      "user or the database's owner and be writable by "
+                                      "nobody else")
+        return fd
+
+    def open(self, kind=None, create=True):
+        """A descriptor of DB-lq/ (kind None) or of DB-lq/<kind>/, or SideDirectoryError."""
+        try:
+            parent = os.open(os.path.dirname(self.db_path) or ".", os.O_RDONLY | os.O_DIRECTORY
+                             | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._refuse(self.path, exc.strerror) from None
+        try:
+            base = self._open_dir(parent, os.path.basename(self.path), self.path, create)
+        finally:
+            os.close(parent)
+        if kind is None:
+            return base
+        try:
+            return self._open_dir(base, kind, os.path.join(self.path, kind), create)
+        finally:
+            os.close(base)
+
+    def open_file(self, dir_fd, name, flags, shown):
+        """A regular file of ours inside a verified directory, never through a link."""
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._refuse(shown, exc.strerror) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid not in self._trusted():
+            os.close(fd)
+            raise self._refuse(shown, "it is not a plain file of ours")
+        return fd
+
+
+def _unlink_socket(dir_fd, name, ino=None):
+    """Remove a socket file (only a socket, and only the one with inode ino if given)."""
+    with contextlib.suppress(OSError):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISSOCK(st.st_mode) and (ino is None or st.st_ino == ino):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _socket_entries(dir_fd, prefix=None):
+    """Names in a directory that may be sockets, judged from the listing alone (d_type):
+    directories, plain files and links are passed over at no cost."""
+    names = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if prefix is not None and not entry.name.startswith(prefix):
+                continue
+            if not (entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False)
+                    or entry.is_symlink()):
+                names.append(entry.name)
+    return names
+
+
+def _open_socket_file(dir_fd, name):
+    """(O_PATH descriptor, inode) of a socket file in a directory, or None: a link or
+    anything else that is not a socket is never reached."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISSOCK(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st.st_ino
 
 
 class _Doorbell:
-    """Rings the sleepers bound in one directory: one datagram each, never blocking."""
+    """Rings the sleepers bound in one subdirectory: one datagram each, never blocking.
 
-    def __init__(self, directory):
-        self.directory = directory
-        self._names = ()
+    With keep=True (work/, sched/: few, long-lived sleepers) it keeps a connected socket
+    per sleeper until the directory changes, so a ring is one send() each. Thread-safe.
+    """
+
+    def __init__(self, side, kind, keep=True):
+        self.side = side
+        self.kind = kind
+        self.keep = keep
+        self.path = os.path.join(side.path, kind)
+        self._lock = threading.Lock()
+        self._fd = None
+        self._ident = None          # (dev, ino) of the directory open as _fd
         self._listed_mtime = None
+        self._peers = {}            # name -> connected socket (keep=True)
+        self._names = ()            # names that may be sockets (keep=False)
         self._sock = None
+        self._warned = False
 
     def ring(self, prefix=None):
+        with self._lock:
+            try:
+                st = os.stat(self.path, follow_symlinks=False)
+            except OSError:
+                return                  # nobody has slept here yet
+            if not self._current(st):
+                return
+            if st.st_mtime_ns != self._listed_mtime or time.time() - st.st_mtime < _LISTING_SETTLE:
+                self._relist()
+                self._listed_mtime = st.st_mtime_ns
+            if self.keep:
+                self._ring_peers()
+            else:
+                self._ring_names(prefix)
+
+    def _current(self, st):
+        """Keep _fd on the directory now at self.path; False if it cannot be used."""
+        if (st.st_dev, st.st_ino) == self._ident:
+            return True
+        self.close()
         try:
-            st = os.stat(self.directory)
-        except FileNotFoundError:
+            self._fd = self.side.open(self.kind, create=False)
+        except SideDirectoryError as exc:
+            if not self._warned:
+                self._warned = True
+                logger.warning("%s; workers will see new tasks by polling instead", exc)
+            return False
+        fst = os.fstat(self._fd)
+        self._ident = (fst.st_dev, fst.st_ino)
+        self._listed_mtime = None
+        return True
+
+    def _relist(self):
+        names = _socket_entries(self._fd)
+        if not self.keep:
+            self._names = tuple(names)
             return
-        if st.st_mtime_ns != self._listed_mtime or time.time() - st.st_mtime < _LISTING_SETTLE:
-            self._names = tuple(os.listdir(self.directory))
-            self._listed_mtime = st.st_mtime_ns
-        if not self._names:
-            return
+        for name in set(self._peers) - set(names):
+            self._peers.pop(name).close()
+        for name in names:
+            if name not in self._peers:
+                sock = self._connect(name)
+                if sock is not None:
+                    self._peers[name] = sock
+
+    def _connect(self, name):
+        found = _open_socket_file(self._fd, name)
+        if found is None:
+            return None
+        path_fd, ino = found
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(_fd_path(path_fd))
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            _unlink_socket(self._fd, name, ino)   # left behind by a killed process
+            return None
+        except OSError:
+            sock.close()
+            return None
+        finally:
+            os.close(path_fd)
+
+    def _ring_peers(self):
+        for name, sock in list(self._peers.items()):
+            try:
+                sock.send(b"!")
+            except BlockingIOError:
+                pass                  # its buffer is full of unread rings: it is awake already
+            except OSError:
+                self._peers.pop(name).close()
+                self._listed_mtime = None          # look again next time
+
+    def _ring_names(self, prefix):
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
         for name in self._names:
             if prefix is not None and not name.startswith(prefix):
                 continue
-            path = os.path.join(self.directory, name)
+            found = _open_socket_file(self._fd, name)
+            if found is None:
+                continue
+            path_fd, ino = found
             try:
-                self._sock.sendto(b"!", path)
+                self._sock.sendto(b"!", _fd_path(path_fd))
             except BlockingIOError:
-                pass  # its buffer is full of unread rings: it is awake already
-            except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)  # left behind by a killed process
+                pass
+            except ConnectionRefusedError:
+                _unlink_socket(self._fd, name, ino)
             except OSError:
                 pass
+            finally:
+                os.close(path_fd)
+
+    def close(self):
+        for sock in self._peers.values():
+            sock.close()
+        self._peers = {}
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._ident = None
 
 
 class _Sleeper:
     """A datagram socket that doorbells ring; select() on it to sleep until work comes."""
 
-    def __init__(self, directory, name):
-        os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+    def __init__(self, side, kind, name):
+        self.dir_fd = side.open(kind)
+        self.name = name
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
+        try:
+            _unlink_socket(self.dir_fd, name)
+            self.sock.bind(_fd_path(self.dir_fd, name))
+            self.ino = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_ino
+        except OSError as exc:
+            self.sock.close()
+            os.close(self.dir_fd)
+            raise SideDirectoryError(f"cannot bind a wake-up socket in "
+                                     f"{os.path.join(side.path, kind)}: {exc.strerror}") from None
         self.sock.setblocking(False)
 
     def fileno(self):
@@ -1553,9 +1943,41 @@ class _Sleeper:
                 return rang
 
     def close(self):
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        _unlink_socket(self.dir_fd, self.name, self.ino)
         self.sock.close()
+        os.close(self.dir_fd)
+
+
+def _sweep_stale_sockets(side, kinds=("done", "work", "sched")):
+    """Remove sockets nobody is bound to any more (left by killed processes); returns how
+    many. Anything that is not a socket is left alone."""
+    removed = 0
+    for kind in kinds:
+        try:
+            dir_fd = side.open(kind, create=False)
+        except SideDirectoryError:
+            continue
+        try:
+            for name in _socket_entries(dir_fd):
+                found = _open_socket_file(dir_fd, name)
+                if found is None:
+                    continue
+                path_fd, ino = found
+                # connect() sends nothing: a live sleeper is not woken by the probe.
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    probe.connect(_fd_path(path_fd))
+                except ConnectionRefusedError:
+                    _unlink_socket(dir_fd, name, ino)
+                    removed += 1
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+                    os.close(path_fd)
+        finally:
+            os.close(dir_fd)
+    return removed
 
 
 # ---------------------------------------------------------------------------
@@ -1569,8 +1991,88 @@ _LOCK_RECORD = struct.Struct("<qdq")
 _COUNTER = struct.Struct("<q")
 
 
-def _lock_path(db_path, worker_id):
-    return os.path.join(_side_dir(db_path), "locks", worker_id + ".lock")
+def _lock_name(worker_id):
+    """The lock file's name of a worker id, or None for an id litequeue never generates
+    (ids come from the database: they are data, never a path)."""
+    if isinstance(worker_id, str) and _WORKER_ID.match(worker_id):
+        return worker_id + ".lock"
+    return None
+
+
+# Lock files this process holds, by worker id. Closing any descriptor of a file drops
+# every fcntl lock the process has on it, so this process reads its own through these.
+_held_locks = {}
+
+
+class _Locks:
+    """The locks/ directory, open once: probes, reads and removes workers' lock files
+    through it."""
+
+    def __init__(self, side):
+        self.side = side
+        self.fd = side.open("locks")
+
+    def _open(self, worker_id, flags):
+        name = _lock_name(worker_id)
+        if name is None:
+            return None
+        try:
+            return self.side.open_file(self.fd, name, flags, name)
+        except SideDirectoryError:
+            return None
+
+    def record(self, worker_id):
+        """(seq or None, hard deadline or None, begun seqs) from a worker's lock file."""
+        held = _held_locks.get(worker_id)
+        fd = held if held is not None else self._open(worker_id, os.O_RDONLY)
+        if fd is None:
+            return None, None, ()
+        try:
+            record = os.pread(fd, 1 << 16, 0)
+            seq, deadline, count = _LOCK_RECORD.unpack_from(record)
+            begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
+            return seq or None, deadline or None, begun
+        except (OSError, struct.error):
+            return None, None, ()
+        finally:
+            if held is None:
+                os.close(fd)
+
+    def executing(self, worker_id):
+        """(seq or None, hard deadline or None) of the task a worker is executing."""
+        return self.record(worker_id)[:2]
+
+    def dead(self, worker_id):
+        """True if the worker owning this id is dead: its lock is free or was never made.
+
+        A held lock always means a live process (SQLite's own WAL locking relies on the
+        same fcntl locks). Closing any descriptor of a file drops every fcntl lock the process has on it, so this
+        process answers for its own locks from _held_locks.
+        """
+        if worker_id in _held_locks:
+            return False
+        fd = self._open(worker_id, os.O_RDWR)
+        if fd is None:
+            return True
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return True
+        finally:
+            os.close(fd)
+
+    def remove(self, worker_id):
+        name = _lock_name(worker_id)
+        if name is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=self.fd)
+
+    def close(self):
+        os.close(self.fd)
 
 
 class _WorkerLock:
@@ -1581,11 +2083,13 @@ class _WorkerLock:
     executing, so a rescuer can tell the task that crashed from rows merely prefetched.
     """
 
-    def __init__(self, db_path, worker_id):
-        self.path = _lock_path(db_path, worker_id)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, side, worker_id):
+        self.locks = _Locks(side)
+        self.worker_id = worker_id
+        self.fd = side.open_file(self.locks.fd, _lock_name(worker_id), os.O_RDWR | os.O_CREAT,
+                                 worker_id + ".lock")
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _held_locks[worker_id] = self.fd
         self.executing(0)
 
     def executing(self, seq, deadline=0.0, begun=()):
@@ -1593,30 +2097,11 @@ class _WorkerLock:
         os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline, len(begun)) +
                   struct.pack(f"<{len(begun)}q", *begun), 0)
 
-    def touch(self):
-        os.utime(self.fd)
-
     def release(self):
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        self.locks.remove(self.worker_id)
+        _held_locks.pop(self.worker_id, None)
         os.close(self.fd)
-
-
-def _read_lock_record(path):
-    """(seq or None, hard deadline or None, begun seqs) from a worker's lock file."""
-    try:
-        with open(path, "rb") as f:
-            record = f.read()
-        seq, deadline, count = _LOCK_RECORD.unpack_from(record)
-        begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
-        return seq or None, deadline or None, begun
-    except (OSError, struct.error):
-        return None, None, ()
-
-
-def _read_executing(path):
-    """(seq or None, hard deadline or None) of the task a worker is executing."""
-    return _read_lock_record(path)[:2]
+        self.locks.close()
 
 
 class _RevokeCounter:
@@ -1632,11 +2117,13 @@ class _RevokeCounter:
     REVOKED. Reading the counter costs no system call: the file is mapped.
     """
 
-    def __init__(self, db_path):
-        directory = _side_dir(db_path)
-        os.makedirs(directory, exist_ok=True)
-        self.fd = os.open(os.path.join(directory, "revocations"), os.O_RDWR | os.O_CREAT,
-                          0o644)
+    def __init__(self, side):
+        base = side.open()
+        try:
+            self.fd = side.open_file(base, "revocations", os.O_RDWR | os.O_CREAT,
+                                     os.path.join(side.path, "revocations"))
+        finally:
+            os.close(base)
         if os.fstat(self.fd).st_size < _COUNTER.size:
             os.pwrite(self.fd, _COUNTER.pack(0), 0)
         self._map = None
@@ -1657,36 +2144,13 @@ class _RevokeCounter:
         os.close(self.fd)
 
 
-def _progress(db_path, worker, seq):
+def _progress(locks, worker, seq):
     """How far the worker that claimed row seq has got with it, from its lock file:
     "running", "finished" (its outcome waits for the next commit) or None (not begun)."""
     if worker is None:
         return None
-    running, _, begun = _read_lock_record(_lock_path(db_path, worker))
+    running, _, begun = locks.record(worker)
     return "running" if seq == running else "finished" if seq in begun else None
-
-
-def _probe_lock(path, lease):
-    """True if the worker owning this lock file is dead.
-
-    Never call it on a lock this process holds: closing any descriptor of a file drops
-    every fcntl lock the process has on it.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            # Held. The lease is the fallback for filesystems whose locks lie.
-            return bool(lease) and time.time() - os.fstat(fd).st_mtime > lease
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return True
-    finally:
-        os.close(fd)
-
 
 # ---------------------------------------------------------------------------
 # App and task API
@@ -1743,8 +2207,8 @@ class Task:
         self.fn = fn
         self.name = name or default_name
         self.module = module
-        self.queue = queue
-        self.priority = priority
+        self.queue = None if queue is None else _checked_text("queue", queue)
+        self.priority = None if priority is None else _checked_priority(priority)
         self.bind = bind
         if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
             raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
@@ -1891,7 +2355,7 @@ class AsyncResult:
         if not row or row["state"] not in READY_STATES or row["result"] is None:
             return None
         if row["state"] == SUCCESS:
-            return _unpack(row["result"])
+            return _unpack_stored(row["result"], "result", self.id)
         return _rebuild_error(row["result"], row["traceback"])
 
     info = result
@@ -1916,7 +2380,8 @@ class AsyncResult:
     def errors(self):
         """Every failed attempt so far: dicts with type, message, time and attempt."""
         row = self._fetch()
-        return _unpack(row["errors"]) if row and row["errors"] else []
+        return _unpack_stored(row["errors"], "error history", self.id) \
+            if row and row["errors"] else []
 
     def revoke(self, terminate=False):
         """Stop the task from running: a waiting task becomes REVOKED and never runs,
@@ -1926,13 +2391,17 @@ class AsyncResult:
         killed (and replaced) and the task is REVOKED. Returns True if it was revoked,
         False if it had finished (or, without terminate, begun).
         """
-        counter = _RevokeCounter(self.app.path)
+        counter = _RevokeCounter(self.app._side)
+        locks = None
         try:
+            locks = _Locks(self.app._side)
             revoked = self.app._storage().revoke(
                 self.id, terminate, time.time(), announce=counter.bump,
-                progress=functools.partial(_progress, self.app.path))
+                progress=functools.partial(_progress, locks))
         finally:
             counter.close()
+            if locks is not None:
+                locks.close()
         self._row = None
         if revoked and terminate:
             self.app._sched_bell.ring()                           # supervisors kill it
@@ -1953,15 +2422,16 @@ class AsyncResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         poll_max = interval or self.app.conf["worker_poll_interval"]
         row = self._fetch()
-        sleeper = None
+        sleeper = bound = None
         try:
             poll = _POLL_MIN
             while row is None or _visible_state(row) not in READY_STATES:
                 if row is None:
                     raise TaskNotFound(f"no task with id {self.id!r}")
-                if sleeper is None:
+                if bound is None:
                     # Bind before the next read, so a completion between them still rings.
                     sleeper = self.app._waiter(self.id)
+                    bound = sleeper is not None
                     row = self._fetch()
                     continue
                 wait = poll
@@ -1971,9 +2441,11 @@ class AsyncResult:
                         raise TimeoutError(f"task {self.id} not ready after {timeout} s "
                                            f"(state {row['state']})")
                     wait = min(wait, remaining)
-                if select.select([sleeper], [], [], wait)[0]:
+                if sleeper is not None and select.select([sleeper], [], [], wait)[0]:
                     sleeper.drain()
                 else:
+                    if sleeper is None:
+                        time.sleep(wait)
                     poll = min(poll * 2, poll_max)
                 row = self._fetch()
         finally:
@@ -1981,7 +2453,7 @@ class AsyncResult:
                 sleeper.close()
         state = _visible_state(row)
         if state == SUCCESS:
-            return _unpack(row["result"]) if row["result"] is not None else None
+            return self.result
         if state in (REVOKED, EXPIRED):
             if propagate:
                 raise TaskRevoked(f"task {self.id} was {state.lower()} before it ran")
@@ -2140,9 +2612,9 @@ class LiteQueue:
         self._local = threading.local()
         self._noted = set()
         self._known_remote = set()
-        self._work_bell = _Doorbell(_socket_dir(self.path, "work"))
-        self._sched_bell = _Doorbell(_socket_dir(self.path, "sched"))
-        self._done_dir = _socket_dir(self.path, "done")
+        self._side = _SideDir(self.path)
+        self._work_bell = _Doorbell(self._side, "work")
+        self._sched_bell = _Doorbell(self._side, "sched")
         self._waiters = 0
         self._waiters_lock = threading.Lock()
         self.update_settings(settings)
@@ -2157,6 +2629,9 @@ class LiteQueue:
         """Apply settings by their DEFAULTS names; an unknown name is an error."""
         conf = dict(self.conf)
         for key, value in settings.items():
+            if key in _RETIRED_SETTINGS:
+                logger.warning("setting %s is ignored: %s", key, _RETIRED_SETTINGS[key])
+                continue
             if key not in DEFAULTS:
                 close = difflib.get_close_matches(key, DEFAULTS, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -2265,9 +2740,10 @@ class LiteQueue:
             "payload": payload,
             "queue": queue or (task.queue if isinstance(task, Task) else None)
             or self.conf["task_default_queue"],
-            "priority": int(priority if priority is not None else
-                            (task.priority if isinstance(task, Task) and task.priority
-                             is not None else self.conf["task_default_priority"])),
+            "priority": _checked_priority(priority if priority is not None else
+                                          (task.priority if isinstance(task, Task) and
+                                           task.priority is not None
+                                           else self.conf["task_default_priority"])),
             "catch_up": catch_up}
         return name
 
@@ -2300,10 +2776,16 @@ class LiteQueue:
         return storage
 
     def _waiter(self, task_id):
+        """A socket the child that finishes task_id rings, or None if the side directory
+        cannot hold one (get() then polls)."""
         with self._waiters_lock:
             self._waiters += 1
             name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
-        return _Sleeper(self._done_dir, name)
+        try:
+            return _Sleeper(self._side, "done", name)
+        except SideDirectoryError as exc:
+            logger.debug("%s; waiting by polling", exc)
+            return None
 
     def _send(self, name, args, kwargs, task=None, **options):
         row = self._task_row(name, args, kwargs, task, **options)
@@ -2349,17 +2831,23 @@ class LiteQueue:
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        bad_keys = [k for k in kwargs if not isinstance(k, str)]
+        if bad_keys:
+            raise SerializationError(f"keyword argument names of {name} must be strings, "
+                                     f"not {bad_keys[0]!r}")
         payload = _pack_envelope(name, args, kwargs)
         now = time.time()
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
-        task_id = _new_id() if task_id is None else str(task_id)
+        task_id = _new_id() if task_id is None else _checked_text("task_id", task_id)
         if queue is None:
             queue = (task.queue if task else None) or self.conf["task_default_queue"]
+        queue = _checked_text("queue", queue)
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
+        priority = _checked_priority(priority)
         scheduled = eta_at is not None and eta_at > now
-        return {"id": task_id, "name": name, "queue": str(queue), "priority": int(priority),
+        return {"id": task_id, "name": name, "queue": queue, "priority": priority,
                 "state": SCHEDULED if scheduled else PENDING, "payload": payload,
                 "eta": eta_at if scheduled else None, "expires": expires_at,
                 "max_retries": task.max_retries if task else None, "created_at": now}
@@ -2442,27 +2930,114 @@ def _module_spec_name(name):
     return name
 
 
-def _autoimport(modules, root):
-    """Import the task modules named in the registry table, but only those whose file
-    lies under root (the worker's directory): rows are data anyone with write access to
-    the file can put there, and importing runs a module's top level."""
-    root = os.path.realpath(root) + os.sep
-    for name in sorted(set(modules)):
-        if name in sys.modules or not _MODULE_NAME.match(name):
-            continue
+class _ModuleFinder:
+    """Decides where importing a dotted module name would read code from, without
+    importing or running anything: the path finder's search, done by hand. Directory
+    listings are read once per finder, so checking thousands of names stays cheap."""
+
+    _SUFFIXES = (importlib.machinery.EXTENSION_SUFFIXES + importlib.machinery.SOURCE_SUFFIXES
+                 + importlib.machinery.BYTECODE_SUFFIXES)
+
+    def __init__(self, root):
+        self.root = os.path.realpath(root) + os.sep
+        self._listings = {}
+
+    def _names(self, directory):
+        if directory not in self._listings:
+            try:
+                self._listings[directory] = frozenset(os.listdir(directory))
+            except OSError:
+                self._listings[directory] = frozenset()
+        return self._listings[directory]
+
+    def _find(self, part, search_path):
+        """('module', [file]) or ('package', [__init__ file]) for the first match in
+        search_path, else ('namespace', [directories]), else None."""
+        portions = []
+        for entry in search_path:
+            directory = entry if isinstance(entry, str) and entry else os.getcwd()
+            names = self._names(directory)
+            if part in names:
+                package = os.path.join(directory, part)
+                for suffix in self._SUFFIXES:
+                    init = os.path.join(package, "__init__" + suffix)
+                    if os.path.isfile(init):
+                        return "package", [init]
+                if os.path.isdir(package):
+                    portions.append(package)
+            for suffix in self._SUFFIXES:
+                if part + suffix in names:
+                    return "module", [os.path.join(directory, part + suffix)]
+        return ("namespace", portions) if portions else None
+
+    def _under_root(self, paths):
+        return all(os.path.realpath(path).startswith(self.root) for path in paths)
+
+    def import_under_root(self, name):
+        """Import `name` if every part of it comes from a file under root; returns the
+        module, or None (nothing was imported for a part that lies elsewhere)."""
+        parts = name.split(".")
+        if parts[0] in sys.builtin_module_names or \
+                importlib.machinery.FrozenImporter.find_spec(parts[0]) is not None:
+            return None
+        search, module = sys.path, None
+        for i, part in enumerate(parts):
+            fullname = ".".join(parts[:i + 1])
+            module = sys.modules.get(fullname)
+            if module is None:
+                found = self._find(part, search)
+                if found is None or not self._under_root(found[1]):
+                    return None
+                module = self._load(fullname, *found)
+            search = getattr(module, "__path__", None)
+            if search is None and i < len(parts) - 1:
+                return None
+        return module
+
+    @staticmethod
+    def _load(fullname, kind, paths):
+        if kind == "namespace":
+            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+            spec.submodule_search_locations = list(paths)
+        else:
+            spec = importlib.util.spec_from_file_location(
+                fullname, paths[0], submodule_search_locations=[os.path.dirname(paths[0])]
+                if kind == "package" else None)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[fullname] = module
         try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        origin = getattr(spec, "origin", None)
-        if not origin or not os.path.realpath(origin).startswith(root):
-            logger.debug("not auto-importing %s: not found under %s", name, root)
+            if spec.loader is not None:
+                spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(fullname, None)
+            raise
+        parent, _, child = fullname.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+        return module
+
+
+def _autoimport(modules, root, tried=None):
+    """Import the task modules named in the registry table, but only those whose every
+    part lies in a file under root (the worker's directory): rows are data anyone with
+    write access to the file can put there, and importing runs a module's top level.
+    Names already in `tried` are skipped, and every name looked at is added to it."""
+    tried = set() if tried is None else tried
+    finder = _ModuleFinder(root)
+    for name in sorted({m for m in modules if isinstance(m, str)}):
+        if name in tried or name in sys.modules or not _MODULE_NAME.match(name):
             continue
+        tried.add(name)
         try:
-            importlib.import_module(name)
-            logger.info("auto-imported task module %s", name)
+            module = finder.import_under_root(name)
         except Exception as exc:
-            logger.error("auto-import of %s failed: %s", name, exc)
+            logger.error("auto-import of %s failed: %s", name, _saferepr(exc))
+            continue
+        if module is None:
+            logger.debug("not auto-importing %s: not found under %s", name, root)
+        else:
+            logger.info("auto-imported task module %s", name)
+    return tried
 
 
 def _collect_tasks(db_path):
@@ -2485,9 +3060,10 @@ def _collect_apps(db_path):
     return tasks, conf, periodic
 
 
-def _load_worker_code(spec, storage):
+def _load_worker_code(spec, storage, tried=None):
     """Import what the worker serves: -A modules, the imports setting, then (unless
-    autoimport is off) the modules producers registered. Resolves spec["autoimport"]."""
+    autoimport is off) the modules producers registered, adding the names looked at to
+    `tried`. Resolves spec["autoimport"]."""
     if spec["cwd"] not in sys.path:
         sys.path.insert(0, spec["cwd"])
     for name in spec["modules"]:
@@ -2498,7 +3074,7 @@ def _load_worker_code(spec, storage):
     if spec["autoimport"] is None:
         spec["autoimport"] = conf["worker_autoimport"]
     if spec["autoimport"]:
-        _autoimport(storage.registry().values(), spec["cwd"])
+        _autoimport(storage.registry().values(), spec["cwd"], tried)
     return _collect_tasks(spec["db"])
 
 
@@ -2524,6 +3100,26 @@ def _resident_kib():
     """This process's resident memory in KiB (current, not peak)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _history(blob):
+    """A row's error history as a list; a history that cannot be read starts over with a
+    note saying so, rather than stopping whoever records the next error."""
+    if not blob:
+        return []
+    try:
+        history = _unpack(blob)
+        if isinstance(history, list):
+            return history
+    except Exception:
+        pass
+    return [{"type": "litequeue.CorruptResult", "message": "earlier error history could not "
+             "be decoded", "time": time.time(), "attempt": None}]
+
+
+def _tag(task_id):
+    """The prefix of get() waiters' socket names for a task (None: nobody can wait)."""
+    return _short_hash(task_id) if isinstance(task_id, str) else None
 
 
 def _error_entry(exc, attempt):
@@ -2552,17 +3148,19 @@ class _Child:
     def run(self):
         spec = self.spec
         conf = spec["settings"]
-        self.control_bell = _Doorbell(_socket_dir(spec["db"], "sched"))
+        side = _SideDir(spec["db"])
+        self.control_bell = _Doorbell(side, "sched")
         self.storage = _Storage(spec["db"], synchronous=conf["synchronous"],
                                 busy_timeout=conf["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER,
                                 on_wal_growth=self.control_bell.ring)
-        self.tasks, _ = _load_worker_code(spec, self.storage)
+        self.tried_modules = set()
+        self.tasks, _ = _load_worker_code(spec, self.storage, self.tried_modules)
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
-        self.lock = _WorkerLock(spec["db"], self.worker_id)
-        self.revocations = _RevokeCounter(spec["db"])
+        self.lock = _WorkerLock(side, self.worker_id)
+        self.revocations = _RevokeCounter(side)
         self.revocations_seen = self.revocations.value()     # read before the first claim
         self.tasks_done = 0
         self.max_memory = spec["max_memory"]
@@ -2578,8 +3176,8 @@ class _Child:
             "id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
             "pid": self.pid, "queues": ",".join(self.queues), "concurrency": 1,
             "started_at": time.time()})
-        self.sleeper = _Sleeper(_socket_dir(spec["db"], "work"), self.worker_id)
-        self.done_bell = _Doorbell(_socket_dir(spec["db"], "done"))
+        self.sleeper = _Sleeper(side, "work", self.worker_id)
+        self.done_bell = _Doorbell(side, "done", keep=False)
         self.in_task = False
         signal.signal(signal.SIGALRM, self._on_soft_limit)
         self.sig_r, sig_w = os.pipe()
@@ -2655,10 +3253,10 @@ class _Child:
                 self._commit(outcomes, 0)
                 outcomes, first_uncommitted = [], None
             started = time.monotonic()
-            try:
-                outcomes.append(self._execute(row, begun))
-            finally:
-                self.lock.executing(0, begun=begun + [row[0]])
+            # If anything ends this process before the next line, the record still names
+            # the row, and the supervisor charges the row with it.
+            outcomes.append(self._execute(row, begun))
+            self.lock.executing(0, begun=begun + [row[0]])
             now = time.monotonic()
             last_duration = now - started
             previous = self._durations.get(row[2], last_duration)
@@ -2712,21 +3310,58 @@ class _Child:
         queues_left = len(self.queues) if want else 1
         while True:
             queue = self._next_queue()
-            rows, rejected = self.storage.complete_and_claim(
-                outcomes, self.worker_id, self.pid, time.time(), queue, want, release)
+            rows, rejected = self._write(outcomes, queue, want, release)
             release = ()
             if rejected:
                 logger.warning("%d stale completion(s) rejected: the task was rescued and "
                                "given to another worker", rejected)
             if outcomes:
                 for outcome in outcomes:
-                    self.done_bell.ring(prefix=outcome.tag)
+                    if outcome.tag is not None:
+                        self.done_bell.ring(prefix=outcome.tag)
                 if any(o.state == RETRY for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 outcomes = []
             queues_left -= 1
             if rows or queues_left <= 0:
                 return rows
+
+    def _write(self, outcomes, queue, want, release):
+        """complete_and_claim, waiting out a busy write lock or a full disk with the
+        outcomes kept (their rows stay STARTED and fenced meanwhile). An outcome the
+        database refuses for itself is stored as a FAILURE that says why."""
+        delay, warned = 0.01, None
+        while True:
+            try:
+                return self.storage.complete_and_claim(outcomes, self.worker_id, self.pid,
+                                                       time.time(), queue, want, release)
+            except (DatabaseBusy, DiskFull) as exc:
+                if not outcomes and not release:
+                    return [], 0             # nothing to keep: claim again later
+                if warned is None or time.monotonic() - warned > _TROUBLE_LOG_INTERVAL:
+                    warned = time.monotonic()
+                    logger.warning("%s; keeping %d result(s) and trying again", exc,
+                                   len(outcomes))
+                time.sleep(delay)
+                delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
+            except apsw.Error as exc:
+                if not outcomes:
+                    raise
+                self._store_one_by_one(outcomes, exc)
+                outcomes = []
+
+    def _store_one_by_one(self, outcomes, exc):
+        """The database refused a group of outcomes (a result too big, say): store each
+        alone, and one it refuses as a FAILURE naming the reason."""
+        logger.warning("storing %d result(s) one by one: %s", len(outcomes), exc)
+        for o in outcomes:
+            try:
+                self._write([o], None, 0, ())
+            except apsw.Error as refused:
+                message = f"its outcome could not be stored: {type(refused).__name__}: {refused}"
+                logger.error("task row %d failed: %s", o.seq, message)
+                self._write([_Outcome(FAILURE, _encode_error(ValueError(message)), seq=o.seq,
+                                      attempt=o.attempt, tag=o.tag)], None, 0, ())
 
     def _idle(self):
         """Sleep until rung, the data changes, or a stop; never takes the write lock
@@ -2743,6 +3378,14 @@ class _Child:
                 rows = self._commit([], 1)
                 if rows:
                     return rows
+                if not self.storage.registered(self.worker_id):
+                    # Declared dead: a rescuer may no longer see rows claimed under this
+                    # id, so it claims none (the claim checks too) and makes way for a
+                    # fresh child.
+                    logger.error("child %s is no longer in the workers table; it stops "
+                                 "claiming and exits", self.worker_id)
+                    self.stopping = True
+                    return None
             ready = select.select(waitables, [], [], poll)[0]
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -2762,15 +3405,35 @@ class _Child:
         return None
 
     def _execute(self, row, begun=()):
-        """Run one claimed row; returns its _Outcome for complete_and_claim."""
+        """Run one claimed row; returns its _Outcome for complete_and_claim.
+
+        Never raises: a row the child cannot handle (a column it cannot read, a result
+        that fails while it is encoded) ends FAILURE saying why, so no row can kill the
+        process again and again without being charged.
+        """
+        try:
+            return self._run_row(row, begun)
+        except Exception as exc:
+            message = (f"the worker could not handle this task row: {type(exc).__name__}: "
+                       f"{_saferepr(exc)}")
+            logger.error("Task %s[%s] failed: %s", _saferepr(row[2], 200),
+                         _saferepr(row[1], 100), message)
+            return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
+                            seq=row[0], attempt=row[4], tag=_tag(row[1]))
+
+    def _run_row(self, row, begun):
         seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
-        outcome = functools.partial(_Outcome, seq=seq, attempt=attempt, tag=_short_hash(task_id))
+        outcome = functools.partial(_Outcome, seq=seq, attempt=attempt, tag=_tag(task_id))
         started = time.monotonic()
         try:
             args, kwargs = _unpack_envelope(payload)
         except ValueError as exc:
             logger.error("Task %s[%s] rejected: %s", name, task_id, exc)
             return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
+        if expires is not None and not _is_time(expires):
+            message = f"invalid task row: expires is {_saferepr(expires, 100)}, not a unix time"
+            logger.error("Task %s[%s] rejected: %s", name, task_id, message)
+            return outcome(FAILURE, _encode_error(ValueError(message)))
         if expires is not None and expires <= time.time():
             logger.warning("Task %s[%s] expired before it could start", name, task_id)
             return outcome(EXPIRED)
@@ -2799,7 +3462,7 @@ class _Child:
             try:
                 return self._failed(task, row, exc, tb, outcome)
             except Exception as bad_request:   # e.g. self.retry(countdown="soon")
-                logger.error("Task %s[%s] failed: %s", name, task_id, bad_request)
+                logger.error("Task %s[%s] failed: %s", name, task_id, _saferepr(bad_request))
                 return outcome(FAILURE, _encode_error(bad_request), tb)
         finally:
             if soft:
@@ -2808,13 +3471,14 @@ class _Child:
             _request.current = None
         try:
             result = _pack(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            error = SerializationError(f"result of {name} cannot be encoded as msgpack: {exc}")
+        except Exception as exc:   # unencodable, or a value whose own methods raise
+            error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
+                                       f"{type(exc).__name__}: {_saferepr(exc)}")
             logger.error("Task %s[%s] failed: %s", name, task_id, error)
-            return outcome(FAILURE, _encode_error(error))
+            return outcome(FAILURE, _encode_error(error), _traceback.format_exc())
         if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] succeeded in %.6fs: %r", name, task_id,
-                        time.monotonic() - started, value)
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", name, task_id,
+                        time.monotonic() - started, _saferepr(value))
         return outcome(SUCCESS, result)
 
     def _failed(self, task, row, exc, tb, outcome):
@@ -2826,7 +3490,7 @@ class _Child:
             task.autoretry_for and isinstance(exc, task.autoretry_for))
         limit = next(v for v in (asked.max_retries if asked else None, max_retries,
                                  task.max_retries, self.default_max_retries) if v is not None)
-        history = (_unpack(errors) if errors else []) + [_error_entry(cause, attempt)]
+        history = _history(errors) + [_error_entry(cause, attempt)]
         if wants_retry and retries < limit:
             if asked is not None and asked.eta is not None:
                 eta = _to_instant(asked.eta, _UTC, "eta")
@@ -2835,21 +3499,27 @@ class _Child:
             else:
                 eta = time.time() + task.backoff(retries)
             logger.warning("Task %s[%s] retry %d/%d in %.2fs: %s: %s", name, task_id,
-                           retries + 1, limit, eta - time.time(), type(cause).__name__, cause)
+                           retries + 1, limit, eta - time.time(), type(cause).__name__,
+                           _saferepr(cause))
             return outcome(RETRY, _encode_error(cause), tb, eta=eta, errors=_pack(history),
                            retried=1)
         if asked is not None and asked.exc is None:
             cause = MaxRetriesExceededError(
                 f"{name}[{task_id}] asked for a retry after {retries} retries (max {limit})")
             history[-1] = _error_entry(cause, attempt)
-        logger.error("Task %s[%s] raised %s: %s", name, task_id, type(cause).__name__, cause)
+        logger.error("Task %s[%s] raised %s: %s", name, task_id, type(cause).__name__,
+                     _saferepr(cause))
         return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
 
     def _find_late(self, name):
-        """A name this child does not know: maybe a producer registered a new module."""
+        """A name this child does not know: maybe a producer registered a new module.
+        One indexed read; a module already looked at is not looked at again."""
         if not self.spec["autoimport"]:
             return None
-        _autoimport(self.storage.registry().values(), self.spec["cwd"])
+        module = self.storage.module_of(name)
+        if not isinstance(module, str) or module in self.tried_modules:
+            return None
+        _autoimport([module], self.spec["cwd"], self.tried_modules)
         self.tasks, _ = _collect_tasks(self.spec["db"])
         return self.tasks.get(name)
 
@@ -2879,8 +3549,23 @@ class _ChildHandle:
             os.kill(self.process.pid, signal.SIGKILL)
 
 
+class _Fatal(Exception):
+    """A supervisor failure it cannot recover from: the worker ends with exit code 2."""
+
+
 class _Supervisor:
-    """Starts N children, replaces dead ones, rescues orphans and checkpoints the WAL."""
+    """The worker's parent process.
+
+    It starts N children and replaces dead ones, runs the scheduler (due ETA rows, periodic
+    fires), polices hard time limits and terminating revokes, and runs the janitor: rescue
+    of dead workers' rows, quarantine of rows nothing can read, pruning, checkpoints and a
+    sweep of stale wake-up sockets. SIGTERM/SIGINT start a warm shutdown; a second signal
+    or the end of the grace period makes it cold.
+
+    Every step runs under _guard: a busy write lock or a full disk is waited out, an error
+    sets bad rows aside and is retried, and a step that keeps failing ends the whole
+    worker with one clear line and exit code 2, never a half-alive process.
+    """
 
     def __init__(self, db, *, concurrency, queues, modules, loglevel, settings, autoimport,
                  poll_interval, grace, tasks, periodic=None):
@@ -2895,11 +3580,13 @@ class _Supervisor:
         self.autoimport = autoimport
         self.poll_interval = poll_interval
         self.grace = grace
-        self.worker_id = uuid.uuid4().hex[:12]
+        self.worker_id = _new_worker_id()
         self.hostname = socket.gethostname()
         self.children = {}
         self.restarts = []           # (when, slot) pending restarts
         self.fast_deaths = 0
+        self.failures = {}           # step -> errors in a row
+        self.troubled = {}           # step -> when a busy lock or full disk was last logged
         self.ctx = multiprocessing.get_context("spawn")
 
     def _spec(self, worker_id):
@@ -2914,23 +3601,67 @@ class _Supervisor:
                 "max_memory": self.settings["worker_max_memory_per_child"]}
 
     def _start_child(self):
-        worker_id = uuid.uuid4().hex[:12]
+        worker_id = _new_worker_id()
         process = self.ctx.Process(target=_child_main, args=(self._spec(worker_id),),
                                    name=f"litequeue-{worker_id[:6]}")
         process.start()
         self.children[process.sentinel] = _ChildHandle(process, worker_id, time.monotonic())
         logger.debug("started child %s (pid %d)", worker_id, process.pid)
 
+    # -- life cycle ------------------------------------------------------------------
+
     def run(self):
-        """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold."""
+        """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold, 2 when a
+        failure it cannot recover from ended it."""
+        self.side = _SideDir(self.db)
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
                                 busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER)
-        self.lock = _WorkerLock(self.db, self.worker_id)
+        self.lock = _WorkerLock(self.side, self.worker_id)
+        self.locks = self.lock.locks
+        self.work_bell = _Doorbell(self.side, "work")
+        self._register()
+        self._sync_definitions()
+        self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(sig_w)
+        logger.info("litequeue worker %s: %d process(es), queues %s, %d task(s): %s",
+                    self.db, self.concurrency, ",".join(self.queues), len(self.tasks),
+                    ", ".join(sorted(self.tasks)) or "(none)")
+        try:
+            try:
+                self._guard("rescue", self._rescue_dead_workers)
+                for _ in range(self.concurrency):
+                    self._start_child()
+                return self._loop(sig_r)
+            except _Fatal as exc:
+                logger.critical("litequeue worker stopped: %s", exc)
+            except Exception as exc:    # a bug: end loudly rather than live on half-dead
+                logger.critical("litequeue worker stopped by an unexpected error: %s: %s",
+                                type(exc).__name__, _saferepr(exc))
+            with contextlib.suppress(Exception):
+                self._stop_cold()
+            return 2
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.sched_sleeper.close()
+            os.close(sig_r)
+            os.close(sig_w)
+            self.close()
+
+    def _register(self):
         self.storage.register_worker({
             "id": self.worker_id, "parent": None, "hostname": self.hostname,
             "pid": os.getpid(), "queues": ",".join(self.queues),
             "concurrency": self.concurrency, "started_at": time.time()})
+
+    def _sync_definitions(self):
+        """Register the served task names and sync the periodic definitions."""
         tasks = self.tasks
         if tasks:
             now = time.time()
@@ -2941,139 +3672,182 @@ class _Supervisor:
         owned |= {_module_spec_name(m) for m in self.settings["imports"]}
         self.storage.sync_schedules(list(self.periodic.values()), sorted(owned), time.time(),
                                     _plan_sync)
-        self.sched_sleeper = _Sleeper(_socket_dir(self.db, "sched"), self.worker_id)
-        sig_r, sig_w = os.pipe()
-        os.set_blocking(sig_r, False)
-        os.set_blocking(sig_w, False)
-        previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
-        old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %d process(es), queues %s, %d task(s): %s",
-                    self.db, self.concurrency, ",".join(self.queues), len(tasks),
-                    ", ".join(sorted(tasks)) or "(none)")
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.storage.unregister_worker(self.worker_id)
+        self.lock.release()
+        self.work_bell.close()
+        self.storage.close()
+
+    def _guard(self, step, action, *args, default=None):
+        """Run one step and contain its errors; returns its result, or default."""
         try:
-            self._rescue_dead_workers()
-            for _ in range(self.concurrency):
-                self._start_child()
-            return self._loop(sig_r)
-        finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            self.sched_sleeper.close()
-            os.close(sig_r)
-            os.close(sig_w)
-            with contextlib.suppress(Exception):
-                self.storage.unregister_worker(self.worker_id)
-            self.lock.release()
-            self.storage.close()
+            result = action(*args)
+        except (DatabaseBusy, DiskFull, apsw.BusyError, apsw.FullError) as exc:
+            last = self.troubled.get(step)
+            if last is None or time.monotonic() - last > _TROUBLE_LOG_INTERVAL:
+                logger.warning("%s: %s; waiting it out", step, exc)
+                self.troubled[step] = time.monotonic()
+            return default
+        except Exception as exc:
+            failures = self.failures[step] = self.failures.get(step, 0) + 1
+            logger.error("%s failed (%d in a row): %s: %s", step, failures,
+                         type(exc).__name__, _saferepr(exc), exc_info=failures == 1)
+            if failures >= _STEP_FAILURES_MAX:
+                raise _Fatal(f"{step} failed {failures} times in a row: "
+                             f"{type(exc).__name__}: {_saferepr(exc)}") from None
+            if step != "quarantine":
+                self._guard("quarantine", self._quarantine)
+            return default
+        if self.failures.pop(step, None) or self.troubled.pop(step, None):
+            logger.info("%s works again", step)
+        return result
+
+    # -- the loop ----------------------------------------------------------------------
 
     def _loop(self, sig_r):
-        warm_deadline = None
-        cold = False
-        lease = self.settings["worker_lease"]
+        now = time.monotonic()
         expires = self.settings["result_expires"]
         # Prune about four times per expiry period, but at most once a second.
-        prune_every = min(60.0, max(1.0, expires / 4)) if expires else None
-        start = time.monotonic()
-        next_rescue = start + _RESCUE_INTERVAL
-        next_checkpoint = start + _CHECKPOINT_INTERVAL
-        next_touch = start + (lease / 4 if lease else 3600)
-        next_rescan = start + _SCHEDULER_RESCAN
-        next_prune = start + prune_every if prune_every else None
-        wal_seen = None
-        due_at = self._run_scheduler()   # unix time of the next ETA or periodic fire
-        hard_deadline = None             # unix time a running task's time limit ends
+        self.prune_every = min(60.0, max(1.0, expires / 4)) if expires else None
+        self.next = {"rescue": now + _RESCUE_INTERVAL, "checkpoint": now + _CHECKPOINT_INTERVAL,
+                     "rescan": now + _SCHEDULER_RESCAN, "sweep": now,
+                     "prune": now + self.prune_every if self.prune_every else None}
+        self.warm_deadline = None
+        self.cold = False
+        self.wal_seen = None
+        self.due_at = self._schedule()   # unix time of the next ETA or periodic fire
+        self.hard_deadline = None        # unix time a running task's time limit ends
         while True:
-            now = time.monotonic()
-            deadlines = [next_rescue, next_checkpoint, next_touch, next_rescan]
-            deadlines += [when for when, _ in self.restarts]
-            if next_prune is not None and warm_deadline is None:
-                deadlines.append(next_prune)
-            if warm_deadline is not None:
-                deadlines.append(warm_deadline)
-            timeout = max(0.0, min(deadlines) - now)
-            for unix_deadline in (due_at if warm_deadline is None else None, hard_deadline):
-                if unix_deadline is not None:
-                    timeout = max(0.0, min(timeout, unix_deadline - time.time()))
-            waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
-            eta_first = warm_deadline is None and due_at is not None and \
-                due_at - time.time() <= timeout + _ETA_FINE_WAIT
-            if eta_first:
-                # wait() rounds its timeout up to a whole millisecond: stop short of the
-                # ETA and sleep the rest, which is precise to some microseconds.
-                timeout = max(0.0, timeout - _ETA_FINE_WAIT)
-            ready = multiprocessing.connection.wait(waitables, timeout)
-            if eta_first and not ready:
-                time.sleep(max(0.0, min(due_at - time.time(), _ETA_FINE_WAIT)))
-            # Producers (ETAs), children (retries, time limits) and revoke() ring here.
-            rung = self.sched_sleeper.fileno() in ready
-            if rung:
-                self.sched_sleeper.drain()
-                wal_seen = self._checkpoint_if_grown(wal_seen)   # a child may have asked
-            rescan = time.monotonic() >= next_rescan
-            if rescan:
-                # Writers that do not ring (the sqlite3 shell) are seen within this interval.
-                next_rescan = time.monotonic() + _SCHEDULER_RESCAN
-            if warm_deadline is None and (rung or rescan or (due_at is not None and
-                                                             time.time() >= due_at)):
-                due_at = self._run_scheduler()
-            if rung or rescan or (hard_deadline is not None and time.time() >= hard_deadline):
-                hard_deadline = self._police_children()
-            if sig_r in ready:
-                try:
-                    signals = os.read(sig_r, 64)
-                except BlockingIOError:
-                    signals = b""
-                for _ in signals:
-                    if warm_deadline is None:
-                        logger.warning("warm shutdown: finishing running tasks (signal again "
-                                       "to stop at once)")
-                        warm_deadline = time.monotonic() + self.grace
-                        self.restarts.clear()
-                        for child in self.children.values():
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(child.process.pid, signal.SIGTERM)
-                    else:
-                        cold = True
-            reaped = [s for s in ready if s in self.children]
-            for sentinel in reaped:
-                self._reap(self.children.pop(sentinel), restart=warm_deadline is None)
-            if reaped:
-                due_at = self.storage.next_wakeup()   # a lost task may now wait to be retried
-            now = time.monotonic()
-            if warm_deadline is not None and now >= warm_deadline and self.children:
-                logger.warning("grace period of %.0f s is over", self.grace)
-                cold = True
-            if cold:
-                self._stop_cold()
-                return 1
-            if warm_deadline is not None and not self.children:
-                logger.info("warm shutdown complete")
-                return 0
-            due = [r for r in self.restarts if r[0] <= now]
-            for r in due:
-                self.restarts.remove(r)
-                self._start_child()
-            if now >= next_rescue:
-                next_rescue = now + _RESCUE_INTERVAL
-                self._rescue_dead_workers()
-            if next_prune is not None and now >= next_prune and warm_deadline is None:
-                next_prune = now + prune_every
-                pruned = self.storage.prune(time.time() - expires)
-                if pruned:
-                    logger.info("pruned %d finished task(s) older than %s s", pruned, expires)
-            if now >= next_checkpoint:
-                previous, wal_seen = wal_seen, self._checkpoint_if_grown(wal_seen)
-                next_checkpoint = now + (_CHECKPOINT_BUSY_INTERVAL if wal_seen != previous
-                                         else _CHECKPOINT_INTERVAL)
-            if now >= next_touch:
-                # The lease fallback counts an untouched lock file as dead; keep every
-                # process of ours fresh, however long its task runs.
-                next_touch = now + lease / 4
-                self.lock.touch()
+            code = self.step(self._wait(sig_r), sig_r)
+            if code is not None:
+                return code
+
+    def _wait(self, sig_r):
+        """Sleep until a child exits, a signal, a ring, or the next thing is due."""
+        warm = self.warm_deadline is not None
+        deadlines = [when for key, when in self.next.items()
+                     if when is not None and not (warm and key == "prune")]
+        deadlines += [when for when, _ in self.restarts]
+        if warm:
+            deadlines.append(self.warm_deadline)
+        timeout = max(0.0, min(deadlines) - time.monotonic())
+        due_at = None if warm else self.due_at
+        for unix_deadline in (due_at, self.hard_deadline):
+            if unix_deadline is not None:
+                timeout = max(0.0, min(timeout, unix_deadline - time.time()))
+        waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
+        eta_first = due_at is not None and due_at - time.time() <= timeout + _ETA_FINE_WAIT
+        if eta_first:
+            # wait() rounds its timeout up to a whole millisecond: stop short of the
+            # ETA and sleep the rest, which is precise to some microseconds.
+            timeout = max(0.0, timeout - _ETA_FINE_WAIT)
+        ready = multiprocessing.connection.wait(waitables, timeout)
+        if eta_first and not ready:
+            time.sleep(max(0.0, min(due_at - time.time(), _ETA_FINE_WAIT)))
+        return ready
+
+    def step(self, ready, sig_r):
+        """One pass over the named steps after a wait; returns an exit code to stop."""
+        # Producers (ETAs), children (retries, time limits, WAL growth) and revoke() ring.
+        rung = self.sched_sleeper.fileno() in ready
+        if rung:
+            self.sched_sleeper.drain()
+            self.wal_seen = self._guard("checkpoint", self._checkpoint_if_grown,
+                                        self.wal_seen, default=self.wal_seen)
+        rescan = time.monotonic() >= self.next["rescan"]
+        if rescan:
+            # Writers that do not ring (the sqlite3 shell) are seen within this interval.
+            self.next["rescan"] = time.monotonic() + _SCHEDULER_RESCAN
+        if self.warm_deadline is None and (rung or rescan or (
+                self.due_at is not None and time.time() >= self.due_at)):
+            self.due_at = self._schedule()
+        if rung or rescan or (self.hard_deadline is not None and
+                              time.time() >= self.hard_deadline):
+            self.hard_deadline = self._guard("police", self._police_children)
+        if sig_r in ready:
+            self._on_signals(sig_r)
+        reaped = [s for s in ready if s in self.children]
+        for sentinel in reaped:
+            self._reap(self.children.pop(sentinel), restart=self.warm_deadline is None)
+        if reaped:   # a lost task may now wait to be retried
+            self.due_at = self._guard("scheduler", self.storage.next_wakeup,
+                                      default=time.time() + _TROUBLE_BACKOFF_MAX)
+        code = self._shutdown_step()
+        if code is not None:
+            return code
+        self._restart_step()
+        self._janitor_step()
+        return None
+
+    def _schedule(self):
+        return self._guard("scheduler", self._run_scheduler,
+                           default=time.time() + _TROUBLE_BACKOFF_MAX)
+
+    def _on_signals(self, sig_r):
+        try:
+            signals = os.read(sig_r, 64)
+        except BlockingIOError:
+            signals = b""
+        for _ in signals:
+            if self.warm_deadline is None:
+                logger.warning("warm shutdown: finishing running tasks (signal again "
+                               "to stop at once)")
+                self.warm_deadline = time.monotonic() + self.grace
+                self.restarts.clear()
                 for child in self.children.values():
-                    with contextlib.suppress(OSError):
-                        os.utime(_lock_path(self.db, child.worker_id))
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.process.pid, signal.SIGTERM)
+            else:
+                self.cold = True
+
+    def _shutdown_step(self):
+        """The exit code once a shutdown is complete (0 warm, 1 cold), else None."""
+        if self.warm_deadline is not None and time.monotonic() >= self.warm_deadline \
+                and self.children:
+            logger.warning("grace period of %.0f s is over", self.grace)
+            self.cold = True
+        if self.cold:
+            self._stop_cold()
+            return 1
+        if self.warm_deadline is not None and not self.children:
+            logger.info("warm shutdown complete")
+            return 0
+        return None
+
+    def _restart_step(self):
+        now = time.monotonic()
+        for r in [r for r in self.restarts if r[0] <= now]:
+            self.restarts.remove(r)
+            self._start_child()
+
+    def _janitor_step(self):
+        """Rescue, sweep, prune and checkpoint, each when its time has come."""
+        now, nxt = time.monotonic(), self.next
+        if now >= nxt["rescue"]:
+            nxt["rescue"] = now + _RESCUE_INTERVAL
+            self._guard("rescue", self._rescue_dead_workers)
+            self._guard("quarantine", self._quarantine)
+        if now >= nxt["sweep"]:
+            nxt["sweep"] = now + _SWEEP_INTERVAL
+            removed = self._guard("sweep", _sweep_stale_sockets, self.side, default=0)
+            if removed:
+                logger.info("removed %d wake-up socket(s) left by killed processes", removed)
+        if nxt["prune"] is not None and now >= nxt["prune"] and self.warm_deadline is None:
+            nxt["prune"] = now + self.prune_every
+            expires = self.settings["result_expires"]
+            pruned = self._guard("prune", self.storage.prune, time.time() - expires)
+            if pruned:
+                logger.info("pruned %d finished task(s) older than %s s", pruned, expires)
+        if now >= nxt["checkpoint"]:
+            previous = self.wal_seen
+            self.wal_seen = self._guard("checkpoint", self._checkpoint_if_grown, previous,
+                                        default=previous)
+            nxt["checkpoint"] = now + (_CHECKPOINT_BUSY_INTERVAL if self.wal_seen != previous
+                                       else _CHECKPOINT_INTERVAL)
+
+    # -- steps -------------------------------------------------------------------------
 
     def _police_children(self):
         """Kill children past their task's hard time limit, or running a task revoked with
@@ -3081,7 +3855,7 @@ class _Supervisor:
         executing = {}
         for child in self.children.values():
             if child.killed_for is None:
-                seq, deadline = _read_executing(_lock_path(self.db, child.worker_id))
+                seq, deadline = self.locks.executing(child.worker_id)
                 if seq:
                     executing[child] = (seq, deadline)
         if not executing:
@@ -3102,23 +3876,28 @@ class _Supervisor:
 
     def _settle_lost(self, exc):
         """How the row a dead process was executing ends: a retry if the task's policy
-        asks for it (time limits) or its budget allows (a lost worker), else FAILURE."""
+        asks for it (time limits) or its budget allows (a lost worker), else FAILURE.
+        A row whose columns cannot be read ends FAILURE."""
         def settle(row):
-            task = self.tasks.get(row["name"])
-            limit = next(v for v in (row["max_retries"], task.max_retries if task else None,
-                                     self.settings["task_max_retries"]) if v is not None)
-            history = (_unpack(row["errors"]) if row["errors"] else []) + \
-                [_error_entry(exc, row["attempt"])]
+            history = _history(row["errors"]) + [_error_entry(exc, row["attempt"])]
             outcome = functools.partial(_Outcome, seq=row["seq"], attempt=row["attempt"],
-                                        tag="", errors=_pack(history))
-            if row["retries"] < limit:
-                if isinstance(exc, TimeLimitExceeded):
-                    if task is not None and task.autoretry_for and \
-                            isinstance(exc, task.autoretry_for):
-                        return outcome(RETRY, _encode_error(exc), str(exc),
-                                       eta=time.time() + task.backoff(row["retries"]), retried=1)
-                else:
-                    return outcome(PENDING, _encode_error(exc), str(exc), retried=1)
+                                        tag=None, errors=_pack(history))
+            try:
+                task = self.tasks.get(row["name"])
+                limit = next(v for v in (row["max_retries"], task.max_retries if task else None,
+                                         self.settings["task_max_retries"]) if v is not None)
+                if row["retries"] < limit:
+                    if isinstance(exc, TimeLimitExceeded):
+                        if task is not None and task.autoretry_for and \
+                                isinstance(exc, task.autoretry_for):
+                            return outcome(RETRY, _encode_error(exc), str(exc),
+                                           eta=time.time() + task.backoff(row["retries"]),
+                                           retried=1)
+                    else:
+                        return outcome(PENDING, _encode_error(exc), str(exc), retried=1)
+            except Exception as bad:
+                logger.error("task row %s: cannot apply its retry policy: %s", row["seq"],
+                             _saferepr(bad))
             return outcome(FAILURE, _encode_error(exc), str(exc))
         return settle
 
@@ -3129,17 +3908,38 @@ class _Supervisor:
         """
         now = time.time()
         due, fire = self.storage.next_due_and_fire()   # a read: most rings are not for us
+        if not all(t is None or _is_time(t) for t in (due, fire)):
+            self._quarantine()                          # a row whose time is not a number
+            due, fire = self.storage.next_due_and_fire()
         promoted = fired = 0
-        if due is not None and due <= now:
-            promoted = self.storage.promote_due(now, after_batch=self._work_bell().ring)
-        if fire is not None and fire <= now:
+        if _is_time(due) and due <= now:
+            promoted = self.storage.promote_due(now, after_batch=self.work_bell.ring)
+        if _is_time(fire) and fire <= now:
             fired = self.storage.fire_due_schedules(now, _plan_fires)
             if fired:
-                self._work_bell().ring()
+                self.work_bell.ring()
         if promoted or fired:
             logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
                          promoted, fired)
         return self.storage.next_wakeup()
+
+    def _quarantine(self):
+        """Set aside rows nothing can read: a waiting task whose eta is not a time ends
+        FAILURE, a schedule whose times are not numbers is disabled, a STARTED row that
+        names no worker is requeued. A read first: idle, it never takes the write lock."""
+        if not self.storage.needs_quarantine():
+            return
+        failed, disabled = self.storage.quarantine(time.time())
+        for task_id, name in failed:
+            logger.error("Task %s[%s] failed: its eta is not a unix time", _saferepr(name, 200),
+                         _saferepr(task_id, 100))
+        for name in disabled:
+            logger.error("periodic task %s disabled: its fire times are not unix times",
+                         _saferepr(name, 200))
+        released = self.storage.release_unowned()
+        if released:
+            logger.warning("requeued %d STARTED task(s) that named no worker", released)
+            self.work_bell.ring()
 
     def _checkpoint_if_grown(self, seen):
         """Checkpoint here, off the task path, whenever the WAL changed since last time."""
@@ -3156,8 +3956,7 @@ class _Supervisor:
         process = child.process
         process.join()
         code = process.exitcode
-        lock_path = _lock_path(self.db, child.worker_id)
-        crashed, _ = _read_executing(lock_path)
+        crashed, _ = self.locks.executing(child.worker_id)
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if child.killed_for == "time limit":
             exc = TimeLimitExceeded(f"the task ran past its hard time limit; worker process "
@@ -3165,18 +3964,22 @@ class _Supervisor:
         else:
             exc = WorkerLostError(f"worker process {process.pid} died ({how}) while running "
                                   "the task")
-        requeued, failed = self.storage.rescue(child.worker_id, crashed, self._settle_lost(exc),
-                                               time.time())
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
+        # If this fails, the lock file stays: the next rescue pass settles the rows.
+        counts = self._guard("rescue", self.storage.rescue, child.worker_id, crashed,
+                             self._settle_lost(exc), time.time())
+        requeued, failed = counts or (0, 0)
+        if counts is not None:
+            self.locks.remove(child.worker_id)
         if requeued:
-            self._work_bell().ring()
+            self.work_bell.ring()
         if failed or requeued or (code != 0 and child.killed_for is None):
             logger.warning("child %s (pid %d) ended with %s%s; %d task(s) requeued, %d failed",
                            child.worker_id, process.pid, how,
                            f" ({child.killed_for})" if child.killed_for else "", requeued, failed)
-        if not restart:
-            return
+        if restart:
+            self._plan_restart(child, code)
+
+    def _plan_restart(self, child, code):
         # A child that exits 0 was recycled on purpose; one that keeps dying at start-up
         # (an import error, say) is restarted with backoff instead of in a tight loop.
         if code != 0 and child.killed_for is None and \
@@ -3196,38 +3999,36 @@ class _Supervisor:
         for child in self.children.values():
             child.process.join()
             # Not the task's fault: everything it held goes back without a retry charged.
-            self.storage.rescue(child.worker_id, None, None, time.time())
-            with contextlib.suppress(OSError):
-                os.unlink(_lock_path(self.db, child.worker_id))
+            if self._guard("rescue", self.storage.rescue, child.worker_id, None, None,
+                           time.time()) is not None:
+                self.locks.remove(child.worker_id)
         self.children.clear()
 
     def _rescue_dead_workers(self):
-        """Requeue the rows of workers whose lock file is free: their process is dead."""
+        """Requeue the rows of every dead process that holds rows or is registered (its
+        lock file is free or was never made), and register again if another process
+        removed this supervisor's row."""
         ours = {self.worker_id} | {c.worker_id for c in self.children.values()}
-        lease = self.settings["worker_lease"]
-        for worker in self.storage.workers():
-            if worker["id"] in ours:
+        registered = {w["id"]: w for w in self.storage.workers()}
+        if self.worker_id not in registered:
+            logger.warning("this supervisor's workers row was removed; registering again")
+            self._register()
+        suspects = (set(registered) | set(self.storage.claiming_workers())) - ours - {None}
+        for worker_id in suspects:
+            if not self.locks.dead(worker_id):
                 continue
-            path = _lock_path(self.db, worker["id"])
-            if not _probe_lock(path, lease):
-                continue
-            crashed, _ = _read_executing(path)
-            exc = WorkerLostError(f"worker process {worker['pid']} on {worker['hostname']} "
-                                  "died while running the task")
-            requeued, failed = self.storage.rescue(worker["id"], crashed,
-                                                   self._settle_lost(exc), time.time())
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            logger.warning("worker %s (pid %s) is gone; rescued %d task(s), %d failed",
-                           worker["id"], worker["pid"], requeued, failed)
+            info = registered.get(worker_id)
+            crashed, _ = self.locks.executing(worker_id)
+            who = (f"worker process {info['pid']} on {info['hostname']}" if info else
+                   f"worker {_saferepr(worker_id, 40)}")
+            exc = WorkerLostError(f"{who} died while running the task")
+            requeued, failed = self.storage.rescue(worker_id, crashed, self._settle_lost(exc),
+                                                   time.time())
+            self.locks.remove(worker_id)
+            logger.warning("worker %s is gone; rescued %d task(s), %d failed",
+                           _saferepr(worker_id, 40), requeued, failed)
             if requeued:
-                self._work_bell().ring()
-
-    def _work_bell(self):
-        bell = getattr(self, "_bell", None)
-        if bell is None:
-            bell = self._bell = _Doorbell(_socket_dir(self.db, "work"))
-        return bell
+                self.work_bell.ring()
 
 
 def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO",
@@ -3556,14 +4357,25 @@ def status(db):
     supervisors = [w for w in workers if not w["parent"]]
     if not supervisors:
         click.echo("  (none)")
-    for sup in supervisors:
-        alive = not _probe_lock(_lock_path(app.path, sup["id"]), 0)
-        click.echo(f"  {sup['id']} pid {sup['pid']} on {sup['hostname']} queues {sup['queues']} "
-                   f"{'alive' if alive else 'DEAD (a live worker will rescue its tasks)'}")
-        for child in [w for w in workers if w["parent"] == sup["id"]]:
-            busy = running.get(child["id"], [])
-            doing = ", ".join(f"{n}[{i}]" for i, n, _ in busy) or "idle"
-            click.echo(f"    child {child['id']} pid {child['pid']}: {doing}")
+    locks = _Locks(app._side)
+    try:
+        for sup in supervisors:
+            alive = not locks.dead(sup["id"])
+            click.echo(f"  {sup['id']} pid {sup['pid']} on {sup['hostname']} queues "
+                       f"{sup['queues']} "
+                       f"{'alive' if alive else 'DEAD (a live worker will rescue its tasks)'}")
+            for child in [w for w in workers if w["parent"] == sup["id"]]:
+                busy = running.get(child["id"], [])
+                doing = ", ".join(f"{n}[{i}]" for i, n, _ in busy) or "idle"
+                click.echo(f"    child {child['id']} pid {child['pid']}: {doing}")
+    finally:
+        locks.close()
+    rows = storage.schedules()
+    disabled = [row for row in rows if row["error"] is not None]
+    if rows:
+        click.echo(f"schedules: {len(rows)} periodic task(s), {len(disabled)} disabled")
+    for row in disabled:
+        click.echo(f"  {_shown(row['name'])} DISABLED: {_shown(row['error'], 500)}")
 
 
 @cli.command()
@@ -3577,23 +4389,34 @@ def schedules(db, count):
     if not rows:
         click.echo("no periodic tasks (a worker syncs them from your modules when it starts)")
     for row in rows:
-        zone = _zone(row["tz"])
-        schedule = _schedule_from_text(row["schedule"], zone)
-        shown = row["schedule"].partition(":")[2]
-        last = _from_unix(row["last_fire"]).astimezone(zone).isoformat() \
-            if row["fires"] and row["last_fire"] is not None else "never"
-        click.echo(f"{row['name']}  ->  {row['task']}")
-        click.echo(f"  schedule  {shown}  ({row['schedule'].partition(':')[0]}, "
-                   f"catch_up={row['catch_up']}, queue={row['queue']})")
-        click.echo(f"  zone      {row['tz']}")
-        click.echo(f"  last fire {last}")
-        t = _dt.datetime.fromtimestamp(max(row["next_fire"] - 1e-6, 0), _UTC)
-        upcoming = []
-        for _ in range(count):
-            t = schedule.next_after(t, zone)
-            upcoming.append(t.astimezone(zone).isoformat())
-        for i, when in enumerate(upcoming):
-            click.echo(f"  {'next' if i == 0 else '':<9} {when}")
+        click.echo(f"{_shown(row['name'])}  ->  {_shown(row['task'])}")
+        try:
+            lines = _schedule_lines(row, count)
+        except Exception as exc:      # not disabled yet: no worker has met it
+            lines = [f"  DISABLED  cannot be read: {type(exc).__name__}: {_saferepr(exc, 300)}"]
+        for line in lines:
+            click.echo(line)
+
+
+def _schedule_lines(row, count):
+    """What `schedules` prints of one row after its name."""
+    if row["error"] is not None:
+        return [f"  schedule  {_shown(row['schedule'])}  zone {_shown(row['tz'], 100)}",
+                f"  DISABLED  {_shown(row['error'], 500)}"]
+    zone = _zone(row["tz"])
+    schedule = _schedule_from_text(row["schedule"], zone)
+    shown = row["schedule"].partition(":")[2]
+    last = _from_unix(row["last_fire"]).astimezone(zone).isoformat() \
+        if row["fires"] and row["last_fire"] is not None else "never"
+    lines = [f"  schedule  {shown}  ({row['schedule'].partition(':')[0]}, "
+             f"catch_up={row['catch_up']}, queue={row['queue']})",
+             f"  zone      {row['tz']}",
+             f"  last fire {last}"]
+    t = _dt.datetime.fromtimestamp(max(row["next_fire"] - 1e-6, 0), _UTC)
+    for i in range(count):
+        t = schedule.next_after(t, zone)
+        lines.append(f"  {'next' if i == 0 else '':<9} {t.astimezone(zone).isoformat()}")
+    return lines
 
 
 _DEMO_TASKS = """

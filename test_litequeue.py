@@ -557,12 +557,6 @@ class Project:
     def abort_all(self):
         (self.marks / "ABORT").touch()
 
-    def cleanup(self):
-        # Deep paths put the wake-up sockets in the temp dir instead of beside the file.
-        for kind in ("work", "done"):
-            side = Path(litequeue._socket_dir(self.db, kind)).parent
-            if self.dir not in side.parents:
-                shutil.rmtree(side, ignore_errors=True)
 
 
 class Worker:
@@ -694,9 +688,7 @@ def workers(tmp_path):
 
 @pytest.fixture
 def project(tmp_path):
-    proj = Project(tmp_path / "proj")
-    yield proj
-    proj.cleanup()
+    yield Project(tmp_path / "proj")
 
 
 def pack(obj):
@@ -2061,44 +2053,41 @@ class TestWorker:
             cmd += ["worker", "jobs.sqlite", "-A", "tasks"]
         concurrency = os.cpu_count() or 1
         producer = "from tasks import add; r = add.delay(4, 4); print(r.get(timeout=20))"
-        try:
-            if mode == "vendored":
-                # The tutorial's order: the worker starts first, with no database yet and
-                # nothing registered, and still finds tasks.py once a producer uses it.
-                first_worker = workers.start(proj, cmd=cmd, concurrency=concurrency)
-                assert python(producer, proj.dir) == "8\n"
-                first_worker.signal(signal.SIGTERM)
-                assert first_worker.wait(20) == 0
-            # With no worker running, the row is committed and not ready.
-            first_id, ready, state = python(
-                "from tasks import add; r = add.delay(4, 4); print(r.id, r.ready(), r.state)",
-                proj.dir).split()
-            assert (ready, state) == ("False", PENDING)
-            workers.start(proj, cmd=cmd, concurrency=concurrency)
+        if mode == "vendored":
+            # The tutorial's order: the worker starts first, with no database yet and
+            # nothing registered, and still finds tasks.py once a producer uses it.
+            first_worker = workers.start(proj, cmd=cmd, concurrency=concurrency)
             assert python(producer, proj.dir) == "8\n"
+            first_worker.signal(signal.SIGTERM)
+            assert first_worker.wait(20) == 0
+        # With no worker running, the row is committed and not ready.
+        first_id, ready, state = python(
+            "from tasks import add; r = add.delay(4, 4); print(r.id, r.ready(), r.state)",
+            proj.dir).split()
+        assert (ready, state) == ("False", PENDING)
+        workers.start(proj, cmd=cmd, concurrency=concurrency)
+        assert python(producer, proj.dir) == "8\n"
 
-            first = LiteQueue(proj.db).AsyncResult(first_id)
-            assert first.get(timeout=20) == 8
-            assert (first.result, first.successful(), first.state) == (8, True, SUCCESS)
-            assert first.date_done is not None
+        first = LiteQueue(proj.db).AsyncResult(first_id)
+        assert first.get(timeout=20) == 8
+        assert (first.result, first.successful(), first.state) == (8, True, SUCCESS)
+        assert first.date_done is not None
 
-            checks = json.loads(python(QUICKSTART_CHECK, proj.dir))
-            if mode == "vendored":
-                assert checks["litequeue_file"] == str(proj.dir / "litequeue.py")
-            else:
-                assert Path(checks["litequeue_file"]).parent != proj.dir
-            assert checks["get"] == 8 and checks["result"] == 8
-            assert (checks["successful"], checks["failed"], checks["state"]) == \
-                (True, False, SUCCESS)
-            assert checks["raised"] == "boom"
-            assert (checks["f_successful"], checks["f_failed"], checks["f_state"]) == \
-                (False, True, FAILURE)
-            assert checks["f_result_is_task_failed"], checks["f_result_type"]
-            assert "raise TaskFailed(message)" in checks["f_traceback"]
-            assert "tasks.py" in checks["f_traceback"]
-            assert checks["f_no_propagate"] == "TaskFailed('boom')"
-        finally:
-            proj.cleanup()
+        checks = json.loads(python(QUICKSTART_CHECK, proj.dir))
+        if mode == "vendored":
+            assert checks["litequeue_file"] == str(proj.dir / "litequeue.py")
+        else:
+            assert Path(checks["litequeue_file"]).parent != proj.dir
+        assert checks["get"] == 8 and checks["result"] == 8
+        assert (checks["successful"], checks["failed"], checks["state"]) == \
+            (True, False, SUCCESS)
+        assert checks["raised"] == "boom"
+        assert (checks["f_successful"], checks["f_failed"], checks["f_state"]) == \
+            (False, True, FAILURE)
+        assert checks["f_result_is_task_failed"], checks["f_result_type"]
+        assert "raise TaskFailed(message)" in checks["f_traceback"]
+        assert "tasks.py" in checks["f_traceback"]
+        assert checks["f_no_propagate"] == "TaskFailed('boom')"
 
     def test_exactly_once_over_two_supervisors(self, project, workers):
         a = workers.start(project, concurrency=2, loglevel="WARNING", ready=False)
@@ -2194,15 +2183,15 @@ class TestWorker:
         ids = {row[0] for row in sql(project.db, "SELECT id FROM workers")}
         assert a.id not in ids and not ({c["id"] for c in a.children()} & ids)
 
-    def test_a_live_worker_is_not_rescued_after_the_lease(self, project, workers):
-        """The lease is a fallback for filesystems whose locks lie: a held lock on a live
-        worker must win, however long its task runs. (lease 1 s here, 300 s by default)"""
+    def test_a_live_worker_is_never_rescued_however_long_its_task_runs(self, project, workers):
+        """A held lock always means a live worker: there is no lease to run out (the
+        retired worker_lease setting is accepted and ignored)."""
         settings = {"worker_lease": 1.0}
         a = workers.start(project, concurrency=1, settings=settings)
         r = project.delay("block", "long")
         wait_until(lambda: project.started("long"), 10, "block to start")
         b = workers.start(project, concurrency=1, settings=settings)
-        # A negative check needs a window: several leases and rescue rounds (every 2 s).
+        # A negative check needs a window: several rescue rounds (every 2 s).
         window = time.monotonic() + 5
         wait_until(lambda: len(project.started("long")) > 1 or time.monotonic() > window,
                    10, "the window to pass")
@@ -2316,6 +2305,10 @@ class TestWorker:
         storage = litequeue._Storage(project.db)
         try:
             now = time.time()
+            for worker, pid in (("zombie", 111), ("heir", 222)):   # only registered ones claim
+                storage.register_worker({"id": worker, "parent": None, "hostname": "h",
+                                         "pid": pid, "queues": "default", "concurrency": 1,
+                                         "started_at": now})
             (first,), rejected = storage.complete_and_claim([], "zombie", 111, now, "default", 1)
             seq, task_id, _, _, attempt, *_ = first
             assert (task_id, attempt, rejected) == (result.id, 1, 0)
@@ -3374,6 +3367,155 @@ class TestFailures:
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# Resilience: declared-dead processes, a full disk, a write lock held too long
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A tmpfs of 8 MiB (the tests run as root, as CI does). Request it before
+    `workers`, so that the workers are reaped before it is unmounted."""
+    path = tmp_path / "fs"
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {done.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(directory):
+    """Fill the filesystem of directory with one file; returns its path."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+class TestResilience:
+
+    def test_a_child_whose_registration_is_removed_stops_claiming(self, project, workers):
+        a = workers.start(project, concurrency=1)
+        (old,) = a.children()
+        assert project.delay("add", 1, 1).get(timeout=10) == 2
+        sql(project.db, "DELETE FROM workers WHERE id = ?", old["id"])
+        results = [project.delay("record", n) for n in range(20)]
+        assert [r.get(timeout=20) for r in results] == list(range(20))
+        # The unregistered child claimed none of them and made way for a fresh child.
+        claimers = {w for (w,) in sql(project.db, "SELECT DISTINCT worker FROM tasks "
+                                      "WHERE id IN (%s)" % ",".join("?" * 20),
+                                      *[r.id for r in results])}
+        assert old["id"] not in claimers
+        wait_until(lambda: not alive(old["pid"]), 10, "the unregistered child to exit")
+        wait_until(lambda: len(a.live_children()) == 1, 10, "a fresh child")
+        assert sorted(project.ledger().values()) == [1] * 20
+
+    def test_started_rows_of_an_unregistered_dead_process_are_rescued(self, project, workers):
+        """A STARTED row whose claimer left no workers row and no live lock (a process
+        declared dead and then killed) is requeued: nothing stays STARTED for ever."""
+        project.delay("add", 0, 0)                  # creates the file and registers tasks
+        ids = insert_raw(project.db, [("tasks.add", pack({"args": [20, 22]}))])
+        ghost = "0123456789ab"                       # our id format, no lock file, no row
+        sql(project.db, "UPDATE tasks SET state = 'STARTED', worker = ?, attempt = 1 "
+            "WHERE id = ?", ghost, ids[0])
+        orphan = insert_raw(project.db, [("tasks.add", pack({"args": [1, 2]}))])[0]
+        sql(project.db, "UPDATE tasks SET state = 'STARTED', worker = NULL WHERE id = ?", orphan)
+        workers.start(project, concurrency=1)
+        assert project.app.AsyncResult(ids[0]).get(timeout=15) == 42
+        assert project.app.AsyncResult(orphan).get(timeout=15) == 3
+        # No lock record says it was running, so it goes back like a prefetched row.
+        assert project.app.AsyncResult(ids[0]).retries == 0
+
+    def test_a_stopped_worker_keeps_its_tasks_and_a_killed_one_loses_none(self, project,
+                                                                          workers):
+        """SIGSTOP holds a worker's locks: the other supervisor waits rather than run its
+        task twice. Once the stopped group is killed, its task is rescued at once. (The
+        retired worker_lease used to declare it dead after 1 s here.)"""
+        settings = {"worker_lease": 1.0}
+        a = workers.start(project, concurrency=1, settings=settings)
+        r = project.delay("block", "stopped")
+        wait_until(lambda: project.started("stopped"), 10, "block to start in a")
+        b = workers.start(project, concurrency=1, settings=settings)
+        a.killpg(signal.SIGSTOP)
+        try:
+            # B serves other work meanwhile; several of its rescue rounds (every 2 s) pass.
+            window = time.monotonic() + 5
+            while time.monotonic() < window:
+                assert project.delay("add", 2, 2).get(timeout=10) == 4
+            assert project.started("stopped") == [(1, project.started("stopped")[0][1])]
+            assert project.state(r.id) == STARTED
+        finally:
+            a.killpg(signal.SIGCONT)
+        a.killpg(signal.SIGKILL)
+        a.wait(10)
+        project.go("stopped")
+        assert r.get(timeout=20) == "stopped"
+        assert [attempt for attempt, _ in project.started("stopped")] == [1, 2]
+        assert sql(project.db, "SELECT count(*) FROM tasks WHERE state = 'STARTED'") == [(0,)]
+        assert len(b.live_children()) == 1
+
+    def test_a_write_lock_held_past_busy_timeout_is_waited_out(self, project, workers):
+        settings = {"busy_timeout": 0.5}
+        a = workers.start(project, concurrency=1, settings=settings)
+        pids = {a.pid} | {c["pid"] for c in a.children()}
+        r = project.delay("block", "held")
+        later = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=1.5)
+        wait_until(lambda: project.started("held"), 10, "block to start")
+        blocker = apsw.Connection(project.db)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            project.go("held")
+            # The child finishes, cannot commit for 6 busy_timeouts, and keeps trying;
+            # the scheduler cannot promote the ETA task either.
+            wait_until(lambda: "trying again" in a.log_text(), 10, "the child to wait")
+            wait_until(lambda: "scheduler: " in a.log_text(), 10, "the scheduler to wait")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert r.get(timeout=10) == "held"
+        assert later.get(timeout=10) == 7
+        assert project.delay("add", 1, 1).get(timeout=10) == 2
+        assert {a.pid} | {c["pid"] for c in a.children()} == pids   # nobody exited
+        assert all(alive(pid) for pid in pids)
+
+    def test_a_full_disk_is_waited_out_and_delay_says_so(self, small_fs, workers):
+        project = Project(small_fs / "proj")
+        a = workers.start(project, concurrency=1)
+        pids = {a.pid} | {c["pid"] for c in a.children()}
+        r = project.delay("block", "full")
+        wait_until(lambda: project.started("full"), 10, "block to start")
+        filler = fill_disk(small_fs)
+        try:
+            count = sql(project.db, "SELECT count(*) FROM tasks")[0][0]
+            big = "x" * 200_000
+            with pytest.raises(litequeue.DiskFull, match="full"):
+                for _ in range(50):     # the WAL may have room for a few
+                    project.delay("echo", big)
+                    count += 1
+            assert sql(project.db, "SELECT count(*) FROM tasks")[0][0] == count
+            project.go("full")          # finishes while the disk is full
+            wait_until(lambda: "trying again" in a.log_text(), 10,
+                       "the child to keep its result and wait")
+            assert all(alive(pid) for pid in pids)
+        finally:
+            filler.unlink()
+        assert r.get(timeout=20) == "full"
+        assert project.delay("add", 5, 5).get(timeout=20) == 10
+        assert {a.pid} | {c["pid"] for c in a.children()} == pids
+        a.signal(signal.SIGTERM)
+        assert a.wait(20) == 0
+
 
 def assert_one_line_error(done, code=1, contains=""):
     assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
