@@ -1565,7 +1565,10 @@ class _Storage:
                         conn.execute(_SQL_DELETE_SCHEDULE, (name,))
             for definition in definitions:
                 stored = conn.execute(_SQL_GET_SCHEDULE, (definition["name"],)).fetchall()
-                last_fire, next_fire = plan(definition, stored[0] if stored else None, now)
+                try:
+                    last_fire, next_fire = plan(definition, stored[0] if stored else None, now)
+                except Exception:       # a stored row no planner can read: start afresh
+                    last_fire, next_fire = plan(definition, None, now)
                 conn.execute(_SQL_UPSERT_SCHEDULE, dict(definition, last_fire=last_fire,
                                                         next_fire=next_fire, now=now))
 
@@ -1667,6 +1670,7 @@ class _Storage:
 # lock file of ours, and ids read from the database are checked before they name a file.
 
 _SIDE_DIR_MODE = 0o700
+_SIDE_KINDS = ("work", "sched", "done", "locks")
 _WORKER_ID = re.compile(r"^[0-9a-f]{12}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -1699,8 +1703,12 @@ class _SideDir:
 
     def _open_dir(self, parent_fd, name, shown, create):
         if create:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(name, _SIDE_DIR_MODE, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise self._refuse(shown, f"cannot create it: {exc.strerror}") from None
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
@@ -1733,6 +1741,11 @@ class _SideDir:
             return self._open_dir(base, kind, os.path.join(self.path, kind), create)
         finally:
             os.close(base)
+
+    def check(self):
+        """Create (if need be) and verify the side directory and every subdirectory."""
+        for kind in (None, *_SIDE_KINDS):
+            os.close(self.open(kind))
 
     def open_file(self, dir_fd, name, flags, shown):
         """A regular file of ours inside a verified directory, never through a link."""
@@ -2472,7 +2485,7 @@ def _visible_state(row):
     (a worker marks the row itself when it meets it)."""
     state = row["state"]
     expires = row.get("expires")
-    if expires is not None and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
+    if _is_time(expires) and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
         return EXPIRED
     return state
 
@@ -3102,6 +3115,22 @@ def _resident_kib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _waiting_out(action, doing):
+    """Run a write until it goes through, waiting out a busy write lock or a full disk:
+    retries back off up to _TROUBLE_BACKOFF_MAX, and a warning saying what is being done
+    meanwhile repeats every _TROUBLE_LOG_INTERVAL."""
+    delay, warned = 0.01, None
+    while True:
+        try:
+            return action()
+        except (DatabaseBusy, DiskFull) as exc:
+            if warned is None or time.monotonic() - warned > _TROUBLE_LOG_INTERVAL:
+                warned = time.monotonic()
+                logger.warning("%s; %s", exc, doing)
+            time.sleep(delay)
+            delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
+
+
 def _history(blob):
     """A row's error history as a list; a history that cannot be read starts over with a
     note saying so, rather than stopping whoever records the next error."""
@@ -3172,10 +3201,10 @@ class _Child:
                 self.max_memory = int(baseline * 1.5)
                 logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
                                "using %d KiB", spec["max_memory"], baseline, self.max_memory)
-        self.storage.register_worker({
-            "id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
-            "pid": self.pid, "queues": ",".join(self.queues), "concurrency": 1,
-            "started_at": time.time()})
+        row = {"id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
+               "pid": self.pid, "queues": ",".join(self.queues), "concurrency": 1,
+               "started_at": time.time()}
+        _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "work", self.worker_id)
         self.done_bell = _Doorbell(side, "done", keep=False)
         self.in_task = False
@@ -3328,22 +3357,20 @@ class _Child:
 
     def _write(self, outcomes, queue, want, release):
         """complete_and_claim, waiting out a busy write lock or a full disk with the
-        outcomes kept (their rows stay STARTED and fenced meanwhile). An outcome the
-        database refuses for itself is stored as a FAILURE that says why."""
-        delay, warned = 0.01, None
+        outcomes kept (their rows stay STARTED and fenced meanwhile); a claim alone is
+        given up and tried again later. An outcome the database refuses for itself is
+        stored as a FAILURE that says why."""
         while True:
             try:
-                return self.storage.complete_and_claim(outcomes, self.worker_id, self.pid,
-                                                       time.time(), queue, want, release)
-            except (DatabaseBusy, DiskFull) as exc:
                 if not outcomes and not release:
-                    return [], 0             # nothing to keep: claim again later
-                if warned is None or time.monotonic() - warned > _TROUBLE_LOG_INTERVAL:
-                    warned = time.monotonic()
-                    logger.warning("%s; keeping %d result(s) and trying again", exc,
-                                   len(outcomes))
-                time.sleep(delay)
-                delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
+                    return self.storage.complete_and_claim(
+                        outcomes, self.worker_id, self.pid, time.time(), queue, want, release)
+                return _waiting_out(
+                    lambda: self.storage.complete_and_claim(
+                        outcomes, self.worker_id, self.pid, time.time(), queue, want, release),
+                    f"keeping {len(outcomes)} result(s) and trying again")
+            except (DatabaseBusy, DiskFull):
+                return [], 0                 # nothing to keep: claim again later
             except apsw.Error as exc:
                 if not outcomes:
                     raise
@@ -3430,6 +3457,10 @@ class _Child:
         except ValueError as exc:
             logger.error("Task %s[%s] rejected: %s", name, task_id, exc)
             return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
+        if not isinstance(task_id, str):
+            message = f"invalid task row: its id is {_saferepr(task_id, 100)}, not text"
+            logger.error("Task %s rejected: %s", name, message)
+            return outcome(FAILURE, _encode_error(ValueError(message)))
         if expires is not None and not _is_time(expires):
             message = f"invalid task row: expires is {_saferepr(expires, 100)}, not a unix time"
             logger.error("Task %s[%s] rejected: %s", name, task_id, message)
@@ -3524,6 +3555,10 @@ class _Child:
         return self.tasks.get(name)
 
 
+# A child's exit code when it cannot start (its side directory or database is unusable).
+_CHILD_CANNOT_RUN = 3
+
+
 def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
@@ -3532,7 +3567,7 @@ def _child_main(spec):
         code = _Child(spec).run()
     except LitequeueError as exc:
         logger.error("worker child cannot run: %s", exc)
-        code = 3
+        code = _CHILD_CANNOT_RUN
     sys.exit(code)
 
 
@@ -3585,6 +3620,7 @@ class _Supervisor:
         self.children = {}
         self.restarts = []           # (when, slot) pending restarts
         self.fast_deaths = 0
+        self.failed_starts = 0       # children in a row that exited _CHILD_CANNOT_RUN
         self.failures = {}           # step -> errors in a row
         self.troubled = {}           # step -> when a busy lock or full disk was last logged
         self.ctx = multiprocessing.get_context("spawn")
@@ -3987,6 +4023,10 @@ class _Supervisor:
             self.fast_deaths += 1
         else:
             self.fast_deaths = 0
+        self.failed_starts = self.failed_starts + 1 if code == _CHILD_CANNOT_RUN else 0
+        if self.failed_starts >= _STEP_FAILURES_MAX:
+            raise _Fatal(f"{self.failed_starts} children in a row could not start (the "
+                         "log says why)")
         delay = 0 if self.fast_deaths == 0 else min(0.1 * 2 ** self.fast_deaths,
                                                     _RESTART_BACKOFF_MAX)
         self.restarts.append((time.monotonic() + delay, None))
@@ -4041,6 +4081,7 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
         sys.path.insert(0, cwd)
     probe = _Storage(db, create=True)
     try:
+        _SideDir(db).check()        # refuse an unusable side directory before any child runs
         spec = {"db": db, "modules": list(modules), "cwd": cwd, "autoimport": autoimport}
         tasks, conf = _load_worker_code(spec, probe)
         periodic = _collect_apps(db)[2]

@@ -18,9 +18,13 @@ import json
 import math
 import os
 import random
+import secrets
 import shutil
 import signal
+import socket
 import sqlite3
+import stat
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -656,7 +660,8 @@ class Workers:
 
     def reap(self):
         for project in self.projects:
-            project.abort_all()  # blocked tasks end, so a warm stop is quick
+            with contextlib.suppress(OSError):     # its filesystem may be gone or full
+                project.abort_all()  # blocked tasks end, so a warm stop is quick
         for worker in self.started:
             if worker.proc.poll() is None:
                 worker.killpg(signal.SIGTERM)
@@ -3515,6 +3520,772 @@ class TestResilience:
         assert {a.pid} | {c["pid"] for c in a.children()} == pids
         a.signal(signal.SIGTERM)
         assert a.wait(20) == 0
+
+
+# ---------------------------------------------------------------------------
+# Hardening: the side directory, auto-import, bad rows, clear errors, wake-up hygiene
+# ---------------------------------------------------------------------------
+#
+# A negative check ("X never happens") waits for a positive event that proves the system
+# has moved past the point where X would have happened: a canary task queued after the
+# bad row has succeeded, or a task of a dead worker has been rescued, which proves a
+# rescue pass ran.
+
+NOBODY = 65534          # uid (and gid) of "another user"
+ZEN = "Beautiful is better than ugly"
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def stand_in_app(db):
+    """A producer app in this process with a stand-in for tasks.add (as Project.app)."""
+    app = litequeue.LiteQueue(db)
+
+    def add(x, y):
+        raise AssertionError("runs only in a worker")
+    add.__module__, add.__qualname__ = "tasks", "add"
+    app.task(add)
+    return app
+
+
+def sql_many(db, query, rows):
+    """executemany in one transaction, on a fresh apsw connection."""
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        conn.set_busy_timeout(30_000)
+        with conn:
+            conn.executemany(query, rows)
+    finally:
+        conn.close()
+
+
+def producer(code, cwd):
+    """python() with this litequeue.py first on sys.path (the one under test, not
+    whichever one is installed)."""
+    return python(f"import sys; sys.path.insert(0, {str(LITEQUEUE_PY.parent)!r})\n" + code, cwd)
+
+
+def create_db(project):
+    """Create the project's database as a user would: a producer (another process, so
+    nothing about the side directory is cached in this one) queues a task."""
+    producer("from tasks import add; add.delay(0, 0)", project.dir)
+
+
+def files_in(directory):
+    """{relative path: bytes} of the regular files under a directory."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def make_victim(directory, names=("a.txt", "b.lock", "poetry.lock")):
+    """A directory of regular files someone would hate to lose. Returns {name: bytes}."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_bytes(f"precious {name}\n".encode())
+    return files_in(directory)
+
+
+def task_count(db):
+    return sql(db, "SELECT count(*) FROM tasks")[0][0]
+
+
+def insert_worker(db, worker_id, pid=999999, parent=None):
+    """A workers row as a foreign writer (or an attacker with write access) would put
+    there. pid_max is far below 999999 here, so the pid is dead."""
+    sql(db, "INSERT INTO workers (id, parent, hostname, pid, queues, concurrency, started_at) "
+            "VALUES (?, ?, 'x', ?, 'default', 1, 0)", worker_id, parent, pid)
+
+
+def insert_started(db, worker_id, name="tasks.add", args=(20, 22)):
+    """A STARTED row claimed by worker_id. Returns its id."""
+    task_id = str(uuid.uuid4())
+    sql(db, "INSERT INTO tasks (id, name, payload, state, attempt, worker, pid, started_at) "
+            "VALUES (?, ?, ?, 'STARTED', 1, ?, 999999, 0)",
+        task_id, name, pack({"args": list(args)}), worker_id)
+    return task_id
+
+
+def prove_rescue_passes(project, w, rounds=2):
+    """Wait until the worker has run complete rescue passes over the workers table.
+
+    Each round registers a dead worker with a well-formed id (12 hex digits, no lock
+    file) holding a STARTED task, and waits until that task was requeued and SUCCEEDED.
+    A pass handles every row of the table in one go, so once the task of round 2 has
+    been rescued, the pass that rescued round 1 has finished: every row present before
+    round 1 has been through a whole pass."""
+    for _ in range(rounds):
+        dead = secrets.token_hex(6)
+        insert_worker(project.db, dead)
+        task_id = insert_started(project.db, dead)
+        wait_until(lambda: project.state(task_id) == SUCCESS, 20,
+                   lambda: f"the task of dead worker {dead} rescued and run "
+                           f"(state {project.state(task_id)})\nlog:\n{w.log_text()}")
+    assert w.proc.poll() is None, w.log_text()
+
+
+def assert_canary(project, w, timeout=20):
+    """A task queued now succeeds, and the worker and all its children are alive."""
+    canary = project.delay("add", 40, 2)
+    assert canary.get(timeout=timeout) == 42
+    assert w.proc.poll() is None, w.log_text()
+    assert len(w.live_children()) == w.concurrency, w.log_text()
+
+
+def error_text(row_result, traceback):
+    """What a user reads about a failure: the stored error map and the traceback."""
+    text = ""
+    if isinstance(row_result, bytes):
+        try:
+            text += repr(msgpack.unpackb(row_result, raw=False, strict_map_key=False))
+        except Exception:
+            text += repr(row_result)
+    return text + "\n" + (traceback or "")
+
+
+def lq_ok(*args, cwd):
+    done = lq(*args, cwd=cwd)
+    assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def log_lines(text):
+    return [line for line in text.strip().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def spy_socket(directory, name="spy"):
+    """A datagram socket bound in a wake-up directory, as a sleeper would be: every
+    ring of that directory leaves a datagram in it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = os.path.join(directory, name)
+    try:
+        sock.bind(path)
+        sock.setblocking(False)
+        yield sock
+    finally:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def rang(sock):
+    """True if anything rang the spy (delay() rings before it returns)."""
+    try:
+        sock.recv(64)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def old_temp_side_dir(db):
+    """Where the released code put the sockets of a deep database path."""
+    real = os.path.realpath(db)
+    digest = hashlib.blake2b(real.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return os.path.join(os.environ.get("TMPDIR", "/tmp"), "litequeue-" + digest)
+
+
+def private_dir(path):
+    """mkdir with mode 0o700 (what litequeue itself creates), whatever the umask."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def run_without_dac(cmd, cwd, timeout=60):
+    """run() as root without the capabilities that let root ignore file permissions:
+    a directory mode 0o555 stops it as it stops any user."""
+    return run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd],
+               cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def short_tmp(tmp_path):
+    """tmp_path seen through a short alias (a symlink /tmp/lqh-XXXXXXXX), so that the
+    socket paths beside a database in it fit in sun_path's 107 bytes. The released code
+    put the sockets of deeper databases in the temp dir instead, so without the alias it
+    would never touch the side directories these tests booby-trap."""
+    alias = Path(os.environ.get("TMPDIR", "/tmp")) / f"lqh-{secrets.token_hex(4)}"
+    alias.symlink_to(tmp_path)
+    try:
+        yield alias
+    finally:
+        alias.unlink()
+
+
+@pytest.fixture
+def near_project(short_tmp):
+    """A Project (tasks.py, jobs.sqlite) under the short alias."""
+    return Project(short_tmp / "proj")
+
+
+def need_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+
+
+# ---------------------------------------------------------------------------
+# Side directory (DB + "-lq")
+# ---------------------------------------------------------------------------
+
+class TestSideDirectory:
+
+    @pytest.mark.parametrize("link", ["work", "side"])
+    def test_delay_does_not_follow_a_symlinked_side_directory(self, short_tmp, link):
+        tmp_path = short_tmp
+        db = tmp_path / "x.sqlite"
+        victim = tmp_path / "victim"
+        if link == "work":
+            before = make_victim(victim)
+            private_dir(tmp_path / "x.sqlite-lq")
+            (tmp_path / "x.sqlite-lq" / "work").symlink_to(victim)
+        else:
+            before = make_victim(victim / "work")
+            (tmp_path / "x.sqlite-lq").symlink_to(victim)
+        before = files_in(victim)
+        app = stand_in_app(db)
+        r = app.tasks["tasks.add"].delay(1, 2)
+        assert files_in(victim) == before
+        # The task was queued all the same.
+        assert sql(db, "SELECT state FROM tasks WHERE id = ?", r.id) == [(PENDING,)]
+
+    def test_deep_path_never_rings_into_the_old_temp_directory(self, tmp_path):
+        proj = Project(tmp_path / ("d" * 100))
+        assert len(proj.db + "-lq/work/") > 107
+        old = old_temp_side_dir(proj.db)
+        assert not os.path.lexists(old), f"{old} exists before the test"
+        victim = tmp_path / "victim"
+        try:
+            before = make_victim(victim)
+            os.makedirs(old)
+            os.symlink(victim, os.path.join(old, "work"))
+            r = proj.delay("add", 1, 2)
+            assert files_in(victim) == before
+            assert sql(proj.db, "SELECT state FROM tasks WHERE id = ?", r.id) == [(PENDING,)]
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def test_deep_path_worker_keeps_its_sockets_beside_the_database(self, tmp_path, workers):
+        proj = Project(tmp_path / ("d" * 100))
+        old = old_temp_side_dir(proj.db)
+        assert not os.path.lexists(old), f"{old} exists before the test"
+        try:
+            workers.start(proj, concurrency=1)
+            assert proj.delay("add", 2, 2).get(timeout=10) == 4
+            work = proj.db + "-lq/work"
+            assert os.path.isdir(work) and os.listdir(work), \
+                f"no worker socket in {work}: {os.listdir(proj.db + '-lq') if os.path.isdir(proj.db + '-lq') else 'no side dir'}"
+            assert not os.path.lexists(old), f"the worker used {old}"
+        finally:
+            workers.reap()
+            shutil.rmtree(old, ignore_errors=True)
+
+    def test_regular_files_in_the_socket_directories_are_never_deleted(self, near_project, workers):
+        project = near_project
+        side = private_dir(project.db + "-lq")
+        work, done = private_dir(side / "work"), private_dir(side / "done")
+        task_id = "decoy-task"
+        # Names a ring of this task's waiters would match (the waiter prefix is a hash of
+        # the task id), and names no prefix would.
+        prefix = hashlib.blake2b(task_id.encode(), digest_size=5).hexdigest()
+        for d in (work, done):
+            for name in (f"{prefix}.1.2.3", "notes.txt", "zzz"):
+                (d / name).write_text(f"not a socket: {name}\n")
+        decoys = lambda: (files_in(work), files_in(done))
+        before = decoys()
+        add = project.app.tasks["tasks.add"]
+        add.delay(1, 1)                                  # rings work/ with no worker
+        assert decoys() == before
+        workers.start(project, concurrency=1)
+        assert add.apply_async((2, 3), task_id=task_id).get(timeout=10) == 5   # rings done/
+        assert [add.delay(i, i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
+        assert decoys() == before
+
+    def test_side_directory_and_its_subdirectories_are_private(self, near_project, workers):
+        project = near_project
+        workers.start(project, concurrency=1)
+        assert project.delay("add", 2, 2).get(timeout=10) == 4
+        side = Path(project.db + "-lq")
+        dirs = [side] + [p for p in side.iterdir() if p.is_dir()]
+        assert {p.name for p in dirs} >= {side.name, "work", "done", "locks"}, dirs
+        modes = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs}
+        assert set(modes.values()) == {"0o700"}, modes
+
+    @pytest.mark.parametrize("unsafe", ["foreign_owner", "world_writable", "group_writable",
+                                        "symlink", "regular_file", "symlinked_work"])
+    def test_unsafe_side_directory_is_refused(self, near_project, workers, tmp_path, unsafe):
+        project = near_project
+        if unsafe == "foreign_owner":
+            need_root()
+        create_db(project)
+        side = Path(project.db + "-lq")
+        shutil.rmtree(side, ignore_errors=True)
+        spy_dir = None
+        if unsafe in ("foreign_owner", "world_writable", "group_writable"):
+            spy_dir = private_dir(side / "work")
+            if unsafe == "foreign_owner":
+                os.chown(side, NOBODY, NOBODY)
+            else:
+                side.chmod(0o777 if unsafe == "world_writable" else 0o770)
+        elif unsafe == "symlink":
+            target = private_dir(tmp_path / "elsewhere")
+            spy_dir = private_dir(target / "work")
+            side.symlink_to(target)
+        elif unsafe == "regular_file":
+            side.write_text("not a directory\n")
+        else:
+            private_dir(side)
+            spy_dir = private_dir(tmp_path / "elsewhere-work")
+            (side / "work").symlink_to(spy_dir)
+        with spy_socket(spy_dir) if spy_dir else contextlib.nullcontext() as spy:
+            # A producer still queues: the row is committed, without a ring.
+            r = project.delay("add", 1, 2)
+            assert project.state(r.id) == PENDING
+            if spy is not None:
+                assert not rang(spy), "delay() rang through an unsafe side directory"
+        # The worker refuses to run, with one line naming the side directory.
+        w = workers.start(project, concurrency=1, ready=False)
+        code = w.wait(30)
+        assert code != 0, w.log_text()
+        text = w.log_text()
+        assert "Traceback" not in text, text
+        lines = log_lines(text)
+        assert len(lines) == 1 and "-lq" in lines[0], text
+        assert project.state(r.id) == PENDING
+
+    def test_producer_with_a_refused_side_directory_still_gets_results(self, near_project, workers):
+        """A worker is running; then the side directory turns foreign. A new producer
+        neither rings nor binds there, yet its task runs (the worker's fallback poll) and
+        get() sees the result (its own fallback poll). (Passes on the released code too:
+        it guards the refusal against breaking producers.)"""
+        project = near_project
+        need_root()
+        workers.start(project, concurrency=1)
+        assert project.delay("add", 1, 1).get(timeout=10) == 2
+        os.chown(project.db + "-lq", NOBODY, NOBODY)
+        out = producer(textwrap.dedent(f"""
+            from litequeue import LiteQueue
+            app = LiteQueue({project.db!r})
+            print(app.send_task("tasks.add", (20, 22)).get(timeout=20))
+        """), project.dir)
+        assert out == "42\n"
+
+
+# ---------------------------------------------------------------------------
+# Auto-import of registered modules
+# ---------------------------------------------------------------------------
+
+LATE_MODULE = """\
+from litequeue import LiteQueue
+
+app = LiteQueue("jobs.sqlite")
+
+
+@app.task
+def triple(x):
+    return 3 * x
+"""
+
+
+class TestRegistryImport:
+
+    @pytest.mark.parametrize("module", ["this.x", "venv.__main__.x", "pip.__main__.x",
+                                        "antigravity.x"])
+    def test_registry_never_imports_modules_outside_the_project(self, project, workers,
+                                                               tmp_path, monkeypatch, module):
+        marks = project.marks
+        browser = tmp_path / "browser.sh"
+        browser.write_text(f"#!/bin/sh\ntouch {marks / 'browser-opened'}\n")
+        browser.chmod(0o755)
+        monkeypatch.setenv("BROWSER", str(browser))       # what antigravity would open
+        monkeypatch.setenv("PYTHONUNBUFFERED", "1")        # a print shows up at once
+        create_db(project)
+        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
+            module + ".t", module, time.time())
+        w = workers.start(project, concurrency=1)
+        (bad,) = insert_raw(project.db, [(module + ".t", pack({}))])
+        wait_until(lambda: project.state(bad) == FAILURE, 20,
+                   lambda: f"{module}.t to fail\n{w.log_text()}")
+        assert_canary(project, w)
+        # A module registered after the worker started is still found under its directory.
+        project.write_module("late", LATE_MODULE)
+        assert producer("from late import triple; print(triple.delay(5).get(timeout=20))",
+                        project.dir) == "15\n"
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0, w.log_text()
+        text = w.log_text()
+        assert ZEN not in text, text
+        assert not list(project.dir.rglob("pyvenv.cfg")), list(project.dir.rglob("pyvenv.cfg"))
+        assert not (project.dir / "bin").exists()
+        assert not (marks / "browser-opened").exists(), "a browser was opened"
+
+    @pytest.mark.parametrize("module", [b"\x00\x01", 42], ids=["blob", "integer"])
+    def test_registry_row_of_another_type_does_not_stop_the_worker(self, project, workers,
+                                                                  module):
+        create_db(project)
+        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
+            "odd.t", module, time.time())
+        w = workers.start(project, concurrency=1)
+        (bad,) = insert_raw(project.db, [("odd.t", pack({}))])
+        assert_canary(project, w)
+        wait_until(lambda: project.state(bad) == FAILURE, 10, "odd.t to fail")
+
+    def test_many_registry_rows_do_not_slow_unknown_tasks_down(self, project, workers):
+        create_db(project)
+        now = time.time()
+        sql_many(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
+                 [(f"junk{i}.mod.t", f"junk{i}.mod", now) for i in range(10_000)])
+        w = workers.start(project, concurrency=1)
+        queued = time.monotonic()
+        ids = insert_raw(project.db, [(f"junk{i}.mod.t", pack({})) for i in range(200)]
+                         + [("tasks.add", pack({"args": [4, 4]}))])
+        canary = ids[-1]
+        wait_until(lambda: project.state(canary) == SUCCESS, 15,
+                   lambda: f"the canary queued behind 200 unknown tasks to succeed (state "
+                           f"{project.state(canary)}, "
+                           f"{sql(project.db, 'SELECT count(*) FROM tasks WHERE state = ?', FAILURE)[0][0]}"
+                           " failed so far)")
+        elapsed = time.monotonic() - queued
+        states = sql(project.db, "SELECT state, count(*) FROM tasks WHERE name LIKE 'junk%' "
+                                 "GROUP BY state")
+        assert states == [(FAILURE, 200)], states
+        assert w.proc.poll() is None
+        print(f"canary behind 200 unknown tasks and 10,000 registry rows: {elapsed:.2f} s")
+
+
+# ---------------------------------------------------------------------------
+# Bad rows: nothing stuck, nothing deleted, no crash loop
+# ---------------------------------------------------------------------------
+
+BAD_RESULT_MODULE = """\
+from litequeue import LiteQueue
+
+app = LiteQueue("jobs.sqlite")
+
+
+class Sneaky(dict):
+    def items(self):
+        raise RuntimeError("items() refuses")
+
+
+@app.task
+def sneaky():
+    return Sneaky(a=1)
+"""
+
+SCHEDULE_COLUMNS = ("name", "task", "module", "schedule", "tz", "payload", "queue", "priority",
+                    "catch_up", "last_fire", "next_fire", "updated_at", "fires")
+
+
+def insert_schedule(db, name, **overrides):
+    now = time.time()
+    row = {"name": name, "task": "tasks.add", "module": "elsewhere", "schedule": "every:60.0",
+           "tz": "UTC", "payload": pack({"args": [1, 1]}), "queue": "default", "priority": 0,
+           "catch_up": "once", "last_fire": None, "next_fire": now - 1, "updated_at": now,
+           "fires": 0}
+    row.update(overrides)
+    sql(db, f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(SCHEDULE_COLUMNS))})",
+        *(row[c] for c in SCHEDULE_COLUMNS))
+
+
+BAD_SCHEDULES = {
+    "nan-next-fire": {"next_fire": "NaN"},
+    "garbage-zone": {"tz": "Garbage/Zone"},
+    "bad-cron": {"schedule": "cron:99 * * * *"},
+    "every-zero": {"schedule": "every:0"},
+    "year-9999": {"last_fire": 253402300799.0},
+}
+
+
+def assert_eta_promotion_works(project, w):
+    """The supervisor still promotes ETA tasks, and the worker is alive."""
+    r = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=0.5)
+    assert r.get(timeout=10) == 7
+    assert w.proc.poll() is None, w.log_text()
+    assert len(w.live_children()) == w.concurrency
+
+
+def assert_schedules_disabled(project, names):
+    def shown():
+        done = lq("schedules", project.db, cwd=project.dir)
+        if done.returncode == 0 and "Traceback" not in done.stderr and \
+                done.stdout.count("DISABLED") >= len(names):
+            return done
+        return None
+    done = wait_until(shown, 15, lambda: "`litequeue schedules` to show DISABLED for "
+                      f"{names}:\n{lq('schedules', project.db, cwd=project.dir)}")
+    for name in names:
+        assert name in done.stdout, done.stdout
+    status = lq_ok("status", project.db, cwd=project.dir)
+    assert "DISABLED" in status.stdout, status.stdout
+
+
+class TestBadRows:
+
+    def test_worker_ids_that_are_paths_never_delete_files(self, project, workers, tmp_path):
+        victim = tmp_path / "victim"
+        before = make_victim(victim, names=("poetry.lock", "dotdot.lock"))
+        w = workers.start(project, concurrency=1)
+        # The lock file of worker ID is <side dir>/locks/ID.lock.
+        insert_worker(project.db, str(victim / "poetry"))
+        side_locks = Path(project.db + "-lq") / "locks"
+        dotdot = os.path.relpath(victim / "dotdot", side_locks)
+        assert dotdot.startswith("..")
+        insert_worker(project.db, dotdot)
+        prove_rescue_passes(project, w)
+        assert files_in(victim) == before
+        assert_canary(project, w)
+
+    @pytest.mark.parametrize("worker_id", ["a\x00b", "z" * 5000, "../" * 40 + "nowhere",
+                                           "/", ""], ids=["nul", "long", "dotdot", "slash",
+                                                          "empty"])
+    def test_strange_worker_ids_do_not_crash_the_rescue(self, project, workers, worker_id):
+        w = workers.start(project, concurrency=1)
+        insert_worker(project.db, worker_id)
+        prove_rescue_passes(project, w)
+        assert_canary(project, w)
+
+    def test_scheduled_task_with_a_text_eta_fails_and_the_supervisor_goes_on(self, project,
+                                                                            workers):
+        w = workers.start(project, concurrency=1)
+        task_id = str(uuid.uuid4())
+        sql(project.db, "INSERT INTO tasks (id, name, payload, state, eta) "
+                        "VALUES (?, 'tasks.add', ?, 'SCHEDULED', 'soon')",
+            task_id, pack({"args": [1, 2]}))
+        wait_until(lambda: project.state(task_id) == FAILURE, 15,
+                   lambda: f"the task with eta 'soon' to fail (state {project.state(task_id)})"
+                           f"\n{w.log_text()}")
+        row = project.row(task_id)
+        assert "eta" in error_text(row["result"], row["traceback"]).lower(), row
+        assert_eta_promotion_works(project, w)
+
+    @pytest.mark.parametrize("name", list(BAD_SCHEDULES))
+    def test_bad_schedule_is_disabled_and_the_supervisor_goes_on(self, project, workers, name):
+        w = workers.start(project, concurrency=1)
+        insert_schedule(project.db, name, **BAD_SCHEDULES[name])
+        assert_eta_promotion_works(project, w)          # its ring makes the scheduler look
+        assert_schedules_disabled(project, [name])
+        assert_eta_promotion_works(project, w)
+
+    def test_all_bad_rows_at_once(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        for name, overrides in BAD_SCHEDULES.items():
+            insert_schedule(project.db, name, **overrides)
+        good_payload = pack({"args": [100, 1]})
+        insert_schedule(project.db, "good", schedule="every:1.0", next_fire=time.time() + 0.5,
+                        payload=good_payload)
+        task_id = str(uuid.uuid4())
+        sql(project.db, "INSERT INTO tasks (id, name, payload, state, eta) "
+                        "VALUES (?, 'tasks.add', ?, 'SCHEDULED', 'soon')",
+            task_id, pack({"args": [1, 2]}))
+        insert_worker(project.db, "nul\x00id")
+        wait_until(lambda: project.state(task_id) == FAILURE, 15,
+                   lambda: f"the task with eta 'soon' to fail\n{w.log_text()}")
+        assert_eta_promotion_works(project, w)
+        prove_rescue_passes(project, w)
+        assert_schedules_disabled(project, list(BAD_SCHEDULES))
+        # The valid schedule keeps firing (each fire of tasks.add(1, 1) succeeds).
+        fired = lambda: sql(project.db, "SELECT count(*) FROM tasks WHERE payload = ? "
+                                        "AND state = ?", good_payload, SUCCESS)[0][0]
+        first = fired()
+        wait_until(lambda: fired() > first, 10, "the valid schedule to fire again")
+        assert_eta_promotion_works(project, w)
+
+    @pytest.mark.parametrize("case", ["text_expires", "blob_id", "unencodable_result"])
+    def test_row_that_crashes_its_process_ends_failure_without_a_loop(self, project, workers,
+                                                                     case):
+        if case == "unencodable_result":
+            project.write_module("badresult", BAD_RESULT_MODULE)
+            w = workers.start(project, concurrency=1, app=("tasks", "badresult"))
+        else:
+            w = workers.start(project, concurrency=1)
+        if case == "text_expires":
+            key = str(uuid.uuid4())
+            sql(project.db, "INSERT INTO tasks (id, name, payload, expires) "
+                            "VALUES (?, 'tasks.add', ?, 'soon')", key, pack({"args": [1, 2]}))
+            why = "expires"
+        elif case == "blob_id":
+            key = b"\xffblob-id\x00"
+            sql(project.db, "INSERT INTO tasks (id, name, payload) VALUES (?, 'tasks.add', ?)",
+                key, pack({"args": [1, 2]}))
+            why = "id"
+        else:
+            (key,) = insert_raw(project.db, [("badresult.sneaky", pack({}))])
+            why = "result"
+
+        def row():
+            rows = sql(project.db, "SELECT state, attempt, result, traceback FROM tasks "
+                                   "WHERE id = ?", key)
+            return rows[0]
+        wait_until(lambda: row()[0] == FAILURE, 30,
+                   lambda: f"the {case} row to end FAILURE (state, attempt = {row()[:2]})"
+                           f"\n{w.log_text()[-3000:]}")
+        state, attempt, result, tb = row()
+        assert attempt <= 4, (attempt, w.log_text()[-3000:])
+        text = error_text(result, tb)
+        assert why in text.lower(), text
+        assert_canary(project, w)
+        assert row()[:2] == (FAILURE, attempt)        # not run again since
+
+
+# ---------------------------------------------------------------------------
+# Clear errors
+# ---------------------------------------------------------------------------
+
+def insert_finished(db, state, result=None, errors=None):
+    task_id = str(uuid.uuid4())
+    sql(db, "INSERT INTO tasks (id, name, payload, state, result, errors, attempt, "
+            "finished_at) VALUES (?, 'tasks.add', ?, ?, ?, ?, 1, ?)",
+        task_id, pack({"args": [1, 2]}), state, result, errors, time.time())
+    return task_id
+
+
+class TestClearErrors:
+
+    def test_result_that_is_not_msgpack_is_one_line_in_the_cli(self, project):
+        create_db(project)
+        task_id = insert_finished(project.db, SUCCESS, result=b"\xc1")
+        done = lq("result", project.db, task_id, cwd=project.dir)
+        assert_one_line_error(done, code=1)
+
+    def test_result_that_is_not_msgpack_raises_a_litequeue_error(self, project):
+        create_db(project)
+        task_id = insert_finished(project.db, SUCCESS, result=b"\xc1")
+        with pytest.raises(LitequeueError) as caught:
+            project.app.AsyncResult(task_id).get(timeout=5)
+        assert type(caught.value).__module__ == "litequeue", caught.value
+        assert not isinstance(caught.value, msgpack.exceptions.UnpackException)
+
+    def test_errors_that_are_not_msgpack_raise_a_litequeue_error(self, project):
+        create_db(project)
+        task_id = insert_finished(project.db, FAILURE, errors=b"\xc1")
+        with pytest.raises(LitequeueError) as caught:
+            project.app.AsyncResult(task_id).errors
+        assert type(caught.value).__module__ == "litequeue", caught.value
+        assert not isinstance(caught.value, msgpack.exceptions.UnpackException)
+
+    @pytest.mark.parametrize("options, error", [
+        ({"priority": 2**70}, ValueError),
+        ({"priority": "high"}, ValueError),
+        ({"priority": float("nan")}, ValueError),
+        ({"args": (), "kwargs": {1: 2}}, TypeError),
+        ({"queue": object()}, (TypeError, ValueError)),
+    ], ids=["priority-huge", "priority-text", "priority-nan", "kwargs-int-key", "queue-object"])
+    def test_bad_options_raise_and_write_no_row(self, project, options, error):
+        create_db(project)
+        before = task_count(project.db)
+        with pytest.raises(error):
+            project.app.tasks["tasks.add"].apply_async(**options)
+        assert task_count(project.db) == before
+
+    def test_read_only_directory_without_a_side_directory(self, tmp_path):
+        """The database's directory became read-only after the database was made, and no
+        side directory exists. (Run without CAP_DAC_OVERRIDE: root ignores modes.)"""
+        need_root()
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to drop root's capabilities")
+        home = tmp_path / "ro"
+        home.mkdir()
+        db = str(home / "jobs.sqlite")
+        app = stand_in_app(db)
+        task_id = app.tasks["tasks.add"].delay(1, 2).id
+        shutil.rmtree(db + "-lq", ignore_errors=True)
+        # An open connection keeps -wal and -shm in place: a WAL database cannot be read
+        # where they can be neither found nor created.
+        holder = apsw.Connection(db)
+        try:
+            holder.execute("SELECT count(*) FROM tasks").fetchall()
+            home.chmod(0o555)
+            producer = run_without_dac([sys.executable, "-c", textwrap.dedent(f"""
+                import sys
+                sys.path.insert(0, {str(LITEQUEUE_PY.parent)!r})
+                import litequeue
+                r = litequeue.LiteQueue({db!r}).AsyncResult({task_id!r})
+                print(r.state)
+                try:
+                    r.get(timeout=0.5)
+                except litequeue.TimeoutError:
+                    print("timeout")
+            """)], cwd=home)
+            assert (producer.returncode, producer.stdout) == (0, "PENDING\ntimeout\n"), \
+                producer.stderr
+            assert "PermissionError" not in producer.stderr, producer.stderr
+            worker = run_without_dac([sys.executable, str(LITEQUEUE_PY), "worker", db, "-c", "1"],
+                                     cwd=home, timeout=30)
+            assert worker.returncode != 0
+            text = worker.stdout + worker.stderr
+            assert "Traceback" not in text, text
+            assert len(log_lines(text)) == 1, text
+            assert not os.path.exists(db + "-lq")
+        finally:
+            holder.close()
+            home.chmod(0o755)
+
+    def test_huge_result_does_not_flood_the_log(self, project, workers):
+        w = workers.start(project, concurrency=1, loglevel="INFO")
+        big = "x" * 5_000_000
+        r = project.delay("echo", big)
+        assert r.get(timeout=30) == [[big], {}]
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        size = w.log.stat().st_size
+        assert size < 100_000, f"worker log is {size} bytes"
+        assert r.id in w.log_text()            # the task is still logged at INFO
+
+
+# ---------------------------------------------------------------------------
+# Wake-up channel hygiene
+# ---------------------------------------------------------------------------
+
+STALE_SOCKETS = """\
+import os, secrets, socket, sys
+for i in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # The name a waiter of this process would bind; closed without unlinking, as by a
+    # process that was killed.
+    s.bind(f"{secrets.token_hex(5)}.{os.getpid()}.{i % 999983}.{i}")
+    s.close()
+"""
+
+
+class TestWakeupHygiene:
+
+    def test_stale_done_sockets_are_cleaned_up(self, near_project, workers):
+        project = near_project
+        create_db(project)
+        side = private_dir(project.db + "-lq")
+        done = private_dir(side / "done")
+        python(STALE_SOCKETS, done, 10_000)
+        entries = os.listdir(done)
+        assert len(entries) == 10_000
+        assert stat.S_ISSOCK(os.lstat(done / entries[0]).st_mode)
+        w = workers.start(project, concurrency=1)
+        wait_until(lambda: len(os.listdir(done)) < 100, 30,
+                   lambda: f"stale sockets in done/ cleaned up ({len(os.listdir(done))} left)")
+        assert project.delay("add", 2, 3).get(timeout=10) == 5
+        assert w.proc.poll() is None
+
+    def test_junk_directories_in_work_cost_delay_nothing(self, near_project):
+        project = near_project
+        create_db(project)
+        work = private_dir(Path(project.db + "-lq") / "work")
+        for i in range(2000):
+            (work / f"junk{i:04d}").mkdir()
+        add = project.app.tasks["tasks.add"]
+        times = []
+        for i in range(200):
+            started = time.perf_counter()
+            add.delay(i, i)
+            times.append(time.perf_counter() - started)
+        median = statistics.median(times)
+        assert median < 0.002, f"median delay() {median * 1000:.2f} ms"
+        assert len([p for p in work.iterdir() if p.is_dir()]) == 2000
 
 
 def assert_one_line_error(done, code=1, contains=""):
