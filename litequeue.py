@@ -16,11 +16,19 @@ Data flow::
                                         a free lock means its rows can be rescued)
                                        jobs.sqlite-lq/revocations (bumped by revoke())
 
+The side directory jobs.sqlite-lq/ is ours alone (mode 0700, verified, reached only
+through directory descriptors): see "Side directory" below. Nothing a row says can make a
+process follow a link, name a file, or import code from outside the worker's directory.
+
 Task life cycle (the ``state`` column)::
 
   PENDING ──claim──▶ STARTED ──▶ SUCCESS | FAILURE
      ▲                  │
      └──────────────────┘  worker died: requeued (attempt counted, retry policy applies)
+
+A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
+supervisor sets aside what its scheduler cannot read (quarantine). A busy write lock or a
+full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
 
 Example (README repeats it)::
 
@@ -1069,11 +1077,17 @@ _SQL_PROMOTE_DUE = """
                   ORDER BY eta LIMIT :n)
 """
 _SQL_NEXT_DUE = "SELECT min(eta) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')"
-# tasks_due: a waiting row whose eta is not a time (NULL, text, a blob: text and blobs
-# sort after every number) would wait for ever; it ends FAILURE instead.
-_SQL_QUARANTINE_ETA = """
+# tasks_due, two seeks: a waiting row whose eta is not a time (NULL sorts first; text and
+# blobs sort after every number) would wait for ever; it ends FAILURE instead. (One OR
+# would scan the whole index.)
+_SQL_BAD_ETA_SEQS = """
+    SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND eta IS NULL
+    UNION ALL
+    SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND eta >= ''
+"""
+_SQL_QUARANTINE_ETA = f"""
     UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
-    WHERE state IN ('SCHEDULED', 'RETRY') AND (eta IS NULL OR eta >= '')
+    WHERE seq IN ({_SQL_BAD_ETA_SEQS})
     RETURNING id, name
 """
 # A fire's task id is derived from (schedule, fire time): a second insert of the same fire
@@ -1098,9 +1112,8 @@ _SQL_DISABLE_BAD_TIMES = """
 """
 _SQL_DISABLE_SCHEDULE = "UPDATE schedules SET error = :error WHERE name = :name"
 # tasks_due, tasks_running and the small schedules table: is anything above to do?
-_SQL_NEEDS_QUARANTINE = """
-    SELECT EXISTS (SELECT 1 FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
-                                         AND (eta IS NULL OR eta >= '')),
+_SQL_NEEDS_QUARANTINE = f"""
+    SELECT EXISTS ({_SQL_BAD_ETA_SEQS}),
            EXISTS (SELECT 1 FROM schedules
                    WHERE error IS NULL AND (typeof(next_fire) NOT IN ('integer', 'real')
                                             OR typeof(last_fire) NOT IN ('integer', 'real',
@@ -1193,6 +1206,9 @@ class _Storage:
         except apsw.CantOpenError as exc:
             self.conn.close()
             raise DatabaseError(f"cannot open {path}: {exc}") from None
+        except apsw.FullError:
+            self.conn.close()
+            raise self._disk_full() from None
         except LitequeueError:
             self.conn.close()
             raise
@@ -1796,6 +1812,17 @@ def _open_socket_file(dir_fd, name):
     return fd, st.st_ino
 
 
+_doorbells = weakref.WeakSet()
+
+
+def _doorbells_after_fork():
+    for bell in list(_doorbells):
+        bell._lock = threading.Lock()      # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_doorbells_after_fork)
+
+
 class _Doorbell:
     """Rings the sleepers bound in one subdirectory: one datagram each, never blocking.
 
@@ -1816,6 +1843,7 @@ class _Doorbell:
         self._names = ()            # names that may be sockets (keep=False)
         self._sock = None
         self._warned = False
+        _doorbells.add(self)
 
     def ring(self, prefix=None):
         with self._lock:
@@ -4398,18 +4426,21 @@ def status(db):
     supervisors = [w for w in workers if not w["parent"]]
     if not supervisors:
         click.echo("  (none)")
-    locks = _Locks(app._side)
     try:
-        for sup in supervisors:
-            alive = not locks.dead(sup["id"])
-            click.echo(f"  {sup['id']} pid {sup['pid']} on {sup['hostname']} queues "
-                       f"{sup['queues']} "
-                       f"{'alive' if alive else 'DEAD (a live worker will rescue its tasks)'}")
-            for child in [w for w in workers if w["parent"] == sup["id"]]:
-                busy = running.get(child["id"], [])
-                doing = ", ".join(f"{n}[{i}]" for i, n, _ in busy) or "idle"
-                click.echo(f"    child {child['id']} pid {child['pid']}: {doing}")
-    finally:
+        locks = _Locks(app._side)
+    except SideDirectoryError as exc:
+        locks = None
+        click.echo(f"  (cannot tell which are alive: {exc})")
+    for sup in supervisors:
+        alive = "alive?" if locks is None else "alive" if not locks.dead(sup["id"]) else \
+            "DEAD (a live worker will rescue its tasks)"
+        click.echo(f"  {_shown(sup['id'])} pid {sup['pid']} on {_shown(sup['hostname'])} "
+                   f"queues {_shown(sup['queues'])} {alive}")
+        for child in [w for w in workers if w["parent"] == sup["id"]]:
+            busy = running.get(child["id"], [])
+            doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in busy) or "idle"
+            click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing}")
+    if locks is not None:
         locks.close()
     rows = storage.schedules()
     disabled = [row for row in rows if row["error"] is not None]

@@ -1437,6 +1437,23 @@ class TestStorage:
         assert "INDEX tasks_ready" in details, details
         assert "SCAN tasks" not in details, details
 
+    def test_the_supervisor_s_periodic_reads_seek_and_never_scan_tasks(self, tmp_path):
+        """Internal invariant: the quarantine check (every 2 s) and the rescue's look at
+        STARTED rows cost the same with a million scheduled or finished rows."""
+        storage = litequeue._Storage(str(tmp_path / "plan.sqlite"))
+        try:
+            for query in (litequeue._SQL_NEEDS_QUARANTINE, litequeue._SQL_QUARANTINE_ETA,
+                          litequeue._SQL_CLAIMING_WORKERS):
+                plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query,
+                                            {"result": b"", "now": 0.0}).fetchall()
+                # Only the index of STARTED rows (a few) and the small schedules table
+                # are read from end to end.
+                scans = [row[3] for row in plan if row[3].startswith("SCAN")]
+                assert all(scan in ("SCAN CONSTANT ROW", "SCAN schedules")
+                           or "tasks_running" in scan for scan in scans), plan
+        finally:
+            storage.close()
+
     def test_claim_plan_is_independent_of_scheduled_rows(self, tmp_path):
         """Issue 3: scheduled rows wait where the claim never looks. The claim searches the
         partial index tasks_ready (and never scans tasks) whether the table is empty or
