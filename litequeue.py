@@ -3702,12 +3702,12 @@ class _Supervisor:
                     self._start_child()
                 return self._loop(sig_r)
             except _Fatal as exc:
-                logger.critical("litequeue worker stopped: %s", exc)
+                why = str(exc)
             except Exception as exc:    # a bug: end loudly rather than live on half-dead
-                logger.critical("litequeue worker stopped by an unexpected error: %s: %s",
-                                type(exc).__name__, _saferepr(exc))
+                why = f"unexpected error: {type(exc).__name__}: {_saferepr(exc)}"
             with contextlib.suppress(Exception):
                 self._stop_cold()
+            logger.critical("litequeue worker stopped: %s", why)   # the last line
             return 2
         finally:
             signal.set_wakeup_fd(old_wakeup)

@@ -3487,6 +3487,20 @@ class TestResilience:
         assert sql(project.db, "SELECT count(*) FROM tasks WHERE state = 'STARTED'") == [(0,)]
         assert len(b.live_children()) == 1
 
+    def test_a_supervisor_that_cannot_recover_ends_the_worker_with_one_line(self, project,
+                                                                             workers):
+        """A failure no retry can mend (here the schedules table vanishes under a running
+        worker) ends the whole worker, children included, with exit code 2 and one
+        line saying why: never a half-alive process that prunes and rescues nothing."""
+        a = workers.start(project, concurrency=2)
+        children = [c["pid"] for c in a.children()]
+        sql(project.db, "DROP TABLE schedules")
+        assert a.wait(30) == 2
+        last = a.log_text().strip().splitlines()[-1]
+        assert "litequeue worker stopped: " in last and "failed 5 times in a row" in last, last
+        assert "no such table: schedules" in last, last
+        wait_until(lambda: not any(alive(pid) for pid in children), 10, "the children to end")
+
     def test_a_write_lock_held_past_busy_timeout_is_waited_out(self, project, workers):
         settings = {"busy_timeout": 0.5}
         a = workers.start(project, concurrency=1, settings=settings)
