@@ -453,9 +453,12 @@ def _to_unix(value):
 
 
 def _from_unix(value):
-    if value is None:
+    """An aware UTC datetime of a unix time read from the database (None for anything
+    that is not one)."""
+    try:
+        return _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
 
 
 def _short_hash(text, size=5):
@@ -510,6 +513,13 @@ def _saferepr(value, limit=_LOG_REPR_MAX):
     except Exception:
         text = f"<unrepresentable {type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _printable(text):
+    """Text from the database for a terminal: tabs and line ends as they are, every other
+    control character escaped (a stored traceback must not drive the terminal)."""
+    text = text if isinstance(text, str) else repr(text)
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 def _shown(value, limit=200):
@@ -571,6 +581,9 @@ _CRON_FIELDS = {
 }
 # Longest span searched for the next fire: Feb 29 on a given weekday can be 40 years away.
 _CRON_SEARCH_DAYS = 366 * 40
+# Shortest interval schedule: a shorter one (say from a hand-written row) would make each
+# scheduler pass walk millions of fire times.
+_INTERVAL_MIN = 0.1
 
 
 def _parse_cron_field(field, spec):
@@ -756,9 +769,10 @@ class _Interval:
     def __init__(self, seconds):
         if isinstance(seconds, _dt.timedelta):
             seconds = seconds.total_seconds()
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
-            raise ConfigurationError(f"an interval must be a positive number of seconds or a "
-                                     f"timedelta, not {seconds!r}")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or \
+                not seconds >= _INTERVAL_MIN:
+            raise ConfigurationError(f"an interval must be a number of seconds (at least "
+                                     f"{_INTERVAL_MIN:g}) or a timedelta, not {seconds!r}")
         self.seconds = float(seconds)
         self.tz = None
 
@@ -768,6 +782,14 @@ class _Interval:
     @property
     def expression(self):
         return f"every {self.seconds:g}s"
+
+    def latest_until(self, now):
+        """The last fire time at or before the aware datetime now."""
+        fire = _dt.datetime.fromtimestamp(math.floor(now.timestamp() / self.seconds)
+                                          * self.seconds, _UTC)
+        while fire > now:
+            fire -= _dt.timedelta(seconds=self.seconds)
+        return fire
 
     def next_after(self, dt, zone=None):
         if not isinstance(dt, _dt.datetime) or dt.tzinfo is None:
@@ -810,7 +832,11 @@ def _fire_id(schedule_name, fire):
 
 def _latest_fire(schedule, zone, after, now):
     """The latest fire time in (after, now], or None. Looks back over a widening window,
-    so a long outage does not mean walking every missed minute."""
+    so a long outage does not mean walking every missed minute (an interval's is
+    arithmetic)."""
+    if isinstance(schedule, _Interval):
+        latest = schedule.latest_until(now)
+        return latest if latest > after else None
     span = _dt.timedelta(minutes=2)
     while True:
         start = max(after, now - span)
@@ -1764,9 +1790,14 @@ class _SideDir:
             os.close(self.open(kind))
 
     def open_file(self, dir_fd, name, flags, shown):
-        """A regular file of ours inside a verified directory, never through a link."""
+        """A regular file of ours inside a verified directory, never through a link (nor
+        blocking on a FIFO); FileNotFoundError when it does not exist. New files are
+        0644, so that a supervisor of the database's owner can probe root's locks."""
         try:
-            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             raise self._refuse(shown, exc.strerror) from None
         st = os.fstat(fd)
@@ -1951,6 +1982,12 @@ class _Doorbell:
             os.close(self._fd)
         self._fd = self._ident = None
 
+    def __del__(self):            # a short-lived app must not leak descriptors
+        with contextlib.suppress(Exception):
+            self.close()
+            if self._sock is not None:
+                self._sock.close()
+
 
 class _Sleeper:
     """A datagram socket that doorbells ring; select() on it to sleep until work comes."""
@@ -2049,23 +2086,33 @@ class _Locks:
     """The locks/ directory, open once: probes, reads and removes workers' lock files
     through it."""
 
-    def __init__(self, side):
+    def __init__(self, side, create=True):
         self.side = side
-        self.fd = side.open("locks")
+        try:
+            self.fd = side.open("locks", create=create)
+        except SideDirectoryError:
+            if create or os.path.lexists(os.path.join(side.path, "locks")):
+                raise
+            self.fd = None          # no worker ever ran here: every lock is free
 
     def _open(self, worker_id, flags):
+        """A descriptor of a worker's lock file; None if it has none (no such file, or an
+        id litequeue never generates); SideDirectoryError if it cannot be opened."""
         name = _lock_name(worker_id)
-        if name is None:
+        if name is None or self.fd is None:
             return None
         try:
             return self.side.open_file(self.fd, name, flags, name)
-        except SideDirectoryError:
+        except FileNotFoundError:
             return None
 
     def record(self, worker_id):
         """(seq or None, hard deadline or None, begun seqs) from a worker's lock file."""
         held = _held_locks.get(worker_id)
-        fd = held if held is not None else self._open(worker_id, os.O_RDONLY)
+        try:
+            fd = held if held is not None else self._open(worker_id, os.O_RDONLY)
+        except SideDirectoryError:
+            fd = None
         if fd is None:
             return None, None, ()
         try:
@@ -2092,11 +2139,15 @@ class _Locks:
         """
         if worker_id in _held_locks:
             return False
-        fd = self._open(worker_id, os.O_RDWR)
+        try:
+            fd = self._open(worker_id, os.O_RDONLY)
+        except SideDirectoryError:
+            return False            # cannot tell: a live worker must never be rescued
         if fd is None:
             return True
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A shared lock needs only read access, and conflicts with the owner's.
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return False
         else:
@@ -2107,13 +2158,14 @@ class _Locks:
 
     def remove(self, worker_id):
         name = _lock_name(worker_id)
-        if name is not None:
+        if name is not None and self.fd is not None:
             with contextlib.suppress(OSError):
                 if stat.S_ISREG(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode):
                     os.unlink(name, dir_fd=self.fd)
 
     def close(self):
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 class _WorkerLock:
@@ -2973,14 +3025,18 @@ def _module_spec_name(name):
 
 class _ModuleFinder:
     """Decides where importing a dotted module name would read code from, without
-    importing or running anything: the path finder's search, done by hand. Directory
-    listings are read once per finder, so checking thousands of names stays cheap."""
+    importing or running anything: the path finder's search, done by hand. A name
+    qualifies only if its first part is found first in the sys.path entry that is the
+    worker's directory itself (not merely below it: a virtual environment inside the
+    project must not count) as a module or a regular package, and every further part
+    is a module or regular package inside it. Directory listings are read once per
+    finder, so checking thousands of names stays cheap."""
 
     _SUFFIXES = (importlib.machinery.EXTENSION_SUFFIXES + importlib.machinery.SOURCE_SUFFIXES
                  + importlib.machinery.BYTECODE_SUFFIXES)
 
     def __init__(self, root):
-        self.root = os.path.realpath(root) + os.sep
+        self.root = os.path.realpath(root)
         self._listings = {}
 
     def _names(self, directory):
@@ -2992,33 +3048,29 @@ class _ModuleFinder:
         return self._listings[directory]
 
     def _find(self, part, search_path):
-        """('module', [file]) or ('package', [__init__ file]) for the first match in
-        search_path, else ('namespace', [directories]), else None."""
-        portions = []
+        """(entry, file, is_package) of the first module or regular package named part
+        in search_path, as the path finder takes it, or None."""
         for entry in search_path:
             directory = entry if isinstance(entry, str) and entry else os.getcwd()
             names = self._names(directory)
             if part in names:
-                package = os.path.join(directory, part)
                 for suffix in self._SUFFIXES:
-                    init = os.path.join(package, "__init__" + suffix)
+                    init = os.path.join(directory, part, "__init__" + suffix)
                     if os.path.isfile(init):
-                        return "package", [init]
-                if os.path.isdir(package):
-                    portions.append(package)
+                        return directory, init, True
             for suffix in self._SUFFIXES:
                 if part + suffix in names:
-                    return "module", [os.path.join(directory, part + suffix)]
-        return ("namespace", portions) if portions else None
+                    return directory, os.path.join(directory, part + suffix), False
+        return None
 
-    def _under_root(self, paths):
-        return all(os.path.realpath(path).startswith(self.root) for path in paths)
+    def _inside(self, path):
+        return os.path.commonpath([self.root, os.path.realpath(path)]) == self.root
 
     def import_under_root(self, name):
-        """Import `name` if every part of it comes from a file under root; returns the
-        module, or None (nothing was imported for a part that lies elsewhere)."""
+        """Import `name` if it qualifies (see the class); returns the module, or None
+        (nothing was imported for a part that does not)."""
         parts = name.split(".")
-        if parts[0] in sys.builtin_module_names or \
+        if "__main__" in parts or parts[0] in sys.builtin_module_names or \
                 importlib.machinery.FrozenImporter.find_spec(parts[0]) is not None:
             return None
         search, module = sys.path, None
@@ -3027,28 +3079,24 @@ class _ModuleFinder:
             module = sys.modules.get(fullname)
             if module is None:
                 found = self._find(part, search)
-                if found is None or not self._under_root(found[1]):
+                if found is None or not self._inside(found[1]) or (
+                        i == 0 and os.path.realpath(found[0]) != self.root):
                     return None
-                module = self._load(fullname, *found)
+                module = self._load(fullname, *found[1:])
             search = getattr(module, "__path__", None)
             if search is None and i < len(parts) - 1:
                 return None
         return module
 
     @staticmethod
-    def _load(fullname, kind, paths):
-        if kind == "namespace":
-            spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
-            spec.submodule_search_locations = list(paths)
-        else:
-            spec = importlib.util.spec_from_file_location(
-                fullname, paths[0], submodule_search_locations=[os.path.dirname(paths[0])]
-                if kind == "package" else None)
+    def _load(fullname, path, is_package):
+        spec = importlib.util.spec_from_file_location(
+            fullname, path,
+            submodule_search_locations=[os.path.dirname(path)] if is_package else None)
         module = importlib.util.module_from_spec(spec)
         sys.modules[fullname] = module
         try:
-            if spec.loader is not None:
-                spec.loader.exec_module(module)
+            spec.loader.exec_module(module)
         except BaseException:
             sys.modules.pop(fullname, None)
             raise
@@ -3071,8 +3119,9 @@ def _autoimport(modules, root, tried=None):
         tried.add(name)
         try:
             module = finder.import_under_root(name)
-        except Exception as exc:
-            logger.error("auto-import of %s failed: %s", name, _saferepr(exc))
+        except (Exception, SystemExit) as exc:   # a script's exit() must not end us
+            logger.error("auto-import of %s failed: %s: %s", name, type(exc).__name__,
+                         _saferepr(exc))
             continue
         if module is None:
             logger.debug("not auto-importing %s: not found under %s", name, root)
@@ -3199,6 +3248,7 @@ class _Child:
         self.queues = spec["queues"]
         self.stopping = False
         self.orphaned = False
+        self.running = False         # set once it has started and begins to claim
         self._queue_turn = 0
         self._durations = {}      # task name -> moving average of its run time
 
@@ -3243,14 +3293,19 @@ class _Child:
         signal.set_wakeup_fd(sig_w)
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
+        self.running = True
         try:
             self._loop()
-        finally:
+        except BaseException:
+            # The lock file keeps naming the row being run, for the supervisor to charge;
+            # the lock itself goes with the process.
             self.sleeper.close()
-            with contextlib.suppress(Exception):
-                self.storage.unregister_worker(self.worker_id)
-            self.lock.release()
-            self.storage.close()
+            raise
+        self.sleeper.close()
+        with contextlib.suppress(Exception):
+            self.storage.unregister_worker(self.worker_id)
+        self.lock.release()
+        self.storage.close()
         return 0
 
     def _on_soft_limit(self, signum, frame):
@@ -3300,7 +3355,9 @@ class _Child:
             revocations = self.revocations.value()
             if revocations != self.revocations_seen:
                 self.revocations_seen = revocations
-                states = self.storage.states_of([row[0]] + [r[0] for r in claimed], locked=True)
+                seqs = [row[0]] + [r[0] for r in claimed]
+                states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
+                                      "reading revoked rows again")
                 claimed = [r for r in claimed if states.get(r[0]) == STARTED]
                 if states.get(row[0]) != STARTED:
                     self.lock.executing(0, begun=begun)
@@ -3411,12 +3468,19 @@ class _Child:
         logger.warning("storing %d result(s) one by one: %s", len(outcomes), exc)
         for o in outcomes:
             try:
-                self._write([o], None, 0, ())
+                self._store([o])
             except apsw.Error as refused:
                 message = f"its outcome could not be stored: {type(refused).__name__}: {refused}"
                 logger.error("task row %d failed: %s", o.seq, message)
-                self._write([_Outcome(FAILURE, _encode_error(ValueError(message)), seq=o.seq,
-                                      attempt=o.attempt, tag=o.tag)], None, 0, ())
+                self._store([_Outcome(FAILURE, _encode_error(ValueError(message)), seq=o.seq,
+                                      attempt=o.attempt, tag=o.tag)])
+
+    def _store(self, outcomes):
+        """Commit outcomes and nothing else, waiting out a busy lock or a full disk."""
+        return _waiting_out(
+            lambda: self.storage.complete_and_claim(outcomes, self.worker_id, self.pid,
+                                                    time.time(), None, 0, ()),
+            f"keeping {len(outcomes)} result(s) and trying again")
 
     def _idle(self):
         """Sleep until rung, the data changes, or a stop; never takes the write lock
@@ -3591,11 +3655,12 @@ def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     _configure_logging(spec["loglevel"])
+    child = _Child(spec)
     try:
-        code = _Child(spec).run()
+        code = child.run()
     except LitequeueError as exc:
-        logger.error("worker child cannot run: %s", exc)
-        code = _CHILD_CANNOT_RUN
+        logger.error("worker child %s: %s", "stopped" if child.running else "cannot run", exc)
+        code = 1 if child.running else _CHILD_CANNOT_RUN
     sys.exit(code)
 
 
@@ -3684,8 +3749,8 @@ class _Supervisor:
         self.lock = _WorkerLock(self.side, self.worker_id)
         self.locks = self.lock.locks
         self.work_bell = _Doorbell(self.side, "work")
-        self._register()
-        self._sync_definitions()
+        _waiting_out(self._register, "registering again")
+        _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
         self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
         sig_r, sig_w = os.pipe()
         os.set_blocking(sig_r, False)
@@ -4201,7 +4266,7 @@ def _open_app(db, **settings):
 
 def _resolve_task_name(app, name):
     """A registered name, or the one registered name that ends with '.name'."""
-    registry = app._storage().registry()
+    registry = {n: m for n, m in app._storage().registry().items() if isinstance(n, str)}
     if name in registry:
         return name
     matches = [n for n in registry if n.rsplit(".", 1)[-1] == name]
@@ -4221,6 +4286,8 @@ def _to_jsonable(value):
         return {str(k): _to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     return value
 
 
@@ -4228,7 +4295,8 @@ def _print_result(result, as_json):
     state = result.state
     if as_json:
         out = {"id": result.id, "state": state, "date_done": None, "result": None,
-               "traceback": result.traceback, "retries": result.retries,
+               "traceback": _to_jsonable(result.traceback),
+               "retries": _to_jsonable(result.retries),
                "errors": _to_jsonable(result.errors)}
         if result.date_done:
             out["date_done"] = result.date_done.isoformat()
@@ -4238,15 +4306,19 @@ def _print_result(result, as_json):
     elif state == SUCCESS:
         click.echo(json.dumps(_to_jsonable(result.result)))
     elif state == FAILURE:
-        click.echo(f"FAILURE: {result.result!r}")
-        if result.traceback:
-            click.echo(result.traceback.rstrip(), err=True)
+        click.echo(_printable(f"FAILURE: {result.result!r}"))
+        if isinstance(result.traceback, str) and result.traceback:
+            click.echo(_printable(result.traceback.rstrip()), err=True)
     else:
         click.echo(state)
-    for error in ([] if as_json else result.errors):
-        when = _from_unix(error.get("time", 0)).isoformat(timespec="milliseconds")
-        click.echo(f"  attempt {error.get('attempt', '?')} at {when}: {error.get('type')}: "
-                   f"{error.get('message')}", err=True)
+    errors = [] if as_json else result.errors
+    for error in (errors if isinstance(errors, list) else []):
+        if not isinstance(error, dict):
+            continue
+        when = _from_unix(error.get("time"))
+        when = when.isoformat(timespec="milliseconds") if when else "?"
+        click.echo(_printable(f"  attempt {error.get('attempt', '?')} at {when}: "
+                              f"{error.get('type')}: {error.get('message')}"), err=True)
     return 1 if state == FAILURE else 0
 
 
@@ -4417,7 +4489,7 @@ def status(db):
     if not counts:
         click.echo("  (none)")
     for queue, state, n in counts:
-        click.echo(f"  {queue:<16} {state:<10} {n}")
+        click.echo(f"  {_shown(queue):<16} {_shown(state):<10} {n}")
     running = {}
     for worker_id, task_id, name, started in storage.running():
         running.setdefault(worker_id, []).append((task_id, name, started))
@@ -4427,7 +4499,7 @@ def status(db):
     if not supervisors:
         click.echo("  (none)")
     try:
-        locks = _Locks(app._side)
+        locks = _Locks(app._side, create=False)
     except SideDirectoryError as exc:
         locks = None
         click.echo(f"  (cannot tell which are alive: {exc})")

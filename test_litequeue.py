@@ -13,6 +13,7 @@ every child it spawned with one ``os.killpg``. Nothing waits a fixed time for a 
 import collections
 import contextlib
 import datetime as dt
+import gc
 import hashlib
 import json
 import math
@@ -3966,6 +3967,35 @@ class TestRegistryImport:
         assert_canary(project, w)
         wait_until(lambda: project.state(bad) == FAILURE, 10, "odd.t to fail")
 
+    def test_only_the_worker_s_own_directory_counts_not_a_venv_inside_it(
+            self, tmp_path, monkeypatch):
+        """A virtual environment or site-packages inside the project is under the
+        worker's directory, but it is not the project's code: its modules, namespace
+        packages, __main__ modules and an exit() at import are all kept out."""
+        root = tmp_path / "project"
+        site = root / ".venv" / "lib" / "site-packages"
+        (site / "venvmod").mkdir(parents=True)
+        (site / "venvmod" / "__init__.py").write_text("import sys; sys.stderr.write('RAN')\n")
+        (root / "nspkg").mkdir()
+        (root / "nspkg" / "mod.py").write_text("RAN = True\n")
+        (root / "pkg").mkdir()
+        (root / "pkg" / "__init__.py").write_text("")
+        (root / "pkg" / "__main__.py").write_text("raise RuntimeError('ran __main__')\n")
+        (root / "pkg" / "jobs.py").write_text("DEFINED = True\n")
+        (root / "quitter.py").write_text("raise SystemExit(3)\n")
+        monkeypatch.syspath_prepend(str(site))
+        monkeypatch.syspath_prepend(str(root))
+        before = set(sys.modules)
+        try:
+            litequeue._autoimport(["venvmod", "nspkg.mod", "pkg.__main__", "quitter",
+                                   "pkg.jobs"], str(root))
+            loaded = set(sys.modules) - before
+            assert loaded == {"pkg", "pkg.jobs"}, loaded
+            assert sys.modules["pkg.jobs"].DEFINED
+        finally:
+            for name in set(sys.modules) - before:
+                del sys.modules[name]
+
     def test_many_registry_rows_do_not_slow_unknown_tasks_down(self, project, workers):
         create_db(project)
         now = time.time()
@@ -4031,6 +4061,9 @@ BAD_SCHEDULES = {
     "bad-cron": {"schedule": "cron:99 * * * *"},
     "every-zero": {"schedule": "every:0"},
     "year-9999": {"last_fire": 253402300799.0},
+    # An interval so short that walking its missed fires would take the scheduler (and
+    # the write lock it holds) for ever, with nothing raised.
+    "every-10us": {"schedule": "every:0.00001", "last_fire": time.time() - 3600},
 }
 
 
@@ -4179,6 +4212,22 @@ def insert_finished(db, state, result=None, errors=None):
 
 class TestClearErrors:
 
+    def test_odd_columns_and_control_characters_never_break_the_cli(self, project):
+        """Database text reaches a terminal: odd types give no traceback, and control
+        characters (a window-title escape in a traceback) are shown escaped."""
+        create_db(project)
+        task_id = insert_finished(project.db, FAILURE, result=pack({"type": "x.Y"}),
+                                  errors=pack([1, {"time": "soon", "message": "m"}]))
+        sql(project.db, "UPDATE tasks SET traceback = ?, finished_at = 'later', queue = ? "
+                        "WHERE id = ?", "Traceback\x1b]0;owned\x07 end", b"\xffq", task_id)
+        for args in (("result", project.db, task_id), ("result", project.db, task_id, "--json"),
+                     ("status", project.db)):
+            done = lq(*args, cwd=project.dir)
+            assert "Traceback (most recent call last)" not in done.stderr, (args, done.stderr)
+            assert "\x1b" not in done.stdout + done.stderr, (args, done.stdout, done.stderr)
+            assert done.returncode in (0, 1), (args, done.returncode, done.stderr)
+        assert "\\x1b]0;owned" in lq("result", project.db, task_id, cwd=project.dir).stderr
+
     def test_result_that_is_not_msgpack_is_one_line_in_the_cli(self, project):
         create_db(project)
         task_id = insert_finished(project.db, SUCCESS, result=b"\xc1")
@@ -4286,6 +4335,40 @@ for i in range(int(sys.argv[1])):
 
 
 class TestWakeupHygiene:
+
+    def test_short_lived_apps_leave_no_descriptors_open(self, near_project, workers):
+        """A program that makes an app per request must not run out of descriptors."""
+        create_db(near_project)
+        workers.start(near_project, concurrency=1)
+
+        def open_fds():
+            return len(os.listdir("/proc/self/fd"))
+        for _ in range(3):                         # warm-up: caches and the first app
+            stand_in_app(near_project.db).tasks["tasks.add"].delay(1, 1)
+        gc.collect()
+        before = open_fds()
+        for _ in range(200):
+            stand_in_app(near_project.db).tasks["tasks.add"].delay(1, 1)
+        gc.collect()
+        assert open_fds() - before < 20, open_fds() - before
+
+    def test_a_lock_file_that_cannot_be_read_means_alive_and_a_fifo_never_blocks(
+            self, near_project):
+        """Only a missing lock file, or a free lock, means a dead worker: anything this
+        process cannot read as a lock counts as alive, and opening never blocks."""
+        create_db(near_project)
+        side = litequeue._SideDir(near_project.db)
+        locks = litequeue._Locks(side)
+        try:
+            locks_dir = Path(side.path) / "locks"
+            os.mkfifo(locks_dir / "0123456789ab.lock")
+            (locks_dir / "0123456789ac.lock").mkdir()
+            assert not locks.dead("0123456789ab") and not locks.dead("0123456789ac")
+            assert locks.record("0123456789ab") == (None, None, ())
+            assert locks.dead("0123456789ad")              # no file: dead
+            assert locks.dead("not-an-id/../x")            # never a path: dead, nothing read
+        finally:
+            locks.close()
 
     def test_stale_done_sockets_are_cleaned_up(self, near_project, workers):
         project = near_project
