@@ -2134,8 +2134,8 @@ class _Locks:
         """True if the worker owning this id is dead: its lock is free or was never made.
 
         A held lock always means a live process (SQLite's own WAL locking relies on the
-        same fcntl locks). Closing any descriptor of a file drops every fcntl lock the process has on it, so this
-        process answers for its own locks from _held_locks.
+        same fcntl locks). Closing any descriptor of a file drops every fcntl lock the
+        process has on it, so this process answers for its own locks from _held_locks.
         """
         if worker_id in _held_locks:
             return False
