@@ -52,7 +52,8 @@ __all__ = [
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "SideDirectoryError",
     "CorruptResult", "SerializationError",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
-    "WorkerLostError", "TaskRevoked", "MaxRetriesExceededError", "TimeLimitExceeded",
+    "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
+    "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "crontab",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
@@ -90,6 +91,7 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+import warnings
 import weakref
 import zoneinfo
 
@@ -99,132 +101,6 @@ import msgpack
 
 logger = logging.getLogger("litequeue")
 logger.addHandler(logging.NullHandler())
-
-
-# ---------------------------------------------------------------------------
-# Constants and defaults
-# ---------------------------------------------------------------------------
-
-PENDING = "PENDING"        # queued, waiting for a worker
-SCHEDULED = "SCHEDULED"    # waiting for its ETA
-STARTED = "STARTED"        # claimed by a worker process
-RETRY = "RETRY"            # failed, waiting to be retried
-SUCCESS = "SUCCESS"
-FAILURE = "FAILURE"
-REVOKED = "REVOKED"
-EXPIRED = "EXPIRED"
-UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
-
-READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
-
-# "LQE1": tells our files apart from every other SQLite file.
-APPLICATION_ID = 0x4C514531
-
-# Every setting, with its default. LiteQueue(**settings), config_from_object() and the
-# CLI all read this one table.
-DEFAULTS = {
-    "synchronous": "NORMAL",          # NORMAL survives a process crash; FULL survives power loss
-    "busy_timeout": 30.0,             # seconds a writer waits for the lock before DatabaseBusy
-    "result_expires": 86400,          # seconds finished tasks are kept (None: forever)
-    "timezone": "UTC",                # zone for naive datetimes
-    "imports": (),                    # modules a worker imports (Celery's CELERY_IMPORTS)
-    "task_always_eager": False,       # run tasks inline, for unit tests
-    "task_default_queue": "default",
-    "task_default_priority": 0,
-    "task_max_retries": 3,            # retries when a task's policy or its dying process asks
-    "task_time_limit": None,          # hard limit, seconds: the process is killed
-    "task_soft_time_limit": None,     # soft limit, seconds: SoftTimeLimitExceeded is raised
-    "worker_max_tasks_per_child": None,   # replace a child after this many tasks
-    "worker_max_memory_per_child": None,  # ... or once its resident memory passes this (KiB)
-    "worker_concurrency": os.cpu_count() or 1,
-    "worker_poll_interval": 1.0,      # slowest fallback poll, for writers that do not ring
-    "worker_prefetch": 16,            # largest claim batch when the backlog is deep
-    "worker_shutdown_grace": 30.0,    # seconds a warm shutdown waits for running tasks
-    "worker_autoimport": True,        # import task modules named in the registry table
-    "wal_autocheckpoint": 1000,       # producers' safety net; workers checkpoint off the task path
-}
-
-# Settings that no longer mean anything: accepted with a warning, so old configs load.
-_RETIRED_SETTINGS = {
-    "worker_lease": "a held lock file always means a live worker (SQLite's WAL locking "
-                    "relies on the same locks), so there is no lease to wait out",
-}
-
-# Celery's old upper-case names, as the seed tutorial's celeryconfig.py uses them.
-_CELERY_ALIASES = {
-    "CELERY_IMPORTS": "imports",
-    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
-    "CELERY_RESULT_EXPIRES": "result_expires",
-    "CELERY_TIMEZONE": "timezone",
-    "CELERY_ALWAYS_EAGER": "task_always_eager",
-    "CELERY_TASK_ALWAYS_EAGER": "task_always_eager",
-    "CELERY_DEFAULT_QUEUE": "task_default_queue",
-    "CELERYD_CONCURRENCY": "worker_concurrency",
-    "CELERY_CONCURRENCY": "worker_concurrency",
-    "CELERYD_PREFETCH_MULTIPLIER": None,
-    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
-    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
-    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
-}
-# Settings that name a broker or backend: litequeue has exactly one, the file.
-_BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
-                    "CELERY_ENABLE_UTC", "enable_utc"}
-
-# Results of fast tasks are committed together; a task that ran longer than this commits
-# its result alone, so group commit never delays a result a caller can notice.
-_GROUP_COMMIT_WINDOW = 0.002
-# First fallback poll after activity; it doubles up to worker_poll_interval.
-_POLL_MIN = 0.01
-# How often a supervisor looks for dead workers' locks (a read, never a write).
-_RESCUE_INTERVAL = 2.0
-# How often a supervisor checks the WAL: often while it grows (a busy worker writes about
-# 2.5 KB of WAL per task, up to 100 MB/s here), rarely when it does not.
-_CHECKPOINT_INTERVAL = 0.5
-# The supervisor's last stretch before an ETA is a plain sleep, not a millisecond wait().
-_ETA_FINE_WAIT = 0.002
-_CHECKPOINT_BUSY_INTERVAL = 0.1
-# Past this size the WAL is checkpointed with TRUNCATE, which empties it.
-_WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
-# How long a truncating checkpoint may wait for the write lock and for readers.
-_TRUNCATE_WAIT_MS = 1000
-# A directory listing whose mtime is this recent may miss an entry made in the same tick.
-_LISTING_SETTLE = 0.05
-# A child that dies within this many seconds of starting is restarted with backoff.
-_FAST_DEATH = 1.0
-_RESTART_BACKOFF_MAX = 10.0
-# How often a supervisor re-reads the next due time, for writers that do not ring.
-_SCHEDULER_RESCAN = 2.0
-# Due ETA rows promoted per transaction; the first is small, so that the children start
-# on a burst at once (promoting 200 rows takes about 1 ms).
-_PROMOTE_BATCH = 1000
-_PROMOTE_FIRST_BATCH = 32
-# catch_up="all" fires at most this many missed times per schedule per pass.
-_CATCH_UP_MAX = 1000
-# catch_up="none": a fire later than this is skipped, not run late.
-_CATCH_UP_NONE_GRACE = 10.0
-_CATCH_UP_POLICIES = ("once", "all", "none")
-# Finished rows deleted per pruning transaction: short enough not to hold up claims.
-_PRUNE_BATCH = 2000
-# Free pages handed back per vacuum transaction (1 MiB of 4 KiB pages): one pass over the
-# pages a big prune freed wrote 4 MiB of WAL in a single transaction.
-_VACUUM_STEP_PAGES = 256
-# A worker process retries a busy write lock after 0.1 ms, 0.2 ms, ... up to 2 ms: a claim
-# holds the lock for about 0.1 ms. A producer retries every 0.1 ms, so that delay() is not
-# starved by workers that retake the lock back to back.
-_BUSY_STEP = 0.0001
-_BUSY_STEPS_WORKER = 20
-_BUSY_STEPS_PRODUCER = 1
-
-
-# A busy write lock or a full disk is waited out: retries back off up to this many
-# seconds, and the warning about it repeats at most this often.
-_TROUBLE_BACKOFF_MAX = 1.0
-_TROUBLE_LOG_INTERVAL = 30.0
-# A supervisor step that fails this many times in a row, with bad rows set aside between
-# tries, is not going to recover: the worker ends, so that its service manager restarts it.
-_STEP_FAILURES_MAX = 5
-# How often a supervisor removes wake-up sockets that killed processes left behind.
-_SWEEP_INTERVAL = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +207,10 @@ class SoftTimeLimitExceeded(LitequeueError):
     """Raised inside a task when its soft_time_limit passes, so it can clean up."""
 
 
+class LitequeueWarning(UserWarning):
+    """A setting or option that litequeue accepts but ignores."""
+
+
 class Retry(Exception):
     """Raised by ``self.retry()`` inside a task to ask for a retry.
 
@@ -344,6 +224,278 @@ class Retry(Exception):
         self.countdown = countdown
         self.eta = eta
         self.max_retries = max_retries
+
+
+# ---------------------------------------------------------------------------
+# Constants and defaults
+# ---------------------------------------------------------------------------
+
+PENDING = "PENDING"        # queued, waiting for a worker
+SCHEDULED = "SCHEDULED"    # waiting for its ETA
+STARTED = "STARTED"        # claimed by a worker process
+RETRY = "RETRY"            # failed, waiting to be retried
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+REVOKED = "REVOKED"
+EXPIRED = "EXPIRED"
+UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
+
+READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
+
+# "LQE1": tells our files apart from every other SQLite file.
+APPLICATION_ID = 0x4C514531
+
+def _local_zone_name():
+    """The IANA name of this machine's time zone (TZ, /etc/timezone, /etc/localtime), or
+    UTC where none can be found: litequeue replaces cron, and cron reads local time."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with contextlib.suppress(OSError):
+        with open("/etc/timezone") as f:
+            candidates.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        candidates.append(os.path.realpath("/etc/localtime").partition("zoneinfo/")[2])
+    for name in candidates:
+        if name and not name.startswith("/"):
+            with contextlib.suppress(Exception):
+                zoneinfo.ZoneInfo(name)
+                return name
+    return "UTC"
+
+
+def _check_choice(*choices):
+    def check(value):
+        if str(value).upper() not in choices:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return str(value).upper()
+    return check
+
+
+def _check_number(low=0.0, optional=False, whole=False, above=False):
+    """A number (a timedelta counts in seconds) >= low (> low with above), or None."""
+    def check(value):
+        if value is None and optional:
+            return None
+        if isinstance(value, _dt.timedelta) and not whole:
+            value = value.total_seconds()
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value != value \
+                or value < low or (above and value == low):
+            raise ValueError(("a whole number" if whole else "a number")
+                             + (f" > {low:g}" if above else f" >= {low:g}")
+                             + (", or None" if optional else ""))
+        return value
+    return check
+
+
+def _check_bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("True or False")
+    return value
+
+
+def _check_text(value):
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError("non-empty text")
+    return value
+
+
+def _check_zone(value):
+    if isinstance(value, _dt.tzinfo) and getattr(value, "key", None):
+        return value.key
+    try:
+        zoneinfo.ZoneInfo(str(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"unknown time zone {value!r} (use an IANA name such as "
+                                 "'Asia/Shanghai' or 'UTC')") from None
+    return str(value)
+
+
+def _check_modules(value):
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a module name or a list of module names")
+    return tuple(value)
+
+
+def _check_mapping(value):
+    if value is None:
+        return {}
+    if isinstance(value, (list, tuple)):      # Celery allows a list of route maps
+        merged = {}
+        for part in value:
+            merged.update(_check_mapping(part))
+        return merged
+    if not isinstance(value, dict):
+        raise ValueError("a dict")
+    return dict(value)
+
+
+# Every setting: (default, check, help). LiteQueue(**settings), app.conf.update(),
+# config_from_object() and the worker's CLI options all read this one table; a check
+# returns the value to keep or raises ValueError saying what it must be.
+_SETTINGS = {
+    "synchronous": ("NORMAL", _check_choice("NORMAL", "FULL", "EXTRA", "OFF"),
+                    "NORMAL survives a process crash; FULL also survives power loss"),
+    "busy_timeout": (30.0, _check_number(), "seconds a writer waits for the write lock "
+                     "before DatabaseBusy"),
+    "result_expires": (86400, _check_number(optional=True), "seconds finished tasks are "
+                       "kept (None: forever)"),
+    "timezone": (_local_zone_name(), _check_zone, "IANA zone of naive datetimes and of "
+                 "crontabs without their own tz [default: this machine's zone]"),
+    "imports": ((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
+    "task_always_eager": (False, _check_bool, "run tasks inline, for unit tests"),
+    "task_default_queue": ("default", _check_text, "queue of tasks that name none"),
+    "task_default_priority": (0, _check_number(-2**63, whole=True), "priority of tasks "
+                              "that name none (higher runs first)"),
+    "task_max_retries": (3, _check_number(whole=True, optional=True), "retries a task's "
+                         "policy or the death of its process may use (None: retry "
+                         "requests without end; deaths still stop at 3)"),
+    "task_time_limit": (None, _check_number(optional=True, above=True), "hard limit per "
+                        "task, seconds: the process is killed and replaced"),
+    "task_soft_time_limit": (None, _check_number(optional=True, above=True), "soft limit "
+                             "per task, seconds: SoftTimeLimitExceeded is raised in it"),
+    "task_routes": ({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
+                    "task_routes)"),
+    "beat_schedule": ({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
+                      "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
+    "worker_max_tasks_per_child": (None, _check_number(1, whole=True, optional=True),
+                                   "replace a child after this many tasks"),
+    "worker_max_memory_per_child": (None, _check_number(1, whole=True, optional=True),
+                                    "replace a child after a task leaves it above this "
+                                    "resident memory (KiB)"),
+    "worker_concurrency": (os.cpu_count() or 1, _check_number(1, whole=True),
+                           "worker processes"),
+    "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
+                             "for writers that do not ring"),
+    "worker_prefetch": (16, _check_number(1, whole=True), "largest claim batch when the "
+                        "backlog is deep"),
+    "worker_shutdown_grace": (30.0, _check_number(), "seconds a warm shutdown waits for "
+                              "running tasks"),
+    "worker_autoimport": (True, _check_bool, "import task modules named in the registry "
+                          "table (only files under the worker's directory)"),
+    "wal_autocheckpoint": (1000, _check_number(whole=True), "producers' WAL "
+                           "auto-checkpoint, pages; workers checkpoint off the task path"),
+}
+DEFAULTS = {name: spec[0] for name, spec in _SETTINGS.items()}
+
+
+def _checked_setting(name, value):
+    """The value to keep for a setting, or ConfigurationError naming what it must be."""
+    try:
+        return _SETTINGS[name][1](value)
+    except ConfigurationError:
+        raise
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be {exc}, not {value!r}") from None
+
+
+# Settings that no longer mean anything: accepted with a warning, so old configs load.
+_RETIRED_SETTINGS = {
+    "worker_lease": "a held lock file always means a live worker (SQLite's WAL locking "
+                    "relies on the same locks), so there is no lease to wait out",
+}
+
+# Celery's old upper-case names, as the seed tutorial's celeryconfig.py uses them, and the
+# new names that differ from ours.
+_CELERY_ALIASES = {
+    "CELERY_IMPORTS": "imports",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_RESULT_EXPIRES": "result_expires",
+    "CELERY_TIMEZONE": "timezone",
+    "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_TASK_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_DEFAULT_PRIORITY": "task_default_priority",
+    "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERY_CONCURRENCY": "worker_concurrency",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+    "CELERYD_MAX_MEMORY_PER_CHILD": "worker_max_memory_per_child",
+    "CELERYBEAT_SCHEDULE": "beat_schedule",
+    "CELERY_ROUTES": "task_routes",
+    "task_default_max_retries": "task_max_retries",
+    "task_annotations": None,
+}
+# Settings that name a broker or backend: litequeue has exactly one, the file. They are
+# expected in a ported config (the seed's has them), so they are ignored quietly.
+_BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
+                    "CELERY_ENABLE_UTC", "enable_utc"}
+# Celery settings with no meaning here: ignored with a warning a user sees.
+_CELERY_IGNORED = {
+    "task_acks_late": "a task is acknowledged only when its outcome is committed, always",
+    "CELERY_ACKS_LATE": "a task is acknowledged only when its outcome is committed, always",
+    "worker_prefetch_multiplier": "children prefetch by themselves (worker_prefetch)",
+    "CELERYD_PREFETCH_MULTIPLIER": "children prefetch by themselves (worker_prefetch)",
+    "task_serializer": "payloads are always msgpack",
+    "result_serializer": "results are always msgpack",
+    "accept_content": "payloads are always msgpack",
+    "CELERY_TASK_SERIALIZER": "payloads are always msgpack",
+    "CELERY_RESULT_SERIALIZER": "results are always msgpack",
+    "CELERY_ACCEPT_CONTENT": "payloads are always msgpack",
+    "task_track_started": "a claimed task always reads STARTED",
+    "CELERY_TRACK_STARTED": "a claimed task always reads STARTED",
+    "worker_hijack_root_logger": "the CLI configures logging; a library never does",
+}
+_CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "CELERY_REDIS_")
+
+
+# Results of fast tasks are committed together; a task that ran longer than this commits
+# its result alone, so group commit never delays a result a caller can notice.
+_GROUP_COMMIT_WINDOW = 0.002
+# First fallback poll after activity; it doubles up to worker_poll_interval.
+_POLL_MIN = 0.01
+# How often a supervisor looks for dead workers' locks (a read, never a write).
+_RESCUE_INTERVAL = 2.0
+# How often a supervisor checks the WAL: often while it grows (a busy worker writes about
+# 2.5 KB of WAL per task, up to 100 MB/s here), rarely when it does not.
+_CHECKPOINT_INTERVAL = 0.5
+# The supervisor's last stretch before an ETA is a plain sleep, not a millisecond wait().
+_ETA_FINE_WAIT = 0.002
+_CHECKPOINT_BUSY_INTERVAL = 0.1
+# Past this size the WAL is checkpointed with TRUNCATE, which empties it.
+_WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+# How long a truncating checkpoint may wait for the write lock and for readers.
+_TRUNCATE_WAIT_MS = 1000
+# A directory listing whose mtime is this recent may miss an entry made in the same tick.
+_LISTING_SETTLE = 0.05
+# A child that dies within this many seconds of starting is restarted with backoff.
+_FAST_DEATH = 1.0
+_RESTART_BACKOFF_MAX = 10.0
+# How often a supervisor re-reads the next due time, for writers that do not ring.
+_SCHEDULER_RESCAN = 2.0
+# Due ETA rows promoted per transaction; the first is small, so that the children start
+# on a burst at once (promoting 200 rows takes about 1 ms).
+_PROMOTE_BATCH = 1000
+_PROMOTE_FIRST_BATCH = 32
+# catch_up="all" fires at most this many missed times per schedule per pass.
+_CATCH_UP_MAX = 1000
+# catch_up="none": a fire later than this is skipped, not run late.
+_CATCH_UP_NONE_GRACE = 10.0
+_CATCH_UP_POLICIES = ("once", "all", "none")
+# Finished rows deleted per pruning transaction: short enough not to hold up claims.
+_PRUNE_BATCH = 2000
+# Free pages handed back per vacuum transaction (1 MiB of 4 KiB pages): one pass over the
+# pages a big prune freed wrote 4 MiB of WAL in a single transaction.
+_VACUUM_STEP_PAGES = 256
+# A worker process retries a busy write lock after 0.1 ms, 0.2 ms, ... up to 2 ms: a claim
+# holds the lock for about 0.1 ms. A producer retries every 0.1 ms, so that delay() is not
+# starved by workers that retake the lock back to back.
+_BUSY_STEP = 0.0001
+_BUSY_STEPS_WORKER = 20
+_BUSY_STEPS_PRODUCER = 1
+
+
+# A busy write lock or a full disk is waited out: retries back off up to this many
+# seconds, and the warning about it repeats at most this often.
+_TROUBLE_BACKOFF_MAX = 1.0
+_TROUBLE_LOG_INTERVAL = 30.0
+# A supervisor step that fails this many times in a row, with bad rows set aside between
+# tries, is not going to recover: the worker ends, so that its service manager restarts it.
+_STEP_FAILURES_MAX = 5
+# How often a supervisor removes wake-up sockets that killed processes left behind.
+_SWEEP_INTERVAL = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -1192,6 +1344,31 @@ def _check_header(path):
         raise CorruptDatabase(f"{path} is not a SQLite database (bad header)")
 
 
+# A claimed row, as _SQL_CLAIM returns it.
+_Claimed = collections.namedtuple(
+    "_Claimed", "seq id name payload attempt retries max_retries expires errors")
+
+
+class _Outcome:
+    """How one claimed row ended, as complete_and_claim (or a rescue) records it. tag is
+    the prefix of the get() waiters to ring (None: nobody can wait on the row)."""
+
+    __slots__ = ("state", "result", "traceback", "seq", "attempt", "tag", "eta", "errors",
+                 "retried")
+
+    def __init__(self, state, result=None, traceback=None, *, seq, attempt, tag, eta=None,
+                 errors=None, retried=0):
+        self.state, self.result, self.traceback = state, result, traceback
+        self.seq, self.attempt, self.tag = seq, attempt, tag
+        self.eta, self.errors, self.retried = eta, errors, retried
+
+    def params(self, worker, now):
+        """The named parameters of _SQL_COMPLETE and _SQL_SETTLE_LOST."""
+        return {"state": self.state, "result": self.result, "traceback": self.traceback,
+                "eta": self.eta, "errors": self.errors, "retried": self.retried, "now": now,
+                "seq": self.seq, "attempt": self.attempt, "worker": worker}
+
+
 class _Storage:
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
@@ -1418,14 +1595,14 @@ class _Storage:
         rejected = 0
         with self.write() as conn:
             for o in outcomes:
-                conn.execute(_SQL_COMPLETE, (o.state, o.result, o.traceback, o.eta, o.errors,
-                                             o.retried, now, o.seq, o.attempt, worker))
+                conn.execute(_SQL_COMPLETE, o.params(worker, now))
                 if conn.changes() == 0:
                     rejected += 1
             for seq in release:
-                conn.execute(_SQL_RELEASE, (seq, worker))
-            rows = conn.execute(_SQL_CLAIM, {"worker": worker, "pid": pid, "now": now,
-                                             "queue": queue, "n": n}).fetchall() if n else []
+                conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
+            rows = [_Claimed(*row) for row in conn.execute(
+                _SQL_CLAIM, {"worker": worker, "pid": pid, "now": now, "queue": queue,
+                             "n": n})] if n else []
         return rows, rejected
 
     def rescue(self, worker, crashed_seq, settle, now):
@@ -1441,12 +1618,11 @@ class _Storage:
             for values in conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall():
                 row = dict(zip(cols, values))
                 if row["seq"] != crashed_seq:
-                    conn.execute(_SQL_RELEASE, (row["seq"], worker))
+                    conn.execute(_SQL_RELEASE, {"seq": row["seq"], "worker": worker})
                     requeued += 1
                     continue
                 o = settle(row)
-                conn.execute(_SQL_SETTLE_LOST, (o.state, o.result, o.traceback, o.eta, o.errors,
-                                                o.retried, now, row["seq"], worker))
+                conn.execute(_SQL_SETTLE_LOST, o.params(worker, now))
                 if o.state == FAILURE:
                     failed += 1
                 else:
@@ -1522,7 +1698,7 @@ class _Storage:
 
     # -- scheduler ---------------------------------------------------------------------
 
-    def _in_batches(self, sql, value, batch, after_batch=None, first_batch=None):
+    def _in_batches(self, sql, params, batch, after_batch=None, first_batch=None):
         """Run a statement that changes at most `batch` rows per call (`first_batch` the
         first time), one transaction per batch so no writer waits long, until it changes
         fewer; after_batch() follows each batch that changed rows. Returns the total."""
@@ -1530,7 +1706,7 @@ class _Storage:
         batch, next_batch = first_batch or batch, batch
         while True:
             with self.write() as conn:
-                conn.execute(sql, (value, batch))
+                conn.execute(sql, dict(params, n=batch))
                 changed = conn.changes()
             total += changed
             if changed and after_batch is not None:
@@ -1551,7 +1727,7 @@ class _Storage:
     def promote_due(self, now, after_batch=None):
         """Move ETA rows that are due to PENDING, one hop; returns how many. A small
         first transaction lets the workers start on a burst while the rest moves."""
-        return self._in_batches(_SQL_PROMOTE_DUE, now, _PROMOTE_BATCH, after_batch,
+        return self._in_batches(_SQL_PROMOTE_DUE, {"now": now}, _PROMOTE_BATCH, after_batch,
                                 first_batch=_PROMOTE_FIRST_BATCH)
 
     def next_due_and_fire(self):
@@ -1586,10 +1762,12 @@ class _Storage:
                     continue
                 fired = 0
                 for task_id, _ in fires:
-                    conn.execute(_SQL_INSERT_FIRE, (task_id, row["task"], row["queue"],
-                                                    row["priority"], row["payload"], now))
+                    conn.execute(_SQL_INSERT_FIRE, {
+                        "id": task_id, "name": row["task"], "queue": row["queue"],
+                        "priority": row["priority"], "payload": row["payload"], "now": now})
                     fired += conn.changes()
-                conn.execute(_SQL_SET_FIRED, (last_fire, next_fire, fired, row["name"]))
+                conn.execute(_SQL_SET_FIRED, {"last_fire": last_fire, "next_fire": next_fire,
+                                              "fired": fired, "name": row["name"]})
                 queued += fired
         return queued
 
@@ -1646,7 +1824,7 @@ class _Storage:
                 stage = progress(worker, seq)
                 if stage == "finished" or (stage == "running" and not terminate):
                     return False
-            conn.execute(_SQL_REVOKE, (now, seq))
+            conn.execute(_SQL_REVOKE, {"now": now, "seq": seq})
             return conn.changes() > 0
 
     def states_of(self, seqs, locked=False):
@@ -1658,7 +1836,7 @@ class _Storage:
     def prune(self, cutoff):
         """Delete rows finished before cutoff, a batch per transaction so claims are never
         held up for long, then hand the freed pages back to the filesystem."""
-        deleted = self._in_batches(_SQL_PRUNE, cutoff, _PRUNE_BATCH,
+        deleted = self._in_batches(_SQL_PRUNE, {"cutoff": cutoff}, _PRUNE_BATCH,
                                    after_batch=self.truncate_wal_if_large)
         if deleted:
             self._vacuum()
@@ -1687,7 +1865,7 @@ class _Storage:
 
     def purge(self, queue=None):
         """Delete every task waiting to run (in one queue, or all); returns how many."""
-        return self._in_batches(_SQL_PURGE, queue, _PRUNE_BATCH)
+        return self._in_batches(_SQL_PURGE, {"queue": queue}, _PRUNE_BATCH)
 
     def counts(self):
         return self.conn.execute(_SQL_COUNTS).fetchall()
@@ -2246,6 +2424,65 @@ def _progress(locks, worker, seq):
     return "running" if seq == running else "finished" if seq in begun else None
 
 # ---------------------------------------------------------------------------
+# Task policy: pure decisions, unit-tested with an injected clock
+# ---------------------------------------------------------------------------
+
+# Task(max_retries=...) not given: the app's task_max_retries applies.
+_UNSET = object()
+# A row whose process keeps dying is failed after this many deaths when its retry budget
+# has no bound (max_retries=None): a task that kills its process must not loop for ever.
+_DEATH_RETRIES = 3
+
+
+def _retry_budget(asked, stored, task_value, default):
+    """How many retries a row may use, None for no bound: the retry request's
+    max_retries, else the row's, else the task's, else the app's task_max_retries. A task
+    defined with max_retries=None retries on request without end, as in Celery."""
+    for value in (asked, stored):
+        if value is not None:
+            return value
+    return default if task_value is _UNSET else task_value
+
+
+def _error_entry(exc, attempt, now):
+    """One line of a task's error history."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    return {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": message,
+            "time": now, "attempt": attempt}
+
+
+def _history(blob):
+    """A row's error history as a list; a history that cannot be read starts over with a
+    note saying so, rather than stopping whoever records the next error."""
+    if not blob:
+        return []
+    try:
+        history = _unpack(blob)
+        if isinstance(history, list):
+            return history
+    except Exception:
+        pass
+    return [{"type": "litequeue.CorruptResult", "message": "earlier error history could not "
+             "be decoded", "time": time.time(), "attempt": None}]
+
+
+def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
+    """The one retry policy, for a task that raised and for a row whose process died.
+
+    Returns (state, eta, retried, history): RETRY due at now + delay() when a retry is
+    wanted and retries < budget (None: no bound), else FAILURE. The error joins the
+    row's history either way; delay() is only called for a retry (it may draw jitter).
+    """
+    history = list(history) + [error]
+    if wants_retry and (budget is None or retries < budget):
+        return RETRY, now + delay(), 1, history
+    return FAILURE, None, 0, history
+
+
+# ---------------------------------------------------------------------------
 # App and task API
 # ---------------------------------------------------------------------------
 
@@ -2292,7 +2529,7 @@ class Task:
                 "time_limit", "soft_time_limit"}
 
     def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
-                 max_retries=None, autoretry_for=(), retry_backoff=False,
+                 max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
                  retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
                  time_limit=None, soft_time_limit=None):
         default_name, module = _task_name_for(fn)
@@ -2303,8 +2540,11 @@ class Task:
         self.queue = None if queue is None else _checked_text("queue", queue)
         self.priority = None if priority is None else _checked_priority(priority)
         self.bind = bind
-        if max_retries is not None and (not isinstance(max_retries, int) or max_retries < 0):
-            raise ConfigurationError(f"max_retries must be a whole number >= 0, not {max_retries!r}")
+        if max_retries not in (None, _UNSET) and (isinstance(max_retries, bool) or
+                                                   not isinstance(max_retries, int) or
+                                                   max_retries < 0):
+            raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
+                                     f"bound), not {max_retries!r}")
         self.max_retries = max_retries
         self.autoretry_for = tuple(autoretry_for)
         if not all(isinstance(t, type) and issubclass(t, BaseException)
@@ -2575,8 +2815,9 @@ class EagerResult(AsyncResult):
 
     def __init__(self, id, app, state, value, tb=None):
         super().__init__(id, app)
-        self._row = {"id": id, "state": state, "result": None, "traceback": tb,
-                     "finished_at": time.time(), "retries": 0, "name": None}
+        self._row = dict.fromkeys(_Storage._TASK_COLUMNS)     # a whole row, as a worker's
+        self._row.update(id=id, state=state, traceback=tb, finished_at=time.time(),
+                         retries=0, attempt=1)
         self._value = value
 
     def _fetch(self):
@@ -2699,7 +2940,7 @@ class LiteQueue:
 
     def __init__(self, path, **settings):
         self.path = os.path.abspath(os.fspath(path))
-        self.conf = dict(DEFAULTS)
+        self.conf = _Conf(DEFAULTS)
         self.tasks = {}
         self.periodic = {}
         self._local = threading.local()
@@ -2719,47 +2960,27 @@ class LiteQueue:
     # -- configuration ------------------------------------------------------------------
 
     def update_settings(self, settings):
-        """Apply settings by their DEFAULTS names; an unknown name is an error."""
-        conf = dict(self.conf)
-        for key, value in settings.items():
-            if key in _RETIRED_SETTINGS:
-                logger.warning("setting %s is ignored: %s", key, _RETIRED_SETTINGS[key])
-                continue
-            if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigurationError(f"unknown setting {key!r}{hint}")
-            conf[key] = value
-        _validate_settings(conf)   # a bad value leaves the settings as they were
-        self.conf = conf
+        """Apply settings by their names in the settings table (Celery's names are
+        accepted too); every value is checked first, and a bad one changes nothing."""
+        self.conf.update(settings)
 
     def config_from_object(self, obj):
-        """Read settings from a module, a module name, a class or a mapping.
-
-        Lower-case names are those of DEFAULTS; Celery's old upper-case names
-        (CELERY_IMPORTS, CELERY_TASK_RESULT_EXPIRES, ...) are accepted too.
-        """
+        """Read settings from a module, a module name, a class or a mapping, as Celery's
+        does. Names that are neither settings nor close to one (imports, helpers) are
+        passed over; a misspelled setting is refused with a suggestion."""
         if isinstance(obj, str):
             obj = importlib.import_module(obj)
         items = obj.items() if isinstance(obj, dict) else (
             (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
         settings = {}
         for key, value in items:
-            if key in DEFAULTS:
+            if _setting_name(key) is not None:
                 settings[key] = value
-            elif key in _CELERY_ALIASES:
-                if _CELERY_ALIASES[key]:
-                    settings[_CELERY_ALIASES[key]] = value
-            elif key in _BROKER_SETTINGS:
-                logger.info("ignoring %s: litequeue's broker and backend is the database file", key)
             elif not callable(value) and not isinstance(value, type(sys)):
-                close = difflib.get_close_matches(key, list(DEFAULTS) + list(_CELERY_ALIASES),
-                                                  n=1, cutoff=0.8)
+                close = difflib.get_close_matches(key, _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
                 if close:
-                    logger.warning("config: ignoring unknown setting %r (did you mean %r?)",
-                                   key, close[0])
-        if "imports" in settings and isinstance(settings["imports"], str):
-            settings["imports"] = (settings["imports"],)
+                    raise ConfigurationError(f"unknown setting {key!r} (did you mean "
+                                             f"{close[0]!r}?)")
         self.update_settings(settings)
 
     # -- tasks --------------------------------------------------------------------------
@@ -2943,7 +3164,8 @@ class LiteQueue:
         return {"id": task_id, "name": name, "queue": queue, "priority": priority,
                 "state": SCHEDULED if scheduled else PENDING, "payload": payload,
                 "eta": eta_at if scheduled else None, "expires": expires_at,
-                "max_retries": task.max_retries if task else None, "created_at": now}
+                "max_retries": task.max_retries if task and isinstance(task.max_retries, int)
+                else None, "created_at": now}
 
     def _timing(self, now, countdown, eta, expires):
         """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
@@ -2973,25 +3195,77 @@ class LiteQueue:
         _request.current = _Request(task_id, args, kwargs, name=name)
         try:
             value = task(*args, **kwargs)
-            _pack(value)
         except Exception as exc:
             return EagerResult(task_id, self, FAILURE, exc, _traceback.format_exc())
         finally:
             _request.current = None
+        try:    # the value a worker would store and get() would read back
+            value = _unpack(_pack(value))
+        except Exception as exc:
+            error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
+                                       f"{type(exc).__name__}: {_saferepr(exc)}")
+            return EagerResult(task_id, self, FAILURE, error, _traceback.format_exc())
         return EagerResult(task_id, self, SUCCESS, value)
 
 
-def _validate_settings(conf):
-    if str(conf["synchronous"]).upper() not in ("NORMAL", "FULL", "EXTRA", "OFF"):
-        raise ConfigurationError(f"synchronous must be NORMAL or FULL, not {conf['synchronous']!r}")
-    for key in ("busy_timeout", "worker_poll_interval", "worker_shutdown_grace"):
-        if not isinstance(conf[key], (int, float)) or conf[key] < 0:
-            raise ConfigurationError(f"{key} must be a number of seconds >= 0")
-    if not isinstance(conf["worker_concurrency"], int) or conf["worker_concurrency"] < 1:
-        raise ConfigurationError("worker_concurrency must be a whole number >= 1")
-    if isinstance(conf["imports"], str):
-        conf["imports"] = (conf["imports"],)
-    _zone(conf["timezone"])
+_KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
+                        *_RETIRED_SETTINGS]
+
+
+def _setting_name(key):
+    """Our name for a settings key: the key itself, Celery's equivalent, "" for a name
+    that is known but ignored, or None for a name that is not a setting."""
+    if key in _SETTINGS:
+        return key
+    if key in _CELERY_ALIASES:
+        return _CELERY_ALIASES[key] or ""
+    if key in _BROKER_SETTINGS or key in _CELERY_IGNORED or key in _RETIRED_SETTINGS \
+            or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
+        return ""
+    return None
+
+
+def _merged_settings(conf, settings):
+    """conf with settings applied, every value checked (ConfigurationError for an
+    unknown name or a bad value); names with no meaning here are ignored, and those a
+    user may expect to work are warned about."""
+    conf = dict(conf)
+    for key, value in settings.items():
+        name = _setting_name(key)
+        if name is None:
+            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(f"unknown setting {key!r}{hint}")
+        if name:
+            conf[name] = _checked_setting(name, value)
+        elif key in _BROKER_SETTINGS:
+            logger.info("ignoring %s: litequeue's broker and backend is the database file", key)
+        else:
+            why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
+                "litequeue has no broker to configure"
+            warnings.warn(f"setting {key} is ignored: {why}", LitequeueWarning, stacklevel=4)
+    return conf
+
+
+class _Conf(dict):
+    """app.conf: the settings as a dict, also readable as attributes (app.conf.timezone).
+    update(), item and attribute assignment check every value first, as LiteQueue(...)
+    does: a bad value raises at once and changes nothing."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}") from None
+
+    def __setattr__(self, name, value):
+        self.update({name: value})
+
+    def __setitem__(self, name, value):
+        self.update({name: value})
+
+    def update(self, *args, **kwargs):
+        dict.update(self, _merged_settings(self, dict(*args, **kwargs)))
 
 
 def _unknown_task_message(name, known):
@@ -3173,19 +3447,6 @@ def _configure_logging(level):
                         format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
 
 
-class _Outcome:
-    """How one claimed row ended, as complete_and_claim records it."""
-
-    __slots__ = ("state", "result", "traceback", "seq", "attempt", "tag", "eta", "errors",
-                 "retried")
-
-    def __init__(self, state, result=None, traceback=None, *, seq, attempt, tag, eta=None,
-                 errors=None, retried=0):
-        self.state, self.result, self.traceback = state, result, traceback
-        self.seq, self.attempt, self.tag = seq, attempt, tag
-        self.eta, self.errors, self.retried = eta, errors, retried
-
-
 def _resident_kib():
     """This process's resident memory in KiB (current, not peak)."""
     with open("/proc/self/statm") as f:
@@ -3208,34 +3469,38 @@ def _waiting_out(action, doing):
             delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
 
 
-def _history(blob):
-    """A row's error history as a list; a history that cannot be read starts over with a
-    note saying so, rather than stopping whoever records the next error."""
-    if not blob:
-        return []
-    try:
-        history = _unpack(blob)
-        if isinstance(history, list):
-            return history
-    except Exception:
-        pass
-    return [{"type": "litequeue.CorruptResult", "message": "earlier error history could not "
-             "be decoded", "time": time.time(), "attempt": None}]
-
-
 def _tag(task_id):
     """The prefix of get() waiters' socket names for a task (None: nobody can wait)."""
     return _short_hash(task_id) if isinstance(task_id, str) else None
 
 
-def _error_entry(exc, attempt):
-    """One line of a task's error history."""
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type(exc).__name__}>"
-    return {"type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": message,
-            "time": time.time(), "attempt": attempt}
+class _Pending:
+    """What a child holds between commits: outcomes of rows it ran that wait for the
+    next (group) commit, and rows it claimed but has not begun."""
+
+    def __init__(self):
+        self.outcomes = []
+        self.claimed = collections.deque()
+        self.since = None            # when the oldest uncommitted outcome's task started
+
+    def begun(self):
+        return [o.seq for o in self.outcomes]
+
+    def add(self, outcome, started):
+        self.outcomes.append(outcome)
+        if self.since is None:
+            self.since = started
+
+    def take(self):
+        """The outcomes to commit now; none are kept."""
+        outcomes, self.outcomes, self.since = self.outcomes, [], None
+        return outcomes
+
+    def unclaim(self):
+        """The seqs of the claimed rows, to hand back; none are kept."""
+        seqs = [row.seq for row in self.claimed]
+        self.claimed.clear()
+        return seqs
 
 
 class _Child:
@@ -3325,78 +3590,99 @@ class _Child:
         return queue
 
     def _loop(self):
-        outcomes = []             # finished, not yet committed
-        claimed = []              # claimed, not yet run (reversed: pop() takes the next)
-        batch = 1
-        last_duration = 0.0
-        first_uncommitted = None
-        while True:
-            if not claimed:
-                if self._parent_gone():
-                    self.orphaned = True
-                want = 0 if (self.stopping or self.orphaned) else batch
-                rows = self._commit(outcomes, want)
-                outcomes, first_uncommitted = [], None
-                if want == 0:
-                    return
-                if not rows:
-                    # The batch size survives idleness: it was learnt from how fast the
-                    # tasks run, and any slow task resets it.
-                    rows = self._idle()
-                    if rows is None:
-                        continue
-                # Claim more at once only while the backlog is deep and tasks are fast.
-                if len(rows) >= batch and last_duration < _GROUP_COMMIT_WINDOW:
-                    batch = min(batch * 2, self.prefetch)
-                claimed = rows[::-1]
-            row = claimed.pop()
-            begun = [outcome.seq for outcome in outcomes]
-            self.lock.executing(row[0], begun=begun)   # before the counter: see _RevokeCounter
-            revocations = self.revocations.value()
-            if revocations != self.revocations_seen:
-                self.revocations_seen = revocations
-                seqs = [row[0]] + [r[0] for r in claimed]
-                states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
-                                      "reading revoked rows again")
-                claimed = [r for r in claimed if states.get(r[0]) == STARTED]
-                if states.get(row[0]) != STARTED:
-                    self.lock.executing(0, begun=begun)
-                    continue
-            if outcomes and self._durations.get(row[2], 1.0) > _GROUP_COMMIT_WINDOW:
-                # This task may be slow: do not make finished results wait for it.
-                self._commit(outcomes, 0)
-                outcomes, first_uncommitted = [], None
-            started = time.monotonic()
-            # If anything ends this process before the next line, the record still names
-            # the row, and the supervisor charges the row with it.
-            outcomes.append(self._execute(row, begun))
-            self.lock.executing(0, begun=begun + [row[0]])
-            now = time.monotonic()
-            last_duration = now - started
-            previous = self._durations.get(row[2], last_duration)
-            self._durations[row[2]] = 0.7 * previous + 0.3 * last_duration
-            if last_duration > _GROUP_COMMIT_WINDOW:
-                batch = 1
-            self.tasks_done += 1
-            if self._used_up():
-                self.stopping = True
-            if not claimed:
-                continue
-            if self.stopping or self._parent_gone():
-                # Finish what ran, give the rest back, and go.
-                self._commit(outcomes, 0, release=[r[0] for r in claimed])
-                return
-            if last_duration > _GROUP_COMMIT_WINDOW:
-                # A slow task: hand the prefetched rows back so idle children can have
-                # them, instead of making them wait behind this child.
-                self._commit(outcomes, 0, release=[r[0] for r in claimed])
-                outcomes, claimed, first_uncommitted = [], [], None
-                continue
-            if first_uncommitted is None:
-                first_uncommitted = started
-            if now - first_uncommitted > _GROUP_COMMIT_WINDOW:
-                self._commit(outcomes, 0)
-                outcomes, first_uncommitted = [], None
+        """Run rows until told to stop: a short loop over step()."""
+        self.pending = _Pending()
+        self.batch = 1                 # rows to claim at once: grows while tasks are fast
+        self.last_duration = 0.0
+        while self.step():
+            pass
+
+    def step(self):
+        """One pass: claim rows if none is held, else run the next one. Returns False
+        when the child should exit."""
+        if not self.pending.claimed:
+            return self._refill()
+        row = self.pending.claimed.popleft()
+        if self._still_ours(row):
+            self._run(row)
+        return self._after_run()
+
+    def _refill(self):
+        """Commit what ran and claim the next batch, sleeping until there is one. False
+        once the child is stopping (or orphaned) and has committed everything."""
+        if self._parent_gone():
+            self.orphaned = True
+        want = 0 if (self.stopping or self.orphaned) else self.batch
+        rows = self._commit(self.pending.take(), want)
+        if want == 0:
+            return False
+        if not rows:
+            # The batch size survives idleness: it was learnt from how fast the tasks
+            # run, and any slow task resets it.
+            rows = self._idle()
+            if rows is None:
+                return True
+        # Claim more at once only while the backlog is deep and tasks are fast.
+        if len(rows) >= self.batch and self.last_duration < _GROUP_COMMIT_WINDOW:
+            self.batch = min(self.batch * 2, self.prefetch)
+        self.pending.claimed.extend(rows)
+        return True
+
+    def _still_ours(self, row):
+        """Record the row as the one about to run, then check that no revoke took it
+        (see _RevokeCounter for why in this order). A revoke drops the claimed rows it
+        took too."""
+        begun = self.pending.begun()
+        self.lock.executing(row.seq, begun=begun)
+        revocations = self.revocations.value()
+        if revocations == self.revocations_seen:
+            return True
+        self.revocations_seen = revocations
+        claimed = self.pending.claimed
+        seqs = [row.seq] + [r.seq for r in claimed]
+        states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
+                              "reading revoked rows again")
+        self.pending.claimed = collections.deque(r for r in claimed
+                                                 if states.get(r.seq) == STARTED)
+        if states.get(row.seq) == STARTED:
+            return True
+        self.lock.executing(0, begun=begun)
+        return False
+
+    def _run(self, row):
+        """Run one row and keep its outcome for the next commit."""
+        if self.pending.outcomes and self._durations.get(row.name, 1.0) > _GROUP_COMMIT_WINDOW:
+            self._commit(self.pending.take(), 0)   # this task may be slow: commit first
+        begun = self.pending.begun()
+        started = time.monotonic()
+        # If anything ends this process before the next line, the lock record still
+        # names the row, and the supervisor charges the row with it.
+        outcome = self._execute(row, begun)
+        self.lock.executing(0, begun=begun + [row.seq])
+        self.pending.add(outcome, started)
+        self.last_duration = duration = time.monotonic() - started
+        self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
+        if duration > _GROUP_COMMIT_WINDOW:
+            self.batch = 1
+        self.tasks_done += 1
+        if self._used_up():
+            self.stopping = True
+
+    def _after_run(self):
+        """Commit once the group-commit window has passed; give the claimed rows back
+        when stopping, or after a slow task so that idle children can have them."""
+        pending = self.pending
+        if not pending.claimed:
+            return True                 # the next step commits, then claims
+        if self.stopping or self._parent_gone():
+            self._commit(pending.take(), 0, release=pending.unclaim())
+            return False
+        if self.last_duration > _GROUP_COMMIT_WINDOW:
+            self._commit(pending.take(), 0, release=pending.unclaim())
+        elif pending.since is not None and \
+                time.monotonic() - pending.since > _GROUP_COMMIT_WINDOW:
+            self._commit(pending.take(), 0)
+        return True
 
     def _used_up(self):
         """True once this child should be replaced (max tasks or memory per child)."""
@@ -3535,10 +3821,10 @@ class _Child:
         except Exception as exc:
             message = (f"the worker could not handle this task row: {type(exc).__name__}: "
                        f"{_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", _saferepr(row[2], 200),
-                         _saferepr(row[1], 100), message)
+            logger.error("Task %s[%s] failed: %s", _saferepr(row.name, 200),
+                         _saferepr(row.id, 100), message)
             return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
-                            seq=row[0], attempt=row[4], tag=_tag(row[1]))
+                            seq=row.seq, attempt=row.attempt, tag=_tag(row.id))
 
     def _run_row(self, row, begun):
         seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
@@ -3605,34 +3891,40 @@ class _Child:
         return outcome(SUCCESS, result)
 
     def _failed(self, task, row, exc, tb, outcome):
-        """A raising task: RETRY if its policy asks and allows, else FAILURE."""
-        seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
+        """A raising task: RETRY if its policy asks and its budget allows, else FAILURE."""
         asked = exc if isinstance(exc, Retry) else None
         cause = asked.exc if asked is not None and asked.exc is not None else exc
-        wants_retry = asked is not None or (
+        wants_retry = asked is not None or bool(
             task.autoretry_for and isinstance(exc, task.autoretry_for))
-        limit = next(v for v in (asked.max_retries if asked else None, max_retries,
-                                 task.max_retries, self.default_max_retries) if v is not None)
-        history = _history(errors) + [_error_entry(cause, attempt)]
-        if wants_retry and retries < limit:
-            if asked is not None and asked.eta is not None:
-                eta = _to_instant(asked.eta, _UTC, "eta")
-            elif asked is not None and asked.countdown is not None:
-                eta = time.time() + float(asked.countdown)
-            else:
-                eta = time.time() + task.backoff(retries)
-            logger.warning("Task %s[%s] retry %d/%d in %.2fs: %s: %s", name, task_id,
-                           retries + 1, limit, eta - time.time(), type(cause).__name__,
-                           _saferepr(cause))
+        budget = _retry_budget(asked.max_retries if asked else None, row.max_retries,
+                               task.max_retries, self.default_max_retries)
+        now = time.time()
+        state, eta, retried, history = _after_failure(
+            retries=row.retries, budget=budget, wants_retry=wants_retry,
+            delay=lambda: self._retry_delay(task, asked, row.retries, now), now=now,
+            history=_history(row.errors), error=_error_entry(cause, row.attempt, now))
+        if state == RETRY:
+            logger.warning("Task %s[%s] retry %d/%s in %.2fs: %s: %s", row.name, row.id,
+                           row.retries + 1, "unbounded" if budget is None else budget,
+                           eta - now, type(cause).__name__, _saferepr(cause))
             return outcome(RETRY, _encode_error(cause), tb, eta=eta, errors=_pack(history),
-                           retried=1)
+                           retried=retried)
         if asked is not None and asked.exc is None:
-            cause = MaxRetriesExceededError(
-                f"{name}[{task_id}] asked for a retry after {retries} retries (max {limit})")
-            history[-1] = _error_entry(cause, attempt)
-        logger.error("Task %s[%s] raised %s: %s", name, task_id, type(cause).__name__,
+            cause = MaxRetriesExceededError(f"{row.name}[{row.id}] asked for a retry after "
+                                            f"{row.retries} retries (max {budget})")
+            history[-1] = _error_entry(cause, row.attempt, now)
+        logger.error("Task %s[%s] raised %s: %s", row.name, row.id, type(cause).__name__,
                      _saferepr(cause))
         return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
+
+    @staticmethod
+    def _retry_delay(task, asked, retries, now):
+        """Seconds until a retry: the request's eta or countdown, else the backoff."""
+        if asked is not None and asked.eta is not None:
+            return _to_instant(asked.eta, _UTC, "eta") - now
+        if asked is not None and asked.countdown is not None:
+            return float(asked.countdown)
+        return task.backoff(retries)
 
     def _find_late(self, name):
         """A name this child does not know: maybe a producer registered a new module.
@@ -4004,30 +4296,36 @@ class _Supervisor:
         return next_deadline
 
     def _settle_lost(self, exc):
-        """How the row a dead process was executing ends: a retry if the task's policy
-        asks for it (time limits) or its budget allows (a lost worker), else FAILURE.
-        A row whose columns cannot be read ends FAILURE."""
+        """How the row a dead process was executing ends, by the task policy: requeued
+        at once if its budget allows (a lost worker; at most _DEATH_RETRIES deaths when
+        the budget has no bound), retried on its backoff if the task's autoretry_for
+        covers a time limit, else FAILURE. A row whose columns cannot be read ends
+        FAILURE."""
         def settle(row):
-            history = _history(row["errors"]) + [_error_entry(exc, row["attempt"])]
-            outcome = functools.partial(_Outcome, seq=row["seq"], attempt=row["attempt"],
-                                        tag=None, errors=_pack(history))
+            now = time.time()
+            history = _history(row["errors"])
+            error = _error_entry(exc, row["attempt"], now)
             try:
                 task = self.tasks.get(row["name"])
-                limit = next(v for v in (row["max_retries"], task.max_retries if task else None,
-                                         self.settings["task_max_retries"]) if v is not None)
-                if row["retries"] < limit:
-                    if isinstance(exc, TimeLimitExceeded):
-                        if task is not None and task.autoretry_for and \
-                                isinstance(exc, task.autoretry_for):
-                            return outcome(RETRY, _encode_error(exc), str(exc),
-                                           eta=time.time() + task.backoff(row["retries"]),
-                                           retried=1)
-                    else:
-                        return outcome(PENDING, _encode_error(exc), str(exc), retried=1)
+                timed_out = isinstance(exc, TimeLimitExceeded)
+                budget = _retry_budget(None, row["max_retries"],
+                                       task.max_retries if task else _UNSET,
+                                       self.settings["task_max_retries"])
+                state, eta, retried, history = _after_failure(
+                    retries=row["retries"], budget=_DEATH_RETRIES if budget is None else budget,
+                    wants_retry=not timed_out or bool(task and task.autoretry_for and
+                                                      isinstance(exc, task.autoretry_for)),
+                    delay=lambda: task.backoff(row["retries"]) if timed_out else 0.0,
+                    now=now, history=history, error=error)
+                if state == RETRY and not timed_out:
+                    state, eta = PENDING, None      # requeued now, not through the scheduler
             except Exception as bad:
                 logger.error("task row %s: cannot apply its retry policy: %s", row["seq"],
                              _saferepr(bad))
-            return outcome(FAILURE, _encode_error(exc), str(exc))
+                state, eta, retried, history = FAILURE, None, 0, history + [error]
+            return _Outcome(state, _encode_error(exc), str(exc), seq=row["seq"],
+                            attempt=row["attempt"], tag=None, eta=eta, errors=_pack(history),
+                            retried=retried)
         return settle
 
     def _run_scheduler(self):
@@ -4180,8 +4478,7 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
         periodic = _collect_apps(db)[2]
     finally:
         probe.close()
-    conf.update(settings or {})
-    _validate_settings(conf)
+    conf = _merged_settings(conf, settings or {})
     supervisor = _Supervisor(
         db, concurrency=concurrency or conf["worker_concurrency"],
         queues=list(queues or [conf["task_default_queue"]]), modules=spec["modules"],

@@ -858,9 +858,11 @@ class TestSerialization:
     def test_exception_tree(self):
         for name in litequeue.__all__:
             obj = getattr(litequeue, name)
-            if isinstance(obj, type) and issubclass(obj, BaseException) and name != "Retry":
+            if isinstance(obj, type) and issubclass(obj, BaseException) and name != "Retry" \
+                    and not issubclass(obj, Warning):
                 assert issubclass(obj, LitequeueError), name
         assert not issubclass(litequeue.Retry, LitequeueError)
+        assert issubclass(litequeue.LitequeueWarning, UserWarning)   # shown by default
         assert issubclass(litequeue.TimeoutError, TimeoutError)
         assert issubclass(UnknownTask, KeyError) and issubclass(ConfigurationError, ValueError)
 
@@ -1697,16 +1699,21 @@ class TestApp:
         ({"synchronous": "SOMETIMES"}, "synchronous"),
         ({"worker_concurrency": 0}, "worker_concurrency"),
         ({"busy_timeout": -1}, "busy_timeout"),
-    ], ids=["unknown", "misspelt", "synchronous", "concurrency", "busy-timeout"])
+        ({"worker_poll_interval": 0}, "worker_poll_interval must be a number >= 0.01"),
+    ], ids=["unknown", "misspelt", "synchronous", "concurrency", "busy-timeout", "poll-0"])
     def test_bad_settings(self, tmp_path, settings, message):
         with pytest.raises(ConfigurationError, match=message):
             LiteQueue(str(tmp_path / "x.sqlite"), **settings)
         app = LiteQueue(str(tmp_path / "x.sqlite"))
-        if "unknown setting" in message or "did you mean" in message:
+        with pytest.raises(ConfigurationError, match=message):
+            app.conf.update(settings)                  # checked at once, as Celery's is not
+        assert app.conf == LiteQueue(str(tmp_path / "y.sqlite")).conf
+        if "unknown setting" in message:
             # A config module holds other names too (imports, helpers): they are skipped.
             app.config_from_object(settings)
             assert not set(settings) & set(app.conf)
         else:
+            # A misspelt setting in a config module is refused with a suggestion.
             with pytest.raises(ConfigurationError, match=message):
                 app.config_from_object(settings)
 
