@@ -66,6 +66,7 @@ import datetime as _dt
 import difflib
 import errno
 import fcntl
+import fnmatch
 import functools
 import hashlib
 import importlib
@@ -258,8 +259,11 @@ def _local_zone_name():
         if name and not name.startswith("/"):
             with contextlib.suppress(Exception):
                 zoneinfo.ZoneInfo(name)
-                return name
+                return "UTC" if name in _UTC_ALIASES else name
     return "UTC"
+
+
+_UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu"}
 
 
 def _check_choice(*choices):
@@ -627,6 +631,15 @@ def _new_id():
     return str(uuid.UUID(int=value))
 
 
+def _app_path(path, module_file):
+    """An app's database path: absolute as given, else relative to the directory of the
+    module that creates the app, else to the current directory."""
+    path = os.fspath(path)
+    if not os.path.isabs(path) and module_file:
+        path = os.path.join(os.path.dirname(os.path.abspath(module_file)), path)
+    return os.path.abspath(path)
+
+
 def _checked_text(what, value):
     """A task id or queue name: non-empty text (a UUID is taken as its text)."""
     if isinstance(value, uuid.UUID):
@@ -648,6 +661,8 @@ def _checked_priority(value):
 
 # Longest repr of a value or message in a log line (Celery's resultrepr_maxsize).
 _LOG_REPR_MAX = 1024
+# Longest traceback in a log line: its end, which names the exception, is what counts.
+_LOG_TRACEBACK_MAX = 8192
 _log_repr = reprlib.Repr()
 _log_repr.maxstring = _log_repr.maxother = _LOG_REPR_MAX
 
@@ -672,6 +687,15 @@ def _printable(text):
     control character escaped (a stored traceback must not drive the terminal)."""
     text = text if isinstance(text, str) else repr(text)
     return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
+
+
+def _clipped(text, limit):
+    """Text of at most about limit characters for a log, keeping its start and its end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return f"{text[:head]}\n... ({len(text) - limit} characters left out) ...\n" \
+        f"{text[-(limit - head):]}"
 
 
 def _shown(value, limit=200):
@@ -1162,7 +1186,8 @@ _SQL_CLAIM = """
     WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND queue = :queue
                   ORDER BY priority DESC, seq LIMIT :n)
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
-    RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors
+    RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
+              priority
 """
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe.
@@ -1248,6 +1273,8 @@ _SQL_UPSERT_REGISTRY = """
 """
 _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
 _SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
+# The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
+_SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
 # tasks_due: only rows waiting for their time are in it.
 _SQL_PROMOTE_DUE = """
     UPDATE tasks SET state = 'PENDING'
@@ -1346,7 +1373,13 @@ def _check_header(path):
 
 # A claimed row, as _SQL_CLAIM returns it.
 _Claimed = collections.namedtuple(
-    "_Claimed", "seq id name payload attempt retries max_retries expires errors")
+    "_Claimed", "seq id name payload attempt retries max_retries expires errors priority")
+
+
+def _claim_order(row):
+    """RETURNING gives rows in no useful order: run a batch by priority, then seq."""
+    priority = row.priority if isinstance(row.priority, int) else 0
+    return -priority, row.seq
 
 
 class _Outcome:
@@ -1376,6 +1409,7 @@ class _Storage:
                  autocheckpoint=1000, create=True, busy_steps=_BUSY_STEPS_PRODUCER,
                  on_wal_growth=None):
         self.path = path
+        self.create = create
         if not create and not os.path.exists(path):
             raise DatabaseError(f"no database at {path}")
         _check_header(path)
@@ -1462,6 +1496,9 @@ class _Storage:
 
     def _open_schema(self):
         fresh, version = self._check_identity()
+        if fresh and not self.create:
+            raise DatabaseError(f"{self.path} holds no litequeue database yet (a worker or "
+                                "a producer creates it); it was left as it is")
         if version < SCHEMA_VERSION:
             if fresh:
                 # Takes effect only outside a transaction and before the first table.
@@ -1557,6 +1594,10 @@ class _Storage:
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
 
+    def registry_mark(self):
+        """Changes whenever a new task name is registered: one read of the rowid index."""
+        return self.conn.execute(_SQL_REGISTRY_MARK).fetchall()[0][0]
+
     def module_of(self, task_name):
         """The module a producer registered for a task name, or None."""
         rows = self.conn.execute(_SQL_MODULE_OF, (task_name,)).fetchall()
@@ -1600,9 +1641,9 @@ class _Storage:
                     rejected += 1
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
-            rows = [_Claimed(*row) for row in conn.execute(
+            rows = sorted((_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM, {"worker": worker, "pid": pid, "now": now, "queue": queue,
-                             "n": n})] if n else []
+                             "n": n})), key=_claim_order) if n else []
         return rows, rejected
 
     def rescue(self, worker, crashed_seq, settle, now):
@@ -2936,10 +2977,16 @@ class LiteQueue:
     """The app: task registry, settings and the database they share.
 
     ``LiteQueue("jobs.sqlite", timezone="Asia/Shanghai", result_expires=3600)``
+
+    A relative path is read from the directory of the module that creates the app (the
+    current directory when there is none, as in ``python -c``), so a producer started
+    anywhere finds the same file as the worker started beside tasks.py.
     """
 
     def __init__(self, path, **settings):
-        self.path = os.path.abspath(os.fspath(path))
+        caller = sys._getframe(1).f_globals
+        self.path = _app_path(path, caller.get("__file__"))
+        self._module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
         self.conf = _Conf(DEFAULTS)
         self.tasks = {}
         self.periodic = {}
@@ -2951,6 +2998,7 @@ class LiteQueue:
         self._sched_bell = _Doorbell(self._side, "sched")
         self._waiters = 0
         self._waiters_lock = threading.Lock()
+        self._create = True          # False: the CLI's read commands change no file
         self.update_settings(settings)
         _apps.add(self)
 
@@ -2968,20 +3016,8 @@ class LiteQueue:
         """Read settings from a module, a module name, a class or a mapping, as Celery's
         does. Names that are neither settings nor close to one (imports, helpers) are
         passed over; a misspelled setting is refused with a suggestion."""
-        if isinstance(obj, str):
-            obj = importlib.import_module(obj)
-        items = obj.items() if isinstance(obj, dict) else (
-            (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
-        settings = {}
-        for key, value in items:
-            if _setting_name(key) is not None:
-                settings[key] = value
-            elif not callable(value) and not isinstance(value, type(sys)):
-                close = difflib.get_close_matches(key, _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
-                if close:
-                    raise ConfigurationError(f"unknown setting {key!r} (did you mean "
-                                             f"{close[0]!r}?)")
-        self.update_settings(settings)
+        self.update_settings(_settings_of(obj))
+        self._beat_definitions()          # a bad beat_schedule entry is refused now
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -3035,6 +3071,36 @@ class LiteQueue:
 
     def _add_periodic(self, schedule, task, args, kwargs, name, catch_up, queue, priority,
                       module):
+        definition = self._periodic_definition(schedule, task, args, kwargs, name, catch_up,
+                                               queue, priority, module)
+        if definition["name"] in self.periodic:
+            raise ConfigurationError(f"a periodic task named {definition['name']!r} is "
+                                     "already defined")
+        self.periodic[definition["name"]] = definition
+        return definition["name"]
+
+    def _beat_definitions(self):
+        """The periodic definitions of the beat_schedule setting (Celery's format:
+        name -> {"task", "schedule", "args", "kwargs", "options": {"queue", "priority"}})."""
+        definitions = {}
+        for name, entry in self.conf["beat_schedule"].items():
+            if not isinstance(entry, dict) or not {"task", "schedule"} <= set(entry):
+                raise ConfigurationError(f"beat_schedule entry {name!r} needs 'task' and "
+                                         "'schedule'")
+            options = entry.get("options") or {}
+            task = self.tasks.get(entry["task"], entry["task"])
+            definitions[name] = self._periodic_definition(
+                entry["schedule"], task, entry.get("args", ()), entry.get("kwargs"), name,
+                "once", options.get("queue"), options.get("priority"), self._module)
+        return definitions
+
+    def _all_periodic(self):
+        """Periodic definitions from the decorators, add_periodic_task and beat_schedule."""
+        return {**self._beat_definitions(), **self.periodic}
+
+    def _periodic_definition(self, schedule, task, args, kwargs, name, catch_up, queue,
+                             priority, module):
+        """The schedules-table row that defines one periodic task."""
         if isinstance(task, _Signature):
             task, args, kwargs = task.task, task.args, task.kwargs
         schedule = _as_schedule(schedule)
@@ -3044,11 +3110,9 @@ class LiteQueue:
                                      f"not {catch_up!r}")
         task_name = task.name if isinstance(task, Task) else str(task)
         name = name or task_name
-        if name in self.periodic:
-            raise ConfigurationError(f"a periodic task named {name!r} is already defined")
         schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
         payload = _pack_envelope(task_name, args or (), kwargs or {})
-        self.periodic[name] = {
+        return {
             "name": name, "task": task_name, "module": module,
             "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
             "payload": payload,
@@ -3059,7 +3123,6 @@ class LiteQueue:
                                            task.priority is not None
                                            else self.conf["task_default_priority"])),
             "catch_up": catch_up}
-        return name
 
     def send_task(self, name, args=None, kwargs=None, **options):
         """Queue a task by name, without importing it. The name must be registered with a
@@ -3085,7 +3148,8 @@ class LiteQueue:
         if storage is None or local.pid != os.getpid():
             storage = _Storage(self.path, synchronous=self.conf["synchronous"],
                                busy_timeout=self.conf["busy_timeout"],
-                               autocheckpoint=self.conf["wal_autocheckpoint"])
+                               autocheckpoint=self.conf["wal_autocheckpoint"],
+                               create=self._create)
             local.storage, local.pid = storage, os.getpid()
         return storage
 
@@ -3154,7 +3218,8 @@ class LiteQueue:
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
         task_id = _new_id() if task_id is None else _checked_text("task_id", task_id)
         if queue is None:
-            queue = (task.queue if task else None) or self.conf["task_default_queue"]
+            queue = (task.queue if task else None) or self._routed_queue(name) \
+                or self.conf["task_default_queue"]
         queue = _checked_text("queue", queue)
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
@@ -3166,6 +3231,16 @@ class LiteQueue:
                 "eta": eta_at if scheduled else None, "expires": expires_at,
                 "max_retries": task.max_retries if task and isinstance(task.max_retries, int)
                 else None, "created_at": now}
+
+    def _routed_queue(self, name):
+        """The queue task_routes gives a task name: an exact name first, then the first
+        glob that matches (Celery's format: {"name or glob": {"queue": "q"} or "q"})."""
+        routes = self.conf["task_routes"]
+        route = routes.get(name)
+        if route is None:
+            route = next((r for pattern, r in routes.items()
+                          if fnmatch.fnmatchcase(name, str(pattern))), None)
+        return route.get("queue") if isinstance(route, dict) else route
 
     def _timing(self, now, countdown, eta, expires):
         """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
@@ -3223,6 +3298,26 @@ def _setting_name(key):
             or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
         return ""
     return None
+
+
+def _settings_of(obj):
+    """The settings a config object holds (a module, a module name, a class or a
+    mapping): names that are settings (ours or Celery's); other names are passed over,
+    unless one is close to a setting's name, which is refused as a misspelling."""
+    if isinstance(obj, str):
+        obj = importlib.import_module(obj)
+    items = obj.items() if isinstance(obj, dict) else (
+        (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
+    settings = {}
+    for key, value in items:
+        if _setting_name(key) is not None:
+            settings[key] = value
+        elif not callable(value) and not isinstance(value, type(sys)):
+            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
+            if close:
+                raise ConfigurationError(f"unknown setting {key!r} (did you mean "
+                                         f"{close[0]!r}?)")
+    return settings
 
 
 def _merged_settings(conf, settings):
@@ -3405,8 +3500,7 @@ def _autoimport(modules, root, tried=None):
 
 
 def _collect_tasks(db_path):
-    """Tasks and settings of the apps of this process that use db_path (or of all apps,
-    if none does)."""
+    """Tasks and settings of the apps of this process that use db_path."""
     tasks, conf, _ = _collect_apps(db_path)
     return tasks, conf
 
@@ -3414,32 +3508,52 @@ def _collect_tasks(db_path):
 def _collect_apps(db_path):
     """(tasks, settings, periodic definitions) of the apps that use db_path."""
     real = os.path.realpath(db_path)
-    matching = [a for a in _apps if os.path.realpath(a.path) == real] or list(_apps)
-    tasks, conf, periodic = {}, dict(DEFAULTS), {}
+    matching = [a for a in list(_apps) if os.path.realpath(a.path) == real]
+    tasks, periodic = {}, {}
     for app in matching:
         tasks.update(app.tasks)
-        periodic.update(app.periodic)
-    if matching:
-        conf.update(matching[0].conf)
-    return tasks, conf, periodic
+        periodic.update(app._all_periodic())
+    return tasks, dict(matching[0].conf if matching else DEFAULTS), periodic
+
+
+def _other_databases(db_path):
+    """Databases that this process's apps with tasks use, other than db_path."""
+    real = os.path.realpath(db_path)
+    return sorted({a.path for a in list(_apps) if a.tasks and os.path.realpath(a.path) != real})
+
+
+def _config_module(cwd):
+    """The config module a worker reads, as celeryd did: the one CELERY_CONFIG_MODULE
+    names, else celeryconfig.py in the worker's directory, else None."""
+    name = os.environ.get("CELERY_CONFIG_MODULE")
+    if name:
+        return name
+    return "celeryconfig" if os.path.isfile(os.path.join(cwd, "celeryconfig.py")) else None
 
 
 def _load_worker_code(spec, storage, tried=None):
-    """Import what the worker serves: -A modules, the imports setting, then (unless
-    autoimport is off) the modules producers registered, adding the names looked at to
-    `tried`. Resolves spec["autoimport"]."""
+    """Import what the worker serves: -A modules, the config module's imports, the apps'
+    imports setting, then (unless autoimport is off) the modules producers registered,
+    adding the names looked at to `tried`. Returns (tasks, settings, periodic) with the
+    config module's settings over the apps'; resolves spec["autoimport"]."""
     if spec["cwd"] not in sys.path:
         sys.path.insert(0, spec["cwd"])
+    config = _config_module(spec["cwd"])
+    try:
+        config_settings = _settings_of(config) if config else {}
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import config module {config!r}: {exc}") from None
     for name in spec["modules"]:
         _import_module(name)
-    _, conf = _collect_tasks(spec["db"])
+    conf = _merged_settings(_collect_tasks(spec["db"])[1], config_settings)
     for name in conf["imports"]:
         _import_module(name)
     if spec["autoimport"] is None:
         spec["autoimport"] = conf["worker_autoimport"]
-    if spec["autoimport"]:
+    if spec["autoimport"] and storage is not None:
         _autoimport(storage.registry().values(), spec["cwd"], tried)
-    return _collect_tasks(spec["db"])
+    tasks, conf, periodic = _collect_apps(spec["db"])
+    return tasks, _merged_settings(conf, config_settings), periodic
 
 
 def _configure_logging(level):
@@ -3527,7 +3641,7 @@ class _Child:
                                 busy_steps=_BUSY_STEPS_WORKER,
                                 on_wal_growth=self.control_bell.ring)
         self.tried_modules = set()
-        self.tasks, _ = _load_worker_code(spec, self.storage, self.tried_modules)
+        self.tasks, _, _ = _load_worker_code(spec, self.storage, self.tried_modules)
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
@@ -3821,46 +3935,28 @@ class _Child:
         except Exception as exc:
             message = (f"the worker could not handle this task row: {type(exc).__name__}: "
                        f"{_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", _saferepr(row.name, 200),
-                         _saferepr(row.id, 100), message)
+            logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
+                         message)
             return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
                             seq=row.seq, attempt=row.attempt, tag=_tag(row.id))
 
     def _run_row(self, row, begun):
-        seq, task_id, name, payload, attempt, retries, max_retries, expires, errors = row
-        outcome = functools.partial(_Outcome, seq=seq, attempt=attempt, tag=_tag(task_id))
-        started = time.monotonic()
-        try:
-            args, kwargs = _unpack_envelope(payload)
-        except ValueError as exc:
-            logger.error("Task %s[%s] rejected: %s", name, task_id, exc)
-            return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
-        if not isinstance(task_id, str):
-            message = f"invalid task row: its id is {_saferepr(task_id, 100)}, not text"
-            logger.error("Task %s rejected: %s", name, message)
-            return outcome(FAILURE, _encode_error(ValueError(message)))
-        if expires is not None and not _is_time(expires):
-            message = f"invalid task row: expires is {_saferepr(expires, 100)}, not a unix time"
-            logger.error("Task %s[%s] rejected: %s", name, task_id, message)
-            return outcome(FAILURE, _encode_error(ValueError(message)))
-        if expires is not None and expires <= time.time():
-            logger.warning("Task %s[%s] expired before it could start", name, task_id)
-            return outcome(EXPIRED)
-        task = self.tasks.get(name)
-        if task is None:
-            task = self._find_late(name)
-        if task is None:
-            message = _unknown_task_message(name, self.tasks)
-            logger.error("Task %s[%s] rejected: %s", name, task_id, message)
-            return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        """Check a row, run its task, and return its _Outcome."""
+        outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
+                                    tag=_tag(row.id))
+        ready = self._prepare(row, outcome)
+        if isinstance(ready, _Outcome):
+            return ready
+        task, args, kwargs = ready
         soft = task.soft_time_limit or self.spec["soft_time_limit"]
         hard = task.time_limit or self.spec["time_limit"]
         if hard:
-            self.lock.executing(seq, time.time() + hard, begun)
+            self.lock.executing(row.seq, time.time() + hard, begun)
             self.control_bell.ring()  # the supervisor enforces the hard limit
-        _request.current = _Request(task_id, args, kwargs, retries=retries, attempt=attempt,
-                                    name=name, hostname=self.spec["hostname"],
-                                    worker=self.worker_id)
+        _request.current = _Request(row.id, args, kwargs, retries=row.retries,
+                                    attempt=row.attempt, name=row.name,
+                                    hostname=self.spec["hostname"], worker=self.worker_id)
+        started = time.monotonic()
         try:
             if soft:
                 self.in_task = True
@@ -3871,23 +3967,54 @@ class _Child:
             try:
                 return self._failed(task, row, exc, tb, outcome)
             except Exception as bad_request:   # e.g. self.retry(countdown="soon")
-                logger.error("Task %s[%s] failed: %s", name, task_id, _saferepr(bad_request))
+                logger.error("Task %s[%s] failed: %s", row.name, row.id, _saferepr(bad_request))
                 return outcome(FAILURE, _encode_error(bad_request), tb)
         finally:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _request.current = None
+        return self._succeeded(row, value, time.monotonic() - started, outcome)
+
+    def _prepare(self, row, outcome):
+        """(task, args, kwargs) of a row that can run, or the _Outcome of one that
+        cannot: a payload or column it cannot read, an expiry passed, an unknown name."""
+        try:
+            args, kwargs = _unpack_envelope(row.payload)
+        except ValueError as exc:
+            logger.error("Task %s[%s] rejected: %s", row.name, row.id, exc)
+            return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
+        problem = (f"its id is {_saferepr(row.id, 100)}, not text"
+                   if not isinstance(row.id, str) else
+                   f"expires is {_saferepr(row.expires, 100)}, not a unix time"
+                   if row.expires is not None and not _is_time(row.expires) else None)
+        if problem:
+            logger.error("Task %s[%s] rejected: invalid task row: %s", row.name,
+                         _shown(row.id, 100), problem)
+            return outcome(FAILURE, _encode_error(ValueError(f"invalid task row: {problem}")))
+        if row.expires is not None and row.expires <= time.time():
+            logger.warning("Task %s[%s] expired before it could start", row.name, row.id)
+            return outcome(EXPIRED)
+        task = self.tasks.get(row.name) or self._find_late(row.name)
+        if task is None:
+            message = self._unknown_message(row.name)
+            logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
+            return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        return task, args, kwargs
+
+    def _succeeded(self, row, value, duration, outcome):
+        """The outcome of a task that returned: SUCCESS, or FAILURE if its value cannot
+        be stored."""
         try:
             result = _pack(value)
         except Exception as exc:   # unencodable, or a value whose own methods raise
-            error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
+            error = SerializationError(f"result of {row.name} cannot be encoded as msgpack: "
                                        f"{type(exc).__name__}: {_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", name, task_id, error)
+            logger.error("Task %s[%s] failed: %s", row.name, row.id, error)
             return outcome(FAILURE, _encode_error(error), _traceback.format_exc())
         if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", name, task_id,
-                        time.monotonic() - started, _saferepr(value))
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id, duration,
+                        _saferepr(value))
         return outcome(SUCCESS, result)
 
     def _failed(self, task, row, exc, tb, outcome):
@@ -3913,8 +4040,8 @@ class _Child:
             cause = MaxRetriesExceededError(f"{row.name}[{row.id}] asked for a retry after "
                                             f"{row.retries} retries (max {budget})")
             history[-1] = _error_entry(cause, row.attempt, now)
-        logger.error("Task %s[%s] raised %s: %s", row.name, row.id, type(cause).__name__,
-                     _saferepr(cause))
+        logger.error("Task %s[%s] raised %s: %s\n%s", row.name, row.id, type(cause).__name__,
+                     _saferepr(cause), _clipped(tb.rstrip(), _LOG_TRACEBACK_MAX))
         return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
 
     @staticmethod
@@ -3925,6 +4052,15 @@ class _Child:
         if asked is not None and asked.countdown is not None:
             return float(asked.countdown)
         return task.backoff(retries)
+
+    def _unknown_message(self, name):
+        """Why a name cannot run here: a module this worker cannot import, or nobody's."""
+        module = self.storage.module_of(name)
+        if isinstance(module, str):
+            return (f"task {name!r} is registered by module {module!r}, which this worker "
+                    f"cannot import from its directory {self.spec['cwd']} (start the worker "
+                    f"in that module's directory, or pass -A {module})")
+        return _unknown_task_message(name, self.tasks)
 
     def _find_late(self, name):
         """A name this child does not know: maybe a producer registered a new module.
@@ -4002,6 +4138,9 @@ class _Supervisor:
         self.grace = grace
         self.worker_id = _new_worker_id()
         self.hostname = socket.gethostname()
+        self.cwd = os.getcwd()
+        self.registry_mark = None    # max(rowid) of the registry when last looked at
+        self.tried_modules = set()
         self.children = {}
         self.restarts = []           # (when, slot) pending restarts
         self.fast_deaths = 0
@@ -4049,9 +4188,15 @@ class _Supervisor:
         os.set_blocking(sig_w, False)
         previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %d process(es), queues %s, %d task(s): %s",
-                    self.db, self.concurrency, ",".join(self.queues), len(self.tasks),
+        logger.info("litequeue worker %s: %d process(es), queues %s, time zone %s, "
+                    "%d task(s): %s", self.db, self.concurrency, ",".join(self.queues),
+                    self.settings["timezone"], len(self.tasks),
                     ", ".join(sorted(self.tasks)) or "(none)")
+        if not self.tasks:
+            logger.warning("this worker serves no task yet: it imports the modules that "
+                           "producers register when their file is under %s. To serve your "
+                           "tasks from the start, pass the module that defines them: "
+                           "litequeue worker %s -A tasks", self.cwd, self.db)
         try:
             try:
                 self._guard("rescue", self._rescue_dead_workers)
@@ -4250,6 +4395,7 @@ class _Supervisor:
             nxt["rescue"] = now + _RESCUE_INTERVAL
             self._guard("rescue", self._rescue_dead_workers)
             self._guard("quarantine", self._quarantine)
+            self._guard("modules", self._load_new_modules)
         if now >= nxt["sweep"]:
             nxt["sweep"] = now + _SWEEP_INTERVAL
             removed = self._guard("sweep", _sweep_stale_sockets, self.side, default=0)
@@ -4349,6 +4495,25 @@ class _Supervisor:
             logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
                          promoted, fired)
         return self.storage.next_wakeup()
+
+    def _load_new_modules(self):
+        """Import modules that producers registered since the last look (files under the
+        worker's directory only), and sync the task names and periodic tasks they define,
+        so that a new module's schedules fire without a restart. One index read when
+        nothing is new."""
+        if not self.autoimport:
+            return
+        mark = self.storage.registry_mark()
+        if mark == self.registry_mark:
+            return
+        self.registry_mark = mark
+        _autoimport(self.storage.registry().values(), self.cwd, self.tried_modules)
+        tasks, _, periodic = _collect_apps(self.db)
+        if tasks.keys() == self.tasks.keys() and periodic.keys() == self.periodic.keys():
+            return
+        self.tasks, self.periodic = tasks, periodic
+        self._sync_definitions()
+        logger.info("now serving %d task(s) and %d periodic task(s)", len(tasks), len(periodic))
 
     def _quarantine(self):
         """Set aside rows nothing can read: a waiting task whose eta is not a time ends
@@ -4470,12 +4635,16 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    spec = {"db": db, "modules": list(modules), "cwd": cwd, "autoimport": autoimport}
+    tasks, conf, periodic = _load_worker_code(spec, None)   # before the file is touched
+    others = _other_databases(db)
+    if not tasks and others:
+        raise ConfigurationError(f"the task modules' app uses {others[0]}, not {db}: run "
+                                 f"`litequeue worker {others[0]}`, or give the app this path")
     probe = _Storage(db, create=True)
     try:
         _SideDir(db).check()        # refuse an unusable side directory before any child runs
-        spec = {"db": db, "modules": list(modules), "cwd": cwd, "autoimport": autoimport}
-        tasks, conf = _load_worker_code(spec, probe)
-        periodic = _collect_apps(db)[2]
+        tasks, conf, periodic = _load_worker_code(spec, probe)
     finally:
         probe.close()
     conf = _merged_settings(conf, settings or {})
@@ -4555,10 +4724,37 @@ def _zone_option(ctx, param, value):
     return value
 
 
-def _open_app(db, **settings):
+def _open_app(db, read_only=False, **settings):
+    """The app of an existing database for a command (paths are the current directory's).
+    With read_only, the command creates and changes no file: a file that holds no
+    litequeue database yet is refused as it is."""
+    db = os.path.abspath(db)
     if not os.path.exists(db):
         raise DatabaseError(f"no database at {db}")
-    return LiteQueue(db, **settings)
+    app = LiteQueue(db, **settings)
+    app._create = not read_only
+    return app
+
+
+def _nonempty(ctx, param, value):
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
+def _setting_option(*decls, setting, **kwargs):
+    """A worker option that sets a setting: its help and its check come from the settings
+    table, so the CLI, LiteQueue(...) and config modules accept the same values."""
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return _checked_setting(setting, value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc)) from None
+    help_text = _SETTINGS[setting][2]
+    return click.option(*decls, setting, callback=check, expose_value=True,
+                        help=help_text[0].upper() + help_text[1:] + ".", **kwargs)
 
 
 def _resolve_task_name(app, name):
@@ -4639,49 +4835,42 @@ def cli():
 @click.option("--autoimport/--no-autoimport", default=None,
               help="Import task modules that producers registered (only files under the "
                    "current directory) [default: on].")
-@click.option("--poll-interval", type=click.FloatRange(min=0.01),
-              help="Slowest fallback poll for writers that do not ring, in seconds.")
-@click.option("--grace", type=click.FloatRange(min=0),
-              help="Seconds a warm shutdown waits for running tasks.")
-@click.option("--synchronous", type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),
-              help="FULL also survives power loss [default: NORMAL].")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
-              help="Hard limit per task, seconds: the process is killed and replaced.")
-@click.option("--soft-time-limit", type=click.FloatRange(min=0, min_open=True),
-              help="Soft limit per task, seconds: SoftTimeLimitExceeded is raised in it.")
-@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
-              help="Replace a child after this many tasks.")
-@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
-              help="Replace a child after a task leaves it above this resident memory.")
-def worker(db, modules, concurrency, queues, loglevel, autoimport, poll_interval, grace,
-           synchronous, time_limit, soft_time_limit, max_tasks_per_child, max_memory_per_child):
+@_setting_option("--poll-interval", setting="worker_poll_interval", type=float)
+@_setting_option("--grace", setting="worker_shutdown_grace", type=float)
+@_setting_option("--synchronous", setting="synchronous",
+                 type=click.Choice(["NORMAL", "FULL"], case_sensitive=False))
+@_setting_option("--time-limit", setting="task_time_limit", type=float)
+@_setting_option("--soft-time-limit", setting="task_soft_time_limit", type=float)
+@_setting_option("--max-tasks-per-child", setting="worker_max_tasks_per_child", type=int)
+@_setting_option("--max-memory-per-child", setting="worker_max_memory_per_child", type=int,
+                 metavar="KIB")
+def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
     """Run a pool of worker processes on DB until SIGTERM/SIGINT (twice: at once)."""
     _configure_logging(loglevel.upper())
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if queues is not None and not queue_list:
         raise click.BadParameter("no queue named", param_hint="-Q")
-    settings = {"synchronous": synchronous.upper()} if synchronous else {}
-    for key, value in (("task_time_limit", time_limit), ("task_soft_time_limit", soft_time_limit),
-                       ("worker_max_tasks_per_child", max_tasks_per_child),
-                       ("worker_max_memory_per_child", max_memory_per_child)):
-        if value is not None:
-            settings[key] = value
+    if not os.path.exists(db) and (os.path.isfile(db + ".py") or
+                                   os.path.isfile(os.path.join(db, "__init__.py"))):
+        raise ConfigurationError(f"{db!r} is a module, not a database: the database comes "
+                                 f"first, then the module, as in `litequeue worker jobs.sqlite "
+                                 f"-A {db}`")
+    settings = {name: value for name, value in settings.items() if value is not None}
     code = run_worker(db, concurrency=concurrency, queues=queue_list, modules=modules,
-                      loglevel=loglevel.upper(), autoimport=autoimport,
-                      poll_interval=poll_interval, grace=grace, settings=settings)
+                      loglevel=loglevel.upper(), autoimport=autoimport, settings=settings)
     sys.exit(code)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task")
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--args", "args_json", callback=_json_option(list), help="Arguments as a JSON array.")
 @click.option("--kwargs", "kwargs_json", callback=_json_option(dict),
               help="Keyword arguments as a JSON object.")
-@click.option("--queue", "-q", help="Queue to send to.")
+@click.option("--queue", "-q", callback=_nonempty, help="Queue to send to.")
 @click.option("--priority", type=int, help="Higher runs first.")
-@click.option("--id", "task_id", help="Task id to use instead of a new uuid.")
+@click.option("--id", "task_id", callback=_nonempty, help="Task id to use instead of a new uuid.")
 @click.option("--countdown", type=click.FloatRange(min=0), help="Run no sooner than seconds from now.")
 @click.option("--eta", callback=_iso_datetime, help="Run no sooner than this ISO 8601 time.")
 @click.option("--expires", callback=_seconds_or_iso,
@@ -4693,6 +4882,9 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, poll_interval
 def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
          expires, tz, wait, timeout):
     """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id."""
+    for arg in args:      # unknown options reach ARGS, so that -1 can be an argument
+        if arg.startswith("-") and not isinstance(_json_value(arg), (int, float)):
+            raise click.NoSuchOption(arg.split("=", 1)[0])
     if args and args_json is not None:
         raise click.UsageError("give arguments either positionally or with --args, not both")
     if countdown is not None and eta is not None:
@@ -4717,7 +4909,7 @@ def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, count
 @click.option("--json", "as_json", is_flag=True, help="Print state, result and traceback as JSON.")
 def result(db, task_id, wait, timeout, as_json):
     """Print a task's result (JSON), or its state if it is not finished."""
-    app = _open_app(db)
+    app = _open_app(db, read_only=not wait)
     res = app.AsyncResult(task_id)
     if res.state == UNKNOWN:
         raise TaskNotFound(f"no task with id {task_id!r}")
@@ -4779,14 +4971,15 @@ def purge(db, queue, yes):
 @click.argument("db", type=click.Path(dir_okay=False))
 def status(db):
     """Counts by queue and state, and the live workers."""
-    app = _open_app(db)
+    app = _open_app(db, read_only=True)
     storage = app._storage()
-    counts = storage.counts()
+    counts = [(_shown(queue), state, n) for queue, state, n in storage.counts()]
     click.echo("tasks:")
     if not counts:
         click.echo("  (none)")
+    width = max([16] + [len(queue) for queue, _, _ in counts])
     for queue, state, n in counts:
-        click.echo(f"  {_shown(queue):<16} {_shown(state):<10} {n}")
+        click.echo(f"  {queue:<{width}} {_shown(state):<10} {n}")
     running = {}
     for worker_id, task_id, name, started in storage.running():
         running.setdefault(worker_id, []).append((task_id, name, started))
@@ -4825,7 +5018,7 @@ def status(db):
               help="How many upcoming fire times to show.")
 def schedules(db, count):
     """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone."""
-    app = _open_app(db)
+    app = _open_app(db, read_only=True)
     rows = app._storage().schedules()
     if not rows:
         click.echo("no periodic tasks (a worker syncs them from your modules when it starts)")
