@@ -20,11 +20,41 @@ The side directory jobs.sqlite-lq/ is ours alone (mode 0700, verified, reached o
 through directory descriptors): see "Side directory" below. Nothing a row says can make a
 process follow a link, name a file, or import code from outside the worker's directory.
 
-Task life cycle (the ``state`` column)::
+Task states (the ``state`` column) and every transition, with the statement that makes
+it (each statement's comment names its transitions again)::
 
-  PENDING ──claim──▶ STARTED ──▶ SUCCESS | FAILURE
-     ▲                  │
-     └──────────────────┘  worker died: requeued (attempt counted, retry policy applies)
+  from                    to                       when                         statement
+  (new row)               PENDING or SCHEDULED     delay(), group(), send_task  _SQL_INSERT_TASK
+  (new row)               PENDING                  a periodic fire is due       _SQL_INSERT_FIRE
+  SCHEDULED, RETRY        PENDING                  its eta has come             _SQL_PROMOTE_DUE
+  SCHEDULED, RETRY        FAILURE                  its eta is not a time        _SQL_QUARANTINE_ETA
+  PENDING                 STARTED                  a child claims it            _SQL_CLAIM
+  STARTED                 PENDING                  handed back unrun            _SQL_RELEASE
+  STARTED (no worker)     PENDING                  found by the quarantine      _SQL_RELEASE_UNOWNED
+  STARTED                 SUCCESS, FAILURE,        its outcome (fenced by       _SQL_COMPLETE
+                          RETRY, EXPIRED           attempt and worker)
+  STARTED                 PENDING, RETRY, FAILURE  its process died             _SQL_SETTLE_LOST
+  PENDING, SCHEDULED,     REVOKED                  revoke() (STARTED only if    _SQL_REVOKE
+  RETRY, STARTED                                   not begun, or terminate)
+  FAILURE, REVOKED,       PENDING                  `litequeue retry`            _SQL_REQUEUE
+  EXPIRED
+  finished                (deleted)                result_expires, forget()     _SQL_PRUNE,
+                                                                                _SQL_FORGET
+  waiting                 (deleted)                `litequeue purge`            _SQL_PURGE
+
+  A waiting row past its expires reads EXPIRED before a child marks it so.
+
+Wake-up channels (datagram sockets in jobs.sqlite-lq/; each name is defined once, in
+_Doorbell and _Sleeper's callers)::
+
+  channel          who sleeps on it        who rings it
+  work/<child>     an idle child           delay() of a PENDING task, the scheduler after
+                                           it promotes or fires, a rescue that requeues,
+                                           `litequeue retry`
+  sched/<super>    each supervisor         delay() of a SCHEDULED task; a child after a
+                                           RETRY, before a hard-limited task, or when the
+                                           WAL grows; revoke(terminate=True)
+  done/<tag>.*     AsyncResult.get()       the child that commits the task's outcome
 
 A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
 supervisor sets aside what its scheduler cannot read (quarantine). A busy write lock or a
@@ -47,7 +77,7 @@ Example (README repeats it)::
 __version__ = "0.1.0"
 
 __all__ = [
-    "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry",
+    "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry", "Admin",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "SideDirectoryError",
     "CorruptResult", "SerializationError",
@@ -1172,13 +1202,15 @@ _SQL_IDENTITY = """
 # PRAGMA data_version, unlike the SQLITE_FCNTL_DATA_VERSION file control, sees other
 # connections' commits without this one reading anything first.
 _SQL_DATA_VERSION = "PRAGMA data_version"
+# (new row) -> PENDING or SCHEDULED.
 _SQL_INSERT_TASK = """
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
                        max_retries, created_at)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at)
 """
-# tasks_ready: the LIMIT stops after n index entries. A process whose workers row is gone
+# PENDING -> STARTED. tasks_ready: the LIMIT stops after n index entries. A process whose
+# workers row is gone
 # (declared dead) claims nothing: a rescuer may no longer see its rows.
 _SQL_CLAIM = """
     UPDATE tasks SET state = 'STARTED', attempt = attempt + 1, worker = :worker, pid = :pid,
@@ -1192,7 +1224,8 @@ _SQL_CLAIM = """
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe.
 _SQL_HAS_READY = "SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue LIMIT 1"
-# Primary key; the attempt and worker are the fencing token of the claim.
+# STARTED -> SUCCESS, FAILURE, RETRY or EXPIRED. Primary key; the attempt and worker are
+# the fencing token of the claim.
 _SQL_COMPLETE = """
     UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
                      errors = coalesce(:errors, errors), retries = retries + :retried,
@@ -1206,16 +1239,17 @@ _SQL_RUNNING_OF_WORKER = """
 """
 # tasks_running: every process that holds STARTED rows, registered or not.
 _SQL_CLAIMING_WORKERS = "SELECT DISTINCT worker FROM tasks WHERE state = 'STARTED'"
-# STARTED rows that name no worker: only a foreign writer makes them; nobody owns them.
+# STARTED (no worker) -> PENDING: only a foreign writer makes such rows; nobody owns them.
 _SQL_RELEASE_UNOWNED = """
     UPDATE tasks SET state = 'PENDING', pid = NULL, started_at = NULL
     WHERE state = 'STARTED' AND worker IS NULL
 """
+# STARTED -> PENDING: a claimed row handed back unrun.
 _SQL_RELEASE = """
     UPDATE tasks SET state = 'PENDING', worker = NULL, pid = NULL, started_at = NULL
     WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
 """
-# How the row a dead process was executing ends: requeued, retried later, or failed.
+# STARTED -> PENDING, RETRY or FAILURE: how the row a dead process was executing ends.
 _SQL_SETTLE_LOST = """
     UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
                      errors = :errors, retries = retries + :retried,
@@ -1224,12 +1258,13 @@ _SQL_SETTLE_LOST = """
 """
 # UNIQUE index on id. Without terminate, a running task is left to finish.
 _SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
+# PENDING, SCHEDULED, RETRY or STARTED -> REVOKED.
 _SQL_REVOKE = """
     UPDATE tasks SET state = 'REVOKED', finished_at = :now
     WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED')
 """
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
-# tasks_finished.
+# finished -> (deleted). tasks_finished.
 _SQL_PRUNE = """
     DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < :cutoff
                                     ORDER BY finished_at LIMIT :n)
@@ -1241,14 +1276,16 @@ _SQL_GET_TASK = """
            started_at, finished_at, result, traceback, errors, eta, expires
     FROM tasks WHERE id = :id
 """
-_SQL_FORGET = "DELETE FROM tasks WHERE id = :id"
-# A finished task queued again by hand: a fresh retry budget, its error history kept.
+_SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
+# FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
+# fresh retry budget, its error history kept.
 _SQL_REQUEUE = """
     UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
                      eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
                      retries = 0
     WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
 """
+# PENDING, SCHEDULED or RETRY -> (deleted).
 _SQL_PURGE = """
     DELETE FROM tasks WHERE seq IN (
         SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY')
@@ -1275,16 +1312,16 @@ _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
 _SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
 # The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
 _SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
-# tasks_due: only rows waiting for their time are in it.
+# SCHEDULED or RETRY -> PENDING. tasks_due: only rows waiting for their time are in it.
 _SQL_PROMOTE_DUE = """
     UPDATE tasks SET state = 'PENDING'
     WHERE seq IN (SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND eta <= :now
                   ORDER BY eta LIMIT :n)
 """
 _SQL_NEXT_DUE = "SELECT min(eta) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')"
-# tasks_due, two seeks: a waiting row whose eta is not a time (NULL sorts first; text and
-# blobs sort after every number) would wait for ever; it ends FAILURE instead. (One OR
-# would scan the whole index.)
+# SCHEDULED or RETRY -> FAILURE. tasks_due, two seeks: a waiting row whose eta is not a
+# time (NULL sorts first; text and blobs sort after every number) would wait for ever; it
+# ends FAILURE instead. (One OR would scan the whole index.)
 _SQL_BAD_ETA_SEQS = """
     SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND eta IS NULL
     UNION ALL
@@ -1295,8 +1332,8 @@ _SQL_QUARANTINE_ETA = f"""
     WHERE seq IN ({_SQL_BAD_ETA_SEQS})
     RETURNING id, name
 """
-# A fire's task id is derived from (schedule, fire time): a second insert of the same fire
-# is ignored by the UNIQUE id.
+# (new row) -> PENDING. A fire's task id is derived from (schedule, fire time): a second
+# insert of the same fire is ignored by the UNIQUE id.
 _SQL_INSERT_FIRE = """
     INSERT INTO tasks (id, name, queue, priority, state, payload, created_at)
     VALUES (:id, :name, :queue, :priority, 'PENDING', :payload, :now)
@@ -3139,6 +3176,11 @@ class LiteQueue:
         """The result handle of a task id."""
         return AsyncResult(task_id, self)
 
+    @property
+    def admin(self):
+        """The operator's surface (Admin): counts, workers, schedules, requeue, purge."""
+        return Admin(self)
+
     # -- internals ----------------------------------------------------------------------
 
     def _storage(self):
@@ -3298,6 +3340,71 @@ def _setting_name(key):
             or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
         return ""
     return None
+
+
+class Admin:
+    """What an operator does to a queue, for the CLI and the dashboard alike: counts,
+    workers, schedules, listing tasks, queueing again, purging and revoking. Reads never
+    take the write lock; ``app.admin`` is one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def counts(self):
+        """[(queue, state, count)], by queue and state."""
+        return self.app._storage().counts()
+
+    def workers(self):
+        """Supervisors, each a dict with "alive" (None: cannot tell) and "children", each
+        child with "running": [(task id, name, started_at)]."""
+        storage = self.app._storage()
+        running = {}
+        for worker_id, task_id, name, started in storage.running():
+            running.setdefault(worker_id, []).append((task_id, name, started))
+        rows = storage.workers()
+        try:
+            locks = _Locks(self.app._side, create=False)
+        except SideDirectoryError:
+            locks = None
+        try:
+            supervisors = [dict(w, alive=None if locks is None else not locks.dead(w["id"]))
+                           for w in rows if not w["parent"]]
+        finally:
+            if locks is not None:
+                locks.close()
+        for sup in supervisors:
+            sup["children"] = [dict(w, running=running.get(w["id"], []))
+                               for w in rows if w["parent"] == sup["id"]]
+        return supervisors
+
+    def registry(self):
+        """{task name: module} of every task a worker or producer has registered."""
+        return {n: m for n, m in self.app._storage().registry().items() if isinstance(n, str)}
+
+    def schedules(self):
+        """Every periodic task's row, with "error" set for a disabled one."""
+        return self.app._storage().schedules()
+
+    def requeue(self, task_id):
+        """Queue a FAILURE, REVOKED or EXPIRED task again with a fresh retry budget;
+        False if it is in another state. TaskNotFound for an unknown id."""
+        if self.app.AsyncResult(task_id).state == UNKNOWN:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if not self.app._storage().requeue(task_id):
+            return False
+        self.app._work_bell.ring()
+        return True
+
+    def purge(self, queue=None):
+        """Delete every waiting task (in one queue, or all); returns how many."""
+        return self.app._storage().purge(queue)
+
+    def revoke(self, task_id, terminate=False):
+        """AsyncResult.revoke() of an id; TaskNotFound for an unknown one."""
+        result = self.app.AsyncResult(task_id)
+        if result.state == UNKNOWN:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return result.revoke(terminate=terminate)
 
 
 def _settings_of(obj):
@@ -3598,9 +3705,11 @@ class _Pending:
         self.since = None            # when the oldest uncommitted outcome's task started
 
     def begun(self):
+        """Seqs of the rows run whose outcomes are not committed yet."""
         return [o.seq for o in self.outcomes]
 
     def add(self, outcome, started):
+        """Keep a row's outcome for the next commit."""
         self.outcomes.append(outcome)
         if self.since is None:
             self.since = started
@@ -3632,6 +3741,8 @@ class _Child:
         self._durations = {}      # task name -> moving average of its run time
 
     def run(self):
+        """Open everything the child needs, register, and run rows until told to stop.
+        Returns its exit code."""
         spec = self.spec
         conf = spec["settings"]
         side = _SideDir(spec["db"])
@@ -3688,6 +3799,7 @@ class _Child:
         return 0
 
     def _on_soft_limit(self, signum, frame):
+        """SIGALRM: the running task passed its soft time limit."""
         if self.in_task:
             self.in_task = False
             raise SoftTimeLimitExceeded("the task ran past its soft time limit")
@@ -3695,10 +3807,12 @@ class _Child:
     def _on_sigterm(self, signum, frame):
         # One is enough: a second (a group signal plus the supervisor's) must not kill
         # the child while it finishes its task or exits.
+        """SIGTERM from the supervisor (warm shutdown): finish the task, then stop."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.stopping = True
 
     def _next_queue(self):
+        """The queues served, in turn, so that no queue starves another."""
         queue = self.queues[self._queue_turn % len(self.queues)]
         self._queue_turn += 1
         return queue
@@ -3811,6 +3925,7 @@ class _Child:
         return False
 
     def _parent_gone(self):
+        """True once the supervisor has died (its sentinel is ready)."""
         if self.parent_sentinel is None:
             return False
         return bool(select.select([self.parent_sentinel], [], [], 0)[0])
@@ -4150,6 +4265,7 @@ class _Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
 
     def _spec(self, worker_id):
+        """What a new child needs to know, as one picklable dict."""
         return {"db": self.db, "worker_id": worker_id, "parent_id": self.worker_id,
                 "queues": self.queues, "modules": self.modules, "loglevel": self.loglevel,
                 "settings": self.settings, "autoimport": self.autoimport,
@@ -4161,6 +4277,7 @@ class _Supervisor:
                 "max_memory": self.settings["worker_max_memory_per_child"]}
 
     def _start_child(self):
+        """Spawn one child with a fresh worker id."""
         worker_id = _new_worker_id()
         process = self.ctx.Process(target=_child_main, args=(self._spec(worker_id),),
                                    name=f"litequeue-{worker_id[:6]}")
@@ -4221,6 +4338,7 @@ class _Supervisor:
             self.close()
 
     def _register(self):
+        """Insert (or put back) this supervisor's workers row."""
         self.storage.register_worker({
             "id": self.worker_id, "parent": None, "hostname": self.hostname,
             "pid": os.getpid(), "queues": ",".join(self.queues),
@@ -4240,6 +4358,7 @@ class _Supervisor:
                                     _plan_sync)
 
     def close(self):
+        """Unregister, release the lock and close the database."""
         with contextlib.suppress(Exception):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()
@@ -4273,6 +4392,7 @@ class _Supervisor:
     # -- the loop ----------------------------------------------------------------------
 
     def _loop(self, sig_r):
+        """Wait, then run step(), until a step returns an exit code."""
         now = time.monotonic()
         expires = self.settings["result_expires"]
         # Prune about four times per expiry period, but at most once a second.
@@ -4348,10 +4468,12 @@ class _Supervisor:
         return None
 
     def _schedule(self):
+        """The scheduler step under _guard: the next due time, or a retry soon."""
         return self._guard("scheduler", self._run_scheduler,
                            default=time.time() + _TROUBLE_BACKOFF_MAX)
 
     def _on_signals(self, sig_r):
+        """SIGTERM/SIGINT: the first starts a warm shutdown, the next makes it cold."""
         try:
             signals = os.read(sig_r, 64)
         except BlockingIOError:
@@ -4383,6 +4505,7 @@ class _Supervisor:
         return None
 
     def _restart_step(self):
+        """Start the children whose (backed-off) restart time has come."""
         now = time.monotonic()
         for r in [r for r in self.restarts if r[0] <= now]:
             self.restarts.remove(r)
@@ -4545,6 +4668,7 @@ class _Supervisor:
         return (st.st_size, st.st_mtime_ns)
 
     def _reap(self, child, restart):
+        """Settle a dead child's rows (charging the one it ran) and plan its restart."""
         process = child.process
         process.join()
         code = process.exitcode
@@ -4574,6 +4698,8 @@ class _Supervisor:
     def _plan_restart(self, child, code):
         # A child that exits 0 was recycled on purpose; one that keeps dying at start-up
         # (an import error, say) is restarted with backoff instead of in a tight loop.
+        """Restart a child at once, or with backoff if children keep dying at start; end the
+        worker if they cannot start at all."""
         if code != 0 and child.killed_for is None and \
                 time.monotonic() - child.started < _FAST_DEATH:
             self.fast_deaths += 1
@@ -4588,6 +4714,7 @@ class _Supervisor:
         self.restarts.append((time.monotonic() + delay, None))
 
     def _stop_cold(self):
+        """Kill the children and requeue what they held, uncharged."""
         logger.warning("cold shutdown: killing children and requeueing their tasks")
         for child in self.children.values():
             with contextlib.suppress(ProcessLookupError):
@@ -4759,7 +4886,7 @@ def _setting_option(*decls, setting, **kwargs):
 
 def _resolve_task_name(app, name):
     """A registered name, or the one registered name that ends with '.name'."""
-    registry = {n: m for n, m in app._storage().registry().items() if isinstance(n, str)}
+    registry = app.admin.registry()
     if name in registry:
         return name
     matches = [n for n in registry if n.rsplit(".", 1)[-1] == name]
@@ -4942,14 +5069,10 @@ def revoke(db, task_id, terminate):
 def retry_command(db, task_id):
     """Queue a failed, revoked or expired task again, with a fresh retry budget."""
     app = _open_app(db)
-    res = app.AsyncResult(task_id)
-    if res.state == UNKNOWN:
-        raise TaskNotFound(f"no task with id {task_id!r}")
-    if not app._storage().requeue(task_id):
-        click.echo(f"not queued again: the task is {res.state}; only FAILURE, REVOKED and "
-                   "EXPIRED tasks can be", err=True)
+    if not app.admin.requeue(task_id):
+        click.echo(f"not queued again: the task is {app.AsyncResult(task_id).state}; only "
+                   "FAILURE, REVOKED and EXPIRED tasks can be", err=True)
         sys.exit(1)
-    app._work_bell.ring()
     click.echo(f"queued {task_id} again")
 
 
@@ -4964,47 +5087,34 @@ def purge(db, queue, yes):
     where = f"queue {queue!r}" if queue else "every queue"
     if not yes:
         click.confirm(f"Delete every waiting task in {where} of {db}?", abort=True)
-    click.echo(f"purged {app._storage().purge(queue)} waiting task(s) from {where}")
+    click.echo(f"purged {app.admin.purge(queue)} waiting task(s) from {where}")
 
 
 @cli.command()
 @click.argument("db", type=click.Path(dir_okay=False))
 def status(db):
-    """Counts by queue and state, and the live workers."""
-    app = _open_app(db, read_only=True)
-    storage = app._storage()
-    counts = [(_shown(queue), state, n) for queue, state, n in storage.counts()]
+    """Counts by queue and state, the workers, and disabled periodic tasks."""
+    admin = _open_app(db, read_only=True).admin
+    counts = [(_shown(queue), _shown(state), n) for queue, state, n in admin.counts()]
     click.echo("tasks:")
     if not counts:
         click.echo("  (none)")
     width = max([16] + [len(queue) for queue, _, _ in counts])
     for queue, state, n in counts:
-        click.echo(f"  {queue:<{width}} {_shown(state):<10} {n}")
-    running = {}
-    for worker_id, task_id, name, started in storage.running():
-        running.setdefault(worker_id, []).append((task_id, name, started))
-    workers = storage.workers()
+        click.echo(f"  {queue:<{width}} {state:<10} {n}")
+    supervisors = admin.workers()
     click.echo("workers:")
-    supervisors = [w for w in workers if not w["parent"]]
     if not supervisors:
         click.echo("  (none)")
-    try:
-        locks = _Locks(app._side, create=False)
-    except SideDirectoryError as exc:
-        locks = None
-        click.echo(f"  (cannot tell which are alive: {exc})")
     for sup in supervisors:
-        alive = "alive?" if locks is None else "alive" if not locks.dead(sup["id"]) else \
-            "DEAD (a live worker will rescue its tasks)"
+        alive = {True: "alive", False: "DEAD (a live worker will rescue its tasks)",
+                 None: "alive?"}[sup["alive"]]
         click.echo(f"  {_shown(sup['id'])} pid {sup['pid']} on {_shown(sup['hostname'])} "
                    f"queues {_shown(sup['queues'])} {alive}")
-        for child in [w for w in workers if w["parent"] == sup["id"]]:
-            busy = running.get(child["id"], [])
-            doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in busy) or "idle"
-            click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing}")
-    if locks is not None:
-        locks.close()
-    rows = storage.schedules()
+        for child in sup["children"]:
+            doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in child["running"])
+            click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing or 'idle'}")
+    rows = admin.schedules()
     disabled = [row for row in rows if row["error"] is not None]
     if rows:
         click.echo(f"schedules: {len(rows)} periodic task(s), {len(disabled)} disabled")
@@ -5018,8 +5128,7 @@ def status(db):
               help="How many upcoming fire times to show.")
 def schedules(db, count):
     """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone."""
-    app = _open_app(db, read_only=True)
-    rows = app._storage().schedules()
+    rows = _open_app(db, read_only=True).admin.schedules()
     if not rows:
         click.echo("no periodic tasks (a worker syncs them from your modules when it starts)")
     for row in rows:
