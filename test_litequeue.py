@@ -1597,6 +1597,53 @@ class TestStorage:
 # App and task API
 # ---------------------------------------------------------------------------
 
+class TestTaskPolicy:
+    """The one retry policy, as a pure function with an injected clock: the same rules
+    for a task that raised and for a row whose process died."""
+
+    NOW = 1_800_000_000.0
+
+    def decide(self, retries, budget, wants_retry=True, delay=5.0, history=()):
+        error = litequeue._error_entry(ValueError("boom"), retries + 1, self.NOW)
+        return litequeue._after_failure(retries=retries, budget=budget,
+                                        wants_retry=wants_retry, delay=lambda: delay,
+                                        now=self.NOW, history=list(history), error=error)
+
+    def test_a_retry_within_the_budget_is_due_after_its_delay(self):
+        state, eta, retried, history = self.decide(retries=2, budget=3, delay=7.5)
+        assert (state, eta, retried) == (RETRY, self.NOW + 7.5, 1)
+        assert history == [{"type": "builtins.ValueError", "message": "boom",
+                            "time": self.NOW, "attempt": 3}]
+
+    def test_a_spent_budget_or_no_wish_to_retry_fails(self):
+        assert self.decide(retries=3, budget=3)[:3] == (FAILURE, None, 0)
+        assert self.decide(retries=0, budget=3, wants_retry=False)[:3] == (FAILURE, None, 0)
+
+    def test_no_budget_means_no_bound_and_the_history_grows(self):
+        earlier = [{"type": "x.Y", "message": "old", "time": 1.0, "attempt": 1}]
+        state, _, _, history = self.decide(retries=10_000, budget=None, history=earlier)
+        assert state == RETRY and history[0] == earlier[0] and len(history) == 2
+
+    def test_delay_is_only_drawn_for_a_retry(self):
+        drawn = []
+        litequeue._after_failure(retries=3, budget=3, wants_retry=True,
+                                 delay=lambda: drawn.append(1) or 1.0, now=self.NOW,
+                                 history=[], error={})
+        assert drawn == []
+
+    def test_the_budget_comes_from_the_request_then_the_row_then_the_task_then_the_app(self):
+        budget, unset = litequeue._retry_budget, litequeue._UNSET
+        assert budget(1, 2, 3, 4) == 1
+        assert budget(None, 2, 3, 4) == 2
+        assert budget(None, None, 3, 4) == 3
+        assert budget(None, None, unset, 4) == 4
+        assert budget(None, None, None, 4) is None      # max_retries=None: no bound
+
+    def test_an_unreadable_history_starts_over_with_a_note(self):
+        assert litequeue._history(b"\xc1")[0]["type"] == "litequeue.CorruptResult"
+        assert litequeue._history(None) == []
+
+
 class TestApp:
 
     def test_group_queues_every_signature_in_one_transaction_or_none(self, tmp_path):
