@@ -1276,6 +1276,14 @@ _SQL_GET_TASK = """
            started_at, finished_at, result, traceback, errors, eta, expires
     FROM tasks WHERE id = :id
 """
+# Primary key, newest first; the filters are optional.
+_SQL_LIST_TASKS = """
+    SELECT id, name, queue, priority, state, attempt, retries, worker, pid, created_at,
+           started_at, finished_at, result, traceback, errors, eta, expires
+    FROM tasks WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+                 AND (:name IS NULL OR name = :name)
+    ORDER BY seq DESC LIMIT :n
+"""
 _SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
 # FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
 # fresh retry budget, its error history kept.
@@ -1880,6 +1888,11 @@ class _Storage:
     _TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
                      "pid", "created_at", "started_at", "finished_at", "result", "traceback",
                      "errors", "eta", "expires")
+
+    def list_tasks(self, state, queue, name, limit):
+        rows = self.conn.execute(_SQL_LIST_TASKS, {"state": state, "queue": queue,
+                                                   "name": name, "n": int(limit)})
+        return [dict(zip(self._TASK_COLUMNS, row)) for row in rows]
 
     def get_task(self, task_id):
         rows = self.conn.execute(_SQL_GET_TASK, (task_id,)).fetchall()
@@ -3376,6 +3389,11 @@ class Admin:
             sup["children"] = [dict(w, running=running.get(w["id"], []))
                                for w in rows if w["parent"] == sup["id"]]
         return supervisors
+
+    def tasks(self, state=None, queue=None, name=None, limit=50):
+        """The newest tasks first (dicts of their columns, result and errors left
+        encoded), filtered by state, queue and task name; at most limit of them."""
+        return self.app._storage().list_tasks(state, queue, name, limit)
 
     def registry(self):
         """{task name: module} of every task a worker or producer has registered."""

@@ -1646,6 +1646,27 @@ class TestTaskPolicy:
 
 class TestApp:
 
+    def test_the_admin_surface(self, project):
+        """What the CLI (and later the dashboard) uses: counts, listing, requeue, purge."""
+        app = project.app
+        first = project.delay("add", 1, 1)
+        mailed = app.tasks["tasks.record"].apply_async([1], queue="mail")
+        failed = insert_finished(project.db, FAILURE, result=pack({"type": "x.Y"}))
+        admin = app.admin
+        assert sorted(admin.counts()) == [("default", FAILURE, 1), ("default", PENDING, 1),
+                                          ("mail", PENDING, 1)]
+        assert [t["id"] for t in admin.tasks()] == [failed, mailed.id, first.id]
+        assert [t["id"] for t in admin.tasks(queue="mail")] == [mailed.id]
+        assert [t["id"] for t in admin.tasks(state=PENDING, limit=1)] == [mailed.id]
+        assert [t["id"] for t in admin.tasks(name="tasks.add")] == [failed, first.id]
+        assert admin.registry()["tasks.add"] == "tasks"
+        assert admin.requeue(failed) and app.AsyncResult(failed).state == PENDING
+        assert not admin.requeue(first.id)                     # only finished ones
+        with pytest.raises(TaskNotFound):
+            admin.requeue("nobody")
+        assert admin.purge("mail") == 1 and admin.purge() == 2
+        assert admin.counts() == [] and admin.workers() == [] and admin.schedules() == []
+
     def test_group_queues_every_signature_in_one_transaction_or_none(self, tmp_path):
         app = LiteQueue(str(tmp_path / "g.sqlite"))
 
