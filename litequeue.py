@@ -280,11 +280,11 @@ def _local_zone_name():
     """The IANA name of this machine's time zone (TZ, /etc/timezone, /etc/localtime), or
     UTC where none can be found: litequeue replaces cron, and cron reads local time."""
     candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with contextlib.suppress(OSError):      # what glibc and datetime.now() follow
+        candidates.append(os.path.realpath("/etc/localtime").partition("zoneinfo/")[2])
     with contextlib.suppress(OSError):
         with open("/etc/timezone") as f:
             candidates.append(f.read().strip())
-    with contextlib.suppress(OSError):
-        candidates.append(os.path.realpath("/etc/localtime").partition("zoneinfo/")[2])
     for name in candidates:
         if name and not name.startswith("/"):
             with contextlib.suppress(Exception):
@@ -471,6 +471,14 @@ _CELERY_IGNORED = {
     "task_track_started": "a claimed task always reads STARTED",
     "CELERY_TRACK_STARTED": "a claimed task always reads STARTED",
     "worker_hijack_root_logger": "the CLI configures logging; a library never does",
+    "task_ignore_result": "every outcome is a row; result_expires prunes them",
+    "beat_scheduler": "the schedules live in the database; no beat process runs",
+    "CELERYBEAT_SCHEDULER": "the schedules live in the database; no beat process runs",
+    "task_queues": "a queue exists as soon as a task names it",
+    "CELERY_QUEUES": "a queue exists as soon as a task names it",
+    "worker_send_task_events": "every state is in the database; there is no event stream",
+    "CELERY_SEND_EVENTS": "every state is in the database; there is no event stream",
+    "task_send_sent_event": "every state is in the database; there is no event stream",
 }
 _CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "CELERY_REDIS_")
 
@@ -1544,6 +1552,9 @@ class _Storage:
         if fresh and not self.create:
             raise DatabaseError(f"{self.path} holds no litequeue database yet (a worker or "
                                 "a producer creates it); it was left as it is")
+        if version < SCHEMA_VERSION and not self.create:
+            raise DatabaseError(f"{self.path} was written by an older litequeue; a worker "
+                                "or a producer upgrades it (this command changes nothing)")
         if version < SCHEMA_VERSION:
             if fresh:
                 # Takes effect only outside a transaction and before the first table.
@@ -2636,7 +2647,7 @@ class Task:
                                                    max_retries < 0):
             raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
                                      f"bound), not {max_retries!r}")
-        self.max_retries = max_retries
+        self._max_retries = max_retries
         self.autoretry_for = tuple(autoretry_for)
         if not all(isinstance(t, type) and issubclass(t, BaseException)
                    for t in self.autoretry_for):
@@ -2653,6 +2664,13 @@ class Task:
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
+
+    @property
+    def max_retries(self):
+        """Retries this task may use: its own max_retries (None: no bound), else the
+        app's task_max_retries."""
+        return self.app.conf["task_max_retries"] if self._max_retries is _UNSET \
+            else self._max_retries
 
     def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
         """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
@@ -2907,8 +2925,11 @@ class EagerResult(AsyncResult):
     def __init__(self, id, app, state, value, tb=None):
         super().__init__(id, app)
         self._row = dict.fromkeys(_Storage._TASK_COLUMNS)     # a whole row, as a worker's
-        self._row.update(id=id, state=state, traceback=tb, finished_at=time.time(),
-                         retries=0, attempt=1)
+        now = time.time()
+        self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=0,
+                         attempt=1)
+        if state == FAILURE:      # the history a worker would keep of the failed attempt
+            self._row["errors"] = _pack([_error_entry(value, 1, now)])
         self._value = value
 
     def _fetch(self):
@@ -3034,7 +3055,11 @@ class LiteQueue:
     """
 
     def __init__(self, path, **settings):
-        caller = sys._getframe(1).f_globals
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_code.co_name == "__init__" and \
+                frame.f_locals.get("self") is self:      # a subclass's __init__
+            frame = frame.f_back
+        caller = frame.f_globals
         self.path = _app_path(path, caller.get("__file__"))
         self._module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
         self.conf = _Conf(DEFAULTS)
@@ -3167,7 +3192,7 @@ class LiteQueue:
             "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
             "payload": payload,
             "queue": queue or (task.queue if isinstance(task, Task) else None)
-            or self.conf["task_default_queue"],
+            or self._routed_queue(task_name) or self.conf["task_default_queue"],
             "priority": _checked_priority(priority if priority is not None else
                                           (task.priority if isinstance(task, Task) and
                                            task.priority is not None
@@ -3284,8 +3309,8 @@ class LiteQueue:
         return {"id": task_id, "name": name, "queue": queue, "priority": priority,
                 "state": SCHEDULED if scheduled else PENDING, "payload": payload,
                 "eta": eta_at if scheduled else None, "expires": expires_at,
-                "max_retries": task.max_retries if task and isinstance(task.max_retries, int)
-                else None, "created_at": now}
+                "max_retries": task._max_retries if task and
+                isinstance(task._max_retries, int) else None, "created_at": now}
 
     def _routed_queue(self, name):
         """The queue task_routes gives a task name: an exact name first, then the first
@@ -3344,7 +3369,8 @@ _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELER
 
 def _setting_name(key):
     """Our name for a settings key: the key itself, Celery's equivalent, "" for a name
-    that is known but ignored, or None for a name that is not a setting."""
+    that is known but ignored, or None for a name that is not a setting. Django-style
+    names (CELERY_ + Celery's name in capitals) are Celery's names."""
     if key in _SETTINGS:
         return key
     if key in _CELERY_ALIASES:
@@ -3352,6 +3378,8 @@ def _setting_name(key):
     if key in _BROKER_SETTINGS or key in _CELERY_IGNORED or key in _RETIRED_SETTINGS \
             or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
         return ""
+    if isinstance(key, str) and key.startswith("CELERY_") and key.isupper():
+        return _setting_name(key[len("CELERY_"):].lower())
     return None
 
 
@@ -3428,16 +3456,28 @@ class Admin:
 def _settings_of(obj):
     """The settings a config object holds (a module, a module name, a class or a
     mapping): names that are settings (ours or Celery's); other names are passed over,
-    unless one is close to a setting's name, which is refused as a misspelling."""
+    unless one is close to a setting's name, which is refused as a misspelling. Other
+    names in Celery's own upper-case namespace are ignored with a warning."""
     if isinstance(obj, str):
-        obj = importlib.import_module(obj)
+        try:
+            obj = importlib.import_module(obj)
+        except ImportError:
+            raise
+        except Exception as exc:    # a config module that does not even run
+            raise ConfigurationError(f"cannot import config module {obj!r}: "
+                                     f"{type(exc).__name__}: {exc}") from None
     items = obj.items() if isinstance(obj, dict) else (
         (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
     settings = {}
     for key, value in items:
         if _setting_name(key) is not None:
             settings[key] = value
-        elif not callable(value) and not isinstance(value, type(sys)):
+        elif callable(value) or isinstance(value, type(sys)):
+            continue
+        elif isinstance(key, str) and key.startswith(("CELERY", "BROKER")) and key.isupper():
+            warnings.warn(f"setting {key} is ignored: litequeue has no such setting",
+                          LitequeueWarning, stacklevel=3)
+        else:
             close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
             if close:
                 raise ConfigurationError(f"unknown setting {key!r} (did you mean "
@@ -3677,6 +3717,10 @@ def _load_worker_code(spec, storage, tried=None):
         spec["autoimport"] = conf["worker_autoimport"]
     if spec["autoimport"] and storage is not None:
         _autoimport(storage.registry().values(), spec["cwd"], tried)
+    real = os.path.realpath(spec["db"])
+    for app in list(_apps):     # the worker's config is theirs too: zone, beat, routes
+        if config_settings and os.path.realpath(app.path) == real:
+            app.update_settings(config_settings)
     tasks, conf, periodic = _collect_apps(spec["db"])
     return tasks, _merged_settings(conf, config_settings), periodic
 
@@ -4157,7 +4201,7 @@ class _Child:
         wants_retry = asked is not None or bool(
             task.autoretry_for and isinstance(exc, task.autoretry_for))
         budget = _retry_budget(asked.max_retries if asked else None, row.max_retries,
-                               task.max_retries, self.default_max_retries)
+                               task._max_retries, self.default_max_retries)
         now = time.time()
         state, eta, retried, history = _after_failure(
             retries=row.retries, budget=budget, wants_retry=wants_retry,
@@ -4177,11 +4221,12 @@ class _Child:
                      _saferepr(cause), _clipped(tb.rstrip(), _LOG_TRACEBACK_MAX))
         return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
 
-    @staticmethod
-    def _retry_delay(task, asked, retries, now):
-        """Seconds until a retry: the request's eta or countdown, else the backoff."""
+    def _retry_delay(self, task, asked, retries, now):
+        """Seconds until a retry: the request's eta (a naive one in the app's zone) or
+        countdown, else the backoff."""
         if asked is not None and asked.eta is not None:
-            return _to_instant(asked.eta, _UTC, "eta") - now
+            zone = _zone(task.app.conf["timezone"])
+            return _to_instant(asked.eta, zone, "eta") - now
         if asked is not None and asked.countdown is not None:
             return float(asked.countdown)
         return task.backoff(retries)
@@ -4189,11 +4234,17 @@ class _Child:
     def _unknown_message(self, name):
         """Why a name cannot run here: a module this worker cannot import, or nobody's."""
         module = self.storage.module_of(name)
-        if isinstance(module, str):
+        if not isinstance(module, str):
+            return _unknown_task_message(name, self.tasks)
+        if module in sys.modules:
+            return (f"task {name!r} was registered by module {module!r}, which this worker "
+                    f"imported, but it does not define that task (renamed or removed?)")
+        if not self.spec["autoimport"]:
             return (f"task {name!r} is registered by module {module!r}, which this worker "
-                    f"cannot import from its directory {self.spec['cwd']} (start the worker "
-                    f"in that module's directory, or pass -A {module})")
-        return _unknown_task_message(name, self.tasks)
+                    f"did not import: auto-import is off; pass -A {module}")
+        return (f"task {name!r} is registered by module {module!r}, which this worker "
+                f"cannot import from its directory {self.spec['cwd']} (start the worker "
+                f"in that module's directory, or pass -A {module})")
 
     def _find_late(self, name):
         """A name this child does not know: maybe a producer registered a new module.
@@ -4215,6 +4266,7 @@ _CHILD_CANNOT_RUN = 3
 def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
+    warnings.simplefilter("ignore", LitequeueWarning)   # the supervisor has shown them
     _configure_logging(spec["loglevel"])
     child = _Child(spec)
     try:
@@ -4596,7 +4648,7 @@ class _Supervisor:
                 task = self.tasks.get(row["name"])
                 timed_out = isinstance(exc, TimeLimitExceeded)
                 budget = _retry_budget(None, row["max_retries"],
-                                       task.max_retries if task else _UNSET,
+                                       task._max_retries if task else _UNSET,
                                        self.settings["task_max_retries"])
                 state, eta, retried, history = _after_failure(
                     retries=row["retries"], budget=_DEATH_RETRIES if budget is None else budget,

@@ -1597,6 +1597,34 @@ class TestStorage:
 # App and task API
 # ---------------------------------------------------------------------------
 
+class TestRetryOptions:
+
+    def test_max_retries_reads_the_app_default_until_the_task_sets_it(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "x.sqlite"), task_max_retries=5)
+
+        @app.task
+        def plain():
+            pass
+
+        @app.task(max_retries=None)
+        def forever():
+            pass
+        assert (plain.max_retries, forever.max_retries) == (5, None)
+        app.conf.task_max_retries = 7
+        assert plain.max_retries == 7
+
+    def test_a_naive_retry_eta_is_read_in_the_app_s_zone(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "x.sqlite"), timezone="Asia/Shanghai")
+
+        @app.task
+        def job():
+            pass
+        naive = dt.datetime(2030, 1, 1, 9, 0)
+        now = dt.datetime(2030, 1, 1, 0, 0, tzinfo=dt.timezone.utc).timestamp()
+        delay = litequeue._Child._retry_delay(None, job, Retry(eta=naive), 0, now)
+        assert delay == 3600.0          # 09:00 in Shanghai is 01:00 UTC
+
+
 class TestTaskPolicy:
     """The one retry policy, as a pure function with an injected clock: the same rules
     for a task that raised and for a row whose process died."""
@@ -4694,6 +4722,16 @@ class TestUnknownTaskMessage:
         assert "has registered it" not in message, message
         assert w.proc.poll() is None, w.log_text()
 
+    def test_a_task_its_imported_module_no_longer_defines_says_so(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        assert project.delay("add", 1, 1).get(timeout=10) == 2     # tasks is imported
+        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES "
+                        "('tasks.renamed', 'tasks', 0)")
+        (task_id,) = insert_raw(project.db, [("tasks.renamed", pack({}))])
+        wait_until(lambda: project.state(task_id) == FAILURE, 10, w.log_text)
+        message = stored_error_message(project.db, task_id)
+        assert "does not define that task" in message and "cannot import" not in message
+
 
 # ---------------------------------------------------------------------------
 # 4. Worker on the wrong database
@@ -4733,6 +4771,20 @@ class TestRelativePaths:
         # Without a module file (python -c) a relative path is read from the cwd.
         assert python("from litequeue import LiteQueue; print(LiteQueue('x.sqlite').path)",
                       other) == f"{other / 'x.sqlite'}\n"
+
+    def test_a_subclass_s_init_elsewhere_does_not_move_the_file(self, tmp_path):
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "basequeue.py").write_text(
+            "from litequeue import LiteQueue\n"
+            "class MyQueue(LiteQueue):\n"
+            "    def __init__(self, path, **settings):\n"
+            "        super().__init__(path, **settings)\n")
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "jobs.py").write_text("from basequeue import MyQueue\n"
+                                                  "app = MyQueue('jobs.sqlite')\n")
+        out = python("import sys; sys.path[:0] = ['../lib', '.']\n"
+                     "import jobs; print(jobs.app.path)", tmp_path / "app")
+        assert out == f"{tmp_path / 'app' / 'jobs.sqlite'}\n"
 
 
 # ---------------------------------------------------------------------------
@@ -4775,6 +4827,41 @@ class TestCelerySettings:
         (task_id, name, result), *_ = wait_until(fired, 10, lambda: f"a fire to succeed\n"
                                                                    f"{w.log_text()}")
         assert name == "tasks.add" and msgpack.unpackb(result) == 3
+
+    def test_the_worker_s_config_module_applies_to_the_app_without_it_loading_it(
+            self, tmp_path, workers):
+        """The seed's layout: tasks.py never calls config_from_object; the worker reads
+        celeryconfig.py, and its schedule, routes and zone are the app's in the worker."""
+        config = textwrap.dedent('''
+            CELERY_IMPORTS = ("tasks",)
+            CELERY_TIMEZONE = "Asia/Shanghai"
+            CELERY_ROUTES = {"tasks.*": {"queue": "math"}}
+            CELERYBEAT_SCHEDULE = {"tick": {"task": "tasks.add", "schedule": 1.0, "args": (2, 2)}}
+        ''')
+        folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS, "celeryconfig": config})
+        w = workers.start(folder, cmd=worker_cmd(folder.db, "-Q", "math", "-c", 1))
+        assert sql(folder.db, "SELECT name, tz, queue FROM schedules") == \
+            [("tick", "Asia/Shanghai", "math")], w.log_text()
+        wait_until(lambda: sql(folder.db, "SELECT 1 FROM tasks WHERE id LIKE 'tick@%' AND "
+                                          "state = ?", SUCCESS), 10,
+                   lambda: f"a routed fire to run on queue math\n{w.log_text()}")
+
+    def test_django_style_and_unsupported_celery_names_warn_instead_of_failing(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "x.sqlite"))
+        with pytest.warns(litequeue.LitequeueWarning) as caught:
+            app.config_from_object({"CELERY_TASK_ROUTES": {"tasks.add": "fast"},
+                                    "CELERY_TASK_ACKS_LATE": True,
+                                    "CELERYBEAT_SCHEDULER": "django_celery_beat.Scheduler",
+                                    "CELERY_SOMETHING_NEW": 1})
+        assert app.conf.task_routes == {"tasks.add": "fast"}
+        text = " ".join(str(w.message) for w in caught)
+        assert all(name in text for name in ("CELERY_TASK_ACKS_LATE", "CELERYBEAT_SCHEDULER",
+                                             "CELERY_SOMETHING_NEW")), text
+
+    def test_periodic_fires_follow_task_routes(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "x.sqlite"), task_routes={"tasks.*": {"queue": "math"}})
+        app.add_periodic_task(60, "tasks.add", name="minutely")
+        assert app._all_periodic()["minutely"]["queue"] == "math"
 
     @pytest.mark.parametrize("setting", ["task_routes", "CELERY_ROUTES"])
     def test_task_routes_by_name_and_glob(self, tmp_path, setting):
@@ -4909,12 +4996,31 @@ class TestEagerRoundTrip:
         with pytest.raises(SerializationError):
             result.get()
 
+    def test_a_failure_keeps_the_history_a_worker_would(self, app):
+        @app.task
+        def boom():
+            raise ValueError("no")
+        errors = boom.delay().errors
+        assert [(e["type"], e["message"], e["attempt"]) for e in errors] == \
+            [("builtins.ValueError", "no", 1)]
+
 
 # ---------------------------------------------------------------------------
 # 8. CLI
 # ---------------------------------------------------------------------------
 
 class TestCLINewcomer:
+
+    def test_read_commands_leave_an_older_schema_as_it_is(self, project):
+        project.delay("add", 1, 1)
+        sql(project.db, "ALTER TABLE schedules DROP COLUMN error")
+        sql(project.db, f"PRAGMA user_version = {litequeue.SCHEMA_VERSION - 1}")
+        before = sha256(project.db)
+        for args in (("status",), ("schedules",)):
+            done = lq(args[0], project.db, cwd=project.dir)
+            assert done.returncode == 1 and "older litequeue" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
 
     def test_call_with_a_negative_number(self, project, workers):
         workers.start(project, concurrency=1)
