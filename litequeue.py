@@ -678,8 +678,13 @@ def _app_path(path, module_file):
     return os.path.abspath(path)
 
 
+_INT64 = 2**63
+
+
 def _checked_text(what, value):
     """A task id or queue name: non-empty text (a UUID is taken as its text)."""
+    if value.__class__ is str and value and "\x00" not in value:
+        return value                                # the usual case, on the hot path
     if isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str):
@@ -691,7 +696,7 @@ def _checked_text(what, value):
 
 def _checked_priority(value):
     """A priority: a whole number that SQLite can store (64 bits)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+    if value.__class__ is not int or not -_INT64 <= value < _INT64:
         raise ConfigurationError(f"priority must be a whole number (higher runs first), not "
                                  f"{value!r}")
     return value
@@ -1697,9 +1702,11 @@ class _Storage:
                     rejected += 1
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
-            rows = sorted((_Claimed(*row) for row in conn.execute(
+            rows = [_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM, {"worker": worker, "pid": pid, "now": now, "queue": queue,
-                             "n": n})), key=_claim_order) if n else []
+                             "n": n})] if n else []
+            if len(rows) > 1:
+                rows.sort(key=_claim_order)
         return rows, rejected
 
     def rescue(self, worker, crashed_seq, settle, now):
@@ -3289,7 +3296,7 @@ class LiteQueue:
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-        bad_keys = [k for k in kwargs if not isinstance(k, str)]
+        bad_keys = [k for k in kwargs if not isinstance(k, str)] if kwargs else ()
         if bad_keys:
             raise SerializationError(f"keyword argument names of {name} must be strings, "
                                      f"not {bad_keys[0]!r}")
@@ -3316,6 +3323,8 @@ class LiteQueue:
         """The queue task_routes gives a task name: an exact name first, then the first
         glob that matches (Celery's format: {"name or glob": {"queue": "q"} or "q"})."""
         routes = self.conf["task_routes"]
+        if not routes:
+            return None
         route = routes.get(name)
         if route is None:
             route = next((r for pattern, r in routes.items()
@@ -3893,8 +3902,9 @@ class _Child:
         if not self.pending.claimed:
             return self._refill()
         row = self.pending.claimed.popleft()
-        if self._still_ours(row):
-            self._run(row)
+        begun = self.pending.begun()
+        if self._still_ours(row, begun):
+            self._run(row, begun)
         return self._after_run()
 
     def _refill(self):
@@ -3918,11 +3928,10 @@ class _Child:
         self.pending.claimed.extend(rows)
         return True
 
-    def _still_ours(self, row):
+    def _still_ours(self, row, begun):
         """Record the row as the one about to run, then check that no revoke took it
         (see _RevokeCounter for why in this order). A revoke drops the claimed rows it
         took too."""
-        begun = self.pending.begun()
         self.lock.executing(row.seq, begun=begun)
         revocations = self.revocations.value()
         if revocations == self.revocations_seen:
@@ -3939,11 +3948,11 @@ class _Child:
         self.lock.executing(0, begun=begun)
         return False
 
-    def _run(self, row):
+    def _run(self, row, begun):
         """Run one row and keep its outcome for the next commit."""
-        if self.pending.outcomes and self._durations.get(row.name, 1.0) > _GROUP_COMMIT_WINDOW:
+        if begun and self._durations.get(row.name, 1.0) > _GROUP_COMMIT_WINDOW:
             self._commit(self.pending.take(), 0)   # this task may be slow: commit first
-        begun = self.pending.begun()
+            begun = []
         started = time.monotonic()
         # If anything ends this process before the next line, the lock record still
         # names the row, and the supervisor charges the row with it.
