@@ -1429,6 +1429,24 @@ def _check_header(path):
         raise CorruptDatabase(f"{path} is not a SQLite database (bad header)")
 
 
+def _param_order(sql):
+    """The names of a statement's :parameters in SQLite's numbering (first appearance):
+    the order a tuple binds in. The hot statements bind tuples built from these names, so
+    reordering their SQL cannot bind a value to the wrong name."""
+    return tuple(dict.fromkeys(re.findall(r":(\w+)", sql)))
+
+
+# The two statements run once per task bind tuples, in these orders. They are checked
+# against the SQL here, so an edit that renumbers a parameter fails at import instead of
+# binding a value to the wrong name.
+_COMPLETE_ORDER = ("state", "result", "traceback", "eta", "errors", "retried", "now", "seq",
+                   "attempt", "worker")
+_CLAIM_ORDER = ("worker", "pid", "now", "queue", "n")
+for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER)):
+    if _param_order(_sql) != _order:
+        raise ImportError(f"litequeue: a statement's parameters are {_param_order(_sql)}, "
+                          f"not {_order}")
+
 # A claimed row, as _SQL_CLAIM returns it.
 _Claimed = collections.namedtuple(
     "_Claimed", "seq id name payload attempt retries max_retries expires errors priority")
@@ -1458,6 +1476,12 @@ class _Outcome:
         return {"state": self.state, "result": self.result, "traceback": self.traceback,
                 "eta": self.eta, "errors": self.errors, "retried": self.retried, "now": now,
                 "seq": self.seq, "attempt": self.attempt, "worker": worker}
+
+    def complete_params(self, worker, now):
+        """params() as a tuple in _COMPLETE_ORDER (a tuple binds faster than a dict, and
+        this is once per task)."""
+        return (self.state, self.result, self.traceback, self.eta, self.errors, self.retried,
+                now, self.seq, self.attempt, worker)
 
 
 class _Storage:
@@ -1697,15 +1721,14 @@ class _Storage:
         rejected = 0
         with self.write() as conn:
             for o in outcomes:
-                conn.execute(_SQL_COMPLETE, o.params(worker, now))
+                conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
                     rejected += 1
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
             rows = [_Claimed(*row) for row in conn.execute(
-                _SQL_CLAIM, {"worker": worker, "pid": pid, "now": now, "queue": queue,
-                             "n": n})] if n else []
-            if len(rows) > 1:
+                _SQL_CLAIM, (worker, pid, now, queue, n))] if n else []    # _CLAIM_ORDER
+            if len(rows) > 1 and any(r.priority != rows[0].priority for r in rows):
                 rows.sort(key=_claim_order)
         return rows, rejected
 
@@ -3772,22 +3795,20 @@ class _Pending:
 
     def __init__(self):
         self.outcomes = []
+        self.begun = []              # their seqs: rows begun whose outcomes are not committed
         self.claimed = collections.deque()
         self.since = None            # when the oldest uncommitted outcome's task started
-
-    def begun(self):
-        """Seqs of the rows run whose outcomes are not committed yet."""
-        return [o.seq for o in self.outcomes]
 
     def add(self, outcome, started):
         """Keep a row's outcome for the next commit."""
         self.outcomes.append(outcome)
+        self.begun.append(outcome.seq)
         if self.since is None:
             self.since = started
 
     def take(self):
         """The outcomes to commit now; none are kept."""
-        outcomes, self.outcomes, self.since = self.outcomes, [], None
+        outcomes, self.outcomes, self.begun, self.since = self.outcomes, [], [], None
         return outcomes
 
     def unclaim(self):
@@ -3902,7 +3923,7 @@ class _Child:
         if not self.pending.claimed:
             return self._refill()
         row = self.pending.claimed.popleft()
-        begun = self.pending.begun()
+        begun = self.pending.begun
         if self._still_ours(row, begun):
             self._run(row, begun)
         return self._after_run()
@@ -3957,8 +3978,8 @@ class _Child:
         # If anything ends this process before the next line, the lock record still
         # names the row, and the supervisor charges the row with it.
         outcome = self._execute(row, begun)
-        self.lock.executing(0, begun=begun + [row.seq])
         self.pending.add(outcome, started)
+        self.lock.executing(0, begun=self.pending.begun)
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
         if duration > _GROUP_COMMIT_WINDOW:
@@ -4160,7 +4181,17 @@ class _Child:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _request.current = None
-        return self._succeeded(row, value, time.monotonic() - started, outcome)
+        try:
+            result = _pack(value)
+        except Exception as exc:   # unencodable, or a value whose own methods raise
+            error = SerializationError(f"result of {row.name} cannot be encoded as msgpack: "
+                                       f"{type(exc).__name__}: {_saferepr(exc)}")
+            logger.error("Task %s[%s] failed: %s", row.name, row.id, error)
+            return outcome(FAILURE, _encode_error(error), _traceback.format_exc())
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id,
+                        time.monotonic() - started, _saferepr(value))
+        return outcome(SUCCESS, result)
 
     def _prepare(self, row, outcome):
         """(task, args, kwargs) of a row that can run, or the _Outcome of one that
@@ -4187,21 +4218,6 @@ class _Child:
             logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
             return outcome(FAILURE, _encode_error(UnknownTask(message)))
         return task, args, kwargs
-
-    def _succeeded(self, row, value, duration, outcome):
-        """The outcome of a task that returned: SUCCESS, or FAILURE if its value cannot
-        be stored."""
-        try:
-            result = _pack(value)
-        except Exception as exc:   # unencodable, or a value whose own methods raise
-            error = SerializationError(f"result of {row.name} cannot be encoded as msgpack: "
-                                       f"{type(exc).__name__}: {_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", row.name, row.id, error)
-            return outcome(FAILURE, _encode_error(error), _traceback.format_exc())
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id, duration,
-                        _saferepr(value))
-        return outcome(SUCCESS, result)
 
     def _failed(self, task, row, exc, tb, outcome):
         """A raising task: RETRY if its policy asks and its budget allows, else FAILURE."""
