@@ -3517,6 +3517,9 @@ def _settings_of(obj):
     return settings
 
 
+_broker_settings_seen = set()
+
+
 def _merged_settings(conf, settings):
     """conf with settings applied, every value checked (ConfigurationError for an
     unknown name or a bad value); names with no meaning here are ignored, and those a
@@ -3531,7 +3534,10 @@ def _merged_settings(conf, settings):
         if name:
             conf[name] = _checked_setting(name, value)
         elif key in _BROKER_SETTINGS:
-            logger.info("ignoring %s: litequeue's broker and backend is the database file", key)
+            if key not in _broker_settings_seen:          # once per process, not per read
+                _broker_settings_seen.add(key)
+                logger.info("ignoring %s: litequeue's broker and backend is the database "
+                            "file", key)
         else:
             why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
                 "litequeue has no broker to configure"
