@@ -3841,6 +3841,21 @@ class _Child:
     def run(self):
         """Open everything the child needs, register, and run rows until told to stop.
         Returns its exit code."""
+        self.open()
+        self.running = True
+        try:
+            self._loop()
+        except BaseException:
+            # The lock file keeps naming the row being run, for the supervisor to charge;
+            # the lock itself goes with the process.
+            self.sleeper.close()
+            raise
+        self.close()
+        return 0
+
+    def open(self):
+        """Everything run() needs before its first step(): storage, task code, lock file,
+        registration, wake-up socket and signal handlers. A test can then call step()."""
         spec = self.spec
         conf = spec["settings"]
         side = _SideDir(spec["db"])
@@ -3881,20 +3896,17 @@ class _Child:
         signal.set_wakeup_fd(sig_w)
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
-        self.running = True
-        try:
-            self._loop()
-        except BaseException:
-            # The lock file keeps naming the row being run, for the supervisor to charge;
-            # the lock itself goes with the process.
-            self.sleeper.close()
-            raise
+        self.pending = _Pending()
+        self.batch = 1                 # rows to claim at once: grows while tasks are fast
+        self.last_duration = 0.0
+
+    def close(self):
+        """Unregister and let go of the lock file, after a clean end."""
         self.sleeper.close()
         with contextlib.suppress(Exception):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()
         self.storage.close()
-        return 0
 
     def _on_soft_limit(self, signum, frame):
         """SIGALRM: the running task passed its soft time limit."""
@@ -3917,9 +3929,6 @@ class _Child:
 
     def _loop(self):
         """Run rows until told to stop: a short loop over step()."""
-        self.pending = _Pending()
-        self.batch = 1                 # rows to claim at once: grows while tasks are fast
-        self.last_duration = 0.0
         while self.step():
             pass
 

@@ -2427,6 +2427,43 @@ class TestWorker:
         assert project.state(elsewhere.id) == PENDING  # a queue nobody serves
         assert w.proc.poll() is None
 
+    def test_the_child_loop_one_step_at_a_time(self, project):
+        """The child's one-iteration seam: each step() claims a batch or runs one row,
+        outcomes wait for the next commit, and the batch doubles while tasks are fast.
+        Driven in a separate process (the child installs signal handlers)."""
+        results = [project.delay("add", n, n) for n in range(3)]
+        script = textwrap.dedent(f'''
+            import json, os, sys
+            sys.path.insert(0, {str(project.dir)!r})
+            import litequeue
+            litequeue._GROUP_COMMIT_WINDOW = 60.0   # no commit on a timer: steps decide
+            spec = {{"db": {project.db!r}, "worker_id": "0123456789ab", "parent_id": None,
+                     "queues": ["default"], "modules": ["tasks"], "loglevel": "WARNING",
+                     "settings": dict(litequeue.DEFAULTS), "autoimport": False,
+                     "poll_interval": 1.0, "cwd": {str(project.dir)!r}, "hostname": "h",
+                     "time_limit": None, "soft_time_limit": None, "max_tasks": None,
+                     "max_memory": None}}
+            child = litequeue._Child(spec)
+            child.open()
+            trace = []
+            for _ in range(5):
+                going = child.step()
+                trace.append([going, len(child.pending.claimed), len(child.pending.outcomes)])
+            child.stopping = True
+            trace.append([child.step(), len(child.pending.claimed), len(child.pending.outcomes)])
+            child.close()
+            print(json.dumps(trace))
+        ''')
+        trace = json.loads(python(script, project.dir))
+        assert trace == [[True, 1, 0],     # claimed a batch of 1
+                         [True, 0, 1],     # ran it; its outcome waits
+                         [True, 2, 0],     # committed it, claimed 2 (the batch doubled)
+                         [True, 1, 1],     # ran one
+                         [True, 0, 2],     # ran the other
+                         [False, 0, 0]], trace   # stopping: committed both, and out
+        assert [r.get(timeout=5) for r in results] == [0, 2, 4]
+        assert sql(project.db, "SELECT count(*) FROM workers") == [(0,)]
+
     def test_fencing_rejects_a_stale_completion(self, project):
         """Internal invariant: a rescued task's zombie cannot overwrite the real result."""
         result = project.delay("add", 1, 1)
