@@ -1781,9 +1781,6 @@ class _Storage:
             disabled = [name for (name,) in conn.execute(_SQL_DISABLE_BAD_TIMES).fetchall()]
         return failed, disabled
 
-    def disable_schedule(self, name, error):
-        with self.write() as conn:
-            conn.execute(_SQL_DISABLE_SCHEDULE, {"name": name, "error": error})
 
     def register_worker(self, row):
         with self.write() as conn:
