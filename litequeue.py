@@ -26,6 +26,16 @@ it (each statement's comment names its transitions again)::
   from                    to                       when                         statement
   (new row)               PENDING or SCHEDULED     delay(), group(), send_task  _SQL_INSERT_TASK
   (new row)               PENDING                  a periodic fire is due       _SQL_INSERT_FIRE
+  (new row)               WAITING (or PENDING...)  a canvas: chain, chord, link _SQL_INSERT_CANVAS
+  WAITING                 PENDING or SCHEDULED     its parent succeeded (link), _SQL_ACTIVATE_LINKS,
+                                                   failed (errback), or its     _SQL_ACTIVATE_ERRBACKS,
+                                                   chord's last member ended    _SQL_ACTIVATE_BODY
+  WAITING                 FAILURE, REVOKED,        the chain step before it did _SQL_CASCADE
+                          EXPIRED                  not succeed
+  WAITING                 FAILURE                  a chord member did not       _SQL_FAIL_BODY
+                                                   succeed (ChordError)
+  WAITING                 (deleted)                an errback whose parent did  _SQL_DROP_ERRBACKS
+                                                   not fail
   SCHEDULED, RETRY        PENDING                  its eta has come             _SQL_PROMOTE_DUE
   SCHEDULED, RETRY        FAILURE                  its eta is not a time        _SQL_QUARANTINE_ETA
   PENDING                 STARTED                  a child claims it            _SQL_CLAIM
@@ -35,7 +45,8 @@ it (each statement's comment names its transitions again)::
                           RETRY, EXPIRED           attempt and worker)
   STARTED                 PENDING, RETRY, FAILURE  its process died             _SQL_SETTLE_LOST
   PENDING, SCHEDULED,     REVOKED                  revoke() (STARTED only if    _SQL_REVOKE
-  RETRY, STARTED                                   not begun, or terminate)
+  RETRY, WAITING,                                  not begun, or terminate)
+  STARTED
   FAILURE, REVOKED,       PENDING                  `litequeue retry`            _SQL_REQUEUE
   EXPIRED
   finished                (deleted)                result_expires, forget()     _SQL_PRUNE,
@@ -43,6 +54,9 @@ it (each statement's comment names its transitions again)::
   waiting                 (deleted)                `litequeue purge`            _SQL_PURGE
 
   A waiting row past its expires reads EXPIRED before a child marks it so.
+  Every end of a row with followers runs _Storage._settle in the same transaction (a
+  child's outcome, a rescue, revoke(), the quarantine), so a follow-up is queued exactly
+  when its cause commits: a crash can neither lose it nor queue it twice.
 
 Wake-up channels (datagram sockets in jobs.sqlite-lq/; each name is defined once, in
 _Doorbell and _Sleeper's callers)::
@@ -78,6 +92,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry", "Admin",
+    "Signature", "signature", "subtask", "chain", "chord", "ChordError", "signals",
+    "shared_task", "EagerResult",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "SideDirectoryError",
     "CorruptResult", "SerializationError",
@@ -102,6 +118,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -121,6 +138,7 @@ import sys
 import threading
 import time
 import traceback as _traceback
+import types
 import uuid
 import warnings
 import weakref
@@ -218,6 +236,10 @@ class RemoteError(LitequeueError):
         return f"{self.exc_type}: {self.exc_message}"
 
 
+class ChordError(LitequeueError):
+    """A chord's body did not run because a member of its header did not succeed."""
+
+
 class TaskRevoked(LitequeueError):
     """The task was revoked or expired before it ran."""
 
@@ -263,6 +285,8 @@ class Retry(Exception):
 
 PENDING = "PENDING"        # queued, waiting for a worker
 SCHEDULED = "SCHEDULED"    # waiting for its ETA
+WAITING = "WAITING"        # waiting for another task's end (a link, errback or chord body);
+                           # AsyncResult shows it as PENDING, as Celery would
 STARTED = "STARTED"        # claimed by a worker process
 RETRY = "RETRY"            # failed, waiting to be retried
 SUCCESS = "SUCCESS"
@@ -486,6 +510,8 @@ _CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "
 # Results of fast tasks are committed together; a task that ran longer than this commits
 # its result alone, so group commit never delays a result a caller can notice.
 _GROUP_COMMIT_WINDOW = 0.002
+# update_state() of a running task is written at most this often (seconds).
+_PROGRESS_INTERVAL = 0.2
 # First fallback poll after activity; it doubles up to worker_poll_interval.
 _POLL_MIN = 0.01
 # How often a supervisor looks for dead workers' locks (a read, never a write).
@@ -1203,6 +1229,36 @@ _MIGRATIONS = [
     -- Why a schedule was disabled (a row the scheduler cannot read); NULL: enabled.
     ALTER TABLE schedules ADD COLUMN error TEXT;
     """,
+    """
+    -- The canvas: relations, rows that wait for another's end, chords, progress.
+    ALTER TABLE tasks ADD COLUMN parent_id TEXT;    -- the task that queued it or that it follows
+    ALTER TABLE tasks ADD COLUMN root_id TEXT;      -- its workflow's first task (NULL: itself)
+    ALTER TABLE tasks ADD COLUMN group_id TEXT;     -- the group or chord header it belongs to
+    ALTER TABLE tasks ADD COLUMN group_index INTEGER;
+    -- A WAITING row runs when parent_id ends: 'link' on success, 'error' on failure,
+    -- 'chord' when the chord whose body it is completes; '_si' added: takes no input.
+    ALTER TABLE tasks ADD COLUMN waits TEXT;
+    ALTER TABLE tasks ADD COLUMN input BLOB;        -- msgpack value put before its args
+    ALTER TABLE tasks ADD COLUMN followers INTEGER NOT NULL DEFAULT 0;  -- 1: its end moves rows
+    ALTER TABLE tasks ADD COLUMN meta BLOB;         -- update_state(): msgpack [state, meta]
+    CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX tasks_group ON tasks (group_id, group_index) WHERE group_id IS NOT NULL;
+    CREATE TABLE chords (
+        id          TEXT PRIMARY KEY,              -- the header's group id
+        body        TEXT NOT NULL,                 -- id of the body's first row (WAITING)
+        size        INTEGER NOT NULL,              -- members in the header
+        done        INTEGER NOT NULL DEFAULT 0,    -- members counted so far
+        fired       INTEGER NOT NULL DEFAULT 0     -- 1 once the body was queued or failed
+    );
+    CREATE INDEX chords_body ON chords (body);
+    -- One slot per member: a member is counted once, whatever happens to it later.
+    CREATE TABLE chord_slots (
+        chord       TEXT NOT NULL,
+        idx         INTEGER NOT NULL,
+        result      BLOB,                          -- the member's result (msgpack)
+        PRIMARY KEY (chord, idx)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1218,10 +1274,21 @@ _SQL_DATA_VERSION = "PRAGMA data_version"
 # (new row) -> PENDING or SCHEDULED.
 _SQL_INSERT_TASK = """
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
-                       max_retries, created_at)
+                       max_retries, created_at, parent_id, root_id)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
-            :max_retries, :created_at)
+            :max_retries, :created_at, :parent_id, :root_id)
 """
+# (new row) -> PENDING, SCHEDULED or WAITING: a row of a canvas (chain, chord, link...).
+# A WAITING row's eta holds a countdown, counted from when its parent ends.
+_SQL_INSERT_CANVAS = """
+    INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
+                       max_retries, created_at, parent_id, root_id, group_id, group_index,
+                       waits, input, followers)
+    VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
+            :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
+            :waits, :input, :followers)
+"""
+_SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
 # PENDING -> STARTED. tasks_ready: the LIMIT stops after n index entries. A process whose
 # workers row is gone
 # (declared dead) claims nothing: a rescuer may no longer see its rows.
@@ -1232,7 +1299,7 @@ _SQL_CLAIM = """
                   ORDER BY priority DESC, seq LIMIT :n)
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
     RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
-              priority
+              priority, parent_id, root_id, group_id, waits, input, followers
 """
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe.
@@ -1271,11 +1338,78 @@ _SQL_SETTLE_LOST = """
 """
 # UNIQUE index on id. Without terminate, a running task is left to finish.
 _SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
-# PENDING, SCHEDULED, RETRY or STARTED -> REVOKED.
+# PENDING, SCHEDULED, RETRY, WAITING or STARTED -> REVOKED.
 _SQL_REVOKE = """
     UPDATE tasks SET state = 'REVOKED', finished_at = :now
-    WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED')
+    WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING', 'STARTED')
 """
+
+# What a row's end sets in motion (_Storage._settle runs them in the transaction that
+# records the end, so a crash can neither lose a follow-up nor queue one twice).
+# tasks_parent serves each.
+_WAKE = "state = CASE WHEN eta IS NULL THEN 'PENDING' ELSE 'SCHEDULED' END, eta = :now + eta"
+# WAITING -> PENDING or SCHEDULED: the links of a task that succeeded, its result as input.
+_SQL_ACTIVATE_LINKS = f"""
+    UPDATE tasks SET {_WAKE}, input = CASE waits WHEN 'link' THEN :result END
+    WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('link', 'link_si')
+"""
+# WAITING -> PENDING or SCHEDULED: the errbacks of a task that failed.
+_SQL_ACTIVATE_ERRBACKS = f"""
+    UPDATE tasks SET {_WAKE}
+    WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('error', 'error_si')
+"""
+# WAITING -> (deleted): the errbacks of a task that did not fail; nothing will run them.
+_SQL_DROP_ERRBACKS = """
+    DELETE FROM tasks WHERE parent_id = :parent AND state = 'WAITING'
+                        AND waits IN ('error', 'error_si')
+"""
+# WAITING -> FAILURE, REVOKED or EXPIRED: the rest of a chain whose task did not succeed
+# ends as that task did (Celery marks the rest of the chain failed too).
+_SQL_CASCADE = """
+    UPDATE tasks SET state = :state, result = :result, traceback = :traceback,
+                     finished_at = :now
+    WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('link', 'link_si')
+    RETURNING id
+"""
+_SQL_MEMBER_OF = "SELECT group_id, group_index FROM tasks WHERE id = :id"
+_SQL_CHORD = "SELECT body, size, fired FROM chords WHERE id = :id"
+_SQL_CHORD_SLOT = """
+    INSERT INTO chord_slots (chord, idx, result) VALUES (:chord, :idx, :result)
+    ON CONFLICT DO NOTHING
+"""
+_SQL_CHORD_COUNT = "UPDATE chords SET done = done + 1 WHERE id = :id RETURNING done"
+_SQL_CHORD_RESULTS = "SELECT result FROM chord_slots WHERE chord = :chord ORDER BY idx"
+_SQL_CHORD_FIRED = "UPDATE chords SET fired = 1 WHERE id = :id"
+_SQL_CHORD_CLEAR = "DELETE FROM chord_slots WHERE chord = :chord"
+# WAITING -> PENDING or SCHEDULED: a chord's body, every member's result as its input.
+_SQL_ACTIVATE_BODY = f"""
+    UPDATE tasks SET {_WAKE}, input = CASE waits WHEN 'chord' THEN :input END
+    WHERE id = :id AND state = 'WAITING'
+"""
+# WAITING -> FAILURE: a chord's body, when a member of its header did not succeed.
+_SQL_FAIL_BODY = """
+    UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
+    WHERE id = :id AND state = 'WAITING'
+"""
+# Fired chords whose body row is gone (pruned or forgotten).
+_SQL_PRUNE_CHORDS = """
+    DELETE FROM chords WHERE fired = 1 AND NOT EXISTS (SELECT 1 FROM tasks
+                                                       WHERE tasks.id = chords.body)
+"""
+# update_state() of the running task itself, fenced by its claim.
+_SQL_SET_OWN_META = """
+    UPDATE tasks SET meta = :meta WHERE seq = :seq AND attempt = :attempt AND state = 'STARTED'
+"""
+# update_state(task_id=...) of any unfinished task.
+_SQL_SET_META = """
+    UPDATE tasks SET meta = :meta
+    WHERE id = :id AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
+"""
+_SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
+_SQL_GROUP_MEMBERS = """
+    SELECT id FROM tasks WHERE group_id = :id AND group_index IS NOT NULL ORDER BY group_index
+"""
+_SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
 # finished -> (deleted). tasks_finished.
 _SQL_PRUNE = """
@@ -1284,15 +1418,16 @@ _SQL_PRUNE = """
 """
 _SQL_VACUUM_STEP = f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})"
 # UNIQUE index on id.
-_SQL_GET_TASK = """
-    SELECT id, name, queue, priority, state, attempt, retries, worker, pid, created_at,
-           started_at, finished_at, result, traceback, errors, eta, expires
-    FROM tasks WHERE id = :id
+_TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
+                 "pid", "created_at", "started_at", "finished_at", "result", "traceback",
+                 "errors", "eta", "expires", "payload", "parent_id", "root_id", "group_id",
+                 "group_index", "waits", "meta", "input")
+_SQL_GET_TASK = f"""
+    SELECT {", ".join(_TASK_COLUMNS)} FROM tasks WHERE id = :id
 """
 # Primary key, newest first; the filters are optional.
-_SQL_LIST_TASKS = """
-    SELECT id, name, queue, priority, state, attempt, retries, worker, pid, created_at,
-           started_at, finished_at, result, traceback, errors, eta, expires
+_SQL_LIST_TASKS = f"""
+    SELECT {", ".join(_TASK_COLUMNS)}
     FROM tasks WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
                  AND (:name IS NULL OR name = :name)
     ORDER BY seq DESC LIMIT :n
@@ -1306,10 +1441,10 @@ _SQL_REQUEUE = """
                      retries = 0
     WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
 """
-# PENDING, SCHEDULED or RETRY -> (deleted).
+# PENDING, SCHEDULED, RETRY or WAITING -> (deleted).
 _SQL_PURGE = """
     DELETE FROM tasks WHERE seq IN (
-        SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY')
+        SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING')
                               AND (:queue IS NULL OR queue = :queue) LIMIT :n)
 """
 _SQL_COUNTS = "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY 1, 2"
@@ -1449,7 +1584,8 @@ for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER
 
 # A claimed row, as _SQL_CLAIM returns it.
 _Claimed = collections.namedtuple(
-    "_Claimed", "seq id name payload attempt retries max_retries expires errors priority")
+    "_Claimed", "seq id name payload attempt retries max_retries expires errors priority "
+                "parent_id root_id group_id waits input followers")
 
 
 def _claim_order(row):
@@ -1460,16 +1596,19 @@ def _claim_order(row):
 
 class _Outcome:
     """How one claimed row ended, as complete_and_claim (or a rescue) records it. tag is
-    the prefix of the get() waiters to ring (None: nobody can wait on the row)."""
+    the prefix of the get() waiters to ring (None: nobody can wait on the row). A row with
+    followers (links, errbacks, a chord) also carries its id, and `passed`, the result
+    blob its links receive when the row itself keeps none (ignore_result)."""
 
     __slots__ = ("state", "result", "traceback", "seq", "attempt", "tag", "eta", "errors",
-                 "retried")
+                 "retried", "id", "followers", "passed")
 
     def __init__(self, state, result=None, traceback=None, *, seq, attempt, tag, eta=None,
-                 errors=None, retried=0):
+                 errors=None, retried=0, id=None, followers=0, passed=None):
         self.state, self.result, self.traceback = state, result, traceback
         self.seq, self.attempt, self.tag = seq, attempt, tag
         self.eta, self.errors, self.retried = eta, errors, retried
+        self.id, self.followers, self.passed = id, followers, passed
 
     def params(self, worker, now):
         """The named parameters of _SQL_COMPLETE and _SQL_SETTLE_LOST."""
@@ -1482,6 +1621,46 @@ class _Outcome:
         this is once per task)."""
         return (self.state, self.result, self.traceback, self.eta, self.errors, self.retried,
                 now, self.seq, self.attempt, worker)
+
+    def ended(self):
+        """(id, state, result, traceback) for _settle, or None if nothing follows it."""
+        if not self.followers or self.state not in READY_STATES or not isinstance(self.id, str):
+            return None
+        return (self.id, self.state, self.passed if self.passed is not None else self.result,
+                self.traceback)
+
+
+class _FollowUps:
+    """What _settle set in motion in one transaction, for the caller to ring once it has
+    committed: rows queued (woken) and rows that ended without running (ended ids)."""
+
+    __slots__ = ("woken", "ended")
+
+    def __init__(self):
+        self.woken = 0
+        self.ended = []
+
+
+def _msgpack_array(blobs):
+    """One msgpack array of already-encoded values (None: nil), without decoding them."""
+    n = len(blobs)
+    head = bytes([0x90 | n]) if n < 16 else (b"\xdc" + n.to_bytes(2, "big") if n < 65536
+                                             else b"\xdd" + n.to_bytes(4, "big"))
+    return head + b"".join(b"\xc0" if b is None else bytes(b) for b in blobs)
+
+
+def _dependency_error(task_id, state, result):
+    """The ChordError a chord's body ends with when header member task_id did not
+    succeed (Celery's wording)."""
+    if state == FAILURE:
+        try:
+            info = _unpack(result)
+        except Exception:
+            info = None
+        info = info if isinstance(info, dict) else {}
+        kind = str(info.get("type", "Exception")).rpartition(".")[2]
+        return ChordError(f"Dependency {task_id} raised {kind}({str(info.get('message', ''))!r})")
+    return ChordError(f"Dependency {task_id} was {str(state).lower()}")
 
 
 class _Storage:
@@ -1671,6 +1850,20 @@ class _Storage:
             raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
                                   "a task id of the group already exists") from None
 
+    def insert_canvas(self, rows, registry_rows, chords):
+        """Commit a canvas (its rows and chords) in one transaction: all of it, or none."""
+        try:
+            with self.write() as conn:
+                for registry_row in registry_rows:
+                    conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
+                conn.executemany(_SQL_INSERT_CANVAS, rows)
+                conn.executemany(_SQL_INSERT_CHORD, chords)
+        except apsw.ConstraintError:
+            ids = collections.Counter(row["id"] for row in rows)
+            repeated = [task_id for task_id, n in ids.items() if n > 1]
+            raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
+                                  "a task id of the canvas already exists") from None
+
     def upsert_registry(self, rows):
         with self.write() as conn:
             for row in rows:
@@ -1719,18 +1912,90 @@ class _Storage:
 
     def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release):
         rejected = 0
+        follow = None
         with self.write() as conn:
             for o in outcomes:
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
                     rejected += 1
+                elif o.followers:
+                    ended = o.ended()
+                    if ended is not None:
+                        follow = follow or _FollowUps()
+                        self._settle(conn, [ended], now, follow)
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
             rows = [_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM, (worker, pid, now, queue, n))] if n else []    # _CLAIM_ORDER
             if len(rows) > 1 and any(r.priority != rows[0].priority for r in rows):
                 rows.sort(key=_claim_order)
+        self.follow_ups = follow
         return rows, rejected
+
+    def take_follow_ups(self):
+        """The _FollowUps of the last committed write that had any (then forgotten)."""
+        follow, self.follow_ups = self.follow_ups, None
+        return follow
+
+    follow_ups = None
+
+    def _settle(self, conn, ended, now, follow):
+        """Inside the caller's transaction: set in motion what the end of each row in
+        `ended` [(id, state, result, traceback)] starts. A success queues its links with
+        its result as their input; any other end gives its chain's rest the same end
+        (and so on down the chain), and a failure queues its errbacks. A chord member is
+        counted once, in its own slot; the last one queues the body with every result in
+        header order, and the first that did not succeed fails the body with ChordError.
+        A worklist, not recursion: a chain of any length costs no stack."""
+        work = list(ended)
+        while work:
+            task_id, state, result, tb = work.pop()
+            params = {"parent": task_id, "now": now}
+            if state == SUCCESS:
+                conn.execute(_SQL_ACTIVATE_LINKS, dict(params, result=result))
+                follow.woken += conn.changes()
+                conn.execute(_SQL_DROP_ERRBACKS, {"parent": task_id})
+            else:
+                for (child,) in conn.execute(_SQL_CASCADE, dict(
+                        params, state=state, result=result, traceback=tb)).fetchall():
+                    follow.ended.append(child)
+                    work.append((child, state, result, tb))
+                if state == FAILURE:
+                    conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
+                    follow.woken += conn.changes()
+                else:
+                    conn.execute(_SQL_DROP_ERRBACKS, {"parent": task_id})
+            member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
+            if member and member[0][0] is not None and member[0][1] is not None:
+                self._chord_part(conn, member[0], task_id, state, result, now, follow, work)
+
+    def _chord_part(self, conn, member, task_id, state, result, now, follow, work):
+        """Count one chord member's end (see _settle)."""
+        chord_id, index = member
+        chord = conn.execute(_SQL_CHORD, (chord_id,)).fetchall()
+        if not chord or chord[0][2]:
+            return                     # a plain group, or a chord already decided
+        body, size, _ = chord[0]
+        conn.execute(_SQL_CHORD_SLOT, {"chord": chord_id, "idx": index,
+                                       "result": result if state == SUCCESS else None})
+        if not conn.changes():
+            return                     # this member was counted before
+        if state == SUCCESS:
+            (done,), = conn.execute(_SQL_CHORD_COUNT, (chord_id,)).fetchall()
+            if done < size:
+                return
+            results = [r for (r,) in conn.execute(_SQL_CHORD_RESULTS, (chord_id,))]
+            conn.execute(_SQL_ACTIVATE_BODY, {"id": body, "input": _msgpack_array(results),
+                                              "now": now})
+            follow.woken += conn.changes()
+        else:
+            error = _encode_error(_dependency_error(task_id, state, result))
+            conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
+            if conn.changes():
+                follow.ended.append(body)
+                work.append((body, FAILURE, error, None))
+        conn.execute(_SQL_CHORD_FIRED, (chord_id,))
+        conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
     def rescue(self, worker, crashed_seq, settle, now):
         """Take back a dead worker's rows and unregister it.
@@ -1740,6 +2005,7 @@ class _Storage:
         RETRY or FAILURE. Returns (requeued, failed) counts.
         """
         requeued = failed = 0
+        follow = None
         cols = ("seq", "id", "name", "attempt", "retries", "max_retries", "errors")
         with self.write() as conn:
             for values in conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall():
@@ -1752,9 +2018,13 @@ class _Storage:
                 conn.execute(_SQL_SETTLE_LOST, o.params(worker, now))
                 if o.state == FAILURE:
                     failed += 1
+                    follow = follow or _FollowUps()
+                    self._settle(conn, [(row["id"], FAILURE, o.result, o.traceback)], now,
+                                 follow)
                 else:
                     requeued += 1
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
+        self.follow_ups = follow
         return requeued, failed
 
     def claiming_workers(self):
@@ -1776,9 +2046,13 @@ class _Storage:
         stop it. Returns ([(task id, name)] failed, [schedule name] disabled)."""
         error = _encode_error(ValueError("invalid task row: its eta is not a unix time, so "
                                          "it could never become due"))
+        follow = _FollowUps()
         with self.write() as conn:
             failed = conn.execute(_SQL_QUARANTINE_ETA, {"result": error, "now": now}).fetchall()
+            self._settle(conn, [(task_id, FAILURE, error, None) for task_id, _ in failed
+                                if isinstance(task_id, str)], now, follow)
             disabled = [name for (name,) in conn.execute(_SQL_DISABLE_BAD_TIMES).fetchall()]
+        self.follow_ups = follow
         return failed, disabled
 
 
@@ -1923,9 +2197,7 @@ class _Storage:
 
     # -- results -----------------------------------------------------------------------
 
-    _TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
-                     "pid", "created_at", "started_at", "finished_at", "result", "traceback",
-                     "errors", "eta", "expires")
+    _TASK_COLUMNS = _TASK_COLUMNS
 
     def list_tasks(self, state, queue, name, limit):
         rows = self.conn.execute(_SQL_LIST_TASKS, {"state": state, "queue": queue,
@@ -1954,7 +2226,32 @@ class _Storage:
                 if stage == "finished" or (stage == "running" and not terminate):
                     return False
             conn.execute(_SQL_REVOKE, {"now": now, "seq": seq})
+            if not conn.changes():
+                return False
+            follow = _FollowUps()
+            self._settle(conn, [(task_id, REVOKED, None, None)], now, follow)
+        self.follow_ups = follow
+        return True
+
+    def set_meta(self, meta, task_id=None, seq=None, attempt=None):
+        """Store update_state()'s [state, meta]: the running task's own row (fenced by its
+        claim), or any unfinished task by id. True if a row took it."""
+        with self.write() as conn:
+            if seq is not None:
+                conn.execute(_SQL_SET_OWN_META, {"meta": meta, "seq": seq, "attempt": attempt})
+            else:
+                conn.execute(_SQL_SET_META, {"meta": meta, "id": task_id})
             return conn.changes() > 0
+
+    def children(self, task_id):
+        return [i for (i,) in self.conn.execute(_SQL_CHILDREN, (task_id,))]
+
+    def group_members(self, group_id):
+        return [i for (i,) in self.conn.execute(_SQL_GROUP_MEMBERS, (group_id,))]
+
+    def chord_of_body(self, task_id):
+        rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
+        return rows[0][0] if rows else None
 
     def states_of(self, seqs, locked=False):
         """{seq: state}; locked=True reads under the write lock, after any revoke that
@@ -1968,6 +2265,8 @@ class _Storage:
         deleted = self._in_batches(_SQL_PRUNE, {"cutoff": cutoff}, _PRUNE_BATCH,
                                    after_batch=self.truncate_wal_if_large)
         if deleted:
+            with self.write() as conn:
+                conn.execute(_SQL_PRUNE_CHORDS)
             self._vacuum()
         return deleted
 
@@ -2616,6 +2915,8 @@ def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
 # ---------------------------------------------------------------------------
 
 _apps = weakref.WeakSet()   # every live LiteQueue of this process; a worker serves their tasks
+_last_app = [None]          # a weak reference to the latest one (the "current app")
+_shared_tasks = []          # (fn, options) of every @shared_task, given to each app
 _request = threading.local()
 
 
@@ -2623,7 +2924,8 @@ class _Request:
     """What a bound task sees as self.request while it runs."""
 
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
-                 hostname=None, worker=None):
+                 hostname=None, worker=None, parent_id=None, root_id=None, group=None,
+                 meta_writer=None):
         self.id = id
         self.args = list(args)
         self.kwargs = dict(kwargs or {})
@@ -2632,6 +2934,176 @@ class _Request:
         self.task = name
         self.hostname = hostname
         self.worker = worker
+        self.parent_id = parent_id
+        self.root_id = root_id or id
+        self.group = group
+        self.meta_writer = meta_writer     # (storage, seq, attempt) in a worker, else None
+        self.progress = None
+
+    def report(self, blob):
+        """update_state() of this call: coalesced writes in a worker, nothing inline."""
+        if self.meta_writer is None:
+            return
+        if self.progress is None:
+            self.progress = _ProgressWriter(*self.meta_writer)
+        self.progress.report(blob)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()
+
+
+class _ProgressWriter:
+    """Writes a running task's update_state() reports at most every _PROGRESS_INTERVAL
+    seconds: a report inside the interval is kept, and a timer writes the latest one when
+    the interval ends, so the last report is never lost and a tight loop of reports costs
+    a few writes per second. The lock keeps the timer's write and the task's end apart
+    (they share the worker's connection)."""
+
+    def __init__(self, storage, seq, attempt):
+        self.storage, self.seq, self.attempt = storage, seq, attempt
+        self.lock = threading.Lock()
+        self.last = 0.0
+        self.pending = None
+        self.timer = None
+        self.closed = False
+
+    def report(self, blob):
+        with self.lock:
+            self.pending = blob
+            wait = self.last + _PROGRESS_INTERVAL - time.monotonic()
+            if wait <= 0:
+                self._write()
+            elif self.timer is None:
+                self.timer = threading.Timer(wait, self._flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _flush(self):
+        with self.lock:
+            self.timer = None
+            if self.pending is not None and not self.closed:
+                self._write()
+
+    def _write(self):
+        blob, self.pending = self.pending, None
+        self.last = time.monotonic()
+        try:
+            self.storage.set_meta(blob, seq=self.seq, attempt=self.attempt)
+        except Exception as exc:        # progress is advisory: never fail the task for it
+            logger.warning("update_state of task row %d not stored: %s", self.seq, exc)
+
+    def close(self):
+        """The task ended: a report not yet written no longer matters."""
+        with self.lock:
+            self.closed = True
+            self.pending = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+
+class Signal:
+    """A hook point with Celery's name and keyword arguments:
+    ``litequeue.signals.task_failure.connect(handler)``. Handlers are called as
+    handler(sender=..., signal=..., **kwargs); one that raises is logged and never breaks
+    the task or the worker."""
+
+    def __init__(self, name):
+        self.name = name
+        self.receivers = []
+
+    def __repr__(self):
+        return f"<Signal: {self.name}>"
+
+    def connect(self, receiver=None, sender=None, weak=False, dispatch_uid=None, **kwargs):
+        """Connect a handler (also usable as a decorator, with or without arguments).
+        sender limits it to one sender (a task or its name)."""
+        if receiver is None:
+            return lambda fn: self.connect(fn, sender=sender, dispatch_uid=dispatch_uid)
+        key = dispatch_uid if dispatch_uid is not None else receiver
+        if not any(k == key and s == sender for k, _, s in self.receivers):
+            self.receivers.append((key, receiver, sender))
+        return receiver
+
+    def disconnect(self, receiver=None, sender=None, dispatch_uid=None):
+        key = dispatch_uid if dispatch_uid is not None else receiver
+        self.receivers = [r for r in self.receivers if not (r[0] == key and r[2] == sender)]
+
+    def send(self, sender, **named):
+        """Call every handler; returns [(handler, its return value or exception)]."""
+        responses = []
+        for _, receiver, only in list(self.receivers):
+            if only is not None and only is not sender and only != sender and \
+                    only != getattr(sender, "name", None):
+                continue
+            try:
+                responses.append((receiver, receiver(signal=self, sender=sender, **named)))
+            except Exception as exc:
+                logger.exception("signal %s handler %r raised", self.name, receiver)
+                responses.append((receiver, exc))
+        return responses
+
+    send_robust = send
+
+
+signals = types.ModuleType(f"{__name__}.signals", "litequeue's signals, with Celery's names.")
+for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_postrun",
+              "task_success", "task_failure", "task_retry", "task_revoked", "worker_ready",
+              "worker_shutdown", "worker_process_init"):
+    setattr(signals, _name, Signal(_name))
+sys.modules[signals.__name__] = signals      # so `from litequeue.signals import ...` works
+
+
+def _task_signals_connected():
+    """True if any handler listens to a signal sent around each task run."""
+    return bool(signals.task_prerun.receivers or signals.task_postrun.receivers or
+                signals.task_success.receivers or signals.task_failure.receivers or
+                signals.task_retry.receivers)
+
+
+class _ExceptionInfo:
+    """What hooks and signals get as einfo (Celery's ExceptionInfo, reduced)."""
+
+    def __init__(self, exc, traceback_text):
+        self.exception = exc
+        self.type = type(exc)
+        self.traceback = traceback_text
+
+    def __str__(self):
+        return self.traceback or repr(self.exception)
+
+
+def shared_task(fn=None, **options):
+    """A task for library code that names no app: every LiteQueue of the process (made
+    before or after) registers it. Calling or queueing it uses the latest app."""
+    def register(func):
+        _shared_tasks.append((func, options))
+        for app in list(_apps):
+            app.task(**options)(func)
+        return _SharedTask(options.get("name") or _task_name_for(func)[0])
+    if fn is not None:
+        return register(fn)
+    return register
+
+
+class _SharedTask:
+    """The handle @shared_task returns: the task of that name in the current app."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def _task(self):
+        return _current_app().tasks[self.name]
+
+    def __getattr__(self, attr):
+        return getattr(self._task(), attr)
+
+    def __call__(self, *args, **kwargs):
+        return self._task()(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<@shared_task: {self.name}>"
 
 
 def _module_name(name, file=None):
@@ -2655,13 +3127,18 @@ class Task:
     # Celery's names and defaults.
     _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
                 "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
-                "time_limit", "soft_time_limit"}
+                "time_limit", "soft_time_limit", "ignore_result", "base"}
+    _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
 
     def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
                  max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
                  retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
-                 time_limit=None, soft_time_limit=None):
+                 time_limit=None, soft_time_limit=None, ignore_result=False):
         default_name, module = _task_name_for(fn)
+        self.ignore_result = bool(ignore_result)
+        # Only a subclass that overrides a hook pays for calling hooks.
+        self._hooked = any(getattr(type(self), hook) is not getattr(Task, hook)
+                           for hook in self._HOOKS)
         self.app = app
         self.fn = fn
         self.name = name or default_name
@@ -2725,6 +3202,53 @@ class Task:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
 
+    # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
+    # arguments. They run in the worker after the task; one that raises is logged.
+    def on_success(self, retval, task_id, args, kwargs):
+        """The task returned retval."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """The task failed for good (no retry left); einfo.traceback is the text."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        """The task raised and will be retried."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        """After any of the above; status is the state recorded."""
+
+    def AsyncResult(self, task_id):
+        """The result handle of a task id."""
+        return AsyncResult(task_id, self.app)
+
+    def update_state(self, task_id=None, state=None, meta=None, **kwargs):
+        """Record a custom state and its meta (``state="PROGRESS", meta={"current": 3,
+        "total": 10}``): AsyncResult.state and .info show them while the task runs.
+
+        Without task_id it is the running task's own; its writes are coalesced to a few
+        per second, so a task that reports in a tight loop cannot flood the write lock
+        (the latest report always reaches the database). A finished state cannot be set
+        here: return or raise instead."""
+        if not isinstance(state, str) or not state:
+            raise ConfigurationError(f"update_state needs a state name, not {state!r}")
+        if state in READY_STATES or state in (WAITING, SCHEDULED, PENDING):
+            raise ConfigurationError(f"update_state cannot set {state}: a task ends by "
+                                     "returning or raising")
+        try:
+            blob = _pack([state, meta])
+            _unpack(blob)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"meta of update_state cannot be encoded as msgpack: "
+                                     f"{exc}") from None
+        current = getattr(_request, "current", None)
+        if task_id is None or (current is not None and task_id == current.id):
+            if current is None or current.id is None:
+                raise LitequeueError("update_state() without task_id works only inside a "
+                                     "running task")
+            current.report(blob)
+            return
+        if not self.app._storage().set_meta(blob, task_id=_checked_text("task_id", task_id)):
+            raise TaskNotFound(f"no unfinished task with id {task_id!r}")
+
     @property
     def request(self):
         """The running call's id, args, kwargs and retries (inline calls get an empty one)."""
@@ -2735,48 +3259,53 @@ class Task:
         return self.apply_async(args, kwargs)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, priority=None, queue=None,
-                    countdown=None, eta=None, expires=None, **options):
+                    countdown=None, eta=None, expires=None, link=None, link_error=None,
+                    **options):
         """Queue a call with options (Celery's names); returns its AsyncResult.
 
         countdown: seconds from now; eta: a datetime (naive: in the app's timezone);
-        expires: seconds from now or a datetime, after which it never starts.
+        expires: seconds from now or a datetime, after which it never starts; link and
+        link_error: signatures (or lists of them) queued when it succeeds or fails, in
+        the transaction that records its end.
         """
+        if link is not None or link_error is not None:
+            given = {"task_id": task_id, "priority": priority, "queue": queue,
+                     "countdown": countdown, "eta": eta, "expires": expires}
+            options.update((k, v) for k, v in given.items() if v is not None)
+            return Signature(self, args or (), kwargs, options).apply_async(
+                link=link, link_error=link_error)
         return self.app._send(self.name, args, kwargs, task=self, task_id=task_id,
                               priority=priority, queue=queue, countdown=countdown, eta=eta,
                               expires=expires, **options)
 
+    def apply(self, args=None, kwargs=None, **options):
+        """Run the task here and now, as a worker would (an EagerResult)."""
+        return Signature(self, args or (), kwargs).apply(**options)
+
     def s(self, *args, **kwargs):
-        """A signature: this task with these arguments, to call later or to schedule with
-        add_periodic_task."""
-        return _Signature(self, args, kwargs)
+        """A signature: this task with these arguments, to queue later, chain, link, or
+        schedule with add_periodic_task."""
+        return Signature(self, args, kwargs)
 
+    def si(self, *args, **kwargs):
+        """An immutable signature: it never receives a parent's result."""
+        return Signature(self, args, kwargs, immutable=True)
 
-class _Signature:
-    """A task with (some of) its arguments, as Celery's ``task.s()``."""
+    def signature(self, args=None, kwargs=None, immutable=False, **options):
+        """A signature with apply_async options, as Celery's Task.signature."""
+        return Signature(self, args or (), kwargs, options, immutable=immutable)
 
-    def __init__(self, task, args, kwargs):
-        self.task, self.args, self.kwargs = task, args, kwargs
-
-    def __repr__(self):
-        return f"{self.task.name}(*{self.args!r}, **{self.kwargs!r})"
-
-    def delay(self, *args, **kwargs):
-        """Queue the task; arguments given here follow the signature's own."""
-        return self.apply_async(args, kwargs)
-
-    def apply_async(self, args=None, kwargs=None, **options):
-        """Queue the task with apply_async's options; args are appended, kwargs merged."""
-        return self.task.apply_async((*self.args, *(args or ())),
-                                     {**self.kwargs, **(kwargs or {})}, **options)
+    subtask = signature
 
 
 class AsyncResult:
     """The state and result of one task, read from the database."""
 
-    def __init__(self, id, app):
+    def __init__(self, id, app=None, parent=None):
         self.id = id
-        self.app = app
+        self.app = app if app is not None else _current_app()
         self._row = None
+        self._parent = parent
 
     def __repr__(self):
         return f"<AsyncResult: {self.id}>"
@@ -2807,6 +3336,70 @@ class AsyncResult:
         row = self._fetch()
         return row["name"] if row else None
 
+    task_name = name
+
+    def _column(self, name):
+        row = self._fetch()
+        return row.get(name) if row else None
+
+    @property
+    def parent_id(self):
+        """The id of the task that queued this one or that it follows (None: neither)."""
+        return self._column("parent_id")
+
+    @property
+    def root_id(self):
+        """The id of the first task of its workflow (its own id if it began one)."""
+        return self._column("root_id") or (self.id if self._fetch() else None)
+
+    @property
+    def parent(self):
+        """The result this one follows: the previous task of a chain, the task that
+        queued it, or (for a chord's body) the header's GroupResult. Read from the
+        database, so it works in any process."""
+        if self._parent is not None:
+            return self._parent
+        row = self._fetch()
+        if not row:
+            return None
+        if row.get("parent_id"):
+            self._parent = AsyncResult(row["parent_id"], self.app)
+        elif isinstance(row.get("waits"), str) and row["waits"].startswith("chord"):
+            group_id = self.app._storage().chord_of_body(self.id)
+            self._parent = GroupResult.restore(group_id, app=self.app) if group_id else None
+        return self._parent
+
+    @property
+    def children(self):
+        """The tasks it queued while it ran and those that follow it (links, errbacks)."""
+        return [AsyncResult(i, self.app) for i in self.app._storage().children(self.id)]
+
+    def _call(self):
+        return _row_call(self._fetch())
+
+    @property
+    def args(self):
+        """The positional arguments it ran (or will run) with: those it was queued with,
+        after a parent's result or a chord's results once it has them."""
+        return self._call()[0]
+
+    @property
+    def kwargs(self):
+        return self._call()[1]
+
+    @property
+    def queue(self):
+        return self._column("queue")
+
+    @property
+    def worker(self):
+        return self._column("worker")
+
+    @property
+    def date_started(self):
+        row = self._fetch()
+        return _from_unix(row["started_at"]) if row else None
+
     def ready(self):
         """True once the task has finished, whatever the outcome."""
         return self.state in READY_STATES
@@ -2827,7 +3420,16 @@ class AsyncResult:
             return _unpack_stored(row["result"], "result", self.id)
         return _rebuild_error(row["result"], row["traceback"])
 
-    info = result
+    @property
+    def info(self):
+        """The result once ready; while running, the meta of its last update_state()."""
+        row = self._fetch()
+        if not row:
+            return None
+        if row["state"] in READY_STATES:
+            return self.result
+        meta = _custom_state(row)
+        return meta[1] if meta else None
 
     @property
     def traceback(self):
@@ -2872,6 +3474,13 @@ class AsyncResult:
             if locks is not None:
                 locks.close()
         self._row = None
+        if revoked:
+            self.app._after_follow_ups()
+            signals.task_revoked.send(sender=self.app.tasks.get(self.name) or self.name,
+                                      request=_Request(self.id, name=self.name),
+                                      terminated=terminate,
+                                      signum=signal.SIGKILL if terminate else None,
+                                      expired=False)
         if revoked and terminate:
             self.app._sched_bell.ring()                           # supervisors kill it
         return revoked
@@ -2936,10 +3545,43 @@ class AsyncResult:
         return self.get(timeout=timeout, propagate=propagate, interval=interval)
 
 
+def _row_call(row):
+    """(args, kwargs) of a task row as it runs: a link's or chord body's input first."""
+    try:
+        args, kwargs = _unpack_envelope(row["payload"]) if row else ([], {})
+    except ValueError:
+        return [], {}
+    waits = row.get("waits")
+    if waits in ("link", "chord") and row["state"] != WAITING and row.get("input") is not None:
+        try:
+            args = [_unpack(row["input"]), *args]
+        except Exception:
+            pass
+    return args, kwargs
+
+
+def _custom_state(row):
+    """(state, meta) of a running task's last update_state(), or None."""
+    blob = row.get("meta")
+    if blob is None or row["state"] != STARTED:
+        return None
+    try:
+        state, meta = _unpack(blob)
+    except Exception:
+        return None
+    return (state, meta) if isinstance(state, str) else None
+
+
 def _visible_state(row):
-    """The row's state, except that a task still waiting past its expiry reads EXPIRED
-    (a worker marks the row itself when it meets it)."""
+    """The row's state as Celery would show it: a task waiting for another reads
+    PENDING, a running one its last update_state() state, and one still waiting past its
+    expiry reads EXPIRED (a worker marks the row itself when it meets it)."""
     state = row["state"]
+    if state == WAITING:
+        state = PENDING
+    elif state == STARTED and row.get("meta") is not None:
+        custom = _custom_state(row)
+        return custom[0] if custom else state
     expires = row.get("expires")
     if _is_time(expires) and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
         return EXPIRED
@@ -2949,12 +3591,14 @@ def _visible_state(row):
 class EagerResult(AsyncResult):
     """The result of a task run inline because task_always_eager is set."""
 
-    def __init__(self, id, app, state, value, tb=None):
-        super().__init__(id, app)
+    def __init__(self, id, app, state, value, tb=None, parent=None, payload=None, name=None,
+                 parent_id=None, root_id=None):
+        super().__init__(id, app, parent)
         self._row = dict.fromkeys(_Storage._TASK_COLUMNS)     # a whole row, as a worker's
         now = time.time()
         self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=0,
-                         attempt=1)
+                         attempt=1, payload=payload, name=name, parent_id=parent_id,
+                         root_id=root_id)
         if state == FAILURE:      # the history a worker would keep of the failed attempt
             self._row["errors"] = _pack([_error_entry(value, 1, now)])
         self._value = value
@@ -2967,6 +3611,10 @@ class EagerResult(AsyncResult):
         return self._value
 
     info = result
+
+    @property
+    def children(self):
+        return []
 
     def get(self, timeout=None, propagate=True, interval=None):
         if self._row["state"] == FAILURE and propagate:
@@ -2981,51 +3629,594 @@ class EagerResult(AsyncResult):
         return False
 
 
-class group:
+def _current_app():
+    """The app a handle or signature made without one uses: the latest live LiteQueue."""
+    app = _last_app[0]() if _last_app[0] is not None else None
+    if app is None:
+        raise ConfigurationError("no LiteQueue app exists in this process: create one, or "
+                                 "pass app=")
+    return app
+
+
+def _as_list(value):
+    """link=/link_error= take one signature or a list of them."""
+    if value is None:
+        return []
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if not isinstance(v, _Canvas):
+            raise TypeError(f"link and link_error take signatures (task.s(...)), not "
+                            f"{type(v).__name__}")
+    return values
+
+
+class _Canvas:
+    """What signatures, chains, groups and chords share: ``|``, delay(), apply_async()
+    (all rows in one transaction, checked before any is written) and apply() (inline)."""
+
+    def __or__(self, other):
+        if not isinstance(other, _Canvas):
+            return NotImplemented
+        return chain(self, other)
+
+    def delay(self, *args, **kwargs):
+        return self.apply_async(args, kwargs)
+
+    def link(self, callback):
+        """Queue callback (a signature) after this succeeds; returns callback."""
+        self.options.setdefault("link", []).extend(_as_list(callback))
+        return callback
+
+    def link_error(self, errback):
+        """Queue errback after this fails; returns errback."""
+        self.options.setdefault("link_error", []).extend(_as_list(errback))
+        return errback
+
+    def on_error(self, errback):
+        """link_error() that returns self, for chaining calls."""
+        self.link_error(errback)
+        return self
+
+    def set(self, immutable=None, **options):
+        """Set apply_async options (queue, priority, countdown, task_id...); returns self."""
+        if immutable is not None:
+            self.immutable = bool(immutable)
+        self.options.update(options)
+        return self
+
+    def _find_app(self):
+        for node in self._nodes():
+            app = getattr(node, "app", None)
+            if app is not None:
+                return app
+        return _current_app()
+
+    def apply_async(self, args=None, kwargs=None, **options):
+        """Queue the whole canvas; returns its result handle. Options other than link,
+        link_error and task_id apply to every task that does not set its own."""
+        app = self._find_app()
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        node = self._copy()
+        node.options.setdefault("link", [])
+        node.options["link"] = list(node.options["link"]) + _as_list(options.pop("link", None))
+        node.options["link_error"] = list(node.options.get("link_error") or ()) + \
+            _as_list(options.pop("link_error", None))
+        if options.get("task_id") is not None:
+            node.options["task_id"] = options.pop("task_id")
+        options.pop("task_id", None)
+        if app.conf["task_always_eager"]:
+            return node.apply(args, kwargs, **options)
+        plan = _Plan(app, options)
+        result, _ = node._attach(plan, (tuple(args or ()), dict(kwargs or {})), None, None)
+        plan.commit()
+        return result
+
+    def __call__(self, *args, **kwargs):
+        return self.apply_async(args, kwargs)
+
+
+class Signature(_Canvas):
+    """A task with (some of) its arguments and apply_async options: Celery's signature,
+    made by ``add.s(2)``, ``add.si(2, 2)`` or ``signature("tasks.add", (2, 2))``.
+
+    Arguments given when it is applied (or a parent's result, in a chain or link) go
+    before its own, as in Celery; an immutable signature takes none of them.
+    """
+
+    def __init__(self, task, args=(), kwargs=None, options=None, immutable=False, app=None):
+        if isinstance(task, dict):               # Celery's serialised form
+            args, kwargs = task.get("args", args), task.get("kwargs", kwargs)
+            options = task.get("options", options)
+            immutable = task.get("immutable", immutable)
+            task = task.get("task")
+        if isinstance(task, Task):
+            self.type, self.task, self.app = task, task.name, task.app
+        elif isinstance(task, str) and task:
+            self.type, self.task, self.app = None, task, app
+        else:
+            raise TypeError(f"a signature names a task (a Task or its name), not {task!r}")
+        if not isinstance(args, (list, tuple)):
+            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.options = dict(options or {})
+        self.immutable = bool(immutable)
+
+    def __repr__(self):
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.task}{'.si' if self.immutable else ''}({', '.join(parts)})"
+
+    def __eq__(self, other):
+        return isinstance(other, Signature) and (self.task, self.args, self.kwargs,
+                                                 self.immutable) == \
+            (other.task, other.args, other.kwargs, other.immutable)
+
+    __hash__ = None
+
+    @property
+    def id(self):
+        """The task id it will have, once frozen or set (None before)."""
+        return self.options.get("task_id")
+
+    @property
+    def name(self):
+        return self.task
+
+    def _nodes(self):
+        return [self]
+
+    def _copy(self):
+        sig = Signature(self.type or self.task, self.args, self.kwargs, self.options,
+                        self.immutable, self.app)
+        for key in ("link", "link_error"):
+            if key in sig.options:
+                sig.options[key] = list(sig.options[key])
+        return sig
+
+    def clone(self, args=None, kwargs=None, **options):
+        """A copy, with more arguments (before its own) and options."""
+        sig = self._copy()
+        if not self.immutable:
+            sig.args = (*(args or ()), *self.args)
+            sig.kwargs = {**self.kwargs, **(kwargs or {})}
+        sig.options.update(options)
+        return sig
+
+    def freeze(self, _id=None):
+        """Fix its task id now; returns the AsyncResult it will have."""
+        self.options.setdefault("task_id", _id or _new_id())
+        return AsyncResult(self.id, self.app or _current_app())
+
+    def _resolve(self, app):
+        """The Task to run, or None for a name this process does not define but a worker
+        or producer of the database registered; UnknownTask for any other name."""
+        if self.type is not None:
+            return self.type
+        task = app.tasks.get(self.task)
+        if task is None and self.task not in app._known_remote:
+            registry = app._storage().registry()
+            if self.task not in registry:
+                raise UnknownTask(_unknown_task_message(self.task, registry))
+            app._known_remote.add(self.task)
+        return task
+
+    def _merged(self, args, kwargs):
+        if self.immutable:
+            return self.args, self.kwargs
+        return (*args, *self.args), {**self.kwargs, **kwargs}
+
+    def __call__(self, *args, **kwargs):
+        """Run the task function here with these arguments (before its own), as Celery."""
+        task = self._resolve(self._find_app())
+        if task is None:
+            raise UnknownTask(f"cannot call {self.task!r} here: it is not defined in this "
+                              "process")
+        call_args, call_kwargs = self._merged(args, kwargs)
+        return task(*call_args, **call_kwargs)
+
+    def _attach(self, plan, given, after, waits):
+        call_args, call_kwargs = self._merged(*given)
+        row = plan.row(self, call_args, call_kwargs, after, waits)
+        result = AsyncResult(row["id"], plan.app)
+        plan.follow(self.options, [row])
+        return result, [row]
+
+    def apply(self, args=None, kwargs=None, **options):
+        """Run it here and now, as a worker would, then its links or errbacks (an
+        EagerResult)."""
+        app = self._find_app()
+        task = self._resolve(app)
+        if task is None:
+            raise UnknownTask(f"cannot run {self.task!r} here: it is not defined in this "
+                              "process")
+        call_args, call_kwargs = self._merged(tuple(args or ()), dict(kwargs or {}))
+        task_id = self.options.get("task_id") or options.get("task_id") or _new_id()
+        current = getattr(_request, "current", None)
+        result = app._run_eagerly(task, task.name, task_id,
+                                  _pack_envelope(task.name, call_args, call_kwargs),
+                                  parent=current)
+        _eager_follow(self.options, result)
+        return result
+
+
+def _eager_follow(options, result):
+    """apply()'s links and errbacks, run inline after the task they follow."""
+    if result.successful():
+        for callback in options.get("link") or ():
+            callback.apply((result.result,))
+    elif result.failed():
+        for errback in options.get("link_error") or ():
+            for sig in errback._nodes()[:1]:
+                sig.apply(_errback_args(sig._resolve(sig._find_app()), result))
+
+
+def _errback_args(task, failed):
+    """What an errback receives (Celery's rule): (request, exc, traceback) if its task
+    takes more than one positional argument and is not bound, else the failed id."""
+    if task is None or task.bind or _positional_arity(task.fn) <= 1:
+        return (failed.id,)
+    row = failed._fetch() or {}
+    args, kwargs = _row_call(row) if row else ([], {})
+    request = _Request(failed.id, args, kwargs, retries=row.get("retries") or 0,
+                       name=row.get("name"), parent_id=row.get("parent_id"),
+                       root_id=row.get("root_id"), group=row.get("group_id"))
+    return (request, failed.result, failed.traceback)
+
+
+def _positional_arity(fn):
+    """How many positional arguments fn takes (a large number for *args)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 1 << 30
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def signature(varies, args=(), kwargs=None, options=None, app=None, immutable=False,
+              **more_options):
+    """A signature of a task by name (or a Task, a dict, or a signature to copy), as
+    Celery's ``signature("tasks.add", args=(2, 2), countdown=10)``."""
+    if isinstance(varies, _Canvas):
+        return varies._copy()
+    return Signature(varies, args, kwargs, {**(options or {}), **more_options},
+                     immutable=immutable, app=app)
+
+
+subtask = signature
+
+
+class chain(_Canvas):
+    """Tasks run one after another, each receiving the previous one's result:
+    ``chain(add.s(2, 2), add.s(4))`` or ``add.s(2, 2) | add.s(4)``. The result is the last
+    task's AsyncResult, whose .parent leads back to the first. A task that does not
+    succeed ends the rest of the chain the same way, and the chain's errbacks run once."""
+
+    def __init__(self, *tasks, **options):
+        if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
+            tasks = tuple(tasks[0])
+        flat = []
+        for task in tasks:
+            if not isinstance(task, _Canvas):
+                raise TypeError(f"chain() takes signatures (task.s(...)), not "
+                                f"{type(task).__name__}")
+            if isinstance(task, chain) and not task.options:
+                flat.extend(task.tasks)
+            else:
+                flat.append(task)
+        self.tasks = flat
+        self.options = options
+        self.immutable = False
+
+    def __repr__(self):
+        return " | ".join(repr(t) for t in self.tasks) or "chain()"
+
+    @property
+    def app(self):
+        return None
+
+    def _nodes(self):
+        return [n for t in self.tasks for n in t._nodes()]
+
+    def _copy(self):
+        return chain(*[t._copy() for t in self.tasks], **{
+            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
+
+    def _steps(self):
+        """The tasks, each group that something follows made a chord, as Celery does."""
+        steps, tasks = [], list(self.tasks)
+        while tasks:
+            task = tasks.pop(0)
+            if isinstance(task, group) and tasks:
+                task = chord(task, tasks.pop(0))
+            steps.append(task)
+        return steps
+
+    def _attach(self, plan, given, after, waits):
+        steps = self._steps()
+        if not steps:
+            raise ConfigurationError("an empty chain has nothing to run")
+        if self.options.get("task_id") is not None:
+            steps[-1] = steps[-1]._copy().set(task_id=self.options["task_id"])
+        result, lasts = None, None
+        for i, step in enumerate(steps):
+            if i == 0:
+                res, new = step._attach(plan, given, after, waits)
+            else:
+                if len(lasts) != 1:
+                    raise ConfigurationError("a group inside a chain must be followed by a "
+                                             "task (it becomes a chord)")
+                res, new = step._attach(plan, ((), {}), lasts[0], "link")
+            if result is not None and isinstance(res, AsyncResult) and res._parent is None:
+                res._parent = result
+            result, lasts = res, new
+        plan.follow(self.options, lasts)
+        return result, lasts
+
+    def apply(self, args=None, kwargs=None, **options):
+        result = None
+        for i, step in enumerate(self._steps()):
+            if i == 0:
+                res = step.apply(args, kwargs)
+            elif not result.successful():
+                break
+            else:
+                value = result.get() if isinstance(result, GroupResult) else result.result
+                res = step.apply((value,))
+            if result is not None and isinstance(res, AsyncResult) and res._parent is None:
+                res._parent = result
+            result = res
+        _eager_follow(self.options, result)
+        return result
+
+
+class group(_Canvas):
     """Signatures queued together, as Celery's ``group``: one transaction for all of them
-    (one commit, so one fsync at synchronous=FULL), and one GroupResult back.
+    (one commit, so one fsync at synchronous=FULL), and one GroupResult back, saved
+    under its id (``app.GroupResult(id)`` reads it in any process).
 
     ``group(add.s(i, i) for i in range(100)).apply_async()``
     """
 
-    def __init__(self, *signatures):
-        if len(signatures) == 1 and not isinstance(signatures[0], _Signature):
-            signatures = signatures[0]
-        self.signatures = list(signatures)
-        for sig in self.signatures:
-            if not isinstance(sig, _Signature):
+    def __init__(self, *tasks, **options):
+        if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
+            tasks = tuple(tasks[0])
+        flat = []
+        for task in tasks:
+            if not isinstance(task, _Canvas):
                 raise TypeError(f"group() takes task signatures (task.s(...)), not "
-                                f"{type(sig).__name__}")
-        apps = {id(sig.task.app) for sig in self.signatures}
+                                f"{type(task).__name__}")
+            flat.extend(task.tasks if isinstance(task, group) and not task.options
+                        else [task])
+        self.tasks = flat
+        self.options = options
+        self.immutable = False
+        apps = {id(n.app) for n in self._nodes() if n.app is not None}
         if len(apps) > 1:
             raise ConfigurationError("a group's tasks must belong to one app")
 
+    @property
+    def signatures(self):
+        return self.tasks
+
+    @property
+    def app(self):
+        return None
+
     def __repr__(self):
-        return f"group({self.signatures!r})"
+        return f"group({self.tasks!r})"
 
-    def apply_async(self, **options):
-        """Queue every signature, with these apply_async options for all of them."""
-        if not self.signatures:
-            return GroupResult([])
-        app = self.signatures[0].task.app
-        return app._send_group([(sig.task, sig.args, sig.kwargs, options)
-                                for sig in self.signatures])
+    def _nodes(self):
+        return [n for t in self.tasks for n in t._nodes()]
 
-    def delay(self):
-        """Queue every signature."""
-        return self.apply_async()
+    def _copy(self):
+        return group(*[t._copy() for t in self.tasks], **{
+            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
 
-    __call__ = delay
+    def _attach(self, plan, given, after, waits, group_id=None):
+        group_id = group_id or self.options.get("task_id") or _new_id()
+        results, lasts = [], []
+        for index, task in enumerate(self.tasks):
+            res, new = task._attach(plan, given, after, waits)
+            if len(new) != 1:
+                raise ConfigurationError("a group's member must end in one task (a "
+                                         "signature, chain or chord)")
+            new[0]["group_id"], new[0]["group_index"] = group_id, index
+            results.append(res)
+            lasts.extend(new)
+        # Celery: a group's link and link_error go to every member.
+        plan.follow(self.options, lasts)
+        return GroupResult(results, id=group_id, app=plan.app), lasts
+
+    def apply_async(self, args=None, kwargs=None, **options):
+        if not self.tasks:
+            return GroupResult([], id=_new_id())
+        return super().apply_async(args, kwargs, **options)
+
+    def apply(self, args=None, kwargs=None, **options):
+        results = [task.apply(args, kwargs) for task in self.tasks]
+        for res in results:
+            _eager_follow(self.options, res)
+        return GroupResult(results, id=self.options.get("task_id") or _new_id())
+
+    def __call__(self, *args, **kwargs):
+        return self.apply_async(args, kwargs)
+
+
+class chord(_Canvas):
+    """A group (the header) and a task (the body) that runs once every member has
+    finished, receiving their results in header order: ``chord(header)(body)`` or
+    ``chord(header, body)()``. The body is queued by the last member's own commit, once,
+    with no polling; a member that does not succeed fails the body with ChordError."""
+
+    def __init__(self, header, body=None, **options):
+        self.header = header if isinstance(header, group) else group(header)
+        for member in self.header.tasks:
+            if isinstance(member, group):
+                raise TypeError("a chord's header takes signatures or chains, not a group")
+        if body is not None:
+            self._check_body(body)
+        self.body = body
+        self.options = options
+        self.immutable = False
+
+    @staticmethod
+    def _check_body(body):
+        first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
+        if not isinstance(first, Signature):
+            raise TypeError(f"a chord's body must be a signature (task.s(...)) or a chain "
+                            f"starting with one, not {type(body).__name__}")
+
+    @property
+    def tasks(self):
+        return self.header.tasks
+
+    @property
+    def app(self):
+        return None
+
+    def __repr__(self):
+        return f"chord({self.header!r}, {self.body!r})"
+
+    def _nodes(self):
+        return self.header._nodes() + (self.body._nodes() if self.body is not None else [])
+
+    def _copy(self):
+        return chord(self.header._copy(), self.body._copy() if self.body else None, **{
+            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
+
+    def __call__(self, body=None, **options):
+        """``chord(header)(body)`` queues it; ``chord(header, body)()`` too."""
+        if body is not None:
+            self._check_body(body)
+            return chord(self.header, body, **self.options).apply_async(**options)
+        return self.apply_async(**options)
+
+    def _attach(self, plan, given, after, waits):
+        if self.body is None:
+            raise TypeError("a chord needs a body: chord(header)(body)")
+        body = self.body
+        if self.options.get("task_id") is not None:
+            body = body._copy().set(task_id=self.options["task_id"])
+        if not self.header.tasks:
+            if after is not None:
+                raise ConfigurationError("an empty chord cannot follow another task")
+            start = len(plan.rows)
+            result, lasts = body._attach(plan, ((), {}), None, "chord")
+            first = plan.rows[start]        # nothing to wait for: it runs with []
+            first["state"] = PENDING if first["eta"] is None else SCHEDULED
+            if first["eta"] is not None:
+                first["eta"] += first["created_at"]
+            first["input"] = _pack([])
+        else:
+            header, members = self.header._attach(plan, given, after, waits)
+            for row in members:
+                row["followers"] = 1
+            start = len(plan.rows)
+            result, lasts = body._attach(plan, ((), {}), None, "chord")
+            plan.chords.append({"id": header.id, "body": plan.rows[start]["id"],
+                                "size": len(members)})
+            result._parent = header
+        plan.follow(self.options, lasts)
+        return result, lasts
+
+    def apply(self, args=None, kwargs=None, **options):
+        if self.body is None:
+            raise TypeError("a chord needs a body: chord(header)(body)")
+        header = self.header.apply(args, kwargs)
+        bad = next((r for r in header.results if not r.successful()), None)
+        if bad is not None:
+            error = _dependency_error(bad.id, bad.state, _encode_error(bad.result)
+                                      if isinstance(bad.result, BaseException) else None)
+            result = EagerResult(_new_id(), self.body._find_app(), FAILURE, error)
+            _eager_follow(self.body.options, result)
+        else:
+            result = self.body.apply((header.get(),))
+        result._parent = header
+        _eager_follow(self.options, result)
+        return result
+
+
+class _Plan:
+    """The rows one apply_async of a canvas writes, built and checked in memory, then
+    committed in one transaction (rows, registry entries and chords)."""
+
+    def __init__(self, app, defaults):
+        self.app = app
+        self.defaults = defaults
+        self.rows = []
+        self.chords = []
+        self.tasks = {}
+        current = getattr(_request, "current", None)
+        self.parent = current.id if current is not None else None
+        self.root = (current.root_id or current.id) if current is not None else None
+
+    def row(self, sig, args, kwargs, after, waits):
+        """The tasks row of one signature; after (a row) and waits make it a follower."""
+        task = sig._resolve(self.app)
+        options = dict(self.defaults)
+        options.update((k, v) for k, v in sig.options.items()
+                       if k not in ("link", "link_error"))
+        row = self.app._task_row(sig.task, args, kwargs, task, **options)
+        if self.root is None:
+            self.root = row["id"]
+        row.update(parent_id=after["id"] if after is not None else self.parent,
+                   root_id=None if row["id"] == self.root else self.root, group_id=None,
+                   group_index=None, waits=None, input=None, followers=0)
+        if after is not None:
+            after["followers"] = 1
+        if waits:
+            row["waits"] = waits + ("_si" if sig.immutable else "")
+            row["state"] = WAITING
+            if row["eta"] is not None:         # a countdown from the parent's end
+                row["eta"] = max(0.0, row["eta"] - row["created_at"])
+        if task is not None:
+            self.tasks[task.name] = task
+        self.rows.append(row)
+        return row
+
+    def follow(self, options, lasts):
+        """Attach a node's link and link_error signatures after each of its last rows."""
+        for row in lasts:
+            for callback in options.get("link") or ():
+                callback._attach(self, ((), {}), row, "link")
+            for errback in options.get("link_error") or ():
+                errback._attach(self, ((), {}), row, "error")
+
+    def commit(self):
+        app = self.app
+        new = {name: task for name, task in self.tasks.items() if name not in app._noted}
+        now = time.time()
+        registry_rows = [{"name": name, "module": task.module, "now": now}
+                         for name, task in new.items()]
+        app._publish("before", self.rows)
+        app._storage().insert_canvas(self.rows, registry_rows, self.chords)
+        app._noted.update(new)
+        states = {row["state"] for row in self.rows}
+        if SCHEDULED in states:
+            app._sched_bell.ring()
+        if PENDING in states:
+            app._work_bell.ring()
+        app._publish("after", self.rows)
 
 
 class GroupResult:
-    """The AsyncResults of a group, in the group's order."""
+    """The AsyncResults of a group, in the group's order, under the group's id."""
 
-    def __init__(self, results):
+    def __init__(self, results, id=None, app=None, parent=None):
         self.results = list(results)
+        self.id = id
+        self.app = app
+        self.parent = parent
 
     def __repr__(self):
-        return f"<GroupResult: {len(self.results)} task(s)>"
+        return f"<GroupResult: {self.id} ({len(self.results)} task(s))>"
 
     def __iter__(self):
         return iter(self.results)
@@ -3035,6 +4226,29 @@ class GroupResult:
 
     def __getitem__(self, index):
         return self.results[index]
+
+    def __eq__(self, other):
+        return isinstance(other, GroupResult) and other.id == self.id and \
+            other.results == self.results
+
+    __hash__ = None
+
+    @property
+    def children(self):
+        return self.results
+
+    def save(self, backend=None):
+        """Its members already carry its id in the database: nothing more to store."""
+        return self
+
+    @classmethod
+    def restore(cls, id, backend=None, app=None):
+        """The GroupResult saved under id, read from the database (None if unknown)."""
+        app = app or _current_app()
+        members = app._storage().group_members(id)
+        if not members:
+            return None
+        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
 
     def ready(self):
         """True when every task has finished, whatever the outcome."""
@@ -3064,11 +4278,15 @@ class GroupResult:
             values.append(r.get(timeout=left, propagate=propagate, interval=interval))
         return values
 
-    join = get
+    join = join_native = get
 
     def revoke(self, terminate=False):
         """Revoke every task; returns how many were revoked."""
         return sum(bool(r.revoke(terminate=terminate)) for r in self.results)
+
+    def forget(self):
+        for r in self.results:
+            r.forget()
 
 
 class LiteQueue:
@@ -3103,6 +4321,9 @@ class LiteQueue:
         self._create = True          # False: the CLI's read commands change no file
         self.update_settings(settings)
         _apps.add(self)
+        _last_app[0] = weakref.ref(self)
+        for fn, options in _shared_tasks:
+            self.task(**options)(fn)
 
     def __repr__(self):
         return f"<LiteQueue {self.path}>"
@@ -3129,8 +4350,12 @@ class LiteQueue:
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
+        base = options.pop("base", None) or Task
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise ConfigurationError(f"base must be a subclass of litequeue.Task, not {base!r}")
+
         def register(func):
-            task = Task(self, func, **options)
+            task = base(self, func, **options)
             self.tasks[task.name] = task
             return task
 
@@ -3203,8 +4428,8 @@ class LiteQueue:
     def _periodic_definition(self, schedule, task, args, kwargs, name, catch_up, queue,
                              priority, module):
         """The schedules-table row that defines one periodic task."""
-        if isinstance(task, _Signature):
-            task, args, kwargs = task.task, task.args, task.kwargs
+        if isinstance(task, Signature):
+            task, args, kwargs = task.type or task.task, task.args, task.kwargs
         schedule = _as_schedule(schedule)
         zone = schedule.tz or _zone(self.conf["timezone"])
         if catch_up not in _CATCH_UP_POLICIES:
@@ -3240,6 +4465,17 @@ class LiteQueue:
     def AsyncResult(self, task_id):
         """The result handle of a task id."""
         return AsyncResult(task_id, self)
+
+    def GroupResult(self, group_id):
+        """The GroupResult of a group id, read from the database in any process."""
+        result = GroupResult.restore(group_id, app=self)
+        if result is None:
+            raise TaskNotFound(f"no group with id {group_id!r}")
+        return result
+
+    def signature(self, name, args=(), kwargs=None, **options):
+        """A signature of a task by name, as Celery's app.signature."""
+        return Signature(name, args, kwargs, options, app=self)
 
     @property
     def admin(self):
@@ -3279,31 +4515,42 @@ class LiteQueue:
         registry_row = None
         if task is not None and name not in self._noted:
             registry_row = {"name": name, "module": task.module, "now": row["created_at"]}
+        publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
+        if publish:
+            self._publish("before", [row])
         self._storage().insert_task(row, registry_row)
         if registry_row:
             self._noted.add(name)
         (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
+        if publish:
+            self._publish("after", [row])
         return AsyncResult(row["id"], self)
 
-    def _send_group(self, calls):
-        """Queue (task, args, kwargs, options) calls in one transaction; a GroupResult."""
-        rows = [self._task_row(task.name, args, kwargs, task, **options)
-                for task, args, kwargs, options in calls]   # all checked before any write
-        if self.conf["task_always_eager"]:
-            return GroupResult([self._run_eagerly(task, task.name, row["id"], row["payload"])
-                                for (task, *_), row in zip(calls, rows)])
-        tasks = {task.name: task for task, *_ in calls if task.name not in self._noted}
-        registry_rows = [{"name": name, "module": task.module, "now": time.time()}
-                         for name, task in tasks.items()]
-        if rows:
-            self._storage().insert_tasks(rows, registry_rows)
-        self._noted.update(tasks)
-        states = {row["state"] for row in rows}
-        if SCHEDULED in states:
-            self._sched_bell.ring()
-        if PENDING in states:
+    def _publish(self, when, rows):
+        """before_task_publish / after_task_publish, with Celery's arguments, per row."""
+        sig = signals.before_task_publish if when == "before" else signals.after_task_publish
+        if not sig.receivers:
+            return
+        for row in rows:
+            try:
+                args, kwargs = _unpack_envelope(row["payload"])
+            except ValueError:
+                args, kwargs = [], {}
+            headers = {"id": row["id"], "task": row["name"], "root_id": row.get("root_id")
+                       or row["id"], "parent_id": row.get("parent_id"),
+                       "group": row.get("group_id"), "eta": row["eta"],
+                       "expires": row["expires"], "retries": 0}
+            extra = {"declare": [], "retry_policy": None, "properties": {}} \
+                if when == "before" else {}
+            sig.send(sender=row["name"], body=(args, kwargs, {}), exchange="",
+                     routing_key=row["queue"], headers=headers, **extra)
+
+    def _after_follow_ups(self):
+        """Ring for what the last write set in motion (queued followers)."""
+        follow = self._storage().take_follow_ups()
+        if follow is not None and follow.woken:
             self._work_bell.ring()
-        return GroupResult([AsyncResult(row["id"], self) for row in rows])
+            self._sched_bell.ring()
 
     def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
                   queue=None, countdown=None, eta=None, expires=None, **options):
@@ -3333,11 +4580,14 @@ class LiteQueue:
                 self.conf["task_default_priority"]
         priority = _checked_priority(priority)
         scheduled = eta_at is not None and eta_at > now
+        current = getattr(_request, "current", None)     # queued by a running task
         return {"id": task_id, "name": name, "queue": queue, "priority": priority,
                 "state": SCHEDULED if scheduled else PENDING, "payload": payload,
                 "eta": eta_at if scheduled else None, "expires": expires_at,
                 "max_retries": task._max_retries if task and
-                isinstance(task._max_retries, int) else None, "created_at": now}
+                isinstance(task._max_retries, int) else None, "created_at": now,
+                "parent_id": current.id if current is not None else None,
+                "root_id": (current.root_id or current.id) if current is not None else None}
 
     def _routed_queue(self, name):
         """The queue task_routes gives a task name: an exact name first, then the first
@@ -3372,24 +4622,31 @@ class LiteQueue:
             raise ConfigurationError("expires is earlier than eta: the task could never run")
         return eta_at, expires_at
 
-    def _run_eagerly(self, task, name, task_id, payload):
+    def _run_eagerly(self, task, name, task_id, payload, parent=None):
         if task is None:
             raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
         args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
-        _request.current = _Request(task_id, args, kwargs, name=name)
+        previous = getattr(_request, "current", None)
+        if parent is None:
+            parent = previous
+        ids = {"parent_id": parent.id if parent else None,
+               "root_id": (parent.root_id or parent.id) if parent else None}
+        result = functools.partial(EagerResult, task_id, self, payload=payload, name=name,
+                                   **ids)
+        _request.current = _Request(task_id, args, kwargs, name=name, **ids)
         try:
             value = task(*args, **kwargs)
         except Exception as exc:
-            return EagerResult(task_id, self, FAILURE, exc, _traceback.format_exc())
+            return result(FAILURE, exc, _traceback.format_exc())
         finally:
-            _request.current = None
+            _request.current = previous
         try:    # the value a worker would store and get() would read back
             value = _unpack(_pack(value))
         except Exception as exc:
             error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
                                        f"{type(exc).__name__}: {_saferepr(exc)}")
-            return EagerResult(task_id, self, FAILURE, error, _traceback.format_exc())
-        return EagerResult(task_id, self, SUCCESS, value)
+            return result(FAILURE, error, _traceback.format_exc())
+        return result(SUCCESS, value)
 
 
 _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
@@ -3885,6 +5142,7 @@ class _Child:
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "work", self.worker_id)
         self.done_bell = _Doorbell(side, "done", keep=False)
+        self.work_bell = _Doorbell(side, "work")
         self.in_task = False
         signal.signal(signal.SIGALRM, self._on_soft_limit)
         self.sig_r, sig_w = os.pipe()
@@ -4054,10 +5312,21 @@ class _Child:
                         self.done_bell.ring(prefix=outcome.tag)
                 if any(o.state == RETRY for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
+                follow = self.storage.take_follow_ups()
+                if follow is not None:
+                    self._ring_follow_ups(follow)
                 outcomes = []
             queues_left -= 1
             if rows or queues_left <= 0:
                 return rows
+
+    def _ring_follow_ups(self, follow):
+        """After a commit that queued followers or ended rows without running them."""
+        if follow.woken:
+            self.work_bell.ring()
+            self.control_bell.ring()      # a follower with a countdown is SCHEDULED
+        for task_id in follow.ended:
+            self.done_bell.ring(prefix=_tag(task_id))
 
     def _write(self, outcomes, queue, want, release):
         """complete_and_claim, waiting out a busy write lock or a full disk with the
@@ -4157,12 +5426,13 @@ class _Child:
             logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
                          message)
             return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
-                            seq=row.seq, attempt=row.attempt, tag=_tag(row.id))
+                            seq=row.seq, attempt=row.attempt, tag=_tag(row.id), id=row.id,
+                            followers=row.followers)
 
     def _run_row(self, row, begun):
         """Check a row, run its task, and return its _Outcome."""
         outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                    tag=_tag(row.id))
+                                    tag=_tag(row.id), id=row.id, followers=row.followers)
         ready = self._prepare(row, outcome)
         if isinstance(ready, _Outcome):
             return ready
@@ -4172,9 +5442,15 @@ class _Child:
         if hard:
             self.lock.executing(row.seq, time.time() + hard, begun)
             self.control_bell.ring()  # the supervisor enforces the hard limit
-        _request.current = _Request(row.id, args, kwargs, retries=row.retries,
-                                    attempt=row.attempt, name=row.name,
-                                    hostname=self.spec["hostname"], worker=self.worker_id)
+        request = _request.current = _Request(
+            row.id, args, kwargs, retries=row.retries, attempt=row.attempt, name=row.name,
+            hostname=self.spec["hostname"], worker=self.worker_id, parent_id=row.parent_id,
+            root_id=row.root_id, group=row.group_id,
+            meta_writer=(self.storage, row.seq, row.attempt))
+        watched = task._hooked or _task_signals_connected()
+        if watched:
+            signals.task_prerun.send(sender=task, task_id=row.id, task=task, args=args,
+                                     kwargs=kwargs)
         started = time.monotonic()
         try:
             if soft:
@@ -4183,27 +5459,98 @@ class _Child:
             value = task(*args, **kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
             tb = _traceback.format_exc()
+            request.close()
             try:
-                return self._failed(task, row, exc, tb, outcome)
+                done = self._failed(task, row, exc, tb, outcome)
             except Exception as bad_request:   # e.g. self.retry(countdown="soon")
                 logger.error("Task %s[%s] failed: %s", row.name, row.id, _saferepr(bad_request))
-                return outcome(FAILURE, _encode_error(bad_request), tb)
+                done = outcome(FAILURE, _encode_error(bad_request), tb)
+            if watched:
+                self._after_task(task, row, args, kwargs, done, None, exc, tb)
+            return done
         finally:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _request.current = None
+        request.close()
         try:
             result = _pack(value)
         except Exception as exc:   # unencodable, or a value whose own methods raise
             error = SerializationError(f"result of {row.name} cannot be encoded as msgpack: "
                                        f"{type(exc).__name__}: {_saferepr(exc)}")
             logger.error("Task %s[%s] failed: %s", row.name, row.id, error)
-            return outcome(FAILURE, _encode_error(error), _traceback.format_exc())
+            done = outcome(FAILURE, _encode_error(error), _traceback.format_exc())
+            if watched:
+                self._after_task(task, row, args, kwargs, done, None, error, done.traceback)
+            return done
         if logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id,
                         time.monotonic() - started, _saferepr(value))
-        return outcome(SUCCESS, result)
+        done = outcome(SUCCESS, None, passed=result) if task.ignore_result else \
+            outcome(SUCCESS, result)
+        if watched:
+            self._after_task(task, row, args, kwargs, done, value, None, None)
+        return done
+
+    def _after_task(self, task, row, args, kwargs, done, value, exc, tb):
+        """The task's hooks and signals, once its outcome is known. Whatever they raise
+        is logged: neither the outcome nor the worker depends on them."""
+        einfo = _ExceptionInfo(exc, tb) if exc is not None else None
+        if exc is not None and isinstance(exc, Retry) and exc.exc is not None:
+            einfo = _ExceptionInfo(exc.exc, tb)
+        hooks = []
+        if done.state == SUCCESS:
+            hooks.append(("on_success", (value, row.id, args, kwargs)))
+            signals.task_success.send(sender=task, result=value)
+        elif done.state == RETRY:
+            hooks.append(("on_retry", (einfo.exception, row.id, args, kwargs, einfo)))
+            signals.task_retry.send(sender=task, request=_Request(
+                row.id, args, kwargs, retries=row.retries, name=row.name), reason=einfo.exception,
+                einfo=einfo)
+        else:
+            hooks.append(("on_failure", (einfo.exception, row.id, args, kwargs, einfo)))
+            signals.task_failure.send(sender=task, task_id=row.id, exception=einfo.exception,
+                                      args=args, kwargs=kwargs, traceback=tb, einfo=einfo)
+        hooks.append(("after_return", (done.state, value if exc is None else einfo.exception,
+                                       row.id, args, kwargs, einfo)))
+        if task._hooked:
+            for name, hook_args in hooks:
+                try:
+                    getattr(task, name)(*hook_args)
+                except Exception:
+                    logger.exception("Task %s[%s]: its %s hook raised", row.name, row.id, name)
+        signals.task_postrun.send(sender=task, task_id=row.id, task=task, args=args,
+                                  kwargs=kwargs, retval=value if exc is None else
+                                  einfo.exception, state=done.state)
+
+    def _follower_args(self, row, task, args):
+        """The arguments of a row that followed another: a link's parent result or a
+        chord body's list of results go first; an errback gets (request, exc, traceback)
+        or the failed task's id (Celery's rule, _errback_args)."""
+        waits = row.waits
+        if waits.endswith("_si"):
+            return args
+        if waits in ("link", "chord"):
+            value = None if row.input is None else _unpack(row.input)
+            return [value, *args]
+        if waits == "error":
+            failed = self._failed_ancestor(row.parent_id)
+            return [*_errback_args(task, failed), *args]
+        return args
+
+    def _failed_ancestor(self, task_id):
+        """The task whose failure reached an errback: up a chain, past the rows that
+        ended without running, to the one that ran (or a chord body that failed)."""
+        app = types.SimpleNamespace(_storage=lambda: self.storage)   # reads this database
+        result = AsyncResult(task_id, app)
+        for _ in range(100_000):
+            row = result._fetch()
+            if not row or row["attempt"] or not row.get("parent_id") or \
+                    row.get("waits") not in ("link", "link_si"):
+                break
+            result = AsyncResult(row["parent_id"], app)
+        return result
 
     def _prepare(self, row, outcome):
         """(task, args, kwargs) of a row that can run, or the _Outcome of one that
@@ -4223,12 +5570,18 @@ class _Child:
             return outcome(FAILURE, _encode_error(ValueError(f"invalid task row: {problem}")))
         if row.expires is not None and row.expires <= time.time():
             logger.warning("Task %s[%s] expired before it could start", row.name, row.id)
+            if signals.task_revoked.receivers:
+                signals.task_revoked.send(sender=self.tasks.get(row.name) or row.name,
+                                          request=_Request(row.id, args, kwargs, name=row.name),
+                                          terminated=False, signum=None, expired=True)
             return outcome(EXPIRED)
         task = self.tasks.get(row.name) or self._find_late(row.name)
         if task is None:
             message = self._unknown_message(row.name)
             logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
             return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        if row.waits is not None:
+            args = self._follower_args(row, task, args)
         return task, args, kwargs
 
     def _failed(self, task, row, exc, tb, outcome):
@@ -4404,6 +5757,7 @@ class _Supervisor:
         self.lock = _WorkerLock(self.side, self.worker_id)
         self.locks = self.lock.locks
         self.work_bell = _Doorbell(self.side, "work")
+        self.done_bell = _Doorbell(self.side, "done", keep=False)
         _waiting_out(self._register, "registering again")
         _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
         self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
@@ -4426,7 +5780,11 @@ class _Supervisor:
                 self._guard("rescue", self._rescue_dead_workers)
                 for _ in range(self.concurrency):
                     self._start_child()
-                return self._loop(sig_r)
+                signals.worker_ready.send(sender=self)
+                try:
+                    return self._loop(sig_r)
+                finally:
+                    signals.worker_shutdown.send(sender=self)
             except _Fatal as exc:
                 why = str(exc)
             except Exception as exc:    # a bug: end loudly rather than live on half-dead
@@ -4443,6 +5801,17 @@ class _Supervisor:
             os.close(sig_r)
             os.close(sig_w)
             self.close()
+
+    def _ring_follow_ups(self):
+        """After a rescue or quarantine that failed rows: wake what their end queued, and
+        the waiters of the rows it ended."""
+        follow = self.storage.take_follow_ups()
+        if follow is None:
+            return
+        if follow.woken:
+            self.work_bell.ring()
+        for task_id in follow.ended:
+            self.done_bell.ring(prefix=_tag(task_id))
 
     def _register(self):
         """Insert (or put back) this supervisor's workers row."""
@@ -4752,6 +6121,7 @@ class _Supervisor:
         if not self.storage.needs_quarantine():
             return
         failed, disabled = self.storage.quarantine(time.time())
+        self._ring_follow_ups()
         for task_id, name in failed:
             logger.error("Task %s[%s] failed: its eta is not a unix time", _saferepr(name, 200),
                          _saferepr(task_id, 100))
@@ -4793,6 +6163,7 @@ class _Supervisor:
         requeued, failed = counts or (0, 0)
         if counts is not None:
             self.locks.remove(child.worker_id)
+            self._ring_follow_ups()
         if requeued:
             self.work_bell.ring()
         if failed or requeued or (code != 0 and child.killed_for is None):
@@ -4855,6 +6226,7 @@ class _Supervisor:
             requeued, failed = self.storage.rescue(worker_id, crashed, self._settle_lost(exc),
                                                    time.time())
             self.locks.remove(worker_id)
+            self._ring_follow_ups()
             logger.warning("worker %s is gone; rescued %d task(s), %d failed",
                            _saferepr(worker_id, 40), requeued, failed)
             if requeued:
@@ -5148,8 +6520,48 @@ def result(db, task_id, wait, timeout, as_json):
     if res.state == UNKNOWN:
         raise TaskNotFound(f"no task with id {task_id!r}")
     if wait:
-        res.get(timeout=timeout, propagate=False)
+        _wait_showing_progress(res, timeout)
     sys.exit(_print_result(res, as_json))
+
+
+def _progress_line(state, info):
+    """A progress bar for meta that carries current and total, else None."""
+    if not isinstance(info, dict):
+        return None
+    current, total = info.get("current"), info.get("total")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for v in (current, total)) or total <= 0:
+        return None
+    done = max(0.0, min(1.0, current / total))
+    filled = int(done * 30)
+    return _printable(f"{_clipped(str(state), 20)} [{'#' * filled}{'.' * (30 - filled)}] "
+                      f"{done:4.0%} {current}/{total}")
+
+
+def _wait_showing_progress(res, timeout):
+    """get() for the CLI: while the task runs, a progress bar on stderr when its
+    update_state() meta carries current and total (redrawn in place on a terminal)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = None
+    tty = sys.stderr.isatty()
+    try:
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            step = 0.25 if left is None else max(0.0, min(0.25, left))
+            try:
+                res.get(timeout=step, propagate=False)
+                return
+            except TimeoutError:
+                if left is not None and left <= step:
+                    raise TimeoutError(f"task {res.id} not ready after {timeout} s "
+                                       f"(state {res.state})") from None
+            line = _progress_line(res.state, res.info)
+            if line is not None and line != shown:
+                click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
+                shown = line
+    finally:
+        if shown is not None and tty:
+            click.echo("", err=True)
 
 
 @cli.command()
