@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""litequeue against huey's SqliteHuey, in one run on one machine.
+"""litequeue against huey's SqliteHuey (and, for the canvas rows, Celery on Redis), in one
+run on one machine.
 
-    python bench/bench.py              # full run: 3 repeats, about 7 minutes on 2 cores
+    python bench/bench.py              # full run: 3 repeats, about 8 minutes on 2 cores
     python bench/bench.py --quick      # 1 repeat, smaller sizes, about 1.5 minutes
     python bench/bench.py --only eta,future        # just the scheduling rows (issue 3)
+    python bench/bench.py --only chord,chain --repeat 5   # canvas rows, against Celery+Redis
     python bench/bench.py --repeat 5 --out bench/results/run.json
 
 Prints a Markdown table (medians, with min-max over the repeats) to stdout; progress goes
@@ -20,6 +22,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,8 +48,10 @@ import benchtasks  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Measurements, in the order a repeat runs them; --only picks a subset.
-MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future")
+MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", "chain")
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
+CELERY = "Celery + Redis"                  # results label of the canvas rows' comparison
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 # Every worker this run started. Cleanup kills their process groups.
 _PROCS = []
@@ -98,7 +103,8 @@ def _worker_env(extra):
     env["PYTHONPATH"] = os.pathsep.join(
         [BENCH_DIR, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for key in ("LQBENCH_DB", "LQBENCH_SYNC", "HUEYBENCH_DB", "HUEYBENCH_MARKS"):
+    for key in ("LQBENCH_DB", "LQBENCH_SYNC", "HUEYBENCH_DB", "HUEYBENCH_MARKS",
+                "CELERYBENCH_URL"):
         env.pop(key, None)
     env.update(extra)
     return env
@@ -159,7 +165,8 @@ class Worker:
 
 
 def cleanup_all():
-    for w in list(_PROCS):
+    # Newest first: a Celery worker stops before the redis-server it talks to.
+    for w in reversed(list(_PROCS)):
         with contextlib.suppress(Exception):
             w.stop(timeout=5)
 
@@ -239,9 +246,12 @@ class LiteQueueSystem:
         self.synchronous = synchronous
         self.app = None
 
+    canvas = litequeue          # chain, chord (the canvas rows)
+
     def open(self, db):
         self.db = db
         self.app, self.noop, self.stamp = benchtasks.make_litequeue(db, self.synchronous)
+        self.endstamp, self.step, self.collect = benchtasks.make_litequeue_canvas(self.app)
         # Create the schema and open this thread's connection before any timing.
         assert self.app.AsyncResult("warm-up").state == litequeue.UNKNOWN
         return self._pragma_synchronous()
@@ -298,6 +308,24 @@ class LiteQueueSystem:
 
     def stamp_result(self, handle, timeout):
         return handle.get(timeout=timeout)
+
+    def chord_db_gap(self, result, members):
+        """From the tasks table, after the chord: the body row's started_at (its claim)
+        minus the latest finished_at of the header's member rows (stamped in the
+        transaction that stores each result; the last one's commit queues the body)."""
+        conn = _apsw_reader(self.db)
+        try:
+            (body_started,), = conn.execute("SELECT started_at FROM tasks WHERE id = ?",
+                                            (result.id,)).fetchall()
+            last, count, ok = conn.execute(
+                "SELECT max(finished_at), count(*), sum(state = 'SUCCESS') FROM tasks "
+                "WHERE group_id = ?", (result.parent.id,)).fetchone()
+        finally:
+            conn.close()
+        if count != members or ok != members:
+            raise RuntimeError(f"{self.label}: chord header {result.parent.id} has {count} "
+                               f"member rows, {ok} SUCCESS; wanted {members}")
+        return body_started - last
 
     def start_worker(self, tmp, logname):
         argv = [sys.executable, LITEQUEUE_PY, "worker", self.db, "-c", "2", "-A", "benchtasks",
@@ -409,6 +437,96 @@ class HueySystem:
         ends = [benchtasks.read_mark(os.path.join(self.marks, f))
                 for f in names if f.startswith("end-")]
         return min(starts), max(ends), observed
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class CelerySystem:
+    """Celery on a real Redis broker and result backend, for the canvas rows: a
+    redis-server on a free loopback port with no persistence, and
+    `celery -A benchtasks:celery_app worker -P prefork -c 2`. Every Celery setting is at its
+    default except that the worker skips gossip, mingle and heartbeats (start-up and
+    cluster chatter; none of them is on a task's path)."""
+
+    def __init__(self, label):
+        self.label = label
+        self.app = None
+        import celery
+        self.canvas = celery
+
+    @contextlib.contextmanager
+    def session(self, tmp, tag):
+        """redis-server and a Celery worker that has run one task; both stopped (the worker
+        first) and their files removed afterwards, however the measurement ends."""
+        import redis as redis_py
+        port = _free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        rdir = os.path.join(tmp, f"{tag}-redis")
+        os.makedirs(rdir, exist_ok=True)
+        server = worker = None
+        try:
+            server = Worker("redis-server", [
+                REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                "--appendonly", "no", "--dir", rdir, "--loglevel", "warning"],
+                _worker_env({}), rdir, os.path.join(tmp, f"{tag}-redis.log"), signal.SIGTERM)
+            client = redis_py.Redis(host="127.0.0.1", port=port)
+            try:
+                deadline = time.monotonic() + 15
+                while True:
+                    server.check_alive()
+                    try:
+                        client.ping()
+                        break
+                    except redis_py.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"redis-server on port {port} did not answer")
+                        time.sleep(0.02)
+                self.redis_version = client.info("server")["redis_version"]
+            finally:
+                client.close()
+            self.app, self.noop, self.endstamp, self.step, self.collect = \
+                benchtasks.make_celery(url)
+            worker = Worker(self.label, [
+                sys.executable, "-m", "celery", "-A", "benchtasks:celery_app", "worker",
+                "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-gossip",
+                "--without-mingle", "--without-heartbeat", "-n", f"lqbench-{tag}@%h"],
+                _worker_env({"CELERYBENCH_URL": url}), tmp,
+                os.path.join(tmp, f"{tag}-celery.log"), signal.SIGTERM)
+            first = self.noop.delay(-1)     # waits out the worker's start-up
+            deadline = time.monotonic() + 60
+            while not first.ready():
+                worker.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.label}: the worker ran nothing in 60 s")
+                time.sleep(0.05)
+            assert first.get(timeout=5) == -1
+            yield worker
+        finally:
+            if worker is not None:
+                worker.stop()
+            self.close()
+            if server is not None:
+                server.stop()
+            shutil.rmtree(rdir, ignore_errors=True)
+
+    def close(self):
+        if self.app is None:
+            return
+        with contextlib.suppress(Exception):
+            self.app.backend.result_consumer.stop()
+        with contextlib.suppress(Exception):
+            self.app.close()
+        self.app = None
+
+    def roundtrip(self, i):
+        return self.noop.delay(i).get(timeout=30)
+
+    def chord_db_gap(self, result, members):
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -819,6 +937,96 @@ def measure_future_drain(tmp, tag, template, n, cfg, results):
         remove_db(db)
 
 
+@contextlib.contextmanager
+def canvas_worker(system, tmp, tag):
+    """litequeue: a fresh database and an idle -c 2 worker that has run one task; Celery:
+    a fresh redis-server and a prefork -c 2 worker that has run one task."""
+    if isinstance(system, CelerySystem):
+        with system.session(tmp, tag) as worker:
+            yield worker
+    else:
+        with idle_worker(system, tmp, tag, "canvas") as worker:
+            yield worker
+
+
+def run_chord(system, members):
+    """chord([endstamp.s(i) for i in range(members)])(collect.s()) and its body's result.
+    Returns (wall s from the chord(header)(body) call to the body's result, gap s between
+    the last member's end and the body's start as the tasks read time.time(), database gap
+    s or None)."""
+    header = [system.endstamp.s(i) for i in range(members)]
+    body = system.collect.s()
+    t0 = time.perf_counter()
+    result = system.canvas.chord(header)(body)
+    started, last_end, count = result.get(timeout=120)
+    wall = time.perf_counter() - t0
+    if count != members:
+        raise RuntimeError(f"{system.label}: the chord's body got {count} results, not "
+                           f"{members}")
+    return wall, started - last_end, system.chord_db_gap(result, members)
+
+
+def measure_chord(system, worker, cfg, results):
+    """One warm-up chord, 0.2 s idle, then one timed chord (the repeat's sample)."""
+    members = cfg["chord_members"]
+    run_chord(system, members)
+    time.sleep(0.2)
+    wall, gap, db_gap = run_chord(system, members)
+    worker.check_alive()
+    results["chord_wall"].append(wall * 1000.0)
+    results["chord_gap"].append(gap * 1000.0)
+    if db_gap is not None:
+        results["chord_gap_db"].append(db_gap * 1000.0)
+    db = f"; started_at - max(finished_at) {db_gap * 1000:.2f} ms" if db_gap is not None else ""
+    log(f"  {system.label:<18} chord of {members}: body start - last member end "
+        f"{gap * 1000:7.2f} ms (task clocks{db}); apply -> body result {wall * 1000:7.1f} ms")
+
+
+def measure_chain(system, worker, cfg, results):
+    """`chain_runs` chains of `chain_length` tasks (noop.s(0), then step.s() each), each
+    timed from apply_async() to the last task's result and divided by the length; and as
+    many noop.delay(i).get() round trips on the same worker, interleaved with the chains,
+    `roundtrip_gap_s` of idleness after each. Appends the p50s and their ratio."""
+    length, runs, gap = cfg["chain_length"], cfg["chain_runs"], cfg["roundtrip_gap_s"]
+
+    def one_chain():
+        sig = system.canvas.chain(system.noop.s(0), *[system.step.s() for _ in range(length - 1)])
+        t0 = time.perf_counter()
+        value = sig.apply_async().get(timeout=60)
+        elapsed = time.perf_counter() - t0
+        if value != 0:
+            raise RuntimeError(f"{system.label}: the chain returned {value!r}")
+        return elapsed
+
+    for i in range(3):                      # warm-up, not counted
+        one_chain()
+        system.roundtrip(-2 - i)
+    time.sleep(0.2)
+    hops, trips = [], []
+    for i in range(runs):
+        hops.append(one_chain() / length * 1000.0)
+        time.sleep(gap)
+        t0 = time.perf_counter()
+        value = system.roundtrip(i)
+        trips.append((time.perf_counter() - t0) * 1000.0)
+        if value != i:
+            raise RuntimeError(f"{system.label}: round trip {i} returned {value!r}")
+        time.sleep(gap)
+    worker.check_alive()
+    hop, trip = percentile(hops, 50), percentile(trips, 50)
+    results["chain_hop_p50"].append(hop)
+    results["chain_rt_p50"].append(trip)
+    results["chain_ratio"].append(hop / trip)
+    # The first hop starts from apply_async and the last ends in get(), as a round trip
+    # does; the other length - 1 hops happen inside the worker. An estimate from the p50s.
+    inner = (hop * length - trip) / (length - 1) if length > 1 else None
+    if inner is not None:
+        results["chain_inner_hop"].append(inner)
+    log(f"  {system.label:<18} chain of {length}: per hop p50 {hop:6.2f} ms (max "
+        f"{max(hops):6.2f}); round trip p50 {trip:6.2f} ms; hop / round trip "
+        f"{hop / trip:.2f}")
+
+
 def percentile(samples, p):
     """Nearest-rank percentile."""
     ordered = sorted(samples)
@@ -1038,6 +1246,55 @@ def build_sched_table(S, raw, cfg):
     return "\n".join(out)
 
 
+def build_canvas_table(S, cfg):
+    """The canvas rows: chord and chain on litequeue NORMAL and on Celery + Redis, both
+    with 2 worker processes."""
+    N, C = S["litequeue NORMAL"], S.get(CELERY) or {}
+
+    def med(d, key):
+        return d[key]["median"] if d.get(key) else None
+
+    def lower(lq, ce):
+        if not lq or not ce:
+            return "—"
+        return f"{ce / lq:.1f}× lower" if ce >= lq else f"{lq / ce:.1f}× higher"
+
+    m, n = cfg["chord_members"], cfg["chain_length"]
+    rows = []
+    for key, what, digits in (
+            ("chord_gap", f"chord of {m} no-op members: body start − last member's end "
+                          f"(time.time() read by the tasks), one chord per repeat", 2),
+            ("chord_gap_db", "chord, the same gap from litequeue's tasks table: body "
+                             "started_at − max(members' finished_at) (0 when the last "
+                             "member's own transaction claims the body: one `now` for both; "
+                             "stamps read before the write lock, so it can be < 0)",
+             2),
+            ("chord_wall", f"chord of {m}, wall time chord(header)(body) → body's result", 1),
+            ("chain_hop_p50", f"chain of {n} (noop, then {n - 1} pass-through steps): time "
+                              f"per hop p50, (apply_async → last result) ÷ {n}, "
+                              f"{cfg['chain_runs']} chains", 2),
+            ("chain_rt_p50", f"round trip delay()+get() p50, same worker, "
+                             f"{cfg['chain_runs']} interleaved with the chains", 2)):
+        rows.append([what, fmt(N.get(key), "ms", digits), fmt(C.get(key), "ms", digits),
+                     lower(med(N, key), med(C, key))])
+    rows.append([f"chain: a hop inside the worker, estimated as (chain p50 − round trip "
+                 f"p50) ÷ {n - 1}", fmt(N.get("chain_inner_hop"), "ms", 2),
+                 fmt(C.get("chain_inner_hop"), "ms", 2),
+                 lower(med(N, "chain_inner_hop"), med(C, "chain_inner_hop"))])
+    rows.append(["chain: time per hop ÷ round trip (per repeat, then the median)",
+                 fmt(N.get("chain_ratio"), "×", 2).replace(" ×", "×"),
+                 fmt(C.get("chain_ratio"), "×", 2).replace(" ×", "×"), "—"])
+    rows = [r for r in rows if any(c != "—" for c in r[1:3])]
+    celery_head = CELERY
+    if C.get("versions"):
+        celery_head = f"Celery {C['versions']['celery']} + Redis {C['versions']['redis']}"
+    header = ["metric (worker -c 2 / prefork -c 2)", "litequeue NORMAL", celery_head,
+              "litequeue vs Celery"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -1072,6 +1329,14 @@ def main(argv=None):
     ap.add_argument("--claim-samples", type=int, default=2000,
                     help="claims timed per database for the claim cost (n=1; n=16 gets "
                          "a quarter; both capped by --tasks) [2000]")
+    ap.add_argument("--chord-members", type=int, default=200,
+                    help="members of the chord's header [200]")
+    ap.add_argument("--chain-length", type=int, default=10,
+                    help="tasks in the chain, each one hop [10]")
+    ap.add_argument("--chain-runs", type=int,
+                    help="timed chains (and as many round trips) per repeat [50; quick 20]")
+    ap.add_argument("--no-celery", action="store_true",
+                    help="chord and chain on litequeue only (no redis-server, no Celery)")
     ap.add_argument("--out", help="also write every sample and the summary as JSON here")
     args = ap.parse_args(argv)
     only = [m.strip() for m in args.only.split(",") if m.strip()]
@@ -1100,6 +1365,9 @@ def main(argv=None):
         "eta_settle": args.eta_settle,
         "future_rows": args.future_rows or (100_000 if args.quick else 1_000_000),
         "claim_samples": args.claim_samples,
+        "chord_members": args.chord_members,
+        "chain_length": args.chain_length,
+        "chain_runs": args.chain_runs or (20 if args.quick else 50),
     }
 
     lq_normal = LiteQueueSystem("litequeue NORMAL", "NORMAL")
@@ -1112,8 +1380,16 @@ def main(argv=None):
     systems = [lq_normal, lq_full, hu]
     if not args.no_tuned_huey:
         systems.append(hu_fast)
+    canvas = {"chord", "chain"} & set(only)
+    cel = CelerySystem(CELERY) if canvas and not args.no_celery else None
     results = {label: collections.defaultdict(list)
-               for label in [s.label for s in systems] + [FUTURE]}
+               for label in [s.label for s in systems] + [FUTURE, CELERY]}
+    if cel is not None:
+        import kombu
+        import redis as redis_py
+        results[CELERY]["versions"] = {
+            "celery": cel.canvas.__version__, "kombu": kombu.__version__,
+            "redis_py": redis_py.__version__, "redis": "?"}
     template = None
 
     tmp = tempfile.mkdtemp(prefix="lqbench-")
@@ -1161,6 +1437,17 @@ def main(argv=None):
                 for t in ((None, template) if r % 2 == 0 else (template, None)):
                     tag = f"r{r}-future-{'1m' if t else '0'}"
                     measure_future_drain(tmp, tag, t, cfg["tasks"], cfg, results[FUTURE])
+            for s in (lq_normal, cel) if canvas else ():
+                if s is None:
+                    continue
+                tag = f"r{r}-{'celery' if s is cel else 'litequeue-NORMAL'}-canvas"
+                with canvas_worker(s, tmp, tag) as worker:
+                    if "chord" in only:
+                        measure_chord(s, worker, cfg, results[s.label])
+                    if "chain" in only:
+                        measure_chain(s, worker, cfg, results[s.label])
+                if s is cel:
+                    results[CELERY]["versions"]["redis"] = cel.redis_version
     finally:
         with _uninterrupted():
             cleanup_all()
@@ -1173,6 +1460,8 @@ def main(argv=None):
         tables.append(build_table(S, cfg))
     if {"eta", "future"} & set(only):
         tables.append(build_sched_table(S, results, cfg))
+    if canvas:
+        tables.append(build_canvas_table(S, cfg))
     table = "\n\n".join(tables)
     elapsed = time.monotonic() - started
     notes = (
@@ -1186,6 +1475,9 @@ def main(argv=None):
            f"{results['litequeue FULL'].get('pragma_synchronous')}, huey="
            f"{results['huey'].get('pragma_synchronous')} (WAL everywhere). "
            if "drain" in only else "") +
+        (f"Celery {v['celery']} (kombu {v['kombu']}, redis-py {v['redis_py']}) on "
+         f"redis-server {v['redis']} (127.0.0.1 TCP, no persistence) as broker and result "
+         f"backend. " if (v := results[CELERY].get("versions")) else "") +
         f"Load average "
         f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. Run took "
         f"{elapsed / 60:.1f} min.")

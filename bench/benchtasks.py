@@ -8,6 +8,20 @@ once per database. A worker imports it as ``-A benchtasks`` (litequeue) or
   stores nothing for a task that returns None).
 - stamp(i) returns time.time() read as its first statement: the moment the task started
   executing, measured alike in both systems (the ETA lateness measurement).
+
+The canvas rows (chord, chain) compare litequeue with Celery on a real Redis broker and
+result backend. make_litequeue_canvas() and make_celery() define the same tasks on both:
+
+- endstamp(i), a chord's member: a no-op that returns time.time() read as its last
+  statement, the moment its work ended (the result is stored after that).
+- collect(values), a chord's body: reads time.time() as its first statement and returns
+  [that start, max(values), len(values)]; start - max(values) is the gap between the last
+  member's end and the body's start, measured by the tasks themselves in both systems.
+- step(x), a chain's link: returns its input.
+- noop(i), as above (Celery: the round trip and the chain's first task).
+
+A Celery worker imports this module as ``-A benchtasks:celery_app``; the Redis URL comes
+from the environment (CELERYBENCH_URL).
 """
 
 import os
@@ -31,6 +45,55 @@ def make_litequeue(path, synchronous="NORMAL"):
         return time.time()
 
     return app, noop, stamp
+
+
+def make_litequeue_canvas(app):
+    """Register the canvas tasks (endstamp, step, collect) on a litequeue app made by
+    make_litequeue(); returns them."""
+
+    @app.task(name="benchtasks.endstamp")
+    def endstamp(i):
+        return time.time()
+
+    @app.task(name="benchtasks.step")
+    def step(x):
+        return x
+
+    @app.task(name="benchtasks.collect")
+    def collect(values):
+        started = time.time()
+        return [started, max(values), len(values)]
+
+    return endstamp, step, collect
+
+
+def make_celery(url):
+    """A Celery app with `url` (redis://...) as broker and result backend, every other
+    setting at Celery's defaults (prefetch multiplier 4, early acks, json). Returns
+    (app, noop, endstamp, step, collect), named as the litequeue tasks."""
+    from celery import Celery
+
+    app = Celery("benchtasks", broker=url, backend=url)
+    app.conf.broker_connection_retry_on_startup = True   # silences a deprecation warning
+
+    @app.task(name="benchtasks.noop")
+    def noop(i):
+        return i
+
+    @app.task(name="benchtasks.endstamp")
+    def endstamp(i):
+        return time.time()
+
+    @app.task(name="benchtasks.step")
+    def step(x):
+        return x
+
+    @app.task(name="benchtasks.collect")
+    def collect(values):
+        started = time.time()
+        return [started, max(values), len(values)]
+
+    return app, noop, endstamp, step, collect
 
 
 def make_huey(path, marks=None):
@@ -88,6 +151,10 @@ def read_mark(path):
 if os.environ.get("LQBENCH_DB"):
     app, noop, stamp = make_litequeue(os.environ["LQBENCH_DB"],
                                os.environ.get("LQBENCH_SYNC", "NORMAL"))
+    endstamp, step, collect = make_litequeue_canvas(app)
+if os.environ.get("CELERYBENCH_URL"):
+    celery_app, celery_noop, celery_endstamp, celery_step, celery_collect = make_celery(
+        os.environ["CELERYBENCH_URL"])
 if os.environ.get("HUEYBENCH_DB"):
     huey, huey_noop, huey_stamp = make_huey(os.environ["HUEYBENCH_DB"],
                                 os.environ.get("HUEYBENCH_MARKS"))
