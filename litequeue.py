@@ -108,6 +108,7 @@ __all__ = [
 import builtins
 import collections
 import contextlib
+import copy
 import datetime as _dt
 import difflib
 import errno
@@ -1242,7 +1243,14 @@ _MIGRATIONS = [
     ALTER TABLE tasks ADD COLUMN followers INTEGER NOT NULL DEFAULT 0;  -- 1: its end moves rows
     ALTER TABLE tasks ADD COLUMN meta BLOB;         -- update_state(): msgpack [state, meta]
     CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
-    CREATE INDEX tasks_group ON tasks (group_id, group_index) WHERE group_id IS NOT NULL;
+    -- A saved group: its members' ids in order (one row, not an index entry per member).
+    CREATE TABLE groups (
+        id          TEXT PRIMARY KEY,
+        members     BLOB NOT NULL,                 -- msgpack list of task ids
+        first       TEXT NOT NULL,                 -- the first member: gone means pruned
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX groups_created ON groups (created_at);
     CREATE TABLE chords (
         id          TEXT PRIMARY KEY,              -- the header's group id
         body        TEXT NOT NULL,                 -- id of the body's first row (WAITING)
@@ -1287,6 +1295,13 @@ _SQL_INSERT_CANVAS = """
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
             :waits, :input, :followers)
+"""
+# (new row) -> PENDING or SCHEDULED: a member of a plain group.
+_SQL_INSERT_MEMBER = """
+    INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
+                       max_retries, created_at, parent_id, root_id, group_id, group_index)
+    VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
+            :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index)
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
 # PENDING -> STARTED. tasks_ready: the LIMIT stops after n index entries. A process whose
@@ -1406,8 +1421,15 @@ _SQL_SET_META = """
     WHERE id = :id AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
 """
 _SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
-_SQL_GROUP_MEMBERS = """
-    SELECT id FROM tasks WHERE group_id = :id AND group_index IS NOT NULL ORDER BY group_index
+_SQL_INSERT_GROUP = """
+    INSERT INTO groups (id, members, first, created_at)
+    VALUES (:id, :members, :first, :created_at)
+"""
+_SQL_GROUP_MEMBERS = "SELECT members FROM groups WHERE id = :id"
+# Saved groups older than the cutoff whose first member was pruned or forgotten.
+_SQL_PRUNE_GROUPS = """
+    DELETE FROM groups WHERE created_at < :cutoff AND NOT EXISTS (
+        SELECT 1 FROM tasks WHERE tasks.id = groups.first)
 """
 _SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
@@ -1850,14 +1872,19 @@ class _Storage:
             raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
                                   "a task id of the group already exists") from None
 
-    def insert_canvas(self, rows, registry_rows, chords):
-        """Commit a canvas (its rows and chords) in one transaction: all of it, or none."""
+    def insert_canvas(self, rows, registry_rows, chords=(), groups=(), plain=False):
+        """Commit a canvas (its rows, chords and saved groups) in one transaction: all of
+        it, or none. plain: the rows are members of a plain group (no canvas columns but
+        the group's)."""
         try:
             with self.write() as conn:
                 for registry_row in registry_rows:
                     conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
-                conn.executemany(_SQL_INSERT_CANVAS, rows)
-                conn.executemany(_SQL_INSERT_CHORD, chords)
+                conn.executemany(_SQL_INSERT_MEMBER if plain else _SQL_INSERT_CANVAS, rows)
+                if chords:
+                    conn.executemany(_SQL_INSERT_CHORD, chords)
+                if groups:
+                    conn.executemany(_SQL_INSERT_GROUP, groups)
         except apsw.ConstraintError:
             ids = collections.Counter(row["id"] for row in rows)
             repeated = [task_id for task_id, n in ids.items() if n > 1]
@@ -2247,7 +2274,12 @@ class _Storage:
         return [i for (i,) in self.conn.execute(_SQL_CHILDREN, (task_id,))]
 
     def group_members(self, group_id):
-        return [i for (i,) in self.conn.execute(_SQL_GROUP_MEMBERS, (group_id,))]
+        """The member ids of a saved group, in order ([] if unknown)."""
+        rows = self.conn.execute(_SQL_GROUP_MEMBERS, (group_id,)).fetchall()
+        if not rows:
+            return []
+        members = _unpack_stored(rows[0][0], "member list", group_id)
+        return [m for m in members if isinstance(m, str)] if isinstance(members, list) else []
 
     def chord_of_body(self, task_id):
         rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
@@ -2267,6 +2299,7 @@ class _Storage:
         if deleted:
             with self.write() as conn:
                 conn.execute(_SQL_PRUNE_CHORDS)
+                conn.execute(_SQL_PRUNE_GROUPS, {"cutoff": cutoff})
             self._vacuum()
         return deleted
 
@@ -3412,8 +3445,12 @@ class AsyncResult:
 
     @property
     def result(self):
-        """The return value; an exception instance if it failed; None until ready."""
+        """The return value; an exception instance if it failed; while it runs, the meta
+        of its last update_state() (as Celery); else None until ready."""
         row = self._fetch()
+        if row and row["state"] == STARTED and row.get("meta") is not None:
+            custom = _custom_state(row)
+            return custom[1] if custom else None
         if not row or row["state"] not in READY_STATES or row["result"] is None:
             return None
         if row["state"] == SUCCESS:
@@ -3699,18 +3736,28 @@ class _Canvas:
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-        node = self._copy()
-        node.options.setdefault("link", [])
-        node.options["link"] = list(node.options["link"]) + _as_list(options.pop("link", None))
-        node.options["link_error"] = list(node.options.get("link_error") or ()) + \
-            _as_list(options.pop("link_error", None))
-        if options.get("task_id") is not None:
-            node.options["task_id"] = options.pop("task_id")
-        options.pop("task_id", None)
+        link, link_error = options.pop("link", None), options.pop("link_error", None)
+        task_id = options.pop("task_id", None)
+        node = self
+        if link is not None or link_error is not None or task_id is not None:
+            node = copy.copy(self)            # the caller's canvas is left as it was
+            node.options = dict(self.options)
+            node.options["link"] = list(self.options.get("link") or ()) + _as_list(link)
+            node.options["link_error"] = list(self.options.get("link_error") or ()) + \
+                _as_list(link_error)
+            if task_id is not None:
+                node.options["task_id"] = task_id
         if app.conf["task_always_eager"]:
             return node.apply(args, kwargs, **options)
+        if isinstance(node, Signature) and not node.options.get("link") and \
+                not node.options.get("link_error"):
+            return node._send(app, args, kwargs, options)
         plan = _Plan(app, options)
-        result, _ = node._attach(plan, (tuple(args or ()), dict(kwargs or {})), None, None)
+        given = (tuple(args or ()), dict(kwargs or {}))
+        if isinstance(node, group) and node._flat(app):
+            result, _ = plan.flat_group(node, given)
+        else:
+            result, _ = node._attach(plan, given, None, None)
         plan.commit()
         return result
 
@@ -3727,6 +3774,12 @@ class Signature(_Canvas):
     """
 
     def __init__(self, task, args=(), kwargs=None, options=None, immutable=False, app=None):
+        if task.__class__ is Task and args.__class__ is tuple and not options and \
+                (kwargs is None or kwargs.__class__ is dict):     # task.s(...): the usual case
+            self.type, self.task, self.app = task, task.name, task.app
+            self.args, self.kwargs, self.options = args, dict(kwargs or {}), {}
+            self.immutable = bool(immutable)
+            return
         if isinstance(task, dict):               # Celery's serialised form
             args, kwargs = task.get("args", args), task.get("kwargs", kwargs)
             options = task.get("options", options)
@@ -3804,6 +3857,12 @@ class Signature(_Canvas):
                 raise UnknownTask(_unknown_task_message(self.task, registry))
             app._known_remote.add(self.task)
         return task
+
+    def _send(self, app, args, kwargs, defaults):
+        """A signature with nothing to follow it is a plain call: delay()'s own path."""
+        call_args, call_kwargs = self._merged(tuple(args or ()), dict(kwargs or {}))
+        return app._send(self.task, call_args, call_kwargs, task=self._resolve(app),
+                         **{**defaults, **self.options})
 
     def _merged(self, args, kwargs):
         if self.immutable:
@@ -3997,7 +4056,9 @@ class group(_Canvas):
         self.tasks = flat
         self.options = options
         self.immutable = False
-        apps = {id(n.app) for n in self._nodes() if n.app is not None}
+        apps = {id(t.app) for t in flat if t.__class__ is Signature and t.app is not None}
+        apps.update(id(n.app) for t in flat if t.__class__ is not Signature
+                    for n in t._nodes() if n.app is not None)
         if len(apps) > 1:
             raise ConfigurationError("a group's tasks must belong to one app")
 
@@ -4032,7 +4093,15 @@ class group(_Canvas):
             lasts.extend(new)
         # Celery: a group's link and link_error go to every member.
         plan.follow(self.options, lasts)
+        plan.save_group(group_id, lasts)
         return GroupResult(results, id=group_id, app=plan.app), lasts
+
+    def _flat(self, app):
+        """True if every member is a plain signature with nothing to follow it."""
+        if self.options.get("link") or self.options.get("link_error"):
+            return False
+        return all(type(t) is Signature and not t.options.get("link") and
+                   not t.options.get("link_error") for t in self.tasks)
 
     def apply_async(self, args=None, kwargs=None, **options):
         if not self.tasks:
@@ -4143,6 +4212,10 @@ class chord(_Canvas):
         return result
 
 
+_CANVAS_DEFAULTS = {"group_id": None, "group_index": None, "waits": None, "input": None,
+                    "followers": 0}
+
+
 class _Plan:
     """The rows one apply_async of a canvas writes, built and checked in memory, then
     committed in one transaction (rows, registry entries and chords)."""
@@ -4152,6 +4225,8 @@ class _Plan:
         self.defaults = defaults
         self.rows = []
         self.chords = []
+        self.groups = []
+        self.plain = False           # rows of a plain group only (flat_group)
         self.tasks = {}
         current = getattr(_request, "current", None)
         self.parent = current.id if current is not None else None
@@ -4160,15 +4235,17 @@ class _Plan:
     def row(self, sig, args, kwargs, after, waits):
         """The tasks row of one signature; after (a row) and waits make it a follower."""
         task = sig._resolve(self.app)
-        options = dict(self.defaults)
-        options.update((k, v) for k, v in sig.options.items()
-                       if k not in ("link", "link_error"))
+        options = sig.options
+        if self.defaults or "link" in options or "link_error" in options:
+            options = {**self.defaults, **options}
+            options.pop("link", None)
+            options.pop("link_error", None)
         row = self.app._task_row(sig.task, args, kwargs, task, **options)
         if self.root is None:
             self.root = row["id"]
-        row.update(parent_id=after["id"] if after is not None else self.parent,
-                   root_id=None if row["id"] == self.root else self.root, group_id=None,
-                   group_index=None, waits=None, input=None, followers=0)
+        row["parent_id"] = after["id"] if after is not None else self.parent
+        row["root_id"] = None if row["id"] == self.root else self.root
+        row.update(_CANVAS_DEFAULTS)
         if after is not None:
             after["followers"] = 1
         if waits:
@@ -4180,6 +4257,33 @@ class _Plan:
             self.tasks[task.name] = task
         self.rows.append(row)
         return row
+
+    def save_group(self, group_id, members):
+        ids = [row["id"] for row in members]
+        self.groups.append({"id": group_id, "members": _pack(ids), "first": ids[0],
+                            "created_at": members[0]["created_at"]})
+
+    def flat_group(self, grp, given):
+        """A group of plain signatures at the top: group()'s common case, built without
+        the general walk (one _task_row per member, then the canvas columns)."""
+        group_id = grp.options.get("task_id") or _new_id()
+        app, defaults, rows = self.app, self.defaults, self.rows
+        parent, root = self.parent, self.root
+        for index, sig in enumerate(grp.tasks):
+            task = sig._resolve(app)
+            call_args, call_kwargs = sig._merged(*given)
+            row = app._task_row(sig.task, call_args, call_kwargs, task,
+                                **({**defaults, **sig.options} if defaults else sig.options))
+            row["parent_id"], row["root_id"] = parent, root
+            row["group_id"], row["group_index"] = group_id, index
+            if task is not None:
+                self.tasks[task.name] = task
+            rows.append(row)
+        if rows:
+            self.save_group(group_id, rows)
+        self.plain = True
+        return GroupResult([AsyncResult(row["id"], app) for row in rows], id=group_id,
+                           app=app), rows
 
     def follow(self, options, lasts):
         """Attach a node's link and link_error signatures after each of its last rows."""
@@ -4196,7 +4300,8 @@ class _Plan:
         registry_rows = [{"name": name, "module": task.module, "now": now}
                          for name, task in new.items()]
         app._publish("before", self.rows)
-        app._storage().insert_canvas(self.rows, registry_rows, self.chords)
+        app._storage().insert_canvas(self.rows, registry_rows, self.chords, self.groups,
+                                     self.plain)
         app._noted.update(new)
         states = {row["state"] for row in self.rows}
         if SCHEDULED in states:

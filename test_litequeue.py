@@ -6375,9 +6375,13 @@ class TestCanvasChaos:
 # Portability: a tasks module moves to Celery by changing the app line
 # ---------------------------------------------------------------------------
 
-# One tasks module; only APP_LINES differ between the engines.
+# One tasks module; only APP_LINES differ between the engines ({app_lines} is replaced,
+# so the task code below is plain Python, braces and all).
 PORTABLE_TASKS = '''
 {app_lines}
+
+import os
+import time
 
 
 @app.task
@@ -6385,10 +6389,25 @@ def add(x, y):
     return x + y
 
 
-@app.task(bind=True, max_retries=2, default_retry_delay=0.1)
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def tsum(numbers):
+    return sum(numbers)
+
+
+@app.task
+def divide(x, y):
+    return x / y
+
+
+@app.task(bind=True, max_retries=2)
 def flaky(self, fail_times):
     if self.request.retries < fail_times:
-        raise self.retry(exc=OSError(f"attempt {{self.request.retries}}"))
+        raise self.retry(exc=OSError(f"attempt {self.request.retries}"), countdown=0.1)
     return self.request.retries
 
 
@@ -6398,17 +6417,37 @@ def always_fails():
 
 
 @app.task
-def divide(x, y):
-    return x / y
+def errback(task_id):
+    """An old-style (one argument) errback: it gets the failed task's id."""
+    return "errback saw " + task_id
+
+
+@app.task(bind=True)
+def progress(self, marker):
+    """Report PROGRESS, then wait (at most 30 s) for the caller to create marker."""
+    self.update_state(state="PROGRESS", meta={"current": 1, "total": 2})
+    deadline = time.monotonic() + 30
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{marker} never appeared")
+        time.sleep(0.01)
+    return "done"
 '''
 APP_LINES = {
-    "litequeue": 'from litequeue import LiteQueue, group\napp = LiteQueue("jobs.sqlite")',
-    "celery": 'from celery import Celery, group\n'
-              'app = Celery("tasks", broker="memory://", backend="cache+memory://")',
+    "litequeue": 'from litequeue import LiteQueue, chain, chord, group, signature\n'
+                 'app = LiteQueue("jobs.sqlite")',
+    "celery": 'from celery import Celery, chain, chord, group, signature\n'
+              'app = Celery("tasks", broker="{redis_url}", backend="{redis_url}")\n'
+              'app.conf.broker_connection_retry_on_startup = True',
 }
 
 # What a user's program does with the tasks, identical for both engines.
 PORTABLE_CLIENT = '''
+import os
+import time
+import uuid
+
+
 def observe(app, tasks):
     seen = {}
     r = tasks.add.delay(4, 4)
@@ -6418,9 +6457,12 @@ def observe(app, tasks):
     seen["countdown"] = r.get(timeout=30)
     seen["by_id"] = app.AsyncResult(r.id).get(timeout=30)
     seen["signature"] = tasks.add.s(2, 3).delay().get(timeout=30)
-    seen["partial"] = tasks.add.s(2).apply_async((3,), countdown=0.1).get(timeout=30)
-    g = tasks.group(tasks.add.s(i, i) for i in range(5)).apply_async()
-    seen["group"] = [g.get(timeout=30), g.ready(), g.successful(), g.completed_count()]
+    seen["signature by name"] = tasks.signature("tasks.add", args=(2, 3)).delay().get(
+        timeout=30)
+    seen["partial"] = tasks.add.s(2).delay(3).get(timeout=30)
+    seen["partial countdown"] = tasks.add.s(2).apply_async((3,), countdown=0.1).get(
+        timeout=30)
+
     seen["self.retry"] = tasks.flaky.delay(2).get(timeout=30)
     r = tasks.always_fails.delay()
     exc = r.get(timeout=30, propagate=False)
@@ -6430,44 +6472,181 @@ def observe(app, tasks):
         r.get(timeout=30)
     except ZeroDivisionError as exc:
         seen["propagate"] = [type(exc).__name__, r.state]
+
+    r = (tasks.add.s(1, 2) | tasks.add.s(3) | tasks.mul.s(10)).apply_async()
+    seen["chain |"] = [r.get(timeout=30), r.parent.get(timeout=30),
+                       r.parent.parent.get(timeout=30)]
+    seen["chain()"] = tasks.chain(tasks.add.s(4, 4), tasks.mul.s(2))().get(timeout=30)
+    seen["chain .si"] = (tasks.add.s(1, 1) | tasks.add.si(5, 5) | tasks.mul.s(3)).delay().get(
+        timeout=30)
+
+    g = tasks.group(tasks.add.s(i, i) for i in range(5)).apply_async()
+    seen["group"] = [g.get(timeout=30), g.ready(), g.successful(), g.completed_count(),
+                     len(g), isinstance(g.id, str)]
+    r = tasks.chord([tasks.add.s(i, i) for i in range(10)])(tasks.tsum.s())
+    seen["chord"] = r.get(timeout=30)
+    bad = str(uuid.uuid4())
+    r = tasks.chord([tasks.add.s(1, 1), tasks.divide.s(1, 0).set(task_id=bad)])(
+        tasks.tsum.s())
+    exc = r.get(timeout=30, propagate=False)
+    seen["chord failing member"] = [r.state, type(exc).__name__,
+                                    str(exc).replace(bad, "<member id>")]
+
+    callback = str(uuid.uuid4())
+    r = tasks.add.apply_async((2, 2), link=tasks.add.s(10).set(task_id=callback))
+    seen["link"] = [r.get(timeout=30), app.AsyncResult(callback).get(timeout=30)]
+    errback = str(uuid.uuid4())
+    r = tasks.divide.apply_async((1, 0), link_error=tasks.errback.s().set(task_id=errback))
+    exc = r.get(timeout=30, propagate=False)
+    said = app.AsyncResult(errback).get(timeout=30)
+    seen["link_error"] = [r.state, type(exc).__name__, said == "errback saw " + r.id]
+
+    marker = os.path.abspath(f"progress-{uuid.uuid4()}.go")
+    r = tasks.progress.delay(marker)
+    deadline = time.monotonic() + 30
+    while r.state != "PROGRESS":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"progress() never reported PROGRESS: {r.state}")
+        time.sleep(0.01)
+    seen["update_state"] = [r.state, r.info, r.result]
+    open(marker, "w").close()
+    seen["update_state"] += [r.get(timeout=30), r.state]
     return seen
 '''
 
-# Each engine runs the client in its own process: litequeue against a real worker,
-# Celery with its in-process test worker on the memory transport (no broker to run here).
-PORTABLE_RUN = {
-    "litequeue": "import json, client, tasks\n"
-                 "print(json.dumps(client.observe(tasks.app, tasks)))",
-    "celery": "import json, client, tasks\n"
-              "from celery.contrib.testing.worker import start_worker\n"
-              "tasks.app.conf.broker_transport_options = {'polling_interval': 0.05}\n"
-              "with start_worker(tasks.app, pool='solo', perform_ping_check=False,\n"
-              "                  loglevel='ERROR'):\n"
-              "    print(json.dumps(client.observe(tasks.app, tasks)))",
-}
+# The calling process, the same for both engines.
+PORTABLE_RUN = "import json, client, tasks\nprint(json.dumps(client.observe(tasks.app, tasks)))"
+
+
+def _free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_pid(port):
+    """The process id of the Redis server answering on 127.0.0.1:port, or None."""
+    data = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"INFO server\r\n")
+            while not re.search(rb"process_id:\d+\r\n", data):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    found = re.search(rb"process_id:(\d+)\r\n", data)
+    return found and int(found.group(1))
+
+
+def _reap(proc, timeout=5):
+    """Terminate a process (and its session's group), wait, then kill."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server on a free loopback port, in its own directory, for this test
+    only; always stopped at teardown."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (the portability test runs Celery with a "
+                    "real Redis: apt-get install redis-server)")
+    home = tmp_path / "redis"
+    home.mkdir()
+    log = home / "redis.log"
+    proc = None
+    try:
+        for _ in range(3):      # another process may take the free port before Redis does
+            port = _free_port()
+            cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--dir", str(home)]
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            # Ours answering, not another server that took the port first.
+            wait_until(lambda: proc.poll() is not None or _redis_pid(port) == proc.pid, 15,
+                       lambda: f"redis-server to answer on port {port}\n{log.read_text()}")
+            if proc.poll() is None:
+                break
+            proc.wait()
+        else:
+            pytest.fail(f"redis-server did not start:\n{log.read_text()}")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        if proc is not None:
+            _reap(proc)
+
+
+def start_celery_worker(workers, project, redis_url):
+    """`python -m celery -A tasks worker -P prefork -c 2` in the project's directory
+    (reaped by the workers fixture); returns once it answers a ping."""
+    from celery import Celery
+
+    worker = workers.start(project, cmd=[
+        sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork", "-c", "2",
+        "--loglevel=WARNING", "--without-mingle", "--without-gossip"], ready=False)
+    probe = Celery("probe", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        def answers():
+            if worker.proc.poll() is not None:
+                worker._fail(f"celery worker exited with {worker.proc.returncode}")
+            return probe.control.ping(timeout=0.2)
+        wait_until(answers, 30, lambda: f"celery worker to answer a ping\n{worker.log_text()}")
+    finally:
+        probe.close()
+    return worker
 
 
 class TestPortability:
 
-    def test_a_tasks_module_moves_to_celery_by_changing_the_app_line(self, tmp_path, workers):
-        """DESIGN 8: the same tasks module and the same calling code give the same answers
-        on litequeue and on Celery 5; only the app line differs."""
+    # redis_url comes before workers: fixtures stop in reverse order, so the Celery
+    # worker stops while its broker still runs.
+    def test_a_tasks_module_moves_to_celery_by_changing_the_app_line(
+            self, tmp_path, redis_url, workers):
+        """DESIGN 8: the same tasks module and the same calling program give the same
+        answers on litequeue and on Celery 5 with Redis (a real prefork worker); only the
+        app lines differ."""
         seen = {}
         for engine in ("litequeue", "celery"):
             proj = Project(tmp_path / engine)
-            (proj.dir / "tasks.py").write_text(
-                PORTABLE_TASKS.format(app_lines=APP_LINES[engine]))
+            app_lines = APP_LINES[engine].replace("{redis_url}", redis_url)
+            (proj.dir / "tasks.py").write_text(PORTABLE_TASKS.replace("{app_lines}", app_lines))
             (proj.dir / "client.py").write_text(PORTABLE_CLIENT)
             if engine == "litequeue":
                 workers.start(proj, concurrency=2)
-            seen[engine] = json.loads(python(PORTABLE_RUN[engine], proj.dir, timeout=120))
+            else:
+                start_celery_worker(workers, proj, redis_url)
+            seen[engine] = json.loads(python(PORTABLE_RUN, proj.dir, timeout=90))
         assert seen["litequeue"] == seen["celery"]
-        assert seen["litequeue"] == {
+        assert seen["celery"] == {
             "delay": [8, True, True, False, "SUCCESS", 8], "countdown": 3, "by_id": 3,
-            "signature": 5, "partial": 5, "group": [[0, 2, 4, 6, 8], True, True, 5],
+            "signature": 5, "signature by name": 5, "partial": 5, "partial countdown": 5,
             "self.retry": 2,
             "autoretry": ["FAILURE", "OSError", "still broken", True],
-            "propagate": ["ZeroDivisionError", "FAILURE"]}
+            "propagate": ["ZeroDivisionError", "FAILURE"],
+            "chain |": [60, 6, 3], "chain()": 16, "chain .si": 30,
+            "group": [[0, 2, 4, 6, 8], True, True, 5, 5, True],
+            "chord": 90,
+            "chord failing member": [
+                "FAILURE", "ChordError",
+                "Dependency <member id> raised ZeroDivisionError('division by zero')"],
+            "link": [4, 14],
+            "link_error": ["FAILURE", "ZeroDivisionError", True],
+            "update_state": ["PROGRESS", {"current": 1, "total": 2},
+                             {"current": 1, "total": 2}, "done", "SUCCESS"]}
 
 
 # ---------------------------------------------------------------------------
