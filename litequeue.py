@@ -2956,6 +2956,9 @@ _request = threading.local()
 class _Request:
     """What a bound task sees as self.request while it runs."""
 
+    __slots__ = ("id", "args", "kwargs", "retries", "attempt", "task", "hostname", "worker",
+                 "parent_id", "root_id", "group", "meta_writer", "progress", "__dict__")
+
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
                  hostname=None, worker=None, parent_id=None, root_id=None, group=None,
                  meta_writer=None):
@@ -3036,6 +3039,12 @@ class _ProgressWriter:
                 self.timer = None
 
 
+# The signals sent around each task run; _TASK_WATCHERS[0]: does any have a handler?
+_TASK_SIGNAL_NAMES = ("task_prerun", "task_postrun", "task_success", "task_failure",
+                      "task_retry")
+_TASK_WATCHERS = [False]
+
+
 class Signal:
     """A hook point with Celery's name and keyword arguments:
     ``litequeue.signals.task_failure.connect(handler)``. Handlers are called as
@@ -3057,11 +3066,19 @@ class Signal:
         key = dispatch_uid if dispatch_uid is not None else receiver
         if not any(k == key and s == sender for k, _, s in self.receivers):
             self.receivers.append((key, receiver, sender))
+        self._count()
         return receiver
 
     def disconnect(self, receiver=None, sender=None, dispatch_uid=None):
         key = dispatch_uid if dispatch_uid is not None else receiver
         self.receivers = [r for r in self.receivers if not (r[0] == key and r[2] == sender)]
+        self._count()
+
+    def _count(self):
+        """Keep _TASK_WATCHERS[0] true while any per-run signal has a handler, so a
+        worker checks one flag per task instead of five lists."""
+        if self.name in _TASK_SIGNAL_NAMES:
+            _TASK_WATCHERS[0] = any(getattr(signals, n).receivers for n in _TASK_SIGNAL_NAMES)
 
     def send(self, sender, **named):
         """Call every handler; returns [(handler, its return value or exception)]."""
@@ -3088,11 +3105,6 @@ for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_
 sys.modules[signals.__name__] = signals      # so `from litequeue.signals import ...` works
 
 
-def _task_signals_connected():
-    """True if any handler listens to a signal sent around each task run."""
-    return bool(signals.task_prerun.receivers or signals.task_postrun.receivers or
-                signals.task_success.receivers or signals.task_failure.receivers or
-                signals.task_retry.receivers)
 
 
 class _ExceptionInfo:
@@ -3861,8 +3873,11 @@ class Signature(_Canvas):
     def _send(self, app, args, kwargs, defaults):
         """A signature with nothing to follow it is a plain call: delay()'s own path."""
         call_args, call_kwargs = self._merged(tuple(args or ()), dict(kwargs or {}))
+        options = {**defaults, **self.options}
+        options.pop("link", None)
+        options.pop("link_error", None)
         return app._send(self.task, call_args, call_kwargs, task=self._resolve(app),
-                         **{**defaults, **self.options})
+                         **options)
 
     def _merged(self, args, kwargs):
         if self.immutable:
@@ -4559,6 +4574,10 @@ class LiteQueue:
     def send_task(self, name, args=None, kwargs=None, **options):
         """Queue a task by name, without importing it. The name must be registered with a
         worker or producer of this database."""
+        if options.get("link") is not None or options.get("link_error") is not None:
+            link, link_error = options.pop("link", None), options.pop("link_error", None)
+            return Signature(name, args or (), kwargs, options, app=self).apply_async(
+                link=link, link_error=link_error)
         task = self.tasks.get(name)
         if task is None and name not in self._known_remote:
             registry = self._storage().registry()
@@ -5552,7 +5571,7 @@ class _Child:
             hostname=self.spec["hostname"], worker=self.worker_id, parent_id=row.parent_id,
             root_id=row.root_id, group=row.group_id,
             meta_writer=(self.storage, row.seq, row.attempt))
-        watched = task._hooked or _task_signals_connected()
+        watched = task._hooked or _TASK_WATCHERS[0]
         if watched:
             signals.task_prerun.send(sender=task, task_id=row.id, task=task, args=args,
                                      kwargs=kwargs)
@@ -5564,7 +5583,8 @@ class _Child:
             value = task(*args, **kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
             tb = _traceback.format_exc()
-            request.close()
+            if request.progress is not None:
+                request.close()
             try:
                 done = self._failed(task, row, exc, tb, outcome)
             except Exception as bad_request:   # e.g. self.retry(countdown="soon")
@@ -5578,7 +5598,8 @@ class _Child:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _request.current = None
-        request.close()
+        if request.progress is not None:
+            request.close()
         try:
             result = _pack(value)
         except Exception as exc:   # unencodable, or a value whose own methods raise
@@ -5592,8 +5613,11 @@ class _Child:
         if logger.isEnabledFor(logging.INFO):
             logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id,
                         time.monotonic() - started, _saferepr(value))
-        done = outcome(SUCCESS, None, passed=result) if task.ignore_result else \
-            outcome(SUCCESS, result)
+        if task.ignore_result:
+            done = outcome(SUCCESS, None, passed=result)
+        else:                               # the common case, without the partial's merge
+            done = _Outcome(SUCCESS, result, None, seq=row.seq, attempt=row.attempt,
+                            tag=outcome.keywords["tag"], id=row.id, followers=row.followers)
         if watched:
             self._after_task(task, row, args, kwargs, done, value, None, None)
         return done

@@ -6187,6 +6187,45 @@ class TestCanvas:
         ''')
         assert out[0] == 3 and out[1] >= 0.5
 
+    def test_options_of_a_signature_and_send_task_with_links(self, tmp_path):
+        db = str(tmp_path / "o.sqlite")
+        app = LiteQueue(db)
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        r = add.s(1, 2).apply_async(task_id="fixed", queue="q", priority=3)
+        assert (r.id, r.state, r.queue) == ("fixed", PENDING, "q")
+        r = app.send_task(add.name, (1, 2), link=add.s(3), link_error=add.si(0, 0))
+        kids = sql(db, "SELECT name, state, waits, parent_id FROM tasks WHERE parent_id = ? "
+                       "ORDER BY seq", r.id)
+        assert kids == [(add.name, "WAITING", "link", r.id), (add.name, "WAITING", "error_si",
+                                                              r.id)]
+        assert [k.state for k in r.children] == [PENDING, PENDING]   # as Celery shows it
+        assert sql(db, "SELECT followers FROM tasks WHERE id = ?", r.id) == [(1,)]
+
+    def test_pruning_results_also_prunes_saved_groups_and_chords(self, tmp_path):
+        db = str(tmp_path / "p.sqlite")
+        app = LiteQueue(db)
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        from litequeue import chord
+        g = group(add.s(1, 1), add.s(2, 2)).apply_async()
+        c = chord([add.s(1, 1)], add.s(1)).apply_async()
+        sql_write(db, "UPDATE tasks SET state = 'SUCCESS', finished_at = 1",
+                  "UPDATE chords SET fired = 1", "UPDATE groups SET created_at = 1")
+        assert app.GroupResult(g.id).id == g.id
+        assert app._storage().prune(time.time()) == 4
+        assert sql(db, "SELECT (SELECT count(*) FROM groups), (SELECT count(*) FROM chords)") \
+            == [(0, 0)]
+        assert GroupResult.restore(g.id, app=app) is None and c.state == UNKNOWN
+        with pytest.raises(TaskNotFound):
+            app.GroupResult(g.id)
+
     def test_eager_mode_runs_the_whole_canvas_inline(self, tmp_path):
         app = LiteQueue(str(tmp_path / "eager.sqlite"), task_always_eager=True)
 
