@@ -105,6 +105,9 @@ __all__ = [
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
 ]
 
+import bisect
+import base64
+import binascii
 import builtins
 import collections
 import contextlib
@@ -116,6 +119,8 @@ import fcntl
 import fnmatch
 import functools
 import hashlib
+import hmac
+import http.server
 import importlib
 import importlib.machinery
 import importlib.util
@@ -130,9 +135,11 @@ import os
 import random
 import re
 import reprlib
+import secrets
 import select
 import signal
 import socket
+import socketserver
 import stat
 import struct
 import sys
@@ -140,6 +147,7 @@ import threading
 import time
 import traceback as _traceback
 import types
+import urllib.parse
 import uuid
 import warnings
 import weakref
@@ -358,6 +366,25 @@ def _check_text(value):
     return value
 
 
+def _check_optional_text(value):
+    return None if value is None else _check_text(value)
+
+
+def _check_admins(value):
+    """ADMINS: [(name, address), ...]; a bare address is taken as (address, address)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError("a list of (name, address) pairs")
+    out = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = (entry, entry)
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and
+                all(isinstance(x, str) for x in entry) and "@" in entry[1]):
+            raise ValueError("a list of (name, address) pairs")
+        out.append((entry[0], entry[1]))
+    return tuple(out)
+
+
 def _check_zone(value):
     if isinstance(value, _dt.tzinfo) and getattr(value, "key", None):
         return value.key
@@ -435,6 +462,20 @@ _SETTINGS = {
                           "table (only files under the worker's directory)"),
     "wal_autocheckpoint": (1000, _check_number(whole=True), "producers' WAL "
                            "auto-checkpoint, pages; workers checkpoint off the task path"),
+    "task_error_emails": (False, _check_bool, "mail the admins about failed tasks: a "
+                          "digest per email_interval, one entry per task name with its "
+                          "count (Celery's CELERY_SEND_TASK_ERROR_EMAILS)"),
+    "admins": ((), _check_admins, "[(name, address)] who get failure mails (ADMINS)"),
+    "server_email": ("litequeue@localhost", _check_text, "From: of failure mails"),
+    "email_host": ("localhost", _check_text, "SMTP server"),
+    "email_port": (25, _check_number(1, whole=True), "SMTP port"),
+    "email_host_user": (None, _check_optional_text, "SMTP user (None: no login)"),
+    "email_host_password": (None, _check_optional_text, "SMTP password"),
+    "email_use_ssl": (False, _check_bool, "SMTP over TLS from the start (port 465)"),
+    "email_use_tls": (False, _check_bool, "STARTTLS after connecting"),
+    "email_timeout": (10.0, _check_number(above=True), "seconds an SMTP step may take"),
+    "email_interval": (60.0, _check_number(1.0), "at most one failure mail per this many "
+                       "seconds, whatever the number of failures"),
 }
 DEFAULTS = {name: spec[0] for name, spec in _SETTINGS.items()}
 
@@ -475,6 +516,17 @@ _CELERY_ALIASES = {
     "CELERYBEAT_SCHEDULE": "beat_schedule",
     "CELERY_ROUTES": "task_routes",
     "task_default_max_retries": "task_max_retries",
+    "CELERY_SEND_TASK_ERROR_EMAILS": "task_error_emails",
+    "send_task_error_emails": "task_error_emails",
+    "ADMINS": "admins",
+    "SERVER_EMAIL": "server_email",
+    "EMAIL_HOST": "email_host",
+    "EMAIL_PORT": "email_port",
+    "EMAIL_HOST_USER": "email_host_user",
+    "EMAIL_HOST_PASSWORD": "email_host_password",
+    "EMAIL_USE_SSL": "email_use_ssl",
+    "EMAIL_USE_TLS": "email_use_tls",
+    "EMAIL_TIMEOUT": "email_timeout",
     "task_annotations": None,
 }
 # Settings that name a broker or backend: litequeue has exactly one, the file. They are
@@ -511,6 +563,13 @@ _CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "
 # Results of fast tasks are committed together; a task that ran longer than this commits
 # its result alone, so group commit never delays a result a caller can notice.
 _GROUP_COMMIT_WINDOW = 0.002
+# Upper bounds (seconds) of the runtime histogram's buckets in the stats table (h0..hN,
+# hN counting the rest): Prometheus's default buckets, stretched to five minutes.
+_RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 300.0)
+# Workers write their stats at most this often (seconds); the dashboard keeps this long.
+_STATS_FLUSH = 1.0
+_STATS_KEEP = 8 * 86400
 # update_state() of a running task is written at most this often (seconds).
 _PROGRESS_INTERVAL = 0.2
 # First fallback poll after activity; it doubles up to worker_poll_interval.
@@ -1243,14 +1302,7 @@ _MIGRATIONS = [
     ALTER TABLE tasks ADD COLUMN followers INTEGER NOT NULL DEFAULT 0;  -- 1: its end moves rows
     ALTER TABLE tasks ADD COLUMN meta BLOB;         -- update_state(): msgpack [state, meta]
     CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
-    -- A saved group: its members' ids in order (one row, not an index entry per member).
-    CREATE TABLE groups (
-        id          TEXT PRIMARY KEY,
-        members     BLOB NOT NULL,                 -- msgpack list of task ids
-        first       TEXT NOT NULL,                 -- the first member: gone means pruned
-        created_at  REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX groups_created ON groups (created_at);
+    CREATE INDEX tasks_group ON tasks (group_id, group_index) WHERE group_id IS NOT NULL;
     CREATE TABLE chords (
         id          TEXT PRIMARY KEY,              -- the header's group id
         body        TEXT NOT NULL,                 -- id of the body's first row (WAITING)
@@ -1266,6 +1318,42 @@ _MIGRATIONS = [
         result      BLOB,                          -- the member's result (msgpack)
         PRIMARY KEY (chord, idx)
     ) WITHOUT ROWID;
+    """,
+    f"""
+    -- Saved groups live in their own table (one row per group), not in an index entry
+    -- per member. (A file written between two development versions may have either.)
+    DROP INDEX IF EXISTS tasks_group;
+    -- A saved group: its members' ids in order (one row, not an index entry per member).
+    CREATE TABLE IF NOT EXISTS groups (
+        id          TEXT PRIMARY KEY,
+        members     BLOB NOT NULL,                 -- msgpack list of task ids
+        first       TEXT NOT NULL,                 -- the first member: gone means pruned
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS groups_created ON groups (created_at);
+    -- Per-minute counters of what workers ran, written in batches by each worker process
+    -- (at most once a second, inside a commit it makes anyway): the dashboard's charts and
+    -- /metrics read these, never COUNT(*) over tasks, and they outlive result pruning.
+    CREATE TABLE stats (
+        minute      INTEGER NOT NULL,              -- unix time // 60
+        name        TEXT NOT NULL,                 -- task name
+        queue       TEXT NOT NULL,
+        succeeded   INTEGER NOT NULL DEFAULT 0,
+        failed      INTEGER NOT NULL DEFAULT 0,
+        retried     INTEGER NOT NULL DEFAULT 0,
+        runtime     REAL NOT NULL DEFAULT 0,       -- seconds, summed
+        {", ".join(f"h{i} INTEGER NOT NULL DEFAULT 0" for i in range(len(_RUNTIME_BUCKETS) + 1))},
+        PRIMARY KEY (minute, name, queue)
+    ) WITHOUT ROWID;
+    -- The dashboard counts and lists these states through their own small indexes.
+    CREATE INDEX tasks_waiting ON tasks (seq) WHERE state = 'WAITING';
+    CREATE INDEX tasks_failed ON tasks (finished_at) WHERE state = 'FAILURE';
+    -- Failure mails: the finish time up to which failures have been mailed (one row), so
+    -- that of several supervisors only one mails each failure.
+    CREATE TABLE alerts (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        cursor      REAL NOT NULL
+    );
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1421,6 +1509,17 @@ _SQL_SET_META = """
     WHERE id = :id AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
 """
 _SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
+_STATS_COUNTS = ("succeeded", "failed", "retried", "runtime") + \
+    tuple(f"h{i}" for i in range(len(_RUNTIME_BUCKETS) + 1))
+# A worker's batch of counters, added to the minute's row.
+_SQL_ADD_STATS = f"""
+    INSERT INTO stats (minute, name, queue, {", ".join(_STATS_COUNTS)})
+    VALUES (?, ?, ?, {", ".join("?" for _ in _STATS_COUNTS)})
+    ON CONFLICT (minute, name, queue) DO UPDATE SET
+        {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COUNTS)}
+"""
+_SQL_PRUNE_STATS = "DELETE FROM stats WHERE minute < :minute"
+
 _SQL_INSERT_GROUP = """
     INSERT INTO groups (id, members, first, created_at)
     VALUES (:id, :members, :first, :created_at)
@@ -1462,6 +1561,15 @@ _SQL_REQUEUE = """
                      eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
                      retries = 0
     WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+"""
+# FAILURE -> PENDING, in bulk (by task name, or all): the dashboard's "retry all failed".
+# tasks_failed; a batch per transaction.
+_SQL_REQUEUE_FAILED = """
+    UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
+                     eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
+                     retries = 0
+    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'FAILURE'
+                                         AND (:name IS NULL OR name = :name) LIMIT :n)
 """
 # PENDING, SCHEDULED, RETRY or WAITING -> (deleted).
 _SQL_PURGE = """
@@ -1564,6 +1672,65 @@ _SQL_UPSERT_SCHEDULE = """
 """
 _SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
 _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
+
+
+# The monitoring reads (dashboard, /metrics, health): each through an index, so their cost
+# follows the waiting and running rows, not the finished ones.
+# tasks_ready, tasks_due, tasks_running, tasks_waiting, tasks_failed.
+_SQL_STATE_COUNTS = """
+    SELECT queue, 'PENDING', count(*), min(created_at) FROM tasks WHERE state = 'PENDING'
+    GROUP BY queue
+    UNION ALL SELECT queue, state, count(*), min(created_at) FROM tasks
+    WHERE state IN ('SCHEDULED', 'RETRY') GROUP BY queue, state
+    UNION ALL SELECT queue, 'STARTED', count(*), min(started_at) FROM tasks
+    WHERE state = 'STARTED' GROUP BY queue
+    UNION ALL SELECT queue, 'WAITING', count(*), min(created_at) FROM tasks
+    WHERE state = 'WAITING' GROUP BY queue
+    UNION ALL SELECT queue, 'FAILURE', count(*), NULL FROM tasks WHERE state = 'FAILURE'
+    GROUP BY queue
+"""
+# stats' primary key: the minutes since :since, summed over task names and queues.
+_SQL_STATS_BY_MINUTE = """
+    SELECT minute, sum(succeeded), sum(failed), sum(retried), sum(runtime) FROM stats
+    WHERE minute >= :since GROUP BY minute ORDER BY minute
+"""
+_SQL_STATS_BY_QUEUE = """
+    SELECT queue, sum(succeeded), sum(failed) FROM stats WHERE minute >= :since
+    GROUP BY queue
+"""
+_SQL_STATS_BY_NAME = f"""
+    SELECT name, sum(succeeded), sum(failed), sum(retried), sum(runtime),
+           {", ".join(f"sum(h{i})" for i in range(len(_RUNTIME_BUCKETS) + 1))}
+    FROM stats WHERE minute >= :since GROUP BY name ORDER BY name
+"""
+# A page of tasks, newest first, from :before down (primary key; keyset paging). A filter
+# on state uses that state's index where there is one. Text search looks only at the
+# newest :window rows, so a search never reads the whole table.
+_SQL_TASK_PAGE = f"""
+    SELECT seq, {", ".join(_TASK_COLUMNS)} FROM tasks
+    WHERE seq < :before AND (:state IS NULL OR state = :state)
+      AND (:queue IS NULL OR queue = :queue) AND (:name IS NULL OR name = :name)
+      AND (:text IS NULL OR (seq > (SELECT max(seq) FROM tasks) - :window
+                             AND (instr(payload, CAST(:text AS BLOB)) > 0
+                                  OR instr(id, :text) > 0 OR instr(name, :text) > 0)))
+    ORDER BY seq DESC LIMIT :n
+"""
+_SQL_TASK_NAMES = "SELECT name FROM registry ORDER BY name"
+# Failure mails. tasks_failed: the failures that finished in (cursor, until].
+_SQL_ALERT_CURSOR = "SELECT cursor FROM alerts WHERE id = 1"
+_SQL_HAS_FAILURES = """
+    SELECT 1 FROM tasks WHERE state = 'FAILURE' AND finished_at > :after
+                          AND finished_at <= :until LIMIT 1
+"""
+_SQL_FAILURES = """
+    SELECT id, name, result, traceback, finished_at FROM tasks
+    WHERE state = 'FAILURE' AND finished_at > :after AND finished_at <= :until
+    ORDER BY finished_at
+"""
+_SQL_SET_ALERT_CURSOR = """
+    INSERT INTO alerts (id, cursor) VALUES (1, :cursor)
+    ON CONFLICT (id) DO UPDATE SET cursor = excluded.cursor
+"""
 
 
 # ---------------------------------------------------------------------------
@@ -1916,7 +2083,12 @@ class _Storage:
     def registered(self, worker_id):
         return bool(self.conn.execute(_SQL_IS_REGISTERED, (worker_id,)).fetchall())
 
-    def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=()):
+    def add_stats(self, rows):
+        """Add a worker's per-minute counters (see _Stats) in their own transaction."""
+        with self.write() as conn:
+            conn.executemany(_SQL_ADD_STATS, rows)
+
+    def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=(), stats=()):
         """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
         to n more, in one transaction.
 
@@ -1926,8 +2098,9 @@ class _Storage:
             # A claim lost to a power cut only puts the row back to PENDING, which
             # at-least-once allows, and the next FULL commit syncs these frames too.
             with self._synchronous("NORMAL"):
-                return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release)
-        return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release)
+                return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release,
+                                                stats)
+        return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release, stats)
 
     @contextlib.contextmanager
     def _synchronous(self, level):
@@ -1937,10 +2110,12 @@ class _Storage:
         finally:
             self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
-    def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release):
+    def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release, stats=()):
         rejected = 0
         follow = None
         with self.write() as conn:
+            if stats:
+                conn.executemany(_SQL_ADD_STATS, stats)
             for o in outcomes:
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
@@ -2260,6 +2435,54 @@ class _Storage:
         self.follow_ups = follow
         return True
 
+    def state_counts(self):
+        """[(queue, state, count, oldest time)] of the states that have an index."""
+        return self.conn.execute(_SQL_STATE_COUNTS).fetchall()
+
+    def stats_by_minute(self, since):
+        return self.conn.execute(_SQL_STATS_BY_MINUTE, {"since": since}).fetchall()
+
+    def stats_by_queue(self, since):
+        return self.conn.execute(_SQL_STATS_BY_QUEUE, {"since": since}).fetchall()
+
+    def stats_by_name(self, since):
+        return self.conn.execute(_SQL_STATS_BY_NAME, {"since": since}).fetchall()
+
+    def task_page(self, before, state, queue, name, text, limit, window=10000):
+        """Tasks newest first below seq `before`: [(seq, row dict)]."""
+        rows = self.conn.execute(_SQL_TASK_PAGE, {
+            "before": before, "state": state, "queue": queue, "name": name, "text": text,
+            "window": window, "n": limit})
+        return [(r[0], dict(zip(self._TASK_COLUMNS, r[1:]))) for r in rows]
+
+    def take_failures(self, until):
+        """The failures that finished since the last call of any process, up to `until`,
+        as [(id, name, result, traceback, finished_at)], moving the shared cursor in the
+        same transaction (so each is taken once). A read first: with nothing new, no
+        lock is taken. The first call starts the cursor at `until`."""
+        cursor = self.conn.execute(_SQL_ALERT_CURSOR).fetchall()
+        after = cursor[0][0] if cursor else None
+        if after is not None and not self.conn.execute(
+                _SQL_HAS_FAILURES, {"after": after, "until": until}).fetchall():
+            return []
+        with self.write() as conn:
+            cursor = conn.execute(_SQL_ALERT_CURSOR).fetchall()
+            after = cursor[0][0] if cursor else None
+            rows = [] if after is None or after >= until else conn.execute(
+                _SQL_FAILURES, {"after": after, "until": until}).fetchall()
+            if after is None or after < until:
+                conn.execute(_SQL_SET_ALERT_CURSOR, {"cursor": until})
+        return rows
+
+    def wal_bytes(self):
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def journal_mode(self):
+        return self._pragma("journal_mode")
+
     def set_meta(self, meta, task_id=None, seq=None, attempt=None):
         """Store update_state()'s [state, meta]: the running task's own row (fenced by its
         claim), or any unfinished task by id. True if a row took it."""
@@ -2296,6 +2519,8 @@ class _Storage:
         held up for long, then hand the freed pages back to the filesystem."""
         deleted = self._in_batches(_SQL_PRUNE, {"cutoff": cutoff}, _PRUNE_BATCH,
                                    after_batch=self.truncate_wal_if_large)
+        with self.write() as conn:
+            conn.execute(_SQL_PRUNE_STATS, {"minute": int((time.time() - _STATS_KEEP) // 60)})
         if deleted:
             with self.write() as conn:
                 conn.execute(_SQL_PRUNE_CHORDS)
@@ -2327,6 +2552,10 @@ class _Storage:
     def purge(self, queue=None):
         """Delete every task waiting to run (in one queue, or all); returns how many."""
         return self._in_batches(_SQL_PURGE, {"queue": queue}, _PRUNE_BATCH)
+
+    def requeue_failed(self, name=None):
+        """Queue again every FAILURE task (of one name, or all); returns how many."""
+        return self._in_batches(_SQL_REQUEUE_FAILED, {"name": name}, _PRUNE_BATCH)
 
     def counts(self):
         return self.conn.execute(_SQL_COUNTS).fetchall()
@@ -4855,12 +5084,159 @@ class Admin:
         """Delete every waiting task (in one queue, or all); returns how many."""
         return self.app._storage().purge(queue)
 
+    def requeue_failed(self, name=None):
+        """Queue again every failed task of a name (or all of them); returns how many."""
+        count = self.app._storage().requeue_failed(name or None)
+        if count:
+            self.app._work_bell.ring()
+        return count
+
     def revoke(self, task_id, terminate=False):
         """AsyncResult.revoke() of an id; TaskNotFound for an unknown one."""
         result = self.app.AsyncResult(task_id)
         if result.state == UNKNOWN:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return result.revoke(terminate=terminate)
+
+    # -- monitoring: what the dashboard, /metrics and `litequeue health` read ----------
+
+    def state_counts(self):
+        """{queue: {state: count}} of the waiting, running and failed states, and {queue:
+        oldest waiting task's created_at}, read through their indexes."""
+        counts, oldest = {}, {}
+        for queue, state, n, first in self.app._storage().state_counts():
+            queue = _shown(queue)
+            counts.setdefault(queue, {})[state] = n
+            if state == PENDING and _is_time(first):
+                oldest[queue] = first
+        return counts, oldest
+
+    def throughput(self, minutes=60):
+        """Per-minute [(unix minute start, succeeded, failed, retried, mean runtime s)] for
+        the last `minutes`, from the workers' counters (missing minutes are zeros)."""
+        now_minute = int(time.time() // 60)
+        since = now_minute - minutes + 1
+        rows = {m: (s or 0, f or 0, r or 0, rt or 0.0) for m, s, f, r, rt in
+                self.app._storage().stats_by_minute(since)}
+        out = []
+        for minute in range(since, now_minute + 1):
+            s, f, r, rt = rows.get(minute, (0, 0, 0, 0.0))
+            runs = s + f + r
+            out.append((minute * 60, s, f, r, rt / runs if runs else 0.0))
+        return out
+
+    def task_stats(self, minutes=24 * 60):
+        """Per task name over the last `minutes`: succeeded, failed, retried, runtime sum
+        and the runtime histogram's bucket counts."""
+        since = int(time.time() // 60) - minutes + 1
+        return [{"name": _shown(name), "succeeded": s or 0, "failed": f or 0,
+                 "retried": r or 0, "runtime": rt or 0.0, "buckets": [b or 0 for b in rest]}
+                for name, s, f, r, rt, *rest in self.app._storage().stats_by_name(since)]
+
+    def page(self, before=None, state=None, queue=None, name=None, text=None, limit=50):
+        """A page of tasks newest first ([task dict], next `before` or None), filtered."""
+        limit = max(1, min(int(limit), 500))
+        before = (1 << 62) if before is None else int(before)
+        rows = self.app._storage().task_page(before, state or None, queue or None,
+                                             name or None, text or None, limit)
+        tasks = [_task_summary(row) for _, row in rows]
+        return tasks, (rows[-1][0] if len(rows) == limit else None)
+
+    def task(self, task_id):
+        """Everything about one task, decoded for display (TaskNotFound if unknown)."""
+        result = self.app.AsyncResult(task_id)
+        row = result._fetch()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        info = _task_summary(row)
+        args, kwargs = _row_call(row)
+        info.update(args=_display(args), kwargs=_display(kwargs), traceback=row["traceback"]
+                    if isinstance(row["traceback"], str) else None,
+                    errors=_display(_history(row["errors"])), parent_id=row["parent_id"],
+                    root_id=row["root_id"] or row["id"], group_id=row["group_id"],
+                    children=self.app._storage().children(task_id),
+                    progress=_display(_custom_state(row)),
+                    why=self.why_not_running(row))
+        return info
+
+    def why_not_running(self, row, now=None):
+        """Why a task is not running (None if it is running or finished)."""
+        now = time.time() if now is None else now
+        state = row["state"]
+        if state in READY_STATES or state == STARTED:
+            return None
+        name = row["name"]
+        if state in (SCHEDULED, RETRY) and _is_time(row["eta"]):
+            what = "retry" if state == RETRY else "ETA"
+            when = _from_unix(row["eta"])
+            return f"its {what} is {when.isoformat(timespec='seconds') if when else '?'}" + \
+                (" (due now: a worker's scheduler moves it)" if row["eta"] <= now else "")
+        if state == WAITING:
+            waits = str(row.get("waits") or "")
+            if waits.startswith("chord"):
+                chord = self.app._storage().chord_of_body(row["id"])
+                done = self.app._storage().conn.execute(
+                    "SELECT done, size FROM chords WHERE id = ?", (chord,)).fetchall()
+                return (f"waiting for its chord: {done[0][0]} of {done[0][1]} members done"
+                        if done else "waiting for its chord")
+            kind = "to fail" if waits.startswith("error") else "to succeed"
+            return f"waiting for task {row.get('parent_id')} {kind}"
+        registry = self.registry()
+        if name not in registry:
+            return f"no worker or producer registered the task name {name!r}"
+        live = [w for w in self.workers() if w["alive"] is not False]
+        queues = {q for w in live for q in str(w["queues"]).split(",")}
+        if not live:
+            return "no live worker: start `litequeue worker`"
+        if row["queue"] not in queues:
+            return f"no live worker serves its queue {row['queue']!r} (they serve " \
+                   f"{', '.join(sorted(queues))})"
+        return "queued: the workers are busy with tasks ahead of it"
+
+
+def _display(value):
+    """A decoded value made safe for JSON: bytes as text, other objects as their repr."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _display(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_display(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _task_summary(row):
+    """A task row as the dashboard and the API show it (no payload decoding beyond args)."""
+    result = exception = None
+    if row["state"] == SUCCESS and row["result"] is not None:
+        try:
+            result = _display(_unpack(row["result"]))
+        except Exception:
+            result = "<result cannot be decoded>"
+    elif row["state"] in (FAILURE, RETRY) and row["result"] is not None:
+        exc = _rebuild_error(row["result"], None)
+        exception = f"{type(exc).__name__}({str(exc)!r})" if not isinstance(exc, RemoteError) \
+            else f"{exc.exc_type.rpartition('.')[2]}({exc.exc_message!r})"
+    args, kwargs = _row_call(row)
+    started, finished = row["started_at"], row["finished_at"]
+    custom = _custom_state(row)
+    return {"id": _display(row["id"]), "name": _display(row["name"]),
+            "state": _visible_state(row) if custom is None else custom[0],
+            "queue": _display(row["queue"]), "priority": row["priority"],
+            "args": _shown(_saferepr(args, 300), 300),
+            "kwargs": _shown(_saferepr(kwargs, 300), 300),
+            "result": result, "exception": exception, "retries": row["retries"],
+            "attempt": row["attempt"], "worker": _display(row["worker"]), "pid": row["pid"],
+            "created": row["created_at"], "started": started, "finished": finished,
+            "eta": row["eta"] if _is_time(row["eta"]) else None,
+            "expires": row["expires"] if _is_time(row["expires"]) else None,
+            "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
 
 
 def _settings_of(obj):
@@ -5173,6 +5549,45 @@ def _tag(task_id):
     return _short_hash(task_id) if isinstance(task_id, str) else None
 
 
+class _Stats:
+    """A worker process's per-minute counters (by task name and queue), kept in memory and
+    added to the stats table with a commit at most every _STATS_FLUSH seconds. A crash
+    loses at most that much of the counts, never a task."""
+
+    __slots__ = ("rows", "last")
+
+    def __init__(self):
+        self.rows = {}
+        self.last = time.monotonic()
+
+    def add(self, name, queue, state, seconds):
+        if state == SUCCESS:
+            kind = 0
+        elif state == FAILURE:
+            kind = 1
+        elif state == RETRY:
+            kind = 2
+        else:
+            return                      # expired or revoked before it ran: no run to count
+        key = (int(time.time() // 60), name, queue)
+        counts = self.rows.get(key)
+        if counts is None:
+            counts = self.rows[key] = [0, 0, 0, 0.0] + [0] * (len(_RUNTIME_BUCKETS) + 1)
+        counts[kind] += 1
+        counts[3] += seconds
+        counts[4 + bisect.bisect_left(_RUNTIME_BUCKETS, seconds)] += 1
+
+    def take(self, force=False):
+        """The rows to add now ([] before the interval is over, unless forced)."""
+        if not self.rows or (not force and time.monotonic() - self.last < _STATS_FLUSH):
+            return []
+        rows = [(minute, name if isinstance(name, str) else str(name), queue, *counts)
+                for (minute, name, queue), counts in self.rows.items()]
+        self.rows = {}
+        self.last = time.monotonic()
+        return rows
+
+
 class _Pending:
     """What a child holds between commits: outcomes of rows it ran that wait for the
     next (group) commit, and rows it claimed but has not begun."""
@@ -5276,12 +5691,18 @@ class _Child:
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
         self.pending = _Pending()
+        self.stats = _Stats()
+        self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
         self.batch = 1                 # rows to claim at once: grows while tasks are fast
         self.last_duration = 0.0
 
     def close(self):
         """Unregister and let go of the lock file, after a clean end."""
         self.sleeper.close()
+        with contextlib.suppress(Exception):
+            stats = self.stats.take(force=True)
+            if stats:
+                self.storage.add_stats(stats)
         with contextlib.suppress(Exception):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()
@@ -5376,6 +5797,7 @@ class _Child:
         self.lock.executing(0, begun=self.pending.begun)
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
+        self.stats.add(row.name, self.claim_queue, outcome.state, duration)
         if duration > _GROUP_COMMIT_WINDOW:
             self.batch = 1
         self.tasks_done += 1
@@ -5426,6 +5848,8 @@ class _Child:
         while True:
             queue = self._next_queue()
             rows, rejected = self._write(outcomes, queue, want, release)
+            if rows:
+                self.claim_queue = queue
             release = ()
             if rejected:
                 logger.warning("%d stale completion(s) rejected: the task was rescued and "
@@ -5462,9 +5886,11 @@ class _Child:
                 if not outcomes and not release:
                     return self.storage.complete_and_claim(
                         outcomes, self.worker_id, self.pid, time.time(), queue, want, release)
+                stats = self.stats.take()       # counters ride along, once a second
                 return _waiting_out(
                     lambda: self.storage.complete_and_claim(
-                        outcomes, self.worker_id, self.pid, time.time(), queue, want, release),
+                        outcomes, self.worker_id, self.pid, time.time(), queue, want, release,
+                        stats),
                     f"keeping {len(outcomes)} result(s) and trying again")
             except (DatabaseBusy, DiskFull):
                 return [], 0                 # nothing to keep: claim again later
@@ -5517,7 +5943,7 @@ class _Child:
                                  "claiming and exits", self.worker_id)
                     self.stopping = True
                     return None
-            ready = select.select(waitables, [], [], poll)[0]
+            ready = select.select(waitables, [], [], self._flush_idle_stats(poll))[0]
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.sig_r, 64)
@@ -5534,6 +5960,19 @@ class _Child:
                 look, version = new_version != version, new_version
             poll = _POLL_MIN if look else min(poll * 2, self.poll_max)
         return None
+
+    def _flush_idle_stats(self, wait):
+        """While idle, write the counters once their interval is over (a write only when
+        there is something to count); returns how long to sleep before looking again."""
+        if not self.stats.rows:
+            return wait
+        left = self.stats.last + _STATS_FLUSH - time.monotonic()
+        if left > 0:
+            return min(wait, left)
+        rows = self.stats.take(force=True)
+        with contextlib.suppress(DatabaseBusy, DiskFull):
+            self.storage.add_stats(rows)
+        return wait
 
     def _execute(self, row, begun=()):
         """Run one claimed row; returns its _Outcome for complete_and_claim.
@@ -5813,6 +6252,77 @@ class _Fatal(Exception):
     """A supervisor failure it cannot recover from: the worker ends with exit code 2."""
 
 
+class _Notify:
+    """systemd's notify protocol (Type=notify) over $NOTIFY_SOCKET, with the standard
+    library: READY=1 once the children run, STOPPING=1 at shutdown, WATCHDOG=1 every half
+    WATCHDOG_USEC. Without $NOTIFY_SOCKET it does nothing."""
+
+    def __init__(self, environ=os.environ):
+        path = environ.get("NOTIFY_SOCKET") or ""
+        self.address = ("\0" + path[1:]) if path.startswith("@") else \
+            (path if path.startswith("/") else None)
+        usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID")
+        self.watchdog = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and \
+            (not pid or pid == str(os.getpid())) and self.address else None
+
+    def send(self, text):
+        if self.address is None:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(text.encode(), self.address)
+        except OSError as exc:
+            logger.warning("cannot notify systemd at %s: %s", _saferepr(self.address), exc)
+
+
+# Failures are mailed once they are this many seconds old: a commit's finish time is read
+# before it waits for the write lock, so a younger one could still appear behind the cursor.
+_ALERT_MARGIN = 5.0
+
+
+def _send_failure_mail(settings, failures, host):
+    """One digest mail of failures [(id, name, result, traceback, finished_at)]: per task
+    name its count and its latest error. Runs in a thread of the supervisor, never in a
+    task's process; a mail server that fails is logged."""
+    import email.message
+    import smtplib
+    by_name = {}
+    for task_id, name, result, tb, finished in failures:
+        entry = by_name.setdefault(_shown(name), [0, None])
+        entry[0] += 1
+        entry[1] = (task_id, result, tb, finished)
+    total = sum(n for n, _ in by_name.values())
+    msg = email.message.EmailMessage()
+    names = ", ".join(sorted(by_name))
+    msg["Subject"] = _clipped(f"[litequeue] {total} task failure(s) on {host}: {names}", 200)
+    msg["From"] = settings["server_email"]
+    msg["To"] = ", ".join(f"{name} <{addr}>" for name, addr in settings["admins"])
+    lines = [f"{total} task(s) failed on {host} since the last mail.", ""]
+    for name, (count, (task_id, result, tb, finished)) in sorted(by_name.items()):
+        exc = _rebuild_error(result, None)
+        when = _from_unix(finished)
+        lines += [f"{name}: {count} failure(s); the latest:",
+                  f"  id        {_shown(task_id)}",
+                  f"  finished  {when.isoformat(timespec='seconds') if when else '?'}",
+                  f"  error     {type(exc).__name__}: {_shown(str(exc), 500)}", ""]
+        if isinstance(tb, str) and tb:
+            lines += ["  " + line for line in _clipped(tb.rstrip(), 4000).splitlines()] + [""]
+    msg.set_content("\n".join(lines))
+    try:
+        smtp_class = smtplib.SMTP_SSL if settings["email_use_ssl"] else smtplib.SMTP
+        with smtp_class(settings["email_host"], settings["email_port"],
+                        timeout=settings["email_timeout"]) as smtp:
+            if settings["email_use_tls"] and not settings["email_use_ssl"]:
+                smtp.starttls()
+            if settings["email_host_user"]:
+                smtp.login(settings["email_host_user"], settings["email_host_password"] or "")
+            smtp.send_message(msg)
+        logger.info("mailed %d failure(s) to %s", total, msg["To"])
+    except (OSError, smtplib.SMTPException) as exc:
+        logger.error("cannot mail %d failure(s) via %s:%s: %s", total, settings["email_host"],
+                     settings["email_port"], exc)
+
+
 class _Supervisor:
     """The worker's parent process.
 
@@ -5879,6 +6389,7 @@ class _Supervisor:
     def run(self):
         """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold, 2 when a
         failure it cannot recover from ended it."""
+        self.notify = _Notify()
         self.side = _SideDir(self.db)
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
                                 busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
@@ -5909,6 +6420,8 @@ class _Supervisor:
                 self._guard("rescue", self._rescue_dead_workers)
                 for _ in range(self.concurrency):
                     self._start_child()
+                self.notify.send(f"READY=1\nSTATUS=serving {len(self.tasks)} task(s) with "
+                                 f"{self.concurrency} process(es)\nMAINPID={os.getpid()}")
                 signals.worker_ready.send(sender=self)
                 try:
                     return self._loop(sig_r)
@@ -5923,6 +6436,7 @@ class _Supervisor:
             logger.critical("litequeue worker stopped: %s", why)   # the last line
             return 2
         finally:
+            self.notify.send("STOPPING=1")
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -6002,9 +6516,12 @@ class _Supervisor:
         expires = self.settings["result_expires"]
         # Prune about four times per expiry period, but at most once a second.
         self.prune_every = min(60.0, max(1.0, expires / 4)) if expires else None
+        alerts = self.settings["task_error_emails"] and self.settings["admins"]
         self.next = {"rescue": now + _RESCUE_INTERVAL, "checkpoint": now + _CHECKPOINT_INTERVAL,
                      "rescan": now + _SCHEDULER_RESCAN, "sweep": now,
-                     "prune": now + self.prune_every if self.prune_every else None}
+                     "prune": now + self.prune_every if self.prune_every else None,
+                     "alerts": now if alerts else None,
+                     "watchdog": now if self.notify.watchdog else None}
         self.warm_deadline = None
         self.cold = False
         self.wal_seen = None
@@ -6087,6 +6604,7 @@ class _Supervisor:
             if self.warm_deadline is None:
                 logger.warning("warm shutdown: finishing running tasks (signal again "
                                "to stop at once)")
+                self.notify.send("STOPPING=1")
                 self.warm_deadline = time.monotonic() + self.grace
                 self.restarts.clear()
                 for child in self.children.values():
@@ -6117,8 +6635,19 @@ class _Supervisor:
             self._start_child()
 
     def _janitor_step(self):
-        """Rescue, sweep, prune and checkpoint, each when its time has come."""
+        """Rescue, sweep, prune and checkpoint, each when its time has come; failure mails
+        and the systemd watchdog too when they are on."""
         now, nxt = time.monotonic(), self.next
+        if nxt["watchdog"] is not None and now >= nxt["watchdog"]:
+            nxt["watchdog"] = now + self.notify.watchdog
+            self.notify.send("WATCHDOG=1")
+        if nxt["alerts"] is not None and now >= nxt["alerts"]:
+            nxt["alerts"] = now + self.settings["email_interval"]
+            failures = self._guard("alerts", self.storage.take_failures,
+                                   time.time() - _ALERT_MARGIN, default=[])
+            if failures:
+                threading.Thread(target=_send_failure_mail, name="litequeue-mail", daemon=True,
+                                 args=(self.settings, failures, self.hostname)).start()
         if now >= nxt["rescue"]:
             nxt["rescue"] = now + _RESCUE_INTERVAL
             self._guard("rescue", self._rescue_dead_workers)
@@ -6394,6 +6923,502 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
 
 
 # ---------------------------------------------------------------------------
+# Monitoring: health checks, Prometheus metrics, the dashboard's HTTP server
+# ---------------------------------------------------------------------------
+
+# A WAL past this size means checkpoints are not keeping up (health check "wal").
+_HEALTH_WAL_MAX = 64 * 1024 * 1024
+# A periodic fire this late is missed (health check "schedules").
+_HEALTH_FIRE_LATE = 60.0
+
+
+def _check(name, ok, value, threshold, detail):
+    return {"name": name, "ok": bool(ok), "value": value, "threshold": threshold,
+            "detail": detail}
+
+
+def _health_checks(app, max_wait=300.0, now=None):
+    """The health checks of `litequeue health` and /healthcheck: [{name, ok, value,
+    threshold, detail}]. Reads only; never imports task code."""
+    now = time.time() if now is None else now
+    storage, admin = app._storage(), app.admin
+    checks = []
+    mode = storage.journal_mode()
+    checks.append(_check("schema", mode == "wal", f"version {SCHEMA_VERSION}, {mode}",
+                         "wal", "schema current, WAL mode" if mode == "wal" else
+                         f"journal mode is {mode}, not wal"))
+    supervisors = admin.workers()
+    live = [w for w in supervisors if w["alive"] is not False]
+    dead = [w for w in supervisors if w["alive"] is False]
+    checks.append(_check("workers", bool(live), len(live), ">= 1",
+                         f"{len(live)} live supervisor(s)" + (
+                             f", {len(dead)} dead (their tasks are rescued by a live one)"
+                             if dead else "") if live else "no live worker supervisor"))
+    served = {q for w in live for q in str(w["queues"]).split(",")}
+    counts, oldest = admin.state_counts()
+    unserved = sorted(q for q, states in counts.items()
+                      if states.get(PENDING) and q not in served)
+    checks.append(_check("queues served", not unserved, len(unserved), 0,
+                         "every queue with waiting tasks has a live worker" if not unserved
+                         else "waiting tasks in queue(s) no live worker serves: "
+                         + ", ".join(unserved)))
+    oldest_age = max((now - t for t in oldest.values()), default=0.0)
+    checks.append(_check("oldest waiting", oldest_age <= max_wait, round(oldest_age, 3),
+                         max_wait, f"the oldest waiting task waited {oldest_age:.1f} s"))
+    late = [r["name"] for r in admin.schedules() if r["error"] is None and
+            _is_time(r["next_fire"]) and r["next_fire"] < now - _HEALTH_FIRE_LATE]
+    disabled = [r["name"] for r in admin.schedules() if r["error"] is not None]
+    checks.append(_check("schedules", not late and not disabled, len(late) + len(disabled), 0,
+                         "no periodic fire missed" if not late and not disabled else
+                         "; ".join(filter(None, [
+                             late and f"fire overdue: {', '.join(map(_shown, late))}",
+                             disabled and f"disabled: {', '.join(map(_shown, disabled))}"]))))
+    limit = app.conf["task_time_limit"]
+    overrun = []
+    if limit:
+        for sup in supervisors:
+            for child in sup["children"]:
+                overrun += [i for i, _, started in child["running"]
+                            if _is_time(started) and now - started > limit + 5]
+    checks.append(_check("time limits", not overrun, len(overrun), 0,
+                         "no task runs past its time limit" if not overrun else
+                         "running past the time limit: " + ", ".join(map(_shown, overrun))))
+    wal = storage.wal_bytes()
+    checks.append(_check("wal", wal <= _HEALTH_WAL_MAX, wal, _HEALTH_WAL_MAX,
+                         f"WAL is {wal / 1048576:.1f} MiB"))
+    return checks
+
+
+def _metric_line(name, labels, value):
+    if labels:
+        inner = ",".join(f'{k}="{_metric_label(v)}"' for k, v in labels.items())
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+def _metric_label(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _metrics_text(app):
+    """Prometheus text exposition of the queue, the workers and the last day's runs."""
+    admin = app.admin
+    lines = []
+
+    def metric(name, kind, help_text, samples):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(_metric_line(name, labels, value) for labels, value in samples)
+
+    now = time.time()
+    counts, oldest = admin.state_counts()
+    metric("litequeue_queue_length", "gauge", "Tasks waiting to run (PENDING) per queue.",
+           [({"queue": q}, s.get(PENDING, 0)) for q, s in sorted(counts.items())])
+    metric("litequeue_queue_oldest_age_seconds", "gauge",
+           "Age of the oldest waiting task per queue.",
+           [({"queue": q}, round(now - t, 3)) for q, t in sorted(oldest.items())])
+    metric("litequeue_tasks", "gauge", "Tasks by queue and state (waiting, running, failed).",
+           [({"queue": q, "state": st}, n) for q, s in sorted(counts.items())
+            for st, n in sorted(s.items())])
+    stats = admin.task_stats()
+    metric("litequeue_task_runs", "gauge",
+           "Task runs by name and outcome over the last 24 hours (from worker counters).",
+           [({"task": t["name"], "state": state}, t[key]) for t in stats
+            for state, key in ((SUCCESS, "succeeded"), (FAILURE, "failed"), (RETRY, "retried"))])
+    samples = []
+    for t in stats:
+        total = 0
+        for bound, n in zip((*map(str, _RUNTIME_BUCKETS), "+Inf"), t["buckets"]):
+            total += n
+            samples.append(({"task": t["name"], "le": bound}, total))
+    lines.append("# HELP litequeue_task_runtime_seconds Task run time over the last 24 hours.")
+    lines.append("# TYPE litequeue_task_runtime_seconds histogram")
+    lines.extend(_metric_line("litequeue_task_runtime_seconds_bucket", l, v) for l, v in samples)
+    for t in stats:
+        runs = sum(t["buckets"])
+        lines.append(_metric_line("litequeue_task_runtime_seconds_sum", {"task": t["name"]},
+                                  round(t["runtime"], 6)))
+        lines.append(_metric_line("litequeue_task_runtime_seconds_count", {"task": t["name"]},
+                                  runs))
+    supervisors = admin.workers()
+    metric("litequeue_worker_processes", "gauge", "Live worker processes (supervisors and "
+           "their children).", [({}, sum(1 + len(s["children"]) for s in supervisors
+                                        if s["alive"] is not False))])
+    metric("litequeue_wal_bytes", "gauge", "Size of the write-ahead log.",
+           [({}, app._storage().wal_bytes())])
+    return "\n".join(lines) + "\n"
+
+
+def _schedule_view(row, count=3):
+    """A periodic task as the dashboard shows it: next fires in its zone, with the fires
+    whose UTC offset differs from the one before marked (a DST change)."""
+    view = {k: _display(row[k]) for k in ("name", "task", "schedule", "tz", "queue",
+                                          "catch_up", "fires", "error")}
+    view["last_fire"] = None
+    view["next"] = []
+    if row["error"] is not None:
+        return view
+    try:
+        zone = _zone(row["tz"])
+        schedule = _schedule_from_text(row["schedule"], zone)
+        if row["fires"] and _is_time(row["last_fire"]):
+            view["last_fire"] = _from_unix(row["last_fire"]).astimezone(zone).isoformat()
+        t = _dt.datetime.fromtimestamp(max(row["next_fire"] - 1e-6, 0), _UTC)
+        offset = None
+        for _ in range(count):
+            t = schedule.next_after(t, zone)
+            local = t.astimezone(zone)
+            view["next"].append({"at": local.isoformat(),
+                                 "dst_change": offset is not None and
+                                 local.utcoffset() != offset})
+            offset = local.utcoffset()
+    except Exception as exc:           # a row no planner can read: say so, show the rest
+        view["error"] = f"cannot plan its fires: {type(exc).__name__}: {exc}"
+    return view
+
+
+def _flower_task(info):
+    """A task in Flower's API shape (field names of flower/api/tasks.py)."""
+    state = info["state"]
+    return {"uuid": info["id"], "name": info["name"], "state": state,
+            "args": info["args"], "kwargs": info["kwargs"],
+            "result": info["result"] if state == SUCCESS else info["exception"],
+            "received": info["created"], "started": info["started"],
+            "succeeded": info["finished"] if state == SUCCESS else None,
+            "failed": info["finished"] if state == FAILURE else None,
+            "timestamp": info["finished"] or info["started"] or info["created"],
+            "runtime": info["runtime"], "worker": info["worker"], "retries": info["retries"],
+            "exception": info["exception"], "eta": info["eta"], "expires": info["expires"],
+            "routing_key": info["queue"]}
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Dashboard(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """`litequeue dashboard`: the page, its JSON, Flower's API, /metrics and /healthcheck,
+    over the admin surface. One thread per request, each with its own connection; reads
+    never take the write lock."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, app, host="127.0.0.1", port=5555, auth=None, read_only=False,
+                 max_wait=300.0):
+        if host not in _LOOPBACK and not auth:
+            raise ConfigurationError(f"the dashboard listens on {host} only with --auth "
+                                     "USER:PASS (anyone who can reach it could revoke "
+                                     "and queue tasks); without --auth it binds 127.0.0.1")
+        if auth is not None and (":" not in auth or not auth.split(":", 1)[0]):
+            raise ConfigurationError("--auth takes USER:PASS")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _DashboardHandler)
+        self.app, self.read_only, self.max_wait = app, read_only, max_wait
+        self.auth = auth.encode("utf-8") if auth else None
+        self.csrf = secrets.token_urlsafe(32)
+        self.port = self.server_address[1]
+        names = {host, "localhost"} if host in _LOOPBACK else None
+        self.hosts = None if names is None else \
+            {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
+
+    def url(self):
+        host = self.server_address[0]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+
+
+class _HTTPError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class _DashboardHandler(http.server.BaseHTTPRequestHandler):
+    server_version = "litequeue"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # (method, compiled path pattern, handler name); the first match wins.
+    ROUTES = [(m, re.compile(p), h) for m, p, h in (
+        ("GET", r"/(tasks|workers|queues|schedules)?", "page"),
+        ("GET", r"/task/[^/]+", "page"),
+        ("GET", r"/data/overview", "data_overview"),
+        ("GET", r"/data/tasks", "data_tasks"),
+        ("GET", r"/data/task/(?P<id>[^/]+)", "data_task"),
+        ("GET", r"/data/workers", "data_workers"),
+        ("GET", r"/data/queues", "data_queues"),
+        ("GET", r"/data/schedules", "data_schedules"),
+        ("GET", r"/metrics", "metrics"),
+        ("GET", r"/healthcheck", "healthcheck"),
+        ("GET", r"/api/workers", "api_workers"),
+        ("GET", r"/api/tasks", "api_tasks"),
+        ("GET", r"/api/task/types", "api_task_types"),
+        ("GET", r"/api/task/info/(?P<id>[^/]+)", "api_task_info"),
+        ("GET", r"/api/task/result/(?P<id>[^/]+)", "api_task_result"),
+        ("GET", r"/api/queues/length", "api_queues_length"),
+        ("POST", r"/api/task/revoke/(?P<id>[^/]+)", "api_revoke"),
+        ("POST", r"/api/task/async-apply/(?P<name>[^/]+)", "api_async_apply"),
+        ("POST", r"/action/(?P<action>revoke|terminate|retry)/(?P<id>[^/]+)", "act_task"),
+        ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
+        ("POST", r"/action/retry-failed", "act_retry_failed"),
+    )]
+
+    def log_message(self, fmt, *args):
+        logger.debug("dashboard %s: %s", self.address_string(), fmt % args)
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def _handle(self, method):
+        try:
+            # Read the whole body first: left unread, it would be taken for the start of
+            # the next request on this kept-alive connection.
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 1 << 20:
+                self.close_connection = True
+                raise _HTTPError(413, "request body over 1 MiB")
+            self.raw = self.rfile.read(length) if length > 0 else b""
+            self._check_request(method)
+            url = urllib.parse.urlsplit(self.path)
+            self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+            path = urllib.parse.unquote(url.path)
+            for route_method, pattern, name in self.ROUTES:
+                match = pattern.fullmatch(path)
+                if match:
+                    if route_method != method:
+                        raise _HTTPError(405, f"{path} takes {route_method}")
+                    return getattr(self, name)(**match.groupdict())
+            raise _HTTPError(404, f"no page at {path}")
+        except _HTTPError as exc:
+            self._json({"error": str(exc)}, exc.status)
+        except TaskNotFound as exc:
+            self._json({"error": str(exc)}, 404)
+        except UnknownTask as exc:
+            self._json({"error": str(exc)}, 404)
+        except (LitequeueError, ValueError, TypeError) as exc:
+            self._json({"error": f"{type(exc).__name__}: {exc}"}, 400)
+        except Exception as exc:
+            logger.exception("dashboard request %s failed", _saferepr(self.path))
+            self._json({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+    # -- security ---------------------------------------------------------------------
+
+    def _check_request(self, method):
+        server = self.server
+        host = self.headers.get("Host", "")
+        if server.hosts is not None and host not in server.hosts:
+            raise _HTTPError(421, "the Host header does not name this dashboard "
+                                  "(DNS rebinding is refused)")
+        if server.auth is not None:
+            given = self.headers.get("Authorization", "")
+            scheme, _, encoded = given.partition(" ")
+            try:
+                credentials = base64.b64decode(encoded, validate=True)
+            except (ValueError, binascii.Error):
+                credentials = b""
+            if scheme.lower() != "basic" or not hmac.compare_digest(credentials, server.auth):
+                raise _HTTPError(401, "authentication required")
+        if method == "POST":
+            if server.read_only:
+                raise _HTTPError(403, "the dashboard is read-only")
+            origin = self.headers.get("Origin")
+            site = self.headers.get("Sec-Fetch-Site")
+            if site is not None and site not in ("same-origin", "none"):
+                raise _HTTPError(403, "cross-site request refused")
+            if origin is not None and origin != f"http://{host}":
+                raise _HTTPError(403, "cross-origin request refused")
+            if origin is not None or site is not None:      # a browser: it needs the token
+                token = self.headers.get("X-CSRF-Token", "")
+                if not hmac.compare_digest(token.encode(), server.csrf.encode()):
+                    raise _HTTPError(403, "missing or wrong CSRF token")
+
+    def _send(self, status, content_type, body, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"')
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj, status=200):
+        self._send(status, "application/json", json.dumps(_display(obj)).encode())
+
+    def _body(self):
+        raw = self.raw
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise _HTTPError(400, f"the body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise _HTTPError(400, "the body must be a JSON object")
+        return body
+
+    # -- the page ---------------------------------------------------------------------
+
+    def page(self):
+        nonce = secrets.token_urlsafe(16)
+        config = json.dumps({"csrf": self.server.csrf, "readOnly": self.server.read_only,
+                             "version": __version__})
+        # The config goes in a JSON script element: </ cannot close it early.
+        html = (_DASHBOARD_PAGE.replace("{nonce}", nonce)
+                .replace("{config}", config.replace("</", "<\\/")))
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+               "form-action 'none'; frame-ancestors 'none'")
+        self._send(200, "text/html; charset=utf-8", html.encode(),
+                   [("Content-Security-Policy", csp)])
+
+    # -- the page's data --------------------------------------------------------------
+
+    def data_overview(self):
+        admin = self.server.app.admin
+        counts, oldest = admin.state_counts()
+        now = time.time()
+        day = admin.throughput(24 * 60)
+        checks = _health_checks(self.server.app, self.server.max_wait)
+        self._json({"now": now, "counts": counts,
+                    "oldest": {q: now - t for q, t in oldest.items()},
+                    "hour": admin.throughput(60),
+                    "day": [day[i:i + 20] for i in range(0, len(day), 20)],
+                    "health": checks, "healthy": all(c["ok"] for c in checks)})
+
+    def data_tasks(self):
+        q = self.query
+        tasks, following = self.server.app.admin.page(
+            q.get("before"), q.get("state"), q.get("queue"), q.get("name"), q.get("q"),
+            q.get("limit", 50))
+        self._json({"tasks": tasks, "next": following})
+
+    def data_task(self, id):
+        self._json(self.server.app.admin.task(id))
+
+    def data_workers(self):
+        self._json(self.server.app.admin.workers())
+
+    def data_queues(self):
+        admin = self.server.app.admin
+        counts, oldest = admin.state_counts()
+        served = {}
+        for sup in admin.workers():
+            if sup["alive"] is not False:
+                for q in str(sup["queues"]).split(","):
+                    served[q] = served.get(q, 0) + len(sup["children"])
+        now = time.time()
+        hour = {_shown(q): (ok or 0, bad or 0) for q, ok, bad in
+                self.server.app._storage().stats_by_queue(int(now // 60) - 59)}
+        queues = sorted(set(counts) | set(served) | set(hour))
+        self._json([{"name": q, "counts": counts.get(q, {}),
+                     "oldest_age": now - oldest[q] if q in oldest else None,
+                     "processes": served.get(q, 0), "last_hour": hour.get(q, (0, 0))}
+                    for q in queues])
+
+    def data_schedules(self):
+        self._json([_schedule_view(row) for row in self.server.app.admin.schedules()])
+
+    def metrics(self):
+        self._send(200, "text/plain; version=0.0.4; charset=utf-8",
+                   _metrics_text(self.server.app).encode())
+
+    def healthcheck(self):
+        checks = _health_checks(self.server.app, self.server.max_wait)
+        bad = [c for c in checks if not c["ok"]]
+        text = "OK\n" if not bad else "".join(f"FAIL {c['name']}: {c['detail']}\n" for c in bad)
+        self._send(503 if bad else 200, "text/plain; charset=utf-8", text.encode())
+
+    # -- Flower's API -----------------------------------------------------------------
+
+    def api_workers(self):
+        out = {}
+        for sup in self.server.app.admin.workers():
+            active = [{"id": i, "name": n, "time_start": t} for c in sup["children"]
+                      for i, n, t in c["running"]]
+            out[f"{sup['hostname']}-{sup['id']}"] = {
+                "alive": sup["alive"], "pid": sup["pid"], "active": active,
+                "active_queues": [{"name": q} for q in str(sup["queues"]).split(",")],
+                "stats": {"pid": sup["pid"], "pool": {"max-concurrency": sup["concurrency"],
+                                                      "processes": [c["pid"] for c in
+                                                                    sup["children"]]}}}
+        self._json(out)
+
+    def api_tasks(self):
+        q = self.query
+        limit = max(1, min(int(q.get("limit", 100)), 1000))
+        offset = max(0, int(q.get("offset", 0)))
+        tasks, _ = self.server.app.admin.page(None, q.get("state"), None, q.get("taskname"),
+                                              None, min(offset + limit, 1500))
+        self._json({t["id"]: _flower_task(t) for t in tasks[offset:offset + limit]})
+
+    def api_task_types(self):
+        self._json({"task-types": sorted(self.server.app.admin.registry())})
+
+    def api_task_info(self, id):
+        info = self.server.app.admin.task(id)
+        flower = _flower_task(info)
+        flower.update(traceback=info["traceback"], parent_id=info["parent_id"],
+                      root_id=info["root_id"], children=info["children"])
+        self._json(flower)
+
+    def api_task_result(self, id):
+        result = self.server.app.AsyncResult(id)
+        if result.state == UNKNOWN:
+            raise TaskNotFound(f"no task with id {id!r}")
+        if "timeout" in self.query:
+            with contextlib.suppress(TimeoutError):
+                result.get(timeout=min(float(self.query["timeout"]), 60), propagate=False)
+        info = _task_summary(result._fetch())
+        self._json({"task-id": id, "state": info["state"],
+                    "result": info["result"] if info["state"] == SUCCESS else
+                    info["exception"]})
+
+    def api_queues_length(self):
+        counts, _ = self.server.app.admin.state_counts()
+        self._json({"active_queues": [{"name": q, "messages": s.get(PENDING, 0)}
+                                      for q, s in sorted(counts.items())]})
+
+    def api_revoke(self, id):
+        terminate = self.query.get("terminate", "").lower() in ("1", "true", "yes")
+        revoked = self.server.app.admin.revoke(id, terminate=terminate)
+        self._json({"message": f"Revoked '{id}'" if revoked else
+                    f"'{id}' was not revoked: it has finished or is running"})
+
+    def api_async_apply(self, name):
+        body = self._body()
+        options = {k: body[k] for k in ("countdown", "expires", "queue", "priority",
+                                        "task_id") if k in body}
+        result = self.server.app.send_task(name, body.get("args", []), body.get("kwargs", {}),
+                                           **options)
+        self._json({"task-id": result.id, "state": result.state})
+
+    # -- the page's actions -----------------------------------------------------------
+
+    def act_task(self, action, id):
+        admin = self.server.app.admin
+        if action == "retry":
+            done = admin.requeue(id)
+        else:
+            done = admin.revoke(id, terminate=action == "terminate")
+        self._json({"ok": bool(done)})
+
+    def act_purge(self, queue):
+        self._json({"purged": self.server.app.admin.purge(queue)})
+
+    def act_retry_failed(self):
+        name = self._body().get("name")
+        self._json({"requeued": self.server.app.admin.requeue_failed(name)})
+
+
+# ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
 
@@ -6505,34 +7530,20 @@ def _resolve_task_name(app, name):
     raise UnknownTask(_unknown_task_message(name, registry))
 
 
-def _to_jsonable(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, _dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
 def _print_result(result, as_json):
     state = result.state
     if as_json:
         out = {"id": result.id, "state": state, "date_done": None, "result": None,
-               "traceback": _to_jsonable(result.traceback),
-               "retries": _to_jsonable(result.retries),
-               "errors": _to_jsonable(result.errors)}
+               "traceback": _display(result.traceback),
+               "retries": _display(result.retries),
+               "errors": _display(result.errors)}
         if result.date_done:
             out["date_done"] = result.date_done.isoformat()
         value = result.result
-        out["result"] = repr(value) if isinstance(value, BaseException) else _to_jsonable(value)
+        out["result"] = repr(value) if isinstance(value, BaseException) else _display(value)
         click.echo(json.dumps(out))
     elif state == SUCCESS:
-        click.echo(json.dumps(_to_jsonable(result.result)))
+        click.echo(json.dumps(_display(result.result)))
     elif state == FAILURE:
         click.echo(_printable(f"FAILURE: {result.result!r}"))
         if isinstance(result.traceback, str) and result.traceback:
@@ -6810,6 +7821,102 @@ def _schedule_lines(row, count):
     return lines
 
 
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback needs --auth.")
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0: any free one).")
+@click.option("--auth", metavar="USER:PASS", help="Require HTTP basic auth.")
+@click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
+@click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Health: the oldest waiting task may have waited this many seconds.")
+def dashboard(db, host, port, auth, read_only, max_wait):
+    """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck."""
+    app = _open_app(db)
+    try:
+        server = _Dashboard(app, host, port, auth, read_only, max_wait)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    click.echo(f"litequeue dashboard for {app.path} on {server.url()}"
+               f"{' (read-only)' if read_only else ''}", err=True)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="The oldest waiting task may have waited this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
+def health(db, max_wait, as_json):
+    """Check the queue's health: exit 0 healthy, 1 unhealthy (one line per check), 3 when
+    it cannot tell (no database, not litequeue's, unreadable). Imports no task code."""
+    try:
+        app = _open_app(db, read_only=True)
+        checks = _health_checks(app, max_wait)
+    except (LitequeueError, apsw.Error, OSError) as exc:
+        click.echo(f"UNKNOWN cannot check {db}: {exc}", err=True)
+        sys.exit(3)
+    for c in checks:
+        if as_json:
+            click.echo(json.dumps(_display(c)))
+        else:
+            click.echo(_printable(f"{'OK  ' if c['ok'] else 'FAIL'} {c['name']}: "
+                                  f"{c['detail']}"))
+    sys.exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+@cli.command("tasks")
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.option("--state", type=click.Choice(sorted(READY_STATES | {PENDING, SCHEDULED, STARTED,
+                                                                  RETRY, WAITING})))
+@click.option("--queue", "-q")
+@click.option("--name", "-n", help="Task name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
+def tasks_command(db, state, queue, name, limit, as_json):
+    """List tasks, newest first: id, state, name, and when it was queued."""
+    admin = _open_app(db, read_only=True).admin
+    rows, _ = admin.page(None, state, queue, name, None, min(limit, 500))
+    while len(rows) < limit and _ is not None:
+        more, _ = admin.page(_, state, queue, name, None, min(limit - len(rows), 500))
+        rows += more
+    for t in rows:
+        if as_json:
+            click.echo(json.dumps(t))
+        else:
+            when = _from_unix(t["created"])
+            click.echo(_printable(f"{t['id']}  {t['state']:<9} {t['name']}  "
+                                  f"{when.isoformat(timespec='seconds') if when else '?'}"))
+
+
+@cli.command("inspect")
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("what", type=click.Choice(["active", "scheduled", "reserved", "registered",
+                                           "stats"]))
+def inspect_command(db, what):
+    """Answer Celery's `inspect` questions from the database, as JSON."""
+    admin = _open_app(db, read_only=True).admin
+    if what == "registered":
+        out = admin.registry()
+    elif what == "stats":
+        counts, oldest = admin.state_counts()
+        out = {"workers": admin.workers(), "counts": counts,
+               "last_hour": [dict(zip(("minute", "succeeded", "failed", "retried",
+                                       "mean_runtime"), m)) for m in admin.throughput(60)
+                             if any(m[1:4])]}
+    else:
+        state = {"active": STARTED, "scheduled": SCHEDULED, "reserved": PENDING}[what]
+        out, _ = admin.page(None, state, None, None, None, 500)
+    click.echo(json.dumps(_display(out), indent=2))
+
+
 _DEMO_TASKS = """
 import random, time
 from litequeue import LiteQueue
@@ -6864,6 +7971,229 @@ def demo(db, count):
             worker_process.send_signal(signal.SIGTERM)
             worker_process.wait(timeout=60)
     click.echo(f"done. Inspect the file with: litequeue status {db}")
+
+
+# The dashboard's page: one HTML/CSS/JS asset, no external request. Every value the
+# server sends is put in the page with textContent (data is never parsed as HTML), and
+# the script and style run under a Content-Security-Policy nonce. {nonce} and {config}
+# are filled in per request.
+_DASHBOARD_PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>litequeue</title>
+<link rel="icon" href="data:,">
+<style nonce="{nonce}">
+:root{--fg:#1d2430;--mute:#667085;--line:#e4e7ec;--bg:#f7f8fa;--ok:#12805c;--bad:#c4320a;--warn:#b54708;--acc:#2e5aac}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg)}
+header{display:flex;gap:18px;align-items:center;padding:10px 20px;background:#fff;border-bottom:1px solid var(--line)}
+header b{font-size:16px}nav a{margin-right:14px;color:var(--mute);text-decoration:none;font-weight:500}nav a.on{color:var(--acc)}
+#live{margin-left:auto;color:var(--mute);font-size:12px}main{padding:16px 20px;max-width:1280px}
+h2{font-size:15px;margin:18px 0 8px}.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 14px;min-width:120px}
+.card .n{font-size:22px;font-weight:600}.card .l{color:var(--mute);font-size:12px}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);border-radius:8px}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top;max-width:420px;overflow-wrap:anywhere}
+th{font-size:12px;color:var(--mute);font-weight:600}
+.st{font-weight:600;font-size:12px;white-space:nowrap}td:nth-child(2){white-space:nowrap}.SUCCESS{color:var(--ok)}.FAILURE,.REVOKED,.EXPIRED{color:var(--bad)}.RETRY,.STARTED{color:var(--warn)}
+.ok{color:var(--ok)}.bad{color:var(--bad)}
+pre{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px;overflow:auto;max-height:360px;white-space:pre-wrap}
+button{font:inherit;padding:4px 10px;border:1px solid var(--line);border-radius:6px;background:#fff;cursor:pointer;margin-right:6px}
+button.danger{color:var(--bad);border-color:#f3b8a5}input,select{font:inherit;padding:4px 6px;border:1px solid var(--line);border-radius:6px;margin-right:6px}
+.chart{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px;margin-bottom:10px}
+.chart svg{width:100%;height:120px;display:block}.legend{font-size:12px;color:var(--mute)}
+a{color:var(--acc)}.why{padding:8px 10px;background:#fffaeb;border:1px solid #fedf89;border-radius:8px;margin:8px 0}
+progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140px}
+</style></head><body>
+<header><b>litequeue</b><nav id="nav"></nav><span id="live">connecting</span></header>
+<main id="main"></main>
+<script type="application/json" id="config">{config}</script>
+<script nonce="{nonce}">
+"use strict";
+const CFG = JSON.parse(document.getElementById("config").textContent);
+const main = document.getElementById("main");
+const SVG = "http://www.w3.org/2000/svg";
+// Every value from the server is put in the page with textContent: data is never HTML.
+function el(tag, props, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null) continue;
+    if (k === "text") e.textContent = String(v);
+    else if (k === "on") for (const [ev, fn] of Object.entries(v)) e.addEventListener(ev, fn);
+    else e.setAttribute(k, String(v));
+  }
+  for (const k of kids) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
+  return e;
+}
+function svg(tag, attrs) { const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v)); return e; }
+function when(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
+function secs(s) { return s === null || s === undefined ? "" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
+function stateCell(s) { return el("td", {}, el("span", {class: "st " + s, text: s})); }
+async function getJSON(path) {
+  const r = await fetch(path, {headers: {"Accept": "application/json"}});
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+async function post(path, body) {
+  const r = await fetch(path, {method: "POST", headers: {"X-CSRF-Token": CFG.csrf,
+    "Content-Type": "application/json"}, body: JSON.stringify(body || {})});
+  const out = await r.json();
+  if (!r.ok) throw new Error(out.error || r.statusText);
+  return out;
+}
+function link(path, text) {
+  return el("a", {href: path, text: text, on: {click: e => { e.preventDefault(); go(path); }}});
+}
+const PAGES = [["/", "Overview"], ["/tasks", "Tasks"], ["/workers", "Workers"],
+               ["/queues", "Queues"], ["/schedules", "Schedules"]];
+function drawNav() {
+  const nav = document.getElementById("nav"); nav.replaceChildren();
+  const here = location.pathname;
+  for (const [p, t] of PAGES) { const a = link(p, t);
+    if (here === p || (p !== "/" && here.startsWith(p.slice(0, -1)))) a.className = "on";
+    nav.append(a); }
+}
+function barChart(title, points, series) {
+  const box = el("div", {class: "chart"}, el("div", {class: "legend", text: title}));
+  const w = 600, h = 110, s = svg("svg", {viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img"});
+  const max = Math.max(1, ...points.map(p => series.reduce((a, [k]) => a + p[k], 0)));
+  const bw = w / Math.max(1, points.length);
+  points.forEach((p, i) => { let y = h;
+    for (const [k, color] of series) { const bh = p[k] / max * (h - 4);
+      if (bh > 0) { s.append(svg("rect", {x: i * bw + 0.5, y: y - bh, width: Math.max(1, bw - 1), height: bh, fill: color})); y -= bh; } } });
+  s.append(svg("line", {x1: 0, y1: h - 0.5, x2: w, y2: h - 0.5, stroke: "#e4e7ec"}));
+  box.append(s, el("div", {class: "legend", text: series.map(([k, c, label]) => label).join(" · ") + " · max " + max}));
+  return box;
+}
+function lineChart(title, values) {
+  const box = el("div", {class: "chart"}, el("div", {class: "legend", text: title}));
+  const w = 600, h = 110, s = svg("svg", {viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img"});
+  const max = Math.max(1e-6, ...values);
+  const step = w / Math.max(1, values.length - 1);
+  s.append(svg("polyline", {fill: "none", stroke: "#2e5aac", "stroke-width": 1.5,
+    points: values.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - v / max * (h - 6)).toFixed(1)}`).join(" ")}));
+  box.append(s, el("div", {class: "legend", text: "max " + secs(max)}));
+  return box;
+}
+function table(headers, rows) {
+  return el("table", {}, el("thead", {}, el("tr", {}, ...headers.map(h => el("th", {text: h})))),
+            el("tbody", {}, ...rows));
+}
+async function overview() {
+  const d = await getJSON("/data/overview");
+  const totals = {};
+  for (const states of Object.values(d.counts)) for (const [s, n] of Object.entries(states)) totals[s] = (totals[s] || 0) + n;
+  const hour = d.hour.map(([t, ok, bad, retry, rt]) => ({ok, bad, retry, rt}));
+  const day = d.day.map(g => ({ok: g.reduce((a, m) => a + m[1], 0), bad: g.reduce((a, m) => a + m[2], 0), retry: g.reduce((a, m) => a + m[3], 0)}));
+  const sum = (xs, k) => xs.reduce((a, x) => a + x[k], 0);
+  const cards = el("div", {class: "cards"},
+    ...["PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "FAILURE"].map(s =>
+      el("div", {class: "card"}, el("div", {class: "n", text: totals[s] || 0}), el("div", {class: "l", text: s === "FAILURE" ? "failed (kept)" : s.toLowerCase()}))),
+    el("div", {class: "card"}, el("div", {class: "n", text: sum(hour, "ok")}), el("div", {class: "l", text: "succeeded, last hour"})),
+    el("div", {class: "card"}, el("div", {class: "n " + (sum(hour, "bad") ? "bad" : ""), text: sum(hour, "bad")}), el("div", {class: "l", text: "failed, last hour"})));
+  const health = el("div", {class: "card", id: "health"},
+    el("div", {class: "n " + (d.healthy ? "ok" : "bad"), text: d.healthy ? "healthy" : "unhealthy"}),
+    ...d.health.map(c => el("div", {class: c.ok ? "l" : "l bad", text: (c.ok ? "✓ " : "✗ ") + c.name + ": " + c.detail})));
+  const queues = Object.entries(d.counts).map(([q, s]) => el("tr", {}, el("td", {text: q}),
+    ...["PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "FAILURE"].map(k => el("td", {text: s[k] || 0})),
+    el("td", {text: d.oldest[q] !== undefined ? secs(d.oldest[q]) : ""})));
+  main.replaceChildren(el("h2", {text: "Now"}), cards, el("h2", {text: "Health"}), health,
+    el("h2", {text: "Last hour, per minute"}),
+    barChart("tasks finished per minute", hour, [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]]),
+    lineChart("mean run time per minute", hour.map(p => p.rt)),
+    el("h2", {text: "Last day, per 20 minutes"}),
+    barChart("tasks finished per 20 minutes", day, [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]]),
+    el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "waiting", "started", "retry", "failed", "oldest waiting"], queues));
+}
+const filters = {state: "", queue: "", name: "", q: ""};
+let pageBefore = [];
+async function tasksPage() {
+  const form = el("div", {id: "filters"});
+  const st = el("select", {id: "f-state"}, ...["", "PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "EXPIRED"].map(s => { const o = el("option", {value: s, text: s || "any state"}); if (s === filters.state) o.selected = true; return o; }));
+  const inputs = ["queue", "name", "q"].map(k => el("input", {id: "f-" + k, placeholder: k === "q" ? "search id, name or args" : k, value: filters[k]}));
+  const apply = el("button", {text: "Filter", on: {click: () => { filters.state = st.value; ["queue", "name", "q"].forEach((k, i) => filters[k] = inputs[i].value); pageBefore = []; render(); }}});
+  form.append(st, ...inputs, apply);
+  if (!CFG.readOnly) form.append(el("button", {class: "danger", text: "Retry all failed" , on: {click: async () => { const r = await post("/action/retry-failed", {name: filters.name || null}); document.getElementById("live").textContent = "requeued " + r.requeued; render(); }}}));
+  const params = new URLSearchParams(Object.entries(filters).filter(([k, v]) => v));
+  if (pageBefore.length) params.set("before", pageBefore[pageBefore.length - 1]);
+  const d = await getJSON("/data/tasks?" + params);
+  const rows = d.tasks.map(t => el("tr", {}, el("td", {}, link("/task/" + encodeURIComponent(t.id), t.id)), el("td", {text: t.name}), stateCell(t.state),
+    el("td", {text: t.args}), el("td", {text: t.exception || (t.result === null ? "" : JSON.stringify(t.result))}), el("td", {text: when(t.created)}), el("td", {text: secs(t.runtime)}), el("td", {text: t.worker || ""})));
+  const pager = el("div", {}, pageBefore.length ? el("button", {text: "Newer", on: {click: () => { pageBefore.pop(); render(); }}}) : null,
+    d.next ? el("button", {text: "Older", on: {click: () => { pageBefore.push(d.next); render(); }}}) : null);
+  main.replaceChildren(el("h2", {text: "Tasks"}), form, el("p"), table(["id", "name", "state", "args", "result", "queued", "runtime", "worker"], rows), el("p"), pager);
+}
+async function taskPage(id) {
+  const t = await getJSON("/data/task/" + encodeURIComponent(id));
+  const kv = (k, v) => el("tr", {}, el("td", {text: k}), v instanceof Node ? el("td", {}, v) : el("td", {text: v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v)}));
+  const rel = ids => el("span", {}, ...ids.map(i => el("span", {}, link("/task/" + encodeURIComponent(i), i), " ")));
+  const rows = [kv("name", t.name), kv("state", el("span", {class: "st " + t.state, text: t.state})), kv("queue", t.queue), kv("args", t.args), kv("kwargs", t.kwargs),
+    kv("result", t.exception || t.result), kv("queued", when(t.created)), kv("started", when(t.started)), kv("finished", when(t.finished)), kv("runtime", secs(t.runtime)),
+    kv("eta", when(t.eta)), kv("expires", when(t.expires)), kv("attempts", t.attempt), kv("retries", t.retries), kv("worker", t.worker ? t.worker + " (pid " + t.pid + ")" : ""),
+    kv("parent", t.parent_id ? rel([t.parent_id]) : ""), kv("root", rel([t.root_id])), kv("group", t.group_id), kv("children", rel(t.children))];
+  const parts = [el("h2", {text: "Task " + t.id})];
+  if (t.why) parts.push(el("div", {class: "why", text: "Why it is not running: " + t.why}));
+  if (t.progress && t.progress[1] && typeof t.progress[1].current === "number" && typeof t.progress[1].total === "number") {
+    const p = t.progress[1]; parts.push(el("div", {}, el("span", {text: t.progress[0] + " "}), el("progress", {value: p.current, max: p.total}), el("span", {text: " " + p.current + " / " + p.total})));
+  } else if (t.progress) parts.push(kv("progress", t.progress));
+  if (!CFG.readOnly) {
+    const act = (label, action, cls) => el("button", {class: cls, text: label, on: {click: async () => {
+      try { const r = await post("/action/" + action + "/" + encodeURIComponent(t.id)); document.getElementById("act-result").textContent = r.ok ? label + ": done" : label + ": not possible now"; } catch (e) { document.getElementById("act-result").textContent = e.message; }
+      render(); }}});
+    parts.push(el("div", {}, act("Revoke", "revoke"), act("Terminate", "terminate", "danger"), act("Retry", "retry"), el("span", {id: "act-result"})));
+  }
+  parts.push(el("p"), el("table", {class: "kv"}, el("tbody", {}, ...rows)));
+  if (t.traceback) parts.push(el("h2", {text: "Traceback"}), el("pre", {text: t.traceback}));
+  if (t.errors && t.errors.length) parts.push(el("h2", {text: "Errors of every attempt"}), table(["attempt", "time", "type", "message"], t.errors.map(e => el("tr", {}, el("td", {text: e.attempt}), el("td", {text: when(e.time)}), el("td", {text: e.type}), el("td", {text: e.message})))));
+  main.replaceChildren(...parts);
+}
+async function workersPage() {
+  const ws = await getJSON("/data/workers");
+  const rows = [];
+  for (const w of ws) {
+    rows.push(el("tr", {}, el("td", {text: w.hostname + " " + w.id}), el("td", {text: w.pid}), el("td", {class: w.alive === false ? "bad" : "ok", text: w.alive === false ? "dead" : "alive"}),
+      el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: w.children.length + " process(es)"})));
+    for (const c of w.children) rows.push(el("tr", {}, el("td", {text: "  └ " + c.id}), el("td", {text: c.pid}), el("td", {text: ""}), el("td", {text: ""}), el("td", {text: secs(Date.now() / 1000 - c.started_at)}),
+      el("td", {}, ...(c.running.length ? c.running.map(([id, name]) => el("div", {}, link("/task/" + encodeURIComponent(id), name + " " + id))) : ["idle"]))));
+  }
+  main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "running"], rows));
+}
+async function queuesPage() {
+  const qs = await getJSON("/data/queues");
+  const rows = qs.map(q => el("tr", {}, el("td", {text: q.name}), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
+    el("td", {text: q.oldest_age === null ? "" : secs(q.oldest_age)}), el("td", {text: q.last_hour[0] + " / " + q.last_hour[1]}), el("td", {class: q.processes ? "" : "bad", text: q.processes}),
+    el("td", {}, CFG.readOnly ? null : el("button", {class: "danger", text: "Purge", on: {click: async () => { if (confirm("Delete every waiting task of " + q.name + "?")) { await post("/action/purge/" + encodeURIComponent(q.name)); render(); } }}}))));
+  main.replaceChildren(el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "running", "oldest waiting", "done / failed, last hour", "worker processes", ""], rows));
+}
+async function schedulesPage() {
+  const ss = await getJSON("/data/schedules");
+  const rows = ss.map(s => el("tr", {}, el("td", {text: s.name}), el("td", {text: s.task}), el("td", {text: s.schedule}), el("td", {text: s.tz}), el("td", {text: s.last_fire || "never"}),
+    el("td", {}, ...(s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: n.at + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires})));
+  main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires"], rows));
+}
+async function render() {
+  drawNav();
+  const p = location.pathname;
+  try {
+    if (p === "/") await overview();
+    else if (p === "/tasks") await tasksPage();
+    else if (p.startsWith("/task/")) await taskPage(decodeURIComponent(p.slice(6)));
+    else if (p === "/workers") await workersPage();
+    else if (p === "/queues") await queuesPage();
+    else if (p === "/schedules") await schedulesPage();
+    document.getElementById("live").textContent = "live · " + new Date().toLocaleTimeString();
+  } catch (e) { document.getElementById("live").textContent = "error: " + e.message; }
+}
+function go(path) { history.pushState(null, "", path); render(); }
+window.addEventListener("popstate", render);
+let busy = false;
+// Live: the current view is read again every second, except while the user types in it.
+setInterval(async () => { if (busy || (document.activeElement && ["INPUT", "SELECT"].includes(document.activeElement.tagName))) return;
+  busy = true; try { await render(); } finally { busy = false; } }, 1000);
+render();
+</script></body></html>
+"""
 
 
 if __name__ == "__main__":

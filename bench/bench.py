@@ -6,6 +6,7 @@ run on one machine.
     python bench/bench.py --quick      # 1 repeat, smaller sizes, about 1.5 minutes
     python bench/bench.py --only eta,future        # just the scheduling rows (issue 3)
     python bench/bench.py --only chord,chain --repeat 5   # canvas rows, against Celery+Redis
+    python bench/bench.py --only dashboard          # the web dashboard on 1M rows, in Chromium
     python bench/bench.py --repeat 5 --out bench/results/run.json
 
 Prints a Markdown table (medians, with min-max over the repeats) to stdout; progress goes
@@ -16,10 +17,13 @@ import argparse
 import collections
 import contextlib
 import datetime as _dt
+import http.client
 import json
 import math
 import os
 import platform
+import random
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import uuid
 
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
@@ -48,10 +54,21 @@ import benchtasks  # noqa: E402
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Measurements, in the order a repeat runs them; --only picks a subset.
-MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", "chain")
+MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", "chain",
+                "dashboard")
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
 CELERY = "Celery + Redis"                  # results label of the canvas rows' comparison
+DASH = "litequeue dashboard"               # results label of the dashboard rows
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# The dashboard rows drive a real headless Chromium through selenium and chromedriver.
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+# The dashboard's database is built once per row count and schema version, then reused.
+CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                         os.path.join(os.path.expanduser("~"), ".cache"), "litequeue-bench")
 
 # Every worker this run started. Cleanup kills their process groups.
 _PROCS = []
