@@ -5549,10 +5549,14 @@ def _tag(task_id):
     return _short_hash(task_id) if isinstance(task_id, str) else None
 
 
+_STATS_KIND = {SUCCESS: 0, FAILURE: 1, RETRY: 2}
+
+
 class _Stats:
-    """A worker process's per-minute counters (by task name and queue), kept in memory and
-    added to the stats table with a commit at most every _STATS_FLUSH seconds. A crash
-    loses at most that much of the counts, never a task."""
+    """A worker process's counters (by task name and queue), kept in memory and added to
+    the stats table with a commit at most every _STATS_FLUSH seconds, under the minute of
+    that flush (so a count can land in the next minute by up to that much). A crash loses
+    at most that much of the counts, never a task."""
 
     __slots__ = ("rows", "last")
 
@@ -5561,15 +5565,10 @@ class _Stats:
         self.last = time.monotonic()
 
     def add(self, name, queue, state, seconds):
-        if state == SUCCESS:
-            kind = 0
-        elif state == FAILURE:
-            kind = 1
-        elif state == RETRY:
-            kind = 2
-        else:
+        kind = _STATS_KIND.get(state)
+        if kind is None:
             return                      # expired or revoked before it ran: no run to count
-        key = (int(time.time() // 60), name, queue)
+        key = (name, queue)
         counts = self.rows.get(key)
         if counts is None:
             counts = self.rows[key] = [0, 0, 0, 0.0] + [0] * (len(_RUNTIME_BUCKETS) + 1)
@@ -5581,8 +5580,9 @@ class _Stats:
         """The rows to add now ([] before the interval is over, unless forced)."""
         if not self.rows or (not force and time.monotonic() - self.last < _STATS_FLUSH):
             return []
+        minute = int(time.time() // 60)
         rows = [(minute, name if isinstance(name, str) else str(name), queue, *counts)
-                for (minute, name, queue), counts in self.rows.items()]
+                for (name, queue), counts in self.rows.items()]
         self.rows = {}
         self.last = time.monotonic()
         return rows

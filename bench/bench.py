@@ -1044,6 +1044,813 @@ def measure_chain(system, worker, cfg, results):
         f"{hop / trip:.2f}")
 
 
+# ---------------------------------------------------------------------------
+# Dashboard
+# ---------------------------------------------------------------------------
+
+# Version of build_dashboard_db's rows: bump it when they change, and the cached files are
+# built again (they are also rebuilt when litequeue.SCHEMA_VERSION changes).
+_DASH_BUILD = 1
+# The task names of the dashboard's database: (name, queue, share of the rows, median run
+# time in seconds).
+_DASH_NAMES = (
+    ("app.send_email", "emails", 0.35, 0.12),
+    ("app.resize_image", "default", 0.25, 0.35),
+    ("app.sync_account", "default", 0.18, 0.8),
+    ("app.charge_card", "default", 0.10, 0.25),
+    ("app.generate_report", "reports", 0.09, 4.0),
+    ("app.rebuild_index", "reports", 0.03, 20.0),
+)
+_DASH_SPAN = 23 * 3600.0        # the rows were queued over the 23 hours before the build
+_DASH_SUPERVISOR = "5e1f0c2a9b7d"
+_DASH_CHILDREN = ("5e1f0c2a9b7e", "5e1f0c2a9b7f")
+_DASH_OLD_CHILDREN = ("0c4d9e1b2a3f", "0c4d9e1b2a40", "7a8b9c0d1e2f", "7a8b9c0d1e30")
+_SQL_DASH_ROW = """
+    INSERT INTO tasks (id, name, queue, priority, state, payload, eta, attempt, retries, worker,
+                       pid, created_at, started_at, finished_at, result, traceback)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_DASH_TRACEBACK = """Traceback (most recent call last):
+  File "/srv/app/.venv/lib/python3.11/site-packages/litequeue.py", line 5301, in _run_row
+    value = task.run(*args, **kwargs)
+            ^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/srv/app/app/tasks.py", line {line}, in {func}
+    return client.{func}(*args, timeout=30)
+           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/srv/app/app/clients.py", line {line2}, in {func}
+    raise {short}(message)
+{short}: {message}
+"""
+
+
+def _dash_call(rng, name, k):
+    """(args, kwargs, result) of one call of `name`: text in the arguments to search for."""
+    h = f"{rng.getrandbits(64):016x}"
+    if name == "app.send_email":
+        customer = f"customer-{rng.randrange(200_000):07d}@example.com"
+        return ([customer, f"Your invoice INV-{k:08d}"], {"template": "invoice"},
+                {"message_id": f"<{h}@mail.example.com>"})
+    if name == "app.resize_image":
+        return [f"s3://media/uploads/{h}.jpg", [1024, 768]], {}, \
+            f"s3://media/thumbs/{h}-1024x768.jpg"
+    if name == "app.sync_account":
+        return [rng.randrange(10**6), "crm"], {"full": k % 7 == 0}, \
+            {"updated": rng.randrange(50), "skipped": rng.randrange(5)}
+    if name == "app.charge_card":
+        return [f"cus_{h[:14]}", rng.randrange(500, 50_000), "EUR"], {}, \
+            {"charge": f"ch_{h}{h[:8]}", "status": "succeeded"}
+    if name == "app.generate_report":
+        return [f"sales-{k % 365:03d}", "pdf"], {"user": f"customer-{rng.randrange(200_000):07d}"}, \
+            f"reports/sales-{k % 365:03d}-{h[:8]}.pdf"
+    return ["products"], {}, rng.randrange(10**4, 10**6)
+
+
+def _never_run(*args, **kwargs):
+    raise RuntimeError("the dashboard database's tasks are never run")
+
+
+def _dash_error(rng, name, args):
+    """(result map, traceback) of a failed call, as a worker stores them."""
+    roll = rng.random()
+    if roll < 0.7:
+        cls, message = ValueError, f"{name.split('.')[1]} refused {str(args[0])[:60]}: invalid state"
+    elif roll < 0.9:
+        cls, message = TimeoutError, "upstream did not answer in 30 s"
+    else:
+        cls, message = None, "HTTPSConnectionPool(host='api.example.com', port=443): Max " \
+                             "retries exceeded"
+    if cls is None:      # a type the dashboard's process has not imported: a RemoteError
+        type_name = "requests.exceptions.ConnectionError"
+        result = _dash_pack({"type": type_name, "message": message, "args": [message]})
+    else:
+        type_name = f"builtins.{cls.__name__}"
+        encode = getattr(litequeue, "_encode_error", None)
+        result = encode(cls(message)) if encode else \
+            _dash_pack({"type": type_name, "message": message, "args": [message]})
+    func = name.split(".")[1]
+    tb = _DASH_TRACEBACK.format(line=40 + len(func), line2=200 + len(name), func=func,
+                                short=type_name.rpartition(".")[2], message=message)
+    return result, tb
+
+
+def _dash_pack(obj):
+    import msgpack
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def build_dashboard_db(db, rows):
+    """A litequeue database holding `rows` tasks as a busy queue holds them after a day,
+    for the dashboard rows. Returns its metadata (what the measurement asks for).
+
+    The file, its schema, the registry and the periodic tasks come from litequeue itself
+    (LiteQueue(db), one delay() of each task name; the bench checks that its own msgpack
+    payload of those calls is byte-identical to litequeue's, then deletes the 6 rows). The
+    rows go in directly with apsw, 100 000 per transaction, queued over the 23 hours before
+    the build, oldest first: about 94% SUCCESS (result, started_at, finished_at, worker),
+    3% FAILURE (an error map, a traceback; some after 3 retries), 2% SCHEDULED (eta 1 hour
+    to 7 days after the build), 0.2% REVOKED, 0.05% RETRY (eta within the hour), and the
+    newest 0.5% PENDING, in the three queues, after 2 STARTED rows. A supervisor and its 2
+    children are in the workers table (the 2 STARTED rows are theirs). Six task names in
+    shares of 35% to 3%, with text in their arguments (e-mail addresses, S3 keys...).
+    """
+    import msgpack
+    rng = random.Random(20261128)
+    built_at = time.time()
+    t0 = time.perf_counter()
+    pack = msgpack.Packer(use_bin_type=True).pack
+    app = litequeue.LiteQueue(db)
+    try:
+        tasks = {name: app.task(name=name, queue=queue)(_never_run)
+                 for name, queue, _, _ in _DASH_NAMES}
+        for k, (name, _, _, _) in enumerate(_DASH_NAMES):
+            args, kwargs, _ = _dash_call(rng, name, k)
+            res = tasks[name].delay(*args, **kwargs)
+            conn = app._storage().conn
+            (payload,), = conn.execute("SELECT payload FROM tasks WHERE id = ?",
+                                       (res.id,)).fetchall()
+            if bytes(payload) != pack({"args": args, "kwargs": kwargs}):
+                raise RuntimeError("litequeue's payload format changed: update "
+                                   "build_dashboard_db")
+        try:
+            app.add_periodic_task(litequeue.crontab(minute="*/15"), tasks["app.rebuild_index"],
+                                  args=("products",), name="reindex products")
+            app.add_periodic_task(3600.0, tasks["app.generate_report"], args=("hourly", "pdf"),
+                                  name="hourly sales report")
+            app.add_periodic_task(litequeue.crontab(minute=0, hour=7, tz="Europe/Paris"),
+                                  tasks["app.send_email"], args=("team@example.com", "digest"),
+                                  name="morning digest")
+            definitions = list(app._all_periodic().values())
+            app._storage().sync_schedules(definitions, {d["module"] for d in definitions},
+                                          time.time(), litequeue._plan_sync)
+        except Exception as exc:         # private names: without them, no schedules
+            log(f"  no periodic tasks in the dashboard's database: {exc!r}")
+    finally:
+        with contextlib.suppress(Exception):
+            app._local.storage.close()
+        with contextlib.suppress(Exception):
+            apps = litequeue._apps
+            (apps.discard if hasattr(apps, "discard") else apps.remove)(app)
+    shutil.rmtree(db + "-lq", ignore_errors=True)
+
+    names = [n for n, _, _, _ in _DASH_NAMES]
+    queue_of = {n: q for n, q, _, _ in _DASH_NAMES}
+    cum, total = [], 0.0
+    for _, _, share, _ in _DASH_NAMES:
+        total += share
+        cum.append(total)
+    median_rt = {n: rt for n, _, _, rt in _DASH_NAMES}
+    pending = max(50, rows // 200)
+    started = 2
+    history = rows - pending - started
+    start = built_at - _DASH_SPAN
+    picks = {}
+
+    def generate():
+        for k in range(rows):
+            created = start + k * _DASH_SPAN / rows
+            name = rng.choices(names, cum_weights=cum)[0]
+            args, kwargs, value = _dash_call(rng, name, k)
+            row = [str(uuid.UUID(int=rng.getrandbits(128), version=4)), name, queue_of[name],
+                   5 if k % 50 == 0 else 0, "SUCCESS", pack({"args": args, "kwargs": kwargs}),
+                   None, 1, 0, None, None, created, None, None, None, None]
+            if k >= history + started:
+                row[4], row[7] = "PENDING", 0
+                picks.setdefault("pending_id", row[0])
+                yield row
+                continue
+            worker = _DASH_CHILDREN[k % 2] if k >= history - 2000 else \
+                _DASH_OLD_CHILDREN[k % 4]
+            row[9], row[10] = worker, 2000 + int(worker[-2:], 16)
+            row[12] = created + rng.uniform(0.0005, 0.02)
+            runtime = median_rt[name] * rng.lognormvariate(0.0, 0.6)
+            if k >= history:
+                row[4] = "STARTED"
+                yield row
+                continue
+            roll = rng.random()
+            if roll < 0.02:
+                row[4], row[6], row[7] = "SCHEDULED", built_at + rng.uniform(3600, 7 * 86400), 0
+                row[9] = row[10] = row[12] = None
+            elif roll < 0.0205:
+                row[4], row[6], row[8] = "RETRY", built_at + rng.uniform(60, 3600), 1
+                row[14], row[15] = _dash_error(rng, name, args)
+            elif roll < 0.0505:
+                retries = 3 if rng.random() < 0.3 else 0
+                row[4], row[7], row[8] = "FAILURE", 1 + retries, retries
+                row[13] = row[12] + runtime
+                row[14], row[15] = _dash_error(rng, name, args)
+                if k >= rows // 2:
+                    picks.setdefault("failure_id", row[0])
+            elif roll < 0.0525:
+                row[4], row[7] = "REVOKED", 0
+                row[9] = row[10] = row[12] = None
+                row[13] = created + rng.uniform(1, 60)
+            else:
+                row[13] = row[12] + runtime
+                row[14] = pack(value)
+                if k >= rows // 3:
+                    picks.setdefault("success_id", row[0])
+                # A text to search for: an address in the newest rows (the search's window).
+                if name == "app.send_email" and k >= history - 5000:
+                    picks.setdefault("text", args[0])
+            yield row
+
+    conn = apsw.Connection(db)
+    try:
+        conn.set_busy_timeout(30000)
+        conn.execute("PRAGMA cache_size = -262144")
+        conn.execute("PRAGMA synchronous = OFF")
+        with conn:
+            conn.execute("DELETE FROM tasks")
+        rows_iter = generate()
+        batch = 100_000
+        for first in range(0, rows, batch):
+            with conn:
+                conn.executemany(_SQL_DASH_ROW, (next(rows_iter)
+                                                 for _ in range(min(batch, rows - first))))
+        with conn:
+            for i, worker in enumerate((_DASH_SUPERVISOR,) + _DASH_CHILDREN):
+                conn.execute(
+                    "INSERT INTO workers (id, parent, hostname, pid, queues, concurrency, "
+                    "started_at) VALUES (?, ?, 'app-host-1', ?, 'default,emails,reports', ?, ?)",
+                    (worker, None if i == 0 else _DASH_SUPERVISOR, 2000 + int(worker[-2:], 16),
+                     2 if i == 0 else None, built_at - 3 * 3600))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        counts = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
+        top = conn.execute("SELECT max(seq) FROM tasks").fetchall()[0][0]
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db + suffix)
+    if sum(counts.values()) != rows or top != rows:
+        raise RuntimeError(f"the dashboard's database holds {counts} (max seq {top}), "
+                           f"not {rows} rows")
+    picks.setdefault("text", "customer-")
+    missing = {"pending_id", "failure_id", "success_id"} - set(picks)
+    if missing:
+        raise RuntimeError(f"too few rows ({rows}) for the dashboard's picks {missing}")
+    log(f"  built the dashboard's database: {rows:,} rows ({', '.join(f'{s} {n:,}' for s, n in sorted(counts.items()))}), "
+        f"{os.path.getsize(db) / 2**20:.0f} MB, in {time.perf_counter() - t0:.1f} s")
+    return {"rows": rows, "schema": litequeue.SCHEMA_VERSION, "build": _DASH_BUILD,
+            "built_at": built_at, "states": counts, "picks": picks,
+            "names": [list(n) for n in _DASH_NAMES], "rare_name": _DASH_NAMES[-1][0]}
+
+
+def dashboard_cache(cfg):
+    """(path, metadata) of the cached database of cfg["dashboard_rows"] rows, built now if
+    it is missing, of another schema version or builder, or not what its metadata says.
+    Builds of other versions for the same row count are deleted."""
+    rows, cache_dir = cfg["dashboard_rows"], cfg["cache_dir"]
+    stem = f"dashboard-{rows}-schema{litequeue.SCHEMA_VERSION}-build{_DASH_BUILD}"
+    path = os.path.join(cache_dir, stem + ".sqlite")
+    meta_path = os.path.join(cache_dir, stem + ".json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if (meta["rows"], meta["schema"], meta["build"], meta["bytes"]) != \
+                (rows, litequeue.SCHEMA_VERSION, _DASH_BUILD, os.path.getsize(path)):
+            raise ValueError("metadata does not match")
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            (version,), = conn.execute("PRAGMA user_version").fetchall()
+        finally:
+            conn.close()
+        if version != litequeue.SCHEMA_VERSION:
+            raise ValueError(f"user_version {version}")
+        log(f"  reusing the dashboard's database {path} ({meta['bytes'] / 2**20:.0f} MB, built "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(meta['built_at']))})")
+        return path, meta
+    except (OSError, ValueError, KeyError, TypeError, apsw.Error) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log(f"  the cached dashboard database cannot be used ({exc}): building it again")
+    os.makedirs(cache_dir, exist_ok=True)
+    for name in os.listdir(cache_dir):
+        if name.startswith(f"dashboard-{rows}-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(cache_dir, name))
+    building = os.path.join(cache_dir, f".{stem}.{os.getpid()}.building.sqlite")
+    try:
+        meta = build_dashboard_db(building, rows)
+        os.replace(building, path)
+        meta["bytes"] = os.path.getsize(path)
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
+    finally:
+        remove_db(building)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(meta_path + ".tmp")
+    return path, meta
+
+
+def prepare_dashboard_db(tmp, cfg):
+    """A copy of the cached database in the run's temporary directory, brought to now: the
+    waiting, scheduled and running rows and the workers move by the time since the build,
+    and the stats table gets per-minute counters for the last 8 days (what workers keep)."""
+    cached, meta = dashboard_cache(cfg)
+    db = os.path.join(tmp, "dashboard.sqlite")
+    t0 = time.perf_counter()
+    shutil.copyfile(cached, db)
+    now = time.time()
+    shift = now - meta["built_at"]
+    rng = random.Random(int(now))
+    bounds = getattr(litequeue, "_RUNTIME_BUCKETS", (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
+    conn = apsw.Connection(db)
+    try:
+        conn.set_busy_timeout(30000)
+        hcols = [c[1] for c in conn.execute("PRAGMA table_info(stats)")
+                 if re.fullmatch(r"h\d+", c[1])]
+        if len(hcols) != len(bounds) + 1:
+            raise RuntimeError(f"the stats table has {len(hcols)} histogram columns for "
+                               f"{len(bounds)} bounds: update prepare_dashboard_db")
+        per_minute = meta["rows"] / (_DASH_SPAN / 60)
+        shares = {}
+        for name, queue, share, median in meta["names"]:
+            # Log-normal run times (sigma 0.6): the share of runs in each bucket.
+            cdf = [0.5 * (1 + math.erf(math.log(b / median) / (0.6 * math.sqrt(2))))
+                   for b in bounds] + [1.0]
+            shares[name] = (queue, share, median, [b - a for a, b in zip([0.0] + cdf, cdf)])
+        sql = (f"INSERT INTO stats (minute, name, queue, succeeded, failed, retried, runtime, "
+               f"{', '.join(hcols)}) VALUES ({', '.join('?' * (7 + len(hcols)))})")
+        last = int(now // 60)
+
+        def stats_rows():
+            for minute in range(last - 8 * 1440 + 1, last + 1):
+                for name, (queue, share, median, parts) in shares.items():
+                    runs = int(per_minute * share * rng.uniform(0.6, 1.4))
+                    failed = int(runs * 0.03 * rng.uniform(0, 2))
+                    buckets = [int(runs * p) for p in parts]
+                    buckets[-1] += runs - sum(buckets)
+                    yield (minute, name, queue, runs - failed, failed, failed // 4,
+                           runs * median * 1.2, *buckets)
+
+        with conn:
+            conn.execute("UPDATE tasks SET created_at = created_at + ? WHERE state = 'PENDING'",
+                         (shift,))
+            conn.execute("UPDATE tasks SET eta = eta + ? WHERE state IN ('SCHEDULED', 'RETRY')",
+                         (shift,))
+            conn.execute("UPDATE tasks SET created_at = created_at + ?, started_at = "
+                         "started_at + ? WHERE state = 'STARTED'", (shift, shift))
+            conn.execute("UPDATE workers SET started_at = started_at + ?", (shift,))
+            conn.execute("DELETE FROM stats")
+            conn.executemany(sql, stats_rows())
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    log(f"  copied it to {db} and brought it to now in {time.perf_counter() - t0:.1f} s")
+    return db, meta
+
+
+def start_dashboard(db, tmp, tag):
+    """`python litequeue.py dashboard DB --host 127.0.0.1 --port 0` in its own session (a
+    Worker: SIGTERM, then SIGKILL to its group), with .url and .port once it listens."""
+    logfile = os.path.join(tmp, f"{tag}-dashboard.log")
+    proc = Worker("dashboard", [sys.executable, LITEQUEUE_PY, "dashboard", db, "--host",
+                                "127.0.0.1", "--port", "0"],
+                  _worker_env({}), tmp, logfile, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with open(logfile, errors="replace") as f:
+                found = re.search(r" on (http://127\.0\.0\.1:(\d+)/)", f.read())
+            if found:
+                break
+            proc.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dashboard printed no URL in 30 s (see {logfile})")
+            time.sleep(0.02)
+    except BaseException:
+        proc.stop()
+        raise
+    proc.url, proc.port = found.group(1), int(found.group(2))
+    return proc
+
+
+class Browser(Worker):
+    """A real headless Chromium, driven by selenium through chromedriver. chromedriver
+    starts in its own session and every Chromium process stays in its process group, so
+    stop() (and the run's cleanup) quits the browser, then kills the group, as for a
+    worker."""
+
+    def __init__(self, tmp, tag):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        if _stop_signal is not None:
+            _raise_for(_stop_signal)
+        self.kind, self.windows, self.driver = "chromium", [], None
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in CHROMIUM_FLAGS:
+            options.add_argument(flag)
+        profile = tempfile.mkdtemp(prefix=f"{tag}-chromium-profile-", dir=tmp)
+        options.add_argument(f"--user-data-dir={profile}")
+        self.log = open(os.path.join(tmp, f"{tag}-chromedriver.log"), "ab")
+        service = Service(CHROMEDRIVER, log_output=self.log,
+                          popen_kw={"start_new_session": True})
+        with _uninterrupted():
+            try:
+                self.driver = webdriver.Chrome(service=service, options=options)
+            except BaseException:
+                process = getattr(service, "process", None)
+                if process is not None:
+                    with contextlib.suppress(OSError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    with contextlib.suppress(Exception):
+                        process.wait(10)
+                self.log.close()
+                raise
+            self.proc = service.process
+            self.pid = self.proc.pid
+            _PROCS.append(self)
+        self.version = self.driver.capabilities.get("browserVersion", "?")
+
+    def stop(self, timeout=15.0):
+        try:
+            if self.driver is not None and self.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    self.driver.quit()
+            self._kill_group()
+            with contextlib.suppress(Exception):
+                self.proc.wait(10)
+        finally:
+            self.log.close()
+            if self in _PROCS:
+                _PROCS.remove(self)
+
+    def check_alive(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"chromedriver exited early with code {self.proc.returncode}; "
+                               f"see {self.log.name}")
+
+    _SCRIPT_STATUS = """
+        const live = document.getElementById('live');
+        return [location.pathname, live ? live.textContent : null,
+                performance.getEntriesByType('resource')
+                    .filter(e => new URL(e.name).pathname.startsWith('/data/')).length];
+    """
+
+    def open(self, urls, timeout=30):
+        """One window per URL. Returns once every page has drawn its data (the page's
+        'live ·' marker)."""
+        for url in urls:
+            if self.windows:
+                self.driver.switch_to.new_window("window")
+            self.driver.get(url)
+            self.windows.append(self.driver.current_window_handle)
+            deadline = time.monotonic() + timeout
+            while True:
+                path, status, _ = self.driver.execute_script(self._SCRIPT_STATUS)
+                if status and status.startswith("live"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the dashboard page {url} did not draw itself in "
+                                       f"{timeout} s (status {status!r})")
+                time.sleep(0.05)
+
+    def start_count(self):
+        """Forget the requests each window made so far."""
+        for handle in self.windows:
+            self.driver.switch_to.window(handle)
+            self.driver.execute_script("performance.setResourceTimingBufferSize(100000); "
+                                       "performance.clearResourceTimings();")
+
+    def counts(self):
+        """{page path: (its requests to /data/... since start_count, its status line)}."""
+        out = {}
+        for handle in self.windows:
+            self.driver.switch_to.window(handle)
+            path, status, n = self.driver.execute_script(self._SCRIPT_STATUS)
+            out[path] = (n, status)
+        return out
+
+
+class _Client:
+    """GETs as a script sends them (http.client sends Host: 127.0.0.1:PORT). By default on
+    one kept-alive connection, as the page's fetch() calls; fresh=True opens a new one,
+    so the dashboard serves it on a new thread with a new SQLite connection."""
+
+    def __init__(self, port):
+        self.port, self.conn = port, None
+
+    def get(self, path, fresh=False):
+        """(status, content type, body, milliseconds from the request to the last byte)."""
+        if fresh or self.conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            if not fresh:
+                self.conn = conn
+        else:
+            conn = self.conn
+        t0 = time.perf_counter()
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        except BaseException:
+            conn.close()
+            if conn is self.conn:
+                self.conn = None
+            raise
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        if fresh or resp.will_close:
+            conn.close()
+            if conn is self.conn:
+                self.conn = None
+        return resp.status, resp.getheader("Content-Type", ""), body, elapsed
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def dashboard_endpoints(meta, second_page):
+    """[(label, path, check)]: every GET of the dashboard, with real ids, names and text
+    from the database. check(status, content type, body) returns a problem or None."""
+    picks, rare = meta["picks"], meta["rare_name"]
+    common = meta["names"][0][0]
+    q = urllib.parse.quote
+
+    def json_check(test=None, statuses=(200,)):
+        def check(status, ctype, body):
+            if status not in statuses:
+                return f"status {status}: {body[:300]!r}"
+            if not ctype.startswith("application/json"):
+                return f"content type {ctype}"
+            data = json.loads(body)
+            return test(data) if test else None
+        return check
+
+    def text_check(start, statuses=(200,)):
+        def check(status, ctype, body):
+            if status not in statuses:
+                return f"status {status}: {body[:300]!r}"
+            return None if body.lstrip().lower().startswith(start) else \
+                f"body starts {body[:60]!r}"
+        return check
+
+    def tasks_test(pred=None, least=1):
+        def test(data):
+            tasks = data.get("tasks")
+            if not isinstance(tasks, list) or len(tasks) < least:
+                return f"{len(tasks or [])} tasks, wanted at least {least}"
+            bad = [t for t in tasks if pred and not pred(t)]
+            return f"{len(bad)} tasks do not match the filter: {bad[0]}" if bad else None
+        return test
+
+    def one_task(key, value):
+        return lambda d: None if d.get(key) == value else f"{key} is {d.get(key)!r}"
+
+    failure, pending, success = picks["failure_id"], picks["pending_id"], picks["success_id"]
+    return [
+        ("/ (the page, HTML)", "/", text_check(b"<!doctype html")),
+        ("/data/overview", "/data/overview",
+         json_check(lambda d: None if "counts" in d else "no counts")),
+        ("/data/tasks", "/data/tasks", json_check(tasks_test(least=50))),
+        ("/data/tasks?before=<next of the first page>", f"/data/tasks?before={second_page}",
+         json_check(tasks_test(lambda t: True, least=50))),
+        ("/data/tasks?state=FAILURE", "/data/tasks?state=FAILURE",
+         json_check(tasks_test(lambda t: t["state"] == "FAILURE", least=50))),
+        (f"/data/tasks?name={rare}", f"/data/tasks?name={q(rare)}",
+         json_check(tasks_test(lambda t: t["name"] == rare, least=50))),
+        ("/data/tasks?queue=reports", "/data/tasks?queue=reports",
+         json_check(tasks_test(lambda t: t["queue"] == "reports", least=50))),
+        (f"/data/tasks?q={picks['text']}", f"/data/tasks?q={q(picks['text'])}",
+         json_check(tasks_test())),
+        ("/data/task/<a FAILURE id>", f"/data/task/{failure}",
+         json_check(one_task("id", failure))),
+        ("/data/task/<a PENDING id>", f"/data/task/{pending}",
+         json_check(one_task("id", pending))),
+        ("/data/workers", "/data/workers", json_check()),
+        ("/data/queues", "/data/queues", json_check()),
+        ("/data/schedules", "/data/schedules", json_check()),
+        ("/metrics", "/metrics", text_check(b"# help")),
+        ("/healthcheck", "/healthcheck", text_check(b"", statuses=(200, 503))),
+        ("/api/workers", "/api/workers", json_check()),
+        ("/api/tasks?limit=100", "/api/tasks?limit=100",
+         json_check(lambda d: None if len(d) == 100 else f"{len(d)} tasks")),
+        (f"/api/tasks?state=FAILURE&taskname={common}&limit=50&offset=50",
+         f"/api/tasks?state=FAILURE&taskname={q(common)}&limit=50&offset=50",
+         json_check(lambda d: None if len(d) == 50 and all(
+             t["state"] == "FAILURE" and t["name"] == common for t in d.values())
+             else f"{len(d)} tasks")),
+        ("/api/task/info/<a SUCCESS id>", f"/api/task/info/{success}",
+         json_check(one_task("uuid", success))),
+        ("/api/task/result/<a SUCCESS id>", f"/api/task/result/{success}",
+         json_check(one_task("state", "SUCCESS"))),
+        ("/api/task/types", "/api/task/types",
+         json_check(lambda d: None if common in d.get("task-types", []) else "names missing")),
+        ("/api/queues/length", "/api/queues/length", json_check()),
+    ]
+
+
+def measure_dashboard(db, meta, tmp, tag, cfg, results):
+    """On the big database: every endpoint's time, then the GETs while another connection
+    holds the write lock, then the dashboard's idle CPU with the page open in Chromium.
+    One dashboard process for the three."""
+    dash = start_dashboard(db, tmp, tag)
+    client = _Client(dash.port)
+    try:
+        status, _, body, _ = client.get("/data/tasks")
+        if status != 200:
+            raise RuntimeError(f"dashboard /data/tasks: status {status}: {body[:300]!r}")
+        endpoints = dashboard_endpoints(meta, json.loads(body)["next"])
+        measure_dashboard_endpoints(client, endpoints, cfg, results)
+        client.close()
+        measure_dashboard_lock(db, client, endpoints, cfg, results)
+        measure_dashboard_idle(dash, tmp, tag, cfg, results)
+        dash.check_alive()
+    finally:
+        client.close()
+        dash.stop()
+
+
+def measure_dashboard_endpoints(client, endpoints, cfg, results):
+    """`dashboard_warmups` rounds, then `dashboard_requests` timed rounds over every
+    endpoint in turn (so drift on the machine affects all alike), one kept-alive
+    connection. Every response is checked. Appends each endpoint's median and max (ms)."""
+    n, warm = cfg["dashboard_requests"], cfg["dashboard_warmups"]
+    samples = {label: [] for label, _, _ in endpoints}
+    sizes = {}
+    for i in range(warm + n):
+        for label, path, check in endpoints:
+            status, ctype, body, ms = client.get(path)
+            problem = check(status, ctype, body)
+            if problem:
+                raise RuntimeError(f"dashboard GET {path}: {problem}")
+            if i >= warm:
+                samples[label].append(ms)
+            sizes[label] = len(body)
+    for label, values in samples.items():
+        results[f"ep_p50:{label}"].append(statistics.median(values))
+        results[f"ep_max:{label}"].append(max(values))
+    results["endpoints"] = {"order": [label for label, _, _ in endpoints], "bytes": sizes}
+    slow = sorted(samples, key=lambda k: -statistics.median(samples[k]))
+    log(f"  dashboard: {len(endpoints)} endpoints × {n} GETs; slowest medians: " + "; ".join(
+        f"{k} {statistics.median(samples[k]):.1f} ms (max {max(samples[k]):.1f})"
+        for k in slow[:3]))
+
+
+def measure_dashboard_lock(db, client, endpoints, cfg, results):
+    """Every GET again, each on a new connection (a new thread and SQLite connection in
+    the dashboard), for `dashboard_lock_hold` seconds without a lock, then as long while a
+    separate apsw connection holds BEGIN IMMEDIATE. A GET that needed the write lock would
+    wait for its release. Each endpoint's slowest GET under the lock must stay within 2 x
+    its slowest unlocked one + 20 ms."""
+    hold = cfg["dashboard_lock_hold"]
+
+    def run(stop, out):
+        try:
+            while not stop.is_set():
+                for label, path, check in endpoints:
+                    started = time.monotonic()
+                    status, ctype, body, ms = client.get(path, fresh=True)
+                    out.append((label, started, time.monotonic(), ms, check(status, ctype, body)))
+        except BaseException as exc:   # the main thread reports it
+            out.append(exc)
+
+    def batch(locked):
+        stop, out = threading.Event(), []
+        conn = apsw.Connection(db) if locked else None
+        try:
+            if conn is not None:
+                conn.set_busy_timeout(30000)
+                conn.execute("BEGIN IMMEDIATE")
+            t0 = time.monotonic()
+            thread = threading.Thread(target=run, args=(stop, out), daemon=True)
+            thread.start()
+            time.sleep(hold)
+            stop.set()
+            released = time.monotonic()
+        finally:
+            if conn is not None:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+                conn.close()
+        thread.join(120)
+        errors = [x for x in out if isinstance(x, BaseException)]
+        if errors:
+            raise errors[0]
+        problems = [f"{label}: {p}" for label, _, _, _, p in out if p]
+        if problems:
+            raise RuntimeError(f"dashboard GET while {'locked' if locked else 'unlocked'}: "
+                               f"{problems[0]}")
+        # Only the GETs sent while the lock was held (or the same stretch unlocked).
+        return [x for x in out if t0 <= x[1] < released], released
+
+    base, _ = batch(False)
+    locked, released = batch(True)
+    worst_base = collections.defaultdict(float)
+    for label, _, _, ms, _ in base:
+        worst_base[label] = max(worst_base[label], ms)
+    worst = collections.defaultdict(float)
+    for label, _, _, ms, _ in locked:
+        worst[label] = max(worst[label], ms)
+    late = sorted((ms, label) for label, _, _, ms, _ in locked
+                  if ms > 2 * worst_base.get(label, 0.0) + 20.0)
+    missing = sorted({label for label, _, _ in endpoints} - set(worst))
+    after = sum(1 for _, _, end, _, _ in locked if end > released)
+    results["lock_gets"].append(len(locked))
+    results["lock_worst"].append(max(worst.values()))
+    results["lock_base_worst"].append(max(worst_base.values()))
+    results["lock_late"].append(len(late) + len(missing))
+    results["lock_after_release"].append(after)
+    slowest = max(worst, key=worst.get)
+    log(f"  dashboard under BEGIN IMMEDIATE ({hold:g} s): {len(locked)} GETs on new "
+        f"connections, slowest {worst[slowest]:.1f} ms ({slowest}; unlocked: "
+        f"{worst_base.get(slowest, 0):.1f} ms); over 2x the unlocked worst + 20 ms: "
+        f"{len(late)}; answered only after the release: {after}"
+        + (f"; endpoints never answered under the lock: {', '.join(missing)}" if missing else ""))
+    if late:
+        log(f"    slowest under the lock: {late[-1][1]} {late[-1][0]:.1f} ms")
+
+
+def measure_dashboard_idle(dash, tmp, tag, cfg, results):
+    """The page / open in headless Chromium (it reads /data/overview every second), no
+    task activity: the dashboard process's CPU over `idle_window` seconds after
+    `idle_settle`, as % of one core; Chromium's own CPU and the requests it made, for
+    information."""
+    browser = Browser(tmp, f"{tag}-idle")
+    try:
+        browser.open([dash.url])
+        results.setdefault("versions", {"chromium": browser.version,
+                                        "selenium": _selenium_version()})
+        time.sleep(cfg["idle_settle"])
+        browser.start_count()
+        t0, d0, b0, w0 = (time.monotonic(), session_cpu_ticks(dash.pid),
+                          session_cpu_ticks(browser.pid), session_wakeups(dash.pid))
+        time.sleep(cfg["idle_window"])
+        t1, d1, b1, w1 = (time.monotonic(), session_cpu_ticks(dash.pid),
+                          session_cpu_ticks(browser.pid), session_wakeups(dash.pid))
+        (requests, status), = browser.counts().values()
+        dash.check_alive()
+    finally:
+        browser.stop()
+    window = t1 - t0
+    used = sum(d1[p] - d0.get(p, 0) for p in d1)
+    used_browser = sum(b1[p] - b0.get(p, 0) for p in b1)
+    pct = used / CLK_TCK / window * 100.0
+    results["idle_cpu"].append(pct)
+    results["idle_browser_cpu"].append(used_browser / CLK_TCK / window * 100.0)
+    results["idle_requests"].append(requests / window)
+    results["idle_wakeups"].append((w1 - w0) / window)
+    log(f"  dashboard idle with / open in Chromium: {pct:.2f}% of one core over {window:.1f} s "
+        f"({used} ticks); Chromium {used_browser / CLK_TCK / window * 100:.1f}%; "
+        f"{requests} /data/ requests; page status {status!r}")
+
+
+def _selenium_version():
+    import selenium
+    return selenium.__version__
+
+
+def measure_dashboard_drain(tmp, tag, browse, n, cfg, results):
+    """The drain measurement (litequeue NORMAL, -c 2, `n` no-op tasks queued by delay()
+    into a fresh database) with no dashboard (browse False), or with a dashboard on that
+    database open in one headless Chromium at / and at /tasks (two windows; each page
+    reads its data every second). Appends the rate to drain_on or drain_off."""
+    system = LiteQueueSystem("litequeue NORMAL", "NORMAL")
+    with fresh_database(system, tmp, tag) as session:
+        for i in range(n):
+            system.enqueue(i)
+        dash = browser = None
+        try:
+            if browse:
+                dash = start_dashboard(system.db, tmp, tag)
+                browser = Browser(tmp, tag)
+                browser.open([dash.url, dash.url + "tasks"])
+            time.sleep(cfg["dashboard_drain_settle"])
+            if browser:
+                browser.start_count()
+                d0 = session_cpu_ticks(dash.pid)
+            worker = session.start_worker("drain")
+            first, last, _ = system.wait_drained(n, worker, timeout=max(120, n / 100))
+            rate = n / (last - first)
+            extra = ""
+            if browser:
+                d1 = session_cpu_ticks(dash.pid)
+                counts = browser.counts()
+                dash.check_alive()
+                served = sum(c for c, _ in counts.values())
+                # The requests cover worker start-up and the drain; CPU the same stretch.
+                stretch = time.time() - session.worker.started
+                cpu = sum(d1[p] - d0.get(p, 0) for p in d1) / CLK_TCK / stretch * 100.0
+                results["drain_on_requests"].append(served / stretch)
+                results["drain_on_dash_cpu"].append(cpu)
+                extra = (f"; dashboard {cpu:.1f}% of a core, {served} /data/ requests in "
+                         f"{stretch:.1f} s (" + ", ".join(f"{p} {c}" for p, (c, _) in
+                                                          counts.items()) + ")")
+            results["drain_on" if browse else "drain_off"].append(rate)
+            log(f"  {'litequeue NORMAL':<18} drain {'with the dashboard open' if browse else 'no dashboard':<24}"
+                f" {rate:9.0f} tasks/s ({last - first:.2f} s){extra}")
+        finally:
+            if browser is not None:
+                browser.stop()
+            if dash is not None:
+                dash.stop()
+
+
 def percentile(samples, p):
     """Nearest-rank percentile."""
     ordered = sorted(samples)
