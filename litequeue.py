@@ -1348,6 +1348,9 @@ _MIGRATIONS = [
     -- The dashboard counts and lists these states through their own small indexes.
     CREATE INDEX tasks_waiting ON tasks (seq) WHERE state = 'WAITING';
     CREATE INDEX tasks_failed ON tasks (finished_at) WHERE state = 'FAILURE';
+    -- What each worker process has run (written with its counters).
+    ALTER TABLE workers ADD COLUMN processed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
     -- Failure mails: the finish time up to which failures have been mailed (one row), so
     -- that of several supervisors only one mails each failure.
     CREATE TABLE alerts (
@@ -1584,9 +1587,10 @@ _SQL_REGISTER_WORKER = """
 """
 _SQL_UNREGISTER_WORKER = "DELETE FROM workers WHERE id = :id"
 _SQL_WORKERS = """
-    SELECT id, parent, hostname, pid, queues, concurrency, started_at FROM workers
-    ORDER BY started_at
+    SELECT id, parent, hostname, pid, queues, concurrency, started_at, processed, failed
+    FROM workers ORDER BY started_at
 """
+_SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 _SQL_RUNNING_BY_WORKER = """
     SELECT worker, id, name, started_at FROM tasks WHERE state = 'STARTED' ORDER BY started_at
 """
@@ -2086,7 +2090,14 @@ class _Storage:
     def add_stats(self, rows):
         """Add a worker's per-minute counters (see _Stats) in their own transaction."""
         with self.write() as conn:
-            conn.executemany(_SQL_ADD_STATS, rows)
+            self._add_stats(conn, rows)
+
+    @staticmethod
+    def _add_stats(conn, rows):
+        conn.executemany(_SQL_ADD_STATS, rows)
+        totals = getattr(rows, "totals", None)
+        if totals is not None and totals[2] is not None:
+            conn.execute(_SQL_WORKER_TOTALS, totals)
 
     def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=(), stats=()):
         """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
@@ -2115,7 +2126,7 @@ class _Storage:
         follow = None
         with self.write() as conn:
             if stats:
-                conn.executemany(_SQL_ADD_STATS, stats)
+                self._add_stats(conn, stats)
             for o in outcomes:
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
@@ -2267,7 +2278,8 @@ class _Storage:
             conn.execute(_SQL_UNREGISTER_WORKER, (worker_id,))
 
     def workers(self):
-        cols = ("id", "parent", "hostname", "pid", "queues", "concurrency", "started_at")
+        cols = ("id", "parent", "hostname", "pid", "queues", "concurrency", "started_at",
+                "processed", "failed")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_WORKERS)]
 
     def running(self):
@@ -5558,16 +5570,21 @@ class _Stats:
     that flush (so a count can land in the next minute by up to that much). A crash loses
     at most that much of the counts, never a task."""
 
-    __slots__ = ("rows", "last")
+    __slots__ = ("rows", "last", "worker", "processed", "failed")
 
-    def __init__(self):
+    def __init__(self, worker=None):
         self.rows = {}
         self.last = time.monotonic()
+        self.worker = worker
+        self.processed = self.failed = 0       # this process's totals, for its workers row
 
     def add(self, name, queue, state, seconds):
         kind = _STATS_KIND.get(state)
         if kind is None:
             return                      # expired or revoked before it ran: no run to count
+        self.processed += 1
+        if kind == 1:
+            self.failed += 1
         key = (name, queue)
         counts = self.rows.get(key)
         if counts is None:
@@ -5585,7 +5602,15 @@ class _Stats:
                 for (name, queue), counts in self.rows.items()]
         self.rows = {}
         self.last = time.monotonic()
-        return rows
+        return _StatsBatch(rows, (self.processed, self.failed, self.worker))
+
+
+class _StatsBatch(list):
+    """Counter rows for the stats table, with the worker's totals for its workers row."""
+
+    def __init__(self, rows, totals):
+        super().__init__(rows)
+        self.totals = totals
 
 
 class _Pending:
@@ -5691,7 +5716,7 @@ class _Child:
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
         self.pending = _Pending()
-        self.stats = _Stats()
+        self.stats = _Stats(self.worker_id)
         self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
         self.batch = 1                 # rows to claim at once: grows while tasks are fast
         self.last_duration = 0.0
@@ -8152,12 +8177,13 @@ async function workersPage() {
   const ws = await getJSON("/data/workers");
   const rows = [];
   for (const w of ws) {
+    const done = w.children.reduce((a, c) => a + (c.processed || 0), 0), bad = w.children.reduce((a, c) => a + (c.failed || 0), 0);
     rows.push(el("tr", {}, el("td", {text: w.hostname + " " + w.id}), el("td", {text: w.pid}), el("td", {class: w.alive === false ? "bad" : "ok", text: w.alive === false ? "dead" : "alive"}),
-      el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: w.children.length + " process(es)"})));
-    for (const c of w.children) rows.push(el("tr", {}, el("td", {text: "  └ " + c.id}), el("td", {text: c.pid}), el("td", {text: ""}), el("td", {text: ""}), el("td", {text: secs(Date.now() / 1000 - c.started_at)}),
+      el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: done + " / " + bad}), el("td", {text: w.children.length + " process(es)"})));
+    for (const c of w.children) rows.push(el("tr", {}, el("td", {text: "  └ " + c.id}), el("td", {text: c.pid}), el("td", {text: ""}), el("td", {text: ""}), el("td", {text: secs(Date.now() / 1000 - c.started_at)}), el("td", {text: (c.processed || 0) + " / " + (c.failed || 0)}),
       el("td", {}, ...(c.running.length ? c.running.map(([id, name]) => el("div", {}, link("/task/" + encodeURIComponent(id), name + " " + id))) : ["idle"]))));
   }
-  main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "running"], rows));
+  main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "processed / failed", "running"], rows));
 }
 async function queuesPage() {
   const qs = await getJSON("/data/queues");

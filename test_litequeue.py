@@ -6572,6 +6572,8 @@ class TestDashboard:
             project.delay("add", i, i).get(timeout=30)
         wait_until(lambda: sql(project.db, "SELECT sum(succeeded) FROM stats")[0][0] == 5, 30,
                    "the worker's counters")
+        wait_until(lambda: sql(project.db, "SELECT sum(processed), sum(failed) FROM workers")
+                   == [(5, 0)], 30, "each worker process's totals")
         sql_write(project.db, "DELETE FROM tasks")          # as result_expires would
         d = dashboards(project)
         hour = d.json("/data/overview")["hour"]

@@ -1100,7 +1100,8 @@ def _dash_call(rng, name, k):
         return [f"cus_{h[:14]}", rng.randrange(500, 50_000), "EUR"], {}, \
             {"charge": f"ch_{h}{h[:8]}", "status": "succeeded"}
     if name == "app.generate_report":
-        return [f"sales-{k % 365:03d}", "pdf"], {"user": f"customer-{rng.randrange(200_000):07d}"}, \
+        user = f"customer-{rng.randrange(200_000):07d}"
+        return [f"sales-{k % 365:03d}", "pdf"], {"user": user}, \
             f"reports/sales-{k % 365:03d}-{h[:8]}.pdf"
     return ["products"], {}, rng.randrange(10**4, 10**6)
 
@@ -1113,7 +1114,8 @@ def _dash_error(rng, name, args):
     """(result map, traceback) of a failed call, as a worker stores them."""
     roll = rng.random()
     if roll < 0.7:
-        cls, message = ValueError, f"{name.split('.')[1]} refused {str(args[0])[:60]}: invalid state"
+        cls = ValueError
+        message = f"{name.split('.')[1]} refused {str(args[0])[:60]}: invalid state"
     elif roll < 0.9:
         cls, message = TimeoutError, "upstream did not answer in 30 s"
     else:
@@ -1251,7 +1253,7 @@ def build_dashboard_db(db, rows):
                 if k >= rows // 3:
                     picks.setdefault("success_id", row[0])
                 # A text to search for: an address in the newest rows (the search's window).
-                if name == "app.send_email" and k >= history - 5000:
+                if name == "app.send_email" and k >= history - 3000:
                     picks.setdefault("text", args[0])
             yield row
 
@@ -1290,7 +1292,8 @@ def build_dashboard_db(db, rows):
     missing = {"pending_id", "failure_id", "success_id"} - set(picks)
     if missing:
         raise RuntimeError(f"too few rows ({rows}) for the dashboard's picks {missing}")
-    log(f"  built the dashboard's database: {rows:,} rows ({', '.join(f'{s} {n:,}' for s, n in sorted(counts.items()))}), "
+    states = ", ".join(f"{s} {n:,}" for s, n in sorted(counts.items()))
+    log(f"  built the dashboard's database: {rows:,} rows ({states}), "
         f"{os.path.getsize(db) / 2**20:.0f} MB, in {time.perf_counter() - t0:.1f} s")
     return {"rows": rows, "schema": litequeue.SCHEMA_VERSION, "build": _DASH_BUILD,
             "built_at": built_at, "states": counts, "picks": picks,
@@ -1823,18 +1826,18 @@ def measure_dashboard_drain(tmp, tag, browse, n, cfg, results):
             time.sleep(cfg["dashboard_drain_settle"])
             if browser:
                 browser.start_count()
-                d0 = session_cpu_ticks(dash.pid)
+                c0, d0 = time.monotonic(), session_cpu_ticks(dash.pid)
             worker = session.start_worker("drain")
             first, last, _ = system.wait_drained(n, worker, timeout=max(120, n / 100))
             rate = n / (last - first)
             extra = ""
             if browser:
-                d1 = session_cpu_ticks(dash.pid)
+                c1, d1 = time.monotonic(), session_cpu_ticks(dash.pid)
                 counts = browser.counts()
                 dash.check_alive()
                 served = sum(c for c, _ in counts.values())
-                # The requests cover worker start-up and the drain; CPU the same stretch.
-                stretch = time.time() - session.worker.started
+                # Requests and CPU over the worker's start-up and the drain.
+                stretch = c1 - c0
                 cpu = sum(d1[p] - d0.get(p, 0) for p in d1) / CLK_TCK / stretch * 100.0
                 results["drain_on_requests"].append(served / stretch)
                 results["drain_on_dash_cpu"].append(cpu)
@@ -1842,8 +1845,9 @@ def measure_dashboard_drain(tmp, tag, browse, n, cfg, results):
                          f"{stretch:.1f} s (" + ", ".join(f"{p} {c}" for p, (c, _) in
                                                           counts.items()) + ")")
             results["drain_on" if browse else "drain_off"].append(rate)
-            log(f"  {'litequeue NORMAL':<18} drain {'with the dashboard open' if browse else 'no dashboard':<24}"
-                f" {rate:9.0f} tasks/s ({last - first:.2f} s){extra}")
+            what = "with the dashboard open" if browse else "no dashboard"
+            log(f"  {'litequeue NORMAL':<18} drain {what:<24} {rate:9.0f} tasks/s "
+                f"({last - first:.2f} s){extra}")
         finally:
             if browser is not None:
                 browser.stop()
@@ -2119,6 +2123,90 @@ def build_canvas_table(S, cfg):
     return "\n".join(out)
 
 
+def build_dashboard_table(S, raw, cfg):
+    """The dashboard rows: each endpoint's time on the big database, the drain with the
+    page open in Chromium against without, the idle CPU and the write-lock check."""
+    D, R = S[DASH], raw[DASH]
+
+    def med(key):
+        return D[key]["median"] if D.get(key) else None
+
+    out = []
+    eps = R.get("endpoints")
+    if eps:
+        rows = []
+        for label in eps["order"]:
+            p50 = med(f"ep_p50:{label}")
+            rows.append([f"`{label}`", fmt(D.get(f"ep_p50:{label}"), "ms", 1),
+                         fmt(D.get(f"ep_max:{label}"), "ms", 1),
+                         f"{eps['bytes'][label]:,} B", "≤ 50 ms",
+                         "yes" if p50 is not None and p50 <= 50.0 else "NO"])
+        header = [f"dashboard GET, {cfg['dashboard_rows']:,} tasks in the file "
+                  f"({cfg['dashboard_requests']} timed after {cfg['dashboard_warmups']} "
+                  f"warm-ups, one kept-alive connection)", "median", "max (worst of the "
+                  f"{cfg['dashboard_requests']})", "response", "target (median)", "met?"]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+
+    off, on = med("drain_off"), med("drain_on")
+    if off or on:
+        paired = [b / a - 1 for a, b in zip(R.get("drain_off", []), R.get("drain_on", []))]
+        change = "—"
+        if off and on:
+            change = f"{(on / off - 1) * 100:+.1f}%"
+            if len(paired) > 1:
+                change += (f" (paired per repeat: {min(paired) * 100:+.1f}% to "
+                           f"{max(paired) * 100:+.1f}%)")
+        rows = [[f"drain rate, {cfg['tasks']:,} prefilled, -c 2, results stored",
+                 fmt(D.get("drain_off"), "/s"), fmt(D.get("drain_on"), "/s"), change,
+                 "within 5%", "yes" if off and on and on >= 0.95 * off else "NO"],
+                ["the dashboard's /data/ requests per second while the worker drains (as "
+                 "the browser counted them, both windows)", "—",
+                 fmt(D.get("drain_on_requests"), "/s", 1), "—", "—", "—"],
+                ["the dashboard process's CPU over the same stretch (% of one core)", "—",
+                 fmt(D.get("drain_on_dash_cpu"), "%", 1), "—", "—", "—"]]
+        header = ["metric (litequeue NORMAL, fresh database)", "no dashboard",
+                  "dashboard open in headless Chromium at / and at /tasks (live)", "change",
+                  "target", "met?"]
+        if out:
+            out.append("")
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+
+    rows = []
+    if D.get("idle_cpu"):
+        rows += [[f"dashboard process CPU, page / open in headless Chromium, no task "
+                  f"activity, {cfg['idle_window']:.0f} s after {cfg['idle_settle']:.0f} s "
+                  f"settle (% of one core)", fmt(D.get("idle_cpu"), "%", 2), "—", "—"],
+                 ["the page's /data/ requests per second over that window",
+                  fmt(D.get("idle_requests"), "/s", 2), "—", "—"],
+                 ["dashboard wake-ups per second over that window (voluntary context "
+                  "switches, all threads)", fmt(D.get("idle_wakeups"), "/s", 1), "—", "—"],
+                 ["Chromium's own CPU over that window, all its processes (% of one core)",
+                  fmt(D.get("idle_browser_cpu"), "%", 1), "—", "—"]]
+    if D.get("lock_gets"):
+        late = sum(R.get("lock_late", []))
+        hold = cfg["dashboard_lock_hold"]
+        rows += [[f"GETs answered while another connection held BEGIN IMMEDIATE for "
+                  f"{hold:g} s (every endpoint in turn, each on a new connection)",
+                  fmt(D.get("lock_gets"), "GETs"), "—", "—"],
+                 ["slowest of them", fmt(D.get("lock_worst"), "ms", 1), "—", "—"],
+                 [f"slowest of the same GETs for {hold:g} s without the lock",
+                  fmt(D.get("lock_base_worst"), "ms", 1), "—", "—"],
+                 ["GETs under the lock slower than 2× their endpoint's slowest unlocked "
+                  "GET + 20 ms (or endpoints not answered), all repeats", str(late), "0",
+                  "yes" if late == 0 else "NO"],
+                 ["GETs that finished only after the lock's release, all repeats",
+                  str(sum(R.get("lock_after_release", []))), "—", "—"]]
+    if rows:
+        if out:
+            out.append("")
+        out += ["| metric (dashboard on the same file) | value | target | met? |",
+                "|---|---|---|---|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -2161,6 +2249,15 @@ def main(argv=None):
                     help="timed chains (and as many round trips) per repeat [50; quick 20]")
     ap.add_argument("--no-celery", action="store_true",
                     help="chord and chain on litequeue only (no redis-server, no Celery)")
+    ap.add_argument("--dashboard-rows", type=int,
+                    help="tasks in the dashboard's database [1000000; quick 100000]")
+    ap.add_argument("--dashboard-requests", type=int, default=20,
+                    help="timed GETs per dashboard endpoint, after 2 warm-ups [20]")
+    ap.add_argument("--dashboard-lock-hold", type=float, default=2.0,
+                    help="seconds another connection holds BEGIN IMMEDIATE while the "
+                         "dashboard answers [2]")
+    ap.add_argument("--cache-dir", default=CACHE_DIR,
+                    help=f"where the dashboard's database is kept between runs [{CACHE_DIR}]")
     ap.add_argument("--out", help="also write every sample and the summary as JSON here")
     args = ap.parse_args(argv)
     only = [m.strip() for m in args.only.split(",") if m.strip()]
@@ -2192,6 +2289,12 @@ def main(argv=None):
         "chord_members": args.chord_members,
         "chain_length": args.chain_length,
         "chain_runs": args.chain_runs or (20 if args.quick else 50),
+        "dashboard_rows": args.dashboard_rows or (100_000 if args.quick else 1_000_000),
+        "dashboard_requests": args.dashboard_requests,
+        "dashboard_warmups": 2,
+        "dashboard_lock_hold": args.dashboard_lock_hold,
+        "dashboard_drain_settle": 2.0,
+        "cache_dir": os.path.abspath(args.cache_dir),
     }
 
     lq_normal = LiteQueueSystem("litequeue NORMAL", "NORMAL")
@@ -2207,7 +2310,7 @@ def main(argv=None):
     canvas = {"chord", "chain"} & set(only)
     cel = CelerySystem(CELERY) if canvas and not args.no_celery else None
     results = {label: collections.defaultdict(list)
-               for label in [s.label for s in systems] + [FUTURE, CELERY]}
+               for label in [s.label for s in systems] + [FUTURE, CELERY, DASH]}
     if cel is not None:
         import kombu
         import redis as redis_py
@@ -2215,6 +2318,7 @@ def main(argv=None):
             "celery": cel.canvas.__version__, "kombu": kombu.__version__,
             "redis_py": redis_py.__version__, "redis": "?"}
     template = None
+    dash_db = None
 
     tmp = tempfile.mkdtemp(prefix="lqbench-")
     started = time.monotonic()
@@ -2272,6 +2376,14 @@ def main(argv=None):
                         measure_chain(s, worker, cfg, results[s.label])
                 if s is cel:
                     results[CELERY]["versions"]["redis"] = cel.redis_version
+            if "dashboard" in only:
+                if dash_db is None:
+                    dash_db = prepare_dashboard_db(tmp, cfg)
+                measure_dashboard(*dash_db, tmp, f"r{r}-dashboard", cfg, results[DASH])
+                # Alternate the order, so drift on the machine does not favour one side.
+                for browse in ((False, True) if r % 2 == 0 else (True, False)):
+                    tag = f"r{r}-dashboard-drain-{'open' if browse else 'none'}"
+                    measure_dashboard_drain(tmp, tag, browse, cfg["tasks"], cfg, results[DASH])
     finally:
         with _uninterrupted():
             cleanup_all()
@@ -2286,6 +2398,8 @@ def main(argv=None):
         tables.append(build_sched_table(S, results, cfg))
     if canvas:
         tables.append(build_canvas_table(S, cfg))
+    if "dashboard" in only:
+        tables.append(build_dashboard_table(S, results, cfg))
     table = "\n\n".join(tables)
     elapsed = time.monotonic() - started
     notes = (
@@ -2302,6 +2416,9 @@ def main(argv=None):
         (f"Celery {v['celery']} (kombu {v['kombu']}, redis-py {v['redis_py']}) on "
          f"redis-server {v['redis']} (127.0.0.1 TCP, no persistence) as broker and result "
          f"backend. " if (v := results[CELERY].get("versions")) else "") +
+        (f"Dashboard: its database held {cfg['dashboard_rows']:,} tasks (built once, kept in "
+         f"{cfg['cache_dir']}); headless Chromium {v['chromium']} driven by selenium "
+         f"{v['selenium']}. " if (v := results[DASH].get("versions")) else "") +
         f"Load average "
         f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end. Run took "
         f"{elapsed / 60:.1f} min.")
