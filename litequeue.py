@@ -70,6 +70,11 @@ _Doorbell and _Sleeper's callers)::
                                            WAL grows; revoke(terminate=True)
   done/<tag>.*     AsyncResult.get()       the child that commits the task's outcome
 
+Monitoring reads the same file: each worker process adds per-minute counters (the stats
+table) with a commit at most once a second; `litequeue dashboard`, /metrics and `litequeue
+health` read those, the workers table, lock files and the small state indexes, and never
+take the write lock to read.
+
 A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
 supervisor sets aside what its scheduler cannot read (quarantine). A busy write lock or a
 full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
