@@ -5566,12 +5566,18 @@ def _tag(task_id):
     return _short_hash(task_id) if isinstance(task_id, str) else None
 
 
+# Which count an outcome adds to (expired or revoked before it ran: none, no run).
 _STATS_KIND = {SUCCESS: 0, FAILURE: 1, RETRY: 2}
 
 
+def _stats_counts():
+    """succeeded, failed, retried, runtime sum, then one count per runtime bucket."""
+    return [0, 0, 0, 0.0] + [0] * (len(_RUNTIME_BUCKETS) + 1)
+
+
 class _Stats:
-    """A worker process's counters (by task name and queue), kept in memory and added to
-    the stats table with a commit at most every _STATS_FLUSH seconds, under the minute of
+    """A worker process's counters (by task name and queue; _Child._run adds to them),
+    kept in memory and added to the stats table with a commit at most every _STATS_FLUSH seconds, under the minute of
     that flush (so a count can land in the next minute by up to that much). A crash loses
     at most that much of the counts, never a task."""
 
@@ -5583,20 +5589,6 @@ class _Stats:
         self.worker = worker
         self.processed = self.failed = 0       # this process's totals, for its workers row
 
-    def add(self, name, queue, state, seconds):
-        kind = _STATS_KIND.get(state)
-        if kind is None:
-            return                      # expired or revoked before it ran: no run to count
-        self.processed += 1
-        if kind == 1:
-            self.failed += 1
-        key = (name, queue)
-        counts = self.rows.get(key)
-        if counts is None:
-            counts = self.rows[key] = [0, 0, 0, 0.0] + [0] * (len(_RUNTIME_BUCKETS) + 1)
-        counts[kind] += 1
-        counts[3] += seconds
-        counts[4 + bisect.bisect_left(_RUNTIME_BUCKETS, seconds)] += 1
 
     def take(self, force=False):
         """The rows to add now ([] before the interval is over, unless forced)."""
@@ -5688,6 +5680,7 @@ class _Child:
                                 busy_steps=_BUSY_STEPS_WORKER,
                                 on_wal_growth=self.control_bell.ring)
         self.tried_modules = set()
+        self.hostname = spec["hostname"]
         self.tasks, _, _ = _load_worker_code(spec, self.storage, self.tried_modules)
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
@@ -5827,7 +5820,19 @@ class _Child:
         self.lock.executing(0, begun=self.pending.begun)
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
-        self.stats.add(row.name, self.claim_queue, outcome.state, duration)
+        # The counters (_Stats.add, inlined: this is once per task).
+        kind = _STATS_KIND.get(outcome.state)
+        if kind is not None:
+            stats = self.stats
+            counts = stats.rows.get((row.name, self.claim_queue))
+            if counts is None:
+                counts = stats.rows[(row.name, self.claim_queue)] = _stats_counts()
+            counts[kind] += 1
+            counts[3] += duration
+            counts[4 if duration <= _RUNTIME_BUCKETS[0] else
+                   4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
+            stats.processed += 1
+            stats.failed += kind == 1
         if duration > _GROUP_COMMIT_WINDOW:
             self.batch = 1
         self.tasks_done += 1
@@ -6035,11 +6040,10 @@ class _Child:
         if hard:
             self.lock.executing(row.seq, time.time() + hard, begun)
             self.control_bell.ring()  # the supervisor enforces the hard limit
-        request = _request.current = _Request(
-            row.id, args, kwargs, retries=row.retries, attempt=row.attempt, name=row.name,
-            hostname=self.spec["hostname"], worker=self.worker_id, parent_id=row.parent_id,
-            root_id=row.root_id, group=row.group_id,
-            meta_writer=(self.storage, row.seq, row.attempt))
+        request = _request.current = _Request(    # positional: this is once per task
+            row.id, args, kwargs, row.retries, row.attempt, row.name, self.hostname,
+            self.worker_id, row.parent_id, row.root_id, row.group_id,
+            (self.storage, row.seq, row.attempt))
         watched = task._hooked or _TASK_WATCHERS[0]
         if watched:
             signals.task_prerun.send(sender=task, task_id=row.id, task=task, args=args,

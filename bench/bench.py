@@ -1278,6 +1278,10 @@ def build_dashboard_db(db, rows):
                     "started_at) VALUES (?, ?, 'app-host-1', ?, 'default,emails,reports', ?, ?)",
                     (worker, None if i == 0 else _DASH_SUPERVISOR, 2000 + int(worker[-2:], 16),
                      2 if i == 0 else None, built_at - 3 * 3600))
+            columns = {c[1] for c in conn.execute("PRAGMA table_info(workers)")}
+            if {"processed", "failed"} <= columns:      # each child's totals so far
+                conn.execute("UPDATE workers SET processed = ?, failed = ? WHERE parent "
+                             "IS NOT NULL", (history // 8, history // 8 * 3 // 100))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         counts = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
         top = conn.execute("SELECT max(seq) FROM tasks").fetchall()[0][0]
@@ -1301,12 +1305,21 @@ def build_dashboard_db(db, rows):
             "names": [list(n) for n in _DASH_NAMES], "rare_name": _DASH_NAMES[-1][0]}
 
 
+def _schema_tag():
+    """litequeue.SCHEMA_VERSION, and a hash of the schema's text (litequeue's private
+    _MIGRATIONS, when it has them): a migration edited in place changes the hash."""
+    import hashlib
+    migrations = getattr(litequeue, "_MIGRATIONS", None)
+    text = "\n".join(migrations) if isinstance(migrations, (list, tuple)) else ""
+    return f"{litequeue.SCHEMA_VERSION}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def dashboard_cache(cfg):
     """(path, metadata) of the cached database of cfg["dashboard_rows"] rows, built now if
     it is missing, of another schema version or builder, or not what its metadata says.
     Builds of other versions for the same row count are deleted."""
     rows, cache_dir = cfg["dashboard_rows"], cfg["cache_dir"]
-    stem = f"dashboard-{rows}-schema{litequeue.SCHEMA_VERSION}-build{_DASH_BUILD}"
+    stem = f"dashboard-{rows}-schema{_schema_tag()}-build{_DASH_BUILD}"
     path = os.path.join(cache_dir, stem + ".sqlite")
     meta_path = os.path.join(cache_dir, stem + ".json")
     try:
