@@ -1351,9 +1351,12 @@ _MIGRATIONS = [
         {", ".join(f"h{i} INTEGER NOT NULL DEFAULT 0" for i in range(len(_RUNTIME_BUCKETS) + 1))},
         PRIMARY KEY (minute, name, queue)
     ) WITHOUT ROWID;
-    -- The dashboard counts and lists these states through their own small indexes.
-    CREATE INDEX tasks_waiting ON tasks (seq) WHERE state = 'WAITING';
-    CREATE INDEX tasks_failed ON tasks (finished_at) WHERE state = 'FAILURE';
+    -- The dashboard counts these states per queue from their own small indexes alone
+    -- (covering: no table row is read), so its cost follows them, not finished rows.
+    CREATE INDEX tasks_waiting ON tasks (queue) WHERE state = 'WAITING';
+    CREATE INDEX tasks_failed ON tasks (finished_at, queue) WHERE state = 'FAILURE';
+    DROP INDEX tasks_due;
+    CREATE INDEX tasks_due ON tasks (eta, queue, state) WHERE state IN ('SCHEDULED', 'RETRY');
     -- What each worker process has run (written with its counters).
     ALTER TABLE workers ADD COLUMN processed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE workers ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
@@ -1686,15 +1689,18 @@ _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 
 # The monitoring reads (dashboard, /metrics, health): each through an index, so their cost
 # follows the waiting and running rows, not the finished ones.
-# tasks_ready, tasks_due, tasks_running, tasks_waiting, tasks_failed.
+# Each part reads one partial index and no table row (tasks_ready, tasks_due, tasks_waiting
+# and tasks_failed cover it; tasks_running reads the few running rows). The oldest waiting
+# task of a queue is the row of its smallest seq: one lookup per queue.
 _SQL_STATE_COUNTS = """
-    SELECT queue, 'PENDING', count(*), min(created_at) FROM tasks WHERE state = 'PENDING'
-    GROUP BY queue
-    UNION ALL SELECT queue, state, count(*), min(created_at) FROM tasks
+    SELECT queue, 'PENDING', n, (SELECT created_at FROM tasks WHERE seq = first)
+    FROM (SELECT queue, count(*) AS n, min(seq) AS first FROM tasks
+          WHERE state = 'PENDING' GROUP BY queue)
+    UNION ALL SELECT queue, state, count(*), NULL FROM tasks
     WHERE state IN ('SCHEDULED', 'RETRY') GROUP BY queue, state
-    UNION ALL SELECT queue, 'STARTED', count(*), min(started_at) FROM tasks
+    UNION ALL SELECT queue, 'STARTED', count(*), NULL FROM tasks
     WHERE state = 'STARTED' GROUP BY queue
-    UNION ALL SELECT queue, 'WAITING', count(*), min(created_at) FROM tasks
+    UNION ALL SELECT queue, 'WAITING', count(*), NULL FROM tasks
     WHERE state = 'WAITING' GROUP BY queue
     UNION ALL SELECT queue, 'FAILURE', count(*), NULL FROM tasks WHERE state = 'FAILURE'
     GROUP BY queue
@@ -1718,13 +1724,13 @@ _SQL_STATS_BY_NAME = f"""
 # newest :window rows, so a search never reads the whole table.
 _SQL_TASK_PAGE = f"""
     SELECT seq, {", ".join(_TASK_COLUMNS)} FROM tasks
-    WHERE seq < :before AND (:state IS NULL OR state = :state)
+    WHERE seq < :before AND seq > :after AND (:state IS NULL OR state = :state)
       AND (:queue IS NULL OR queue = :queue) AND (:name IS NULL OR name = :name)
-      AND (:text IS NULL OR (seq > (SELECT max(seq) FROM tasks) - :window
-                             AND (instr(payload, CAST(:text AS BLOB)) > 0
-                                  OR instr(id, :text) > 0 OR instr(name, :text) > 0)))
+      AND (:text IS NULL OR instr(payload, CAST(:text AS BLOB)) > 0
+           OR instr(id, :text) > 0 OR instr(name, :text) > 0)
     ORDER BY seq DESC LIMIT :n
 """
+_SQL_MAX_SEQ = "SELECT max(seq) FROM tasks"
 _SQL_TASK_NAMES = "SELECT name FROM registry ORDER BY name"
 # Failure mails. tasks_failed: the failures that finished in (cursor, until].
 _SQL_ALERT_CURSOR = "SELECT cursor FROM alerts WHERE id = 1"
@@ -2467,10 +2473,16 @@ class _Storage:
         return self.conn.execute(_SQL_STATS_BY_NAME, {"since": since}).fetchall()
 
     def task_page(self, before, state, queue, name, text, limit, window=10000):
-        """Tasks newest first below seq `before`: [(seq, row dict)]."""
+        """Tasks newest first below seq `before`: [(seq, row dict)]. A text search looks at
+        the newest `window` rows only (a range on the primary key), so it never reads the
+        whole table."""
+        after = 0
+        if text is not None:
+            top = self.conn.execute(_SQL_MAX_SEQ).fetchall()[0][0] or 0
+            after = top - window
         rows = self.conn.execute(_SQL_TASK_PAGE, {
-            "before": before, "state": state, "queue": queue, "name": name, "text": text,
-            "window": window, "n": limit})
+            "before": before, "after": after, "state": state, "queue": queue, "name": name,
+            "text": text, "n": limit})
         return [(r[0], dict(zip(self._TASK_COLUMNS, r[1:]))) for r in rows]
 
     def take_failures(self, until):
@@ -6972,9 +6984,10 @@ def _check(name, ok, value, threshold, detail):
             "detail": detail}
 
 
-def _health_checks(app, max_wait=300.0, now=None):
+def _health_checks(app, max_wait=300.0, now=None, counts=None):
     """The health checks of `litequeue health` and /healthcheck: [{name, ok, value,
-    threshold, detail}]. Reads only; never imports task code."""
+    threshold, detail}]. Reads only; never imports task code. counts: Admin.state_counts()
+    when the caller has read them already."""
     now = time.time() if now is None else now
     storage, admin = app._storage(), app.admin
     checks = []
@@ -6990,7 +7003,7 @@ def _health_checks(app, max_wait=300.0, now=None):
                              f", {len(dead)} dead (their tasks are rescued by a live one)"
                              if dead else "") if live else "no live worker supervisor"))
     served = {q for w in live for q in str(w["queues"]).split(",")}
-    counts, oldest = admin.state_counts()
+    counts, oldest = counts or admin.state_counts()
     unserved = sorted(q for q, states in counts.items()
                       if states.get(PENDING) and q not in served)
     checks.append(_check("queues served", not unserved, len(unserved), 0,
@@ -7341,7 +7354,7 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         counts, oldest = admin.state_counts()
         now = time.time()
         day = admin.throughput(24 * 60)
-        checks = _health_checks(self.server.app, self.server.max_wait)
+        checks = _health_checks(self.server.app, self.server.max_wait, counts=(counts, oldest))
         self._json({"now": now, "counts": counts,
                     "oldest": {q: now - t for q, t in oldest.items()},
                     "hour": admin.throughput(60),
