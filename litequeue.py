@@ -1739,7 +1739,7 @@ _SQL_HAS_FAILURES = """
                           AND finished_at <= :until LIMIT 1
 """
 _SQL_FAILURES = """
-    SELECT id, name, result, traceback, finished_at FROM tasks
+    SELECT id, name, result, traceback, finished_at FROM tasks INDEXED BY tasks_failed
     WHERE state = 'FAILURE' AND finished_at > :after AND finished_at <= :until
     ORDER BY finished_at
 """
