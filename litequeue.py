@@ -1462,7 +1462,10 @@ _SQL_REVOKE = """
 # What a row's end sets in motion (_Storage._settle runs them in the transaction that
 # records the end, so a crash can neither lose a follow-up nor queue one twice).
 # tasks_parent serves each.
-_WAKE = "state = CASE WHEN eta IS NULL THEN 'PENDING' ELSE 'SCHEDULED' END, eta = :now + eta"
+# eta becomes the time the row is due (now, or now + its countdown): for a PENDING row it
+# says since when it has been ready to run.
+_WAKE = ("state = CASE WHEN eta IS NULL OR eta <= 0 THEN 'PENDING' ELSE 'SCHEDULED' END, "
+         "eta = :now + coalesce(eta, 0)")
 # WAITING -> PENDING or SCHEDULED: the links of a task that succeeded, its result as input.
 _SQL_ACTIVATE_LINKS = f"""
     UPDATE tasks SET {_WAKE}, input = CASE waits WHEN 'link' THEN :result END
@@ -1473,10 +1476,15 @@ _SQL_ACTIVATE_ERRBACKS = f"""
     UPDATE tasks SET {_WAKE}
     WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('error', 'error_si')
 """
-# WAITING -> (deleted): the errbacks of a task that did not fail; nothing will run them.
+# WAITING -> (deleted): the errbacks of a task that did not fail; nothing will run them
+# (nor what waits on them: _settle follows the ids down).
 _SQL_DROP_ERRBACKS = """
     DELETE FROM tasks WHERE parent_id = :parent AND state = 'WAITING'
                         AND waits IN ('error', 'error_si')
+    RETURNING id
+"""
+_SQL_DROP_WAITING_CHILDREN = """
+    DELETE FROM tasks WHERE parent_id = :parent AND state = 'WAITING' RETURNING id
 """
 # WAITING -> FAILURE, REVOKED or EXPIRED: the rest of a chain whose task did not succeed
 # ends as that task did (Celery marks the rest of the chain failed too).
@@ -1566,22 +1574,40 @@ _SQL_LIST_TASKS = f"""
     ORDER BY seq DESC LIMIT :n
 """
 _SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
+# A row that ended without running because what it waited for did not succeed (the rest
+# of a chain, a chord's body): it has no input, so it cannot run on its own.
+_NEVER_RAN_FOLLOWER = "(waits IN ('link', 'chord') AND input IS NULL)"
 # FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
-# fresh retry budget, its error history kept.
-_SQL_REQUEUE = """
+# fresh retry budget, its error history kept (not a follower that never ran).
+_SQL_REQUEUE = f"""
     UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
                      eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
                      retries = 0
     WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+      AND NOT {_NEVER_RAN_FOLLOWER}
+"""
+# FAILURE, REVOKED or EXPIRED -> WAITING: the rest of a chain that the requeued task's end
+# had ended without running waits for it again (tasks_parent; a worklist follows it down).
+_SQL_REOPEN_CHAIN = """
+    UPDATE tasks SET state = 'WAITING', result = NULL, traceback = NULL, finished_at = NULL
+    WHERE parent_id = :parent AND waits IN ('link', 'link_si') AND attempt = 0
+      AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+    RETURNING id
 """
 # FAILURE -> PENDING, in bulk (by task name, or all): the dashboard's "retry all failed".
-# tasks_failed; a batch per transaction.
-_SQL_REQUEUE_FAILED = """
-    UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
-                     eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
-                     retries = 0
-    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'FAILURE'
-                                         AND (:name IS NULL OR name = :name) LIMIT :n)
+# tasks_failed: the ids of a batch, each then requeued as above.
+_SQL_FAILED_IDS = f"""
+    SELECT id FROM tasks INDEXED BY tasks_failed
+    WHERE state = 'FAILURE' AND (:name IS NULL OR name = :name) AND NOT {_NEVER_RAN_FOLLOWER}
+    LIMIT :n
+"""
+# WAITING -> (deleted): rows whose parent is gone (purged or deleted): nothing would ever
+# wake them. tasks_waiting, then the parent's UNIQUE id.
+_SQL_DROP_ORPHANS = """
+    DELETE FROM tasks WHERE seq IN (
+        SELECT seq FROM tasks INDEXED BY tasks_waiting WHERE state = 'WAITING'
+          AND parent_id IS NOT NULL AND NOT EXISTS (
+              SELECT 1 FROM tasks AS p WHERE p.id = tasks.parent_id) LIMIT :n)
 """
 # PENDING, SCHEDULED, RETRY or WAITING -> (deleted).
 _SQL_PURGE = """
@@ -1693,7 +1719,8 @@ _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 # and tasks_failed cover it; tasks_running reads the few running rows). The oldest waiting
 # task of a queue is the row of its smallest seq: one lookup per queue.
 _SQL_STATE_COUNTS = """
-    SELECT queue, 'PENDING', n, (SELECT created_at FROM tasks WHERE seq = first)
+    SELECT queue, 'PENDING', n, (SELECT max(created_at, coalesce(eta, 0)) FROM tasks
+                                 WHERE seq = first)
     FROM (SELECT queue, count(*) AS n, min(seq) AS first FROM tasks
           WHERE state = 'PENDING' GROUP BY queue)
     UNION ALL SELECT queue, state, count(*), NULL FROM tasks
@@ -2179,7 +2206,7 @@ class _Storage:
             if state == SUCCESS:
                 conn.execute(_SQL_ACTIVATE_LINKS, dict(params, result=result))
                 follow.woken += conn.changes()
-                conn.execute(_SQL_DROP_ERRBACKS, {"parent": task_id})
+                self._drop_errbacks(conn, task_id)
             else:
                 for (child,) in conn.execute(_SQL_CASCADE, dict(
                         params, state=state, result=result, traceback=tb)).fetchall():
@@ -2189,10 +2216,20 @@ class _Storage:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
                 else:
-                    conn.execute(_SQL_DROP_ERRBACKS, {"parent": task_id})
+                    self._drop_errbacks(conn, task_id)
             member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
             if member and member[0][0] is not None and member[0][1] is not None:
                 self._chord_part(conn, member[0], task_id, state, result, now, follow, work)
+
+    @staticmethod
+    def _drop_errbacks(conn, task_id):
+        """Delete a task's errbacks and every row that waits on them (an errback that is
+        a chain), down to the last."""
+        gone = [i for (i,) in conn.execute(_SQL_DROP_ERRBACKS, {"parent": task_id})]
+        while gone:
+            parent = gone.pop()
+            gone += [i for (i,) in conn.execute(_SQL_DROP_WAITING_CHILDREN,
+                                                {"parent": parent})]
 
     def _chord_part(self, conn, member, task_id, state, result, now, follow, work):
         """Count one chord member's end (see _settle)."""
@@ -2574,18 +2611,42 @@ class _Storage:
             conn.execute(_SQL_FORGET, (task_id,))
 
     def requeue(self, task_id):
-        """Queue a FAILURE, REVOKED or EXPIRED task again; True if it was one."""
+        """Queue a FAILURE, REVOKED or EXPIRED task again; True if it was one. The rest of
+        its chain, which its end had ended unrun, waits for it again. A follower that never
+        ran (it has no input) is not requeued alone: requeue the task it follows."""
         with self.write() as conn:
-            conn.execute(_SQL_REQUEUE, (task_id,))
-            return conn.changes() > 0
+            return self._requeue(conn, task_id)
+
+    @staticmethod
+    def _requeue(conn, task_id):
+        conn.execute(_SQL_REQUEUE, (task_id,))
+        if not conn.changes():
+            return False
+        reopened = [task_id]
+        while reopened:
+            reopened += [i for (i,) in conn.execute(_SQL_REOPEN_CHAIN,
+                                                    {"parent": reopened.pop()})]
+        return True
 
     def purge(self, queue=None):
-        """Delete every task waiting to run (in one queue, or all); returns how many."""
-        return self._in_batches(_SQL_PURGE, {"queue": queue}, _PRUNE_BATCH)
+        """Delete every task waiting to run (in one queue, or all), and the rows of any
+        queue that waited on them; returns how many were purged."""
+        purged = self._in_batches(_SQL_PURGE, {"queue": queue}, _PRUNE_BATCH)
+        while purged and self._in_batches(_SQL_DROP_ORPHANS, {}, _PRUNE_BATCH):
+            pass           # each pass frees the rows that waited on the last one's
+        return purged
 
     def requeue_failed(self, name=None):
-        """Queue again every FAILURE task (of one name, or all); returns how many."""
-        return self._in_batches(_SQL_REQUEUE_FAILED, {"name": name}, _PRUNE_BATCH)
+        """Queue again every FAILURE task (of one name, or all), a batch per
+        transaction; returns how many."""
+        total = 0
+        while True:
+            with self.write() as conn:
+                ids = [i for (i,) in conn.execute(_SQL_FAILED_IDS,
+                                                  {"name": name, "n": _PRUNE_BATCH})]
+                total += sum(self._requeue(conn, i) for i in ids)
+            if len(ids) < _PRUNE_BATCH:
+                return total
 
     def counts(self):
         return self.conn.execute(_SQL_COUNTS).fetchall()
@@ -4026,7 +4087,8 @@ class _Canvas:
         plan = _Plan(app, options)
         given = (tuple(args or ()), dict(kwargs or {}))
         if isinstance(node, group) and node._flat(app):
-            result, _ = plan.flat_group(node, given)
+            with plan.scoped(node.options):
+                result, _ = plan.flat_group(node, given)
         else:
             result, _ = node._attach(plan, given, None, None)
         plan.commit()
@@ -4184,8 +4246,39 @@ def _eager_follow(options, result):
             callback.apply((result.result,))
     elif result.failed():
         for errback in options.get("link_error") or ():
-            for sig in errback._nodes()[:1]:
-                sig.apply(_errback_args(sig._resolve(sig._find_app()), result))
+            _eager_errback(errback, result)
+
+
+def _eager_errback(errback, failed):
+    """Run an errback (a signature, chain or group) inline for a failed EagerResult: its
+    first tasks get the errback arguments as a worker would pass them (the request object
+    cannot go through msgpack, so they are called directly), the rest of a chain follows."""
+    if isinstance(errback, group):
+        for member in errback.tasks:
+            _eager_errback(member, failed)
+        return None
+    steps = errback._steps() if isinstance(errback, chain) else [errback]
+    first, rest = steps[0], steps[1:]
+    if not isinstance(first, Signature):
+        raise ConfigurationError("an errback must start with a signature")
+    app = first._find_app()
+    task = first._resolve(app)
+    if task is None:
+        raise UnknownTask(f"cannot run {first.task!r} here: it is not defined in this process")
+    args = first.args if first.immutable else (*_errback_args(task, failed), *first.args)
+    task_id = first.options.get("task_id") or _new_id()
+    try:
+        value = task(*args, **first.kwargs)
+        result = EagerResult(task_id, app, SUCCESS, value, name=task.name)
+    except Exception as exc:
+        result = EagerResult(task_id, app, FAILURE, exc, _traceback.format_exc(),
+                             name=task.name)
+    _eager_follow(first.options, result)
+    for step in rest:
+        if not result.successful():
+            break
+        result = step.apply((result.result,))
+    return result
 
 
 def _errback_args(task, failed):
@@ -4272,6 +4365,10 @@ class chain(_Canvas):
         return steps
 
     def _attach(self, plan, given, after, waits):
+        with plan.scoped(self.options):
+            return self._attach_steps(plan, given, after, waits)
+
+    def _attach_steps(self, plan, given, after, waits):
         steps = self._steps()
         if not steps:
             raise ConfigurationError("an empty chain has nothing to run")
@@ -4355,6 +4452,10 @@ class group(_Canvas):
             k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
 
     def _attach(self, plan, given, after, waits, group_id=None):
+        with plan.scoped(self.options):
+            return self._attach_members(plan, given, after, waits, group_id)
+
+    def _attach_members(self, plan, given, after, waits, group_id):
         group_id = group_id or self.options.get("task_id") or _new_id()
         results, lasts = [], []
         for index, task in enumerate(self.tasks):
@@ -4442,6 +4543,10 @@ class chord(_Canvas):
         return self.apply_async(**options)
 
     def _attach(self, plan, given, after, waits):
+        with plan.scoped(self.options):
+            return self._attach_parts(plan, given, after, waits)
+
+    def _attach_parts(self, plan, given, after, waits):
         if self.body is None:
             raise TypeError("a chord needs a body: chord(header)(body)")
         body = self.body
@@ -4523,6 +4628,9 @@ class _Plan:
         if after is not None:
             after["followers"] = 1
         if waits:
+            if options.get("eta") is not None:
+                raise ConfigurationError(f"{sig.task} follows another task: give it a "
+                                         "countdown (from that task's end), not an eta")
             row["waits"] = waits + ("_si" if sig.immutable else "")
             row["state"] = WAITING
             if row["eta"] is not None:         # a countdown from the parent's end
@@ -4531,6 +4639,21 @@ class _Plan:
             self.tasks[task.name] = task
         self.rows.append(row)
         return row
+
+    @contextlib.contextmanager
+    def scoped(self, options):
+        """A chain's, group's or chord's own apply_async options (set with .set() or given
+        to its constructor) as defaults for the rows inside it."""
+        extra = {k: v for k, v in options.items() if k not in ("link", "link_error", "task_id")}
+        if not extra:
+            yield
+            return
+        saved = self.defaults
+        self.defaults = {**saved, **extra}
+        try:
+            yield
+        finally:
+            self.defaults = saved
 
     def save_group(self, group_id, members):
         ids = [row["id"] for row in members]
@@ -5135,7 +5258,7 @@ class Admin:
         oldest waiting task's created_at}, read through their indexes."""
         counts, oldest = {}, {}
         for queue, state, n, first in self.app._storage().state_counts():
-            queue = _shown(queue)
+            queue = queue if isinstance(queue, str) else _shown(queue)
             counts.setdefault(queue, {})[state] = n
             if state == PENDING and _is_time(first):
                 oldest[queue] = first
@@ -5167,6 +5290,8 @@ class Admin:
         """A page of tasks newest first ([task dict], next `before` or None), filtered."""
         limit = max(1, min(int(limit), 500))
         before = (1 << 62) if before is None else int(before)
+        if not 0 < before <= 1 << 62:
+            raise ValueError("before must be a task's position (a positive whole number)")
         rows = self.app._storage().task_page(before, state or None, queue or None,
                                              name or None, text or None, limit)
         tasks = [_task_summary(row) for _, row in rows]
@@ -7166,9 +7291,12 @@ class _Dashboard(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.csrf = secrets.token_urlsafe(32)
         self.pool = queue.SimpleQueue()      # idle read connections, lent to requests
         self.port = self.server_address[1]
+        # Behind --auth on another address any Host is served: the password guards it.
         names = {host, "localhost"} if host in _LOOPBACK else None
         self.hosts = None if names is None else \
             {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
+        if self.hosts is not None and self.port == 80:        # browsers omit :80
+            self.hosts |= {f"[{n}]" if ":" in n else n for n in names}
 
     def url(self):
         host = self.server_address[0]
@@ -7243,21 +7371,31 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         try:
             # Read the whole body first: left unread, it would be taken for the start of
             # the next request on this kept-alive connection.
-            length = int(self.headers.get("Content-Length") or 0)
+            self.raw = b""
+            if self.headers.get("Transfer-Encoding") is not None:
+                self.close_connection = True       # the body's end is unknown: drop it all
+                raise _HTTPError(411, "send a Content-Length, not Transfer-Encoding")
+            given = self.headers.get("Content-Length") or "0"
+            if not given.isdigit():
+                self.close_connection = True
+                raise _HTTPError(400, "Content-Length is not a number")
+            length = int(given)
             if length > 1 << 20:
                 self.close_connection = True
                 raise _HTTPError(413, "request body over 1 MiB")
-            self.raw = self.rfile.read(length) if length > 0 else b""
+            self.raw = self.rfile.read(length) if length else b""
             self._check_request(method)
             url = urllib.parse.urlsplit(self.path)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-            path = urllib.parse.unquote(url.path)
+            # Match the path as sent (an id may hold an encoded "/"), then decode the parts.
+            path = url.path
             for route_method, pattern, name in self.ROUTES:
                 match = pattern.fullmatch(path)
                 if match:
                     if route_method != method:
                         raise _HTTPError(405, f"{path} takes {route_method}")
-                    return getattr(self, name)(**match.groupdict())
+                    return getattr(self, name)(**{k: urllib.parse.unquote(v) for k, v
+                                                  in match.groupdict().items()})
             raise _HTTPError(404, f"no page at {path}")
         except _HTTPError as exc:
             self._json({"error": str(exc)}, exc.status)
@@ -7295,7 +7433,7 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
             site = self.headers.get("Sec-Fetch-Site")
             if site is not None and site not in ("same-origin", "none"):
                 raise _HTTPError(403, "cross-site request refused")
-            if origin is not None and origin != f"http://{host}":
+            if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
                 raise _HTTPError(403, "cross-origin request refused")
             if origin is not None or site is not None:      # a browser: it needs the token
                 token = self.headers.get("X-CSRF-Token", "")
@@ -7442,8 +7580,11 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         if result.state == UNKNOWN:
             raise TaskNotFound(f"no task with id {id!r}")
         if "timeout" in self.query:
+            timeout = float(self.query["timeout"])
+            if not math.isfinite(timeout) or timeout < 0:
+                raise ValueError("timeout must be a number of seconds >= 0")
             with contextlib.suppress(TimeoutError):
-                result.get(timeout=min(float(self.query["timeout"]), 60), propagate=False)
+                result.get(timeout=min(timeout, 60), propagate=False)
         info = _task_summary(result._fetch())
         self._json({"task-id": id, "state": info["state"],
                     "result": info["result"] if info["state"] == SUCCESS else

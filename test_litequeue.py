@@ -5751,6 +5751,14 @@ def step(self, value, tag):
 
 
 @app.task
+def fails_once(value, marker):
+    """Fails until the marker exists, then passes its value on."""
+    if not os.path.exists(os.path.join(MARKS, marker)):
+        raise ValueError("not yet")
+    return value
+
+
+@app.task
 def errback3(request, exc, traceback):
     log("errbacks", request.id, request.task, request.args, type(exc).__name__, str(exc),
         "Traceback" in (traceback or ""))
@@ -6226,6 +6234,62 @@ class TestCanvas:
         with pytest.raises(TaskNotFound):
             app.GroupResult(g.id)
 
+    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (add.s(1, 1) | fails_once.s("ok") | add.s(1)).delay()
+            r.get(timeout=30, propagate=False)
+            print(json.dumps([r.id, r.parent.id, r.state]))
+        ''')
+        tail, step, state = out
+        assert state == FAILURE
+        # The tail never ran: it cannot be requeued alone (it has no input).
+        refused = lq("retry", canvas.db, tail, cwd=canvas.dir)
+        assert refused.returncode == 1
+        (canvas.marks / "ok").touch()
+        assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
+        assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
+
+    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = add.apply_async((1, 2), link_error=chain(errback1.s(), collect.s()))
+            print(json.dumps(r.get(timeout=30)))
+        ''')
+        assert out == 3
+        wait_until(lambda: canvas.count("state = 'WAITING'") == 0, 10, "no WAITING rows")
+
+    def test_options_set_on_a_chain_group_or_chord_reach_every_task(self, tmp_path):
+        db = str(tmp_path / "set.sqlite")
+        app = LiteQueue(db)
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        from litequeue import chain, chord
+        chain(add.s(1, 1), add.s(1)).set(queue="q1", priority=3).apply_async()
+        group(add.s(1, 1), add.s(2, 2)).set(queue="q2").apply_async()
+        chord([add.s(1, 1)], add.s(1), queue="q3").apply_async()
+        assert sorted(sql(db, "SELECT queue, count(*) FROM tasks GROUP BY queue")) == [
+            ("q1", 2), ("q2", 2), ("q3", 2)]
+        with pytest.raises(ConfigurationError, match="countdown"):
+            (add.s(1, 1) | add.s(1).set(eta=dt.datetime.now(dt.timezone.utc))).delay()
+        with pytest.raises(TypeError, match="unsupported"):
+            chain(add.s(1, 1), add.s(1)).set(routing_key="x").delay()
+
+    def test_purging_a_queue_drops_what_waited_on_it_elsewhere(self, tmp_path):
+        db = str(tmp_path / "purge.sqlite")
+        app = LiteQueue(db)
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        (add.s(1, 1).set(queue="a") | add.s(1).set(queue="b") | add.s(2).set(queue="c")).delay()
+        assert app.admin.purge("a") == 1
+        assert sql(db, "SELECT count(*) FROM tasks")[0][0] == 0
+
     def test_eager_mode_runs_the_whole_canvas_inline(self, tmp_path):
         app = LiteQueue(str(tmp_path / "eager.sqlite"), task_always_eager=True)
 
@@ -6257,6 +6321,14 @@ class TestCanvas:
         bad = chord([add.s(1, 1), boom.s(2)], total.s()).delay()
         with pytest.raises(litequeue.ChordError):
             bad.get()
+        told = []
+
+        @app.task
+        def eb3(request, exc, traceback):
+            told.append((request.id, type(exc).__name__, "Traceback" in traceback))
+
+        r = boom.apply_async((3,), link_error=chain(eb3.s(), add.si(1, 1)))
+        assert told == [(r.id, "ValueError", True)]
         assert add.apply_async((1, 1), link=add.s(5)).successful()
         assert not (tmp_path / "eager.sqlite").exists()
 
@@ -6578,6 +6650,25 @@ class TestDashboard:
         d = dashboards(project)
         hour = d.json("/data/overview")["hour"]
         assert len(hour) == 60 and sum(m[1] for m in hour) == 5
+
+    def test_odd_requests_get_clear_answers(self, project, dashboards):
+        odd = project.app.tasks["tasks.add"].apply_async((1, 1), task_id="id/with/slash",
+                                                          countdown=600)
+        d = dashboards(project)
+        assert d.json("/data/task/id%2Fwith%2Fslash")["id"] == odd.id
+        assert d.json("/data/tasks?before=99999999999999999999999", status=400)["error"]
+        assert d.json(f"/api/task/result/{odd.id.replace('/', '%2F')}?timeout=nan",
+                      status=400)["error"]
+        import http.client
+        conn = http.client.HTTPConnection(d.host, timeout=10)
+        conn.putrequest("POST", "/api/task/revoke/id%2Fwith%2Fslash")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"0\r\n\r\n")
+        assert conn.getresponse().status == 411
+        conn.close()
+        assert odd.state == SCHEDULED
+        assert "Revoked" in d.json("/api/task/revoke/id%2Fwith%2Fslash", "POST")["message"]
 
     def test_reads_never_wait_for_the_write_lock(self, project, dashboards):
         task_id = project.delay("add", 1, 1).id
