@@ -1576,7 +1576,7 @@ _SQL_LIST_TASKS = f"""
 _SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
 # A row that ended without running because what it waited for did not succeed (the rest
 # of a chain, a chord's body): it has no input, so it cannot run on its own.
-_NEVER_RAN_FOLLOWER = "(waits IN ('link', 'chord') AND input IS NULL)"
+_NEVER_RAN_FOLLOWER = "(waits IS NOT NULL AND waits IN ('link', 'chord') AND input IS NULL)"
 # FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
 # fresh retry budget, its error history kept (not a follower that never ran).
 _SQL_REQUEUE = f"""
