@@ -7493,7 +7493,7 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         now = time.time()
         day = admin.throughput(24 * 60)
         checks = _health_checks(self.server.app, self.server.max_wait, counts=(counts, oldest))
-        self._json({"now": now, "counts": counts,
+        self._json({"counts": counts,
                     "oldest": {q: now - t for q, t in oldest.items()},
                     "hour": admin.throughput(60),
                     "day": [day[i:i + 20] for i in range(0, len(day), 20)],
@@ -8238,10 +8238,17 @@ function svg(tag, attrs) { const e = document.createElementNS(SVG, tag);
 function when(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
 function secs(s) { return s === null || s === undefined ? "" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
 function stateCell(s) { return el("td", {}, el("span", {class: "st " + s, text: s})); }
+const seen = {};
+let auto = false;      // true while the timer redraws: an unchanged answer redraws nothing
+class Unchanged extends Error {}
 async function getJSON(path) {
   const r = await fetch(path, {headers: {"Accept": "application/json"}});
-  const body = await r.json();
+  const text = await r.text();
+  const body = JSON.parse(text);
   if (!r.ok) throw new Error(body.error || r.statusText);
+  const same = seen[path] === text;
+  seen[path] = text;
+  if (same && auto) throw new Unchanged();
   return body;
 }
 async function post(path, body) {
@@ -8382,7 +8389,9 @@ async function schedulesPage() {
     el("td", {}, ...(s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: n.at + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires})));
   main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires"], rows));
 }
-async function render() {
+async function render(timer) {
+  auto = timer === true;
+  if (!auto) for (const k of Object.keys(seen)) delete seen[k];
   drawNav();
   const p = location.pathname;
   try {
@@ -8393,14 +8402,17 @@ async function render() {
     else if (p === "/queues") await queuesPage();
     else if (p === "/schedules") await schedulesPage();
     document.getElementById("live").textContent = "live · " + new Date().toLocaleTimeString();
-  } catch (e) { document.getElementById("live").textContent = "error: " + e.message; }
+  } catch (e) {
+    if (e instanceof Unchanged) document.getElementById("live").textContent = "live · " + new Date().toLocaleTimeString();
+    else document.getElementById("live").textContent = "error: " + e.message;
+  } finally { auto = false; }
 }
 function go(path) { history.pushState(null, "", path); render(); }
 window.addEventListener("popstate", render);
 let busy = false;
 // Live: the current view is read again every second, except while the user types in it.
 setInterval(async () => { if (busy || (document.activeElement && ["INPUT", "SELECT"].includes(document.activeElement.tagName))) return;
-  busy = true; try { await render(); } finally { busy = false; } }, 1000);
+  busy = true; try { await render(true); } finally { busy = false; } }, 1000);
 render();
 </script></body></html>
 """
