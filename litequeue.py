@@ -1367,6 +1367,13 @@ _MIGRATIONS = [
         cursor      REAL NOT NULL
     );
     """,
+    """
+    -- Paused queues: no worker claims from them until they are resumed.
+    CREATE TABLE paused (
+        queue       TEXT PRIMARY KEY,
+        since       REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1413,12 +1420,19 @@ _SQL_CLAIM = """
     WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND queue = :queue
                   ORDER BY priority DESC, seq LIMIT :n)
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
     RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
               priority, parent_id, root_id, group_id, waits, input, followers
 """
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe.
-_SQL_HAS_READY = "SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue LIMIT 1"
+_SQL_HAS_READY = """
+    SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue) LIMIT 1
+"""
+_SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
+_SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
+_SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
 # STARTED -> SUCCESS, FAILURE, RETRY or EXPIRED. Primary key; the attempt and worker are
 # the fencing token of the claim.
 _SQL_COMPLETE = """
@@ -2119,6 +2133,22 @@ class _Storage:
         return rows[0][0] if rows else None
 
     # -- workers -----------------------------------------------------------------------
+
+    def pause(self, queue, now):
+        """Stop every worker claiming from queue; True if it was running."""
+        with self.write() as conn:
+            conn.execute(_SQL_PAUSE, {"queue": queue, "now": now})
+            return conn.changes() > 0
+
+    def resume(self, queue):
+        """Let workers claim from queue again; True if it was paused."""
+        with self.write() as conn:
+            conn.execute(_SQL_RESUME, {"queue": queue})
+            return conn.changes() > 0
+
+    def paused(self):
+        """{queue: unix time it was paused}."""
+        return dict(self.conn.execute(_SQL_PAUSED).fetchall())
 
     def has_ready(self, queue):
         return bool(self.conn.execute(_SQL_HAS_READY, (queue,)).fetchall())
@@ -5237,6 +5267,23 @@ class Admin:
         """Delete every waiting task (in one queue, or all); returns how many."""
         return self.app._storage().purge(queue)
 
+    def pause(self, queue):
+        """Pause a queue: no worker claims from it (within a claim) until resume(); its
+        tasks wait. True if it was running."""
+        return self.app._storage().pause(_checked_text("queue", queue), time.time())
+
+    def resume(self, queue):
+        """Resume a paused queue; True if it was paused."""
+        resumed = self.app._storage().resume(_checked_text("queue", queue))
+        if resumed:
+            self.app._work_bell.ring()
+        return resumed
+
+    def paused(self):
+        """{queue: unix time it was paused} of the paused queues."""
+        return {q if isinstance(q, str) else _shown(q): t
+                for q, t in self.app._storage().paused().items()}
+
     def requeue_failed(self, name=None):
         """Queue again every failed task of a name (or all of them); returns how many."""
         count = self.app._storage().requeue_failed(name or None)
@@ -5336,6 +5383,12 @@ class Admin:
                         if done else "waiting for its chord")
             kind = "to fail" if waits.startswith("error") else "to succeed"
             return f"waiting for task {row.get('parent_id')} {kind}"
+        paused = self.paused()
+        if row["queue"] in paused:
+            since = _from_unix(paused[row["queue"]])
+            return (f"its queue {row['queue']!r} is paused (since "
+                    f"{since.isoformat(timespec='seconds') if since else '?'}): "
+                    f"`litequeue resume DB {row['queue']}`")
         registry = self.registry()
         if name not in registry:
             return f"no worker or producer registered the task name {name!r}"
@@ -7129,6 +7182,9 @@ def _health_checks(app, max_wait=300.0, now=None, counts=None):
                              if dead else "") if live else "no live worker supervisor"))
     served = {q for w in live for q in str(w["queues"]).split(",")}
     counts, oldest = counts or admin.state_counts()
+    paused = admin.paused()          # a paused queue's waiting is on purpose
+    oldest = {q: t for q, t in oldest.items() if q not in paused}
+    served |= set(paused)
     unserved = sorted(q for q, states in counts.items()
                       if states.get(PENDING) and q not in served)
     checks.append(_check("queues served", not unserved, len(unserved), 0,
@@ -7339,6 +7395,7 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         ("POST", r"/api/task/async-apply/(?P<name>[^/]+)", "api_async_apply"),
         ("POST", r"/action/(?P<action>revoke|terminate|retry)/(?P<id>[^/]+)", "act_task"),
         ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
+        ("POST", r"/action/(?P<action>pause|resume)/(?P<queue>[^/]+)", "act_pause"),
         ("POST", r"/action/retry-failed", "act_retry_failed"),
     )]
 
@@ -7523,10 +7580,12 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
         now = time.time()
         hour = {_shown(q): (ok or 0, bad or 0) for q, ok, bad in
                 self.server.app._storage().stats_by_queue(int(now // 60) - 59)}
-        queues = sorted(set(counts) | set(served) | set(hour))
+        paused = admin.paused()
+        queues = sorted(set(counts) | set(served) | set(hour) | set(paused))
         self._json([{"name": q, "counts": counts.get(q, {}),
                      "oldest_age": now - oldest[q] if q in oldest else None,
-                     "processes": served.get(q, 0), "last_hour": hour.get(q, (0, 0))}
+                     "processes": served.get(q, 0), "last_hour": hour.get(q, (0, 0)),
+                     "paused": q in paused}
                     for q in queues])
 
     def data_schedules(self):
@@ -7621,6 +7680,10 @@ class _DashboardHandler(http.server.BaseHTTPRequestHandler):
 
     def act_purge(self, queue):
         self._json({"purged": self.server.app.admin.purge(queue)})
+
+    def act_pause(self, action, queue):
+        admin = self.server.app.admin
+        self._json({"ok": admin.pause(queue) if action == "pause" else admin.resume(queue)})
 
     def act_retry_failed(self):
         name = self._body().get("name")
@@ -7982,6 +8045,10 @@ def status(db):
         for child in sup["children"]:
             doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in child["running"])
             click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing or 'idle'}")
+    for queue, since in sorted(admin.paused().items()):
+        when = _from_unix(since)
+        click.echo(f"queue {_shown(queue)} PAUSED since "
+                   f"{when.isoformat(timespec='seconds') if when else '?'}")
     rows = admin.schedules()
     disabled = [row for row in rows if row["error"] is not None]
     if rows:
@@ -8079,6 +8146,24 @@ def health(db, max_wait, as_json):
             click.echo(_printable(f"{'OK  ' if c['ok'] else 'FAIL'} {c['name']}: "
                                   f"{c['detail']}"))
     sys.exit(0 if all(c["ok"] for c in checks) else 1)
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("queue", callback=_nonempty)
+def pause(db, queue):
+    """Pause a queue: workers stop claiming from it (within a claim); its tasks wait."""
+    paused = _open_app(db).admin.pause(queue)
+    click.echo(f"queue {_shown(queue)} {'paused' if paused else 'was already paused'}")
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("queue", callback=_nonempty)
+def resume(db, queue):
+    """Resume a paused queue: workers claim from it again at once."""
+    resumed = _open_app(db).admin.resume(queue)
+    click.echo(f"queue {_shown(queue)} {'resumed' if resumed else 'was not paused'}")
 
 
 @cli.command("tasks")
@@ -8378,9 +8463,10 @@ async function workersPage() {
 }
 async function queuesPage() {
   const qs = await getJSON("/data/queues");
-  const rows = qs.map(q => el("tr", {}, el("td", {text: q.name}), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
+  const rows = qs.map(q => el("tr", {}, el("td", {text: q.name + (q.paused ? " (paused)" : "")}), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
     el("td", {text: q.oldest_age === null ? "" : secs(q.oldest_age)}), el("td", {text: q.last_hour[0] + " / " + q.last_hour[1]}), el("td", {class: q.processes ? "" : "bad", text: q.processes}),
-    el("td", {}, CFG.readOnly ? null : el("button", {class: "danger", text: "Purge", on: {click: async () => { if (confirm("Delete every waiting task of " + q.name + "?")) { await post("/action/purge/" + encodeURIComponent(q.name)); render(); } }}}))));
+    el("td", {}, CFG.readOnly ? null : el("button", {text: q.paused ? "Resume" : "Pause", on: {click: async () => { await post("/action/" + (q.paused ? "resume/" : "pause/") + encodeURIComponent(q.name)); render(); }}}),
+      CFG.readOnly ? null : el("button", {class: "danger", text: "Purge", on: {click: async () => { if (confirm("Delete every waiting task of " + q.name + "?")) { await post("/action/purge/" + encodeURIComponent(q.name)); render(); } }}}))));
   main.replaceChildren(el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "running", "oldest waiting", "done / failed, last hour", "worker processes", ""], rows));
 }
 async function schedulesPage() {

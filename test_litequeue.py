@@ -6815,6 +6815,33 @@ def _chromium(tmp_path):
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
+class TestQueuePause:
+
+    def test_a_paused_queue_waits_and_resumes_at_once(self, project, workers, dashboards):
+        workers.start(project, "-Q", "default,other", concurrency=2)
+        assert "queue default paused" in lq("pause", project.db, "default",
+                                            cwd=project.dir).stdout
+        held = project.delay("add", 1, 1)
+        other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
+        # The other queue keeps running while this one waits.
+        assert other.get(timeout=30) == 4
+        assert held.state == PENDING
+        assert "PAUSED since" in lq("status", project.db, cwd=project.dir).stdout
+        d = dashboards(project)
+        assert "is paused" in d.json(f"/data/task/{held.id}")["why"]
+        assert [q["paused"] for q in d.json("/data/queues") if q["name"] == "default"] == [True]
+        assert all(c["ok"] for c in d.json("/data/overview")["health"]
+                   if c["name"] in ("queues served", "oldest waiting"))
+        assert held.state == PENDING
+        resumed_at = time.monotonic()
+        assert "queue default resumed" in lq("resume", project.db, "default",
+                                             cwd=project.dir).stdout
+        assert held.get(timeout=30) == 2
+        assert time.monotonic() - resumed_at < 5
+        assert "was not paused" in lq("resume", project.db, "default", cwd=project.dir).stdout
+        assert lq("pause", project.db, "", cwd=project.dir).returncode == 2
+
+
 class TestDashboardInChromium:
 
     @pytest.mark.timeout(180)
