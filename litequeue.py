@@ -4058,6 +4058,27 @@ class _Canvas:
             return NotImplemented
         return chain(self, other)
 
+    @staticmethod
+    def _flatten(tasks, kind):
+        """The members of a chain or group (kind): given one by one or as one iterable,
+        each a signature or canvas; a member of the same kind with no options of its own
+        is spread out in its place."""
+        if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
+            tasks = tuple(tasks[0])
+        flat = []
+        for task in tasks:
+            if not isinstance(task, _Canvas):
+                raise TypeError(f"{kind.__name__}() takes task signatures (task.s(...)), "
+                                f"not {type(task).__name__}")
+            flat.extend(task.tasks if isinstance(task, kind) and not task.options
+                        else [task])
+        return flat
+
+    def _options_copy(self):
+        """Its options, with link lists copied (a copy must not share them)."""
+        return {k: list(v) if k in ("link", "link_error") else v
+                for k, v in self.options.items()}
+
     def delay(self, *args, **kwargs):
         return self.apply_async(args, kwargs)
 
@@ -4187,12 +4208,8 @@ class Signature(_Canvas):
         return [self]
 
     def _copy(self):
-        sig = Signature(self.type or self.task, self.args, self.kwargs, self.options,
-                        self.immutable, self.app)
-        for key in ("link", "link_error"):
-            if key in sig.options:
-                sig.options[key] = list(sig.options[key])
-        return sig
+        return Signature(self.type or self.task, self.args, self.kwargs,
+                         self._options_copy(), self.immutable, self.app)
 
     def clone(self, args=None, kwargs=None, **options):
         """A copy, with more arguments (before its own) and options."""
@@ -4355,18 +4372,7 @@ class chain(_Canvas):
     succeed ends the rest of the chain the same way, and the chain's errbacks run once."""
 
     def __init__(self, *tasks, **options):
-        if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
-            tasks = tuple(tasks[0])
-        flat = []
-        for task in tasks:
-            if not isinstance(task, _Canvas):
-                raise TypeError(f"chain() takes signatures (task.s(...)), not "
-                                f"{type(task).__name__}")
-            if isinstance(task, chain) and not task.options:
-                flat.extend(task.tasks)
-            else:
-                flat.append(task)
-        self.tasks = flat
+        self.tasks = self._flatten(tasks, chain)
         self.options = options
         self.immutable = False
 
@@ -4381,8 +4387,7 @@ class chain(_Canvas):
         return [n for t in self.tasks for n in t._nodes()]
 
     def _copy(self):
-        return chain(*[t._copy() for t in self.tasks], **{
-            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
+        return chain(*[t._copy() for t in self.tasks], **self._options_copy())
 
     def _steps(self):
         """The tasks, each group that something follows made a chord, as Celery does."""
@@ -4445,16 +4450,7 @@ class group(_Canvas):
     """
 
     def __init__(self, *tasks, **options):
-        if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
-            tasks = tuple(tasks[0])
-        flat = []
-        for task in tasks:
-            if not isinstance(task, _Canvas):
-                raise TypeError(f"group() takes task signatures (task.s(...)), not "
-                                f"{type(task).__name__}")
-            flat.extend(task.tasks if isinstance(task, group) and not task.options
-                        else [task])
-        self.tasks = flat
+        self.tasks = flat = self._flatten(tasks, group)
         self.options = options
         self.immutable = False
         apps = {id(t.app) for t in flat if t.__class__ is Signature and t.app is not None}
@@ -4478,8 +4474,7 @@ class group(_Canvas):
         return [n for t in self.tasks for n in t._nodes()]
 
     def _copy(self):
-        return group(*[t._copy() for t in self.tasks], **{
-            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
+        return group(*[t._copy() for t in self.tasks], **self._options_copy())
 
     def _attach(self, plan, given, after, waits, group_id=None):
         with plan.scoped(self.options):
@@ -4562,8 +4557,8 @@ class chord(_Canvas):
         return self.header._nodes() + (self.body._nodes() if self.body is not None else [])
 
     def _copy(self):
-        return chord(self.header._copy(), self.body._copy() if self.body else None, **{
-            k: list(v) if k in ("link", "link_error") else v for k, v in self.options.items()})
+        return chord(self.header._copy(), self.body._copy() if self.body else None,
+                     **self._options_copy())
 
     def __call__(self, body=None, **options):
         """``chord(header)(body)`` queues it; ``chord(header, body)()`` too."""

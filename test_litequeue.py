@@ -5860,6 +5860,18 @@ def _shutdown(sender=None, **more):
 '''
 
 
+def adder_app(path):
+    """(db path, a producer app on it, its add task): the in-process canvas tests' setup."""
+    db = str(path)
+    app = LiteQueue(db)
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    return db, app, add
+
+
 class CanvasProject(Project):
     """A project whose worker runs canvas_tasks.py; calling programs run as separate
     producer processes (python -c), as a user's would."""
@@ -6196,13 +6208,7 @@ class TestCanvas:
         assert out[0] == 3 and out[1] >= 0.5
 
     def test_options_of_a_signature_and_send_task_with_links(self, tmp_path):
-        db = str(tmp_path / "o.sqlite")
-        app = LiteQueue(db)
-
-        @app.task
-        def add(x, y):
-            return x + y
-
+        db, app, add = adder_app(tmp_path / "o.sqlite")
         r = add.s(1, 2).apply_async(task_id="fixed", queue="q", priority=3)
         assert (r.id, r.state, r.queue) == ("fixed", PENDING, "q")
         r = app.send_task(add.name, (1, 2), link=add.s(3), link_error=add.si(0, 0))
@@ -6214,13 +6220,7 @@ class TestCanvas:
         assert sql(db, "SELECT followers FROM tasks WHERE id = ?", r.id) == [(1,)]
 
     def test_pruning_results_also_prunes_saved_groups_and_chords(self, tmp_path):
-        db = str(tmp_path / "p.sqlite")
-        app = LiteQueue(db)
-
-        @app.task
-        def add(x, y):
-            return x + y
-
+        db, app, add = adder_app(tmp_path / "p.sqlite")
         from litequeue import chord
         g = group(add.s(1, 1), add.s(2, 2)).apply_async()
         c = chord([add.s(1, 1)], add.s(1)).apply_async()
@@ -6260,13 +6260,7 @@ class TestCanvas:
         wait_until(lambda: canvas.count("state = 'WAITING'") == 0, 10, "no WAITING rows")
 
     def test_options_set_on_a_chain_group_or_chord_reach_every_task(self, tmp_path):
-        db = str(tmp_path / "set.sqlite")
-        app = LiteQueue(db)
-
-        @app.task
-        def add(x, y):
-            return x + y
-
+        db, app, add = adder_app(tmp_path / "set.sqlite")
         from litequeue import chain, chord
         chain(add.s(1, 1), add.s(1)).set(queue="q1", priority=3).apply_async()
         group(add.s(1, 1), add.s(2, 2)).set(queue="q2").apply_async()
@@ -6279,13 +6273,7 @@ class TestCanvas:
             chain(add.s(1, 1), add.s(1)).set(routing_key="x").delay()
 
     def test_purging_a_queue_drops_what_waited_on_it_elsewhere(self, tmp_path):
-        db = str(tmp_path / "purge.sqlite")
-        app = LiteQueue(db)
-
-        @app.task
-        def add(x, y):
-            return x + y
-
+        db, app, add = adder_app(tmp_path / "purge.sqlite")
         (add.s(1, 1).set(queue="a") | add.s(1).set(queue="b") | add.s(2).set(queue="c")).delay()
         assert app.admin.purge("a") == 1
         assert sql(db, "SELECT count(*) FROM tasks")[0][0] == 0

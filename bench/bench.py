@@ -672,6 +672,16 @@ def idle_worker(system, tmp, tag, suffix):
         yield worker
 
 
+def timed_roundtrip(system, i):
+    """Milliseconds of one delay()+get() of noop(i), checking it returned i."""
+    t0 = time.perf_counter()
+    value = system.roundtrip(i)
+    elapsed = (time.perf_counter() - t0) * 1000.0
+    if value != i:
+        raise RuntimeError(f"{system.label}: round trip {i} returned {value!r}")
+    return elapsed
+
+
 def measure_roundtrip(system, tmp, tag, repeats, gap, results):
     with idle_worker(system, tmp, tag, "rt") as worker:
         for i in range(5):                  # warm-up, not counted
@@ -679,11 +689,7 @@ def measure_roundtrip(system, tmp, tag, repeats, gap, results):
         time.sleep(0.2)
         samples = []
         for i in range(repeats):
-            t0 = time.perf_counter()
-            value = system.roundtrip(i)
-            samples.append((time.perf_counter() - t0) * 1000.0)
-            if value != i:
-                raise RuntimeError(f"{system.label}: round trip {i} returned {value!r}")
+            samples.append(timed_roundtrip(system, i))
             time.sleep(gap)
         worker.check_alive()
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
@@ -1024,11 +1030,7 @@ def measure_chain(system, worker, cfg, results):
     for i in range(runs):
         hops.append(one_chain() / length * 1000.0)
         time.sleep(gap)
-        t0 = time.perf_counter()
-        value = system.roundtrip(i)
-        trips.append((time.perf_counter() - t0) * 1000.0)
-        if value != i:
-            raise RuntimeError(f"{system.label}: round trip {i} returned {value!r}")
+        trips.append(timed_roundtrip(system, i))
         time.sleep(gap)
     worker.check_alive()
     hop, trip = percentile(hops, 50), percentile(trips, 50)

@@ -48,8 +48,8 @@ def make_litequeue(path, synchronous="NORMAL"):
 
 
 def make_litequeue_canvas(app):
-    """Register the canvas tasks (endstamp, step, collect) on a litequeue app made by
-    make_litequeue(); returns them."""
+    """Register the canvas tasks (endstamp, step, collect) on an app: a litequeue app made
+    by make_litequeue(), or the Celery app of make_celery() (same decorator); returns them."""
 
     @app.task(name="benchtasks.endstamp")
     def endstamp(i):
@@ -80,18 +80,7 @@ def make_celery(url):
     def noop(i):
         return i
 
-    @app.task(name="benchtasks.endstamp")
-    def endstamp(i):
-        return time.time()
-
-    @app.task(name="benchtasks.step")
-    def step(x):
-        return x
-
-    @app.task(name="benchtasks.collect")
-    def collect(values):
-        started = time.time()
-        return [started, max(values), len(values)]
+    endstamp, step, collect = make_litequeue_canvas(app)
 
     return app, noop, endstamp, step, collect
 
