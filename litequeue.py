@@ -116,6 +116,7 @@ import binascii
 import builtins
 import collections
 import contextlib
+import contextvars
 import copy
 import datetime as _dt
 import difflib
@@ -335,6 +336,34 @@ def _local_zone_name():
 _UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu"}
 
 
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_rate(value):
+    """(rate as text, seconds between two starts) of Celery's rate syntax ("10/s", "100/m",
+    "1000/h", or a number: per second), or None for no limit (None or 0)."""
+    if value is None:
+        return None
+    match = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        count, period, text = float(value), 1.0, f"{value}/s"
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*", value)
+        if match is None:
+            raise ConfigurationError(f"rate_limit {value!r} is not a rate: give e.g. '10/s', "
+                                     "'100/m', '1000/h' or a number per second")
+        count, period = float(match[1]), _RATE_PERIODS[match[2] or "s"]
+        text = f"{match[1]}/{match[2] or 's'}"
+    else:
+        raise ConfigurationError(f"rate_limit must be a text such as '10/s' or a number, not "
+                                 f"{type(value).__name__}")
+    if not math.isfinite(count) or count < 0:
+        raise ConfigurationError(f"rate_limit {value!r} must be a finite rate >= 0")
+    if count == 0:
+        return None
+    return text, period / count
+
+
 def _check_choice(*choices):
     def check(value):
         if str(value).upper() not in choices:
@@ -343,8 +372,20 @@ def _check_choice(*choices):
     return check
 
 
-def _check_number(low=0.0, optional=False, whole=False, above=False):
-    """A number (a timedelta counts in seconds) >= low (> low with above), or None."""
+def _check_pool(value):
+    pools = ("prefork", "threads", "solo")
+    if str(value).lower() in ("gevent", "eventlet", "processes"):
+        raise ValueError(f"one of {', '.join(pools)}; litequeue has no {value} pool: define "
+                         "I/O-bound tasks with async def (each worker process runs them on "
+                         "an event loop), or use threads")
+    if str(value).lower() not in pools:
+        raise ValueError(f"one of {', '.join(pools)}")
+    return str(value).lower()
+
+
+def _check_number(low=0.0, high=None, optional=False, whole=False, above=False):
+    """A number (a timedelta counts in seconds) >= low (> low with above) and <= high, or
+    None."""
     def check(value):
         if value is None and optional:
             return None
@@ -352,9 +393,11 @@ def _check_number(low=0.0, optional=False, whole=False, above=False):
             value = value.total_seconds()
         kinds = (int,) if whole else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) or value != value \
-                or value < low or (above and value == low):
+                or value < low or (above and value == low) or \
+                (high is not None and value > high):
             raise ValueError(("a whole number" if whole else "a number")
                              + (f" > {low:g}" if above else f" >= {low:g}")
+                             + (f" and <= {high:g}" if high is not None else "")
                              + (", or None" if optional else ""))
         return value
     return check
@@ -457,7 +500,12 @@ _SETTINGS = {
                                     "replace a child after a task leaves it above this "
                                     "resident memory (KiB)"),
     "worker_concurrency": (os.cpu_count() or 1, _check_number(1, whole=True),
-                           "worker processes"),
+                           "worker processes (prefork), or threads (-P threads)"),
+    "worker_pool": ("prefork", _check_pool,
+                    "prefork: N processes; threads: one process of N threads; solo: one "
+                    "process, one task at a time"),
+    "worker_async_concurrency": (100, _check_number(1, 10_000, whole=True),
+                                 "coroutine (async def) tasks in flight per worker process"),
     "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
                              "for writers that do not ring"),
     "worker_prefetch": (16, _check_number(1, whole=True), "largest claim batch when the "
@@ -514,6 +562,7 @@ _CELERY_ALIASES = {
     "CELERY_DEFAULT_QUEUE": "task_default_queue",
     "CELERY_DEFAULT_PRIORITY": "task_default_priority",
     "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_POOL": "worker_pool",
     "CELERY_CONCURRENCY": "worker_concurrency",
     "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
     "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
@@ -1374,6 +1423,30 @@ _MIGRATIONS = [
         since       REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    """
+    -- Global rate limits: one row per rate-limited task name. A row of such a task carries
+    -- its name in rate_key and is claimed only through tasks_limited, one at a time, when
+    -- next_start has passed (then next_start moves on by interval): starts are spaced by
+    -- at least interval across every process on the file.
+    CREATE TABLE rate_limits (
+        key         TEXT PRIMARY KEY,              -- the task name
+        rate        TEXT NOT NULL,                 -- as declared, e.g. '10/s'
+        interval    REAL NOT NULL,                 -- seconds between two starts
+        next_start  REAL NOT NULL DEFAULT 0        -- the earliest next start (unix time)
+    ) WITHOUT ROWID;
+    ALTER TABLE tasks ADD COLUMN rate_key TEXT;     -- set: rate-limited (rate_limits.key)
+    ALTER TABLE tasks ADD COLUMN unique_key TEXT;   -- set: one such row waits or runs at once
+    DROP INDEX tasks_ready;
+    -- rate_key as a column too: SQLite then reads the claim's candidates from the index
+    -- alone (a partial index's IS NULL term does not count as covered).
+    CREATE INDEX tasks_ready ON tasks (queue, priority DESC, seq, rate_key)
+        WHERE state = 'PENDING' AND rate_key IS NULL;
+    CREATE INDEX tasks_limited ON tasks (rate_key, queue, priority DESC, seq)
+        WHERE state = 'PENDING' AND rate_key IS NOT NULL;
+    CREATE UNIQUE INDEX tasks_unique ON tasks (unique_key)
+        WHERE unique_key IS NOT NULL
+          AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED', 'WAITING');
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1387,28 +1460,47 @@ _SQL_IDENTITY = """
 # connections' commits without this one reading anything first.
 _SQL_DATA_VERSION = "PRAGMA data_version"
 # (new row) -> PENDING or SCHEDULED.
-_SQL_INSERT_TASK = """
+# A rate-limited task's rows carry its name in rate_key (rate_limits, a primary key probe).
+_RATE_KEY = "(SELECT key FROM rate_limits WHERE key = :name)"
+_SQL_INSERT_TASK = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
-                       max_retries, created_at, parent_id, root_id)
+                       max_retries, created_at, parent_id, root_id, rate_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
-            :max_retries, :created_at, :parent_id, :root_id)
+            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY})
+"""
+# The states in which a unique task holds its key (tasks_unique's condition).
+_UNIQUE_HELD = "state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED', 'WAITING')"
+# (new row) -> PENDING or SCHEDULED, unless a row with the same unique_key waits or runs
+# (tasks_unique): then nothing is written, and the caller reads that row's id.
+_SQL_INSERT_UNIQUE = f"""
+    INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
+                       max_retries, created_at, parent_id, root_id, rate_key, unique_key)
+    VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
+            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY}, :unique_key)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND {_UNIQUE_HELD} DO NOTHING
+"""
+_SQL_UNIQUE_HOLDER = f"""
+    SELECT id FROM tasks INDEXED BY tasks_unique
+    WHERE unique_key = :unique_key AND unique_key IS NOT NULL AND {_UNIQUE_HELD}
 """
 # (new row) -> PENDING, SCHEDULED or WAITING: a row of a canvas (chain, chord, link...).
 # A WAITING row's eta holds a countdown, counted from when its parent ends.
-_SQL_INSERT_CANVAS = """
+_SQL_INSERT_CANVAS = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
                        max_retries, created_at, parent_id, root_id, group_id, group_index,
-                       waits, input, followers)
+                       waits, input, followers, rate_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
-            :waits, :input, :followers)
+            :waits, :input, :followers, {_RATE_KEY})
 """
 # (new row) -> PENDING or SCHEDULED: a member of a plain group.
-_SQL_INSERT_MEMBER = """
+_SQL_INSERT_MEMBER = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
-                       max_retries, created_at, parent_id, root_id, group_id, group_index)
+                       max_retries, created_at, parent_id, root_id, group_id, group_index,
+                       rate_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
-            :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index)
+            :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
+            {_RATE_KEY})
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
 # PENDING -> STARTED. tasks_ready: the LIMIT stops after n index entries. A process whose
@@ -1417,19 +1509,61 @@ _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :si
 _SQL_CLAIM = """
     UPDATE tasks SET state = 'STARTED', attempt = attempt + 1, worker = :worker, pid = :pid,
                      started_at = :now
-    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND queue = :queue
-                  ORDER BY priority DESC, seq LIMIT :n)
+    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
+                    AND queue = :queue ORDER BY priority DESC, seq LIMIT :n)
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
     RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
               priority, parent_id, root_id, group_id, waits, input, followers
 """
+# Rate-limited rows whose key has a start to give (next_start has passed): at most one row
+# per key (tasks_limited), then _SQL_TAKE_STARTS moves each key's next_start on.
+_SQL_LIMITED_DUE = """
+    SELECT (SELECT seq FROM tasks INDEXED BY tasks_limited
+            WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue
+            ORDER BY priority DESC, seq LIMIT 1)
+    FROM rate_limits AS r WHERE r.next_start <= :now
+"""
+_SQL_CLAIM_LIMITED = _SQL_CLAIM.replace(
+    """SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
+                    AND queue = :queue ORDER BY priority DESC, seq LIMIT :n""",
+    _SQL_LIMITED_DUE.strip() + " LIMIT :n")
+_SQL_TAKE_STARTS = """
+    UPDATE rate_limits SET next_start = max(next_start, :now) + interval WHERE key = :key
+"""
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
-# tasks_ready: one index probe.
+# tasks_ready: one index probe; then, if the file has rate limits, the earliest next
+# start of a key with a ready row (tasks_limited, one probe per key).
 _SQL_HAS_READY = """
-    SELECT 1 FROM tasks WHERE state = 'PENDING' AND queue = :queue
+    SELECT 1 FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL AND queue = :queue
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue) LIMIT 1
 """
+_SQL_NEXT_START = """
+    SELECT min(r.next_start) FROM rate_limits AS r
+    WHERE EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_limited
+                  WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue)
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
+"""
+_SQL_UPSERT_LIMIT = """
+    INSERT INTO rate_limits (key, rate, interval) VALUES (:name, :rate, :interval)
+    ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, interval = excluded.interval
+      WHERE rate_limits.rate IS NOT excluded.rate
+"""
+# A limit removed: its ready rows become ordinary (tasks_limited).
+_SQL_DROP_LIMIT = "DELETE FROM rate_limits WHERE key = :name"
+_SQL_UNLIMIT_ROWS = """
+    UPDATE tasks SET rate_key = NULL WHERE state = 'PENDING' AND rate_key = :name
+"""
+_SQL_HAS_LIMIT = "SELECT 1 FROM rate_limits WHERE key = :name"
+# A new limit: the name's waiting rows (tasks_ready, tasks_due, tasks_waiting) are limited.
+_SQL_LIMIT_ROWS = """
+    UPDATE tasks SET rate_key = :name
+    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
+                  UNION ALL SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
+                  UNION ALL SELECT seq FROM tasks WHERE state = 'WAITING')
+      AND name = :name
+"""
+_SQL_RATE_LIMITS = "SELECT key, rate, interval, next_start FROM rate_limits ORDER BY key"
 _SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
 _SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
 _SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
@@ -1576,7 +1710,7 @@ _SQL_VACUUM_STEP = f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})"
 _TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
                  "pid", "created_at", "started_at", "finished_at", "result", "traceback",
                  "errors", "eta", "expires", "payload", "parent_id", "root_id", "group_id",
-                 "group_index", "waits", "meta", "input")
+                 "group_index", "waits", "meta", "input", "rate_key", "unique_key")
 _SQL_GET_TASK = f"""
     SELECT {", ".join(_TASK_COLUMNS)} FROM tasks WHERE id = :id
 """
@@ -1673,9 +1807,9 @@ _SQL_QUARANTINE_ETA = f"""
 """
 # (new row) -> PENDING. A fire's task id is derived from (schedule, fire time): a second
 # insert of the same fire is ignored by the UNIQUE id.
-_SQL_INSERT_FIRE = """
-    INSERT INTO tasks (id, name, queue, priority, state, payload, created_at)
-    VALUES (:id, :name, :queue, :priority, 'PENDING', :payload, :now)
+_SQL_INSERT_FIRE = f"""
+    INSERT INTO tasks (id, name, queue, priority, state, payload, created_at, rate_key)
+    VALUES (:id, :name, :queue, :priority, 'PENDING', :payload, :now, {_RATE_KEY})
     ON CONFLICT (id) DO NOTHING
 """
 # schedules_next. Disabled schedules (error set) never fire.
@@ -1735,8 +1869,12 @@ _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 _SQL_STATE_COUNTS = """
     SELECT queue, 'PENDING', n, (SELECT max(created_at, coalesce(eta, 0)) FROM tasks
                                  WHERE seq = first)
-    FROM (SELECT queue, count(*) AS n, min(seq) AS first FROM tasks
-          WHERE state = 'PENDING' GROUP BY queue)
+    FROM (SELECT queue, sum(n) AS n, min(first) AS first FROM (
+              SELECT queue, count(*) AS n, min(seq) AS first FROM tasks
+              WHERE state = 'PENDING' AND rate_key IS NULL GROUP BY queue
+              UNION ALL SELECT queue, count(*), min(seq) FROM tasks
+              WHERE state = 'PENDING' AND rate_key IS NOT NULL GROUP BY queue)
+          GROUP BY queue)
     UNION ALL SELECT queue, state, count(*), NULL FROM tasks
     WHERE state IN ('SCHEDULED', 'RETRY') GROUP BY queue, state
     UNION ALL SELECT queue, 'STARTED', count(*), NULL FROM tasks
@@ -1823,7 +1961,8 @@ def _param_order(sql):
 _COMPLETE_ORDER = ("state", "result", "traceback", "eta", "errors", "retried", "now", "seq",
                    "attempt", "worker")
 _CLAIM_ORDER = ("worker", "pid", "now", "queue", "n")
-for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER)):
+for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER),
+                     (_SQL_CLAIM_LIMITED, _CLAIM_ORDER)):
     if _param_order(_sql) != _order:
         raise ImportError(f"litequeue: a statement's parameters are {_param_order(_sql)}, "
                           f"not {_order}")
@@ -2078,17 +2217,47 @@ class _Storage:
                     raise self._disk_full() from None
             else:
                 with self.write() as conn:
-                    conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
+                    self._register(conn, registry_row)
                     conn.execute(_SQL_INSERT_TASK, row)
         except apsw.ConstraintError:
             raise DuplicateTaskId(f"a task with id {row['id']!r} already exists") from None
+
+    def insert_unique(self, row, registry_row=None):
+        """Commit one task row unless a row with its unique_key waits or runs; returns
+        the id of the row that holds the key (row's own id if it was written)."""
+        try:
+            with self.write() as conn:
+                if registry_row is not None:
+                    self._register(conn, registry_row)
+                conn.execute(_SQL_INSERT_UNIQUE, row)
+                if conn.changes():
+                    return row["id"]
+                return conn.execute(_SQL_UNIQUE_HOLDER, row).fetchall()[0][0]
+        except apsw.ConstraintError:
+            raise DuplicateTaskId(f"a task with id {row['id']!r} already exists") from None
+
+    @staticmethod
+    def _register(conn, row):
+        """A task name's registry row and its rate limit (row["rate"]: None for none). A
+        new limit also applies to the name's rows already queued; a removed one frees
+        them."""
+        conn.execute(_SQL_UPSERT_REGISTRY, row)
+        if row["rate"] is None:
+            conn.execute(_SQL_DROP_LIMIT, row)
+            if conn.changes():
+                conn.execute(_SQL_UNLIMIT_ROWS, row)
+            return
+        new = not conn.execute(_SQL_HAS_LIMIT, row).fetchall()
+        conn.execute(_SQL_UPSERT_LIMIT, row)
+        if new:
+            conn.execute(_SQL_LIMIT_ROWS, row)
 
     def insert_tasks(self, rows, registry_rows):
         """Commit many task rows in one transaction: all of them, or none."""
         try:
             with self.write() as conn:
                 for registry_row in registry_rows:
-                    conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
+                    self._register(conn, registry_row)
                 conn.executemany(_SQL_INSERT_TASK, rows)
         except apsw.ConstraintError:
             ids = collections.Counter(row["id"] for row in rows)
@@ -2103,7 +2272,7 @@ class _Storage:
         try:
             with self.write() as conn:
                 for registry_row in registry_rows:
-                    conn.execute(_SQL_UPSERT_REGISTRY, registry_row)
+                    self._register(conn, registry_row)
                 conn.executemany(_SQL_INSERT_MEMBER if plain else _SQL_INSERT_CANVAS, rows)
                 if chords:
                     conn.executemany(_SQL_INSERT_CHORD, chords)
@@ -2118,7 +2287,11 @@ class _Storage:
     def upsert_registry(self, rows):
         with self.write() as conn:
             for row in rows:
-                conn.execute(_SQL_UPSERT_REGISTRY, row)
+                self._register(conn, row)
+
+    def rate_limits(self):
+        """[(task name, rate, seconds between starts, next start)]."""
+        return self.conn.execute(_SQL_RATE_LIMITS).fetchall()
 
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
@@ -2152,6 +2325,10 @@ class _Storage:
 
     def has_ready(self, queue):
         return bool(self.conn.execute(_SQL_HAS_READY, (queue,)).fetchall())
+
+    def next_start(self, queue):
+        """When the first rate-limited ready row of queue may start (None: there is none)."""
+        return self.conn.execute(_SQL_NEXT_START, (queue,)).fetchall()[0][0]
 
     def registered(self, worker_id):
         return bool(self.conn.execute(_SQL_IS_REGISTERED, (worker_id,)).fetchall())
@@ -2207,12 +2384,24 @@ class _Storage:
                         self._settle(conn, [ended], now, follow)
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
-            rows = [_Claimed(*row) for row in conn.execute(
-                _SQL_CLAIM, (worker, pid, now, queue, n))] if n else []    # _CLAIM_ORDER
+            rows = self._claim(conn, worker, pid, now, queue, n) if n else []
             if len(rows) > 1 and any(r.priority != rows[0].priority for r in rows):
                 rows.sort(key=_claim_order)
         self.follow_ups = follow
         return rows, rejected
+
+    @staticmethod
+    def _claim(conn, worker, pid, now, queue, n):
+        """Claim up to n ready rows of queue: first one row of each rate-limited task whose
+        next start has come (the start is taken in this transaction), then ordinary rows."""
+        rows = [_Claimed(*row) for row in conn.execute(
+            _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
+        for row in rows:
+            conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": row.name})
+        if len(rows) < n:
+            rows += [_Claimed(*row) for row in conn.execute(
+                _SQL_CLAIM, (worker, pid, now, queue, n - len(rows)))]
+        return rows
 
     def take_follow_ups(self):
         """The _FollowUps of the last committed write that had any (then forgotten)."""
@@ -2289,20 +2478,22 @@ class _Storage:
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
-    def rescue(self, worker, crashed_seq, settle, now):
+    def rescue(self, worker, crashed, settle, now):
         """Take back a dead worker's rows and unregister it.
 
-        Rows it had only prefetched go back to PENDING uncharged. The row it was executing
-        (crashed_seq) ends as settle(row) says: an _Outcome whose state is PENDING,
-        RETRY or FAILURE. Returns (requeued, failed) counts.
+        Rows it had only prefetched go back to PENDING uncharged, and so do rows it was
+        running that are not in crashed (a set of seqs, or None). Each row in crashed ends
+        as settle(row) says: an _Outcome whose state is PENDING, RETRY or FAILURE.
+        Returns (requeued, failed) counts.
         """
+        crashed = crashed or ()
         requeued = failed = 0
         follow = None
         cols = ("seq", "id", "name", "attempt", "retries", "max_retries", "errors")
         with self.write() as conn:
             for values in conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall():
                 row = dict(zip(cols, values))
-                if row["seq"] != crashed_seq:
+                if row["seq"] not in crashed:
                     conn.execute(_SQL_RELEASE, {"seq": row["seq"], "worker": worker})
                     requeued += 1
                     continue
@@ -3055,6 +3246,14 @@ def _sweep_stale_sockets(side, kinds=("done", "work", "sched")):
 # and how many seqs follow: rows the process has begun whose outcomes are not committed yet
 # (results wait for a group commit), which a revoke must treat as running.
 _LOCK_RECORD = struct.Struct("<qdq")
+# After the begun seqs: how many tasks run off the main thread, then one entry each:
+# (seq, deadline or 0, kind): _OFF_THREAD (a -P threads thread: its process is killed
+# to end it) or _OFF_LOOP (a coroutine: the child cancels it when revoked).
+_LOCK_COUNT = struct.Struct("<q")
+_LOCK_RECORD_MAX = 1 << 19          # bytes: room for worker_async_concurrency's maximum
+_LOCK_ENTRY = struct.Struct("<qdq")
+_ON_MAIN, _OFF_THREAD, _OFF_LOOP = 0, 1, 2
+_NO_ENTRIES = _LOCK_COUNT.pack(0)
 _COUNTER = struct.Struct("<q")
 
 
@@ -3096,28 +3295,36 @@ class _Locks:
             return None
 
     def record(self, worker_id):
-        """(seq or None, hard deadline or None, begun seqs) from a worker's lock file."""
+        """([(seq, hard deadline or None, kind)] of the tasks a worker is running, begun
+        seqs) from its lock file."""
         held = _held_locks.get(worker_id)
         try:
             fd = held if held is not None else self._open(worker_id, os.O_RDONLY)
         except SideDirectoryError:
             fd = None
         if fd is None:
-            return None, None, ()
+            return [], ()
         try:
-            record = os.pread(fd, 1 << 16, 0)
+            record = os.pread(fd, _LOCK_RECORD_MAX, 0)
             seq, deadline, count = _LOCK_RECORD.unpack_from(record)
             begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
-            return seq or None, deadline or None, begun
+            at = _LOCK_RECORD.size + 8 * count
+            running = [(seq, deadline or None, _ON_MAIN)] if seq else []
+            if len(record) >= at + _LOCK_COUNT.size:
+                entries, = _LOCK_COUNT.unpack_from(record, at)
+                running += [(s, d or None, k) for s, d, k in _LOCK_ENTRY.iter_unpack(
+                    record[at + _LOCK_COUNT.size:at + _LOCK_COUNT.size +
+                           entries * _LOCK_ENTRY.size])]
+            return running, begun
         except (OSError, struct.error):
-            return None, None, ()
+            return [], ()
         finally:
             if held is None:
                 os.close(fd)
 
-    def executing(self, worker_id):
-        """(seq or None, hard deadline or None) of the task a worker is executing."""
-        return self.record(worker_id)[:2]
+    def running(self, worker_id):
+        """[(seq, hard deadline or None, kind)] of the tasks a worker is running."""
+        return self.record(worker_id)[0]
 
     def dead(self, worker_id):
         """True if the worker owning this id is dead: its lock is free or was never made.
@@ -3172,12 +3379,19 @@ class _WorkerLock:
                                  worker_id + ".lock")
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held_locks[worker_id] = self.fd
+        self.entries = _NO_ENTRIES      # packed: the tasks running off the main thread
         self.executing(0)
 
     def executing(self, seq, deadline=0.0, begun=()):
-        """Record the row being run (0: none) and the rows begun but not committed."""
+        """Record the row the main thread runs (0: none), the rows begun but not
+        committed, and (self.entries) the rows running off the main thread."""
         os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline, len(begun)) +
-                  struct.pack(f"<{len(begun)}q", *begun), 0)
+                  struct.pack(f"<{len(begun)}q", *begun) + self.entries, 0)
+
+    def set_entries(self, entries):
+        """The rows running off the main thread: [(seq, deadline or 0, kind)]."""
+        self.entries = _LOCK_COUNT.pack(len(entries)) + b"".join(
+            _LOCK_ENTRY.pack(*entry) for entry in entries)
 
     def release(self):
         self.locks.remove(self.worker_id)
@@ -3231,8 +3445,9 @@ def _progress(locks, worker, seq):
     "running", "finished" (its outcome waits for the next commit) or None (not begun)."""
     if worker is None:
         return None
-    running, _, begun = locks.record(worker)
-    return "running" if seq == running else "finished" if seq in begun else None
+    running, begun = locks.record(worker)
+    return "running" if any(seq == entry[0] for entry in running) else \
+        "finished" if seq in begun else None
 
 # ---------------------------------------------------------------------------
 # Task policy: pure decisions, unit-tested with an injected clock
@@ -3300,7 +3515,48 @@ def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
 _apps = weakref.WeakSet()   # every live LiteQueue of this process; a worker serves their tasks
 _last_app = [None]          # a weak reference to the latest one (the "current app")
 _shared_tasks = []          # (fn, options) of every @shared_task, given to each app
-_request = threading.local()
+
+
+class _RequestSlot:
+    """The running task's _Request, as _request.current: a context variable, so that each
+    thread and each coroutine task of a worker process sees its own."""
+
+    __slots__ = ()
+    _var = contextvars.ContextVar("litequeue_request", default=None)
+    current = property(lambda self, get=_var.get: get(),
+                       lambda self, value, set_=_var.set: set_(value) and None)
+
+
+_request = _RequestSlot()
+
+
+async def _with_request(coro, request):
+    """Await a task's coroutine with request as the task's _request.current."""
+    _request.current = request
+    return await coro
+
+
+def _await_here(coro):
+    """Run a coroutine to its end from sync code (eager mode): on a new event loop, in a
+    thread of its own if this thread already runs one."""
+    import asyncio      # here and below: only what runs coroutines pays for the import
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box = {}
+
+    def run():
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+    thread = threading.Thread(target=run, name="litequeue-eager")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class _Request:
@@ -3522,14 +3778,28 @@ class Task:
     # Celery's names and defaults.
     _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
                 "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
-                "time_limit", "soft_time_limit", "ignore_result", "base"}
+                "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
+                "unique"}
     _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
 
     def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
                  max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
                  retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
-                 time_limit=None, soft_time_limit=None, ignore_result=False):
+                 time_limit=None, soft_time_limit=None, ignore_result=False, rate_limit=None,
+                 unique=False):
         default_name, module = _task_name_for(fn)
+        if inspect.isasyncgenfunction(getattr(fn, "__func__", fn)):
+            raise ConfigurationError(
+                f"{getattr(fn, '__qualname__', fn)!r} is an async generator: a task returns "
+                "one result; make it an async def that returns a list, or a sync generator "
+                "consumer")
+        # Coroutine functions run on the worker process's event loop.
+        self.is_async = inspect.iscoroutinefunction(getattr(fn, "__func__", fn))
+        self.rate_limit = rate_limit
+        self._rate = _parse_rate(rate_limit)
+        if not isinstance(unique, bool):
+            raise ConfigurationError(f"unique must be True or False, not {unique!r}")
+        self.unique = unique
         self.ignore_result = bool(ignore_result)
         # Only a subclass that overrides a hook pays for calling hooks.
         self._hooked = any(getattr(type(self), hook) is not getattr(Task, hook)
@@ -3563,6 +3833,12 @@ class Task:
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
+
+    def _registry_row(self, now):
+        """Its registry row, with its rate limit (rate, interval: None for none)."""
+        rate, interval = self._rate or (None, None)
+        return {"name": self.name, "module": self.module, "now": now, "rate": rate,
+                "interval": interval}
 
     @property
     def max_retries(self):
@@ -3695,6 +3971,10 @@ class Task:
 
 class AsyncResult:
     """The state and result of one task, read from the database."""
+
+    # True when apply_async() of a unique task returned the task that already held its key
+    # instead of queueing another.
+    existing = False
 
     def __init__(self, id, app=None, parent=None):
         self.id = id
@@ -3896,6 +4176,48 @@ class AsyncResult:
         timeout (seconds) runs out, and TaskNotFound for an id nobody queued. Waits on the
         wake-up channel; interval caps the fallback poll for workers that cannot ring.
         """
+        waiting = self._waiting(timeout, interval)
+        try:
+            sleeper, wait = next(waiting)
+            while True:
+                if sleeper is None:
+                    time.sleep(wait)
+                    rang = False
+                else:
+                    rang = bool(select.select([sleeper], [], [], wait)[0])
+                sleeper, wait = waiting.send(rang)
+        except StopIteration as done:
+            return self._ended(done.value, propagate)
+
+    async def aget(self, timeout=None, propagate=True, interval=None):
+        """get() for a coroutine: the event loop runs on while it waits (woken by the same
+        wake-up channel, not by polling)."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting(timeout, interval)
+        try:
+            sleeper, wait = next(waiting)
+            while True:
+                rang = False
+                if sleeper is None:
+                    await asyncio.sleep(wait)
+                else:
+                    rung = loop.create_future()
+                    loop.add_reader(sleeper.fileno(), lambda: rung.done() or rung.set_result(1))
+                    try:
+                        await asyncio.wait_for(rung, wait)
+                        rang = True
+                    except builtins.TimeoutError:
+                        pass
+                    finally:
+                        loop.remove_reader(sleeper.fileno())
+                sleeper, wait = waiting.send(rang)
+        except StopIteration as done:
+            return self._ended(done.value, propagate)
+
+    def _waiting(self, timeout, interval):
+        """The wait of get() and aget(): yields (wake-up socket or None, seconds) to sleep
+        on, is sent whether the socket rang, and returns the ready row."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poll_max = interval or self.app.conf["worker_poll_interval"]
         row = self._fetch()
@@ -3918,16 +4240,18 @@ class AsyncResult:
                         raise TimeoutError(f"task {self.id} not ready after {timeout} s "
                                            f"(state {row['state']})")
                     wait = min(wait, remaining)
-                if sleeper is not None and select.select([sleeper], [], [], wait)[0]:
+                if (yield sleeper, wait):
                     sleeper.drain()
                 else:
-                    if sleeper is None:
-                        time.sleep(wait)
                     poll = min(poll * 2, poll_max)
                 row = self._fetch()
         finally:
             if sleeper is not None:
                 sleeper.close()
+        return row
+
+    def _ended(self, row, propagate):
+        """get()'s answer for a ready row."""
         state = _visible_state(row)
         if state == SUCCESS:
             return self.result
@@ -4019,6 +4343,9 @@ class EagerResult(AsyncResult):
         if self._row["state"] == FAILURE and propagate:
             raise self._value
         return self._value
+
+    async def aget(self, timeout=None, propagate=True, interval=None):
+        return self.get(timeout, propagate, interval)
 
     def forget(self):
         pass
@@ -4719,7 +5046,7 @@ class _Plan:
         app = self.app
         new = {name: task for name, task in self.tasks.items() if name not in app._noted}
         now = time.time()
-        registry_rows = [{"name": name, "module": task.module, "now": now}
+        registry_rows = [task._registry_row(now)
                          for name, task in new.items()]
         app._publish("before", self.rows)
         app._storage().insert_canvas(self.rows, registry_rows, self.chords, self.groups,
@@ -5045,11 +5372,20 @@ class LiteQueue:
             return self._run_eagerly(task, name, row["id"], row["payload"])
         registry_row = None
         if task is not None and name not in self._noted:
-            registry_row = {"name": name, "module": task.module, "now": row["created_at"]}
+            registry_row = task._registry_row(row["created_at"])
         publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
         if publish:
             self._publish("before", [row])
-        self._storage().insert_task(row, registry_row)
+        if row["unique_key"] is None:
+            self._storage().insert_task(row, registry_row)
+        else:
+            holder = self._storage().insert_unique(row, registry_row)
+            if holder != row["id"]:          # a task with this key waits or runs: that one
+                if registry_row:
+                    self._noted.add(name)
+                result = AsyncResult(holder, self)
+                result.existing = True
+                return result
         if registry_row:
             self._noted.add(name)
         (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
@@ -5084,7 +5420,8 @@ class LiteQueue:
             self._sched_bell.ring()
 
     def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
-                  queue=None, countdown=None, eta=None, expires=None, **options):
+                  queue=None, countdown=None, eta=None, expires=None, unique_key=None,
+                  **options):
         """The tasks row a call becomes, or the error its arguments or options deserve."""
         if options:
             raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
@@ -5112,7 +5449,13 @@ class LiteQueue:
         priority = _checked_priority(priority)
         scheduled = eta_at is not None and eta_at > now
         current = getattr(_request, "current", None)     # queued by a running task
-        return {"id": task_id, "name": name, "queue": queue, "priority": priority,
+        if unique_key is not None:
+            unique_key = f"{name}:{_checked_text('unique_key', unique_key)}"
+        elif task is not None and task.unique:
+            # The same arguments make the same key, whatever the order of the kwargs.
+            unique_key = f"{name}:" + hashlib.sha256(_pack(
+                [list(args), sorted(kwargs.items())])).hexdigest()[:32]
+        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue, "priority": priority,
                 "state": SCHEDULED if scheduled else PENDING, "payload": payload,
                 "eta": eta_at if scheduled else None, "expires": expires_at,
                 "max_retries": task._max_retries if task and
@@ -5167,6 +5510,8 @@ class LiteQueue:
         _request.current = _Request(task_id, args, kwargs, name=name, **ids)
         try:
             value = task(*args, **kwargs)
+            if task.is_async:
+                value = _await_here(_with_request(value, _request.current))
         except Exception as exc:
             return result(FAILURE, exc, _traceback.format_exc())
         finally:
@@ -5278,6 +5623,11 @@ class Admin:
         """{queue: unix time it was paused} of the paused queues."""
         return {q if isinstance(q, str) else _shown(q): t
                 for q, t in self.app._storage().paused().items()}
+
+    def rate_limits(self):
+        """[{name, rate, interval, next_start}] of the rate-limited task names."""
+        return [dict(zip(("name", "rate", "interval", "next_start"), row))
+                for row in self.app._storage().rate_limits()]
 
     def requeue_failed(self, name=None):
         """Queue again every failed task of a name (or all of them); returns how many."""
@@ -5394,6 +5744,12 @@ class Admin:
         if row["queue"] not in queues:
             return f"no live worker serves its queue {row['queue']!r} (they serve " \
                    f"{', '.join(sorted(queues))})"
+        limit = [r for r in self.app._storage().rate_limits() if r[0] == row.get("rate_key")]
+        if limit:
+            _, rate, _, next_start = limit[0]
+            at = _from_unix(max(next_start, now))
+            return (f"rate-limited to {rate} (for every worker on this file): the next start "
+                    f"of {name} is allowed at {at.isoformat(timespec='milliseconds')}")
         return "queued: the workers are busy with tasks ahead of it"
 
 
@@ -5825,8 +6181,183 @@ class _Pending:
         return seqs
 
 
+# Why a coroutine task was cancelled (the message of its CancelledError).
+_SOFT_LIMIT, _HARD_LIMIT, _TERMINATED = ("litequeue: soft time limit",
+                                         "litequeue: hard time limit", "litequeue: revoked")
+# A coroutine past its hard limit is cancelled by its own loop; if that loop is blocked
+# (sync code in a coroutine), the supervisor kills the process this much later.
+_LOOP_KILL_GRACE = 2.0
+# The most rows a child claims at once for its coroutines and threads.
+_OFFLOAD_CLAIM_MAX = 256
+
+
+class _Terminated(Exception):
+    """A coroutine task cancelled because it was revoked with terminate."""
+
+
+class _SoftLimited:
+    """Awaits a coroutine; a cancel whose message is _SOFT_LIMIT reaches the coroutine as
+    SoftTimeLimitExceeded instead (asyncio can only cancel), so that a task can catch it
+    and clean up as a sync task does. Any other cancel or error passes through as is."""
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro):
+        self.coro = coro
+
+    def __await__(self):
+        import asyncio
+        coro, sent, error = self.coro, None, None
+        while True:
+            try:
+                yielded = coro.send(sent) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            sent = error = None
+            try:
+                sent = yield yielded
+            except asyncio.CancelledError as exc:
+                if exc.args == (_SOFT_LIMIT,):
+                    asyncio.current_task().uncancel()
+                    error = SoftTimeLimitExceeded("the task ran past its soft time limit")
+                else:
+                    error = exc
+            except BaseException as exc:
+                error = exc
+
+
+class _Flight:
+    """A row running off the child's main thread (a coroutine or a -P threads thread)."""
+
+    __slots__ = ("row", "task", "args", "kwargs", "request", "outcome", "soft", "hard",
+                 "deadline", "kind", "started", "handle")
+
+    def __init__(self, row, task, args, kwargs, request, outcome, soft, hard, kind):
+        self.row, self.task, self.args, self.kwargs = row, task, args, kwargs
+        self.request, self.outcome, self.kind = request, outcome, kind
+        self.soft, self.hard = soft, hard
+        self.deadline = 0.0
+        self.started = time.monotonic()
+        self.handle = None            # its asyncio.Task, once the loop has started it
+
+
+class _LoopRunner:
+    """One asyncio event loop, on its own thread of a worker process, that runs the
+    process's coroutine tasks. It only awaits them: the main thread claims, prepares,
+    records and commits, and gets each end through report(seq, value, exc, tb,
+    seconds)."""
+
+    def __init__(self, report):
+        import asyncio
+        self.asyncio = asyncio
+        self.report = report
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="litequeue-loop", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, flights):
+        self.loop.call_soon_threadsafe(self._start, flights)
+
+    def cancel(self, flight, why):
+        self.loop.call_soon_threadsafe(self._cancel, flight, why)
+
+    def _start(self, flights):
+        for flight in flights:
+            flight.handle = self.loop.create_task(self._drive(flight))
+
+    @staticmethod
+    def _cancel(flight, why):
+        if flight.handle is not None:
+            flight.handle.cancel(why)
+
+    async def _drive(self, flight):
+        asyncio = self.asyncio
+        _request.current = flight.request
+        this, loop = asyncio.current_task(), self.loop
+        timers = [loop.call_later(limit, this.cancel, why) for limit, why in
+                  ((flight.soft, _SOFT_LIMIT), (flight.hard, _HARD_LIMIT)) if limit]
+        started = time.monotonic()
+        value = exc = tb = None
+        try:
+            coro = flight.task(*flight.args, **flight.kwargs)
+            value = await (_SoftLimited(coro) if flight.soft else coro)
+        except asyncio.CancelledError as cancelled:
+            why = cancelled.args[0] if cancelled.args else None
+            exc = TimeLimitExceeded("the task ran past its hard time limit") \
+                if why == _HARD_LIMIT else _Terminated() if why == _TERMINATED else cancelled
+            tb = _traceback.format_exc()
+        except BaseException as error:      # its failure, whatever it is
+            exc, tb = error, _traceback.format_exc()
+        finally:
+            for timer in timers:
+                timer.cancel()
+        self.report(flight.row.seq, value, exc, tb, time.monotonic() - started)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class _ThreadRunner:
+    """-P threads: N threads of a worker process that run its sync tasks, each ending
+    through report() as for _LoopRunner."""
+
+    def __init__(self, count, report):
+        self.report = report
+        self.jobs = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"litequeue-thread-{i}",
+                                         daemon=True) for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, flights):
+        for flight in flights:
+            self.jobs.put(flight)
+
+    def _work(self):
+        while True:
+            flight = self.jobs.get()
+            if flight is None:
+                return
+            _request.current = flight.request
+            started = time.monotonic()
+            value = exc = tb = None
+            try:
+                value = flight.task(*flight.args, **flight.kwargs)
+            except BaseException as error:  # its failure, whatever it is
+                exc, tb = error, _traceback.format_exc()
+            _request.current = None
+            self.report(flight.row.seq, value, exc, tb, time.monotonic() - started)
+
+    def close(self):
+        for _ in self.threads:
+            self.jobs.put(None)
+
+
+class _SharedMetaWriter:
+    """update_state() writes of tasks running off the main thread: their own connection
+    (the main thread's may be inside a transaction), one write at a time."""
+
+    def __init__(self, open_storage):
+        self.open_storage = open_storage
+        self.storage = None
+        self.lock = threading.Lock()
+
+    def set_meta(self, blob, seq, attempt):
+        with self.lock:
+            if self.storage is None:
+                self.storage = self.open_storage()
+            return self.storage.set_meta(blob, seq=seq, attempt=attempt)
+
+
 class _Child:
-    """One worker process: claims rows, runs them, records results."""
+    """One worker process: claims rows, runs them, records results. Sync tasks run on its
+    main thread (prefork, solo) or on its threads (-P threads); coroutine tasks run on its
+    event loop thread (_LoopRunner), up to worker_async_concurrency at once."""
 
     def __init__(self, spec):
         self.spec = spec
@@ -5885,7 +6416,8 @@ class _Child:
                 logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
                                "using %d KiB", spec["max_memory"], baseline, self.max_memory)
         row = {"id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
-               "pid": self.pid, "queues": ",".join(self.queues), "concurrency": 1,
+               "pid": self.pid, "queues": ",".join(self.queues),
+               "concurrency": spec.get("threads") or 1,
                "started_at": time.time()}
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "work", self.worker_id)
@@ -5904,9 +6436,24 @@ class _Child:
         self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
         self.batch = 1                 # rows to claim at once: grows while tasks are fast
         self.last_duration = 0.0
+        # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
+        self.threads = spec.get("threads", 0)
+        self.solo = spec.get("solo", False)
+        self.async_limit = spec.get("async_concurrency", DEFAULTS["worker_async_concurrency"])
+        self.flights = {}              # seq -> _Flight
+        self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
+        self.done = collections.deque()    # (seq, value, exc, tb, seconds) from runners
+        self.done_r, self.done_w = os.pipe()
+        os.set_blocking(self.done_r, False)
+        os.set_blocking(self.done_w, False)
+        self.loop_runner = self.thread_runner = self.meta_writer = None
+        self._note_async()
 
     def close(self):
         """Unregister and let go of the lock file, after a clean end."""
+        for runner in (self.loop_runner, self.thread_runner):
+            if runner is not None:
+                runner.close()
         self.sleeper.close()
         with contextlib.suppress(Exception):
             stats = self.stats.take(force=True)
@@ -5942,10 +6489,17 @@ class _Child:
             pass
 
     def step(self):
-        """One pass: claim rows if none is held, else run the next one. Returns False
-        when the child should exit."""
+        """One pass: claim rows if none is held, else run the next one (or hand the next
+        ones to the loop or the threads). Returns False when the child should exit."""
+        if self.done:
+            self._collect()
         if not self.pending.claimed:
             return self._refill()
+        if self.offloading and self._kind(self.pending.claimed[0]) != _ON_MAIN:
+            return self._dispatch()
+        if self.flights and self.solo:
+            self._wait_done(self.poll_max)       # solo: one task at a time, sync or not
+            return True
         row = self.pending.claimed.popleft()
         begun = self.pending.begun
         if self._still_ours(row, begun):
@@ -5957,10 +6511,17 @@ class _Child:
         once the child is stopping (or orphaned) and has committed everything."""
         if self._parent_gone():
             self.orphaned = True
-        want = 0 if (self.stopping or self.orphaned) else self.batch
+        stopping = self.stopping or self.orphaned
+        want = 0 if stopping else self._want()
         rows = self._commit(self.pending.take(), want)
-        if want == 0:
+        if stopping:
+            if self.flights:               # they finish first (their time limits hold)
+                self._wait_done(self.poll_max)
+                return True
             return False
+        if want == 0:                      # every slot is taken: wait for one to end
+            self._wait_done(self.poll_max)
+            return True
         if not rows:
             # The batch size survives idleness: it was learnt from how fast the tasks
             # run, and any slow task resets it.
@@ -5972,6 +6533,220 @@ class _Child:
             self.batch = min(self.batch * 2, self.prefetch)
         self.pending.claimed.extend(rows)
         return True
+
+    # -- coroutines and threads -----------------------------------------------------------
+
+    def _note_async(self):
+        """Whether any row may run off the main thread (a coroutine task, or -P threads)."""
+        self.offloading = bool(self.threads) or any(
+            getattr(task, "is_async", False) for task in self.tasks.values())
+
+    def _kind(self, row):
+        """Where a claimed row runs: _ON_MAIN, _OFF_LOOP or _OFF_THREAD. A row the child
+        cannot run (unknown name...) is settled on the main thread."""
+        task = self.tasks.get(row.name)
+        if task is None:
+            return _ON_MAIN
+        if task.is_async:
+            return _OFF_LOOP
+        return _OFF_THREAD if self.threads else _ON_MAIN
+
+    def _free(self):
+        """Slots free on the loop and on the threads."""
+        return (self.async_limit - self.off[_OFF_LOOP],
+                self.threads - self.off[_OFF_THREAD])
+
+    def _want(self):
+        """How many rows to claim: the adaptive batch for the main thread, or as many as
+        the loop and the threads have free slots for (none: wait for one)."""
+        if not self.offloading:
+            return self.batch
+        free_loop, free_threads = self._free()
+        if not self.threads:
+            free_loop = min(free_loop, _OFFLOAD_CLAIM_MAX)
+            return max(self.batch, free_loop) if free_loop > 0 else self.batch
+        return max(0, min(free_loop + free_threads, _OFFLOAD_CLAIM_MAX))
+
+    def _dispatch(self):
+        """Hand the claimed rows at the head of the queue that run off the main thread to
+        the loop or the threads, as many as have a free slot; with none free, wait for a
+        slot."""
+        claimed = self.pending.claimed
+        free = dict(zip((_OFF_LOOP, _OFF_THREAD), self._free()))
+        batch = []
+        while claimed:
+            kind = self._kind(claimed[0])
+            if kind == _ON_MAIN or free[kind] <= 0:
+                break
+            free[kind] -= 1
+            batch.append((claimed.popleft(), kind))
+        if not batch:
+            self._wait_done(self.poll_max)
+            return True
+        now = time.time()
+        flights = []
+        for row, kind in batch:
+            outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
+                                        tag=_tag(row.id), id=row.id, followers=row.followers)
+            task = self.tasks[row.name]
+            flight = _Flight(row, task, (), {}, None, outcome,
+                             task.soft_time_limit or self.spec["soft_time_limit"],
+                             task.time_limit or self.spec["time_limit"], kind)
+            if flight.hard:
+                flight.deadline = now + flight.hard + (_LOOP_KILL_GRACE if kind == _OFF_LOOP
+                                                       else 0.0)
+            self.flights[row.seq] = flight
+            self.off[kind] += 1
+            flights.append(flight)
+        # As _still_ours: record them as running, then look for revokes.
+        self._record_flights()
+        revocations = self.revocations.value()
+        if revocations != self.revocations_seen:
+            self.revocations_seen = revocations
+            seqs = [f.row.seq for f in flights]
+            states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
+                                  "reading revoked rows again")
+            for flight in [f for f in flights if states.get(f.row.seq) != STARTED]:
+                flights.remove(flight)
+                self._land(flight)
+            self._record_flights()
+        started = []
+        for flight in flights:
+            ready = self._prepare(flight.row, flight.outcome)
+            if isinstance(ready, _Outcome):
+                self._land(flight)
+                self.pending.add(ready, flight.started)
+                continue
+            flight.task, flight.args, flight.kwargs = ready
+            row = flight.row
+            flight.request = _Request(
+                row.id, flight.args, flight.kwargs, row.retries, row.attempt, row.name,
+                self.hostname, self.worker_id, row.parent_id, row.root_id, row.group_id,
+                (self._meta_writer(), row.seq, row.attempt))
+            if flight.task._hooked or _TASK_WATCHERS[0]:
+                signals.task_prerun.send(sender=flight.task, task_id=row.id, task=flight.task,
+                                         args=flight.args, kwargs=flight.kwargs)
+            started.append(flight)
+        if len(started) != len(flights):
+            self._record_flights()
+        if any(f.deadline for f in started):
+            self.control_bell.ring()      # the supervisor enforces the hard limits
+        for kind in (_OFF_LOOP, _OFF_THREAD):
+            mine = [f for f in started if f.kind == kind]
+            if mine:
+                self._runner(kind).submit(mine)
+        return True
+
+    def _runner(self, kind):
+        """The loop or the threads, started on first use."""
+        if kind == _OFF_LOOP:
+            if self.loop_runner is None:
+                self.loop_runner = _LoopRunner(self._report)
+            return self.loop_runner
+        if self.thread_runner is None:
+            self.thread_runner = _ThreadRunner(self.threads, self._report)
+        return self.thread_runner
+
+    def _meta_writer(self):
+        if self.meta_writer is None:
+            conf = self.spec["settings"]
+            self.meta_writer = _SharedMetaWriter(lambda: _Storage(
+                self.spec["db"], synchronous=conf["synchronous"],
+                busy_timeout=conf["busy_timeout"], autocheckpoint=0,
+                busy_steps=_BUSY_STEPS_WORKER))
+        return self.meta_writer
+
+    def _report(self, seq, value, exc, tb, seconds):
+        """A runner thread: a flight ended. The main thread collects it."""
+        self.done.append((seq, value, exc, tb, seconds))
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.done_w, b"\0")
+
+    def _land(self, flight):
+        """A flight is over (collected, or dropped before it began)."""
+        del self.flights[flight.row.seq]
+        self.off[flight.kind] -= 1
+
+    def _record_flights(self):
+        """Write the lock record: what runs off the main thread, and what waits to be
+        committed."""
+        self.lock.set_entries([(f.row.seq, f.deadline, f.kind) for f in self.flights.values()])
+        self.lock.executing(0, begun=self.pending.begun)
+
+    def _collect(self):
+        """Turn the flights that ended into outcomes for the next commit, commit them, and
+        claim rows for the slots they freed."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.done_r, 1 << 16)
+        done = self.done
+        while done:
+            seq, value, exc, tb, seconds = done.popleft()
+            flight = self.flights.get(seq)
+            if flight is None:
+                continue
+            self._land(flight)
+            if isinstance(exc, _Terminated):
+                logger.warning("Task %s[%s] was revoked and terminated", flight.row.name,
+                               flight.row.id)
+                continue                  # its row is REVOKED already
+            started = time.monotonic() - seconds
+            outcome = self._finish(flight.task, flight.row, flight.args, flight.kwargs,
+                                   flight.request, value, exc, tb, started, flight.outcome)
+            self.pending.add(outcome, started)
+            self._count(flight.row.name, outcome.state, seconds)
+            self.tasks_done += 1
+        self._record_flights()
+        if self._used_up():
+            self.stopping = True
+        if self.pending.outcomes:
+            stopping = self.stopping or self.orphaned
+            rows = self._commit(self.pending.take(), 0 if stopping else
+                                max(0, self._want() - len(self.pending.claimed)))
+            self.pending.claimed.extend(rows)
+        self._cancel_revoked()
+
+    def _cancel_revoked(self):
+        """Cancel the coroutines revoked with terminate (the revoke counter moved)."""
+        revocations = self.revocations.value()
+        if revocations == self.revocations_seen or not self.off[_OFF_LOOP]:
+            return
+        self.revocations_seen = revocations
+        seqs = [seq for seq, f in self.flights.items() if f.kind == _OFF_LOOP]
+        states = self.storage.states_of(seqs)
+        for seq in seqs:
+            if states.get(seq) == REVOKED:
+                self.loop_runner.cancel(self.flights[seq], _TERMINATED)
+
+    def _wait_done(self, timeout):
+        """Sleep until a flight ends, a signal, the supervisor's end, or timeout."""
+        waitables = [self.done_r, self.sig_r, self.sleeper]
+        if self.parent_sentinel is not None:
+            waitables.append(self.parent_sentinel)
+        ready = select.select(waitables, [], [], self._flush_idle_stats(timeout))[0]
+        if self.sig_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.sig_r, 64)
+        if self.sleeper in ready:
+            self.sleeper.drain()
+            self._cancel_revoked()
+        if self.parent_sentinel in ready:
+            self.orphaned = True
+
+    def _count(self, name, state, duration):
+        """Add one run to the counters (_Stats)."""
+        kind = _STATS_KIND.get(state)
+        if kind is None:
+            return
+        stats = self.stats
+        counts = stats.rows.get((name, self.claim_queue))
+        if counts is None:
+            counts = stats.rows[(name, self.claim_queue)] = _stats_counts()
+        counts[kind] += 1
+        counts[3] += duration
+        counts[4 if duration <= _RUNTIME_BUCKETS[0] else
+               4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
+        stats.processed += 1
+        stats.failed += kind == 1
 
     def _still_ours(self, row, begun):
         """Record the row as the one about to run, then check that no revoke took it
@@ -6006,19 +6781,7 @@ class _Child:
         self.lock.executing(0, begun=self.pending.begun)
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
-        # The counters (_Stats.add, inlined: this is once per task).
-        kind = _STATS_KIND.get(outcome.state)
-        if kind is not None:
-            stats = self.stats
-            counts = stats.rows.get((row.name, self.claim_queue))
-            if counts is None:
-                counts = stats.rows[(row.name, self.claim_queue)] = _stats_counts()
-            counts[kind] += 1
-            counts[3] += duration
-            counts[4 if duration <= _RUNTIME_BUCKETS[0] else
-                   4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
-            stats.processed += 1
-            stats.failed += kind == 1
+        self._count(row.name, outcome.state, duration)
         if duration > _GROUP_COMMIT_WINDOW:
             self.batch = 1
         self.tasks_done += 1
@@ -6033,7 +6796,7 @@ class _Child:
             return True                 # the next step commits, then claims
         if self.stopping or self._parent_gone():
             self._commit(pending.take(), 0, release=pending.unclaim())
-            return False
+            return bool(self.flights)     # the loop's and threads' tasks finish first
         if self.last_duration > _GROUP_COMMIT_WINDOW:
             self._commit(pending.take(), 0, release=pending.unclaim())
         elif pending.since is not None and \
@@ -6147,33 +6910,46 @@ class _Child:
         loop again."""
         poll = _POLL_MIN
         version = self.storage.data_version()
-        waitables = [self.sleeper, self.sig_r]
+        waitables = [self.sleeper, self.sig_r, self.done_r]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
         look = True
+        start_at = None       # when a rate-limited ready row may start
         while not self.stopping:
-            if look and any(self.storage.has_ready(q) for q in self.queues):
-                rows = self._commit([], 1)
-                if rows:
-                    return rows
-                if not self.storage.registered(self.worker_id):
-                    # Declared dead: a rescuer may no longer see rows claimed under this
-                    # id, so it claims none (the claim checks too) and makes way for a
-                    # fresh child.
-                    logger.error("child %s is no longer in the workers table; it stops "
-                                 "claiming and exits", self.worker_id)
-                    self.stopping = True
-                    return None
-            ready = select.select(waitables, [], [], self._flush_idle_stats(poll))[0]
+            if look:
+                start_at = self._next_start()
+                if start_at is not None and start_at <= time.time() or \
+                        any(self.storage.has_ready(q) for q in self.queues):
+                    rows = self._commit([], max(1, self._want()) if self.offloading else 1)
+                    if rows:
+                        return rows
+                    start_at = None
+                    if not self.storage.registered(self.worker_id):
+                        # Declared dead: a rescuer may no longer see rows claimed under
+                        # this id, so it claims none (the claim checks too) and makes way
+                        # for a fresh child.
+                        logger.error("child %s is no longer in the workers table; it stops "
+                                     "claiming and exits", self.worker_id)
+                        self.stopping = True
+                        return None
+            wait = self._flush_idle_stats(poll)
+            if start_at is not None:
+                wait = max(0.0, min(wait, start_at - time.time()))
+            ready = select.select(waitables, [], [], wait)[0]
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.sig_r, 64)
             if self.parent_sentinel in ready:
                 self.orphaned = True
                 return None
+            if self.done_r in ready:
+                return None               # a coroutine or thread ended: collect it
             if self.sleeper in ready:
                 self.sleeper.drain()
+                self._cancel_revoked()
                 look = True
+            elif start_at is not None and start_at <= time.time():
+                look = True                   # a rate-limited row's start has come
             else:
                 # Writers that do not ring (other languages, the sqlite3 shell) still
                 # change data_version; reading it costs no lock.
@@ -6181,6 +6957,11 @@ class _Child:
                 look, version = new_version != version, new_version
             poll = _POLL_MIN if look else min(poll * 2, self.poll_max)
         return None
+
+    def _next_start(self):
+        """The earliest start time of a rate-limited ready row of the queues served."""
+        times = [t for t in map(self.storage.next_start, self.queues) if t is not None]
+        return min(times) if times else None
 
     def _flush_idle_stats(self, wait):
         """While idle, write the counters once their interval is over (a write only when
@@ -6241,9 +7022,27 @@ class _Child:
                 signal.setitimer(signal.ITIMER_REAL, soft)
             value = task(*args, **kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
-            tb = _traceback.format_exc()
-            if request.progress is not None:
-                request.close()
+            return self._finish(task, row, args, kwargs, request, None, exc,
+                                _traceback.format_exc(), started, outcome)
+        finally:
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.in_task = False
+            _request.current = None
+        return self._finish(task, row, args, kwargs, request, value, None, None, started,
+                            outcome)
+
+    def _finish(self, task, row, args, kwargs, request, value, exc, tb, started, outcome):
+        """The _Outcome of a task that returned value or raised exc (traceback tb), after
+        its hooks and signals."""
+        if request.progress is not None:
+            request.close()
+        watched = task._hooked or _TASK_WATCHERS[0]
+        if exc is None and inspect.iscoroutine(value):
+            value.close()
+            exc = TypeError(f"{row.name} returned a coroutine: define it with async def so "
+                            "that the worker awaits it")
+        if exc is not None:
             try:
                 done = self._failed(task, row, exc, tb, outcome)
             except Exception as bad_request:   # e.g. self.retry(countdown="soon")
@@ -6252,13 +7051,6 @@ class _Child:
             if watched:
                 self._after_task(task, row, args, kwargs, done, None, exc, tb)
             return done
-        finally:
-            if soft:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.in_task = False
-            _request.current = None
-        if request.progress is not None:
-            request.close()
         try:
             result = _pack(value)
         except Exception as exc:   # unencodable, or a value whose own methods raise
@@ -6434,6 +7226,7 @@ class _Child:
             return None
         _autoimport([module], self.spec["cwd"], self.tried_modules)
         self.tasks, _ = _collect_tasks(self.spec["db"])
+        self._note_async()
         return self.tasks.get(name)
 
 
@@ -6446,6 +7239,10 @@ def _child_main(spec):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     warnings.simplefilter("ignore", LitequeueWarning)   # the supervisor has shown them
     _configure_logging(spec["loglevel"])
+    if spec.get("solo_tty"):
+        # -P solo from a terminal: breakpoint() and pdb in a task read from it.
+        with contextlib.suppress(OSError):
+            sys.stdin = open("/dev/tty")      # noqa: SIM115 (for the process's life)
     child = _Child(spec)
     try:
         code = child.run()
@@ -6461,9 +7258,11 @@ class _ChildHandle:
         self.worker_id = worker_id
         self.started = started
         self.killed_for = None      # "time limit" or "revoked" once the supervisor kills it
+        self.culprits = ()          # then the seqs it was killed for
 
-    def kill(self, why):
+    def kill(self, why, culprits):
         self.killed_for = why
+        self.culprits = frozenset(culprits)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.process.pid, signal.SIGKILL)
 
@@ -6563,6 +7362,10 @@ class _Supervisor:
         self.tasks = tasks
         self.periodic = periodic or {}
         self.concurrency = concurrency
+        self.pool = settings["worker_pool"]
+        # prefork: one child per slot; threads: one child of `concurrency` threads; solo:
+        # one child, one task at a time.
+        self.processes = concurrency if self.pool == "prefork" else 1
         self.queues = queues
         self.modules = modules
         self.loglevel = loglevel
@@ -6593,7 +7396,21 @@ class _Supervisor:
                 "time_limit": self.settings["task_time_limit"],
                 "soft_time_limit": self.settings["task_soft_time_limit"],
                 "max_tasks": self.settings["worker_max_tasks_per_child"],
-                "max_memory": self.settings["worker_max_memory_per_child"]}
+                "max_memory": self.settings["worker_max_memory_per_child"],
+                "threads": self.concurrency if self.pool == "threads" else 0,
+                "async_concurrency": 1 if self.pool == "solo" else
+                self.settings["worker_async_concurrency"],
+                "solo": self.pool == "solo", "solo_tty": self.pool == "solo" and os.isatty(0)}
+
+    def _pool_text(self):
+        """The pool in words, for the log and systemd's status line."""
+        coroutines = "" if self.pool == "solo" else \
+            f", up to {self.settings['worker_async_concurrency']} coroutines each"
+        if self.pool == "threads":
+            return f"1 process of {self.concurrency} threads{coroutines}"
+        if self.pool == "solo":
+            return "solo (1 process, 1 task at a time)"
+        return f"{self.processes} process(es){coroutines}"
 
     def _start_child(self):
         """Spawn one child with a fresh worker id."""
@@ -6626,10 +7443,14 @@ class _Supervisor:
         os.set_blocking(sig_w, False)
         previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %d process(es), queues %s, time zone %s, "
-                    "%d task(s): %s", self.db, self.concurrency, ",".join(self.queues),
+        logger.info("litequeue worker %s: %s, queues %s, time zone %s, "
+                    "%d task(s): %s", self.db, self._pool_text(), ",".join(self.queues),
                     self.settings["timezone"], len(self.tasks),
                     ", ".join(sorted(self.tasks)) or "(none)")
+        if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
+                t.soft_time_limit and not t.is_async for t in self.tasks.values())):
+            logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
+                           "thread cannot be interrupted); hard limits end the whole process")
         if not self.tasks:
             logger.warning("this worker serves no task yet: it imports the modules that "
                            "producers register when their file is under %s. To serve your "
@@ -6638,10 +7459,10 @@ class _Supervisor:
         try:
             try:
                 self._guard("rescue", self._rescue_dead_workers)
-                for _ in range(self.concurrency):
+                for _ in range(self.processes):
                     self._start_child()
                 self.notify.send(f"READY=1\nSTATUS=serving {len(self.tasks)} task(s) with "
-                                 f"{self.concurrency} process(es)\nMAINPID={os.getpid()}")
+                                 f"{self._pool_text()}\nMAINPID={os.getpid()}")
                 signals.worker_ready.send(sender=self)
                 try:
                     return self._loop(sig_r)
@@ -6689,7 +7510,7 @@ class _Supervisor:
         if tasks:
             now = time.time()
             self.storage.upsert_registry(
-                [{"name": t.name, "module": t.module, "now": now} for t in tasks.values()])
+                [t._registry_row(now) for t in tasks.values()])
         owned = {t.module for t in tasks.values()} | {p["module"] for p in self.periodic.values()}
         owned |= {_module_spec_name(m) for m in self.modules}
         owned |= {_module_spec_name(m) for m in self.settings["imports"]}
@@ -6896,26 +7717,37 @@ class _Supervisor:
     def _police_children(self):
         """Kill children past their task's hard time limit, or running a task revoked with
         terminate. Returns the next hard deadline (unix time) or None."""
-        executing = {}
+        running = {}
         for child in self.children.values():
             if child.killed_for is None:
-                seq, deadline = self.locks.executing(child.worker_id)
-                if seq:
-                    executing[child] = (seq, deadline)
-        if not executing:
+                entries = self.locks.running(child.worker_id)
+                if entries:
+                    running[child] = entries
+        if not running:
             return None
-        states = self.storage.states_of(seq for seq, _ in executing.values())
-        now, next_deadline = time.time(), None
-        for child, (seq, deadline) in executing.items():
-            if states.get(seq) == REVOKED:
+        states = self.storage.states_of(seq for entries in running.values()
+                                        for seq, _, _ in entries)
+        now, next_deadline, cancel = time.time(), None, False
+        for child, entries in running.items():
+            revoked = [seq for seq, _, kind in entries
+                       if states.get(seq) == REVOKED and kind != _OFF_LOOP]
+            late = [seq for seq, deadline, _ in entries if deadline and deadline <= now]
+            # A revoked coroutine is cancelled by its own process, woken by a ring.
+            cancel = cancel or any(states.get(seq) == REVOKED and kind == _OFF_LOOP
+                                   for seq, _, kind in entries)
+            if late:
+                logger.error("killing child %s: %d task(s) ran past their hard time limit",
+                             child.worker_id, len(late))
+                child.kill("time limit", late)
+            elif revoked:
                 logger.warning("terminating child %s: its task was revoked", child.worker_id)
-                child.kill("revoked")
-            elif deadline and deadline <= now:
-                logger.error("killing child %s: its task ran past its hard time limit",
-                             child.worker_id)
-                child.kill("time limit")
-            elif deadline:
-                next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+                child.kill("revoked", revoked)
+            else:
+                for _, deadline, _ in entries:
+                    if deadline:
+                        next_deadline = min(next_deadline or deadline, deadline)
+        if cancel:
+            self.work_bell.ring()
         return next_deadline
 
     def _settle_lost(self, exc):
@@ -7027,7 +7859,10 @@ class _Supervisor:
         process = child.process
         process.join()
         code = process.exitcode
-        crashed, _ = self.locks.executing(child.worker_id)
+        # Killed for some of its tasks: only those are charged, the others it was running
+        # go back uncharged. Died of itself: every task it was running is charged.
+        crashed = child.culprits if child.killed_for else \
+            {seq for seq, _, _ in self.locks.running(child.worker_id)}
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if child.killed_for == "time limit":
             exc = TimeLimitExceeded(f"the task ran past its hard time limit; worker process "
@@ -7097,7 +7932,7 @@ class _Supervisor:
             if not self.locks.dead(worker_id):
                 continue
             info = registered.get(worker_id)
-            crashed, _ = self.locks.executing(worker_id)
+            crashed = {seq for seq, _, _ in self.locks.running(worker_id)}
             who = (f"worker process {info['pid']} on {info['hostname']}" if info else
                    f"worker {_saferepr(worker_id, 40)}")
             exc = WorkerLostError(f"{who} died while running the task")
@@ -7857,6 +8692,9 @@ def cli():
 @_setting_option("--max-tasks-per-child", setting="worker_max_tasks_per_child", type=int)
 @_setting_option("--max-memory-per-child", setting="worker_max_memory_per_child", type=int,
                  metavar="KIB")
+@_setting_option("-P", "--pool", setting="worker_pool", metavar="prefork|threads|solo")
+@_setting_option("--async-concurrency", setting="worker_async_concurrency", type=int,
+                 metavar="N")
 def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
     """Run a pool of worker processes on DB until SIGTERM/SIGINT (twice: at once)."""
     _configure_logging(loglevel.upper())
@@ -8038,12 +8876,18 @@ def status(db):
         click.echo(f"  {_shown(sup['id'])} pid {sup['pid']} on {_shown(sup['hostname'])} "
                    f"queues {_shown(sup['queues'])} {alive}")
         for child in sup["children"]:
-            doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in child["running"])
+            running = child["running"]
+            doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in running[:3])
+            if len(running) > 3:
+                doing += f" and {len(running) - 3} more"
             click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing or 'idle'}")
     for queue, since in sorted(admin.paused().items()):
         when = _from_unix(since)
         click.echo(f"queue {_shown(queue)} PAUSED since "
                    f"{when.isoformat(timespec='seconds') if when else '?'}")
+    for limit in admin.rate_limits():
+        click.echo(f"task {_shown(limit['name'])} rate-limited to {_shown(limit['rate'])} "
+                   f"(every worker on this file)")
     rows = admin.schedules()
     disabled = [row for row in rows if row["error"] is not None]
     if rows:

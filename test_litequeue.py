@@ -4506,7 +4506,7 @@ class TestWakeupHygiene:
             os.mkfifo(locks_dir / "0123456789ab.lock")
             (locks_dir / "0123456789ac.lock").mkdir()
             assert not locks.dead("0123456789ab") and not locks.dead("0123456789ac")
-            assert locks.record("0123456789ab") == (None, None, ())
+            assert locks.record("0123456789ab") == ([], ())
             assert locks.dead("0123456789ad")              # no file: dead
             assert locks.dead("not-an-id/../x")            # never a path: dead, nothing read
         finally:
@@ -5876,13 +5876,15 @@ class CanvasProject(Project):
     """A project whose worker runs canvas_tasks.py; calling programs run as separate
     producer processes (python -c), as a user's would."""
 
+    MODULE, SOURCE = "canvas_tasks", None     # SOURCE None: CANVAS_TASKS
+
     def __init__(self, directory):
         super().__init__(directory)
-        (self.dir / "canvas_tasks.py").write_text(CANVAS_TASKS)
+        (self.dir / f"{self.MODULE}.py").write_text(self.SOURCE or CANVAS_TASKS)
 
     def client(self, code, timeout=60):
         """Run a calling program in the project; it prints one JSON value."""
-        prelude = "import json, time, uuid\nfrom canvas_tasks import *\n" \
+        prelude = f"import json, time, uuid\nfrom {self.MODULE} import *\n" \
                   "from litequeue import chain, chord, group, signature, ChordError\n"
         return json.loads(python(prelude + textwrap.dedent(code), self.dir, timeout=timeout))
 
@@ -7176,6 +7178,487 @@ class TestPortability:
 
 # The chaos test's producer: queues `count` chaos tasks at `rate` per second and logs
 # each id once delay() has returned (an O_APPEND line, so a SIGKILL loses nothing logged).
+AIO_TASKS = '''\
+"""Coroutine, thread-pool, rate-limited and unique tasks for litequeue's tests."""
+import asyncio
+import json
+import os
+import threading
+import time
+
+from litequeue import LiteQueue, SoftTimeLimitExceeded
+
+app = LiteQueue("jobs.sqlite", **json.loads(os.environ.get("LQ_TEST_SETTINGS", "{}")))
+MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
+
+
+def log(name, *fields):
+    """One JSON line in marks/NAME: the fields, then the pid and the time (one O_APPEND
+    write: atomic, and it survives a SIGKILL of the writer)."""
+    fd = os.open(os.path.join(MARKS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps([*fields, os.getpid(), time.time()]) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+def released(name):
+    if os.path.exists(os.path.join(MARKS, "ABORT")):
+        raise RuntimeError(f"{name} was never released")
+    return os.path.exists(os.path.join(MARKS, name + ".go"))
+
+
+async def until(name):
+    while not released(name):
+        await asyncio.sleep(0.01)
+
+
+@app.task(bind=True, max_retries=100)
+async def ablock(self, name):
+    """Log its start, report progress, and wait (without blocking the loop) for
+    marks/NAME.go."""
+    log(name, "start", self.request.id, self.request.attempt)
+    self.update_state(state="PROGRESS", meta={"waiting for": name})
+    await until(name)
+    log(name, "done", self.request.id, self.request.attempt)
+    return name
+
+
+@app.task
+async def aadd(x, y):
+    await asyncio.sleep(0)
+    return x + y
+
+
+@app.task
+async def asum(values):
+    await asyncio.sleep(0)
+    return sum(values)
+
+
+@app.task
+async def afail(message):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+@app.task(bind=True, max_retries=3)
+async def aretry(self, times):
+    await asyncio.sleep(0)
+    if self.request.retries < times:
+        raise self.retry(countdown=0.05)
+    return self.request.retries
+
+
+@app.task(soft_time_limit=0.2)
+async def asoft(name):
+    try:
+        await until(name)
+    except SoftTimeLimitExceeded:
+        log(name, "cleanup")
+        return "cleaned up"
+    return "released"
+
+
+@app.task(time_limit=0.2)
+async def ahard(name):
+    await until(name)
+
+
+@app.task(time_limit=0.2)
+async def ablocks_loop(name):
+    log(name, "start")
+    time.sleep(60)              # sync code in a coroutine: its loop cannot cancel it
+
+
+@app.task(bind=True, max_retries=100)
+def tblock(self, name):
+    """Sync: log its start, then wait for marks/NAME.go (blocking its thread)."""
+    log(name, "start", self.request.id, threading.get_ident())
+    while not released(name):
+        time.sleep(0.01)
+    log(name, "done", self.request.id, threading.get_ident())
+    return name
+
+
+@app.task(time_limit=0.3)
+def thard(name):
+    log(name, "start")
+    time.sleep(60)
+
+
+@app.task(bind=True)
+def pause_then(self, name, seconds):
+    log(name, "start", self.request.id)
+    time.sleep(seconds)
+    log(name, "done", self.request.id)
+    return seconds
+
+
+@app.task(bind=True)
+async def apause_then(self, name, seconds):
+    log(name, "start", self.request.id)
+    await asyncio.sleep(seconds)
+    log(name, "done", self.request.id)
+    return seconds
+
+
+@app.task(rate_limit="20/s", bind=True, max_retries=100)
+def limited(self, tag, n):
+    log(tag, "start", self.request.id, n)
+    return n
+
+
+@app.task(rate_limit="20/s", bind=True, max_retries=100)
+async def alimited(self, tag, n):
+    log(tag, "start", self.request.id, n)
+    await asyncio.sleep(0.005)
+    return n
+
+
+@app.task(bind=True, max_retries=100)
+async def achaos(self, n, ms):
+    log("achaos", "start", self.request.id, n)
+    await asyncio.sleep(ms / 1000)
+    log("achaos", "done", self.request.id, n)
+    return n
+
+
+@app.task(unique=True)
+def once(x):
+    return x
+
+
+@app.task
+def plain(x):
+    return x
+'''
+
+
+class AioProject(CanvasProject):
+    """A project whose worker runs aio_tasks.py (coroutines, threads, rate limits)."""
+
+    MODULE, SOURCE = "aio_tasks", AIO_TASKS
+
+    def starts(self, name):
+        """The start lines a task logged to marks/NAME: [fields..., pid, time]."""
+        return [line for line in self.logged(name) if line[0] == "start"]
+
+
+def max_overlap(lines):
+    """The most runs in progress at once, from logged start and done lines."""
+    events = sorted((line[-1], 0 if line[0] == "done" else 1) for line in lines
+                    if line[0] in ("start", "done"))
+    running = most = 0
+    for _, starting in events:
+        running += 1 if starting else -1
+        most = max(most, running)
+    return most
+
+
+def most_in_a_second(times):
+    """The largest number of the given instants in any half-open window of 1 s."""
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t < start + 1.0)
+                for i, start in enumerate(times)), default=0)
+
+
+@pytest.fixture
+def aio(tmp_path):
+    return AioProject(tmp_path / "aio")
+
+
+def start_aio_worker(workers, aio, *extra, concurrency=1, **kwargs):
+    return workers.start(aio, *extra, concurrency=concurrency, app=("aio_tasks",), **kwargs)
+
+
+def only_child(worker, aio, threads=1):
+    """Wait until a -P threads or solo worker has its one child (of `threads` threads)."""
+    wait_until(lambda: worker.supervisor_row() and sql(
+        aio.db, "SELECT count(*), max(concurrency) FROM workers WHERE parent = ?",
+        worker.supervisor_row()) == [(1, threads)], 30, f"one child of {threads} thread(s)")
+    worker.id = worker.supervisor_row()
+    return worker
+
+
+class TestConcurrency:
+    """async def tasks, -P threads and solo, global rate limits and unique tasks."""
+
+    def test_coroutines_run_together_in_one_process_beside_sync_tasks(self, aio, workers):
+        start_aio_worker(workers, aio)
+        ids = aio.client('print(json.dumps([ablock.delay("gate").id for _ in range(50)]))')
+        wait_until(lambda: len(aio.starts("gate")) == 50, 30, "50 coroutines in flight")
+        # A sync task of the same process is not held up by the coroutines in flight.
+        assert aio.client('print(json.dumps(plain.delay(7).get(timeout=30)))') == 7
+        assert len({line[-2] for line in aio.starts("gate")}) == 1       # one process
+        aio.go("gate")
+        results = aio.client(f'''
+            print(json.dumps([app.AsyncResult(i).get(timeout=30) for i in {ids!r}]))
+        ''')
+        assert results == ["gate"] * 50
+        assert max_overlap(aio.logged("gate")) == 50
+
+    def test_worker_async_concurrency_caps_the_coroutines_in_flight(self, aio, workers):
+        start_aio_worker(workers, aio, "--async-concurrency", 5)
+        ids = aio.client('print(json.dumps([ablock.delay("cap").id for _ in range(12)]))')
+        wait_until(lambda: len(aio.starts("cap")) == 5, 30, "5 coroutines in flight")
+        aio.go("cap")
+        aio.client(f'[app.AsyncResult(i).get(timeout=30) for i in {ids!r}]; print(1)')
+        assert len(aio.starts("cap")) == 12
+        assert max_overlap(aio.logged("cap")) == 5
+
+    def test_a_coroutine_task_has_what_a_sync_task_has(self, aio, workers):
+        start_aio_worker(workers, aio, concurrency=2)
+        out = aio.client('''
+            import asyncio
+            from litequeue import LitequeueError
+            values = [aadd.delay(2, 3).get(timeout=30), aretry.delay(2).get(timeout=30),
+                      chain(aadd.s(1, 2), aadd.s(3))().get(timeout=30),
+                      chord([aadd.s(i, i) for i in range(5)])(asum.s()).get(timeout=30),
+                      group(aadd.s(i, 1) for i in range(3))().get(timeout=30),
+                      asyncio.run(aadd.delay(1, 2).aget(timeout=30))]
+            try:
+                afail.delay("broken").get(timeout=30)
+            except ValueError as exc:
+                values.append(str(exc))
+            p = ablock.delay("progress")
+            deadline = time.monotonic() + 30
+            while p.state != "PROGRESS" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            values.append([p.state, p.info])
+            open("marks/progress.go", "w").close()
+            values.append([p.get(timeout=30), p.state])
+            try:
+                @app.task
+                async def agen():
+                    yield 1
+            except LitequeueError as exc:
+                values.append(str(exc))
+            print(json.dumps(values))
+        ''')
+        assert out[:8] == [5, 2, 6, 20, [1, 2, 3], 3, "broken",
+                           ["PROGRESS", {"waiting for": "progress"}]]
+        assert out[8] == ["progress", SUCCESS]
+        assert "is an async generator" in out[9]
+        # Eager mode awaits the coroutine in the calling process.
+        eager = aio.client('''
+            app.conf.task_always_eager = True
+            print(json.dumps([aadd.delay(1, 1).get(), aadd.apply((2, 2)).get(),
+                              chain(aadd.s(1, 1), aadd.s(1)).apply().get()]))
+        ''')
+        assert eager == [2, 4, 3]
+
+    def test_time_limits_cancel_only_the_coroutine_that_ran_over(self, aio, workers):
+        worker = start_aio_worker(workers, aio)
+        child = worker.live_children()[0]["pid"]
+        out = aio.client('''
+            from litequeue import TimeLimitExceeded
+            bystander = ablock.delay("bystander")
+            soft, hard = asoft.delay("soft"), ahard.delay("hard")
+            answers = [soft.get(timeout=30)]
+            try:
+                hard.get(timeout=30)
+            except TimeLimitExceeded as exc:
+                answers.append(str(exc))
+            answers.append(bystander.state)
+            open("marks/bystander.go", "w").close()
+            answers.append(bystander.get(timeout=30))
+            print(json.dumps(answers))
+        ''')
+        assert out == ["cleaned up", "the task ran past its hard time limit", "PROGRESS",
+                       "bystander"]
+        assert [line[2] for line in aio.logged("bystander")] == [1, 1]   # never requeued
+        assert worker.live_children()[0]["pid"] == child              # nothing was killed
+
+    def test_a_loop_blocked_by_sync_code_is_ended_by_the_supervisor(self, aio, workers):
+        start_aio_worker(workers, aio)
+        out = aio.client('''
+            bystander = ablock.delay("by")
+            deadline = time.monotonic() + 30
+            while bystander.state != "PROGRESS" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stuck = ablocks_loop.delay("stuck")
+            try:
+                stuck.get(timeout=30)
+            except Exception as exc:
+                answer = [type(exc).__name__, stuck.retries]
+            open("marks/by.go", "w").close()
+            print(json.dumps(answer + [bystander.get(timeout=30), bystander.retries]))
+        ''')
+        # The coroutine that blocked its loop is charged; the one beside it goes back to
+        # the queue uncharged and runs again in the new process.
+        assert out == ["TimeLimitExceeded", 0, "by", 0]
+        starts = aio.starts("by")
+        assert [line[2] for line in starts] == [1, 2] and starts[0][-2] != starts[1][-2]
+
+    def test_revoke_terminate_cancels_one_coroutine_and_leaves_the_others(self, aio,
+                                                                          workers):
+        start_aio_worker(workers, aio)
+        ids = aio.client('print(json.dumps([ablock.delay("rv").id for _ in range(3)]))')
+        wait_until(lambda: len(aio.starts("rv")) == 3, 30, "3 coroutines in flight")
+        out = aio.client(f'''
+            ids = {ids!r}
+            print(json.dumps([app.AsyncResult(ids[0]).revoke(),
+                              app.AsyncResult(ids[1]).revoke(terminate=True)]))
+        ''')
+        assert out == [False, True]
+        wait_until(lambda: "was revoked and terminated" in workers.started[0].log_text(),
+                   30, "the child to cancel the coroutine")
+        aio.go("rv")
+        states = aio.client(f'''
+            rs = [app.AsyncResult(i) for i in {ids!r}]
+            [r.get(timeout=30, propagate=False) for r in rs]
+            print(json.dumps([r.state for r in rs]))
+        ''')
+        assert states == [SUCCESS, REVOKED, SUCCESS]
+        done = [line[1] for line in aio.logged("rv") if line[0] == "done"]
+        assert sorted(done) == sorted([ids[0], ids[2]])
+        assert len({line[-2] for line in aio.logged("rv")}) == 1          # one process
+
+    def test_sigkill_requeues_the_coroutines_in_flight_and_charges_only_those(
+            self, aio, workers):
+        worker = start_aio_worker(workers, aio, "--async-concurrency", 4)
+        ids = aio.client('print(json.dumps([ablock.delay("k").id for _ in range(10)]))')
+        wait_until(lambda: len(aio.starts("k")) == 4, 30, "4 coroutines in flight")
+        victim = worker.live_children()[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len([s for s in aio.starts("k") if s[-2] != victim]) == 4, 30,
+                   "4 coroutines in flight in the new child")
+        aio.go("k")
+        rows = aio.client(f'''
+            rs = [app.AsyncResult(i) for i in {ids!r}]
+            print(json.dumps([[r.get(timeout=30), r.retries] for r in rs]))
+        ''')
+        assert [value for value, _ in rows] == ["k"] * 10
+        begun = {line[1] for line in aio.starts("k") if line[-2] == victim}
+        charged = {i for i, (_, retries) in zip(ids, rows) if retries}
+        assert len(begun) == 4 and charged == begun     # prefetched rows went back free
+
+    def test_threads_pool_runs_blocking_tasks_side_by_side_in_one_process(self, aio,
+                                                                          workers):
+        worker = only_child(workers.start(aio, "-P", "threads", concurrency=8,
+                                          app=("aio_tasks",), ready=False), aio, threads=8)
+        ids = aio.client('print(json.dumps([tblock.delay("t").id for _ in range(16)]))')
+        wait_until(lambda: len(aio.starts("t")) == 8, 30, "8 tasks running at once")
+        assert len({line[2] for line in aio.starts("t")}) == 8      # on 8 threads
+        assert len({line[-2] for line in aio.starts("t")}) == 1     # of one process
+        aio.go("t")
+        aio.client(f'[app.AsyncResult(i).get(timeout=30) for i in {ids!r}]; print(1)')
+        assert max_overlap(aio.logged("t")) == 8
+        assert len(worker.live_children()) == 1
+        # A hard time limit cannot stop a thread: the process is killed; the task that
+        # ran over is charged, the others it was running go back uncharged.
+        out = aio.client('''
+            from litequeue import TimeLimitExceeded
+            by = tblock.delay("tb")
+            deadline = time.monotonic() + 30
+            while by.state != "STARTED" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            try:
+                thard.delay("th").get(timeout=30)
+            except TimeLimitExceeded as exc:
+                answer = [str(exc)[:39]]
+            open("marks/tb.go", "w").close()
+            print(json.dumps(answer + [by.get(timeout=30), by.retries]))
+        ''')
+        assert out == ["the task ran past its hard time limit; ", "tb", 0]
+
+    def test_solo_runs_one_task_at_a_time_in_one_process(self, aio, workers):
+        worker = only_child(workers.start(aio, "-P", "solo", concurrency=3,
+                                          app=("aio_tasks",), ready=False), aio)
+        out = aio.client('''
+            rs = [apause_then.delay("solo", 0.05) for _ in range(4)] + \\
+                 [pause_then.delay("solo", 0.05) for _ in range(2)]
+            print(json.dumps([r.get(timeout=30) for r in rs]))
+        ''')
+        assert out == [0.05] * 6
+        assert max_overlap(aio.logged("solo")) == 1
+        assert "solo (1 process, 1 task at a time)" in worker.log_text()
+
+    @pytest.mark.parametrize("args, says", [
+        (("-P", "gevent"), "no gevent pool: define I/O-bound tasks with async def"),
+        (("-P", "nope"), "one of prefork, threads, solo"),
+        (("--async-concurrency", "0"), "a whole number >= 1 and <= 10000"),
+    ])
+    def test_bad_pool_options_are_one_line(self, aio, args, says):
+        done = lq("worker", aio.db, "-A", "aio_tasks", *args, cwd=aio.dir)
+        assert done.returncode == 2 and says in done.stderr
+        assert "Traceback" not in done.stderr and not os.path.exists(aio.db)
+
+    def test_rate_limit_is_global_across_supervisors_and_holds_nothing_up(self, aio,
+                                                                          workers):
+        first = start_aio_worker(workers, aio, concurrency=2)
+        second = start_aio_worker(workers, aio, concurrency=2)
+        out = aio.client('''
+            limited_ids = [limited.delay("rl", n).id for n in range(30)] + \\
+                          [alimited.delay("arl", n).id for n in range(10)]
+            plain_values = [plain.delay(n).get(timeout=30) for n in range(5)]
+            pending = app.admin.page(state="PENDING", name="aio_tasks.limited")[0]
+            why = app.admin.task(pending[0]["id"])["why"] if pending else None
+            print(json.dumps({"ids": limited_ids, "plain": plain_values,
+                              "still_waiting": len(pending), "why": why}))
+        ''')
+        # Unrelated tasks ran while the rate-limited backlog was still waiting.
+        assert out["plain"] == list(range(5)) and out["still_waiting"] >= 10
+        assert "rate-limited to 20/s (for every worker on this file)" in out["why"]
+        aio.client(f'[app.AsyncResult(i).get(timeout=60) for i in {out["ids"]!r}]; print(1)')
+        # Each limited task keeps to 20 starts a second (they share no bucket), counted
+        # over the four processes of the two supervisors: the claims (started_at, the
+        # instant a row took its start) and the starts the tasks logged.
+        for tag, name, count in (("rl", "limited", 30), ("arl", "alimited", 10)):
+            claims = [t for (t,) in sql(aio.db, "SELECT started_at FROM tasks WHERE name = ?",
+                                        f"aio_tasks.{name}")]
+            assert len(claims) == count and most_in_a_second(claims) <= 20
+            assert len(aio.starts(tag)) == count
+        pids = {line[-2] for line in aio.starts("rl") + aio.starts("arl")}
+        children = {c["pid"] for w in (first, second) for c in w.live_children()}
+        assert pids <= children and len(pids) >= 2
+
+    def test_rate_limit_syntax(self, aio):
+        assert litequeue._parse_rate("10/s") == ("10/s", 0.1)
+        assert litequeue._parse_rate("100/m") == ("100/m", 0.6)
+        assert litequeue._parse_rate("1800/h") == ("1800/h", 2.0)
+        assert litequeue._parse_rate(4) == ("4/s", 0.25)
+        assert litequeue._parse_rate(0) is None and litequeue._parse_rate(None) is None
+        app = LiteQueue(aio.db)
+        for bad in ("10/x", "fast", "-1/s", True, [1]):
+            with pytest.raises(ConfigurationError, match="rate_limit"):
+                app.task(lambda: None, name=f"bad{bad!r}", rate_limit=bad)
+        assert not os.path.exists(aio.db)
+
+    def test_unique_tasks_return_the_task_that_holds_the_key(self, aio, workers):
+        out = aio.client('''
+            a, b, c = once.delay(1), once.delay(1), once.delay(2)
+            d = plain.apply_async((1,), unique_key="nightly")
+            e = plain.apply_async((2,), unique_key="nightly")
+            print(json.dumps([a.id == b.id, b.existing, a.existing, c.id != a.id,
+                              d.id == e.id, e.existing, a.id]))
+        ''')
+        assert out[:6] == [True, True, False, True, True, True]
+        # Four processes race to queue the same call: the unique index lets one row in.
+        racer = "import json\nfrom aio_tasks import once\n" \
+                "print(json.dumps(sorted({once.delay(99).id for _ in range(50)})))"
+        procs = [subprocess.Popen([sys.executable, "-c", racer], cwd=aio.dir,
+                                  stdout=subprocess.PIPE) for _ in range(4)]
+        try:
+            ids = {i for p in procs for i in json.loads(p.communicate(timeout=60)[0])}
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        assert len(ids) == 1
+        assert sql(aio.db, "SELECT count(*) FROM tasks WHERE name = 'aio_tasks.once'") == \
+            [(3,)]
+        start_aio_worker(workers, aio)
+        again = aio.client(f'''
+            first = app.AsyncResult({out[6]!r})
+            first.get(timeout=30)
+            fresh = once.delay(1)       # the key was freed when the first one ended
+            print(json.dumps([fresh.id != first.id, fresh.existing, fresh.get(timeout=30)]))
+        ''')
+        assert again == [True, False, 1]
+
+
 CHAOS_PRODUCER = '''
 import os, random, sys, time
 from tasks import chaos
@@ -7330,6 +7813,113 @@ class TestChaos:
         assert kills["child"] and kills["supervisor"] and kills["group"] and kills["producer"]
         for s in supervisors:                     # the restarted workers are still serving
             assert s.proc.poll() is None
+
+    @pytest.mark.chaos
+    @pytest.mark.slow
+    @pytest.mark.timeout(240)
+    def test_sigkill_with_coroutines_and_rate_limits(self, aio, workers):
+        """Two supervisors (-c 2, up to 20 coroutines per process) share the file. For
+        20 s, every 0.3-0.6 s, a random child, a supervisor alone, or a supervisor's whole
+        process group is SIGKILLed, and dead supervisors are restarted, while 3 000
+        coroutine tasks (200-600 ms) and 300 rate-limited (20/s) coroutine tasks run."""
+        seed = int(os.environ.get("LQ_CHAOS_SEED", time.time_ns() % 10**6))
+        rng = random.Random(seed)
+        chaos_for = 20.0
+        killed = set()                     # every pid a SIGKILL reached
+        kills = collections.Counter()
+
+        def start_supervisor():
+            return start_aio_worker(workers, aio, "--async-concurrency", 20, concurrency=2,
+                                    loglevel="WARNING", ready=False)
+
+        supervisors = [start_supervisor(), start_supervisor()]
+        for s in supervisors:
+            s.wait_ready()
+        produced = aio.client(f'''
+            import random
+            rng = random.Random({seed})
+            work = {{r.id: n for n, r in enumerate(achaos.delay(n, rng.randint(200, 600))
+                                                   for n in range(3000))}}
+            limits = {{alimited.delay("crl", n).id: n for n in range(300)}}
+            print(json.dumps([work, limits]))
+        ''', timeout=120)
+        expected = {**produced[0], **produced[1]}
+        began = time.monotonic()
+        while time.monotonic() - began < chaos_for:
+            time.sleep(rng.uniform(0.3, 0.6))
+            for i, s in enumerate(supervisors):
+                if s.proc.poll() is not None:
+                    supervisors[i] = start_supervisor()
+            target = rng.choice(supervisors)
+            if target.proc.poll() is not None:
+                continue
+            kind = rng.choices(["child", "supervisor", "group"], [0.6, 0.2, 0.2])[0]
+            if kind == "child":
+                target.id = target.id or target.supervisor_row()
+                pids = [c["pid"] for c in target.live_children()
+                        if parent_of(c["pid"]) == target.proc.pid]
+                if not pids:
+                    continue
+                victims = [rng.choice(pids)]
+            elif kind == "supervisor":
+                victims = [target.pid]
+            else:
+                victims = group_members(target.pgid)
+            for pid in victims:
+                with _suppress_lookup():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            if kind != "child":
+                target.proc.wait()
+            kills[kind] += 1
+        for i, s in enumerate(supervisors):
+            if s.proc.poll() is not None:
+                supervisors[i] = start_supervisor()
+
+        def unfinished():
+            return sql(aio.db, "SELECT count(*) FROM tasks WHERE state != 'SUCCESS'")[0][0]
+        wait_until(lambda: unfinished() == 0, 120,
+                   lambda: f"every task to succeed ({unfinished()} not yet: "
+                   f"{sql(aio.db, 'SELECT state, count(*) FROM tasks GROUP BY state')})")
+        rows = {task_id: msgpack.unpackb(result) for task_id, result in
+                sql(aio.db, "SELECT id, result FROM tasks")}
+        lost = [i for i, n in expected.items() if rows.get(i) != n]
+        # A task ran to its end more than once only where a killed process ran it.
+        ends = collections.defaultdict(list)
+        for line in aio.logged("achaos"):
+            if line[0] == "done":
+                ends[line[1]].append(line[-2])
+        repeated = {i: pids for i, pids in ends.items() if len(pids) > 1}
+        unexplained = {i: pids for i, pids in repeated.items()
+                       if sum(pid not in killed for pid in pids) > 1}
+        # The rate limit holds over every window: the claims (each row's last started_at,
+        # the instant it took its start) keep to 20 a second. A row whose process was
+        # killed runs again on a new start: every start beyond one per task was made by
+        # a killed process.
+        claims = [t for (t,) in sql(aio.db, "SELECT started_at FROM tasks WHERE name = "
+                                            "'aio_tasks.alimited'")]
+        worst = most_in_a_second(claims)
+        starts = aio.starts("crl")
+        by_task = collections.defaultdict(list)
+        for line in starts:
+            by_task[line[1]].append(line[-2])
+        extra_starts = {i: pids for i, pids in by_task.items()
+                        if sum(pid not in killed for pid in pids) > 1}
+        locked = [line for w in workers.started if w.log.exists()
+                  for line in w.log_text().splitlines()
+                  if "locked" in line.lower() or "DatabaseBusy" in line]
+        print(f"coroutine chaos (seed {seed}): kills {dict(kills)} reaching {len(killed)} "
+              f"processes; {len(expected)} tasks, lost {len(lost)}; tasks run to the end "
+              f"twice or more: {len(repeated)}; rate-limited starts {len(starts)} of "
+              f"{len(claims)} tasks, most claims in a 1 s window: {worst}")
+        assert lost == [], f"{len(lost)} task(s) lost, e.g. {lost[:5]}"
+        assert set(ends) == set(produced[0])
+        assert unexplained == {}, list(unexplained.items())[:5]
+        assert worst <= 21 and len(claims) == 300
+        assert set(by_task) == set(produced[1]) and extra_starts == {}
+        assert locked == [], locked[:10]
+        assert sql(aio.db, "PRAGMA integrity_check") == [("ok",)]
+        assert kills["child"] and kills["supervisor"] and kills["group"]
 
     @staticmethod
     def _logs(workers):
