@@ -1531,6 +1531,8 @@ _SQL_CLAIM_LIMITED = _SQL_CLAIM.replace(
 _SQL_TAKE_STARTS = """
     UPDATE rate_limits SET next_start = max(next_start, :now) + interval WHERE key = :key
 """
+_SQL_HAS_LIMITS = "SELECT 1 FROM rate_limits LIMIT 1"
+_LIMITS_LOOK_EVERY = 1.0         # seconds
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe; then, if the file has rate limits, the earliest next
 # start of a key with a ready row (tasks_limited, one probe per key).
@@ -1722,6 +1724,10 @@ _SQL_LIST_TASKS = f"""
     ORDER BY seq DESC LIMIT :n
 """
 _SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
+# A unique task's key is held by another row that waits or runs (tasks_unique).
+_KEY_HELD = f"""(unique_key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM tasks AS holder INDEXED BY tasks_unique
+    WHERE holder.unique_key = tasks.unique_key AND holder.{_UNIQUE_HELD}))"""
 # A row that ended without running because what it waited for did not succeed (the rest
 # of a chain, a chord's body): it has no input, so it cannot run on its own.
 _NEVER_RAN_FOLLOWER = "(waits IS NOT NULL AND waits IN ('link', 'chord') AND input IS NULL)"
@@ -1732,7 +1738,7 @@ _SQL_REQUEUE = f"""
                      eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
                      retries = 0
     WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
-      AND NOT {_NEVER_RAN_FOLLOWER}
+      AND NOT {_NEVER_RAN_FOLLOWER} AND NOT {_KEY_HELD}
 """
 # FAILURE, REVOKED or EXPIRED -> WAITING: the rest of a chain that the requeued task's end
 # had ended without running waits for it again (tasks_parent; a worklist follows it down).
@@ -2390,18 +2396,27 @@ class _Storage:
         self.follow_ups = follow
         return rows, rejected
 
-    @staticmethod
-    def _claim(conn, worker, pid, now, queue, n):
+    def _claim(self, conn, worker, pid, now, queue, n):
         """Claim up to n ready rows of queue: first one row of each rate-limited task whose
-        next start has come (the start is taken in this transaction), then ordinary rows."""
-        rows = [_Claimed(*row) for row in conn.execute(
-            _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
-        for row in rows:
-            conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": row.name})
+        next start has come (the start is taken in this transaction), then ordinary rows.
+        Whether the file has rate limits at all is looked at once a second: a limit new to
+        this process is honoured within that second (its rows wait meanwhile)."""
+        rows = []
+        if self._limits_seen_at + _LIMITS_LOOK_EVERY < time.monotonic():
+            self._limits_seen_at = time.monotonic()
+            self._has_limits = bool(conn.execute(_SQL_HAS_LIMITS).fetchall())
+        if self._has_limits:
+            rows = [_Claimed(*row) for row in conn.execute(
+                _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
+            for row in rows:
+                conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": row.name})
         if len(rows) < n:
             rows += [_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM, (worker, pid, now, queue, n - len(rows)))]
         return rows
+
+    _limits_seen_at = -math.inf
+    _has_limits = False
 
     def take_follow_ups(self):
         """The _FollowUps of the last committed write that had any (then forgotten)."""
@@ -3528,6 +3543,7 @@ class _RequestSlot:
 
 
 _request = _RequestSlot()
+_set_request = _RequestSlot._var.set        # the worker's hot path sets it directly
 
 
 async def _with_request(coro, request):
@@ -6339,19 +6355,37 @@ class _ThreadRunner:
 
 
 class _SharedMetaWriter:
-    """update_state() writes of tasks running off the main thread: their own connection
-    (the main thread's may be inside a transaction), one write at a time."""
+    """update_state() writes of tasks running off the main thread, made by a thread of
+    their own on its own connection: the main thread's connection may be inside a
+    transaction, and a coroutine must not hold up its loop waiting for the write lock.
+    Writes keep their order; of several waiting for one row, only the latest is made."""
 
     def __init__(self, open_storage):
         self.open_storage = open_storage
-        self.storage = None
-        self.lock = threading.Lock()
+        self.jobs = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="litequeue-progress", daemon=True).start()
 
     def set_meta(self, blob, seq, attempt):
-        with self.lock:
-            if self.storage is None:
-                self.storage = self.open_storage()
-            return self.storage.set_meta(blob, seq=seq, attempt=attempt)
+        self.jobs.put((blob, seq, attempt))
+        return True
+
+    def _run(self):
+        storage = None
+        while True:
+            latest = {}
+            job = self.jobs.get()
+            while job is not None:
+                latest[job[1]] = job
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    job = None
+            for blob, seq, attempt in latest.values():
+                try:
+                    storage = storage or self.open_storage()
+                    storage.set_meta(blob, seq=seq, attempt=attempt)
+                except Exception as exc:   # progress is advisory: never fail a task for it
+                    logger.warning("update_state of task row %d not stored: %s", seq, exc)
 
 
 class _Child:
@@ -6781,7 +6815,19 @@ class _Child:
         self.lock.executing(0, begun=self.pending.begun)
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
-        self._count(row.name, outcome.state, duration)
+        # The counters (_count, inlined: this is once per task).
+        kind = _STATS_KIND.get(outcome.state)
+        if kind is not None:
+            stats = self.stats
+            counts = stats.rows.get((row.name, self.claim_queue))
+            if counts is None:
+                counts = stats.rows[(row.name, self.claim_queue)] = _stats_counts()
+            counts[kind] += 1
+            counts[3] += duration
+            counts[4 if duration <= _RUNTIME_BUCKETS[0] else
+                   4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
+            stats.processed += 1
+            stats.failed += kind == 1
         if duration > _GROUP_COMMIT_WINDOW:
             self.batch = 1
         self.tasks_done += 1
@@ -7007,10 +7053,11 @@ class _Child:
         if hard:
             self.lock.executing(row.seq, time.time() + hard, begun)
             self.control_bell.ring()  # the supervisor enforces the hard limit
-        request = _request.current = _Request(    # positional: this is once per task
+        request = _Request(    # positional: this is once per task
             row.id, args, kwargs, row.retries, row.attempt, row.name, self.hostname,
             self.worker_id, row.parent_id, row.root_id, row.group_id,
             (self.storage, row.seq, row.attempt))
+        _set_request(request)
         watched = task._hooked or _TASK_WATCHERS[0]
         if watched:
             signals.task_prerun.send(sender=task, task_id=row.id, task=task, args=args,
@@ -7028,7 +7075,7 @@ class _Child:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
-            _request.current = None
+            _set_request(None)
         return self._finish(task, row, args, kwargs, request, value, None, None, started,
                             outcome)
 
@@ -7038,7 +7085,7 @@ class _Child:
         if request.progress is not None:
             request.close()
         watched = task._hooked or _TASK_WATCHERS[0]
-        if exc is None and inspect.iscoroutine(value):
+        if exc is None and type(value) is types.CoroutineType:
             value.close()
             exc = TypeError(f"{row.name} returned a coroutine: define it with async def so "
                             "that the worker awaits it")
@@ -8834,8 +8881,11 @@ def retry_command(db, task_id):
     """Queue a failed, revoked or expired task again, with a fresh retry budget."""
     app = _open_app(db)
     if not app.admin.requeue(task_id):
-        click.echo(f"not queued again: the task is {app.AsyncResult(task_id).state}; only "
-                   "FAILURE, REVOKED and EXPIRED tasks can be", err=True)
+        state = app.AsyncResult(task_id).state
+        click.echo(f"not queued again: the task is {state}; only FAILURE, REVOKED and "
+                   "EXPIRED tasks can be" if state not in (FAILURE, REVOKED, EXPIRED) else
+                   "not queued again: another task with its unique key waits or runs",
+                   err=True)
         sys.exit(1)
     click.echo(f"queued {task_id} again")
 

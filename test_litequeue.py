@@ -7631,10 +7631,17 @@ class TestConcurrency:
             a, b, c = once.delay(1), once.delay(1), once.delay(2)
             d = plain.apply_async((1,), unique_key="nightly")
             e = plain.apply_async((2,), unique_key="nightly")
+            # A revoked task frees its key; it cannot be queued again while another
+            # task holds the key.
+            f = once.delay(5)
+            f.revoke()
+            g = once.delay(5)
             print(json.dumps([a.id == b.id, b.existing, a.existing, c.id != a.id,
-                              d.id == e.id, e.existing, a.id]))
+                              d.id == e.id, e.existing, a.id, g.id != f.id,
+                              app.admin.requeue(f.id), f.state]))
         ''')
         assert out[:6] == [True, True, False, True, True, True]
+        assert out[7:] == [True, False, REVOKED]
         # Four processes race to queue the same call: the unique index lets one row in.
         racer = "import json\nfrom aio_tasks import once\n" \
                 "print(json.dumps(sorted({once.delay(99).id for _ in range(50)})))"
@@ -7648,7 +7655,7 @@ class TestConcurrency:
                 p.wait()
         assert len(ids) == 1
         assert sql(aio.db, "SELECT count(*) FROM tasks WHERE name = 'aio_tasks.once'") == \
-            [(3,)]
+            [(5,)]                # 1, 2, 5 (revoked), 5 again, and the racers' one
         start_aio_worker(workers, aio)
         again = aio.client(f'''
             first = app.AsyncResult({out[6]!r})
