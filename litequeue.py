@@ -6572,8 +6572,9 @@ class _Child:
 
     def _note_async(self):
         """Whether any row may run off the main thread (a coroutine task, or -P threads)."""
-        self.offloading = bool(self.threads) or any(
-            getattr(task, "is_async", False) for task in self.tasks.values())
+        self.has_async = any(getattr(t, "is_async", False) for t in self.tasks.values())
+        self.offloading = bool(self.threads) or self.has_async
+        self.last_claim = (True, self.has_async)     # did it bring sync rows, coroutines
 
     def _kind(self, row):
         """Where a claimed row runs: _ON_MAIN, _OFF_LOOP or _OFF_THREAD. A row the child
@@ -6591,15 +6592,26 @@ class _Child:
                 self.threads - self.off[_OFF_THREAD])
 
     def _want(self):
-        """How many rows to claim: the adaptive batch for the main thread, or as many as
-        the loop and the threads have free slots for (none: wait for one)."""
+        """How many rows to claim: the adaptive batch for the main thread, plus as many as
+        the loop and the threads have free slots for (0: wait for a slot). A claim takes
+        rows in queue order whatever they run on, so each kind the last claim did not
+        bring is asked for once only (one row to notice it again), so that a child does
+        not take rows it has no slot for from the other processes."""
         if not self.offloading:
             return self.batch
         free_loop, free_threads = self._free()
-        if not self.threads:
-            free_loop = min(free_loop, _OFFLOAD_CLAIM_MAX)
-            return max(self.batch, free_loop) if free_loop > 0 else self.batch
-        return max(0, min(free_loop + free_threads, _OFFLOAD_CLAIM_MAX))
+        sync, coroutines = self.last_claim
+        if not self.has_async:
+            free_loop = 0
+        elif not coroutines:
+            free_loop = min(free_loop, 1)
+        if self.threads:
+            on_main = 0
+            if not sync:
+                free_threads = min(free_threads, 1)
+        else:
+            on_main, free_threads = (self.batch if sync else 0), 0
+        return min(on_main + free_loop + free_threads, _OFFLOAD_CLAIM_MAX)
 
     def _dispatch(self):
         """Hand the claimed rows at the head of the queue that run off the main thread to
@@ -6880,6 +6892,10 @@ class _Child:
             rows, rejected = self._write(outcomes, queue, want, release)
             if rows:
                 self.claim_queue = queue
+                if self.offloading:
+                    kinds = [self._kind(row) for row in rows]
+                    self.last_claim = ((_ON_MAIN in kinds or _OFF_THREAD in kinds),
+                                       _OFF_LOOP in kinds)
             release = ()
             if rejected:
                 logger.warning("%d stale completion(s) rejected: the task was rescued and "
