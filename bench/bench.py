@@ -2,12 +2,14 @@
 """litequeue against huey's SqliteHuey (and, for the canvas rows, Celery on Redis), in one
 run on one machine.
 
-    python bench/bench.py              # full run: 3 repeats, about 8 minutes on 2 cores
+    python bench/bench.py              # full run: 3 repeats, about 11.5 minutes on 2 cores
     python bench/bench.py --quick      # 1 repeat, smaller sizes, about 1.5 minutes
     python bench/bench.py --only eta,future        # just the scheduling rows (issue 3)
     python bench/bench.py --only chord,chain --repeat 5   # canvas rows, against Celery+Redis
     python bench/bench.py --only dashboard          # the web dashboard on 1M rows, in Chromium
                                                     # (the 1M-row file is built once, then cached)
+    python bench/bench.py --only async,threads,ratelimit   # concurrency and rate limits:
+                                                    # vs huey (gevent, threads) and Celery
     python bench/bench.py --repeat 5 --out bench/results/run.json
 
 Prints a Markdown table (medians, with min-max over the repeats) to stdout; progress goes
@@ -56,10 +58,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Measurements, in the order a repeat runs them; --only picks a subset.
 MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", "chain",
-                "dashboard")
+                "async", "threads", "ratelimit", "dashboard")
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
 CELERY = "Celery + Redis"                  # results label of the canvas rows' comparison
 DASH = "litequeue dashboard"               # results label of the dashboard rows
+CONC = "concurrency"                       # results label of the async/threads/ratelimit rows
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # The dashboard rows drive a real headless Chromium through selenium and chromedriver.
 CHROMIUM = "/usr/bin/chromium"
@@ -121,8 +124,8 @@ def _worker_env(extra):
     env["PYTHONPATH"] = os.pathsep.join(
         [BENCH_DIR, REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for key in ("LQBENCH_DB", "LQBENCH_SYNC", "HUEYBENCH_DB", "HUEYBENCH_MARKS",
-                "CELERYBENCH_URL"):
+    for key in ("LQBENCH_DB", "LQBENCH_SYNC", "LQBENCH_MORE", "HUEYBENCH_DB",
+                "HUEYBENCH_MARKS", "HUEYBENCH_MORE", "CELERYBENCH_URL", "CELERYBENCH_MORE"):
         env.pop(key, None)
     env.update(extra)
     return env
@@ -477,15 +480,19 @@ class CelerySystem:
         self.canvas = celery
 
     @contextlib.contextmanager
-    def session(self, tmp, tag):
-        """redis-server and a Celery worker that has run one task; both stopped (the worker
-        first) and their files removed afterwards, however the measurement ends."""
+    def session(self, tmp, tag, workers=1, more=False):
+        """redis-server and `workers` Celery workers, each -c 2, that have run one task
+        (and, with more than one, all answered a ping); all stopped (the workers first)
+        and their files removed afterwards, however the measurement ends. more=True: the
+        app of make_celery(url, more=True) (noop, stamp, limited), for the ratelimit
+        rows."""
         import redis as redis_py
         port = _free_port()
         url = f"redis://127.0.0.1:{port}/0"
         rdir = os.path.join(tmp, f"{tag}-redis")
         os.makedirs(rdir, exist_ok=True)
-        server = worker = None
+        server = None
+        started = []
         try:
             server = Worker("redis-server", [
                 REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
@@ -506,25 +513,45 @@ class CelerySystem:
                 self.redis_version = client.info("server")["redis_version"]
             finally:
                 client.close()
-            self.app, self.noop, self.endstamp, self.step, self.collect = \
-                benchtasks.make_celery(url)
-            worker = Worker(self.label, [
-                sys.executable, "-m", "celery", "-A", "benchtasks:celery_app", "worker",
-                "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-gossip",
-                "--without-mingle", "--without-heartbeat", "-n", f"lqbench-{tag}@%h"],
-                _worker_env({"CELERYBENCH_URL": url}), tmp,
-                os.path.join(tmp, f"{tag}-celery.log"), signal.SIGTERM)
+            if more:
+                self.app, self.noop, self.stamp, self.limited = \
+                    benchtasks.make_celery(url, more=True)
+            else:
+                self.app, self.noop, self.endstamp, self.step, self.collect = \
+                    benchtasks.make_celery(url)
+            env = {"CELERYBENCH_URL": url}
+            if more:
+                env["CELERYBENCH_MORE"] = "1"
+            for k in range(workers):
+                suffix = "" if workers == 1 else f"-{k}"
+                started.append(Worker(self.label, [
+                    sys.executable, "-m", "celery", "-A", "benchtasks:celery_app", "worker",
+                    "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-gossip",
+                    "--without-mingle", "--without-heartbeat", "-n",
+                    f"lqbench-{tag}{suffix}@%h"],
+                    _worker_env(env), tmp,
+                    os.path.join(tmp, f"{tag}-celery{suffix}.log"), signal.SIGTERM))
             first = self.noop.delay(-1)     # waits out the worker's start-up
             deadline = time.monotonic() + 60
             while not first.ready():
-                worker.check_alive()
+                for worker in started:
+                    worker.check_alive()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{self.label}: the worker ran nothing in 60 s")
                 time.sleep(0.05)
             assert first.get(timeout=5) == -1
-            yield worker
+            while workers > 1:              # every worker answers (remote control)
+                replies = self.app.control.ping(timeout=0.5)
+                if len(replies) >= workers:
+                    break
+                for worker in started:
+                    worker.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.label}: {len(replies)} of {workers} workers "
+                                       f"answered a ping in 60 s")
+            yield started[0] if workers == 1 else started
         finally:
-            if worker is not None:
+            for worker in reversed(started):
                 worker.stop()
             self.close()
             if server is not None:
@@ -547,6 +574,65 @@ class CelerySystem:
         return None
 
 
+class LiteQueueMore(LiteQueueSystem):
+    """litequeue NORMAL with some of the concurrency rows' tasks on both sides (kinds:
+    "async" for asleep and anoop, "block", "limited"; see make_litequeue_more), and a worker
+    with extra arguments (-c, -P, --async-concurrency)."""
+
+    def __init__(self, label, kinds, worker_args):
+        super().__init__(label, "NORMAL")
+        self.kinds = list(kinds)
+        self.worker_args = list(worker_args)
+
+    def open(self, db):
+        sync = super().open(db)
+        for name, task in benchtasks.make_litequeue_more(self.app, self.kinds).items():
+            setattr(self, name, task)
+        return sync
+
+    def start_worker(self, tmp, logname):
+        argv = [sys.executable, LITEQUEUE_PY, "worker", self.db, "-A", "benchtasks", "-l",
+                "WARNING", "--synchronous", self.synchronous] + self.worker_args
+        env = _worker_env({"LQBENCH_DB": self.db, "LQBENCH_SYNC": self.synchronous,
+                           "LQBENCH_MORE": ",".join(self.kinds)})
+        return Worker(self.label, argv, env, tmp, os.path.join(tmp, logname), signal.SIGTERM)
+
+
+class HueyMore(HueySystem):
+    """huey with block(i, seconds) on both sides, and a consumer started as `entry` (huey's
+    own module, or bench/huey_gevent.py: gevent's monkey-patch first) with `args`."""
+
+    def __init__(self, label, entry, args):
+        super().__init__(label)
+        self.entry, self.args = list(entry), list(args)
+
+    def open(self, db):
+        sync = super().open(db)
+        self.block = benchtasks.make_huey_more(self.huey)
+        return sync
+
+    def start_worker(self, tmp, logname):
+        self.marks = os.path.join(tmp, logname + "-marks")
+        os.makedirs(self.marks, exist_ok=True)
+        argv = [sys.executable] + self.entry + ["benchtasks.huey", "-q"] + self.args
+        env = _worker_env({"HUEYBENCH_DB": self.db, "HUEYBENCH_MARKS": self.marks,
+                           "HUEYBENCH_MORE": "1"})
+        return Worker(self.label, argv, env, tmp, os.path.join(tmp, logname), signal.SIGINT)
+
+
+def _log_problems(worker, errors_only=False):
+    """Lines of a worker's log that name an error, a traceback or a warning (the workers
+    run at -l WARNING / -q, so a clean run logs only its shutdown). errors_only: only
+    lines that name an error or a traceback (Celery prints its banner, and a warning about
+    running as root, whatever the log level)."""
+    with open(worker.log.name, errors="replace") as f:
+        lines = f.read().splitlines()
+    if errors_only:
+        return [line for line in lines if re.search(r"ERROR|CRITICAL|Traceback", line)]
+    quiet = ("warm shutdown", "Worker exiting", "Received SIGINT", "Shutting down")
+    return [line for line in lines if line.strip() and not any(q in line for q in quiet)]
+
+
 # ---------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------
@@ -565,9 +651,11 @@ class _Session:
         self.system, self.tmp, self.tag = system, tmp, tag
         self.synchronous = synchronous
         self.worker = None
+        self.workers = []          # every worker started, in order (the ratelimit rows: 2)
 
     def start_worker(self, suffix):
         self.worker = self.system.start_worker(self.tmp, f"{self.tag}-{suffix}.log")
+        self.workers.append(self.worker)
         return self.worker
 
 
@@ -581,10 +669,12 @@ def fresh_database(system, tmp, tag):
     try:
         yield session
     finally:
-        if session.worker is not None:
-            session.worker.stop()
-        system.close()
-        remove_db(db)
+        try:
+            for worker in reversed(session.workers):
+                worker.stop()
+        finally:
+            system.close()
+            remove_db(db)
 
 
 def measure_delay_and_drain(system, tmp, tag, n, results):
@@ -1045,6 +1135,273 @@ def measure_chain(system, worker, cfg, results):
     log(f"  {system.label:<18} chain of {length}: per hop p50 {hop:6.2f} ms (max "
         f"{max(hops):6.2f}); round trip p50 {trip:6.2f} ms; hop / round trip "
         f"{hop / trip:.2f}")
+
+
+# ---------------------------------------------------------------------------
+# Concurrency: coroutines, threads, global rate limits
+# ---------------------------------------------------------------------------
+
+def _report_worker_logs(workers, label, results, errors_only=False):
+    """Log (and count, in results["log_problems"]) what the workers wrote to their logs
+    beyond their shutdown lines (errors_only: see _log_problems)."""
+    problems = []
+    for worker in workers:
+        problems += _log_problems(worker, errors_only)
+    if problems:
+        seen = results.setdefault("log_problems", {})
+        seen[label] = seen.get(label, 0) + len(problems)
+        log(f"  {label}: the worker logs hold {len(problems)} unexpected lines; the first: "
+            f"{problems[0][:300]}")
+
+
+def measure_async_drain(system, tmp, tag, key, n, seconds, results):
+    """The drain measurement on the async rows' work: n tasks queued into a fresh database
+    with no worker running (litequeue: asleep(i, seconds), or anoop(i) when seconds is
+    None, through group() in batches of 1000; huey: block(i, seconds) one by one), then
+    the worker starts and every task stores its result. The rate is tasks ÷ (first start
+    → last result stored), as for the drain row. Appends it to results[key]."""
+    with fresh_database(system, tmp, f"{tag}-{key}") as session:
+        if isinstance(system, LiteQueueMore):
+            for first in range(0, n, 1000):
+                if seconds is None:
+                    sigs = (system.anoop.s(i) for i in range(first, min(n, first + 1000)))
+                else:
+                    sigs = (system.asleep.s(i, seconds)
+                            for i in range(first, min(n, first + 1000)))
+                litequeue.group(sigs).apply_async()
+        else:
+            for i in range(n):
+                system.block(i, seconds)
+        launched = time.time()
+        worker = session.start_worker(key)
+        # The worker's CPU from its first task on (start-up excluded): is a rate below the
+        # ceiling bound by the CPU (2 cores) or by waiting?
+        ticks0 = _cpu_at_first_start(system, worker, timeout=60)
+        first, last, observed = system.wait_drained(n, worker, timeout=max(120, n / 50))
+        ticks = sum(session_cpu_ticks(worker.pid).values()) - ticks0
+        rate = n / (last - first)
+        cpu = ticks / CLK_TCK / (last - first) * 100.0
+        results[key].append(rate)
+        results[key + "_incl_startup"].append(n / (observed - launched))
+        results[key + "_cpu"].append(cpu)
+        # Worker's log, read before stop() adds its shutdown lines (the huey greenlet
+        # consumer warns there when gevent's monkey-patch is missing).
+        _report_worker_logs([worker], f"{system.label} ({key})", results)
+        log(f"  {system.label:<34} {rate:9.0f} tasks/s  (first start -> last result "
+            f"{last - first:.2f} s; launch -> observed done {observed - launched:.2f} s; "
+            f"worker CPU {cpu:.0f}% of one core)")
+
+
+def _cpu_at_first_start(system, worker, timeout):
+    """Wait (polling every 5 ms) until the worker has started a task, then return the CPU
+    ticks its processes have used so far."""
+    deadline = time.monotonic() + timeout
+    conn = _apsw_reader(system.db) if isinstance(system, LiteQueueSystem) else None
+    try:
+        while True:
+            worker.check_alive()
+            if conn is not None:
+                started = conn.execute("SELECT EXISTS(SELECT 1 FROM tasks WHERE state IN "
+                                       "('STARTED', 'SUCCESS'))").fetchall()[0][0]
+            else:
+                started = any(f.startswith("start-") for f in os.listdir(system.marks))
+            if started:
+                return sum(session_cpu_ticks(worker.pid).values())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{system.label}: no task started in {timeout} s")
+            time.sleep(0.005)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def measure_threads(system, tmp, tag, key, cfg, results):
+    """An idle worker (litequeue -P threads -c N, or huey -k thread -w N) that has run one
+    task, then `thread_settle` s of idleness; then `thread_tasks` block(i, thread_sleep)
+    calls one by one. Wall time = first delay() → the last result stored (litequeue: its
+    max(finished_at); huey: the latest SIGNAL_COMPLETE mark, sent after put_result)."""
+    n, seconds = cfg["thread_tasks"], cfg["thread_sleep"]
+    with idle_worker(system, tmp, f"{tag}-{key}", key) as worker:
+        time.sleep(cfg["thread_settle"])
+        worker.check_alive()
+        t0 = time.time()
+        handles = [system.block(i, seconds) if isinstance(system, HueyMore)
+                   else system.block.delay(i, seconds) for i in range(n)]
+        queued = time.time() - t0
+        timeout = 60 + n * seconds
+        extra = ""
+        if isinstance(system, HueyMore):
+            system.wait_drained(n, worker, timeout=timeout)
+            values = [h.get(blocking=True, timeout=30) for h in handles]
+            # Read the marks again now: SIGNAL_COMPLETE follows put_result, so the last
+            # mark can land just after the poll saw the last result.
+            last = max(benchtasks.read_mark(os.path.join(system.marks, f))
+                       for f in os.listdir(system.marks) if f.startswith("end-"))
+        else:
+            values = [h.get(timeout=timeout) for h in handles]
+            conn = _apsw_reader(system.db)
+            try:
+                spans = conn.execute(
+                    "SELECT started_at, finished_at FROM tasks WHERE name = 'benchtasks.block' "
+                    "AND state = 'SUCCESS'").fetchall()
+            finally:
+                conn.close()
+            if len(spans) != n:
+                raise RuntimeError(f"{system.label}: {len(spans)} of {n} block rows succeeded")
+            last = max(f for _, f in spans)
+            # The most rows STARTED at once, from their started_at / finished_at.
+            events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+            running = most = 0
+            for _, step in events:
+                running += step
+                most = max(most, running)
+            results[key + "_most"].append(most)
+            extra = f"; at most {most} running at once"
+        if values != list(range(n)):
+            raise RuntimeError(f"{system.label}: the block tasks returned {values[:5]}...")
+        wall = last - t0
+        results[key].append(wall)
+        results[key + "_queued"].append(queued * 1000.0)
+        worker.check_alive()
+        _report_worker_logs([worker], f"{system.label} ({key})", results)
+        log(f"  {system.label:<34} {n} × sleep({seconds:g}): first delay() -> last result "
+            f"{wall:.3f} s (queuing {queued * 1000:.1f} ms{extra})")
+
+
+def _most_in_window(times, window=1.0):
+    """The most of `times` in any half-open window [t, t + window) (sliding over them)."""
+    times = sorted(times)
+    most = j = 0
+    for i, t in enumerate(times):
+        while t - times[j] >= window:
+            j += 1
+        most = max(most, i - j + 1)
+    return most
+
+
+def _start_stats(prefix, starts, results):
+    """The most starts in any 1 s window, the achieved rate ((n − 1) ÷ (last start − first
+    start): n starts span n − 1 intervals) and the smallest gap between two consecutive
+    starts, of one run; appended to results[prefix + ...] and returned."""
+    starts = sorted(starts)
+    window = _most_in_window(starts)
+    rate = (len(starts) - 1) / (starts[-1] - starts[0])
+    gap = min(b - a for a, b in zip(starts, starts[1:]))
+    results[prefix + "window"].append(window)
+    results[prefix + "rate"].append(rate)
+    results[prefix + "gap_min"].append(gap * 1000.0)
+    results[prefix + "span"].append(starts[-1] - starts[0])
+    return window, rate, gap
+
+
+def _rate_probes(system, deadline_s, stamp_of):
+    """Unrelated stamp() tasks while the rate-limited backlog drains: one right away, then
+    one a second (each once the one before has run: stamp_of(handle) waits for it) until
+    `deadline_s` has passed. Returns [(the time just before its delay(), handle)]."""
+    probes = []
+    began = time.monotonic()
+    k = 0
+    while True:
+        t = time.time()
+        handle = system.stamp.delay(-1 - k)
+        probes.append((t, handle))
+        stamp_of(handle)                    # waits for it to run
+        k += 1
+        if time.monotonic() - began >= deadline_s:
+            return probes
+        time.sleep(max(0.0, began + k - time.monotonic()))
+
+
+def measure_ratelimit_litequeue(system, tmp, tag, cfg, results):
+    """Two supervisors (`litequeue worker -c 2` each) on one fresh file, idle and up; then
+    `rate_backlog` limited(i) tasks (rate_limit=RATE_LIMIT) queued by delay(), then an
+    unrelated stamp() right away and one a second while the backlog drains. Windows and
+    rate from the limited rows' started_at (and from the tasks' own time.time()); the
+    probes' wait is started_at − the time before their delay()."""
+    n = cfg["rate_backlog"]
+    with fresh_database(system, tmp, f"{tag}-rl") as session:
+        workers = [session.start_worker("rl-a"), session.start_worker("rl-b")]
+        conn = _apsw_reader(system.db)
+        try:
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT count(*) FROM workers WHERE parent IS NOT NULL"
+                               ).fetchall()[0][0] < 4:
+                for worker in workers:
+                    worker.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{system.label}: 4 worker processes not up in 60 s")
+                time.sleep(0.05)
+        finally:
+            conn.close()
+        assert system.roundtrip(-1) == -1
+        time.sleep(cfg["rate_settle"])
+        handles = [system.limited.delay(i) for i in range(n)]
+        expected = n / benchtasks_rate()
+        probes = _rate_probes(system, expected * 0.8,
+                              lambda h: h.get(timeout=expected * 3 + 30))
+        own = [h.get(timeout=expected * 3 + 30) for h in handles]
+        for worker in workers:
+            worker.check_alive()
+        conn = _apsw_reader(system.db)
+        try:
+            rows = conn.execute("SELECT started_at, pid FROM tasks WHERE name = "
+                                "'benchtasks.limited' AND state = 'SUCCESS'").fetchall()
+            probe_started = dict(conn.execute(
+                "SELECT id, started_at FROM tasks WHERE name = 'benchtasks.stamp'").fetchall())
+        finally:
+            conn.close()
+        if len(rows) != n:
+            raise RuntimeError(f"{system.label}: {len(rows)} of {n} limited rows succeeded")
+        window, rate, gap = _start_stats("rl_lq_", [r[0] for r in rows], results)
+        own_window, own_rate, own_gap = _start_stats("rl_lq_own_", own, results)
+        waits = [(probe_started[h.id] - t) * 1000.0 for t, h in probes]
+        own_waits = [(h.get(timeout=5) - t) * 1000.0 for t, h in probes]
+        results["rl_lq_wait_first"].append(waits[0])
+        results["rl_lq_wait_max"].append(max(waits))
+        results["rl_lq_own_wait_first"].append(own_waits[0])
+        results["rl_lq_own_wait_max"].append(max(own_waits))
+        results["rl_lq_probes"].append(len(probes))
+        pids = len({r[1] for r in rows})
+        results["rl_lq_pids"].append(pids)
+        _report_worker_logs(workers, f"{system.label} (ratelimit)", results)
+        log(f"  {system.label:<34} {n} limited: most starts in 1 s {window} (task clock "
+            f"{own_window}); {rate:.2f} starts/s; smallest gap {gap * 1000:.1f} ms (task "
+            f"clock {own_gap * 1000:.1f} ms); {pids} processes ran them; unrelated task "
+            f"waits {waits[0]:.2f} ms, worst of {len(probes)} {max(waits):.2f} ms")
+
+
+def benchtasks_rate():
+    """limited()'s rate limit in starts per second."""
+    count, _, period = benchtasks.RATE_LIMIT.partition("/")
+    return float(count) / {"s": 1.0, "m": 60.0, "h": 3600.0}[period or "s"]
+
+
+def measure_ratelimit_celery(system, tmp, tag, cfg, results):
+    """As measure_ratelimit_litequeue, on Celery: redis-server and two `celery worker -P
+    prefork -c 2` processes, limited with rate_limit=RATE_LIMIT (a per-worker limit in
+    Celery). Start times are the tasks' own time.time(); Celery stores none."""
+    n = cfg["rate_backlog"]
+    with system.session(tmp, f"{tag}-rl-celery", workers=2, more=True) as workers:
+        time.sleep(cfg["rate_settle"])
+        handles = [system.limited.delay(i) for i in range(n)]
+        # Celery's limit is per worker: expect about twice the rate, at first. Once every
+        # prefetched message is a rate-limited one, each worker has been seen to start
+        # about one a second (Redis transport): the timeouts allow for that.
+        expected = n / benchtasks_rate()
+        timeout = n + 60.0
+        probes = _rate_probes(system, expected * 0.4, lambda h: h.get(timeout=timeout))
+        own = [h.get(timeout=timeout) for h in handles]
+        for worker in workers:
+            worker.check_alive()
+        window, rate, gap = _start_stats("rl_cel_", own, results)
+        waits = [(h.get(timeout=5) - t) * 1000.0 for t, h in probes]
+        results["rl_cel_wait_first"].append(waits[0])
+        results["rl_cel_wait_max"].append(max(waits))
+        results["rl_cel_probes"].append(len(probes))
+        _report_worker_logs(workers, f"{system.label} (ratelimit)", results, errors_only=True)
+        log(f"  {system.label:<34} {n} limited: most starts in 1 s {window}; {rate:.2f} "
+            f"starts/s; smallest gap {gap * 1000:.1f} ms; unrelated task waits "
+            f"{waits[0]:.2f} ms, worst of {len(probes)} {max(waits):.2f} ms")
 
 
 # ---------------------------------------------------------------------------
@@ -2159,6 +2516,144 @@ def build_canvas_table(S, cfg):
     return "\n".join(out)
 
 
+def build_concurrency_table(S, raw, cfg):
+    """The concurrency rows: coroutine tasks (async) against huey's greenlet consumer,
+    blocking tasks on threads against huey's thread consumer, and a global rate limit on
+    two supervisors against Celery's per-worker limit."""
+    C, R = S[CONC], raw[CONC]
+    cel = S.get(CELERY) or {}
+
+    def med(key):
+        return C[key]["median"] if C.get(key) else None
+
+    def row(cells):
+        return "| " + " | ".join(cells) + " |"
+
+    out = []
+    n, sleep = cfg["async_tasks"], cfg["async_sleep"]
+    if C.get("async_lq100") or C.get("async_huey"):
+        k, g = cfg["async_concurrency"], cfg["huey_greenlets"]
+        huey_rate = med("async_huey")
+        rows = []
+        for key, what, ceiling, target in (
+                ("async_lq100", f"litequeue `worker -c 2`, worker_async_concurrency 100 (the "
+                                f"default): {n:,} × `await asyncio.sleep({sleep:g})`",
+                 2 * 100 / sleep, None),
+                ("async_lqk", f"litequeue `worker -c 2 --async-concurrency {k}`: the same "
+                              f"{n:,}", 2 * k / sleep, 5000.0),
+                ("async_huey", f"huey `-k greenlet -w {g}` (gevent, monkey-patched first): "
+                               f"{n:,} × `time.sleep({sleep:g})`", g / sleep, None)):
+            rate = med(key)
+            share = f"{rate / ceiling * 100:.0f}%" if rate else "—"
+            vs = f"{rate / huey_rate:.1f}×" if rate and huey_rate and key != "async_huey" \
+                else "—"
+            met = "—" if target is None else ("yes" if rate and rate >= target else "NO")
+            rows.append([what, fmt(C.get(key), "/s"), f"{ceiling:,.0f} /s", share,
+                         fmt(C.get(key + "_cpu"), "%"), vs,
+                         "—" if target is None else f"≥ {target:,.0f} /s", met])
+        noop = med("async_noop")
+        rows.append([f"the limit: litequeue `-c 2 --async-concurrency {k}`, {n:,} no-op "
+                     f"coroutines (`async def anoop(i): return i`): claim + commit",
+                     fmt(C.get("async_noop"), "/s"), "— (no sleep)", "—",
+                     fmt(C.get("async_noop_cpu"), "%"), "—", "—", "—"])
+        if noop:
+            rows.append(["the limit as a cost: 2 processes ÷ that rate (µs of one process per "
+                         "task)", f"{2 / noop * 1e6:.0f} µs", "—", "—", "—", "—", "—", "—"])
+        for key, what in (("async_lq100", "litequeue, async 100"),
+                          ("async_lqk", f"litequeue, async {k}"),
+                          ("async_noop", "litequeue, no-op coroutines"),
+                          ("async_huey", "huey greenlets")):
+            if C.get(key + "_incl_startup"):
+                rows.append([f"{what}: worker launch → all results seen by a 20 ms poll "
+                             f"(incl. start-up; info)", fmt(C.get(key + "_incl_startup"), "/s"),
+                             "—", "—", "—", "—", "—", "—"])
+        header = [f"metric ({n:,} tasks queued before the worker starts; rate = tasks ÷ (first "
+                  f"start → last result stored))", "rate", "in-flight ceiling (slots ÷ "
+                  f"{sleep:g} s)", "share of the ceiling", "worker CPU, first start → last "
+                  "result (% of one core; 2 cores)", "vs huey greenlets", "target", "met?"]
+        out += [row(header), "|" + "---|" * len(header)] + [row(r) for r in rows]
+
+    if C.get("threads_lq") or C.get("threads_huey"):
+        t, m, sec = cfg["threads"], cfg["thread_tasks"], cfg["thread_sleep"]
+        limit = math.ceil(m / t) * sec
+        a, b = med("threads_lq"), med("threads_huey")
+        rows = [[f"wall time, first delay() → last result stored ({m} × `time.sleep({sec:g})`"
+                 f", queued one by one to an idle worker)", fmt(C.get("threads_lq"), "s", 3),
+                 fmt(C.get("threads_huey"), "s", 3),
+                 f"{b / a:.2f}× faster" if a and b else "—", f"{limit:g} s",
+                 f"{a - limit:+.3f} s" if a else "—"]]
+        if C.get("threads_lq_queued"):
+            rows.append([f"queuing the {m} (producer, info)", fmt(C.get("threads_lq_queued"),
+                                                                  "ms", 1),
+                         fmt(C.get("threads_huey_queued"), "ms", 1), "—", "—", "—"])
+        if C.get("threads_lq_most"):
+            rows.append([f"most rows STARTED at once (litequeue: from started_at / "
+                         f"finished_at; {t} threads run {t} at a time, so more means rows "
+                         f"claimed, and stamped started_at, before a thread was free)",
+                         fmt(C.get("threads_lq_most"), "rows"), "—", "—", f"{t}", "—"])
+        header = [f"metric (`litequeue worker -P threads -c {t}` / `huey_consumer -k thread "
+                  f"-w {t}`)", f"litequeue -P threads -c {t}", f"huey -k thread -w {t}",
+                  "litequeue vs huey", f"physical limit ({math.ceil(m / t)} rounds of "
+                  f"{sec:g} s)", "litequeue over the limit"]
+        if out:
+            out.append("")
+        out += [row(header), "|" + "---|" * len(header)] + [row(r) for r in rows]
+
+    if C.get("rl_lq_window") or C.get("rl_cel_window"):
+        b, rate = cfg["rate_backlog"], cfg["rate_limit"]
+        per_s = benchtasks_rate()
+        lw = med("rl_lq_window")
+        win_max = max(R.get("rl_lq_window", [0]) or [0])
+        rows = [[f"most starts in any 1 s window (sliding over the {b} start times; litequeue: "
+                 f"started_at; Celery: the task's own time.time())",
+                 fmt(C.get("rl_lq_window"), "starts"), fmt(C.get("rl_cel_window"), "starts"),
+                 f"≤ {per_s + 1:g} (every repeat)",
+                 "yes" if lw is not None and win_max <= per_s + 1 else "NO"],
+                ["the same, litequeue by the task's own time.time() (its first statement)",
+                 fmt(C.get("rl_lq_own_window"), "starts"), "—", "—", "—"],
+                ["achieved rate, (starts − 1) ÷ (last start − first start)",
+                 fmt(C.get("rl_lq_rate"), "/s", 2), fmt(C.get("rl_cel_rate"), "/s", 2),
+                 f"{per_s:g} /s", "—"],
+                ["smallest gap between two consecutive starts (litequeue: started_at)",
+                 fmt(C.get("rl_lq_gap_min"), "ms", 1), fmt(C.get("rl_cel_gap_min"), "ms", 1),
+                 f"{1000 / per_s:g} ms", "—"],
+                ["smallest gap, litequeue by the tasks' own clock",
+                 fmt(C.get("rl_lq_own_gap_min"), "ms", 1), "—", "—", "—"],
+                ["first → last start", fmt(C.get("rl_lq_span"), "s", 2),
+                 fmt(C.get("rl_cel_span"), "s", 2), "—", "—"],
+                ["an unrelated no-op queued right after the backlog: delay() → its start "
+                 "(litequeue: started_at; Celery: the task's own time.time())",
+                 fmt(C.get("rl_lq_wait_first"), "ms", 2), fmt(C.get("rl_cel_wait_first"), "ms", 1),
+                 "—", "—"],
+                ["the same, litequeue by the task's own time.time()",
+                 fmt(C.get("rl_lq_own_wait_first"), "ms", 2), "—", "—", "—"],
+                ["the worst wait of the unrelated no-ops queued once a second while the "
+                 "backlog drains", fmt(C.get("rl_lq_wait_max"), "ms", 2),
+                 fmt(C.get("rl_cel_wait_max"), "ms", 1), "—", "—"],
+                ["unrelated no-ops timed per repeat", fmt(C.get("rl_lq_probes"), ""),
+                 fmt(C.get("rl_cel_probes"), ""), "—", "—"],
+                ["worker processes that ran a rate-limited task", fmt(C.get("rl_lq_pids"), "of 4"),
+                 "—", "—", "—"]]
+        cel_head = CELERY
+        if cel.get("versions"):
+            runs = len(R.get("rl_cel_window", []))
+            cel_head = (f"Celery {cel['versions']['celery']} + Redis "
+                        f"{cel['versions']['redis']}, 2 workers prefork -c 2 (limit per "
+                        f"worker; {runs} run{'s' if runs != 1 else ''})")
+        header = [f"metric (rate_limit=\"{rate}\", a backlog of {b} queued to idle workers)",
+                  "litequeue, 2 supervisors `worker -c 2` on one file", cel_head, "target",
+                  "met?"]
+        if out:
+            out.append("")
+        out += [row(header), "|" + "---|" * len(header)] + [row(r) for r in rows]
+
+    problems = R.get("log_problems")
+    if problems:
+        out += ["", "Worker logs with unexpected lines (errors, warnings): " + "; ".join(
+            f"{label}: {count}" for label, count in problems.items()) + "."]
+    return "\n".join(out)
+
+
 def build_dashboard_table(S, raw, cfg):
     """The dashboard rows: each endpoint's time on the big database, the drain with the
     page open in Chromium against without, the idle CPU and the write-lock check."""
@@ -2288,7 +2783,8 @@ def main(argv=None):
     ap.add_argument("--chain-runs", type=int,
                     help="timed chains (and as many round trips) per repeat [50; quick 20]")
     ap.add_argument("--no-celery", action="store_true",
-                    help="chord and chain on litequeue only (no redis-server, no Celery)")
+                    help="chord, chain and ratelimit on litequeue only (no redis-server, "
+                         "no Celery)")
     ap.add_argument("--dashboard-rows", type=int,
                     help="tasks in the dashboard's database [1000000; quick 100000]")
     ap.add_argument("--dashboard-requests", type=int, default=20,
@@ -2296,6 +2792,24 @@ def main(argv=None):
     ap.add_argument("--dashboard-lock-hold", type=float, default=2.0,
                     help="seconds another connection holds BEGIN IMMEDIATE while the "
                          "dashboard answers [2]")
+    ap.add_argument("--async-tasks", type=int,
+                    help="tasks per drain of the async rows [10000; quick 5000]")
+    ap.add_argument("--async-sleep", type=float, default=0.1,
+                    help="seconds each async-row task sleeps (asyncio.sleep; huey: "
+                         "time.sleep under gevent) [0.1]")
+    ap.add_argument("--thread-tasks", type=int, default=100,
+                    help="blocking tasks of the threads rows [100]")
+    ap.add_argument("--thread-sleep", type=float, default=0.5,
+                    help="seconds each threads-row task blocks in time.sleep [0.5]")
+    ap.add_argument("--threads", type=int, default=50,
+                    help="threads of the threads rows' workers (-P threads -c N; huey -k "
+                         "thread -w N) [50]")
+    ap.add_argument("--rate-backlog", type=int,
+                    help=f"rate-limited tasks queued in the ratelimit rows (rate_limit="
+                         f"{benchtasks.RATE_LIMIT!r}) [200; quick 100]")
+    ap.add_argument("--rate-celery-repeats", type=int, default=1,
+                    help="repeats that also run Celery's ratelimit rows (the first N): "
+                         "its backlog takes about a minute [1]")
     ap.add_argument("--cache-dir", default=CACHE_DIR,
                     help=f"where the dashboard's database is kept between runs [{CACHE_DIR}]")
     ap.add_argument("--out", help="also write every sample and the summary as JSON here")
@@ -2337,6 +2851,18 @@ def main(argv=None):
         # 2 s after open(): on 2 cores that cost the drain 15%. 8 s lets it finish.
         "dashboard_drain_settle": 8.0,
         "cache_dir": os.path.abspath(args.cache_dir),
+        "async_tasks": args.async_tasks or (5000 if args.quick else 10_000),
+        "async_sleep": args.async_sleep,
+        "async_concurrency": 1000,         # the second litequeue run (default: 100)
+        "huey_greenlets": 100,
+        "thread_tasks": args.thread_tasks,
+        "thread_sleep": args.thread_sleep,
+        "threads": args.threads,
+        "thread_settle": 1.0,              # the idle worker's idleness before the tasks
+        "rate_backlog": args.rate_backlog or (100 if args.quick else 200),
+        "rate_limit": benchtasks.RATE_LIMIT,
+        "rate_settle": 1.0,
+        "rate_celery_repeats": args.rate_celery_repeats,
     }
 
     lq_normal = LiteQueueSystem("litequeue NORMAL", "NORMAL")
@@ -2351,13 +2877,31 @@ def main(argv=None):
         systems.append(hu_fast)
     canvas = {"chord", "chain"} & set(only)
     cel = CelerySystem(CELERY) if canvas and not args.no_celery else None
+    # The concurrency rows (async, threads, ratelimit).
+    lq_async = LiteQueueMore("litequeue -c 2 (async 100)", ["async"], ["-c", "2"])
+    lq_async_k = LiteQueueMore(f"litequeue -c 2 --async-concurrency {cfg['async_concurrency']}",
+                               ["async"],
+                               ["-c", "2", "--async-concurrency", str(cfg["async_concurrency"])])
+    hu_green = HueyMore(f"huey -k greenlet -w {cfg['huey_greenlets']}",
+                        [os.path.join(BENCH_DIR, "huey_gevent.py")],
+                        ["-k", "greenlet", "-w", str(cfg["huey_greenlets"])])
+    lq_threads = LiteQueueMore(f"litequeue -P threads -c {cfg['threads']}", ["block"],
+                               ["-P", "threads", "-c", str(cfg["threads"])])
+    hu_threads = HueyMore(f"huey -k thread -w {cfg['threads']}", ["-m", "huey.bin.huey_consumer"],
+                          ["-k", "thread", "-w", str(cfg["threads"])])
+    lq_rate = LiteQueueMore("litequeue, 2 supervisors -c 2", ["limited"], ["-c", "2"])
+    cel_rate = CelerySystem(CELERY) if "ratelimit" in only and not args.no_celery and \
+        args.rate_celery_repeats > 0 else None
     results = {label: collections.defaultdict(list)
-               for label in [s.label for s in systems] + [FUTURE, CELERY, DASH]}
-    if cel is not None:
+               for label in [s.label for s in systems] + [FUTURE, CELERY, DASH, CONC]}
+    if "async" in only:
+        import gevent
+        results[CONC]["versions"] = {"gevent": gevent.__version__}
+    if cel is not None or cel_rate is not None:
         import kombu
         import redis as redis_py
         results[CELERY]["versions"] = {
-            "celery": cel.canvas.__version__, "kombu": kombu.__version__,
+            "celery": (cel or cel_rate).canvas.__version__, "kombu": kombu.__version__,
             "redis_py": redis_py.__version__, "redis": "?"}
     template = None
     dash_db = None
@@ -2418,6 +2962,21 @@ def main(argv=None):
                         measure_chain(s, worker, cfg, results[s.label])
                 if s is cel:
                     results[CELERY]["versions"]["redis"] = cel.redis_version
+            for key, system, seconds in (
+                    ("async_lq100", lq_async, cfg["async_sleep"]),
+                    ("async_lqk", lq_async_k, cfg["async_sleep"]),
+                    ("async_noop", lq_async_k, None),
+                    ("async_huey", hu_green, cfg["async_sleep"])) if "async" in only else ():
+                measure_async_drain(system, tmp, f"r{r}", key, cfg["async_tasks"], seconds,
+                                    results[CONC])
+            for key, system in (("threads_lq", lq_threads), ("threads_huey", hu_threads)) \
+                    if "threads" in only else ():
+                measure_threads(system, tmp, f"r{r}", key, cfg, results[CONC])
+            if "ratelimit" in only:
+                measure_ratelimit_litequeue(lq_rate, tmp, f"r{r}", cfg, results[CONC])
+                if cel_rate is not None and r < cfg["rate_celery_repeats"]:
+                    measure_ratelimit_celery(cel_rate, tmp, f"r{r}", cfg, results[CONC])
+                    results[CELERY]["versions"]["redis"] = cel_rate.redis_version
             if "dashboard" in only:
                 if dash_db is None:
                     dash_db = prepare_dashboard_db(tmp, cfg)
@@ -2440,6 +2999,8 @@ def main(argv=None):
         tables.append(build_sched_table(S, results, cfg))
     if canvas:
         tables.append(build_canvas_table(S, cfg))
+    if {"async", "threads", "ratelimit"} & set(only):
+        tables.append(build_concurrency_table(S, results, cfg))
     if "dashboard" in only:
         tables.append(build_dashboard_table(S, results, cfg))
     table = "\n\n".join(tables)
@@ -2458,6 +3019,8 @@ def main(argv=None):
         (f"Celery {v['celery']} (kombu {v['kombu']}, redis-py {v['redis_py']}) on "
          f"redis-server {v['redis']} (127.0.0.1 TCP, no persistence) as broker and result "
          f"backend. " if (v := results[CELERY].get("versions")) else "") +
+        (f"gevent {v['gevent']} (huey's greenlet consumer). "
+         if (v := results[CONC].get("versions")) else "") +
         (f"Dashboard: its database held {cfg['dashboard_rows']:,} tasks (built once, kept in "
          f"{cfg['cache_dir']}); headless Chromium {v['chromium']} driven by selenium "
          f"{v['selenium']}. " if (v := results[DASH].get("versions")) else "") +

@@ -22,11 +22,32 @@ result backend. make_litequeue_canvas() and make_celery() define the same tasks 
 
 A Celery worker imports this module as ``-A benchtasks:celery_app``; the Redis URL comes
 from the environment (CELERYBENCH_URL).
+
+The concurrency rows (async, threads, ratelimit) add, on request only (make_litequeue_more,
+make_huey_more, and on Celery make_celery(..., more=True)):
+
+- asleep(i, seconds), a coroutine (litequeue): ``await asyncio.sleep(seconds)``, returns i.
+- anoop(i), a coroutine (litequeue) that returns i at once: the claim + commit cost.
+- block(i, seconds), a sync task: ``time.sleep(seconds)``, returns i. On huey's greenlet
+  consumer time.sleep is gevent's (bench/huey_gevent.py monkey-patches first), so it
+  yields as asleep does; on threads it blocks its thread.
+- limited(i), rate_limit=RATE_LIMIT (litequeue and Celery): returns time.time() read as
+  its first statement (its start, by the task's own clock).
+
+A worker registers them only when LQBENCH_MORE (litequeue: which kinds, e.g. "async" or
+"block,limited") or HUEYBENCH_MORE (huey) is set in its environment, so that the other
+rows' workers run exactly the tasks they always ran: one coroutine task in a litequeue
+worker puts its children on the path for coroutines, and one rate-limited task name in the
+file makes every claim look at rate_limits.
 """
 
 import os
 import struct
+import threading
 import time
+
+# The rate limit of limited() on litequeue and on Celery (the ratelimit rows).
+RATE_LIMIT = "20/s"
 
 _DOUBLE = struct.Struct("<d")
 
@@ -67,10 +88,53 @@ def make_litequeue_canvas(app):
     return endstamp, step, collect
 
 
-def make_celery(url):
+def make_litequeue_more(app, kinds):
+    """Register some of the concurrency rows' tasks on a litequeue app: kinds holds
+    "async" (asleep, anoop), "block" and/or "limited". Returns {name: task}.
+
+    Each row registers only its own kinds, on the producer and in the worker: a worker
+    registers every task it serves in the file, so limited() anywhere would give the file
+    a rate limit (every claim then looks at rate_limits), and one coroutine task puts a
+    child's claims on the path for coroutines."""
+    import asyncio
+    kinds = set(kinds)
+    unknown = kinds - {"async", "block", "limited"}
+    if unknown:
+        raise ValueError(f"unknown kinds of bench tasks: {sorted(unknown)}")
+    made = {}
+    if "async" in kinds:
+        @app.task(name="benchtasks.asleep")
+        async def asleep(i, seconds):
+            await asyncio.sleep(seconds)
+            return i
+
+        @app.task(name="benchtasks.anoop")
+        async def anoop(i):
+            return i
+
+        made.update(asleep=asleep, anoop=anoop)
+    if "block" in kinds:
+        @app.task(name="benchtasks.block")
+        def block(i, seconds):
+            time.sleep(seconds)
+            return i
+
+        made["block"] = block
+    if "limited" in kinds:
+        @app.task(name="benchtasks.limited", rate_limit=RATE_LIMIT)
+        def limited(i):
+            return time.time()
+
+        made["limited"] = limited
+    return made
+
+
+def make_celery(url, more=False):
     """A Celery app with `url` (redis://...) as broker and result backend, every other
     setting at Celery's defaults (prefetch multiplier 4, early acks, json). Returns
-    (app, noop, endstamp, step, collect), named as the litequeue tasks."""
+    (app, noop, endstamp, step, collect), named as the litequeue tasks; with more=True,
+    (app, noop, stamp, limited) instead (the ratelimit rows: stamp as on litequeue,
+    limited with rate_limit=RATE_LIMIT, which Celery enforces per worker)."""
     from celery import Celery
 
     app = Celery("benchtasks", broker=url, backend=url)
@@ -79,6 +143,17 @@ def make_celery(url):
     @app.task(name="benchtasks.noop")
     def noop(i):
         return i
+
+    if more:
+        @app.task(name="benchtasks.stamp")
+        def stamp(i):
+            return time.time()
+
+        @app.task(name="benchtasks.limited", rate_limit=RATE_LIMIT)
+        def limited(i):
+            return time.time()
+
+        return app, noop, stamp, limited
 
     endstamp, step, collect = make_litequeue_canvas(app)
 
@@ -90,9 +165,10 @@ def make_huey(path, marks=None):
     compiled-in synchronous=FULL; journal_mode='wal'; cache_mb=8; timeout=5).
 
     With ``marks`` (a directory), each worker process records the unix time of the first
-    task it starts (start-<pid>) and of the last task it completed, after its result was
-    stored (end-<pid>): the drain measurement's equivalent of litequeue's started_at and
-    finished_at columns.
+    task it starts (start-<pid>) and each worker thread or greenlet the time of the last
+    task it completed, after its result was stored (end-<pid>-<thread id>): the drain
+    measurement's equivalent of litequeue's started_at and finished_at columns (the bench
+    takes the earliest start and the latest end).
     """
     from huey import SqliteHuey, signals
 
@@ -108,15 +184,23 @@ def make_huey(path, marks=None):
 
     if marks:
         files = {}
+        lock = threading.Lock()     # -k thread: two threads may start the first task at once
 
         def _fd(kind):
-            key = (kind, os.getpid())
+            # One start file per process; one end file per thread (or greenlet), so that no
+            # thread overwrites another's later end.
+            key = (kind, os.getpid()) if kind == "start" else \
+                (kind, os.getpid(), threading.get_ident())
             fd = files.get(key)
             if fd is None:
-                path = os.path.join(marks, f"{kind}-{os.getpid()}")
-                fd = files[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                if kind == "start":
-                    os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+                with lock:
+                    fd = files.get(key)
+                    if fd is None:
+                        name = "-".join(str(k) for k in key)
+                        fd = os.open(os.path.join(marks, name), os.O_RDWR | os.O_CREAT, 0o644)
+                        if kind == "start":
+                            os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+                        files[key] = fd
             return fd
 
         @huey.signal(signals.SIGNAL_EXECUTING)
@@ -131,6 +215,17 @@ def make_huey(path, marks=None):
     return huey, noop, stamp
 
 
+def make_huey_more(huey):
+    """Register block(i, seconds) on a huey instance made by make_huey(); returns it."""
+
+    @huey.task()
+    def block(i, seconds):
+        time.sleep(seconds)
+        return i
+
+    return block
+
+
 def read_mark(path):
     with open(path, "rb") as f:
         return _DOUBLE.unpack(f.read(_DOUBLE.size))[0]
@@ -141,9 +236,17 @@ if os.environ.get("LQBENCH_DB"):
     app, noop, stamp = make_litequeue(os.environ["LQBENCH_DB"],
                                os.environ.get("LQBENCH_SYNC", "NORMAL"))
     endstamp, step, collect = make_litequeue_canvas(app)
+    if os.environ.get("LQBENCH_MORE"):
+        globals().update(make_litequeue_more(app, os.environ["LQBENCH_MORE"].split(",")))
 if os.environ.get("CELERYBENCH_URL"):
-    celery_app, celery_noop, celery_endstamp, celery_step, celery_collect = make_celery(
-        os.environ["CELERYBENCH_URL"])
+    if os.environ.get("CELERYBENCH_MORE"):
+        celery_app, celery_noop, celery_stamp, celery_limited = make_celery(
+            os.environ["CELERYBENCH_URL"], more=True)
+    else:
+        celery_app, celery_noop, celery_endstamp, celery_step, celery_collect = make_celery(
+            os.environ["CELERYBENCH_URL"])
 if os.environ.get("HUEYBENCH_DB"):
     huey, huey_noop, huey_stamp = make_huey(os.environ["HUEYBENCH_DB"],
                                 os.environ.get("HUEYBENCH_MARKS"))
+    if os.environ.get("HUEYBENCH_MORE"):
+        huey_block = make_huey_more(huey)
