@@ -508,7 +508,7 @@ _SETTINGS = {
                                  "coroutine (async def) tasks in flight per worker process"),
     "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
                              "for writers that do not ring"),
-    "worker_prefetch": (16, _check_number(1, whole=True), "largest claim batch when the "
+    "worker_prefetch": (64, _check_number(1, whole=True), "largest claim batch when the "
                         "backlog is deep"),
     "worker_shutdown_grace": (30.0, _check_number(), "seconds a warm shutdown waits for "
                               "running tasks"),
@@ -3073,19 +3073,35 @@ class _Doorbell:
 
     def ring(self, prefix=None):
         with self._lock:
-            try:
-                st = os.stat(self.path, follow_symlinks=False)
-            except OSError:
-                return                  # nobody has slept here yet
-            if not self._current(st):
+            if not self._listed():
                 return
-            if st.st_mtime_ns != self._listed_mtime or time.time() - st.st_mtime < _LISTING_SETTLE:
-                self._relist()
-                self._listed_mtime = st.st_mtime_ns
             if self.keep:
                 self._ring_peers()
             else:
                 self._ring_names(prefix)
+
+    def ring_tasks(self, task_ids):
+        """Ring the get() waiters of these task ids (keep=False): one look at the
+        directory, and the ids are hashed only if somebody waits at all."""
+        if not task_ids:
+            return
+        with self._lock:
+            if not self._listed() or not self._names:
+                return
+            self._ring_names({_tag(task_id) for task_id in task_ids})
+
+    def _listed(self):
+        """Bring the list of sleepers up to date; False if nobody can be rung."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False                # nobody has slept here yet
+        if not self._current(st):
+            return False
+        if st.st_mtime_ns != self._listed_mtime or time.time() - st.st_mtime < _LISTING_SETTLE:
+            self._relist()
+            self._listed_mtime = st.st_mtime_ns
+        return True
 
     def _current(self, st):
         """Keep _fd on the directory now at self.path; False if it cannot be used."""
@@ -3148,11 +3164,18 @@ class _Doorbell:
                 self._listed_mtime = None          # look again next time
 
     def _ring_names(self, prefix):
+        """Ring the sleepers whose name starts with prefix (None: all; a set: any of
+        them, each a whole first part of the name)."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
         for name in self._names:
-            if prefix is not None and not name.startswith(prefix):
+            if prefix is None:
+                pass
+            elif isinstance(prefix, set):
+                if name.split(".", 1)[0] not in prefix:
+                    continue
+            elif not name.startswith(prefix):
                 continue
             found = _open_socket_file(self._fd, name)
             if found is None:
@@ -6119,6 +6142,12 @@ def _waiting_out(action, doing):
             delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
 
 
+def _ring_id(task_id):
+    """An outcome's `tag`: the id whose get() waiters its commit rings (hashed only when
+    somebody waits: _Doorbell.ring_tasks), None when nobody can wait on it."""
+    return task_id if isinstance(task_id, str) else None
+
+
 def _tag(task_id):
     """The prefix of get() waiters' socket names for a task (None: nobody can wait)."""
     return _short_hash(task_id) if isinstance(task_id, str) else None
@@ -6470,6 +6499,7 @@ class _Child:
         self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
         self.batch = 1                 # rows to claim at once: grows while tasks are fast
         self.last_duration = 0.0
+        self.deadline_set = False      # the lock record holds a hard deadline
         # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
         self.threads = spec.get("threads", 0)
         self.solo = spec.get("solo", False)
@@ -6633,7 +6663,7 @@ class _Child:
         flights = []
         for row, kind in batch:
             outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                        tag=_tag(row.id), id=row.id, followers=row.followers)
+                                        tag=_ring_id(row.id), id=row.id, followers=row.followers)
             task = self.tasks[row.name]
             flight = _Flight(row, task, (), {}, None, outcome,
                              task.soft_time_limit or self.spec["soft_time_limit"],
@@ -6824,7 +6854,11 @@ class _Child:
         # names the row, and the supervisor charges the row with it.
         outcome = self._execute(row, begun)
         self.pending.add(outcome, started)
-        self.lock.executing(0, begun=self.pending.begun)
+        if self.deadline_set or not self.pending.claimed:
+            # Otherwise the next row's _still_ours writes the record, with this one among
+            # the begun rows, before anything else can happen.
+            self.lock.executing(0, begun=self.pending.begun)
+            self.deadline_set = False
         self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
         # The counters (_count, inlined: this is once per task).
@@ -6901,9 +6935,7 @@ class _Child:
                 logger.warning("%d stale completion(s) rejected: the task was rescued and "
                                "given to another worker", rejected)
             if outcomes:
-                for outcome in outcomes:
-                    if outcome.tag is not None:
-                        self.done_bell.ring(prefix=outcome.tag)
+                self.done_bell.ring_tasks([o.tag for o in outcomes if o.tag is not None])
                 if any(o.state == RETRY for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 follow = self.storage.take_follow_ups()
@@ -7053,13 +7085,13 @@ class _Child:
             logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
                          message)
             return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
-                            seq=row.seq, attempt=row.attempt, tag=_tag(row.id), id=row.id,
+                            seq=row.seq, attempt=row.attempt, tag=_ring_id(row.id), id=row.id,
                             followers=row.followers)
 
     def _run_row(self, row, begun):
         """Check a row, run its task, and return its _Outcome."""
         outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                    tag=_tag(row.id), id=row.id, followers=row.followers)
+                                    tag=_ring_id(row.id), id=row.id, followers=row.followers)
         ready = self._prepare(row, outcome)
         if isinstance(ready, _Outcome):
             return ready
@@ -7068,6 +7100,7 @@ class _Child:
         hard = task.time_limit or self.spec["time_limit"]
         if hard:
             self.lock.executing(row.seq, time.time() + hard, begun)
+            self.deadline_set = True
             self.control_bell.ring()  # the supervisor enforces the hard limit
         request = _Request(    # positional: this is once per task
             row.id, args, kwargs, row.retries, row.attempt, row.name, self.hostname,
