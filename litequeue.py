@@ -807,7 +807,8 @@ def _new_id():
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     value = value & ~(0xF << 76) | 0x7 << 76        # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62        # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"                              # str(uuid.UUID(int=value)), faster
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _app_path(path, module_file):
@@ -2396,16 +2397,19 @@ class _Storage:
         self.follow_ups = follow
         return rows, rejected
 
-    def _claim(self, conn, worker, pid, now, queue, n):
-        """Claim up to n ready rows of queue: first one row of each rate-limited task whose
-        next start has come (the start is taken in this transaction), then ordinary rows.
-        Whether the file has rate limits at all is looked at once a second: a limit new to
-        this process is honoured within that second (its rows wait meanwhile)."""
-        rows = []
+    def has_limits(self):
+        """Whether the file has rate limits, looked at once a second: a limit new to this
+        process is honoured within that second (its rows wait meanwhile)."""
         if self._limits_seen_at + _LIMITS_LOOK_EVERY < time.monotonic():
             self._limits_seen_at = time.monotonic()
-            self._has_limits = bool(conn.execute(_SQL_HAS_LIMITS).fetchall())
-        if self._has_limits:
+            self._has_limits = bool(self.conn.execute(_SQL_HAS_LIMITS).fetchall())
+        return self._has_limits
+
+    def _claim(self, conn, worker, pid, now, queue, n):
+        """Claim up to n ready rows of queue: first one row of each rate-limited task whose
+        next start has come (the start is taken in this transaction), then ordinary rows."""
+        rows = []
+        if self.has_limits():
             rows = [_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
             for row in rows:
@@ -3049,6 +3053,11 @@ def _doorbells_after_fork():
 os.register_at_fork(after_in_child=_doorbells_after_fork)
 
 
+# A doorbell rung again within this many seconds rings the sleepers it knows without
+# looking at their directory first (a new sleeper is rung from the next look on).
+_RELOOK = 0.001
+
+
 class _Doorbell:
     """Rings the sleepers bound in one subdirectory: one datagram each, never blocking.
 
@@ -3069,10 +3078,15 @@ class _Doorbell:
         self._names = ()            # names that may be sockets (keep=False)
         self._sock = None
         self._warned = False
+        self._looked = -math.inf    # when the directory was last looked at
         _doorbells.add(self)
 
     def ring(self, prefix=None):
         with self._lock:
+            if self.keep and time.monotonic() - self._looked < _RELOOK:
+                self._ring_peers()          # a ring in a tight loop: no stat each time
+                return
+            self._looked = time.monotonic()
             if not self._listed():
                 return
             if self.keep:
@@ -5516,6 +5530,8 @@ class LiteQueue:
 
     def _timing(self, now, countdown, eta, expires):
         """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
+        if countdown is None and eta is None and expires is None:
+            return None, None
         if countdown is not None and eta is not None:
             raise ConfigurationError("give countdown or eta, not both")
         eta_at = None
@@ -7054,6 +7070,8 @@ class _Child:
 
     def _next_start(self):
         """The earliest start time of a rate-limited ready row of the queues served."""
+        if not self.storage.has_limits():
+            return None
         times = [t for t in map(self.storage.next_start, self.queues) if t is not None]
         return min(times) if times else None
 
