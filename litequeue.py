@@ -158,11 +158,22 @@ import urllib.parse
 import uuid
 import warnings
 import weakref
+import zlib
 import zoneinfo
 
 import apsw
 import click
 import msgpack
+
+if __name__ == "__main__":
+    # `python litequeue.py ...`: run the importable module, not this __main__ copy, so
+    # that tasks.py (which imports litequeue) and the worker share one registry and one
+    # set of classes; stop here rather than define everything twice. The worker's
+    # children are spawned, and multiprocessing would run this script again in each of
+    # them (as __mp_main__) before importing litequeue: a bare __main__ spares them that.
+    import litequeue
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    sys.exit(litequeue.cli())
 
 logger = logging.getLogger("litequeue")
 logger.addHandler(logging.NullHandler())
@@ -638,7 +649,7 @@ _CHECKPOINT_INTERVAL = 0.5
 _ETA_FINE_WAIT = 0.002
 _CHECKPOINT_BUSY_INTERVAL = 0.1
 # Past this size the WAL is checkpointed with TRUNCATE, which empties it.
-_WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+_WAL_TRUNCATE_BYTES = 1 * 1024 * 1024
 # How long a truncating checkpoint may wait for the write lock and for readers.
 _TRUNCATE_WAIT_MS = 1000
 # A directory listing whose mtime is this recent may miss an entry made in the same tick.
@@ -2590,7 +2601,7 @@ class _Storage:
         # WAL grew by 12 MiB. Ask in the shortest steps instead, ahead of the children.
         self.conn.set_busy_handler(self._stepped_wait(1, _TRUNCATE_WAIT_MS / 1000))
         try:
-            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
         except apsw.BusyError:
             pass   # try again at the next check
         finally:
@@ -3302,6 +3313,11 @@ _LOCK_RECORD = struct.Struct("<qdq")
 # (seq, deadline or 0, kind): _OFF_THREAD (a -P threads thread: its process is killed
 # to end it) or _OFF_LOOP (a coroutine: the child cancels it when revoked).
 _LOCK_COUNT = struct.Struct("<q")
+# Last: a CRC-32 of everything before it. The owner rewrites the record in place while
+# others read it, and a read can see half of a write (pread and pwrite of a regular file
+# are not atomic with each other): a record whose checksum does not match is read again.
+_LOCK_CRC = struct.Struct("<I")
+_LOCK_READ_TRIES = 20
 _LOCK_RECORD_MAX = 1 << 19          # bytes: room for worker_async_concurrency's maximum
 _LOCK_ENTRY = struct.Struct("<qdq")
 _ON_MAIN, _OFF_THREAD, _OFF_LOOP = 0, 1, 2
@@ -3320,6 +3336,26 @@ def _lock_name(worker_id):
 # Lock files this process holds, by worker id. Closing any descriptor of a file drops
 # every fcntl lock the process has on it, so this process reads its own through these.
 _held_locks = {}
+
+
+def _parse_lock_record(record):
+    """([(seq, deadline or None, kind)] running, begun seqs) of a lock record, or None if
+    it is torn (its checksum does not match) or cut short."""
+    try:
+        seq, deadline, count = _LOCK_RECORD.unpack_from(record)
+        at = _LOCK_RECORD.size + 8 * count
+        entries, = _LOCK_COUNT.unpack_from(record, at)
+        end = at + _LOCK_COUNT.size + entries * _LOCK_ENTRY.size
+        crc, = _LOCK_CRC.unpack_from(record, end)
+        if count < 0 or entries < 0 or zlib.crc32(record[:end]) != crc:
+            return None
+        begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
+        running = [(seq, deadline or None, _ON_MAIN)] if seq else []
+        running += [(s, d or None, k) for s, d, k in _LOCK_ENTRY.iter_unpack(
+            record[at + _LOCK_COUNT.size:end])]
+        return running, begun
+    except struct.error:
+        return None
 
 
 class _Locks:
@@ -3357,18 +3393,14 @@ class _Locks:
         if fd is None:
             return [], ()
         try:
-            record = os.pread(fd, _LOCK_RECORD_MAX, 0)
-            seq, deadline, count = _LOCK_RECORD.unpack_from(record)
-            begun = struct.unpack_from(f"<{count}q", record, _LOCK_RECORD.size)
-            at = _LOCK_RECORD.size + 8 * count
-            running = [(seq, deadline or None, _ON_MAIN)] if seq else []
-            if len(record) >= at + _LOCK_COUNT.size:
-                entries, = _LOCK_COUNT.unpack_from(record, at)
-                running += [(s, d or None, k) for s, d, k in _LOCK_ENTRY.iter_unpack(
-                    record[at + _LOCK_COUNT.size:at + _LOCK_COUNT.size +
-                           entries * _LOCK_ENTRY.size])]
-            return running, begun
-        except (OSError, struct.error):
+            for _ in range(_LOCK_READ_TRIES):
+                parsed = _parse_lock_record(os.pread(fd, _LOCK_RECORD_MAX, 0))
+                if parsed is not None:
+                    return parsed
+            # Never a consistent read (a writer rewriting it without pause): nothing is
+            # known, so nothing is charged or killed on its account.
+            return [], ()
+        except OSError:
             return [], ()
         finally:
             if held is None:
@@ -3437,8 +3469,9 @@ class _WorkerLock:
     def executing(self, seq, deadline=0.0, begun=()):
         """Record the row the main thread runs (0: none), the rows begun but not
         committed, and (self.entries) the rows running off the main thread."""
-        os.pwrite(self.fd, _LOCK_RECORD.pack(seq, deadline, len(begun)) +
-                  struct.pack(f"<{len(begun)}q", *begun) + self.entries, 0)
+        body = _LOCK_RECORD.pack(seq, deadline, len(begun)) + \
+            struct.pack(f"<{len(begun)}q", *begun) + self.entries
+        os.pwrite(self.fd, body + _LOCK_CRC.pack(zlib.crc32(body)), 0)
 
     def set_entries(self, entries):
         """The rows running off the main thread: [(seq, deadline or 0, kind)]."""
@@ -9458,10 +9491,3 @@ setInterval(async () => { if (busy || (document.activeElement && ["INPUT", "SELE
 render();
 </script></body></html>
 """
-
-
-if __name__ == "__main__":
-    # Run the importable module, not this __main__ copy, so that tasks.py (which imports
-    # litequeue) and the worker share one registry and one set of classes.
-    import litequeue
-    litequeue.cli()
