@@ -9142,8 +9142,7 @@ def health(db, max_wait, as_json):
 @click.argument("queue", callback=_nonempty)
 def pause(db, queue):
     """Pause a queue: workers stop claiming from it (within a claim); its tasks wait."""
-    paused = _open_app(db).admin.pause(queue)
-    click.echo(f"queue {_shown(queue)} {'paused' if paused else 'was already paused'}")
+    _pause_or_resume(db, queue, "pause", "paused", "was already paused")
 
 
 @cli.command()
@@ -9151,8 +9150,12 @@ def pause(db, queue):
 @click.argument("queue", callback=_nonempty)
 def resume(db, queue):
     """Resume a paused queue: workers claim from it again at once."""
-    resumed = _open_app(db).admin.resume(queue)
-    click.echo(f"queue {_shown(queue)} {'resumed' if resumed else 'was not paused'}")
+    _pause_or_resume(db, queue, "resume", "resumed", "was not paused")
+
+
+def _pause_or_resume(db, queue, action, done, unchanged):
+    changed = getattr(_open_app(db).admin, action)(queue)
+    click.echo(f"queue {_shown(queue)} {done if changed else unchanged}")
 
 
 @cli.command("tasks")

@@ -6599,7 +6599,7 @@ class TestDashboard:
         assert tasks[bad.id]["state"] == FAILURE and "broken" in tasks[bad.id]["exception"]
         assert set(tasks[ok.id]) >= {"uuid", "name", "state", "args", "kwargs", "result",
                                      "received", "started", "succeeded", "runtime", "worker"}
-        assert d.json(f"/api/tasks?state=FAILURE&limit=5").keys() == {bad.id}
+        assert d.json("/api/tasks?state=FAILURE&limit=5").keys() == {bad.id}
         info = d.json(f"/api/task/info/{bad.id}")
         assert info["uuid"] == bad.id and "TaskFailed" in info["traceback"]
         assert d.json(f"/api/task/result/{ok.id}") == {"task-id": ok.id, "state": SUCCESS,
@@ -7685,6 +7685,38 @@ print("producer done", flush=True)
 '''
 
 
+def sigkill_a_worker(rng, supervisors):
+    """SIGKILL, in a random live supervisor, one child (0.6), the supervisor alone (0.2) or
+    its whole process group (0.2), and reap a killed supervisor so that the next poll()
+    sees it dead. Returns (kind, pids the signal reached), or None if nothing was killed."""
+    target = rng.choice(supervisors)
+    if target.proc.poll() is not None:
+        return None
+    kind = rng.choices(["child", "supervisor", "group"], [0.6, 0.2, 0.2])[0]
+    if kind == "child":
+        target.id = target.id or target.supervisor_row()
+        # Only a process that really is this supervisor's child right now: a stale row of
+        # a killed group's child can carry a pid the kernel has since given to another
+        # process (a supervisor, say).
+        pids = [c["pid"] for c in target.live_children()
+                if parent_of(c["pid"]) == target.proc.pid]
+        if not pids:
+            return None
+        victim = rng.choice(pids)
+        with _suppress_lookup():
+            os.kill(victim, signal.SIGKILL)
+            return kind, [victim]
+        return None
+    if kind == "supervisor":
+        target.signal(signal.SIGKILL)
+        reached = [target.pid]
+    else:
+        reached = group_members(target.pgid)
+        target.killpg(signal.SIGKILL)
+    target.proc.wait()
+    return kind, reached
+
+
 class TestChaos:
 
     @pytest.mark.chaos
@@ -7746,30 +7778,11 @@ class TestChaos:
                 processes_killed += 1
                 next_producer_kill = now + rng.uniform(3, 6)
                 continue
-            target = rng.choice(supervisors)
-            if target.proc.poll() is not None:
+            killed = sigkill_a_worker(rng, supervisors)
+            if killed is None:
                 continue
-            kind = rng.choices(["child", "supervisor", "group"], [0.6, 0.2, 0.2])[0]
-            if kind == "child":
-                target.id = target.id or target.supervisor_row()
-                # Only a process that really is this supervisor's child right now: a
-                # stale row of a killed group's child can carry a pid the kernel has since
-                # given to another process (a supervisor, say).
-                pids = [c["pid"] for c in target.live_children()
-                        if parent_of(c["pid"]) == target.proc.pid]
-                if not pids:
-                    continue
-                with _suppress_lookup():
-                    os.kill(rng.choice(pids), signal.SIGKILL)
-                    processes_killed += 1
-            elif kind == "supervisor":
-                target.signal(signal.SIGKILL)
-                processes_killed += 1
-            else:
-                processes_killed += len(group_members(target.pgid))
-                target.killpg(signal.SIGKILL)
-            if kind != "child":
-                target.proc.wait()          # so the next poll() sees it dead and restarts it
+            kind, pids = killed
+            processes_killed += len(pids)
             kills[kind] += 1
         chaos_time = time.monotonic() - began
         # The faults stop; the restarted supervisors finish the work.
@@ -7857,27 +7870,11 @@ class TestChaos:
             for i, s in enumerate(supervisors):
                 if s.proc.poll() is not None:
                     supervisors[i] = start_supervisor()
-            target = rng.choice(supervisors)
-            if target.proc.poll() is not None:
+            done = sigkill_a_worker(rng, supervisors)
+            if done is None:
                 continue
-            kind = rng.choices(["child", "supervisor", "group"], [0.6, 0.2, 0.2])[0]
-            if kind == "child":
-                target.id = target.id or target.supervisor_row()
-                pids = [c["pid"] for c in target.live_children()
-                        if parent_of(c["pid"]) == target.proc.pid]
-                if not pids:
-                    continue
-                victims = [rng.choice(pids)]
-            elif kind == "supervisor":
-                victims = [target.pid]
-            else:
-                victims = group_members(target.pgid)
-            for pid in victims:
-                with _suppress_lookup():
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
-            if kind != "child":
-                target.proc.wait()
+            kind, pids = done
+            killed.update(pids)
             kills[kind] += 1
         for i, s in enumerate(supervisors):
             if s.proc.poll() is not None:
