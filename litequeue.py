@@ -386,9 +386,9 @@ def _check_choice(*choices):
 def _check_pool(value):
     pools = ("prefork", "threads", "solo")
     if str(value).lower() in ("gevent", "eventlet", "processes"):
-        raise ValueError(f"one of {', '.join(pools)}; litequeue has no {value} pool: define "
-                         "I/O-bound tasks with async def (each worker process runs them on "
-                         "an event loop), or use threads")
+        raise ValueError(f"one of {', '.join(pools)} (litequeue has no {value} pool: "
+                         "define I/O-bound tasks with async def, which each worker "
+                         "process runs on an event loop, or use -P threads)")
     if str(value).lower() not in pools:
         raise ValueError(f"one of {', '.join(pools)}")
     return str(value).lower()
@@ -7554,7 +7554,8 @@ class _Supervisor:
         coroutines = "" if self.pool == "solo" else \
             f", up to {self.settings['worker_async_concurrency']} coroutines each"
         if self.pool == "threads":
-            return f"1 process of {self.concurrency} threads{coroutines}"
+            threads = "1 thread" if self.concurrency == 1 else f"{self.concurrency} threads"
+            return f"1 process of {threads}{coroutines}"
         if self.pool == "solo":
             return "solo (1 process, 1 task at a time)"
         return f"{self.processes} process(es){coroutines}"
