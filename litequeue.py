@@ -672,6 +672,11 @@ _SCHEDULER_RESCAN = 2.0
 # on a burst at once (promoting 200 rows takes about 1 ms).
 _PROMOTE_BATCH = 1000
 _PROMOTE_FIRST_BATCH = 32
+# A row that falls due is first left to the children, which claim it as it stands
+# (_DUE_ROWS) when the supervisor rings them at its due time: one hop and one transaction
+# fewer. Rows still waiting this much later (every child busy, a paused queue, a rate
+# limit) are promoted to PENDING, where priorities order them.
+_DUE_CLAIM_GRACE = 0.005
 # catch_up="all" fires at most this many missed times per schedule per pass.
 _CATCH_UP_MAX = 1000
 # catch_up="none": a fire later than this is skipped, not run late.
@@ -1524,31 +1529,43 @@ _SQL_INSERT_MEMBER = f"""
             {_RATE_KEY})
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
-# PENDING -> STARTED. tasks_ready: the LIMIT stops after n index entries. A process whose
-# workers row is gone
+# PENDING -> STARTED: the rows `seqs` selects. A process whose workers row is gone
 # (declared dead) claims nothing: a rescuer may no longer see its rows.
-_SQL_CLAIM = """
+_CLAIM_ROWS = """
     UPDATE tasks SET state = 'STARTED', attempt = attempt + 1, worker = :worker, pid = :pid,
                      started_at = :now
-    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
-                    AND queue = :queue ORDER BY priority DESC, seq LIMIT :n)
+    WHERE seq IN ({seqs})
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
     RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
               priority, parent_id, root_id, group_id, waits, input, followers
 """
+_READY_ROWS = "state = 'PENDING' AND rate_key IS NULL AND queue = :queue"
+# SCHEDULED or RETRY rows whose eta has come, claimed without waiting for the supervisor
+# to promote them (tasks_due, in due order; a rate-limited row waits for its promotion).
+_DUE_ROWS = ("state IN ('SCHEDULED', 'RETRY') AND eta <= :now AND queue = :queue "
+             "AND rate_key IS NULL")
+# At most n rows; for one of :share processes of a worker, at most its fair share
+# ceil(rows / share), counting no further than n * share index entries, so that the
+# first process a burst wakes does not take the rows the others would run meanwhile.
+_FAIR_SHARE = """min(:n, (SELECT (count(*) + :share - 1) / :share FROM (
+                         SELECT 1 FROM tasks WHERE {rows} LIMIT :n * :share)))"""
+# tasks_ready: the LIMIT stops after n index entries.
+_SQL_CLAIM = _CLAIM_ROWS.format(
+    seqs=f"SELECT seq FROM tasks WHERE {_READY_ROWS} ORDER BY priority DESC, seq LIMIT :n")
+_SQL_CLAIM_SHARE = _CLAIM_ROWS.format(
+    seqs=f"SELECT seq FROM tasks WHERE {_READY_ROWS} ORDER BY priority DESC, seq "
+         f"LIMIT {_FAIR_SHARE.format(rows=_READY_ROWS)}")
+_SQL_CLAIM_DUE = _CLAIM_ROWS.format(
+    seqs=f"SELECT seq FROM tasks WHERE {_DUE_ROWS} ORDER BY eta "
+         f"LIMIT {_FAIR_SHARE.format(rows=_DUE_ROWS)}")
 # Rate-limited rows whose key has a start to give (next_start has passed): at most one row
 # per key (tasks_limited), then _SQL_TAKE_STARTS moves each key's next_start on.
-_SQL_LIMITED_DUE = """
+_SQL_CLAIM_LIMITED = _CLAIM_ROWS.format(seqs="""
     SELECT (SELECT seq FROM tasks INDEXED BY tasks_limited
             WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue
             ORDER BY priority DESC, seq LIMIT 1)
-    FROM rate_limits AS r WHERE r.next_start <= :now
-"""
-_SQL_CLAIM_LIMITED = _SQL_CLAIM.replace(
-    """SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
-                    AND queue = :queue ORDER BY priority DESC, seq LIMIT :n""",
-    _SQL_LIMITED_DUE.strip() + " LIMIT :n")
+    FROM rate_limits AS r WHERE r.next_start <= :now LIMIT :n""")
 _SQL_TAKE_STARTS = """
     UPDATE rate_limits SET next_start = max(next_start, :now) + interval WHERE key = :key
 """
@@ -1557,9 +1574,10 @@ _LIMITS_LOOK_EVERY = 1.0         # seconds
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
 # tasks_ready: one index probe; then, if the file has rate limits, the earliest next
 # start of a key with a ready row (tasks_limited, one probe per key).
-_SQL_HAS_READY = """
-    SELECT 1 FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL AND queue = :queue
-      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue) LIMIT 1
+_SQL_HAS_READY = f"""
+    SELECT 1 WHERE (EXISTS (SELECT 1 FROM tasks WHERE {_READY_ROWS})
+                    OR EXISTS (SELECT 1 FROM tasks WHERE {_DUE_ROWS}))
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
 _SQL_NEXT_START = """
     SELECT min(r.next_start) FROM rate_limits AS r
@@ -1819,6 +1837,7 @@ _SQL_PROMOTE_DUE = """
                   ORDER BY eta LIMIT :n)
 """
 _SQL_NEXT_DUE = "SELECT min(eta) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')"
+_SQL_NEXT_DUE_AFTER = _SQL_NEXT_DUE + " AND eta > :now"
 # SCHEDULED or RETRY -> FAILURE. tasks_due, two seeks: a waiting row whose eta is not a
 # time (NULL sorts first; text and blobs sort after every number) would wait for ever; it
 # ends FAILURE instead. (One OR would scan the whole index.)
@@ -1988,8 +2007,10 @@ def _param_order(sql):
 _COMPLETE_ORDER = ("state", "result", "traceback", "eta", "errors", "retried", "now", "seq",
                    "attempt", "worker")
 _CLAIM_ORDER = ("worker", "pid", "now", "queue", "n")
+_CLAIM_SHARE_ORDER = _CLAIM_ORDER + ("share",)
 for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER),
-                     (_SQL_CLAIM_LIMITED, _CLAIM_ORDER)):
+                     (_SQL_CLAIM_LIMITED, _CLAIM_ORDER), (_SQL_CLAIM_SHARE, _CLAIM_SHARE_ORDER),
+                     (_SQL_CLAIM_DUE, _CLAIM_SHARE_ORDER)):
     if _param_order(_sql) != _order:
         raise ImportError(f"litequeue: a statement's parameters are {_param_order(_sql)}, "
                           f"not {_order}")
@@ -2350,8 +2371,13 @@ class _Storage:
         """{queue: unix time it was paused}."""
         return dict(self.conn.execute(_SQL_PAUSED).fetchall())
 
-    def has_ready(self, queue):
-        return bool(self.conn.execute(_SQL_HAS_READY, (queue,)).fetchall())
+    def has_ready(self, queue, now):
+        """Whether queue has a row to claim: ready, or due (see _DUE_ROWS)."""
+        return bool(self.conn.execute(_SQL_HAS_READY, {"queue": queue, "now": now}).fetchall())
+
+    def next_due_after(self, now):
+        """The earliest eta after now of a row waiting for its time (any queue), or None."""
+        return self.conn.execute(_SQL_NEXT_DUE_AFTER, (now,)).fetchall()[0][0]
 
     def next_start(self, queue):
         """When the first rate-limited ready row of queue may start (None: there is none)."""
@@ -2434,11 +2460,20 @@ class _Storage:
                 _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
             for row in rows:
                 conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": row.name})
+        share = self.claim_share
         if len(rows) < n:
+            if share > 1:
+                found = conn.execute(_SQL_CLAIM_SHARE,
+                                     (worker, pid, now, queue, n - len(rows), share))
+            else:
+                found = conn.execute(_SQL_CLAIM, (worker, pid, now, queue, n - len(rows)))
+            rows += [_Claimed(*row) for row in found]
+        if len(rows) < n:     # then rows whose eta has come
             rows += [_Claimed(*row) for row in conn.execute(
-                _SQL_CLAIM, (worker, pid, now, queue, n - len(rows)))]
+                _SQL_CLAIM_DUE, (worker, pid, now, queue, n - len(rows), share))]
         return rows
 
+    claim_share = 1                  # the processes of the worker that claim from this file
     _limits_seen_at = -math.inf
     _has_limits = False
 
@@ -2656,9 +2691,15 @@ class _Storage:
         return (self.conn.execute(_SQL_NEXT_DUE).fetchall()[0][0],
                 self.conn.execute(_SQL_NEXT_FIRE).fetchall()[0][0])
 
-    def next_wakeup(self):
-        """Unix time of the earliest due ETA row or periodic fire, or None."""
-        times = [t for t in self.next_due_and_fire() if _is_time(t)]
+    def next_wakeup(self, now=None):
+        """Unix time of the earliest due ETA row or periodic fire, or None. Given now, a
+        row already due counts at its due time plus _DUE_CLAIM_GRACE (it is left to the
+        children until then)."""
+        due, fire = self.next_due_and_fire()
+        if now is not None and _is_time(due) and due <= now:
+            later = self.next_due_after(now)
+            due = min(t for t in (due + _DUE_CLAIM_GRACE, later) if _is_time(t))
+        times = [t for t in (due, fire) if _is_time(t)]
         return min(times) if times else None
 
     def fire_due_schedules(self, now, plan):
@@ -6517,6 +6558,7 @@ class _Child:
                                 busy_timeout=conf["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER,
                                 on_wal_growth=self.control_bell.ring)
+        self.storage.claim_share = max(1, spec.get("processes", 1))
         self.tried_modules = set()
         self.hostname = spec["hostname"]
         self.tasks, _, _ = _load_worker_code(spec, self.storage, self.tried_modules)
@@ -6555,7 +6597,11 @@ class _Child:
         self.pending = _Pending()
         self.stats = _Stats(self.worker_id)
         self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
-        self.batch = 1                 # rows to claim at once: grows while tasks are fast
+        # Rows to claim at once, never more than a fair share of the ready rows: 1 while
+        # the tasks' durations are unknown (a slow task must not hold rows an idle sibling
+        # could run); fast tasks multiply it by 4, up to worker_prefetch; a slow one
+        # drops it to 1 again.
+        self.batch = 1
         self.last_duration = 0.0
         self.deadline_set = False      # the lock record holds a hard deadline
         # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
@@ -6652,7 +6698,7 @@ class _Child:
                 return True
         # Claim more at once only while the backlog is deep and tasks are fast.
         if len(rows) >= self.batch and self.last_duration < _GROUP_COMMIT_WINDOW:
-            self.batch = min(self.batch * 2, self.prefetch)
+            self.batch = min(self.batch * 4, self.prefetch)
         self.pending.claimed.extend(rows)
         return True
 
@@ -7071,8 +7117,8 @@ class _Child:
             if look:
                 start_at = self._next_start()
                 if start_at is not None and start_at <= time.time() or \
-                        any(self.storage.has_ready(q) for q in self.queues):
-                    rows = self._commit([], max(1, self._want()) if self.offloading else 1)
+                        any(self.storage.has_ready(q, time.time()) for q in self.queues):
+                    rows = self._commit([], max(1, self._want()))
                     if rows:
                         return rows
                     start_at = None
@@ -7594,6 +7640,7 @@ class _Supervisor:
                 "max_tasks": self.settings["worker_max_tasks_per_child"],
                 "max_memory": self.settings["worker_max_memory_per_child"],
                 "threads": self.concurrency if self.pool == "threads" else 0,
+                "processes": self.processes,
                 "async_concurrency": 1 if self.pool == "solo" else
                 self.settings["worker_async_concurrency"],
                 "solo": self.pool == "solo", "solo_tty": self.pool == "solo" and os.isatty(0)}
@@ -7990,8 +8037,10 @@ class _Supervisor:
             self._quarantine()                          # a row whose time is not a number
             due, fire = self.storage.next_due_and_fire()
         promoted = fired = 0
-        if _is_time(due) and due <= now:
+        if _is_time(due) and due <= now - _DUE_CLAIM_GRACE:
             promoted = self.storage.promote_due(now, after_batch=self.work_bell.ring)
+        elif _is_time(due) and due <= now:
+            self.work_bell.ring()       # the children claim due rows as they stand
         if _is_time(fire) and fire <= now:
             fired = self.storage.fire_due_schedules(now, _plan_fires)
             if fired:
@@ -7999,7 +8048,7 @@ class _Supervisor:
         if promoted or fired:
             logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
                          promoted, fired)
-        return self.storage.next_wakeup()
+        return self.storage.next_wakeup(now)
 
     def _load_new_modules(self):
         """Import modules that producers registered since the last look (files under the

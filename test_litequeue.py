@@ -2284,6 +2284,24 @@ class TestWorker:
         assert status.stdout.count("    child ") == 2, status.stdout
         assert w.proc.poll() is None
 
+    def test_a_restarted_child_runs_its_supervisors_code_not_the_edited_file(
+            self, tmp_path, workers):
+        """The supervisor hands each child the code it was started with: a child that
+        replaces a dead one neither reads nor compiles litequeue.py again, so an edit of
+        the file (here, one that would not even import) does not reach a running
+        worker until it is restarted."""
+        proj = Project(tmp_path / "vendored", vendored=True)
+        a = workers.start(proj, cmd=[sys.executable, "litequeue.py", "worker", proj.db,
+                                     "-A", "tasks", "-c", "1", "-l", "INFO"])
+        assert proj.delay("add", 2, 3).get(timeout=20) == 5
+        (proj.dir / "litequeue.py").write_text("raise SystemExit('an edited litequeue.py')\n")
+        (child,) = a.live_children()
+        os.kill(child["pid"], signal.SIGKILL)
+        wait_until(lambda: [c for c in a.live_children() if c["pid"] != child["pid"]], 20,
+                   "a new child to replace the killed one")
+        assert proj.delay("add", 4, 5).get(timeout=20) == 9
+        assert "an edited litequeue.py" not in a.log.read_text()
+
     def test_sigkill_of_the_whole_supervisor_mid_task(self, project, workers):
         a = workers.start(project, concurrency=2)
         results = [project.delay("block", name) for name in ("s1", "s2")]
@@ -2463,6 +2481,55 @@ class TestWorker:
                          [False, 0, 0]], trace   # stopping: committed both, and out
         assert [r.get(timeout=5) for r in results] == [0, 2, 4]
         assert sql(project.db, "SELECT count(*) FROM workers") == [(0,)]
+
+    @staticmethod
+    def _claimers(storage, *names):
+        now = time.time()
+        for pid, worker in enumerate(names, 100):     # only registered workers claim
+            storage.register_worker({"id": worker, "parent": None, "hostname": "h",
+                                     "pid": pid, "queues": "default", "concurrency": 1,
+                                     "started_at": now})
+
+    def test_a_claim_takes_a_fair_share_of_the_ready_rows(self, project):
+        """One of a worker's 2 processes takes ceil(ready / 2) rows, however large its
+        batch, so the first process a burst wakes leaves the other its half."""
+        results = [project.delay("add", i, i) for i in range(10)]
+        storage = litequeue._Storage(project.db)
+        try:
+            self._claimers(storage, "first", "second")
+            storage.claim_share = 2
+            taken = [len(storage.complete_and_claim([], worker, 1, time.time(), "default",
+                                                    64)[0])
+                     for worker in ("first", "second", "first", "second", "first")]
+            assert taken == [5, 3, 1, 1, 0]
+            storage.claim_share = 1       # a worker of one process takes what it asks for
+            assert sql(project.db, "SELECT count(*) FROM tasks WHERE state = 'STARTED'") \
+                == [(10,)]
+        finally:
+            storage.close()
+        assert len(results) == 10
+
+    def test_a_due_eta_row_is_claimed_as_it_stands(self, project):
+        """A child claims a SCHEDULED row whose eta has come without waiting for the
+        supervisor to promote it; not one that is still ahead, nor one in a paused
+        queue."""
+        due = project.app.tasks["tasks.add"].apply_async((1, 2), countdown=0.05)
+        ahead = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=3600)
+        (eta,), = sql(project.db, "SELECT eta FROM tasks WHERE id = ?", due.id)
+        wait_until(lambda: time.time() > eta, 5, "the eta to pass")
+        assert project.state(due.id) == SCHEDULED
+        storage = litequeue._Storage(project.db)
+        try:
+            self._claimers(storage, "w")
+            lq("pause", project.db, "default", cwd=project.dir)
+            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            assert rows == []
+            lq("resume", project.db, "default", cwd=project.dir)
+            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            assert [(r.id, r.attempt) for r in rows] == [(due.id, 1)]
+            assert (project.state(due.id), project.state(ahead.id)) == (STARTED, SCHEDULED)
+        finally:
+            storage.close()
 
     def test_fencing_rejects_a_stale_completion(self, project):
         """Internal invariant: a rescued task's zombie cannot overwrite the real result."""
@@ -7134,6 +7201,16 @@ def start_celery_worker(workers, project, redis_url):
 
 
 class TestPortability:
+
+    def test_importing_litequeue_leaves_the_dashboards_web_server_out(self, tmp_path):
+        """A worker process, a producer script: neither pays for http.server (with
+        http.client, email and ssl); the dashboard imports it when it starts."""
+        probe = ("import sys, litequeue; print(sorted(m for m in ('http.server', "
+                 "'http.client', 'ssl', 'email.message') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
+                             capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(LITEQUEUE_PY.parent)))
+        assert out.stdout.strip() == "[]", out.stdout
 
     # redis_url comes before workers: fixtures stop in reverse order, so the Celery
     # worker stops while its broker still runs.
