@@ -677,6 +677,9 @@ _PROMOTE_FIRST_BATCH = 32
 # fewer. Rows still waiting this much later (every child busy, a paused queue, a rate
 # limit) are promoted to PENDING, where priorities order them.
 _DUE_CLAIM_GRACE = 0.005
+# The children are rung this long before an eta: a process that has slept for seconds
+# takes up to a millisecond to run again on a VM, one that has just run a fraction of it.
+_ETA_PREWAKE = 0.002
 # catch_up="all" fires at most this many missed times per schedule per pass.
 _CATCH_UP_MAX = 1000
 # catch_up="none": a fire later than this is skipped, not run late.
@@ -7147,7 +7150,7 @@ class _Child:
                 self._cancel_revoked()
                 look = True
             elif start_at is not None and start_at <= time.time():
-                look = True                   # a rate-limited row's start has come
+                look = True                   # an eta or a rate-limited row's start has come
             else:
                 # Writers that do not ring (other languages, the sqlite3 shell) still
                 # change data_version; reading it costs no lock.
@@ -7157,10 +7160,14 @@ class _Child:
         return None
 
     def _next_start(self):
-        """The earliest start time of a rate-limited ready row of the queues served."""
-        if not self.storage.has_limits():
-            return None
-        times = [t for t in map(self.storage.next_start, self.queues) if t is not None]
+        """When to look again without a ring: the earliest start time of a rate-limited
+        ready row of the queues served, or the next eta of any row (one index read). The
+        supervisor rings the children _ETA_PREWAKE ahead of an eta, so that they are
+        awake, and claim the row as it falls due (_DUE_ROWS)."""
+        times = [self.storage.next_due_after(time.time())]
+        if self.storage.has_limits():
+            times += map(self.storage.next_start, self.queues)
+        times = [t for t in times if _is_time(t)]
         return min(times) if times else None
 
     def _flush_idle_stats(self, wait):
@@ -8048,7 +8055,17 @@ class _Supervisor:
         if promoted or fired:
             logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
                          promoted, fired)
-        return self.storage.next_wakeup(now)
+        wake = self.storage.next_wakeup(now)
+        if wake is None or wake <= now:
+            return wake
+        if wake - now > _ETA_PREWAKE:
+            return wake - _ETA_PREWAKE          # to ring the children ahead of it
+        if wake != self.prerung:
+            self.prerung = wake
+            self.work_bell.ring()               # they wait for the eta themselves
+        return wake
+
+    prerung = None         # the due time the children were last rung ahead of
 
     def _load_new_modules(self):
         """Import modules that producers registered since the last look (files under the
