@@ -3487,8 +3487,9 @@ def build_issue13_table(S, raw, cfg):
         launch_row("launch → the first task claimed (its started_at; info)",
                    "launch_lq_claimed")
         launch_row("started as the `litequeue` command does (`python -c 'import litequeue; "
-                   "litequeue.cli()' worker …`: litequeue.py imported once per process, not "
-                   "also run as the script): launch → get() returns (info)",
+                   "litequeue.cli()' worker …`: litequeue.py imported as a module, which a "
+                   ".pyc can spare compiling, not run as a script): launch → get() returns "
+                   "(info)",
                    "launch_lq_cli_get")
         launch_row("the same: launch → the supervisor's row (info)",
                    "launch_lq_cli_supervisor")
