@@ -181,7 +181,7 @@ elif __name__ == "__main__":                  # already imported under its own n
     sys.modules["__main__"] = types.ModuleType("__main__")
     sys.exit(litequeue.cli())
 # The code this module was made from, which the worker hands to each child it starts
-# (_child_boot): a child then neither reads nor compiles the file again.
+# (_child_process): a child then neither reads nor compiles the file again.
 _MODULE_CODE = sys._getframe().f_code if hasattr(sys, "_getframe") else None
 
 logger = logging.getLogger("litequeue")
@@ -1575,8 +1575,9 @@ _SQL_TAKE_STARTS = """
 _SQL_HAS_LIMITS = "SELECT 1 FROM rate_limits LIMIT 1"
 _LIMITS_LOOK_EVERY = 1.0         # seconds
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
-# tasks_ready: one index probe; then, if the file has rate limits, the earliest next
-# start of a key with a ready row (tasks_limited, one probe per key).
+# tasks_ready and tasks_due: one index probe each (due rows: those of _DUE_ROWS). Then,
+# if the file has rate limits, the earliest next start of a key with a ready row
+# (tasks_limited, one probe per key).
 _SQL_HAS_READY = f"""
     SELECT 1 WHERE (EXISTS (SELECT 1 FROM tasks WHERE {_READY_ROWS})
                     OR EXISTS (SELECT 1 FROM tasks WHERE {_DUE_ROWS}))
@@ -7445,7 +7446,9 @@ _CHILD_CANNOT_RUN = 3
 
 # A child's first statements. `multiprocessing` runs them by calling exec (a builtin, so
 # unpickling the process imports nothing): they make the supervisor's module from its
-# marshalled code, then unpickle the spec (which may name its classes) and run the child.
+# marshalled code, then unpickle the spec and run the child. The spec is the settings and
+# options multiprocessing would pickle anyway (a beat_schedule may hold crontab objects,
+# which need the module first); no task data goes through pickle, which stays msgpack.
 _CHILD_BOOT = """
 import importlib.util, marshal, pickle, sys, types
 module = types.ModuleType(name)
