@@ -643,6 +643,7 @@ _GROUP_COMMIT_WINDOW = 0.002
 _RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 300.0)
 # Workers write their stats at most this often (seconds); the dashboard keeps this long.
+# A long task does not hold them back: the child's watch thread (_Watch) writes them.
 _STATS_FLUSH = 1.0
 _STATS_KEEP = 8 * 86400
 # update_state() of a running task is written at most this often (seconds).
@@ -1824,7 +1825,8 @@ _SQL_WORKERS = """
 """
 _SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 _SQL_RUNNING_BY_WORKER = """
-    SELECT worker, id, name, started_at FROM tasks WHERE state = 'STARTED' ORDER BY started_at
+    SELECT worker, id, name, started_at, seq FROM tasks WHERE state = 'STARTED'
+    ORDER BY started_at
 """
 _SQL_UPSERT_REGISTRY = """
     INSERT INTO registry (name, module, updated_at) VALUES (:name, :module, :now)
@@ -3463,6 +3465,20 @@ class _Locks:
     def running(self, worker_id):
         """[(seq, hard deadline or None, kind)] of the tasks a worker is running."""
         return self.record(worker_id)[0]
+
+    def begun(self, worker_id):
+        """The seqs a live worker has begun (running, or run and not yet committed), or
+        None if its lock file cannot be read (nothing can be told apart then)."""
+        if worker_id not in _held_locks:
+            try:
+                fd = self._open(worker_id, os.O_RDONLY)
+            except SideDirectoryError:
+                return None
+            if fd is None:
+                return None
+            os.close(fd)
+        running, begun = self.record(worker_id)
+        return {entry[0] for entry in running}.union(begun)
 
     def dead(self, worker_id):
         """True if the worker owning this id is dead: its lock is free or was never made.
@@ -5701,11 +5717,13 @@ class Admin:
 
     def workers(self):
         """Supervisors, each a dict with "alive" (None: cannot tell) and "children", each
-        child with "running": [(task id, name, started_at)]."""
+        child with "running" and "reserved": [(task id, name, started_at)]. A reserved
+        row was claimed (prefetched) with others and waits for the child to begin it; the
+        child's lock file tells them apart (where it cannot be read, all are running)."""
         storage = self.app._storage()
-        running = {}
-        for worker_id, task_id, name, started in storage.running():
-            running.setdefault(worker_id, []).append((task_id, name, started))
+        claimed = {}
+        for worker_id, task_id, name, started, seq in storage.running():
+            claimed.setdefault(worker_id, []).append((seq, (task_id, name, started)))
         rows = storage.workers()
         try:
             locks = _Locks(self.app._side, create=False)
@@ -5714,12 +5732,21 @@ class Admin:
         try:
             supervisors = [dict(w, alive=None if locks is None else not locks.dead(w["id"]))
                            for w in rows if not w["parent"]]
+            children = {}
+            for w in rows:
+                if w["parent"]:
+                    mine = claimed.get(w["id"], [])
+                    begun = None if locks is None or not mine else locks.begun(w["id"])
+                    children[w["id"]] = dict(
+                        w, running=[t for seq, t in mine if begun is None or seq in begun],
+                        reserved=[t for seq, t in mine if begun is not None and
+                                  seq not in begun])
         finally:
             if locks is not None:
                 locks.close()
         for sup in supervisors:
-            sup["children"] = [dict(w, running=running.get(w["id"], []))
-                               for w in rows if w["parent"] == sup["id"]]
+            sup["children"] = [child for w_id, child in children.items()
+                               if child["parent"] == sup["id"]]
         return supervisors
 
     def tasks(self, state=None, queue=None, name=None, limit=50):
@@ -6291,6 +6318,15 @@ class _Stats:
         self.last = time.monotonic()
         return _StatsBatch(rows, (self.processed, self.failed, self.worker))
 
+    def put_back(self, batch):
+        """Counts that take() gave and that could not be written: kept for the next."""
+        for _minute, name, queue, *counts in batch:
+            kept = self.rows.get((name, queue))
+            if kept is None:
+                kept = self.rows[(name, queue)] = _stats_counts()
+            for i, count in enumerate(counts):
+                kept[i] += count
+
 
 class _StatsBatch(list):
     """Counter rows for the stats table, with the worker's totals for its workers row."""
@@ -6337,6 +6373,13 @@ _SOFT_LIMIT, _HARD_LIMIT, _TERMINATED = ("litequeue: soft time limit",
 _LOOP_KILL_GRACE = 2.0
 # The most rows a child claims at once for its coroutines and threads.
 _OFFLOAD_CLAIM_MAX = 256
+# Rows a child claimed beside a task are handed back once that task has run this long, so
+# that an idle process can run them meanwhile. A task this slow costs far more than the
+# write that hands them back, and a drain of fast tasks wakes the watch thread at most
+# 1 / _HAND_BACK_AFTER times a second.
+_HAND_BACK_AFTER = 0.01
+# While one task runs on, the watch thread looks this often for the next to begin.
+_WATCH_LOOK = 0.05
 
 
 class _Terminated(Exception):
@@ -6486,6 +6529,46 @@ class _ThreadRunner:
             self.jobs.put(None)
 
 
+class _Mailbox:
+    """The ends of tasks run off the main thread, put by the runners' threads and taken by
+    the child's main thread, which sleeps in select() on fileno().
+
+    One lock makes the list and the pipe one state: the pipe holds exactly one byte while
+    the list holds anything, and none while it is empty. So a wake-up is never lost (an
+    end put while the main thread takes the others leaves its byte), and select() never
+    finds the pipe readable with nothing to take, which would keep an idle worker
+    spinning. The pipe never holds more than a byte, so a put never blocks."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items = []
+        self._r, self._w = os.pipe()
+
+    def fileno(self):
+        return self._r
+
+    def __bool__(self):
+        return bool(self._items)
+
+    def put(self, item):
+        with self._lock:
+            self._items.append(item)
+            if len(self._items) == 1:
+                os.write(self._w, b"\0")
+
+    def take(self):
+        """Everything put so far, oldest first (an empty list if nothing was)."""
+        with self._lock:
+            items, self._items = self._items, []
+            if items:
+                os.read(self._r, 1)
+        return items
+
+    def close(self):
+        os.close(self._r)
+        os.close(self._w)
+
+
 class _SharedMetaWriter:
     """update_state() writes of tasks running off the main thread, made by a thread of
     their own on its own connection: the main thread's connection may be inside a
@@ -6518,6 +6601,93 @@ class _SharedMetaWriter:
                     storage.set_meta(blob, seq=seq, attempt=attempt)
                 except Exception as exc:   # progress is advisory: never fail a task for it
                     logger.warning("update_state of task row %d not stored: %s", seq, exc)
+
+
+class _Watch:
+    """A thread of a child that acts for its main thread while that runs a long task:
+    once the task has run _HAND_BACK_AFTER, it hands back the rows claimed beside it (an
+    idle process can run them meanwhile), and every _STATS_FLUSH it writes the counters,
+    so that neither waits for the task to end. It writes on a connection of its own, and
+    sleeps on an event while the main thread is idle or waits for its coroutines and
+    threads.
+
+    The main thread calls begin() and end() around each task it runs. The thread acts
+    only under `lock`, and only while the task it saw still runs; end() takes the lock.
+    So the two never touch the claimed rows or the counters at the same time."""
+
+    def __init__(self, child):
+        self.child = child
+        self.lock = threading.Lock()
+        self.task = None          # (seq, monotonic start) of the task the main thread runs
+        self.awake = False        # the main thread's copy of busy.is_set(), read for free
+        self.busy = threading.Event()
+        self.storage = self.bell = None
+        threading.Thread(target=self._run, name="litequeue-watch", daemon=True).start()
+
+    def begin(self, seq, started):
+        """The main thread begins a task."""
+        self.task = (seq, started)
+        if not self.awake:
+            self.awake = True
+            self.busy.set()
+
+    def end(self):
+        """The main thread's task has ended: once this returns, the thread will not act
+        on it, and has finished anything it began."""
+        with self.lock:
+            self.task = None
+
+    def sleep(self):
+        """The main thread goes idle, or waits for its coroutines and threads."""
+        if self.awake:
+            self.awake = False
+            self.busy.clear()
+
+    def _run(self):
+        handled = None            # the task whose claimed rows were handed back already
+        while True:
+            self.busy.wait()
+            task = self.task
+            if task is None:      # between two tasks
+                time.sleep(_HAND_BACK_AFTER)
+                continue
+            due = (task[1] + _HAND_BACK_AFTER if task is not handled
+                   else self.child.stats.last + _STATS_FLUSH)
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, _WATCH_LOOK))
+                continue
+            with self.lock:
+                if self.task is task:
+                    self._act(hand_back=task is not handled)
+                    handled = task
+
+    def _act(self, hand_back):
+        """Hand back the claimed rows (the first time), write the counters if due. What
+        cannot be written stays with the main thread, which commits it later."""
+        child = self.child
+        rows = list(child.pending.claimed) if hand_back else []
+        stats = child.stats.take()
+        if not rows and not stats:
+            return
+        try:
+            if self.storage is None:
+                self.storage = child.open_storage()
+            self.storage.complete_and_claim([], child.worker_id, child.pid, time.time(), None,
+                                            0, [row.seq for row in rows], stats)
+        except Exception as exc:     # busy, disk full...: the main thread does it later
+            child.stats.put_back(stats)
+            logger.debug("child %s: the watch thread could not write: %s", child.worker_id,
+                         exc)
+            return
+        if rows:
+            child.pending.claimed.clear()
+            logger.debug("child %s handed back %d row(s) claimed beside a long task",
+                         child.worker_id, len(rows))
+            with contextlib.suppress(Exception):     # a ring only hastens the claim
+                if self.bell is None:
+                    self.bell = _Doorbell(_SideDir(child.spec["db"]), "work")
+                self.bell.ring()
 
 
 class _Child:
@@ -6614,11 +6784,9 @@ class _Child:
         self.async_limit = spec.get("async_concurrency", DEFAULTS["worker_async_concurrency"])
         self.flights = {}              # seq -> _Flight
         self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
-        self.done = collections.deque()    # (seq, value, exc, tb, seconds) from runners
-        self.done_r, self.done_w = os.pipe()
-        os.set_blocking(self.done_r, False)
-        os.set_blocking(self.done_w, False)
+        self.done = _Mailbox()         # (seq, value, exc, tb, seconds) from runners
         self.loop_runner = self.thread_runner = self.meta_writer = None
+        self.watch = _Watch(self)
         self._note_async()
 
     def close(self):
@@ -6831,20 +6999,21 @@ class _Child:
             self.thread_runner = _ThreadRunner(self.threads, self._report)
         return self.thread_runner
 
+    def open_storage(self):
+        """A connection of the child's own, for a thread other than the main one."""
+        conf = self.spec["settings"]
+        return _Storage(self.spec["db"], synchronous=conf["synchronous"],
+                        busy_timeout=conf["busy_timeout"], autocheckpoint=0,
+                        busy_steps=_BUSY_STEPS_WORKER)
+
     def _meta_writer(self):
         if self.meta_writer is None:
-            conf = self.spec["settings"]
-            self.meta_writer = _SharedMetaWriter(lambda: _Storage(
-                self.spec["db"], synchronous=conf["synchronous"],
-                busy_timeout=conf["busy_timeout"], autocheckpoint=0,
-                busy_steps=_BUSY_STEPS_WORKER))
+            self.meta_writer = _SharedMetaWriter(self.open_storage)
         return self.meta_writer
 
     def _report(self, seq, value, exc, tb, seconds):
         """A runner thread: a flight ended. The main thread collects it."""
-        self.done.append((seq, value, exc, tb, seconds))
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.done_w, b"\0")
+        self.done.put((seq, value, exc, tb, seconds))
 
     def _land(self, flight):
         """A flight is over (collected, or dropped before it began)."""
@@ -6860,11 +7029,7 @@ class _Child:
     def _collect(self):
         """Turn the flights that ended into outcomes for the next commit, commit them, and
         claim rows for the slots they freed."""
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.done_r, 1 << 16)
-        done = self.done
-        while done:
-            seq, value, exc, tb, seconds = done.popleft()
+        for seq, value, exc, tb, seconds in self.done.take():
             flight = self.flights.get(seq)
             if flight is None:
                 continue
@@ -6903,7 +7068,8 @@ class _Child:
 
     def _wait_done(self, timeout):
         """Sleep until a flight ends, a signal, the supervisor's end, or timeout."""
-        waitables = [self.done_r, self.sig_r, self.sleeper]
+        self.watch.sleep()
+        waitables = [self.done, self.sig_r, self.sleeper]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
         ready = select.select(waitables, [], [], self._flush_idle_stats(timeout))[0]
@@ -6958,9 +7124,11 @@ class _Child:
             self._commit(self.pending.take(), 0)   # this task may be slow: commit first
             begun = []
         started = time.monotonic()
+        self.watch.begin(row.seq, started)
         # If anything ends this process before the next line, the lock record still
         # names the row, and the supervisor charges the row with it.
         outcome = self._execute(row, begun)
+        self.watch.end()
         self.pending.add(outcome, started)
         if self.deadline_set or not self.pending.claimed:
             # Otherwise the next row's _still_ours writes the record, with this one among
@@ -7110,9 +7278,10 @@ class _Child:
         """Sleep until rung, the data changes, or a stop; never takes the write lock
         unless a read has seen a ready row. Returns claimed rows, or None to go round the
         loop again."""
+        self.watch.sleep()
         poll = _POLL_MIN
         version = self.storage.data_version()
-        waitables = [self.sleeper, self.sig_r, self.done_r]
+        waitables = [self.sleeper, self.sig_r, self.done]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
         look = True
@@ -7144,7 +7313,7 @@ class _Child:
             if self.parent_sentinel in ready:
                 self.orphaned = True
                 return None
-            if self.done_r in ready:
+            if self.done in ready:
                 return None               # a coroutine or thread ended: collect it
             if self.sleeper in ready:
                 self.sleeper.drain()
@@ -8714,10 +8883,11 @@ class _DashboardHandler:
     def api_workers(self):
         out = {}
         for sup in self.server.app.admin.workers():
-            active = [{"id": i, "name": n, "time_start": t} for c in sup["children"]
-                      for i, n, t in c["running"]]
+            active, reserved = ([{"id": i, "name": n, "time_start": t} for c in sup["children"]
+                                 for i, n, t in c[kind]] for kind in ("running", "reserved"))
             out[f"{sup['hostname']}-{sup['id']}"] = {
                 "alive": sup["alive"], "pid": sup["pid"], "active": active,
+                "reserved": reserved,
                 "active_queues": [{"name": q} for q in str(sup["queues"]).split(",")],
                 "stats": {"pid": sup["pid"], "pool": {"max-concurrency": sup["concurrency"],
                                                       "processes": [c["pid"] for c in
@@ -9161,6 +9331,9 @@ def status(db):
             doing = ", ".join(f"{_shown(n)}[{_shown(i)}]" for i, n, _ in running[:3])
             if len(running) > 3:
                 doing += f" and {len(running) - 3} more"
+            if child["reserved"]:
+                doing += f"{', ' if doing else ''}{len(child['reserved'])} reserved (claimed, " \
+                    "not begun)"
             click.echo(f"    child {_shown(child['id'])} pid {child['pid']}: {doing or 'idle'}")
     for queue, since in sorted(admin.paused().items()):
         when = _from_unix(since)
@@ -9328,9 +9501,15 @@ def inspect_command(db, what):
                "last_hour": [dict(zip(("minute", "succeeded", "failed", "retried",
                                        "mean_runtime"), m)) for m in admin.throughput(60)
                              if any(m[1:4])]}
+    elif what == "scheduled":
+        out, _ = admin.page(None, SCHEDULED, None, None, None, 500)
     else:
-        state = {"active": STARTED, "scheduled": SCHEDULED, "reserved": PENDING}[what]
-        out, _ = admin.page(None, state, None, None, None, 500)
+        # Celery's meaning: active tasks have begun; reserved ones were prefetched by a
+        # worker process and wait for it to begin them.
+        ids = {task[0] for sup in admin.workers() for child in sup["children"]
+               for task in child["running" if what == "active" else "reserved"]}
+        out = [t for t in admin.page(None, STARTED, None, None, None, 500)[0]
+               if t["id"] in ids]
     click.echo(json.dumps(_display(out), indent=2))
 
 
@@ -9412,7 +9591,7 @@ table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(-
 th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top;max-width:420px;overflow-wrap:anywhere}
 th{font-size:12px;color:var(--mute);font-weight:600}
 .st{font-weight:600;font-size:12px;white-space:nowrap}td:nth-child(2){white-space:nowrap}.SUCCESS{color:var(--ok)}.FAILURE,.REVOKED,.EXPIRED{color:var(--bad)}.RETRY,.STARTED{color:var(--warn)}
-.ok{color:var(--ok)}.bad{color:var(--bad)}
+.ok{color:var(--ok)}.bad{color:var(--bad)}.muted{color:var(--mute);font-size:12px}
 pre{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px;overflow:auto;max-height:360px;white-space:pre-wrap}
 button{font:inherit;padding:4px 10px;border:1px solid var(--line);border-radius:6px;background:#fff;cursor:pointer;margin-right:6px}
 button.danger{color:var(--bad);border-color:#f3b8a5}input,select{font:inherit;padding:4px 6px;border:1px solid var(--line);border-radius:6px;margin-right:6px}
@@ -9580,7 +9759,8 @@ async function workersPage() {
     rows.push(el("tr", {}, el("td", {text: w.hostname + " " + w.id}), el("td", {text: w.pid}), el("td", {class: w.alive === false ? "bad" : "ok", text: w.alive === false ? "dead" : "alive"}),
       el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: done + " / " + bad}), el("td", {text: w.children.length + " process(es)"})));
     for (const c of w.children) rows.push(el("tr", {}, el("td", {text: "  └ " + c.id}), el("td", {text: c.pid}), el("td", {text: ""}), el("td", {text: ""}), el("td", {text: secs(Date.now() / 1000 - c.started_at)}), el("td", {text: (c.processed || 0) + " / " + (c.failed || 0)}),
-      el("td", {}, ...(c.running.length ? c.running.map(([id, name]) => el("div", {}, link("/task/" + encodeURIComponent(id), name + " " + id))) : ["idle"]))));
+      el("td", {}, ...(c.running.length ? c.running.map(([id, name]) => el("div", {}, link("/task/" + encodeURIComponent(id), name + " " + id))) : ["idle"]),
+        ...(c.reserved && c.reserved.length ? [el("div", {class: "muted", text: c.reserved.length + " reserved (claimed, not begun)"})] : []))));
   }
   main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "processed / failed", "running"], rows));
 }
