@@ -4135,6 +4135,7 @@ class Task:
 
     def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
         """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
+        In eager mode and apply() it runs again at once, as in Celery.
 
         Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
         countdown defaults to the task's backoff policy.
@@ -4160,7 +4161,8 @@ class Task:
         return self.fn(*args, **kwargs)
 
     # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
-    # arguments. They run in the worker after the task; one that raises is logged.
+    # arguments. They run after the task, in the worker or in eager mode (_task_ended);
+    # one that raises is logged.
     def on_success(self, retval, task_id, args, kwargs):
         """The task returned retval."""
 
@@ -4601,15 +4603,15 @@ class EagerResult(AsyncResult):
     """The result of a task run inline because task_always_eager is set."""
 
     def __init__(self, id, app, state, value, tb=None, parent=None, payload=None, name=None,
-                 parent_id=None, root_id=None):
+                 parent_id=None, root_id=None, retries=0, errors=None):
         super().__init__(id, app, parent)
         self._row = dict.fromkeys(_Storage._TASK_COLUMNS)     # a whole row, as a worker's
         now = time.time()
-        self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=0,
-                         attempt=1, payload=payload, name=name, parent_id=parent_id,
-                         root_id=root_id)
-        if state == FAILURE:      # the history a worker would keep of the failed attempt
-            self._row["errors"] = _pack([_error_entry(value, 1, now)])
+        self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=retries,
+                         attempt=retries + 1, payload=payload, name=name, parent_id=parent_id,
+                         root_id=root_id, errors=errors)
+        if state == FAILURE and errors is None:   # the history a worker would keep
+            self._row["errors"] = _pack([_error_entry(value, retries + 1, now)])
         self._value = value
 
     def _fetch(self):
@@ -4912,7 +4914,7 @@ def _eager_follow(options, result):
 def _eager_errback(errback, failed):
     """Run an errback (a signature, chain or group) inline for a failed EagerResult: its
     first tasks get the errback arguments as a worker would pass them (the request object
-    cannot go through msgpack, so they are called directly), the rest of a chain follows."""
+    cannot go through msgpack, so they are not packed first), the rest of a chain follows."""
     if isinstance(errback, group):
         for member in errback.tasks:
             _eager_errback(member, failed)
@@ -4927,12 +4929,7 @@ def _eager_errback(errback, failed):
         raise UnknownTask(f"cannot run {first.task!r} here: it is not defined in this process")
     args = first.args if first.immutable else (*_errback_args(task, failed), *first.args)
     task_id = first.options.get("task_id") or _new_id()
-    try:
-        value = task(*args, **first.kwargs)
-        result = EagerResult(task_id, app, SUCCESS, value, name=task.name)
-    except Exception as exc:
-        result = EagerResult(task_id, app, FAILURE, exc, _traceback.format_exc(),
-                             name=task.name)
+    result = app._run_here(task, task_id, list(args), dict(first.kwargs))
     _eager_follow(first.options, result)
     for step in rest:
         if not result.successful():
@@ -5785,32 +5782,48 @@ class LiteQueue:
         return eta_at, expires_at
 
     def _run_eagerly(self, task, name, task_id, payload, parent=None):
+        """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
         if task is None:
             raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
         args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
+        return self._run_here(task, task_id, args, kwargs, parent, payload)
+
+    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None):
+        """Run a call through the worker's steps (_task_started, _conclude), with its
+        hooks and signals; a retry runs again at once, as in Celery's eager mode, until
+        the task ends or its retry budget does. An EagerResult."""
         previous = getattr(_request, "current", None)
         if parent is None:
             parent = previous
         ids = {"parent_id": parent.id if parent else None,
                "root_id": (parent.root_id or parent.id) if parent else None}
-        result = functools.partial(EagerResult, task_id, self, payload=payload, name=name,
-                                   **ids)
-        _request.current = _Request(task_id, args, kwargs, name=name, **ids)
-        try:
-            value = task(*args, **kwargs)
-            if task.is_async:
-                value = _await_here(_with_request(value, _request.current))
-        except Exception as exc:
-            return result(FAILURE, exc, _traceback.format_exc())
-        finally:
-            _request.current = previous
-        try:    # the value a worker would store and get() would read back
-            value = _unpack(_pack(value))
-        except Exception as exc:
-            error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
-                                       f"{type(exc).__name__}: {_saferepr(exc)}")
-            return result(FAILURE, error, _traceback.format_exc())
-        return result(SUCCESS, value)
+        hostname, retries, errors = socket.gethostname(), 0, None
+        while True:
+            request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
+                               hostname, **ids)
+            _request.current = request
+            _task_started(task, request, args, kwargs)
+            started = time.monotonic()
+            value = exc = tb = None
+            try:
+                value = task(*args, **kwargs)
+                if task.is_async:
+                    value = _await_here(_with_request(value, request))
+            except Exception as error:
+                exc, tb = error, _traceback.format_exc()
+            finally:
+                _request.current = previous
+            end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=None,
+                            default_max=self.conf["task_max_retries"], errors=errors,
+                            started=started)
+            errors = end.errors or errors
+            if end.state != RETRY:
+                break
+            retries += 1
+        # A success reads back the value a worker would store and get() would read.
+        value = _unpack(end.stored) if end.state == SUCCESS else end.value
+        return EagerResult(task_id, self, end.state, value, end.traceback, payload=payload,
+                           name=task.name, retries=retries, errors=errors, **ids)
 
 
 _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
