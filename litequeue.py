@@ -3663,6 +3663,45 @@ def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
     return FAILURE, None, 0, history
 
 
+def _retry_delay(task, asked, retries, now):
+    """Seconds until a retry: the request's eta (a naive one in the app's zone) or
+    countdown, else the task's backoff."""
+    if asked is not None and asked.eta is not None:
+        zone = _zone(task.app.conf["timezone"])
+        return _to_instant(asked.eta, zone, "eta") - now
+    if asked is not None and asked.countdown is not None:
+        return float(asked.countdown)
+    return task.backoff(retries)
+
+
+def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, default_max,
+                      errors, now):
+    """What a run of task that raised exc comes to, in a worker and in eager mode alike:
+    (state, cause, eta, history, budget). RETRY, due at eta, when self.retry() or
+    autoretry_for asks and the budget allows (_retry_budget: the request's max_retries,
+    else stored_max, the row's, else the task's, else default_max); else FAILURE.
+
+    cause is the error the hooks, the signals and the result see: the exc given to
+    self.retry(), else what the task raised, or MaxRetriesExceededError for a retry()
+    without exc past its budget. history is the error history (errors, a stored blob)
+    with cause added. A retry request that asks for an impossible time raises."""
+    asked = exc if isinstance(exc, Retry) else None
+    cause = asked.exc if asked is not None and asked.exc is not None else exc
+    wants_retry = asked is not None or bool(
+        task.autoretry_for and isinstance(exc, task.autoretry_for))
+    budget = _retry_budget(asked.max_retries if asked else None, stored_max,
+                           task._max_retries, default_max)
+    state, eta, _, history = _after_failure(
+        retries=retries, budget=budget, wants_retry=wants_retry,
+        delay=lambda: _retry_delay(task, asked, retries, now), now=now,
+        history=_history(errors), error=_error_entry(cause, attempt, now))
+    if state == FAILURE and asked is not None and asked.exc is None:
+        cause = MaxRetriesExceededError(f"{task.name}[{task_id}] asked for a retry after "
+                                        f"{retries} retries (max {budget})")
+        history[-1] = _error_entry(cause, attempt, now)
+    return state, cause, eta, history, budget
+
+
 # ---------------------------------------------------------------------------
 # App and task API
 # ---------------------------------------------------------------------------
@@ -3881,6 +3920,113 @@ class _ExceptionInfo:
         return self.traceback or repr(self.exception)
 
 
+# One run of a task, as the worker and eager mode both see it: a worker child
+# (_Child._run_row, or _dispatch and _collect for a coroutine or a -P threads task) and
+# LiteQueue._run_eagerly call the same three steps, so a handler sees the same calls with
+# the same arguments from either:
+#   _task_started(task, request, args, kwargs)                   task_prerun
+#   ... the task runs ...
+#   _conclude(task, request, args, kwargs, value, exc, tb, ...)  its state, then through
+#     _task_ended: on_success/on_retry/on_failure and task_success/task_retry/
+#     task_failure, then after_return and task_postrun, in Celery's order.
+# What one run came to: state; value, what it returned, or the error that ended it;
+# stored, the value as msgpack or the error encoded; traceback text; and for a RETRY the
+# time it runs again. errors is the error history as stored (None: unchanged).
+_Ending = collections.namedtuple("_Ending", "state value stored traceback eta errors")
+
+
+def _task_started(task, request, args, kwargs):
+    """task_prerun, with the running request set."""
+    if _TASK_WATCHERS[0]:
+        signals.task_prerun.send(sender=task, task_id=request.id, task=task, args=args,
+                                 kwargs=kwargs)
+
+
+def _task_ended(task, request, args, kwargs, state, value, exc, tb):
+    """The hooks and signals of a run that ended in state, with Celery's arguments and in
+    its order: value is what the task returned; exc the error that ended it (for a retry,
+    the one it is retried for), tb its traceback text. Whatever they raise is logged:
+    neither the outcome nor the caller depends on them."""
+    if not (task._hooked or _TASK_WATCHERS[0]):
+        return
+    task_id = request.id
+    einfo = _ExceptionInfo(exc, tb) if exc is not None else None
+    retval = value if exc is None else exc
+
+    def hook(name, *hook_args):
+        if task._hooked:
+            try:
+                getattr(task, name)(*hook_args)
+            except Exception:
+                logger.exception("Task %s[%s]: its %s hook raised", task.name, task_id, name)
+    if state == SUCCESS:
+        hook("on_success", value, task_id, args, kwargs)
+        signals.task_success.send(sender=task, result=value)
+    elif state == RETRY:
+        hook("on_retry", exc, task_id, args, kwargs, einfo)
+        signals.task_retry.send(sender=task, request=request, reason=exc, einfo=einfo)
+    else:
+        hook("on_failure", exc, task_id, args, kwargs, einfo)
+        signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args,
+                                  kwargs=kwargs, traceback=tb, einfo=einfo)
+    hook("after_return", state, retval, task_id, args, kwargs, einfo)
+    signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
+                              kwargs=kwargs, retval=retval, state=state)
+
+
+def _conclude(task, request, args, kwargs, value, exc, tb, *, stored_max, default_max,
+              errors, started):
+    """The _Ending of a run that returned value or raised exc (traceback text tb), after
+    its hooks and signals. A raising run is retried or failed by _failure_decision
+    (stored_max, default_max and errors: see there); a value msgpack cannot encode fails
+    it; started (time.monotonic()) times the log line of a success."""
+    if exc is None and type(value) is types.CoroutineType:
+        value.close()
+        exc = TypeError(f"{request.task} returned a coroutine: define it with async def so "
+                        "that the worker awaits it")
+    if exc is not None:
+        return _concluded_failure(task, request, args, kwargs, exc, tb, stored_max,
+                                  default_max, errors)
+    try:
+        stored = _pack(value)
+    except Exception as bad:   # unencodable, or a value whose own methods raise
+        error = SerializationError(f"result of {request.task} cannot be encoded as msgpack: "
+                                   f"{type(bad).__name__}: {_saferepr(bad)}")
+        logger.error("Task %s[%s] failed: %s", request.task, request.id, error)
+        tb = _traceback.format_exc()
+        _task_ended(task, request, args, kwargs, FAILURE, None, error, tb)
+        return _Ending(FAILURE, error, _encode_error(error), tb, None, None)
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("Task %s[%s] succeeded in %.6fs: %s", request.task, request.id,
+                    time.monotonic() - started, _saferepr(value))
+    _task_ended(task, request, args, kwargs, SUCCESS, value, None, None)
+    return _Ending(SUCCESS, value, stored, None, None, None)
+
+
+def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default_max,
+                       errors):
+    """_conclude for a run that raised: RETRY or FAILURE, logged."""
+    name, task_id, retries = request.task, request.id, request.retries
+    now = time.time()
+    try:
+        state, cause, eta, history, budget = _failure_decision(
+            task, exc, task_id=task_id, retries=retries, attempt=request.attempt,
+            stored_max=stored_max, default_max=default_max, errors=errors, now=now)
+    except Exception as bad_request:   # e.g. self.retry(countdown="soon")
+        logger.error("Task %s[%s] failed: %s", name, task_id, _saferepr(bad_request))
+        _task_ended(task, request, args, kwargs, FAILURE, None, bad_request, tb)
+        return _Ending(FAILURE, bad_request, _encode_error(bad_request), tb, None, None)
+    if state == RETRY:
+        logger.warning("Task %s[%s] retry %d/%s in %.2fs: %s: %s", name, task_id,
+                       retries + 1, "unbounded" if budget is None else budget, eta - now,
+                       type(cause).__name__, _saferepr(cause))
+    else:
+        logger.error("Task %s[%s] raised %s: %s\n%s", name, task_id, type(cause).__name__,
+                     _saferepr(cause), _clipped((tb or "").rstrip(), _LOG_TRACEBACK_MAX))
+    _task_ended(task, request, args, kwargs, state, None, cause, tb)
+    return _Ending(state, cause, _encode_error(cause), tb, eta, _pack(history))
+
+
 def shared_task(fn=None, **options):
     """A task for library code that names no app: every LiteQueue of the process (made
     before or after) registers it. Calling or queueing it uses the latest app."""
@@ -4005,6 +4151,7 @@ class Task:
 
     def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
         """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
+        In eager mode and apply() it runs again at once, as in Celery.
 
         Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
         countdown defaults to the task's backoff policy.
@@ -4030,7 +4177,8 @@ class Task:
         return self.fn(*args, **kwargs)
 
     # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
-    # arguments. They run in the worker after the task; one that raises is logged.
+    # arguments. They run after the task, in the worker or in eager mode (_task_ended);
+    # one that raises is logged.
     def on_success(self, retval, task_id, args, kwargs):
         """The task returned retval."""
 
@@ -4471,15 +4619,15 @@ class EagerResult(AsyncResult):
     """The result of a task run inline because task_always_eager is set."""
 
     def __init__(self, id, app, state, value, tb=None, parent=None, payload=None, name=None,
-                 parent_id=None, root_id=None):
+                 parent_id=None, root_id=None, retries=0, errors=None):
         super().__init__(id, app, parent)
         self._row = dict.fromkeys(_Storage._TASK_COLUMNS)     # a whole row, as a worker's
         now = time.time()
-        self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=0,
-                         attempt=1, payload=payload, name=name, parent_id=parent_id,
-                         root_id=root_id)
-        if state == FAILURE:      # the history a worker would keep of the failed attempt
-            self._row["errors"] = _pack([_error_entry(value, 1, now)])
+        self._row.update(id=id, state=state, traceback=tb, finished_at=now, retries=retries,
+                         attempt=retries + 1, payload=payload, name=name, parent_id=parent_id,
+                         root_id=root_id, errors=errors)
+        if state == FAILURE and errors is None:   # the history a worker would keep
+            self._row["errors"] = _pack([_error_entry(value, retries + 1, now)])
         self._value = value
 
     def _fetch(self):
@@ -4782,7 +4930,7 @@ def _eager_follow(options, result):
 def _eager_errback(errback, failed):
     """Run an errback (a signature, chain or group) inline for a failed EagerResult: its
     first tasks get the errback arguments as a worker would pass them (the request object
-    cannot go through msgpack, so they are called directly), the rest of a chain follows."""
+    cannot go through msgpack, so they are not packed first), the rest of a chain follows."""
     if isinstance(errback, group):
         for member in errback.tasks:
             _eager_errback(member, failed)
@@ -4797,12 +4945,7 @@ def _eager_errback(errback, failed):
         raise UnknownTask(f"cannot run {first.task!r} here: it is not defined in this process")
     args = first.args if first.immutable else (*_errback_args(task, failed), *first.args)
     task_id = first.options.get("task_id") or _new_id()
-    try:
-        value = task(*args, **first.kwargs)
-        result = EagerResult(task_id, app, SUCCESS, value, name=task.name)
-    except Exception as exc:
-        result = EagerResult(task_id, app, FAILURE, exc, _traceback.format_exc(),
-                             name=task.name)
+    result = app._run_here(task, task_id, list(args), dict(first.kwargs))
     _eager_follow(first.options, result)
     for step in rest:
         if not result.successful():
@@ -5655,32 +5798,48 @@ class LiteQueue:
         return eta_at, expires_at
 
     def _run_eagerly(self, task, name, task_id, payload, parent=None):
+        """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
         if task is None:
             raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
         args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
+        return self._run_here(task, task_id, args, kwargs, parent, payload)
+
+    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None):
+        """Run a call through the worker's steps (_task_started, _conclude), with its
+        hooks and signals; a retry runs again at once, as in Celery's eager mode, until
+        the task ends or its retry budget does. An EagerResult."""
         previous = getattr(_request, "current", None)
         if parent is None:
             parent = previous
         ids = {"parent_id": parent.id if parent else None,
                "root_id": (parent.root_id or parent.id) if parent else None}
-        result = functools.partial(EagerResult, task_id, self, payload=payload, name=name,
-                                   **ids)
-        _request.current = _Request(task_id, args, kwargs, name=name, **ids)
-        try:
-            value = task(*args, **kwargs)
-            if task.is_async:
-                value = _await_here(_with_request(value, _request.current))
-        except Exception as exc:
-            return result(FAILURE, exc, _traceback.format_exc())
-        finally:
-            _request.current = previous
-        try:    # the value a worker would store and get() would read back
-            value = _unpack(_pack(value))
-        except Exception as exc:
-            error = SerializationError(f"result of {name} cannot be encoded as msgpack: "
-                                       f"{type(exc).__name__}: {_saferepr(exc)}")
-            return result(FAILURE, error, _traceback.format_exc())
-        return result(SUCCESS, value)
+        hostname, retries, errors = socket.gethostname(), 0, None
+        while True:
+            request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
+                               hostname, **ids)
+            _request.current = request
+            _task_started(task, request, args, kwargs)
+            started = time.monotonic()
+            value = exc = tb = None
+            try:
+                value = task(*args, **kwargs)
+                if task.is_async:
+                    value = _await_here(_with_request(value, request))
+            except Exception as error:
+                exc, tb = error, _traceback.format_exc()
+            finally:
+                _request.current = previous
+            end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=None,
+                            default_max=self.conf["task_max_retries"], errors=errors,
+                            started=started)
+            errors = end.errors or errors
+            if end.state != RETRY:
+                break
+            retries += 1
+        # A success reads back the value a worker would store and get() would read.
+        value = _unpack(end.stored) if end.state == SUCCESS else end.value
+        return EagerResult(task_id, self, end.state, value, end.traceback, payload=payload,
+                           name=task.name, retries=retries, errors=errors, **ids)
 
 
 _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
@@ -6975,9 +7134,7 @@ class _Child:
                 row.id, flight.args, flight.kwargs, row.retries, row.attempt, row.name,
                 self.hostname, self.worker_id, row.parent_id, row.root_id, row.group_id,
                 (self._meta_writer(), row.seq, row.attempt))
-            if flight.task._hooked or _TASK_WATCHERS[0]:
-                signals.task_prerun.send(sender=flight.task, task_id=row.id, task=flight.task,
-                                         args=flight.args, kwargs=flight.kwargs)
+            _task_started(flight.task, flight.request, flight.args, flight.kwargs)
             started.append(flight)
         if len(started) != len(flights):
             self._record_flights()
@@ -7390,10 +7547,7 @@ class _Child:
             self.worker_id, row.parent_id, row.root_id, row.group_id,
             (self.storage, row.seq, row.attempt))
         _set_request(request)
-        watched = task._hooked or _TASK_WATCHERS[0]
-        if watched:
-            signals.task_prerun.send(sender=task, task_id=row.id, task=task, args=args,
-                                     kwargs=kwargs)
+        _task_started(task, request, args, kwargs)
         started = time.monotonic()
         try:
             if soft:
@@ -7413,75 +7567,23 @@ class _Child:
 
     def _finish(self, task, row, args, kwargs, request, value, exc, tb, started, outcome):
         """The _Outcome of a task that returned value or raised exc (traceback tb), after
-        its hooks and signals."""
+        its hooks and signals (_conclude: the path eager mode takes too)."""
         if request.progress is not None:
             request.close()
-        watched = task._hooked or _TASK_WATCHERS[0]
-        if exc is None and type(value) is types.CoroutineType:
-            value.close()
-            exc = TypeError(f"{row.name} returned a coroutine: define it with async def so "
-                            "that the worker awaits it")
-        if exc is not None:
-            try:
-                done = self._failed(task, row, exc, tb, outcome)
-            except Exception as bad_request:   # e.g. self.retry(countdown="soon")
-                logger.error("Task %s[%s] failed: %s", row.name, row.id, _saferepr(bad_request))
-                done = outcome(FAILURE, _encode_error(bad_request), tb)
-            if watched:
-                self._after_task(task, row, args, kwargs, done, None, exc, tb)
-            return done
-        try:
-            result = _pack(value)
-        except Exception as exc:   # unencodable, or a value whose own methods raise
-            error = SerializationError(f"result of {row.name} cannot be encoded as msgpack: "
-                                       f"{type(exc).__name__}: {_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", row.name, row.id, error)
-            done = outcome(FAILURE, _encode_error(error), _traceback.format_exc())
-            if watched:
-                self._after_task(task, row, args, kwargs, done, None, error, done.traceback)
-            return done
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", row.name, row.id,
-                        time.monotonic() - started, _saferepr(value))
-        if task.ignore_result:
-            done = outcome(SUCCESS, None, passed=result)
-        else:                               # the common case, without the partial's merge
-            done = _Outcome(SUCCESS, result, None, seq=row.seq, attempt=row.attempt,
+        end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=row.max_retries,
+                        default_max=self.default_max_retries, errors=row.errors,
+                        started=started)
+        state = end.state
+        if state == SUCCESS:
+            if task.ignore_result:
+                return outcome(SUCCESS, None, passed=end.stored)
+            # The common case, without the partial's merge.
+            return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
                             tag=outcome.keywords["tag"], id=row.id, followers=row.followers)
-        if watched:
-            self._after_task(task, row, args, kwargs, done, value, None, None)
-        return done
-
-    def _after_task(self, task, row, args, kwargs, done, value, exc, tb):
-        """The task's hooks and signals, once its outcome is known. Whatever they raise
-        is logged: neither the outcome nor the worker depends on them."""
-        einfo = _ExceptionInfo(exc, tb) if exc is not None else None
-        if exc is not None and isinstance(exc, Retry) and exc.exc is not None:
-            einfo = _ExceptionInfo(exc.exc, tb)
-        hooks = []
-        if done.state == SUCCESS:
-            hooks.append(("on_success", (value, row.id, args, kwargs)))
-            signals.task_success.send(sender=task, result=value)
-        elif done.state == RETRY:
-            hooks.append(("on_retry", (einfo.exception, row.id, args, kwargs, einfo)))
-            signals.task_retry.send(sender=task, request=_Request(
-                row.id, args, kwargs, retries=row.retries, name=row.name), reason=einfo.exception,
-                einfo=einfo)
-        else:
-            hooks.append(("on_failure", (einfo.exception, row.id, args, kwargs, einfo)))
-            signals.task_failure.send(sender=task, task_id=row.id, exception=einfo.exception,
-                                      args=args, kwargs=kwargs, traceback=tb, einfo=einfo)
-        hooks.append(("after_return", (done.state, value if exc is None else einfo.exception,
-                                       row.id, args, kwargs, einfo)))
-        if task._hooked:
-            for name, hook_args in hooks:
-                try:
-                    getattr(task, name)(*hook_args)
-                except Exception:
-                    logger.exception("Task %s[%s]: its %s hook raised", row.name, row.id, name)
-        signals.task_postrun.send(sender=task, task_id=row.id, task=task, args=args,
-                                  kwargs=kwargs, retval=value if exc is None else
-                                  einfo.exception, state=done.state)
+        if state == RETRY:
+            return outcome(RETRY, end.stored, end.traceback, eta=end.eta, errors=end.errors,
+                           retried=1)
+        return outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
 
     def _follower_args(self, row, task, args):
         """The arguments of a row that followed another: a link's parent result or a
@@ -7543,42 +7645,10 @@ class _Child:
             args = self._follower_args(row, task, args)
         return task, args, kwargs
 
-    def _failed(self, task, row, exc, tb, outcome):
-        """A raising task: RETRY if its policy asks and its budget allows, else FAILURE."""
-        asked = exc if isinstance(exc, Retry) else None
-        cause = asked.exc if asked is not None and asked.exc is not None else exc
-        wants_retry = asked is not None or bool(
-            task.autoretry_for and isinstance(exc, task.autoretry_for))
-        budget = _retry_budget(asked.max_retries if asked else None, row.max_retries,
-                               task._max_retries, self.default_max_retries)
-        now = time.time()
-        state, eta, retried, history = _after_failure(
-            retries=row.retries, budget=budget, wants_retry=wants_retry,
-            delay=lambda: self._retry_delay(task, asked, row.retries, now), now=now,
-            history=_history(row.errors), error=_error_entry(cause, row.attempt, now))
-        if state == RETRY:
-            logger.warning("Task %s[%s] retry %d/%s in %.2fs: %s: %s", row.name, row.id,
-                           row.retries + 1, "unbounded" if budget is None else budget,
-                           eta - now, type(cause).__name__, _saferepr(cause))
-            return outcome(RETRY, _encode_error(cause), tb, eta=eta, errors=_pack(history),
-                           retried=retried)
-        if asked is not None and asked.exc is None:
-            cause = MaxRetriesExceededError(f"{row.name}[{row.id}] asked for a retry after "
-                                            f"{row.retries} retries (max {budget})")
-            history[-1] = _error_entry(cause, row.attempt, now)
-        logger.error("Task %s[%s] raised %s: %s\n%s", row.name, row.id, type(cause).__name__,
-                     _saferepr(cause), _clipped(tb.rstrip(), _LOG_TRACEBACK_MAX))
-        return outcome(FAILURE, _encode_error(cause), tb, errors=_pack(history))
-
     def _retry_delay(self, task, asked, retries, now):
-        """Seconds until a retry: the request's eta (a naive one in the app's zone) or
-        countdown, else the backoff."""
-        if asked is not None and asked.eta is not None:
-            zone = _zone(task.app.conf["timezone"])
-            return _to_instant(asked.eta, zone, "eta") - now
-        if asked is not None and asked.countdown is not None:
-            return float(asked.countdown)
-        return task.backoff(retries)
+        """Seconds until a retry: _retry_delay, shared with eager mode (a test still
+        calls it here)."""
+        return _retry_delay(task, asked, retries, now)
 
     def _unknown_message(self, name):
         """Why a name cannot run here: a module this worker cannot import, or nobody's."""
