@@ -7645,11 +7645,6 @@ class _Child:
             args = self._follower_args(row, task, args)
         return task, args, kwargs
 
-    def _retry_delay(self, task, asked, retries, now):
-        """Seconds until a retry: _retry_delay, shared with eager mode (a test still
-        calls it here)."""
-        return _retry_delay(task, asked, retries, now)
-
     def _unknown_message(self, name):
         """Why a name cannot run here: a module this worker cannot import, or nobody's."""
         module = self.storage.module_of(name)

@@ -1621,7 +1621,7 @@ class TestRetryOptions:
             pass
         naive = dt.datetime(2030, 1, 1, 9, 0)
         now = dt.datetime(2030, 1, 1, 0, 0, tzinfo=dt.timezone.utc).timestamp()
-        delay = litequeue._Child._retry_delay(None, job, Retry(eta=naive), 0, now)
+        delay = litequeue._retry_delay(job, Retry(eta=naive), 0, now)
         assert delay == 3600.0          # 09:00 in Shanghai is 01:00 UTC
 
 
