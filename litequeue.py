@@ -183,6 +183,9 @@ elif __name__ == "__main__":                  # already imported under its own n
 # The code this module was made from, which the worker hands to each child it starts
 # (_child_process): a child then neither reads nor compiles the file again.
 _MODULE_CODE = sys._getframe().f_code if hasattr(sys, "_getframe") else None
+# This module's file as its code objects name it (in a child too, which runs _MODULE_CODE):
+# frames of this file are litequeue's own, never a user's.
+_THIS_FILE = _MODULE_CODE.co_filename if _MODULE_CODE is not None else __file__
 
 logger = logging.getLogger("litequeue")
 logger.addHandler(logging.NullHandler())
@@ -198,6 +201,11 @@ class LitequeueError(Exception):
 
 class ConfigurationError(LitequeueError, ValueError):
     """A setting, schedule, time zone or option is invalid."""
+
+
+class _BrokenModule(ConfigurationError):
+    """A task or config module raised while it was imported (a SyntaxError, an error at
+    its top level). The CLI prints its one line and exits 2."""
 
 
 class DatabaseError(LitequeueError):
@@ -5948,11 +5956,11 @@ def _settings_of(obj):
     if isinstance(obj, str):
         try:
             obj = importlib.import_module(obj)
-        except ImportError:
-            raise
-        except Exception as exc:    # a config module that does not even run
-            raise ConfigurationError(f"cannot import config module {obj!r}: "
-                                     f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if isinstance(exc, ImportError) and _failed_line(exc) is None:
+                raise                   # not there: an ImportError, as in Celery
+            raise _BrokenModule(f"cannot import config module {obj!r}: "
+                                f"{_import_failure(exc)}") from None
     items = obj.items() if isinstance(obj, dict) else (
         (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
     settings = {}
@@ -6035,12 +6043,51 @@ def _unknown_task_message(name, known):
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def _import_module(name):
-    """Import a module given as 'pkg.mod', 'pkg.mod:app' or 'path/to/mod.py'."""
+def _import_module(name, what="task module"):
+    """Import a module given as 'pkg.mod', 'pkg.mod:app' or 'path/to/mod.py'. A module
+    that is not there is a ConfigurationError; one whose code raised (a SyntaxError, an
+    error at its top level) is a _BrokenModule that says where, in one line."""
     try:
         return importlib.import_module(_module_spec_name(name))
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import task module {name!r}: {exc}") from None
+    except Exception as exc:
+        if _failed_line(exc) is None:       # none of its code ran: it is not there
+            raise ConfigurationError(f"cannot import {what} {name!r}: {exc}") from None
+        raise _BrokenModule(f"cannot import {what} {name!r}: {_import_failure(exc)}") \
+            from None
+
+
+def _failed_line(exc):
+    """(file, line) where an import failed, as a user wants it: a SyntaxError's own place,
+    else the innermost frame in a file of theirs (not the standard library or
+    site-packages), else the innermost frame of any code the import ran. None when the
+    import ran no code but the import system's and litequeue's (the module is not
+    there)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno
+    machinery = os.path.dirname(importlib.__file__) + os.sep
+    frames = [(f.filename, f.lineno) for f in _traceback.extract_tb(exc.__traceback__)
+              if f.filename and not f.filename.startswith("<") and f.filename != _THIS_FILE
+              and not f.filename.startswith(machinery)]
+    if not frames:
+        return None
+    import sysconfig
+    libraries = tuple({os.path.realpath(path) + os.sep for key in ("stdlib", "platstdlib",
+                                                                    "purelib", "platlib")
+                       if (path := sysconfig.get_paths().get(key))})
+    theirs = [(f, n) for f, n in frames if not os.path.realpath(f).startswith(libraries)]
+    return (theirs or frames)[-1]
+
+
+def _import_failure(exc):
+    """One line for an exception raised while importing: file, line and error."""
+    where = _failed_line(exc)
+    message = exc.msg if isinstance(exc, SyntaxError) else _saferepr(exc, 300)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if where is None:
+        return error
+    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") \
+        else where[0]
+    return f"{path}, line {where[1]}: {error}"
 
 
 def _module_spec_name(name):
@@ -6147,8 +6194,7 @@ def _autoimport(modules, root, tried=None):
         try:
             module = finder.import_under_root(name)
         except (Exception, SystemExit) as exc:   # a script's exit() must not end us
-            logger.error("auto-import of %s failed: %s: %s", name, type(exc).__name__,
-                         _saferepr(exc))
+            logger.error("auto-import of %s failed: %s", name, _import_failure(exc))
             continue
         if module is None:
             logger.debug("not auto-importing %s: not found under %s", name, root)
@@ -8803,11 +8849,16 @@ class _DashboardHandler:
 # ---------------------------------------------------------------------------
 
 class _Group(click.Group):
-    """Turns every LitequeueError into one clear line and exit code 1."""
+    """Turns every LitequeueError into one clear line: exit code 1, or 2 for a task or
+    config module that cannot be loaded (its file, line and error)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _BrokenModule as exc:       # the code given cannot be loaded: as bad usage
+            error = click.ClickException(str(exc))
+            error.exit_code = 2
+            raise error from None
         except LitequeueError as exc:
             raise click.ClickException(str(exc)) from None
         except apsw.Error as exc:

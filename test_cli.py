@@ -1,0 +1,172 @@
+"""Tests of what a new user meets in the first hour: README's commands, the demo, the CLI's
+messages and options, config warnings, and the parts of Flower's API that scripts call.
+
+Helpers and fixtures come from test_litequeue.py. Nothing waits a fixed time: processes are
+awaited with wait_until or their own exit.
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import msgpack
+import pytest
+
+import litequeue
+from litequeue import FAILURE, REVOKED, SCHEDULED, STARTED, SUCCESS, ConfigurationError, LiteQueue
+from test_litequeue import (  # noqa: F401 (fixtures)
+    LITEQUEUE_PY, PLAIN_TASKS, Folder, dashboards, lq, project, run, sha256, sql, utc_ts,
+    wait_until, worker_cmd, workers,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands():
+    """The commands of README's opening block: {"1": line, "2": line}."""
+    block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands, number = {}, None
+    for line in block.splitlines():
+        heading = re.match(r"# (\d+)\.", line)
+        if heading:
+            number = heading.group(1)
+        elif line.strip() and number:
+            commands[number] = line.strip()
+    return commands
+
+
+def usage_error(done, *contains):
+    """A usage error: exit 2, no traceback, and every text of contains on stderr."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    for text in contains:
+        assert text in done.stderr, done.stderr
+
+
+def one_line(done, code, *contains):
+    """exit code, and exactly one line on stderr that holds every text of contains."""
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for text in contains:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def register(db, name, module):
+    """A registry row, as a producer's first delay() of that task writes it."""
+    sql(db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, 0)", name, module)
+
+
+def registered(db):
+    return {name for name, in sql(db, "SELECT name FROM registry")}
+
+
+def call_args(db, task_id):
+    (payload,), = sql(db, "SELECT payload FROM tasks WHERE id = ?", task_id)
+    envelope = msgpack.unpackb(payload, raw=False)
+    return envelope.get("args", []), envelope.get("kwargs", {})
+
+
+# ---------------------------------------------------------------------------
+# README's opening commands
+# ---------------------------------------------------------------------------
+
+
+
+# ---------------------------------------------------------------------------
+# demo, and forgetting a registered name
+# ---------------------------------------------------------------------------
+
+
+
+# ---------------------------------------------------------------------------
+# call: the zone of a naive --eta
+# ---------------------------------------------------------------------------
+
+def eta_of(db, done):
+    assert done.returncode == 0, done.stderr
+    return sql(db, "SELECT eta FROM tasks WHERE id = ?", done.stdout.strip())[0][0]
+
+
+
+
+# ---------------------------------------------------------------------------
+# A task module that cannot be imported
+# ---------------------------------------------------------------------------
+
+class TestBrokenTaskModule:
+
+    @pytest.mark.parametrize("source, line, error", [
+        ("from litequeue import LiteQueue\napp = LiteQueue('jobs.sqlite')\ndef add(x, y)\n"
+         "    return x + y\n", 3, "SyntaxError"),
+        ("import os\nfrom litequeue import LiteQueue\napp = LiteQueue('jobs.sqlite')\n"
+         "raise RuntimeError('DATABASE_URL is not set')\n", 4,
+         "RuntimeError: DATABASE_URL is not set"),
+    ], ids=["syntax-error", "raise-at-import"])
+    def test_worker_says_file_line_and_error_in_one_line(self, tmp_path, source, line, error):
+        folder = Folder(tmp_path / "proj", {"broken": source})
+        done = lq("worker", "jobs.sqlite", "-A", "broken", "-c", 1, cwd=folder.dir, timeout=30)
+        one_line(done, 2, "broken.py", f"line {line}", error)
+
+    def test_a_broken_config_module_is_one_line_too(self, tmp_path):
+        folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS,
+                                            "celeryconfig": "CELERY_IMPORTS = ('tasks',\n"})
+        done = lq("worker", "jobs.sqlite", "-c", 1, cwd=folder.dir, timeout=30)
+        one_line(done, 2, "celeryconfig.py", "line 1", "SyntaxError")
+
+
+# ---------------------------------------------------------------------------
+# Flower's API: form-encoded revoke, apply and send-task
+# ---------------------------------------------------------------------------
+
+def post(d, path, body, content_type, headers=None):
+    """(status, parsed JSON) of a POST with a raw body, as curl -d sends it."""
+    conn = http.client.HTTPConnection(d.host, timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers={
+            "Host": d.host, "Content-Type": content_type, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+
+
+# ---------------------------------------------------------------------------
+# Small CLI and config defects
+# ---------------------------------------------------------------------------
+
+
+
+
+
+CONFIG_WITH_IGNORED = '''\
+import os
+
+BROKER_URL = "amqp://guest:guest@localhost:5672//"
+task_acks_late = True
+CELERY_IMPORTS = ("tasks",)
+'''
+
+
+
+
+
+
+# ---------------------------------------------------------------------------
+# README speaks to users
+# ---------------------------------------------------------------------------
+
