@@ -5677,6 +5677,10 @@ class LiteQueue:
 
 _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
                         *_RETIRED_SETTINGS]
+# What an upper-case name in a config module may have meant: Celery's old names we know,
+# and the Django-style name (CELERY_ + ours in capitals) of each of our settings.
+_UPPER_SETTING_NAMES = sorted({n for n in _KNOWN_SETTING_NAMES if n.isupper()} |
+                              {"CELERY_" + n.upper() for n in _SETTINGS})
 
 
 def _setting_name(key):
@@ -5948,11 +5952,64 @@ def _task_summary(row):
             "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
 
 
+class _LoadedSettings(dict):
+    """The settings a config object holds, with `where` each was set ({name: (file,
+    line)}; `source`: the object's file, if any), so that a warning about one points at
+    the user's line and not at litequeue's."""
+
+    where = {}
+    source = None
+
+
+def _setting_lines(obj):
+    """(file, {name: line}) of the assignments in a config module's or class's source;
+    (None, {}) for an object without one, such as a mapping."""
+    if isinstance(obj, dict):
+        return None, {}
+    try:
+        filename = inspect.getsourcefile(obj)
+        source, first = inspect.getsourcelines(obj)
+    except (OSError, TypeError):
+        return None, {}
+    lines = {}
+    for number, text in enumerate(source, start=max(first, 1)):
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", text)
+        if match:
+            lines.setdefault(match.group(1), number)
+    return filename, lines
+
+
+# Python shows a warning once per place; these are the places' registries, per file.
+_warning_registries = {}
+
+
+def _warn_setting(message, where=None):
+    """Warn with a LitequeueWarning at `where`, a (file, line) in the user's config, or
+    else at the first caller outside litequeue: the user's line, never ours."""
+    if where is None:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename == _THIS_FILE:
+            frame = frame.f_back
+        where = (frame.f_code.co_filename, frame.f_lineno) if frame else (_THIS_FILE, 0)
+    # (module= is left out: given as None, Python 3.11's C version shows nothing.)
+    warnings.warn_explicit(message, LitequeueWarning, where[0], where[1],
+                           registry=_warning_registries.setdefault(where[0], {}))
+
+
+def _where_set(settings, key):
+    """(file, line) where a loaded config set key: its line, else its file's first line;
+    None for settings that came from code (then a warning names the caller's line)."""
+    if not isinstance(settings, _LoadedSettings) or settings.source is None:
+        return None
+    return settings.where.get(key) or (settings.source, 1)
+
+
 def _settings_of(obj):
     """The settings a config object holds (a module, a module name, a class or a
     mapping): names that are settings (ours or Celery's); other names are passed over,
     unless one is close to a setting's name, which is refused as a misspelling. Other
-    names in Celery's own upper-case namespace are ignored with a warning."""
+    names in Celery's own upper-case namespace are ignored with a warning (saying what
+    it may have meant). Returns a _LoadedSettings."""
     if isinstance(obj, str):
         try:
             obj = importlib.import_module(obj)
@@ -5961,17 +6018,22 @@ def _settings_of(obj):
                 raise                   # not there: an ImportError, as in Celery
             raise _BrokenModule(f"cannot import config module {obj!r}: "
                                 f"{_import_failure(exc)}") from None
+    source, lines = _setting_lines(obj)
     items = obj.items() if isinstance(obj, dict) else (
         (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
-    settings = {}
+    settings = _LoadedSettings()
+    settings.source = source
+    settings.where = {k: (source, n) for k, n in lines.items()}
     for key, value in items:
         if _setting_name(key) is not None:
             settings[key] = value
         elif callable(value) or isinstance(value, type(sys)):
             continue
         elif isinstance(key, str) and key.startswith(("CELERY", "BROKER")) and key.isupper():
-            warnings.warn(f"setting {key} is ignored: litequeue has no such setting",
-                          LitequeueWarning, stacklevel=3)
+            close = difflib.get_close_matches(key, _UPPER_SETTING_NAMES, n=1, cutoff=0.8)
+            _warn_setting(f"setting {key} is ignored: litequeue has no such setting"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""),
+                          _where_set(settings, key))
         else:
             close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
             if close:
@@ -5980,13 +6042,21 @@ def _settings_of(obj):
     return settings
 
 
+# Broker names noted already: the note is logged once per process, and a worker's
+# children leave it to their supervisor (_quiet_config_notices).
 _broker_settings_seen = set()
+
+
+def _quiet_config_notices():
+    """In a worker child: its supervisor has shown the config's warnings and notes."""
+    warnings.simplefilter("ignore", LitequeueWarning)
+    _broker_settings_seen.update(_BROKER_SETTINGS)
 
 
 def _merged_settings(conf, settings):
     """conf with settings applied, every value checked (ConfigurationError for an
     unknown name or a bad value); names with no meaning here are ignored, and those a
-    user may expect to work are warned about."""
+    user may expect to work are warned about, at the line that set them."""
     conf = dict(conf)
     for key, value in settings.items():
         name = _setting_name(key)
@@ -5997,14 +6067,15 @@ def _merged_settings(conf, settings):
         if name:
             conf[name] = _checked_setting(name, value)
         elif key in _BROKER_SETTINGS:
-            if key not in _broker_settings_seen:          # once per process, not per read
+            if key not in _broker_settings_seen:
                 _broker_settings_seen.add(key)
-                logger.info("ignoring %s: litequeue's broker and backend is the database "
-                            "file", key)
+                where = _where_set(settings, key)
+                logger.info("ignoring %s%s: litequeue's broker and backend is the database "
+                            "file", key, f" ({where[0]}, line {where[1]})" if where else "")
         else:
             why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
                 "litequeue has no broker to configure"
-            warnings.warn(f"setting {key} is ignored: {why}", LitequeueWarning, stacklevel=4)
+            _warn_setting(f"setting {key} is ignored: {why}", _where_set(settings, key))
     return conf
 
 
@@ -6026,7 +6097,10 @@ class _Conf(dict):
         self.update({name: value})
 
     def update(self, *args, **kwargs):
-        dict.update(self, _merged_settings(self, dict(*args, **kwargs)))
+        loaded = args[0] if len(args) == 1 and not kwargs and \
+            isinstance(args[0], _LoadedSettings) else None     # keeps where each was set
+        dict.update(self, _merged_settings(self, loaded if loaded is not None else
+                                           dict(*args, **kwargs)))
 
 
 def _unknown_task_message(name, known):
@@ -7535,7 +7609,7 @@ def _child_process(ctx, spec, name):
 def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
-    warnings.simplefilter("ignore", LitequeueWarning)   # the supervisor has shown them
+    _quiet_config_notices()         # the supervisor has shown them
     _configure_logging(spec["loglevel"])
     if spec.get("solo_tty"):
         # -P solo from a terminal: breakpoint() and pdb in a task read from it.

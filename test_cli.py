@@ -162,6 +162,45 @@ CELERY_IMPORTS = ("tasks",)
 '''
 
 
+class TestConfigNotices:
+
+    def test_config_warnings_point_at_the_config_file_s_line(self, tmp_path):
+        folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS,
+                                            "celeryconfig": CONFIG_WITH_IGNORED})
+        code = ("from litequeue import LiteQueue\n"
+                "app = LiteQueue('jobs.sqlite')\n"
+                "app.config_from_object('celeryconfig')\n"
+                "LiteQueue('other.sqlite', worker_prefetch_multiplier=4)\n")
+        done = run([sys.executable, "-c", code], cwd=folder.dir)
+        assert done.returncode == 0, done.stderr
+        config = str(folder.dir / "celeryconfig.py")
+        assert f"{config}:4: LitequeueWarning: setting task_acks_late is ignored" in \
+            done.stderr, done.stderr
+        assert "<string>:4: LitequeueWarning: setting worker_prefetch_multiplier" in \
+            done.stderr, done.stderr
+        assert "litequeue.py" not in done.stderr, done.stderr
+
+    def test_a_worker_notes_each_ignored_setting_once(self, tmp_path, workers):
+        folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS,
+                                            "celeryconfig": CONFIG_WITH_IGNORED})
+        w = workers.start(folder, cmd=worker_cmd("jobs.sqlite", "-c", 2), concurrency=2)
+        folder.app.send_task("tasks.add", (1, 2)).get(timeout=30)
+        text = w.log_text()
+        assert text.count("ignoring BROKER_URL") == 1, text
+        assert text.count("task_acks_late is ignored") == 1, text
+        assert "litequeue.py:" not in text, text
+
+    @pytest.mark.parametrize("typo, meant", [("CELERY_IMPORT", "CELERY_IMPORTS"),
+                                             ("CELERYD_CONCURENCY", "CELERYD_CONCURRENCY"),
+                                             ("CELERY_TIMEZNOE", "CELERY_TIMEZONE")])
+    def test_an_upper_case_typo_gets_a_suggestion(self, tmp_path, typo, meant):
+        app = LiteQueue(str(tmp_path / "jobs.sqlite"))
+        with pytest.warns(litequeue.LitequeueWarning, match=f"did you mean '{meant}'"):
+            app.config_from_object({typo: 1})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            app.config_from_object({"CELERY_SOMETHING_NEW": 1})
+        assert caught and "did you mean" not in str(caught[0].message)
 
 
 
