@@ -919,6 +919,11 @@ def _clipped(text, limit):
         f"{text[-(limit - head):]}"
 
 
+def _plural(count, word, plural=None):
+    """"1 task", "2 tasks": a count and its noun, in the right number."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
 def _shown(value, limit=200):
     """Text from the database as a terminal line shows it: printable text as it is, and
     anything else (control characters, bytes, numbers) as its repr, at most limit long."""
@@ -7714,6 +7719,18 @@ def _send_failure_mail(settings, failures, host):
                      settings["email_port"], exc)
 
 
+def _pool_words(pool, processes, threads, async_concurrency):
+    """A worker's pool as a sentence for its log and systemd's status line."""
+    if pool == "solo":
+        return "1 process running one task at a time (solo)"
+    coroutines = f"up to {_plural(async_concurrency, 'coroutine task')} at once"
+    if pool == "threads":
+        return f"1 process running sync tasks on {_plural(threads, 'thread')} and {coroutines}"
+    if processes == 1:
+        return f"1 process running one sync task at a time and {coroutines}"
+    return f"{processes} processes, each running one sync task at a time and {coroutines}"
+
+
 class _Supervisor:
     """The worker's parent process.
 
@@ -7777,14 +7794,8 @@ class _Supervisor:
 
     def _pool_text(self):
         """The pool in words, for the log and systemd's status line."""
-        coroutines = "" if self.pool == "solo" else \
-            f", up to {self.settings['worker_async_concurrency']} coroutines each"
-        if self.pool == "threads":
-            threads = "1 thread" if self.concurrency == 1 else f"{self.concurrency} threads"
-            return f"1 process of {threads}{coroutines}"
-        if self.pool == "solo":
-            return "solo (1 process, 1 task at a time)"
-        return f"{self.processes} process(es){coroutines}"
+        return _pool_words(self.pool, self.processes, self.concurrency,
+                           self.settings["worker_async_concurrency"])
 
     def _start_child(self):
         """Spawn one child with a fresh worker id."""
@@ -7816,10 +7827,10 @@ class _Supervisor:
         os.set_blocking(sig_w, False)
         previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %s, queues %s, time zone %s, "
-                    "%d task(s): %s", self.db, self._pool_text(), ",".join(self.queues),
-                    self.settings["timezone"], len(self.tasks),
-                    ", ".join(sorted(self.tasks)) or "(none)")
+        logger.info("litequeue worker %s: %s; %s %s; time zone %s; %s: %s", self.db,
+                    self._pool_text(), "queue" if len(self.queues) == 1 else "queues",
+                    ", ".join(self.queues), self.settings["timezone"],
+                    _plural(len(self.tasks), "task"), ", ".join(sorted(self.tasks)) or "none")
         if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
                 t.soft_time_limit and not t.is_async for t in self.tasks.values())):
             logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
@@ -7834,8 +7845,8 @@ class _Supervisor:
                 self._guard("rescue", self._rescue_dead_workers)
                 for _ in range(self.processes):
                     self._start_child()
-                self.notify.send(f"READY=1\nSTATUS=serving {len(self.tasks)} task(s) with "
-                                 f"{self._pool_text()}\nMAINPID={os.getpid()}")
+                self.notify.send(f"READY=1\nSTATUS=serving {_plural(len(self.tasks), 'task')}"
+                                 f" with {self._pool_text()}\nMAINPID={os.getpid()}")
                 signals.worker_ready.send(sender=self)
                 try:
                     return self._loop(sig_r)

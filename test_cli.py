@@ -203,6 +203,30 @@ class TestConfigNotices:
         assert caught and "did you mean" not in str(caught[0].message)
 
 
+class TestWorkerBanner:
+
+    @pytest.mark.parametrize("pool, processes, threads, coroutines, expected", [
+        ("prefork", 1, 0, 100, "1 process running one sync task at a time and up to 100 "
+                               "coroutine tasks at once"),
+        ("prefork", 2, 0, 100, "2 processes, each running one sync task at a time and up to "
+                               "100 coroutine tasks at once"),
+        ("prefork", 2, 0, 1, "2 processes, each running one sync task at a time and up to 1 "
+                             "coroutine task at once"),
+        ("threads", 1, 20, 100, "1 process running sync tasks on 20 threads and up to 100 "
+                                "coroutine tasks at once"),
+        ("threads", 1, 1, 100, "1 process running sync tasks on 1 thread and up to 100 "
+                               "coroutine tasks at once"),
+        ("solo", 1, 0, 1, "1 process running one task at a time (solo)"),
+    ])
+    def test_the_pool_in_words(self, pool, processes, threads, coroutines, expected):
+        assert litequeue._pool_words(pool, processes, threads, coroutines) == expected
+
+    def test_the_banner_reads_as_a_sentence(self, project, workers):
+        w = workers.start(project, "-P", "threads", "-c", 20, cmd=worker_cmd(
+            project.db, "-A", "tasks"), concurrency=1)
+        line = next(line for line in w.log_text().splitlines() if "litequeue worker" in line)
+        assert "1 process running sync tasks on 20 threads" in line, line
+        assert "(s)" not in line and "coroutines each" not in line, line
 
 
 # ---------------------------------------------------------------------------
