@@ -874,9 +874,12 @@ def _checked_text(what, value):
 
 def _checked_priority(value):
     """A priority: a whole number that SQLite can store (64 bits)."""
-    if value.__class__ is not int or not -_INT64 <= value < _INT64:
+    if value.__class__ is not int:
         raise ConfigurationError(f"priority must be a whole number (higher runs first), not "
                                  f"{value!r}")
+    if not -_INT64 <= value < _INT64:
+        raise ConfigurationError(f"priority must be between {-_INT64} and {_INT64 - 1} "
+                                 f"(higher runs first), not {value!r}")
     return value
 
 
@@ -9000,6 +9003,16 @@ def _zone_option(ctx, param, value):
     return value
 
 
+def _priority_option(ctx, param, value):
+    """--priority: a whole number within 64 bits, or a usage error saying the range."""
+    if value is None:
+        return None
+    try:
+        return _checked_priority(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _open_app(db, read_only=False, **settings):
     """The app of an existing database for a command (paths are the current directory's).
     With read_only, the command creates and changes no file: a file that holds no
@@ -9126,7 +9139,24 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
     sys.exit(code)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+class _CallCommand(click.Command):
+    """`call`: unknown options reach ARGS, so that -1 can be an argument, and call()
+    refuses those that are not numbers; after `--` everything is an argument, whatever
+    it looks like. parse_args() notes how many tokens came after the `--`."""
+
+    def parse_args(self, ctx, args):
+        takes_value = {opt for p in self.params if isinstance(p, click.Option)
+                       and not p.is_flag for opt in p.opts}
+        ctx.meta["after_double_dash"], i = 0, 0
+        while i < len(args):
+            if args[i] == "--":
+                ctx.meta["after_double_dash"] = len(args) - i - 1
+                break
+            i += 2 if args[i] in takes_value else 1       # an option's value is not "--"
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_CallCommand, context_settings={"ignore_unknown_options": True})
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -9134,7 +9164,7 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
 @click.option("--kwargs", "kwargs_json", callback=_json_option(dict),
               help="Keyword arguments as a JSON object.")
 @click.option("--queue", "-q", callback=_nonempty, help="Queue to send to.")
-@click.option("--priority", type=int, help="Higher runs first.")
+@click.option("--priority", type=int, callback=_priority_option, help="Higher runs first.")
 @click.option("--id", "task_id", callback=_nonempty, help="Task id to use instead of a new uuid.")
 @click.option("--countdown", type=click.FloatRange(min=0), help="Run no sooner than seconds from now.")
 @click.option("--eta", callback=_iso_datetime, help="Run no sooner than this ISO 8601 time.")
@@ -9146,8 +9176,10 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
 def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
          expires, tz, wait, timeout):
-    """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id."""
-    for arg in args:      # unknown options reach ARGS, so that -1 can be an argument
+    """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id.
+    After `--`, every word is an argument, even one that starts with a dash."""
+    literal = click.get_current_context().meta.get("after_double_dash", 0)
+    for arg in args[:max(0, len(args) - literal)]:     # unknown options reach ARGS too
         if arg.startswith("-") and not isinstance(_json_value(arg), (int, float)):
             raise click.NoSuchOption(arg.split("=", 1)[0])
     if args and args_json is not None:

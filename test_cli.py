@@ -149,6 +149,31 @@ def post(d, path, body, content_type, headers=None):
 # Small CLI and config defects
 # ---------------------------------------------------------------------------
 
+class TestCallArguments:
+
+    def test_after_a_double_dash_everything_is_an_argument(self, project):
+        project.delay("add", 1, 1)
+        done = lq("call", project.db, "add", "--queue", "q", "--", "-x", "--wait", "7",
+                  cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        task_id = done.stdout.strip()
+        assert call_args(project.db, task_id) == (["-x", "--wait", 7], {})
+        assert project.row(task_id)["queue"] == "q"
+        usage_error(lq("call", project.db, "add", "-x", cwd=project.dir), "No such option")
+
+    def test_a_priority_out_of_range_is_a_usage_error(self, project):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        done = lq("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
+                  cwd=project.dir)
+        usage_error(done, "must be between")
+        assert "whole number" not in done.stderr, done.stderr
+        assert sha256(project.db) == before
+        with pytest.raises(ConfigurationError, match="must be between") as caught:
+            project.app.tasks["tasks.add"].apply_async((1, 2), priority=2 ** 63)
+        assert "whole number" not in str(caught.value)
+        with pytest.raises(ConfigurationError, match="whole number"):
+            project.app.tasks["tasks.add"].apply_async((1, 2), priority=1.5)
 
 
 
