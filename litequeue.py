@@ -9453,14 +9453,26 @@ def resume(db, queue):
 
 
 def _pause_or_resume(db, queue, action, done, unchanged):
-    changed = getattr(_open_app(db).admin, action)(queue)
-    click.echo(f"queue {_shown(queue)} {done if changed else unchanged}")
+    admin = _open_app(db).admin
+    changed = getattr(admin, action)(queue)
+    line = f"queue {_shown(queue)} {done if changed else unchanged}"
+    if action == "pause":           # a typo pauses nothing anyone uses: say so
+        known = {q for q, _, _ in admin.counts()} | {
+            q for w in admin.workers() if w["alive"] is not False
+            for q in str(w["queues"]).split(",")}
+        if queue not in known:
+            line += (f", but no task or live worker of this database names that queue "
+                     f"(known queues: {', '.join(sorted(map(_shown, known))) or 'none'})")
+    click.echo(line)
+
+
+_STATES = sorted(READY_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
 
 
 @cli.command("tasks")
 @click.argument("db", type=click.Path(dir_okay=False))
-@click.option("--state", type=click.Choice(sorted(READY_STATES | {PENDING, SCHEDULED, STARTED,
-                                                                  RETRY, WAITING})))
+@click.option("--state", callback=_nonempty, help=f"One of {', '.join(_STATES)} (any case), "
+              "or a custom state a running task set with update_state (e.g. PROGRESS).")
 @click.option("--queue", "-q")
 @click.option("--name", "-n", help="Task name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
@@ -9468,11 +9480,22 @@ def _pause_or_resume(db, queue, action, done, unchanged):
 def tasks_command(db, state, queue, name, limit, as_json):
     """List tasks, newest first: id, state, name, and when it was queued."""
     admin = _open_app(db, read_only=True).admin
-    rows, _ = admin.page(None, state, queue, name, None, min(limit, 500))
-    while len(rows) < limit and _ is not None:
-        more, _ = admin.page(_, state, queue, name, None, min(limit - len(rows), 500))
-        rows += more
-    for t in rows:
+    custom = state is not None and state.upper() not in _STATES
+    if state is not None and not custom:
+        state = state.upper()
+    rows, before = [], None
+    while len(rows) < limit:        # a custom state is a running (STARTED) task's meta
+        page, before = admin.page(before, STARTED if custom else state, queue, name, None,
+                                  500 if custom else min(limit - len(rows), 500))
+        rows += [t for t in page if not custom or t["state"] == state]
+        if before is None:
+            break
+    if custom and not rows:
+        close = difflib.get_close_matches(state.upper(), _STATES, n=1)
+        click.echo(f"no running task is in the custom state {_shown(state)}"
+                   + (f" (did you mean {close[0]}?)" if close else
+                      f" (the built-in states are {', '.join(_STATES)})"), err=True)
+    for t in rows[:limit]:
         if as_json:
             click.echo(json.dumps(t))
         else:
@@ -9499,7 +9522,15 @@ def inspect_command(db, what):
     else:
         state = {"active": STARTED, "scheduled": SCHEDULED, "reserved": PENDING}[what]
         out, _ = admin.page(None, state, None, None, None, 500)
+    if isinstance(out, list):       # task rows: their arguments as JSON values, as Celery's
+        out = [_with_arguments(admin.app, t) for t in out]
     click.echo(json.dumps(_display(out), indent=2))
+
+
+def _with_arguments(app, task):
+    """A task row (dashboard form) with its args and kwargs as values, not their repr."""
+    result = app.AsyncResult(task["id"])
+    return dict(task, args=_display(result.args), kwargs=_display(result.kwargs))
 
 
 _DEMO_TASKS = """

@@ -176,6 +176,39 @@ class TestCallArguments:
             project.app.tasks["tasks.add"].apply_async((1, 2), priority=1.5)
 
 
+class TestListingCommands:
+
+    def test_tasks_accepts_any_state_name(self, project):
+        ids = [project.delay("add", i, i).id for i in range(3)]
+        sql(project.db, "UPDATE tasks SET state = 'STARTED', started_at = 1, meta = ? "
+                        "WHERE id = ?", msgpack.packb(["PROGRESS", {"current": 1}]), ids[1])
+        done = lq("tasks", project.db, "--state", "PROGRESS", cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        assert [line.split()[:2] for line in done.stdout.splitlines()] == \
+            [[ids[1], "PROGRESS"]], done.stdout
+        done = lq("tasks", project.db, "--state", "pending", cwd=project.dir)
+        assert [line.split()[0] for line in done.stdout.splitlines()] == [ids[2], ids[0]]
+        done = lq("tasks", project.db, "--state", "NOPE", cwd=project.dir)
+        assert (done.returncode, done.stdout) == (0, ""), done.stderr
+
+    def test_inspect_prints_arguments_as_json_values(self, project):
+        task_id = project.app.tasks["tasks.echo"].delay(1, "two", [3], key={"k": None}).id
+        done = lq("inspect", project.db, "reserved", cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        (row,) = json.loads(done.stdout)
+        assert row["id"] == task_id
+        assert (row["args"], row["kwargs"]) == ([1, "two", [3]], {"key": {"k": None}})
+
+    def test_pausing_a_queue_no_task_names_says_so_in_one_line(self, project):
+        project.delay("add", 1, 1)
+        done = lq("pause", project.db, "nosuchqueue", cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        assert len(lines) == 1 and "paused" in lines[0], lines
+        assert "no task" in lines[0] and "default" in lines[0], lines
+        assert "nosuchqueue" in project.app.admin.paused()
+        done = lq("pause", project.db, "default", cwd=project.dir)
+        assert done.stdout.strip() == "queue default paused", done.stdout
 
 
 CONFIG_WITH_IGNORED = '''\
