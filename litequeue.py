@@ -9003,6 +9003,28 @@ def _zone_option(ctx, param, value):
     return value
 
 
+def _config_zone(cwd):
+    """The timezone that the config module a worker in cwd reads sets (see
+    _config_module), or None: what a naive time means to the app there. Its warnings are
+    the worker's to show."""
+    name = _config_module(cwd)
+    if name is None:
+        return None
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LitequeueWarning)
+            settings = _settings_of(name)
+            return _merged_settings({}, settings).get("timezone")
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import config module {name!r}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
 def _priority_option(ctx, param, value):
     """--priority: a whole number within 64 bits, or a usage error saying the range."""
     if value is None:
@@ -9171,7 +9193,10 @@ class _CallCommand(click.Command):
 @click.option("--expires", callback=_seconds_or_iso,
               help="Never start after this: seconds from now, or an ISO 8601 time.")
 @click.option("--tz", callback=_zone_option,
-              help="Zone of an --eta/--expires without an offset [default: UTC].")
+              help="Zone of an --eta/--expires without an offset [default: the app's "
+                   "timezone setting, from the config module a worker here reads "
+                   "(celeryconfig.py), else this machine's zone, "
+                   f"{_SETTINGS['timezone'][0]}].")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
 def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
@@ -9186,6 +9211,9 @@ def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, count
         raise click.UsageError("give arguments either positionally or with --args, not both")
     if countdown is not None and eta is not None:
         raise click.UsageError("give --countdown or --eta, not both")
+    if tz is None and any(isinstance(t, _dt.datetime) and t.tzinfo is None
+                          for t in (eta, expires)):
+        tz = _config_zone(os.getcwd())      # a naive time is in the app's zone, as in Celery
     app = _open_app(db, **({"timezone": tz} if tz else {}))
     name = _resolve_task_name(app, task)
     call_args = args_json if args_json is not None else [_json_value(a) for a in args]

@@ -100,6 +100,31 @@ def eta_of(db, done):
     return sql(db, "SELECT eta FROM tasks WHERE id = ?", done.stdout.strip())[0][0]
 
 
+class TestCallTimeZone:
+
+    def test_help_says_a_naive_eta_is_read_in_the_app_s_zone(self, tmp_path):
+        done = lq("call", "--help", cwd=tmp_path)
+        text = " ".join(done.stdout.split())
+        assert "[default: UTC]" not in text, text
+        assert "timezone" in text and "machine" in text, text
+
+    def test_naive_eta_is_read_in_the_config_zone_else_the_machine_s(self, tmp_path):
+        folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS})
+        register_app = LiteQueue(folder.db)
+
+        @register_app.task(name="tasks.add")
+        def add(x, y):
+            return x + y
+        add.apply_async((0, 0), countdown=3600)
+        env = dict(os.environ, TZ="Asia/Shanghai")
+
+        def call(*extra):
+            return run([sys.executable, str(LITEQUEUE_PY), "call", "jobs.sqlite", "add", "1",
+                        "2", "--eta", "2030-01-01T09:00:00", *extra], cwd=folder.dir, env=env)
+        assert eta_of(folder.db, call()) == utc_ts(2030, 1, 1, 1, 0)      # the machine's zone
+        folder.write_module("celeryconfig", 'CELERY_TIMEZONE = "America/New_York"\n')
+        assert eta_of(folder.db, call()) == utc_ts(2030, 1, 1, 14, 0)     # the app's setting
+        assert eta_of(folder.db, call("--tz", "UTC")) == utc_ts(2030, 1, 1, 9, 0)
 
 
 # ---------------------------------------------------------------------------
