@@ -8635,6 +8635,8 @@ class _DashboardHandler:
         ("GET", r"/api/queues/length", "api_queues_length"),
         ("POST", r"/api/task/revoke/(?P<id>[^/]+)", "api_revoke"),
         ("POST", r"/api/task/async-apply/(?P<name>[^/]+)", "api_async_apply"),
+        ("POST", r"/api/task/apply/(?P<name>[^/]+)", "api_apply"),
+        ("POST", r"/api/task/send-task/(?P<name>[^/]+)", "api_send_task"),
         ("POST", r"/action/(?P<action>revoke|terminate|retry)/(?P<id>[^/]+)", "act_task"),
         ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
         ("POST", r"/action/(?P<action>pause|resume)/(?P<queue>[^/]+)", "act_pause"),
@@ -8686,6 +8688,12 @@ class _DashboardHandler:
             self._check_request(method)
             url = urllib.parse.urlsplit(self.path)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+            # A form-encoded body's fields are arguments too, after the query's (as
+            # Flower reads them): curl -d 'terminate=True' sends one.
+            content_type = self.headers.get("Content-Type", "").partition(";")[0]
+            if content_type.strip().lower() == "application/x-www-form-urlencoded":
+                self.query.update({k: v[-1] for k, v in urllib.parse.parse_qs(
+                    self.raw.decode("utf-8", "replace")).items()})
             # Match the path as sent (an id may hold an encoded "/"), then decode the parts.
             path = url.path
             for route_method, pattern, name in self.ROUTES:
@@ -8896,19 +8904,68 @@ class _DashboardHandler:
         self._json({"active_queues": [{"name": q, "messages": s.get(PENDING, 0)}
                                       for q, s in sorted(counts.items())]})
 
+    # Flower reads a boolean argument with strtobool.
+    _TRUE, _FALSE = ("1", "true", "t", "yes", "y", "on"), ("", "0", "false", "f", "no", "n",
+                                                           "off")
+
     def api_revoke(self, id):
-        terminate = self.query.get("terminate", "").lower() in ("1", "true", "yes")
-        revoked = self.server.app.admin.revoke(id, terminate=terminate)
+        terminate = self.query.get("terminate", "").strip().lower()
+        if terminate not in self._TRUE + self._FALSE:
+            raise _HTTPError(400, f"terminate must be true or false, not {terminate!r}")
+        revoked = self.server.app.admin.revoke(id, terminate=terminate in self._TRUE)
         self._json({"message": f"Revoked '{id}'" if revoked else
                     f"'{id}' was not revoked: it has finished or is running"})
 
+    def _send_from_body(self, name):
+        """Queue task `name` as Flower's apply, async-apply and send-task do: the JSON
+        body's "args" and "kwargs", and every other field an apply_async option (an
+        unknown one is refused); eta and expires as ISO 8601 (or Flower's
+        "%Y-%m-%d %H:%M:%S.%f"), expires also as seconds. Returns the AsyncResult."""
+        options = self._body()
+        args, kwargs = options.pop("args", []), options.pop("kwargs", {})
+        if not isinstance(args, list):
+            raise TypeError("args must be a JSON array")
+        if not isinstance(kwargs, dict):
+            raise TypeError("kwargs must be a JSON object")
+        for key in ("countdown", "expires", "eta"):
+            if isinstance(options.get(key), str):
+                options[key] = self._time_option(key, options[key])
+        return self.server.app.send_task(name, args, kwargs, **options)
+
+    @staticmethod
+    def _time_option(key, text):
+        """countdown, expires or eta given as text: seconds (countdown, expires) or an
+        ISO 8601 time (eta, expires)."""
+        if key in ("countdown", "expires"):
+            with contextlib.suppress(ValueError):
+                return float(text)
+        if key in ("eta", "expires"):
+            with contextlib.suppress(ValueError):
+                return _dt.datetime.fromisoformat(text)
+        raise _HTTPError(400, f"{key} must be " + ("seconds" if key == "countdown" else
+                                                   "an ISO 8601 time" if key == "eta" else
+                                                   "seconds or an ISO 8601 time")
+                         + f", not {text!r}")
+
     def api_async_apply(self, name):
-        body = self._body()
-        options = {k: body[k] for k in ("countdown", "expires", "queue", "priority",
-                                        "task_id") if k in body}
-        result = self.server.app.send_task(name, body.get("args", []), body.get("kwargs", {}),
-                                           **options)
+        result = self._send_from_body(name)
         self._json({"task-id": result.id, "state": result.state})
+
+    def api_send_task(self, name):
+        result = self._send_from_body(name)
+        self._json({"task-id": result.id, "state": result.state})
+
+    def api_apply(self, name):
+        """Queue the task and answer once it has finished, as Flower's apply does (it
+        waits as long as the task takes)."""
+        result = self._send_from_body(name)
+        result.get(propagate=False)
+        info = _task_summary(result._fetch())
+        answer = {"task-id": result.id, "state": info["state"],
+                  "result": info["result"] if info["state"] == SUCCESS else info["exception"]}
+        if info["state"] == FAILURE:
+            answer["traceback"] = result.traceback
+        self._json(answer)
 
     # -- the page's actions -----------------------------------------------------------
 

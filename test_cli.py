@@ -168,6 +168,73 @@ def post(d, path, body, content_type, headers=None):
         conn.close()
 
 
+class TestFlowerApi:
+
+    def test_revoke_reads_terminate_from_a_form_encoded_body(self, project, workers,
+                                                             dashboards):
+        workers.start(project)
+        running = project.delay("block", "long")
+        wait_until(lambda: project.started("long"), 30, "the task to start")
+        d = dashboards(project)
+        status, answer = post(d, f"/api/task/revoke/{running.id}", "terminate=True",
+                              "application/x-www-form-urlencoded")
+        assert status == 200 and "Revoked" in answer["message"], answer
+        assert running.state == REVOKED
+        status, answer = post(d, f"/api/task/revoke/{running.id}", "terminate=maybe",
+                              "application/x-www-form-urlencoded")
+        assert status == 400, answer
+
+    def test_apply_waits_for_the_result_and_send_task_returns_the_id(self, project, workers,
+                                                                     dashboards):
+        workers.start(project)
+        project.delay("add", 0, 0).get(timeout=30)
+        d = dashboards(project)
+        status, answer = post(d, "/api/task/apply/tasks.add", json.dumps({"args": [2, 3]}),
+                              "application/json")
+        assert status == 200 and answer["state"] == SUCCESS and answer["result"] == 5, answer
+        assert project.state(answer["task-id"]) == SUCCESS
+
+        # curl -d sends a JSON body as form-encoded: Flower reads it as JSON all the same.
+        status, answer = post(d, "/api/task/apply/tasks.fail",
+                              json.dumps({"args": ["boom"]}),
+                              "application/x-www-form-urlencoded")
+        assert status == 200 and answer["state"] == FAILURE, answer
+        assert "boom" in answer["result"] and "TaskFailed" in answer["traceback"], answer
+
+        status, answer = post(d, "/api/task/send-task/tasks.add", json.dumps(
+            {"args": [1, 2], "kwargs": {}, "countdown": 600, "queue": "later"}),
+            "application/json")
+        assert status == 200 and set(answer) == {"task-id", "state"}, answer
+        assert answer["state"] == SCHEDULED
+        assert project.row(answer["task-id"])["queue"] == "later"
+        status, answer = post(d, "/api/task/send-task/tasks.add", json.dumps(
+            {"args": [1, 2], "eta": "2030-01-01 09:00:00.000000", "timezone": "UTC"}),
+            "application/json")
+        assert status == 400 and "timezone" in answer["error"], answer
+
+        for route in ("apply", "send-task"):
+            status, answer = post(d, f"/api/task/{route}/tasks.nope", "{}", "application/json")
+            assert status == 404 and "tasks.nope" in answer["error"], (route, answer)
+            status, answer = post(d, f"/api/task/{route}/tasks.add", '{"args": "1, 2"}',
+                                  "application/json")
+            assert status == 400, (route, answer)
+
+    def test_apply_and_send_task_respect_auth_and_read_only(self, project, dashboards):
+        project.delay("add", 0, 0)
+        before = sql(project.db, "SELECT count(*) FROM tasks")
+        basic = {"Authorization": "Basic " + base64.b64encode(b"ops:s3cret").decode()}
+        locked = dashboards(project, "--auth", "ops:s3cret", "--read-only")
+        for route in ("apply", "send-task"):
+            path = f"/api/task/{route}/tasks.add"
+            assert post(locked, path, '{"args": [1, 2]}', "application/json")[0] == 401
+            assert post(locked, path, '{"args": [1, 2]}', "application/json",
+                        basic)[0] == 403
+        assert sql(project.db, "SELECT count(*) FROM tasks") == before
+        guarded = dashboards(project, "--auth", "ops:s3cret")
+        path = "/api/task/send-task/tasks.add"
+        assert post(guarded, path, '{"args": [1, 2]}', "application/json")[0] == 401
+        status, answer = post(guarded, path, '{"args": [1, 2]}', "application/json", basic)
+        assert status == 200 and project.row(answer["task-id"])["state"] == "PENDING"
 
 
 # ---------------------------------------------------------------------------
