@@ -1847,6 +1847,7 @@ _SQL_UPSERT_REGISTRY = """
     ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
 """
 _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
+_SQL_UNREGISTER_TASK = "DELETE FROM registry WHERE name = :name"
 _SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
 # The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
 _SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
@@ -2363,6 +2364,11 @@ class _Storage:
 
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
+
+    def unregister(self, names):
+        """Forget task names in the registry, in one transaction."""
+        with self.write() as conn:
+            conn.executemany(_SQL_UNREGISTER_TASK, [{"name": name} for name in names])
 
     def registry_mark(self):
         """Changes whenever a new task name is registered: one read of the rowid index."""
@@ -5750,6 +5756,21 @@ class Admin:
     def registry(self):
         """{task name: module} of every task a worker or producer has registered."""
         return {n: m for n, m in self.app._storage().registry().items() if isinstance(n, str)}
+
+    def unregister(self, names):
+        """Forget names in the registry (what `call`, send_task() and auto-import read):
+        each of `names` is a task name, or a module whose every task is forgotten.
+        UnknownTask, and nothing forgotten, when one matches nothing. Returns the task
+        names forgotten. A worker or producer that defines one registers it again."""
+        registry = self.registry()
+        forget = set()
+        for name in names:
+            matched = {n for n, module in registry.items() if name in (n, module)}
+            if not matched:
+                raise UnknownTask(f"no registered task or task module named {name!r}")
+            forget |= matched
+        self.app._storage().unregister(sorted(forget))
+        return sorted(forget)
 
     def schedules(self):
         """Every periodic task's row, with "error" set for a disabled one."""
@@ -9618,6 +9639,17 @@ def _with_arguments(app, task):
     return dict(task, args=_display(result.args), kwargs=_display(result.kwargs))
 
 
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("names", nargs=-1, required=True)
+def unregister(db, names):
+    """Forget NAMES in the registry that `call` and auto-import read: each a task name
+    (tasks.add) or a module, whose every task is forgotten. Task rows stay. A worker or
+    producer that defines a name registers it again when it starts or first queues it."""
+    for name in _open_app(db).admin.unregister(names):
+        click.echo(f"unregistered {_shown(name)}")
+
+
 _DEMO_TASKS = """
 import random, time
 from litequeue import LiteQueue
@@ -9639,26 +9671,75 @@ def divide(x, y):
 """
 
 
+def _program():
+    """This program as the user can run it again: `litequeue` (the console script on
+    PATH), or `python path/to/litequeue.py`, naming the interpreter by path unless
+    `python` on PATH is this one."""
+    import shlex
+    import shutil
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "litequeue"
+    if not argv0.endswith(".py"):
+        found = shutil.which("litequeue")
+        same = found and os.path.abspath(found) == os.path.abspath(shutil.which(argv0) or argv0)
+        return "litequeue" if same else shlex.quote(os.path.abspath(argv0))
+    python = shutil.which("python")
+    if not (python and os.path.dirname(os.path.abspath(python)) ==
+            os.path.dirname(os.path.abspath(sys.executable)) and
+            os.path.realpath(python) == os.path.realpath(sys.executable)):
+        python = shlex.quote(sys.executable)
+    else:
+        python = "python"
+    return f"{python} {shlex.quote(argv0)}"
+
+
+# The module the demo's worker imports; its names are forgotten when the demo ends.
+_DEMO_MODULE = "litequeue_demo_tasks"
+
+
+def _refuse_a_served_database(db):
+    """The demo queues its tasks into db for its own worker: another worker on the file
+    would claim them and fail them (it has not the demo's code), so such a file is
+    refused, in one line with exit code 2."""
+    if not os.path.exists(db):
+        return
+    live = [w for w in _open_app(db, read_only=True).admin.workers() if w["alive"] is not False]
+    if live:
+        error = click.ClickException(
+            f"a worker (pid {live[0]['pid']}) serves {db}, and its tasks and the demo's "
+            f"would mix: run the demo on a file of its own, such as "
+            f"`{_program()} demo demo.sqlite`")
+        error.exit_code = 2
+        raise error
+
+
 @cli.command()
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-n", "--tasks", "count", default=12, show_default=True, type=click.IntRange(1, 10000))
 def demo(db, count):
-    """Start a 2-process worker on DB, queue some demo tasks and show them being done."""
+    """Start a 2-process worker on DB, queue some demo tasks and show them being done.
+    A file that a worker serves is refused. When the demo ends, its tasks stay in DB (to
+    look at) and their names are unregistered."""
+    import shlex
     import subprocess
     import tempfile
-    db = os.path.abspath(db)
+    shown, db = shlex.quote(db), os.path.abspath(db)
+    _refuse_a_served_database(db)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "litequeue_demo_tasks.py"), "w") as f:
+        with open(os.path.join(tmp, f"{_DEMO_MODULE}.py"), "w") as f:
             f.write(_DEMO_TASKS % {"db": db})
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [tmp, os.path.dirname(os.path.abspath(__file__))]))
         command = [sys.executable, os.path.abspath(__file__), "worker", db, "-c", "2",
-                   "-A", "litequeue_demo_tasks"]
-        click.echo("$ " + " ".join(command[1:]))
+                   "-A", _DEMO_MODULE]
+        click.echo("starting a worker with 2 processes on the demo's tasks (it stops when "
+                   "the demo ends)")
         worker_process = subprocess.Popen(command, env=env)
+        app = None
         try:
             sys.path.insert(0, tmp)
-            tasks = importlib.import_module("litequeue_demo_tasks")
+            tasks = importlib.import_module(_DEMO_MODULE)
+            app = tasks.app
             results = [(f"add({i}, {i})", tasks.add.delay(i, i)) for i in range(count // 2)]
             results += [(f"slow_square({i})", tasks.slow_square.delay(i))
                         for i in range(count - count // 2 - 1)]
@@ -9666,12 +9747,23 @@ def demo(db, count):
             click.echo(f"queued {len(results)} tasks; waiting for the worker...")
             for label, res in results:
                 value = res.get(timeout=60, propagate=False)
-                shown = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
-                click.echo(f"  {label:<18} -> {res.state:<8} {shown}")
+                shown_value = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
+                click.echo(f"  {label:<18} -> {res.state:<8} {shown_value}")
         finally:
             worker_process.send_signal(signal.SIGTERM)
             worker_process.wait(timeout=60)
-    click.echo(f"done. Inspect the file with: litequeue status {db}")
+            if app is not None:     # nothing is left to wait for a name nobody knows
+                for _, res in results:
+                    if not res.ready():
+                        res.revoke()
+                with contextlib.suppress(UnknownTask):
+                    app.admin.unregister([_DEMO_MODULE])
+    program = _program()
+    click.echo(f"done. The demo's tasks stay in {shown} (their names are unregistered); "
+               f"look at them with:")
+    for command in (f"status {shown}", f"tasks {shown} --state FAILURE",
+                    f"result {shown} {results[0][1].id}"):
+        click.echo(f"  $ {program} {command}")
 
 
 # The dashboard's page: one HTML/CSS/JS asset, no external request. Every value the

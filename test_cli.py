@@ -89,6 +89,52 @@ def call_args(db, task_id):
 # demo, and forgetting a registered name
 # ---------------------------------------------------------------------------
 
+class TestDemo:
+
+    def test_demo_refuses_a_database_a_worker_serves(self, project, workers):
+        workers.start(project)
+        project.delay("add", 1, 1).get(timeout=30)
+        before = sql(project.db, "SELECT count(*) FROM tasks")
+        done = lq("demo", project.db, cwd=project.dir, timeout=60)
+        one_line(done, 2, "worker")
+        assert sql(project.db, "SELECT count(*) FROM tasks") == before
+        assert not any(name.startswith("litequeue_demo") for name in registered(project.db))
+
+    def test_demo_prints_commands_that_run_again_and_leaves_no_name_behind(self, project):
+        done = lq("demo", "jobs.sqlite", "-n", 4, cwd=project.dir, timeout=90)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count(SUCCESS) == 3 and "FAILURE" in done.stdout, done.stdout
+        commands = [line.split("$ ", 1)[1] for line in done.stdout.splitlines()
+                    if line.lstrip().startswith("$ ")]
+        assert len(commands) >= 2, done.stdout
+        assert "litequeue_demo_tasks" not in done.stdout and "/tmp" not in done.stdout, \
+            done.stdout
+        for command in commands:
+            again = run(["bash", "-c", command], cwd=project.dir, timeout=60)
+            assert again.returncode == 0 and again.stdout.strip(), (command, again.stderr)
+        # The user's own tasks come next: the demo's names do not make `add` ambiguous.
+        assert not any(name.startswith("litequeue_demo") for name in registered(project.db))
+        project.delay("add", 1, 1)
+        queued = lq("call", "jobs.sqlite", "add", 4, 4, cwd=project.dir)
+        assert queued.returncode == 0, queued.stderr
+
+    def test_unregister_forgets_names_by_task_or_by_module(self, project):
+        project.delay("add", 1, 1)
+        register(project.db, "litequeue_demo_tasks.add", "litequeue_demo_tasks")
+        register(project.db, "litequeue_demo_tasks.divide", "litequeue_demo_tasks")
+        register(project.db, "old.add", "old")
+        one_line(lq("call", project.db, "add", 4, 4, cwd=project.dir), 1, "ambiguous")
+
+        before = sha256(project.db)
+        one_line(lq("unregister", project.db, "old.add", "nope", cwd=project.dir), 1, "'nope'")
+        assert sha256(project.db) == before, "nothing is forgotten when one name is unknown"
+
+        done = lq("unregister", project.db, "old.add", "litequeue_demo_tasks", cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        for name in ("old.add", "litequeue_demo_tasks.add", "litequeue_demo_tasks.divide"):
+            assert name in done.stdout, done.stdout
+        assert registered(project.db) == {"tasks.add"}
+        assert lq("call", project.db, "add", 4, 4, cwd=project.dir).returncode == 0
 
 
 # ---------------------------------------------------------------------------
