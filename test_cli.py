@@ -83,6 +83,28 @@ def call_args(db, task_id):
 # README's opening commands
 # ---------------------------------------------------------------------------
 
+class TestReadmeCommands:
+
+    def test_the_test_command_installs_what_the_tests_need_first(self):
+        """The browser test needs Debian's chromium and chromium-driver, the portability
+        test redis-server: command 2 must install them, and CI must run command 2."""
+        command = readme_commands()["2"]
+        assert command == "bash .ci/run", command
+        ci = (ROOT / ".ci" / "run").read_text()
+        install = re.search(r"apt-get install(?:[^\n\\]|\\\n)*", ci).group(0)
+        for package in ("redis-server", "chromium", "chromium-driver", "python3-venv"):
+            assert re.search(rf"(?<![\w-]){package}(?![\w-])", install), (package, install)
+        assert "sudo" in ci, "a user who is not root installs the packages through sudo"
+        # It runs the test command README names, as its last command, with nothing
+        # deselected or skipped on purpose.
+        last = [line for line in ci.splitlines() if line.strip() and
+                not line.lstrip().startswith("#")][-1].strip()
+        assert last == "python -m pytest -q", last
+        assert "`python -m pytest -q`" in README
+        assert subprocess.run(["bash", "-n", str(ROOT / ".ci" / "run")]).returncode == 0
+
+    def test_the_first_command_still_runs_the_demo(self):
+        assert readme_commands()["1"] == "pip install -e . && python litequeue.py demo jobs.sqlite"
 
 
 # ---------------------------------------------------------------------------
@@ -429,3 +451,15 @@ class TestWorkerBanner:
 # README speaks to users
 # ---------------------------------------------------------------------------
 
+class TestReadmeText:
+
+    def test_install_instructions_name_what_really_installs(self):
+        for match in re.finditer(r"pip install ([^`\n&;]*)", README):
+            words = shlex.split(match.group(1).replace("'", ""))
+            for word in words:
+                assert "litequeue" not in word or word.startswith(("/", ".", "-", "git+")), \
+                    match.group(0)
+
+    def test_no_issue_numbers(self):
+        found = re.findall(r".{0,30}(?:\bissues? \d+|#\d+).{0,30}", README, re.I)
+        assert not found, found
