@@ -7746,7 +7746,7 @@ def _send_failure_mail(settings, failures, host):
 def _pool_words(pool, processes, threads, async_concurrency):
     """A worker's pool as a sentence for its log and systemd's status line."""
     if pool == "solo":
-        return "1 process running one task at a time (solo)"
+        return "solo (1 process, 1 task at a time)"
     coroutines = f"up to {_plural(async_concurrency, 'coroutine task')} at once"
     if pool == "threads":
         return f"1 process running sync tasks on {_plural(threads, 'thread')} and {coroutines}"

@@ -434,7 +434,7 @@ class TestWorkerBanner:
                                 "coroutine tasks at once"),
         ("threads", 1, 1, 100, "1 process running sync tasks on 1 thread and up to 100 "
                                "coroutine tasks at once"),
-        ("solo", 1, 0, 1, "1 process running one task at a time (solo)"),
+        ("solo", 1, 0, 1, "solo (1 process, 1 task at a time)"),
     ])
     def test_the_pool_in_words(self, pool, processes, threads, coroutines, expected):
         assert litequeue._pool_words(pool, processes, threads, coroutines) == expected
