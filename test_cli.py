@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import msgpack
 import pytest
 
 import litequeue
-from litequeue import FAILURE, REVOKED, SCHEDULED, STARTED, SUCCESS, ConfigurationError, LiteQueue
+from litequeue import FAILURE, REVOKED, SCHEDULED, SUCCESS, ConfigurationError, LiteQueue
 from test_litequeue import (  # noqa: F401 (fixtures)
     LITEQUEUE_PY, PLAIN_TASKS, Folder, dashboards, lq, project, run, sha256, sql, utc_ts,
     wait_until, worker_cmd, workers,
