@@ -183,6 +183,9 @@ elif __name__ == "__main__":                  # already imported under its own n
 # The code this module was made from, which the worker hands to each child it starts
 # (_child_process): a child then neither reads nor compiles the file again.
 _MODULE_CODE = sys._getframe().f_code if hasattr(sys, "_getframe") else None
+# This module's file as its code objects name it (in a child too, which runs _MODULE_CODE):
+# frames of this file are litequeue's own, never a user's.
+_THIS_FILE = _MODULE_CODE.co_filename if _MODULE_CODE is not None else __file__
 
 logger = logging.getLogger("litequeue")
 logger.addHandler(logging.NullHandler())
@@ -198,6 +201,11 @@ class LitequeueError(Exception):
 
 class ConfigurationError(LitequeueError, ValueError):
     """A setting, schedule, time zone or option is invalid."""
+
+
+class _BrokenModule(ConfigurationError):
+    """A task or config module raised while it was imported (a SyntaxError, an error at
+    its top level). The CLI prints its one line and exits 2."""
 
 
 class DatabaseError(LitequeueError):
@@ -867,9 +875,12 @@ def _checked_text(what, value):
 
 def _checked_priority(value):
     """A priority: a whole number that SQLite can store (64 bits)."""
-    if value.__class__ is not int or not -_INT64 <= value < _INT64:
+    if value.__class__ is not int:
         raise ConfigurationError(f"priority must be a whole number (higher runs first), not "
                                  f"{value!r}")
+    if not -_INT64 <= value < _INT64:
+        raise ConfigurationError(f"priority must be between {-_INT64} and {_INT64 - 1} "
+                                 f"(higher runs first), not {value!r}")
     return value
 
 
@@ -910,6 +921,11 @@ def _clipped(text, limit):
     head = limit // 4
     return f"{text[:head]}\n... ({len(text) - limit} characters left out) ...\n" \
         f"{text[-(limit - head):]}"
+
+
+def _plural(count, word, plural=None):
+    """"1 task", "2 tasks": a count and its noun, in the right number."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def _shown(value, limit=200):
@@ -1833,6 +1849,7 @@ _SQL_UPSERT_REGISTRY = """
     ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
 """
 _SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
+_SQL_UNREGISTER_TASK = "DELETE FROM registry WHERE name = :name"
 _SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
 # The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
 _SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
@@ -2349,6 +2366,11 @@ class _Storage:
 
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
+
+    def unregister(self, names):
+        """Forget task names in the registry, in one transaction."""
+        with self.write() as conn:
+            conn.executemany(_SQL_UNREGISTER_TASK, [{"name": name} for name in names])
 
     def registry_mark(self):
         """Changes whenever a new task name is registered: one read of the rowid index."""
@@ -5844,6 +5866,10 @@ class LiteQueue:
 
 _KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
                         *_RETIRED_SETTINGS]
+# What an upper-case name in a config module may have meant: Celery's old names we know,
+# and the Django-style name (CELERY_ + ours in capitals) of each of our settings.
+_UPPER_SETTING_NAMES = sorted({n for n in _KNOWN_SETTING_NAMES if n.isupper()} |
+                              {"CELERY_" + n.upper() for n in _SETTINGS})
 
 
 def _setting_name(key):
@@ -5916,6 +5942,21 @@ class Admin:
     def registry(self):
         """{task name: module} of every task a worker or producer has registered."""
         return {n: m for n, m in self.app._storage().registry().items() if isinstance(n, str)}
+
+    def unregister(self, names):
+        """Forget names in the registry (what `call`, send_task() and auto-import read):
+        each of `names` is a task name, or a module whose every task is forgotten.
+        UnknownTask, and nothing forgotten, when one matches nothing. Returns the task
+        names forgotten. A worker or producer that defines one registers it again."""
+        registry = self.registry()
+        forget = set()
+        for name in names:
+            matched = {n for n, module in registry.items() if name in (n, module)}
+            if not matched:
+                raise UnknownTask(f"no registered task or task module named {name!r}")
+            forget |= matched
+        self.app._storage().unregister(sorted(forget))
+        return sorted(forget)
 
     def schedules(self):
         """Every periodic task's row, with "error" set for a disabled one."""
@@ -6126,30 +6167,88 @@ def _task_summary(row):
             "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
 
 
+class _LoadedSettings(dict):
+    """The settings a config object holds, with `where` each was set ({name: (file,
+    line)}; `source`: the object's file, if any), so that a warning about one points at
+    the user's line and not at litequeue's."""
+
+    where = {}
+    source = None
+
+
+def _setting_lines(obj):
+    """(file, {name: line}) of the assignments in a config module's or class's source;
+    (None, {}) for an object without one, such as a mapping."""
+    if isinstance(obj, dict):
+        return None, {}
+    try:
+        filename = inspect.getsourcefile(obj)
+        source, first = inspect.getsourcelines(obj)
+    except (OSError, TypeError):
+        return None, {}
+    lines = {}
+    for number, text in enumerate(source, start=max(first, 1)):
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", text)
+        if match:
+            lines.setdefault(match.group(1), number)
+    return filename, lines
+
+
+# Python shows a warning once per place; these are the places' registries, per file.
+_warning_registries = {}
+
+
+def _warn_setting(message, where=None):
+    """Warn with a LitequeueWarning at `where`, a (file, line) in the user's config, or
+    else at the first caller outside litequeue: the user's line, never ours."""
+    if where is None:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename == _THIS_FILE:
+            frame = frame.f_back
+        where = (frame.f_code.co_filename, frame.f_lineno) if frame else (_THIS_FILE, 0)
+    # (module= is left out: given as None, Python 3.11's C version shows nothing.)
+    warnings.warn_explicit(message, LitequeueWarning, where[0], where[1],
+                           registry=_warning_registries.setdefault(where[0], {}))
+
+
+def _where_set(settings, key):
+    """(file, line) where a loaded config set key: its line, else its file's first line;
+    None for settings that came from code (then a warning names the caller's line)."""
+    if not isinstance(settings, _LoadedSettings) or settings.source is None:
+        return None
+    return settings.where.get(key) or (settings.source, 1)
+
+
 def _settings_of(obj):
     """The settings a config object holds (a module, a module name, a class or a
     mapping): names that are settings (ours or Celery's); other names are passed over,
     unless one is close to a setting's name, which is refused as a misspelling. Other
-    names in Celery's own upper-case namespace are ignored with a warning."""
+    names in Celery's own upper-case namespace are ignored with a warning (saying what
+    it may have meant). Returns a _LoadedSettings."""
     if isinstance(obj, str):
         try:
             obj = importlib.import_module(obj)
-        except ImportError:
-            raise
-        except Exception as exc:    # a config module that does not even run
-            raise ConfigurationError(f"cannot import config module {obj!r}: "
-                                     f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            if isinstance(exc, ImportError) and _failed_line(exc) is None:
+                raise                   # not there: an ImportError, as in Celery
+            raise _BrokenModule(f"cannot import config module {obj!r}: "
+                                f"{_import_failure(exc)}") from None
+    source, lines = _setting_lines(obj)
     items = obj.items() if isinstance(obj, dict) else (
         (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
-    settings = {}
+    settings = _LoadedSettings()
+    settings.source = source
+    settings.where = {k: (source, n) for k, n in lines.items()}
     for key, value in items:
         if _setting_name(key) is not None:
             settings[key] = value
         elif callable(value) or isinstance(value, type(sys)):
             continue
         elif isinstance(key, str) and key.startswith(("CELERY", "BROKER")) and key.isupper():
-            warnings.warn(f"setting {key} is ignored: litequeue has no such setting",
-                          LitequeueWarning, stacklevel=3)
+            close = difflib.get_close_matches(key, _UPPER_SETTING_NAMES, n=1, cutoff=0.8)
+            _warn_setting(f"setting {key} is ignored: litequeue has no such setting"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""),
+                          _where_set(settings, key))
         else:
             close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
             if close:
@@ -6158,13 +6257,21 @@ def _settings_of(obj):
     return settings
 
 
+# Broker names noted already: the note is logged once per process, and a worker's
+# children leave it to their supervisor (_quiet_config_notices).
 _broker_settings_seen = set()
+
+
+def _quiet_config_notices():
+    """In a worker child: its supervisor has shown the config's warnings and notes."""
+    warnings.simplefilter("ignore", LitequeueWarning)
+    _broker_settings_seen.update(_BROKER_SETTINGS)
 
 
 def _merged_settings(conf, settings):
     """conf with settings applied, every value checked (ConfigurationError for an
     unknown name or a bad value); names with no meaning here are ignored, and those a
-    user may expect to work are warned about."""
+    user may expect to work are warned about, at the line that set them."""
     conf = dict(conf)
     for key, value in settings.items():
         name = _setting_name(key)
@@ -6175,14 +6282,15 @@ def _merged_settings(conf, settings):
         if name:
             conf[name] = _checked_setting(name, value)
         elif key in _BROKER_SETTINGS:
-            if key not in _broker_settings_seen:          # once per process, not per read
+            if key not in _broker_settings_seen:
                 _broker_settings_seen.add(key)
-                logger.info("ignoring %s: litequeue's broker and backend is the database "
-                            "file", key)
+                where = _where_set(settings, key)
+                logger.info("ignoring %s%s: litequeue's broker and backend is the database "
+                            "file", key, f" ({where[0]}, line {where[1]})" if where else "")
         else:
             why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
                 "litequeue has no broker to configure"
-            warnings.warn(f"setting {key} is ignored: {why}", LitequeueWarning, stacklevel=4)
+            _warn_setting(f"setting {key} is ignored: {why}", _where_set(settings, key))
     return conf
 
 
@@ -6204,7 +6312,10 @@ class _Conf(dict):
         self.update({name: value})
 
     def update(self, *args, **kwargs):
-        dict.update(self, _merged_settings(self, dict(*args, **kwargs)))
+        loaded = args[0] if len(args) == 1 and not kwargs and \
+            isinstance(args[0], _LoadedSettings) else None     # keeps where each was set
+        dict.update(self, _merged_settings(self, loaded if loaded is not None else
+                                           dict(*args, **kwargs)))
 
 
 def _unknown_task_message(name, known):
@@ -6221,12 +6332,51 @@ def _unknown_task_message(name, known):
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def _import_module(name):
-    """Import a module given as 'pkg.mod', 'pkg.mod:app' or 'path/to/mod.py'."""
+def _import_module(name, what="task module"):
+    """Import a module given as 'pkg.mod', 'pkg.mod:app' or 'path/to/mod.py'. A module
+    that is not there is a ConfigurationError; one whose code raised (a SyntaxError, an
+    error at its top level) is a _BrokenModule that says where, in one line."""
     try:
         return importlib.import_module(_module_spec_name(name))
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import task module {name!r}: {exc}") from None
+    except Exception as exc:
+        if _failed_line(exc) is None:       # none of its code ran: it is not there
+            raise ConfigurationError(f"cannot import {what} {name!r}: {exc}") from None
+        raise _BrokenModule(f"cannot import {what} {name!r}: {_import_failure(exc)}") \
+            from None
+
+
+def _failed_line(exc):
+    """(file, line) where an import failed, as a user wants it: a SyntaxError's own place,
+    else the innermost frame in a file of theirs (not the standard library or
+    site-packages), else the innermost frame of any code the import ran. None when the
+    import ran no code but the import system's and litequeue's (the module is not
+    there)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno
+    machinery = os.path.dirname(importlib.__file__) + os.sep
+    frames = [(f.filename, f.lineno) for f in _traceback.extract_tb(exc.__traceback__)
+              if f.filename and not f.filename.startswith("<") and f.filename != _THIS_FILE
+              and not f.filename.startswith(machinery)]
+    if not frames:
+        return None
+    import sysconfig
+    libraries = tuple({os.path.realpath(path) + os.sep for key in ("stdlib", "platstdlib",
+                                                                    "purelib", "platlib")
+                       if (path := sysconfig.get_paths().get(key))})
+    theirs = [(f, n) for f, n in frames if not os.path.realpath(f).startswith(libraries)]
+    return (theirs or frames)[-1]
+
+
+def _import_failure(exc):
+    """One line for an exception raised while importing: file, line and error."""
+    where = _failed_line(exc)
+    message = exc.msg if isinstance(exc, SyntaxError) else _saferepr(exc, 300)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if where is None:
+        return error
+    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") \
+        else where[0]
+    return f"{path}, line {where[1]}: {error}"
 
 
 def _module_spec_name(name):
@@ -6333,8 +6483,7 @@ def _autoimport(modules, root, tried=None):
         try:
             module = finder.import_under_root(name)
         except (Exception, SystemExit) as exc:   # a script's exit() must not end us
-            logger.error("auto-import of %s failed: %s: %s", name, type(exc).__name__,
-                         _saferepr(exc))
+            logger.error("auto-import of %s failed: %s", name, _import_failure(exc))
             continue
         if module is None:
             logger.debug("not auto-importing %s: not found under %s", name, root)
@@ -7723,7 +7872,7 @@ def _child_process(ctx, spec, name):
 def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
-    warnings.simplefilter("ignore", LitequeueWarning)   # the supervisor has shown them
+    _quiet_config_notices()         # the supervisor has shown them
     _configure_logging(spec["loglevel"])
     if spec.get("solo_tty"):
         # -P solo from a terminal: breakpoint() and pdb in a task read from it.
@@ -7828,6 +7977,18 @@ def _send_failure_mail(settings, failures, host):
                      settings["email_port"], exc)
 
 
+def _pool_words(pool, processes, threads, async_concurrency):
+    """A worker's pool as a sentence for its log and systemd's status line."""
+    if pool == "solo":
+        return "solo (1 process, 1 task at a time)"
+    coroutines = f"up to {_plural(async_concurrency, 'coroutine task')} at once"
+    if pool == "threads":
+        return f"1 process running sync tasks on {_plural(threads, 'thread')} and {coroutines}"
+    if processes == 1:
+        return f"1 process running one sync task at a time and {coroutines}"
+    return f"{processes} processes, each running one sync task at a time and {coroutines}"
+
+
 class _Supervisor:
     """The worker's parent process.
 
@@ -7891,14 +8052,8 @@ class _Supervisor:
 
     def _pool_text(self):
         """The pool in words, for the log and systemd's status line."""
-        coroutines = "" if self.pool == "solo" else \
-            f", up to {self.settings['worker_async_concurrency']} coroutines each"
-        if self.pool == "threads":
-            threads = "1 thread" if self.concurrency == 1 else f"{self.concurrency} threads"
-            return f"1 process of {threads}{coroutines}"
-        if self.pool == "solo":
-            return "solo (1 process, 1 task at a time)"
-        return f"{self.processes} process(es){coroutines}"
+        return _pool_words(self.pool, self.processes, self.concurrency,
+                           self.settings["worker_async_concurrency"])
 
     def _start_child(self):
         """Spawn one child with a fresh worker id."""
@@ -7930,10 +8085,10 @@ class _Supervisor:
         os.set_blocking(sig_w, False)
         previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %s, queues %s, time zone %s, "
-                    "%d task(s): %s", self.db, self._pool_text(), ",".join(self.queues),
-                    self.settings["timezone"], len(self.tasks),
-                    ", ".join(sorted(self.tasks)) or "(none)")
+        logger.info("litequeue worker %s: %s; %s %s; time zone %s; %s: %s", self.db,
+                    self._pool_text(), "queue" if len(self.queues) == 1 else "queues",
+                    ", ".join(self.queues), self.settings["timezone"],
+                    _plural(len(self.tasks), "task"), ", ".join(sorted(self.tasks)) or "none")
         if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
                 t.soft_time_limit and not t.is_async for t in self.tasks.values())):
             logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
@@ -7948,8 +8103,8 @@ class _Supervisor:
                 self._guard("rescue", self._rescue_dead_workers)
                 for _ in range(self.processes):
                     self._start_child()
-                self.notify.send(f"READY=1\nSTATUS=serving {len(self.tasks)} task(s) with "
-                                 f"{self._pool_text()}\nMAINPID={os.getpid()}")
+                self.notify.send(f"READY=1\nSTATUS=serving {_plural(len(self.tasks), 'task')}"
+                                 f" with {self._pool_text()}\nMAINPID={os.getpid()}")
                 signals.worker_ready.send(sender=self)
                 try:
                     return self._loop(sig_r)
@@ -8735,6 +8890,8 @@ class _DashboardHandler:
         ("GET", r"/api/queues/length", "api_queues_length"),
         ("POST", r"/api/task/revoke/(?P<id>[^/]+)", "api_revoke"),
         ("POST", r"/api/task/async-apply/(?P<name>[^/]+)", "api_async_apply"),
+        ("POST", r"/api/task/apply/(?P<name>[^/]+)", "api_apply"),
+        ("POST", r"/api/task/send-task/(?P<name>[^/]+)", "api_send_task"),
         ("POST", r"/action/(?P<action>revoke|terminate|retry)/(?P<id>[^/]+)", "act_task"),
         ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
         ("POST", r"/action/(?P<action>pause|resume)/(?P<queue>[^/]+)", "act_pause"),
@@ -8786,6 +8943,12 @@ class _DashboardHandler:
             self._check_request(method)
             url = urllib.parse.urlsplit(self.path)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+            # A form-encoded body's fields are arguments too, after the query's (as
+            # Flower reads them): curl -d 'terminate=True' sends one.
+            content_type = self.headers.get("Content-Type", "").partition(";")[0]
+            if content_type.strip().lower() == "application/x-www-form-urlencoded":
+                self.query.update({k: v[-1] for k, v in urllib.parse.parse_qs(
+                    self.raw.decode("utf-8", "replace")).items()})
             # Match the path as sent (an id may hold an encoded "/"), then decode the parts.
             path = url.path
             for route_method, pattern, name in self.ROUTES:
@@ -8997,19 +9160,68 @@ class _DashboardHandler:
         self._json({"active_queues": [{"name": q, "messages": s.get(PENDING, 0)}
                                       for q, s in sorted(counts.items())]})
 
+    # Flower reads a boolean argument with strtobool.
+    _TRUE, _FALSE = ("1", "true", "t", "yes", "y", "on"), ("", "0", "false", "f", "no", "n",
+                                                           "off")
+
     def api_revoke(self, id):
-        terminate = self.query.get("terminate", "").lower() in ("1", "true", "yes")
-        revoked = self.server.app.admin.revoke(id, terminate=terminate)
+        terminate = self.query.get("terminate", "").strip().lower()
+        if terminate not in self._TRUE + self._FALSE:
+            raise _HTTPError(400, f"terminate must be true or false, not {terminate!r}")
+        revoked = self.server.app.admin.revoke(id, terminate=terminate in self._TRUE)
         self._json({"message": f"Revoked '{id}'" if revoked else
                     f"'{id}' was not revoked: it has finished or is running"})
 
+    def _send_from_body(self, name):
+        """Queue task `name` as Flower's apply, async-apply and send-task do: the JSON
+        body's "args" and "kwargs", and every other field an apply_async option (an
+        unknown one is refused); eta and expires as ISO 8601 (or Flower's
+        "%Y-%m-%d %H:%M:%S.%f"), expires also as seconds. Returns the AsyncResult."""
+        options = self._body()
+        args, kwargs = options.pop("args", []), options.pop("kwargs", {})
+        if not isinstance(args, list):
+            raise TypeError("args must be a JSON array")
+        if not isinstance(kwargs, dict):
+            raise TypeError("kwargs must be a JSON object")
+        for key in ("countdown", "expires", "eta"):
+            if isinstance(options.get(key), str):
+                options[key] = self._time_option(key, options[key])
+        return self.server.app.send_task(name, args, kwargs, **options)
+
+    @staticmethod
+    def _time_option(key, text):
+        """countdown, expires or eta given as text: seconds (countdown, expires) or an
+        ISO 8601 time (eta, expires)."""
+        if key in ("countdown", "expires"):
+            with contextlib.suppress(ValueError):
+                return float(text)
+        if key in ("eta", "expires"):
+            with contextlib.suppress(ValueError):
+                return _dt.datetime.fromisoformat(text)
+        raise _HTTPError(400, f"{key} must be " + ("seconds" if key == "countdown" else
+                                                   "an ISO 8601 time" if key == "eta" else
+                                                   "seconds or an ISO 8601 time")
+                         + f", not {text!r}")
+
     def api_async_apply(self, name):
-        body = self._body()
-        options = {k: body[k] for k in ("countdown", "expires", "queue", "priority",
-                                        "task_id") if k in body}
-        result = self.server.app.send_task(name, body.get("args", []), body.get("kwargs", {}),
-                                           **options)
+        result = self._send_from_body(name)
         self._json({"task-id": result.id, "state": result.state})
+
+    def api_send_task(self, name):
+        result = self._send_from_body(name)
+        self._json({"task-id": result.id, "state": result.state})
+
+    def api_apply(self, name):
+        """Queue the task and answer once it has finished, as Flower's apply does (it
+        waits as long as the task takes)."""
+        result = self._send_from_body(name)
+        result.get(propagate=False)
+        info = _task_summary(result._fetch())
+        answer = {"task-id": result.id, "state": info["state"],
+                  "result": info["result"] if info["state"] == SUCCESS else info["exception"]}
+        if info["state"] == FAILURE:
+            answer["traceback"] = result.traceback
+        self._json(answer)
 
     # -- the page's actions -----------------------------------------------------------
 
@@ -9038,11 +9250,16 @@ class _DashboardHandler:
 # ---------------------------------------------------------------------------
 
 class _Group(click.Group):
-    """Turns every LitequeueError into one clear line and exit code 1."""
+    """Turns every LitequeueError into one clear line: exit code 1, or 2 for a task or
+    config module that cannot be loaded (its file, line and error)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _BrokenModule as exc:       # the code given cannot be loaded: as bad usage
+            error = click.ClickException(str(exc))
+            error.exit_code = 2
+            raise error from None
         except LitequeueError as exc:
             raise click.ClickException(str(exc)) from None
         except apsw.Error as exc:
@@ -9097,6 +9314,38 @@ def _zone_option(ctx, param, value):
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
+
+
+def _config_zone(cwd):
+    """The timezone that the config module a worker in cwd reads sets (see
+    _config_module), or None: what a naive time means to the app there. Its warnings are
+    the worker's to show."""
+    name = _config_module(cwd)
+    if name is None:
+        return None
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LitequeueWarning)
+            settings = _settings_of(name)
+            return _merged_settings({}, settings).get("timezone")
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import config module {name!r}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _priority_option(ctx, param, value):
+    """--priority: a whole number within 64 bits, or a usage error saying the range."""
+    if value is None:
+        return None
+    try:
+        return _checked_priority(value)
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _open_app(db, read_only=False, **settings):
@@ -9225,7 +9474,24 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
     sys.exit(code)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+class _CallCommand(click.Command):
+    """`call`: unknown options reach ARGS, so that -1 can be an argument, and call()
+    refuses those that are not numbers; after `--` everything is an argument, whatever
+    it looks like. parse_args() notes how many tokens came after the `--`."""
+
+    def parse_args(self, ctx, args):
+        takes_value = {opt for p in self.params if isinstance(p, click.Option)
+                       and not p.is_flag for opt in p.opts}
+        ctx.meta["after_double_dash"], i = 0, 0
+        while i < len(args):
+            if args[i] == "--":
+                ctx.meta["after_double_dash"] = len(args) - i - 1
+                break
+            i += 2 if args[i] in takes_value else 1       # an option's value is not "--"
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_CallCommand, context_settings={"ignore_unknown_options": True})
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -9233,26 +9499,34 @@ def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
 @click.option("--kwargs", "kwargs_json", callback=_json_option(dict),
               help="Keyword arguments as a JSON object.")
 @click.option("--queue", "-q", callback=_nonempty, help="Queue to send to.")
-@click.option("--priority", type=int, help="Higher runs first.")
+@click.option("--priority", type=int, callback=_priority_option, help="Higher runs first.")
 @click.option("--id", "task_id", callback=_nonempty, help="Task id to use instead of a new uuid.")
 @click.option("--countdown", type=click.FloatRange(min=0), help="Run no sooner than seconds from now.")
 @click.option("--eta", callback=_iso_datetime, help="Run no sooner than this ISO 8601 time.")
 @click.option("--expires", callback=_seconds_or_iso,
               help="Never start after this: seconds from now, or an ISO 8601 time.")
 @click.option("--tz", callback=_zone_option,
-              help="Zone of an --eta/--expires without an offset [default: UTC].")
+              help="Zone of an --eta/--expires without an offset [default: the app's "
+                   "timezone setting, from the config module a worker here reads "
+                   "(celeryconfig.py), else this machine's zone, "
+                   f"{_SETTINGS['timezone'][0]}].")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
 def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
          expires, tz, wait, timeout):
-    """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id."""
-    for arg in args:      # unknown options reach ARGS, so that -1 can be an argument
+    """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id.
+    After `--`, every word is an argument, even one that starts with a dash."""
+    literal = click.get_current_context().meta.get("after_double_dash", 0)
+    for arg in args[:max(0, len(args) - literal)]:     # unknown options reach ARGS too
         if arg.startswith("-") and not isinstance(_json_value(arg), (int, float)):
             raise click.NoSuchOption(arg.split("=", 1)[0])
     if args and args_json is not None:
         raise click.UsageError("give arguments either positionally or with --args, not both")
     if countdown is not None and eta is not None:
         raise click.UsageError("give --countdown or --eta, not both")
+    if tz is None and any(isinstance(t, _dt.datetime) and t.tzinfo is None
+                          for t in (eta, expires)):
+        tz = _config_zone(os.getcwd())      # a naive time is in the app's zone, as in Celery
     app = _open_app(db, **({"timezone": tz} if tz else {}))
     name = _resolve_task_name(app, task)
     call_args = args_json if args_json is not None else [_json_value(a) for a in args]
@@ -9523,14 +9797,26 @@ def resume(db, queue):
 
 
 def _pause_or_resume(db, queue, action, done, unchanged):
-    changed = getattr(_open_app(db).admin, action)(queue)
-    click.echo(f"queue {_shown(queue)} {done if changed else unchanged}")
+    admin = _open_app(db).admin
+    changed = getattr(admin, action)(queue)
+    line = f"queue {_shown(queue)} {done if changed else unchanged}"
+    if action == "pause":           # a typo pauses nothing anyone uses: say so
+        known = {q for q, _, _ in admin.counts()} | {
+            q for w in admin.workers() if w["alive"] is not False
+            for q in str(w["queues"]).split(",")}
+        if queue not in known:
+            line += (f", but no task or live worker of this database names that queue "
+                     f"(known queues: {', '.join(sorted(map(_shown, known))) or 'none'})")
+    click.echo(line)
+
+
+_STATES = sorted(READY_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
 
 
 @cli.command("tasks")
 @click.argument("db", type=click.Path(dir_okay=False))
-@click.option("--state", type=click.Choice(sorted(READY_STATES | {PENDING, SCHEDULED, STARTED,
-                                                                  RETRY, WAITING})))
+@click.option("--state", callback=_nonempty, help=f"One of {', '.join(_STATES)} (any case), "
+              "or a custom state a running task set with update_state (e.g. PROGRESS).")
 @click.option("--queue", "-q")
 @click.option("--name", "-n", help="Task name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
@@ -9538,11 +9824,22 @@ def _pause_or_resume(db, queue, action, done, unchanged):
 def tasks_command(db, state, queue, name, limit, as_json):
     """List tasks, newest first: id, state, name, and when it was queued."""
     admin = _open_app(db, read_only=True).admin
-    rows, _ = admin.page(None, state, queue, name, None, min(limit, 500))
-    while len(rows) < limit and _ is not None:
-        more, _ = admin.page(_, state, queue, name, None, min(limit - len(rows), 500))
-        rows += more
-    for t in rows:
+    custom = state is not None and state.upper() not in _STATES
+    if state is not None and not custom:
+        state = state.upper()
+    rows, before = [], None
+    while len(rows) < limit:        # a custom state is a running (STARTED) task's meta
+        page, before = admin.page(before, STARTED if custom else state, queue, name, None,
+                                  500 if custom else min(limit - len(rows), 500))
+        rows += [t for t in page if not custom or t["state"] == state]
+        if before is None:
+            break
+    if custom and not rows:
+        close = difflib.get_close_matches(state.upper(), _STATES, n=1)
+        click.echo(f"no running task is in the custom state {_shown(state)}"
+                   + (f" (did you mean {close[0]}?)" if close else
+                      f" (the built-in states are {', '.join(_STATES)})"), err=True)
+    for t in rows[:limit]:
         if as_json:
             click.echo(json.dumps(t))
         else:
@@ -9575,7 +9872,26 @@ def inspect_command(db, what):
                for task in child["running" if what == "active" else "reserved"]}
         out = [t for t in admin.page(None, STARTED, None, None, None, 500)[0]
                if t["id"] in ids]
+    if isinstance(out, list):       # task rows: their arguments as JSON values, as Celery's
+        out = [_with_arguments(admin.app, t) for t in out]
     click.echo(json.dumps(_display(out), indent=2))
+
+
+def _with_arguments(app, task):
+    """A task row (dashboard form) with its args and kwargs as values, not their repr."""
+    result = app.AsyncResult(task["id"])
+    return dict(task, args=_display(result.args), kwargs=_display(result.kwargs))
+
+
+@cli.command()
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("names", nargs=-1, required=True)
+def unregister(db, names):
+    """Forget NAMES in the registry that `call` and auto-import read: each a task name
+    (tasks.add) or a module, whose every task is forgotten. Task rows stay. A worker or
+    producer that defines a name registers it again when it starts or first queues it."""
+    for name in _open_app(db).admin.unregister(names):
+        click.echo(f"unregistered {_shown(name)}")
 
 
 _DEMO_TASKS = """
@@ -9599,26 +9915,75 @@ def divide(x, y):
 """
 
 
+def _program():
+    """This program as the user can run it again: `litequeue` (the console script on
+    PATH), or `python path/to/litequeue.py`, naming the interpreter by path unless
+    `python` on PATH is this one."""
+    import shlex
+    import shutil
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "litequeue"
+    if not argv0.endswith(".py"):
+        found = shutil.which("litequeue")
+        same = found and os.path.abspath(found) == os.path.abspath(shutil.which(argv0) or argv0)
+        return "litequeue" if same else shlex.quote(os.path.abspath(argv0))
+    python = shutil.which("python")
+    if not (python and os.path.dirname(os.path.abspath(python)) ==
+            os.path.dirname(os.path.abspath(sys.executable)) and
+            os.path.realpath(python) == os.path.realpath(sys.executable)):
+        python = shlex.quote(sys.executable)
+    else:
+        python = "python"
+    return f"{python} {shlex.quote(argv0)}"
+
+
+# The module the demo's worker imports; its names are forgotten when the demo ends.
+_DEMO_MODULE = "litequeue_demo_tasks"
+
+
+def _refuse_a_served_database(db):
+    """The demo queues its tasks into db for its own worker: another worker on the file
+    would claim them and fail them (it has not the demo's code), so such a file is
+    refused, in one line with exit code 2."""
+    if not os.path.exists(db):
+        return
+    live = [w for w in _open_app(db, read_only=True).admin.workers() if w["alive"] is not False]
+    if live:
+        error = click.ClickException(
+            f"a worker (pid {live[0]['pid']}) serves {db}, and its tasks and the demo's "
+            f"would mix: run the demo on a file of its own, such as "
+            f"`{_program()} demo demo.sqlite`")
+        error.exit_code = 2
+        raise error
+
+
 @cli.command()
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-n", "--tasks", "count", default=12, show_default=True, type=click.IntRange(1, 10000))
 def demo(db, count):
-    """Start a 2-process worker on DB, queue some demo tasks and show them being done."""
+    """Start a 2-process worker on DB, queue some demo tasks and show them being done.
+    A file that a worker serves is refused. When the demo ends, its tasks stay in DB (to
+    look at) and their names are unregistered."""
+    import shlex
     import subprocess
     import tempfile
-    db = os.path.abspath(db)
+    shown, db = shlex.quote(db), os.path.abspath(db)
+    _refuse_a_served_database(db)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "litequeue_demo_tasks.py"), "w") as f:
+        with open(os.path.join(tmp, f"{_DEMO_MODULE}.py"), "w") as f:
             f.write(_DEMO_TASKS % {"db": db})
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [tmp, os.path.dirname(os.path.abspath(__file__))]))
         command = [sys.executable, os.path.abspath(__file__), "worker", db, "-c", "2",
-                   "-A", "litequeue_demo_tasks"]
-        click.echo("$ " + " ".join(command[1:]))
+                   "-A", _DEMO_MODULE]
+        click.echo("starting a worker with 2 processes on the demo's tasks (it stops when "
+                   "the demo ends)")
         worker_process = subprocess.Popen(command, env=env)
+        app = None
         try:
             sys.path.insert(0, tmp)
-            tasks = importlib.import_module("litequeue_demo_tasks")
+            tasks = importlib.import_module(_DEMO_MODULE)
+            app = tasks.app
             results = [(f"add({i}, {i})", tasks.add.delay(i, i)) for i in range(count // 2)]
             results += [(f"slow_square({i})", tasks.slow_square.delay(i))
                         for i in range(count - count // 2 - 1)]
@@ -9626,12 +9991,23 @@ def demo(db, count):
             click.echo(f"queued {len(results)} tasks; waiting for the worker...")
             for label, res in results:
                 value = res.get(timeout=60, propagate=False)
-                shown = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
-                click.echo(f"  {label:<18} -> {res.state:<8} {shown}")
+                shown_value = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
+                click.echo(f"  {label:<18} -> {res.state:<8} {shown_value}")
         finally:
             worker_process.send_signal(signal.SIGTERM)
             worker_process.wait(timeout=60)
-    click.echo(f"done. Inspect the file with: litequeue status {db}")
+            if app is not None:     # nothing is left to wait for a name nobody knows
+                for _, res in results:
+                    if not res.ready():
+                        res.revoke()
+                with contextlib.suppress(UnknownTask):
+                    app.admin.unregister([_DEMO_MODULE])
+    program = _program()
+    click.echo(f"done. The demo's tasks stay in {shown} (their names are unregistered); "
+               f"look at them with:")
+    for command in (f"status {shown}", f"tasks {shown} --state FAILURE",
+                    f"result {shown} {results[0][1].id}"):
+        click.echo(f"  $ {program} {command}")
 
 
 # The dashboard's page: one HTML/CSS/JS asset, no external request. Every value the
