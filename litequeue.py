@@ -6686,8 +6686,12 @@ _OFFLOAD_CLAIM_MAX = 256
 # write that hands them back, and a drain of fast tasks wakes the watch thread at most
 # 1 / _HAND_BACK_AFTER times a second.
 _HAND_BACK_AFTER = 0.01
-# While one task runs on, the watch thread looks this often for the next to begin.
+# While one task runs on, the watch thread looks this often for the next to begin; a
+# hand-back that could not be written is tried again this often.
 _WATCH_LOOK = 0.05
+# The watch thread's writes wait at most this long for the write lock (seconds): the main
+# thread may be waiting for the watch thread meanwhile (_Watch.end).
+_WATCH_BUSY_TIMEOUT = 0.2
 
 
 class _Terminated(Exception):
@@ -6953,41 +6957,49 @@ class _Watch:
 
     def _run(self):
         handled = None            # the task whose claimed rows were handed back already
+        retry_at = 0.0            # after a write that failed
         while True:
             self.busy.wait()
             task = self.task
             if task is None:      # between two tasks
                 time.sleep(_HAND_BACK_AFTER)
                 continue
-            due = (task[1] + _HAND_BACK_AFTER if task is not handled
-                   else self.child.stats.last + _STATS_FLUSH)
+            if task is not handled:
+                due = max(task[1] + _HAND_BACK_AFTER, retry_at)
+            elif self.child.stats.rows:
+                due = self.child.stats.last + _STATS_FLUSH
+            else:                 # nothing to do until this task ends or counts appear
+                due = float("inf")
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, _WATCH_LOOK))
                 continue
             with self.lock:
                 if self.task is task:
-                    self._act(hand_back=task is not handled)
-                    handled = task
+                    if self._act(hand_back=task is not handled):
+                        handled = task
+                    else:
+                        retry_at = time.monotonic() + _WATCH_LOOK
 
     def _act(self, hand_back):
-        """Hand back the claimed rows (the first time), write the counters if due. What
-        cannot be written stays with the main thread, which commits it later."""
+        """Hand back the claimed rows (when asked), write the counters if due. What
+        cannot be written stays with the main thread, which commits it later; returns
+        False if the write failed."""
         child = self.child
         rows = list(child.pending.claimed) if hand_back else []
         stats = child.stats.take()
         if not rows and not stats:
-            return
+            return True
         try:
             if self.storage is None:
-                self.storage = child.open_storage()
+                self.storage = child.open_storage(busy_timeout=_WATCH_BUSY_TIMEOUT)
             self.storage.complete_and_claim([], child.worker_id, child.pid, time.time(), None,
                                             0, [row.seq for row in rows], stats)
-        except Exception as exc:     # busy, disk full...: the main thread does it later
+        except Exception as exc:     # busy, disk full...: tried again, or done by the main thread
             child.stats.put_back(stats)
             logger.debug("child %s: the watch thread could not write: %s", child.worker_id,
                          exc)
-            return
+            return False
         if rows:
             child.pending.claimed.clear()
             logger.debug("child %s handed back %d row(s) claimed beside a long task",
@@ -7305,12 +7317,12 @@ class _Child:
             self.thread_runner = _ThreadRunner(self.threads, self._report)
         return self.thread_runner
 
-    def open_storage(self):
+    def open_storage(self, busy_timeout=None):
         """A connection of the child's own, for a thread other than the main one."""
         conf = self.spec["settings"]
         return _Storage(self.spec["db"], synchronous=conf["synchronous"],
-                        busy_timeout=conf["busy_timeout"], autocheckpoint=0,
-                        busy_steps=_BUSY_STEPS_WORKER)
+                        busy_timeout=conf["busy_timeout"] if busy_timeout is None
+                        else busy_timeout, autocheckpoint=0, busy_steps=_BUSY_STEPS_WORKER)
 
     def _meta_writer(self):
         if self.meta_writer is None:

@@ -186,7 +186,7 @@ def test_counters_reach_the_file_while_a_long_task_runs(project, workers):
     """Failures counted just before a long task are in the stats table within seconds,
     not when the long task ends."""
     project.write_module("bursts", BURSTS)
-    workers.start(project, concurrency=1, app=("bursts",))
+    worker = workers.start(project, concurrency=1, app=("bursts",))
     app = producer(project.db, "bursts", "fail", "slow")
     gate = str(project.dir / "gate")
     fails = [app.tasks["bursts.fail"].delay(i) for i in range(30)]
@@ -201,6 +201,12 @@ def test_counters_reach_the_file_while_a_long_task_runs(project, workers):
                f"{sql(project.db, 'SELECT sum(failed) FROM stats')}")
     totals = sql(project.db, "SELECT failed FROM workers WHERE parent IS NOT NULL")
     assert totals == [(30,)]
+    # With nothing left to write, the child's watch thread sleeps while the task runs on.
+    child = worker.live_children()[0]["pid"]
+    before, started = cpu_seconds(child), time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 2, 5, "two seconds to pass", interval=0.2)
+    used = (cpu_seconds(child) - before) / (time.monotonic() - started)
+    assert used < 0.05, f"the child used {used:.0%} of a core while its task slept"
     assert not long.ready()
     open(gate + ".go", "w").close()
     long.get(timeout=30)
