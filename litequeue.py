@@ -7841,15 +7841,23 @@ _CHILD_CANNOT_RUN = 3
 
 # A child's first statements. `multiprocessing` runs them by calling exec (a builtin, so
 # unpickling the process imports nothing): they make the supervisor's module from its
-# marshalled code, then unpickle the spec and run the child. The spec is the settings and
-# options multiprocessing would pickle anyway (a beat_schedule may hold crontab objects,
-# which need the module first); no task data goes through pickle, which stays msgpack.
+# marshalled code, then unpickle the spec and run the child. The code is read from a
+# sealed memory file of the supervisor's (_module_code_file), not sent down the start
+# pipe: multiprocessing writes that pipe while it holds the child's end open, so a child
+# killed before it had read 0.7 MB left the supervisor blocked in the write for good.
+# The spec is the settings and options multiprocessing would pickle anyway (a
+# beat_schedule may hold crontab objects, which need the module first); no task data
+# goes through pickle, which stays msgpack.
 _CHILD_BOOT = """
-import importlib.util, marshal, pickle, sys, types
+import hashlib, importlib.util, marshal, pickle, sys, types
 module = types.ModuleType(name)
 module.__file__, module.__spec__ = path, importlib.util.spec_from_file_location(name, path)
 sys.modules[name] = module
 try:
+    with open(code_file, "rb") as f:
+        code = f.read()
+    if hashlib.sha256(code).hexdigest() != digest:
+        raise ValueError(f"{code_file} is not the supervisor's code")
     exec(marshal.loads(code), module.__dict__)
 except BaseException:
     del sys.modules[name]
@@ -7860,12 +7868,23 @@ module._child_main(pickle.loads(spec))
 
 
 @functools.cache
-def _module_code_blob():
-    """This module's code object, marshalled once (about 0.7 MB), or None if it cannot be
-    (a module inside a package, or no frame to take it from)."""
+def _module_code_file():
+    """(path another process opens, sha256) of a sealed memory file holding this module's
+    marshalled code (about 0.7 MB), made once; None if there is none (a module inside a
+    package, no frame to take the code from, or no memfd here)."""
     if _MODULE_CODE is None or "." in __name__ or not __file__:
         return None
-    return marshal.dumps(_MODULE_CODE)
+    blob = marshal.dumps(_MODULE_CODE)
+    try:
+        fd = os.memfd_create("litequeue-code", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        with open(fd, "wb", closefd=False) as f:
+            f.write(blob)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW |
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    except (AttributeError, OSError):
+        return None
+    # Only this user (or root) may open another process's descriptors through /proc.
+    return f"/proc/{os.getpid()}/fd/{fd}", hashlib.sha256(blob).hexdigest()
 
 
 def _child_process(ctx, spec, name):
@@ -7873,12 +7892,12 @@ def _child_process(ctx, spec, name):
     module's code when it can, so a child neither reads nor compiles the file (74 ms for
     this module when bytecode caching is off, and a child that read an edited file would
     run other code than its supervisor); else by importing this module by name."""
-    code = _module_code_blob()
+    code = _module_code_file()
     if code is None:
         return ctx.Process(target=_child_main, args=(spec,), name=name)
     return ctx.Process(target=exec, name=name, args=(_CHILD_BOOT, {
-        "name": __name__, "path": os.path.abspath(__file__), "code": code,
-        "spec": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}))
+        "name": __name__, "path": os.path.abspath(__file__), "code_file": code[0],
+        "digest": code[1], "spec": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}))
 
 
 def _child_main(spec):

@@ -210,3 +210,41 @@ def test_counters_reach_the_file_while_a_long_task_runs(project, workers):
     assert not long.ready()
     open(gate + ".go", "w").close()
     long.get(timeout=30)
+
+
+def spawned_children(pid):
+    """Pids of a supervisor's live worker children (multiprocessing's spawn_main)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] not in "ZX" and b"spawn_main" in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_children_killed_as_they_start_never_hang_the_supervisor(project, workers):
+    """A child SIGKILLed before it has read what its supervisor sends it at start must not
+    leave the supervisor blocked writing to it: it goes on restarting children, runs
+    tasks, and stops on SIGTERM."""
+    project.write_module("bursts", BURSTS)
+    worker = workers.start(project, concurrency=1, app=("bursts",))
+    killed = set()
+    deadline = time.monotonic() + 20
+    while len(killed) < 5 and time.monotonic() < deadline:
+        for pid in spawned_children(worker.pid):
+            if pid not in killed:
+                os.kill(pid, 9)
+                killed.add(pid)
+    assert len(killed) >= 5, \
+        f"the supervisor started no child after {len(killed)} were killed as they started"
+    app = producer(project.db, "bursts", "noop")
+    assert app.tasks["bursts.noop"].delay(7).get(timeout=60) == 7
+    worker.signal(15)
+    assert worker.wait(30) == 0
