@@ -9901,8 +9901,12 @@ def inspect_command(db, what):
         # worker process and wait for it to begin them.
         ids = {task[0] for sup in admin.workers() for child in sup["children"]
                for task in child["running" if what == "active" else "reserved"]}
-        out = [t for t in admin.page(None, STARTED, None, None, None, 500)[0]
-               if t["id"] in ids]
+        out, before = [], None
+        while ids:                  # every STARTED row, a page at a time
+            page, before = admin.page(before, STARTED, None, None, None, 500)
+            out += [t for t in page if t["id"] in ids]
+            if before is None:
+                break
     if isinstance(out, list):       # task rows: their arguments as JSON values, as Celery's
         out = [_with_arguments(admin.app, t) for t in out]
     click.echo(json.dumps(_display(out), indent=2))
