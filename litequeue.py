@@ -7240,19 +7240,26 @@ class _Child:
         return min(on_main + free_loop + free_threads, _OFFLOAD_CLAIM_MAX)
 
     def _dispatch(self):
-        """Hand the claimed rows at the head of the queue that run off the main thread to
-        the loop or the threads, as many as have a free slot; with none free, wait for a
-        slot."""
-        claimed = self.pending.claimed
+        """Hand the claimed rows that run off the main thread to the loop or the threads,
+        in order, as many of each kind as have a free slot; a row with no free slot does
+        not hold up the rows of the other kind behind it (a sync row waiting for a busy
+        thread, coroutines behind it). With nothing to hand, wait for a slot."""
         free = dict(zip((_OFF_LOOP, _OFF_THREAD), self._free()))
-        batch = []
-        while claimed:
-            kind = self._kind(claimed[0])
-            if kind == _ON_MAIN or free[kind] <= 0:
-                break
-            free[kind] -= 1
-            batch.append((claimed.popleft(), kind))
+        batch, kept = [], collections.deque()
+        for row in self.pending.claimed:
+            kind = self._kind(row)
+            if kind != _ON_MAIN and free[kind] > 0:
+                free[kind] -= 1
+                batch.append((row, kind))
+            else:
+                kept.append(row)
+        self.pending.claimed = kept
         if not batch:
+            on_main = [row for row in kept if self._kind(row) == _ON_MAIN]
+            if on_main:               # step() settles it on the main thread next
+                kept.remove(on_main[0])
+                kept.appendleft(on_main[0])
+                return True
             self._wait_done(self.poll_max)
             return True
         now = time.time()

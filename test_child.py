@@ -45,6 +45,10 @@ def slow(path):
 @app.task
 def fail(i):
     raise ValueError(i)
+
+@app.task
+async def anap(seconds):
+    await asyncio.sleep(seconds)
 '''
 
 
@@ -248,3 +252,25 @@ def test_children_killed_as_they_start_never_hang_the_supervisor(project, worker
     assert app.tasks["bursts.noop"].delay(7).get(timeout=60) == 7
     worker.signal(15)
     assert worker.wait(30) == 0
+
+
+def test_coroutines_do_not_wait_behind_a_sync_row_that_waits_for_a_thread(project, workers):
+    """-P threads with one thread: a long sync task takes it, a second sync row waits for
+    it; coroutine tasks claimed behind that row run at once on the event loop."""
+    project.write_module("bursts", BURSTS)
+    workers.start(project, "-P", "threads", concurrency=1, app=("bursts",))
+    app = producer(project.db, "bursts", "anap", "slow", "noop")
+    anap, slow, noop = (app.tasks[f"bursts.{n}"] for n in ("anap", "slow", "noop"))
+    anap.delay(0).get(timeout=30)        # the child has seen coroutines come
+    gate = str(project.dir / "gate")
+    app.admin.pause("default")
+    long = slow.delay(gate)
+    waiting = noop.delay(1)
+    naps = [anap.delay(0.01) for _ in range(3)]
+    app.admin.resume("default")
+    wait_until(lambda: os.path.exists(gate + ".started"), 30, "the slow task to start")
+    wait_until(lambda: all(r.ready() for r in naps), 10,
+               "the coroutines to end while the slow sync task holds the only thread")
+    assert not long.ready() and not waiting.ready()
+    open(gate + ".go", "w").close()
+    assert waiting.get(timeout=30) == 1 and long.get(timeout=30) == "slow done"
