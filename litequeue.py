@@ -1705,13 +1705,13 @@ _SQL_CASCADE = """
     RETURNING id
 """
 _SQL_MEMBER_OF = "SELECT group_id, group_index FROM tasks WHERE id = :id"
-_SQL_CHORD = "SELECT body, size, fired FROM chords WHERE id = :id"
+_SQL_CHORD = "SELECT body, size, done, fired FROM chords WHERE id = :id"
 _SQL_CHORD_SLOT = """
     INSERT INTO chord_slots (chord, idx, result) VALUES (:chord, :idx, :result)
     ON CONFLICT DO NOTHING
 """
 _SQL_CHORD_COUNT = "UPDATE chords SET done = done + 1 WHERE id = :id RETURNING done"
-_SQL_CHORD_RESULTS = "SELECT result FROM chord_slots WHERE chord = :chord ORDER BY idx"
+_SQL_CHORD_RESULTS = "SELECT idx, result FROM chord_slots WHERE chord = :chord ORDER BY idx"
 _SQL_CHORD_FIRED = "UPDATE chords SET fired = 1 WHERE id = :id"
 _SQL_CHORD_CLEAR = "DELETE FROM chord_slots WHERE chord = :chord"
 # WAITING -> PENDING or SCHEDULED: a chord's body, every member's result as its input.
@@ -1724,6 +1724,11 @@ _SQL_FAIL_BODY = """
     UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
     WHERE id = :id AND state = 'WAITING'
 """
+# One chord member's consequences run under a savepoint: if a row it reads is not what
+# litequeue writes, they are undone and the chord is set aside (_Storage._chord_part).
+_SQL_CHORD_SAVEPOINT = "SAVEPOINT chord_part"
+_SQL_CHORD_UNDO = "ROLLBACK TO chord_part"
+_SQL_CHORD_RELEASE = "RELEASE chord_part"
 # Fired chords whose body row is gone (pruned or forgotten).
 _SQL_PRUNE_CHORDS = """
     DELETE FROM chords WHERE fired = 1 AND NOT EXISTS (SELECT 1 FROM tasks
@@ -2117,6 +2122,34 @@ def _dependency_error(task_id, state, result):
         kind = str(info.get("type", "Exception")).rpartition(".")[2]
         return ChordError(f"Dependency {task_id} raised {kind}({str(info.get('message', ''))!r})")
     return ChordError(f"Dependency {task_id} was {str(state).lower()}")
+
+
+def _bad_chord_row(chord_id, body, size, done, fired):
+    """Why the row of a chord not yet fired is not one litequeue wrote, or None if it
+    is. Each column is type-checked here, so a foreign write cannot raise in the
+    transaction that records a member's end (an int compared with a str or bytes would)."""
+    if type(fired) is not int or fired != 0:
+        problem = f"fired is {fired!r}, not 0 or 1"
+    elif not isinstance(body, str):
+        problem = f"body is {body!r}, not a task id"
+    elif type(size) is not int:
+        problem = f"size is {size!r}, not a whole number"
+    elif size < 1:
+        problem = f"size is {size!r}, not a count of one member or more"
+    elif type(done) is not int:
+        problem = f"done is {done!r}, not a whole number"
+    elif not 0 <= done < size:
+        problem = f"done is {done!r}, not between 0 and size - 1 ({size - 1})"
+    else:
+        return None
+    return f"chord row {chord_id}: {problem}"
+
+
+def _bad_chord_slot(chord_id, index, result):
+    """Why a chord_slots result is not one litequeue wrote (msgpack bytes or NULL)."""
+    if result is None or isinstance(result, bytes):
+        return None
+    return f"chord row {chord_id}: slot {index!r} has result {result!r:.60}, not msgpack bytes"
 
 
 class _Storage:
@@ -2540,7 +2573,8 @@ class _Storage:
                     self._drop_errbacks(conn, task_id)
             member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
             if member and member[0][0] is not None and member[0][1] is not None:
-                self._chord_part(conn, member[0], task_id, state, result, now, follow, work)
+                self._chord_part_safely(conn, member[0], task_id, state, result, now, follow,
+                                        work)
 
     @staticmethod
     def _drop_errbacks(conn, task_id):
@@ -2552,13 +2586,42 @@ class _Storage:
             gone += [i for (i,) in conn.execute(_SQL_DROP_WAITING_CHILDREN,
                                                 {"parent": parent})]
 
+    def _chord_part_safely(self, conn, member, task_id, state, result, now, follow, work):
+        """_chord_part under a savepoint. Whatever else it raises (a foreign write it did
+        not foresee), its changes are undone and the chord is set aside with the reason,
+        so the member's own end is still recorded, and no process dies of it. A database
+        error goes up as before (the caller retries or stores outcomes one by one)."""
+        woken, ended, queued = follow.woken, len(follow.ended), len(work)
+        conn.execute(_SQL_CHORD_SAVEPOINT)
+        try:
+            self._chord_part(conn, member, task_id, state, result, now, follow, work)
+        except apsw.Error:
+            raise
+        except Exception as exc:
+            conn.execute(_SQL_CHORD_UNDO)
+            follow.woken = woken
+            del follow.ended[ended:], work[queued:]
+            chord_id = member[0]
+            rows = conn.execute(_SQL_CHORD, (chord_id,)).fetchall()
+            self._set_chord_aside(conn, chord_id, rows[0][0] if rows else None,
+                                  f"chord row {chord_id}: {type(exc).__name__}: {exc}",
+                                  now, follow, work)
+        conn.execute(_SQL_CHORD_RELEASE)
+
     def _chord_part(self, conn, member, task_id, state, result, now, follow, work):
-        """Count one chord member's end (see _settle)."""
+        """Count one chord member's end (see _settle). A chord row or slot that is not
+        what litequeue writes sets the chord aside instead (_set_chord_aside)."""
         chord_id, index = member
         chord = conn.execute(_SQL_CHORD, (chord_id,)).fetchall()
-        if not chord or chord[0][2]:
-            return                     # a plain group, or a chord already decided
-        body, size, _ = chord[0]
+        if not chord:
+            return                     # a plain group
+        body, size, done, fired = chord[0]
+        if type(fired) is int and fired == 1:
+            return                     # a chord already decided
+        bad = _bad_chord_row(chord_id, body, size, done, fired)
+        if bad is not None:
+            self._set_chord_aside(conn, chord_id, body, bad, now, follow, work)
+            return
         conn.execute(_SQL_CHORD_SLOT, {"chord": chord_id, "idx": index,
                                        "result": result if state == SUCCESS else None})
         if not conn.changes():
@@ -2567,12 +2630,30 @@ class _Storage:
             (done,), = conn.execute(_SQL_CHORD_COUNT, (chord_id,)).fetchall()
             if done < size:
                 return
-            results = [r for (r,) in conn.execute(_SQL_CHORD_RESULTS, (chord_id,))]
-            conn.execute(_SQL_ACTIVATE_BODY, {"id": body, "input": _msgpack_array(results),
-                                              "now": now})
+            slots = conn.execute(_SQL_CHORD_RESULTS, (chord_id,)).fetchall()
+            bad = next(filter(None, (_bad_chord_slot(chord_id, i, r) for i, r in slots)), None)
+            if bad is not None:
+                self._set_chord_aside(conn, chord_id, body, bad, now, follow, work)
+                return
+            conn.execute(_SQL_ACTIVATE_BODY, {"id": body, "now": now,
+                                              "input": _msgpack_array([r for _, r in slots])})
             follow.woken += conn.changes()
         else:
             error = _encode_error(_dependency_error(task_id, state, result))
+            conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
+            if conn.changes():
+                follow.ended.append(body)
+                work.append((body, FAILURE, error, None))
+        conn.execute(_SQL_CHORD_FIRED, (chord_id,))
+        conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
+
+    def _set_chord_aside(self, conn, chord_id, body, reason, now, follow, work):
+        """A chord whose row litequeue cannot trust: its body (and the chain after it)
+        ends FAILURE with the reason, and the chord counts as fired, so no later member
+        reads the row again. The member being settled keeps its own outcome."""
+        logger.error("%s; its body fails and the chord is set aside", reason)
+        error = _encode_error(ValueError(reason))
+        if isinstance(body, str):
             conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
             if conn.changes():
                 follow.ended.append(body)
@@ -7573,20 +7654,23 @@ class _Child:
                     f"keeping {len(outcomes)} result(s) and trying again")
             except (DatabaseBusy, DiskFull):
                 return [], 0                 # nothing to keep: claim again later
-            except apsw.Error as exc:
+            except Exception as exc:         # the database's refusal, or what _settle raised
                 if not outcomes:
                     raise
                 self._store_one_by_one(outcomes, exc)
                 outcomes = []
 
     def _store_one_by_one(self, outcomes, exc):
-        """The database refused a group of outcomes (a result too big, say): store each
-        alone, and one it refuses as a FAILURE naming the reason."""
-        logger.warning("storing %d result(s) one by one: %s", len(outcomes), exc)
+        """The database (or settling what a row's end sets in motion) refused a group of
+        outcomes (a result too big, say): store each alone, so the others of the group are
+        not charged for it, and one it refuses as a FAILURE naming the reason, which
+        settles nothing."""
+        logger.warning("storing %d result(s) one by one: %s: %s", len(outcomes),
+                       type(exc).__name__, exc)
         for o in outcomes:
             try:
                 self._store([o])
-            except apsw.Error as refused:
+            except Exception as refused:
                 message = f"its outcome could not be stored: {type(refused).__name__}: {refused}"
                 logger.error("task row %d failed: %s", o.seq, message)
                 self._store([_Outcome(FAILURE, _encode_error(ValueError(message)), seq=o.seq,
