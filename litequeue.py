@@ -923,6 +923,14 @@ def _clipped(text, limit):
         f"{text[-(limit - head):]}"
 
 
+def _one_line(text, limit):
+    """Text for a mail header: one line of at most limit characters, every control
+    character (CR, LF, tab, U+2028...) escaped as its repr, so that no text of a task
+    name or a host name can end the header or add one; clipped with "..."."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:max(0, limit - 3)] + "..."
+
+
 def _plural(count, word, plural=None):
     """"1 task", "2 tasks": a count and its noun, in the right number."""
     return f"{count} {word if count == 1 else plural or word + 's'}"
@@ -1985,21 +1993,16 @@ _SQL_TASK_PAGE = f"""
 """
 _SQL_MAX_SEQ = "SELECT max(seq) FROM tasks"
 _SQL_TASK_NAMES = "SELECT name FROM registry ORDER BY name"
-# Failure mails. tasks_failed: the failures that finished in (cursor, until].
+# Failure mails. tasks_failed: the failures that finished in (cursor, until]. The cursor
+# moves only once a mail of them was accepted, and never back.
 _SQL_ALERT_CURSOR = "SELECT cursor FROM alerts WHERE id = 1"
-_SQL_HAS_FAILURES = """
-    SELECT 1 FROM tasks WHERE state = 'FAILURE' AND finished_at > :after
-                          AND finished_at <= :until LIMIT 1
-"""
 _SQL_FAILURES = """
     SELECT id, name, result, traceback, finished_at FROM tasks INDEXED BY tasks_failed
     WHERE state = 'FAILURE' AND finished_at > :after AND finished_at <= :until
     ORDER BY finished_at
 """
-_SQL_SET_ALERT_CURSOR = """
-    INSERT INTO alerts (id, cursor) VALUES (1, :cursor)
-    ON CONFLICT (id) DO UPDATE SET cursor = excluded.cursor
-"""
+_SQL_START_ALERT_CURSOR = "INSERT OR IGNORE INTO alerts (id, cursor) VALUES (1, :cursor)"
+_SQL_MARK_MAILED = "UPDATE alerts SET cursor = :until WHERE id = 1 AND cursor < :until"
 
 
 # ---------------------------------------------------------------------------
@@ -2932,24 +2935,25 @@ class _Storage:
             "text": text, "n": limit})
         return [(r[0], dict(zip(self._TASK_COLUMNS, r[1:]))) for r in rows]
 
-    def take_failures(self, until):
-        """The failures that finished since the last call of any process, up to `until`,
-        as [(id, name, result, traceback, finished_at)], moving the shared cursor in the
-        same transaction (so each is taken once). A read first: with nothing new, no
-        lock is taken. The first call starts the cursor at `until`."""
+    def unmailed_failures(self, until):
+        """(cursor, rows): the failures that finished after the cursor of mailed failures
+        and up to `until`, as [(id, name, result, traceback, finished_at)]. A read: the
+        cursor moves in mark_mailed(), once a mail of them was accepted. The first call
+        starts the cursor at `until` (failures from before mails were on are not mailed)."""
         cursor = self.conn.execute(_SQL_ALERT_CURSOR).fetchall()
-        after = cursor[0][0] if cursor else None
-        if after is not None and not self.conn.execute(
-                _SQL_HAS_FAILURES, {"after": after, "until": until}).fetchall():
-            return []
+        if not cursor:
+            with self.write() as conn:
+                conn.execute(_SQL_START_ALERT_CURSOR, {"cursor": until})
+            return until, []
+        after = cursor[0][0]
+        if after >= until:
+            return after, []
+        return after, self.conn.execute(_SQL_FAILURES, {"after": after, "until": until}).fetchall()
+
+    def mark_mailed(self, until):
+        """Move the cursor of mailed failures on to `until` (never back)."""
         with self.write() as conn:
-            cursor = conn.execute(_SQL_ALERT_CURSOR).fetchall()
-            after = cursor[0][0] if cursor else None
-            rows = [] if after is None or after >= until else conn.execute(
-                _SQL_FAILURES, {"after": after, "until": until}).fetchall()
-            if after is None or after < until:
-                conn.execute(_SQL_SET_ALERT_CURSOR, {"cursor": until})
-        return rows
+            conn.execute(_SQL_MARK_MAILED, {"until": until})
 
     def wal_bytes(self):
         try:
@@ -8056,10 +8060,21 @@ class _Notify:
 _ALERT_MARGIN = 5.0
 
 
+# A subject longer than this is clipped (the digest's body names every task anyway).
+_MAIL_SUBJECT_MAX = 200
+# A failure mail that fails is tried again after email_interval, doubled for each failure
+# in a row, but never later than this many seconds: a server down for long is not hammered,
+# and the failures reach it within some minutes once it is back.
+_MAIL_BACKOFF_MAX = 600.0
+# While a mail is being sent, the supervisor looks this often whether it is done: about
+# the time an SMTP exchange takes on a local network.
+_MAIL_POLL = 0.2
+
+
 def _send_failure_mail(settings, failures, host):
     """One digest mail of failures [(id, name, result, traceback, finished_at)]: per task
-    name its count and its latest error. Runs in a thread of the supervisor, never in a
-    task's process; a mail server that fails is logged."""
+    name its count and its latest error. Raises whatever fails (building the mail, or any
+    SMTP step); returns once the server accepted the mail."""
     import email.message
     import smtplib
     by_name = {}
@@ -8070,10 +8085,12 @@ def _send_failure_mail(settings, failures, host):
     total = sum(n for n, _ in by_name.values())
     msg = email.message.EmailMessage()
     names = ", ".join(sorted(by_name))
-    msg["Subject"] = _clipped(f"[litequeue] {total} task failure(s) on {host}: {names}", 200)
-    msg["From"] = settings["server_email"]
-    msg["To"] = ", ".join(f"{name} <{addr}>" for name, addr in settings["admins"])
-    lines = [f"{total} task(s) failed on {host} since the last mail.", ""]
+    msg["Subject"] = _one_line(f"[litequeue] {total} task failure(s) on {host}: {names}",
+                               _MAIL_SUBJECT_MAX)
+    msg["From"] = _one_line(settings["server_email"], 1000)
+    msg["To"] = _one_line(", ".join(f"{name} <{addr}>" for name, addr in settings["admins"]),
+                          1000)
+    lines = [f"{total} task(s) failed on {_printable(host)} since the last mail.", ""]
     for name, (count, (task_id, result, tb, finished)) in sorted(by_name.items()):
         exc = _rebuild_error(result, None)
         when = _from_unix(finished)
@@ -8084,19 +8101,109 @@ def _send_failure_mail(settings, failures, host):
         if isinstance(tb, str) and tb:
             lines += ["  " + line for line in _clipped(tb.rstrip(), 4000).splitlines()] + [""]
     msg.set_content("\n".join(lines))
-    try:
-        smtp_class = smtplib.SMTP_SSL if settings["email_use_ssl"] else smtplib.SMTP
-        with smtp_class(settings["email_host"], settings["email_port"],
-                        timeout=settings["email_timeout"]) as smtp:
-            if settings["email_use_tls"] and not settings["email_use_ssl"]:
-                smtp.starttls()
-            if settings["email_host_user"]:
-                smtp.login(settings["email_host_user"], settings["email_host_password"] or "")
-            smtp.send_message(msg)
-        logger.info("mailed %d failure(s) to %s", total, msg["To"])
-    except (OSError, smtplib.SMTPException) as exc:
-        logger.error("cannot mail %d failure(s) via %s:%s: %s", total, settings["email_host"],
-                     settings["email_port"], exc)
+    smtp_class = smtplib.SMTP_SSL if settings["email_use_ssl"] else smtplib.SMTP
+    with smtp_class(settings["email_host"], settings["email_port"],
+                    timeout=settings["email_timeout"]) as smtp:
+        if settings["email_use_tls"] and not settings["email_use_ssl"]:
+            smtp.starttls()
+        if settings["email_host_user"]:
+            smtp.login(settings["email_host_user"], settings["email_host_password"] or "")
+        smtp.send_message(msg)
+    return msg["To"]
+
+
+class _FailureMailer:
+    """The supervisor's failure mails, as a step: read the failures after the shared
+    cursor, mail them from a thread (SMTP never blocks the loop), and move the cursor only
+    once the server accepted the mail. A mail that fails for any reason leaves the cursor,
+    so its failures go with the next attempt, after a backoff; the log says why once per
+    streak of failed attempts. An flock on DB-lq/mail.lock, held from the read to the
+    cursor's move, keeps supervisors of one database from mailing the same failures."""
+
+    def __init__(self, storage, side, settings, host):
+        self.storage, self.side, self.settings, self.host = storage, side, settings, host
+        self.sending = None     # (thread, until, count, [outcome]) while a mail is out
+        self.streak = 0         # attempts that failed in a row
+        self.lock_fd = None
+
+    def step(self, now):
+        """One look; returns the monotonic time of the next."""
+        if self.sending is not None:
+            if self.sending[0].is_alive():
+                return now + _MAIL_POLL
+            return self._finish(now)
+        if not self._lock():
+            return now + self.settings["email_interval"]
+        try:
+            until = time.time() - _ALERT_MARGIN
+            _, failures = self.storage.unmailed_failures(until)
+        except BaseException:
+            self._unlock()
+            raise
+        if not failures:
+            self._unlock()
+            return now + self.settings["email_interval"]
+        outcome = []
+        thread = threading.Thread(target=self._send, name="litequeue-mail", daemon=True,
+                                  args=(failures, outcome))
+        self.sending = (thread, until, len(failures), outcome)
+        thread.start()
+        return now + _MAIL_POLL
+
+    def _send(self, failures, outcome):
+        try:
+            outcome.append(("sent", _send_failure_mail(self.settings, failures, self.host)))
+        except Exception as exc:
+            outcome.append(("failed", exc))
+
+    def _finish(self, now):
+        """The mail thread ended: move the cursor if the mail was accepted, else back off."""
+        _, until, count, outcome = self.sending
+        self.sending = None
+        try:
+            kind, value = outcome[0] if outcome else (
+                "failed", RuntimeError("the mail thread ended without an outcome"))
+            if kind == "sent":
+                self.storage.mark_mailed(until)
+                logger.info("mailed %d failure(s) to %s", count, value)
+                if self.streak:
+                    logger.info("failure mails work again after %s",
+                                _plural(self.streak, "failed attempt"))
+                self.streak = 0
+                return now + self.settings["email_interval"]
+            self.streak += 1
+            interval = self.settings["email_interval"]
+            delay = min(interval * 2 ** self.streak, max(interval, _MAIL_BACKOFF_MAX))
+            if self.streak == 1:
+                logger.error("cannot mail %d failure(s) via %s:%s: %s: %s; they are kept and "
+                             "tried again, backing off up to %s s", count,
+                             self.settings["email_host"], self.settings["email_port"],
+                             type(value).__name__, _saferepr(value),
+                             max(interval, _MAIL_BACKOFF_MAX))
+            return now + delay
+        finally:
+            self._unlock()
+
+    def _lock(self):
+        """Take DB-lq/mail.lock without waiting; False if another supervisor holds it."""
+        base = self.side.open()
+        try:
+            fd = self.side.open_file(base, "mail.lock", os.O_RDWR | os.O_CREAT,
+                                     os.path.join(self.side.path, "mail.lock"))
+        finally:
+            os.close(base)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.lock_fd = fd
+        return True
+
+    def _unlock(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)      # drops the flock
+            self.lock_fd = None
 
 
 def _pool_words(pool, processes, threads, async_concurrency):
@@ -8199,6 +8306,7 @@ class _Supervisor:
         self.locks = self.lock.locks
         self.work_bell = _Doorbell(self.side, "work")
         self.done_bell = _Doorbell(self.side, "done", keep=False)
+        self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
         _waiting_out(self._register, "registering again")
         _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
         self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
@@ -8447,12 +8555,8 @@ class _Supervisor:
             nxt["watchdog"] = now + self.notify.watchdog
             self.notify.send("WATCHDOG=1")
         if nxt["alerts"] is not None and now >= nxt["alerts"]:
-            nxt["alerts"] = now + self.settings["email_interval"]
-            failures = self._guard("alerts", self.storage.take_failures,
-                                   time.time() - _ALERT_MARGIN, default=[])
-            if failures:
-                threading.Thread(target=_send_failure_mail, name="litequeue-mail", daemon=True,
-                                 args=(self.settings, failures, self.hostname)).start()
+            nxt["alerts"] = self._guard("alerts", self.mailer.step, now,
+                                        default=now + self.settings["email_interval"])
         if now >= nxt["rescue"]:
             nxt["rescue"] = now + _RESCUE_INTERVAL
             self._guard("rescue", self._rescue_dead_workers)
