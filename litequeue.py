@@ -2641,22 +2641,24 @@ class _Storage:
             conn.execute(_SQL_ACTIVATE_BODY, {"id": body, "now": now,
                                               "input": _msgpack_array([r for _, r in slots])})
             follow.woken += conn.changes()
+            conn.execute(_SQL_CHORD_FIRED, (chord_id,))
+            conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
         else:
-            error = _encode_error(_dependency_error(task_id, state, result))
-            conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
-            if conn.changes():
-                follow.ended.append(body)
-                work.append((body, FAILURE, error, None))
-        conn.execute(_SQL_CHORD_FIRED, (chord_id,))
-        conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
+            self._fail_chord(conn, chord_id, body, _dependency_error(task_id, state, result),
+                             now, follow, work)
 
     def _set_chord_aside(self, conn, chord_id, body, reason, now, follow, work):
         """A chord whose row litequeue cannot trust: its body (and the chain after it)
         ends FAILURE with the reason, and the chord counts as fired, so no later member
         reads the row again. The member being settled keeps its own outcome."""
         logger.error("%s; its body fails and the chord is set aside", reason)
-        error = _encode_error(ValueError(reason))
+        self._fail_chord(conn, chord_id, body, ValueError(reason), now, follow, work)
+
+    @staticmethod
+    def _fail_chord(conn, chord_id, body, exc, now, follow, work):
+        """The chord's body (if it names one) ends FAILURE with exc; the chord is fired."""
         if isinstance(body, str):
+            error = _encode_error(exc)
             conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
             if conn.changes():
                 follow.ended.append(body)
