@@ -240,6 +240,11 @@ class CorruptResult(DatabaseError):
     """A stored result or error history cannot be decoded."""
 
 
+class BadText(DatabaseError):
+    """A row holds text that is not UTF-8 (another client wrote it), and this process
+    could not repair it (a read-only user, say)."""
+
+
 class SerializationError(LitequeueError, TypeError):
     """Task arguments or a result cannot be encoded as msgpack."""
 
@@ -1887,6 +1892,29 @@ _SQL_QUARANTINE_ETA = f"""
     WHERE seq IN ({_SQL_BAD_ETA_SEQS})
     RETURNING id, name
 """
+# Text that is not UTF-8 (any client can store it; apsw cannot read it back). Both read
+# every row of a table: they run only after a read met such text (_Storage.repair_text).
+# lq_bad_text and lq_fix_text are this process's own functions (_Storage.__init__).
+_SQL_TABLES = """
+    SELECT name, sql LIKE '%WITHOUT ROWID%' FROM sqlite_schema
+    WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name
+"""
+_SQL_BAD_TEXT = """
+    SELECT {key} FROM "{table}"
+    WHERE typeof("{column}") = 'text' AND lq_bad_text(CAST("{column}" AS BLOB))
+"""
+_SQL_FIX_TEXT = """
+    UPDATE "{table}" SET "{column}" = lq_fix_text(CAST("{column}" AS BLOB), :suffix)
+    WHERE {key} = :key AND typeof("{column}") = 'text'
+"""
+# Unfinished -> FAILURE: a task row that held text that is not UTF-8.
+_SQL_FAIL_BAD_TEXT = """
+    UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
+    WHERE seq = :seq AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
+    RETURNING id
+"""
+_SQL_DISABLE_BAD_TEXT = "UPDATE schedules SET error = :error WHERE rowid = :key"
+_SQL_CHORD_BY_ROWID = "SELECT id, body FROM chords WHERE rowid = :key"
 # (new row) -> PENDING. A fire's task id is derived from (schedule, fire time): a second
 # insert of the same fire is ignored by the UNIQUE id.
 _SQL_INSERT_FIRE = f"""
@@ -2155,6 +2183,47 @@ def _bad_chord_slot(chord_id, index, result):
     return f"chord row {chord_id}: slot {index!r} has result {result!r:.60}, not msgpack bytes"
 
 
+def _bad_utf8(data):
+    """1 if bytes are not UTF-8 (SQL: lq_bad_text(CAST(x AS BLOB)))."""
+    if not isinstance(data, bytes) or data.isascii():
+        return 0
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return 1
+    return 0
+
+
+def _fixed_utf8(data, suffix):
+    """Text that is not UTF-8, made readable: each bad byte as a \\xNN escape (SQL:
+    lq_fix_text); suffix keeps a repaired key unique if the escaped text is taken."""
+    return data.decode(errors="backslashreplace") + (suffix or "")
+
+
+def _text_guarded(method):
+    """A _Storage method that, when a read meets text that is not UTF-8, repairs the
+    file's text (repair_text) and runs once more. Inside a transaction the error goes up
+    to the method that began it, which rolls back first."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except UnicodeDecodeError:
+            if self.conn.in_transaction:
+                raise
+        # Out of the except block: its traceback held the failed statement, still in
+        # progress, and no commit can happen while it is.
+        self.repair_text(time.time())
+        try:
+            return method(self, *args, **kwargs)
+        except UnicodeDecodeError as exc:
+            if self.conn.in_transaction:
+                raise
+            raise BadText(f"{self.path}: a row holds text that is not UTF-8 and it could not "
+                          f"be repaired ({exc.reason} at byte {exc.start})") from None
+    return guarded
+
+
 class _Storage:
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
@@ -2173,6 +2242,8 @@ class _Storage:
         self.busy_timeout = busy_timeout
         self._busy_wait = self._stepped_wait(busy_steps, busy_timeout)
         self._set_busy_handler()
+        self.conn.create_scalar_function("lq_bad_text", _bad_utf8, 1, deterministic=True)
+        self.conn.create_scalar_function("lq_fix_text", _fixed_utf8, 2, deterministic=True)
         # With STAT4 compiled in, SQLite re-plans a statement whenever a bound value might
         # change the plan; the stable plan keeps the claim statement prepared (37% faster).
         self.conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
@@ -2726,6 +2797,82 @@ class _Storage:
         self.follow_ups = follow
         return failed, disabled
 
+    def repair_text(self, now):
+        """Find every value that is text but not UTF-8, in every table and column (read
+        from the schema), and make it readable: each bad byte becomes a \\xNN escape. An
+        unfinished task holding one ends FAILURE saying which column (its followers as
+        for any failure), a schedule is disabled, a chord's body fails. Finding them reads
+        every row, without the write lock; the repair is one short transaction. Returns
+        the number of values repaired; BadText if this process may not write."""
+        bad = []                                          # (table, key column, key, column)
+        for table, no_rowid in self.conn.execute(_SQL_TABLES).fetchall():
+            if not re.fullmatch(r"[a-z_]+", table):
+                continue          # not a table of litequeue's: nothing here reads it
+            columns = [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')
+                       if re.fullmatch(r"[a-z_0-9]+", row[1])]
+            key = None if no_rowid else "rowid"
+            for column in columns:
+                if key is None:
+                    found = self.conn.execute(_SQL_BAD_TEXT.format(
+                        key="1", table=table, column=column)).fetchall()
+                    if found:
+                        bad.append((table, None, None, column))
+                    continue
+                for (rowid,) in self.conn.execute(_SQL_BAD_TEXT.format(
+                        key=key, table=table, column=column)).fetchall():
+                    bad.append((table, key, rowid, column))
+        if not bad:
+            return 0
+        follow = _FollowUps()
+        try:
+            with self.write() as conn:
+                for table, key, rowid, column in bad:      # every value readable first
+                    self._fix_text(conn, table, key, rowid, column)
+                for table, key, rowid, column in bad:      # then what follows from each
+                    self._after_bad_text(conn, table, rowid, column, now, follow)
+        except apsw.ReadOnlyError:
+            raise BadText(f"{self.path}: {len(bad)} value(s) hold text that is not UTF-8, "
+                          "and this process may not repair them: run any litequeue "
+                          "command as the file's owner") from None
+        self.follow_ups = follow
+        logger.error("%s: repaired %d text value(s) that were not UTF-8 (written by another "
+                     "client): %s", self.path, len(bad), ", ".join(sorted(
+                         {f"{table}.{column}" for table, _, _, column in bad})))
+        return len(bad)
+
+    def _after_bad_text(self, conn, table, rowid, column, now, follow):
+        """What the owner of a repaired value must know of it: an unfinished task ends
+        FAILURE, a schedule is disabled, a chord's body fails; other rows keep going."""
+        reason = (f"its {column} column held text that is not UTF-8 (another client wrote "
+                  "it); the text was repaired with \\x escapes")
+        if table == "tasks":
+            error = _encode_error(ValueError(f"invalid task row: {reason}"))
+            failed = conn.execute(_SQL_FAIL_BAD_TEXT, {"seq": rowid, "result": error,
+                                                       "now": now}).fetchall()
+            self._settle(conn, [(task_id, FAILURE, error, None) for (task_id,) in failed
+                                if isinstance(task_id, str)], now, follow)
+        elif table == "schedules":
+            conn.execute(_SQL_DISABLE_BAD_TEXT, {"key": rowid, "error": reason})
+        elif table == "chords":
+            chord = conn.execute(_SQL_CHORD_BY_ROWID, {"key": rowid}).fetchall()
+            if chord and isinstance(chord[0][0], str):
+                self._set_chord_aside(conn, chord[0][0], chord[0][1],
+                                      f"chord row {chord[0][0]}: {reason}", now, follow, [])
+
+    @staticmethod
+    def _fix_text(conn, table, key, rowid, column):
+        # A table without rowid (counters, paused queues, rate limits) is keyed by its
+        # text: such a row names nothing anyone can ask for, so it goes.
+        if key is None:
+            conn.execute(f'DELETE FROM "{table}" WHERE typeof("{column}") = \'text\' '
+                         f'AND lq_bad_text(CAST("{column}" AS BLOB))')
+            return
+        sql = _SQL_FIX_TEXT.format(table=table, column=column, key=key)
+        try:
+            conn.execute(sql, {"key": rowid, "suffix": None})
+        except apsw.ConstraintError:       # the escaped text is another row's key
+            conn.execute(sql, {"key": rowid, "suffix": f"#{secrets.token_hex(4)}"})
+
 
     def register_worker(self, row):
         with self.write() as conn:
@@ -3066,6 +3213,16 @@ class _Storage:
 
     def counts(self):
         return self.conn.execute(_SQL_COUNTS).fetchall()
+
+
+# Every statement a _Storage method runs may read text another client wrote: each public
+# method repairs text that is not UTF-8 and runs again (_text_guarded), so that no caller
+# anywhere meets a raw decode error.
+for _name, _member in list(vars(_Storage).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member) and \
+            _name not in ("write", "close", "repair_text"):
+        setattr(_Storage, _name, _text_guarded(_member))
+del _name, _member
 
 
 # ---------------------------------------------------------------------------
