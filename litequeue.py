@@ -136,7 +136,6 @@ import marshal
 import math
 import mmap
 import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import queue
@@ -3554,8 +3553,25 @@ class _Doorbell:
                 self._sock.close()
 
 
+def _wait_readable(waitables, timeout=None):
+    """The waitables (descriptors, or objects with fileno()) that are readable, or whose
+    other end has gone, after waiting up to timeout seconds (None: for ever) for one; each
+    comes back as it was given. poll(), not select(): select() refuses a descriptor above
+    1,023, and any process with many files open (a web server) has those."""
+    poller = select.poll()
+    given = {}
+    for waitable in waitables:
+        fd = waitable if isinstance(waitable, int) else waitable.fileno()
+        given.setdefault(fd, []).append(waitable)
+        poller.register(fd, select.POLLIN)
+    # poll() counts milliseconds and rounds a fraction up; a negative time is no limit.
+    ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
+    return [waitable for fd, _ in ready for waitable in given[fd]]
+
+
 class _Sleeper:
-    """A datagram socket that doorbells ring; select() on it to sleep until work comes."""
+    """A datagram socket that doorbells ring; _wait_readable() on it to sleep until work
+    comes."""
 
     def __init__(self, side, kind, name):
         self.dir_fd = side.open(kind)
@@ -4754,7 +4770,7 @@ class AsyncResult:
                     time.sleep(wait)
                     rang = False
                 else:
-                    rang = bool(select.select([sleeper], [], [], wait)[0])
+                    rang = bool(_wait_readable([sleeper], wait))
                 sleeper, wait = waiting.send(rang)
         except StopIteration as done:
             return self._ended(done.value, propagate)
@@ -7087,11 +7103,11 @@ class _ThreadRunner:
 
 class _Mailbox:
     """The ends of tasks run off the main thread, put by the runners' threads and taken by
-    the child's main thread, which sleeps in select() on fileno().
+    the child's main thread, which sleeps in _wait_readable() on fileno().
 
     One lock makes the list and the pipe one state: the pipe holds exactly one byte while
     the list holds anything, and none while it is empty. So a wake-up is never lost (an
-    end put while the main thread takes the others leaves its byte), and select() never
+    end put while the main thread takes the others leaves its byte), and a wait never
     finds the pipe readable with nothing to take, which would keep an idle worker
     spinning. The pipe never holds more than a byte, so a put never blocks."""
 
@@ -7641,7 +7657,7 @@ class _Child:
         waitables = [self.done, self.sig_r, self.sleeper]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
-        ready = select.select(waitables, [], [], self._flush_idle_stats(timeout))[0]
+        ready = _wait_readable(waitables, self._flush_idle_stats(timeout))
         if self.sig_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.sig_r, 64)
@@ -7757,7 +7773,7 @@ class _Child:
         """True once the supervisor has died (its sentinel is ready)."""
         if self.parent_sentinel is None:
             return False
-        return bool(select.select([self.parent_sentinel], [], [], 0)[0])
+        return bool(_wait_readable([self.parent_sentinel], 0))
 
     def _commit(self, outcomes, want, release=()):
         """Record outcomes, hand back `release`, and claim up to `want` rows from the
@@ -7878,7 +7894,7 @@ class _Child:
             wait = self._flush_idle_stats(poll)
             if start_at is not None:
                 wait = max(0.0, min(wait, start_at - time.time()))
-            ready = select.select(waitables, [], [], wait)[0]
+            ready = _wait_readable(waitables, wait)
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.sig_r, 64)
@@ -8620,10 +8636,10 @@ class _Supervisor:
         waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
         eta_first = due_at is not None and due_at - time.time() <= timeout + _ETA_FINE_WAIT
         if eta_first:
-            # wait() rounds its timeout up to a whole millisecond: stop short of the
-            # ETA and sleep the rest, which is precise to some microseconds.
+            # _wait_readable() rounds its timeout up to a whole millisecond: stop short
+            # of the ETA and sleep the rest, which is precise to some microseconds.
             timeout = max(0.0, timeout - _ETA_FINE_WAIT)
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = _wait_readable(waitables, timeout)
         if eta_first and not ready:
             time.sleep(max(0.0, min(due_at - time.time(), _ETA_FINE_WAIT)))
         return ready
