@@ -2039,15 +2039,35 @@ _SQL_MARK_MAILED = "UPDATE alerts SET cursor = :until WHERE id = 1 AND cursor < 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+# What a database path may name instead of a regular file, in words.
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_odd_file(path, mode):
+    """CorruptDatabase unless mode is a regular file's: SQLite would block on a FIFO, and
+    put a journal beside a device."""
+    if not stat.S_ISREG(mode):
+        kind = next((words for test, words in _FILE_KINDS if test(mode)), "not a file")
+        raise CorruptDatabase(f"{path} is {kind}, not a regular file: it cannot be a "
+                              f"database")
+
+
 def _check_header(path):
-    """Refuse a file that is not SQLite before SQLite gets a chance to touch it."""
+    """Refuse anything but a regular file that is SQLite (or nothing: SQLite creates it)
+    before SQLite gets a chance to touch it. Nothing blocks: the kind of file is checked
+    before it is opened, and it is opened without waiting for a FIFO's writer."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
+        _refuse_odd_file(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    except IsADirectoryError:
-        raise CorruptDatabase(f"{path} is a directory, not a database file") from None
+    try:
+        _refuse_odd_file(path, os.fstat(fd).st_mode)    # swapped since the stat
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
     if head and (len(head) < 100 or not head.startswith(_SQLITE_HEADER)):
         raise CorruptDatabase(f"{path} is not a SQLite database (bad header)")
 
