@@ -3836,7 +3836,14 @@ class _WorkerLock:
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held_locks[worker_id] = self.fd
         self.entries = _NO_ENTRIES      # packed: the tasks running off the main thread
-        self.executing(0)
+        try:
+            self.executing(0)
+        except OSError as exc:
+            self.release()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):     # the caller waits it out
+                raise DiskFull(f"the disk holding {side.path} is full: the lock file of "
+                               f"worker {worker_id} cannot be written") from None
+            raise
 
     def executing(self, seq, deadline=0.0, begun=()):
         """Record the row the main thread runs (0: none), the rows begun but not
@@ -7339,7 +7346,8 @@ class _Child:
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
-        self.lock = _WorkerLock(side, self.worker_id)
+        self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
+                                 "creating the lock file again")
         self.revocations = _RevokeCounter(side)
         self.revocations_seen = self.revocations.value()     # read before the first claim
         self.tasks_done = 0
@@ -8497,7 +8505,8 @@ class _Supervisor:
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
                                 busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER)
-        self.lock = _WorkerLock(self.side, self.worker_id)
+        self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
+                                 "creating the lock file again")
         self.locks = self.lock.locks
         self.work_bell = _Doorbell(self.side, "work")
         self.done_bell = _Doorbell(self.side, "done", keep=False)
