@@ -136,7 +136,6 @@ import marshal
 import math
 import mmap
 import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import queue
@@ -2040,15 +2039,35 @@ _SQL_MARK_MAILED = "UPDATE alerts SET cursor = :until WHERE id = 1 AND cursor < 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+# What a database path may name instead of a regular file, in words.
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_odd_file(path, mode):
+    """CorruptDatabase unless mode is a regular file's: SQLite would block on a FIFO, and
+    put a journal beside a device."""
+    if not stat.S_ISREG(mode):
+        kind = next((words for test, words in _FILE_KINDS if test(mode)), "not a file")
+        raise CorruptDatabase(f"{path} is {kind}, not a regular file: it cannot be a "
+                              f"database")
+
+
 def _check_header(path):
-    """Refuse a file that is not SQLite before SQLite gets a chance to touch it."""
+    """Refuse anything but a regular file that is SQLite (or nothing: SQLite creates it)
+    before SQLite gets a chance to touch it. Nothing blocks: the kind of file is checked
+    before it is opened, and it is opened without waiting for a FIFO's writer."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(100)
+        _refuse_odd_file(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    except IsADirectoryError:
-        raise CorruptDatabase(f"{path} is a directory, not a database file") from None
+    try:
+        _refuse_odd_file(path, os.fstat(fd).st_mode)    # swapped since the stat
+        head = os.pread(fd, 100, 0)
+    finally:
+        os.close(fd)
     if head and (len(head) < 100 or not head.startswith(_SQLITE_HEADER)):
         raise CorruptDatabase(f"{path} is not a SQLite database (bad header)")
 
@@ -3554,8 +3573,25 @@ class _Doorbell:
                 self._sock.close()
 
 
+def _wait_readable(waitables, timeout=None):
+    """The waitables (descriptors, or objects with fileno()) that are readable, or whose
+    other end has gone, after waiting up to timeout seconds (None: for ever) for one; each
+    comes back as it was given. poll(), not select(): select() refuses a descriptor above
+    1,023, and any process with many files open (a web server) has those."""
+    poller = select.poll()
+    given = {}
+    for waitable in waitables:
+        fd = waitable if isinstance(waitable, int) else waitable.fileno()
+        given.setdefault(fd, []).append(waitable)
+        poller.register(fd, select.POLLIN)
+    # poll() counts milliseconds and rounds a fraction up; a negative time is no limit.
+    ready = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
+    return [waitable for fd, _ in ready for waitable in given[fd]]
+
+
 class _Sleeper:
-    """A datagram socket that doorbells ring; select() on it to sleep until work comes."""
+    """A datagram socket that doorbells ring; _wait_readable() on it to sleep until work
+    comes."""
 
     def __init__(self, side, kind, name):
         self.dir_fd = side.open(kind)
@@ -3800,7 +3836,14 @@ class _WorkerLock:
         fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _held_locks[worker_id] = self.fd
         self.entries = _NO_ENTRIES      # packed: the tasks running off the main thread
-        self.executing(0)
+        try:
+            self.executing(0)
+        except OSError as exc:
+            self.release()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):     # the caller waits it out
+                raise DiskFull(f"the disk holding {side.path} is full: the lock file of "
+                               f"worker {worker_id} cannot be written") from None
+            raise
 
     def executing(self, seq, deadline=0.0, begun=()):
         """Record the row the main thread runs (0: none), the rows begun but not
@@ -4754,7 +4797,7 @@ class AsyncResult:
                     time.sleep(wait)
                     rang = False
                 else:
-                    rang = bool(select.select([sleeper], [], [], wait)[0])
+                    rang = bool(_wait_readable([sleeper], wait))
                 sleeper, wait = waiting.send(rang)
         except StopIteration as done:
             return self._ended(done.value, propagate)
@@ -7087,11 +7130,11 @@ class _ThreadRunner:
 
 class _Mailbox:
     """The ends of tasks run off the main thread, put by the runners' threads and taken by
-    the child's main thread, which sleeps in select() on fileno().
+    the child's main thread, which sleeps in _wait_readable() on fileno().
 
     One lock makes the list and the pipe one state: the pipe holds exactly one byte while
     the list holds anything, and none while it is empty. So a wake-up is never lost (an
-    end put while the main thread takes the others leaves its byte), and select() never
+    end put while the main thread takes the others leaves its byte), and a wait never
     finds the pipe readable with nothing to take, which would keep an idle worker
     spinning. The pipe never holds more than a byte, so a put never blocks."""
 
@@ -7303,7 +7346,8 @@ class _Child:
         self.default_max_retries = conf["task_max_retries"]
         self.poll_max = spec["poll_interval"]
         self.prefetch = max(1, int(conf["worker_prefetch"]))
-        self.lock = _WorkerLock(side, self.worker_id)
+        self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
+                                 "creating the lock file again")
         self.revocations = _RevokeCounter(side)
         self.revocations_seen = self.revocations.value()     # read before the first claim
         self.tasks_done = 0
@@ -7641,7 +7685,7 @@ class _Child:
         waitables = [self.done, self.sig_r, self.sleeper]
         if self.parent_sentinel is not None:
             waitables.append(self.parent_sentinel)
-        ready = select.select(waitables, [], [], self._flush_idle_stats(timeout))[0]
+        ready = _wait_readable(waitables, self._flush_idle_stats(timeout))
         if self.sig_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.sig_r, 64)
@@ -7757,7 +7801,7 @@ class _Child:
         """True once the supervisor has died (its sentinel is ready)."""
         if self.parent_sentinel is None:
             return False
-        return bool(select.select([self.parent_sentinel], [], [], 0)[0])
+        return bool(_wait_readable([self.parent_sentinel], 0))
 
     def _commit(self, outcomes, want, release=()):
         """Record outcomes, hand back `release`, and claim up to `want` rows from the
@@ -7878,7 +7922,7 @@ class _Child:
             wait = self._flush_idle_stats(poll)
             if start_at is not None:
                 wait = max(0.0, min(wait, start_at - time.time()))
-            ready = select.select(waitables, [], [], wait)[0]
+            ready = _wait_readable(waitables, wait)
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.sig_r, 64)
@@ -8461,7 +8505,8 @@ class _Supervisor:
         self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
                                 busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER)
-        self.lock = _WorkerLock(self.side, self.worker_id)
+        self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
+                                 "creating the lock file again")
         self.locks = self.lock.locks
         self.work_bell = _Doorbell(self.side, "work")
         self.done_bell = _Doorbell(self.side, "done", keep=False)
@@ -8620,10 +8665,10 @@ class _Supervisor:
         waitables = list(self.children) + [sig_r, self.sched_sleeper.fileno()]
         eta_first = due_at is not None and due_at - time.time() <= timeout + _ETA_FINE_WAIT
         if eta_first:
-            # wait() rounds its timeout up to a whole millisecond: stop short of the
-            # ETA and sleep the rest, which is precise to some microseconds.
+            # _wait_readable() rounds its timeout up to a whole millisecond: stop short
+            # of the ETA and sleep the rest, which is precise to some microseconds.
             timeout = max(0.0, timeout - _ETA_FINE_WAIT)
-        ready = multiprocessing.connection.wait(waitables, timeout)
+        ready = _wait_readable(waitables, timeout)
         if eta_first and not ready:
             time.sleep(max(0.0, min(due_at - time.time(), _ETA_FINE_WAIT)))
         return ready
