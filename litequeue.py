@@ -968,6 +968,44 @@ def _clipped(text, limit):
         f"{text[-(limit - head):]}"
 
 
+def _clipped_log_arg(value):
+    """One argument of a log line, at most _LOG_REPR_MAX characters on a line: a name or
+    an id (a foreign client's row may hold 10 MB) cut with "...", a traceback (many
+    lines) kept at its start and end. Other values as they are (%d needs a number)."""
+    if isinstance(value, BaseException):
+        value = _saferepr(value, _LOG_TRACEBACK_MAX)
+    if not isinstance(value, str) or len(value) <= _LOG_REPR_MAX:
+        return value
+    if "\n" in value:
+        return _clipped("\n".join(map(_clipped_log_arg, value.split("\n"))),
+                        _LOG_TRACEBACK_MAX)
+    return _cut(value, _LOG_REPR_MAX)
+
+
+def _cut(text, limit):
+    """Text of at most about limit characters: its start, and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _clip_log_record(record):
+    """The litequeue logger's filter: every log line, whatever wrote it, is clipped here
+    (its message, its arguments and its traceback), so that no value a row holds can
+    make a 20 MB log line. Always lets the record through."""
+    if not record.args and isinstance(record.msg, str) and len(record.msg) > _LOG_REPR_MAX:
+        record.msg = _clipped_log_arg(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(map(_clipped_log_arg, record.args))
+    elif isinstance(record.args, dict):
+        record.args = {k: _clipped_log_arg(v) for k, v in record.args.items()}
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _clipped_log_arg(
+            logging.Formatter().formatException(record.exc_info))
+    return True
+
+
+logger.addFilter(_clip_log_record)
+
+
 def _one_line(text, limit):
     """Text for a mail header: one line of at most limit characters, every control
     character (CR, LF, tab, U+2028...) escaped as its repr, so that no text of a task
@@ -9148,7 +9186,7 @@ def _health_checks(app, max_wait=300.0, now=None, counts=None):
     checks.append(_check("queues served", not unserved, len(unserved), 0,
                          "every queue with waiting tasks has a live worker" if not unserved
                          else "waiting tasks in queue(s) no live worker serves: "
-                         + ", ".join(unserved)))
+                         + ", ".join(map(_shown, unserved))))
     oldest_age = max((now - t for t in oldest.values()), default=0.0)
     checks.append(_check("oldest waiting", oldest_age <= max_wait, round(oldest_age, 3),
                          max_wait, f"the oldest waiting task waited {oldest_age:.1f} s"))
@@ -10317,10 +10355,12 @@ def tasks_command(db, state, queue, name, limit, as_json):
                       f" (the built-in states are {', '.join(_STATES)})"), err=True)
     for t in rows[:limit]:
         if as_json:
-            click.echo(json.dumps(t))
+            click.echo(json.dumps({k: _cut(v, _LOG_REPR_MAX) if isinstance(v, str) else v
+                                   for k, v in t.items()}))
         else:
             when = _from_unix(t["created"])
-            click.echo(_printable(f"{t['id']}  {t['state']:<9} {t['name']}  "
+            click.echo(_printable(f"{_shown(t['id'])}  {_shown(t['state']):<9} "
+                                  f"{_shown(t['name'])}  "
                                   f"{when.isoformat(timespec='seconds') if when else '?'}"))
 
 
