@@ -100,8 +100,8 @@ __all__ = [
     "Signature", "signature", "subtask", "chain", "chord", "ChordError", "signals",
     "shared_task", "EagerResult",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
-    "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "SideDirectoryError",
-    "CorruptResult", "SerializationError",
+    "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "ReadOnlyDatabase",
+    "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
     "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded",
@@ -202,6 +202,11 @@ class ConfigurationError(LitequeueError, ValueError):
     """A setting, schedule, time zone or option is invalid."""
 
 
+class WrongType(ConfigurationError, TypeError):
+    """An argument or option has the wrong type (a queue that is not text, say). Also a
+    TypeError, as Python's own check would raise."""
+
+
 class _BrokenModule(ConfigurationError):
     """A task or config module raised while it was imported (a SyntaxError, an error at
     its top level). The CLI prints its one line and exits 2."""
@@ -229,6 +234,10 @@ class DatabaseBusy(DatabaseError):
 
 class DiskFull(DatabaseError):
     """The disk holding the database is full: the write did not happen."""
+
+
+class ReadOnlyDatabase(DatabaseError):
+    """This process may not write the database file or its directory."""
 
 
 class SideDirectoryError(DatabaseError):
@@ -773,8 +782,19 @@ def _unpack_stored(blob, what, task_id):
     try:
         return _unpack(blob)
     except Exception as exc:
-        raise CorruptResult(f"the stored {what} of task {task_id} cannot be decoded: "
-                            f"{exc}") from None
+        raise CorruptResult(f"the stored {what} of task {_shown(task_id, 100)} cannot be "
+                            f"decoded: {_decode_problem(blob, exc)}; another client wrote "
+                            "it, or the file is damaged (`PRAGMA integrity_check` tells)") \
+            from None
+
+
+def _decode_problem(blob, exc):
+    """Why a stored value is not msgpack, never empty (msgpack's FormatError says
+    nothing): the exception's type, its message, and what the value is."""
+    message = str(exc)
+    what = f"{len(blob)} bytes starting {bytes(blob[:8]).hex() or '(none)'}" \
+        if isinstance(blob, (bytes, bytearray)) else f"a {type(blob).__name__}, not bytes"
+    return f"{type(exc).__name__}{': ' + _saferepr(message, 200) if message else ''} ({what})"
 
 
 def _encode_error(exc):
@@ -864,17 +884,37 @@ def _app_path(path, module_file):
 _INT64 = 2**63
 
 
-def _checked_text(what, value):
-    """A task id or queue name: non-empty text (a UUID is taken as its text)."""
-    if value.__class__ is str and value and "\x00" not in value:
+# Longest task name, task id and queue name a producer may give. AMQP carries a queue name
+# (and Celery's routing key and task id) as a short string, at most 255 bytes: a name that
+# works with Celery works here, and no name is long enough to flood a log line or a terminal.
+_NAME_MAX = 255
+_ID_MAX = 255
+_QUEUE_MAX = 255
+# Longest unique_key: a key built from arguments (a URL, a path) may be longer than a name,
+# but it is stored in an index and shown in errors, so it has a bound too.
+_UNIQUE_KEY_MAX = 1024
+
+
+def _checked_text(what, value, limit):
+    """A task name, task id or queue name: non-empty text (a UUID is taken as its text)
+    of at most limit characters, or the error that says what is wanted."""
+    if value.__class__ is str and value and len(value) <= limit and "\x00" not in value:
         return value                                # the usual case, on the hot path
     if isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+        raise WrongType(f"{what} must be a string, not {type(value).__name__}")
     if not value or "\x00" in value:
         raise ConfigurationError(f"{what} must be non-empty text without NUL characters")
+    if len(value) > limit:
+        raise ConfigurationError(f"{what} is {len(value)} characters long; the limit is "
+                                 f"{limit} (as AMQP's short strings): {value[:40]!r}...")
     return value
+
+
+def _checked_name(name):
+    """A task name as a producer gives it (see _checked_text)."""
+    return _checked_text("task name", name, _NAME_MAX)
 
 
 def _checked_priority(value):
@@ -925,6 +965,44 @@ def _clipped(text, limit):
     head = limit // 4
     return f"{text[:head]}\n... ({len(text) - limit} characters left out) ...\n" \
         f"{text[-(limit - head):]}"
+
+
+def _clipped_log_arg(value):
+    """One argument of a log line, at most _LOG_REPR_MAX characters on a line: a name or
+    an id (a foreign client's row may hold 10 MB) cut with "...", a traceback (many
+    lines) kept at its start and end. Other values as they are (%d needs a number)."""
+    if isinstance(value, BaseException):
+        value = _saferepr(value, _LOG_TRACEBACK_MAX)
+    if not isinstance(value, str) or len(value) <= _LOG_REPR_MAX:
+        return value
+    if "\n" in value:
+        return _clipped("\n".join(map(_clipped_log_arg, value.split("\n"))),
+                        _LOG_TRACEBACK_MAX)
+    return _cut(value, _LOG_REPR_MAX)
+
+
+def _cut(text, limit):
+    """Text of at most about limit characters: its start, and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _clip_log_record(record):
+    """The litequeue logger's filter: every log line, whatever wrote it, is clipped here
+    (its message, its arguments and its traceback), so that no value a row holds can
+    make a 20 MB log line. Always lets the record through."""
+    if not record.args and isinstance(record.msg, str) and len(record.msg) > _LOG_REPR_MAX:
+        record.msg = _clipped_log_arg(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(map(_clipped_log_arg, record.args))
+    elif isinstance(record.args, dict):
+        record.args = {k: _clipped_log_arg(v) for k, v in record.args.items()}
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _clipped_log_arg(
+            logging.Formatter().formatException(record.exc_info))
+    return True
+
+
+logger.addFilter(_clip_log_record)
 
 
 def _one_line(text, limit):
@@ -2219,27 +2297,34 @@ def _fixed_utf8(data, suffix):
     return data.decode(errors="backslashreplace") + (suffix or "")
 
 
-def _text_guarded(method):
-    """A _Storage method that, when a read meets text that is not UTF-8, repairs the
-    file's text (repair_text) and runs once more. Inside a transaction the error goes up
-    to the method that began it, which rolls back first."""
+def _guarded(method):
+    """A _Storage method whose apsw errors a user can meet become LitequeueErrors that
+    say what to do (a read-only file, a file SQLite cannot open), and that, when a read
+    meets text that is not UTF-8, repairs the file's text (repair_text) and runs once
+    more. Inside a transaction a decode error goes up to the method that began it, which
+    rolls back first."""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
-        except UnicodeDecodeError:
-            if self.conn.in_transaction:
-                raise
-        # Out of the except block: its traceback held the failed statement, still in
-        # progress, and no commit can happen while it is.
-        self.repair_text(time.time())
-        try:
-            return method(self, *args, **kwargs)
-        except UnicodeDecodeError as exc:
-            if self.conn.in_transaction:
-                raise
-            raise BadText(f"{self.path}: a row holds text that is not UTF-8 and it could not "
-                          f"be repaired ({exc.reason} at byte {exc.start})") from None
+            try:
+                return method(self, *args, **kwargs)
+            except UnicodeDecodeError:
+                if self.conn.in_transaction:
+                    raise
+            # Out of the except block: its traceback held the failed statement, still in
+            # progress, and no commit can happen while it is.
+            self.repair_text(time.time())
+            try:
+                return method(self, *args, **kwargs)
+            except UnicodeDecodeError as exc:
+                if self.conn.in_transaction:
+                    raise
+                raise BadText(f"{self.path}: a row holds text that is not UTF-8 and it could "
+                              f"not be repaired ({exc.reason} at byte {exc.start})") from None
+        except apsw.ReadOnlyError:
+            raise self._read_only() from None
+        except apsw.CantOpenError as exc:
+            raise self._cant_open(exc) from None
     return guarded
 
 
@@ -2248,14 +2333,17 @@ class _Storage:
 
     def __init__(self, path, *, synchronous="NORMAL", busy_timeout=30.0,
                  autocheckpoint=1000, create=True, busy_steps=_BUSY_STEPS_PRODUCER,
-                 on_wal_growth=None):
+                 on_wal_growth=None, read_only=False):
         self.path = path
-        self.create = create
-        if not create and not os.path.exists(path):
+        self.create = create and not read_only
+        if not self.create and not os.path.exists(path):
             raise DatabaseError(f"no database at {path}")
         _check_header(path)
         try:
-            self.conn = apsw.Connection(path)
+            self.conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY if read_only
+                                        else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        except apsw.CantOpenError as exc:
+            raise self._cant_open(exc) from None
         except apsw.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}") from None
         self.busy_timeout = busy_timeout
@@ -2285,7 +2373,10 @@ class _Storage:
             raise CorruptDatabase(f"{path} is corrupt: {exc}") from None
         except apsw.CantOpenError as exc:
             self.conn.close()
-            raise DatabaseError(f"cannot open {path}: {exc}") from None
+            raise self._cant_open(exc) from None
+        except apsw.ReadOnlyError:
+            self.conn.close()
+            raise self._read_only() from None
         except apsw.FullError:
             self.conn.close()
             raise self._disk_full() from None
@@ -2396,6 +2487,35 @@ class _Storage:
 
     def _disk_full(self):
         return DiskFull(f"the disk holding {self.path} is full: nothing was written")
+
+    def _read_only(self):
+        return ReadOnlyDatabase(
+            f"{self.path} is read-only for this process: nothing was written. Queueing, "
+            f"revoking and reading results need write access to the file and to its "
+            f"directory {os.path.dirname(self.path) or '.'} (SQLite writes its -wal and -shm "
+            f"files there): run as the file's owner, or fix the permissions")
+
+    # SQLite's files beside the database, and what each is for (in _cant_open's message).
+    _COMPANIONS = (("-wal", "WAL file"), ("-shm", "WAL index (shared-memory) file"),
+                   ("-journal", "rollback journal"))
+
+    def _cant_open(self, exc):
+        """The error for SQLite's "unable to open database file": the companion file that
+        is a link (SQLite refuses to follow one, so a planted link cannot redirect the
+        writes), else what this process may lack."""
+        for suffix, role in self._COMPANIONS:
+            companion = self.path + suffix
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.lstat(companion).st_mode):
+                    return DatabaseError(
+                        f"{companion} is a link where litequeue expects its {role}: SQLite "
+                        f"does not follow links there, so nothing can be read or written. "
+                        f"Remove the link (and find out who planted it); SQLite creates "
+                        f"the file itself")
+        return DatabaseError(
+            f"cannot open {self.path}: {exc}. Check that this process may read and write "
+            f"the file and create files in {os.path.dirname(self.path) or '.'} (SQLite keeps "
+            f"its -wal and -shm files there)")
 
     def close(self):
         self.conn.close()
@@ -3234,13 +3354,14 @@ class _Storage:
         return self.conn.execute(_SQL_COUNTS).fetchall()
 
 
-# Every statement a _Storage method runs may read text another client wrote: each public
-# method repairs text that is not UTF-8 and runs again (_text_guarded), so that no caller
-# anywhere meets a raw decode error.
+# Every statement a _Storage method runs may read text another client wrote, or meet a
+# file this process may not write: each public method repairs text that is not UTF-8 and
+# runs again, and translates apsw's errors (_guarded), so that no caller anywhere meets a
+# raw decode error or apsw error.
 for _name, _member in list(vars(_Storage).items()):
     if not _name.startswith("_") and inspect.isfunction(_member) and \
             _name not in ("write", "close", "repair_text"):
-        setattr(_Storage, _name, _text_guarded(_member))
+        setattr(_Storage, _name, _guarded(_member))
 del _name, _member
 
 
@@ -3953,10 +4074,11 @@ def _history(blob):
         history = _unpack(blob)
         if isinstance(history, list):
             return history
-    except Exception:
-        pass
+        reason = f"it is a {type(history).__name__}, not a list"
+    except Exception as exc:
+        reason = _decode_problem(blob, exc)
     return [{"type": "litequeue.CorruptResult", "message": "earlier error history could not "
-             "be decoded", "time": time.time(), "attempt": None}]
+             f"be decoded: {reason}", "time": time.time(), "attempt": None}]
 
 
 def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
@@ -4417,9 +4539,9 @@ class Task:
                            for hook in self._HOOKS)
         self.app = app
         self.fn = fn
-        self.name = name or default_name
+        self.name = _checked_name(name or default_name)
         self.module = module
-        self.queue = None if queue is None else _checked_text("queue", queue)
+        self.queue = None if queue is None else _checked_text("queue", queue, _QUEUE_MAX)
         self.priority = None if priority is None else _checked_priority(priority)
         self.bind = bind
         if max_retries not in (None, _UNSET) and (isinstance(max_retries, bool) or
@@ -4530,7 +4652,7 @@ class Task:
                                      "running task")
             current.report(blob)
             return
-        if not self.app._storage().set_meta(blob, task_id=_checked_text("task_id", task_id)):
+        if not self.app._storage().set_meta(blob, task_id=_checked_text("task_id", task_id, _ID_MAX)):
             raise TaskNotFound(f"no unfinished task with id {task_id!r}")
 
     @property
@@ -5111,10 +5233,11 @@ class Signature(_Canvas):
             task = task.get("task")
         if isinstance(task, Task):
             self.type, self.task, self.app = task, task.name, task.app
-        elif isinstance(task, str) and task:
-            self.type, self.task, self.app = None, task, app
+        elif isinstance(task, str):
+            self.type, self.task, self.app = None, _checked_name(task), app
         else:
-            raise TypeError(f"a signature names a task (a Task or its name), not {task!r}")
+            raise WrongType(f"a signature names a task (a Task or its name), not "
+                            f"{_saferepr(task, 100)}")
         if not isinstance(args, (list, tuple)):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
@@ -5905,8 +6028,10 @@ class LiteQueue:
             "name": name, "task": task_name, "module": module,
             "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
             "payload": payload,
-            "queue": queue or (task.queue if isinstance(task, Task) else None)
-            or self._routed_queue(task_name) or self.conf["task_default_queue"],
+            "queue": _checked_text("queue", queue or (task.queue if isinstance(task, Task)
+                                                      else None)
+                                   or self._routed_queue(task_name)
+                                   or self.conf["task_default_queue"], _QUEUE_MAX),
             "priority": _checked_priority(priority if priority is not None else
                                           (task.priority if isinstance(task, Task) and
                                            task.priority is not None
@@ -5916,6 +6041,7 @@ class LiteQueue:
     def send_task(self, name, args=None, kwargs=None, **options):
         """Queue a task by name, without importing it. The name must be registered with a
         worker or producer of this database."""
+        name = _checked_name(name)
         if options.get("link") is not None or options.get("link_error") is not None:
             link, link_error = options.pop("link", None), options.pop("link_error", None)
             return Signature(name, args or (), kwargs, options, app=self).apply_async(
@@ -6043,14 +6169,15 @@ class LiteQueue:
         if bad_keys:
             raise SerializationError(f"keyword argument names of {name} must be strings, "
                                      f"not {bad_keys[0]!r}")
+        name = _checked_name(name)
         payload = _pack_envelope(name, args, kwargs)
         now = time.time()
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
-        task_id = _new_id() if task_id is None else _checked_text("task_id", task_id)
+        task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
         if queue is None:
             queue = (task.queue if task else None) or self._routed_queue(name) \
                 or self.conf["task_default_queue"]
-        queue = _checked_text("queue", queue)
+        queue = _checked_text("queue", queue, _QUEUE_MAX)
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
@@ -6058,7 +6185,7 @@ class LiteQueue:
         scheduled = eta_at is not None and eta_at > now
         current = getattr(_request, "current", None)     # queued by a running task
         if unique_key is not None:
-            unique_key = f"{name}:{_checked_text('unique_key', unique_key)}"
+            unique_key = f"{name}:{_checked_text('unique_key', unique_key, _UNIQUE_KEY_MAX)}"
         elif task is not None and task.unique:
             # The same arguments make the same key, whatever the order of the kwargs.
             unique_key = f"{name}:" + hashlib.sha256(_pack(
@@ -6266,11 +6393,11 @@ class Admin:
     def pause(self, queue):
         """Pause a queue: no worker claims from it (within a claim) until resume(); its
         tasks wait. True if it was running."""
-        return self.app._storage().pause(_checked_text("queue", queue), time.time())
+        return self.app._storage().pause(_checked_text("queue", queue, _QUEUE_MAX), time.time())
 
     def resume(self, queue):
         """Resume a paused queue; True if it was paused."""
-        resumed = self.app._storage().resume(_checked_text("queue", queue))
+        resumed = self.app._storage().resume(_checked_text("queue", queue, _QUEUE_MAX))
         if resumed:
             self.app._work_bell.ring()
         return resumed
@@ -6606,9 +6733,9 @@ class _Conf(dict):
 
 
 def _unknown_task_message(name, known):
-    close = difflib.get_close_matches(name, list(known), n=3)
+    close = difflib.get_close_matches(name, [n for n in known if len(n) <= _NAME_MAX], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"unknown task {name!r}: no worker or producer of this database has registered "
+    return (f"unknown task {_saferepr(name, 300)}: no worker or producer of this database has registered "
             f"it{hint}")
 
 
@@ -9104,7 +9231,7 @@ def _health_checks(app, max_wait=300.0, now=None, counts=None):
     checks.append(_check("queues served", not unserved, len(unserved), 0,
                          "every queue with waiting tasks has a live worker" if not unserved
                          else "waiting tasks in queue(s) no live worker serves: "
-                         + ", ".join(unserved)))
+                         + ", ".join(map(_shown, unserved))))
     oldest_age = max((now - t for t in oldest.values()), default=0.0)
     checks.append(_check("oldest waiting", oldest_age <= max_wait, round(oldest_age, 3),
                          max_wait, f"the oldest waiting task waited {oldest_age:.1f} s"))
@@ -9813,6 +9940,7 @@ def _setting_option(*decls, setting, **kwargs):
 
 def _resolve_task_name(app, name):
     """A registered name, or the one registered name that ends with '.name'."""
+    name = _checked_name(name)
     registry = app.admin.registry()
     if name in registry:
         return name
@@ -9820,7 +9948,8 @@ def _resolve_task_name(app, name):
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise UnknownTask(f"task name {name!r} is ambiguous: {', '.join(sorted(matches))}")
+        raise UnknownTask(f"task name {name!r} is ambiguous: "
+                          f"{', '.join(sorted(map(_shown, matches)))}")
     raise UnknownTask(_unknown_task_message(name, registry))
 
 
@@ -10271,10 +10400,12 @@ def tasks_command(db, state, queue, name, limit, as_json):
                       f" (the built-in states are {', '.join(_STATES)})"), err=True)
     for t in rows[:limit]:
         if as_json:
-            click.echo(json.dumps(t))
+            click.echo(json.dumps({k: _cut(v, _LOG_REPR_MAX) if isinstance(v, str) else v
+                                   for k, v in t.items()}))
         else:
             when = _from_unix(t["created"])
-            click.echo(_printable(f"{t['id']}  {t['state']:<9} {t['name']}  "
+            click.echo(_printable(f"{_shown(t['id'])}  {_shown(t['state']):<9} "
+                                  f"{_shown(t['name'])}  "
                                   f"{when.isoformat(timespec='seconds') if when else '?'}"))
 
 
