@@ -76,8 +76,8 @@ health` read those, the workers table, lock files and the small state indexes, a
 take the write lock to read.
 
 A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
-supervisor sets aside what its scheduler cannot read (quarantine). A busy write lock or a
-full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
+supervisor sets aside what its scheduler cannot read and repairs a rate limit or pause no
+claim can use (quarantine). A busy write lock or a full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
 
 Example (README repeats it)::
 
@@ -2013,14 +2013,73 @@ _SQL_DISABLE_BAD_TIMES = """
     RETURNING name
 """
 _SQL_DISABLE_SCHEDULE = "UPDATE schedules SET error = :error WHERE name = :name"
-# tasks_due, tasks_running and the small schedules table: is anything above to do?
+# Rate limits and pauses another client wrote (SQLite stores any type in any column). A
+# limit litequeue cannot use would stop its name for good: next_start a text or blob is
+# never <= now, and one past any start the limit could have given (now + interval, with
+# _RATE_START_SLACK for a clock stepped back and for a claim that commits between the
+# supervisor's clock read and its statement) holds the name that long. The repair is one
+# rule: interval is what the declared rate says (lq_limit_interval), rate is text, and a
+# next_start that is not a usable time means "no start given yet" (0: the next claim
+# takes one at once, then starts are spaced again). A row with neither a rate nor an
+# interval to honour, or keyed by a non-text (no task name), goes: its rows run unlimited
+# until a worker or producer registers the name again, which writes a fresh row.
+_RATE_START_SLACK = 60.0         # seconds
+_BAD_LIMIT = f"""typeof(key) != 'text' OR typeof(rate) != 'text'
+    OR interval IS NOT lq_limit_interval(rate, interval)
+    OR typeof(next_start) NOT IN ('integer', 'real')
+    OR next_start > :now + interval + {_RATE_START_SLACK}"""
+_SQL_DROP_BAD_LIMITS = """
+    DELETE FROM rate_limits
+    WHERE typeof(key) != 'text' OR lq_limit_interval(rate, interval) IS NULL
+    RETURNING key
+"""
+_SQL_REPAIR_LIMITS = f"""
+    UPDATE rate_limits SET
+        interval = lq_limit_interval(rate, interval),
+        rate = CASE typeof(rate) WHEN 'text' THEN rate
+               ELSE printf('%g/s', 1.0 / lq_limit_interval(rate, interval)) END,
+        next_start = CASE WHEN typeof(next_start) IN ('integer', 'real') AND next_start
+                               <= :now + lq_limit_interval(rate, interval) + {_RATE_START_SLACK}
+                          THEN next_start ELSE 0 END
+    WHERE {_BAD_LIMIT}
+    RETURNING key
+"""
+# PENDING rows whose rate_key names no limit are never claimed (_SQL_CLAIM wants none,
+# _SQL_CLAIM_LIMITED joins rate_limits). litequeue writes rate_key only with its limit in
+# the same transaction, so such a key is another client's, or of a row dropped above:
+# the rows run unlimited (_SQL_UNLIMIT_ROWS). tasks_limited, one seek per distinct key (a
+# loose index scan), not one per row.
+_SQL_ORPHAN_KEYS = """
+    WITH RECURSIVE k(key) AS (
+        SELECT (SELECT min(rate_key) FROM tasks INDEXED BY tasks_limited
+                WHERE state = 'PENDING' AND rate_key IS NOT NULL)
+        UNION ALL
+        SELECT (SELECT min(rate_key) FROM tasks INDEXED BY tasks_limited
+                WHERE state = 'PENDING' AND rate_key > k.key)
+        FROM k WHERE k.key IS NOT NULL)
+    SELECT key FROM k
+    WHERE key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = k.key)
+"""
+# A paused queue whose name is not text names no queue (and `resume` cannot name it): it
+# goes. One whose since is not a time stays paused (a pause is on purpose): since = now.
+_SQL_DROP_BAD_PAUSES = "DELETE FROM paused WHERE typeof(queue) != 'text' RETURNING queue"
+_SQL_REPAIR_PAUSES = """
+    UPDATE paused SET since = :now WHERE typeof(since) NOT IN ('integer', 'real')
+    RETURNING queue
+"""
+# tasks_due, tasks_running, tasks_limited and the small schedules, rate_limits and paused
+# tables: is anything above to do?
 _SQL_NEEDS_QUARANTINE = f"""
     SELECT EXISTS ({_SQL_BAD_ETA_SEQS}),
            EXISTS (SELECT 1 FROM schedules
                    WHERE error IS NULL AND (typeof(next_fire) NOT IN ('integer', 'real')
                                             OR typeof(last_fire) NOT IN ('integer', 'real',
                                                                          'null'))),
-           EXISTS (SELECT 1 FROM tasks WHERE state = 'STARTED' AND worker IS NULL)
+           EXISTS (SELECT 1 FROM tasks WHERE state = 'STARTED' AND worker IS NULL),
+           EXISTS (SELECT 1 FROM rate_limits WHERE {_BAD_LIMIT}),
+           EXISTS ({_SQL_ORPHAN_KEYS}),
+           EXISTS (SELECT 1 FROM paused
+                   WHERE typeof(queue) != 'text' OR typeof(since) NOT IN ('integer', 'real'))
 """
 _SQL_SET_FIRED = """
     UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire, fires = fires + :fired
@@ -2291,6 +2350,22 @@ def _bad_utf8(data):
     return 0
 
 
+def _limit_interval(rate, interval):
+    """The seconds between two starts a rate_limits row stands for (SQL: lq_limit_interval):
+    its declared rate's, when rate is one (_parse_rate), for the interval is derived from
+    it; else its interval as it stands, when that is a usable one (a number > 0, finite);
+    else None: nothing is left to honour."""
+    try:
+        parsed = _parse_rate(rate) if isinstance(rate, str) else None
+    except ConfigurationError:
+        parsed = None
+    if parsed is not None:
+        return parsed[1]
+    if _is_time(interval) and 0 < interval < math.inf:
+        return interval
+    return None
+
+
 def _fixed_utf8(data, suffix):
     """Text that is not UTF-8, made readable: each bad byte as a \\xNN escape (SQL:
     lq_fix_text); suffix keeps a repaired key unique if the escaped text is taken."""
@@ -2351,6 +2426,8 @@ class _Storage:
         self._set_busy_handler()
         self.conn.create_scalar_function("lq_bad_text", _bad_utf8, 1, deterministic=True)
         self.conn.create_scalar_function("lq_fix_text", _fixed_utf8, 2, deterministic=True)
+        self.conn.create_scalar_function("lq_limit_interval", _limit_interval, 2,
+                                         deterministic=True)
         # With STAT4 compiled in, SQLite re-plans a statement whenever a bound value might
         # change the plan; the stable plan keeps the claim statement prepared (37% faster).
         self.conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
@@ -2918,13 +2995,15 @@ class _Storage:
             conn.execute(_SQL_RELEASE_UNOWNED)
             return conn.changes()
 
-    def needs_quarantine(self):
+    def needs_quarantine(self, now):
         """True if quarantine() has anything to do: one read through the indexes."""
-        return any(self.conn.execute(_SQL_NEEDS_QUARANTINE).fetchall()[0])
+        return any(self.conn.execute(_SQL_NEEDS_QUARANTINE, {"now": now}).fetchall()[0])
 
     def quarantine(self, now):
-        """End rows and disable schedules the scheduler cannot read, so none of them can
-        stop it. Returns ([(task id, name)] failed, [schedule name] disabled)."""
+        """End rows and disable schedules the scheduler cannot read, and repair rate
+        limits and pauses no claim can use, so none of them can stop a worker or a task
+        name. Returns ([(task id, name)] failed, [schedule name] disabled, [what was
+        repaired, as log lines])."""
         error = _encode_error(ValueError("invalid task row: its eta is not a unix time, so "
                                          "it could never become due"))
         follow = _FollowUps()
@@ -2933,8 +3012,32 @@ class _Storage:
             self._settle(conn, [(task_id, FAILURE, error, None) for task_id, _ in failed
                                 if isinstance(task_id, str)], now, follow)
             disabled = [name for (name,) in conn.execute(_SQL_DISABLE_BAD_TIMES).fetchall()]
+            repaired = self._repair_limits(conn, now)
         self.follow_ups = follow
-        return failed, disabled
+        return failed, disabled, repaired
+
+    @staticmethod
+    def _repair_limits(conn, now):
+        """Only called inside a write: the repairs of _BAD_LIMIT and its neighbours, as
+        log lines (the rows are few: one per limited name, paused queue, orphan key)."""
+        done = []
+        for (key,) in conn.execute(_SQL_DROP_BAD_LIMITS).fetchall():
+            done.append(f"rate limit of {_shown(key)} dropped: neither its rate nor its "
+                        "interval is one; its tasks run unlimited until a worker or "
+                        "producer registers the name again")
+        for (key,) in conn.execute(_SQL_REPAIR_LIMITS, {"now": now}).fetchall():
+            done.append(f"rate limit of {_shown(key)} repaired (interval from its rate; "
+                        "a next start that is not a usable time: none given yet)")
+        for (key,) in conn.execute(_SQL_ORPHAN_KEYS).fetchall():
+            conn.execute(_SQL_UNLIMIT_ROWS, {"name": key})
+            done.append(f"{conn.changes()} waiting task(s) with rate_key {_shown(key)}, "
+                        "which names no rate limit, run unlimited")
+        for (queue,) in conn.execute(_SQL_DROP_BAD_PAUSES).fetchall():
+            done.append(f"pause of queue {_shown(queue)} dropped: that is no queue name")
+        for (queue,) in conn.execute(_SQL_REPAIR_PAUSES, {"now": now}).fetchall():
+            done.append(f"queue {_shown(queue)} stays paused; its pause time was not a "
+                        "time and is now")
+        return done
 
     def repair_text(self, now):
         """Find every value that is text but not UTF-8, in every table and column (read
@@ -6530,9 +6633,12 @@ class Admin:
         limit = [r for r in self.app._storage().rate_limits() if r[0] == row.get("rate_key")]
         if limit:
             _, rate, _, next_start = limit[0]
-            at = _from_unix(max(next_start, now))
-            return (f"rate-limited to {rate} (for every worker on this file): the next start "
-                    f"of {name} is allowed at {at.isoformat(timespec='milliseconds')}")
+            # Another client may have written any value (a supervisor repairs it soon).
+            at = _from_unix(max(next_start, now)) if _is_time(next_start) else None
+            when = at.isoformat(timespec="milliseconds") if at else \
+                "? (its limit is not one litequeue wrote: a worker repairs it)"
+            return (f"rate-limited to {_shown(rate)} (for every worker on this file): the "
+                    f"next start of {_shown(name)} is allowed at {when}")
         return "queued: the workers are busy with tasks ahead of it"
 
 
@@ -9037,12 +9143,17 @@ class _Supervisor:
 
     def _quarantine(self):
         """Set aside rows nothing can read: a waiting task whose eta is not a time ends
-        FAILURE, a schedule whose times are not numbers is disabled, a STARTED row that
-        names no worker is requeued. A read first: idle, it never takes the write lock."""
-        if not self.storage.needs_quarantine():
+        FAILURE, a schedule whose times are not numbers is disabled, a rate limit or pause
+        no claim can use is repaired (_BAD_LIMIT), a STARTED row that names no worker is
+        requeued. A read first: idle, it never takes the write lock."""
+        if not self.storage.needs_quarantine(time.time()):
             return
-        failed, disabled = self.storage.quarantine(time.time())
+        failed, disabled, repaired = self.storage.quarantine(time.time())
         self._ring_follow_ups()
+        for line in repaired:
+            logger.error("%s (another client wrote a value litequeue cannot use)", line)
+        if repaired:
+            self.work_bell.ring()       # rows a bad limit or pause held may run now
         for task_id, name in failed:
             logger.error("Task %s[%s] failed: its eta is not a unix time", _saferepr(name, 200),
                          _saferepr(task_id, 100))

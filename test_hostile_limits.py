@@ -1,0 +1,164 @@
+"""Rate limits and paused queues another client wrote: a value of the wrong type or out of
+range in any column of rate_limits or paused (SQLite stores what it is given). None may
+stop a task name, stop a worker, crash its children or reach a user as a traceback: the
+supervisor's quarantine repairs the row within seconds. Real workers, real files, a
+foreign connection writing beside them."""
+
+import math
+import signal
+
+import apsw
+import pytest
+
+from litequeue import LiteQueue, SUCCESS
+from test_hostile_rows import foreign
+from test_litequeue import Dashboard, lq, project, sql, wait_until, workers  # noqa: F401
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.worker]
+
+LIMITS = '''\
+from litequeue import LiteQueue
+
+app = LiteQueue("jobs.sqlite")
+
+
+@app.task(rate_limit="20/s")
+def limited(n):
+    return n
+
+
+@app.task
+def plain(n):
+    return n
+'''
+KEY = "limits.limited"
+
+# (table, column, SQL value) written by a foreign client after the worker registered.
+CASES = {
+    "next_start blob": ("rate_limits", "next_start", "X'01'"),
+    "next_start text": ("rate_limits", "next_start", "'soon'"),
+    "next_start 1e300": ("rate_limits", "next_start", "1e300"),
+    "next_start +Inf": ("rate_limits", "next_start", "9e999"),
+    "next_start -5": ("rate_limits", "next_start", "-5"),
+    "interval text": ("rate_limits", "interval", "'x'"),
+    "interval 0": ("rate_limits", "interval", "0"),
+    "interval -1": ("rate_limits", "interval", "-1"),
+    "interval +Inf": ("rate_limits", "interval", "9e999"),
+    "rate blob": ("rate_limits", "rate", "X'00'"),
+    "rate not UTF-8": ("rate_limits", "rate", "CAST(X'61ff62' AS TEXT)"),
+    "rate and interval": ("rate_limits", "rate = 'x', interval", "'y'"),
+    "key blob": ("rate_limits", "key", "X'01'"),
+    "rate_key of no limit": ("tasks", "rate_key", "'nothing'"),
+    "paused since text": ("paused", "since", "'x'"),
+    "paused since blob": ("paused", "since", "X'01'"),
+}
+
+
+def plant(project, table, column, value):
+    if table == "rate_limits":
+        foreign(project.db, f"UPDATE rate_limits SET {column} = {value} WHERE key = ?", KEY)
+    elif table == "paused":        # the queue the worker serves, paused at a time not a time
+        foreign(project.db, f"INSERT INTO paused (queue, since) VALUES ('default', {value})")
+    else:                          # limited rows pointing at a limit that does not exist
+        foreign(project.db, f"UPDATE tasks SET {column} = {value} WHERE name = ?", KEY)
+
+
+def producer(project):
+    app = LiteQueue(project.db)
+    tasks = {}
+    for name, options in (("limited", {"rate_limit": "20/s"}), ("plain", {})):
+        def stand_in(n):
+            raise AssertionError("runs only in a worker")
+        stand_in.__module__, stand_in.__qualname__ = "limits", name
+        stand_in.__name__ = name
+        tasks[name] = app.task(stand_in, **options)
+    return tasks
+
+
+def no_traceback(project):
+    for command in (["status"], ["health", "--max-wait", "3600"]):
+        done = lq(*command, project.db, cwd=project.dir)
+        out = done.stdout + done.stderr
+        assert "Traceback" not in out, (command, out)
+        assert done.returncode in (0, 2), (command, done.returncode, out)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_rate_limit_or_pause_never_stops_a_task_name(project, workers, case):
+    table, column, value = CASES[case]
+    project.write_module("limits", LIMITS)
+    worker = workers.start(project, concurrency=2, app=("limits",))
+    children = {c["pid"] for c in worker.live_children()}
+    tasks = producer(project)
+    # The producer registered both names (once per process) and they run.
+    assert [tasks[name].delay(-1).get(timeout=20) for name in tasks] == [-1, -1]
+    # The supervisor (the only process that repairs) is stopped while the bad value is
+    # read: what the children, the commands and the dashboard meet is the bad row.
+    worker.signal(signal.SIGSTOP)
+    try:
+        if table == "tasks":
+            limited = [tasks["limited"].delay(n) for n in range(5)]
+            plant(project, table, column, value)
+        else:
+            plant(project, table, column, value)
+            limited = [tasks["limited"].delay(n) for n in range(5)]
+        plain = [tasks["plain"].delay(n) for n in range(5)]
+        no_traceback(project)
+        d = Dashboard(project)
+        try:
+            for result in (limited[-1], plain[-1]):
+                code, _, text = d.request(f"/data/task/{result.id}")
+                assert code == 200, (code, text)
+            code, _, text = d.request("/data/queues")
+            assert code == 200, (code, text)
+        finally:
+            d.stop()
+    finally:
+        worker.signal(signal.SIGCONT)
+    if table == "paused":
+        # The pause stays (it was on purpose; only its time was not one), repaired.
+        wait_until(lambda: sql(project.db, "SELECT typeof(since) FROM paused")
+                   in ([("real",)], [("integer",)]), 10, "paused.since repaired")
+        assert "resumed" in lq("resume", project.db, "default", cwd=project.dir).stdout
+    assert [r.get(timeout=20) for r in limited] == list(range(5))
+    assert [r.get(timeout=20) for r in plain] == list(range(5))
+    assert all(r.state == SUCCESS for r in limited + plain)
+    # The row is repaired within seconds: every value of the type and range litequeue
+    # writes (some bad values do not hold the tasks, which may end first).
+    def repaired():
+        return all(isinstance(key, str) and isinstance(rate, str)
+                   and isinstance(interval, float) and 0 < interval < math.inf
+                   and isinstance(next_start, (int, float)) and next_start < 1e11
+                   for key, rate, interval, next_start
+                   in sql(project.db, "SELECT * FROM rate_limits"))
+    wait_until(repaired, 10, lambda: sql(project.db, "SELECT * FROM rate_limits"))
+    no_traceback(project)
+    # No child died, none was replaced, and the supervisor still runs.
+    assert worker.proc.poll() is None
+    assert {c["pid"] for c in worker.live_children()} == children
+    assert "ended with" not in worker.log_text()
+
+
+def test_a_wrong_interval_is_recomputed_from_the_declared_rate(project, workers):
+    """interval is derived from the declared rate: a wrong one is recomputed (not
+    dropped), so the name stays limited (20/s: 50 ms between starts)."""
+    project.write_module("limits", LIMITS)
+    worker = workers.start(project, concurrency=2, app=("limits",))
+    foreign(project.db, "UPDATE rate_limits SET interval = 0 WHERE key = ?", KEY)
+    wait_until(lambda: sql(project.db, "SELECT interval FROM rate_limits WHERE key = ?",
+                           KEY) == [(0.05,)], 10, "interval recomputed from '20/s'")
+    assert worker.proc.poll() is None
+
+
+def test_nan_cannot_be_written(project, workers):
+    """SQLite stores NaN as NULL, which NOT NULL refuses: no NaN case to repair."""
+    project.write_module("limits", LIMITS)
+    workers.start(project, concurrency=1, app=("limits",))
+    for table, column in (("rate_limits", "next_start"), ("rate_limits", "interval"),
+                          ("paused", "since")):
+        with pytest.raises(apsw.ConstraintError):
+            if table == "paused":
+                foreign(project.db, "INSERT INTO paused (queue, since) VALUES ('q', ?)",
+                        math.nan)
+            else:
+                foreign(project.db, f"UPDATE rate_limits SET {column} = ?", math.nan)
