@@ -1856,6 +1856,7 @@ _SQL_PRUNE_GROUPS = """
         SELECT 1 FROM tasks WHERE tasks.id = groups.first)
 """
 _SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
+_SQL_CHORD_PROGRESS = "SELECT done, size FROM chords WHERE body = :id"  # chords_body
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
 # finished -> (deleted). tasks_finished.
 _SQL_PRUNE = """
@@ -3379,6 +3380,11 @@ class _Storage:
     def chord_of_body(self, task_id):
         rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
         return rows[0][0] if rows else None
+
+    def chord_progress(self, body_id):
+        """(done, size) of the chord whose body is body_id, as its row says, or None."""
+        rows = self.conn.execute(_SQL_CHORD_PROGRESS, (body_id,)).fetchall()
+        return rows[0] if rows else None
 
     def states_of(self, seqs, locked=False):
         """{seq: state}; locked=True reads under the write lock, after any revoke that
@@ -6607,11 +6613,10 @@ class Admin:
         if state == WAITING:
             waits = str(row.get("waits") or "")
             if waits.startswith("chord"):
-                chord = self.app._storage().chord_of_body(row["id"])
-                done = self.app._storage().conn.execute(
-                    "SELECT done, size FROM chords WHERE id = ?", (chord,)).fetchall()
-                return (f"waiting for its chord: {done[0][0]} of {done[0][1]} members done"
-                        if done else "waiting for its chord")
+                progress = self.app._storage().chord_progress(row["id"])
+                return (f"waiting for its chord: {_shown(progress[0], 20)} of "
+                        f"{_shown(progress[1], 20)} members done" if progress
+                        else "waiting for its chord")
             kind = "to fail" if waits.startswith("error") else "to succeed"
             return f"waiting for task {row.get('parent_id')} {kind}"
         paused = self.paused()
