@@ -3638,6 +3638,10 @@ os.register_at_fork(after_in_child=_doorbells_after_fork)
 # A doorbell rung again within this many seconds rings the sleepers it knows without
 # looking at their directory first (a new sleeper is rung from the next look on).
 _RELOOK = 0.001
+# A doorbell keeps a connected socket for at most this many sleepers (a descriptor each):
+# a producer must not run out of descriptors because thousands of processes sleep. The
+# rest are not rung; they notice commits by polling (worker_poll_interval).
+_PEERS_KEPT = 256
 
 
 class _Doorbell:
@@ -3724,17 +3728,27 @@ class _Doorbell:
         for name in set(self._peers) - set(names):
             self._peers.pop(name).close()
         for name in names:
-            if name not in self._peers:
+            if name not in self._peers and len(self._peers) < _PEERS_KEPT:
                 sock = self._connect(name)
                 if sock is not None:
                     self._peers[name] = sock
 
     def _connect(self, name):
-        found = _open_socket_file(self._fd, name)
+        """A socket connected to a sleeper's, or None. Out of descriptors (a process near
+        its limit, thousands of sleepers), the ring is skipped: sleepers also notice
+        commits by polling, within worker_poll_interval."""
+        try:
+            found = _open_socket_file(self._fd, name)
+        except OSError:
+            return None
         if found is None:
             return None
         path_fd, ino = found
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError:
+            os.close(path_fd)
+            return None
         sock.setblocking(False)
         try:
             sock.connect(_fd_path(path_fd))

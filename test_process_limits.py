@@ -77,6 +77,25 @@ print(nap.delay("idle", 0.5).get(timeout=30))
                 sleeper.close()
         assert out.split() == ["idle"]
 
+    def test_a_producer_near_its_descriptor_limit_rings_what_it_can(self, project, workers):
+        """Hundreds of sleepers and a producer allowed 100 descriptors: delay() and get()
+        still work (the doorbell keeps sockets for a bounded number of sleepers)."""
+        workers.start(project, concurrency=1)
+        assert project.delay("add", 1, 1).get(timeout=10) == 2     # work/ exists
+        side = litequeue._SideDir(project.db)
+        sleepers = [litequeue._Sleeper(side, "work", f"idle{n:05d}") for n in range(300)]
+        try:
+            out = producer("""
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+from tasks import add
+print(add.delay(2, 3).get(timeout=30))
+""", project.dir)
+        finally:
+            for sleeper in sleepers:
+                sleeper.close()
+        assert out.split() == ["5"]
+
     def test_wait_readable_takes_descriptors_and_objects_and_returns_them(self):
         """The one wait: no descriptor ceiling, the ready ones back as they were given."""
         _raise_limit()
