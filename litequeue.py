@@ -2458,6 +2458,11 @@ class _Storage:
         except apsw.FullError:
             self.conn.close()
             raise self._disk_full() from None
+        except apsw.IOError as exc:
+            self.conn.close()
+            if self._no_space():     # SQLite could not make its -shm or -wal file
+                raise self._disk_full() from None
+            raise DatabaseError(f"cannot open {path}: {exc}") from None
         except LitequeueError:
             self.conn.close()
             raise
@@ -2565,6 +2570,13 @@ class _Storage:
 
     def _disk_full(self):
         return DiskFull(f"the disk holding {self.path} is full: nothing was written")
+
+    def _no_space(self):
+        """True if the filesystem holding the database has no block left to write."""
+        try:
+            return os.statvfs(os.path.dirname(os.path.abspath(self.path))).f_bavail == 0
+        except OSError:
+            return False
 
     def _read_only(self):
         return ReadOnlyDatabase(
@@ -8754,9 +8766,10 @@ class _Supervisor:
         failure it cannot recover from ended it."""
         self.notify = _Notify()
         self.side = _SideDir(self.db)
-        self.storage = _Storage(self.db, synchronous=self.settings["synchronous"],
-                                busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
-                                busy_steps=_BUSY_STEPS_WORKER)
+        self.storage = _waiting_out(lambda: _Storage(
+            self.db, synchronous=self.settings["synchronous"],
+            busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
+            busy_steps=_BUSY_STEPS_WORKER), "opening the database again")
         self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
                                  "creating the lock file again")
         self.locks = self.lock.locks
@@ -9301,12 +9314,15 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
     if not tasks and others:
         raise ConfigurationError(f"the task modules' app uses {others[0]}, not {db}: run "
                                  f"`litequeue worker {others[0]}`, or give the app this path")
-    probe = _Storage(db, create=True)
-    try:
-        _SideDir(db).check()        # refuse an unusable side directory before any child runs
-        tasks, conf, periodic = _load_worker_code(spec, probe)
-    finally:
-        probe.close()
+
+    def load():
+        probe = _Storage(db, create=True)
+        try:
+            _SideDir(db).check()    # refuse an unusable side directory before any child runs
+            return _load_worker_code(spec, probe)
+        finally:
+            probe.close()
+    tasks, conf, periodic = _waiting_out(load, "opening the database again")
     conf = _merged_settings(conf, settings or {})
     supervisor = _Supervisor(
         db, concurrency=concurrency or conf["worker_concurrency"],

@@ -220,6 +220,22 @@ class TestFullDiskAtStart:
         assert project.delay("add", 2, 2).get(timeout=20) == 4
         assert "Traceback" not in w.log_text(), w.log_text()
 
+    def test_a_worker_started_alone_on_a_full_disk_waits_it_out(self, small_fs, workers):
+        """Nobody has the file open, so SQLite cannot even make its -shm and -wal files:
+        the worker still waits for space, saying so, instead of ending."""
+        project = Project(small_fs / "proj")
+        producer("from tasks import add; add.delay(0, 0)", project.dir)   # creates the db
+        filler = fill_disk(small_fs)
+        try:
+            w = workers.start(project, concurrency=1, ready=False)
+            wait_until(lambda: "full" in w.log_text(), 20, "the worker to say it waits")
+            assert w.proc.poll() is None, w.log_text()
+            assert "Traceback" not in w.log_text(), w.log_text()
+        finally:
+            filler.unlink()
+        w.wait_ready()
+        assert project.delay("add", 2, 2).get(timeout=20) == 4
+
     def test_a_replacement_child_on_a_full_disk_waits_it_out(self, small_fs, workers):
         project = Project(small_fs / "proj")
         w = workers.start(project, concurrency=1)
