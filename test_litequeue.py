@@ -1451,10 +1451,12 @@ class TestStorage:
                           litequeue._SQL_CLAIMING_WORKERS):
                 plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query,
                                             {"result": b"", "now": 0.0}).fetchall()
-                # Only the index of STARTED rows (a few) and the small schedules table
-                # are read from end to end.
+                # Only the index of STARTED rows (a few), the small schedules, rate-limit
+                # and pause tables, and the distinct rate keys (k: one seek each) are
+                # read from end to end; tasks never.
                 scans = [row[3] for row in plan if row[3].startswith("SCAN")]
-                assert all(scan in ("SCAN CONSTANT ROW", "SCAN schedules")
+                assert all(scan in ("SCAN CONSTANT ROW", "SCAN schedules", "SCAN rate_limits",
+                                    "SCAN paused", "SCAN k")
                            or "tasks_running" in scan for scan in scans), plan
         finally:
             storage.close()
@@ -6244,8 +6246,9 @@ class TestCanvas:
                     errors.append(type(exc).__name__)
             print(json.dumps(errors))
         ''')
+        # A queue of the wrong type is WrongType: a LitequeueError that is a TypeError.
         assert out == ["UnknownTask", "TypeError", "SerializationError", "SerializationError",
-                       "TypeError", "TypeError", "TypeError"]
+                       "TypeError", "TypeError", "WrongType"]
         # Only the first add was written.
         assert canvas.count() == 1
         assert canvas.count("name = 'canvas_tasks.nope'") == 0
