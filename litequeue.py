@@ -353,6 +353,14 @@ EXPIRED = "EXPIRED"
 UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
 
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
+# The states a stored row is in, in their usual order (the dashboard's state filter).
+_STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED,
+                 EXPIRED)
+# A periodic task an operator disabled (Admin.disable_schedule) has this as its error.
+_SCHEDULE_OFF = "disabled by an operator"
+# The most rows a task page's workflow timeline reads: past a few hundred bars a
+# timeline is no longer readable, and reading them would hold the page up.
+_WORKFLOW_MAX = 200
 
 # "LQE1": tells our files apart from every other SQLite file.
 APPLICATION_ID = 0x4C514531
@@ -2105,6 +2113,28 @@ _SQL_UPSERT_SCHEDULE = """
         updated_at = excluded.updated_at, error = NULL
 """
 _SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
+# An operator's switch (Admin.disable_schedule): the error column is the one "disabled"
+# flag the scheduler reads; this text marks the operator's choice apart from a repair.
+_SQL_SET_SCHEDULE_ERROR = """
+    UPDATE schedules SET error = :error WHERE name = :name AND error IS NOT :error
+"""
+_SQL_SCHEDULE_FIRE = "SELECT task, payload, queue, priority FROM schedules WHERE name = :name"
+# A workflow (chain, group, chord) from its root: the rows that follow one (tasks_parent),
+# the members of its group (tasks_group) and a chord's body (chords), at most :n rows.
+_SQL_WORKFLOW = f"""
+    WITH RECURSIVE flow(id) AS (
+        SELECT :root
+        UNION SELECT t.id FROM flow JOIN tasks AS t ON t.parent_id = flow.id
+        UNION SELECT m.id FROM flow JOIN tasks AS g ON g.id = flow.id
+              JOIN tasks AS m ON m.group_id = g.group_id
+        UNION SELECT c.body FROM flow JOIN tasks AS g ON g.id = flow.id
+              JOIN chords AS c ON c.id = g.group_id
+        LIMIT :n)
+    SELECT {", ".join("t." + c for c in _TASK_COLUMNS)} FROM flow JOIN tasks AS t
+    ON t.id = flow.id ORDER BY t.seq
+"""
+# Custom update_state() states are kept beside running rows (tasks_running): read them.
+_SQL_RUNNING_META = "SELECT meta FROM tasks WHERE state = 'STARTED' AND meta IS NOT NULL"
 _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 
 
@@ -2637,6 +2667,10 @@ class _Storage:
         new limit also applies to the name's rows already queued; a removed one frees
         them."""
         conn.execute(_SQL_UPSERT_REGISTRY, row)
+        _Storage._apply_limit(conn, row)
+
+    @staticmethod
+    def _apply_limit(conn, row):
         if row["rate"] is None:
             conn.execute(_SQL_DROP_LIMIT, row)
             if conn.changes():
@@ -3263,6 +3297,34 @@ class _Storage:
                 "last_fire", "next_fire", "fires", "error")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
 
+    def set_schedule_error(self, name, error):
+        """Disable a schedule (error: why) or enable it (None); True if it changed."""
+        with self.write() as conn:
+            conn.execute(_SQL_SET_SCHEDULE_ERROR, {"name": name, "error": error})
+            return bool(conn.changes())
+
+    def fire_schedule(self, name, task_id, now):
+        """Queue one call of a schedule now, beside its planned fires (which it leaves as
+        they are); False for an unknown name."""
+        with self.write() as conn:
+            rows = conn.execute(_SQL_SCHEDULE_FIRE, {"name": name}).fetchall()
+            if not rows:
+                return False
+            task, payload, queue, priority = rows[0]
+            conn.execute(_SQL_INSERT_FIRE, {"id": task_id, "name": task, "queue": queue,
+                                            "priority": priority, "payload": payload,
+                                            "now": now})
+            return bool(conn.changes())
+
+    def set_rate_limit(self, name, rate):
+        """Set (rate: (text, interval)) or drop (None) a task name's rate limit, as a
+        registration does, until the next registration of the name writes its own."""
+        with self.write() as conn:
+            row = {"name": name, "rate": None, "interval": None}
+            if rate is not None:
+                row["rate"], row["interval"] = rate
+            self._apply_limit(conn, row)
+
     # -- results -----------------------------------------------------------------------
 
     _TASK_COLUMNS = _TASK_COLUMNS
@@ -3376,6 +3438,21 @@ class _Storage:
             return []
         members = _unpack_stored(rows[0][0], "member list", group_id)
         return [m for m in members if isinstance(m, str)] if isinstance(members, list) else []
+
+    def workflow(self, root_id, limit):
+        """The rows of the workflow rooted at root_id, oldest first, at most limit."""
+        return [dict(zip(self._TASK_COLUMNS, row))
+                for row in self.conn.execute(_SQL_WORKFLOW, {"root": root_id, "n": limit})]
+
+    def custom_states(self):
+        """The update_state() states the running rows hold now."""
+        states = set()
+        for (blob,) in self.conn.execute(_SQL_RUNNING_META):
+            with contextlib.suppress(Exception):
+                state = _unpack(blob)[0]
+                if isinstance(state, str):
+                    states.add(state)
+        return states
 
     def chord_of_body(self, task_id):
         rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
@@ -6535,6 +6612,56 @@ class Admin:
         return [dict(zip(("name", "rate", "interval", "next_start"), row))
                 for row in self.app._storage().rate_limits()]
 
+    def set_rate_limit(self, name, rate):
+        """Change a task name's rate limit for every worker on the file ("10/s", "100/m",
+        a number per second; None or 0 drops it); returns the rate set (None: none). It
+        lasts until a worker or producer that defines the task registers it again."""
+        parsed = _parse_rate(rate)
+        self.app._storage().set_rate_limit(_checked_text("task name", name, _NAME_MAX),
+                                           parsed)
+        self.app._work_bell.ring()
+        return parsed[0] if parsed else None
+
+    def run_schedule(self, name):
+        """Queue one call of a periodic task now (its planned fires stay as they are);
+        returns the new task's id. UnknownTask for an unknown schedule name."""
+        task_id = f"{name}@run-{_new_id()}"
+        if not self.app._storage().fire_schedule(name, task_id, time.time()):
+            raise UnknownTask(f"no periodic task named {name!r}")
+        self.app._work_bell.ring()
+        return task_id
+
+    def disable_schedule(self, name):
+        """Stop a periodic task's fires until enable_schedule() (or until a worker that
+        defines it starts again); True if it was enabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, _SCHEDULE_OFF)
+
+    def enable_schedule(self, name):
+        """Let a disabled periodic task fire again (a missed fire is caught up by its
+        catch_up policy); True if it was disabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, None)
+
+    def _schedule_named(self, name):
+        if not any(row["name"] == name for row in self.schedules()):
+            raise UnknownTask(f"no periodic task named {name!r}")
+
+    def workflow(self, task_id, limit=_WORKFLOW_MAX):
+        """The tasks of a task's chain, group or chord (every row from its root), oldest
+        first, summarised; at most limit of them."""
+        row = self.app.AsyncResult(task_id)._fetch()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        rows = self.app._storage().workflow(row["root_id"] or row["id"], limit)
+        return [dict(_task_summary(r), parent_id=_display(r["parent_id"]),
+                     group_id=_display(r["group_id"])) for r in rows]
+
+    def states(self):
+        """The states a task can be in, then the custom update_state() states in use."""
+        custom = self.app._storage().custom_states() - set(_STATES_SHOWN)
+        return list(_STATES_SHOWN) + sorted(custom)
+
     def requeue_failed(self, name=None):
         """Queue again every failed task of a name (or all of them); returns how many."""
         count = self.app._storage().requeue_failed(name or None)
@@ -6590,6 +6717,12 @@ class Admin:
         before = (1 << 62) if before is None else int(before)
         if not 0 < before <= 1 << 62:
             raise ValueError("before must be a task's position (a positive whole number)")
+        custom = state if state and state not in _STATES_SHOWN else None
+        if custom:      # an update_state() state: only a running row holds one
+            rows = [(seq, row) for seq, row in self.app._storage().task_page(
+                        before, STARTED, queue or None, name or None, text or None, 500)
+                    if (_custom_state(row) or (None,))[0] == custom][:limit]
+            return [_task_summary(row) for _, row in rows], None
         rows = self.app._storage().task_page(before, state or None, queue or None,
                                              name or None, text or None, limit)
         tasks = [_task_summary(row) for _, row in rows]
@@ -9367,7 +9500,8 @@ def _health_checks(app, max_wait=300.0, now=None, counts=None):
                          max_wait, f"the oldest waiting task waited {oldest_age:.1f} s"))
     late = [r["name"] for r in admin.schedules() if r["error"] is None and
             _is_time(r["next_fire"]) and r["next_fire"] < now - _HEALTH_FIRE_LATE]
-    disabled = [r["name"] for r in admin.schedules() if r["error"] is not None]
+    disabled = [r["name"] for r in admin.schedules()
+                if r["error"] is not None and r["error"] != _SCHEDULE_OFF]
     checks.append(_check("schedules", not late and not disabled, len(late) + len(disabled), 0,
                          "no periodic fire missed" if not late and not disabled else
                          "; ".join(filter(None, [
@@ -9456,6 +9590,7 @@ def _schedule_view(row, count=3):
                                           "catch_up", "fires", "error")}
     view["last_fire"] = None
     view["next"] = []
+    view["off"] = row["error"] == _SCHEDULE_OFF
     if row["error"] is not None:
         return view
     try:
@@ -9583,6 +9718,12 @@ class _DashboardHandler:
         ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
         ("POST", r"/action/(?P<action>pause|resume)/(?P<queue>[^/]+)", "act_pause"),
         ("POST", r"/action/retry-failed", "act_retry_failed"),
+        ("GET", r"/data/states", "data_states"),
+        ("GET", r"/data/rate-limits", "data_rate_limits"),
+        ("GET", r"/data/workflow/(?P<id>[^/]+)", "data_workflow"),
+        ("POST", r"/action/schedule/(?P<action>run|enable|disable)/(?P<name>[^/]+)",
+         "act_schedule"),
+        ("POST", r"/api/task/rate-limit/(?P<name>[^/]+)", "api_rate_limit"),
     )]
 
     def log_message(self, fmt, *args):
@@ -9930,6 +10071,37 @@ class _DashboardHandler:
     def act_retry_failed(self):
         name = self._body().get("name")
         self._json({"requeued": self.server.app.admin.requeue_failed(name)})
+
+    def data_states(self):
+        self._json(self.server.app.admin.states())
+
+    def data_rate_limits(self):
+        self._json(self.server.app.admin.rate_limits())
+
+    def data_workflow(self, id):
+        self._json(self.server.app.admin.workflow(id))
+
+    def act_schedule(self, action, name):
+        admin = self.server.app.admin
+        if action == "run":
+            self._json({"ok": True, "task": admin.run_schedule(name)})
+        else:
+            done = admin.enable_schedule(name) if action == "enable" else \
+                admin.disable_schedule(name)
+            self._json({"ok": done})
+
+    def api_rate_limit(self, name):
+        """Flower's POST /api/task/rate-limit/NAME with ratelimit=10/s (form or JSON);
+        0 or an empty value drops the limit."""
+        rate = self.query["ratelimit"] if "ratelimit" in self.query else \
+            self._body().get("ratelimit")
+        if rate is None:
+            raise _HTTPError(400, "give ratelimit, e.g. ratelimit=10/s")
+        if isinstance(rate, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", rate):
+            rate = float(rate)
+        rate = self.server.app.admin.set_rate_limit(name, rate or None)
+        self._json({"message": f"new rate limit set successfully: {rate}" if rate else
+                    "rate limit removed"})
 
 
 # ---------------------------------------------------------------------------
