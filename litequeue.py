@@ -353,6 +353,14 @@ EXPIRED = "EXPIRED"
 UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
 
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
+# The states a stored row is in, in their usual order (the dashboard's state filter).
+_STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED,
+                 EXPIRED)
+# A periodic task an operator disabled (Admin.disable_schedule) has this as its error.
+_SCHEDULE_OFF = "disabled by an operator"
+# The most rows a task page's workflow timeline reads: past a few hundred bars a
+# timeline is no longer readable, and reading them would hold the page up.
+_WORKFLOW_MAX = 200
 
 # "LQE1": tells our files apart from every other SQLite file.
 APPLICATION_ID = 0x4C514531
@@ -2105,6 +2113,28 @@ _SQL_UPSERT_SCHEDULE = """
         updated_at = excluded.updated_at, error = NULL
 """
 _SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
+# An operator's switch (Admin.disable_schedule): the error column is the one "disabled"
+# flag the scheduler reads; this text marks the operator's choice apart from a repair.
+_SQL_SET_SCHEDULE_ERROR = """
+    UPDATE schedules SET error = :error WHERE name = :name AND error IS NOT :error
+"""
+_SQL_SCHEDULE_FIRE = "SELECT task, payload, queue, priority FROM schedules WHERE name = :name"
+# A workflow (chain, group, chord) from its root: the rows that follow one (tasks_parent),
+# the members of its group (tasks_group) and a chord's body (chords), at most :n rows.
+_SQL_WORKFLOW = f"""
+    WITH RECURSIVE flow(id) AS (
+        SELECT :root
+        UNION SELECT t.id FROM flow JOIN tasks AS t ON t.parent_id = flow.id
+        UNION SELECT m.id FROM flow JOIN tasks AS g ON g.id = flow.id
+              JOIN tasks AS m ON m.group_id = g.group_id
+        UNION SELECT c.body FROM flow JOIN tasks AS g ON g.id = flow.id
+              JOIN chords AS c ON c.id = g.group_id
+        LIMIT :n)
+    SELECT {", ".join("t." + c for c in _TASK_COLUMNS)} FROM flow JOIN tasks AS t
+    ON t.id = flow.id ORDER BY t.seq
+"""
+# Custom update_state() states are kept beside running rows (tasks_running): read them.
+_SQL_RUNNING_META = "SELECT meta FROM tasks WHERE state = 'STARTED' AND meta IS NOT NULL"
 _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 
 
@@ -2649,6 +2679,10 @@ class _Storage:
         new limit also applies to the name's rows already queued; a removed one frees
         them."""
         conn.execute(_SQL_UPSERT_REGISTRY, row)
+        _Storage._apply_limit(conn, row)
+
+    @staticmethod
+    def _apply_limit(conn, row):
         if row["rate"] is None:
             conn.execute(_SQL_DROP_LIMIT, row)
             if conn.changes():
@@ -3275,6 +3309,34 @@ class _Storage:
                 "last_fire", "next_fire", "fires", "error")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
 
+    def set_schedule_error(self, name, error):
+        """Disable a schedule (error: why) or enable it (None); True if it changed."""
+        with self.write() as conn:
+            conn.execute(_SQL_SET_SCHEDULE_ERROR, {"name": name, "error": error})
+            return bool(conn.changes())
+
+    def fire_schedule(self, name, task_id, now):
+        """Queue one call of a schedule now, beside its planned fires (which it leaves as
+        they are); False for an unknown name."""
+        with self.write() as conn:
+            rows = conn.execute(_SQL_SCHEDULE_FIRE, {"name": name}).fetchall()
+            if not rows:
+                return False
+            task, payload, queue, priority = rows[0]
+            conn.execute(_SQL_INSERT_FIRE, {"id": task_id, "name": task, "queue": queue,
+                                            "priority": priority, "payload": payload,
+                                            "now": now})
+            return bool(conn.changes())
+
+    def set_rate_limit(self, name, rate):
+        """Set (rate: (text, interval)) or drop (None) a task name's rate limit, as a
+        registration does, until the next registration of the name writes its own."""
+        with self.write() as conn:
+            row = {"name": name, "rate": None, "interval": None}
+            if rate is not None:
+                row["rate"], row["interval"] = rate
+            self._apply_limit(conn, row)
+
     # -- results -----------------------------------------------------------------------
 
     _TASK_COLUMNS = _TASK_COLUMNS
@@ -3388,6 +3450,21 @@ class _Storage:
             return []
         members = _unpack_stored(rows[0][0], "member list", group_id)
         return [m for m in members if isinstance(m, str)] if isinstance(members, list) else []
+
+    def workflow(self, root_id, limit):
+        """The rows of the workflow rooted at root_id, oldest first, at most limit."""
+        return [dict(zip(self._TASK_COLUMNS, row))
+                for row in self.conn.execute(_SQL_WORKFLOW, {"root": root_id, "n": limit})]
+
+    def custom_states(self):
+        """The update_state() states the running rows hold now."""
+        states = set()
+        for (blob,) in self.conn.execute(_SQL_RUNNING_META):
+            with contextlib.suppress(Exception):
+                state = _unpack(blob)[0]
+                if isinstance(state, str):
+                    states.add(state)
+        return states
 
     def chord_of_body(self, task_id):
         rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
@@ -6547,6 +6624,56 @@ class Admin:
         return [dict(zip(("name", "rate", "interval", "next_start"), row))
                 for row in self.app._storage().rate_limits()]
 
+    def set_rate_limit(self, name, rate):
+        """Change a task name's rate limit for every worker on the file ("10/s", "100/m",
+        a number per second; None or 0 drops it); returns the rate set (None: none). It
+        lasts until a worker or producer that defines the task registers it again."""
+        parsed = _parse_rate(rate)
+        self.app._storage().set_rate_limit(_checked_text("task name", name, _NAME_MAX),
+                                           parsed)
+        self.app._work_bell.ring()
+        return parsed[0] if parsed else None
+
+    def run_schedule(self, name):
+        """Queue one call of a periodic task now (its planned fires stay as they are);
+        returns the new task's id. UnknownTask for an unknown schedule name."""
+        task_id = f"{name}@run-{_new_id()}"
+        if not self.app._storage().fire_schedule(name, task_id, time.time()):
+            raise UnknownTask(f"no periodic task named {name!r}")
+        self.app._work_bell.ring()
+        return task_id
+
+    def disable_schedule(self, name):
+        """Stop a periodic task's fires until enable_schedule() (or until a worker that
+        defines it starts again); True if it was enabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, _SCHEDULE_OFF)
+
+    def enable_schedule(self, name):
+        """Let a disabled periodic task fire again (a missed fire is caught up by its
+        catch_up policy); True if it was disabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, None)
+
+    def _schedule_named(self, name):
+        if not any(row["name"] == name for row in self.schedules()):
+            raise UnknownTask(f"no periodic task named {name!r}")
+
+    def workflow(self, task_id, limit=_WORKFLOW_MAX):
+        """The tasks of a task's chain, group or chord (every row from its root), oldest
+        first, summarised; at most limit of them."""
+        row = self.app.AsyncResult(task_id)._fetch()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        rows = self.app._storage().workflow(row["root_id"] or row["id"], limit)
+        return [dict(_task_summary(r), parent_id=_display(r["parent_id"]),
+                     group_id=_display(r["group_id"])) for r in rows]
+
+    def states(self):
+        """The states a task can be in, then the custom update_state() states in use."""
+        custom = self.app._storage().custom_states() - set(_STATES_SHOWN)
+        return list(_STATES_SHOWN) + sorted(custom)
+
     def requeue_failed(self, name=None):
         """Queue again every failed task of a name (or all of them); returns how many."""
         count = self.app._storage().requeue_failed(name or None)
@@ -6602,6 +6729,12 @@ class Admin:
         before = (1 << 62) if before is None else int(before)
         if not 0 < before <= 1 << 62:
             raise ValueError("before must be a task's position (a positive whole number)")
+        custom = state if state and state not in _STATES_SHOWN else None
+        if custom:      # an update_state() state: only a running row holds one
+            rows = [(seq, row) for seq, row in self.app._storage().task_page(
+                        before, STARTED, queue or None, name or None, text or None, 500)
+                    if (_custom_state(row) or (None,))[0] == custom][:limit]
+            return [_task_summary(row) for _, row in rows], None
         rows = self.app._storage().task_page(before, state or None, queue or None,
                                              name or None, text or None, limit)
         tasks = [_task_summary(row) for _, row in rows]
@@ -9383,7 +9516,8 @@ def _health_checks(app, max_wait=300.0, now=None, counts=None):
                          max_wait, f"the oldest waiting task waited {oldest_age:.1f} s"))
     late = [r["name"] for r in admin.schedules() if r["error"] is None and
             _is_time(r["next_fire"]) and r["next_fire"] < now - _HEALTH_FIRE_LATE]
-    disabled = [r["name"] for r in admin.schedules() if r["error"] is not None]
+    disabled = [r["name"] for r in admin.schedules()
+                if r["error"] is not None and r["error"] != _SCHEDULE_OFF]
     checks.append(_check("schedules", not late and not disabled, len(late) + len(disabled), 0,
                          "no periodic fire missed" if not late and not disabled else
                          "; ".join(filter(None, [
@@ -9472,6 +9606,7 @@ def _schedule_view(row, count=3):
                                           "catch_up", "fires", "error")}
     view["last_fire"] = None
     view["next"] = []
+    view["off"] = row["error"] == _SCHEDULE_OFF
     if row["error"] is not None:
         return view
     try:
@@ -9599,6 +9734,12 @@ class _DashboardHandler:
         ("POST", r"/action/purge/(?P<queue>[^/]+)", "act_purge"),
         ("POST", r"/action/(?P<action>pause|resume)/(?P<queue>[^/]+)", "act_pause"),
         ("POST", r"/action/retry-failed", "act_retry_failed"),
+        ("GET", r"/data/states", "data_states"),
+        ("GET", r"/data/rate-limits", "data_rate_limits"),
+        ("GET", r"/data/workflow/(?P<id>[^/]+)", "data_workflow"),
+        ("POST", r"/action/schedule/(?P<action>run|enable|disable)/(?P<name>[^/]+)",
+         "act_schedule"),
+        ("POST", r"/api/task/rate-limit/(?P<name>[^/]+)", "api_rate_limit"),
     )]
 
     def log_message(self, fmt, *args):
@@ -9946,6 +10087,37 @@ class _DashboardHandler:
     def act_retry_failed(self):
         name = self._body().get("name")
         self._json({"requeued": self.server.app.admin.requeue_failed(name)})
+
+    def data_states(self):
+        self._json(self.server.app.admin.states())
+
+    def data_rate_limits(self):
+        self._json(self.server.app.admin.rate_limits())
+
+    def data_workflow(self, id):
+        self._json(self.server.app.admin.workflow(id))
+
+    def act_schedule(self, action, name):
+        admin = self.server.app.admin
+        if action == "run":
+            self._json({"ok": True, "task": admin.run_schedule(name)})
+        else:
+            done = admin.enable_schedule(name) if action == "enable" else \
+                admin.disable_schedule(name)
+            self._json({"ok": done})
+
+    def api_rate_limit(self, name):
+        """Flower's POST /api/task/rate-limit/NAME with ratelimit=10/s (form or JSON);
+        0 or an empty value drops the limit."""
+        rate = self.query["ratelimit"] if "ratelimit" in self.query else \
+            self._body().get("ratelimit")
+        if rate is None:
+            raise _HTTPError(400, "give ratelimit, e.g. ratelimit=10/s")
+        if isinstance(rate, str) and re.fullmatch(r"\s*\d+(\.\d*)?\s*", rate):
+            rate = float(rate)
+        rate = self.server.app.admin.set_rate_limit(name, rate or None)
+        self._json({"message": f"new rate limit set successfully: {rate}" if rate else
+                    "rate limit removed"})
 
 
 # ---------------------------------------------------------------------------
@@ -10748,9 +10920,14 @@ pre{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px;
 button{font:inherit;padding:4px 10px;border:1px solid var(--line);border-radius:6px;background:#fff;cursor:pointer;margin-right:6px}
 button.danger{color:var(--bad);border-color:#f3b8a5}input,select{font:inherit;padding:4px 6px;border:1px solid var(--line);border-radius:6px;margin-right:6px}
 .chart{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px;margin-bottom:10px}
-.chart svg{width:100%;height:120px;display:block}.legend{font-size:12px;color:var(--mute)}
+.chart svg{display:block;overflow:visible}.legend{font-size:12px;color:var(--mute)}
+.tick{font-size:11px;fill:#667085}.tick.here{font-weight:700;fill:#1d2430}.bar:hover rect:not([fill=transparent]){opacity:.75}.bar:hover rect[fill=transparent]{fill:#f2f4f7}
+.keys .key{margin-right:14px;white-space:nowrap}.key .sw{display:inline-block;margin-right:4px;vertical-align:-1px}
+.scroll{overflow-x:auto}th.sortable{cursor:pointer;user-select:none}th.sortable:hover{color:var(--fg)}.cardlink{text-decoration:none;color:inherit}.cardlink .card:hover{border-color:var(--acc)}
+header{flex-wrap:wrap}#filters{display:flex;flex-wrap:wrap;gap:6px 0}
+@media (max-width:640px){main{padding:10px}header{gap:6px 14px;padding:8px 10px}nav a{margin-right:10px}.card{min-width:96px;padding:8px 10px}.card .n{font-size:18px}progress{width:160px}}
 a{color:var(--acc)}.why{padding:8px 10px;background:#fffaeb;border:1px solid #fedf89;border-radius:8px;margin:8px 0}
-progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140px}
+progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140px;white-space:nowrap;overflow-wrap:normal}
 </style></head><body>
 <header><b>litequeue</b><nav id="nav"></nav><span id="live">connecting</span></header>
 <main id="main"></main>
@@ -10775,7 +10952,17 @@ function el(tag, props, ...kids) {
 function svg(tag, attrs) { const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v)); return e; }
 function when(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
-function secs(s) { return s === null || s === undefined ? "" : s < 1 ? (s * 1000).toFixed(1) + " ms" : s.toFixed(2) + " s"; }
+// A duration as an operator reads it: 4.0 ms, 12.3 s, 1 min 48 s, 3 h 2 min, 2 d 4 h.
+function secs(s) {
+  if (s === null || s === undefined || s === "" || isNaN(s)) return "";
+  if (s < 1) return (s * 1000).toFixed(1) + " ms";
+  if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
+  const f = Math.floor, units = s < 3600 ? [[f(s / 60), "min"], [f(s % 60), "s"]] : s < 86400 ?
+    [[f(s / 3600), "h"], [f(s % 3600 / 60), "min"]] : [[f(s / 86400), "d"], [f(s % 86400 / 3600), "h"]];
+  return units.filter(([n], i) => i === 0 || n).map(([n, u]) => n + " " + u).join(" ");
+}
+function hhmm(t, seconds) { return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: seconds ? "2-digit" : undefined, hour12: false}); }
+function day(t) { return new Date(t * 1000).toLocaleDateString([], {month: "short", day: "numeric"}); }
 function stateCell(s) { return el("td", {}, el("span", {class: "st " + s, text: s})); }
 const seen = {};
 let auto = false;      // true while the timer redraws: an unchanged answer redraws nothing
@@ -10786,9 +10973,20 @@ async function getJSON(path) {
   const body = JSON.parse(text);
   if (!r.ok) throw new Error(body.error || r.statusText);
   const same = seen[path] === text;
-  seen[path] = text;
+  seen[path] = text; parsed[path] = body;
   if (same && auto) throw new Unchanged();
   return body;
+}
+const parsed = {};
+// Several reads for one view: it is redrawn when any of them changed.
+async function getMany(...paths) {
+  const was = auto; auto = false;
+  try {
+    const before = paths.map(p => seen[p]);
+    const out = await Promise.all(paths.map(p => getJSON(p)));
+    if (was && paths.every((p, i) => before[i] === seen[p])) throw new Unchanged();
+    return out;
+  } finally { auto = was; }
 }
 async function post(path, body) {
   const r = await fetch(path, {method: "POST", headers: {"X-CSRF-Token": CFG.csrf,
@@ -10809,78 +11007,184 @@ function drawNav() {
     if (here === p || (p !== "/" && here.startsWith(p.slice(0, -1)))) a.className = "on";
     nav.append(a); }
 }
-function barChart(title, points, series) {
+// Charts are drawn at the width they are shown (text keeps its size on a phone), with a
+// time axis, a value axis, a colour key and a <title> per bar or point (the hover value).
+function chartWidth() { const m = getComputedStyle(main);      // main's content box, less the chart's padding
+  return Math.max(260, main.clientWidth - parseFloat(m.paddingLeft) - parseFloat(m.paddingRight) - 20); }
+function niceMax(v) { if (v <= 0) return 1; const p = Math.pow(10, Math.floor(Math.log10(v)));
+  return [1, 2, 2.5, 5, 10].map(m => m * p).find(m => m >= v); }
+function axes(s, w, h, L, B, t0, t1, max, fmtY, dated, seconds) {
+  const ph = h - B - 6;
+  for (const f of fmtY ? [0, 0.5, 1] : [0]) { const y = h - B - f * ph;
+    s.append(svg("line", {x1: L, y1: y, x2: w, y2: y, stroke: f ? "#eef0f3" : "#c9ced6"}));
+    if (!fmtY) continue;
+    const label = svg("text", {x: L - 4, y: y + 4, "text-anchor": "end", class: "tick"}); label.textContent = fmtY(max * f); s.append(label); }
+  const span = Math.max(1, t1 - t0), pw = w - L;
+  const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+  const step = steps.find(st => pw / (span / st) >= (dated ? 78 : 54)) || 86400;
+  const offset = new Date(t0 * 1000).getTimezoneOffset() * 60;      // ticks on local round times
+  let lastDay = "";
+  for (let t = Math.ceil((t0 - offset) / step) * step + offset; t <= t1; t += step) {
+    const x = L + (t - t0) / span * pw;
+    s.append(svg("line", {x1: x, y1: h - B, x2: x, y2: h - B + 4, stroke: "#98a2b3"}));
+    const d = day(t), text = svg("text", {x: x, y: h - 3, "text-anchor": "middle", class: "tick"});
+    text.textContent = (dated && d !== lastDay ? d + " " : "") + hhmm(t, seconds); lastDay = d; s.append(text);
+  }
+}
+function legend(series) {
+  return el("div", {class: "legend keys"}, ...series.map(([k, color, label]) =>
+    el("span", {class: "key"}, swatch(color), label)));
+}
+function swatch(color) {        // an SVG square: the page's policy refuses style attributes
+  const s = svg("svg", {width: 10, height: 10, class: "sw"}); s.append(svg("rect", {width: 10, height: 10, rx: 2, fill: color})); return s;
+}
+function barChart(title, points, series, stepSecs, dated) {
   const box = el("div", {class: "chart"}, el("div", {class: "legend", text: title}));
-  const w = 600, h = 110, s = svg("svg", {viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img"});
-  const max = Math.max(1, ...points.map(p => series.reduce((a, [k]) => a + p[k], 0)));
-  const bw = w / Math.max(1, points.length);
-  points.forEach((p, i) => { let y = h;
-    for (const [k, color] of series) { const bh = p[k] / max * (h - 4);
-      if (bh > 0) { s.append(svg("rect", {x: i * bw + 0.5, y: y - bh, width: Math.max(1, bw - 1), height: bh, fill: color})); y -= bh; } } });
-  s.append(svg("line", {x1: 0, y1: h - 0.5, x2: w, y2: h - 0.5, stroke: "#e4e7ec"}));
-  box.append(s, el("div", {class: "legend", text: series.map(([k, c, label]) => label).join(" · ") + " · max " + max}));
+  const w = chartWidth(), h = 150, L = 34, B = 18, ph = h - B - 6;
+  const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": title});
+  const max = niceMax(Math.max(0, ...points.map(p => series.reduce((a, [k]) => a + p[k], 0))));
+  const t0 = points.length ? points[0].t : 0, t1 = t0 + points.length * stepSecs;
+  axes(s, w, h, L, B, t0, t1, max, v => Math.round(v), dated, false);
+  const bw = (w - L) / Math.max(1, points.length);
+  points.forEach((p, i) => { let y = h - B; const g = svg("g", {class: "bar"});
+    const tip = svg("title", {}); tip.textContent = (dated ? day(p.t) + " " : "") + hhmm(p.t) + "–" + hhmm(p.t + stepSecs) + ": " +
+      series.map(([k, c, label]) => label + " " + p[k]).join(", ");
+    g.append(tip, svg("rect", {x: L + i * bw, y: 6, width: bw, height: ph, fill: "transparent"}));
+    for (const [k, color] of series) { const bh = p[k] / max * ph;
+      if (bh > 0) { g.append(svg("rect", {x: L + i * bw + 0.5, y: y - bh, width: Math.max(1, bw - 1), height: bh, fill: color})); y -= bh; } }
+    s.append(g); });
+  box.append(s, legend(series));
   return box;
 }
-function lineChart(title, values) {
+function lineChart(title, points, stepSecs, label) {
   const box = el("div", {class: "chart"}, el("div", {class: "legend", text: title}));
-  const w = 600, h = 110, s = svg("svg", {viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img"});
-  const max = Math.max(1e-6, ...values);
-  const step = w / Math.max(1, values.length - 1);
+  const w = chartWidth(), h = 150, L = 50, B = 18, ph = h - B - 6;
+  const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": title});
+  const max = niceMax(Math.max(0, ...points.map(p => p.v)));
+  const t0 = points.length ? points[0].t : 0, t1 = t0 + points.length * stepSecs;
+  axes(s, w, h, L, B, t0, t1, max, v => v ? secs(v) : "0", false, false);
+  const x = i => L + (i + 0.5) * (w - L) / Math.max(1, points.length), y = v => h - B - v / max * ph;
   s.append(svg("polyline", {fill: "none", stroke: "#2e5aac", "stroke-width": 1.5,
-    points: values.map((v, i) => `${(i * step).toFixed(1)},${(h - 2 - v / max * (h - 6)).toFixed(1)}`).join(" ")}));
-  box.append(s, el("div", {class: "legend", text: "max " + secs(max)}));
+    points: points.map((p, i) => `${x(i).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ")}));
+  points.forEach((p, i) => { if (!p.n) return; const c = svg("circle", {cx: x(i), cy: y(p.v), r: 2.5, fill: "#2e5aac"});
+    const tip = svg("title", {}); tip.textContent = hhmm(p.t) + ": " + label + " " + secs(p.v) + " over " + p.n + " run(s)"; c.append(tip); s.append(c); });
+  box.append(s, legend([["v", "#2e5aac", label + " (points: minutes with runs)"]]));
   return box;
 }
 function table(headers, rows) {
-  return el("table", {}, el("thead", {}, el("tr", {}, ...headers.map(h => el("th", {text: h})))),
-            el("tbody", {}, ...rows));
+  return el("div", {class: "scroll"}, el("table", {}, el("thead", {}, el("tr", {}, ...headers.map(h => h instanceof Node ? h : el("th", {text: h})))),
+            el("tbody", {}, ...rows)));
 }
+const SERIES = [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]];
 async function overview() {
   const d = await getJSON("/data/overview");
   const totals = {};
   for (const states of Object.values(d.counts)) for (const [s, n] of Object.entries(states)) totals[s] = (totals[s] || 0) + n;
-  const hour = d.hour.map(([t, ok, bad, retry, rt]) => ({ok, bad, retry, rt}));
-  const day = d.day.map(g => ({ok: g.reduce((a, m) => a + m[1], 0), bad: g.reduce((a, m) => a + m[2], 0), retry: g.reduce((a, m) => a + m[3], 0)}));
+  const hour = d.hour.map(([t, ok, bad, retry, rt]) => ({t, ok, bad, retry, v: rt, n: ok + bad + retry}));
+  const dayPoints = d.day.map(g => ({t: g[0][0], ok: g.reduce((a, m) => a + m[1], 0), bad: g.reduce((a, m) => a + m[2], 0), retry: g.reduce((a, m) => a + m[3], 0)}));
   const sum = (xs, k) => xs.reduce((a, x) => a + x[k], 0);
+  const card = (n, label, href, cls) => { const c = el("div", {class: "card"}, el("div", {class: "n " + (cls || ""), text: n}), el("div", {class: "l", text: label}));
+    return href ? el("a", {class: "cardlink", href: href, on: {click: e => { e.preventDefault(); go(href); }}}, c) : c; };
   const cards = el("div", {class: "cards"},
     ...["PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "FAILURE"].map(s =>
-      el("div", {class: "card"}, el("div", {class: "n", text: totals[s] || 0}), el("div", {class: "l", text: s === "FAILURE" ? "failed (kept)" : s.toLowerCase()}))),
-    el("div", {class: "card"}, el("div", {class: "n", text: sum(hour, "ok")}), el("div", {class: "l", text: "succeeded, last hour"})),
-    el("div", {class: "card"}, el("div", {class: "n " + (sum(hour, "bad") ? "bad" : ""), text: sum(hour, "bad")}), el("div", {class: "l", text: "failed, last hour"})));
+      card(totals[s] || 0, s === "FAILURE" ? "failed (kept)" : s.toLowerCase(), "/tasks?state=" + s)),
+    card(sum(hour, "ok"), "succeeded, last hour"),
+    card(sum(hour, "bad"), "failed, last hour", null, sum(hour, "bad") ? "bad" : ""));
   const health = el("div", {class: "card", id: "health"},
     el("div", {class: "n " + (d.healthy ? "ok" : "bad"), text: d.healthy ? "healthy" : "unhealthy"}),
     ...d.health.map(c => el("div", {class: c.ok ? "l" : "l bad", text: (c.ok ? "✓ " : "✗ ") + c.name + ": " + c.detail})));
-  const queues = Object.entries(d.counts).map(([q, s]) => el("tr", {}, el("td", {text: q}),
+  const queues = Object.entries(d.counts).map(([q, s]) => el("tr", {}, el("td", {}, link("/tasks?queue=" + encodeURIComponent(q), q)),
     ...["PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "FAILURE"].map(k => el("td", {text: s[k] || 0})),
     el("td", {text: d.oldest[q] !== undefined ? secs(d.oldest[q]) : ""})));
   main.replaceChildren(el("h2", {text: "Now"}), cards, el("h2", {text: "Health"}), health,
     el("h2", {text: "Last hour, per minute"}),
-    barChart("tasks finished per minute", hour, [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]]),
-    lineChart("mean run time per minute", hour.map(p => p.rt)),
+    barChart("tasks finished per minute", hour, SERIES, 60, false),
+    lineChart("mean run time per minute", hour, 60, "mean run time"),
     el("h2", {text: "Last day, per 20 minutes"}),
-    barChart("tasks finished per 20 minutes", day, [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]]),
+    barChart("tasks finished per 20 minutes", dayPoints, SERIES, 1200, true),
     el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "waiting", "started", "retry", "failed", "oldest waiting"], queues));
 }
-const filters = {state: "", queue: "", name: "", q: ""};
+// The task list's filters and sort live in the URL (/tasks?state=FAILURE&sort=-runtime):
+// read on every draw, written with history.replaceState when changed.
+const FILTERS = ["state", "queue", "name", "q", "sort"];
+function query() { const p = new URLSearchParams(location.search); return Object.fromEntries(FILTERS.map(k => [k, p.get(k) || ""])); }
+function setQuery(values) {
+  const p = new URLSearchParams(Object.entries(values).filter(([k, v]) => v && FILTERS.includes(k)));
+  history.replaceState(null, "", location.pathname + (p.toString() ? "?" + p : ""));
+}
 let pageBefore = [];
+const COLUMNS = [["id", "id"], ["name", "name"], ["state", "state"], ["args", "args"], ["result", "result"], ["created", "queued"], ["runtime", "runtime"], ["worker", "worker"]];
+function sortRows(tasks, sort) {
+  if (!sort) return tasks;
+  const key = sort.replace(/^-/, ""), dir = sort.startsWith("-") ? -1 : 1;
+  const val = t => key === "result" ? (t.exception || (t.result === null ? "" : JSON.stringify(t.result))) : t[key];
+  return [...tasks].sort((a, b) => { const x = val(a), y = val(b);
+    if (x === y) return 0; if (x === null || x === undefined || x === "") return 1; if (y === null || y === undefined || y === "") return -1;
+    return (typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y))) * dir; });
+}
 async function tasksPage() {
-  const form = el("div", {id: "filters"});
-  const st = el("select", {id: "f-state"}, ...["", "PENDING", "SCHEDULED", "WAITING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "EXPIRED"].map(s => { const o = el("option", {value: s, text: s || "any state"}); if (s === filters.state) o.selected = true; return o; }));
-  const inputs = ["queue", "name", "q"].map(k => el("input", {id: "f-" + k, placeholder: k === "q" ? "search id, name or args" : k, value: filters[k]}));
-  const apply = el("button", {text: "Filter", on: {click: () => { filters.state = st.value; ["queue", "name", "q"].forEach((k, i) => filters[k] = inputs[i].value); pageBefore = []; render(); }}});
-  form.append(st, ...inputs, apply);
-  if (!CFG.readOnly) form.append(el("button", {class: "danger", text: "Retry all failed" , on: {click: async () => { const r = await post("/action/retry-failed", {name: filters.name || null}); document.getElementById("live").textContent = "requeued " + r.requeued; render(); }}}));
-  const params = new URLSearchParams(Object.entries(filters).filter(([k, v]) => v));
+  const f = query();
+  const params = new URLSearchParams(Object.entries(f).filter(([k, v]) => v && k !== "sort"));
   if (pageBefore.length) params.set("before", pageBefore[pageBefore.length - 1]);
-  const d = await getJSON("/data/tasks?" + params);
-  const rows = d.tasks.map(t => el("tr", {}, el("td", {}, link("/task/" + encodeURIComponent(t.id), t.id)), el("td", {text: t.name}), stateCell(t.state),
+  const [states, d] = await getMany("/data/states", "/data/tasks?" + params);
+  const change = () => { const v = {state: st.value, sort: f.sort}; ["queue", "name", "q"].forEach((k, i) => v[k] = inputs[i].value.trim()); pageBefore = []; setQuery(v); render(); };
+  const st = el("select", {id: "f-state", on: {change: change}}, ...["", ...states, ...(f.state && !states.includes(f.state) ? [f.state] : [])].map(s => { const o = el("option", {value: s, text: s || "any state"}); if (s === f.state) o.selected = true; return o; }));
+  const inputs = ["queue", "name", "q"].map(k => el("input", {id: "f-" + k, placeholder: k === "q" ? "search id, name or args" : k, value: f[k],
+    on: {keydown: e => { if (e.key === "Enter") change(); }}}));
+  const form = el("div", {id: "filters"}, st, ...inputs, el("button", {text: "Filter", on: {click: change}}),
+    el("button", {text: "Clear", on: {click: () => { pageBefore = []; setQuery({}); render(); }}}));
+  if (!CFG.readOnly) form.append(el("button", {class: "danger", text: "Retry all failed" , on: {click: async () => { const r = await post("/action/retry-failed", {name: f.name || null}); document.getElementById("live").textContent = "requeued " + r.requeued; render(); }}}));
+  const rows = sortRows(d.tasks, f.sort).map(t => el("tr", {}, el("td", {}, link("/task/" + encodeURIComponent(t.id), t.id)), el("td", {text: t.name}), stateCell(t.state),
     el("td", {text: t.args}), el("td", {text: t.exception || (t.result === null ? "" : JSON.stringify(t.result))}), el("td", {text: when(t.created)}), el("td", {text: secs(t.runtime)}), el("td", {text: t.worker || ""})));
+  const heads = COLUMNS.map(([key, label]) => { const on = f.sort.replace(/^-/, "") === key, down = f.sort === "-" + key;
+    return el("th", {class: "sortable", "data-key": key, title: "sort by " + label, "aria-sort": on ? (down ? "descending" : "ascending") : "none",
+      on: {click: () => { setQuery(Object.assign(query(), {sort: on && !down ? "-" + key : on ? "" : key})); render(); }}}, label + (on ? (down ? " ▼" : " ▲") : "")); });
   const pager = el("div", {}, pageBefore.length ? el("button", {text: "Newer", on: {click: () => { pageBefore.pop(); render(); }}}) : null,
-    d.next ? el("button", {text: "Older", on: {click: () => { pageBefore.push(d.next); render(); }}}) : null);
-  main.replaceChildren(el("h2", {text: "Tasks"}), form, el("p"), table(["id", "name", "state", "args", "result", "queued", "runtime", "worker"], rows), el("p"), pager);
+    d.next ? el("button", {text: "Older", on: {click: () => { pageBefore.push(d.next); render(); }}}) : null,
+    el("span", {class: "muted", text: d.tasks.length + " task(s) on this page" + (f.sort ? ", sorted on this page" : ", newest first")}));
+  main.replaceChildren(el("h2", {text: "Tasks"}), form, el("p"), table(heads, rows), el("p"), pager);
+}
+// What an operator can do to a task depends on its state.
+const WAITS = ["PENDING", "SCHEDULED", "WAITING", "RETRY"], ENDED = ["FAILURE", "REVOKED", "EXPIRED"], DONE = ["SUCCESS", ...ENDED];
+function actionsFor(state) {
+  if (WAITS.includes(state)) return [["Revoke", "revoke", ""]];
+  if (ENDED.includes(state)) return [["Retry", "retry", ""]];
+  if (state === "SUCCESS") return [];
+  return [["Terminate", "terminate", "danger"]];        // STARTED or an update_state() state
+}
+function whyBox(t) {
+  const box = el("div", {class: "why", id: "why"}, "Why it is not running: ");
+  const at = t.parent_id ? t.why.indexOf(t.parent_id) : -1;
+  if (at < 0) box.append(t.why);
+  else box.append(t.why.slice(0, at), link("/task/" + encodeURIComponent(t.parent_id), t.parent_id), t.why.slice(at + t.parent_id.length));
+  return box;
+}
+// A workflow's members as bars on one time axis: queued (light), running (its state's colour).
+const COLORS = {SUCCESS: "#12805c", FAILURE: "#c4320a", REVOKED: "#c4320a", EXPIRED: "#c4320a", RETRY: "#b54708", STARTED: "#b54708"};
+function timeline(flow, current) {
+  const now = Date.now() / 1000, w = chartWidth(), L = Math.min(220, w * 0.38), row = 20, top = 6, B = 18;
+  const ends = flow.flatMap(t => [t.created, t.started, t.finished]).filter(x => x), t0 = Math.min(...ends);
+  const t1 = Math.max(t0 + 1, ...ends, flow.some(t => !t.finished) ? now : 0), span = t1 - t0;
+  const h = top + flow.length * row + B, x = t => L + (t - t0) / span * (w - L - 6);
+  const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "workflow timeline", id: "timeline"});
+  axes(s, w - 6, h, L, B, t0, t1, 0, null, false, span < 600);
+  flow.forEach((t, i) => { const y = top + i * row, g = svg("g", {class: "member", "data-id": t.id});
+    const name = svg("text", {x: 4, y: y + 14, class: "tick" + (t.id === current ? " here" : "")});
+    name.textContent = (t.id === current ? "▶ " : "") + t.name.split(".").pop() + " " + t.id.slice(-6);
+    const a = document.createElementNS(SVG, "a"); a.setAttribute("href", "/task/" + encodeURIComponent(t.id)); a.append(name);
+    a.addEventListener("click", e => { e.preventDefault(); go("/task/" + encodeURIComponent(t.id)); });
+    const start = t.started || (t.finished ? t.finished : now), end = t.finished || now;
+    const tip = svg("title", {}); tip.textContent = t.name + " " + t.id + " · " + t.state + "\nqueued " + when(t.created) +
+      (t.started ? "\nstarted " + when(t.started) + " (waited " + secs(t.started - t.created) + ")" : "") +
+      (t.finished ? "\nended " + when(t.finished) + (t.started ? " (ran " + secs(t.finished - t.started) + ")" : "") : "");
+    g.append(tip, a, svg("rect", {x: x(t.created), y: y + 7, width: Math.max(1, x(start) - x(t.created)), height: 6, fill: "#d0d5dd"}));
+    if (t.started) g.append(svg("rect", {x: x(t.started), y: y + 3, width: Math.max(2, x(end) - x(t.started)), height: 14, rx: 2, fill: COLORS[t.state] || "#b54708"}));
+    s.append(g); });
+  return el("div", {class: "chart"}, el("div", {class: "legend", text: "timeline of its workflow (" + flow.length + " tasks, " + secs(span) + ")"}), s,
+    legend([["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#b54708", "running or retried"]]));
 }
 async function taskPage(id) {
-  const t = await getJSON("/data/task/" + encodeURIComponent(id));
+  const [t, flow] = await getMany("/data/task/" + encodeURIComponent(id), "/data/workflow/" + encodeURIComponent(id));
   const kv = (k, v) => el("tr", {}, el("td", {text: k}), v instanceof Node ? el("td", {}, v) : el("td", {text: v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v)}));
   const rel = ids => el("span", {}, ...ids.map(i => el("span", {}, link("/task/" + encodeURIComponent(i), i), " ")));
   const rows = [kv("name", t.name), kv("state", el("span", {class: "st " + t.state, text: t.state})), kv("queue", t.queue), kv("args", t.args), kv("kwargs", t.kwargs),
@@ -10888,21 +11192,24 @@ async function taskPage(id) {
     kv("eta", when(t.eta)), kv("expires", when(t.expires)), kv("attempts", t.attempt), kv("retries", t.retries), kv("worker", t.worker ? t.worker + " (pid " + t.pid + ")" : ""),
     kv("parent", t.parent_id ? rel([t.parent_id]) : ""), kv("root", rel([t.root_id])), kv("group", t.group_id), kv("children", rel(t.children))];
   const parts = [el("h2", {text: "Task " + t.id})];
-  if (t.why) parts.push(el("div", {class: "why", text: "Why it is not running: " + t.why}));
+  if (t.why) parts.push(whyBox(t));
   if (t.progress && t.progress[1] && typeof t.progress[1].current === "number" && typeof t.progress[1].total === "number") {
     const p = t.progress[1]; parts.push(el("div", {}, el("span", {text: t.progress[0] + " "}), el("progress", {value: p.current, max: p.total}), el("span", {text: " " + p.current + " / " + p.total})));
   } else if (t.progress) parts.push(kv("progress", t.progress));
   if (!CFG.readOnly) {
     const act = (label, action, cls) => el("button", {class: cls, text: label, on: {click: async () => {
-      try { const r = await post("/action/" + action + "/" + encodeURIComponent(t.id)); document.getElementById("act-result").textContent = r.ok ? label + ": done" : label + ": not possible now"; } catch (e) { document.getElementById("act-result").textContent = e.message; }
+      try { const r = await post("/action/" + action + "/" + encodeURIComponent(t.id)); actResult = r.ok ? label + ": done" : label + ": not possible now"; } catch (e) { actResult = e.message; }
       render(); }}});
-    parts.push(el("div", {}, act("Revoke", "revoke"), act("Terminate", "terminate", "danger"), act("Retry", "retry"), el("span", {id: "act-result"})));
+    const acts = actionsFor(t.state);
+    parts.push(el("div", {id: "actions"}, ...acts.map(a => act(...a)), acts.length ? null : el("span", {class: "muted", text: "finished: nothing to do "}), el("span", {id: "act-result", text: actResult})));
   }
-  parts.push(el("p"), el("table", {class: "kv"}, el("tbody", {}, ...rows)));
+  if (flow.length > 1) parts.push(el("h2", {text: "Its workflow"}), timeline(flow, t.id));
+  parts.push(el("p"), el("div", {class: "scroll"}, el("table", {class: "kv"}, el("tbody", {}, ...rows))));
   if (t.traceback) parts.push(el("h2", {text: "Traceback"}), el("pre", {text: t.traceback}));
   if (t.errors && t.errors.length) parts.push(el("h2", {text: "Errors of every attempt"}), table(["attempt", "time", "type", "message"], t.errors.map(e => el("tr", {}, el("td", {text: e.attempt}), el("td", {text: when(e.time)}), el("td", {text: e.type}), el("td", {text: e.message})))));
   main.replaceChildren(...parts);
 }
+let actResult = "";
 async function workersPage() {
   const ws = await getJSON("/data/workers");
   const rows = [];
@@ -10917,19 +11224,36 @@ async function workersPage() {
   main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "processed / failed", "running"], rows));
 }
 async function queuesPage() {
-  const qs = await getJSON("/data/queues");
-  const rows = qs.map(q => el("tr", {}, el("td", {text: q.name + (q.paused ? " (paused)" : "")}), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
+  const [qs, limits] = await getMany("/data/queues", "/data/rate-limits");
+  const rows = qs.map(q => el("tr", {}, el("td", {}, link("/tasks?queue=" + encodeURIComponent(q.name), q.name), q.paused ? " (paused)" : ""), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
     el("td", {text: q.oldest_age === null ? "" : secs(q.oldest_age)}), el("td", {text: q.last_hour[0] + " / " + q.last_hour[1]}), el("td", {class: q.processes ? "" : "bad", text: q.processes}),
     el("td", {}, CFG.readOnly ? null : el("button", {text: q.paused ? "Resume" : "Pause", on: {click: async () => { await post("/action/" + (q.paused ? "resume/" : "pause/") + encodeURIComponent(q.name)); render(); }}}),
       CFG.readOnly ? null : el("button", {class: "danger", text: "Purge", on: {click: async () => { if (confirm("Delete every waiting task of " + q.name + "?")) { await post("/action/purge/" + encodeURIComponent(q.name)); render(); } }}}))));
-  main.replaceChildren(el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "running", "oldest waiting", "done / failed, last hour", "worker processes", ""], rows));
+  const limitRows = limits.map(l => el("tr", {}, el("td", {}, link("/tasks?name=" + encodeURIComponent(l.name), l.name)), el("td", {text: l.rate}), el("td", {text: secs(l.interval)}),
+    el("td", {}, CFG.readOnly ? null : el("button", {text: "Remove", on: {click: () => setLimit(l.name, "0")}}))));
+  const parts = [el("h2", {text: "Queues"}), table(["queue", "pending", "scheduled", "running", "oldest waiting", "done / failed, last hour", "worker processes", ""], rows),
+    el("h2", {text: "Rate limits (for every worker on this file)"}), limitRows.length ? table(["task", "rate", "between starts", ""], limitRows) : el("p", {class: "muted", text: "no task name is rate-limited"})];
+  if (!CFG.readOnly) { const n = el("input", {id: "rl-name", placeholder: "task name"}), r = el("input", {id: "rl-rate", placeholder: "10/s, 100/m, 0 = none", size: 16});
+    parts.push(el("p", {}, n, r, el("button", {id: "rl-set", text: "Set rate limit", on: {click: () => setLimit(n.value.trim(), r.value.trim())}}), el("span", {id: "rl-result", class: "muted", text: limitResult}),
+      el("div", {class: "muted", text: "lasts until a worker or producer that defines the task registers it again with its own rate_limit"}))); }
+  main.replaceChildren(...parts);
+}
+let limitResult = "";
+async function setLimit(name, rate) {
+  try { const r = await post("/api/task/rate-limit/" + encodeURIComponent(name), {ratelimit: rate}); limitResult = " " + r.message; } catch (e) { limitResult = " " + e.message; }
+  render();
 }
 async function schedulesPage() {
   const ss = await getJSON("/data/schedules");
-  const rows = ss.map(s => el("tr", {}, el("td", {text: s.name}), el("td", {text: s.task}), el("td", {text: s.schedule}), el("td", {text: s.tz}), el("td", {text: s.last_fire || "never"}),
-    el("td", {}, ...(s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: n.at + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires})));
-  main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires"], rows));
+  const act = (s, label, action) => el("button", {text: label, on: {click: async () => {
+    try { const r = await post("/action/schedule/" + action + "/" + encodeURIComponent(s.name)); scheduleResult = label + " " + s.name + (r.task ? ": queued " + r.task : r.ok ? ": done" : ": no change"); } catch (e) { scheduleResult = e.message; }
+    render(); }}});
+  const rows = ss.map(s => el("tr", {}, el("td", {text: s.name}), el("td", {}, link("/tasks?name=" + encodeURIComponent(s.task), s.task)), el("td", {text: s.schedule}), el("td", {text: s.tz}), el("td", {text: s.last_fire || "never"}),
+    el("td", {}, ...(s.off ? [el("span", {class: "bad", text: "disabled"})] : s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: n.at + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires}),
+    el("td", {}, ...(CFG.readOnly ? [] : [act(s, "Run now", "run"), s.error ? act(s, "Enable", "enable") : act(s, "Disable", "disable")]))));
+  main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires", ""], rows), el("p", {id: "sched-result", class: "muted", text: scheduleResult}));
 }
+let scheduleResult = "";
 async function render(timer) {
   auto = timer === true;
   if (!auto) for (const k of Object.keys(seen)) delete seen[k];

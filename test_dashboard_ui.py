@@ -1,0 +1,188 @@
+"""The dashboard as an operator's tool: dated charts, bookmarkable filters, actions that
+fit a task's state, schedule and rate-limit actions, a workflow's timeline. Python-level
+tests of the JSON and the actions, then one test that drives the page in Chromium."""
+import json
+import time
+
+import pytest
+
+import litequeue
+from litequeue import STARTED, UnknownTask, chord
+from test_litequeue import (  # noqa: F401  (fixtures)
+    Project, _chromium, dashboards, insert_schedule, pack, project, sql, wait_until,
+    workers)
+
+
+def test_schedule_actions_rate_limits_states_and_workflow(project):
+    admin = project.app.admin
+    add = project.app.tasks["tasks.add"]
+    add.delay(0, 0)                      # creates the file
+    insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
+    fired = admin.run_schedule("nightly")
+    assert project.state(fired) == "PENDING" and project.row(fired)["name"] == "tasks.add"
+    assert admin.disable_schedule("nightly") and not admin.disable_schedule("nightly")
+    view = litequeue._schedule_view(admin.schedules()[0])
+    assert view["off"] and view["error"] == "disabled by an operator"
+    checks = litequeue._health_checks(project.app, 300)
+    assert [c["ok"] for c in checks if c["name"] == "schedules"] == [True]
+    assert admin.enable_schedule("nightly") and not admin.enable_schedule("nightly")
+    with pytest.raises(UnknownTask):
+        admin.run_schedule("nope")
+    with pytest.raises(UnknownTask):
+        admin.disable_schedule("nope")
+
+    assert admin.set_rate_limit("tasks.add", "10/m") == "10/m"
+    assert [(r["name"], r["rate"], r["interval"]) for r in admin.rate_limits()] == \
+        [("tasks.add", "10/m", 6.0)]
+    queued = add.delay(1, 1)
+    assert sql(project.db, "SELECT rate_key FROM tasks WHERE id = ?", queued.id) == \
+        [("tasks.add",)]
+    assert admin.set_rate_limit("tasks.add", None) is None and admin.rate_limits() == []
+    with pytest.raises(litequeue.ConfigurationError):
+        admin.set_rate_limit("tasks.add", "fast")
+
+    running = add.delay(2, 2)
+    sql(project.db, "UPDATE tasks SET state = 'STARTED', meta = ? WHERE id = ?",
+        pack(["PROGRESS", {"current": 1, "total": 3}]), running.id)
+    states = admin.states()
+    assert states[:9] == list(litequeue._STATES_SHOWN) and states[9:] == ["PROGRESS"]
+    tasks, _ = admin.page(state="PROGRESS")
+    assert [t["id"] for t in tasks] == [running.id]
+
+    body = chord([add.s(i, i) for i in range(3)])(project.app.tasks["tasks.echo"].s())
+    members = [r.id for r in body.parent.results]
+    for task_id in (body.id, members[1]):
+        flow = admin.workflow(task_id)
+        assert [t["id"] for t in flow] == members + [body.id]
+        assert {t["group_id"] for t in flow[:3]} == {body.parent.id}
+    assert [t["id"] for t in admin.workflow(queued.id)] == [queued.id]
+
+
+def test_the_new_json_and_actions_over_http(project, dashboards):
+    project.delay("add", 1, 1)
+    insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
+    d = dashboards(project)
+    assert d.json("/data/states")[:2] == ["PENDING", "SCHEDULED"]
+    body = chord([project.app.tasks["tasks.add"].s(i, i) for i in range(2)])(
+        project.app.tasks["tasks.echo"].s())
+    assert len(d.json(f"/data/workflow/{body.id}")) == 3
+    d.json("/data/workflow/nope", status=404)
+    assert d.json("/action/schedule/disable/nightly", "POST") == {"ok": True}
+    assert d.json("/data/schedules")[0]["off"] is True
+    assert d.json("/action/schedule/enable/nightly", "POST") == {"ok": True}
+    fired = d.json("/action/schedule/run/nightly", "POST")["task"]
+    assert project.state(fired) == "PENDING"
+    d.json("/action/schedule/run/nope", "POST", status=404)
+    # Flower's form: ratelimit=10/s; a browser without the CSRF token is refused.
+
+    import http.client
+    conn = http.client.HTTPConnection(d.host, timeout=30)
+    conn.request("POST", "/api/task/rate-limit/tasks.add", body="ratelimit=10/s",
+                 headers={"Host": d.host, "Content-Type": "application/x-www-form-urlencoded"})
+    response = conn.getresponse()
+    assert response.status == 200 and b"10/s" in response.read()
+    conn.close()
+    assert [r["rate"] for r in d.json("/data/rate-limits")] == ["10/s"]
+    assert d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "0"}) == \
+        {"message": "rate limit removed"}
+    d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "quick"}, status=400)
+    d.json("/action/schedule/disable/nightly", "POST", status=403,
+           headers={"Origin": f"http://{d.host}"})          # a browser needs the token
+
+
+def test_read_only_refuses_the_new_actions(project, dashboards):
+    project.delay("add", 1, 1)
+    insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
+    d = dashboards(project, "--read-only")
+    d.json("/action/schedule/run/nightly", "POST", status=403)
+    d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "1/s"}, status=403)
+    assert project.app.admin.rate_limits() == [] and d.json("/data/states")
+
+
+@pytest.mark.timeout(180)
+def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    add = project.app.tasks["tasks.add"]
+    failed = project.delay("fail", "boom")
+    insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
+    workers.start(project)
+    body = chord([add.s(i, i) for i in range(3)])(project.app.tasks["tasks.echo"].s())
+    body.get(timeout=30)
+    wait_until(lambda: failed.state == "FAILURE", 30, "the failure")
+    parent = add.apply_async((1, 1), countdown=600, link=add.s(5))
+    follower = project.app.AsyncResult(project.app.admin.task(parent.id)["children"][0])
+    d = dashboards(project)
+    browser = _chromium(tmp_path)
+    js = browser.execute_script
+
+    def text():
+        return js("const m = document.querySelector('main'); return m ? m.innerText : ''")
+
+    def click(css):
+        for _ in range(50):
+            try:
+                browser.find_element(By.CSS_SELECTOR, css).click()
+                return
+            except StaleElementReferenceException:      # redrawn between find and click
+                continue
+        pytest.fail(f"could not click {css}")
+    try:
+        # 1. Charts: a time axis (HH:MM ticks), a colour key, a hover value per bar.
+        browser.get(d.url)
+        wait_until(lambda: js("return document.querySelectorAll('.chart').length") == 3, 20,
+                   "the charts")
+        ticks = js("return [...document.querySelectorAll('.chart svg text.tick')]"
+                   ".map(t => t.textContent)")
+        assert any(len(t) == 5 and t[2] == ":" for t in ticks), ticks
+        assert js("return document.querySelectorAll('.keys .key').length") >= 7
+        titles = js("return [...document.querySelectorAll('.chart svg title')]"
+                    ".map(t => t.textContent)")
+        assert any("succeeded" in t and "failed 1" in t for t in titles), titles[-3:]
+        # 2. Filters in the URL: read on load, written on change; headers sort.
+        browser.get(d.url + "tasks?state=FAILURE")
+        wait_until(lambda: failed.id in text(), 20, "the failed task")
+        assert body.id not in text()
+        assert js("return document.getElementById('f-state').value") == "FAILURE"
+        js("const s = document.getElementById('f-state'); s.value = 'SUCCESS';"
+           "s.dispatchEvent(new Event('change'))")
+        wait_until(lambda: "state=SUCCESS" in browser.current_url and body.id in text(), 10,
+                   "the URL and the list to follow the filter")
+        click("th[data-key=name]")
+        wait_until(lambda: "sort=name" in browser.current_url, 10, "the sort in the URL")
+        names = js("return [...document.querySelectorAll('tbody tr td:nth-child(2)')]"
+                   ".map(t => t.textContent)")
+        assert names == sorted(names) and "tasks.echo" in names
+        # 3. Actions fit the state: a FAILURE offers Retry only.
+        browser.get(d.url + "task/" + failed.id)
+        wait_until(lambda: js("return !!document.getElementById('actions')"), 20, "actions")
+        buttons = js("return [...document.querySelectorAll('#actions button')]"
+                     ".map(b => b.textContent)")
+        assert buttons == ["Retry"]
+        # 4. The why box links its parent; durations read as an operator says them.
+        browser.get(d.url + "task/" + follower.id)
+        wait_until(lambda: js("return document.querySelectorAll('#why a').length") == 1, 20,
+                   "the why box's link")
+        click("#why a")
+        wait_until(lambda: browser.current_url.endswith("/task/" + parent.id) and
+                   "its ETA is" in text(), 10, "the parent's page")
+        assert js("return [secs(108.03), secs(3 * 3600 + 130), secs(2 * 86400 + 4 * 3600),"
+                  " secs(0.004), secs(120)]") == ["1 min 48 s", "3 h 2 min", "2 d 4 h",
+                                                   "4.0 ms", "2 min"]
+        # 6. A chord's task page draws its workflow on one time axis.
+        browser.get(d.url + "task/" + body.id)
+        wait_until(lambda: js("return document.querySelectorAll('#timeline .member').length")
+                   == 4, 20, "the timeline's four bars")
+        assert js("return [...document.querySelectorAll('#actions button')].length") == 0
+        # 5. Schedules: disable from the page, then run now.
+        browser.get(d.url + "schedules")
+        wait_until(lambda: "nightly" in text(), 20, "the schedule")
+        click("main button:nth-of-type(2)")                  # Disable
+        wait_until(lambda: project.app.admin.schedules()[0]["error"] is not None, 10,
+                   "the schedule disabled")
+        wait_until(lambda: "disabled" in text() and "Enable" in text(), 10, "Enable offered")
+        browser.save_screenshot(str(tmp_path / "schedules.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        browser.quit()
