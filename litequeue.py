@@ -1678,12 +1678,16 @@ _SQL_CLAIM_DUE = _CLAIM_ROWS.format(
     seqs=f"SELECT seq FROM tasks WHERE {_DUE_ROWS} ORDER BY eta "
          f"LIMIT {_FAIR_SHARE.format(rows=_DUE_ROWS)}")
 # Rate-limited rows whose key has a start to give (next_start has passed): at most one row
-# per key (tasks_limited), then _SQL_TAKE_STARTS moves each key's next_start on.
+# per key (tasks_limited), then _SQL_TAKE_STARTS moves each key's next_start on. Keys
+# with no waiting row are passed over before the LIMIT: else they could take every place
+# of a small claim, and a later key's rows would wait for ever.
 _SQL_CLAIM_LIMITED = _CLAIM_ROWS.format(seqs="""
-    SELECT (SELECT seq FROM tasks INDEXED BY tasks_limited
-            WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue
-            ORDER BY priority DESC, seq LIMIT 1)
-    FROM rate_limits AS r WHERE r.next_start <= :now LIMIT :n""")
+    SELECT first FROM (
+        SELECT (SELECT seq FROM tasks INDEXED BY tasks_limited
+                WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue
+                ORDER BY priority DESC, seq LIMIT 1) AS first
+        FROM rate_limits AS r WHERE r.next_start <= :now)
+    WHERE first IS NOT NULL LIMIT :n""")
 _SQL_TAKE_STARTS = """
     UPDATE rate_limits SET next_start = max(next_start, :now) + interval WHERE key = :key
 """
@@ -2403,23 +2407,29 @@ def _fixed_utf8(data, suffix):
     return data.decode(errors="backslashreplace") + (suffix or "")
 
 
+# A read that meets bad text repairs the file and reads again, up to this many times: a
+# client that keeps writing such text can slip a new value in between a repair and a read.
+_TEXT_REPAIRS = 5
+
+
 def _guarded(method):
     """A _Storage method whose apsw errors a user can meet become LitequeueErrors that
     say what to do (a read-only file, a file SQLite cannot open), and that, when a read
-    meets text that is not UTF-8, repairs the file's text (repair_text) and runs once
-    more. Inside a transaction a decode error goes up to the method that began it, which
-    rolls back first."""
+    meets text that is not UTF-8, repairs the file's text (repair_text) and runs again.
+    Inside a transaction a decode error goes up to the method that began it, which rolls
+    back first."""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         try:
-            try:
-                return method(self, *args, **kwargs)
-            except UnicodeDecodeError:
-                if self.conn.in_transaction:
-                    raise
-            # Out of the except block: its traceback held the failed statement, still in
-            # progress, and no commit can happen while it is.
-            self.repair_text(time.time())
+            for _ in range(_TEXT_REPAIRS):
+                try:
+                    return method(self, *args, **kwargs)
+                except UnicodeDecodeError:
+                    if self.conn.in_transaction:
+                        raise
+                # Out of the except block: its traceback held the failed statement, still
+                # in progress, and no commit can happen while it is.
+                self.repair_text(time.time())
             try:
                 return method(self, *args, **kwargs)
             except UnicodeDecodeError as exc:

@@ -274,3 +274,34 @@ def test_coroutines_do_not_wait_behind_a_sync_row_that_waits_for_a_thread(projec
     assert not long.ready() and not waiting.ready()
     open(gate + ".go", "w").close()
     assert waiting.get(timeout=30) == 1 and long.get(timeout=30) == "slow done"
+
+
+LIMITED = '''
+import os
+from litequeue import LiteQueue
+
+app = LiteQueue(os.path.join(os.path.dirname(os.path.abspath(__file__)), "jobs.sqlite"))
+
+@app.task(rate_limit="5/s")
+def a(x):
+    return x
+
+@app.task(rate_limit="5/s")
+def b(x):
+    return x
+'''
+
+
+def test_a_rate_limited_name_is_claimed_when_another_limited_name_has_nothing_waiting(
+        project, workers):
+    """-c 1 claims one row at a time: a limited name with nothing waiting (a, first in key
+    order) must not take that place from b's waiting row."""
+    project.write_module("limited", LIMITED)
+    workers.start(project, concurrency=1, app=("limited",))
+    app = LiteQueue(project.db)
+
+    def b(x):
+        raise AssertionError("runs only in a worker")
+    b.__module__, b.__qualname__ = "limited", "b"
+    task = app.task(b, rate_limit="5/s")   # as the worker declares it
+    assert task.delay(7).get(timeout=15) == 7
