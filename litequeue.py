@@ -9493,6 +9493,33 @@ def _flower_task(info):
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The dashboard's token, as Jupyter's: 32 random bytes (never guessed, so never throttled),
+# new at each start, written 0600 into the verified side directory for scripts.
+_DASHBOARD_TOKEN_FILE = "dashboard.token"
+# Paths that carry no task data, served without a token under --metrics-public.
+_DASHBOARD_PUBLIC = ("/metrics", "/healthcheck")
+
+
+def _write_dashboard_token(db_path, token):
+    """Write the token to DB-lq/dashboard.token, mode 0600: a new file renamed over the
+    old one inside the verified directory, so that a link there is replaced, never
+    followed. SideDirectoryError if the directory cannot be trusted."""
+    fd = _SideDir(db_path).open()
+    try:
+        temporary = f"{_DASHBOARD_TOKEN_FILE}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=fd)
+        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            os.fchmod(out, 0o600)
+            os.write(out, token.encode() + b"\n")
+        finally:
+            os.close(out)
+        os.replace(temporary, _DASHBOARD_TOKEN_FILE, src_dir_fd=fd, dst_dir_fd=fd)
+        return os.path.join(db_path + "-lq", _DASHBOARD_TOKEN_FILE)
+    finally:
+        os.close(fd)
 
 
 def _dashboard_server(*args):
@@ -9515,7 +9542,7 @@ class _Dashboard:
     allow_reuse_address = True
 
     def __init__(self, handler_class, app, host="127.0.0.1", port=5555, auth=None,
-                 read_only=False, max_wait=300.0):
+                 read_only=False, max_wait=300.0, token=None, metrics_public=False):
         if host not in _LOOPBACK and not auth:
             raise ConfigurationError(f"the dashboard listens on {host} only with --auth "
                                      "USER:PASS (anyone who can reach it could revoke "
@@ -9527,6 +9554,8 @@ class _Dashboard:
         self.app, self.read_only, self.max_wait = app, read_only, max_wait
         self.auth = auth.encode("utf-8") if auth else None
         self.csrf = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
+        self.metrics_public = metrics_public
         self.pool = queue.SimpleQueue()      # idle read connections, lent to requests
         self.port = self.server_address[1]
         # Behind --auth on another address any Host is served: the password guards it.
@@ -9535,10 +9564,15 @@ class _Dashboard:
             {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
         if self.hosts is not None and self.port == 80:        # browsers omit :80
             self.hosts |= {f"[{n}]" if ":" in n else n for n in names}
+        # Cookies ignore the port: each dashboard on this host has its own name.
+        self.cookie_name = f"litequeue-token-{self.port}"
 
     def url(self):
         host = self.server_address[0]
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+
+    def token_ok(self, given):
+        return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
 
 
 class _HTTPError(Exception):
@@ -9627,8 +9661,12 @@ class _DashboardHandler:
                 self.close_connection = True
                 raise _HTTPError(413, "request body over 1 MiB")
             self.raw = self.rfile.read(length) if length else b""
-            self._check_request(method)
             url = urllib.parse.urlsplit(self.path)
+            self._check_host()
+            if method == "GET" and "token" in urllib.parse.parse_qs(url.query):
+                return self._login(url)
+            self._check_auth(method, url.path)
+            self._check_request(method)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
             # A form-encoded body's fields are arguments too, after the query's (as
             # Flower reads them): curl -d 'terminate=True' sends one.
@@ -9660,21 +9698,63 @@ class _DashboardHandler:
 
     # -- security ---------------------------------------------------------------------
 
+    def _check_host(self):
+        if self.server.hosts is not None and self.headers.get("Host", "") not in \
+                self.server.hosts:
+            raise _HTTPError(421, "the Host header does not name this dashboard "
+                                  "(DNS rebinding is refused)")
+
+    def _cookie(self):
+        """The value of this dashboard's token cookie, or None."""
+        for header in self.headers.get_all("Cookie") or ():
+            for pair in header.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name == self.server.cookie_name:
+                    return value
+        return None
+
+    def _login(self, url):
+        """GET ...?token=T: with the right token, set it as a cookie and redirect to the
+        same page without it (out of the address bar, the history and Referer)."""
+        query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        given = [v for k, v in query if k == "token"]
+        if len(given) != 1 or not self.server.token_ok(given[0]):
+            raise _HTTPError(401, "wrong token: open the URL the dashboard printed at start")
+        rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
+        path = url.path if url.path.startswith("/") and not url.path.startswith("//") else "/"
+        cookie = (f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; "
+                  "SameSite=Strict")
+        self._send(303, "application/json", b'{"ok": true}',
+                   [("Location", path + ("?" + rest if rest else "")),
+                    ("Set-Cookie", cookie)])
+
+    def _check_auth(self, method, path):
+        """Every request needs the token (header or cookie) or the --auth password, but
+        the data-free /metrics and /healthcheck under --metrics-public."""
+        server = self.server
+        if server.metrics_public and method == "GET" and path in _DASHBOARD_PUBLIC:
+            return
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and server.token_ok(given.strip()):
+            return
+        cookie = self._cookie()
+        if cookie is not None and server.token_ok(cookie):
+            return
+        if server.auth is not None and scheme.lower() == "basic":
+            try:
+                credentials = base64.b64decode(given.strip(), validate=True)
+            except (ValueError, binascii.Error):
+                credentials = b""
+            if hmac.compare_digest(credentials, server.auth):
+                return
+        raise _HTTPError(401, "authentication required: open the URL the dashboard "
+                              "printed at start, or send 'Authorization: Bearer TOKEN' (the "
+                              "token is in DB-lq/dashboard.token)"
+                         + (", or the --auth user and password" if server.auth else ""))
+
     def _check_request(self, method):
         server = self.server
         host = self.headers.get("Host", "")
-        if server.hosts is not None and host not in server.hosts:
-            raise _HTTPError(421, "the Host header does not name this dashboard "
-                                  "(DNS rebinding is refused)")
-        if server.auth is not None:
-            given = self.headers.get("Authorization", "")
-            scheme, _, encoded = given.partition(" ")
-            try:
-                credentials = base64.b64decode(encoded, validate=True)
-            except (ValueError, binascii.Error):
-                credentials = b""
-            if scheme.lower() != "basic" or not hmac.compare_digest(credentials, server.auth):
-                raise _HTTPError(401, "authentication required")
         if method == "POST":
             if server.read_only:
                 raise _HTTPError(403, "the dashboard is read-only")
@@ -9698,7 +9778,8 @@ class _DashboardHandler:
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         if status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"')
+            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"' if self.server.auth
+                             else 'Bearer realm="litequeue"')
         for name, value in extra:
             self.send_header(name, value)
         self.end_headers()
@@ -10426,17 +10507,25 @@ def _schedule_lines(row, count):
               help="Port (0: any free one).")
 @click.option("--auth", metavar="USER:PASS", help="Require HTTP basic auth.")
 @click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
+@click.option("--metrics-public", is_flag=True,
+              help="Serve /metrics and /healthcheck (no task data) without the token.")
 @click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="Health: the oldest waiting task may have waited this many seconds.")
-def dashboard(db, host, port, auth, read_only, max_wait):
-    """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck."""
+def dashboard(db, host, port, auth, read_only, metrics_public, max_wait):
+    """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck.
+    Every request needs the token printed at start (also in DB-lq/dashboard.token)."""
     app = _open_app(db)
+    token = secrets.token_urlsafe(32)
     try:
-        server = _dashboard_server(app, host, port, auth, read_only, max_wait)
+        server = _dashboard_server(app, host, port, auth, read_only, max_wait, token,
+                                   metrics_public)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    token_path = _write_dashboard_token(app.path, token)
     click.echo(f"litequeue dashboard for {app.path} on {server.url()}"
                f"{' (read-only)' if read_only else ''}", err=True)
+    click.echo(f"  open {server.url()}?token={token}\n  scripts: send 'Authorization: "
+               f"Bearer TOKEN', the token is in {token_path} (mode 0600)", err=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         server.serve_forever(poll_interval=0.5)

@@ -1,0 +1,206 @@
+"""The dashboard as a shared machine's boundary: who may read and act (a token, a
+password kept out of argv), and what a hostile client can cost it (connections, bodies,
+guesses, malformed requests, shutdown).
+
+Real sockets, a real second uid (created as root, as CI runs), real processes, each
+reaped; nothing waits a fixed time.
+"""
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from test_litequeue import (LITEQUEUE_PY, PENDING, REVOKED, SCHEDULED, Dashboard, Project,
+                            _suppress_lookup, lq, project, wait_until)  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+OTHER = "lqother"
+# The other user's client: the system's Python (the venv's lives under /root, 0700).
+OTHER_PYTHON = "/usr/bin/python3"
+
+# Run as OTHER: each (method, path, headers) request, and an attempt to read a file.
+AS_OTHER = r'''
+import json, sys, urllib.error, urllib.request
+base, requests, secret_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+out = {"answers": []}
+for method, path, headers in requests:
+    data = b"{}" if method == "POST" else None
+    if data:
+        headers = dict(headers, **{"Content-Type": "application/json"})
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            out["answers"].append([method, path, r.status, r.read().decode("utf-8", "replace")])
+    except urllib.error.HTTPError as e:
+        out["answers"].append([method, path, e.code, e.read().decode("utf-8", "replace")])
+try:
+    with open(secret_file) as f:
+        out["token_file"] = "read: " + f.read()
+except OSError as e:
+    out["token_file"] = type(e).__name__
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def other_user():
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to create and become a second user")
+    if not os.path.exists(OTHER_PYTHON):
+        pytest.skip(f"{OTHER_PYTHON} is missing")
+    try:
+        return pwd.getpwnam(OTHER)
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", OTHER], check=True)
+        return pwd.getpwnam(OTHER)
+
+
+@pytest.fixture
+def shared_project():
+    """A project in a directory every user may traverse (as /srv/app would be), made
+    under umask 077: the database is 0600 and the other user cannot open it."""
+    top = Path(tempfile.mkdtemp(prefix="lq-shared-"))
+    old = os.umask(0o077)
+    try:
+        os.chmod(top, 0o711)
+        project = Project(top / "proj")
+        os.chmod(project.dir, 0o711)
+        yield project
+    finally:
+        os.umask(old)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def dashboards():
+    started = []
+
+    def start(project, *extra, **kwargs):
+        d = Dashboard(project, *extra, **kwargs)
+        started.append(d)
+        return d
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.stop()
+
+
+def as_other(user, base, requests, secret_file):
+    def drop():
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    done = subprocess.run([OTHER_PYTHON, "-I", "-c", AS_OTHER, base, json.dumps(requests),
+                           str(secret_file)], capture_output=True, text=True, timeout=60,
+                          preexec_fn=drop, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def token_file(project):
+    return Path(project.db + "-lq") / "dashboard.token"
+
+
+class TestTheTokenIsTheBoundary:
+
+    def test_another_uid_on_loopback_gets_nothing(self, shared_project, other_user,
+                                                  dashboards):
+        project = shared_project
+        secret = "s3cret-argument-" + os.urandom(4).hex()
+        late = project.app.tasks["tasks.echo"].apply_async((secret,), countdown=600)
+        assert os.stat(project.db).st_mode & 0o077 == 0        # umask 077: 0600
+        d = dashboards(project, "--metrics-public")
+        # The token file: 0600, ours. Make its directory traversable, so that the file's
+        # own mode is what keeps the other user out.
+        path = token_file(project)
+        st = os.stat(path)
+        assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600)
+        os.chmod(path.parent, 0o711)
+        token = path.read_text().strip()
+        assert len(token) >= 40 and token in d.login_url
+        base = d.url.rstrip("/")
+        paths = ["/", "/tasks", f"/task/{late.id}", "/data/overview", "/data/tasks",
+                 f"/data/task/{late.id}", "/data/workers", "/data/queues", "/data/schedules",
+                 "/api/workers", "/api/tasks", "/api/task/types", f"/api/task/info/{late.id}",
+                 f"/api/task/result/{late.id}", "/api/queues/length", "/?token=wrong",
+                 f"/api/tasks?token={token[:-1]}"]
+        posts = ["/api/task/async-apply/tasks.add", "/api/task/send-task/tasks.add",
+                 f"/api/task/revoke/{late.id}", f"/action/revoke/{late.id}",
+                 "/action/pause/default", "/action/purge/default", "/action/retry-failed"]
+        wrong = [{}, {"Authorization": "Bearer " + token[:-1] + "x"},
+                 {"Cookie": f"litequeue-token-{d.port}={token[:-1]}x"},
+                 {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}]
+        requests = [["GET", p, h] for p in paths for h in wrong] + \
+                   [["POST", p, h] for p in posts for h in wrong] + \
+                   [["GET", "/metrics", {}], ["GET", "/healthcheck", {}]]
+        out = as_other(other_user, base, requests, path)
+        assert out["token_file"] == "PermissionError"
+        for method, p, status, body in out["answers"]:
+            if p in ("/metrics", "/healthcheck"):       # --metrics-public: no task data
+                assert status in (200, 503), (p, status, body)
+                assert secret not in body and late.id not in body
+                continue
+            assert status in (401, 403), (method, p, status, body)
+            assert secret not in body and late.id not in body, (method, p, body)
+            assert "error" in json.loads(body)
+        # Nothing changed: no task queued, revoked, purged, paused.
+        assert late.state == SCHEDULED
+        assert not project.app.admin.paused()
+        counts, _ = project.app.admin.state_counts()
+        assert counts == {"default": {SCHEDULED: 1}}
+        # The owner, with the token from the file (a script) or the header, gets it all.
+        info = d.json(f"/api/task/info/{late.id}", headers={"Authorization": f"Bearer {token}"})
+        assert info["args"] == [secret]
+
+    def test_without_metrics_public_metrics_need_the_token_too(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project)
+        for path in ("/metrics", "/healthcheck", "/api/tasks", "/"):
+            code, headers, body = d.request(path, auth=False)
+            assert code == 401 and "token" in json.loads(body)["error"], (path, body)
+        assert d.request("/metrics")[0] == 200
+        assert d.request("/healthcheck")[0] in (200, 503)
+
+    def test_the_printed_url_sets_a_strict_httponly_cookie_and_drops_the_token(
+            self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project)
+        login = "/" + d.login_url.split("/", 3)[3]
+        assert login.startswith("/?token=")
+        code, headers, _ = d.request(login + "&x=1", auth=False)
+        assert code in (302, 303)
+        assert headers["Location"] == "/?x=1"                  # the token is gone
+        cookie = headers["Set-Cookie"]
+        name_value = cookie.split(";")[0]
+        assert name_value == f"litequeue-token-{d.port}={d.token}"
+        flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
+        code, _, page = d.request("/", headers={"Cookie": name_value}, auth=False)
+        assert code == 200 and "<html" in page.lower()
+        assert d.request("/data/overview", headers={"Cookie": name_value}, auth=False)[0] == 200
+        # A path that would leave the site is not followed after login.
+        code, headers, _ = d.request("//evil.example/?token=" + d.token, auth=False)
+        assert code in (302, 303) and headers["Location"].startswith("/")
+        assert not headers["Location"].startswith("//")
+        # The CSRF check stays: a cookie alone does not make a browser POST pass.
+        late = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
+        code, _, _ = d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False, headers={
+            "Cookie": name_value, "Origin": f"http://{d.host}"})
+        assert code == 403 and late.state == SCHEDULED
