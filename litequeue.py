@@ -9498,6 +9498,62 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _DASHBOARD_TOKEN_FILE = "dashboard.token"
 # Paths that carry no task data, served without a token under --metrics-public.
 _DASHBOARD_PUBLIC = ("/metrics", "/healthcheck")
+# Where `dashboard --auth USER` reads the password when no --auth-file is given: never argv,
+# which every user of the machine can read in ps.
+_DASHBOARD_PASSWORD_ENV = "LITEQUEUE_DASHBOARD_PASSWORD"
+# The password is kept as scrypt(password, random salt) only. n=2**14, r=8: about 40 ms and
+# 16 MiB a check (OWASP's minimum is n=2**17 for stored hashes; this one never leaves
+# memory, and checks run one at a time, so a flood of guesses costs one core at most).
+_DASHBOARD_SCRYPT = {"n": 1 << 14, "r": 8, "p": 1}
+
+
+class _PasswordCheck:
+    """A user name and the scrypt hash of a password; check() compares in constant time,
+    one check at a time (each takes 16 MiB)."""
+
+    def __init__(self, user, password):
+        if not user or ":" in user:
+            raise ConfigurationError("the --auth user name must be non-empty, without ':'")
+        if not password:
+            raise ConfigurationError("the dashboard password is empty")
+        self.user = user.encode("utf-8")
+        self.salt = secrets.token_bytes(16)
+        self.digest = self._hash(password.encode("utf-8"))
+        self._lock = threading.Lock()
+
+    def _hash(self, password):
+        return hashlib.scrypt(password, salt=self.salt, maxmem=64 << 20, **_DASHBOARD_SCRYPT)
+
+    def check(self, credentials):
+        """credentials: the decoded bytes of an HTTP basic header, b"user:password"."""
+        user, _, password = credentials.partition(b":")
+        with self._lock:
+            digest = self._hash(password)
+        return hmac.compare_digest(user, self.user) & hmac.compare_digest(digest, self.digest)
+
+
+def _dashboard_password(auth_file):
+    """The --auth password, from --auth-file (a plain file of this user, mode 0600 or
+    stricter) or else the environment variable, which is then removed from os.environ."""
+    if auth_file is None:
+        return os.environ.pop(_DASHBOARD_PASSWORD_ENV, None)
+    try:
+        fd = os.open(auth_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read --auth-file {auth_file}: {exc.strerror}") \
+            from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ConfigurationError(
+                f"--auth-file {auth_file} must be a plain file owned by this user (uid "
+                f"{os.geteuid()}) with mode 0600; it is uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            text = f.read(4096).decode("utf-8")
+    finally:
+        os.close(fd)
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _write_dashboard_token(db_path, token):
@@ -9545,14 +9601,13 @@ class _Dashboard:
                  read_only=False, max_wait=300.0, token=None, metrics_public=False):
         if host not in _LOOPBACK and not auth:
             raise ConfigurationError(f"the dashboard listens on {host} only with --auth "
-                                     "USER:PASS (anyone who can reach it could revoke "
+                                     "USER (anyone who can reach it could revoke "
                                      "and queue tasks); without --auth it binds 127.0.0.1")
-        if auth is not None and (":" not in auth or not auth.split(":", 1)[0]):
-            raise ConfigurationError("--auth takes USER:PASS")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), handler_class)
         self.app, self.read_only, self.max_wait = app, read_only, max_wait
-        self.auth = auth.encode("utf-8") if auth else None
+        # (user, password) is kept as a salted hash only.
+        self.auth = _PasswordCheck(*auth) if isinstance(auth, tuple) else auth
         self.csrf = secrets.token_urlsafe(32)
         self.token = token or secrets.token_urlsafe(32)
         self.metrics_public = metrics_public
@@ -9586,6 +9641,7 @@ class _DashboardHandler:
 
     server_version = "litequeue"
     sys_version = ""
+    extra_headers = ()
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes: with Nagle's algorithm on, the body of a
     # kept-alive response waited for the client's delayed ACK (40 ms a request).
@@ -9645,6 +9701,7 @@ class _DashboardHandler:
                 self.server.pool.put(storage)
 
     def _route(self, method):
+        self.extra_headers = []
         try:
             # Read the whole body first: left unread, it would be taken for the start of
             # the next request on this kept-alive connection.
@@ -9722,11 +9779,13 @@ class _DashboardHandler:
             raise _HTTPError(401, "wrong token: open the URL the dashboard printed at start")
         rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
         path = url.path if url.path.startswith("/") and not url.path.startswith("//") else "/"
-        cookie = (f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; "
-                  "SameSite=Strict")
         self._send(303, "application/json", b'{"ok": true}',
                    [("Location", path + ("?" + rest if rest else "")),
-                    ("Set-Cookie", cookie)])
+                    ("Set-Cookie", self._token_cookie())])
+
+    def _token_cookie(self):
+        return f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; " \
+               "SameSite=Strict"
 
     def _check_auth(self, method, path):
         """Every request needs the token (header or cookie) or the --auth password, but
@@ -9745,7 +9804,9 @@ class _DashboardHandler:
                 credentials = base64.b64decode(given.strip(), validate=True)
             except (ValueError, binascii.Error):
                 credentials = b""
-            if hmac.compare_digest(credentials, server.auth):
+            if server.auth.check(credentials):
+                # The browser keeps the password; its next requests need no scrypt.
+                self.extra_headers.append(("Set-Cookie", self._token_cookie()))
                 return
         raise _HTTPError(401, "authentication required: open the URL the dashboard "
                               "printed at start, or send 'Authorization: Bearer TOKEN' (the "
@@ -9780,7 +9841,7 @@ class _DashboardHandler:
         if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="litequeue"' if self.server.auth
                              else 'Bearer realm="litequeue"')
-        for name, value in extra:
+        for name, value in (*extra, *self.extra_headers):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -10505,15 +10566,32 @@ def _schedule_lines(row, count):
               help="Address to listen on; anything but loopback needs --auth.")
 @click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0: any free one).")
-@click.option("--auth", metavar="USER:PASS", help="Require HTTP basic auth.")
+@click.option("--auth", metavar="USER",
+              help=f"Also accept HTTP basic auth as USER, with the password from --auth-file "
+                   f"or ${_DASHBOARD_PASSWORD_ENV} (never the command line).")
+@click.option("--auth-file", type=click.Path(dir_okay=False),
+              help="A file (yours, mode 0600) holding the --auth password.")
 @click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
 @click.option("--metrics-public", is_flag=True,
               help="Serve /metrics and /healthcheck (no task data) without the token.")
 @click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="Health: the oldest waiting task may have waited this many seconds.")
-def dashboard(db, host, port, auth, read_only, metrics_public, max_wait):
+def dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wait):
     """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck.
     Every request needs the token printed at start (also in DB-lq/dashboard.token)."""
+    if auth is not None and ":" in auth:
+        raise click.UsageError(f"--auth takes USER only: a password on the command line is "
+                               f"visible to every user in ps; put it in ${_DASHBOARD_PASSWORD_ENV}"
+                               f" or a 0600 file given with --auth-file")
+    if auth_file is not None and auth is None:
+        raise click.UsageError("--auth-file needs --auth USER")
+    if auth is not None:
+        password = _dashboard_password(auth_file)
+        if password is None:
+            raise click.UsageError(f"--auth {auth} needs a password: set "
+                                   f"${_DASHBOARD_PASSWORD_ENV} or give --auth-file")
+        auth = _PasswordCheck(auth, password)      # the hash only, from here on
+        del password
     app = _open_app(db)
     token = secrets.token_urlsafe(32)
     try:

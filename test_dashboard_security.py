@@ -204,3 +204,81 @@ class TestTheTokenIsTheBoundary:
         code, _, _ = d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False, headers={
             "Cookie": name_value, "Origin": f"http://{d.host}"})
         assert code == 403 and late.state == SCHEDULED
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class TestThePasswordStaysOutOfArgv:
+
+    def test_a_password_in_argv_is_refused_in_one_line(self, project):
+        project.delay("add", 1, 1)
+        done = lq("dashboard", project.db, "--port", "0", "--auth", "ops:s3cret",
+                  cwd=project.dir)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "LITEQUEUE_DASHBOARD_PASSWORD" in done.stderr and "--auth-file" in done.stderr
+        env = {**os.environ, "LITEQUEUE_DASHBOARD_PASSWORD": ""}
+        empty = run_env(project, env, "--auth", "ops")
+        assert empty.returncode == 1 and "empty" in empty.stderr, empty.stderr
+        env.pop("LITEQUEUE_DASHBOARD_PASSWORD")
+        missing = run_env(project, env, "--auth", "ops")
+        assert missing.returncode == 2 and "LITEQUEUE_DASHBOARD_PASSWORD" in missing.stderr
+
+    def test_from_the_environment_never_in_ps(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project, "--auth", "ops",
+                       env={**os.environ, "LITEQUEUE_DASHBOARD_PASSWORD": "correct horse"})
+        with open(f"/proc/{d.proc.pid}/cmdline", "rb") as f:
+            assert b"correct horse" not in f.read()
+        assert d.request("/data/overview", headers=basic("ops", "correct horse"),
+                         auth=False)[0] == 200
+        for user, password in (("ops", "correct hors"), ("op", "correct horse"),
+                               ("ops", "correct horse "), ("", "")):
+            assert d.request("/data/overview", headers=basic(user, password),
+                             auth=False)[0] == 401
+        # The token still works beside the password.
+        assert d.request("/data/overview")[0] == 200
+        # A browser that logged in with the password gets the token cookie.
+        _, headers, _ = d.request("/data/overview", headers=basic("ops", "correct horse"),
+                                  auth=False)
+        assert headers["Set-Cookie"].startswith(f"litequeue-token-{d.port}={d.token};")
+
+    def test_from_a_file_only_if_it_is_ours_and_0600(self, project, other_user, dashboards):
+        project.delay("add", 1, 1)
+        secret = project.dir / "dashboard.password"
+        secret.write_text("from a file\n")
+        env = {k: v for k, v in os.environ.items() if k != "LITEQUEUE_DASHBOARD_PASSWORD"}
+        for mode, owner in ((0o644, 0), (0o640, 0), (0o600, other_user.pw_uid)):
+            os.chown(secret, owner, -1)
+            os.chmod(secret, mode)
+            refused = run_env(project, env, "--auth", "ops", "--auth-file", secret)
+            assert refused.returncode == 1 and "mode 0600" in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.stderr
+        os.chown(secret, 0, -1)
+        os.chmod(secret, 0o600)
+        d = dashboards(project, "--auth", "ops", "--auth-file", secret, env=env)
+        assert d.request("/", headers=basic("ops", "from a file"), auth=False)[0] == 200
+        assert d.request("/", headers=basic("ops", "from a file\n"), auth=False)[0] == 401
+
+    def test_only_a_salted_hash_is_kept(self, project):
+        import litequeue
+        project.delay("add", 1, 1)
+        server = litequeue._dashboard_server(project.app, "127.0.0.1", 0, ("ops", "pa55word"))
+        try:
+            kept = repr(vars(server)) + repr(vars(server.auth))
+            assert "pa55word" not in kept and b"pa55word" not in server.auth.digest
+            other = litequeue._dashboard_server(project.app, "127.0.0.1", 0, ("ops", "pa55word"))
+            assert other.auth.digest != server.auth.digest       # a random salt each
+            other.server_close()
+            assert server.auth.check(b"ops:pa55word") and not server.auth.check(b"ops:pa55wor")
+        finally:
+            server.server_close()
+
+
+def run_env(project, env, *args):
+    """`litequeue dashboard DB --port 0 ARGS` that must exit at once (refused)."""
+    done = subprocess.run([sys.executable, str(LITEQUEUE_PY), "dashboard", project.db, "--port",
+                           "0", *map(str, args)], cwd=project.dir, env=env, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return done

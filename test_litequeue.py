@@ -6772,7 +6772,8 @@ class TestDashboard:
         refused = lq("dashboard", project.db, "--host", "0.0.0.0", cwd=project.dir)
         assert refused.returncode == 1 and "--auth" in refused.stderr
         assert "Traceback" not in refused.stderr
-        locked = dashboards(project, "--auth", "ops:s3cret", "--read-only")
+        locked = dashboards(project, "--auth", "ops", "--read-only",
+                            env={**os.environ, "LITEQUEUE_DASHBOARD_PASSWORD": "s3cret"})
         assert locked.request("/data/overview", auth=False)[0] == 401
         basic = {"Authorization": "Basic " + __import__("base64").b64encode(
             b"ops:s3cret").decode()}
