@@ -6599,8 +6599,8 @@ class Dashboard:
 def dashboards():
     started = []
 
-    def start(project, *extra):
-        d = Dashboard(project, *extra)
+    def start(project, *extra, env=None):
+        d = Dashboard(project, *extra, env=env)
         started.append(d)
         return d
     try:
