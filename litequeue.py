@@ -142,6 +142,7 @@ import queue
 import random
 import re
 import reprlib
+import resource
 import secrets
 import select
 import signal
@@ -9532,6 +9533,67 @@ class _PasswordCheck:
         return hmac.compare_digest(user, self.user) & hmac.compare_digest(digest, self.digest)
 
 
+# Seconds a connection may take to send a request's line and headers, or sit idle between
+# requests; also the timeout of each socket read and write (a body, a client that does not
+# read its answer). A browser sends a request at once; keep-alive costs a reconnect.
+_DASHBOARD_IDLE = 5.0
+# Connections served at once (a thread and a descriptor each), and at most a quarter of the
+# descriptor limit (each busy one may hold a pooled database connection: 3 descriptors).
+# At the cap a new connection closes the one idle longest; if none is idle, it gets 503.
+_DASHBOARD_CONNECTIONS = 128
+# The listen backlog: a flood of connects must not make a browser's SYN wait a second.
+_DASHBOARD_BACKLOG = 1024
+# Password checks: a bucket of 5 per client address refilled at one every 2 s, and one of
+# 20 for all addresses refilled at 2 a second. A correct password gives its token back.
+_DASHBOARD_GUESSES = ((5, 0.5), (20, 2.0))
+# Client addresses whose buckets are remembered; past this, full buckets are forgotten.
+_DASHBOARD_GUESSERS = 4096
+
+
+class _Throttle:
+    """Token buckets: one per key and one for all keys. take(key) spends a token from both
+    (False, spending none, when either is empty); give(key) returns it."""
+
+    def __init__(self, per_key, total, clock=time.monotonic):
+        (self.burst, self.rate), (total_burst, total_rate) = per_key, total
+        self.clock = clock
+        self.total = [float(total_burst), clock(), total_burst, total_rate]
+        self.buckets = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _level(bucket, now):
+        bucket[0] = min(bucket[2], bucket[0] + (now - bucket[1]) * bucket[3])
+        bucket[1] = now
+        return bucket[0]
+
+    def take(self, key):
+        with self._lock:
+            now = self.clock()
+            if len(self.buckets) >= _DASHBOARD_GUESSERS:
+                self.buckets = {k: b for k, b in self.buckets.items()
+                                if self._level(b, now) < b[2]}
+            bucket = self.buckets.setdefault(key, [float(self.burst), now, self.burst,
+                                                   self.rate])
+            if self._level(bucket, now) < 1 or self._level(self.total, now) < 1:
+                return False
+            bucket[0] -= 1
+            self.total[0] -= 1
+            return True
+
+    def give(self, key):
+        with self._lock:
+            for bucket in (self.buckets.get(key), self.total):
+                if bucket is not None:
+                    bucket[0] = min(bucket[2], bucket[0] + 1)
+
+    def wait(self, key):
+        """Seconds until take(key) may succeed."""
+        with self._lock:
+            bucket = self.buckets.get(key)
+            return max((1 - b[0]) / b[3] for b in (bucket, self.total) if b is not None)
+
+
 def _dashboard_password(auth_file):
     """The --auth password, from --auth-file (a plain file of this user, mode 0600 or
     stricter) or else the environment variable, which is then removed from os.environ."""
@@ -9596,6 +9658,7 @@ class _Dashboard:
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = _DASHBOARD_BACKLOG
 
     def __init__(self, handler_class, app, host="127.0.0.1", port=5555, auth=None,
                  read_only=False, max_wait=300.0, token=None, metrics_public=False):
@@ -9621,6 +9684,15 @@ class _Dashboard:
             self.hosts |= {f"[{n}]" if ":" in n else n for n in names}
         # Cookies ignore the port: each dashboard on this host has its own name.
         self.cookie_name = f"litequeue-token-{self.port}"
+        self.guesses = _Throttle(*_DASHBOARD_GUESSES)
+        # Every open connection -> the monotonic time by which its next request's head must
+        # have come (None while a request is served).
+        self.connections = {}
+        self.connections_lock = threading.Lock()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_connections = _DASHBOARD_CONNECTIONS if soft == resource.RLIM_INFINITY \
+            else max(4, min(_DASHBOARD_CONNECTIONS, (soft - 64) // 4))
+        self._swept = time.monotonic()
 
     def url(self):
         host = self.server_address[0]
@@ -9628,6 +9700,74 @@ class _Dashboard:
 
     def token_ok(self, given):
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+
+    # -- connections: bounded in number and in time ----------------------------------
+
+    def process_request(self, request, client_address):
+        """Runs in the accepting thread: make room for the new connection (closing the
+        one idle longest), or refuse it at once; never queue it."""
+        with self.connections_lock:
+            if len(self.connections) >= self.max_connections:
+                idle = [(due, conn) for conn, due in self.connections.items() if due is not None]
+                if not idle or len(self.connections) >= 2 * self.max_connections:
+                    return self._refuse(request)
+                _, oldest = min(idle, key=lambda pair: pair[0])
+                self.connections[oldest] = None      # its thread sees EOF and ends
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self.connections[request] = time.monotonic() + _DASHBOARD_IDLE
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:                         # no thread to be had
+            self.shutdown_request(request)
+
+    def _refuse(self, request):
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 36\r\nConnection: close\r\n\r\n"
+                         b'{"error": "too many connections"}\n\n\n')
+        request.close()
+
+    def awaiting(self, conn, serving=False):
+        """Mark a connection as waiting for a request's head (or, serving, as busy)."""
+        with self.connections_lock:
+            if self.connections.get(conn, 0) is not None or serving:
+                self.connections[conn] = None if serving else time.monotonic() + _DASHBOARD_IDLE
+
+    def shutdown_request(self, request):
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def service_actions(self):
+        """Between accepts: close connections past their deadline (a slowloris)."""
+        now = time.monotonic()
+        if now - self._swept < 0.25:
+            return
+        self._swept = now
+        with self.connections_lock:
+            late = [conn for conn, due in self.connections.items()
+                    if due is not None and due < now]
+            for conn in late:
+                self.connections[conn] = None
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self):
+        super().server_close()
+        with self.connections_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request, client_address):
+        """A client that went away or timed out is no error of ours: no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("dashboard client %s: %s", client_address, exc)
+        else:
+            logger.error("dashboard request from %s failed", client_address, exc_info=True)
 
 
 class _HTTPError(Exception):
@@ -9642,6 +9782,7 @@ class _DashboardHandler:
     server_version = "litequeue"
     sys_version = ""
     extra_headers = ()
+    timeout = _DASHBOARD_IDLE             # each read and write on the socket
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes: with Nagle's algorithm on, the body of a
     # kept-alive response waited for the client's delayed ACK (40 ms a request).
@@ -9678,6 +9819,24 @@ class _DashboardHandler:
     def log_message(self, fmt, *args):
         logger.debug("dashboard %s: %s", self.address_string(), fmt % args)
 
+    def handle_one_request(self):
+        self.server.awaiting(self.connection)
+        super().handle_one_request()
+
+    def parse_request(self):
+        parsed = super().parse_request()         # reads the headers: still evictable
+        self.server.awaiting(self.connection, serving=True)
+        return parsed
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (400, 414, 431, 501...) as JSON, like ours."""
+        self.close_connection = True
+        self.extra_headers = []
+        text = message or self.responses.get(code, ("error",))[0]
+        with contextlib.suppress(OSError):
+            self._send(code, "application/json", json.dumps({"error": text}).encode(),
+                       [("Connection", "close")])
+
     def do_GET(self):
         self._handle("GET")
 
@@ -9702,27 +9861,33 @@ class _DashboardHandler:
 
     def _route(self, method):
         self.extra_headers = []
+        keep_alive = not self.close_connection
+        # Until the body is read, an answer closes the connection: left unread, the body
+        # would be taken for the start of the next request.
+        self.close_connection = True
         try:
-            # Read the whole body first: left unread, it would be taken for the start of
-            # the next request on this kept-alive connection.
             self.raw = b""
             if self.headers.get("Transfer-Encoding") is not None:
-                self.close_connection = True       # the body's end is unknown: drop it all
                 raise _HTTPError(411, "send a Content-Length, not Transfer-Encoding")
-            given = self.headers.get("Content-Length") or "0"
-            if not given.isdigit():
-                self.close_connection = True
-                raise _HTTPError(400, "Content-Length is not a number")
-            length = int(given)
+            given = self.headers.get_all("Content-Length") or ["0"]
+            if len(given) != 1 or not re.fullmatch(r"[0-9]{1,18}", given[0].strip()):
+                raise _HTTPError(400, "Content-Length must be one number (ASCII digits)")
+            length = int(given[0])
             if length > 1 << 20:
-                self.close_connection = True
                 raise _HTTPError(413, "request body over 1 MiB")
-            self.raw = self.rfile.read(length) if length else b""
+            # Who may ask is settled before a byte of the body is read.
             url = urllib.parse.urlsplit(self.path)
             self._check_host()
             if method == "GET" and "token" in urllib.parse.parse_qs(url.query):
                 return self._login(url)
             self._check_auth(method, url.path)
+            try:
+                self.raw = self.rfile.read(length) if length else b""
+            except OSError:                 # timed out or gone: nobody to answer
+                return
+            if len(self.raw) != length:
+                return
+            self.close_connection = not keep_alive
             self._check_request(method)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
             # A form-encoded body's fields are arguments too, after the query's (as
@@ -9804,7 +9969,14 @@ class _DashboardHandler:
                 credentials = base64.b64decode(given.strip(), validate=True)
             except (ValueError, binascii.Error):
                 credentials = b""
+            client = self.client_address[0]
+            if not server.guesses.take(client):
+                wait = math.ceil(server.guesses.wait(client))
+                self.extra_headers.append(("Retry-After", str(max(1, wait))))
+                raise _HTTPError(429, f"too many wrong passwords: try again in {wait} s (the "
+                                      "token is never throttled)")
             if server.auth.check(credentials):
+                server.guesses.give(client)
                 # The browser keeps the password; its next requests need no scrypt.
                 self.extra_headers.append(("Set-Cookie", self._token_cookie()))
                 return
@@ -9857,6 +10029,8 @@ class _DashboardHandler:
             body = json.loads(raw)
         except ValueError as exc:
             raise _HTTPError(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise _HTTPError(400, "the body is JSON nested too deep") from None
         if not isinstance(body, dict):
             raise _HTTPError(400, "the body must be a JSON object")
         return body

@@ -282,3 +282,176 @@ def run_env(project, env, *args):
                            "0", *map(str, args)], cwd=project.dir, env=env, capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     return done
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+
+
+def raw_request(d, data, timeout=10):
+    """Send bytes, read the answer to its end (the server closes): (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=timeout) as s:
+        with contextlib.suppress(OSError):
+            s.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0] else None
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+class TestAHostileClientCostsLittle:
+
+    @pytest.mark.timeout(180)
+    def test_slowloris_and_a_connect_flood_leave_it_answering_and_sigterm_quick(
+            self, project, dashboards):
+        import resource
+        project.delay("add", 1, 1)
+        # The usual limit of 1,024 descriptors, and more idle sockets than that.
+        limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, limits[1]))
+        try:
+            d = dashboards(project)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        idle = []
+        stop = threading.Event()
+        flooded = [0]
+
+        def flood():
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", d.port), timeout=2).close()
+                    flooded[0] += 1
+        flooders = [threading.Thread(target=flood) for _ in range(2)]
+        try:
+            for i in range(1100):         # a slowloris: connect, send half a request line
+                s = socket.socket()
+                idle.append(s)
+                s.settimeout(2)
+                with contextlib.suppress(OSError):
+                    s.connect(("127.0.0.1", d.port))
+                    if i % 2:
+                        s.sendall(b"GET /data/overview HTTP/1.1\r\nHost: x")
+            for t in flooders:
+                t.start()
+            wait_until(lambda: flooded[0] > 200, 30, "the connect flood to run")
+            took = []
+            for _ in range(10):
+                began = time.monotonic()
+                code = d.request("/data/overview")[0]
+                took.append(time.monotonic() - began)
+                assert code == 200
+            print(f"\nslowloris of 1100 + connect flood ({flooded[0]} so far): /data/overview in "
+                  f"median {sorted(took)[5] * 1000:.1f} ms, max {max(took) * 1000:.1f} ms")
+            assert max(took) < 1.0, took
+            # SIGTERM ends it within 2 s, whatever the clients do.
+            began = time.monotonic()
+            os.killpg(d.proc.pid, signal.SIGTERM)
+            d.proc.wait(timeout=10)
+            ended = time.monotonic() - began
+            print(f"SIGTERM under the same load: exited in {ended * 1000:.0f} ms")
+            assert ended < 2.0
+        finally:
+            stop.set()
+            for t in flooders:
+                if t.is_alive():
+                    t.join()
+            for s in idle:
+                s.close()
+        assert "Traceback" not in d.log.read_text()
+
+    def test_an_idle_connection_is_closed_after_its_timeout(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project)
+        began = time.monotonic()
+        with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")                 # then nothing
+            assert s.recv(100) == b""                         # closed by the server
+        waited = time.monotonic() - began
+        print(f"\nan idle connection was closed after {waited:.1f} s")
+        assert waited < 15
+
+    @pytest.mark.timeout(180)
+    def test_unauthenticated_bodies_are_never_read(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project)
+        d.request("/data/overview")                          # warm: a pooled connection
+        before = rss_kib(d.proc.pid)
+        body = b"x" * (1 << 20)
+        head = (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\nHost: {d.host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        answers = []
+
+        def send():
+            with socket.create_connection(("127.0.0.1", d.port), timeout=30) as s:
+                s.sendall(head)
+                with contextlib.suppress(OSError):
+                    s.sendall(body)
+                with contextlib.suppress(OSError):
+                    answers.append(s.recv(100))
+        threads = [threading.Thread(target=send) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = rss_kib(d.proc.pid)
+        print(f"\n200 x 1 MiB unauthenticated bodies: RSS {before / 1024:.1f} -> "
+              f"{after / 1024:.1f} MiB")
+        assert after - before < 8 * 1024
+        assert any(a.startswith(b"HTTP/1.1 401") for a in answers)
+        counts, _ = project.app.admin.state_counts()
+        assert sum(counts["default"].values()) == 1          # nothing was queued
+
+    def test_password_guesses_are_throttled(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project, "--auth", "ops",
+                       env={**os.environ, "LITEQUEUE_DASHBOARD_PASSWORD": "right"})
+        codes = [d.request("/data/overview", headers=basic("ops", f"guess{i}"), auth=False)[0]
+                 for i in range(30)]
+        assert codes[0] == 401 and codes[-1] == 429, codes
+        code, headers, body = d.request("/data/overview", headers=basic("ops", "x"), auth=False)
+        assert code == 429 and int(headers["Retry-After"]) >= 1 and json.loads(body)["error"]
+        assert d.request("/data/overview")[0] == 200           # the token is never throttled
+
+    def test_malformed_requests_get_json_errors_and_no_tracebacks(self, project, dashboards):
+        project.delay("add", 1, 1)
+        d = dashboards(project)
+        auth = f"Host: {d.host}\r\nAuthorization: Bearer {d.token}\r\n"
+        deep = b"[" * 200_000 + b"]" * 200_000
+        cases = [
+            (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\n{auth}Content-Length: \u00b2"
+             "\r\n\r\n".encode(), 400),
+            (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\n{auth}Content-Length: +5\r\n"
+             "\r\n{}   ".encode(), 400),
+            (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\n{auth}Content-Length: 2\r\n"
+             "Content-Length: 3\r\n\r\n{} ".encode(), 400),
+            (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\n{auth}Content-Length: 2000000"
+             "\r\n\r\n".encode(), 413),
+            (f"POST /api/task/async-apply/tasks.add HTTP/1.1\r\n{auth}Content-Type: "
+             f"application/json\r\nContent-Length: {len(deep)}\r\n\r\n".encode() + deep, 400),
+            (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+            (f"GET / HTTP/1.1\r\n{auth}X-Big: {'b' * 70_000}\r\n\r\n".encode(), 431),
+            (f"GET / HTTP/1.1\r\n{auth}".encode() + b"".join(b"X-%d: 1\r\n" % i
+                                                          for i in range(200)) + b"\r\n", 431),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 421),
+            (f"GET / HTTP/1.1\r\nHost: {d.host}\r\n\r\n".encode(), 401),
+        ]
+        for data, status in cases:
+            code, headers, body = raw_request(d, data)
+            assert code == status, (data[:80], code, body[:200])
+            assert headers["content-type"] == "application/json", (status, headers)
+            assert json.loads(body)["error"], body
+        # A 401 whose client has gone: quiet.
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", d.port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.sendall(f"GET /api/tasks HTTP/1.1\r\nHost: {d.host}\r\n\r\n".encode())
+        assert d.request("/data/overview")[0] == 200
+        log = d.log.read_text()
+        assert "Traceback" not in log and "Error" not in log, log
