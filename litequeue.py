@@ -142,6 +142,7 @@ import queue
 import random
 import re
 import reprlib
+import resource
 import secrets
 import select
 import signal
@@ -9654,6 +9655,150 @@ def _flower_task(info):
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The dashboard's token, as Jupyter's: 32 random bytes (never guessed, so never throttled),
+# new at each start, written 0600 into the verified side directory for scripts.
+_DASHBOARD_TOKEN_FILE = "dashboard.token"
+# Paths that carry no task data, served without a token under --metrics-public.
+_DASHBOARD_PUBLIC = ("/metrics", "/healthcheck")
+# Where `dashboard --auth USER` reads the password when no --auth-file is given: never argv,
+# which every user of the machine can read in ps.
+_DASHBOARD_PASSWORD_ENV = "LITEQUEUE_DASHBOARD_PASSWORD"
+# The password is kept as scrypt(password, random salt) only. n=2**14, r=8: about 40 ms and
+# 16 MiB a check (OWASP's minimum is n=2**17 for stored hashes; this one never leaves
+# memory, and checks run one at a time, so a flood of guesses costs one core at most).
+_DASHBOARD_SCRYPT = {"n": 1 << 14, "r": 8, "p": 1}
+
+
+class _PasswordCheck:
+    """A user name and the scrypt hash of a password; check() compares in constant time,
+    one check at a time (each takes 16 MiB)."""
+
+    def __init__(self, user, password):
+        if not user or ":" in user:
+            raise ConfigurationError("the --auth user name must be non-empty, without ':'")
+        if not password:
+            raise ConfigurationError("the dashboard password is empty")
+        self.user = user.encode("utf-8")
+        self.salt = secrets.token_bytes(16)
+        self.digest = self._hash(password.encode("utf-8"))
+        self._lock = threading.Lock()
+
+    def _hash(self, password):
+        return hashlib.scrypt(password, salt=self.salt, maxmem=64 << 20, **_DASHBOARD_SCRYPT)
+
+    def check(self, credentials):
+        """credentials: the decoded bytes of an HTTP basic header, b"user:password"."""
+        user, _, password = credentials.partition(b":")
+        with self._lock:
+            digest = self._hash(password)
+        return hmac.compare_digest(user, self.user) & hmac.compare_digest(digest, self.digest)
+
+
+# Seconds a connection may take to send a request's line and headers, or sit idle between
+# requests; also the timeout of each socket read and write (a body, a client that does not
+# read its answer). A browser sends a request at once; keep-alive costs a reconnect.
+_DASHBOARD_IDLE = 5.0
+# Connections served at once (a thread and a descriptor each), and at most a quarter of the
+# descriptor limit (each busy one may hold a pooled database connection: 3 descriptors).
+# At the cap a new connection closes the one idle longest; if none is idle, it gets 503.
+_DASHBOARD_CONNECTIONS = 128
+# The listen backlog: a flood of connects must not make a browser's SYN wait a second.
+_DASHBOARD_BACKLOG = 1024
+# Password checks: a bucket of 5 per client address refilled at one every 2 s, and one of
+# 20 for all addresses refilled at 2 a second. A correct password gives its token back.
+_DASHBOARD_GUESSES = ((5, 0.5), (20, 2.0))
+# Client addresses whose buckets are remembered; past this, full buckets are forgotten.
+_DASHBOARD_GUESSERS = 4096
+
+
+class _Throttle:
+    """Token buckets: one per key and one for all keys. take(key) spends a token from both
+    (False, spending none, when either is empty); give(key) returns it."""
+
+    def __init__(self, per_key, total, clock=time.monotonic):
+        (self.burst, self.rate), (total_burst, total_rate) = per_key, total
+        self.clock = clock
+        self.total = [float(total_burst), clock(), total_burst, total_rate]
+        self.buckets = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _level(bucket, now):
+        bucket[0] = min(bucket[2], bucket[0] + (now - bucket[1]) * bucket[3])
+        bucket[1] = now
+        return bucket[0]
+
+    def take(self, key):
+        with self._lock:
+            now = self.clock()
+            if len(self.buckets) >= _DASHBOARD_GUESSERS:
+                self.buckets = {k: b for k, b in self.buckets.items()
+                                if self._level(b, now) < b[2]}
+            bucket = self.buckets.setdefault(key, [float(self.burst), now, self.burst,
+                                                   self.rate])
+            if self._level(bucket, now) < 1 or self._level(self.total, now) < 1:
+                return False
+            bucket[0] -= 1
+            self.total[0] -= 1
+            return True
+
+    def give(self, key):
+        with self._lock:
+            for bucket in (self.buckets.get(key), self.total):
+                if bucket is not None:
+                    bucket[0] = min(bucket[2], bucket[0] + 1)
+
+    def wait(self, key):
+        """Seconds until take(key) may succeed."""
+        with self._lock:
+            bucket = self.buckets.get(key)
+            return max((1 - b[0]) / b[3] for b in (bucket, self.total) if b is not None)
+
+
+def _dashboard_password(auth_file):
+    """The --auth password, from --auth-file (a plain file of this user, mode 0600 or
+    stricter) or else the environment variable, which is then removed from os.environ."""
+    if auth_file is None:
+        return os.environ.pop(_DASHBOARD_PASSWORD_ENV, None)
+    try:
+        fd = os.open(auth_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read --auth-file {auth_file}: {exc.strerror}") \
+            from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ConfigurationError(
+                f"--auth-file {auth_file} must be a plain file owned by this user (uid "
+                f"{os.geteuid()}) with mode 0600; it is uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            text = f.read(4096).decode("utf-8")
+    finally:
+        os.close(fd)
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _write_dashboard_token(db_path, token):
+    """Write the token to DB-lq/dashboard.token, mode 0600: a new file renamed over the
+    old one inside the verified directory, so that a link there is replaced, never
+    followed. SideDirectoryError if the directory cannot be trusted."""
+    fd = _SideDir(db_path).open()
+    try:
+        temporary = f"{_DASHBOARD_TOKEN_FILE}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=fd)
+        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            os.fchmod(out, 0o600)
+            os.write(out, token.encode() + b"\n")
+        finally:
+            os.close(out)
+        os.replace(temporary, _DASHBOARD_TOKEN_FILE, src_dir_fd=fd, dst_dir_fd=fd)
+        return os.path.join(db_path + "-lq", _DASHBOARD_TOKEN_FILE)
+    finally:
+        os.close(fd)
 
 
 def _dashboard_server(*args):
@@ -9674,20 +9819,22 @@ class _Dashboard:
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = _DASHBOARD_BACKLOG
 
     def __init__(self, handler_class, app, host="127.0.0.1", port=5555, auth=None,
-                 read_only=False, max_wait=300.0):
+                 read_only=False, max_wait=300.0, token=None, metrics_public=False):
         if host not in _LOOPBACK and not auth:
             raise ConfigurationError(f"the dashboard listens on {host} only with --auth "
-                                     "USER:PASS (anyone who can reach it could revoke "
+                                     "USER (anyone who can reach it could revoke "
                                      "and queue tasks); without --auth it binds 127.0.0.1")
-        if auth is not None and (":" not in auth or not auth.split(":", 1)[0]):
-            raise ConfigurationError("--auth takes USER:PASS")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), handler_class)
         self.app, self.read_only, self.max_wait = app, read_only, max_wait
-        self.auth = auth.encode("utf-8") if auth else None
+        # (user, password) is kept as a salted hash only.
+        self.auth = _PasswordCheck(*auth) if isinstance(auth, tuple) else auth
         self.csrf = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
+        self.metrics_public = metrics_public
         self.pool = queue.SimpleQueue()      # idle read connections, lent to requests
         self.port = self.server_address[1]
         # Behind --auth on another address any Host is served: the password guards it.
@@ -9696,10 +9843,92 @@ class _Dashboard:
             {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
         if self.hosts is not None and self.port == 80:        # browsers omit :80
             self.hosts |= {f"[{n}]" if ":" in n else n for n in names}
+        # Cookies ignore the port: each dashboard on this host has its own name.
+        self.cookie_name = f"litequeue-token-{self.port}"
+        self.guesses = _Throttle(*_DASHBOARD_GUESSES)
+        # Every open connection -> the monotonic time by which its next request's head must
+        # have come (None while a request is served).
+        self.connections = {}
+        self.connections_lock = threading.Lock()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_connections = _DASHBOARD_CONNECTIONS if soft == resource.RLIM_INFINITY \
+            else max(4, min(_DASHBOARD_CONNECTIONS, (soft - 64) // 4))
+        self._swept = time.monotonic()
 
     def url(self):
         host = self.server_address[0]
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+
+    def token_ok(self, given):
+        return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
+
+    # -- connections: bounded in number and in time ----------------------------------
+
+    def process_request(self, request, client_address):
+        """Runs in the accepting thread: make room for the new connection (closing the
+        one idle longest), or refuse it at once; never queue it."""
+        with self.connections_lock:
+            if len(self.connections) >= self.max_connections:
+                idle = [(due, conn) for conn, due in self.connections.items() if due is not None]
+                if not idle or len(self.connections) >= 2 * self.max_connections:
+                    return self._refuse(request)
+                _, oldest = min(idle, key=lambda pair: pair[0])
+                self.connections[oldest] = None      # its thread sees EOF and ends
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self.connections[request] = time.monotonic() + _DASHBOARD_IDLE
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:                         # no thread to be had
+            self.shutdown_request(request)
+
+    def _refuse(self, request):
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 36\r\nConnection: close\r\n\r\n"
+                         b'{"error": "too many connections"}\n\n\n')
+        request.close()
+
+    def awaiting(self, conn, serving=False):
+        """Mark a connection as waiting for a request's head (or, serving, as busy)."""
+        with self.connections_lock:
+            if self.connections.get(conn, 0) is not None or serving:
+                self.connections[conn] = None if serving else time.monotonic() + _DASHBOARD_IDLE
+
+    def shutdown_request(self, request):
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def service_actions(self):
+        """Between accepts: close connections past their deadline (a slowloris)."""
+        now = time.monotonic()
+        if now - self._swept < 0.25:
+            return
+        self._swept = now
+        with self.connections_lock:
+            late = [conn for conn, due in self.connections.items()
+                    if due is not None and due < now]
+            for conn in late:
+                self.connections[conn] = None
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self):
+        super().server_close()
+        with self.connections_lock:
+            for conn in self.connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request, client_address):
+        """A client that went away or timed out is no error of ours: no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("dashboard client %s: %s", client_address, exc)
+        else:
+            logger.error("dashboard request from %s failed", client_address, exc_info=True)
 
 
 class _HTTPError(Exception):
@@ -9713,6 +9942,8 @@ class _DashboardHandler:
 
     server_version = "litequeue"
     sys_version = ""
+    extra_headers = ()
+    timeout = _DASHBOARD_IDLE             # each read and write on the socket
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes: with Nagle's algorithm on, the body of a
     # kept-alive response waited for the client's delayed ACK (40 ms a request).
@@ -9755,6 +9986,24 @@ class _DashboardHandler:
     def log_message(self, fmt, *args):
         logger.debug("dashboard %s: %s", self.address_string(), fmt % args)
 
+    def handle_one_request(self):
+        self.server.awaiting(self.connection)
+        super().handle_one_request()
+
+    def parse_request(self):
+        parsed = super().parse_request()         # reads the headers: still evictable
+        self.server.awaiting(self.connection, serving=True)
+        return parsed
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (400, 414, 431, 501...) as JSON, like ours."""
+        self.close_connection = True
+        self.extra_headers = []
+        text = message or self.responses.get(code, ("error",))[0]
+        with contextlib.suppress(OSError):
+            self._send(code, "application/json", json.dumps({"error": text}).encode(),
+                       [("Connection", "close")])
+
     def do_GET(self):
         self._handle("GET")
 
@@ -9778,24 +10027,35 @@ class _DashboardHandler:
                 self.server.pool.put(storage)
 
     def _route(self, method):
+        self.extra_headers = []
+        keep_alive = not self.close_connection
+        # Until the body is read, an answer closes the connection: left unread, the body
+        # would be taken for the start of the next request.
+        self.close_connection = True
         try:
-            # Read the whole body first: left unread, it would be taken for the start of
-            # the next request on this kept-alive connection.
             self.raw = b""
             if self.headers.get("Transfer-Encoding") is not None:
-                self.close_connection = True       # the body's end is unknown: drop it all
                 raise _HTTPError(411, "send a Content-Length, not Transfer-Encoding")
-            given = self.headers.get("Content-Length") or "0"
-            if not given.isdigit():
-                self.close_connection = True
-                raise _HTTPError(400, "Content-Length is not a number")
-            length = int(given)
+            given = self.headers.get_all("Content-Length") or ["0"]
+            if len(given) != 1 or not re.fullmatch(r"[0-9]{1,18}", given[0].strip()):
+                raise _HTTPError(400, "Content-Length must be one number (ASCII digits)")
+            length = int(given[0])
             if length > 1 << 20:
-                self.close_connection = True
                 raise _HTTPError(413, "request body over 1 MiB")
-            self.raw = self.rfile.read(length) if length else b""
-            self._check_request(method)
+            # Who may ask is settled before a byte of the body is read.
             url = urllib.parse.urlsplit(self.path)
+            self._check_host()
+            if method == "GET" and "token" in urllib.parse.parse_qs(url.query):
+                return self._login(url)
+            self._check_auth(method, url.path)
+            try:
+                self.raw = self.rfile.read(length) if length else b""
+            except OSError:                 # timed out or gone: nobody to answer
+                return
+            if len(self.raw) != length:
+                return
+            self.close_connection = not keep_alive
+            self._check_request(method)
             self.query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
             # A form-encoded body's fields are arguments too, after the query's (as
             # Flower reads them): curl -d 'terminate=True' sends one.
@@ -9827,21 +10087,74 @@ class _DashboardHandler:
 
     # -- security ---------------------------------------------------------------------
 
+    def _check_host(self):
+        if self.server.hosts is not None and self.headers.get("Host", "") not in \
+                self.server.hosts:
+            raise _HTTPError(421, "the Host header does not name this dashboard "
+                                  "(DNS rebinding is refused)")
+
+    def _cookie(self):
+        """The value of this dashboard's token cookie, or None."""
+        for header in self.headers.get_all("Cookie") or ():
+            for pair in header.split(";"):
+                name, _, value = pair.strip().partition("=")
+                if name == self.server.cookie_name:
+                    return value
+        return None
+
+    def _login(self, url):
+        """GET ...?token=T: with the right token, set it as a cookie and redirect to the
+        same page without it (out of the address bar, the history and Referer)."""
+        query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        given = [v for k, v in query if k == "token"]
+        if len(given) != 1 or not self.server.token_ok(given[0]):
+            raise _HTTPError(401, "wrong token: open the URL the dashboard printed at start")
+        rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
+        path = url.path if url.path.startswith("/") and not url.path.startswith("//") else "/"
+        self._send(303, "application/json", b'{"ok": true}',
+                   [("Location", path + ("?" + rest if rest else "")),
+                    ("Set-Cookie", self._token_cookie())])
+
+    def _token_cookie(self):
+        return f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; " \
+               "SameSite=Strict"
+
+    def _check_auth(self, method, path):
+        """Every request needs the token (header or cookie) or the --auth password, but
+        the data-free /metrics and /healthcheck under --metrics-public."""
+        server = self.server
+        if server.metrics_public and method == "GET" and path in _DASHBOARD_PUBLIC:
+            return
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and server.token_ok(given.strip()):
+            return
+        cookie = self._cookie()
+        if cookie is not None and server.token_ok(cookie):
+            return
+        if server.auth is not None and scheme.lower() == "basic":
+            try:
+                credentials = base64.b64decode(given.strip(), validate=True)
+            except (ValueError, binascii.Error):
+                credentials = b""
+            client = self.client_address[0]
+            if not server.guesses.take(client):
+                wait = math.ceil(server.guesses.wait(client))
+                self.extra_headers.append(("Retry-After", str(max(1, wait))))
+                raise _HTTPError(429, f"too many wrong passwords: try again in {wait} s (the "
+                                      "token is never throttled)")
+            if server.auth.check(credentials):
+                server.guesses.give(client)
+                # The browser keeps the password; its next requests need no scrypt.
+                self.extra_headers.append(("Set-Cookie", self._token_cookie()))
+                return
+        raise _HTTPError(401, "authentication required: open the URL the dashboard "
+                              "printed at start, or send 'Authorization: Bearer TOKEN' (the "
+                              "token is in DB-lq/dashboard.token)"
+                         + (", or the --auth user and password" if server.auth else ""))
+
     def _check_request(self, method):
         server = self.server
         host = self.headers.get("Host", "")
-        if server.hosts is not None and host not in server.hosts:
-            raise _HTTPError(421, "the Host header does not name this dashboard "
-                                  "(DNS rebinding is refused)")
-        if server.auth is not None:
-            given = self.headers.get("Authorization", "")
-            scheme, _, encoded = given.partition(" ")
-            try:
-                credentials = base64.b64decode(encoded, validate=True)
-            except (ValueError, binascii.Error):
-                credentials = b""
-            if scheme.lower() != "basic" or not hmac.compare_digest(credentials, server.auth):
-                raise _HTTPError(401, "authentication required")
         if method == "POST":
             if server.read_only:
                 raise _HTTPError(403, "the dashboard is read-only")
@@ -9865,8 +10178,9 @@ class _DashboardHandler:
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         if status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"')
-        for name, value in extra:
+            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"' if self.server.auth
+                             else 'Bearer realm="litequeue"')
+        for name, value in (*extra, *self.extra_headers):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -9882,6 +10196,8 @@ class _DashboardHandler:
             body = json.loads(raw)
         except ValueError as exc:
             raise _HTTPError(400, f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise _HTTPError(400, "the body is JSON nested too deep") from None
         if not isinstance(body, dict):
             raise _HTTPError(400, "the body must be a JSON object")
         return body
@@ -10622,19 +10938,44 @@ def _schedule_lines(row, count):
               help="Address to listen on; anything but loopback needs --auth.")
 @click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0: any free one).")
-@click.option("--auth", metavar="USER:PASS", help="Require HTTP basic auth.")
+@click.option("--auth", metavar="USER",
+              help=f"Also accept HTTP basic auth as USER, with the password from --auth-file "
+                   f"or ${_DASHBOARD_PASSWORD_ENV} (never the command line).")
+@click.option("--auth-file", type=click.Path(dir_okay=False),
+              help="A file (yours, mode 0600) holding the --auth password.")
 @click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
+@click.option("--metrics-public", is_flag=True,
+              help="Serve /metrics and /healthcheck (no task data) without the token.")
 @click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="Health: the oldest waiting task may have waited this many seconds.")
-def dashboard(db, host, port, auth, read_only, max_wait):
-    """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck."""
+def dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wait):
+    """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck.
+    Every request needs the token printed at start (also in DB-lq/dashboard.token)."""
+    if auth is not None and ":" in auth:
+        raise click.UsageError(f"--auth takes USER only: a password on the command line is "
+                               f"visible to every user in ps; put it in ${_DASHBOARD_PASSWORD_ENV}"
+                               f" or a 0600 file given with --auth-file")
+    if auth_file is not None and auth is None:
+        raise click.UsageError("--auth-file needs --auth USER")
+    if auth is not None:
+        password = _dashboard_password(auth_file)
+        if password is None:
+            raise click.UsageError(f"--auth {auth} needs a password: set "
+                                   f"${_DASHBOARD_PASSWORD_ENV} or give --auth-file")
+        auth = _PasswordCheck(auth, password)      # the hash only, from here on
+        del password
     app = _open_app(db)
+    token = secrets.token_urlsafe(32)
     try:
-        server = _dashboard_server(app, host, port, auth, read_only, max_wait)
+        server = _dashboard_server(app, host, port, auth, read_only, max_wait, token,
+                                   metrics_public)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    token_path = _write_dashboard_token(app.path, token)
     click.echo(f"litequeue dashboard for {app.path} on {server.url()}"
                f"{' (read-only)' if read_only else ''}", err=True)
+    click.echo(f"  open {server.url()}?token={token}\n  scripts: send 'Authorization: "
+               f"Bearer TOKEN', the token is in {token_path} (mode 0600)", err=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         server.serve_forever(poll_interval=0.5)

@@ -6549,28 +6549,33 @@ class TestCanvasChaos:
 class Dashboard:
     """A `litequeue dashboard` subprocess on a free port; always stopped by its fixture."""
 
-    def __init__(self, project, *extra):
+    def __init__(self, project, *extra, env=None):
         self.log = project.dir / "dashboard.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(LITEQUEUE_PY), "dashboard", project.db, "--port", "0",
                  *map(str, extra)], cwd=project.dir, stdin=subprocess.DEVNULL, stdout=err,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True, env=env)
         found = wait_until(lambda: self.proc.poll() is None and re.search(
-            r"on (http://\S+/)", self.log.read_text()), 20,
+            r"on (http://\S+/).*\n.*(http://\S+/\?token=\S+)", self.log.read_text()), 20,
             lambda: f"the dashboard to listen; log: {self.log.read_text()}")
-        self.url = found.group(1)
+        self.url, self.login_url = found.group(1), found.group(2)
         self.host = self.url.split("/")[2]
+        self.port = int(self.host.rpartition(":")[2])
+        # The token as a script reads it: from the 0600 file beside the database.
+        self.token = Path(project.db + "-lq", "dashboard.token").read_text().strip()
 
-    def request(self, path, method="GET", body=None, headers=None):
-        """(status, headers, body text) of one request; never raises for a status."""
+    def request(self, path, method="GET", body=None, headers=None, auth=True):
+        """(status, headers, body text) of one request, with the token unless auth is
+        False or headers carry an Authorization; never raises for a status."""
         import http.client
         conn = http.client.HTTPConnection(self.host, timeout=30)
         try:
             data = None if body is None else json.dumps(body).encode()
+            bearer = {"Authorization": f"Bearer {self.token}"} if auth else {}
             conn.request(method, path, body=data, headers={
                 "Host": self.host, **({"Content-Type": "application/json"} if data else {}),
-                **(headers or {})})
+                **bearer, **(headers or {})})
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read().decode()
         finally:
@@ -6597,8 +6602,8 @@ class Dashboard:
 def dashboards():
     started = []
 
-    def start(project, *extra):
-        d = Dashboard(project, *extra)
+    def start(project, *extra, env=None):
+        d = Dashboard(project, *extra, env=env)
         started.append(d)
         return d
     try:
@@ -6770,14 +6775,16 @@ class TestDashboard:
         refused = lq("dashboard", project.db, "--host", "0.0.0.0", cwd=project.dir)
         assert refused.returncode == 1 and "--auth" in refused.stderr
         assert "Traceback" not in refused.stderr
-        locked = dashboards(project, "--auth", "ops:s3cret", "--read-only")
-        assert locked.request("/data/overview")[0] == 401
+        locked = dashboards(project, "--auth", "ops", "--read-only",
+                            env={**os.environ, "LITEQUEUE_DASHBOARD_PASSWORD": "s3cret"})
+        assert locked.request("/data/overview", auth=False)[0] == 401
         basic = {"Authorization": "Basic " + __import__("base64").b64encode(
             b"ops:s3cret").decode()}
         assert locked.request("/data/overview", headers=basic)[0] == 200
         wrong = {"Authorization": "Basic " + __import__("base64").b64encode(
             b"ops:guess").decode()}
         assert locked.request("/data/overview", headers=wrong)[0] == 401
+        assert locked.request("/data/overview", headers=wrong, auth=False)[0] == 401
         other = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
         assert locked.request(f"/api/task/revoke/{other.id}", "POST", {}, basic)[0] == 403
         assert other.state == SCHEDULED
@@ -6929,7 +6936,8 @@ class TestDashboardInChromium:
                     continue
             pytest.fail(f"could not click {xpath}")
         try:
-            browser.get(d.url)
+            browser.get(d.login_url)             # the printed URL: sets the cookie
+            assert "token" not in browser.current_url
             wait_until(lambda: "Health" in text() and "live" in browser.find_element(
                 By.ID, "live").text, 20, "the overview to load")
             browser.save_screenshot(str(tmp_path / "overview-empty.png"))

@@ -2471,6 +2471,8 @@ def start_dashboard(db, tmp, tag):
         proc.stop()
         raise
     proc.url, proc.port = found.group(1), int(found.group(2))
+    with open(db + "-lq/dashboard.token") as f:        # every request needs the token
+        proc.token = f.read().strip()
     return proc
 
 
@@ -2581,8 +2583,9 @@ class _Client:
     one kept-alive connection, as the page's fetch() calls; fresh=True opens a new one,
     so the dashboard serves it on a new thread with a new SQLite connection."""
 
-    def __init__(self, port):
+    def __init__(self, port, token):
         self.port, self.conn = port, None
+        self.headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
 
     def get(self, path, fresh=False):
         """(status, content type, body, milliseconds from the request to the last byte)."""
@@ -2594,7 +2597,7 @@ class _Client:
             conn = self.conn
         t0 = time.perf_counter()
         try:
-            conn.request("GET", path, headers={"Accept": "application/json"})
+            conn.request("GET", path, headers=self.headers)
             resp = conn.getresponse()
             body = resp.read()
         except BaseException:
@@ -2700,7 +2703,7 @@ def measure_dashboard(db, meta, tmp, tag, cfg, results):
     holds the write lock, then the dashboard's idle CPU with the page open in Chromium.
     One dashboard process for the three."""
     dash = start_dashboard(db, tmp, tag)
-    client = _Client(dash.port)
+    client = _Client(dash.port, dash.token)
     try:
         status, _, body, _ = client.get("/data/tasks")
         if status != 200:
