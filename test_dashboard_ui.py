@@ -78,7 +78,8 @@ def test_the_new_json_and_actions_over_http(project, dashboards):
     import http.client
     conn = http.client.HTTPConnection(d.host, timeout=30)
     conn.request("POST", "/api/task/rate-limit/tasks.add", body="ratelimit=10/s",
-                 headers={"Host": d.host, "Content-Type": "application/x-www-form-urlencoded"})
+                 headers={"Host": d.host, "Content-Type": "application/x-www-form-urlencoded",
+                          "Authorization": f"Bearer {d.token}"})
     response = conn.getresponse()
     assert response.status == 200 and b"10/s" in response.read()
     conn.close()
@@ -129,16 +130,19 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         pytest.fail(f"could not click {css}")
     try:
         # 1. Charts: a time axis (HH:MM ticks), a colour key, a hover value per bar.
-        browser.get(d.url)
+        browser.get(d.login_url)             # the printed URL: sets the cookie
         wait_until(lambda: js("return document.querySelectorAll('.chart').length") == 3, 20,
                    "the charts")
         ticks = js("return [...document.querySelectorAll('.chart svg text.tick')]"
                    ".map(t => t.textContent)")
         assert any(len(t) == 5 and t[2] == ":" for t in ticks), ticks
         assert js("return document.querySelectorAll('.keys .key').length") >= 7
-        titles = js("return [...document.querySelectorAll('.chart svg title')]"
-                    ".map(t => t.textContent)")
-        assert any("succeeded" in t and "failed 1" in t for t in titles), titles[-3:]
+        def titles():
+            return js("return [...document.querySelectorAll('.chart svg title')]"
+                      ".map(t => t.textContent)")
+        # The failure reaches the counters within a second; the live page redraws.
+        wait_until(lambda: any("succeeded" in t and "failed 1" in t for t in titles()), 20,
+                   lambda: f"a chart's hover value to count the failure: {titles()[-3:]}")
         # 2. Filters in the URL: read on load, written on change; headers sort.
         browser.get(d.url + "tasks?state=FAILURE")
         wait_until(lambda: failed.id in text(), 20, "the failed task")
