@@ -6602,8 +6602,8 @@ class Dashboard:
 def dashboards():
     started = []
 
-    def start(project, *extra, env=None):
-        d = Dashboard(project, *extra, env=env)
+    def start(project, *extra, **kwargs):
+        d = Dashboard(project, *extra, **kwargs)
         started.append(d)
         return d
     try:
