@@ -9,7 +9,8 @@ import pytest
 
 import litequeue
 from litequeue import ConfigurationError, LitequeueError
-from test_litequeue import lq, project, sql, wait_until, workers  # noqa: F401 (fixtures)
+from test_litequeue import (  # noqa: F401 (fixtures)
+    dashboards, lq, project, sql, wait_until, workers)
 
 HUGE = "n" * 10_000_000          # 10 MB
 ARGV = "n" * 100_000             # the most one argv string may hold is 128 KiB
@@ -50,30 +51,14 @@ class TestBoundsAtTheAPI:
             assert len(done.stderr) < 600 and "Traceback" not in done.stderr
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
-    def test_the_flower_api_refuses_them(self, project):
+    def test_the_flower_api_refuses_them(self, project, dashboards):
         project.delay("add", 1, 1)
-        server = litequeue._dashboard_server(project.app, "127.0.0.1", 0, None, False, 300.0)
-        import threading
-        import urllib.error
-        import urllib.request
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        try:
-            for path, body in ((f"/api/task/async-apply/{ARGV[:60_000]}", {}),
-                               ("/api/task/async-apply/tasks.add", {"queue": ARGV}),
-                               ("/api/task/async-apply/tasks.add", {"task_id": ARGV})):
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{server.server_address[1]}{path}",
-                    json.dumps(body).encode(), method="POST",
-                    headers={"Content-Type": "application/json"})
-                with pytest.raises(urllib.error.HTTPError) as info:
-                    urllib.request.urlopen(request, timeout=30)
-                text = info.value.read().decode()
-                assert info.value.code in (400, 404, 414) and len(text) < 2000, text[:600]
-        finally:
-            server.shutdown()
-            thread.join()
-            server.server_close()
+        d = dashboards(project)
+        for path, body in ((f"/api/task/async-apply/{ARGV[:60_000]}", {}),
+                           ("/api/task/async-apply/tasks.add", {"queue": ARGV}),
+                           ("/api/task/async-apply/tasks.add", {"task_id": ARGV})):
+            status, _, text = d.request(path, "POST", body)
+            assert status in (400, 404, 414) and len(text) < 2000, (status, text[:600])
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
 

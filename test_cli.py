@@ -223,12 +223,14 @@ class TestBrokenTaskModule:
 # Flower's API: form-encoded revoke, apply and send-task
 # ---------------------------------------------------------------------------
 
-def post(d, path, body, content_type, headers=None):
-    """(status, parsed JSON) of a POST with a raw body, as curl -d sends it."""
+def post(d, path, body, content_type, headers=None, token=True):
+    """(status, parsed JSON) of a POST with a raw body, as curl -d sends it (with the
+    dashboard's token, as a script that read its token file does, unless token=False)."""
     conn = http.client.HTTPConnection(d.host, timeout=60)
+    bearer = {"Authorization": f"Bearer {d.token}"} if token else {}
     try:
         conn.request("POST", path, body=body, headers={
-            "Host": d.host, "Content-Type": content_type, **(headers or {})})
+            "Host": d.host, "Content-Type": content_type, **bearer, **(headers or {})})
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"null")
     finally:
@@ -290,17 +292,21 @@ class TestFlowerApi:
         project.delay("add", 0, 0)
         before = sql(project.db, "SELECT count(*) FROM tasks")
         basic = {"Authorization": "Basic " + base64.b64encode(b"ops:s3cret").decode()}
-        locked = dashboards(project, "--auth", "ops:s3cret", "--read-only")
+        env = dict(os.environ, LITEQUEUE_DASHBOARD_PASSWORD="s3cret")
+        locked = dashboards(project, "--auth", "ops", "--read-only", env=env)
         for route in ("apply", "send-task"):
             path = f"/api/task/{route}/tasks.add"
-            assert post(locked, path, '{"args": [1, 2]}', "application/json")[0] == 401
             assert post(locked, path, '{"args": [1, 2]}', "application/json",
-                        basic)[0] == 403
+                        token=False)[0] == 401
+            assert post(locked, path, '{"args": [1, 2]}', "application/json",
+                        basic, token=False)[0] == 403
         assert sql(project.db, "SELECT count(*) FROM tasks") == before
-        guarded = dashboards(project, "--auth", "ops:s3cret")
+        guarded = dashboards(project, "--auth", "ops", env=env)
         path = "/api/task/send-task/tasks.add"
-        assert post(guarded, path, '{"args": [1, 2]}', "application/json")[0] == 401
-        status, answer = post(guarded, path, '{"args": [1, 2]}', "application/json", basic)
+        assert post(guarded, path, '{"args": [1, 2]}', "application/json",
+                    token=False)[0] == 401
+        status, answer = post(guarded, path, '{"args": [1, 2]}', "application/json", basic,
+                              token=False)
         assert status == 200 and project.row(answer["task-id"])["state"] == "PENDING"
 
 
