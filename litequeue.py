@@ -11276,7 +11276,7 @@ button.danger{color:var(--bad);border-color:#f3b8a5}input,select{font:inherit;pa
 .keys .key{margin-right:14px;white-space:nowrap}.key .sw{display:inline-block;margin-right:4px;vertical-align:-1px}
 .scroll{overflow-x:auto}th.sortable{cursor:pointer;user-select:none}th.sortable:hover{color:var(--fg)}.cardlink{text-decoration:none;color:inherit}.cardlink .card:hover{border-color:var(--acc)}
 header{flex-wrap:wrap}#filters{display:flex;flex-wrap:wrap;gap:6px 0}
-@media (max-width:640px){main{padding:10px}header{gap:6px 14px;padding:8px 10px}nav a{margin-right:10px}.card{min-width:96px;padding:8px 10px}.card .n{font-size:18px}progress{width:160px}}
+@media (max-width:640px){.scroll table{min-width:760px}main{padding:10px}header{gap:6px 14px;padding:8px 10px}nav a{margin-right:10px}.card{min-width:96px;padding:8px 10px}.card .n{font-size:18px}progress{width:160px}}
 a{color:var(--acc)}.why{padding:8px 10px;background:#fffaeb;border:1px solid #fedf89;border-radius:8px;margin:8px 0}
 progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140px;white-space:nowrap;overflow-wrap:normal}
 </style></head><body>
