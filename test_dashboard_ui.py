@@ -9,8 +9,8 @@ import pytest
 import litequeue
 from litequeue import STARTED, UnknownTask, chord
 from test_litequeue import (  # noqa: F401  (fixtures)
-    Project, _chromium, dashboards, insert_schedule, pack, project, sql, wait_until,
-    workers)
+    Project, _chromium, dashboards, insert_schedule, pack, page_click, project, sql,
+    wait_until, workers)
 
 
 def test_schedule_actions_rate_limits_states_and_workflow(project):
@@ -102,7 +102,6 @@ def test_read_only_refuses_the_new_actions(project, dashboards):
 
 @pytest.mark.timeout(180)
 def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path):
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     add = project.app.tasks["tasks.add"]
     failed = project.delay("fail", "boom")
@@ -121,13 +120,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         return js("const m = document.querySelector('main'); return m ? m.innerText : ''")
 
     def click(css):
-        for _ in range(50):
-            try:
-                browser.find_element(By.CSS_SELECTOR, css).click()
-                return
-            except StaleElementReferenceException:      # redrawn between find and click
-                continue
-        pytest.fail(f"could not click {css}")
+        page_click(browser, By.CSS_SELECTOR, css)
     try:
         # 1. Charts: a time axis (HH:MM ticks), a colour key, a hover value per bar.
         browser.get(d.login_url)             # the printed URL: sets the cookie

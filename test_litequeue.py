@@ -6865,6 +6865,19 @@ class TestAlertsAndSystemd:
             assert worker.wait(30) == 0
 
 
+def page_click(browser, by, selector):
+    """Click an element of a page that redraws itself (the dashboard, every second): find
+    it again if it was replaced between the find and the click."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(50):
+        try:
+            browser.find_element(by, selector).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    pytest.fail(f"could not click {selector}")
+
+
 def _chromium(tmp_path):
     """A real headless Chromium (Debian's), driven over WebDriver by chromedriver."""
     from selenium import webdriver
@@ -6915,7 +6928,6 @@ class TestDashboardInChromium:
 
     @pytest.mark.timeout(180)
     def test_the_page_in_a_real_browser(self, project, workers, dashboards, tmp_path):
-        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
         hostile = "<img src=x onerror=alert(1)>"
         project.delay("echo", hostile)           # queued before any worker: shows PENDING
@@ -6928,13 +6940,7 @@ class TestDashboardInChromium:
                 "const m = document.querySelector('main'); return m ? m.innerText : ''")
 
         def click(xpath):
-            for _ in range(50):
-                try:
-                    browser.find_element(By.XPATH, xpath).click()
-                    return
-                except StaleElementReferenceException:     # redrawn between find and click
-                    continue
-            pytest.fail(f"could not click {xpath}")
+            page_click(browser, By.XPATH, xpath)
         try:
             browser.get(d.login_url)             # the printed URL: sets the cookie
             assert "token" not in browser.current_url
