@@ -1990,9 +1990,10 @@ _SQL_TABLES = """
     SELECT name, sql LIKE '%WITHOUT ROWID%' FROM sqlite_schema
     WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name
 """
+# One pass over a table: each row's key and a mask of its columns whose text is bad
+# ({bad}: one term per column, _bad_text_mask).
 _SQL_BAD_TEXT = """
-    SELECT {key} FROM "{table}"
-    WHERE typeof("{column}") = 'text' AND lq_bad_text(CAST("{column}" AS BLOB))
+    SELECT k, mask FROM (SELECT {key} AS k, {bad} AS mask FROM "{table}") WHERE mask != 0
 """
 _SQL_FIX_TEXT = """
     UPDATE "{table}" SET "{column}" = lq_fix_text(CAST("{column}" AS BLOB), :suffix)
@@ -2411,6 +2412,16 @@ def _fixed_utf8(data, suffix):
 # A read that meets bad text repairs the file and reads again, up to this many times: a
 # client that keeps writing such text can slip a new value in between a repair and a read.
 _TEXT_REPAIRS = 5
+
+
+# Columns one pass of repair_text looks at: bits of a signed 64-bit mask.
+_MASK_BITS = 62
+
+
+def _bad_text_mask(columns):
+    """SQL of a mask whose bit i is set where columns[i] holds text that is not UTF-8."""
+    return " + ".join(f"((typeof(\"{c}\") = 'text' AND lq_bad_text(CAST(\"{c}\" AS BLOB))) "
+                      f"<< {i})" for i, c in enumerate(columns))
 
 
 def _guarded(method):
@@ -3111,16 +3122,16 @@ class _Storage:
             columns = [row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')
                        if re.fullmatch(r"[a-z_0-9]+", row[1])]
             key = None if no_rowid else "rowid"
-            for column in columns:
-                if key is None:
-                    found = self.conn.execute(_SQL_BAD_TEXT.format(
-                        key="1", table=table, column=column)).fetchall()
-                    if found:
-                        bad.append((table, None, None, column))
-                    continue
-                for (rowid,) in self.conn.execute(_SQL_BAD_TEXT.format(
-                        key=key, table=table, column=column)).fetchall():
-                    bad.append((table, key, rowid, column))
+            masks = {}
+            for start in range(0, len(columns), _MASK_BITS):      # 62 columns a pass
+                part = columns[start:start + _MASK_BITS]
+                for rowid, mask in self.conn.execute(_SQL_BAD_TEXT.format(
+                        key=key or "NULL", table=table, bad=_bad_text_mask(part))):
+                    for i, column in enumerate(part):
+                        if mask >> i & 1:
+                            masks.setdefault((rowid, column), True)
+            for rowid, column in masks:
+                bad.append((table, key, rowid, column))
         if not bad:
             return 0
         follow = _FollowUps()
