@@ -102,7 +102,7 @@ __all__ = [
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "ReadOnlyDatabase",
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
-    "UnknownTask", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
+    "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "crontab",
@@ -260,6 +260,13 @@ class SerializationError(LitequeueError, TypeError):
 
 class UnknownTask(LitequeueError, KeyError):
     """No task of that name is registered."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownWorker(LitequeueError, KeyError):
+    """No live worker has that id or name."""
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
@@ -697,6 +704,9 @@ _LISTING_SETTLE = 0.05
 # A child that dies within this many seconds of starting is restarted with backoff.
 _FAST_DEATH = 1.0
 _RESTART_BACKOFF_MAX = 10.0
+# The most processes an operator may grow a pool to: each is a Python process of some
+# 30 MB, so this is already several GB; more is a typo, not a plan.
+_POOL_MAX = 256
 # How often a supervisor re-reads the next due time, for writers that do not ring.
 _SCHEDULER_RESCAN = 2.0
 # Due ETA rows promoted per transaction; the first is small, so that the children start
@@ -1592,6 +1602,13 @@ _MIGRATIONS = [
         WHERE unique_key IS NOT NULL
           AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED', 'WAITING');
     """,
+    """
+    -- What an operator asked of a running worker (`litequeue control`, the dashboard). Its
+    -- supervisor reads them when its bell rings or at its next rescan, and clears them.
+    ALTER TABLE workers ADD COLUMN pool TEXT;           -- prefork, threads or solo
+    ALTER TABLE workers ADD COLUMN wanted INTEGER;      -- processes asked for (prefork)
+    ALTER TABLE workers ADD COLUMN stop_asked REAL;     -- when a warm shutdown was asked
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1940,13 +1957,26 @@ _SQL_PURGE = """
 """
 _SQL_COUNTS = "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY 1, 2"
 _SQL_REGISTER_WORKER = """
-    INSERT OR REPLACE INTO workers (id, parent, hostname, pid, queues, concurrency, started_at)
-    VALUES (:id, :parent, :hostname, :pid, :queues, :concurrency, :started_at)
+    INSERT OR REPLACE INTO workers (id, parent, hostname, pid, queues, concurrency, started_at,
+                                    pool)
+    VALUES (:id, :parent, :hostname, :pid, :queues, :concurrency, :started_at, :pool)
 """
 _SQL_UNREGISTER_WORKER = "DELETE FROM workers WHERE id = :id"
 _SQL_WORKERS = """
-    SELECT id, parent, hostname, pid, queues, concurrency, started_at, processed, failed
+    SELECT id, parent, hostname, pid, queues, concurrency, started_at, processed, failed,
+           pool, wanted, stop_asked
     FROM workers ORDER BY started_at
+"""
+# An operator's request to a supervisor (the transitions of `litequeue control`).
+_SQL_ASK_WORKER_STOP = """
+    UPDATE workers SET stop_asked = :now WHERE id = :id AND parent IS NULL
+"""
+_SQL_ASK_WORKER_POOL = """
+    UPDATE workers SET wanted = :wanted WHERE id = :id AND parent IS NULL
+"""
+_SQL_WORKER_ASKED = "SELECT wanted, stop_asked FROM workers WHERE id = :id"
+_SQL_WORKER_RESIZED = """
+    UPDATE workers SET concurrency = :concurrency, wanted = NULL WHERE id = :id
 """
 _SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 _SQL_RUNNING_BY_WORKER = """
@@ -3195,8 +3225,28 @@ class _Storage:
 
     def workers(self):
         cols = ("id", "parent", "hostname", "pid", "queues", "concurrency", "started_at",
-                "processed", "failed")
+                "processed", "failed", "pool", "wanted", "stop_asked")
         return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_WORKERS)]
+
+    def ask_worker(self, worker_id, *, stop=None, wanted=None):
+        """Record an operator's request to a supervisor: a shutdown (stop: the time) or
+        a pool size. False if no such supervisor is registered."""
+        with self.write() as conn:
+            if stop is not None:
+                conn.execute(_SQL_ASK_WORKER_STOP, {"id": worker_id, "now": stop})
+            else:
+                conn.execute(_SQL_ASK_WORKER_POOL, {"id": worker_id, "wanted": wanted})
+            return conn.changes() > 0
+
+    def worker_asked(self, worker_id):
+        """(wanted, stop_asked) of a supervisor's row, as stored (any type); None if the
+        row is gone."""
+        row = self.conn.execute(_SQL_WORKER_ASKED, {"id": worker_id}).fetchone()
+        return None if row is None else tuple(row)
+
+    def worker_resized(self, worker_id, concurrency):
+        with self.write() as conn:
+            conn.execute(_SQL_WORKER_RESIZED, {"id": worker_id, "concurrency": concurrency})
 
     def running(self):
         return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
@@ -6661,6 +6711,7 @@ class Admin:
         returns the new task's id. UnknownTask for an unknown schedule name."""
         task_id = f"{name}@run-{_new_id()}"
         if not self.app._storage().fire_schedule(name, task_id, time.time()):
+            self._schedule_named(name)
             raise UnknownTask(f"no periodic task named {name!r}")
         self.app._work_bell.ring()
         return task_id
@@ -6678,8 +6729,60 @@ class Admin:
         return self.app._storage().set_schedule_error(name, None)
 
     def _schedule_named(self, name):
-        if not any(row["name"] == name for row in self.schedules()):
-            raise UnknownTask(f"no periodic task named {name!r}")
+        names = [row["name"] for row in self.schedules()]
+        if name not in names:
+            known = ", ".join(_shown(n, 100) for n in names[:20]) or "none"
+            raise UnknownTask(f"no periodic task named {name!r} (known: {known})")
+
+    def shutdown_worker(self, worker=None):
+        """Ask a worker for a warm shutdown, as SIGTERM does: it finishes its running
+        tasks and exits. worker: its id or Flower's "hostname-id" (None: every live
+        worker). Returns the ids asked; UnknownWorker if none matches. The worker acts
+        on it within a second or two (at once when it can be rung)."""
+        storage = self.app._storage()
+        asked = [w["id"] for w in self._live_workers(worker)
+                 if storage.ask_worker(w["id"], stop=time.time())]
+        self.app._sched_bell.ring()
+        return asked
+
+    def resize_pool(self, worker, by):
+        """Grow (by > 0) or shrink (by < 0) the pool of a prefork worker (None: of every
+        live one), as Celery's pool_grow and pool_shrink: a shrunk pool's surplus
+        processes finish their running task first. Returns {worker id: processes asked
+        for}, between 1 and _POOL_MAX; UnknownWorker if none matches, ValueError for a
+        worker whose pool cannot change (threads, solo)."""
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise WrongType(f"the change in processes must be a whole number, not {by!r}")
+        storage = self.app._storage()
+        workers = self._live_workers(worker)
+        asked = {}
+        for w in workers:
+            if w["pool"] not in (None, "prefork"):
+                continue
+            # A request not yet acted on counts, then the size the worker last wrote.
+            now = next((n for n in (w["wanted"], w["concurrency"]) if type(n) is int),
+                       len(w["children"]))
+            wanted = max(1, min(_POOL_MAX, now + by))
+            if storage.ask_worker(w["id"], wanted=wanted):
+                asked[w["id"]] = wanted
+        if worker is not None and not asked:
+            raise LitequeueError(f"worker {_shown(workers[0]['id'])} runs a "
+                             f"{_shown(workers[0]['pool'])} pool, whose size is fixed; only "
+                             "a prefork pool grows and shrinks")
+        self.app._sched_bell.ring()
+        return asked
+
+    def _live_workers(self, worker):
+        """The live supervisors a name means: an id, "hostname-id" or a hostname; None
+        means all of them."""
+        live = [w for w in self.workers() if w["alive"] is not False]
+        if worker is None:
+            return live
+        found = [w for w in live if worker in (w["id"], f"{w['hostname']}-{w['id']}")] or \
+            [w for w in live if worker == w["hostname"]]
+        if not found:
+            raise UnknownWorker(f"no live worker named {worker!r} (see litequeue status)")
+        return found
 
     def workflow(self, task_id, limit=_WORKFLOW_MAX):
         """The tasks of a task's chain, group or chord (every row from its root), oldest
@@ -7782,7 +7885,7 @@ class _Child:
         row = {"id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
                "pid": self.pid, "queues": ",".join(self.queues),
                "concurrency": spec.get("threads") or 1,
-               "started_at": time.time()}
+               "started_at": time.time(), "pool": None}
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "work", self.worker_id)
         self.done_bell = _Doorbell(side, "done", keep=False)
@@ -8642,6 +8745,7 @@ class _ChildHandle:
         self.started = started
         self.killed_for = None      # "time limit" or "revoked" once the supervisor kills it
         self.culprits = ()          # then the seqs it was killed for
+        self.retiring = False       # True: told to end (a shrunk pool), not to be replaced
 
     def kill(self, why, culprits):
         self.killed_for = why
@@ -8998,7 +9102,7 @@ class _Supervisor:
         self.storage.register_worker({
             "id": self.worker_id, "parent": None, "hostname": self.hostname,
             "pid": os.getpid(), "queues": ",".join(self.queues),
-            "concurrency": self.concurrency, "started_at": time.time()})
+            "concurrency": self.concurrency, "started_at": time.time(), "pool": self.pool})
 
     def _sync_definitions(self):
         """Register the served task names and sync the periodic definitions."""
@@ -9111,11 +9215,14 @@ class _Supervisor:
         if rung or rescan or (self.hard_deadline is not None and
                               time.time() >= self.hard_deadline):
             self.hard_deadline = self._guard("police", self._police_children)
+        if rung or rescan:
+            self._guard("control", self._obey_operator)
         if sig_r in ready:
             self._on_signals(sig_r)
         reaped = [s for s in ready if s in self.children]
         for sentinel in reaped:
-            self._reap(self.children.pop(sentinel), restart=self.warm_deadline is None)
+            child = self.children.pop(sentinel)
+            self._reap(child, restart=self.warm_deadline is None and not child.retiring)
         if reaped:   # a lost task may now wait to be retried
             self.due_at = self._guard("scheduler", self.storage.next_wakeup,
                                       default=time.time() + _TROUBLE_BACKOFF_MAX)
@@ -9139,16 +9246,57 @@ class _Supervisor:
             signals = b""
         for _ in signals:
             if self.warm_deadline is None:
-                logger.warning("warm shutdown: finishing running tasks (signal again "
-                               "to stop at once)")
-                self.notify.send("STOPPING=1")
-                self.warm_deadline = time.monotonic() + self.grace
-                self.restarts.clear()
-                for child in self.children.values():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child.process.pid, signal.SIGTERM)
+                self._begin_warm_shutdown("signal again to stop at once")
             else:
                 self.cold = True
+
+    def _begin_warm_shutdown(self, how_cold):
+        logger.warning("warm shutdown: finishing running tasks (%s)", how_cold)
+        self.notify.send("STOPPING=1")
+        self.warm_deadline = time.monotonic() + self.grace
+        self.restarts.clear()
+        for child in self.children.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGTERM)
+
+    def _obey_operator(self):
+        """Act on what an operator asked in this supervisor's row (`litequeue control`,
+        the dashboard): a warm shutdown, or a new pool size."""
+        asked = self.storage.worker_asked(self.worker_id)
+        if asked is None or self.warm_deadline is not None:
+            return
+        wanted, stop_asked = asked
+        if stop_asked is not None:
+            logger.warning("an operator asked this worker to shut down")
+            self._begin_warm_shutdown("SIGTERM to stop at once")
+        elif wanted is not None:
+            if type(wanted) is not int or not 1 <= wanted <= _POOL_MAX or \
+                    self.pool != "prefork":
+                logger.warning("ignored a pool size of %s asked for a %s pool",
+                               _saferepr(wanted, 40), self.pool)
+            elif wanted != self.processes:
+                self._resize(wanted)
+            self.storage.worker_resized(self.worker_id, self.concurrency)
+
+    def _resize(self, wanted):
+        """Grow the pool to `wanted` processes at once, or shrink it: the surplus
+        children, idle ones first, get SIGTERM, finish their running task and are not
+        replaced."""
+        logger.info("pool: %d -> %s, as an operator asked", self.processes,
+                    _plural(wanted, "process", "processes"))
+        serving = [c for c in self.children.values() if not c.retiring]
+        surplus = len(serving) + len(self.restarts) - wanted
+        self.processes = self.concurrency = wanted
+        for _ in range(-surplus):
+            self._start_child()
+        while surplus > 0 and self.restarts:
+            self.restarts.pop()
+            surplus -= 1
+        serving.sort(key=lambda c: bool(self.locks.running(c.worker_id)))
+        for child in serving[:max(0, surplus)]:
+            child.retiring = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.process.pid, signal.SIGTERM)
 
     def _shutdown_step(self):
         """The exit code once a shutdown is complete (0 warm, 1 cold), else None."""
@@ -9992,6 +10140,8 @@ class _DashboardHandler:
         ("POST", r"/action/schedule/(?P<action>run|enable|disable)/(?P<name>[^/]+)",
          "act_schedule"),
         ("POST", r"/api/task/rate-limit/(?P<name>[^/]+)", "api_rate_limit"),
+        ("POST", r"/api/worker/shutdown/(?P<name>[^/]+)", "api_worker_shutdown"),
+        ("POST", r"/api/worker/pool/(?P<action>grow|shrink)/(?P<name>[^/]+)", "api_worker_pool"),
     )]
 
     def log_message(self, fmt, *args):
@@ -10088,7 +10238,7 @@ class _DashboardHandler:
             self._json({"error": str(exc)}, exc.status)
         except TaskNotFound as exc:
             self._json({"error": str(exc)}, 404)
-        except UnknownTask as exc:
+        except (UnknownTask, UnknownWorker) as exc:
             self._json({"error": str(exc)}, 404)
         except (LitequeueError, ValueError, TypeError) as exc:
             self._json({"error": f"{type(exc).__name__}: {exc}"}, 400)
@@ -10455,6 +10605,23 @@ class _DashboardHandler:
         rate = self.server.app.admin.set_rate_limit(name, rate or None)
         self._json({"message": f"new rate limit set successfully: {rate}" if rate else
                     "rate limit removed"})
+
+    def api_worker_shutdown(self, name):
+        """Flower's POST /api/worker/shutdown/NAME: a warm shutdown (NAME: an id,
+        hostname-id as /api/workers names it, or a hostname)."""
+        ids = self.server.app.admin.shutdown_worker(name)
+        self._json({"message": f"shutting down {', '.join(ids)}", "workers": ids})
+
+    def api_worker_pool(self, action, name):
+        """Flower's POST /api/worker/pool/grow/NAME and .../shrink/NAME, with n=1."""
+        given = self.query["n"] if "n" in self.query else self._body().get("n", 1)
+        if isinstance(given, str) and re.fullmatch(r"[0-9]{1,4}", given.strip()):
+            given = int(given)
+        if type(given) is not int or given < 1:
+            raise _HTTPError(400, "n must be a whole number of processes, 1 or more")
+        asked = self.server.app.admin.resize_pool(name, given if action == "grow" else -given)
+        self._json({"message": "; ".join(f"pool of {w} will have {n} process(es)"
+                                         for w, n in asked.items()), "workers": asked})
 
 
 # ---------------------------------------------------------------------------
@@ -10907,8 +11074,28 @@ def status(db):
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-n", "--next", "count", default=3, show_default=True, type=click.IntRange(0, 100),
               help="How many upcoming fire times to show.")
-def schedules(db, count):
-    """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone."""
+@click.option("--run", "run_name", metavar="NAME",
+              help="Queue one call of periodic task NAME now (its fire times stay).")
+@click.option("--disable", metavar="NAME",
+              help="Stop NAME's fires until --enable (or until a worker defining it starts).")
+@click.option("--enable", metavar="NAME", help="Let a disabled NAME fire again.")
+def schedules(db, count, run_name, disable, enable):
+    """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone;
+    or run, disable or enable one."""
+    actions = [(n, a) for n, a in ((run_name, "run"), (disable, "disable"), (enable, "enable"))
+               if n is not None]
+    if len(actions) > 1:
+        raise click.UsageError("give one of --run, --disable and --enable")
+    if actions:
+        name, action = actions[0]
+        admin = _open_app(db).admin
+        if action == "run":
+            click.echo(f"queued {_shown(name)} now: task {admin.run_schedule(name)}")
+        else:
+            changed = getattr(admin, f"{action}_schedule")(name)
+            click.echo(f"periodic task {_shown(name)} {action}d" if changed else
+                       f"periodic task {_shown(name)} was already {action}d")
+        return
     rows = _open_app(db, read_only=True).admin.schedules()
     if not rows:
         click.echo("no periodic tasks (a worker syncs them from your modules when it starts)")
@@ -11047,6 +11234,59 @@ def _pause_or_resume(db, queue, action, done, unchanged):
             line += (f", but no task or live worker of this database names that queue "
                      f"(known queues: {', '.join(sorted(map(_shown, known))) or 'none'})")
     click.echo(line)
+
+
+_CONTROLS = ("shutdown", "pool_grow", "pool_shrink", "rate_limit")
+
+
+@cli.command("control", context_settings={"ignore_unknown_options": True})
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("action", metavar="ACTION",
+                type=click.Choice(_CONTROLS + tuple(c.replace("_", "-") for c in _CONTROLS)))
+@click.argument("arguments", nargs=-1, metavar="[ARGS]...")
+@click.option("-d", "--destination", "worker", metavar="WORKER",
+              help="One worker: its id, hostname-id or hostname (`status` lists them); "
+                   "by default every live worker.")
+def control_command(db, action, arguments, worker):
+    """Tell running workers what to do, as `celery control` does.
+
+    \b
+      shutdown               warm shutdown: running tasks finish, then the worker exits
+      pool_grow [N]          N more processes (default 1; prefork pools)
+      pool_shrink [N]        N fewer processes; those going finish their task first
+      rate_limit TASK RATE   for every worker on the file: 10/s, 100/m, 0 drops it
+    """
+    action = action.replace("-", "_")
+    want = {"shutdown": (0, 0), "pool_grow": (0, 1), "pool_shrink": (0, 1),
+            "rate_limit": (2, 2)}[action]
+    if not want[0] <= len(arguments) <= want[1]:
+        raise click.UsageError(f"{action} takes {want[1]} argument(s), not {len(arguments)}")
+    admin = _open_app(db).admin
+    if action == "shutdown":
+        ids = admin.shutdown_worker(worker)
+        click.echo(f"asked {_plural(len(ids), 'worker')} to shut down: {', '.join(ids)}"
+                   if ids else "no live worker to shut down")
+    elif action == "rate_limit":
+        if worker is not None:
+            raise click.UsageError("a rate limit holds for every worker on the file: "
+                                   "drop --destination")
+        task, rate = arguments
+        rate = float(rate) if re.fullmatch(r"\s*\d+(\.\d*)?\s*", rate) else rate
+        rate = admin.set_rate_limit(task, rate or None)
+        click.echo(f"task {_shown(task)} rate-limited to {rate}" if rate else
+                   f"task {_shown(task)} is not rate-limited")
+    else:
+        try:
+            n = int(arguments[0]) if arguments else 1
+        except ValueError:
+            raise click.UsageError(f"N must be a whole number, not {arguments[0]!r}") from None
+        if n < 1:
+            raise click.UsageError("N must be 1 or more")
+        asked = admin.resize_pool(worker, n if action == "pool_grow" else -n)
+        if not asked:
+            click.echo("no live prefork worker to resize")
+        for worker_id, processes in asked.items():
+            click.echo(f"worker {worker_id}: pool of {_plural(processes, 'process', 'processes')} asked")
 
 
 _STATES = sorted(READY_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
@@ -11577,13 +11817,25 @@ async function workersPage() {
   const rows = [];
   for (const w of ws) {
     const done = w.children.reduce((a, c) => a + (c.processed || 0), 0), bad = w.children.reduce((a, c) => a + (c.failed || 0), 0);
-    rows.push(el("tr", {}, el("td", {text: w.hostname + " " + w.id}), el("td", {text: w.pid}), el("td", {class: w.alive === false ? "bad" : "ok", text: w.alive === false ? "dead" : "alive"}),
-      el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: done + " / " + bad}), el("td", {text: w.children.length + " process(es)"})));
+    const stopping = w.stop_asked !== null && w.stop_asked !== undefined, prefork = !w.pool || w.pool === "prefork";
+    const controls = CFG.readOnly || w.alive === false || stopping ? [] : [
+      ...(prefork ? [workerButton(w, "+1", "pool/grow", "Add a process"), workerButton(w, "\u22121", "pool/shrink", "Remove a process (it finishes its task first)")] : []),
+      workerButton(w, "Shut down", "shutdown", "Warm shutdown: running tasks finish, then the worker exits", "danger")];
+    rows.push(el("tr", {}, el("td", {text: w.hostname + " " + w.id}), el("td", {text: w.pid}), el("td", {class: w.alive === false || stopping ? "bad" : "ok", text: w.alive === false ? "dead" : stopping ? "shutting down" : "alive"}),
+      el("td", {text: w.queues}), el("td", {text: secs(Date.now() / 1000 - w.started_at)}), el("td", {text: done + " / " + bad}),
+      el("td", {}, el("div", {text: w.children.length + " process(es)" + (w.pool ? " \u00b7 " + w.pool : "") + (Number.isInteger(w.wanted) && w.wanted !== w.children.length ? ", " + w.wanted + " asked" : "")}), ...controls)));
     for (const c of w.children) rows.push(el("tr", {}, el("td", {text: "  └ " + c.id}), el("td", {text: c.pid}), el("td", {text: ""}), el("td", {text: ""}), el("td", {text: secs(Date.now() / 1000 - c.started_at)}), el("td", {text: (c.processed || 0) + " / " + (c.failed || 0)}),
       el("td", {}, ...(c.running.length ? c.running.map(([id, name]) => el("div", {}, link("/task/" + encodeURIComponent(id), name + " " + id))) : ["idle"]),
         ...(c.reserved && c.reserved.length ? [el("div", {class: "muted", text: c.reserved.length + " reserved (claimed, not begun)"})] : []))));
   }
-  main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "processed / failed", "running"], rows));
+  main.replaceChildren(el("h2", {text: "Workers"}), table(["worker", "pid", "state", "queues", "up", "processed / failed", "running"], rows), el("p", {id: "worker-result", class: "muted", text: workerResult}));
+}
+let workerResult = "";
+function workerButton(w, label, action, title, cls) {
+  return el("button", {class: cls, text: label, title: title, on: {click: async () => {
+    if (action === "shutdown" && !confirm("Shut down worker " + w.hostname + " " + w.id + "?")) return;
+    try { const r = await post("/api/worker/" + action + "/" + encodeURIComponent(w.id)); workerResult = r.message; } catch (e) { workerResult = e.message; }
+    render(); }}});
 }
 async function queuesPage() {
   const [qs, limits] = await getMany("/data/queues", "/data/rate-limits");

@@ -106,7 +106,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
     add = project.app.tasks["tasks.add"]
     failed = project.delay("fail", "boom")
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
-    workers.start(project)
+    w = workers.start(project)
     body = chord([add.s(i, i) for i in range(3)])(project.app.tasks["tasks.echo"].s())
     body.get(timeout=30)
     wait_until(lambda: failed.state == "FAILURE", 30, "the failure")
@@ -179,6 +179,16 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
                    "the schedule disabled")
         wait_until(lambda: "disabled" in text() and "Enable" in text(), 10, "Enable offered")
         browser.save_screenshot(str(tmp_path / "schedules.png"))
+        # 7. Workers: grow the pool from the page, then shut the worker down.
+        browser.get(d.url + "workers")
+        wait_until(lambda: "1 process(es) · prefork" in text(), 20, "the worker's pool")
+        click("main button[title^='Add a process']")
+        wait_until(lambda: "2 process(es) · prefork" in text(), 20, "the grown pool")
+        js("window.confirm = () => true")
+        click("main button.danger")
+        assert w.wait(30) == 0
+        wait_until(lambda: "shutting down" in text() or w.id not in text(), 20,
+                   "the page to show the worker going")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
     finally:
