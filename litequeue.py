@@ -3217,7 +3217,7 @@ class _Storage:
 
     def register_worker(self, row):
         with self.write() as conn:
-            conn.execute(_SQL_REGISTER_WORKER, row)
+            conn.execute(_SQL_REGISTER_WORKER, {"pool": None, **row})
 
     def unregister_worker(self, worker_id):
         with self.write() as conn:
