@@ -345,7 +345,8 @@ class Retry(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Constants and defaults
+# Constants
+# State names, and every tuning constant with the reason for its value.
 # ---------------------------------------------------------------------------
 
 PENDING = "PENDING"        # queued, waiting for a worker
@@ -372,304 +373,6 @@ _WORKFLOW_MAX = 200
 
 # "LQE1": tells our files apart from every other SQLite file.
 APPLICATION_ID = 0x4C514531
-
-def _local_zone_name():
-    """The IANA name of this machine's time zone (TZ, /etc/timezone, /etc/localtime), or
-    UTC where none can be found: litequeue replaces cron, and cron reads local time."""
-    candidates = [os.environ.get("TZ", "").lstrip(":")]
-    with contextlib.suppress(OSError):      # what glibc and datetime.now() follow
-        candidates.append(os.path.realpath("/etc/localtime").partition("zoneinfo/")[2])
-    with contextlib.suppress(OSError):
-        with open("/etc/timezone") as f:
-            candidates.append(f.read().strip())
-    for name in candidates:
-        if name and not name.startswith("/"):
-            with contextlib.suppress(Exception):
-                zoneinfo.ZoneInfo(name)
-                return "UTC" if name in _UTC_ALIASES else name
-    return "UTC"
-
-
-_UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu"}
-
-
-_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _parse_rate(value):
-    """(rate as text, seconds between two starts) of Celery's rate syntax ("10/s", "100/m",
-    "1000/h", or a number: per second), or None for no limit (None or 0)."""
-    if value is None:
-        return None
-    match = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        count, period, text = float(value), 1.0, f"{value}/s"
-    elif isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*", value)
-        if match is None:
-            raise ConfigurationError(f"rate_limit {value!r} is not a rate: give e.g. '10/s', "
-                                     "'100/m', '1000/h' or a number per second")
-        count, period = float(match[1]), _RATE_PERIODS[match[2] or "s"]
-        text = f"{match[1]}/{match[2] or 's'}"
-    else:
-        raise ConfigurationError(f"rate_limit must be a text such as '10/s' or a number, not "
-                                 f"{type(value).__name__}")
-    if not math.isfinite(count) or count < 0:
-        raise ConfigurationError(f"rate_limit {value!r} must be a finite rate >= 0")
-    if count == 0:
-        return None
-    return text, period / count
-
-
-def _check_choice(*choices):
-    def check(value):
-        if str(value).upper() not in choices:
-            raise ValueError(f"one of {', '.join(choices)}")
-        return str(value).upper()
-    return check
-
-
-def _check_pool(value):
-    pools = ("prefork", "threads", "solo")
-    if str(value).lower() in ("gevent", "eventlet", "processes"):
-        raise ValueError(f"one of {', '.join(pools)} (litequeue has no {value} pool: "
-                         "define I/O-bound tasks with async def, which each worker "
-                         "process runs on an event loop, or use -P threads)")
-    if str(value).lower() not in pools:
-        raise ValueError(f"one of {', '.join(pools)}")
-    return str(value).lower()
-
-
-def _check_number(low=0.0, high=None, optional=False, whole=False, above=False):
-    """A number (a timedelta counts in seconds) >= low (> low with above) and <= high, or
-    None."""
-    def check(value):
-        if value is None and optional:
-            return None
-        if isinstance(value, _dt.timedelta) and not whole:
-            value = value.total_seconds()
-        kinds = (int,) if whole else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or value != value \
-                or value < low or (above and value == low) or \
-                (high is not None and value > high):
-            raise ValueError(("a whole number" if whole else "a number")
-                             + (f" > {low:g}" if above else f" >= {low:g}")
-                             + (f" and <= {high:g}" if high is not None else "")
-                             + (", or None" if optional else ""))
-        return value
-    return check
-
-
-def _check_bool(value):
-    if not isinstance(value, bool):
-        raise ValueError("True or False")
-    return value
-
-
-def _check_text(value):
-    if not isinstance(value, str) or not value or "\x00" in value:
-        raise ValueError("non-empty text")
-    return value
-
-
-def _check_optional_text(value):
-    return None if value is None else _check_text(value)
-
-
-def _check_admins(value):
-    """ADMINS: [(name, address), ...]; a bare address is taken as (address, address)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ValueError("a list of (name, address) pairs")
-    out = []
-    for entry in value:
-        if isinstance(entry, str):
-            entry = (entry, entry)
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and
-                all(isinstance(x, str) for x in entry) and "@" in entry[1]):
-            raise ValueError("a list of (name, address) pairs")
-        out.append((entry[0], entry[1]))
-    return tuple(out)
-
-
-def _check_zone(value):
-    if isinstance(value, _dt.tzinfo) and getattr(value, "key", None):
-        return value.key
-    try:
-        zoneinfo.ZoneInfo(str(value))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ConfigurationError(f"unknown time zone {value!r} (use an IANA name such as "
-                                 "'Asia/Shanghai' or 'UTC')") from None
-    return str(value)
-
-
-def _check_modules(value):
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError("a module name or a list of module names")
-    return tuple(value)
-
-
-def _check_mapping(value):
-    if value is None:
-        return {}
-    if isinstance(value, (list, tuple)):      # Celery allows a list of route maps
-        merged = {}
-        for part in value:
-            merged.update(_check_mapping(part))
-        return merged
-    if not isinstance(value, dict):
-        raise ValueError("a dict")
-    return dict(value)
-
-
-# Every setting: (default, check, help). LiteQueue(**settings), app.conf.update(),
-# config_from_object() and the worker's CLI options all read this one table; a check
-# returns the value to keep or raises ValueError saying what it must be.
-_SETTINGS = {
-    "synchronous": ("NORMAL", _check_choice("NORMAL", "FULL", "EXTRA", "OFF"),
-                    "NORMAL survives a process crash; FULL also survives power loss"),
-    "busy_timeout": (30.0, _check_number(), "seconds a writer waits for the write lock "
-                     "before DatabaseBusy"),
-    "result_expires": (86400, _check_number(optional=True), "seconds finished tasks are "
-                       "kept (None: forever)"),
-    "timezone": (_local_zone_name(), _check_zone, "IANA zone of naive datetimes and of "
-                 "crontabs without their own tz [default: this machine's zone]"),
-    "imports": ((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
-    "task_always_eager": (False, _check_bool, "run tasks inline, for unit tests"),
-    "task_default_queue": ("default", _check_text, "queue of tasks that name none"),
-    "task_default_priority": (0, _check_number(-2**63, whole=True), "priority of tasks "
-                              "that name none (higher runs first)"),
-    "task_max_retries": (3, _check_number(whole=True, optional=True), "retries a task's "
-                         "policy or the death of its process may use (None: retry "
-                         "requests without end; deaths still stop at 3)"),
-    "task_time_limit": (None, _check_number(optional=True, above=True), "hard limit per "
-                        "task, seconds: the process is killed and replaced"),
-    "task_soft_time_limit": (None, _check_number(optional=True, above=True), "soft limit "
-                             "per task, seconds: SoftTimeLimitExceeded is raised in it"),
-    "task_routes": ({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
-                    "task_routes)"),
-    "beat_schedule": ({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
-                      "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
-    "worker_max_tasks_per_child": (None, _check_number(1, whole=True, optional=True),
-                                   "replace a child after this many tasks"),
-    "worker_max_memory_per_child": (None, _check_number(1, whole=True, optional=True),
-                                    "replace a child after a task leaves it above this "
-                                    "resident memory (KiB)"),
-    "worker_concurrency": (os.cpu_count() or 1, _check_number(1, whole=True),
-                           "worker processes (prefork), or threads (-P threads)"),
-    "worker_pool": ("prefork", _check_pool,
-                    "prefork: N processes; threads: one process of N threads; solo: one "
-                    "process, one task at a time"),
-    "worker_async_concurrency": (100, _check_number(1, 10_000, whole=True),
-                                 "coroutine (async def) tasks in flight per worker process"),
-    "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
-                             "for writers that do not ring"),
-    "worker_prefetch": (64, _check_number(1, whole=True), "largest claim batch when the "
-                        "backlog is deep"),
-    "worker_shutdown_grace": (30.0, _check_number(), "seconds a warm shutdown waits for "
-                              "running tasks"),
-    "worker_autoimport": (True, _check_bool, "import task modules named in the registry "
-                          "table (only files under the worker's directory)"),
-    "wal_autocheckpoint": (1000, _check_number(whole=True), "producers' WAL "
-                           "auto-checkpoint, pages; workers checkpoint off the task path"),
-    "task_error_emails": (False, _check_bool, "mail the admins about failed tasks: a "
-                          "digest per email_interval, one entry per task name with its "
-                          "count (Celery's CELERY_SEND_TASK_ERROR_EMAILS)"),
-    "admins": ((), _check_admins, "[(name, address)] who get failure mails (ADMINS)"),
-    "server_email": ("litequeue@localhost", _check_text, "From: of failure mails"),
-    "email_host": ("localhost", _check_text, "SMTP server"),
-    "email_port": (25, _check_number(1, whole=True), "SMTP port"),
-    "email_host_user": (None, _check_optional_text, "SMTP user (None: no login)"),
-    "email_host_password": (None, _check_optional_text, "SMTP password"),
-    "email_use_ssl": (False, _check_bool, "SMTP over TLS from the start (port 465)"),
-    "email_use_tls": (False, _check_bool, "STARTTLS after connecting"),
-    "email_timeout": (10.0, _check_number(above=True), "seconds an SMTP step may take"),
-    "email_interval": (60.0, _check_number(1.0), "at most one failure mail per this many "
-                       "seconds, whatever the number of failures"),
-}
-DEFAULTS = {name: spec[0] for name, spec in _SETTINGS.items()}
-
-
-def _checked_setting(name, value):
-    """The value to keep for a setting, or ConfigurationError naming what it must be."""
-    try:
-        return _SETTINGS[name][1](value)
-    except ConfigurationError:
-        raise
-    except ValueError as exc:
-        raise ConfigurationError(f"{name} must be {exc}, not {value!r}") from None
-
-
-# Settings that no longer mean anything: accepted with a warning, so old configs load.
-_RETIRED_SETTINGS = {
-    "worker_lease": "a held lock file always means a live worker (SQLite's WAL locking "
-                    "relies on the same locks), so there is no lease to wait out",
-}
-
-# Celery's old upper-case names, as the seed tutorial's celeryconfig.py uses them, and the
-# new names that differ from ours.
-_CELERY_ALIASES = {
-    "CELERY_IMPORTS": "imports",
-    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
-    "CELERY_RESULT_EXPIRES": "result_expires",
-    "CELERY_TIMEZONE": "timezone",
-    "CELERY_ALWAYS_EAGER": "task_always_eager",
-    "CELERY_TASK_ALWAYS_EAGER": "task_always_eager",
-    "CELERY_DEFAULT_QUEUE": "task_default_queue",
-    "CELERY_DEFAULT_PRIORITY": "task_default_priority",
-    "CELERYD_CONCURRENCY": "worker_concurrency",
-    "CELERYD_POOL": "worker_pool",
-    "CELERY_CONCURRENCY": "worker_concurrency",
-    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
-    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
-    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
-    "CELERYD_MAX_MEMORY_PER_CHILD": "worker_max_memory_per_child",
-    "CELERYBEAT_SCHEDULE": "beat_schedule",
-    "CELERY_ROUTES": "task_routes",
-    "task_default_max_retries": "task_max_retries",
-    "CELERY_SEND_TASK_ERROR_EMAILS": "task_error_emails",
-    "send_task_error_emails": "task_error_emails",
-    "ADMINS": "admins",
-    "SERVER_EMAIL": "server_email",
-    "EMAIL_HOST": "email_host",
-    "EMAIL_PORT": "email_port",
-    "EMAIL_HOST_USER": "email_host_user",
-    "EMAIL_HOST_PASSWORD": "email_host_password",
-    "EMAIL_USE_SSL": "email_use_ssl",
-    "EMAIL_USE_TLS": "email_use_tls",
-    "EMAIL_TIMEOUT": "email_timeout",
-    "task_annotations": None,
-}
-# Settings that name a broker or backend: litequeue has exactly one, the file. They are
-# expected in a ported config (the seed's has them), so they are ignored quietly.
-_BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
-                    "CELERY_ENABLE_UTC", "enable_utc"}
-# Celery settings with no meaning here: ignored with a warning a user sees.
-_CELERY_IGNORED = {
-    "task_acks_late": "a task is acknowledged only when its outcome is committed, always",
-    "CELERY_ACKS_LATE": "a task is acknowledged only when its outcome is committed, always",
-    "worker_prefetch_multiplier": "children prefetch by themselves (worker_prefetch)",
-    "CELERYD_PREFETCH_MULTIPLIER": "children prefetch by themselves (worker_prefetch)",
-    "task_serializer": "payloads are always msgpack",
-    "result_serializer": "results are always msgpack",
-    "accept_content": "payloads are always msgpack",
-    "CELERY_TASK_SERIALIZER": "payloads are always msgpack",
-    "CELERY_RESULT_SERIALIZER": "results are always msgpack",
-    "CELERY_ACCEPT_CONTENT": "payloads are always msgpack",
-    "task_track_started": "a claimed task always reads STARTED",
-    "CELERY_TRACK_STARTED": "a claimed task always reads STARTED",
-    "worker_hijack_root_logger": "the CLI configures logging; a library never does",
-    "task_ignore_result": "every outcome is a row; result_expires prunes them",
-    "beat_scheduler": "the schedules live in the database; no beat process runs",
-    "CELERYBEAT_SCHEDULER": "the schedules live in the database; no beat process runs",
-    "task_queues": "a queue exists as soon as a task names it",
-    "CELERY_QUEUES": "a queue exists as soon as a task names it",
-    "worker_send_task_events": "every state is in the database; there is no event stream",
-    "CELERY_SEND_EVENTS": "every state is in the database; there is no event stream",
-    "task_send_sent_event": "every state is in the database; there is no event stream",
-}
-_CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "CELERY_REDIS_")
 
 
 # Results of fast tasks are committed together; a task that ran longer than this commits
@@ -1043,6 +746,520 @@ def _shown(value, limit=200):
     if isinstance(value, str) and value.isprintable() and len(value) <= limit:
         return value
     return _saferepr(value, limit)
+
+
+def _failed_line(exc):
+    """(file, line) where an import failed, as a user wants it: a SyntaxError's own place,
+    else the innermost frame in a file of theirs (not the standard library or
+    site-packages), else the innermost frame of any code the import ran. None when the
+    import ran no code but the import system's and litequeue's (the module is not
+    there)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno
+    machinery = os.path.dirname(importlib.__file__) + os.sep
+    frames = [(f.filename, f.lineno) for f in _traceback.extract_tb(exc.__traceback__)
+              if f.filename and not f.filename.startswith("<") and f.filename != _THIS_FILE
+              and not f.filename.startswith(machinery)]
+    if not frames:
+        return None
+    import sysconfig
+    libraries = tuple({os.path.realpath(path) + os.sep for key in ("stdlib", "platstdlib",
+                                                                    "purelib", "platlib")
+                       if (path := sysconfig.get_paths().get(key))})
+    theirs = [(f, n) for f, n in frames if not os.path.realpath(f).startswith(libraries)]
+    return (theirs or frames)[-1]
+
+
+def _import_failure(exc):
+    """One line for an exception raised while importing: file, line and error."""
+    where = _failed_line(exc)
+    message = exc.msg if isinstance(exc, SyntaxError) else _saferepr(exc, 300)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if where is None:
+        return error
+    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") \
+        else where[0]
+    return f"{path}, line {where[1]}: {error}"
+
+
+# ---------------------------------------------------------------------------
+# Settings
+# One table (_SETTINGS: default, check, help) read by the API, the config
+# loader and the CLI; Celery's names for them; app.conf.
+# ---------------------------------------------------------------------------
+
+def _local_zone_name():
+    """The IANA name of this machine's time zone (TZ, /etc/timezone, /etc/localtime), or
+    UTC where none can be found: litequeue replaces cron, and cron reads local time."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with contextlib.suppress(OSError):      # what glibc and datetime.now() follow
+        candidates.append(os.path.realpath("/etc/localtime").partition("zoneinfo/")[2])
+    with contextlib.suppress(OSError):
+        with open("/etc/timezone") as f:
+            candidates.append(f.read().strip())
+    for name in candidates:
+        if name and not name.startswith("/"):
+            with contextlib.suppress(Exception):
+                zoneinfo.ZoneInfo(name)
+                return "UTC" if name in _UTC_ALIASES else name
+    return "UTC"
+
+
+_UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu"}
+
+
+_RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _parse_rate(value):
+    """(rate as text, seconds between two starts) of Celery's rate syntax ("10/s", "100/m",
+    "1000/h", or a number: per second), or None for no limit (None or 0)."""
+    if value is None:
+        return None
+    match = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        count, period, text = float(value), 1.0, f"{value}/s"
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*([smh]))?\s*", value)
+        if match is None:
+            raise ConfigurationError(f"rate_limit {value!r} is not a rate: give e.g. '10/s', "
+                                     "'100/m', '1000/h' or a number per second")
+        count, period = float(match[1]), _RATE_PERIODS[match[2] or "s"]
+        text = f"{match[1]}/{match[2] or 's'}"
+    else:
+        raise ConfigurationError(f"rate_limit must be a text such as '10/s' or a number, not "
+                                 f"{type(value).__name__}")
+    if not math.isfinite(count) or count < 0:
+        raise ConfigurationError(f"rate_limit {value!r} must be a finite rate >= 0")
+    if count == 0:
+        return None
+    return text, period / count
+
+
+def _check_choice(*choices):
+    def check(value):
+        if str(value).upper() not in choices:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return str(value).upper()
+    return check
+
+
+def _check_pool(value):
+    pools = ("prefork", "threads", "solo")
+    if str(value).lower() in ("gevent", "eventlet", "processes"):
+        raise ValueError(f"one of {', '.join(pools)} (litequeue has no {value} pool: "
+                         "define I/O-bound tasks with async def, which each worker "
+                         "process runs on an event loop, or use -P threads)")
+    if str(value).lower() not in pools:
+        raise ValueError(f"one of {', '.join(pools)}")
+    return str(value).lower()
+
+
+def _check_number(low=0.0, high=None, optional=False, whole=False, above=False):
+    """A number (a timedelta counts in seconds) >= low (> low with above) and <= high, or
+    None."""
+    def check(value):
+        if value is None and optional:
+            return None
+        if isinstance(value, _dt.timedelta) and not whole:
+            value = value.total_seconds()
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value != value \
+                or value < low or (above and value == low) or \
+                (high is not None and value > high):
+            raise ValueError(("a whole number" if whole else "a number")
+                             + (f" > {low:g}" if above else f" >= {low:g}")
+                             + (f" and <= {high:g}" if high is not None else "")
+                             + (", or None" if optional else ""))
+        return value
+    return check
+
+
+def _check_bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("True or False")
+    return value
+
+
+def _check_text(value):
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise ValueError("non-empty text")
+    return value
+
+
+def _check_optional_text(value):
+    return None if value is None else _check_text(value)
+
+
+def _check_admins(value):
+    """ADMINS: [(name, address), ...]; a bare address is taken as (address, address)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError("a list of (name, address) pairs")
+    out = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = (entry, entry)
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and
+                all(isinstance(x, str) for x in entry) and "@" in entry[1]):
+            raise ValueError("a list of (name, address) pairs")
+        out.append((entry[0], entry[1]))
+    return tuple(out)
+
+
+def _check_zone(value):
+    if isinstance(value, _dt.tzinfo) and getattr(value, "key", None):
+        return value.key
+    try:
+        zoneinfo.ZoneInfo(str(value))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"unknown time zone {value!r} (use an IANA name such as "
+                                 "'Asia/Shanghai' or 'UTC')") from None
+    return str(value)
+
+
+def _check_modules(value):
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a module name or a list of module names")
+    return tuple(value)
+
+
+def _check_mapping(value):
+    if value is None:
+        return {}
+    if isinstance(value, (list, tuple)):      # Celery allows a list of route maps
+        merged = {}
+        for part in value:
+            merged.update(_check_mapping(part))
+        return merged
+    if not isinstance(value, dict):
+        raise ValueError("a dict")
+    return dict(value)
+
+
+# Every setting: (default, check, help). LiteQueue(**settings), app.conf.update(),
+# config_from_object() and the worker's CLI options all read this one table; a check
+# returns the value to keep or raises ValueError saying what it must be.
+_SETTINGS = {
+    "synchronous": ("NORMAL", _check_choice("NORMAL", "FULL", "EXTRA", "OFF"),
+                    "NORMAL survives a process crash; FULL also survives power loss"),
+    "busy_timeout": (30.0, _check_number(), "seconds a writer waits for the write lock "
+                     "before DatabaseBusy"),
+    "result_expires": (86400, _check_number(optional=True), "seconds finished tasks are "
+                       "kept (None: forever)"),
+    "timezone": (_local_zone_name(), _check_zone, "IANA zone of naive datetimes and of "
+                 "crontabs without their own tz [default: this machine's zone]"),
+    "imports": ((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
+    "task_always_eager": (False, _check_bool, "run tasks inline, for unit tests"),
+    "task_default_queue": ("default", _check_text, "queue of tasks that name none"),
+    "task_default_priority": (0, _check_number(-2**63, whole=True), "priority of tasks "
+                              "that name none (higher runs first)"),
+    "task_max_retries": (3, _check_number(whole=True, optional=True), "retries a task's "
+                         "policy or the death of its process may use (None: retry "
+                         "requests without end; deaths still stop at 3)"),
+    "task_time_limit": (None, _check_number(optional=True, above=True), "hard limit per "
+                        "task, seconds: the process is killed and replaced"),
+    "task_soft_time_limit": (None, _check_number(optional=True, above=True), "soft limit "
+                             "per task, seconds: SoftTimeLimitExceeded is raised in it"),
+    "task_routes": ({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
+                    "task_routes)"),
+    "beat_schedule": ({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
+                      "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
+    "worker_max_tasks_per_child": (None, _check_number(1, whole=True, optional=True),
+                                   "replace a child after this many tasks"),
+    "worker_max_memory_per_child": (None, _check_number(1, whole=True, optional=True),
+                                    "replace a child after a task leaves it above this "
+                                    "resident memory (KiB)"),
+    "worker_concurrency": (os.cpu_count() or 1, _check_number(1, whole=True),
+                           "worker processes (prefork), or threads (-P threads)"),
+    "worker_pool": ("prefork", _check_pool,
+                    "prefork: N processes; threads: one process of N threads; solo: one "
+                    "process, one task at a time"),
+    "worker_async_concurrency": (100, _check_number(1, 10_000, whole=True),
+                                 "coroutine (async def) tasks in flight per worker process"),
+    "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
+                             "for writers that do not ring"),
+    "worker_prefetch": (64, _check_number(1, whole=True), "largest claim batch when the "
+                        "backlog is deep"),
+    "worker_shutdown_grace": (30.0, _check_number(), "seconds a warm shutdown waits for "
+                              "running tasks"),
+    "worker_autoimport": (True, _check_bool, "import task modules named in the registry "
+                          "table (only files under the worker's directory)"),
+    "wal_autocheckpoint": (1000, _check_number(whole=True), "producers' WAL "
+                           "auto-checkpoint, pages; workers checkpoint off the task path"),
+    "task_error_emails": (False, _check_bool, "mail the admins about failed tasks: a "
+                          "digest per email_interval, one entry per task name with its "
+                          "count (Celery's CELERY_SEND_TASK_ERROR_EMAILS)"),
+    "admins": ((), _check_admins, "[(name, address)] who get failure mails (ADMINS)"),
+    "server_email": ("litequeue@localhost", _check_text, "From: of failure mails"),
+    "email_host": ("localhost", _check_text, "SMTP server"),
+    "email_port": (25, _check_number(1, whole=True), "SMTP port"),
+    "email_host_user": (None, _check_optional_text, "SMTP user (None: no login)"),
+    "email_host_password": (None, _check_optional_text, "SMTP password"),
+    "email_use_ssl": (False, _check_bool, "SMTP over TLS from the start (port 465)"),
+    "email_use_tls": (False, _check_bool, "STARTTLS after connecting"),
+    "email_timeout": (10.0, _check_number(above=True), "seconds an SMTP step may take"),
+    "email_interval": (60.0, _check_number(1.0), "at most one failure mail per this many "
+                       "seconds, whatever the number of failures"),
+}
+DEFAULTS = {name: spec[0] for name, spec in _SETTINGS.items()}
+
+
+def _checked_setting(name, value):
+    """The value to keep for a setting, or ConfigurationError naming what it must be."""
+    try:
+        return _SETTINGS[name][1](value)
+    except ConfigurationError:
+        raise
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be {exc}, not {value!r}") from None
+
+
+# Settings that no longer mean anything: accepted with a warning, so old configs load.
+_RETIRED_SETTINGS = {
+    "worker_lease": "a held lock file always means a live worker (SQLite's WAL locking "
+                    "relies on the same locks), so there is no lease to wait out",
+}
+
+# Celery's old upper-case names, as the seed tutorial's celeryconfig.py uses them, and the
+# new names that differ from ours.
+_CELERY_ALIASES = {
+    "CELERY_IMPORTS": "imports",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_RESULT_EXPIRES": "result_expires",
+    "CELERY_TIMEZONE": "timezone",
+    "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_TASK_ALWAYS_EAGER": "task_always_eager",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_DEFAULT_PRIORITY": "task_default_priority",
+    "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_POOL": "worker_pool",
+    "CELERY_CONCURRENCY": "worker_concurrency",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_TASK_SOFT_TIME_LIMIT": "task_soft_time_limit",
+    "CELERYD_MAX_TASKS_PER_CHILD": "worker_max_tasks_per_child",
+    "CELERYD_MAX_MEMORY_PER_CHILD": "worker_max_memory_per_child",
+    "CELERYBEAT_SCHEDULE": "beat_schedule",
+    "CELERY_ROUTES": "task_routes",
+    "task_default_max_retries": "task_max_retries",
+    "CELERY_SEND_TASK_ERROR_EMAILS": "task_error_emails",
+    "send_task_error_emails": "task_error_emails",
+    "ADMINS": "admins",
+    "SERVER_EMAIL": "server_email",
+    "EMAIL_HOST": "email_host",
+    "EMAIL_PORT": "email_port",
+    "EMAIL_HOST_USER": "email_host_user",
+    "EMAIL_HOST_PASSWORD": "email_host_password",
+    "EMAIL_USE_SSL": "email_use_ssl",
+    "EMAIL_USE_TLS": "email_use_tls",
+    "EMAIL_TIMEOUT": "email_timeout",
+    "task_annotations": None,
+}
+# Settings that name a broker or backend: litequeue has exactly one, the file. They are
+# expected in a ported config (the seed's has them), so they are ignored quietly.
+_BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
+                    "CELERY_ENABLE_UTC", "enable_utc"}
+# Celery settings with no meaning here: ignored with a warning a user sees.
+_CELERY_IGNORED = {
+    "task_acks_late": "a task is acknowledged only when its outcome is committed, always",
+    "CELERY_ACKS_LATE": "a task is acknowledged only when its outcome is committed, always",
+    "worker_prefetch_multiplier": "children prefetch by themselves (worker_prefetch)",
+    "CELERYD_PREFETCH_MULTIPLIER": "children prefetch by themselves (worker_prefetch)",
+    "task_serializer": "payloads are always msgpack",
+    "result_serializer": "results are always msgpack",
+    "accept_content": "payloads are always msgpack",
+    "CELERY_TASK_SERIALIZER": "payloads are always msgpack",
+    "CELERY_RESULT_SERIALIZER": "results are always msgpack",
+    "CELERY_ACCEPT_CONTENT": "payloads are always msgpack",
+    "task_track_started": "a claimed task always reads STARTED",
+    "CELERY_TRACK_STARTED": "a claimed task always reads STARTED",
+    "worker_hijack_root_logger": "the CLI configures logging; a library never does",
+    "task_ignore_result": "every outcome is a row; result_expires prunes them",
+    "beat_scheduler": "the schedules live in the database; no beat process runs",
+    "CELERYBEAT_SCHEDULER": "the schedules live in the database; no beat process runs",
+    "task_queues": "a queue exists as soon as a task names it",
+    "CELERY_QUEUES": "a queue exists as soon as a task names it",
+    "worker_send_task_events": "every state is in the database; there is no event stream",
+    "CELERY_SEND_EVENTS": "every state is in the database; there is no event stream",
+    "task_send_sent_event": "every state is in the database; there is no event stream",
+}
+_CELERY_IGNORED_PREFIXES = ("broker_", "BROKER_", "result_backend_", "redis_", "CELERY_REDIS_")
+
+
+_KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
+                        *_RETIRED_SETTINGS]
+# What an upper-case name in a config module may have meant: Celery's old names we know,
+# and the Django-style name (CELERY_ + ours in capitals) of each of our settings.
+_UPPER_SETTING_NAMES = sorted({n for n in _KNOWN_SETTING_NAMES if n.isupper()} |
+                              {"CELERY_" + n.upper() for n in _SETTINGS})
+
+
+def _setting_name(key):
+    """Our name for a settings key: the key itself, Celery's equivalent, "" for a name
+    that is known but ignored, or None for a name that is not a setting. Django-style
+    names (CELERY_ + Celery's name in capitals) are Celery's names."""
+    if key in _SETTINGS:
+        return key
+    if key in _CELERY_ALIASES:
+        return _CELERY_ALIASES[key] or ""
+    if key in _BROKER_SETTINGS or key in _CELERY_IGNORED or key in _RETIRED_SETTINGS \
+            or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
+        return ""
+    if isinstance(key, str) and key.startswith("CELERY_") and key.isupper():
+        return _setting_name(key[len("CELERY_"):].lower())
+    return None
+
+
+class _LoadedSettings(dict):
+    """The settings a config object holds, with `where` each was set ({name: (file,
+    line)}; `source`: the object's file, if any), so that a warning about one points at
+    the user's line and not at litequeue's."""
+
+    where = {}
+    source = None
+
+
+def _setting_lines(obj):
+    """(file, {name: line}) of the assignments in a config module's or class's source;
+    (None, {}) for an object without one, such as a mapping."""
+    if isinstance(obj, dict):
+        return None, {}
+    try:
+        filename = inspect.getsourcefile(obj)
+        source, first = inspect.getsourcelines(obj)
+    except (OSError, TypeError):
+        return None, {}
+    lines = {}
+    for number, text in enumerate(source, start=max(first, 1)):
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", text)
+        if match:
+            lines.setdefault(match.group(1), number)
+    return filename, lines
+
+
+# Python shows a warning once per place; these are the places' registries, per file.
+_warning_registries = {}
+
+
+def _warn_setting(message, where=None):
+    """Warn with a LitequeueWarning at `where`, a (file, line) in the user's config, or
+    else at the first caller outside litequeue: the user's line, never ours."""
+    if where is None:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename == _THIS_FILE:
+            frame = frame.f_back
+        where = (frame.f_code.co_filename, frame.f_lineno) if frame else (_THIS_FILE, 0)
+    # (module= is left out: given as None, Python 3.11's C version shows nothing.)
+    warnings.warn_explicit(message, LitequeueWarning, where[0], where[1],
+                           registry=_warning_registries.setdefault(where[0], {}))
+
+
+def _where_set(settings, key):
+    """(file, line) where a loaded config set key: its line, else its file's first line;
+    None for settings that came from code (then a warning names the caller's line)."""
+    if not isinstance(settings, _LoadedSettings) or settings.source is None:
+        return None
+    return settings.where.get(key) or (settings.source, 1)
+
+
+def _settings_of(obj):
+    """The settings a config object holds (a module, a module name, a class or a
+    mapping): names that are settings (ours or Celery's); other names are passed over,
+    unless one is close to a setting's name, which is refused as a misspelling. Other
+    names in Celery's own upper-case namespace are ignored with a warning (saying what
+    it may have meant). Returns a _LoadedSettings."""
+    if isinstance(obj, str):
+        try:
+            obj = importlib.import_module(obj)
+        except Exception as exc:
+            if isinstance(exc, ImportError) and _failed_line(exc) is None:
+                raise                   # not there: an ImportError, as in Celery
+            raise _BrokenModule(f"cannot import config module {obj!r}: "
+                                f"{_import_failure(exc)}") from None
+    source, lines = _setting_lines(obj)
+    items = obj.items() if isinstance(obj, dict) else (
+        (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
+    settings = _LoadedSettings()
+    settings.source = source
+    settings.where = {k: (source, n) for k, n in lines.items()}
+    for key, value in items:
+        if _setting_name(key) is not None:
+            settings[key] = value
+        elif callable(value) or isinstance(value, type(sys)):
+            continue
+        elif isinstance(key, str) and key.startswith(("CELERY", "BROKER")) and key.isupper():
+            close = difflib.get_close_matches(key, _UPPER_SETTING_NAMES, n=1, cutoff=0.8)
+            _warn_setting(f"setting {key} is ignored: litequeue has no such setting"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""),
+                          _where_set(settings, key))
+        else:
+            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
+            if close:
+                raise ConfigurationError(f"unknown setting {key!r} (did you mean "
+                                         f"{close[0]!r}?)")
+    return settings
+
+
+# Broker names noted already: the note is logged once per process, and a worker's
+# children leave it to their supervisor (_quiet_config_notices).
+_broker_settings_seen = set()
+
+
+def _quiet_config_notices():
+    """In a worker child: its supervisor has shown the config's warnings and notes."""
+    warnings.simplefilter("ignore", LitequeueWarning)
+    _broker_settings_seen.update(_BROKER_SETTINGS)
+
+
+def _merged_settings(conf, settings):
+    """conf with settings applied, every value checked (ConfigurationError for an
+    unknown name or a bad value); names with no meaning here are ignored, and those a
+    user may expect to work are warned about, at the line that set them."""
+    conf = dict(conf)
+    for key, value in settings.items():
+        name = _setting_name(key)
+        if name is None:
+            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigurationError(f"unknown setting {key!r}{hint}")
+        if name:
+            conf[name] = _checked_setting(name, value)
+        elif key in _BROKER_SETTINGS:
+            if key not in _broker_settings_seen:
+                _broker_settings_seen.add(key)
+                where = _where_set(settings, key)
+                logger.info("ignoring %s%s: litequeue's broker and backend is the database "
+                            "file", key, f" ({where[0]}, line {where[1]})" if where else "")
+        else:
+            why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
+                "litequeue has no broker to configure"
+            _warn_setting(f"setting {key} is ignored: {why}", _where_set(settings, key))
+    return conf
+
+
+class _Conf(dict):
+    """app.conf: the settings as a dict, also readable as attributes (app.conf.timezone).
+    update(), item and attribute assignment check every value first, as LiteQueue(...)
+    does: a bad value raises at once and changes nothing."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}") from None
+
+    def __setattr__(self, name, value):
+        self.update({name: value})
+
+    def __setitem__(self, name, value):
+        self.update({name: value})
+
+    def update(self, *args, **kwargs):
+        loaded = args[0] if len(args) == 1 and not kwargs and \
+            isinstance(args[0], _LoadedSettings) else None     # keeps where each was set
+        dict.update(self, _merged_settings(self, loaded if loaded is not None else
+                                           dict(*args, **kwargs)))
 
 
 # ---------------------------------------------------------------------------
@@ -2237,7 +2454,9 @@ _SQL_MARK_MAILED = "UPDATE alerts SET cursor = :until WHERE id = 1 AND cursor < 
 
 
 # ---------------------------------------------------------------------------
-# Storage: the only code that touches apsw
+# Storage: files, rows and text repair
+# What the connection checks before it opens a file, the rows it hands out, and the
+# repair of text that is not UTF-8 (every public method runs under _guarded).
 # ---------------------------------------------------------------------------
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -2485,6 +2704,11 @@ def _guarded(method):
             raise self._cant_open(exc) from None
     return guarded
 
+
+# ---------------------------------------------------------------------------
+# Storage: the connection and its statements
+# _Storage is the only code that touches apsw: one method per statement.
+# ---------------------------------------------------------------------------
 
 class _Storage:
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
@@ -3638,6 +3862,7 @@ del _name, _member
 # ---------------------------------------------------------------------------
 # Side directory: wake-up sockets, lock files and the revocations counter
 # ---------------------------------------------------------------------------
+
 #
 # Everything beside the database lives in one directory, DB-lq/:
 #   work/<child id>      datagram sockets of idle children; producers ring them
@@ -4064,6 +4289,17 @@ def _sweep_stale_sockets(side, kinds=("done", "work", "sched")):
     return removed
 
 
+def _ring_id(task_id):
+    """An outcome's `tag`: the id whose get() waiters its commit rings (hashed only when
+    somebody waits: _Doorbell.ring_tasks), None when nobody can wait on it."""
+    return task_id if isinstance(task_id, str) else None
+
+
+def _tag(task_id):
+    """The prefix of get() waiters' socket names for a task (None: nobody can wait)."""
+    return _short_hash(task_id) if isinstance(task_id, str) else None
+
+
 # ---------------------------------------------------------------------------
 # Worker lock files
 # ---------------------------------------------------------------------------
@@ -4318,6 +4554,7 @@ def _progress(locks, worker, seq):
     return "running" if any(seq == entry[0] for entry in running) else \
         "finished" if seq in begun else None
 
+
 # ---------------------------------------------------------------------------
 # Task policy: pure decisions, unit-tested with an injected clock
 # ---------------------------------------------------------------------------
@@ -4418,7 +4655,9 @@ def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, defau
 
 
 # ---------------------------------------------------------------------------
-# App and task API
+# Task context: the request, progress, signals and hooks
+# What a running task sees (self.request, update_state), Celery's signals, and the
+# steps every runner takes before and after a task (eager mode too).
 # ---------------------------------------------------------------------------
 
 _apps = weakref.WeakSet()   # every live LiteQueue of this process; a worker serves their tasks
@@ -4621,8 +4860,6 @@ for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_
 sys.modules[signals.__name__] = signals      # so `from litequeue.signals import ...` works
 
 
-
-
 class _ExceptionInfo:
     """What hooks and signals get as einfo (Celery's ExceptionInfo, reduced)."""
 
@@ -4742,6 +4979,15 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
     return _Ending(state, cause, _encode_error(cause), tb, eta, _pack(history))
 
 
+def _current_app():
+    """The app a handle or signature made without one uses: the latest live LiteQueue."""
+    app = _last_app[0]() if _last_app[0] is not None else None
+    if app is None:
+        raise ConfigurationError("no LiteQueue app exists in this process: create one, or "
+                                 "pass app=")
+    return app
+
+
 def shared_task(fn=None, **options):
     """A task for library code that names no app: every LiteQueue of the process (made
     before or after) registers it. Calling or queueing it uses the latest app."""
@@ -4789,203 +5035,59 @@ def _task_name_for(fn):
     return f"{module}.{fn.__qualname__}", module
 
 
-class Task:
-    """A registered task. Call it to run inline; delay()/apply_async() to queue it."""
+def _unknown_task_message(name, known):
+    close = difflib.get_close_matches(name, [n for n in known if len(n) <= _NAME_MAX], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown task {_saferepr(name, 300)}: no worker or producer of this database has registered "
+            f"it{hint}")
 
-    # Celery's names and defaults.
-    _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
-                "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
-                "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
-                "unique"}
-    _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
 
-    def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
-                 max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
-                 retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
-                 time_limit=None, soft_time_limit=None, ignore_result=False, rate_limit=None,
-                 unique=False):
-        default_name, module = _task_name_for(fn)
-        if inspect.isasyncgenfunction(getattr(fn, "__func__", fn)):
-            raise ConfigurationError(
-                f"{getattr(fn, '__qualname__', fn)!r} is an async generator: a task returns "
-                "one result; make it an async def that returns a list, or a sync generator "
-                "consumer")
-        # Coroutine functions run on the worker process's event loop.
-        self.is_async = inspect.iscoroutinefunction(getattr(fn, "__func__", fn))
-        self.rate_limit = rate_limit
-        self._rate = _parse_rate(rate_limit)
-        if not isinstance(unique, bool):
-            raise ConfigurationError(f"unique must be True or False, not {unique!r}")
-        self.unique = unique
-        self.ignore_result = bool(ignore_result)
-        # Only a subclass that overrides a hook pays for calling hooks.
-        self._hooked = any(getattr(type(self), hook) is not getattr(Task, hook)
-                           for hook in self._HOOKS)
-        self.app = app
-        self.fn = fn
-        self.name = _checked_name(name or default_name)
-        self.module = module
-        self.queue = None if queue is None else _checked_text("queue", queue, _QUEUE_MAX)
-        self.priority = None if priority is None else _checked_priority(priority)
-        self.bind = bind
-        if max_retries not in (None, _UNSET) and (isinstance(max_retries, bool) or
-                                                   not isinstance(max_retries, int) or
-                                                   max_retries < 0):
-            raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
-                                     f"bound), not {max_retries!r}")
-        self._max_retries = max_retries
-        self.autoretry_for = tuple(autoretry_for)
-        if not all(isinstance(t, type) and issubclass(t, BaseException)
-                   for t in self.autoretry_for):
-            raise ConfigurationError("autoretry_for takes exception classes")
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        self.retry_jitter = retry_jitter
-        self.default_retry_delay = default_retry_delay
-        for key, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
-            if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
-                raise ConfigurationError(f"{key} must be a positive number of seconds")
-        self.time_limit = time_limit
-        self.soft_time_limit = soft_time_limit
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", self.name)
-        self.__wrapped__ = fn
+# ---------------------------------------------------------------------------
+# Results: AsyncResult, EagerResult, GroupResult
+# What a caller holds for a queued task or group: its state, result and waiting.
+# ---------------------------------------------------------------------------
 
-    def _registry_row(self, now):
-        """Its registry row, with its rate limit (rate, interval: None for none)."""
-        rate, interval = self._rate or (None, None)
-        return {"name": self.name, "module": self.module, "now": now, "rate": rate,
-                "interval": interval}
-
-    @property
-    def max_retries(self):
-        """Retries this task may use: its own max_retries (None: no bound), else the
-        app's task_max_retries."""
-        return self.app.conf["task_max_retries"] if self._max_retries is _UNSET \
-            else self._max_retries
-
-    def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
-        """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
-        In eager mode and apply() it runs again at once, as in Celery.
-
-        Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
-        countdown defaults to the task's backoff policy.
-        """
-        raise Retry(exc=exc, countdown=countdown, eta=eta, max_retries=max_retries)
-
-    def backoff(self, retries):
-        """Seconds to wait before retry number retries+1, by the task's policy."""
-        if not self.retry_backoff:
-            return float(self.default_retry_delay)
-        factor = 1 if self.retry_backoff is True else self.retry_backoff
-        countdown = min(self.retry_backoff_max, factor * 2.0 ** min(retries, 64))
-        if self.retry_jitter:
-            countdown = random.uniform(0, countdown)  # "full jitter", as Celery does
-        return float(countdown)
-
-    def __repr__(self):
-        return f"<@task: {self.name}>"
-
-    def __call__(self, *args, **kwargs):
-        if self.bind:
-            return self.fn(self, *args, **kwargs)
-        return self.fn(*args, **kwargs)
-
-    # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
-    # arguments. They run after the task, in the worker or in eager mode (_task_ended);
-    # one that raises is logged.
-    def on_success(self, retval, task_id, args, kwargs):
-        """The task returned retval."""
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        """The task failed for good (no retry left); einfo.traceback is the text."""
-
-    def on_retry(self, exc, task_id, args, kwargs, einfo):
-        """The task raised and will be retried."""
-
-    def after_return(self, status, retval, task_id, args, kwargs, einfo):
-        """After any of the above; status is the state recorded."""
-
-    def AsyncResult(self, task_id):
-        """The result handle of a task id."""
-        return AsyncResult(task_id, self.app)
-
-    def update_state(self, task_id=None, state=None, meta=None, **kwargs):
-        """Record a custom state and its meta (``state="PROGRESS", meta={"current": 3,
-        "total": 10}``): AsyncResult.state and .info show them while the task runs.
-
-        Without task_id it is the running task's own; its writes are coalesced to a few
-        per second, so a task that reports in a tight loop cannot flood the write lock
-        (the latest report always reaches the database). A finished state cannot be set
-        here: return or raise instead."""
-        if not isinstance(state, str) or not state:
-            raise ConfigurationError(f"update_state needs a state name, not {state!r}")
-        if state in READY_STATES or state in (WAITING, SCHEDULED, PENDING):
-            raise ConfigurationError(f"update_state cannot set {state}: a task ends by "
-                                     "returning or raising")
+def _row_call(row):
+    """(args, kwargs) of a task row as it runs: a link's or chord body's input first."""
+    try:
+        args, kwargs = _unpack_envelope(row["payload"]) if row else ([], {})
+    except ValueError:
+        return [], {}
+    waits = row.get("waits")
+    if waits in ("link", "chord") and row["state"] != WAITING and row.get("input") is not None:
         try:
-            blob = _pack([state, meta])
-            _unpack(blob)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(f"meta of update_state cannot be encoded as msgpack: "
-                                     f"{exc}") from None
-        current = getattr(_request, "current", None)
-        if task_id is None or (current is not None and task_id == current.id):
-            if current is None or current.id is None:
-                raise LitequeueError("update_state() without task_id works only inside a "
-                                     "running task")
-            current.report(blob)
-            return
-        if not self.app._storage().set_meta(blob, task_id=_checked_text("task_id", task_id, _ID_MAX)):
-            raise TaskNotFound(f"no unfinished task with id {task_id!r}")
+            args = [_unpack(row["input"]), *args]
+        except Exception:
+            pass
+    return args, kwargs
 
-    @property
-    def request(self):
-        """The running call's id, args, kwargs and retries (inline calls get an empty one)."""
-        return getattr(_request, "current", None) or _Request(name=self.name)
 
-    def delay(self, *args, **kwargs):
-        """Queue a call with these arguments; returns its AsyncResult."""
-        return self.apply_async(args, kwargs)
+def _custom_state(row):
+    """(state, meta) of a running task's last update_state(), or None."""
+    blob = row.get("meta")
+    if blob is None or row["state"] != STARTED:
+        return None
+    try:
+        state, meta = _unpack(blob)
+    except Exception:
+        return None
+    return (state, meta) if isinstance(state, str) else None
 
-    def apply_async(self, args=None, kwargs=None, task_id=None, priority=None, queue=None,
-                    countdown=None, eta=None, expires=None, link=None, link_error=None,
-                    **options):
-        """Queue a call with options (Celery's names); returns its AsyncResult.
 
-        countdown: seconds from now; eta: a datetime (naive: in the app's timezone);
-        expires: seconds from now or a datetime, after which it never starts; link and
-        link_error: signatures (or lists of them) queued when it succeeds or fails, in
-        the transaction that records its end.
-        """
-        if link is not None or link_error is not None:
-            given = {"task_id": task_id, "priority": priority, "queue": queue,
-                     "countdown": countdown, "eta": eta, "expires": expires}
-            options.update((k, v) for k, v in given.items() if v is not None)
-            return Signature(self, args or (), kwargs, options).apply_async(
-                link=link, link_error=link_error)
-        return self.app._send(self.name, args, kwargs, task=self, task_id=task_id,
-                              priority=priority, queue=queue, countdown=countdown, eta=eta,
-                              expires=expires, **options)
-
-    def apply(self, args=None, kwargs=None, **options):
-        """Run the task here and now, as a worker would (an EagerResult)."""
-        return Signature(self, args or (), kwargs).apply(**options)
-
-    def s(self, *args, **kwargs):
-        """A signature: this task with these arguments, to queue later, chain, link, or
-        schedule with add_periodic_task."""
-        return Signature(self, args, kwargs)
-
-    def si(self, *args, **kwargs):
-        """An immutable signature: it never receives a parent's result."""
-        return Signature(self, args, kwargs, immutable=True)
-
-    def signature(self, args=None, kwargs=None, immutable=False, **options):
-        """A signature with apply_async options, as Celery's Task.signature."""
-        return Signature(self, args or (), kwargs, options, immutable=immutable)
-
-    subtask = signature
+def _visible_state(row):
+    """The row's state as Celery would show it: a task waiting for another reads
+    PENDING, a running one its last update_state() state, and one still waiting past its
+    expiry reads EXPIRED (a worker marks the row itself when it meets it)."""
+    state = row["state"]
+    if state == WAITING:
+        state = PENDING
+    elif state == STARTED and row.get("meta") is not None:
+        custom = _custom_state(row)
+        return custom[0] if custom else state
+    expires = row.get("expires")
+    if _is_time(expires) and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
+        return EXPIRED
+    return state
 
 
 class AsyncResult:
@@ -5287,49 +5389,6 @@ class AsyncResult:
         return self.get(timeout=timeout, propagate=propagate, interval=interval)
 
 
-def _row_call(row):
-    """(args, kwargs) of a task row as it runs: a link's or chord body's input first."""
-    try:
-        args, kwargs = _unpack_envelope(row["payload"]) if row else ([], {})
-    except ValueError:
-        return [], {}
-    waits = row.get("waits")
-    if waits in ("link", "chord") and row["state"] != WAITING and row.get("input") is not None:
-        try:
-            args = [_unpack(row["input"]), *args]
-        except Exception:
-            pass
-    return args, kwargs
-
-
-def _custom_state(row):
-    """(state, meta) of a running task's last update_state(), or None."""
-    blob = row.get("meta")
-    if blob is None or row["state"] != STARTED:
-        return None
-    try:
-        state, meta = _unpack(blob)
-    except Exception:
-        return None
-    return (state, meta) if isinstance(state, str) else None
-
-
-def _visible_state(row):
-    """The row's state as Celery would show it: a task waiting for another reads
-    PENDING, a running one its last update_state() state, and one still waiting past its
-    expiry reads EXPIRED (a worker marks the row itself when it meets it)."""
-    state = row["state"]
-    if state == WAITING:
-        state = PENDING
-    elif state == STARTED and row.get("meta") is not None:
-        custom = _custom_state(row)
-        return custom[0] if custom else state
-    expires = row.get("expires")
-    if _is_time(expires) and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
-        return EXPIRED
-    return state
-
-
 class EagerResult(AsyncResult):
     """The result of a task run inline because task_always_eager is set."""
 
@@ -5374,14 +5433,1095 @@ class EagerResult(AsyncResult):
         return False
 
 
-def _current_app():
-    """The app a handle or signature made without one uses: the latest live LiteQueue."""
-    app = _last_app[0]() if _last_app[0] is not None else None
-    if app is None:
-        raise ConfigurationError("no LiteQueue app exists in this process: create one, or "
-                                 "pass app=")
-    return app
+class GroupResult:
+    """The AsyncResults of a group, in the group's order, under the group's id."""
 
+    def __init__(self, results, id=None, app=None, parent=None):
+        self.results = list(results)
+        self.id = id
+        self.app = app
+        self.parent = parent
+
+    def __repr__(self):
+        return f"<GroupResult: {self.id} ({len(self.results)} task(s))>"
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    def __getitem__(self, index):
+        return self.results[index]
+
+    def __eq__(self, other):
+        return isinstance(other, GroupResult) and other.id == self.id and \
+            other.results == self.results
+
+    __hash__ = None
+
+    @property
+    def children(self):
+        return self.results
+
+    def save(self, backend=None):
+        """Its members already carry its id in the database: nothing more to store."""
+        return self
+
+    @classmethod
+    def restore(cls, id, backend=None, app=None):
+        """The GroupResult saved under id, read from the database (None if unknown)."""
+        app = app or _current_app()
+        members = app._storage().group_members(id)
+        if not members:
+            return None
+        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
+
+    def ready(self):
+        """True when every task has finished, whatever the outcome."""
+        return all(r.ready() for r in self.results)
+
+    def waiting(self):
+        return not self.ready()
+
+    def successful(self):
+        """True when every task succeeded."""
+        return all(r.successful() for r in self.results)
+
+    def failed(self):
+        """True if any task failed."""
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self):
+        """How many tasks succeeded."""
+        return sum(r.successful() for r in self.results)
+
+    def get(self, timeout=None, propagate=True, interval=None):
+        """Every task's result, in order; timeout (seconds) covers them all."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=left, propagate=propagate, interval=interval))
+        return values
+
+    join = join_native = get
+
+    def revoke(self, terminate=False):
+        """Revoke every task; returns how many were revoked."""
+        return sum(bool(r.revoke(terminate=terminate)) for r in self.results)
+
+    def forget(self):
+        for r in self.results:
+            r.forget()
+
+
+# ---------------------------------------------------------------------------
+# Admin: what the CLI and the dashboard do to a queue
+# ---------------------------------------------------------------------------
+
+class Admin:
+    """What an operator does to a queue, for the CLI and the dashboard alike: counts,
+    workers, schedules, listing tasks, queueing again, purging and revoking. Reads never
+    take the write lock; ``app.admin`` is one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def counts(self):
+        """[(queue, state, count)], by queue and state."""
+        return self.app._storage().counts()
+
+    def workers(self):
+        """Supervisors, each a dict with "alive" (None: cannot tell) and "children", each
+        child with "running" and "reserved": [(task id, name, started_at)]. A reserved
+        row was claimed (prefetched) with others and waits for the child to begin it; the
+        child's lock file tells them apart (where it cannot be read, all are running)."""
+        storage = self.app._storage()
+        claimed = {}
+        for worker_id, task_id, name, started, seq in storage.running():
+            claimed.setdefault(worker_id, []).append((seq, (task_id, name, started)))
+        rows = storage.workers()
+        try:
+            locks = _Locks(self.app._side, create=False)
+        except SideDirectoryError:
+            locks = None
+        try:
+            supervisors = [dict(w, alive=None if locks is None else not locks.dead(w["id"]))
+                           for w in rows if not w["parent"]]
+            children = {}
+            for w in rows:
+                if w["parent"]:
+                    mine = claimed.get(w["id"], [])
+                    begun = None if locks is None or not mine else locks.begun(w["id"])
+                    children[w["id"]] = dict(
+                        w, running=[t for seq, t in mine if begun is None or seq in begun],
+                        reserved=[t for seq, t in mine if begun is not None and
+                                  seq not in begun])
+        finally:
+            if locks is not None:
+                locks.close()
+        for sup in supervisors:
+            sup["children"] = [child for w_id, child in children.items()
+                               if child["parent"] == sup["id"]]
+        return supervisors
+
+    def tasks(self, state=None, queue=None, name=None, limit=50):
+        """The newest tasks first (dicts of their columns, result and errors left
+        encoded), filtered by state, queue and task name; at most limit of them."""
+        return self.app._storage().list_tasks(state, queue, name, limit)
+
+    def registry(self):
+        """{task name: module} of every task a worker or producer has registered."""
+        return {n: m for n, m in self.app._storage().registry().items() if isinstance(n, str)}
+
+    def unregister(self, names):
+        """Forget names in the registry (what `call`, send_task() and auto-import read):
+        each of `names` is a task name, or a module whose every task is forgotten.
+        UnknownTask, and nothing forgotten, when one matches nothing. Returns the task
+        names forgotten. A worker or producer that defines one registers it again."""
+        registry = self.registry()
+        forget = set()
+        for name in names:
+            matched = {n for n, module in registry.items() if name in (n, module)}
+            if not matched:
+                raise UnknownTask(f"no registered task or task module named {name!r}")
+            forget |= matched
+        self.app._storage().unregister(sorted(forget))
+        return sorted(forget)
+
+    def schedules(self):
+        """Every periodic task's row, with "error" set for a disabled one."""
+        return self.app._storage().schedules()
+
+    def requeue(self, task_id):
+        """Queue a FAILURE, REVOKED or EXPIRED task again with a fresh retry budget;
+        False if it is in another state. TaskNotFound for an unknown id."""
+        if self.app.AsyncResult(task_id).state == UNKNOWN:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if not self.app._storage().requeue(task_id):
+            return False
+        self.app._work_bell.ring()
+        return True
+
+    def purge(self, queue=None):
+        """Delete every waiting task (in one queue, or all); returns how many."""
+        return self.app._storage().purge(queue)
+
+    def pause(self, queue):
+        """Pause a queue: no worker claims from it (within a claim) until resume(); its
+        tasks wait. True if it was running."""
+        return self.app._storage().pause(_checked_text("queue", queue, _QUEUE_MAX), time.time())
+
+    def resume(self, queue):
+        """Resume a paused queue; True if it was paused."""
+        resumed = self.app._storage().resume(_checked_text("queue", queue, _QUEUE_MAX))
+        if resumed:
+            self.app._work_bell.ring()
+        return resumed
+
+    def paused(self):
+        """{queue: unix time it was paused} of the paused queues."""
+        return {q if isinstance(q, str) else _shown(q): t
+                for q, t in self.app._storage().paused().items()}
+
+    def rate_limits(self):
+        """[{name, rate, interval, next_start}] of the rate-limited task names."""
+        return [dict(zip(("name", "rate", "interval", "next_start"), row))
+                for row in self.app._storage().rate_limits()]
+
+    def set_rate_limit(self, name, rate):
+        """Change a task name's rate limit for every worker on the file ("10/s", "100/m",
+        a number per second; None or 0 drops it); returns the rate set (None: none). It
+        lasts until a worker or producer that defines the task registers it again."""
+        parsed = _parse_rate(rate)
+        self.app._storage().set_rate_limit(_checked_text("task name", name, _NAME_MAX),
+                                           parsed)
+        self.app._work_bell.ring()
+        return parsed[0] if parsed else None
+
+    def run_schedule(self, name):
+        """Queue one call of a periodic task now (its planned fires stay as they are);
+        returns the new task's id. UnknownTask for an unknown schedule name."""
+        task_id = f"{name}@run-{_new_id()}"
+        if not self.app._storage().fire_schedule(name, task_id, time.time()):
+            self._schedule_named(name)
+            raise UnknownTask(f"no periodic task named {name!r}")
+        self.app._work_bell.ring()
+        return task_id
+
+    def disable_schedule(self, name):
+        """Stop a periodic task's fires until enable_schedule() (or until a worker that
+        defines it starts again); True if it was enabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, _SCHEDULE_OFF)
+
+    def enable_schedule(self, name):
+        """Let a disabled periodic task fire again (a missed fire is caught up by its
+        catch_up policy); True if it was disabled."""
+        self._schedule_named(name)
+        return self.app._storage().set_schedule_error(name, None)
+
+    def _schedule_named(self, name):
+        names = [row["name"] for row in self.schedules()]
+        if name not in names:
+            known = ", ".join(_shown(n, 100) for n in names[:20]) or "none"
+            raise UnknownTask(f"no periodic task named {name!r} (known: {known})")
+
+    def shutdown_worker(self, worker=None):
+        """Ask a worker for a warm shutdown, as SIGTERM does: it finishes its running
+        tasks and exits. worker: its id or Flower's "hostname-id" (None: every live
+        worker). Returns the ids asked; UnknownWorker if none matches. The worker acts
+        on it within a second or two (at once when it can be rung)."""
+        storage = self.app._storage()
+        asked = [w["id"] for w in self._live_workers(worker)
+                 if storage.ask_worker(w["id"], stop=time.time())]
+        self.app._sched_bell.ring()
+        return asked
+
+    def resize_pool(self, worker, by):
+        """Grow (by > 0) or shrink (by < 0) the pool of a prefork worker (None: of every
+        live one), as Celery's pool_grow and pool_shrink: a shrunk pool's surplus
+        processes finish their running task first. Returns {worker id: processes asked
+        for}, between 1 and _POOL_MAX; UnknownWorker if none matches, ValueError for a
+        worker whose pool cannot change (threads, solo)."""
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise WrongType(f"the change in processes must be a whole number, not {by!r}")
+        storage = self.app._storage()
+        workers = self._live_workers(worker)
+        asked = {}
+        for w in workers:
+            if w["pool"] not in (None, "prefork"):
+                continue
+            # A request not yet acted on counts, then the size the worker last wrote.
+            now = next((n for n in (w["wanted"], w["concurrency"]) if type(n) is int),
+                       len(w["children"]))
+            wanted = max(1, min(_POOL_MAX, now + by))
+            if storage.ask_worker(w["id"], wanted=wanted):
+                asked[w["id"]] = wanted
+        if worker is not None and not asked:
+            raise LitequeueError(f"worker {_shown(workers[0]['id'])} runs a "
+                             f"{_shown(workers[0]['pool'])} pool, whose size is fixed; only "
+                             "a prefork pool grows and shrinks")
+        self.app._sched_bell.ring()
+        return asked
+
+    def _live_workers(self, worker):
+        """The live supervisors a name means: an id, "hostname-id" or a hostname; None
+        means all of them."""
+        live = [w for w in self.workers() if w["alive"] is not False]
+        if worker is None:
+            return live
+        found = [w for w in live if worker in (w["id"], f"{w['hostname']}-{w['id']}")] or \
+            [w for w in live if worker == w["hostname"]]
+        if not found:
+            raise UnknownWorker(f"no live worker named {worker!r} (see litequeue status)")
+        return found
+
+    def workflow(self, task_id, limit=_WORKFLOW_MAX):
+        """The tasks of a task's chain, group or chord (every row from its root), oldest
+        first, summarised; at most limit of them."""
+        row = self.app.AsyncResult(task_id)._fetch()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        rows = self.app._storage().workflow(row["root_id"] or row["id"], limit)
+        return [dict(_task_summary(r), parent_id=_display(r["parent_id"]),
+                     group_id=_display(r["group_id"])) for r in rows]
+
+    def states(self):
+        """The states a task can be in, then the custom update_state() states in use."""
+        custom = self.app._storage().custom_states() - set(_STATES_SHOWN)
+        return list(_STATES_SHOWN) + sorted(custom)
+
+    def requeue_failed(self, name=None):
+        """Queue again every failed task of a name (or all of them); returns how many."""
+        count = self.app._storage().requeue_failed(name or None)
+        if count:
+            self.app._work_bell.ring()
+        return count
+
+    def revoke(self, task_id, terminate=False):
+        """AsyncResult.revoke() of an id; TaskNotFound for an unknown one."""
+        result = self.app.AsyncResult(task_id)
+        if result.state == UNKNOWN:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return result.revoke(terminate=terminate)
+
+    # -- monitoring: what the dashboard, /metrics and `litequeue health` read ----------
+
+    def state_counts(self):
+        """{queue: {state: count}} of the waiting, running and failed states, and {queue:
+        oldest waiting task's created_at}, read through their indexes."""
+        counts, oldest = {}, {}
+        for queue, state, n, first in self.app._storage().state_counts():
+            queue = queue if isinstance(queue, str) else _shown(queue)
+            counts.setdefault(queue, {})[state] = n
+            if state == PENDING and _is_time(first):
+                oldest[queue] = first
+        return counts, oldest
+
+    def throughput(self, minutes=60):
+        """Per-minute [(unix minute start, succeeded, failed, retried, mean runtime s)] for
+        the last `minutes`, from the workers' counters (missing minutes are zeros)."""
+        now_minute = int(time.time() // 60)
+        since = now_minute - minutes + 1
+        rows = {m: (s or 0, f or 0, r or 0, rt or 0.0) for m, s, f, r, rt in
+                self.app._storage().stats_by_minute(since)}
+        out = []
+        for minute in range(since, now_minute + 1):
+            s, f, r, rt = rows.get(minute, (0, 0, 0, 0.0))
+            runs = s + f + r
+            out.append((minute * 60, s, f, r, rt / runs if runs else 0.0))
+        return out
+
+    def task_stats(self, minutes=24 * 60):
+        """Per task name over the last `minutes`: succeeded, failed, retried, runtime sum
+        and the runtime histogram's bucket counts."""
+        since = int(time.time() // 60) - minutes + 1
+        return [{"name": _shown(name), "succeeded": s or 0, "failed": f or 0,
+                 "retried": r or 0, "runtime": rt or 0.0, "buckets": [b or 0 for b in rest]}
+                for name, s, f, r, rt, *rest in self.app._storage().stats_by_name(since)]
+
+    def page(self, before=None, state=None, queue=None, name=None, text=None, limit=50):
+        """A page of tasks newest first ([task dict], next `before` or None), filtered."""
+        limit = max(1, min(int(limit), 500))
+        before = (1 << 62) if before is None else int(before)
+        if not 0 < before <= 1 << 62:
+            raise ValueError("before must be a task's position (a positive whole number)")
+        custom = state if state and state not in _STATES_SHOWN else None
+        if custom:      # an update_state() state: only a running row holds one
+            rows = [(seq, row) for seq, row in self.app._storage().task_page(
+                        before, STARTED, queue or None, name or None, text or None, 500)
+                    if (_custom_state(row) or (None,))[0] == custom][:limit]
+            return [_task_summary(row) for _, row in rows], None
+        rows = self.app._storage().task_page(before, state or None, queue or None,
+                                             name or None, text or None, limit)
+        tasks = [_task_summary(row) for _, row in rows]
+        return tasks, (rows[-1][0] if len(rows) == limit else None)
+
+    def task(self, task_id):
+        """Everything about one task, decoded for display (TaskNotFound if unknown)."""
+        result = self.app.AsyncResult(task_id)
+        row = result._fetch()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        info = _task_summary(row)
+        args, kwargs = _row_call(row)
+        info.update(args=_display(args), kwargs=_display(kwargs), traceback=row["traceback"]
+                    if isinstance(row["traceback"], str) else None,
+                    errors=_display(_history(row["errors"])), parent_id=row["parent_id"],
+                    root_id=row["root_id"] or row["id"], group_id=row["group_id"],
+                    children=self.app._storage().children(task_id),
+                    progress=_display(_custom_state(row)),
+                    why=self.why_not_running(row))
+        return info
+
+    def why_not_running(self, row, now=None):
+        """Why a task is not running (None if it is running or finished)."""
+        now = time.time() if now is None else now
+        state = row["state"]
+        if state in READY_STATES or state == STARTED:
+            return None
+        name = row["name"]
+        if state in (SCHEDULED, RETRY) and _is_time(row["eta"]):
+            what = "retry" if state == RETRY else "ETA"
+            when = _from_unix(row["eta"])
+            return f"its {what} is {when.isoformat(timespec='seconds') if when else '?'}" + \
+                (" (due now: a worker's scheduler moves it)" if row["eta"] <= now else "")
+        if state == WAITING:
+            waits = str(row.get("waits") or "")
+            if waits.startswith("chord"):
+                progress = self.app._storage().chord_progress(row["id"])
+                return (f"waiting for its chord: {_shown(progress[0], 20)} of "
+                        f"{_shown(progress[1], 20)} members done" if progress
+                        else "waiting for its chord")
+            kind = "to fail" if waits.startswith("error") else "to succeed"
+            return f"waiting for task {row.get('parent_id')} {kind}"
+        paused = self.paused()
+        if row["queue"] in paused:
+            since = _from_unix(paused[row["queue"]])
+            return (f"its queue {row['queue']!r} is paused (since "
+                    f"{since.isoformat(timespec='seconds') if since else '?'}): "
+                    f"`litequeue resume DB {row['queue']}`")
+        registry = self.registry()
+        if name not in registry:
+            return f"no worker or producer registered the task name {name!r}"
+        live = [w for w in self.workers() if w["alive"] is not False]
+        queues = {q for w in live for q in str(w["queues"]).split(",")}
+        if not live:
+            return "no live worker: start `litequeue worker`"
+        if row["queue"] not in queues:
+            return f"no live worker serves its queue {row['queue']!r} (they serve " \
+                   f"{', '.join(sorted(queues))})"
+        limit = [r for r in self.app._storage().rate_limits() if r[0] == row.get("rate_key")]
+        if limit:
+            _, rate, _, next_start = limit[0]
+            # Another client may have written any value (a supervisor repairs it soon).
+            at = _from_unix(max(next_start, now)) if _is_time(next_start) else None
+            when = at.isoformat(timespec="milliseconds") if at else \
+                "? (its limit is not one litequeue wrote: a worker repairs it)"
+            return (f"rate-limited to {_shown(rate)} (for every worker on this file): the "
+                    f"next start of {_shown(name)} is allowed at {when}")
+        return "queued: the workers are busy with tasks ahead of it"
+
+
+def _display(value):
+    """A decoded value made safe for JSON: bytes as text, other objects as their repr."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _display(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_display(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _task_summary(row):
+    """A task row as the dashboard and the API show it (no payload decoding beyond args)."""
+    result = exception = None
+    if row["state"] == SUCCESS and row["result"] is not None:
+        try:
+            result = _display(_unpack(row["result"]))
+        except Exception:
+            result = "<result cannot be decoded>"
+    elif row["state"] in (FAILURE, RETRY) and row["result"] is not None:
+        exc = _rebuild_error(row["result"], None)
+        exception = f"{type(exc).__name__}({str(exc)!r})" if not isinstance(exc, RemoteError) \
+            else f"{exc.exc_type.rpartition('.')[2]}({exc.exc_message!r})"
+    args, kwargs = _row_call(row)
+    started, finished = row["started_at"], row["finished_at"]
+    custom = _custom_state(row)
+    return {"id": _display(row["id"]), "name": _display(row["name"]),
+            "state": _visible_state(row) if custom is None else custom[0],
+            "queue": _display(row["queue"]), "priority": row["priority"],
+            "args": _shown(_saferepr(args, 300), 300),
+            "kwargs": _shown(_saferepr(kwargs, 300), 300),
+            "result": result, "exception": exception, "retries": row["retries"],
+            "attempt": row["attempt"], "worker": _display(row["worker"]), "pid": row["pid"],
+            "created": row["created_at"], "started": started, "finished": finished,
+            "eta": row["eta"] if _is_time(row["eta"]) else None,
+            "expires": row["expires"] if _is_time(row["expires"]) else None,
+            "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
+
+
+# ---------------------------------------------------------------------------
+# App: LiteQueue and Task
+# The app first (delay() goes up from Task to it), then the task class. Task.s() and
+# app.signature() hand out the canvas's Signature: the one declared forward use.
+# ---------------------------------------------------------------------------
+
+class LiteQueue:
+    """The app: task registry, settings and the database they share.
+
+    ``LiteQueue("jobs.sqlite", timezone="Asia/Shanghai", result_expires=3600)``
+
+    A relative path is read from the directory of the module that creates the app (the
+    current directory when there is none, as in ``python -c``), so a producer started
+    anywhere finds the same file as the worker started beside tasks.py.
+    """
+
+    def __init__(self, path, **settings):
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_code.co_name == "__init__" and \
+                frame.f_locals.get("self") is self:      # a subclass's __init__
+            frame = frame.f_back
+        caller = frame.f_globals
+        self.path = _app_path(path, caller.get("__file__"))
+        self._module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
+        self.conf = _Conf(DEFAULTS)
+        self.tasks = {}
+        self.periodic = {}
+        self._local = threading.local()
+        self._noted = set()
+        self._known_remote = set()
+        self._side = _SideDir(self.path)
+        self._work_bell = _Doorbell(self._side, "work")
+        self._sched_bell = _Doorbell(self._side, "sched")
+        self._waiters = 0
+        self._waiters_lock = threading.Lock()
+        self._create = True          # False: the CLI's read commands change no file
+        self.update_settings(settings)
+        _apps.add(self)
+        _last_app[0] = weakref.ref(self)
+        for fn, options in _shared_tasks:
+            self.task(**options)(fn)
+
+    def __repr__(self):
+        return f"<LiteQueue {self.path}>"
+
+    # -- configuration ------------------------------------------------------------------
+
+    def update_settings(self, settings):
+        """Apply settings by their names in the settings table (Celery's names are
+        accepted too); every value is checked first, and a bad one changes nothing."""
+        self.conf.update(settings)
+
+    def config_from_object(self, obj):
+        """Read settings from a module, a module name, a class or a mapping, as Celery's
+        does. Names that are neither settings nor close to one (imports, helpers) are
+        passed over; a misspelled setting is refused with a suggestion."""
+        self.update_settings(_settings_of(obj))
+        self._beat_definitions()          # a bad beat_schedule entry is refused now
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def task(self, fn=None, **options):
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
+        unknown = set(options) - Task._OPTIONS
+        if unknown:
+            raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+
+        base = options.pop("base", None) or Task
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise ConfigurationError(f"base must be a subclass of litequeue.Task, not {base!r}")
+
+        def register(func):
+            task = base(self, func, **options)
+            self.tasks[task.name] = task
+            return task
+
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigurationError("@app.task takes a function")
+            return register(fn)
+        return register
+
+    def periodic_task(self, schedule, name=None, args=(), kwargs=None, catch_up="once",
+                      **task_options):
+        """Register a task and run it on a schedule: ``@app.periodic_task(crontab(minute=0))``.
+
+        schedule is a crontab, a timedelta or a number of seconds. Workers sync the
+        definitions into the schedules table when they start; there is no beat process.
+        """
+        def register(fn):
+            default_name, module = _task_name_for(fn)
+            periodic_name = name or task_options.get("name") or default_name
+            if periodic_name in self.periodic:
+                raise ConfigurationError(f"a periodic task named {periodic_name!r} is already defined")
+            task = self.task(**task_options)(fn)
+            self._add_periodic(schedule, task, args, kwargs, periodic_name, catch_up,
+                               None, None, task.module)
+            return task
+        return register
+
+    def add_periodic_task(self, schedule, task, args=(), kwargs=None, name=None,
+                          catch_up="once", queue=None, priority=None):
+        """Run a task (a Task, a signature such as add.s(2, 2), or a task name) on a
+        schedule, as Celery beat's add_periodic_task does.
+
+        The calling module owns the schedule: a worker that imports that module deletes
+        the module's stored schedules that it no longer defines.
+        """
+        caller = sys._getframe(1).f_globals
+        module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
+        return self._add_periodic(schedule, task, args, kwargs, name, catch_up, queue,
+                                  priority, module)
+
+    def _add_periodic(self, schedule, task, args, kwargs, name, catch_up, queue, priority,
+                      module):
+        definition = self._periodic_definition(schedule, task, args, kwargs, name, catch_up,
+                                               queue, priority, module)
+        if definition["name"] in self.periodic:
+            raise ConfigurationError(f"a periodic task named {definition['name']!r} is "
+                                     "already defined")
+        self.periodic[definition["name"]] = definition
+        return definition["name"]
+
+    def _beat_definitions(self):
+        """The periodic definitions of the beat_schedule setting (Celery's format:
+        name -> {"task", "schedule", "args", "kwargs", "options": {"queue", "priority"}})."""
+        definitions = {}
+        for name, entry in self.conf["beat_schedule"].items():
+            if not isinstance(entry, dict) or not {"task", "schedule"} <= set(entry):
+                raise ConfigurationError(f"beat_schedule entry {name!r} needs 'task' and "
+                                         "'schedule'")
+            options = entry.get("options") or {}
+            task = self.tasks.get(entry["task"], entry["task"])
+            definitions[name] = self._periodic_definition(
+                entry["schedule"], task, entry.get("args", ()), entry.get("kwargs"), name,
+                "once", options.get("queue"), options.get("priority"), self._module)
+        return definitions
+
+    def _all_periodic(self):
+        """Periodic definitions from the decorators, add_periodic_task and beat_schedule."""
+        return {**self._beat_definitions(), **self.periodic}
+
+    def _periodic_definition(self, schedule, task, args, kwargs, name, catch_up, queue,
+                             priority, module):
+        """The schedules-table row that defines one periodic task."""
+        if isinstance(task, Signature):
+            task, args, kwargs = task.type or task.task, task.args, task.kwargs
+        schedule = _as_schedule(schedule)
+        zone = schedule.tz or _zone(self.conf["timezone"])
+        if catch_up not in _CATCH_UP_POLICIES:
+            raise ConfigurationError(f"catch_up must be one of {', '.join(_CATCH_UP_POLICIES)}, "
+                                     f"not {catch_up!r}")
+        task_name = task.name if isinstance(task, Task) else str(task)
+        name = name or task_name
+        schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
+        payload = _pack_envelope(task_name, args or (), kwargs or {})
+        return {
+            "name": name, "task": task_name, "module": module,
+            "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
+            "payload": payload,
+            "queue": _checked_text("queue", queue or (task.queue if isinstance(task, Task)
+                                                      else None)
+                                   or self._routed_queue(task_name)
+                                   or self.conf["task_default_queue"], _QUEUE_MAX),
+            "priority": _checked_priority(priority if priority is not None else
+                                          (task.priority if isinstance(task, Task) and
+                                           task.priority is not None
+                                           else self.conf["task_default_priority"])),
+            "catch_up": catch_up}
+
+    def send_task(self, name, args=None, kwargs=None, **options):
+        """Queue a task by name, without importing it. The name must be registered with a
+        worker or producer of this database."""
+        name = _checked_name(name)
+        if options.get("link") is not None or options.get("link_error") is not None:
+            link, link_error = options.pop("link", None), options.pop("link_error", None)
+            return Signature(name, args or (), kwargs, options, app=self).apply_async(
+                link=link, link_error=link_error)
+        task = self.tasks.get(name)
+        if task is None and name not in self._known_remote:
+            registry = self._storage().registry()
+            if name not in registry:
+                raise UnknownTask(_unknown_task_message(name, registry))
+            self._known_remote.add(name)
+        return self._send(name, args, kwargs, task=task, **options)
+
+    def AsyncResult(self, task_id):
+        """The result handle of a task id."""
+        return AsyncResult(task_id, self)
+
+    def GroupResult(self, group_id):
+        """The GroupResult of a group id, read from the database in any process."""
+        result = GroupResult.restore(group_id, app=self)
+        if result is None:
+            raise TaskNotFound(f"no group with id {group_id!r}")
+        return result
+
+    def signature(self, name, args=(), kwargs=None, **options):
+        """A signature of a task by name, as Celery's app.signature."""
+        return Signature(name, args, kwargs, options, app=self)
+
+    @property
+    def admin(self):
+        """The operator's surface (Admin): counts, workers, schedules, requeue, purge."""
+        return Admin(self)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _storage(self):
+        """This thread's connection, opened on first use and again after a fork."""
+        local = self._local
+        storage = getattr(local, "storage", None)
+        if storage is None or local.pid != os.getpid():
+            storage = _Storage(self.path, synchronous=self.conf["synchronous"],
+                               busy_timeout=self.conf["busy_timeout"],
+                               autocheckpoint=self.conf["wal_autocheckpoint"],
+                               create=self._create)
+            local.storage, local.pid = storage, os.getpid()
+        return storage
+
+    def _waiter(self, task_id):
+        """A socket the child that finishes task_id rings, or None if the side directory
+        cannot hold one (get() then polls)."""
+        with self._waiters_lock:
+            self._waiters += 1
+            name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
+        try:
+            return _Sleeper(self._side, "done", name)
+        except SideDirectoryError as exc:
+            logger.debug("%s; waiting by polling", exc)
+            return None
+
+    def _send(self, name, args, kwargs, task=None, **options):
+        row = self._task_row(name, args, kwargs, task, **options)
+        if self.conf["task_always_eager"]:
+            return self._run_eagerly(task, name, row["id"], row["payload"])
+        registry_row = None
+        if task is not None and name not in self._noted:
+            registry_row = task._registry_row(row["created_at"])
+        publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
+        if publish:
+            self._publish("before", [row])
+        if row["unique_key"] is None:
+            self._storage().insert_task(row, registry_row)
+        else:
+            holder = self._storage().insert_unique(row, registry_row)
+            if holder != row["id"]:          # a task with this key waits or runs: that one
+                if registry_row:
+                    self._noted.add(name)
+                result = AsyncResult(holder, self)
+                result.existing = True
+                return result
+        if registry_row:
+            self._noted.add(name)
+        (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
+        if publish:
+            self._publish("after", [row])
+        return AsyncResult(row["id"], self)
+
+    def _publish(self, when, rows):
+        """before_task_publish / after_task_publish, with Celery's arguments, per row."""
+        sig = signals.before_task_publish if when == "before" else signals.after_task_publish
+        if not sig.receivers:
+            return
+        for row in rows:
+            try:
+                args, kwargs = _unpack_envelope(row["payload"])
+            except ValueError:
+                args, kwargs = [], {}
+            headers = {"id": row["id"], "task": row["name"], "root_id": row.get("root_id")
+                       or row["id"], "parent_id": row.get("parent_id"),
+                       "group": row.get("group_id"), "eta": row["eta"],
+                       "expires": row["expires"], "retries": 0}
+            extra = {"declare": [], "retry_policy": None, "properties": {}} \
+                if when == "before" else {}
+            sig.send(sender=row["name"], body=(args, kwargs, {}), exchange="",
+                     routing_key=row["queue"], headers=headers, **extra)
+
+    def _after_follow_ups(self):
+        """Ring for what the last write set in motion (queued followers)."""
+        follow = self._storage().take_follow_ups()
+        if follow is not None and follow.woken:
+            self._work_bell.ring()
+            self._sched_bell.ring()
+
+    def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
+                  queue=None, countdown=None, eta=None, expires=None, unique_key=None,
+                  **options):
+        """The tasks row a call becomes, or the error its arguments or options deserve."""
+        if options:
+            raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
+        args = () if args is None else args
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(args, (list, tuple)):
+            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        bad_keys = [k for k in kwargs if not isinstance(k, str)] if kwargs else ()
+        if bad_keys:
+            raise SerializationError(f"keyword argument names of {name} must be strings, "
+                                     f"not {bad_keys[0]!r}")
+        name = _checked_name(name)
+        payload = _pack_envelope(name, args, kwargs)
+        now = time.time()
+        eta_at, expires_at = self._timing(now, countdown, eta, expires)
+        task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
+        if queue is None:
+            queue = (task.queue if task else None) or self._routed_queue(name) \
+                or self.conf["task_default_queue"]
+        queue = _checked_text("queue", queue, _QUEUE_MAX)
+        if priority is None:
+            priority = task.priority if task and task.priority is not None else \
+                self.conf["task_default_priority"]
+        priority = _checked_priority(priority)
+        scheduled = eta_at is not None and eta_at > now
+        current = getattr(_request, "current", None)     # queued by a running task
+        if unique_key is not None:
+            unique_key = f"{name}:{_checked_text('unique_key', unique_key, _UNIQUE_KEY_MAX)}"
+        elif task is not None and task.unique:
+            # The same arguments make the same key, whatever the order of the kwargs.
+            unique_key = f"{name}:" + hashlib.sha256(_pack(
+                [list(args), sorted(kwargs.items())])).hexdigest()[:32]
+        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue, "priority": priority,
+                "state": SCHEDULED if scheduled else PENDING, "payload": payload,
+                "eta": eta_at if scheduled else None, "expires": expires_at,
+                "max_retries": task._max_retries if task and
+                isinstance(task._max_retries, int) else None, "created_at": now,
+                "parent_id": current.id if current is not None else None,
+                "root_id": (current.root_id or current.id) if current is not None else None}
+
+    def _routed_queue(self, name):
+        """The queue task_routes gives a task name: an exact name first, then the first
+        glob that matches (Celery's format: {"name or glob": {"queue": "q"} or "q"})."""
+        routes = self.conf["task_routes"]
+        if not routes:
+            return None
+        route = routes.get(name)
+        if route is None:
+            route = next((r for pattern, r in routes.items()
+                          if fnmatch.fnmatchcase(name, str(pattern))), None)
+        return route.get("queue") if isinstance(route, dict) else route
+
+    def _timing(self, now, countdown, eta, expires):
+        """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
+        if countdown is None and eta is None and expires is None:
+            return None, None
+        if countdown is not None and eta is not None:
+            raise ConfigurationError("give countdown or eta, not both")
+        eta_at = None
+        if countdown is not None:
+            if isinstance(countdown, _dt.timedelta):
+                countdown = countdown.total_seconds()
+            if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) \
+                    or not math.isfinite(countdown):
+                raise ConfigurationError(f"countdown must be a number of seconds, not {countdown!r}")
+            eta_at = now + countdown
+        elif eta is not None:
+            if not isinstance(eta, _dt.datetime):
+                raise ConfigurationError(f"eta must be a datetime, not {type(eta).__name__}")
+            eta_at = _to_instant(eta, _zone(self.conf["timezone"]), "eta")
+        expires_at = _to_instant(expires, _zone(self.conf["timezone"]), "expires")
+        if expires_at is not None and eta_at is not None and expires_at < eta_at:
+            raise ConfigurationError("expires is earlier than eta: the task could never run")
+        return eta_at, expires_at
+
+    def _run_eagerly(self, task, name, task_id, payload, parent=None):
+        """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
+        if task is None:
+            raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
+        args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
+        return self._run_here(task, task_id, args, kwargs, parent, payload)
+
+    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None):
+        """Run a call through the worker's steps (_task_started, _conclude), with its
+        hooks and signals; a retry runs again at once, as in Celery's eager mode, until
+        the task ends or its retry budget does. An EagerResult."""
+        previous = getattr(_request, "current", None)
+        if parent is None:
+            parent = previous
+        ids = {"parent_id": parent.id if parent else None,
+               "root_id": (parent.root_id or parent.id) if parent else None}
+        hostname, retries, errors = socket.gethostname(), 0, None
+        while True:
+            request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
+                               hostname, **ids)
+            _request.current = request
+            _task_started(task, request, args, kwargs)
+            started = time.monotonic()
+            value = exc = tb = None
+            try:
+                value = task(*args, **kwargs)
+                if task.is_async:
+                    value = _await_here(_with_request(value, request))
+            except Exception as error:
+                exc, tb = error, _traceback.format_exc()
+            finally:
+                _request.current = previous
+            end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=None,
+                            default_max=self.conf["task_max_retries"], errors=errors,
+                            started=started)
+            errors = end.errors or errors
+            if end.state != RETRY:
+                break
+            retries += 1
+        # A success reads back the value a worker would store and get() would read.
+        value = _unpack(end.stored) if end.state == SUCCESS else end.value
+        return EagerResult(task_id, self, end.state, value, end.traceback, payload=payload,
+                           name=task.name, retries=retries, errors=errors, **ids)
+
+
+class Task:
+    """A registered task. Call it to run inline; delay()/apply_async() to queue it."""
+
+    # Celery's names and defaults.
+    _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
+                "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
+                "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
+                "unique"}
+    _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
+
+    def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
+                 max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
+                 retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
+                 time_limit=None, soft_time_limit=None, ignore_result=False, rate_limit=None,
+                 unique=False):
+        default_name, module = _task_name_for(fn)
+        if inspect.isasyncgenfunction(getattr(fn, "__func__", fn)):
+            raise ConfigurationError(
+                f"{getattr(fn, '__qualname__', fn)!r} is an async generator: a task returns "
+                "one result; make it an async def that returns a list, or a sync generator "
+                "consumer")
+        # Coroutine functions run on the worker process's event loop.
+        self.is_async = inspect.iscoroutinefunction(getattr(fn, "__func__", fn))
+        self.rate_limit = rate_limit
+        self._rate = _parse_rate(rate_limit)
+        if not isinstance(unique, bool):
+            raise ConfigurationError(f"unique must be True or False, not {unique!r}")
+        self.unique = unique
+        self.ignore_result = bool(ignore_result)
+        # Only a subclass that overrides a hook pays for calling hooks.
+        self._hooked = any(getattr(type(self), hook) is not getattr(Task, hook)
+                           for hook in self._HOOKS)
+        self.app = app
+        self.fn = fn
+        self.name = _checked_name(name or default_name)
+        self.module = module
+        self.queue = None if queue is None else _checked_text("queue", queue, _QUEUE_MAX)
+        self.priority = None if priority is None else _checked_priority(priority)
+        self.bind = bind
+        if max_retries not in (None, _UNSET) and (isinstance(max_retries, bool) or
+                                                   not isinstance(max_retries, int) or
+                                                   max_retries < 0):
+            raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
+                                     f"bound), not {max_retries!r}")
+        self._max_retries = max_retries
+        self.autoretry_for = tuple(autoretry_for)
+        if not all(isinstance(t, type) and issubclass(t, BaseException)
+                   for t in self.autoretry_for):
+            raise ConfigurationError("autoretry_for takes exception classes")
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.default_retry_delay = default_retry_delay
+        for key, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if limit is not None and (not isinstance(limit, (int, float)) or limit <= 0):
+                raise ConfigurationError(f"{key} must be a positive number of seconds")
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__wrapped__ = fn
+
+    def _registry_row(self, now):
+        """Its registry row, with its rate limit (rate, interval: None for none)."""
+        rate, interval = self._rate or (None, None)
+        return {"name": self.name, "module": self.module, "now": now, "rate": rate,
+                "interval": interval}
+
+    @property
+    def max_retries(self):
+        """Retries this task may use: its own max_retries (None: no bound), else the
+        app's task_max_retries."""
+        return self.app.conf["task_max_retries"] if self._max_retries is _UNSET \
+            else self._max_retries
+
+    def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
+        """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
+        In eager mode and apply() it runs again at once, as in Celery.
+
+        Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
+        countdown defaults to the task's backoff policy.
+        """
+        raise Retry(exc=exc, countdown=countdown, eta=eta, max_retries=max_retries)
+
+    def backoff(self, retries):
+        """Seconds to wait before retry number retries+1, by the task's policy."""
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1 if self.retry_backoff is True else self.retry_backoff
+        countdown = min(self.retry_backoff_max, factor * 2.0 ** min(retries, 64))
+        if self.retry_jitter:
+            countdown = random.uniform(0, countdown)  # "full jitter", as Celery does
+        return float(countdown)
+
+    def __repr__(self):
+        return f"<@task: {self.name}>"
+
+    def __call__(self, *args, **kwargs):
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
+    # arguments. They run after the task, in the worker or in eager mode (_task_ended);
+    # one that raises is logged.
+    def on_success(self, retval, task_id, args, kwargs):
+        """The task returned retval."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """The task failed for good (no retry left); einfo.traceback is the text."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        """The task raised and will be retried."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        """After any of the above; status is the state recorded."""
+
+    def AsyncResult(self, task_id):
+        """The result handle of a task id."""
+        return AsyncResult(task_id, self.app)
+
+    def update_state(self, task_id=None, state=None, meta=None, **kwargs):
+        """Record a custom state and its meta (``state="PROGRESS", meta={"current": 3,
+        "total": 10}``): AsyncResult.state and .info show them while the task runs.
+
+        Without task_id it is the running task's own; its writes are coalesced to a few
+        per second, so a task that reports in a tight loop cannot flood the write lock
+        (the latest report always reaches the database). A finished state cannot be set
+        here: return or raise instead."""
+        if not isinstance(state, str) or not state:
+            raise ConfigurationError(f"update_state needs a state name, not {state!r}")
+        if state in READY_STATES or state in (WAITING, SCHEDULED, PENDING):
+            raise ConfigurationError(f"update_state cannot set {state}: a task ends by "
+                                     "returning or raising")
+        try:
+            blob = _pack([state, meta])
+            _unpack(blob)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"meta of update_state cannot be encoded as msgpack: "
+                                     f"{exc}") from None
+        current = getattr(_request, "current", None)
+        if task_id is None or (current is not None and task_id == current.id):
+            if current is None or current.id is None:
+                raise LitequeueError("update_state() without task_id works only inside a "
+                                     "running task")
+            current.report(blob)
+            return
+        if not self.app._storage().set_meta(blob, task_id=_checked_text("task_id", task_id, _ID_MAX)):
+            raise TaskNotFound(f"no unfinished task with id {task_id!r}")
+
+    @property
+    def request(self):
+        """The running call's id, args, kwargs and retries (inline calls get an empty one)."""
+        return getattr(_request, "current", None) or _Request(name=self.name)
+
+    def delay(self, *args, **kwargs):
+        """Queue a call with these arguments; returns its AsyncResult."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, priority=None, queue=None,
+                    countdown=None, eta=None, expires=None, link=None, link_error=None,
+                    **options):
+        """Queue a call with options (Celery's names); returns its AsyncResult.
+
+        countdown: seconds from now; eta: a datetime (naive: in the app's timezone);
+        expires: seconds from now or a datetime, after which it never starts; link and
+        link_error: signatures (or lists of them) queued when it succeeds or fails, in
+        the transaction that records its end.
+        """
+        if link is not None or link_error is not None:
+            given = {"task_id": task_id, "priority": priority, "queue": queue,
+                     "countdown": countdown, "eta": eta, "expires": expires}
+            options.update((k, v) for k, v in given.items() if v is not None)
+            return Signature(self, args or (), kwargs, options).apply_async(
+                link=link, link_error=link_error)
+        return self.app._send(self.name, args, kwargs, task=self, task_id=task_id,
+                              priority=priority, queue=queue, countdown=countdown, eta=eta,
+                              expires=expires, **options)
+
+    def apply(self, args=None, kwargs=None, **options):
+        """Run the task here and now, as a worker would (an EagerResult)."""
+        return Signature(self, args or (), kwargs).apply(**options)
+
+    def s(self, *args, **kwargs):
+        """A signature: this task with these arguments, to queue later, chain, link, or
+        schedule with add_periodic_task."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args, **kwargs):
+        """An immutable signature: it never receives a parent's result."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(self, args=None, kwargs=None, immutable=False, **options):
+        """A signature with apply_async options, as Celery's Task.signature."""
+        return Signature(self, args or (), kwargs, options, immutable=immutable)
+
+    subtask = signature
+
+
+# ---------------------------------------------------------------------------
+# Canvas: signatures, chains, groups and chords
+# ---------------------------------------------------------------------------
 
 def _as_list(value):
     """link=/link_error= take one signature or a list of them."""
@@ -6075,1067 +7215,9 @@ class _Plan:
         app._publish("after", self.rows)
 
 
-class GroupResult:
-    """The AsyncResults of a group, in the group's order, under the group's id."""
-
-    def __init__(self, results, id=None, app=None, parent=None):
-        self.results = list(results)
-        self.id = id
-        self.app = app
-        self.parent = parent
-
-    def __repr__(self):
-        return f"<GroupResult: {self.id} ({len(self.results)} task(s))>"
-
-    def __iter__(self):
-        return iter(self.results)
-
-    def __len__(self):
-        return len(self.results)
-
-    def __getitem__(self, index):
-        return self.results[index]
-
-    def __eq__(self, other):
-        return isinstance(other, GroupResult) and other.id == self.id and \
-            other.results == self.results
-
-    __hash__ = None
-
-    @property
-    def children(self):
-        return self.results
-
-    def save(self, backend=None):
-        """Its members already carry its id in the database: nothing more to store."""
-        return self
-
-    @classmethod
-    def restore(cls, id, backend=None, app=None):
-        """The GroupResult saved under id, read from the database (None if unknown)."""
-        app = app or _current_app()
-        members = app._storage().group_members(id)
-        if not members:
-            return None
-        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
-
-    def ready(self):
-        """True when every task has finished, whatever the outcome."""
-        return all(r.ready() for r in self.results)
-
-    def waiting(self):
-        return not self.ready()
-
-    def successful(self):
-        """True when every task succeeded."""
-        return all(r.successful() for r in self.results)
-
-    def failed(self):
-        """True if any task failed."""
-        return any(r.failed() for r in self.results)
-
-    def completed_count(self):
-        """How many tasks succeeded."""
-        return sum(r.successful() for r in self.results)
-
-    def get(self, timeout=None, propagate=True, interval=None):
-        """Every task's result, in order; timeout (seconds) covers them all."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        values = []
-        for r in self.results:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(r.get(timeout=left, propagate=propagate, interval=interval))
-        return values
-
-    join = join_native = get
-
-    def revoke(self, terminate=False):
-        """Revoke every task; returns how many were revoked."""
-        return sum(bool(r.revoke(terminate=terminate)) for r in self.results)
-
-    def forget(self):
-        for r in self.results:
-            r.forget()
-
-
-class LiteQueue:
-    """The app: task registry, settings and the database they share.
-
-    ``LiteQueue("jobs.sqlite", timezone="Asia/Shanghai", result_expires=3600)``
-
-    A relative path is read from the directory of the module that creates the app (the
-    current directory when there is none, as in ``python -c``), so a producer started
-    anywhere finds the same file as the worker started beside tasks.py.
-    """
-
-    def __init__(self, path, **settings):
-        frame = sys._getframe(1)
-        while frame.f_back is not None and frame.f_code.co_name == "__init__" and \
-                frame.f_locals.get("self") is self:      # a subclass's __init__
-            frame = frame.f_back
-        caller = frame.f_globals
-        self.path = _app_path(path, caller.get("__file__"))
-        self._module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
-        self.conf = _Conf(DEFAULTS)
-        self.tasks = {}
-        self.periodic = {}
-        self._local = threading.local()
-        self._noted = set()
-        self._known_remote = set()
-        self._side = _SideDir(self.path)
-        self._work_bell = _Doorbell(self._side, "work")
-        self._sched_bell = _Doorbell(self._side, "sched")
-        self._waiters = 0
-        self._waiters_lock = threading.Lock()
-        self._create = True          # False: the CLI's read commands change no file
-        self.update_settings(settings)
-        _apps.add(self)
-        _last_app[0] = weakref.ref(self)
-        for fn, options in _shared_tasks:
-            self.task(**options)(fn)
-
-    def __repr__(self):
-        return f"<LiteQueue {self.path}>"
-
-    # -- configuration ------------------------------------------------------------------
-
-    def update_settings(self, settings):
-        """Apply settings by their names in the settings table (Celery's names are
-        accepted too); every value is checked first, and a bad one changes nothing."""
-        self.conf.update(settings)
-
-    def config_from_object(self, obj):
-        """Read settings from a module, a module name, a class or a mapping, as Celery's
-        does. Names that are neither settings nor close to one (imports, helpers) are
-        passed over; a misspelled setting is refused with a suggestion."""
-        self.update_settings(_settings_of(obj))
-        self._beat_definitions()          # a bad beat_schedule entry is refused now
-
-    # -- tasks --------------------------------------------------------------------------
-
-    def task(self, fn=None, **options):
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
-        unknown = set(options) - Task._OPTIONS
-        if unknown:
-            raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
-
-        base = options.pop("base", None) or Task
-        if not (isinstance(base, type) and issubclass(base, Task)):
-            raise ConfigurationError(f"base must be a subclass of litequeue.Task, not {base!r}")
-
-        def register(func):
-            task = base(self, func, **options)
-            self.tasks[task.name] = task
-            return task
-
-        if fn is not None:
-            if not callable(fn):
-                raise ConfigurationError("@app.task takes a function")
-            return register(fn)
-        return register
-
-    def periodic_task(self, schedule, name=None, args=(), kwargs=None, catch_up="once",
-                      **task_options):
-        """Register a task and run it on a schedule: ``@app.periodic_task(crontab(minute=0))``.
-
-        schedule is a crontab, a timedelta or a number of seconds. Workers sync the
-        definitions into the schedules table when they start; there is no beat process.
-        """
-        def register(fn):
-            default_name, module = _task_name_for(fn)
-            periodic_name = name or task_options.get("name") or default_name
-            if periodic_name in self.periodic:
-                raise ConfigurationError(f"a periodic task named {periodic_name!r} is already defined")
-            task = self.task(**task_options)(fn)
-            self._add_periodic(schedule, task, args, kwargs, periodic_name, catch_up,
-                               None, None, task.module)
-            return task
-        return register
-
-    def add_periodic_task(self, schedule, task, args=(), kwargs=None, name=None,
-                          catch_up="once", queue=None, priority=None):
-        """Run a task (a Task, a signature such as add.s(2, 2), or a task name) on a
-        schedule, as Celery beat's add_periodic_task does.
-
-        The calling module owns the schedule: a worker that imports that module deletes
-        the module's stored schedules that it no longer defines.
-        """
-        caller = sys._getframe(1).f_globals
-        module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
-        return self._add_periodic(schedule, task, args, kwargs, name, catch_up, queue,
-                                  priority, module)
-
-    def _add_periodic(self, schedule, task, args, kwargs, name, catch_up, queue, priority,
-                      module):
-        definition = self._periodic_definition(schedule, task, args, kwargs, name, catch_up,
-                                               queue, priority, module)
-        if definition["name"] in self.periodic:
-            raise ConfigurationError(f"a periodic task named {definition['name']!r} is "
-                                     "already defined")
-        self.periodic[definition["name"]] = definition
-        return definition["name"]
-
-    def _beat_definitions(self):
-        """The periodic definitions of the beat_schedule setting (Celery's format:
-        name -> {"task", "schedule", "args", "kwargs", "options": {"queue", "priority"}})."""
-        definitions = {}
-        for name, entry in self.conf["beat_schedule"].items():
-            if not isinstance(entry, dict) or not {"task", "schedule"} <= set(entry):
-                raise ConfigurationError(f"beat_schedule entry {name!r} needs 'task' and "
-                                         "'schedule'")
-            options = entry.get("options") or {}
-            task = self.tasks.get(entry["task"], entry["task"])
-            definitions[name] = self._periodic_definition(
-                entry["schedule"], task, entry.get("args", ()), entry.get("kwargs"), name,
-                "once", options.get("queue"), options.get("priority"), self._module)
-        return definitions
-
-    def _all_periodic(self):
-        """Periodic definitions from the decorators, add_periodic_task and beat_schedule."""
-        return {**self._beat_definitions(), **self.periodic}
-
-    def _periodic_definition(self, schedule, task, args, kwargs, name, catch_up, queue,
-                             priority, module):
-        """The schedules-table row that defines one periodic task."""
-        if isinstance(task, Signature):
-            task, args, kwargs = task.type or task.task, task.args, task.kwargs
-        schedule = _as_schedule(schedule)
-        zone = schedule.tz or _zone(self.conf["timezone"])
-        if catch_up not in _CATCH_UP_POLICIES:
-            raise ConfigurationError(f"catch_up must be one of {', '.join(_CATCH_UP_POLICIES)}, "
-                                     f"not {catch_up!r}")
-        task_name = task.name if isinstance(task, Task) else str(task)
-        name = name or task_name
-        schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
-        payload = _pack_envelope(task_name, args or (), kwargs or {})
-        return {
-            "name": name, "task": task_name, "module": module,
-            "schedule": _schedule_to_text(schedule), "tz": _zone_name(zone),
-            "payload": payload,
-            "queue": _checked_text("queue", queue or (task.queue if isinstance(task, Task)
-                                                      else None)
-                                   or self._routed_queue(task_name)
-                                   or self.conf["task_default_queue"], _QUEUE_MAX),
-            "priority": _checked_priority(priority if priority is not None else
-                                          (task.priority if isinstance(task, Task) and
-                                           task.priority is not None
-                                           else self.conf["task_default_priority"])),
-            "catch_up": catch_up}
-
-    def send_task(self, name, args=None, kwargs=None, **options):
-        """Queue a task by name, without importing it. The name must be registered with a
-        worker or producer of this database."""
-        name = _checked_name(name)
-        if options.get("link") is not None or options.get("link_error") is not None:
-            link, link_error = options.pop("link", None), options.pop("link_error", None)
-            return Signature(name, args or (), kwargs, options, app=self).apply_async(
-                link=link, link_error=link_error)
-        task = self.tasks.get(name)
-        if task is None and name not in self._known_remote:
-            registry = self._storage().registry()
-            if name not in registry:
-                raise UnknownTask(_unknown_task_message(name, registry))
-            self._known_remote.add(name)
-        return self._send(name, args, kwargs, task=task, **options)
-
-    def AsyncResult(self, task_id):
-        """The result handle of a task id."""
-        return AsyncResult(task_id, self)
-
-    def GroupResult(self, group_id):
-        """The GroupResult of a group id, read from the database in any process."""
-        result = GroupResult.restore(group_id, app=self)
-        if result is None:
-            raise TaskNotFound(f"no group with id {group_id!r}")
-        return result
-
-    def signature(self, name, args=(), kwargs=None, **options):
-        """A signature of a task by name, as Celery's app.signature."""
-        return Signature(name, args, kwargs, options, app=self)
-
-    @property
-    def admin(self):
-        """The operator's surface (Admin): counts, workers, schedules, requeue, purge."""
-        return Admin(self)
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _storage(self):
-        """This thread's connection, opened on first use and again after a fork."""
-        local = self._local
-        storage = getattr(local, "storage", None)
-        if storage is None or local.pid != os.getpid():
-            storage = _Storage(self.path, synchronous=self.conf["synchronous"],
-                               busy_timeout=self.conf["busy_timeout"],
-                               autocheckpoint=self.conf["wal_autocheckpoint"],
-                               create=self._create)
-            local.storage, local.pid = storage, os.getpid()
-        return storage
-
-    def _waiter(self, task_id):
-        """A socket the child that finishes task_id rings, or None if the side directory
-        cannot hold one (get() then polls)."""
-        with self._waiters_lock:
-            self._waiters += 1
-            name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
-        try:
-            return _Sleeper(self._side, "done", name)
-        except SideDirectoryError as exc:
-            logger.debug("%s; waiting by polling", exc)
-            return None
-
-    def _send(self, name, args, kwargs, task=None, **options):
-        row = self._task_row(name, args, kwargs, task, **options)
-        if self.conf["task_always_eager"]:
-            return self._run_eagerly(task, name, row["id"], row["payload"])
-        registry_row = None
-        if task is not None and name not in self._noted:
-            registry_row = task._registry_row(row["created_at"])
-        publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
-        if publish:
-            self._publish("before", [row])
-        if row["unique_key"] is None:
-            self._storage().insert_task(row, registry_row)
-        else:
-            holder = self._storage().insert_unique(row, registry_row)
-            if holder != row["id"]:          # a task with this key waits or runs: that one
-                if registry_row:
-                    self._noted.add(name)
-                result = AsyncResult(holder, self)
-                result.existing = True
-                return result
-        if registry_row:
-            self._noted.add(name)
-        (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
-        if publish:
-            self._publish("after", [row])
-        return AsyncResult(row["id"], self)
-
-    def _publish(self, when, rows):
-        """before_task_publish / after_task_publish, with Celery's arguments, per row."""
-        sig = signals.before_task_publish if when == "before" else signals.after_task_publish
-        if not sig.receivers:
-            return
-        for row in rows:
-            try:
-                args, kwargs = _unpack_envelope(row["payload"])
-            except ValueError:
-                args, kwargs = [], {}
-            headers = {"id": row["id"], "task": row["name"], "root_id": row.get("root_id")
-                       or row["id"], "parent_id": row.get("parent_id"),
-                       "group": row.get("group_id"), "eta": row["eta"],
-                       "expires": row["expires"], "retries": 0}
-            extra = {"declare": [], "retry_policy": None, "properties": {}} \
-                if when == "before" else {}
-            sig.send(sender=row["name"], body=(args, kwargs, {}), exchange="",
-                     routing_key=row["queue"], headers=headers, **extra)
-
-    def _after_follow_ups(self):
-        """Ring for what the last write set in motion (queued followers)."""
-        follow = self._storage().take_follow_ups()
-        if follow is not None and follow.woken:
-            self._work_bell.ring()
-            self._sched_bell.ring()
-
-    def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
-                  queue=None, countdown=None, eta=None, expires=None, unique_key=None,
-                  **options):
-        """The tasks row a call becomes, or the error its arguments or options deserve."""
-        if options:
-            raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
-        args = () if args is None else args
-        kwargs = {} if kwargs is None else kwargs
-        if not isinstance(args, (list, tuple)):
-            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
-        if not isinstance(kwargs, dict):
-            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-        bad_keys = [k for k in kwargs if not isinstance(k, str)] if kwargs else ()
-        if bad_keys:
-            raise SerializationError(f"keyword argument names of {name} must be strings, "
-                                     f"not {bad_keys[0]!r}")
-        name = _checked_name(name)
-        payload = _pack_envelope(name, args, kwargs)
-        now = time.time()
-        eta_at, expires_at = self._timing(now, countdown, eta, expires)
-        task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
-        if queue is None:
-            queue = (task.queue if task else None) or self._routed_queue(name) \
-                or self.conf["task_default_queue"]
-        queue = _checked_text("queue", queue, _QUEUE_MAX)
-        if priority is None:
-            priority = task.priority if task and task.priority is not None else \
-                self.conf["task_default_priority"]
-        priority = _checked_priority(priority)
-        scheduled = eta_at is not None and eta_at > now
-        current = getattr(_request, "current", None)     # queued by a running task
-        if unique_key is not None:
-            unique_key = f"{name}:{_checked_text('unique_key', unique_key, _UNIQUE_KEY_MAX)}"
-        elif task is not None and task.unique:
-            # The same arguments make the same key, whatever the order of the kwargs.
-            unique_key = f"{name}:" + hashlib.sha256(_pack(
-                [list(args), sorted(kwargs.items())])).hexdigest()[:32]
-        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue, "priority": priority,
-                "state": SCHEDULED if scheduled else PENDING, "payload": payload,
-                "eta": eta_at if scheduled else None, "expires": expires_at,
-                "max_retries": task._max_retries if task and
-                isinstance(task._max_retries, int) else None, "created_at": now,
-                "parent_id": current.id if current is not None else None,
-                "root_id": (current.root_id or current.id) if current is not None else None}
-
-    def _routed_queue(self, name):
-        """The queue task_routes gives a task name: an exact name first, then the first
-        glob that matches (Celery's format: {"name or glob": {"queue": "q"} or "q"})."""
-        routes = self.conf["task_routes"]
-        if not routes:
-            return None
-        route = routes.get(name)
-        if route is None:
-            route = next((r for pattern, r in routes.items()
-                          if fnmatch.fnmatchcase(name, str(pattern))), None)
-        return route.get("queue") if isinstance(route, dict) else route
-
-    def _timing(self, now, countdown, eta, expires):
-        """(eta, expires) as unix times from apply_async's options, or ConfigurationError."""
-        if countdown is None and eta is None and expires is None:
-            return None, None
-        if countdown is not None and eta is not None:
-            raise ConfigurationError("give countdown or eta, not both")
-        eta_at = None
-        if countdown is not None:
-            if isinstance(countdown, _dt.timedelta):
-                countdown = countdown.total_seconds()
-            if not isinstance(countdown, (int, float)) or isinstance(countdown, bool) \
-                    or not math.isfinite(countdown):
-                raise ConfigurationError(f"countdown must be a number of seconds, not {countdown!r}")
-            eta_at = now + countdown
-        elif eta is not None:
-            if not isinstance(eta, _dt.datetime):
-                raise ConfigurationError(f"eta must be a datetime, not {type(eta).__name__}")
-            eta_at = _to_instant(eta, _zone(self.conf["timezone"]), "eta")
-        expires_at = _to_instant(expires, _zone(self.conf["timezone"]), "expires")
-        if expires_at is not None and eta_at is not None and expires_at < eta_at:
-            raise ConfigurationError("expires is earlier than eta: the task could never run")
-        return eta_at, expires_at
-
-    def _run_eagerly(self, task, name, task_id, payload, parent=None):
-        """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
-        if task is None:
-            raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
-        args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
-        return self._run_here(task, task_id, args, kwargs, parent, payload)
-
-    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None):
-        """Run a call through the worker's steps (_task_started, _conclude), with its
-        hooks and signals; a retry runs again at once, as in Celery's eager mode, until
-        the task ends or its retry budget does. An EagerResult."""
-        previous = getattr(_request, "current", None)
-        if parent is None:
-            parent = previous
-        ids = {"parent_id": parent.id if parent else None,
-               "root_id": (parent.root_id or parent.id) if parent else None}
-        hostname, retries, errors = socket.gethostname(), 0, None
-        while True:
-            request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
-                               hostname, **ids)
-            _request.current = request
-            _task_started(task, request, args, kwargs)
-            started = time.monotonic()
-            value = exc = tb = None
-            try:
-                value = task(*args, **kwargs)
-                if task.is_async:
-                    value = _await_here(_with_request(value, request))
-            except Exception as error:
-                exc, tb = error, _traceback.format_exc()
-            finally:
-                _request.current = previous
-            end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=None,
-                            default_max=self.conf["task_max_retries"], errors=errors,
-                            started=started)
-            errors = end.errors or errors
-            if end.state != RETRY:
-                break
-            retries += 1
-        # A success reads back the value a worker would store and get() would read.
-        value = _unpack(end.stored) if end.state == SUCCESS else end.value
-        return EagerResult(task_id, self, end.state, value, end.traceback, payload=payload,
-                           name=task.name, retries=retries, errors=errors, **ids)
-
-
-_KNOWN_SETTING_NAMES = [*_SETTINGS, *_CELERY_ALIASES, *_BROKER_SETTINGS, *_CELERY_IGNORED,
-                        *_RETIRED_SETTINGS]
-# What an upper-case name in a config module may have meant: Celery's old names we know,
-# and the Django-style name (CELERY_ + ours in capitals) of each of our settings.
-_UPPER_SETTING_NAMES = sorted({n for n in _KNOWN_SETTING_NAMES if n.isupper()} |
-                              {"CELERY_" + n.upper() for n in _SETTINGS})
-
-
-def _setting_name(key):
-    """Our name for a settings key: the key itself, Celery's equivalent, "" for a name
-    that is known but ignored, or None for a name that is not a setting. Django-style
-    names (CELERY_ + Celery's name in capitals) are Celery's names."""
-    if key in _SETTINGS:
-        return key
-    if key in _CELERY_ALIASES:
-        return _CELERY_ALIASES[key] or ""
-    if key in _BROKER_SETTINGS or key in _CELERY_IGNORED or key in _RETIRED_SETTINGS \
-            or (isinstance(key, str) and key.startswith(_CELERY_IGNORED_PREFIXES)):
-        return ""
-    if isinstance(key, str) and key.startswith("CELERY_") and key.isupper():
-        return _setting_name(key[len("CELERY_"):].lower())
-    return None
-
-
-class Admin:
-    """What an operator does to a queue, for the CLI and the dashboard alike: counts,
-    workers, schedules, listing tasks, queueing again, purging and revoking. Reads never
-    take the write lock; ``app.admin`` is one."""
-
-    def __init__(self, app):
-        self.app = app
-
-    def counts(self):
-        """[(queue, state, count)], by queue and state."""
-        return self.app._storage().counts()
-
-    def workers(self):
-        """Supervisors, each a dict with "alive" (None: cannot tell) and "children", each
-        child with "running" and "reserved": [(task id, name, started_at)]. A reserved
-        row was claimed (prefetched) with others and waits for the child to begin it; the
-        child's lock file tells them apart (where it cannot be read, all are running)."""
-        storage = self.app._storage()
-        claimed = {}
-        for worker_id, task_id, name, started, seq in storage.running():
-            claimed.setdefault(worker_id, []).append((seq, (task_id, name, started)))
-        rows = storage.workers()
-        try:
-            locks = _Locks(self.app._side, create=False)
-        except SideDirectoryError:
-            locks = None
-        try:
-            supervisors = [dict(w, alive=None if locks is None else not locks.dead(w["id"]))
-                           for w in rows if not w["parent"]]
-            children = {}
-            for w in rows:
-                if w["parent"]:
-                    mine = claimed.get(w["id"], [])
-                    begun = None if locks is None or not mine else locks.begun(w["id"])
-                    children[w["id"]] = dict(
-                        w, running=[t for seq, t in mine if begun is None or seq in begun],
-                        reserved=[t for seq, t in mine if begun is not None and
-                                  seq not in begun])
-        finally:
-            if locks is not None:
-                locks.close()
-        for sup in supervisors:
-            sup["children"] = [child for w_id, child in children.items()
-                               if child["parent"] == sup["id"]]
-        return supervisors
-
-    def tasks(self, state=None, queue=None, name=None, limit=50):
-        """The newest tasks first (dicts of their columns, result and errors left
-        encoded), filtered by state, queue and task name; at most limit of them."""
-        return self.app._storage().list_tasks(state, queue, name, limit)
-
-    def registry(self):
-        """{task name: module} of every task a worker or producer has registered."""
-        return {n: m for n, m in self.app._storage().registry().items() if isinstance(n, str)}
-
-    def unregister(self, names):
-        """Forget names in the registry (what `call`, send_task() and auto-import read):
-        each of `names` is a task name, or a module whose every task is forgotten.
-        UnknownTask, and nothing forgotten, when one matches nothing. Returns the task
-        names forgotten. A worker or producer that defines one registers it again."""
-        registry = self.registry()
-        forget = set()
-        for name in names:
-            matched = {n for n, module in registry.items() if name in (n, module)}
-            if not matched:
-                raise UnknownTask(f"no registered task or task module named {name!r}")
-            forget |= matched
-        self.app._storage().unregister(sorted(forget))
-        return sorted(forget)
-
-    def schedules(self):
-        """Every periodic task's row, with "error" set for a disabled one."""
-        return self.app._storage().schedules()
-
-    def requeue(self, task_id):
-        """Queue a FAILURE, REVOKED or EXPIRED task again with a fresh retry budget;
-        False if it is in another state. TaskNotFound for an unknown id."""
-        if self.app.AsyncResult(task_id).state == UNKNOWN:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        if not self.app._storage().requeue(task_id):
-            return False
-        self.app._work_bell.ring()
-        return True
-
-    def purge(self, queue=None):
-        """Delete every waiting task (in one queue, or all); returns how many."""
-        return self.app._storage().purge(queue)
-
-    def pause(self, queue):
-        """Pause a queue: no worker claims from it (within a claim) until resume(); its
-        tasks wait. True if it was running."""
-        return self.app._storage().pause(_checked_text("queue", queue, _QUEUE_MAX), time.time())
-
-    def resume(self, queue):
-        """Resume a paused queue; True if it was paused."""
-        resumed = self.app._storage().resume(_checked_text("queue", queue, _QUEUE_MAX))
-        if resumed:
-            self.app._work_bell.ring()
-        return resumed
-
-    def paused(self):
-        """{queue: unix time it was paused} of the paused queues."""
-        return {q if isinstance(q, str) else _shown(q): t
-                for q, t in self.app._storage().paused().items()}
-
-    def rate_limits(self):
-        """[{name, rate, interval, next_start}] of the rate-limited task names."""
-        return [dict(zip(("name", "rate", "interval", "next_start"), row))
-                for row in self.app._storage().rate_limits()]
-
-    def set_rate_limit(self, name, rate):
-        """Change a task name's rate limit for every worker on the file ("10/s", "100/m",
-        a number per second; None or 0 drops it); returns the rate set (None: none). It
-        lasts until a worker or producer that defines the task registers it again."""
-        parsed = _parse_rate(rate)
-        self.app._storage().set_rate_limit(_checked_text("task name", name, _NAME_MAX),
-                                           parsed)
-        self.app._work_bell.ring()
-        return parsed[0] if parsed else None
-
-    def run_schedule(self, name):
-        """Queue one call of a periodic task now (its planned fires stay as they are);
-        returns the new task's id. UnknownTask for an unknown schedule name."""
-        task_id = f"{name}@run-{_new_id()}"
-        if not self.app._storage().fire_schedule(name, task_id, time.time()):
-            self._schedule_named(name)
-            raise UnknownTask(f"no periodic task named {name!r}")
-        self.app._work_bell.ring()
-        return task_id
-
-    def disable_schedule(self, name):
-        """Stop a periodic task's fires until enable_schedule() (or until a worker that
-        defines it starts again); True if it was enabled."""
-        self._schedule_named(name)
-        return self.app._storage().set_schedule_error(name, _SCHEDULE_OFF)
-
-    def enable_schedule(self, name):
-        """Let a disabled periodic task fire again (a missed fire is caught up by its
-        catch_up policy); True if it was disabled."""
-        self._schedule_named(name)
-        return self.app._storage().set_schedule_error(name, None)
-
-    def _schedule_named(self, name):
-        names = [row["name"] for row in self.schedules()]
-        if name not in names:
-            known = ", ".join(_shown(n, 100) for n in names[:20]) or "none"
-            raise UnknownTask(f"no periodic task named {name!r} (known: {known})")
-
-    def shutdown_worker(self, worker=None):
-        """Ask a worker for a warm shutdown, as SIGTERM does: it finishes its running
-        tasks and exits. worker: its id or Flower's "hostname-id" (None: every live
-        worker). Returns the ids asked; UnknownWorker if none matches. The worker acts
-        on it within a second or two (at once when it can be rung)."""
-        storage = self.app._storage()
-        asked = [w["id"] for w in self._live_workers(worker)
-                 if storage.ask_worker(w["id"], stop=time.time())]
-        self.app._sched_bell.ring()
-        return asked
-
-    def resize_pool(self, worker, by):
-        """Grow (by > 0) or shrink (by < 0) the pool of a prefork worker (None: of every
-        live one), as Celery's pool_grow and pool_shrink: a shrunk pool's surplus
-        processes finish their running task first. Returns {worker id: processes asked
-        for}, between 1 and _POOL_MAX; UnknownWorker if none matches, ValueError for a
-        worker whose pool cannot change (threads, solo)."""
-        if isinstance(by, bool) or not isinstance(by, int):
-            raise WrongType(f"the change in processes must be a whole number, not {by!r}")
-        storage = self.app._storage()
-        workers = self._live_workers(worker)
-        asked = {}
-        for w in workers:
-            if w["pool"] not in (None, "prefork"):
-                continue
-            # A request not yet acted on counts, then the size the worker last wrote.
-            now = next((n for n in (w["wanted"], w["concurrency"]) if type(n) is int),
-                       len(w["children"]))
-            wanted = max(1, min(_POOL_MAX, now + by))
-            if storage.ask_worker(w["id"], wanted=wanted):
-                asked[w["id"]] = wanted
-        if worker is not None and not asked:
-            raise LitequeueError(f"worker {_shown(workers[0]['id'])} runs a "
-                             f"{_shown(workers[0]['pool'])} pool, whose size is fixed; only "
-                             "a prefork pool grows and shrinks")
-        self.app._sched_bell.ring()
-        return asked
-
-    def _live_workers(self, worker):
-        """The live supervisors a name means: an id, "hostname-id" or a hostname; None
-        means all of them."""
-        live = [w for w in self.workers() if w["alive"] is not False]
-        if worker is None:
-            return live
-        found = [w for w in live if worker in (w["id"], f"{w['hostname']}-{w['id']}")] or \
-            [w for w in live if worker == w["hostname"]]
-        if not found:
-            raise UnknownWorker(f"no live worker named {worker!r} (see litequeue status)")
-        return found
-
-    def workflow(self, task_id, limit=_WORKFLOW_MAX):
-        """The tasks of a task's chain, group or chord (every row from its root), oldest
-        first, summarised; at most limit of them."""
-        row = self.app.AsyncResult(task_id)._fetch()
-        if row is None:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        rows = self.app._storage().workflow(row["root_id"] or row["id"], limit)
-        return [dict(_task_summary(r), parent_id=_display(r["parent_id"]),
-                     group_id=_display(r["group_id"])) for r in rows]
-
-    def states(self):
-        """The states a task can be in, then the custom update_state() states in use."""
-        custom = self.app._storage().custom_states() - set(_STATES_SHOWN)
-        return list(_STATES_SHOWN) + sorted(custom)
-
-    def requeue_failed(self, name=None):
-        """Queue again every failed task of a name (or all of them); returns how many."""
-        count = self.app._storage().requeue_failed(name or None)
-        if count:
-            self.app._work_bell.ring()
-        return count
-
-    def revoke(self, task_id, terminate=False):
-        """AsyncResult.revoke() of an id; TaskNotFound for an unknown one."""
-        result = self.app.AsyncResult(task_id)
-        if result.state == UNKNOWN:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        return result.revoke(terminate=terminate)
-
-    # -- monitoring: what the dashboard, /metrics and `litequeue health` read ----------
-
-    def state_counts(self):
-        """{queue: {state: count}} of the waiting, running and failed states, and {queue:
-        oldest waiting task's created_at}, read through their indexes."""
-        counts, oldest = {}, {}
-        for queue, state, n, first in self.app._storage().state_counts():
-            queue = queue if isinstance(queue, str) else _shown(queue)
-            counts.setdefault(queue, {})[state] = n
-            if state == PENDING and _is_time(first):
-                oldest[queue] = first
-        return counts, oldest
-
-    def throughput(self, minutes=60):
-        """Per-minute [(unix minute start, succeeded, failed, retried, mean runtime s)] for
-        the last `minutes`, from the workers' counters (missing minutes are zeros)."""
-        now_minute = int(time.time() // 60)
-        since = now_minute - minutes + 1
-        rows = {m: (s or 0, f or 0, r or 0, rt or 0.0) for m, s, f, r, rt in
-                self.app._storage().stats_by_minute(since)}
-        out = []
-        for minute in range(since, now_minute + 1):
-            s, f, r, rt = rows.get(minute, (0, 0, 0, 0.0))
-            runs = s + f + r
-            out.append((minute * 60, s, f, r, rt / runs if runs else 0.0))
-        return out
-
-    def task_stats(self, minutes=24 * 60):
-        """Per task name over the last `minutes`: succeeded, failed, retried, runtime sum
-        and the runtime histogram's bucket counts."""
-        since = int(time.time() // 60) - minutes + 1
-        return [{"name": _shown(name), "succeeded": s or 0, "failed": f or 0,
-                 "retried": r or 0, "runtime": rt or 0.0, "buckets": [b or 0 for b in rest]}
-                for name, s, f, r, rt, *rest in self.app._storage().stats_by_name(since)]
-
-    def page(self, before=None, state=None, queue=None, name=None, text=None, limit=50):
-        """A page of tasks newest first ([task dict], next `before` or None), filtered."""
-        limit = max(1, min(int(limit), 500))
-        before = (1 << 62) if before is None else int(before)
-        if not 0 < before <= 1 << 62:
-            raise ValueError("before must be a task's position (a positive whole number)")
-        custom = state if state and state not in _STATES_SHOWN else None
-        if custom:      # an update_state() state: only a running row holds one
-            rows = [(seq, row) for seq, row in self.app._storage().task_page(
-                        before, STARTED, queue or None, name or None, text or None, 500)
-                    if (_custom_state(row) or (None,))[0] == custom][:limit]
-            return [_task_summary(row) for _, row in rows], None
-        rows = self.app._storage().task_page(before, state or None, queue or None,
-                                             name or None, text or None, limit)
-        tasks = [_task_summary(row) for _, row in rows]
-        return tasks, (rows[-1][0] if len(rows) == limit else None)
-
-    def task(self, task_id):
-        """Everything about one task, decoded for display (TaskNotFound if unknown)."""
-        result = self.app.AsyncResult(task_id)
-        row = result._fetch()
-        if row is None:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        info = _task_summary(row)
-        args, kwargs = _row_call(row)
-        info.update(args=_display(args), kwargs=_display(kwargs), traceback=row["traceback"]
-                    if isinstance(row["traceback"], str) else None,
-                    errors=_display(_history(row["errors"])), parent_id=row["parent_id"],
-                    root_id=row["root_id"] or row["id"], group_id=row["group_id"],
-                    children=self.app._storage().children(task_id),
-                    progress=_display(_custom_state(row)),
-                    why=self.why_not_running(row))
-        return info
-
-    def why_not_running(self, row, now=None):
-        """Why a task is not running (None if it is running or finished)."""
-        now = time.time() if now is None else now
-        state = row["state"]
-        if state in READY_STATES or state == STARTED:
-            return None
-        name = row["name"]
-        if state in (SCHEDULED, RETRY) and _is_time(row["eta"]):
-            what = "retry" if state == RETRY else "ETA"
-            when = _from_unix(row["eta"])
-            return f"its {what} is {when.isoformat(timespec='seconds') if when else '?'}" + \
-                (" (due now: a worker's scheduler moves it)" if row["eta"] <= now else "")
-        if state == WAITING:
-            waits = str(row.get("waits") or "")
-            if waits.startswith("chord"):
-                progress = self.app._storage().chord_progress(row["id"])
-                return (f"waiting for its chord: {_shown(progress[0], 20)} of "
-                        f"{_shown(progress[1], 20)} members done" if progress
-                        else "waiting for its chord")
-            kind = "to fail" if waits.startswith("error") else "to succeed"
-            return f"waiting for task {row.get('parent_id')} {kind}"
-        paused = self.paused()
-        if row["queue"] in paused:
-            since = _from_unix(paused[row["queue"]])
-            return (f"its queue {row['queue']!r} is paused (since "
-                    f"{since.isoformat(timespec='seconds') if since else '?'}): "
-                    f"`litequeue resume DB {row['queue']}`")
-        registry = self.registry()
-        if name not in registry:
-            return f"no worker or producer registered the task name {name!r}"
-        live = [w for w in self.workers() if w["alive"] is not False]
-        queues = {q for w in live for q in str(w["queues"]).split(",")}
-        if not live:
-            return "no live worker: start `litequeue worker`"
-        if row["queue"] not in queues:
-            return f"no live worker serves its queue {row['queue']!r} (they serve " \
-                   f"{', '.join(sorted(queues))})"
-        limit = [r for r in self.app._storage().rate_limits() if r[0] == row.get("rate_key")]
-        if limit:
-            _, rate, _, next_start = limit[0]
-            # Another client may have written any value (a supervisor repairs it soon).
-            at = _from_unix(max(next_start, now)) if _is_time(next_start) else None
-            when = at.isoformat(timespec="milliseconds") if at else \
-                "? (its limit is not one litequeue wrote: a worker repairs it)"
-            return (f"rate-limited to {_shown(rate)} (for every worker on this file): the "
-                    f"next start of {_shown(name)} is allowed at {when}")
-        return "queued: the workers are busy with tasks ahead of it"
-
-
-def _display(value):
-    """A decoded value made safe for JSON: bytes as text, other objects as their repr."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    if isinstance(value, _dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _display(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_display(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
-
-
-def _task_summary(row):
-    """A task row as the dashboard and the API show it (no payload decoding beyond args)."""
-    result = exception = None
-    if row["state"] == SUCCESS and row["result"] is not None:
-        try:
-            result = _display(_unpack(row["result"]))
-        except Exception:
-            result = "<result cannot be decoded>"
-    elif row["state"] in (FAILURE, RETRY) and row["result"] is not None:
-        exc = _rebuild_error(row["result"], None)
-        exception = f"{type(exc).__name__}({str(exc)!r})" if not isinstance(exc, RemoteError) \
-            else f"{exc.exc_type.rpartition('.')[2]}({exc.exc_message!r})"
-    args, kwargs = _row_call(row)
-    started, finished = row["started_at"], row["finished_at"]
-    custom = _custom_state(row)
-    return {"id": _display(row["id"]), "name": _display(row["name"]),
-            "state": _visible_state(row) if custom is None else custom[0],
-            "queue": _display(row["queue"]), "priority": row["priority"],
-            "args": _shown(_saferepr(args, 300), 300),
-            "kwargs": _shown(_saferepr(kwargs, 300), 300),
-            "result": result, "exception": exception, "retries": row["retries"],
-            "attempt": row["attempt"], "worker": _display(row["worker"]), "pid": row["pid"],
-            "created": row["created_at"], "started": started, "finished": finished,
-            "eta": row["eta"] if _is_time(row["eta"]) else None,
-            "expires": row["expires"] if _is_time(row["expires"]) else None,
-            "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
-
-
-class _LoadedSettings(dict):
-    """The settings a config object holds, with `where` each was set ({name: (file,
-    line)}; `source`: the object's file, if any), so that a warning about one points at
-    the user's line and not at litequeue's."""
-
-    where = {}
-    source = None
-
-
-def _setting_lines(obj):
-    """(file, {name: line}) of the assignments in a config module's or class's source;
-    (None, {}) for an object without one, such as a mapping."""
-    if isinstance(obj, dict):
-        return None, {}
-    try:
-        filename = inspect.getsourcefile(obj)
-        source, first = inspect.getsourcelines(obj)
-    except (OSError, TypeError):
-        return None, {}
-    lines = {}
-    for number, text in enumerate(source, start=max(first, 1)):
-        match = re.match(r"\s*([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", text)
-        if match:
-            lines.setdefault(match.group(1), number)
-    return filename, lines
-
-
-# Python shows a warning once per place; these are the places' registries, per file.
-_warning_registries = {}
-
-
-def _warn_setting(message, where=None):
-    """Warn with a LitequeueWarning at `where`, a (file, line) in the user's config, or
-    else at the first caller outside litequeue: the user's line, never ours."""
-    if where is None:
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename == _THIS_FILE:
-            frame = frame.f_back
-        where = (frame.f_code.co_filename, frame.f_lineno) if frame else (_THIS_FILE, 0)
-    # (module= is left out: given as None, Python 3.11's C version shows nothing.)
-    warnings.warn_explicit(message, LitequeueWarning, where[0], where[1],
-                           registry=_warning_registries.setdefault(where[0], {}))
-
-
-def _where_set(settings, key):
-    """(file, line) where a loaded config set key: its line, else its file's first line;
-    None for settings that came from code (then a warning names the caller's line)."""
-    if not isinstance(settings, _LoadedSettings) or settings.source is None:
-        return None
-    return settings.where.get(key) or (settings.source, 1)
-
-
-def _settings_of(obj):
-    """The settings a config object holds (a module, a module name, a class or a
-    mapping): names that are settings (ours or Celery's); other names are passed over,
-    unless one is close to a setting's name, which is refused as a misspelling. Other
-    names in Celery's own upper-case namespace are ignored with a warning (saying what
-    it may have meant). Returns a _LoadedSettings."""
-    if isinstance(obj, str):
-        try:
-            obj = importlib.import_module(obj)
-        except Exception as exc:
-            if isinstance(exc, ImportError) and _failed_line(exc) is None:
-                raise                   # not there: an ImportError, as in Celery
-            raise _BrokenModule(f"cannot import config module {obj!r}: "
-                                f"{_import_failure(exc)}") from None
-    source, lines = _setting_lines(obj)
-    items = obj.items() if isinstance(obj, dict) else (
-        (k, getattr(obj, k)) for k in dir(obj) if not k.startswith("_"))
-    settings = _LoadedSettings()
-    settings.source = source
-    settings.where = {k: (source, n) for k, n in lines.items()}
-    for key, value in items:
-        if _setting_name(key) is not None:
-            settings[key] = value
-        elif callable(value) or isinstance(value, type(sys)):
-            continue
-        elif isinstance(key, str) and key.startswith(("CELERY", "BROKER")) and key.isupper():
-            close = difflib.get_close_matches(key, _UPPER_SETTING_NAMES, n=1, cutoff=0.8)
-            _warn_setting(f"setting {key} is ignored: litequeue has no such setting"
-                          + (f" (did you mean {close[0]!r}?)" if close else ""),
-                          _where_set(settings, key))
-        else:
-            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1, cutoff=0.8)
-            if close:
-                raise ConfigurationError(f"unknown setting {key!r} (did you mean "
-                                         f"{close[0]!r}?)")
-    return settings
-
-
-# Broker names noted already: the note is logged once per process, and a worker's
-# children leave it to their supervisor (_quiet_config_notices).
-_broker_settings_seen = set()
-
-
-def _quiet_config_notices():
-    """In a worker child: its supervisor has shown the config's warnings and notes."""
-    warnings.simplefilter("ignore", LitequeueWarning)
-    _broker_settings_seen.update(_BROKER_SETTINGS)
-
-
-def _merged_settings(conf, settings):
-    """conf with settings applied, every value checked (ConfigurationError for an
-    unknown name or a bad value); names with no meaning here are ignored, and those a
-    user may expect to work are warned about, at the line that set them."""
-    conf = dict(conf)
-    for key, value in settings.items():
-        name = _setting_name(key)
-        if name is None:
-            close = difflib.get_close_matches(str(key), _KNOWN_SETTING_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigurationError(f"unknown setting {key!r}{hint}")
-        if name:
-            conf[name] = _checked_setting(name, value)
-        elif key in _BROKER_SETTINGS:
-            if key not in _broker_settings_seen:
-                _broker_settings_seen.add(key)
-                where = _where_set(settings, key)
-                logger.info("ignoring %s%s: litequeue's broker and backend is the database "
-                            "file", key, f" ({where[0]}, line {where[1]})" if where else "")
-        else:
-            why = _CELERY_IGNORED.get(key) or _RETIRED_SETTINGS.get(key) or \
-                "litequeue has no broker to configure"
-            _warn_setting(f"setting {key} is ignored: {why}", _where_set(settings, key))
-    return conf
-
-
-class _Conf(dict):
-    """app.conf: the settings as a dict, also readable as attributes (app.conf.timezone).
-    update(), item and attribute assignment check every value first, as LiteQueue(...)
-    does: a bad value raises at once and changes nothing."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no setting {name!r}") from None
-
-    def __setattr__(self, name, value):
-        self.update({name: value})
-
-    def __setitem__(self, name, value):
-        self.update({name: value})
-
-    def update(self, *args, **kwargs):
-        loaded = args[0] if len(args) == 1 and not kwargs and \
-            isinstance(args[0], _LoadedSettings) else None     # keeps where each was set
-        dict.update(self, _merged_settings(self, loaded if loaded is not None else
-                                           dict(*args, **kwargs)))
-
-
-def _unknown_task_message(name, known):
-    close = difflib.get_close_matches(name, [n for n in known if len(n) <= _NAME_MAX], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return (f"unknown task {_saferepr(name, 300)}: no worker or producer of this database has registered "
-            f"it{hint}")
-
-
 # ---------------------------------------------------------------------------
-# Worker: the child loop, the supervisor, rescue
+# Worker: task code
+# Finding, importing and auto-importing the modules that define tasks.
 # ---------------------------------------------------------------------------
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -7152,40 +7234,6 @@ def _import_module(name, what="task module"):
             raise ConfigurationError(f"cannot import {what} {name!r}: {exc}") from None
         raise _BrokenModule(f"cannot import {what} {name!r}: {_import_failure(exc)}") \
             from None
-
-
-def _failed_line(exc):
-    """(file, line) where an import failed, as a user wants it: a SyntaxError's own place,
-    else the innermost frame in a file of theirs (not the standard library or
-    site-packages), else the innermost frame of any code the import ran. None when the
-    import ran no code but the import system's and litequeue's (the module is not
-    there)."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return exc.filename, exc.lineno
-    machinery = os.path.dirname(importlib.__file__) + os.sep
-    frames = [(f.filename, f.lineno) for f in _traceback.extract_tb(exc.__traceback__)
-              if f.filename and not f.filename.startswith("<") and f.filename != _THIS_FILE
-              and not f.filename.startswith(machinery)]
-    if not frames:
-        return None
-    import sysconfig
-    libraries = tuple({os.path.realpath(path) + os.sep for key in ("stdlib", "platstdlib",
-                                                                    "purelib", "platlib")
-                       if (path := sysconfig.get_paths().get(key))})
-    theirs = [(f, n) for f, n in frames if not os.path.realpath(f).startswith(libraries)]
-    return (theirs or frames)[-1]
-
-
-def _import_failure(exc):
-    """One line for an exception raised while importing: file, line and error."""
-    where = _failed_line(exc)
-    message = exc.msg if isinstance(exc, SyntaxError) else _saferepr(exc, 300)
-    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if where is None:
-        return error
-    path = os.path.relpath(where[0]) if not os.path.relpath(where[0]).startswith("..") \
-        else where[0]
-    return f"{path}, line {where[1]}: {error}"
 
 
 def _module_spec_name(name):
@@ -7389,16 +7437,10 @@ def _waiting_out(action, doing):
             delay = min(delay * 2, _TROUBLE_BACKOFF_MAX)
 
 
-def _ring_id(task_id):
-    """An outcome's `tag`: the id whose get() waiters its commit rings (hashed only when
-    somebody waits: _Doorbell.ring_tasks), None when nobody can wait on it."""
-    return task_id if isinstance(task_id, str) else None
-
-
-def _tag(task_id):
-    """The prefix of get() waiters' socket names for a task (None: nobody can wait)."""
-    return _short_hash(task_id) if isinstance(task_id, str) else None
-
+# ---------------------------------------------------------------------------
+# Worker: the child's parts
+# Counters, claimed rows, time limits, and the runners of coroutine and thread tasks.
+# ---------------------------------------------------------------------------
 
 # Which count an outcome adds to (expired or revoked before it ran: none, no run).
 _STATS_KIND = {SUCCESS: 0, FAILURE: 1, RETRY: 2}
@@ -7818,6 +7860,11 @@ class _Watch:
                     self.bell = _Doorbell(_SideDir(child.spec["db"]), "work")
                 self.bell.ring()
 
+
+# ---------------------------------------------------------------------------
+# Worker: the child
+# One worker process: claim, run, complete; and how it is started.
+# ---------------------------------------------------------------------------
 
 class _Child:
     """One worker process: claims rows, runs them, records results. Sync tasks run on its
@@ -8738,25 +8785,9 @@ def _child_main(spec):
     sys.exit(code)
 
 
-class _ChildHandle:
-    def __init__(self, process, worker_id, started):
-        self.process = process
-        self.worker_id = worker_id
-        self.started = started
-        self.killed_for = None      # "time limit" or "revoked" once the supervisor kills it
-        self.culprits = ()          # then the seqs it was killed for
-        self.retiring = False       # True: told to end (a shrunk pool), not to be replaced
-
-    def kill(self, why, culprits):
-        self.killed_for = why
-        self.culprits = frozenset(culprits)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGKILL)
-
-
-class _Fatal(Exception):
-    """A supervisor failure it cannot recover from: the worker ends with exit code 2."""
-
+# ---------------------------------------------------------------------------
+# Alerts: failure mails and systemd notify
+# ---------------------------------------------------------------------------
 
 class _Notify:
     """systemd's notify protocol (Type=notify) over $NOTIFY_SOCKET, with the standard
@@ -8930,6 +8961,30 @@ class _FailureMailer:
         if self.lock_fd is not None:
             os.close(self.lock_fd)      # drops the flock
             self.lock_fd = None
+
+
+# ---------------------------------------------------------------------------
+# Worker: the supervisor
+# ---------------------------------------------------------------------------
+
+class _ChildHandle:
+    def __init__(self, process, worker_id, started):
+        self.process = process
+        self.worker_id = worker_id
+        self.started = started
+        self.killed_for = None      # "time limit" or "revoked" once the supervisor kills it
+        self.culprits = ()          # then the seqs it was killed for
+        self.retiring = False       # True: told to end (a shrunk pool), not to be replaced
+
+    def kill(self, why, culprits):
+        self.killed_for = why
+        self.culprits = frozenset(culprits)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+
+
+class _Fatal(Exception):
+    """A supervisor failure it cannot recover from: the worker ends with exit code 2."""
 
 
 def _pool_words(pool, processes, threads, async_concurrency):
@@ -11379,27 +11434,6 @@ def unregister(db, names):
         click.echo(f"unregistered {_shown(name)}")
 
 
-_DEMO_TASKS = """
-import random, time
-from litequeue import LiteQueue
-
-app = LiteQueue(%(db)r)
-
-@app.task
-def add(x, y):
-    return x + y
-
-@app.task
-def slow_square(x):
-    time.sleep(random.uniform(0.05, 0.3))
-    return x * x
-
-@app.task
-def divide(x, y):
-    return x / y
-"""
-
-
 def _program():
     """This program as the user can run it again: `litequeue` (the console script on
     PATH), or `python path/to/litequeue.py`, naming the interpreter by path unless
@@ -11493,6 +11527,33 @@ def demo(db, count):
     for command in (f"status {shown}", f"tasks {shown} --state FAILURE",
                     f"result {shown} {results[0][1].id}"):
         click.echo(f"  $ {program} {command}")
+
+
+# ---------------------------------------------------------------------------
+# Assets
+# The demo's tasks and the dashboard's page, kept last as bottle keeps its
+# templates; then the script's entry point.
+# ---------------------------------------------------------------------------
+
+_DEMO_TASKS = """
+import random, time
+from litequeue import LiteQueue
+
+app = LiteQueue(%(db)r)
+
+@app.task
+def add(x, y):
+    return x + y
+
+@app.task
+def slow_square(x):
+    time.sleep(random.uniform(0.05, 0.3))
+    return x * x
+
+@app.task
+def divide(x, y):
+    return x / y
+"""
 
 
 # The dashboard's page: one HTML/CSS/JS asset, no external request. Every value the
