@@ -79,6 +79,50 @@ A row nobody can read never stops a loop: a child records it FAILURE saying why,
 supervisor sets aside what its scheduler cannot read and repairs a rate limit or pause no
 claim can use (quarantine). A busy write lock or a full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
 
+Sections, in file order (each uses only the sections above it; a test checks it)::
+
+  Exceptions              one tree under LitequeueError; Retry outside it
+  Constants               state names; tuning constants, each with its reason
+  Serialization and small helpers   msgpack in one place, error encoding, text limits
+  Settings                _SETTINGS (default, check, help), Celery's names, app.conf
+  Time                    zones, crontab, intervals, planning periodic fires
+  SQL                     migrations, then every statement as a named constant
+  Storage                 files, rows and text repair; then _Storage, the only code
+                          that touches apsw, one method per statement
+  Side directory          the verified directory, wake-up sockets, the revoke counter
+  Worker lock files       who is alive, and what each worker process is running
+  Task policy             pure decisions: retry budget, backoff, failure handling
+  Task context            the request, progress, Celery's signals, shared_task
+  Results                 AsyncResult, EagerResult, GroupResult
+  Admin                   what the CLI and the dashboard do to a queue
+  App                     LiteQueue, then Task (Task.s() hands out the canvas's
+                          Signature: the one declared forward use)
+  Canvas                  Signature, chain, group, chord and their plans
+  Worker: task code       finding and importing task modules
+  Worker: the child's parts   counters, claimed rows, time limits, coroutine and
+                          thread runners
+  Worker: the child       one worker process's loop, and how it starts
+  Alerts                  failure mails, systemd notify
+  Worker: the supervisor  children, the scheduler, the janitor, shutdown
+  Monitoring              health checks, /metrics, Flower's API, the dashboard server
+  CLI                     the click group and its commands
+  Assets                  the demo's tasks and the dashboard's page; the entry point
+
+One task, from delay() to get(), by function::
+
+  producer  Task.delay -> Task.apply_async -> LiteQueue._send -> LiteQueue._task_row
+            (_pack_envelope) -> _Storage.insert_task (_SQL_INSERT_TASK, one commit)
+            -> _Doorbell.ring on work/
+  child     _Child.step -> _Child._refill -> _Child._commit ->
+            _Storage.complete_and_claim (_SQL_CLAIM) -> _Child._run -> _Child._execute
+            -> _Child._run_row (_Child._prepare: _unpack_envelope; _task_started; the
+            function) -> _Child._finish -> _conclude (_failure_decision when it
+            raised) -> _Outcome, kept in _Pending -> _Child._commit ->
+            _Storage.complete_and_claim (_SQL_COMPLETE, then _Storage._settle for its
+            followers, in the same transaction) -> _Doorbell.ring_tasks on done/<tag>
+  caller    AsyncResult.get -> AsyncResult._waiting (a _Sleeper on done/<tag>) ->
+            AsyncResult._fetch (_SQL_GET_TASK) -> AsyncResult._ended (_unpack_stored)
+
 Example (README repeats it)::
 
     # tasks.py
