@@ -985,75 +985,76 @@ def _check_mapping(value):
 # Every setting: (default, check, help). LiteQueue(**settings), app.conf.update(),
 # config_from_object() and the worker's CLI options all read this one table; a check
 # returns the value to keep or raises ValueError saying what it must be.
+_Setting = collections.namedtuple("_Setting", "default check help")
 _SETTINGS = {
-    "synchronous": ("NORMAL", _check_choice("NORMAL", "FULL", "EXTRA", "OFF"),
-                    "NORMAL survives a process crash; FULL also survives power loss"),
-    "busy_timeout": (30.0, _check_number(), "seconds a writer waits for the write lock "
-                     "before DatabaseBusy"),
-    "result_expires": (86400, _check_number(optional=True), "seconds finished tasks are "
-                       "kept (None: forever)"),
-    "timezone": (_local_zone_name(), _check_zone, "IANA zone of naive datetimes and of "
-                 "crontabs without their own tz [default: this machine's zone]"),
-    "imports": ((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
-    "task_always_eager": (False, _check_bool, "run tasks inline, for unit tests"),
-    "task_default_queue": ("default", _check_text, "queue of tasks that name none"),
-    "task_default_priority": (0, _check_number(-2**63, whole=True), "priority of tasks "
-                              "that name none (higher runs first)"),
-    "task_max_retries": (3, _check_number(whole=True, optional=True), "retries a task's "
-                         "policy or the death of its process may use (None: retry "
-                         "requests without end; deaths still stop at 3)"),
-    "task_time_limit": (None, _check_number(optional=True, above=True), "hard limit per "
-                        "task, seconds: the process is killed and replaced"),
-    "task_soft_time_limit": (None, _check_number(optional=True, above=True), "soft limit "
-                             "per task, seconds: SoftTimeLimitExceeded is raised in it"),
-    "task_routes": ({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
-                    "task_routes)"),
-    "beat_schedule": ({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
-                      "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
-    "worker_max_tasks_per_child": (None, _check_number(1, whole=True, optional=True),
-                                   "replace a child after this many tasks"),
-    "worker_max_memory_per_child": (None, _check_number(1, whole=True, optional=True),
-                                    "replace a child after a task leaves it above this "
-                                    "resident memory (KiB)"),
-    "worker_concurrency": (os.cpu_count() or 1, _check_number(1, whole=True),
-                           "worker processes (prefork), or threads (-P threads)"),
-    "worker_pool": ("prefork", _check_pool,
-                    "prefork: N processes; threads: one process of N threads; solo: one "
-                    "process, one task at a time"),
-    "worker_async_concurrency": (100, _check_number(1, 10_000, whole=True),
-                                 "coroutine (async def) tasks in flight per worker process"),
-    "worker_poll_interval": (1.0, _check_number(0.01), "slowest fallback poll, seconds, "
-                             "for writers that do not ring"),
-    "worker_prefetch": (64, _check_number(1, whole=True), "largest claim batch when the "
-                        "backlog is deep"),
-    "worker_shutdown_grace": (30.0, _check_number(), "seconds a warm shutdown waits for "
-                              "running tasks"),
-    "worker_autoimport": (True, _check_bool, "import task modules named in the registry "
-                          "table (only files under the worker's directory)"),
-    "wal_autocheckpoint": (1000, _check_number(whole=True), "producers' WAL "
-                           "auto-checkpoint, pages; workers checkpoint off the task path"),
-    "task_error_emails": (False, _check_bool, "mail the admins about failed tasks: a "
-                          "digest per email_interval, one entry per task name with its "
-                          "count (Celery's CELERY_SEND_TASK_ERROR_EMAILS)"),
-    "admins": ((), _check_admins, "[(name, address)] who get failure mails (ADMINS)"),
-    "server_email": ("litequeue@localhost", _check_text, "From: of failure mails"),
-    "email_host": ("localhost", _check_text, "SMTP server"),
-    "email_port": (25, _check_number(1, whole=True), "SMTP port"),
-    "email_host_user": (None, _check_optional_text, "SMTP user (None: no login)"),
-    "email_host_password": (None, _check_optional_text, "SMTP password"),
-    "email_use_ssl": (False, _check_bool, "SMTP over TLS from the start (port 465)"),
-    "email_use_tls": (False, _check_bool, "STARTTLS after connecting"),
-    "email_timeout": (10.0, _check_number(above=True), "seconds an SMTP step may take"),
-    "email_interval": (60.0, _check_number(1.0), "at most one failure mail per this many "
-                       "seconds, whatever the number of failures"),
+    "synchronous": _Setting("NORMAL", _check_choice("NORMAL", "FULL", "EXTRA", "OFF"),
+                            "NORMAL survives a process crash; FULL also survives power loss"),
+    "busy_timeout": _Setting(30.0, _check_number(), "seconds a writer waits for the write lock "
+                             "before DatabaseBusy"),
+    "result_expires": _Setting(86400, _check_number(optional=True), "seconds finished tasks are "
+                               "kept (None: forever)"),
+    "timezone": _Setting(_local_zone_name(), _check_zone, "IANA zone of naive datetimes and of "
+                         "crontabs without their own tz [default: this machine's zone]"),
+    "imports": _Setting((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
+    "task_always_eager": _Setting(False, _check_bool, "run tasks inline, for unit tests"),
+    "task_default_queue": _Setting("default", _check_text, "queue of tasks that name none"),
+    "task_default_priority": _Setting(0, _check_number(-2**63, whole=True), "priority of tasks "
+                                      "that name none (higher runs first)"),
+    "task_max_retries": _Setting(3, _check_number(whole=True, optional=True), "retries a task's "
+                                 "policy or the death of its process may use (None: retry "
+                                 "requests without end; deaths still stop at 3)"),
+    "task_time_limit": _Setting(None, _check_number(optional=True, above=True), "hard limit per "
+                                "task, seconds: the process is killed and replaced"),
+    "task_soft_time_limit": _Setting(None, _check_number(optional=True, above=True), "soft limit "
+                                     "per task, seconds: SoftTimeLimitExceeded is raised in it"),
+    "task_routes": _Setting({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
+                            "task_routes)"),
+    "beat_schedule": _Setting({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
+                              "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
+    "worker_max_tasks_per_child": _Setting(None, _check_number(1, whole=True, optional=True),
+                                           "replace a child after this many tasks"),
+    "worker_max_memory_per_child": _Setting(None, _check_number(1, whole=True, optional=True),
+                                            "replace a child after a task leaves it above this "
+                                            "resident memory (KiB)"),
+    "worker_concurrency": _Setting(os.cpu_count() or 1, _check_number(1, whole=True),
+                                   "worker processes (prefork), or threads (-P threads)"),
+    "worker_pool": _Setting("prefork", _check_pool,
+                            "prefork: N processes; threads: one process of N threads; solo: one "
+                            "process, one task at a time"),
+    "worker_async_concurrency": _Setting(100, _check_number(1, 10_000, whole=True),
+                                         "coroutine (async def) tasks in flight per worker process"),
+    "worker_poll_interval": _Setting(1.0, _check_number(0.01), "slowest fallback poll, seconds, "
+                                     "for writers that do not ring"),
+    "worker_prefetch": _Setting(64, _check_number(1, whole=True), "largest claim batch when the "
+                                "backlog is deep"),
+    "worker_shutdown_grace": _Setting(30.0, _check_number(), "seconds a warm shutdown waits for "
+                                      "running tasks"),
+    "worker_autoimport": _Setting(True, _check_bool, "import task modules named in the registry "
+                                  "table (only files under the worker's directory)"),
+    "wal_autocheckpoint": _Setting(1000, _check_number(whole=True), "producers' WAL "
+                                   "auto-checkpoint, pages; workers checkpoint off the task path"),
+    "task_error_emails": _Setting(False, _check_bool, "mail the admins about failed tasks: a "
+                                  "digest per email_interval, one entry per task name with its "
+                                  "count (Celery's CELERY_SEND_TASK_ERROR_EMAILS)"),
+    "admins": _Setting((), _check_admins, "[(name, address)] who get failure mails (ADMINS)"),
+    "server_email": _Setting("litequeue@localhost", _check_text, "From: of failure mails"),
+    "email_host": _Setting("localhost", _check_text, "SMTP server"),
+    "email_port": _Setting(25, _check_number(1, whole=True), "SMTP port"),
+    "email_host_user": _Setting(None, _check_optional_text, "SMTP user (None: no login)"),
+    "email_host_password": _Setting(None, _check_optional_text, "SMTP password"),
+    "email_use_ssl": _Setting(False, _check_bool, "SMTP over TLS from the start (port 465)"),
+    "email_use_tls": _Setting(False, _check_bool, "STARTTLS after connecting"),
+    "email_timeout": _Setting(10.0, _check_number(above=True), "seconds an SMTP step may take"),
+    "email_interval": _Setting(60.0, _check_number(1.0), "at most one failure mail per this many "
+                               "seconds, whatever the number of failures"),
 }
-DEFAULTS = {name: spec[0] for name, spec in _SETTINGS.items()}
+DEFAULTS = {name: setting.default for name, setting in _SETTINGS.items()}
 
 
 def _checked_setting(name, value):
     """The value to keep for a setting, or ConfigurationError naming what it must be."""
     try:
-        return _SETTINGS[name][1](value)
+        return _SETTINGS[name].check(value)
     except ConfigurationError:
         raise
     except ValueError as exc:
@@ -7425,33 +7426,33 @@ def _config_module(cwd):
     return "celeryconfig" if os.path.isfile(os.path.join(cwd, "celeryconfig.py")) else None
 
 
-def _load_worker_code(spec, storage, tried=None):
+def _load_worker_code(db, cwd, modules, autoimport, storage, tried=None):
     """Import what the worker serves: -A modules, the config module's imports, the apps'
-    imports setting, then (unless autoimport is off) the modules producers registered,
-    adding the names looked at to `tried`. Returns (tasks, settings, periodic) with the
-    config module's settings over the apps'; resolves spec["autoimport"]."""
-    if spec["cwd"] not in sys.path:
-        sys.path.insert(0, spec["cwd"])
-    config = _config_module(spec["cwd"])
+    imports setting, then (if autoimport; None: as the settings say) the modules producers
+    registered, adding the names looked at to `tried`. Returns (tasks, settings, periodic,
+    autoimport) with the config module's settings over the apps'."""
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    config = _config_module(cwd)
     try:
         config_settings = _settings_of(config) if config else {}
     except ImportError as exc:
         raise ConfigurationError(f"cannot import config module {config!r}: {exc}") from None
-    for name in spec["modules"]:
+    for name in modules:
         _import_module(name)
-    conf = _merged_settings(_collect_tasks(spec["db"])[1], config_settings)
+    conf = _merged_settings(_collect_tasks(db)[1], config_settings)
     for name in conf["imports"]:
         _import_module(name)
-    if spec["autoimport"] is None:
-        spec["autoimport"] = conf["worker_autoimport"]
-    if spec["autoimport"] and storage is not None:
-        _autoimport(storage.registry().values(), spec["cwd"], tried)
-    real = os.path.realpath(spec["db"])
+    if autoimport is None:
+        autoimport = conf["worker_autoimport"]
+    if autoimport and storage is not None:
+        _autoimport(storage.registry().values(), cwd, tried)
+    real = os.path.realpath(db)
     for app in list(_apps):     # the worker's config is theirs too: zone, beat, routes
         if config_settings and os.path.realpath(app.path) == real:
             app.update_settings(config_settings)
-    tasks, conf, periodic = _collect_apps(spec["db"])
-    return tasks, _merged_settings(conf, config_settings), periodic
+    tasks, conf, periodic = _collect_apps(db)
+    return tasks, _merged_settings(conf, config_settings), periodic, autoimport
 
 
 def _configure_logging(level):
@@ -7901,7 +7902,7 @@ class _Watch:
                          child.worker_id, len(rows))
             with contextlib.suppress(Exception):     # a ring only hastens the claim
                 if self.bell is None:
-                    self.bell = _Doorbell(_SideDir(child.spec["db"]), "work")
+                    self.bell = _Doorbell(_SideDir(child.spec.db), "work")
                 self.bell.ring()
 
 
@@ -7910,16 +7911,26 @@ class _Watch:
 # One worker process: claim, run, complete; and how it is started.
 # ---------------------------------------------------------------------------
 
+# What a new child needs to know. Only _Supervisor._spec() builds one; it crosses to the
+# child as a dict (a pickled class would be __main__'s when the module runs as a script)
+# and _Child makes it one again.
+_ChildSpec = collections.namedtuple("_ChildSpec", (
+    "db worker_id parent_id queues modules loglevel settings autoimport poll_interval cwd "
+    "hostname time_limit soft_time_limit max_tasks max_memory "
+    "threads processes async_concurrency solo solo_tty"),
+    defaults=(0, 1, DEFAULTS["worker_async_concurrency"], False, False))
+
+
 class _Child:
     """One worker process: claims rows, runs them, records results. Sync tasks run on its
     main thread (prefork, solo) or on its threads (-P threads); coroutine tasks run on its
     event loop thread (_LoopRunner), up to worker_async_concurrency at once."""
 
     def __init__(self, spec):
-        self.spec = spec
-        self.worker_id = spec["worker_id"]
+        self.spec = spec = spec if isinstance(spec, _ChildSpec) else _ChildSpec(**spec)
+        self.worker_id = spec.worker_id
         self.pid = os.getpid()
-        self.queues = spec["queues"]
+        self.queues = spec.queues
         self.stopping = False
         self.orphaned = False
         self.running = False         # set once it has started and begins to claim
@@ -7945,26 +7956,27 @@ class _Child:
         """Everything run() needs before its first step(): storage, task code, lock file,
         registration, wake-up socket and signal handlers. A test can then call step()."""
         spec = self.spec
-        conf = spec["settings"]
-        side = _SideDir(spec["db"])
+        conf = spec.settings
+        side = _SideDir(spec.db)
         self.control_bell = _Doorbell(side, "sched")
-        self.storage = _Storage(spec["db"], synchronous=conf["synchronous"],
+        self.storage = _Storage(spec.db, synchronous=conf["synchronous"],
                                 busy_timeout=conf["busy_timeout"], autocheckpoint=0,
                                 busy_steps=_BUSY_STEPS_WORKER,
                                 on_wal_growth=self.control_bell.ring)
-        self.storage.claim_share = max(1, spec.get("processes", 1))
+        self.storage.claim_share = max(1, spec.processes)
         self.tried_modules = set()
-        self.hostname = spec["hostname"]
-        self.tasks, _, _ = _load_worker_code(spec, self.storage, self.tried_modules)
+        self.hostname = spec.hostname
+        self.tasks, _, _, _ = _load_worker_code(spec.db, spec.cwd, spec.modules, spec.autoimport,
+                                                self.storage, self.tried_modules)
         self.default_max_retries = conf["task_max_retries"]
-        self.poll_max = spec["poll_interval"]
+        self.poll_max = spec.poll_interval
         self.prefetch = max(1, int(conf["worker_prefetch"]))
         self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
                                  "creating the lock file again")
         self.revocations = _RevokeCounter(side)
         self.revocations_seen = self.revocations.value()     # read before the first claim
         self.tasks_done = 0
-        self.max_memory = spec["max_memory"]
+        self.max_memory = spec.max_memory
         if self.max_memory:
             baseline = _resident_kib()
             if baseline * 1.1 >= self.max_memory:
@@ -7972,10 +7984,10 @@ class _Child:
                 # for ever (Celery's respawn loop): allow it some room instead.
                 self.max_memory = int(baseline * 1.5)
                 logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
-                               "using %d KiB", spec["max_memory"], baseline, self.max_memory)
-        row = {"id": self.worker_id, "parent": spec["parent_id"], "hostname": spec["hostname"],
+                               "using %d KiB", spec.max_memory, baseline, self.max_memory)
+        row = {"id": self.worker_id, "parent": spec.parent_id, "hostname": spec.hostname,
                "pid": self.pid, "queues": ",".join(self.queues),
-               "concurrency": spec.get("threads") or 1,
+               "concurrency": spec.threads or 1,
                "started_at": time.time(), "pool": None}
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "work", self.worker_id)
@@ -8000,9 +8012,9 @@ class _Child:
         self.last_duration = 0.0
         self.deadline_set = False      # the lock record holds a hard deadline
         # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
-        self.threads = spec.get("threads", 0)
-        self.solo = spec.get("solo", False)
-        self.async_limit = spec.get("async_concurrency", DEFAULTS["worker_async_concurrency"])
+        self.threads = spec.threads
+        self.solo = spec.solo
+        self.async_limit = spec.async_concurrency
         self.flights = {}              # seq -> _Flight
         self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
         self.done = _Mailbox()         # (seq, value, exc, tb, seconds) from runners
@@ -8170,8 +8182,8 @@ class _Child:
                                         tag=_ring_id(row.id), id=row.id, followers=row.followers)
             task = self.tasks[row.name]
             flight = _Flight(row, task, (), {}, None, outcome,
-                             task.soft_time_limit or self.spec["soft_time_limit"],
-                             task.time_limit or self.spec["time_limit"], kind)
+                             task.soft_time_limit or self.spec.soft_time_limit,
+                             task.time_limit or self.spec.time_limit, kind)
             if flight.hard:
                 flight.deadline = now + flight.hard + (_LOOP_KILL_GRACE if kind == _OFF_LOOP
                                                        else 0.0)
@@ -8227,8 +8239,8 @@ class _Child:
 
     def open_storage(self, busy_timeout=None):
         """A connection of the child's own, for a thread other than the main one."""
-        conf = self.spec["settings"]
-        return _Storage(self.spec["db"], synchronous=conf["synchronous"],
+        conf = self.spec.settings
+        return _Storage(self.spec.db, synchronous=conf["synchronous"],
                         busy_timeout=conf["busy_timeout"] if busy_timeout is None
                         else busy_timeout, autocheckpoint=0, busy_steps=_BUSY_STEPS_WORKER)
 
@@ -8400,7 +8412,7 @@ class _Child:
 
     def _used_up(self):
         """True once this child should be replaced (max tasks or memory per child)."""
-        max_tasks = self.spec["max_tasks"]
+        max_tasks = self.spec.max_tasks
         if max_tasks and self.tasks_done >= max_tasks:
             logger.info("child %s ran %d tasks: replacing it", self.worker_id, self.tasks_done)
             return True
@@ -8608,8 +8620,8 @@ class _Child:
         if isinstance(ready, _Outcome):
             return ready
         task, args, kwargs = ready
-        soft = task.soft_time_limit or self.spec["soft_time_limit"]
-        hard = task.time_limit or self.spec["time_limit"]
+        soft = task.soft_time_limit or self.spec.soft_time_limit
+        hard = task.time_limit or self.spec.time_limit
         if hard:
             self.lock.executing(row.seq, time.time() + hard, begun)
             self.deadline_set = True
@@ -8725,23 +8737,23 @@ class _Child:
         if module in sys.modules:
             return (f"task {name!r} was registered by module {module!r}, which this worker "
                     f"imported, but it does not define that task (renamed or removed?)")
-        if not self.spec["autoimport"]:
+        if not self.spec.autoimport:
             return (f"task {name!r} is registered by module {module!r}, which this worker "
                     f"did not import: auto-import is off; pass -A {module}")
         return (f"task {name!r} is registered by module {module!r}, which this worker "
-                f"cannot import from its directory {self.spec['cwd']} (start the worker "
+                f"cannot import from its directory {self.spec.cwd} (start the worker "
                 f"in that module's directory, or pass -A {module})")
 
     def _find_late(self, name):
         """A name this child does not know: maybe a producer registered a new module.
         One indexed read; a module already looked at is not looked at again."""
-        if not self.spec["autoimport"]:
+        if not self.spec.autoimport:
             return None
         module = self.storage.module_of(name)
         if not isinstance(module, str) or module in self.tried_modules:
             return None
-        _autoimport([module], self.spec["cwd"], self.tried_modules)
-        self.tasks, _ = _collect_tasks(self.spec["db"])
+        _autoimport([module], self.spec.cwd, self.tried_modules)
+        self.tasks, _ = _collect_tasks(self.spec.db)
         self._note_async()
         return self.tasks.get(name)
 
@@ -8803,6 +8815,7 @@ def _child_process(ctx, spec, name):
     module's code when it can, so a child neither reads nor compiles the file (74 ms for
     this module when bytecode caching is off, and a child that read an edited file would
     run other code than its supervisor); else by importing this module by name."""
+    spec = spec._asdict()
     code = _module_code_file()
     if code is None:
         return ctx.Process(target=_child_main, args=(spec,), name=name)
@@ -8813,10 +8826,11 @@ def _child_process(ctx, spec, name):
 
 def _child_main(spec):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
+    spec = _ChildSpec(**spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
     _quiet_config_notices()         # the supervisor has shown them
-    _configure_logging(spec["loglevel"])
-    if spec.get("solo_tty"):
+    _configure_logging(spec.loglevel)
+    if spec.solo_tty:
         # -P solo from a terminal: breakpoint() and pdb in a task read from it.
         with contextlib.suppress(OSError):
             sys.stdin = open("/dev/tty")      # noqa: SIM115 (for the process's life)
@@ -9088,21 +9102,20 @@ class _Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
 
     def _spec(self, worker_id):
-        """What a new child needs to know, as one picklable dict."""
-        return {"db": self.db, "worker_id": worker_id, "parent_id": self.worker_id,
-                "queues": self.queues, "modules": self.modules, "loglevel": self.loglevel,
-                "settings": self.settings, "autoimport": self.autoimport,
-                "poll_interval": self.poll_interval, "cwd": os.getcwd(),
-                "hostname": self.hostname,
-                "time_limit": self.settings["task_time_limit"],
-                "soft_time_limit": self.settings["task_soft_time_limit"],
-                "max_tasks": self.settings["worker_max_tasks_per_child"],
-                "max_memory": self.settings["worker_max_memory_per_child"],
-                "threads": self.concurrency if self.pool == "threads" else 0,
-                "processes": self.processes,
-                "async_concurrency": 1 if self.pool == "solo" else
-                self.settings["worker_async_concurrency"],
-                "solo": self.pool == "solo", "solo_tty": self.pool == "solo" and os.isatty(0)}
+        """What a new child needs to know (the one place a _ChildSpec is built)."""
+        solo = self.pool == "solo"
+        return _ChildSpec(
+            db=self.db, worker_id=worker_id, parent_id=self.worker_id, queues=self.queues,
+            modules=self.modules, loglevel=self.loglevel, settings=self.settings,
+            autoimport=self.autoimport, poll_interval=self.poll_interval, cwd=os.getcwd(),
+            hostname=self.hostname, time_limit=self.settings["task_time_limit"],
+            soft_time_limit=self.settings["task_soft_time_limit"],
+            max_tasks=self.settings["worker_max_tasks_per_child"],
+            max_memory=self.settings["worker_max_memory_per_child"],
+            threads=self.concurrency if self.pool == "threads" else 0,
+            processes=self.processes,
+            async_concurrency=1 if solo else self.settings["worker_async_concurrency"],
+            solo=solo, solo_tty=solo and os.isatty(0))
 
     def _pool_text(self):
         """The pool in words, for the log and systemd's status line."""
@@ -9710,8 +9723,9 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    spec = {"db": db, "modules": list(modules), "cwd": cwd, "autoimport": autoimport}
-    tasks, conf, periodic = _load_worker_code(spec, None)   # before the file is touched
+    modules = list(modules)
+    # Before the file is touched: a module that cannot be imported leaves it as it is.
+    tasks, conf, periodic, _ = _load_worker_code(db, cwd, modules, autoimport, None)
     others = _other_databases(db)
     if not tasks and others:
         raise ConfigurationError(f"the task modules' app uses {others[0]}, not {db}: run "
@@ -9721,15 +9735,15 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
         probe = _Storage(db, create=True)
         try:
             _SideDir(db).check()    # refuse an unusable side directory before any child runs
-            return _load_worker_code(spec, probe)
+            return _load_worker_code(db, cwd, modules, autoimport, probe)
         finally:
             probe.close()
-    tasks, conf, periodic = _waiting_out(load, "opening the database again")
+    tasks, conf, periodic, autoimport = _waiting_out(load, "opening the database again")
     conf = _merged_settings(conf, settings or {})
     supervisor = _Supervisor(
         db, concurrency=concurrency or conf["worker_concurrency"],
-        queues=list(queues or [conf["task_default_queue"]]), modules=spec["modules"],
-        loglevel=loglevel, settings={k: conf[k] for k in DEFAULTS}, autoimport=spec["autoimport"],
+        queues=list(queues or [conf["task_default_queue"]]), modules=modules,
+        loglevel=loglevel, settings={k: conf[k] for k in DEFAULTS}, autoimport=autoimport,
         poll_interval=conf["worker_poll_interval"] if poll_interval is None else poll_interval,
         grace=conf["worker_shutdown_grace"] if grace is None else grace, tasks=tasks,
         periodic=periodic)
@@ -10854,7 +10868,7 @@ def _setting_option(*decls, setting, **kwargs):
             return _checked_setting(setting, value)
         except ConfigurationError as exc:
             raise click.BadParameter(str(exc)) from None
-    help_text = _SETTINGS[setting][2]
+    help_text = _SETTINGS[setting].help
     return click.option(*decls, setting, callback=check, expose_value=True,
                         help=help_text[0].upper() + help_text[1:] + ".", **kwargs)
 
@@ -10989,7 +11003,7 @@ class _CallCommand(click.Command):
               help="Zone of an --eta/--expires without an offset [default: the app's "
                    "timezone setting, from the config module a worker here reads "
                    "(celeryconfig.py), else this machine's zone, "
-                   f"{_SETTINGS['timezone'][0]}].")
+                   f"{_SETTINGS['timezone'].default}].")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
 def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
