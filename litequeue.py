@@ -2755,8 +2755,13 @@ def _guarded(method):
 # _Storage is the only code that touches apsw: one method per statement.
 # ---------------------------------------------------------------------------
 
-class _Storage:
-    """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
+class _Connection:
+    """The connection: opening and checking the file, pragmas and migrations, the
+    write transaction, busy waits, error translation, checkpoints."""
+
+    # SQLite's files beside the database, and what each is for (in _cant_open's message).
+    _COMPANIONS = (("-wal", "WAL file"), ("-shm", "WAL index (shared-memory) file"),
+                   ("-journal", "rollback journal"))
 
     def __init__(self, path, *, synchronous="NORMAL", busy_timeout=30.0,
                  autocheckpoint=1000, create=True, busy_steps=_BUSY_STEPS_PRODUCER,
@@ -2936,10 +2941,6 @@ class _Storage:
             f"directory {os.path.dirname(self.path) or '.'} (SQLite writes its -wal and -shm "
             f"files there): run as the file's owner, or fix the permissions")
 
-    # SQLite's files beside the database, and what each is for (in _cant_open's message).
-    _COMPANIONS = (("-wal", "WAL file"), ("-shm", "WAL index (shared-memory) file"),
-                   ("-journal", "rollback journal"))
-
     def _cant_open(self, exc):
         """The error for SQLite's "unable to open database file": the companion file that
         is a link (SQLite refuses to follow one, so a planted link cannot redirect the
@@ -2961,7 +2962,74 @@ class _Storage:
     def close(self):
         self.conn.close()
 
-    # -- producers -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _synchronous(self, level):
+        self.conn.execute(f"PRAGMA synchronous = {level}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+    def _in_batches(self, sql, params, batch, after_batch=None, first_batch=None):
+        """Run a statement that changes at most `batch` rows per call (`first_batch` the
+        first time), one transaction per batch so no writer waits long, until it changes
+        fewer; after_batch() follows each batch that changed rows. Returns the total."""
+        total = 0
+        batch, next_batch = first_batch or batch, batch
+        while True:
+            with self.write() as conn:
+                conn.execute(sql, dict(params, n=batch))
+                changed = conn.changes()
+            total += changed
+            if changed and after_batch is not None:
+                after_batch()
+            if changed < batch:
+                return total
+            batch = next_batch
+
+    def data_version(self):
+        """Changes whenever another connection commits; a read that takes no lock."""
+        return self.conn.execute(_SQL_DATA_VERSION).fetchall()[0][0]
+
+    def checkpoint(self, truncate=False):
+        """A passive checkpoint copies what it can without blocking anyone. Under steady
+        load that never lets the WAL start over, so past a size a truncating one waits
+        briefly for the writers and readers of the moment, and empties the file."""
+        if not truncate:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            return
+        # Children retake the write lock within a fraction of a millisecond, so SQLite's
+        # own busy handler (1, 2, 5, 10 ms...) lost the race for 100 ms at a time while the
+        # WAL grew by 12 MiB. Ask in the shortest steps instead, ahead of the children.
+        self.conn.set_busy_handler(self._stepped_wait(1, _TRUNCATE_WAIT_MS / 1000))
+        try:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
+        except apsw.BusyError:
+            pass   # try again at the next check
+        finally:
+            self._set_busy_handler()
+
+    def truncate_wal_if_large(self):
+        """Empty the WAL if it has passed _WAL_TRUNCATE_BYTES (deletes write plenty)."""
+        try:
+            large = os.stat(self.path + "-wal").st_size > _WAL_TRUNCATE_BYTES
+        except FileNotFoundError:
+            return
+        if large:
+            self.checkpoint(truncate=True)
+
+    def wal_bytes(self):
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def journal_mode(self):
+        return self._pragma("journal_mode")
+
+
+class _Producing:
+    """Statements of producers: queueing tasks and canvases, the registry, progress."""
 
     def insert_task(self, row, registry_row=None):
         """Commit one task row (and, the first time, its registry entry)."""
@@ -3051,10 +3119,6 @@ class _Storage:
             for row in rows:
                 self._register(conn, row)
 
-    def rate_limits(self):
-        """[(task name, rate, seconds between starts, next start)]."""
-        return self.conn.execute(_SQL_RATE_LIMITS).fetchall()
-
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
 
@@ -3072,50 +3136,44 @@ class _Storage:
         rows = self.conn.execute(_SQL_MODULE_OF, (task_name,)).fetchall()
         return rows[0][0] if rows else None
 
-    # -- workers -----------------------------------------------------------------------
-
-    def pause(self, queue, now):
-        """Stop every worker claiming from queue; True if it was running."""
+    def set_meta(self, meta, task_id=None, seq=None, attempt=None):
+        """Store update_state()'s [state, meta]: the running task's own row (fenced by its
+        claim), or any unfinished task by id. True if a row took it."""
         with self.write() as conn:
-            conn.execute(_SQL_PAUSE, {"queue": queue, "now": now})
+            if seq is not None:
+                conn.execute(_SQL_SET_OWN_META, {"meta": meta, "seq": seq, "attempt": attempt})
+            else:
+                conn.execute(_SQL_SET_META, {"meta": meta, "id": task_id})
             return conn.changes() > 0
 
-    def resume(self, queue):
-        """Let workers claim from queue again; True if it was paused."""
-        with self.write() as conn:
-            conn.execute(_SQL_RESUME, {"queue": queue})
-            return conn.changes() > 0
 
-    def paused(self):
-        """{queue: unix time it was paused}."""
-        return dict(self.conn.execute(_SQL_PAUSED).fetchall())
+class _Claiming:
+    """Statements of worker children: claiming and completing rows, and what a
+    row's end sets off (followers, chords) in the same transaction."""
+
+    claim_share = 1                  # the processes of the worker that claim from this file
+    _limits_seen_at = -math.inf
+    _has_limits = False
+    follow_ups = None
 
     def has_ready(self, queue, now):
         """Whether queue has a row to claim: ready, or due (see _DUE_ROWS)."""
         return bool(self.conn.execute(_SQL_HAS_READY, {"queue": queue, "now": now}).fetchall())
 
-    def next_due_after(self, now):
-        """The earliest eta after now of a row waiting for its time (any queue), or None."""
-        return self.conn.execute(_SQL_NEXT_DUE_AFTER, (now,)).fetchall()[0][0]
-
     def next_start(self, queue):
         """When the first rate-limited ready row of queue may start (None: there is none)."""
         return self.conn.execute(_SQL_NEXT_START, (queue,)).fetchall()[0][0]
 
+    def has_limits(self):
+        """Whether the file has rate limits, looked at once a second: a limit new to this
+        process is honoured within that second (its rows wait meanwhile)."""
+        if self._limits_seen_at + _LIMITS_LOOK_EVERY < time.monotonic():
+            self._limits_seen_at = time.monotonic()
+            self._has_limits = bool(self.conn.execute(_SQL_HAS_LIMITS).fetchall())
+        return self._has_limits
+
     def registered(self, worker_id):
         return bool(self.conn.execute(_SQL_IS_REGISTERED, (worker_id,)).fetchall())
-
-    def add_stats(self, rows):
-        """Add a worker's per-minute counters (see _Stats) in their own transaction."""
-        with self.write() as conn:
-            self._add_stats(conn, rows)
-
-    @staticmethod
-    def _add_stats(conn, rows):
-        conn.executemany(_SQL_ADD_STATS, rows)
-        totals = getattr(rows, "totals", None)
-        if totals is not None and totals[2] is not None:
-            conn.execute(_SQL_WORKER_TOTALS, totals)
 
     def complete_and_claim(self, outcomes, worker, pid, now, queue, n, release=(), stats=()):
         """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
@@ -3130,14 +3188,6 @@ class _Storage:
                 return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release,
                                                 stats)
         return self._complete_and_claim(outcomes, worker, pid, now, queue, n, release, stats)
-
-    @contextlib.contextmanager
-    def _synchronous(self, level):
-        self.conn.execute(f"PRAGMA synchronous = {level}")
-        try:
-            yield
-        finally:
-            self.conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     def _complete_and_claim(self, outcomes, worker, pid, now, queue, n, release, stats=()):
         rejected = 0
@@ -3162,14 +3212,6 @@ class _Storage:
         self.follow_ups = follow
         return rows, rejected
 
-    def has_limits(self):
-        """Whether the file has rate limits, looked at once a second: a limit new to this
-        process is honoured within that second (its rows wait meanwhile)."""
-        if self._limits_seen_at + _LIMITS_LOOK_EVERY < time.monotonic():
-            self._limits_seen_at = time.monotonic()
-            self._has_limits = bool(self.conn.execute(_SQL_HAS_LIMITS).fetchall())
-        return self._has_limits
-
     def _claim(self, conn, worker, pid, now, queue, n):
         """Claim up to n ready rows of queue: first one row of each rate-limited task whose
         next start has come (the start is taken in this transaction), then ordinary rows."""
@@ -3192,16 +3234,22 @@ class _Storage:
                 _SQL_CLAIM_DUE, (worker, pid, now, queue, n - len(rows), share))]
         return rows
 
-    claim_share = 1                  # the processes of the worker that claim from this file
-    _limits_seen_at = -math.inf
-    _has_limits = False
+    def add_stats(self, rows):
+        """Add a worker's per-minute counters (see _Stats) in their own transaction."""
+        with self.write() as conn:
+            self._add_stats(conn, rows)
+
+    @staticmethod
+    def _add_stats(conn, rows):
+        conn.executemany(_SQL_ADD_STATS, rows)
+        totals = getattr(rows, "totals", None)
+        if totals is not None and totals[2] is not None:
+            conn.execute(_SQL_WORKER_TOTALS, totals)
 
     def take_follow_ups(self):
         """The _FollowUps of the last committed write that had any (then forgotten)."""
         follow, self.follow_ups = self.follow_ups, None
         return follow
-
-    follow_ups = None
 
     def _settle(self, conn, ended, now, follow):
         """Inside the caller's transaction: set in motion what the end of each row in
@@ -3321,6 +3369,47 @@ class _Storage:
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
+    def states_of(self, seqs, locked=False):
+        """{seq: state}; locked=True reads under the write lock, after any revoke that
+        holds it has committed."""
+        with self.write() if locked else contextlib.nullcontext(self.conn) as conn:
+            return dict(conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
+
+
+class _Supervising:
+    """Statements of supervisors: the workers table, rescue, quarantine and text
+    repair, the scheduler (due rows, periodic fires), pruning."""
+
+    def register_worker(self, row):
+        with self.write() as conn:
+            conn.execute(_SQL_REGISTER_WORKER, {"pool": None, **row})
+
+    def unregister_worker(self, worker_id):
+        with self.write() as conn:
+            conn.execute(_SQL_UNREGISTER_WORKER, (worker_id,))
+
+    def workers(self):
+        cols = ("id", "parent", "hostname", "pid", "queues", "concurrency", "started_at",
+                "processed", "failed", "pool", "wanted", "stop_asked")
+        return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_WORKERS)]
+
+    def worker_asked(self, worker_id):
+        """(wanted, stop_asked) of a supervisor's row, as stored (any type); None if the
+        row is gone."""
+        row = self.conn.execute(_SQL_WORKER_ASKED, {"id": worker_id}).fetchone()
+        return None if row is None else tuple(row)
+
+    def worker_resized(self, worker_id, concurrency):
+        with self.write() as conn:
+            conn.execute(_SQL_WORKER_RESIZED, {"id": worker_id, "concurrency": concurrency})
+
+    def running(self):
+        return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
+
+    def claiming_workers(self):
+        """Ids of every process that holds STARTED rows (None for rows naming none)."""
+        return [worker for (worker,) in self.conn.execute(_SQL_CLAIMING_WORKERS).fetchall()]
+
     def rescue(self, worker, crashed, settle, now):
         """Take back a dead worker's rows and unregister it.
 
@@ -3352,10 +3441,6 @@ class _Storage:
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
         self.follow_ups = follow
         return requeued, failed
-
-    def claiming_workers(self):
-        """Ids of every process that holds STARTED rows (None for rows naming none)."""
-        return [worker for (worker,) in self.conn.execute(_SQL_CLAIMING_WORKERS).fetchall()]
 
     def release_unowned(self):
         """Requeue STARTED rows that name no worker; returns how many."""
@@ -3483,94 +3568,6 @@ class _Storage:
         except apsw.ConstraintError:       # the escaped text is another row's key
             conn.execute(sql, {"key": rowid, "suffix": f"#{secrets.token_hex(4)}"})
 
-
-    def register_worker(self, row):
-        with self.write() as conn:
-            conn.execute(_SQL_REGISTER_WORKER, {"pool": None, **row})
-
-    def unregister_worker(self, worker_id):
-        with self.write() as conn:
-            conn.execute(_SQL_UNREGISTER_WORKER, (worker_id,))
-
-    def workers(self):
-        cols = ("id", "parent", "hostname", "pid", "queues", "concurrency", "started_at",
-                "processed", "failed", "pool", "wanted", "stop_asked")
-        return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_WORKERS)]
-
-    def ask_worker(self, worker_id, *, stop=None, wanted=None):
-        """Record an operator's request to a supervisor: a shutdown (stop: the time) or
-        a pool size. False if no such supervisor is registered."""
-        with self.write() as conn:
-            if stop is not None:
-                conn.execute(_SQL_ASK_WORKER_STOP, {"id": worker_id, "now": stop})
-            else:
-                conn.execute(_SQL_ASK_WORKER_POOL, {"id": worker_id, "wanted": wanted})
-            return conn.changes() > 0
-
-    def worker_asked(self, worker_id):
-        """(wanted, stop_asked) of a supervisor's row, as stored (any type); None if the
-        row is gone."""
-        row = self.conn.execute(_SQL_WORKER_ASKED, {"id": worker_id}).fetchone()
-        return None if row is None else tuple(row)
-
-    def worker_resized(self, worker_id, concurrency):
-        with self.write() as conn:
-            conn.execute(_SQL_WORKER_RESIZED, {"id": worker_id, "concurrency": concurrency})
-
-    def running(self):
-        return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
-
-    def data_version(self):
-        """Changes whenever another connection commits; a read that takes no lock."""
-        return self.conn.execute(_SQL_DATA_VERSION).fetchall()[0][0]
-
-    def checkpoint(self, truncate=False):
-        """A passive checkpoint copies what it can without blocking anyone. Under steady
-        load that never lets the WAL start over, so past a size a truncating one waits
-        briefly for the writers and readers of the moment, and empties the file."""
-        if not truncate:
-            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
-            return
-        # Children retake the write lock within a fraction of a millisecond, so SQLite's
-        # own busy handler (1, 2, 5, 10 ms...) lost the race for 100 ms at a time while the
-        # WAL grew by 12 MiB. Ask in the shortest steps instead, ahead of the children.
-        self.conn.set_busy_handler(self._stepped_wait(1, _TRUNCATE_WAIT_MS / 1000))
-        try:
-            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_RESTART)
-        except apsw.BusyError:
-            pass   # try again at the next check
-        finally:
-            self._set_busy_handler()
-
-
-    # -- scheduler ---------------------------------------------------------------------
-
-    def _in_batches(self, sql, params, batch, after_batch=None, first_batch=None):
-        """Run a statement that changes at most `batch` rows per call (`first_batch` the
-        first time), one transaction per batch so no writer waits long, until it changes
-        fewer; after_batch() follows each batch that changed rows. Returns the total."""
-        total = 0
-        batch, next_batch = first_batch or batch, batch
-        while True:
-            with self.write() as conn:
-                conn.execute(sql, dict(params, n=batch))
-                changed = conn.changes()
-            total += changed
-            if changed and after_batch is not None:
-                after_batch()
-            if changed < batch:
-                return total
-            batch = next_batch
-
-    def truncate_wal_if_large(self):
-        """Empty the WAL if it has passed _WAL_TRUNCATE_BYTES (deletes write plenty)."""
-        try:
-            large = os.stat(self.path + "-wal").st_size > _WAL_TRUNCATE_BYTES
-        except FileNotFoundError:
-            return
-        if large:
-            self.checkpoint(truncate=True)
-
     def promote_due(self, now, after_batch=None):
         """Move ETA rows that are due to PENDING, one hop; returns how many. A small
         first transaction lets the workers start on a burst while the rest moves."""
@@ -3581,6 +3578,10 @@ class _Storage:
         """Unix times of the earliest due ETA row and periodic fire (each may be None)."""
         return (self.conn.execute(_SQL_NEXT_DUE).fetchall()[0][0],
                 self.conn.execute(_SQL_NEXT_FIRE).fetchall()[0][0])
+
+    def next_due_after(self, now):
+        """The earliest eta after now of a row waiting for its time (any queue), or None."""
+        return self.conn.execute(_SQL_NEXT_DUE_AFTER, (now,)).fetchall()[0][0]
 
     def next_wakeup(self, now=None):
         """Unix time of the earliest due ETA row or periodic fire, or None. Given now, a
@@ -3645,89 +3646,47 @@ class _Storage:
                 conn.execute(_SQL_UPSERT_SCHEDULE, dict(definition, last_fire=last_fire,
                                                         next_fire=next_fire, now=now))
 
-    def schedules(self):
-        cols = ("name", "task", "module", "schedule", "tz", "queue", "priority", "catch_up",
-                "last_fire", "next_fire", "fires", "error")
-        return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
-
-    def set_schedule_error(self, name, error):
-        """Disable a schedule (error: why) or enable it (None); True if it changed."""
+    def prune(self, cutoff):
+        """Delete rows finished before cutoff, a batch per transaction so claims are never
+        held up for long, then hand the freed pages back to the filesystem."""
+        deleted = self._in_batches(_SQL_PRUNE, {"cutoff": cutoff}, _PRUNE_BATCH,
+                                   after_batch=self.truncate_wal_if_large)
         with self.write() as conn:
-            conn.execute(_SQL_SET_SCHEDULE_ERROR, {"name": name, "error": error})
-            return bool(conn.changes())
+            conn.execute(_SQL_PRUNE_STATS, {"minute": int((time.time() - _STATS_KEEP) // 60)})
+        if deleted:
+            with self.write() as conn:
+                conn.execute(_SQL_PRUNE_CHORDS)
+                conn.execute(_SQL_PRUNE_GROUPS, {"cutoff": cutoff})
+            self._vacuum()
+        return deleted
 
-    def fire_schedule(self, name, task_id, now):
-        """Queue one call of a schedule now, beside its planned fires (which it leaves as
-        they are); False for an unknown name."""
-        with self.write() as conn:
-            rows = conn.execute(_SQL_SCHEDULE_FIRE, {"name": name}).fetchall()
-            if not rows:
-                return False
-            task, payload, queue, priority = rows[0]
-            conn.execute(_SQL_INSERT_FIRE, {"id": task_id, "name": task, "queue": queue,
-                                            "priority": priority, "payload": payload,
-                                            "now": now})
-            return bool(conn.changes())
+    def _vacuum(self):
+        """Shrink the file by the free pages, a step per transaction, emptying the WAL
+        between steps so it stays small."""
+        free = self._pragma("freelist_count")
+        while free:
+            self.conn.execute(_SQL_VACUUM_STEP).fetchall()
+            self.truncate_wal_if_large()
+            free, before = self._pragma("freelist_count"), free
+            if free >= before:
+                return     # auto_vacuum is off in this file: nothing to hand back
 
-    def set_rate_limit(self, name, rate):
-        """Set (rate: (text, interval)) or drop (None) a task name's rate limit, as a
-        registration does, until the next registration of the name writes its own."""
-        with self.write() as conn:
-            row = {"name": name, "rate": None, "interval": None}
-            if rate is not None:
-                row["rate"], row["interval"] = rate
-            self._apply_limit(conn, row)
 
-    # -- results -----------------------------------------------------------------------
+class _Administering:
+    """Statements of the admin surface and of results: reading tasks, counts
+    and stats, and what an operator changes (pause, rate limits, schedules, revoke,
+    requeue, purge, requests to workers)."""
 
     _TASK_COLUMNS = _TASK_COLUMNS
-
-    def list_tasks(self, state, queue, name, limit):
-        rows = self.conn.execute(_SQL_LIST_TASKS, {"state": state, "queue": queue,
-                                                   "name": name, "n": int(limit)})
-        return [dict(zip(self._TASK_COLUMNS, row)) for row in rows]
 
     def get_task(self, task_id):
         rows = self.conn.execute(_SQL_GET_TASK, (task_id,)).fetchall()
         return dict(zip(self._TASK_COLUMNS, rows[0])) if rows else None
 
-    def revoke(self, task_id, terminate, now, announce, progress):
-        """Mark a task REVOKED unless it finished, or is running and terminate is false.
-        Returns True if it was revoked.
-
-        announce() runs under the write lock, before the task's state is read (see
-        _RevokeCounter for why the order matters), and progress(worker, seq) says how far
-        the worker that claimed a STARTED row has got: "running", "finished" or None."""
-        with self.write() as conn:
-            announce()
-            target = conn.execute(_SQL_REVOKE_TARGET, (task_id,)).fetchall()
-            if not target:
-                return False
-            seq, state, worker = target[0]
-            if state == STARTED:
-                stage = progress(worker, seq)
-                if stage == "finished" or (stage == "running" and not terminate):
-                    return False
-            conn.execute(_SQL_REVOKE, {"now": now, "seq": seq})
-            if not conn.changes():
-                return False
-            follow = _FollowUps()
-            self._settle(conn, [(task_id, REVOKED, None, None)], now, follow)
-        self.follow_ups = follow
-        return True
-
-    def state_counts(self):
-        """[(queue, state, count, oldest time)] of the states that have an index."""
-        return self.conn.execute(_SQL_STATE_COUNTS).fetchall()
-
-    def stats_by_minute(self, since):
-        return self.conn.execute(_SQL_STATS_BY_MINUTE, {"since": since}).fetchall()
-
-    def stats_by_queue(self, since):
-        return self.conn.execute(_SQL_STATS_BY_QUEUE, {"since": since}).fetchall()
-
-    def stats_by_name(self, since):
-        return self.conn.execute(_SQL_STATS_BY_NAME, {"since": since}).fetchall()
+    def list_tasks(self, state, queue, name, limit):
+        rows = self.conn.execute(_SQL_LIST_TASKS, {"state": state, "queue": queue,
+                                                   "name": name, "n": int(limit)})
+        return [dict(zip(self._TASK_COLUMNS, row)) for row in rows]
 
     def task_page(self, before, state, queue, name, text, limit, window=10000):
         """Tasks newest first below seq `before`: [(seq, row dict)]. A text search looks at
@@ -3742,44 +3701,21 @@ class _Storage:
             "text": text, "n": limit})
         return [(r[0], dict(zip(self._TASK_COLUMNS, r[1:]))) for r in rows]
 
-    def unmailed_failures(self, until):
-        """(cursor, rows): the failures that finished after the cursor of mailed failures
-        and up to `until`, as [(id, name, result, traceback, finished_at)]. A read: the
-        cursor moves in mark_mailed(), once a mail of them was accepted. The first call
-        starts the cursor at `until` (failures from before mails were on are not mailed)."""
-        cursor = self.conn.execute(_SQL_ALERT_CURSOR).fetchall()
-        if not cursor:
-            with self.write() as conn:
-                conn.execute(_SQL_START_ALERT_CURSOR, {"cursor": until})
-            return until, []
-        after = cursor[0][0]
-        if after >= until:
-            return after, []
-        return after, self.conn.execute(_SQL_FAILURES, {"after": after, "until": until}).fetchall()
+    def counts(self):
+        return self.conn.execute(_SQL_COUNTS).fetchall()
 
-    def mark_mailed(self, until):
-        """Move the cursor of mailed failures on to `until` (never back)."""
-        with self.write() as conn:
-            conn.execute(_SQL_MARK_MAILED, {"until": until})
+    def state_counts(self):
+        """[(queue, state, count, oldest time)] of the states that have an index."""
+        return self.conn.execute(_SQL_STATE_COUNTS).fetchall()
 
-    def wal_bytes(self):
-        try:
-            return os.stat(self.path + "-wal").st_size
-        except FileNotFoundError:
-            return 0
+    def stats_by_minute(self, since):
+        return self.conn.execute(_SQL_STATS_BY_MINUTE, {"since": since}).fetchall()
 
-    def journal_mode(self):
-        return self._pragma("journal_mode")
+    def stats_by_queue(self, since):
+        return self.conn.execute(_SQL_STATS_BY_QUEUE, {"since": since}).fetchall()
 
-    def set_meta(self, meta, task_id=None, seq=None, attempt=None):
-        """Store update_state()'s [state, meta]: the running task's own row (fenced by its
-        claim), or any unfinished task by id. True if a row took it."""
-        with self.write() as conn:
-            if seq is not None:
-                conn.execute(_SQL_SET_OWN_META, {"meta": meta, "seq": seq, "attempt": attempt})
-            else:
-                conn.execute(_SQL_SET_META, {"meta": meta, "id": task_id})
-            return conn.changes() > 0
+    def stats_by_name(self, since):
+        return self.conn.execute(_SQL_STATS_BY_NAME, {"since": since}).fetchall()
 
     def children(self, task_id):
         return [i for (i,) in self.conn.execute(_SQL_CHILDREN, (task_id,))]
@@ -3816,36 +3752,83 @@ class _Storage:
         rows = self.conn.execute(_SQL_CHORD_PROGRESS, (body_id,)).fetchall()
         return rows[0] if rows else None
 
-    def states_of(self, seqs, locked=False):
-        """{seq: state}; locked=True reads under the write lock, after any revoke that
-        holds it has committed."""
-        with self.write() if locked else contextlib.nullcontext(self.conn) as conn:
-            return dict(conn.execute(_SQL_STATE_OF_SEQS, (json.dumps(list(seqs)),)).fetchall())
+    def rate_limits(self):
+        """[(task name, rate, seconds between starts, next start)]."""
+        return self.conn.execute(_SQL_RATE_LIMITS).fetchall()
 
-    def prune(self, cutoff):
-        """Delete rows finished before cutoff, a batch per transaction so claims are never
-        held up for long, then hand the freed pages back to the filesystem."""
-        deleted = self._in_batches(_SQL_PRUNE, {"cutoff": cutoff}, _PRUNE_BATCH,
-                                   after_batch=self.truncate_wal_if_large)
+    def set_rate_limit(self, name, rate):
+        """Set (rate: (text, interval)) or drop (None) a task name's rate limit, as a
+        registration does, until the next registration of the name writes its own."""
         with self.write() as conn:
-            conn.execute(_SQL_PRUNE_STATS, {"minute": int((time.time() - _STATS_KEEP) // 60)})
-        if deleted:
-            with self.write() as conn:
-                conn.execute(_SQL_PRUNE_CHORDS)
-                conn.execute(_SQL_PRUNE_GROUPS, {"cutoff": cutoff})
-            self._vacuum()
-        return deleted
+            row = {"name": name, "rate": None, "interval": None}
+            if rate is not None:
+                row["rate"], row["interval"] = rate
+            self._apply_limit(conn, row)
 
-    def _vacuum(self):
-        """Shrink the file by the free pages, a step per transaction, emptying the WAL
-        between steps so it stays small."""
-        free = self._pragma("freelist_count")
-        while free:
-            self.conn.execute(_SQL_VACUUM_STEP).fetchall()
-            self.truncate_wal_if_large()
-            free, before = self._pragma("freelist_count"), free
-            if free >= before:
-                return     # auto_vacuum is off in this file: nothing to hand back
+    def pause(self, queue, now):
+        """Stop every worker claiming from queue; True if it was running."""
+        with self.write() as conn:
+            conn.execute(_SQL_PAUSE, {"queue": queue, "now": now})
+            return conn.changes() > 0
+
+    def resume(self, queue):
+        """Let workers claim from queue again; True if it was paused."""
+        with self.write() as conn:
+            conn.execute(_SQL_RESUME, {"queue": queue})
+            return conn.changes() > 0
+
+    def paused(self):
+        """{queue: unix time it was paused}."""
+        return dict(self.conn.execute(_SQL_PAUSED).fetchall())
+
+    def schedules(self):
+        cols = ("name", "task", "module", "schedule", "tz", "queue", "priority", "catch_up",
+                "last_fire", "next_fire", "fires", "error")
+        return [dict(zip(cols, row)) for row in self.conn.execute(_SQL_SCHEDULES)]
+
+    def set_schedule_error(self, name, error):
+        """Disable a schedule (error: why) or enable it (None); True if it changed."""
+        with self.write() as conn:
+            conn.execute(_SQL_SET_SCHEDULE_ERROR, {"name": name, "error": error})
+            return bool(conn.changes())
+
+    def fire_schedule(self, name, task_id, now):
+        """Queue one call of a schedule now, beside its planned fires (which it leaves as
+        they are); False for an unknown name."""
+        with self.write() as conn:
+            rows = conn.execute(_SQL_SCHEDULE_FIRE, {"name": name}).fetchall()
+            if not rows:
+                return False
+            task, payload, queue, priority = rows[0]
+            conn.execute(_SQL_INSERT_FIRE, {"id": task_id, "name": task, "queue": queue,
+                                            "priority": priority, "payload": payload,
+                                            "now": now})
+            return bool(conn.changes())
+
+    def revoke(self, task_id, terminate, now, announce, progress):
+        """Mark a task REVOKED unless it finished, or is running and terminate is false.
+        Returns True if it was revoked.
+
+        announce() runs under the write lock, before the task's state is read (see
+        _RevokeCounter for why the order matters), and progress(worker, seq) says how far
+        the worker that claimed a STARTED row has got: "running", "finished" or None."""
+        with self.write() as conn:
+            announce()
+            target = conn.execute(_SQL_REVOKE_TARGET, (task_id,)).fetchall()
+            if not target:
+                return False
+            seq, state, worker = target[0]
+            if state == STARTED:
+                stage = progress(worker, seq)
+                if stage == "finished" or (stage == "running" and not terminate):
+                    return False
+            conn.execute(_SQL_REVOKE, {"now": now, "seq": seq})
+            if not conn.changes():
+                return False
+            follow = _FollowUps()
+            self._settle(conn, [(task_id, REVOKED, None, None)], now, follow)
+        self.follow_ups = follow
+        return True
 
     def forget(self, task_id):
         with self.write() as conn:
@@ -3889,15 +3872,47 @@ class _Storage:
             if len(ids) < _PRUNE_BATCH:
                 return total
 
-    def counts(self):
-        return self.conn.execute(_SQL_COUNTS).fetchall()
+    def ask_worker(self, worker_id, *, stop=None, wanted=None):
+        """Record an operator's request to a supervisor: a shutdown (stop: the time) or
+        a pool size. False if no such supervisor is registered."""
+        with self.write() as conn:
+            if stop is not None:
+                conn.execute(_SQL_ASK_WORKER_STOP, {"id": worker_id, "now": stop})
+            else:
+                conn.execute(_SQL_ASK_WORKER_POOL, {"id": worker_id, "wanted": wanted})
+            return conn.changes() > 0
+
+    def unmailed_failures(self, until):
+        """(cursor, rows): the failures that finished after the cursor of mailed failures
+        and up to `until`, as [(id, name, result, traceback, finished_at)]. A read: the
+        cursor moves in mark_mailed(), once a mail of them was accepted. The first call
+        starts the cursor at `until` (failures from before mails were on are not mailed)."""
+        cursor = self.conn.execute(_SQL_ALERT_CURSOR).fetchall()
+        if not cursor:
+            with self.write() as conn:
+                conn.execute(_SQL_START_ALERT_CURSOR, {"cursor": until})
+            return until, []
+        after = cursor[0][0]
+        if after >= until:
+            return after, []
+        return after, self.conn.execute(_SQL_FAILURES, {"after": after, "until": until}).fetchall()
+
+    def mark_mailed(self, until):
+        """Move the cursor of mailed failures on to `until` (never back)."""
+        with self.write() as conn:
+            conn.execute(_SQL_MARK_MAILED, {"until": until})
+
+
+class _Storage(_Connection, _Producing, _Claiming, _Supervising, _Administering):
+    """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
 
 # Every statement a _Storage method runs may read text another client wrote, or meet a
 # file this process may not write: each public method repairs text that is not UTF-8 and
 # runs again, and translates apsw's errors (_guarded), so that no caller anywhere meets a
 # raw decode error or apsw error.
-for _name, _member in list(vars(_Storage).items()):
+for _name, _member in [item for _part in _Storage.__bases__
+                      for item in vars(_part).items()]:
     if not _name.startswith("_") and inspect.isfunction(_member) and \
             _name not in ("write", "close", "repair_text"):
         setattr(_Storage, _name, _guarded(_member))
