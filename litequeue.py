@@ -1688,6 +1688,8 @@ def _plan_sync(definition, stored, now):
 # SQL
 # ---------------------------------------------------------------------------
 
+# -- the connection: identity and schema --------------------------------------
+
 # Entry 0 is the whole first schema; later entries migrate from the one before.
 # Times are unix seconds (REAL). States are the Celery names above, as text.
 _MIGRATIONS = [
@@ -1873,7 +1875,6 @@ _MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-
 # One statement, so the three are read in one snapshot.
 _SQL_IDENTITY = """
     SELECT (SELECT application_id FROM pragma_application_id),
@@ -1883,6 +1884,9 @@ _SQL_IDENTITY = """
 # PRAGMA data_version, unlike the SQLITE_FCNTL_DATA_VERSION file control, sees other
 # connections' commits without this one reading anything first.
 _SQL_DATA_VERSION = "PRAGMA data_version"
+
+# -- producers: tasks, canvases, the registry ---------------------------------
+
 # (new row) -> PENDING or SCHEDULED.
 # A rate-limited task's rows carry its name in rate_key (rate_limits, a primary key probe).
 _RATE_KEY = "(SELECT key FROM rate_limits WHERE key = :name)"
@@ -1927,6 +1931,50 @@ _SQL_INSERT_MEMBER = f"""
             {_RATE_KEY})
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
+_SQL_UPSERT_LIMIT = """
+    INSERT INTO rate_limits (key, rate, interval) VALUES (:name, :rate, :interval)
+    ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, interval = excluded.interval
+      WHERE rate_limits.rate IS NOT excluded.rate
+"""
+# A limit removed: its ready rows become ordinary (tasks_limited).
+_SQL_DROP_LIMIT = "DELETE FROM rate_limits WHERE key = :name"
+_SQL_UNLIMIT_ROWS = """
+    UPDATE tasks SET rate_key = NULL WHERE state = 'PENDING' AND rate_key = :name
+"""
+_SQL_HAS_LIMIT = "SELECT 1 FROM rate_limits WHERE key = :name"
+# A new limit: the name's waiting rows (tasks_ready, tasks_due, tasks_waiting) are limited.
+_SQL_LIMIT_ROWS = """
+    UPDATE tasks SET rate_key = :name
+    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
+                  UNION ALL SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
+                  UNION ALL SELECT seq FROM tasks WHERE state = 'WAITING')
+      AND name = :name
+"""
+# update_state() of the running task itself, fenced by its claim.
+_SQL_SET_OWN_META = """
+    UPDATE tasks SET meta = :meta WHERE seq = :seq AND attempt = :attempt AND state = 'STARTED'
+"""
+# update_state(task_id=...) of any unfinished task.
+_SQL_SET_META = """
+    UPDATE tasks SET meta = :meta
+    WHERE id = :id AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
+"""
+_SQL_INSERT_GROUP = """
+    INSERT INTO groups (id, members, first, created_at)
+    VALUES (:id, :members, :first, :created_at)
+"""
+_SQL_UPSERT_REGISTRY = """
+    INSERT INTO registry (name, module, updated_at) VALUES (:name, :module, :now)
+    ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
+"""
+_SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
+_SQL_UNREGISTER_TASK = "DELETE FROM registry WHERE name = :name"
+_SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
+# The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
+_SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
+
+# -- claiming and completing, and what a row's end sets off -------------------
+
 # PENDING -> STARTED: the rows `seqs` selects. A process whose workers row is gone
 # (declared dead) claims nothing: a rescuer may no longer see its rows.
 _CLAIM_ROWS = """
@@ -1988,29 +2036,6 @@ _SQL_NEXT_START = """
                   WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue)
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
-_SQL_UPSERT_LIMIT = """
-    INSERT INTO rate_limits (key, rate, interval) VALUES (:name, :rate, :interval)
-    ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, interval = excluded.interval
-      WHERE rate_limits.rate IS NOT excluded.rate
-"""
-# A limit removed: its ready rows become ordinary (tasks_limited).
-_SQL_DROP_LIMIT = "DELETE FROM rate_limits WHERE key = :name"
-_SQL_UNLIMIT_ROWS = """
-    UPDATE tasks SET rate_key = NULL WHERE state = 'PENDING' AND rate_key = :name
-"""
-_SQL_HAS_LIMIT = "SELECT 1 FROM rate_limits WHERE key = :name"
-# A new limit: the name's waiting rows (tasks_ready, tasks_due, tasks_waiting) are limited.
-_SQL_LIMIT_ROWS = """
-    UPDATE tasks SET rate_key = :name
-    WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
-                  UNION ALL SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
-                  UNION ALL SELECT seq FROM tasks WHERE state = 'WAITING')
-      AND name = :name
-"""
-_SQL_RATE_LIMITS = "SELECT key, rate, interval, next_start FROM rate_limits ORDER BY key"
-_SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
-_SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
-_SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
 # STARTED -> SUCCESS, FAILURE, RETRY or EXPIRED. Primary key; the attempt and worker are
 # the fencing token of the claim.
 _SQL_COMPLETE = """
@@ -2019,38 +2044,11 @@ _SQL_COMPLETE = """
                      finished_at = CASE :state WHEN 'RETRY' THEN NULL ELSE :now END
     WHERE seq = :seq AND attempt = :attempt AND worker = :worker AND state = 'STARTED'
 """
-# tasks_running.
-_SQL_RUNNING_OF_WORKER = """
-    SELECT seq, id, name, attempt, retries, max_retries, errors FROM tasks
-    WHERE worker = :worker AND state = 'STARTED'
-"""
-# tasks_running: every process that holds STARTED rows, registered or not.
-_SQL_CLAIMING_WORKERS = "SELECT DISTINCT worker FROM tasks WHERE state = 'STARTED'"
-# STARTED (no worker) -> PENDING: only a foreign writer makes such rows; nobody owns them.
-_SQL_RELEASE_UNOWNED = """
-    UPDATE tasks SET state = 'PENDING', pid = NULL, started_at = NULL
-    WHERE state = 'STARTED' AND worker IS NULL
-"""
 # STARTED -> PENDING: a claimed row handed back unrun.
 _SQL_RELEASE = """
     UPDATE tasks SET state = 'PENDING', worker = NULL, pid = NULL, started_at = NULL
     WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
 """
-# STARTED -> PENDING, RETRY or FAILURE: how the row a dead process was executing ends.
-_SQL_SETTLE_LOST = """
-    UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
-                     errors = :errors, retries = retries + :retried,
-                     finished_at = CASE WHEN :state IN ('PENDING', 'RETRY') THEN NULL ELSE :now END
-    WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
-"""
-# UNIQUE index on id. Without terminate, a running task is left to finish.
-_SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
-# PENDING, SCHEDULED, RETRY, WAITING or STARTED -> REVOKED.
-_SQL_REVOKE = """
-    UPDATE tasks SET state = 'REVOKED', finished_at = :now
-    WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING', 'STARTED')
-"""
-
 # What a row's end sets in motion (_Storage._settle runs them in the transaction that
 # records the end, so a crash can neither lose a follow-up nor queue one twice).
 # tasks_parent serves each.
@@ -2111,21 +2109,6 @@ _SQL_FAIL_BODY = """
 _SQL_CHORD_SAVEPOINT = "SAVEPOINT chord_part"
 _SQL_CHORD_UNDO = "ROLLBACK TO chord_part"
 _SQL_CHORD_RELEASE = "RELEASE chord_part"
-# Fired chords whose body row is gone (pruned or forgotten).
-_SQL_PRUNE_CHORDS = """
-    DELETE FROM chords WHERE fired = 1 AND NOT EXISTS (SELECT 1 FROM tasks
-                                                       WHERE tasks.id = chords.body)
-"""
-# update_state() of the running task itself, fenced by its claim.
-_SQL_SET_OWN_META = """
-    UPDATE tasks SET meta = :meta WHERE seq = :seq AND attempt = :attempt AND state = 'STARTED'
-"""
-# update_state(task_id=...) of any unfinished task.
-_SQL_SET_META = """
-    UPDATE tasks SET meta = :meta
-    WHERE id = :id AND state NOT IN ('SUCCESS', 'FAILURE', 'REVOKED', 'EXPIRED')
-"""
-_SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
 _STATS_COUNTS = ("succeeded", "failed", "retried", "runtime") + \
     tuple(f"h{i}" for i in range(len(_RUNTIME_BUCKETS) + 1))
 # A worker's batch of counters, added to the minute's row.
@@ -2135,89 +2118,47 @@ _SQL_ADD_STATS = f"""
     ON CONFLICT (minute, name, queue) DO UPDATE SET
         {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COUNTS)}
 """
-_SQL_PRUNE_STATS = "DELETE FROM stats WHERE minute < :minute"
+_SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
+_SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 
-_SQL_INSERT_GROUP = """
-    INSERT INTO groups (id, members, first, created_at)
-    VALUES (:id, :members, :first, :created_at)
+# -- supervisors: workers, rescue, quarantine, the scheduler, pruning ---------
+
+# tasks_running.
+_SQL_RUNNING_OF_WORKER = """
+    SELECT seq, id, name, attempt, retries, max_retries, errors FROM tasks
+    WHERE worker = :worker AND state = 'STARTED'
 """
-_SQL_GROUP_MEMBERS = "SELECT members FROM groups WHERE id = :id"
+# tasks_running: every process that holds STARTED rows, registered or not.
+_SQL_CLAIMING_WORKERS = "SELECT DISTINCT worker FROM tasks WHERE state = 'STARTED'"
+# STARTED (no worker) -> PENDING: only a foreign writer makes such rows; nobody owns them.
+_SQL_RELEASE_UNOWNED = """
+    UPDATE tasks SET state = 'PENDING', pid = NULL, started_at = NULL
+    WHERE state = 'STARTED' AND worker IS NULL
+"""
+# STARTED -> PENDING, RETRY or FAILURE: how the row a dead process was executing ends.
+_SQL_SETTLE_LOST = """
+    UPDATE tasks SET state = :state, result = :result, traceback = :traceback, eta = :eta,
+                     errors = :errors, retries = retries + :retried,
+                     finished_at = CASE WHEN :state IN ('PENDING', 'RETRY') THEN NULL ELSE :now END
+    WHERE seq = :seq AND worker = :worker AND state = 'STARTED'
+"""
+# Fired chords whose body row is gone (pruned or forgotten).
+_SQL_PRUNE_CHORDS = """
+    DELETE FROM chords WHERE fired = 1 AND NOT EXISTS (SELECT 1 FROM tasks
+                                                       WHERE tasks.id = chords.body)
+"""
+_SQL_PRUNE_STATS = "DELETE FROM stats WHERE minute < :minute"
 # Saved groups older than the cutoff whose first member was pruned or forgotten.
 _SQL_PRUNE_GROUPS = """
     DELETE FROM groups WHERE created_at < :cutoff AND NOT EXISTS (
         SELECT 1 FROM tasks WHERE tasks.id = groups.first)
 """
-_SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
-_SQL_CHORD_PROGRESS = "SELECT done, size FROM chords WHERE body = :id"  # chords_body
-_SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
 # finished -> (deleted). tasks_finished.
 _SQL_PRUNE = """
     DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < :cutoff
                                     ORDER BY finished_at LIMIT :n)
 """
 _SQL_VACUUM_STEP = f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})"
-# UNIQUE index on id.
-_TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
-                 "pid", "created_at", "started_at", "finished_at", "result", "traceback",
-                 "errors", "eta", "expires", "payload", "parent_id", "root_id", "group_id",
-                 "group_index", "waits", "meta", "input", "rate_key", "unique_key")
-_SQL_GET_TASK = f"""
-    SELECT {", ".join(_TASK_COLUMNS)} FROM tasks WHERE id = :id
-"""
-# Primary key, newest first; the filters are optional.
-_SQL_LIST_TASKS = f"""
-    SELECT {", ".join(_TASK_COLUMNS)}
-    FROM tasks WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
-                 AND (:name IS NULL OR name = :name)
-    ORDER BY seq DESC LIMIT :n
-"""
-_SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
-# A unique task's key is held by another row that waits or runs (tasks_unique).
-_KEY_HELD = f"""(unique_key IS NOT NULL AND EXISTS (
-    SELECT 1 FROM tasks AS holder INDEXED BY tasks_unique
-    WHERE holder.unique_key = tasks.unique_key AND holder.{_UNIQUE_HELD}))"""
-# A row that ended without running because what it waited for did not succeed (the rest
-# of a chain, a chord's body): it has no input, so it cannot run on its own.
-_NEVER_RAN_FOLLOWER = "(waits IS NOT NULL AND waits IN ('link', 'chord') AND input IS NULL)"
-# FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
-# fresh retry budget, its error history kept (not a follower that never ran).
-_SQL_REQUEUE = f"""
-    UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
-                     eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
-                     retries = 0
-    WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
-      AND NOT {_NEVER_RAN_FOLLOWER} AND NOT {_KEY_HELD}
-"""
-# FAILURE, REVOKED or EXPIRED -> WAITING: the rest of a chain that the requeued task's end
-# had ended without running waits for it again (tasks_parent; a worklist follows it down).
-_SQL_REOPEN_CHAIN = """
-    UPDATE tasks SET state = 'WAITING', result = NULL, traceback = NULL, finished_at = NULL
-    WHERE parent_id = :parent AND waits IN ('link', 'link_si') AND attempt = 0
-      AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
-    RETURNING id
-"""
-# FAILURE -> PENDING, in bulk (by task name, or all): the dashboard's "retry all failed".
-# tasks_failed: the ids of a batch, each then requeued as above.
-_SQL_FAILED_IDS = f"""
-    SELECT id FROM tasks INDEXED BY tasks_failed
-    WHERE state = 'FAILURE' AND (:name IS NULL OR name = :name) AND NOT {_NEVER_RAN_FOLLOWER}
-    LIMIT :n
-"""
-# WAITING -> (deleted): rows whose parent is gone (purged or deleted): nothing would ever
-# wake them. tasks_waiting, then the parent's UNIQUE id.
-_SQL_DROP_ORPHANS = """
-    DELETE FROM tasks WHERE seq IN (
-        SELECT seq FROM tasks INDEXED BY tasks_waiting WHERE state = 'WAITING'
-          AND parent_id IS NOT NULL AND NOT EXISTS (
-              SELECT 1 FROM tasks AS p WHERE p.id = tasks.parent_id) LIMIT :n)
-"""
-# PENDING, SCHEDULED, RETRY or WAITING -> (deleted).
-_SQL_PURGE = """
-    DELETE FROM tasks WHERE seq IN (
-        SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING')
-                              AND (:queue IS NULL OR queue = :queue) LIMIT :n)
-"""
-_SQL_COUNTS = "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY 1, 2"
 _SQL_REGISTER_WORKER = """
     INSERT OR REPLACE INTO workers (id, parent, hostname, pid, queues, concurrency, started_at,
                                     pool)
@@ -2229,31 +2170,14 @@ _SQL_WORKERS = """
            pool, wanted, stop_asked
     FROM workers ORDER BY started_at
 """
-# An operator's request to a supervisor (the transitions of `litequeue control`).
-_SQL_ASK_WORKER_STOP = """
-    UPDATE workers SET stop_asked = :now WHERE id = :id AND parent IS NULL
-"""
-_SQL_ASK_WORKER_POOL = """
-    UPDATE workers SET wanted = :wanted WHERE id = :id AND parent IS NULL
-"""
 _SQL_WORKER_ASKED = "SELECT wanted, stop_asked FROM workers WHERE id = :id"
 _SQL_WORKER_RESIZED = """
     UPDATE workers SET concurrency = :concurrency, wanted = NULL WHERE id = :id
 """
-_SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 _SQL_RUNNING_BY_WORKER = """
     SELECT worker, id, name, started_at, seq FROM tasks WHERE state = 'STARTED'
     ORDER BY started_at
 """
-_SQL_UPSERT_REGISTRY = """
-    INSERT INTO registry (name, module, updated_at) VALUES (:name, :module, :now)
-    ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
-"""
-_SQL_REGISTRY = "SELECT name, module FROM registry ORDER BY name"
-_SQL_UNREGISTER_TASK = "DELETE FROM registry WHERE name = :name"
-_SQL_MODULE_OF = "SELECT module FROM registry WHERE name = :name"
-# The rowid b-tree's last entry: a new name gets a new rowid (an update keeps its own).
-_SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
 # SCHEDULED or RETRY -> PENDING. tasks_due: only rows waiting for their time are in it.
 _SQL_PROMOTE_DUE = """
     UPDATE tasks SET state = 'PENDING'
@@ -2392,11 +2316,6 @@ _SQL_SET_FIRED = """
     UPDATE schedules SET last_fire = :last_fire, next_fire = :next_fire, fires = fires + :fired
     WHERE name = :name
 """
-_SQL_SCHEDULES = """
-    SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire,
-           fires, error
-    FROM schedules ORDER BY name
-"""
 _SQL_GET_SCHEDULE = "SELECT schedule, tz, last_fire FROM schedules WHERE name = :name"
 _SQL_UPSERT_SCHEDULE = """
     INSERT INTO schedules (name, task, module, schedule, tz, payload, queue, priority, catch_up,
@@ -2411,6 +2330,99 @@ _SQL_UPSERT_SCHEDULE = """
         updated_at = excluded.updated_at, error = NULL
 """
 _SQL_DELETE_SCHEDULE = "DELETE FROM schedules WHERE name = :name"
+_SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
+
+# -- the admin surface and results --------------------------------------------
+
+_SQL_RATE_LIMITS = "SELECT key, rate, interval, next_start FROM rate_limits ORDER BY key"
+_SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
+_SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
+_SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
+# UNIQUE index on id. Without terminate, a running task is left to finish.
+_SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
+# PENDING, SCHEDULED, RETRY, WAITING or STARTED -> REVOKED.
+_SQL_REVOKE = """
+    UPDATE tasks SET state = 'REVOKED', finished_at = :now
+    WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING', 'STARTED')
+"""
+_SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
+_SQL_GROUP_MEMBERS = "SELECT members FROM groups WHERE id = :id"
+_SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
+_SQL_CHORD_PROGRESS = "SELECT done, size FROM chords WHERE body = :id"  # chords_body
+# UNIQUE index on id.
+_TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
+                 "pid", "created_at", "started_at", "finished_at", "result", "traceback",
+                 "errors", "eta", "expires", "payload", "parent_id", "root_id", "group_id",
+                 "group_index", "waits", "meta", "input", "rate_key", "unique_key")
+_SQL_GET_TASK = f"""
+    SELECT {", ".join(_TASK_COLUMNS)} FROM tasks WHERE id = :id
+"""
+# Primary key, newest first; the filters are optional.
+_SQL_LIST_TASKS = f"""
+    SELECT {", ".join(_TASK_COLUMNS)}
+    FROM tasks WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+                 AND (:name IS NULL OR name = :name)
+    ORDER BY seq DESC LIMIT :n
+"""
+_SQL_FORGET = "DELETE FROM tasks WHERE id = :id"         # any -> (deleted)
+# A unique task's key is held by another row that waits or runs (tasks_unique).
+_KEY_HELD = f"""(unique_key IS NOT NULL AND EXISTS (
+    SELECT 1 FROM tasks AS holder INDEXED BY tasks_unique
+    WHERE holder.unique_key = tasks.unique_key AND holder.{_UNIQUE_HELD}))"""
+# A row that ended without running because what it waited for did not succeed (the rest
+# of a chain, a chord's body): it has no input, so it cannot run on its own.
+_NEVER_RAN_FOLLOWER = "(waits IS NOT NULL AND waits IN ('link', 'chord') AND input IS NULL)"
+# FAILURE, REVOKED or EXPIRED -> PENDING: a finished task queued again by hand, with a
+# fresh retry budget, its error history kept (not a follower that never ran).
+_SQL_REQUEUE = f"""
+    UPDATE tasks SET state = 'PENDING', result = NULL, traceback = NULL, finished_at = NULL,
+                     eta = NULL, expires = NULL, worker = NULL, pid = NULL, started_at = NULL,
+                     retries = 0
+    WHERE id = :id AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+      AND NOT {_NEVER_RAN_FOLLOWER} AND NOT {_KEY_HELD}
+"""
+# FAILURE, REVOKED or EXPIRED -> WAITING: the rest of a chain that the requeued task's end
+# had ended without running waits for it again (tasks_parent; a worklist follows it down).
+_SQL_REOPEN_CHAIN = """
+    UPDATE tasks SET state = 'WAITING', result = NULL, traceback = NULL, finished_at = NULL
+    WHERE parent_id = :parent AND waits IN ('link', 'link_si') AND attempt = 0
+      AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+    RETURNING id
+"""
+# FAILURE -> PENDING, in bulk (by task name, or all): the dashboard's "retry all failed".
+# tasks_failed: the ids of a batch, each then requeued as above.
+_SQL_FAILED_IDS = f"""
+    SELECT id FROM tasks INDEXED BY tasks_failed
+    WHERE state = 'FAILURE' AND (:name IS NULL OR name = :name) AND NOT {_NEVER_RAN_FOLLOWER}
+    LIMIT :n
+"""
+# WAITING -> (deleted): rows whose parent is gone (purged or deleted): nothing would ever
+# wake them. tasks_waiting, then the parent's UNIQUE id.
+_SQL_DROP_ORPHANS = """
+    DELETE FROM tasks WHERE seq IN (
+        SELECT seq FROM tasks INDEXED BY tasks_waiting WHERE state = 'WAITING'
+          AND parent_id IS NOT NULL AND NOT EXISTS (
+              SELECT 1 FROM tasks AS p WHERE p.id = tasks.parent_id) LIMIT :n)
+"""
+# PENDING, SCHEDULED, RETRY or WAITING -> (deleted).
+_SQL_PURGE = """
+    DELETE FROM tasks WHERE seq IN (
+        SELECT seq FROM tasks WHERE state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING')
+                              AND (:queue IS NULL OR queue = :queue) LIMIT :n)
+"""
+_SQL_COUNTS = "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state ORDER BY 1, 2"
+# An operator's request to a supervisor (the transitions of `litequeue control`).
+_SQL_ASK_WORKER_STOP = """
+    UPDATE workers SET stop_asked = :now WHERE id = :id AND parent IS NULL
+"""
+_SQL_ASK_WORKER_POOL = """
+    UPDATE workers SET wanted = :wanted WHERE id = :id AND parent IS NULL
+"""
+_SQL_SCHEDULES = """
+    SELECT name, task, module, schedule, tz, queue, priority, catch_up, last_fire, next_fire,
+           fires, error
+    FROM schedules ORDER BY name
+"""
 # An operator's switch (Admin.disable_schedule): the error column is the one "disabled"
 # flag the scheduler reads; this text marks the operator's choice apart from a repair.
 _SQL_SET_SCHEDULE_ERROR = """
@@ -2433,9 +2445,6 @@ _SQL_WORKFLOW = f"""
 """
 # Custom update_state() states are kept beside running rows (tasks_running): read them.
 _SQL_RUNNING_META = "SELECT meta FROM tasks WHERE state = 'STARTED' AND meta IS NOT NULL"
-_SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
-
-
 # The monitoring reads (dashboard, /metrics, health): each through an index, so their cost
 # follows the waiting and running rows, not the finished ones.
 # Each part reads one partial index and no table row (tasks_ready, tasks_due, tasks_waiting
@@ -2485,7 +2494,6 @@ _SQL_TASK_PAGE = f"""
     ORDER BY seq DESC LIMIT :n
 """
 _SQL_MAX_SEQ = "SELECT max(seq) FROM tasks"
-_SQL_TASK_NAMES = "SELECT name FROM registry ORDER BY name"
 # Failure mails. tasks_failed: the failures that finished in (cursor, until]. The cursor
 # moves only once a mail of them was accepted, and never back.
 _SQL_ALERT_CURSOR = "SELECT cursor FROM alerts WHERE id = 1"
