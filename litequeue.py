@@ -114,10 +114,11 @@ One task, from delay() to get(), by function::
             (_pack_envelope) -> _Storage.insert_task (_SQL_INSERT_TASK, one commit)
             -> _Doorbell.ring on work/
   child     _Child.step -> _Child._refill -> _Child._commit ->
-            _Storage.complete_and_claim (_SQL_CLAIM) -> _Child._run -> _Child._execute
-            -> _Child._run_row (_Child._prepare: _unpack_envelope; _task_started; the
-            function) -> _Child._finish -> _conclude (_failure_decision when it
-            raised) -> _Outcome, kept in _Pending -> _Child._commit ->
+            _Storage.complete_and_claim (_SQL_CLAIM) -> _Child._run (a _Run; coroutines
+            and -P threads: _Child._dispatch) -> _Child._begin (_Child._prepare:
+            _unpack_envelope; the _Request; _task_started) -> the function ->
+            _Child._finish -> _conclude (_failure_decision when it raised) -> _Outcome
+            -> _Child._end (kept in _Pending, counted) -> _Child._commit ->
             _Storage.complete_and_claim (_SQL_COMPLETE, then _Storage._settle for its
             followers, in the same transaction) -> _Doorbell.ring_tasks on done/<tag>
   caller    AsyncResult.get -> AsyncResult._waiting (a _Sleeper on done/<tag>) ->
@@ -4941,7 +4942,7 @@ class _ExceptionInfo:
 
 
 # One run of a task, as the worker and eager mode both see it: a worker child
-# (_Child._run_row, or _dispatch and _collect for a coroutine or a -P threads task) and
+# (_Child._begin and _Child._finish, whichever runner runs the task in between) and
 # LiteQueue._run_eagerly call the same three steps, so a handler sees the same calls with
 # the same arguments from either:
 #   _task_started(task, request, args, kwargs)                   task_prerun
@@ -7648,17 +7649,26 @@ class _SoftLimited:
                 error = exc
 
 
-class _Flight:
-    """A row running off the child's main thread (a coroutine or a -P threads thread)."""
+class _Run:
+    """One row the child runs, whichever runner runs it (the main thread, the loop, a
+    thread): _Child._begin makes it ready, the runner calls its task, _Child._end turns
+    what came out into the _Outcome the next commit records."""
 
     __slots__ = ("row", "task", "args", "kwargs", "request", "outcome", "soft", "hard",
                  "deadline", "kind", "started", "handle")
 
-    def __init__(self, row, task, args, kwargs, request, outcome, soft, hard, kind):
-        self.row, self.task, self.args, self.kwargs = row, task, args, kwargs
-        self.request, self.outcome, self.kind = request, outcome, kind
-        self.soft, self.hard = soft, hard
-        self.deadline = 0.0
+    def __init__(self, row, kind):
+        self.row = row
+        self.kind = kind              # _ON_MAIN, _OFF_LOOP or _OFF_THREAD
+        self.task = None              # these four are set by _begin
+        self.args, self.kwargs = (), {}
+        self.request = None
+        # The row's _Outcome with its identity filled in: outcome(state, result, ...).
+        self.outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
+                                         tag=_ring_id(row.id), id=row.id,
+                                         followers=row.followers)
+        self.soft = self.hard = None  # its time limits, seconds
+        self.deadline = 0.0           # off the main thread: when the hard limit ends it
         self.started = time.monotonic()
         self.handle = None            # its asyncio.Task, once the loop has started it
 
@@ -8038,7 +8048,7 @@ class _Child:
         self.threads = spec.threads
         self.solo = spec.solo
         self.async_limit = spec.async_concurrency
-        self.flights = {}              # seq -> _Flight
+        self.flights = {}              # seq -> _Run, of the rows off the main thread
         self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
         self.done = _Mailbox()         # (seq, value, exc, tb, seconds) from runners
         self.loop_runner = self.thread_runner = self.meta_writer = None
@@ -8198,54 +8208,35 @@ class _Child:
                 return True
             self._wait_done(self.poll_max)
             return True
-        now = time.time()
-        flights = []
+        runs = []
         for row, kind in batch:
-            outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                        tag=_ring_id(row.id), id=row.id, followers=row.followers)
-            task = self.tasks[row.name]
-            flight = _Flight(row, task, (), {}, None, outcome,
-                             task.soft_time_limit or self.spec.soft_time_limit,
-                             task.time_limit or self.spec.time_limit, kind)
-            if flight.hard:
-                flight.deadline = now + flight.hard + (_LOOP_KILL_GRACE if kind == _OFF_LOOP
-                                                       else 0.0)
-            self.flights[row.seq] = flight
+            run = self.flights[row.seq] = _Run(row, kind)
             self.off[kind] += 1
-            flights.append(flight)
+            runs.append(run)
         # As _still_ours: record them as running, then look for revokes.
         self._record_flights()
         revocations = self.revocations.value()
         if revocations != self.revocations_seen:
             self.revocations_seen = revocations
-            seqs = [f.row.seq for f in flights]
+            seqs = [run.row.seq for run in runs]
             states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
                                   "reading revoked rows again")
-            for flight in [f for f in flights if states.get(f.row.seq) != STARTED]:
-                flights.remove(flight)
-                self._land(flight)
-            self._record_flights()
+            for run in [r for r in runs if states.get(r.row.seq) != STARTED]:
+                runs.remove(run)
+                self._land(run)
         started = []
-        for flight in flights:
-            ready = self._prepare(flight.row, flight.outcome)
-            if isinstance(ready, _Outcome):
-                self._land(flight)
-                self.pending.add(ready, flight.started)
-                continue
-            flight.task, flight.args, flight.kwargs = ready
-            row = flight.row
-            flight.request = _Request(
-                row.id, flight.args, flight.kwargs, row.retries, row.attempt, row.name,
-                self.hostname, self.worker_id, row.parent_id, row.root_id, row.group_id,
-                (self._meta_writer(), row.seq, row.attempt))
-            _task_started(flight.task, flight.request, flight.args, flight.kwargs)
-            started.append(flight)
-        if len(started) != len(flights):
-            self._record_flights()
-        if any(f.deadline for f in started):
+        for run in runs:
+            ended = self._begin(run)
+            if ended is not None:
+                self._land(run)
+                self._end(run, ended, 0.0)
+            else:
+                started.append(run)
+        self._record_flights()            # with their hard deadlines
+        if any(run.deadline for run in started):
             self.control_bell.ring()      # the supervisor enforces the hard limits
         for kind in (_OFF_LOOP, _OFF_THREAD):
-            mine = [f for f in started if f.kind == kind]
+            mine = [run for run in started if run.kind == kind]
             if mine:
                 self._runner(kind).submit(mine)
         return True
@@ -8299,15 +8290,9 @@ class _Child:
                 logger.warning("Task %s[%s] was revoked and terminated", flight.row.name,
                                flight.row.id)
                 continue                  # its row is REVOKED already
-            started = time.monotonic() - seconds
-            outcome = self._finish(flight.task, flight.row, flight.args, flight.kwargs,
-                                   flight.request, value, exc, tb, started, flight.outcome)
-            self.pending.add(outcome, started)
-            self._count(flight.row.name, outcome.state, seconds)
-            self.tasks_done += 1
+            self._end(flight, self._safely(flight, self._finish, flight, value, exc, tb),
+                      seconds)
         self._record_flights()
-        if self._used_up():
-            self.stopping = True
         if self.pending.outcomes:
             stopping = self.stopping or self.orphaned
             rows = self._commit(self.pending.take(), 0 if stopping else
@@ -8384,38 +8369,22 @@ class _Child:
         if begun and self._durations.get(row.name, 1.0) > _GROUP_COMMIT_WINDOW:
             self._commit(self.pending.take(), 0)   # this task may be slow: commit first
             begun = []
-        started = time.monotonic()
-        self.watch.begin(row.seq, started)
+        run = _Run(row, _ON_MAIN)
+        self.watch.begin(row.seq, run.started)
         # If anything ends this process before the next line, the lock record still
         # names the row, and the supervisor charges the row with it.
-        outcome = self._execute(row, begun)
+        outcome = self._safely(run, self._run_here, run, begun)
         self.watch.end()
-        self.pending.add(outcome, started)
+        self.last_duration = duration = time.monotonic() - run.started
+        self._end(run, outcome, duration)
         if self.deadline_set or not self.pending.claimed:
             # Otherwise the next row's _still_ours writes the record, with this one among
             # the begun rows, before anything else can happen.
             self.lock.executing(0, begun=self.pending.begun)
             self.deadline_set = False
-        self.last_duration = duration = time.monotonic() - started
         self._durations[row.name] = 0.7 * self._durations.get(row.name, duration) + 0.3 * duration
-        # The counters (_count, inlined: this is once per task).
-        kind = _STATS_KIND.get(outcome.state)
-        if kind is not None:
-            stats = self.stats
-            counts = stats.rows.get((row.name, self.claim_queue))
-            if counts is None:
-                counts = stats.rows[(row.name, self.claim_queue)] = _stats_counts()
-            counts[kind] += 1
-            counts[3] += duration
-            counts[4 if duration <= _RUNTIME_BUCKETS[0] else
-                   4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
-            stats.processed += 1
-            stats.failed += kind == 1
         if duration > _GROUP_COMMIT_WINDOW:
             self.batch = 1
-        self.tasks_done += 1
-        if self._used_up():
-            self.stopping = True
 
     def _after_run(self):
         """Commit once the group-commit window has passed; give the claimed rows back
@@ -8617,80 +8586,99 @@ class _Child:
             self.storage.add_stats(rows)
         return wait
 
-    def _execute(self, row, begun=()):
-        """Run one claimed row; returns its _Outcome for complete_and_claim.
-
-        Never raises: a row the child cannot handle (a column it cannot read, a result
-        that fails while it is encoded) ends FAILURE saying why, so no row can kill the
-        process again and again without being charged.
-        """
+    def _safely(self, run, step, *args):
+        """step(*args): the run's _Outcome. Never raises: a row the child cannot handle (a
+        column it cannot read, a result that fails while it is encoded, a hook that
+        raises) ends FAILURE saying why, so no row can kill the process again and again
+        without being charged."""
         try:
-            return self._run_row(row, begun)
+            return step(*args)
         except Exception as exc:
+            row = run.row
             message = (f"the worker could not handle this task row: {type(exc).__name__}: "
                        f"{_saferepr(exc)}")
             logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
                          message)
-            return _Outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc(),
-                            seq=row.seq, attempt=row.attempt, tag=_ring_id(row.id), id=row.id,
-                            followers=row.followers)
+            return run.outcome(FAILURE, _encode_error(ValueError(message)),
+                               _traceback.format_exc())
 
-    def _run_row(self, row, begun):
-        """Check a row, run its task, and return its _Outcome."""
-        outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                    tag=_ring_id(row.id), id=row.id, followers=row.followers)
-        ready = self._prepare(row, outcome)
+    def _begin(self, run, begun=()):
+        """Make a run ready: its task, arguments, time limits and request, then
+        task_prerun. Returns the _Outcome of a row that ends without running (a payload it
+        cannot read, an expiry passed, an unknown name), else None."""
+        row = run.row
+        ready = self._prepare(row, run.outcome)
         if isinstance(ready, _Outcome):
             return ready
-        task, args, kwargs = ready
-        soft = task.soft_time_limit or self.spec.soft_time_limit
-        hard = task.time_limit or self.spec.time_limit
-        if hard:
-            self.lock.executing(row.seq, time.time() + hard, begun)
+        run.task, run.args, run.kwargs = task, args, kwargs = ready
+        run.soft = task.soft_time_limit or self.spec.soft_time_limit
+        run.hard = task.time_limit or self.spec.time_limit
+        if run.hard and run.kind == _ON_MAIN:
+            self.lock.executing(row.seq, time.time() + run.hard, begun)
             self.deadline_set = True
             self.control_bell.ring()  # the supervisor enforces the hard limit
-        request = _Request(    # positional: this is once per task
-            row.id, args, kwargs, row.retries, row.attempt, row.name, self.hostname,
-            self.worker_id, row.parent_id, row.root_id, row.group_id,
-            (self.storage, row.seq, row.attempt))
-        _set_request(request)
-        _task_started(task, request, args, kwargs)
-        started = time.monotonic()
+        elif run.hard:                # written to the lock record by _record_flights
+            run.deadline = time.time() + run.hard + (
+                _LOOP_KILL_GRACE if run.kind == _OFF_LOOP else 0.0)
+        # Off the main thread, update_state() writes through a connection of its own.
+        meta = self.storage if run.kind == _ON_MAIN else self._meta_writer()
+        run.request = _Request(
+            id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
+            name=row.name, hostname=self.hostname, worker=self.worker_id,
+            parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
+            meta_writer=(meta, row.seq, row.attempt))
+        _task_started(task, run.request, args, kwargs)
+        return None
+
+    def _run_here(self, run, begun):
+        """Begin a run, call its task on this thread (soft limit: SIGALRM), end it."""
+        ended = self._begin(run, begun)
+        if ended is not None:
+            return ended
+        task, soft = run.task, run.soft
+        _set_request(run.request)
         try:
             if soft:
                 self.in_task = True
                 signal.setitimer(signal.ITIMER_REAL, soft)
-            value = task(*args, **kwargs)
+            value = task(*run.args, **run.kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
-            return self._finish(task, row, args, kwargs, request, None, exc,
-                                _traceback.format_exc(), started, outcome)
+            return self._finish(run, None, exc, _traceback.format_exc())
         finally:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 self.in_task = False
             _set_request(None)
-        return self._finish(task, row, args, kwargs, request, value, None, None, started,
-                            outcome)
+        return self._finish(run, value, None, None)
 
-    def _finish(self, task, row, args, kwargs, request, value, exc, tb, started, outcome):
+    def _finish(self, run, value, exc, tb):
         """The _Outcome of a task that returned value or raised exc (traceback tb), after
         its hooks and signals (_conclude: the path eager mode takes too)."""
+        task, row, request = run.task, run.row, run.request
         if request.progress is not None:
             request.close()
-        end = _conclude(task, request, args, kwargs, value, exc, tb, stored_max=row.max_retries,
-                        default_max=self.default_max_retries, errors=row.errors,
-                        started=started)
+        end = _conclude(task, request, run.args, run.kwargs, value, exc, tb,
+                        stored_max=row.max_retries, default_max=self.default_max_retries,
+                        errors=row.errors, started=run.started)
         state = end.state
         if state == SUCCESS:
             if task.ignore_result:
-                return outcome(SUCCESS, None, passed=end.stored)
+                return run.outcome(SUCCESS, None, passed=end.stored)
             # The common case, without the partial's merge.
             return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
-                            tag=outcome.keywords["tag"], id=row.id, followers=row.followers)
+                            tag=run.outcome.keywords["tag"], id=row.id, followers=row.followers)
         if state == RETRY:
-            return outcome(RETRY, end.stored, end.traceback, eta=end.eta, errors=end.errors,
-                           retried=1)
-        return outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
+            return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
+                               errors=end.errors, retried=1)
+        return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
+
+    def _end(self, run, outcome, duration):
+        """A run is over: keep its outcome for the next commit, and count it."""
+        self.pending.add(outcome, time.monotonic() - duration)
+        self._count(run.row.name, outcome.state, duration)
+        self.tasks_done += 1
+        if self._used_up():
+            self.stopping = True
 
     def _follower_args(self, row, task, args):
         """The arguments of a row that followed another: a link's parent result or a
