@@ -101,9 +101,13 @@ Sections, in file order (each uses only the sections above it; a test checks it)
   Worker: task code       finding and importing task modules
   Worker: the child's parts   counters, claimed rows, time limits, coroutine and
                           thread runners
-  Worker: the child       one worker process's loop, and how it starts
+  Worker: the child       _RunPipeline (one row, whichever runner runs it),
+                          _Offloading (coroutines and threads), _Child (the loop:
+                          claim, run, commit), and how a child process starts
   Alerts                  failure mails, systemd notify
-  Worker: the supervisor  children, the scheduler, the janitor, shutdown
+  Worker: the supervisor  _Guard (a step's errors), _Timers (the janitor), _Scheduler
+                          (due rows, periodic fires), _Supervisor (children, signals,
+                          operators' requests, shutdown)
   Monitoring              health checks, /metrics, Flower's API, the dashboard server
   CLI                     the click group and its commands
   Assets                  the demo's tasks and the dashboard's page; the entry point
@@ -4723,6 +4727,40 @@ def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, defau
     return state, cause, eta, history, budget
 
 
+def _settle_lost(exc, tasks, default_max_retries):
+    """How the row a dead process was executing ends, as a settle function for
+    _Storage.rescue: by the task policy, requeued at once if its budget allows (a lost
+    worker; at most _DEATH_RETRIES deaths when the budget has no bound), retried on its
+    backoff if the task's autoretry_for covers a time limit, else FAILURE. A row whose
+    columns cannot be read ends FAILURE."""
+    def settle(row):
+        now = time.time()
+        history = _history(row["errors"])
+        error = _error_entry(exc, row["attempt"], now)
+        try:
+            task = tasks.get(row["name"])
+            timed_out = isinstance(exc, TimeLimitExceeded)
+            budget = _retry_budget(None, row["max_retries"],
+                                   task._max_retries if task else _UNSET,
+                                   default_max_retries)
+            state, eta, retried, history = _after_failure(
+                retries=row["retries"], budget=_DEATH_RETRIES if budget is None else budget,
+                wants_retry=not timed_out or bool(task and task.autoretry_for and
+                                                  isinstance(exc, task.autoretry_for)),
+                delay=lambda: task.backoff(row["retries"]) if timed_out else 0.0,
+                now=now, history=history, error=error)
+            if state == RETRY and not timed_out:
+                state, eta = PENDING, None      # requeued now, not through the scheduler
+        except Exception as bad:
+            logger.error("task row %s: cannot apply its retry policy: %s", row["seq"],
+                         _saferepr(bad))
+            state, eta, retried, history = FAILURE, None, 0, history + [error]
+        return _Outcome(state, _encode_error(exc), str(exc), seq=row["seq"],
+                        attempt=row["attempt"], tag=None, eta=eta, errors=_pack(history),
+                        retried=retried)
+    return settle
+
+
 # ---------------------------------------------------------------------------
 # Task context: the request, progress, signals and hooks
 # What a running task sees (self.request, update_state), Celery's signals, and the
@@ -7954,193 +7992,237 @@ _ChildSpec = collections.namedtuple("_ChildSpec", (
     defaults=(0, 1, DEFAULTS["worker_async_concurrency"], False, False))
 
 
-class _Child:
-    """One worker process: claims rows, runs them, records results. Sync tasks run on its
-    main thread (prefork, solo) or on its threads (-P threads); coroutine tasks run on its
-    event loop thread (_LoopRunner), up to worker_async_concurrency at once."""
+class _RunPipeline:
+    """How a child runs one row, whichever runner calls its task (the main thread, the
+    loop, a thread): _begin makes a _Run ready (its task, arguments, limits, request,
+    task_prerun), _finish turns what the task returned or raised into an _Outcome (its
+    hooks and signals, the retry decision), _end keeps the outcome for the next commit
+    and counts it. _Child inherits it; the attributes are _Child's."""
 
-    def __init__(self, spec):
-        self.spec = spec = spec if isinstance(spec, _ChildSpec) else _ChildSpec(**spec)
-        self.worker_id = spec.worker_id
-        self.pid = os.getpid()
-        self.queues = spec.queues
-        self.stopping = False
-        self.orphaned = False
-        self.running = False         # set once it has started and begins to claim
-        self._queue_turn = 0
-        self._durations = {}      # task name -> moving average of its run time
-
-    def run(self):
-        """Open everything the child needs, register, and run rows until told to stop.
-        Returns its exit code."""
-        self.open()
-        self.running = True
+    def _safely(self, run, step, *args):
+        """step(*args): the run's _Outcome. Never raises: a row the child cannot handle (a
+        column it cannot read, a result that fails while it is encoded, a hook that
+        raises) ends FAILURE saying why, so no row can kill the process again and again
+        without being charged."""
         try:
-            self._loop()
-        except BaseException:
-            # The lock file keeps naming the row being run, for the supervisor to charge;
-            # the lock itself goes with the process.
-            self.sleeper.close()
-            raise
-        self.close()
-        return 0
+            return step(*args)
+        except Exception as exc:
+            row = run.row
+            message = (f"the worker could not handle this task row: {type(exc).__name__}: "
+                       f"{_saferepr(exc)}")
+            logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
+                         message)
+            return run.outcome(FAILURE, _encode_error(ValueError(message)),
+                               _traceback.format_exc())
 
-    def open(self):
-        """Everything run() needs before its first step(): storage, task code, lock file,
-        registration, wake-up socket and signal handlers. A test can then call step()."""
-        spec = self.spec
-        conf = spec.settings
-        side = _SideDir(spec.db)
-        self.control_bell = _Doorbell(side, "sched")
-        self.storage = _Storage(spec.db, synchronous=conf["synchronous"],
-                                busy_timeout=conf["busy_timeout"], autocheckpoint=0,
-                                busy_steps=_BUSY_STEPS_WORKER,
-                                on_wal_growth=self.control_bell.ring)
-        self.storage.claim_share = max(1, spec.processes)
-        self.tried_modules = set()
-        self.hostname = spec.hostname
-        self.tasks, _, _, _ = _load_worker_code(spec.db, spec.cwd, spec.modules, spec.autoimport,
-                                                self.storage, self.tried_modules)
-        self.default_max_retries = conf["task_max_retries"]
-        self.poll_max = spec.poll_interval
-        self.prefetch = max(1, int(conf["worker_prefetch"]))
-        self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
-                                 "creating the lock file again")
-        self.revocations = _RevokeCounter(side)
-        self.revocations_seen = self.revocations.value()     # read before the first claim
-        self.tasks_done = 0
-        self.max_memory = spec.max_memory
-        if self.max_memory:
-            baseline = _resident_kib()
-            if baseline * 1.1 >= self.max_memory:
-                # A fresh child already near the limit would be replaced after every task,
-                # for ever (Celery's respawn loop): allow it some room instead.
-                self.max_memory = int(baseline * 1.5)
-                logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
-                               "using %d KiB", spec.max_memory, baseline, self.max_memory)
-        row = {"id": self.worker_id, "parent": spec.parent_id, "hostname": spec.hostname,
-               "pid": self.pid, "queues": ",".join(self.queues),
-               "concurrency": spec.threads or 1,
-               "started_at": time.time(), "pool": None}
-        _waiting_out(lambda: self.storage.register_worker(row), "registering again")
-        self.sleeper = _Sleeper(side, "work", self.worker_id)
-        self.done_bell = _Doorbell(side, "done", keep=False)
-        self.work_bell = _Doorbell(side, "work")
-        self.in_task = False
-        signal.signal(signal.SIGALRM, self._on_soft_limit)
-        self.sig_r, sig_w = os.pipe()
-        os.set_blocking(sig_w, False)
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.set_wakeup_fd(sig_w)
-        parent = multiprocessing.parent_process()
-        self.parent_sentinel = parent.sentinel if parent else None
-        self.pending = _Pending()
-        self.stats = _Stats(self.worker_id)
-        self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
-        # Rows to claim at once, never more than a fair share of the ready rows: 1 while
-        # the tasks' durations are unknown (a slow task must not hold rows an idle sibling
-        # could run); fast tasks multiply it by 4, up to worker_prefetch; a slow one
-        # drops it to 1 again.
-        self.batch = 1
-        self.last_duration = 0.0
-        self.deadline_set = False      # the lock record holds a hard deadline
-        # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
-        self.threads = spec.threads
-        self.solo = spec.solo
-        self.async_limit = spec.async_concurrency
-        self.flights = {}              # seq -> _Run, of the rows off the main thread
-        self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
-        self.done = _Mailbox()         # (seq, value, exc, tb, seconds) from runners
-        self.loop_runner = self.thread_runner = self.meta_writer = None
-        self.watch = _Watch(self)
+    def _begin(self, run, begun=()):
+        """Make a run ready: its task, arguments, time limits and request, then
+        task_prerun. Returns the _Outcome of a row that ends without running (a payload it
+        cannot read, an expiry passed, an unknown name), else None."""
+        row = run.row
+        ready = self._prepare(row, run.outcome)
+        if isinstance(ready, _Outcome):
+            return ready
+        run.task, run.args, run.kwargs = task, args, kwargs = ready
+        run.soft = task.soft_time_limit or self.spec.soft_time_limit
+        run.hard = task.time_limit or self.spec.time_limit
+        if run.hard and run.kind == _ON_MAIN:
+            self.lock.executing(row.seq, time.time() + run.hard, begun)
+            self.deadline_set = True
+            self.control_bell.ring()  # the supervisor enforces the hard limit
+        elif run.hard:                # written to the lock record by _record_flights
+            run.deadline = time.time() + run.hard + (
+                _LOOP_KILL_GRACE if run.kind == _OFF_LOOP else 0.0)
+        # Off the main thread, update_state() writes through a connection of its own.
+        meta = self.storage if run.kind == _ON_MAIN else self._meta_writer()
+        run.request = _Request(
+            id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
+            name=row.name, hostname=self.hostname, worker=self.worker_id,
+            parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
+            meta_writer=(meta, row.seq, row.attempt))
+        _task_started(task, run.request, args, kwargs)
+        return None
+
+    def _run_here(self, run, begun):
+        """Begin a run, call its task on this thread (soft limit: SIGALRM), end it."""
+        ended = self._begin(run, begun)
+        if ended is not None:
+            return ended
+        task, soft = run.task, run.soft
+        _set_request(run.request)
+        try:
+            if soft:
+                self.in_task = True
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            value = task(*run.args, **run.kwargs)
+        except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
+            return self._finish(run, None, exc, _traceback.format_exc())
+        finally:
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.in_task = False
+            _set_request(None)
+        return self._finish(run, value, None, None)
+
+    def _finish(self, run, value, exc, tb):
+        """The _Outcome of a task that returned value or raised exc (traceback tb), after
+        its hooks and signals (_conclude: the path eager mode takes too)."""
+        task, row, request = run.task, run.row, run.request
+        if request.progress is not None:
+            request.close()
+        end = _conclude(task, request, run.args, run.kwargs, value, exc, tb,
+                        stored_max=row.max_retries, default_max=self.default_max_retries,
+                        errors=row.errors, started=run.started)
+        state = end.state
+        if state == SUCCESS:
+            if task.ignore_result:
+                return run.outcome(SUCCESS, None, passed=end.stored)
+            # The common case, without the partial's merge.
+            return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
+                            tag=run.outcome.keywords["tag"], id=row.id, followers=row.followers)
+        if state == RETRY:
+            return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
+                               errors=end.errors, retried=1)
+        return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
+
+    def _end(self, run, outcome, duration):
+        """A run is over: keep its outcome for the next commit, and count it."""
+        self.pending.add(outcome, time.monotonic() - duration)
+        self._count(run.row.name, outcome.state, duration)
+        self.tasks_done += 1
+        if self._used_up():
+            self.stopping = True
+
+    def _count(self, name, state, duration):
+        """Add one run to the counters (_Stats)."""
+        kind = _STATS_KIND.get(state)
+        if kind is None:
+            return
+        stats = self.stats
+        counts = stats.rows.get((name, self.claim_queue))
+        if counts is None:
+            counts = stats.rows[(name, self.claim_queue)] = _stats_counts()
+        counts[kind] += 1
+        counts[3] += duration
+        counts[4 if duration <= _RUNTIME_BUCKETS[0] else
+               4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
+        stats.processed += 1
+        stats.failed += kind == 1
+
+    def _still_ours(self, row, begun):
+        """Record the row as the one about to run, then check that no revoke took it
+        (see _RevokeCounter for why in this order). A revoke drops the claimed rows it
+        took too."""
+        self.lock.executing(row.seq, begun=begun)
+        revocations = self.revocations.value()
+        if revocations == self.revocations_seen:
+            return True
+        self.revocations_seen = revocations
+        claimed = self.pending.claimed
+        seqs = [row.seq] + [r.seq for r in claimed]
+        states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
+                              "reading revoked rows again")
+        self.pending.claimed = collections.deque(r for r in claimed
+                                                 if states.get(r.seq) == STARTED)
+        if states.get(row.seq) == STARTED:
+            return True
+        self.lock.executing(0, begun=begun)
+        return False
+
+    def _prepare(self, row, outcome):
+        """(task, args, kwargs) of a row that can run, or the _Outcome of one that
+        cannot: a payload or column it cannot read, an expiry passed, an unknown name."""
+        try:
+            args, kwargs = _unpack_envelope(row.payload)
+        except ValueError as exc:
+            logger.error("Task %s[%s] rejected: %s", row.name, row.id, exc)
+            return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
+        problem = (f"its id is {_saferepr(row.id, 100)}, not text"
+                   if not isinstance(row.id, str) else
+                   f"expires is {_saferepr(row.expires, 100)}, not a unix time"
+                   if row.expires is not None and not _is_time(row.expires) else None)
+        if problem:
+            logger.error("Task %s[%s] rejected: invalid task row: %s", row.name,
+                         _shown(row.id, 100), problem)
+            return outcome(FAILURE, _encode_error(ValueError(f"invalid task row: {problem}")))
+        if row.expires is not None and row.expires <= time.time():
+            logger.warning("Task %s[%s] expired before it could start", row.name, row.id)
+            if signals.task_revoked.receivers:
+                signals.task_revoked.send(sender=self.tasks.get(row.name) or row.name,
+                                          request=_Request(row.id, args, kwargs, name=row.name),
+                                          terminated=False, signum=None, expired=True)
+            return outcome(EXPIRED)
+        task = self.tasks.get(row.name) or self._find_late(row.name)
+        if task is None:
+            message = self._unknown_message(row.name)
+            logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
+            return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        if row.waits is not None:
+            args = self._follower_args(row, task, args)
+        return task, args, kwargs
+
+    def _follower_args(self, row, task, args):
+        """The arguments of a row that followed another: a link's parent result or a
+        chord body's list of results go first; an errback gets (request, exc, traceback)
+        or the failed task's id (Celery's rule, _errback_args)."""
+        waits = row.waits
+        if waits.endswith("_si"):
+            return args
+        if waits in ("link", "chord"):
+            value = None if row.input is None else _unpack(row.input)
+            return [value, *args]
+        if waits == "error":
+            failed = self._failed_ancestor(row.parent_id)
+            return [*_errback_args(task, failed), *args]
+        return args
+
+    def _failed_ancestor(self, task_id):
+        """The task whose failure reached an errback: up a chain, past the rows that
+        ended without running, to the one that ran (or a chord body that failed)."""
+        app = types.SimpleNamespace(_storage=lambda: self.storage)   # reads this database
+        result = AsyncResult(task_id, app)
+        for _ in range(100_000):
+            row = result._fetch()
+            if not row or row["attempt"] or not row.get("parent_id") or \
+                    row.get("waits") not in ("link", "link_si"):
+                break
+            result = AsyncResult(row["parent_id"], app)
+        return result
+
+    def _unknown_message(self, name):
+        """Why a name cannot run here: a module this worker cannot import, or nobody's."""
+        module = self.storage.module_of(name)
+        if not isinstance(module, str):
+            return _unknown_task_message(name, self.tasks)
+        if module in sys.modules:
+            return (f"task {name!r} was registered by module {module!r}, which this worker "
+                    f"imported, but it does not define that task (renamed or removed?)")
+        if not self.spec.autoimport:
+            return (f"task {name!r} is registered by module {module!r}, which this worker "
+                    f"did not import: auto-import is off; pass -A {module}")
+        return (f"task {name!r} is registered by module {module!r}, which this worker "
+                f"cannot import from its directory {self.spec.cwd} (start the worker "
+                f"in that module's directory, or pass -A {module})")
+
+    def _find_late(self, name):
+        """A name this child does not know: maybe a producer registered a new module.
+        One indexed read; a module already looked at is not looked at again."""
+        if not self.spec.autoimport:
+            return None
+        module = self.storage.module_of(name)
+        if not isinstance(module, str) or module in self.tried_modules:
+            return None
+        _autoimport([module], self.spec.cwd, self.tried_modules)
+        self.tasks, _ = _collect_tasks(self.spec.db)
         self._note_async()
+        return self.tasks.get(name)
 
-    def close(self):
-        """Unregister and let go of the lock file, after a clean end."""
-        for runner in (self.loop_runner, self.thread_runner):
-            if runner is not None:
-                runner.close()
-        self.sleeper.close()
-        with contextlib.suppress(Exception):
-            stats = self.stats.take(force=True)
-            if stats:
-                self.storage.add_stats(stats)
-        with contextlib.suppress(Exception):
-            self.storage.unregister_worker(self.worker_id)
-        self.lock.release()
-        self.storage.close()
 
-    def _on_soft_limit(self, signum, frame):
-        """SIGALRM: the running task passed its soft time limit."""
-        if self.in_task:
-            self.in_task = False
-            raise SoftTimeLimitExceeded("the task ran past its soft time limit")
-
-    def _on_sigterm(self, signum, frame):
-        # One is enough: a second (a group signal plus the supervisor's) must not kill
-        # the child while it finishes its task or exits.
-        """SIGTERM from the supervisor (warm shutdown): finish the task, then stop."""
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        self.stopping = True
-
-    def _next_queue(self):
-        """The queues served, in turn, so that no queue starves another."""
-        queue = self.queues[self._queue_turn % len(self.queues)]
-        self._queue_turn += 1
-        return queue
-
-    def _loop(self):
-        """Run rows until told to stop: a short loop over step()."""
-        while self.step():
-            pass
-
-    def step(self):
-        """One pass: claim rows if none is held, else run the next one (or hand the next
-        ones to the loop or the threads). Returns False when the child should exit."""
-        if self.done:
-            self._collect()
-        if not self.pending.claimed:
-            return self._refill()
-        if self.offloading and self._kind(self.pending.claimed[0]) != _ON_MAIN:
-            return self._dispatch()
-        if self.flights and self.solo:
-            self._wait_done(self.poll_max)       # solo: one task at a time, sync or not
-            return True
-        row = self.pending.claimed.popleft()
-        begun = self.pending.begun
-        if self._still_ours(row, begun):
-            self._run(row, begun)
-        return self._after_run()
-
-    def _refill(self):
-        """Commit what ran and claim the next batch, sleeping until there is one. False
-        once the child is stopping (or orphaned) and has committed everything."""
-        if self._parent_gone():
-            self.orphaned = True
-        stopping = self.stopping or self.orphaned
-        want = 0 if stopping else self._want()
-        rows = self._commit(self.pending.take(), want)
-        if stopping:
-            if self.flights:               # they finish first (their time limits hold)
-                self._wait_done(self.poll_max)
-                return True
-            return False
-        if want == 0:                      # every slot is taken: wait for one to end
-            self._wait_done(self.poll_max)
-            return True
-        if not rows:
-            # The batch size survives idleness: it was learnt from how fast the tasks
-            # run, and any slow task resets it.
-            rows = self._idle()
-            if rows is None:
-                return True
-        # Claim more at once only while the backlog is deep and tasks are fast.
-        if len(rows) >= self.batch and self.last_duration < _GROUP_COMMIT_WINDOW:
-            self.batch = min(self.batch * 4, self.prefetch)
-        self.pending.claimed.extend(rows)
-        return True
-
-    # -- coroutines and threads -----------------------------------------------------------
+class _Offloading:
+    """The rows a child runs off its main thread: coroutine tasks on its event loop
+    (_LoopRunner), sync tasks on its threads under -P threads (_ThreadRunner). _dispatch
+    begins them and hands them over, _collect ends those that came back. _Child
+    inherits it; the attributes are _Child's."""
 
     def _note_async(self):
         """Whether any row may run off the main thread (a coroutine task, or -P threads)."""
@@ -8312,6 +8394,212 @@ class _Child:
             if states.get(seq) == REVOKED:
                 self.loop_runner.cancel(self.flights[seq], _TERMINATED)
 
+
+class _Child(_RunPipeline, _Offloading):
+    """One worker process: claims rows, runs them, records results. Sync tasks run on its
+    main thread (prefork, solo) or on its threads (-P threads); coroutine tasks run on its
+    event loop thread (_LoopRunner), up to worker_async_concurrency at once."""
+
+    def __init__(self, spec):
+        spec = spec if isinstance(spec, _ChildSpec) else _ChildSpec(**spec)
+        self.spec = spec
+        self.worker_id = spec.worker_id
+        self.pid = os.getpid()
+        self.queues = spec.queues
+        self.hostname = spec.hostname
+        self.poll_max = spec.poll_interval          # the longest idle sleep between looks
+        self.threads = spec.threads                 # -P threads: how many (else 0)
+        self.solo = spec.solo                       # -P solo: one task at a time, sync or not
+        self.async_limit = spec.async_concurrency   # coroutines at once on the loop
+        self.max_memory = spec.max_memory           # KiB; _open() may raise it
+        conf = spec.settings
+        self.default_max_retries = conf["task_max_retries"]
+        self.prefetch = max(1, int(conf["worker_prefetch"]))   # the largest claim
+        # State of the loop.
+        self.running = False           # set once it has started and begins to claim
+        self.stopping = False          # finish what runs, commit, exit (SIGTERM, max tasks)
+        self.orphaned = False          # the supervisor died: as stopping
+        self.in_task = False           # a sync task runs on this thread (soft limit armed)
+        self.tasks_done = 0            # for worker_max_tasks_per_child
+        self._queue_turn = 0           # the next queue to claim from, round robin
+        self._durations = {}           # task name -> moving average of its run time
+        self.pending = _Pending()      # outcomes to commit, rows claimed not begun
+        self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
+        # Rows to claim at once, never more than a fair share of the ready rows: 1 while
+        # the tasks' durations are unknown (a slow task must not hold rows an idle sibling
+        # could run); fast tasks multiply it by 4, up to worker_prefetch; a slow one
+        # drops it to 1 again.
+        self.batch = 1
+        self.last_duration = 0.0       # of the last task run on this thread, seconds
+        self.deadline_set = False      # the lock record holds a hard deadline
+        # Off the main thread: coroutines on the loop, sync tasks on -P threads threads.
+        self.flights = {}              # seq -> _Run, of the rows off the main thread
+        self.off = {_OFF_LOOP: 0, _OFF_THREAD: 0}     # flights of each kind
+        self.done = _Mailbox()         # (seq, value, exc, tb, seconds) from runners
+        self.loop_runner = self.thread_runner = self.meta_writer = None   # on first use
+        self.has_async = self.offloading = False      # set by _note_async()
+        self.last_claim = (True, False)               # did it bring sync rows, coroutines
+        # Resources, opened by _open().
+        self.storage = self.lock = self.sleeper = None
+        self.control_bell = self.done_bell = self.work_bell = None
+        self.revocations = None        # the revoke counter, and its value when last read
+        self.revocations_seen = None
+        self.tasks = {}                # name -> Task, of the code this child imported
+        self.tried_modules = set()     # module names auto-import has looked at
+        self.stats = _Stats(self.worker_id)
+        self.sig_r = None              # the read end of the signal wake-up pipe
+        self.parent_sentinel = None    # ready once the supervisor has died
+        self.watch = None              # a _Watch: hands back rows claimed beside a long task
+
+    def run(self):
+        """Open everything the child needs, register, and run rows until told to stop.
+        Returns its exit code."""
+        self._open()
+        self._install_signal_handlers()
+        self.running = True
+        try:
+            self._loop()
+        except BaseException:
+            # The lock file keeps naming the row being run, for the supervisor to charge;
+            # the lock itself goes with the process.
+            self.sleeper.close()
+            raise
+        self.close()
+        return 0
+
+    def _open(self):
+        """Everything step() needs: storage, task code, lock file, registration and
+        wake-up sockets (a test can then call step() in its own process)."""
+        spec = self.spec
+        conf = spec.settings
+        side = _SideDir(spec.db)
+        self.control_bell = _Doorbell(side, "sched")
+        self.storage = _Storage(spec.db, synchronous=conf["synchronous"],
+                                busy_timeout=conf["busy_timeout"], autocheckpoint=0,
+                                busy_steps=_BUSY_STEPS_WORKER,
+                                on_wal_growth=self.control_bell.ring)
+        self.storage.claim_share = max(1, spec.processes)
+        self.tasks, _, _, _ = _load_worker_code(spec.db, spec.cwd, spec.modules,
+                                                spec.autoimport, self.storage,
+                                                self.tried_modules)
+        self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
+                                 "creating the lock file again")
+        self.revocations = _RevokeCounter(side)
+        self.revocations_seen = self.revocations.value()     # read before the first claim
+        if self.max_memory:
+            baseline = _resident_kib()
+            if baseline * 1.1 >= self.max_memory:
+                # A fresh child already near the limit would be replaced after every task,
+                # for ever (Celery's respawn loop): allow it some room instead.
+                self.max_memory = int(baseline * 1.5)
+                logger.warning("max memory per child %d KiB is below a fresh child's %d KiB; "
+                               "using %d KiB", spec.max_memory, baseline, self.max_memory)
+        row = {"id": self.worker_id, "parent": spec.parent_id, "hostname": spec.hostname,
+               "pid": self.pid, "queues": ",".join(self.queues),
+               "concurrency": spec.threads or 1, "started_at": time.time(), "pool": None}
+        _waiting_out(lambda: self.storage.register_worker(row), "registering again")
+        self.sleeper = _Sleeper(side, "work", self.worker_id)
+        self.done_bell = _Doorbell(side, "done", keep=False)
+        self.work_bell = _Doorbell(side, "work")
+        self.sig_r, self._sig_w = os.pipe()
+        os.set_blocking(self._sig_w, False)
+        parent = multiprocessing.parent_process()
+        self.parent_sentinel = parent.sentinel if parent else None
+        self.watch = _Watch(self)      # its thread starts now
+        self._note_async()
+
+    def _install_signal_handlers(self):
+        """SIGALRM: a sync task's soft time limit; SIGTERM: stop after the running task.
+        Both wake the loop through the pipe _open() made."""
+        signal.signal(signal.SIGALRM, self._on_soft_limit)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.set_wakeup_fd(self._sig_w)
+
+    def close(self):
+        """Unregister and let go of the lock file, after a clean end."""
+        for runner in (self.loop_runner, self.thread_runner):
+            if runner is not None:
+                runner.close()
+        self.sleeper.close()
+        with contextlib.suppress(Exception):
+            stats = self.stats.take(force=True)
+            if stats:
+                self.storage.add_stats(stats)
+        with contextlib.suppress(Exception):
+            self.storage.unregister_worker(self.worker_id)
+        self.lock.release()
+        self.storage.close()
+
+    def _on_soft_limit(self, signum, frame):
+        """SIGALRM: the running task passed its soft time limit."""
+        if self.in_task:
+            self.in_task = False
+            raise SoftTimeLimitExceeded("the task ran past its soft time limit")
+
+    def _on_sigterm(self, signum, frame):
+        # One is enough: a second (a group signal plus the supervisor's) must not kill
+        # the child while it finishes its task or exits.
+        """SIGTERM from the supervisor (warm shutdown): finish the task, then stop."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.stopping = True
+
+    def _next_queue(self):
+        """The queues served, in turn, so that no queue starves another."""
+        queue = self.queues[self._queue_turn % len(self.queues)]
+        self._queue_turn += 1
+        return queue
+
+    def _loop(self):
+        """Run rows until told to stop: a short loop over step()."""
+        while self.step():
+            pass
+
+    def step(self):
+        """One pass: claim rows if none is held, else run the next one (or hand the next
+        ones to the loop or the threads). Returns False when the child should exit."""
+        if self.done:
+            self._collect()
+        if not self.pending.claimed:
+            return self._refill()
+        if self.offloading and self._kind(self.pending.claimed[0]) != _ON_MAIN:
+            return self._dispatch()
+        if self.flights and self.solo:
+            self._wait_done(self.poll_max)       # solo: one task at a time, sync or not
+            return True
+        row = self.pending.claimed.popleft()
+        begun = self.pending.begun
+        if self._still_ours(row, begun):
+            self._run(row, begun)
+        return self._after_run()
+
+    def _refill(self):
+        """Commit what ran and claim the next batch, sleeping until there is one. False
+        once the child is stopping (or orphaned) and has committed everything."""
+        if self._parent_gone():
+            self.orphaned = True
+        stopping = self.stopping or self.orphaned
+        want = 0 if stopping else self._want()
+        rows = self._commit(self.pending.take(), want)
+        if stopping:
+            if self.flights:               # they finish first (their time limits hold)
+                self._wait_done(self.poll_max)
+                return True
+            return False
+        if want == 0:                      # every slot is taken: wait for one to end
+            self._wait_done(self.poll_max)
+            return True
+        if not rows:
+            # The batch size survives idleness: it was learnt from how fast the tasks
+            # run, and any slow task resets it.
+            rows = self._idle()
+            if rows is None:
+                return True
+        # Claim more at once only while the backlog is deep and tasks are fast.
+        if len(rows) >= self.batch and self.last_duration < _GROUP_COMMIT_WINDOW:
+            self.batch = min(self.batch * 4, self.prefetch)
+        self.pending.claimed.extend(rows)
+        return True
+
     def _wait_done(self, timeout):
         """Sleep until a flight ends, a signal, the supervisor's end, or timeout."""
         self.watch.sleep()
@@ -8327,42 +8615,6 @@ class _Child:
             self._cancel_revoked()
         if self.parent_sentinel in ready:
             self.orphaned = True
-
-    def _count(self, name, state, duration):
-        """Add one run to the counters (_Stats)."""
-        kind = _STATS_KIND.get(state)
-        if kind is None:
-            return
-        stats = self.stats
-        counts = stats.rows.get((name, self.claim_queue))
-        if counts is None:
-            counts = stats.rows[(name, self.claim_queue)] = _stats_counts()
-        counts[kind] += 1
-        counts[3] += duration
-        counts[4 if duration <= _RUNTIME_BUCKETS[0] else
-               4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
-        stats.processed += 1
-        stats.failed += kind == 1
-
-    def _still_ours(self, row, begun):
-        """Record the row as the one about to run, then check that no revoke took it
-        (see _RevokeCounter for why in this order). A revoke drops the claimed rows it
-        took too."""
-        self.lock.executing(row.seq, begun=begun)
-        revocations = self.revocations.value()
-        if revocations == self.revocations_seen:
-            return True
-        self.revocations_seen = revocations
-        claimed = self.pending.claimed
-        seqs = [row.seq] + [r.seq for r in claimed]
-        states = _waiting_out(lambda: self.storage.states_of(seqs, locked=True),
-                              "reading revoked rows again")
-        self.pending.claimed = collections.deque(r for r in claimed
-                                                 if states.get(r.seq) == STARTED)
-        if states.get(row.seq) == STARTED:
-            return True
-        self.lock.executing(0, begun=begun)
-        return False
 
     def _run(self, row, begun):
         """Run one row and keep its outcome for the next commit."""
@@ -8585,188 +8837,6 @@ class _Child:
         with contextlib.suppress(DatabaseBusy, DiskFull):
             self.storage.add_stats(rows)
         return wait
-
-    def _safely(self, run, step, *args):
-        """step(*args): the run's _Outcome. Never raises: a row the child cannot handle (a
-        column it cannot read, a result that fails while it is encoded, a hook that
-        raises) ends FAILURE saying why, so no row can kill the process again and again
-        without being charged."""
-        try:
-            return step(*args)
-        except Exception as exc:
-            row = run.row
-            message = (f"the worker could not handle this task row: {type(exc).__name__}: "
-                       f"{_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
-                         message)
-            return run.outcome(FAILURE, _encode_error(ValueError(message)),
-                               _traceback.format_exc())
-
-    def _begin(self, run, begun=()):
-        """Make a run ready: its task, arguments, time limits and request, then
-        task_prerun. Returns the _Outcome of a row that ends without running (a payload it
-        cannot read, an expiry passed, an unknown name), else None."""
-        row = run.row
-        ready = self._prepare(row, run.outcome)
-        if isinstance(ready, _Outcome):
-            return ready
-        run.task, run.args, run.kwargs = task, args, kwargs = ready
-        run.soft = task.soft_time_limit or self.spec.soft_time_limit
-        run.hard = task.time_limit or self.spec.time_limit
-        if run.hard and run.kind == _ON_MAIN:
-            self.lock.executing(row.seq, time.time() + run.hard, begun)
-            self.deadline_set = True
-            self.control_bell.ring()  # the supervisor enforces the hard limit
-        elif run.hard:                # written to the lock record by _record_flights
-            run.deadline = time.time() + run.hard + (
-                _LOOP_KILL_GRACE if run.kind == _OFF_LOOP else 0.0)
-        # Off the main thread, update_state() writes through a connection of its own.
-        meta = self.storage if run.kind == _ON_MAIN else self._meta_writer()
-        run.request = _Request(
-            id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
-            name=row.name, hostname=self.hostname, worker=self.worker_id,
-            parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
-            meta_writer=(meta, row.seq, row.attempt))
-        _task_started(task, run.request, args, kwargs)
-        return None
-
-    def _run_here(self, run, begun):
-        """Begin a run, call its task on this thread (soft limit: SIGALRM), end it."""
-        ended = self._begin(run, begun)
-        if ended is not None:
-            return ended
-        task, soft = run.task, run.soft
-        _set_request(run.request)
-        try:
-            if soft:
-                self.in_task = True
-                signal.setitimer(signal.ITIMER_REAL, soft)
-            value = task(*run.args, **run.kwargs)
-        except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
-            return self._finish(run, None, exc, _traceback.format_exc())
-        finally:
-            if soft:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.in_task = False
-            _set_request(None)
-        return self._finish(run, value, None, None)
-
-    def _finish(self, run, value, exc, tb):
-        """The _Outcome of a task that returned value or raised exc (traceback tb), after
-        its hooks and signals (_conclude: the path eager mode takes too)."""
-        task, row, request = run.task, run.row, run.request
-        if request.progress is not None:
-            request.close()
-        end = _conclude(task, request, run.args, run.kwargs, value, exc, tb,
-                        stored_max=row.max_retries, default_max=self.default_max_retries,
-                        errors=row.errors, started=run.started)
-        state = end.state
-        if state == SUCCESS:
-            if task.ignore_result:
-                return run.outcome(SUCCESS, None, passed=end.stored)
-            # The common case, without the partial's merge.
-            return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
-                            tag=run.outcome.keywords["tag"], id=row.id, followers=row.followers)
-        if state == RETRY:
-            return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
-                               errors=end.errors, retried=1)
-        return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
-
-    def _end(self, run, outcome, duration):
-        """A run is over: keep its outcome for the next commit, and count it."""
-        self.pending.add(outcome, time.monotonic() - duration)
-        self._count(run.row.name, outcome.state, duration)
-        self.tasks_done += 1
-        if self._used_up():
-            self.stopping = True
-
-    def _follower_args(self, row, task, args):
-        """The arguments of a row that followed another: a link's parent result or a
-        chord body's list of results go first; an errback gets (request, exc, traceback)
-        or the failed task's id (Celery's rule, _errback_args)."""
-        waits = row.waits
-        if waits.endswith("_si"):
-            return args
-        if waits in ("link", "chord"):
-            value = None if row.input is None else _unpack(row.input)
-            return [value, *args]
-        if waits == "error":
-            failed = self._failed_ancestor(row.parent_id)
-            return [*_errback_args(task, failed), *args]
-        return args
-
-    def _failed_ancestor(self, task_id):
-        """The task whose failure reached an errback: up a chain, past the rows that
-        ended without running, to the one that ran (or a chord body that failed)."""
-        app = types.SimpleNamespace(_storage=lambda: self.storage)   # reads this database
-        result = AsyncResult(task_id, app)
-        for _ in range(100_000):
-            row = result._fetch()
-            if not row or row["attempt"] or not row.get("parent_id") or \
-                    row.get("waits") not in ("link", "link_si"):
-                break
-            result = AsyncResult(row["parent_id"], app)
-        return result
-
-    def _prepare(self, row, outcome):
-        """(task, args, kwargs) of a row that can run, or the _Outcome of one that
-        cannot: a payload or column it cannot read, an expiry passed, an unknown name."""
-        try:
-            args, kwargs = _unpack_envelope(row.payload)
-        except ValueError as exc:
-            logger.error("Task %s[%s] rejected: %s", row.name, row.id, exc)
-            return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
-        problem = (f"its id is {_saferepr(row.id, 100)}, not text"
-                   if not isinstance(row.id, str) else
-                   f"expires is {_saferepr(row.expires, 100)}, not a unix time"
-                   if row.expires is not None and not _is_time(row.expires) else None)
-        if problem:
-            logger.error("Task %s[%s] rejected: invalid task row: %s", row.name,
-                         _shown(row.id, 100), problem)
-            return outcome(FAILURE, _encode_error(ValueError(f"invalid task row: {problem}")))
-        if row.expires is not None and row.expires <= time.time():
-            logger.warning("Task %s[%s] expired before it could start", row.name, row.id)
-            if signals.task_revoked.receivers:
-                signals.task_revoked.send(sender=self.tasks.get(row.name) or row.name,
-                                          request=_Request(row.id, args, kwargs, name=row.name),
-                                          terminated=False, signum=None, expired=True)
-            return outcome(EXPIRED)
-        task = self.tasks.get(row.name) or self._find_late(row.name)
-        if task is None:
-            message = self._unknown_message(row.name)
-            logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
-            return outcome(FAILURE, _encode_error(UnknownTask(message)))
-        if row.waits is not None:
-            args = self._follower_args(row, task, args)
-        return task, args, kwargs
-
-    def _unknown_message(self, name):
-        """Why a name cannot run here: a module this worker cannot import, or nobody's."""
-        module = self.storage.module_of(name)
-        if not isinstance(module, str):
-            return _unknown_task_message(name, self.tasks)
-        if module in sys.modules:
-            return (f"task {name!r} was registered by module {module!r}, which this worker "
-                    f"imported, but it does not define that task (renamed or removed?)")
-        if not self.spec.autoimport:
-            return (f"task {name!r} is registered by module {module!r}, which this worker "
-                    f"did not import: auto-import is off; pass -A {module}")
-        return (f"task {name!r} is registered by module {module!r}, which this worker "
-                f"cannot import from its directory {self.spec.cwd} (start the worker "
-                f"in that module's directory, or pass -A {module})")
-
-    def _find_late(self, name):
-        """A name this child does not know: maybe a producer registered a new module.
-        One indexed read; a module already looked at is not looked at again."""
-        if not self.spec.autoimport:
-            return None
-        module = self.storage.module_of(name)
-        if not isinstance(module, str) or module in self.tried_modules:
-            return None
-        _autoimport([module], self.spec.cwd, self.tried_modules)
-        self.tasks, _ = _collect_tasks(self.spec.db)
-        self._note_async()
-        return self.tasks.get(name)
 
 
 # A child's exit code when it cannot start (its side directory or database is unusable).
@@ -9068,6 +9138,114 @@ def _pool_words(pool, processes, threads, async_concurrency):
     return f"{processes} processes, each running one sync task at a time and {coroutines}"
 
 
+class _Guard:
+    """Runs one supervisor step and contains its errors; returns its result, or default.
+    A busy write lock or a full disk is waited out (logged once per
+    _TROUBLE_LOG_INTERVAL); any other error is logged, counted, and followed by
+    after_error (the quarantine: bad rows set aside); the _STEP_FAILURES_MAX-th failure
+    of a step in a row raises _Fatal, which ends the worker."""
+
+    def __init__(self, after_error=None):
+        self.after_error = after_error
+        self.failures = {}           # step -> errors in a row
+        self.troubled = {}           # step -> when a busy lock or full disk was last logged
+
+    def __call__(self, step, action, *args, default=None):
+        try:
+            result = action(*args)
+        except (DatabaseBusy, DiskFull, apsw.BusyError, apsw.FullError) as exc:
+            last = self.troubled.get(step)
+            if last is None or time.monotonic() - last > _TROUBLE_LOG_INTERVAL:
+                logger.warning("%s: %s; waiting it out", step, exc)
+                self.troubled[step] = time.monotonic()
+            return default
+        except Exception as exc:
+            failures = self.failures[step] = self.failures.get(step, 0) + 1
+            logger.error("%s failed (%d in a row): %s: %s", step, failures,
+                         type(exc).__name__, _saferepr(exc), exc_info=failures == 1)
+            if failures >= _STEP_FAILURES_MAX:
+                raise _Fatal(f"{step} failed {failures} times in a row: "
+                             f"{type(exc).__name__}: {_saferepr(exc)}") from None
+            if step != "quarantine" and self.after_error is not None:
+                self("quarantine", self.after_error)
+            return default
+        if self.failures.pop(step, None) or self.troubled.pop(step, None):
+            logger.info("%s works again", step)
+        return result
+
+
+class _Timers:
+    """Named jobs, each run when its time has come, on the clock the caller passes (the
+    shape of sched.run(blocking=False)): step(now) runs the due ones, next_due() says when
+    to look again. The supervisor's janitor is one: rescue, sweep, prune, checkpoint,
+    failure mails and the systemd watchdog."""
+
+    def __init__(self):
+        self.due = {}           # name -> when it is next due (monotonic; None: off)
+        self.jobs = {}          # name -> (interval, action)
+
+    def add(self, name, first, interval, action):
+        """action(now) runs when due and returns when it is next due, or None for now +
+        interval. first=None leaves the job off."""
+        self.jobs[name] = (interval, action)
+        self.due[name] = first
+
+    def step(self, now, held=()):
+        """Run every due job, in the order they were added, but those named in held."""
+        for name, (interval, action) in self.jobs.items():
+            due = self.due[name]
+            if due is None or now < due or name in held:
+                continue
+            self.due[name] = now + interval     # a job that fails waits its interval too
+            when = action(now)
+            if when is not None:
+                self.due[name] = when
+
+    def next_due(self, held=()):
+        return min((due for name, due in self.due.items()
+                    if due is not None and name not in held), default=None)
+
+
+class _Scheduler:
+    """Due ETA rows and periodic fires. step(now) promotes the rows whose eta has come and
+    queues the fires that are due, rings the children, and returns the next due time (unix
+    time, or None). It runs when something is due or a producer rang; it never ticks."""
+
+    def __init__(self, storage, work_bell, quarantine):
+        self.storage = storage
+        self.work_bell = work_bell
+        self.quarantine = quarantine    # sets aside rows whose times are not numbers
+        self.prerung = None             # the due time the children were last rung ahead of
+
+    def step(self, now):
+        storage = self.storage
+        due, fire = storage.next_due_and_fire()   # a read: most rings are not for us
+        if not all(t is None or _is_time(t) for t in (due, fire)):
+            self.quarantine()
+            due, fire = storage.next_due_and_fire()
+        promoted = fired = 0
+        if _is_time(due) and due <= now - _DUE_CLAIM_GRACE:
+            promoted = storage.promote_due(now, after_batch=self.work_bell.ring)
+        elif _is_time(due) and due <= now:
+            self.work_bell.ring()       # the children claim due rows as they stand
+        if _is_time(fire) and fire <= now:
+            fired = storage.fire_due_schedules(now, _plan_fires)
+            if fired:
+                self.work_bell.ring()
+        if promoted or fired:
+            logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
+                         promoted, fired)
+        wake = storage.next_wakeup(now)
+        if wake is None or wake <= now:
+            return wake
+        if wake - now > _ETA_PREWAKE:
+            return wake - _ETA_PREWAKE          # to ring the children ahead of it
+        if wake != self.prerung:
+            self.prerung = wake
+            self.work_bell.ring()               # they wait for the eta themselves
+        return wake
+
+
 class _Supervisor:
     """The worker's parent process.
 
@@ -9075,7 +9253,7 @@ class _Supervisor:
     fires), polices hard time limits and terminating revokes, and runs the janitor: rescue
     of dead workers' rows, quarantine of rows nothing can read, pruning, checkpoints and a
     sweep of stale wake-up sockets. SIGTERM/SIGINT start a warm shutdown; a second signal
-    or the end of the grace period makes it cold.
+    or the end of the grace period makes it cold (self.shutdown: running, warm, cold).
 
     Every step runs under _guard: a busy write lock or a full disk is waited out, an error
     sets bad rows aside and is retried, and a step that keeps failing ends the whole
@@ -9108,8 +9286,8 @@ class _Supervisor:
         self.restarts = []           # (when, slot) pending restarts
         self.fast_deaths = 0
         self.failed_starts = 0       # children in a row that exited _CHILD_CANNOT_RUN
-        self.failures = {}           # step -> errors in a row
-        self.troubled = {}           # step -> when a busy lock or full disk was last logged
+        # Every step runs under it: self._guard(step, action, *args, default=...).
+        self._guard = _Guard(after_error=self._quarantine)
         self.ctx = multiprocessing.get_context("spawn")
 
     def _spec(self, worker_id):
@@ -9146,39 +9324,9 @@ class _Supervisor:
     def run(self):
         """Run until a signal stops it. Returns the exit code: 0 warm, 1 cold, 2 when a
         failure it cannot recover from ended it."""
-        self.notify = _Notify()
-        self.side = _SideDir(self.db)
-        self.storage = _waiting_out(lambda: _Storage(
-            self.db, synchronous=self.settings["synchronous"],
-            busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
-            busy_steps=_BUSY_STEPS_WORKER), "opening the database again")
-        self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
-                                 "creating the lock file again")
-        self.locks = self.lock.locks
-        self.work_bell = _Doorbell(self.side, "work")
-        self.done_bell = _Doorbell(self.side, "done", keep=False)
-        self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
-        _waiting_out(self._register, "registering again")
-        _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
-        self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
-        sig_r, sig_w = os.pipe()
-        os.set_blocking(sig_r, False)
-        os.set_blocking(sig_w, False)
-        previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
-        old_wakeup = signal.set_wakeup_fd(sig_w)
-        logger.info("litequeue worker %s: %s; %s %s; time zone %s; %s: %s", self.db,
-                    self._pool_text(), "queue" if len(self.queues) == 1 else "queues",
-                    ", ".join(self.queues), self.settings["timezone"],
-                    _plural(len(self.tasks), "task"), ", ".join(sorted(self.tasks)) or "none")
-        if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
-                t.soft_time_limit and not t.is_async for t in self.tasks.values())):
-            logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
-                           "thread cannot be interrupted); hard limits end the whole process")
-        if not self.tasks:
-            logger.warning("this worker serves no task yet: it imports the modules that "
-                           "producers register when their file is under %s. To serve your "
-                           "tasks from the start, pass the module that defines them: "
-                           "litequeue worker %s -A tasks", self.cwd, self.db)
+        self._open()
+        sig_r, restore = self._install_signal_handlers()
+        self._log_start()
         try:
             try:
                 self._guard("rescue", self._rescue_dead_workers)
@@ -9201,13 +9349,61 @@ class _Supervisor:
             return 2
         finally:
             self.notify.send("STOPPING=1")
+            restore()
+            self.sched_sleeper.close()
+            self.close()
+
+    def _open(self):
+        """The database, the lock file, the bells, this supervisor's row and its periodic
+        tasks, and the scheduler."""
+        self.notify = _Notify()
+        self.side = _SideDir(self.db)
+        self.storage = _waiting_out(lambda: _Storage(
+            self.db, synchronous=self.settings["synchronous"],
+            busy_timeout=self.settings["busy_timeout"], autocheckpoint=0,
+            busy_steps=_BUSY_STEPS_WORKER), "opening the database again")
+        self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
+                                 "creating the lock file again")
+        self.locks = self.lock.locks
+        self.work_bell = _Doorbell(self.side, "work")
+        self.done_bell = _Doorbell(self.side, "done", keep=False)
+        self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
+        _waiting_out(self._register, "registering again")
+        _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
+        self.sched_sleeper = _Sleeper(self.side, "sched", self.worker_id)
+        self.scheduler = _Scheduler(self.storage, self.work_bell, self._quarantine)
+
+    def _install_signal_handlers(self):
+        """SIGTERM and SIGINT write to a pipe the loop waits on. Returns its read end and
+        the function that puts the previous handlers back."""
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        previous = {s: signal.signal(s, lambda *a: None) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(sig_w)
+
+        def restore():
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.sched_sleeper.close()
             os.close(sig_r)
             os.close(sig_w)
-            self.close()
+        return sig_r, restore
+
+    def _log_start(self):
+        logger.info("litequeue worker %s: %s; %s %s; time zone %s; %s: %s", self.db,
+                    self._pool_text(), "queue" if len(self.queues) == 1 else "queues",
+                    ", ".join(self.queues), self.settings["timezone"],
+                    _plural(len(self.tasks), "task"), ", ".join(sorted(self.tasks)) or "none")
+        if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
+                t.soft_time_limit and not t.is_async for t in self.tasks.values())):
+            logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
+                           "thread cannot be interrupted); hard limits end the whole process")
+        if not self.tasks:
+            logger.warning("this worker serves no task yet: it imports the modules that "
+                           "producers register when their file is under %s. To serve your "
+                           "tasks from the start, pass the module that defines them: "
+                           "litequeue worker %s -A tasks", self.cwd, self.db)
 
     def _ring_follow_ups(self):
         """After a rescue or quarantine that failed rows: wake what their end queued, and
@@ -9248,46 +9444,14 @@ class _Supervisor:
         self.work_bell.close()
         self.storage.close()
 
-    def _guard(self, step, action, *args, default=None):
-        """Run one step and contain its errors; returns its result, or default."""
-        try:
-            result = action(*args)
-        except (DatabaseBusy, DiskFull, apsw.BusyError, apsw.FullError) as exc:
-            last = self.troubled.get(step)
-            if last is None or time.monotonic() - last > _TROUBLE_LOG_INTERVAL:
-                logger.warning("%s: %s; waiting it out", step, exc)
-                self.troubled[step] = time.monotonic()
-            return default
-        except Exception as exc:
-            failures = self.failures[step] = self.failures.get(step, 0) + 1
-            logger.error("%s failed (%d in a row): %s: %s", step, failures,
-                         type(exc).__name__, _saferepr(exc), exc_info=failures == 1)
-            if failures >= _STEP_FAILURES_MAX:
-                raise _Fatal(f"{step} failed {failures} times in a row: "
-                             f"{type(exc).__name__}: {_saferepr(exc)}") from None
-            if step != "quarantine":
-                self._guard("quarantine", self._quarantine)
-            return default
-        if self.failures.pop(step, None) or self.troubled.pop(step, None):
-            logger.info("%s works again", step)
-        return result
-
     # -- the loop ----------------------------------------------------------------------
 
     def _loop(self, sig_r):
         """Wait, then run step(), until a step returns an exit code."""
-        now = time.monotonic()
-        expires = self.settings["result_expires"]
-        # Prune about four times per expiry period, but at most once a second.
-        self.prune_every = min(60.0, max(1.0, expires / 4)) if expires else None
-        alerts = self.settings["task_error_emails"] and self.settings["admins"]
-        self.next = {"rescue": now + _RESCUE_INTERVAL, "checkpoint": now + _CHECKPOINT_INTERVAL,
-                     "rescan": now + _SCHEDULER_RESCAN, "sweep": now,
-                     "prune": now + self.prune_every if self.prune_every else None,
-                     "alerts": now if alerts else None,
-                     "watchdog": now if self.notify.watchdog else None}
+        self.shutdown = "running"        # then "warm" (until warm_deadline), or "cold"
         self.warm_deadline = None
-        self.cold = False
+        self.janitor = self._janitor(time.monotonic())
+        self.rescan_at = time.monotonic() + _SCHEDULER_RESCAN
         self.wal_seen = None
         self.due_at = self._schedule()   # unix time of the next ETA or periodic fire
         self.hard_deadline = None        # unix time a running task's time limit ends
@@ -9296,16 +9460,18 @@ class _Supervisor:
             if code is not None:
                 return code
 
+    def _held(self):
+        """Janitor jobs that wait while the worker shuts down."""
+        return ("prune",) if self.shutdown != "running" else ()
+
     def _wait(self, sig_r):
         """Sleep until a child exits, a signal, a ring, or the next thing is due."""
-        warm = self.warm_deadline is not None
-        deadlines = [when for key, when in self.next.items()
-                     if when is not None and not (warm and key == "prune")]
-        deadlines += [when for when, _ in self.restarts]
-        if warm:
-            deadlines.append(self.warm_deadline)
-        timeout = max(0.0, min(deadlines) - time.monotonic())
-        due_at = None if warm else self.due_at
+        running = self.shutdown == "running"
+        deadlines = [self.janitor.next_due(self._held()), self.rescan_at,
+                     *(when for when, _ in self.restarts),
+                     None if running else self.warm_deadline]
+        timeout = max(0.0, min(d for d in deadlines if d is not None) - time.monotonic())
+        due_at = self.due_at if running else None
         for unix_deadline in (due_at, self.hard_deadline):
             if unix_deadline is not None:
                 timeout = max(0.0, min(timeout, unix_deadline - time.time()))
@@ -9328,11 +9494,11 @@ class _Supervisor:
             self.sched_sleeper.drain()
             self.wal_seen = self._guard("checkpoint", self._checkpoint_if_grown,
                                         self.wal_seen, default=self.wal_seen)
-        rescan = time.monotonic() >= self.next["rescan"]
+        rescan = time.monotonic() >= self.rescan_at
         if rescan:
             # Writers that do not ring (the sqlite3 shell) are seen within this interval.
-            self.next["rescan"] = time.monotonic() + _SCHEDULER_RESCAN
-        if self.warm_deadline is None and (rung or rescan or (
+            self.rescan_at = time.monotonic() + _SCHEDULER_RESCAN
+        if self.shutdown == "running" and (rung or rescan or (
                 self.due_at is not None and time.time() >= self.due_at)):
             self.due_at = self._schedule()
         if rung or rescan or (self.hard_deadline is not None and
@@ -9345,7 +9511,7 @@ class _Supervisor:
         reaped = [s for s in ready if s in self.children]
         for sentinel in reaped:
             child = self.children.pop(sentinel)
-            self._reap(child, restart=self.warm_deadline is None and not child.retiring)
+            self._reap(child, restart=self.shutdown == "running" and not child.retiring)
         if reaped:   # a lost task may now wait to be retried
             self.due_at = self._guard("scheduler", self.storage.next_wakeup,
                                       default=time.time() + _TROUBLE_BACKOFF_MAX)
@@ -9353,12 +9519,12 @@ class _Supervisor:
         if code is not None:
             return code
         self._restart_step()
-        self._janitor_step()
+        self.janitor.step(time.monotonic(), self._held())
         return None
 
     def _schedule(self):
-        """The scheduler step under _guard: the next due time, or a retry soon."""
-        return self._guard("scheduler", self._run_scheduler,
+        """The scheduler's step under _guard: the next due time, or a retry soon."""
+        return self._guard("scheduler", self.scheduler.step, time.time(),
                            default=time.time() + _TROUBLE_BACKOFF_MAX)
 
     def _on_signals(self, sig_r):
@@ -9368,14 +9534,15 @@ class _Supervisor:
         except BlockingIOError:
             signals = b""
         for _ in signals:
-            if self.warm_deadline is None:
+            if self.shutdown == "running":
                 self._begin_warm_shutdown("signal again to stop at once")
             else:
-                self.cold = True
+                self.shutdown = "cold"
 
     def _begin_warm_shutdown(self, how_cold):
         logger.warning("warm shutdown: finishing running tasks (%s)", how_cold)
         self.notify.send("STOPPING=1")
+        self.shutdown = "warm"
         self.warm_deadline = time.monotonic() + self.grace
         self.restarts.clear()
         for child in self.children.values():
@@ -9386,7 +9553,7 @@ class _Supervisor:
         """Act on what an operator asked in this supervisor's row (`litequeue control`,
         the dashboard): a warm shutdown, or a new pool size."""
         asked = self.storage.worker_asked(self.worker_id)
-        if asked is None or self.warm_deadline is not None:
+        if asked is None or self.shutdown != "running":
             return
         wanted, stop_asked = asked
         if stop_asked is not None:
@@ -9423,14 +9590,14 @@ class _Supervisor:
 
     def _shutdown_step(self):
         """The exit code once a shutdown is complete (0 warm, 1 cold), else None."""
-        if self.warm_deadline is not None and time.monotonic() >= self.warm_deadline \
+        if self.shutdown == "warm" and time.monotonic() >= self.warm_deadline \
                 and self.children:
             logger.warning("grace period of %.0f s is over", self.grace)
-            self.cold = True
-        if self.cold:
+            self.shutdown = "cold"
+        if self.shutdown == "cold":
             self._stop_cold()
             return 1
-        if self.warm_deadline is not None and not self.children:
+        if self.shutdown == "warm" and not self.children:
             logger.info("warm shutdown complete")
             return 0
         return None
@@ -9442,38 +9609,48 @@ class _Supervisor:
             self.restarts.remove(r)
             self._start_child()
 
-    def _janitor_step(self):
-        """Rescue, sweep, prune and checkpoint, each when its time has come; failure mails
-        and the systemd watchdog too when they are on."""
-        now, nxt = time.monotonic(), self.next
-        if nxt["watchdog"] is not None and now >= nxt["watchdog"]:
-            nxt["watchdog"] = now + self.notify.watchdog
-            self.notify.send("WATCHDOG=1")
-        if nxt["alerts"] is not None and now >= nxt["alerts"]:
-            nxt["alerts"] = self._guard("alerts", self.mailer.step, now,
-                                        default=now + self.settings["email_interval"])
-        if now >= nxt["rescue"]:
-            nxt["rescue"] = now + _RESCUE_INTERVAL
-            self._guard("rescue", self._rescue_dead_workers)
-            self._guard("quarantine", self._quarantine)
-            self._guard("modules", self._load_new_modules)
-        if now >= nxt["sweep"]:
-            nxt["sweep"] = now + _SWEEP_INTERVAL
-            removed = self._guard("sweep", _sweep_stale_sockets, self.side, default=0)
-            if removed:
-                logger.info("removed %d wake-up socket(s) left by killed processes", removed)
-        if nxt["prune"] is not None and now >= nxt["prune"] and self.warm_deadline is None:
-            nxt["prune"] = now + self.prune_every
-            expires = self.settings["result_expires"]
-            pruned = self._guard("prune", self.storage.prune, time.time() - expires)
-            if pruned:
-                logger.info("pruned %d finished task(s) older than %s s", pruned, expires)
-        if now >= nxt["checkpoint"]:
-            previous = self.wal_seen
-            self.wal_seen = self._guard("checkpoint", self._checkpoint_if_grown, previous,
-                                        default=previous)
-            nxt["checkpoint"] = now + (_CHECKPOINT_BUSY_INTERVAL if self.wal_seen != previous
-                                       else _CHECKPOINT_INTERVAL)
+    def _janitor(self, now):
+        """The janitor's jobs, in the order they run when several are due."""
+        janitor = _Timers()
+        settings = self.settings
+        janitor.add("watchdog", now if self.notify.watchdog else None, self.notify.watchdog,
+                    lambda now: self.notify.send("WATCHDOG=1"))
+        mails = settings["task_error_emails"] and settings["admins"]
+        janitor.add("alerts", now if mails else None, settings["email_interval"],
+                    lambda now: self._guard("alerts", self.mailer.step, now))
+        janitor.add("rescue", now + _RESCUE_INTERVAL, _RESCUE_INTERVAL, self._rescue_step)
+        janitor.add("sweep", now, _SWEEP_INTERVAL, self._sweep_step)
+        expires = settings["result_expires"]
+        # Prune about four times per expiry period, but at most once a second.
+        every = min(60.0, max(1.0, expires / 4)) if expires else None
+        janitor.add("prune", now + every if every else None, every, self._prune_step)
+        janitor.add("checkpoint", now + _CHECKPOINT_INTERVAL, _CHECKPOINT_INTERVAL,
+                    self._checkpoint_step)
+        return janitor
+
+    def _rescue_step(self, now):
+        self._guard("rescue", self._rescue_dead_workers)
+        self._guard("quarantine", self._quarantine)
+        self._guard("modules", self._load_new_modules)
+
+    def _sweep_step(self, now):
+        removed = self._guard("sweep", _sweep_stale_sockets, self.side, default=0)
+        if removed:
+            logger.info("removed %d wake-up socket(s) left by killed processes", removed)
+
+    def _prune_step(self, now):
+        expires = self.settings["result_expires"]
+        pruned = self._guard("prune", self.storage.prune, time.time() - expires)
+        if pruned:
+            logger.info("pruned %d finished task(s) older than %s s", pruned, expires)
+
+    def _checkpoint_step(self, now):
+        """Checkpoint, and look again soon while the WAL keeps changing."""
+        previous = self.wal_seen
+        self.wal_seen = self._guard("checkpoint", self._checkpoint_if_grown, previous,
+                                    default=previous)
+        return now + (_CHECKPOINT_BUSY_INTERVAL if self.wal_seen != previous
+                      else _CHECKPOINT_INTERVAL)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -9513,72 +9690,9 @@ class _Supervisor:
             self.work_bell.ring()
         return next_deadline
 
-    def _settle_lost(self, exc):
-        """How the row a dead process was executing ends, by the task policy: requeued
-        at once if its budget allows (a lost worker; at most _DEATH_RETRIES deaths when
-        the budget has no bound), retried on its backoff if the task's autoretry_for
-        covers a time limit, else FAILURE. A row whose columns cannot be read ends
-        FAILURE."""
-        def settle(row):
-            now = time.time()
-            history = _history(row["errors"])
-            error = _error_entry(exc, row["attempt"], now)
-            try:
-                task = self.tasks.get(row["name"])
-                timed_out = isinstance(exc, TimeLimitExceeded)
-                budget = _retry_budget(None, row["max_retries"],
-                                       task._max_retries if task else _UNSET,
-                                       self.settings["task_max_retries"])
-                state, eta, retried, history = _after_failure(
-                    retries=row["retries"], budget=_DEATH_RETRIES if budget is None else budget,
-                    wants_retry=not timed_out or bool(task and task.autoretry_for and
-                                                      isinstance(exc, task.autoretry_for)),
-                    delay=lambda: task.backoff(row["retries"]) if timed_out else 0.0,
-                    now=now, history=history, error=error)
-                if state == RETRY and not timed_out:
-                    state, eta = PENDING, None      # requeued now, not through the scheduler
-            except Exception as bad:
-                logger.error("task row %s: cannot apply its retry policy: %s", row["seq"],
-                             _saferepr(bad))
-                state, eta, retried, history = FAILURE, None, 0, history + [error]
-            return _Outcome(state, _encode_error(exc), str(exc), seq=row["seq"],
-                            attempt=row["attempt"], tag=None, eta=eta, errors=_pack(history),
-                            retried=retried)
-        return settle
-
-    def _run_scheduler(self):
-        """Promote due ETA rows, queue due periodic fires, and return the next due time.
-
-        Runs exactly when something is due or a producer rang; it never ticks.
-        """
-        now = time.time()
-        due, fire = self.storage.next_due_and_fire()   # a read: most rings are not for us
-        if not all(t is None or _is_time(t) for t in (due, fire)):
-            self._quarantine()                          # a row whose time is not a number
-            due, fire = self.storage.next_due_and_fire()
-        promoted = fired = 0
-        if _is_time(due) and due <= now - _DUE_CLAIM_GRACE:
-            promoted = self.storage.promote_due(now, after_batch=self.work_bell.ring)
-        elif _is_time(due) and due <= now:
-            self.work_bell.ring()       # the children claim due rows as they stand
-        if _is_time(fire) and fire <= now:
-            fired = self.storage.fire_due_schedules(now, _plan_fires)
-            if fired:
-                self.work_bell.ring()
-        if promoted or fired:
-            logger.debug("scheduler: %d due task(s) promoted, %d periodic fire(s) queued",
-                         promoted, fired)
-        wake = self.storage.next_wakeup(now)
-        if wake is None or wake <= now:
-            return wake
-        if wake - now > _ETA_PREWAKE:
-            return wake - _ETA_PREWAKE          # to ring the children ahead of it
-        if wake != self.prerung:
-            self.prerung = wake
-            self.work_bell.ring()               # they wait for the eta themselves
-        return wake
-
-    prerung = None         # the due time the children were last rung ahead of
+    def _lost(self, exc):
+        """How the rows of a process that died of exc end (_settle_lost)."""
+        return _settle_lost(exc, self.tasks, self.settings["task_max_retries"])
 
     def _load_new_modules(self):
         """Import modules that producers registered since the last look (files under the
@@ -9652,7 +9766,7 @@ class _Supervisor:
                                   "the task")
         # If this fails, the lock file stays: the next rescue pass settles the rows.
         counts = self._guard("rescue", self.storage.rescue, child.worker_id, crashed,
-                             self._settle_lost(exc), time.time())
+                             self._lost(exc), time.time())
         requeued, failed = counts or (0, 0)
         if counts is not None:
             self.locks.remove(child.worker_id)
@@ -9716,7 +9830,7 @@ class _Supervisor:
             who = (f"worker process {info['pid']} on {info['hostname']}" if info else
                    f"worker {_saferepr(worker_id, 40)}")
             exc = WorkerLostError(f"{who} died while running the task")
-            requeued, failed = self.storage.rescue(worker_id, crashed, self._settle_lost(exc),
+            requeued, failed = self.storage.rescue(worker_id, crashed, self._lost(exc),
                                                    time.time())
             self.locks.remove(worker_id)
             self._ring_follow_ups()

@@ -2464,7 +2464,7 @@ class TestWorker:
                      "time_limit": None, "soft_time_limit": None, "max_tasks": None,
                      "max_memory": None}}
             child = litequeue._Child(spec)
-            child.open()
+            child._open()
             trace = []
             for _ in range(5):
                 going = child.step()
