@@ -4675,17 +4675,25 @@ def _history(blob):
              f"be decoded: {reason}", "time": time.time(), "attempt": None}]
 
 
+# What a failure comes to: the row's next state (RETRY or FAILURE), when a retry is due,
+# 1 for a retry, and the error history with this error added.
+_Decision = collections.namedtuple("_Decision", "state eta retried history")
+# The same for a task that raised (_failure_decision): cause is the error its hooks,
+# signals and result see; budget the retries it may use (None: no bound).
+_FailureDecision = collections.namedtuple("_FailureDecision", "state cause eta history budget")
+
+
 def _after_failure(*, retries, budget, wants_retry, delay, now, history, error):
     """The one retry policy, for a task that raised and for a row whose process died.
 
-    Returns (state, eta, retried, history): RETRY due at now + delay() when a retry is
+    Returns a _Decision: RETRY due at now + delay() when a retry is
     wanted and retries < budget (None: no bound), else FAILURE. The error joins the
     row's history either way; delay() is only called for a retry (it may draw jitter).
     """
     history = list(history) + [error]
     if wants_retry and (budget is None or retries < budget):
-        return RETRY, now + delay(), 1, history
-    return FAILURE, None, 0, history
+        return _Decision(RETRY, now + delay(), 1, history)
+    return _Decision(FAILURE, None, 0, history)
 
 
 def _retry_delay(task, asked, retries, now):
@@ -4702,7 +4710,7 @@ def _retry_delay(task, asked, retries, now):
 def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, default_max,
                       errors, now):
     """What a run of task that raised exc comes to, in a worker and in eager mode alike:
-    (state, cause, eta, history, budget). RETRY, due at eta, when self.retry() or
+    a _FailureDecision. RETRY, due at eta, when self.retry() or
     autoretry_for asks and the budget allows (_retry_budget: the request's max_retries,
     else stored_max, the row's, else the task's, else default_max); else FAILURE.
 
@@ -4724,7 +4732,7 @@ def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, defau
         cause = MaxRetriesExceededError(f"{task.name}[{task_id}] asked for a retry after "
                                         f"{retries} retries (max {budget})")
         history[-1] = _error_entry(cause, attempt, now)
-    return state, cause, eta, history, budget
+    return _FailureDecision(state, cause, eta, history, budget)
 
 
 def _settle_lost(exc, tasks, default_max_retries):
