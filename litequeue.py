@@ -8754,6 +8754,10 @@ class _Child(_RunPipeline, _Offloading):
         for o in outcomes:
             try:
                 self._store([o])
+                # Each store's follow-ups are rung now: the next store would replace them.
+                follow = self.storage.take_follow_ups()
+                if follow is not None:
+                    self._ring_follow_ups(follow)
             except Exception as refused:
                 message = f"its outcome could not be stored: {type(refused).__name__}: {refused}"
                 logger.error("task row %d failed: %s", o.seq, message)
