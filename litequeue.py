@@ -11063,7 +11063,7 @@ def cli():
     path first."""
 
 
-@cli.command()
+@cli.command("worker")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-A", "--app", "modules", multiple=True, metavar="MODULE",
               help="Task module to import (repeatable): tasks, pkg.tasks or tasks.py.")
@@ -11088,7 +11088,7 @@ def cli():
 @_setting_option("-P", "--pool", setting="worker_pool", metavar="prefork|threads|solo")
 @_setting_option("--async-concurrency", setting="worker_async_concurrency", type=int,
                  metavar="N")
-def worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
+def _cmd_worker(db, modules, concurrency, queues, loglevel, autoimport, **settings):
     """Run a pool of worker processes on DB until SIGTERM/SIGINT (twice: at once)."""
     _configure_logging(loglevel.upper())
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
@@ -11122,7 +11122,7 @@ class _CallCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-@cli.command(cls=_CallCommand, context_settings={"ignore_unknown_options": True})
+@cli.command("call", cls=_CallCommand, context_settings={"ignore_unknown_options": True})
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -11143,7 +11143,7 @@ class _CallCommand(click.Command):
                    f"{_SETTINGS['timezone'].default}].")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
-def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
+def _cmd_call(db, task, args, args_json, kwargs_json, queue, priority, task_id, countdown, eta,
          expires, tz, wait, timeout):
     """Queue TASK with ARGS (each a JSON value; other text is a string). Prints the id.
     After `--`, every word is an argument, even one that starts with a dash."""
@@ -11170,13 +11170,13 @@ def call(db, task, args, args_json, kwargs_json, queue, priority, task_id, count
     sys.exit(_print_result(result, as_json=False))
 
 
-@cli.command()
+@cli.command("result")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait until the task is ready.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print state, result and traceback as JSON.")
-def result(db, task_id, wait, timeout, as_json):
+def _cmd_result(db, task_id, wait, timeout, as_json):
     """Print a task's result (JSON), or its state if it is not finished."""
     app = _open_app(db, read_only=not wait)
     res = app.AsyncResult(task_id)
@@ -11227,11 +11227,11 @@ def _wait_showing_progress(res, timeout):
             click.echo("", err=True)
 
 
-@cli.command()
+@cli.command("revoke")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task_id")
 @click.option("--terminate", is_flag=True, help="Also kill the process running it.")
-def revoke(db, task_id, terminate):
+def _cmd_revoke(db, task_id, terminate):
     """Revoke a task: a waiting one never runs; with --terminate a running one is killed."""
     app = _open_app(db)
     res = app.AsyncResult(task_id)
@@ -11248,7 +11248,7 @@ def revoke(db, task_id, terminate):
 @cli.command("retry")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("task_id")
-def retry_command(db, task_id):
+def _cmd_retry(db, task_id):
     """Queue a failed, revoked or expired task again, with a fresh retry budget."""
     app = _open_app(db)
     if not app.admin.requeue(task_id):
@@ -11261,11 +11261,11 @@ def retry_command(db, task_id):
     click.echo(f"queued {task_id} again")
 
 
-@cli.command()
+@cli.command("purge")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("--queue", "-q", help="Only this queue [default: every queue].")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def purge(db, queue, yes):
+def _cmd_purge(db, queue, yes):
     """Delete every task waiting to run (PENDING, SCHEDULED, RETRY); running and finished
     tasks and periodic schedules are kept."""
     app = _open_app(db)
@@ -11275,9 +11275,9 @@ def purge(db, queue, yes):
     click.echo(f"purged {app.admin.purge(queue)} waiting task(s) from {where}")
 
 
-@cli.command()
+@cli.command("status")
 @click.argument("db", type=click.Path(dir_okay=False))
-def status(db):
+def _cmd_status(db):
     """Counts by queue and state, the workers, and disabled periodic tasks."""
     admin = _open_app(db, read_only=True).admin
     counts = [(_shown(queue), _shown(state), n) for queue, state, n in admin.counts()]
@@ -11320,7 +11320,7 @@ def status(db):
         click.echo(f"  {_shown(row['name'])} DISABLED: {_shown(row['error'], 500)}")
 
 
-@cli.command()
+@cli.command("schedules")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-n", "--next", "count", default=3, show_default=True, type=click.IntRange(0, 100),
               help="How many upcoming fire times to show.")
@@ -11329,7 +11329,7 @@ def status(db):
 @click.option("--disable", metavar="NAME",
               help="Stop NAME's fires until --enable (or until a worker defining it starts).")
 @click.option("--enable", metavar="NAME", help="Let a disabled NAME fire again.")
-def schedules(db, count, run_name, disable, enable):
+def _cmd_schedules(db, count, run_name, disable, enable):
     """List periodic tasks: schedule, zone, last fire and the next fire times, in their zone;
     or run, disable or enable one."""
     actions = [(n, a) for n, a in ((run_name, "run"), (disable, "disable"), (enable, "enable"))
@@ -11380,7 +11380,7 @@ def _schedule_lines(row, count):
     return lines
 
 
-@cli.command()
+@cli.command("dashboard")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback needs --auth.")
@@ -11396,7 +11396,7 @@ def _schedule_lines(row, count):
               help="Serve /metrics and /healthcheck (no task data) without the token.")
 @click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="Health: the oldest waiting task may have waited this many seconds.")
-def dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wait):
+def _cmd_dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wait):
     """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck.
     Every request needs the token printed at start (also in DB-lq/dashboard.token)."""
     if auth is not None and ":" in auth:
@@ -11433,12 +11433,12 @@ def dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wa
         server.server_close()
 
 
-@cli.command()
+@cli.command("health")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(min=0),
               help="The oldest waiting task may have waited this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
-def health(db, max_wait, as_json):
+def _cmd_health(db, max_wait, as_json):
     """Check the queue's health: exit 0 healthy, 1 unhealthy (one line per check), 3 when
     it cannot tell (no database, not litequeue's, unreadable). Imports no task code."""
     try:
@@ -11456,18 +11456,18 @@ def health(db, max_wait, as_json):
     sys.exit(0 if all(c["ok"] for c in checks) else 1)
 
 
-@cli.command()
+@cli.command("pause")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("queue", callback=_nonempty)
-def pause(db, queue):
+def _cmd_pause(db, queue):
     """Pause a queue: workers stop claiming from it (within a claim); its tasks wait."""
     _pause_or_resume(db, queue, "pause", "paused", "was already paused")
 
 
-@cli.command()
+@cli.command("resume")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("queue", callback=_nonempty)
-def resume(db, queue):
+def _cmd_resume(db, queue):
     """Resume a paused queue: workers claim from it again at once."""
     _pause_or_resume(db, queue, "resume", "resumed", "was not paused")
 
@@ -11497,7 +11497,7 @@ _CONTROLS = ("shutdown", "pool_grow", "pool_shrink", "rate_limit")
 @click.option("-d", "--destination", "worker", metavar="WORKER",
               help="One worker: its id, hostname-id or hostname (`status` lists them); "
                    "by default every live worker.")
-def control_command(db, action, arguments, worker):
+def _cmd_control(db, action, arguments, worker):
     """Tell running workers what to do, as `celery control` does.
 
     \b
@@ -11550,7 +11550,7 @@ _STATES = sorted(READY_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
 @click.option("--name", "-n", help="Task name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per task.")
-def tasks_command(db, state, queue, name, limit, as_json):
+def _cmd_tasks(db, state, queue, name, limit, as_json):
     """List tasks, newest first: id, state, name, and when it was queued."""
     admin = _open_app(db, read_only=True).admin
     custom = state is not None and state.upper() not in _STATES
@@ -11583,7 +11583,7 @@ def tasks_command(db, state, queue, name, limit, as_json):
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("what", type=click.Choice(["active", "scheduled", "reserved", "registered",
                                            "stats"]))
-def inspect_command(db, what):
+def _cmd_inspect(db, what):
     """Answer Celery's `inspect` questions from the database, as JSON."""
     admin = _open_app(db, read_only=True).admin
     if what == "registered":
@@ -11618,10 +11618,10 @@ def _with_arguments(app, task):
     return dict(task, args=_display(result.args), kwargs=_display(result.kwargs))
 
 
-@cli.command()
+@cli.command("unregister")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.argument("names", nargs=-1, required=True)
-def unregister(db, names):
+def _cmd_unregister(db, names):
     """Forget NAMES in the registry that `call` and auto-import read: each a task name
     (tasks.add) or a module, whose every task is forgotten. Task rows stay. A worker or
     producer that defines a name registers it again when it starts or first queues it."""
@@ -11670,10 +11670,10 @@ def _refuse_a_served_database(db):
         raise error
 
 
-@cli.command()
+@cli.command("demo")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("-n", "--tasks", "count", default=12, show_default=True, type=click.IntRange(1, 10000))
-def demo(db, count):
+def _cmd_demo(db, count):
     """Start a 2-process worker on DB, queue some demo tasks and show them being done.
     A file that a worker serves is refused. When the demo ends, its tasks stay in DB (to
     look at) and their names are unregistered."""
