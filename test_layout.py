@@ -134,7 +134,7 @@ def test_the_scan_sees_forward_uses_and_ignores_shadowing_locals():
         [("later", "Two"), ("LATER_SIZE", "Two")]
 
 
-def test_sections_stay_small_and_the_docstring_maps_them():
+def test_sections_classes_and_functions_stay_small_and_the_docstring_maps_them():
     source = LITEQUEUE_PY.read_text()
     bounds = sections(source)
     total = source.count("\n") + 1
@@ -142,6 +142,13 @@ def test_sections_stay_small_and_the_docstring_maps_them():
              for i, (first, title) in enumerate(bounds)]
     big = [(title, size) for title, size in sizes if size > 1200]
     assert big == [], f"sections over 1,200 lines: {big}"
-    doc = ast.get_docstring(ast.parse(source))
+    tree = ast.parse(source)
+    long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno >= 600]
+    long += [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and node.end_lineno - node.lineno >= 60]
+    assert long == [], f"classes over 600 lines, functions over 60: {long}"
+    doc = ast.get_docstring(tree)
     missing = [title for title, _ in sizes[1:] if title.split(":")[0] not in doc]
     assert missing == [], f"sections the module docstring's map does not name: {missing}"
