@@ -9975,8 +9975,6 @@ class _Dashboard:
         self.connections_lock = threading.Lock()
         self.idle = collections.OrderedDict()
         self.ready = queue.SimpleQueue()         # complete heads, for the serving threads
-        self.in_flight = 0                       # requests in self.ready or being served
-        self.all_served = threading.Event()
         self.returned = collections.deque()      # kept-alive connections, for the loop
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -10019,9 +10017,7 @@ class _Dashboard:
                     timeout = min(timeout, next(iter(self.idle.values())).deadline - now)
                 if self._paused_until is not None:
                     timeout = min(timeout, self._paused_until - now)
-                events = self.selector.select(max(timeout, 0))
-                began = time.thread_time()
-                for key, _ in events:
+                for key, _ in self.selector.select(max(timeout, 0)):
                     try:
                         if callable(key.data):
                             key.data()
@@ -10033,11 +10029,6 @@ class _Dashboard:
                             with contextlib.suppress(Exception):
                                 self._drop(key.data)
                 self._sweep(time.monotonic())
-                # While requests are served, the loop takes at most half of the interpreter
-                # (the GIL): it waits as long as its batch took. A flood of connections
-                # then waits in the backlog, not the request.
-                if self.in_flight:
-                    self.all_served.wait(time.thread_time() - began)
         finally:
             self.selector.close()
             self._stopped.set()
@@ -10118,7 +10109,7 @@ class _Dashboard:
                 if conn.sock in self.idle:
                     del self.idle[conn.sock]
                     self.selector.unregister(conn.sock)
-                self._queue_request(conn)
+                self.ready.put(conn)
                 return
             if len(head) > _DASHBOARD_HEAD:
                 long_line = conn.line_end is None or conn.line_end >= _DASHBOARD_HEAD
@@ -10129,12 +10120,6 @@ class _Dashboard:
         if conn.sock not in self.idle:
             self.idle[conn.sock] = conn
             self.selector.register(conn.sock, self._readable, conn)
-
-    def _queue_request(self, conn):
-        with self.connections_lock:
-            self.in_flight += 1
-            self.all_served.clear()
-        self.ready.put(conn)
 
     def _take_back(self):
         """Kept-alive connections from the serving threads: wait for their next request."""
@@ -10151,7 +10136,7 @@ class _Dashboard:
             end = conn.head_end(read) if read else None
             conn.head += read
             if end is not None:
-                self._queue_request(conn)
+                self.ready.put(conn)
             else:
                 self._read_head(conn)
 
@@ -10206,10 +10191,6 @@ class _Dashboard:
                 keep = not handler.close_connection and not self._stopping
             except Exception:
                 self.handle_error(conn.sock, conn.address)
-            with self.connections_lock:
-                self.in_flight -= 1
-                if not self.in_flight:
-                    self.all_served.set()
             if keep:
                 conn.head = bytearray(handler.rfile.rest())
                 self.returned.append(conn)
