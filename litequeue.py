@@ -10107,12 +10107,23 @@ class _PasswordCheck:
 # requests; also the timeout of each socket read and write (a body, a client that does not
 # read its answer). A browser sends a request at once; keep-alive costs a reconnect.
 _DASHBOARD_IDLE = 5.0
-# Connections served at once (a thread and a descriptor each), and at most a quarter of the
-# descriptor limit (each busy one may hold a pooled database connection: 3 descriptors).
-# At the cap a new connection closes the one idle longest; if none is idle, it gets 503.
-_DASHBOARD_CONNECTIONS = 128
-# The listen backlog: a flood of connects must not make a browser's SYN wait a second.
-_DASHBOARD_BACKLOG = 1024
+# Connections open at once. One thread waits on all of them for their requests' heads, so
+# an idle or slow one costs a descriptor, not a thread: the cap is the descriptor limit
+# less _DASHBOARD_RESERVE (and 4 per serving thread: its pooled database connection), and
+# at most this. At the cap a new connection closes the one idle longest; if every one is
+# busy with a request, the new one gets 503 at once.
+_DASHBOARD_CONNECTIONS = 4096
+_DASHBOARD_RESERVE = 64
+# Threads that serve complete requests; more requests wait for one, in order of arrival.
+_DASHBOARD_THREADS = 8
+# A request's line and headers, read before anything else and never beyond: at most this
+# many bytes (a longer request line is a 414, a longer head a 431).
+_DASHBOARD_HEAD = 64 << 10
+# The listen backlog, as long as the system allows (the kernel lowers it to
+# net.core.somaxconn, 4096 by default since Linux 5.4): when it is full, a browser's SYN is
+# dropped and retried a second later (its first data segment, 0.2 s later). A queued
+# connection waits for those before it, accepted at tens of thousands a second.
+_DASHBOARD_BACKLOG = 65535
 # Password checks: a bucket of 5 per client address refilled at one every 2 s, and one of
 # 20 for all addresses refilled at 2 a second. A correct password gives its token back.
 _DASHBOARD_GUESSES = ((5, 0.5), (20, 2.0))
@@ -10214,19 +10225,115 @@ def _dashboard_server(*args):
     """The dashboard's server, bound to its port. http.server (which brings http.client,
     email and ssl: 14 ms) is imported here, not by every worker process."""
     import http.server
-    server_class = type("_DashboardServer", (_Dashboard, socketserver.ThreadingMixIn,
-                                              http.server.HTTPServer), {})
+    server_class = type("_DashboardServer", (_Dashboard, http.server.HTTPServer), {})
     handler_class = type("_DashboardRequest", (_DashboardHandler,
                                                http.server.BaseHTTPRequestHandler), {})
     return server_class(handler_class, *args)
 
 
+class _DashboardConnection:
+    """A client's connection: its socket, and the bytes read of its next request (the head,
+    which the selector thread reads; a request's body is read by the thread serving it)."""
+
+    __slots__ = ("sock", "address", "head", "line_end", "deadline", "nodelay")
+
+    def __init__(self, sock, address, deadline):
+        self.sock, self.address, self.deadline = sock, address, deadline
+        self.head = bytearray()
+        self.line_end = None        # where the request line's "\n" is in head, once read
+        self.nodelay = False
+
+    def head_end(self, data):
+        """Where the request's head (its line and headers, up to the empty line that ends
+        them, as http.server reads them) ends in head + data, or None. Scans data only."""
+        base = len(self.head)
+        if self.line_end is None:
+            found = data.find(b"\n")
+            if found < 0:
+                return None
+            self.line_end = base + found
+        # The last two bytes already read, and data: the empty line may straddle them.
+        offset = max(base - 2, 0)
+        window = bytes(self.head[offset:]) + data
+        start = max(self.line_end - offset, 0)
+        ends = [found + len(mark) for mark in (b"\n\n", b"\n\r\n")
+                if (found := window.find(mark, start)) >= 0]
+        return offset + min(ends) if ends else None
+
+
+class _DashboardReader:
+    """A request's rfile: the bytes the selector thread read (its head), then the socket,
+    each read within the socket's timeout. It reads no further than asked, so nothing of
+    the next request is taken from the socket."""
+
+    def __init__(self, conn):
+        self.conn, self.pos = conn, 0
+
+    def readline(self, limit=-1):
+        head = self.conn.head
+        while True:
+            start = self.pos
+            stop = len(head) if limit < 0 else min(len(head), start + limit)
+            end = head.find(b"\n", start, stop)
+            if end >= 0 or stop - start == limit:     # a line, or as much as was asked
+                stop = stop if end < 0 else end + 1
+                break
+            chunk = self.conn.sock.recv(1 << 16)
+            if not chunk:
+                break
+            head += chunk
+        self.pos = stop
+        return bytes(head[start:stop])
+
+    def read(self, size=-1):
+        head = self.conn.head
+        parts = [bytes(head[self.pos:] if size < 0 else head[self.pos:self.pos + size])]
+        self.pos += len(parts[0])
+        missing = None if size < 0 else size - len(parts[0])
+        while missing is None or missing > 0:
+            chunk = self.conn.sock.recv(1 << 16 if missing is None else min(missing, 1 << 18))
+            if not chunk:
+                break
+            parts.append(chunk)
+            if missing is not None:
+                missing -= len(chunk)
+        return b"".join(parts)
+
+    def rest(self):
+        """The bytes read but not consumed (the start of a next request)."""
+        return self.conn.head[self.pos:]
+
+    def close(self):
+        pass
+
+
+class _DashboardWriter:
+    """A request's wfile: each write goes out at once, within the socket's timeout."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def write(self, data):
+        self.sock.sendall(data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 class _Dashboard:
     """`litequeue dashboard`: the page, its JSON, Flower's API, /metrics and /healthcheck,
-    over the admin surface. One thread per request, each with its own connection; reads
-    never take the write lock. Mixed into http.server's classes by _dashboard_server()."""
+    over the admin surface. Mixed into http.server's HTTPServer by _dashboard_server().
 
-    daemon_threads = True
+    serve_forever() runs one selector loop: it accepts connections and reads their
+    requests' heads without blocking, so an idle or slow client costs a descriptor, not a
+    thread. A complete head goes to a few threads (_DASHBOARD_THREADS) that read the body,
+    answer, and give a kept-alive connection back to the loop. Each request borrows a
+    connection to the database from the server's pool; reads never take the write lock."""
+
     allow_reuse_address = True
     request_queue_size = _DASHBOARD_BACKLOG
 
@@ -10255,14 +10362,26 @@ class _Dashboard:
         # Cookies ignore the port: each dashboard on this host has its own name.
         self.cookie_name = f"litequeue-token-{self.port}"
         self.guesses = _Throttle(*_DASHBOARD_GUESSES)
-        # Every open connection -> the monotonic time by which its next request's head must
-        # have come (None while a request is served).
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        spare = _DASHBOARD_CONNECTIONS if soft == resource.RLIM_INFINITY else \
+            soft - _DASHBOARD_RESERVE - 4 * _DASHBOARD_THREADS
+        self.max_connections = max(16, min(_DASHBOARD_CONNECTIONS, spare))
+        # Every open connection, by socket. The selector thread adds them and owns those
+        # waiting for a request's head (`idle`, oldest first: its deadlines in order); a
+        # serving thread owns the one it serves, and closes it or gives it back.
         self.connections = {}
         self.connections_lock = threading.Lock()
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.max_connections = _DASHBOARD_CONNECTIONS if soft == resource.RLIM_INFINITY \
-            else max(4, min(_DASHBOARD_CONNECTIONS, (soft - 64) // 4))
-        self._swept = time.monotonic()
+        self.idle = collections.OrderedDict()
+        self.ready = queue.SimpleQueue()         # complete heads, for the serving threads
+        self.returned = collections.deque()      # kept-alive connections, for the loop
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector = None
+        self.threads = []
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._paused_until = None                # accepting stopped: out of descriptors
 
     def url(self):
         host = self.server_address[0]
@@ -10271,65 +10390,232 @@ class _Dashboard:
     def token_ok(self, given):
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
 
-    # -- connections: bounded in number and in time ----------------------------------
+    # -- the loop: accept, read heads, hand them on; bounded in number and in time ------
 
-    def process_request(self, request, client_address):
-        """Runs in the accepting thread: make room for the new connection (closing the
-        one idle longest), or refuse it at once; never queue it."""
-        with self.connections_lock:
-            if len(self.connections) >= self.max_connections:
-                idle = [(due, conn) for conn, due in self.connections.items() if due is not None]
-                if not idle or len(self.connections) >= 2 * self.max_connections:
-                    return self._refuse(request)
-                _, oldest = min(idle, key=lambda pair: pair[0])
-                self.connections[oldest] = None      # its thread sees EOF and ends
-                with contextlib.suppress(OSError):
-                    oldest.shutdown(socket.SHUT_RDWR)
-            self.connections[request] = time.monotonic() + _DASHBOARD_IDLE
+    def serve_forever(self, poll_interval=0.5):
+        """Serve until shutdown() or an exception (KeyboardInterrupt, as SIGTERM raises in
+        the CLI), which leaves the loop at once."""
+        import selectors
+        self._stopped.clear()
+        for i in range(_DASHBOARD_THREADS - len(self.threads)):
+            thread = threading.Thread(target=self._serve_requests, daemon=True,
+                                      name=f"litequeue-dashboard-{i}")
+            thread.start()
+            self.threads.append(thread)
+        self.selector = selectors.DefaultSelector()
+        self._readable = selectors.EVENT_READ
+        self.socket.setblocking(False)
         try:
-            super().process_request(request, client_address)
-        except RuntimeError:                         # no thread to be had
-            self.shutdown_request(request)
+            self.selector.register(self.socket, self._readable, self._accept)
+            self.selector.register(self._wake_r, self._readable, self._take_back)
+            while not self._stopping:
+                now = time.monotonic()
+                timeout = poll_interval
+                if self.idle:
+                    timeout = min(timeout, next(iter(self.idle.values())).deadline - now)
+                if self._paused_until is not None:
+                    timeout = min(timeout, self._paused_until - now)
+                for key, _ in self.selector.select(max(timeout, 0)):
+                    try:
+                        if callable(key.data):
+                            key.data()
+                        else:
+                            self._read_head(key.data)
+                    except Exception:            # a bug of ours: not the whole server
+                        logger.exception("dashboard: serving connections failed")
+                        if not callable(key.data):
+                            with contextlib.suppress(Exception):
+                                self._drop(key.data)
+                self._sweep(time.monotonic())
+        finally:
+            self.selector.close()
+            self._stopped.set()
 
-    def _refuse(self, request):
+    def shutdown(self):
+        """Stop serve_forever() (from another thread) and wait for it to end."""
+        self._stopping = True
+        self._wake()
+        self._stopped.wait()
+
+    def _accept(self):
+        for _ in range(256):            # a batch, then the other sockets get their turn
+            try:
+                sock, address = self.socket.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue            # that client went away before its accept
+                if self.idle:           # out of descriptors: free one, else wait a moment
+                    self._drop(next(iter(self.idle.values())))
+                    continue
+                logger.debug("dashboard: out of descriptors, accepting again in 0.1 s")
+                self.selector.unregister(self.socket)
+                self._paused_until = time.monotonic() + 0.1
+                return
+            try:
+                data = sock.recv(_DASHBOARD_HEAD + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":             # come and gone (a connect flood): nothing to keep
+                sock.close()
+                continue
+            if len(self.connections) >= self.max_connections:
+                if not self.idle:               # every connection is busy with a request
+                    self._answer(sock, 503, "too many connections")
+                    continue
+                self._drop(next(iter(self.idle.values())))
+            sock.setblocking(False)
+            conn = _DashboardConnection(sock, address, time.monotonic() + _DASHBOARD_IDLE)
+            with self.connections_lock:
+                self.connections[sock] = conn
+            self._take_head(conn, data)     # a browser's request has often come already
+
+    def _read_head(self, conn):
+        """Read what has come of conn's request head."""
+        try:
+            data = conn.sock.recv(_DASHBOARD_HEAD + 1 - len(conn.head), socket.MSG_PEEK)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        self._take_head(conn, data)
+
+    def _take_head(self, conn, data):
+        """data (peeked: b"" at the end, None if nothing came): take what belongs to the
+        request's head, and nothing beyond it (the body is read only once the request is
+        authorized). Hand a complete head to the serving threads, refuse one too long, or
+        wait for more."""
+        sock, head = conn.sock, conn.head
+        if data == b"":                 # gone (or half-closed before a whole head)
+            return self._drop(conn)
+        if data is not None:
+            end = conn.head_end(data)
+            take = len(data) if end is None else end - len(head)
+            try:
+                while take:                     # already there: it comes at once
+                    got = sock.recv(take)
+                    if not got:
+                        return self._drop(conn)
+                    head += got
+                    take -= len(got)
+            except OSError:
+                return self._drop(conn)
+            if end is not None:
+                if conn.sock in self.idle:
+                    del self.idle[conn.sock]
+                    self.selector.unregister(conn.sock)
+                self.ready.put(conn)
+                return
+            if len(head) > _DASHBOARD_HEAD:
+                long_line = conn.line_end is None or conn.line_end >= _DASHBOARD_HEAD
+                self._drop(conn, 414 if long_line else 431,
+                           f"request {'line' if long_line else 'head'} over "
+                           f"{_DASHBOARD_HEAD >> 10} KiB")
+                return
+        if conn.sock not in self.idle:
+            self.idle[conn.sock] = conn
+            self.selector.register(conn.sock, self._readable, conn)
+
+    def _take_back(self):
+        """Kept-alive connections from the serving threads: wait for their next request."""
         with contextlib.suppress(OSError):
-            request.setblocking(False)
-            request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-                         b"\r\nContent-Length: 36\r\nConnection: close\r\n\r\n"
-                         b'{"error": "too many connections"}\n\n\n')
-        request.close()
+            while self._wake_r.recv(4096):
+                pass
+        while self.returned:
+            conn = self.returned.popleft()
+            conn.sock.setblocking(False)
+            conn.deadline = time.monotonic() + _DASHBOARD_IDLE
+            # Bytes of the next request read with the last one: none, as the serving
+            # threads read no further than a body; scanned all the same.
+            read, conn.head, conn.line_end = bytes(conn.head), bytearray(), None
+            end = conn.head_end(read) if read else None
+            conn.head += read
+            if end is not None:
+                self.ready.put(conn)
+            else:
+                self._read_head(conn)
 
-    def awaiting(self, conn, serving=False):
-        """Mark a connection as waiting for a request's head (or, serving, as busy)."""
-        with self.connections_lock:
-            if self.connections.get(conn, 0) is not None or serving:
-                self.connections[conn] = None if serving else time.monotonic() + _DASHBOARD_IDLE
+    def _sweep(self, now):
+        """Close the connections whose head is late (a slowloris); accept again if paused."""
+        while self.idle:
+            conn = next(iter(self.idle.values()))
+            if conn.deadline > now:
+                break
+            self._drop(conn)
+        if self._paused_until is not None and now >= self._paused_until:
+            self._paused_until = None
+            self.selector.register(self.socket, self._readable, self._accept)
 
-    def shutdown_request(self, request):
+    def _drop(self, conn, status=None, message=None):
+        """Close a connection of the loop's (answering status first, if given)."""
+        if self.idle.pop(conn.sock, None) is not None:
+            self.selector.unregister(conn.sock)
         with self.connections_lock:
-            self.connections.pop(request, None)
-        super().shutdown_request(request)
+            self.connections.pop(conn.sock, None)
+        if status is None:
+            conn.sock.close()
+        else:
+            self._answer(conn.sock, status, message)
 
-    def service_actions(self):
-        """Between accepts: close connections past their deadline (a slowloris)."""
-        now = time.monotonic()
-        if now - self._swept < 0.25:
-            return
-        self._swept = now
-        with self.connections_lock:
-            late = [conn for conn, due in self.connections.items()
-                    if due is not None and due < now]
-            for conn in late:
-                self.connections[conn] = None
+    @staticmethod
+    def _answer(sock, status, message):
+        """Answer a short JSON error without waiting (a new socket's send buffer takes it
+        whole) and close."""
+        import http.server
+        body = json.dumps({"error": message}).encode()
+        reason = http.server.BaseHTTPRequestHandler.responses[status][0]
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            sock.send(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                      f"X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+                      .encode() + body)
+        sock.close()
+
+    def _wake(self):
+        with contextlib.suppress(OSError):       # full: the loop is awake already
+            self._wake_w.send(b"\0")
+
+    # -- the serving threads ------------------------------------------------------------
+
+    def _serve_requests(self):
+        while (conn := self.ready.get()) is not None:
+            keep = False
+            try:
+                handler = self.RequestHandlerClass(conn, conn.address, self)
+                keep = not handler.close_connection and not self._stopping
+            except Exception:
+                self.handle_error(conn.sock, conn.address)
+            if keep:
+                conn.head = bytearray(handler.rfile.rest())
+                self.returned.append(conn)
+                self._wake()
+            else:
+                with self.connections_lock:
+                    self.connections.pop(conn.sock, None)
                 with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.sock.shutdown(socket.SHUT_WR)   # the answer, then FIN
+                conn.sock.close()
 
     def server_close(self):
+        """Close the listening socket and every connection; the serving threads end."""
         super().server_close()
+        self._stopping = True
         with self.connections_lock:
-            for conn in self.connections:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+            conns = list(self.connections.values())
+        for conn in conns:               # wakes a thread blocked on its socket
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        for conn in list(self.idle.values()):
+            conn.sock.close()
+        self.idle.clear()
+        for _ in self.threads:
+            self.ready.put(None)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def handle_error(self, request, client_address):
         """A client that went away or timed out is no error of ours: no traceback."""
@@ -10397,14 +10683,26 @@ class _DashboardHandler:
     def log_message(self, fmt, *args):
         logger.debug("dashboard %s: %s", self.address_string(), fmt % args)
 
-    def handle_one_request(self):
-        self.server.awaiting(self.connection)
-        super().handle_one_request()
+    def setup(self):
+        """self.request is a _DashboardConnection whose request head has been read; the
+        body is read from its socket, each read and write within `timeout`."""
+        conn = self.request
+        self.connection = conn.sock
+        self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm and not conn.nodelay:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            conn.nodelay = True
+        self.rfile = _DashboardReader(conn)
+        self.wfile = _DashboardWriter(conn.sock)
 
-    def parse_request(self):
-        parsed = super().parse_request()         # reads the headers: still evictable
-        self.server.awaiting(self.connection, serving=True)
-        return parsed
+    def handle(self):
+        """One request. The server gives a kept-alive connection back to its selector
+        loop to wait for the next one: no thread waits on an idle connection."""
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self):
+        pass
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (400, 414, 431, 501...) as JSON, like ours."""
@@ -10422,7 +10720,7 @@ class _DashboardHandler:
         self._handle("POST")
 
     def _handle(self, method):
-        # Each request runs in a new thread: lend it a connection from the server's pool
+        # Lend the serving thread a connection from the server's pool for this request
         # (opening one per request would cost more than most requests).
         local = self.server.app._local
         try:

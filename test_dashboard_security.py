@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import socket
@@ -290,6 +291,72 @@ def raw_request(d, data, timeout=10):
     return status, headers, body
 
 
+# Attackers, each run as its own process (a real one is; threads of the test's process would
+# share its GIL with the client it times). Each prints "ready", then holds on until its stdin
+# closes, and prints how many connections it made.
+SLOWLORIS = r'''
+import resource, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 64), hard))
+held = []
+for i in range(n):        # connect, and every other one sends half a request line
+    s = socket.socket()
+    s.settimeout(2)
+    held.append(s)
+    try:
+        s.connect(("127.0.0.1", port))
+        if i % 2:
+            s.sendall(b"GET /data/overview HTTP/1.1\r\nHost: x")
+    except OSError:
+        pass
+print("ready", flush=True)
+sys.stdin.read()
+print(n)
+'''
+FLOOD = r'''
+import select, socket, sys, time
+port, count, checked = int(sys.argv[1]), 0, time.monotonic()
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        count += 1
+        if count == 200:
+            print("ready", flush=True)
+    except OSError:
+        pass
+    if time.monotonic() - checked > 0.1:
+        checked = time.monotonic()
+        if select.select([sys.stdin], [], [], 0)[0]:
+            break
+print(count)
+'''
+
+
+def start_helper(code, *args):
+    """A helper process running code, once it has printed "ready"."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if select.select([proc.stdout], [], [], 60)[0]:
+        line = proc.stdout.readline()
+    else:
+        line = "nothing within 60 s"
+    if line.strip() != "ready":
+        stop_helper(proc)
+        pytest.fail(f"a helper did not start: {line!r}")
+    return proc
+
+
+def stop_helper(proc):
+    """Close its stdin, reap it, and return what it printed last."""
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out.strip()
+
+
 class TestAHostileClientCostsLittle:
 
     @pytest.mark.timeout(180)
@@ -304,40 +371,25 @@ class TestAHostileClientCostsLittle:
             d = dashboards(project)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, limits)
-        idle = []
-        stop = threading.Event()
-        flooded = [0]
-
-        def flood():
-            while not stop.is_set():
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", d.port), timeout=2).close()
-                    flooded[0] += 1
-        flooders = [threading.Thread(target=flood) for _ in range(2)]
+        helpers = []
         try:
-            for i in range(1100):         # a slowloris: connect, send half a request line
-                s = socket.socket()
-                idle.append(s)
-                s.settimeout(2)
-                with contextlib.suppress(OSError):
-                    s.connect(("127.0.0.1", d.port))
-                    if i % 2:
-                        s.sendall(b"GET /data/overview HTTP/1.1\r\nHost: x")
-            for t in flooders:
-                t.start()
-            wait_until(lambda: flooded[0] > 200, 30, "the connect flood to run")
+            helpers.append(start_helper(SLOWLORIS, d.port, 1100))
+            for _ in range(2):
+                helpers.append(start_helper(FLOOD, d.port))
             took = []
-            for _ in range(10):
+            for _ in range(50):
                 began = time.monotonic()
                 code = d.request("/data/overview")[0]
                 took.append(time.monotonic() - began)
                 assert code == 200
-            print(f"\nslowloris of 1100 + connect flood ({flooded[0]} so far): /data/overview in "
-                  f"median {sorted(took)[5] * 1000:.1f} ms, max {max(took) * 1000:.1f} ms")
+            took.sort()
             # Answered, and not stuck behind the idle sockets (which wait out their 5 s
-            # timeout). How fast is a figure, printed above, not a timed assertion: on 2
-            # busy cores the worst of ten reached about 1 s.
-            assert max(took) < 4.0, took
+            # timeout) or the flood. How fast is a figure, printed here, not a timed
+            # assertion: bench/dashboard_flood.py measures it. A full listen queue would
+            # cost a dropped SYN (1 s); that is what the bound catches.
+            print(f"\nslowloris of 1100 + connect flood from 2 processes: /data/overview in "
+                  f"median {took[25] * 1000:.1f} ms, worst of 50 {took[-1] * 1000:.1f} ms")
+            assert took[-1] < 1.0, took
             # SIGTERM ends it within 2 s, whatever the clients do.
             began = time.monotonic()
             os.killpg(d.proc.pid, signal.SIGTERM)
@@ -346,12 +398,8 @@ class TestAHostileClientCostsLittle:
             print(f"SIGTERM under the same load: exited in {ended * 1000:.0f} ms")
             assert ended < 2.0
         finally:
-            stop.set()
-            for t in flooders:
-                if t.is_alive():
-                    t.join()
-            for s in idle:
-                s.close()
+            counts = [stop_helper(proc) for proc in helpers]
+        print(f"connections: slowloris, flooders: {counts}")
         assert "Traceback" not in d.log.read_text()
 
     def test_an_idle_connection_is_closed_after_its_timeout(self, project, dashboards):
