@@ -108,7 +108,9 @@ Sections, in file order (each uses only the sections above it; a test checks it)
   Worker: the supervisor  _Guard (a step's errors), _Timers (the janitor), _Scheduler
                           (due rows, periodic fires), _Supervisor (children, signals,
                           operators' requests, shutdown)
-  Monitoring              health checks, /metrics, Flower's API, the dashboard server
+  Monitoring              health checks, /metrics, Flower's task fields
+  Dashboard               the HTTP server: the token, the password, the selector loop
+                          and its bounds, the pages' JSON, Flower's API, the actions
   CLI                     the click group and its commands
   Assets                  the demo's tasks and the dashboard's page; the entry point
 
@@ -196,7 +198,6 @@ import secrets
 import select
 import signal
 import socket
-import socketserver
 import stat
 import struct
 import sys
@@ -9888,7 +9889,7 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
 
 
 # ---------------------------------------------------------------------------
-# Monitoring: health checks, Prometheus metrics, the dashboard's HTTP server
+# Monitoring: health checks, Prometheus metrics, Flower's task view
 # ---------------------------------------------------------------------------
 
 # A WAL past this size means checkpoints are not keeping up (health check "wal").
@@ -10062,6 +10063,10 @@ def _flower_task(info):
             "exception": info["exception"], "eta": info["eta"], "expires": info["expires"],
             "routing_key": info["queue"]}
 
+
+# ---------------------------------------------------------------------------
+# Dashboard: the HTTP server, its security and its bounds
+# ---------------------------------------------------------------------------
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The dashboard's token, as Jupyter's: 32 random bytes (never guessed, so never throttled),
