@@ -129,7 +129,9 @@ class TestTheTokenIsTheBoundary:
                  f"/api/tasks?token={token[:-1]}"]
         posts = ["/api/task/async-apply/tasks.add", "/api/task/send-task/tasks.add",
                  f"/api/task/revoke/{late.id}", f"/action/revoke/{late.id}",
-                 "/action/pause/default", "/action/purge/default", "/action/retry-failed"]
+                 "/action/pause/default", "/action/purge/default", "/action/retry-failed",
+                 "/api/worker/shutdown/any", "/api/worker/pool/grow/any",
+                 "/api/task/rate-limit/tasks.echo", "/action/schedule/run/any"]
         wrong = [{}, {"Authorization": "Bearer " + token[:-1] + "x"},
                  {"Cookie": f"litequeue-token-{d.port}={token[:-1]}x"},
                  {"Authorization": "Basic " + base64.b64encode(b"a:b").decode()}]
