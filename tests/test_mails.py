@@ -15,7 +15,8 @@ import sys
 import pytest
 
 import litequeue
-from test_litequeue import project, wait_until, workers  # noqa: F401 (fixtures)
+
+from .helpers import wait_until
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
 

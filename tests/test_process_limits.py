@@ -12,10 +12,8 @@ import apsw
 import pytest
 
 import litequeue
-from test_litequeue import (  # noqa: F401  (fixtures are used by name)
-    LITEQUEUE_PY, Project, alive, fill_disk, files_in, lq, producer, project, small_fs, wait_until,
-    workers,
-)
+
+from .helpers import LITEQUEUE_PY, Project, alive, fill_disk, lq, producer, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,8 +1,7 @@
 """Tests of litequeue, with real SQLite files, real worker processes and real signals.
 
-Layout: helpers first (wait_until, the task module the workers import, the ``project``
-and ``workers`` fixtures), then one class per section of litequeue.py, in its order:
-serialization, storage, app and task API, worker, CLI, protocol.
+Layout: one class per section of litequeue.py, in its order. The helpers are in
+helpers.py, the fixtures in conftest.py, the task modules in tasks/.
 
 Nothing here mocks SQLite or multiprocessing. Workers are started as subprocesses in
 their own session (``start_new_session=True``), so teardown can kill the supervisor and
@@ -16,7 +15,6 @@ import datetime as dt
 import gc
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -40,734 +38,30 @@ from pathlib import Path
 import apsw
 import msgpack
 import pytest
-
-import litequeue
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+import litequeue
 from litequeue import (
     EXPIRED, FAILURE, PENDING, RETRY, REVOKED, SCHEDULED, STARTED, SUCCESS, UNKNOWN,
-    ConfigurationError, CorruptDatabase, DuplicateTaskId, EagerResult, ForeignDatabase, GroupResult,
-    LiteQueue,
-    LitequeueError, MaxRetriesExceededError, RemoteError, Retry, SchemaTooNew,
-    SerializationError, SoftTimeLimitExceeded, TaskNotFound, TaskRevoked, TimeLimitExceeded,
-    UnknownTask, WorkerLostError, crontab, group,
+    ConfigurationError, CorruptDatabase, DuplicateTaskId, EagerResult, ForeignDatabase,
+    GroupResult, LiteQueue, LitequeueError, MaxRetriesExceededError, RemoteError, Retry,
+    SchemaTooNew, SerializationError, SoftTimeLimitExceeded, TaskNotFound, TaskRevoked,
+    TimeLimitExceeded, UnknownTask, WorkerLostError, crontab, group,
+)
+
+from .helpers import (
+    LITEQUEUE_PY, PLAIN_TASKS, UTC, CanvasProject, Folder, Project, _chromium, _suppress_lookup,
+    alive, assert_canary, assert_one_line_error, create_db, files_in, fill_disk, fire_time,
+    fires_of, group_members, insert_finished, insert_raw, insert_schedule, log_lines, lq,
+    make_victim, most_in_a_second, msgpack_values, need_root, pack, page_click, parent_of,
+    producer, python, run, same, sha256, sql, sql_write, stand_in_app, start_aio_worker,
+    tables_rows, task_source, utc_ts, wait_until, worker_cmd,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
-LITEQUEUE_PY = Path(__file__).resolve().with_name("litequeue.py")
 # The supervisor logs this when the first SIGTERM/SIGINT starts a warm shutdown.
 WARM_SHUTDOWN_LOG = "warm shutdown"
-
-
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-def wait_until(predicate, timeout=10.0, message="condition", interval=0.01):
-    """Poll predicate() until it returns something truthy, and return that.
-
-    Fails the test after timeout seconds; message (a string or a callable giving one)
-    says what was awaited.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            pytest.fail(f"timed out after {timeout} s waiting for: {text}")
-        time.sleep(interval)
-
-
-# The task module that worker processes import. A fixture writes it into a temp dir;
-# its tasks leave marks in marks/ so tests can see what ran, where and how often.
-TASKS_SOURCE = '''\
-"""Tasks for litequeue's test suite (written into a temp dir by the tests)."""
-import ctypes
-import json
-import os
-import signal
-import time
-
-from litequeue import LiteQueue, LitequeueError, SoftTimeLimitExceeded, TimeLimitExceeded
-
-# Tests pass extra settings to the workers through the environment.
-app = LiteQueue("jobs.sqlite", **json.loads(os.environ.get("LQ_TEST_SETTINGS", "{}")))
-
-MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
-
-
-class TaskFailed(Exception):
-    """What fail() raises: tests check that this type reaches the caller."""
-
-
-def _mark(name):
-    with open(os.path.join(MARKS, name), "w"):
-        pass
-
-
-@app.task
-def add(x, y):
-    return x + y
-
-
-@app.task
-def fail(message):
-    raise TaskFailed(message)
-
-
-@app.task(bind=True)
-def record(self, n):
-    """One ledger line per execution. O_APPEND writes of one short line are atomic, so
-    the per-process ledgers are exact even with many processes."""
-    fd = os.open(os.path.join(MARKS, f"ledger.{os.getpid()}"),
-                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{self.request.id} {n}\\n".encode())
-    finally:
-        os.close(fd)
-    return n
-
-
-@app.task(bind=True)
-def block(self, name, timeout=120):
-    """Mark that it started (marks/NAME.started.ATTEMPT.PID), then run until the test
-    creates marks/NAME.go (or marks/ABORT, which teardown creates)."""
-    _mark(f"{name}.started.{self.request.attempt}.{os.getpid()}")
-    go, abort = os.path.join(MARKS, name + ".go"), os.path.join(MARKS, "ABORT")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(go):
-        if os.path.exists(abort) or time.monotonic() > deadline:
-            raise RuntimeError(f"block({name!r}) was never released")
-        time.sleep(0.01)
-    return name
-
-
-@app.task
-def bad_result():
-    return {1, 2}                       # msgpack cannot encode a set
-
-
-class Picky(Exception):
-    """An exception that cannot be rebuilt from its args alone."""
-
-    def __init__(self, a, b):
-        super().__init__(f"{a}-{b}")
-
-
-@app.task
-def picky():
-    raise Picky(1, 2)
-
-
-@app.task(bind=True)
-def interrupt(self):
-    """Raise a BaseException that is not an Exception, marking each run."""
-    _mark(f"interrupt.{self.request.id}.{self.request.attempt}")
-    raise KeyboardInterrupt("from the task")
-
-
-@app.task(bind=True)
-def stamp(self, tag):
-    """Append the unix time it started to marks/stamp.TAG (one line per run) and return
-    it: what ETA and expiry tests check."""
-    started = time.time()
-    with open(os.path.join(MARKS, f"stamp.{tag}"), "a") as f:
-        f.write(f"{started!r} {self.request.id}\\n")
-    return started
-
-
-def _die(task, how):
-    _mark(f"die.{task.request.id}.{task.request.attempt}")
-    if how == "sigkill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif how == "segfault":
-        ctypes.string_at(0)             # reads address 0: SIGSEGV
-    os._exit(1)
-
-
-@app.task(bind=True)
-def die(self, how):
-    """Kill the process running it: every run leaves marks/die.ID.ATTEMPT first."""
-    _die(self, how)
-
-
-@app.task(bind=True, max_retries=1)
-def die_once(self, how):
-    """die() with a budget of one retry."""
-    _die(self, how)
-
-
-# -- failure handling (issue 4) -------------------------------------------------------
-
-def _line(name, text):
-    """Append one line to marks/NAME with a single O_APPEND write (atomic, survives
-    SIGKILL of any writer)."""
-    fd = os.open(os.path.join(MARKS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (text + "\\n").encode())
-    finally:
-        os.close(fd)
-
-
-def _runs(task, name):
-    """Log one run: marks/runs.NAME gets 'retries attempt pid time'."""
-    r = task.request
-    _line(f"runs.{name}", f"{r.retries} {r.attempt} {os.getpid()} {time.time()!r}")
-
-
-@app.task(bind=True, autoretry_for=(IOError,), max_retries=3, retry_backoff=0.2,
-          retry_backoff_max=600, retry_jitter=False)
-def flaky(self, name, fail_times):
-    """Raise IOError on the first fail_times runs, then return self.request.retries."""
-    _runs(self, name)
-    if self.request.retries < fail_times:
-        raise IOError(f"{name} failed on retry {self.request.retries}")
-    return self.request.retries
-
-
-@app.task(bind=True, autoretry_for=(IOError,), max_retries=3, retry_backoff=True,
-          retry_backoff_max=0.5, retry_jitter=True)
-def jittery(self, name):
-    """Always raises IOError: backoff 1, 2, 4 s capped at 0.5 s, with full jitter."""
-    _runs(self, name)
-    raise IOError(f"{name} jitter {self.request.retries}")
-
-
-@app.task(autoretry_for=(IOError,), max_retries=1, retry_backoff=0.1, retry_jitter=False)
-def flaky_max1(name):
-    """max_retries=1 set on the task only (a producer that did not import it cannot
-    know it)."""
-    _line(f"runs.{name}", "run")
-    raise IOError(name)
-
-
-@app.task(bind=True, max_retries=3)
-def retrier(self, name, fail_times, countdown, with_exc=True):
-    """self.retry(exc=..., countdown=...) on the first fail_times runs. The retry request
-    passes through ``except LitequeueError``: Retry is not one."""
-    _runs(self, name)
-    if self.request.retries < fail_times:
-        try:
-            if with_exc:
-                raise self.retry(exc=TaskFailed(f"{name} try {self.request.retries}"),
-                                 countdown=countdown)
-            raise self.retry(countdown=countdown)
-        except LitequeueError:
-            return "swallowed"
-    return self.request.retries
-
-
-@app.task(bind=True)
-def bad_retry(self, name):
-    """Asks for a retry with a countdown that is not a number."""
-    _runs(self, name)
-    raise self.retry(exc=TaskFailed(name), countdown="soon")
-
-
-def _nap(task, name, seconds):
-    """Mark the start (like block), sleep, then mark marks/NAME.finished.PID."""
-    _mark(f"{name}.started.{task.request.attempt}.{os.getpid()}")
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if os.path.exists(os.path.join(MARKS, "ABORT")):
-            raise RuntimeError(f"nap({name!r}) aborted")
-        time.sleep(0.005)
-    _mark(f"{name}.finished.{os.getpid()}")
-    return name
-
-
-def _nap_and_clean_up(task, name):
-    try:
-        return _nap(task, name, 60)
-    except SoftTimeLimitExceeded:
-        _mark(f"{name}.cleaned.{os.getpid()}")
-        return f"{name} cleaned up"
-
-
-@app.task(bind=True)
-def nap(self, name, seconds):
-    return _nap(self, name, seconds)
-
-
-@app.task(bind=True, time_limit=0.5)
-def hard_limited(self, name):
-    return _nap(self, name, 60)
-
-
-@app.task(bind=True, time_limit=0.4, autoretry_for=(TimeLimitExceeded,), max_retries=2,
-          retry_backoff=0.1, retry_jitter=False)
-def limited_retry(self, name, slow_times):
-    """Runs past its time limit on the first slow_times runs."""
-    _runs(self, name)
-    return _nap(self, name, 60 if self.request.retries < slow_times else 0)
-
-
-@app.task(bind=True, soft_time_limit=0.3)
-def soft_limited(self, name):
-    return _nap_and_clean_up(self, name)
-
-
-@app.task(bind=True)
-def cleans_up(self, name):
-    """No limit of its own: the worker's --soft-time-limit applies."""
-    return _nap_and_clean_up(self, name)
-
-
-_HOARD = []
-
-
-@app.task
-def hog(mib):
-    """Keep mib MiB resident in this process (written, so the pages are real)."""
-    _HOARD.append(b"\\x01" * (mib * 1024 * 1024))
-    return os.getpid()
-
-
-@app.task
-def echo(*args, **kwargs):
-    return [list(args), kwargs]
-
-
-class Unprintable(Exception):
-    def __str__(self):
-        raise RuntimeError("no str for you")
-
-
-@app.task
-def unprintable():
-    raise Unprintable("hidden")
-
-
-@app.task
-def unencodable_error():
-    raise TaskFailed({1, 2})            # args that msgpack cannot encode
-
-
-@app.task(bind=True, max_retries=100)
-def chaos(self, n, ms):
-    """Log the start to marks/exec.PID, sleep ms milliseconds, log the end."""
-    _line(f"exec.{os.getpid()}", f"start {self.request.id} {n}")
-    time.sleep(ms / 1000)
-    _line(f"exec.{os.getpid()}", f"done {self.request.id} {n}")
-    return n
-'''
-
-TASK_NAMES = ("add", "fail", "record", "block", "die", "bad_result", "picky", "interrupt",
-              "stamp", "die_once", "flaky", "jittery", "flaky_max1", "retrier", "nap",
-              "hard_limited", "limited_retry", "soft_limited", "cleans_up", "hog", "echo",
-              "unprintable", "unencodable_error", "chaos", "bad_retry")
-# Options the test process's stand-ins carry, as a producer that imported tasks.py would:
-# a task's max_retries is written into its row at delay().
-TASK_OPTIONS = {"die_once": {"max_retries": 1}, "flaky": {"max_retries": 3},
-                "jittery": {"max_retries": 3}, "retrier": {"max_retries": 3},
-                "limited_retry": {"max_retries": 2}, "chaos": {"max_retries": 100}}
-
-
-def write_tasks_module(directory, vendored=False):
-    """Write tasks.py (and marks/) into directory; with vendored, copy litequeue.py too."""
-    directory = Path(directory)
-    (directory / "marks").mkdir(parents=True, exist_ok=True)
-    (directory / "tasks.py").write_text(TASKS_SOURCE)
-    if vendored:
-        shutil.copy(LITEQUEUE_PY, directory / "litequeue.py")
-    return directory / "tasks.py"
-
-
-def sql(db, query, *params):
-    """Rows of one query, on a fresh connection that never creates the file.
-
-    It uses apsw, the SQLite library litequeue uses, and not the stdlib sqlite3 module:
-    two copies of SQLite in one process break each other's POSIX locks (closing one's
-    file descriptor drops the other's locks), which leaves litequeue's connection in this
-    process reading a stale snapshot. Clients using stdlib sqlite3 run in subprocesses.
-    """
-    if not os.path.exists(db):
-        raise FileNotFoundError(db)
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
-    try:
-        conn.set_busy_timeout(30_000)
-        return [tuple(row) for row in conn.execute(query, params)]
-    finally:
-        conn.close()
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _proc_stat(pid):
-    """(state, pgrp) of a process, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], int(fields[2])
-
-
-def parent_of(pid):
-    """The parent pid of a process, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def alive(pid):
-    """True if the process exists and is not a zombie (PID 1 here does not reap)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def group_members(pgid):
-    """Live (non-zombie) processes of a process group."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _proc_stat(int(entry))
-            if stat and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                pids.append(int(entry))
-    return pids
-
-
-def run(cmd, cwd, timeout=60, env=None):
-    """Run a command to completion in its own session; on timeout kill its whole group."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with _suppress_lookup():
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{cmd} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def lq(*args, cwd, timeout=60):
-    """Run `python litequeue.py ARGS...` (the repository's file)."""
-    return run([sys.executable, str(LITEQUEUE_PY), *map(str, args)], cwd=cwd, timeout=timeout)
-
-
-def python(code, cwd, *args, timeout=60, isolated=False):
-    """Run `python -c code args...` in cwd; fails the test if it exits non-zero."""
-    cmd = [sys.executable] + (["-I"] if isolated else []) + ["-c", code, *map(str, args)]
-    done = run(cmd, cwd=cwd, timeout=timeout)
-    assert done.returncode == 0, \
-        f"{cmd[:3]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-class _suppress_lookup:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, exc, tb):
-        return typ is not None and issubclass(typ, ProcessLookupError)
-
-
-class Project:
-    """A temp directory holding tasks.py and jobs.sqlite, as a user's project would."""
-
-    def __init__(self, directory, vendored=False):
-        self.dir = Path(directory)
-        write_tasks_module(self.dir, vendored=vendored)
-        self.db = str(self.dir / "jobs.sqlite")
-        self.marks = self.dir / "marks"
-        self._app = None
-
-    @property
-    def app(self):
-        """A producer app in this (the test) process. It does not import tasks.py: its
-        tasks are stand-ins named tasks.<name>, so delay() registers module 'tasks' as a
-        real producer would. Calling one inline is an error."""
-        if self._app is None:
-            self._app = LiteQueue(self.db)
-            for name in TASK_NAMES:
-                def stand_in(*args, **kwargs):
-                    raise AssertionError("runs only in a worker")
-                stand_in.__module__, stand_in.__qualname__ = "tasks", name
-                stand_in.__name__ = name
-                self._app.task(stand_in, **TASK_OPTIONS.get(name, {}))
-        return self._app
-
-    def delay(self, name, *args, **kwargs):
-        return self.app.tasks[f"tasks.{name}"].delay(*args, **kwargs)
-
-    def row(self, task_id):
-        cols = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
-                "pid", "result", "traceback")
-        rows = sql(self.db, f"SELECT {', '.join(cols)} FROM tasks WHERE id = ?", task_id)
-        return dict(zip(cols, rows[0])) if rows else None
-
-    def state(self, task_id):
-        row = self.row(task_id)
-        return row and row["state"]
-
-    def started(self, name):
-        """[(attempt, pid), ...] of the runs of block(name) that have begun."""
-        runs = []
-        for path in self.marks.glob(f"{name}.started.*"):
-            attempt, pid = path.name.rsplit(".", 2)[1:]
-            runs.append((int(attempt), int(pid)))
-        return sorted(runs)
-
-    def go(self, name):
-        (self.marks / f"{name}.go").touch()
-
-    def stamps(self, tag):
-        """[(unix start time, task id), ...] of the runs of stamp(tag), in order."""
-        path = self.marks / f"stamp.{tag}"
-        if not path.exists():
-            return []
-        return [(float(t), task_id) for t, task_id in
-                (line.split() for line in path.read_text().splitlines())]
-
-    def ledger(self):
-        """Counter of task id -> runs of record(), from every process's ledger."""
-        runs = collections.Counter()
-        for ledger in self.marks.glob("ledger.*"):
-            for line in ledger.read_text().splitlines():
-                runs[line.split()[0]] += 1
-        return runs
-
-    def runs(self, name):
-        """[(retries, attempt, pid, unix time), ...] of the runs a task logged with _runs."""
-        path = self.marks / f"runs.{name}"
-        if not path.exists():
-            return []
-        return [(int(retries), int(attempt), int(pid), float(when)) for retries, attempt, pid, when
-                in (line.split() for line in path.read_text().splitlines())]
-
-    def marked(self, pattern):
-        """Names of the marks matching a glob pattern, sorted."""
-        return sorted(path.name for path in self.marks.glob(pattern))
-
-    def write_module(self, name, source):
-        """Write NAME.py beside tasks.py (dropping its bytecode: a rewrite within the
-        same second with the same size would otherwise import the old code)."""
-        (self.dir / f"{name}.py").write_text(textwrap.dedent(source))
-        for cached in self.dir.glob(f"__pycache__/{name}.*"):
-            cached.unlink()
-
-    def schedules(self):
-        """{name: row} of the schedules table."""
-        cols = ("name", "task", "module", "schedule", "tz", "payload", "queue", "priority",
-                "catch_up", "last_fire", "next_fire")
-        rows = sql(self.db, f"SELECT {', '.join(cols)} FROM schedules")
-        return {row[0]: dict(zip(cols, row)) for row in rows}
-
-    def abort_all(self):
-        (self.marks / "ABORT").touch()
-
-
-
-class Worker:
-    """One worker supervisor subprocess (the leader of its own process group)."""
-
-    def __init__(self, proc, log, db, concurrency, cmd):
-        self.proc = proc
-        self.pid = self.pgid = proc.pid
-        self.log = log
-        self.db = db
-        self.concurrency = concurrency
-        self.cmd = cmd
-        self.id = None
-
-    def log_text(self):
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def _fail(self, text):
-        pytest.fail(f"{text}\ncommand: {self.cmd}\nworker log:\n{self.log_text()}")
-
-    def supervisor_row(self):
-        try:
-            rows = sql(self.db, "SELECT id FROM workers WHERE pid = ? AND parent IS NULL",
-                       self.pid)
-        except (FileNotFoundError, apsw.SQLError):
-            return None
-        return rows[0][0] if rows else None
-
-    def children(self):
-        """[{'id', 'pid'}] of this supervisor's children registered in the workers table."""
-        if self.id is None:
-            return []
-        rows = sql(self.db, "SELECT id, pid FROM workers WHERE parent = ? ORDER BY pid", self.id)
-        return [{"id": r[0], "pid": r[1]} for r in rows]
-
-    def live_children(self):
-        return [c for c in self.children() if alive(c["pid"])]
-
-    def wait_ready(self, timeout=30):
-        """Wait until the supervisor and all its children are registered."""
-        def ready():
-            if self.proc.poll() is not None:
-                self._fail(f"worker exited with {self.proc.returncode} while starting")
-            self.id = self.id or self.supervisor_row()
-            return self.id and len(self.live_children()) == self.concurrency
-        wait_until(ready, timeout, lambda: f"worker ready with {self.concurrency} children\n"
-                   f"log:\n{self.log_text()}")
-        return self
-
-    def wait(self, timeout):
-        """The exit code, once the supervisor exits within timeout."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._fail(f"worker did not exit within {timeout} s")
-
-    def signal(self, sig):
-        os.kill(self.pid, sig)
-
-    def killpg(self, sig):
-        with _suppress_lookup():
-            os.killpg(self.pgid, sig)
-
-
-class Workers:
-    """Starts worker supervisors and always reaps them and every process they spawned."""
-
-    def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-        self.started = []
-        self.projects = []
-
-    def start(self, project, *extra, concurrency=1, app=("tasks",), loglevel="INFO",
-              cmd=None, ready=True, settings=None):
-        """Start `python litequeue.py worker DB -A tasks -c N` in the project's directory;
-        cmd replaces everything before the options. settings go to tasks.py's LiteQueue.
-        Waits until it is ready unless told not to."""
-        if cmd is None:
-            cmd = [sys.executable, str(LITEQUEUE_PY), "worker", project.db]
-            for module in app:
-                cmd += ["-A", module]
-            cmd += ["-c", str(concurrency), "-l", loglevel]
-        cmd = [*cmd, *map(str, extra)]
-        log = self.tmp_path / f"worker-{len(self.started)}.log"
-        env = dict(os.environ, LQ_TEST_SETTINGS=json.dumps(settings or {}))
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=project.dir, stdin=subprocess.DEVNULL,
-                                    stdout=err, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env=env)
-        worker = Worker(proc, log, project.db, concurrency, cmd)
-        self.started.append(worker)
-        if project not in self.projects:
-            self.projects.append(project)
-        if ready:
-            worker.wait_ready()
-        return worker
-
-    def reap(self):
-        for project in self.projects:
-            with contextlib.suppress(OSError):     # its filesystem may be gone or full
-                project.abort_all()  # blocked tasks end, so a warm stop is quick
-        for worker in self.started:
-            if worker.proc.poll() is None:
-                worker.killpg(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for worker in self.started:
-            try:
-                worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for worker in self.started:
-            worker.killpg(signal.SIGKILL)  # children left behind, orphans included
-            worker.proc.wait()
-        for worker in self.started:
-            wait_until(lambda: not group_members(worker.pgid), 10,
-                       f"process group {worker.pgid} to be gone")
-        for worker in self.started:
-            print(f"----- {worker.log.name}: {worker.cmd}, exit {worker.proc.returncode}")
-            print(worker.log_text())
-
-
-@pytest.fixture
-def workers(tmp_path):
-    pool = Workers(tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.reap()
-
-
-@pytest.fixture
-def project(tmp_path):
-    yield Project(tmp_path / "proj")
-
-
-def pack(obj):
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def insert_raw(db, rows):
-    """INSERT (id, name, payload) rows directly, as a foreign writer would: nothing
-    rings the wake-up channel. Returns the ids."""
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
-    try:
-        conn.set_busy_timeout(30_000)
-        ids = []
-        with conn:
-            for name, payload in rows:
-                task_id = str(uuid.uuid4())
-                conn.execute("INSERT INTO tasks (id, name, payload) VALUES (?, ?, ?)",
-                             (task_id, name, payload))
-                ids.append(task_id)
-        return ids
-    finally:
-        conn.close()
-
-
-# ---------------------------------------------------------------------------
-# Property-based helpers: msgpack values and exact comparison
-# ---------------------------------------------------------------------------
-
-def msgpack_values(max_leaves=12):
-    """Every kind of value litequeue documents as supported, nested. Tuples come back as
-    lists. Dict keys are scalars (tuple keys: see test_tuple_dict_keys_round_trip).
-    Datetimes stay inside years 2..9998, so that converting to UTC cannot leave the range
-    of datetime (see test_datetimes_near_the_ends_of_the_range)."""
-    scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
-               | st.floats(allow_nan=True, allow_infinity=True) | st.text() | st.binary()
-               | st.datetimes(min_value=dt.datetime(2, 1, 1), max_value=dt.datetime(9998, 1, 1),
-                              timezones=st.timezones()))
-    keys = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
-            | st.text() | st.binary())
-    return st.recursive(
-        scalars,
-        lambda children: (st.lists(children, max_size=4) | st.tuples(children, children)
-                          | st.dictionaries(keys, children, max_size=4)),
-        max_leaves=max_leaves)
-
-
-def same(sent, got):
-    """True if got is what litequeue promises for sent: exactly equal, with the same types
-    (True is not 1, 1 is not 1.0, -0.0 is not 0.0), nan matching nan, tuples as lists and
-    datetimes as the same instant in UTC."""
-    if isinstance(sent, tuple):
-        sent = list(sent)
-    if isinstance(sent, list):
-        return type(got) is list and len(got) == len(sent) and \
-            all(same(a, b) for a, b in zip(sent, got))
-    if isinstance(sent, dict):
-        return type(got) is dict and len(got) == len(sent) and \
-            all(same(k, k2) and same(v, v2)
-                for (k, v), (k2, v2) in zip(sent.items(), got.items()))
-    if isinstance(sent, float):
-        if type(got) is not float:
-            return False
-        if math.isnan(sent):
-            return math.isnan(got)
-        return got == sent and math.copysign(1, got) == math.copysign(1, sent)
-    if isinstance(sent, dt.datetime):
-        # Compare instants: under PEP 495, == between zones is always False for a wall
-        # time in a fold or gap (1919-11-24 00:00 in Africa/Accra is one).
-        return (type(got) is dt.datetime and got.utcoffset() == dt.timedelta(0)
-                and got.timestamp() == sent.timestamp())
-    return type(got) is type(sent) and got == sent
 
 
 def envelope_problem(payload):
@@ -802,10 +96,6 @@ def collect(strategy, max_examples):
     draw()
     return drawn
 
-
-# ---------------------------------------------------------------------------
-# Serialization and small helpers
-# ---------------------------------------------------------------------------
 
 class TestSerialization:
 
@@ -889,12 +179,6 @@ class TestSerialization:
             return                              # refused at delay(): fine, and documented
         litequeue._unpack_envelope(payload)     # accepted: then a worker must read it back
 
-# ---------------------------------------------------------------------------
-# Time: zones, crontab and intervals
-# ---------------------------------------------------------------------------
-
-UTC = dt.timezone.utc
-
 
 def fires_between(schedule, start, end):
     """Every fire of schedule in (start, end], by repeated next_after: the clock is
@@ -938,10 +222,6 @@ def plan_row(schedule, catch_up, last_fire, tz="UTC", name="job"):
     return {"name": name, "task": "tasks.record", "schedule": schedule, "tz": tz,
             "payload": b"", "queue": "default", "priority": 0, "catch_up": catch_up,
             "last_fire": last_fire}
-
-
-def utc_ts(*fields):
-    return dt.datetime(*fields, tzinfo=UTC).timestamp()
 
 
 class TestScheduling:
@@ -1323,10 +603,6 @@ class TestScheduling:
                 (now, utc_ts(2026, 6, 1, 13, 0))
 
 
-# ---------------------------------------------------------------------------
-# Storage
-# ---------------------------------------------------------------------------
-
 # The layout of a file litequeue wrote at schema version 3 before commit c7ea920 (the
 # versions from the first with pruning up to 557827e): a snapshot, taken from such a file,
 # so that a later edit of an old migration cannot hide from the upgrade test.
@@ -1594,10 +870,6 @@ class TestStorage:
             litequeue._Storage(str(tmp_path / "absent.sqlite"), create=False)
         assert not (tmp_path / "absent.sqlite").exists()
 
-
-# ---------------------------------------------------------------------------
-# App and task API
-# ---------------------------------------------------------------------------
 
 class TestRetryOptions:
 
@@ -2108,10 +1380,6 @@ class TestApp:
         assert same(args, got_args), (args, got_args)
         assert same(kwargs, got_kwargs), (kwargs, got_kwargs)
 
-
-# ---------------------------------------------------------------------------
-# Worker
-# ---------------------------------------------------------------------------
 
 QUICKSTART_CHECK = '''
 import json
@@ -2770,38 +2038,9 @@ class TestWorker:
         assert out[ids[3]]["exc_message"] == "{1, 2}"                # args not stored
         assert all(out[i]["traceback"] for i in ids)
 
-# ---------------------------------------------------------------------------
-# Worker: the scheduler in the supervisor
-# ---------------------------------------------------------------------------
 
 # Periodic definitions for the scheduler tests; each test writes its own beat.py.
-BEAT_SOURCE = '''
-"""Periodic tasks of the test project (written by the tests)."""
-import datetime
-
-from litequeue import crontab
-from tasks import app, record
-
-app.add_periodic_task(1.0, record.s("tick"), name="tick")
-app.add_periodic_task(crontab(minute=0, hour=9, day_of_week="mon-fri", tz="Asia/Shanghai"),
-                      record, args=("morning",), name="morning")
-
-
-@app.periodic_task(datetime.timedelta(hours=6), name="six-hourly", kwargs={"n": "six"})
-def six_hourly(n):
-    return n
-'''
-
-
-def fire_time(task_id):
-    """The fire time (unix seconds) in a periodic task's id, 'name@<UTC ISO time>'."""
-    return dt.datetime.fromisoformat(task_id.rpartition("@")[2]).timestamp()
-
-
-def fires_of(db, schedule):
-    """{task id: (state, created_at)} of a schedule's fires."""
-    rows = sql(db, "SELECT id, state, created_at FROM tasks WHERE id LIKE ?", f"{schedule}@%")
-    return {task_id: (state, created) for task_id, state, created in rows}
+BEAT_SOURCE = task_source("beat.py")
 
 
 class TestScheduler:
@@ -3068,10 +2307,6 @@ class TestScheduler:
             print(f"{schedule}: latest fire queued {late * 1000:.1f} ms after its time")
         assert a.proc.poll() is None
 
-
-# ---------------------------------------------------------------------------
-# Worker: failure handling (retries, time limits, revoke, hygiene, bounded storage)
-# ---------------------------------------------------------------------------
 
 # Slack allowed between a retry's due time and its next run starting: the supervisor
 # promotes the row when it is due and rings a child, which claims it (about 1 ms idle).
@@ -3598,45 +2833,6 @@ class TestFailures:
         assert w.proc.poll() is None and len(w.live_children()) == 2
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------
-# Resilience: declared-dead processes, a full disk, a write lock held too long
-# ---------------------------------------------------------------------------
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A tmpfs of 8 MiB (the tests run as root, as CI does). Request it before
-    `workers`, so that the workers are reaped before it is unmounted."""
-    path = tmp_path / "fs"
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (the disk-full test needs root): {done.stderr}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_disk(directory):
-    """Fill the filesystem of directory with one file; returns its path."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 20, 1 << 16, 1 << 12, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
-    return filler
-
-
 class TestResilience:
 
     def test_a_child_whose_registration_is_removed_stops_claiming(self, project, workers):
@@ -3765,9 +2961,6 @@ class TestResilience:
         assert a.wait(20) == 0
 
 
-# ---------------------------------------------------------------------------
-# Hardening: the side directory, auto-import, bad rows, clear errors, wake-up hygiene
-# ---------------------------------------------------------------------------
 #
 # A negative check ("X never happens") waits for a positive event that proves the system
 # has moved past the point where X would have happened: a canary task queued after the
@@ -3775,22 +2968,9 @@ class TestResilience:
 # rescue pass ran.
 
 NOBODY = 65534          # uid (and gid) of "another user"
+
+
 ZEN = "Beautiful is better than ugly"
-
-
-# ---------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------
-
-def stand_in_app(db):
-    """A producer app in this process with a stand-in for tasks.add (as Project.app)."""
-    app = litequeue.LiteQueue(db)
-
-    def add(x, y):
-        raise AssertionError("runs only in a worker")
-    add.__module__, add.__qualname__ = "tasks", "add"
-    app.task(add)
-    return app
 
 
 def sql_many(db, query, rows):
@@ -3802,34 +2982,6 @@ def sql_many(db, query, rows):
             conn.executemany(query, rows)
     finally:
         conn.close()
-
-
-def producer(code, cwd):
-    """python() with this litequeue.py first on sys.path (the one under test, not
-    whichever one is installed)."""
-    return python(f"import sys; sys.path.insert(0, {str(LITEQUEUE_PY.parent)!r})\n" + code, cwd)
-
-
-def create_db(project):
-    """Create the project's database as a user would: a producer (another process, so
-    nothing about the side directory is cached in this one) queues a task."""
-    producer("from tasks import add; add.delay(0, 0)", project.dir)
-
-
-def files_in(directory):
-    """{relative path: bytes} of the regular files under a directory."""
-    directory = Path(directory)
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink()}
-
-
-def make_victim(directory, names=("a.txt", "b.lock", "poetry.lock")):
-    """A directory of regular files someone would hate to lose. Returns {name: bytes}."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (directory / name).write_bytes(f"precious {name}\n".encode())
-    return files_in(directory)
 
 
 def task_count(db):
@@ -3870,14 +3022,6 @@ def prove_rescue_passes(project, w, rounds=2):
     assert w.proc.poll() is None, w.log_text()
 
 
-def assert_canary(project, w, timeout=20):
-    """A task queued now succeeds, and the worker and all its children are alive."""
-    canary = project.delay("add", 40, 2)
-    assert canary.get(timeout=timeout) == 42
-    assert w.proc.poll() is None, w.log_text()
-    assert len(w.live_children()) == w.concurrency, w.log_text()
-
-
 def error_text(row_result, traceback):
     """What a user reads about a failure: the stored error map and the traceback."""
     text = ""
@@ -3894,10 +3038,6 @@ def lq_ok(*args, cwd):
     assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     return done
-
-
-def log_lines(text):
-    return [line for line in text.strip().splitlines() if line.strip()]
 
 
 @contextlib.contextmanager
@@ -3966,15 +3106,6 @@ def near_project(short_tmp):
     """A Project (tasks.py, jobs.sqlite) under the short alias."""
     return Project(short_tmp / "proj")
 
-
-def need_root():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to act as another user")
-
-
-# ---------------------------------------------------------------------------
-# Side directory (DB + "-lq")
-# ---------------------------------------------------------------------------
 
 class TestSideDirectory:
 
@@ -4119,20 +3250,7 @@ class TestSideDirectory:
         assert out == "42\n"
 
 
-# ---------------------------------------------------------------------------
-# Auto-import of registered modules
-# ---------------------------------------------------------------------------
-
-LATE_MODULE = """\
-from litequeue import LiteQueue
-
-app = LiteQueue("jobs.sqlite")
-
-
-@app.task
-def triple(x):
-    return 3 * x
-"""
+LATE_MODULE = task_source("late.py")
 
 
 class TestRegistryImport:
@@ -4230,40 +3348,7 @@ class TestRegistryImport:
         print(f"canary behind 200 unknown tasks and 10,000 registry rows: {elapsed:.2f} s")
 
 
-# ---------------------------------------------------------------------------
-# Bad rows: nothing stuck, nothing deleted, no crash loop
-# ---------------------------------------------------------------------------
-
-BAD_RESULT_MODULE = """\
-from litequeue import LiteQueue
-
-app = LiteQueue("jobs.sqlite")
-
-
-class Sneaky(dict):
-    def items(self):
-        raise RuntimeError("items() refuses")
-
-
-@app.task
-def sneaky():
-    return Sneaky(a=1)
-"""
-
-SCHEDULE_COLUMNS = ("name", "task", "module", "schedule", "tz", "payload", "queue", "priority",
-                    "catch_up", "last_fire", "next_fire", "updated_at", "fires")
-
-
-def insert_schedule(db, name, **overrides):
-    now = time.time()
-    row = {"name": name, "task": "tasks.add", "module": "elsewhere", "schedule": "every:60.0",
-           "tz": "UTC", "payload": pack({"args": [1, 1]}), "queue": "default", "priority": 0,
-           "catch_up": "once", "last_fire": None, "next_fire": now - 1, "updated_at": now,
-           "fires": 0}
-    row.update(overrides)
-    sql(db, f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(SCHEDULE_COLUMNS))})",
-        *(row[c] for c in SCHEDULE_COLUMNS))
+BAD_RESULT_MODULE = task_source("badresult.py")
 
 
 BAD_SCHEDULES = {
@@ -4409,18 +3494,6 @@ class TestBadRows:
         assert row()[:2] == (FAILURE, attempt)        # not run again since
 
 
-# ---------------------------------------------------------------------------
-# Clear errors
-# ---------------------------------------------------------------------------
-
-def insert_finished(db, state, result=None, errors=None):
-    task_id = str(uuid.uuid4())
-    sql(db, "INSERT INTO tasks (id, name, payload, state, result, errors, attempt, "
-            "finished_at) VALUES (?, 'tasks.add', ?, ?, ?, ?, 1, ?)",
-        task_id, pack({"args": [1, 2]}), state, result, errors, time.time())
-    return task_id
-
-
 class TestClearErrors:
 
     def test_odd_columns_and_control_characters_never_break_the_cli(self, project):
@@ -4530,10 +3603,6 @@ class TestClearErrors:
         assert r.id in w.log_text()            # the task is still logged at INFO
 
 
-# ---------------------------------------------------------------------------
-# Wake-up channel hygiene
-# ---------------------------------------------------------------------------
-
 STALE_SOCKETS = """\
 import os, secrets, socket, sys
 for i in range(int(sys.argv[1])):
@@ -4613,31 +3682,6 @@ class TestWakeupHygiene:
         assert len([p for p in work.iterdir() if p.is_dir()]) == 2000
 
 
-# ---------------------------------------------------------------------------
-# What a newcomer and a Celery user hit first (issue 9, Part B)
-# ---------------------------------------------------------------------------
-
-class Folder(Project):
-    """A user's folder holding only the files a test writes (no test tasks.py), usable
-    with the workers fixture like a Project: its database is jobs.sqlite in it."""
-
-    def __init__(self, directory, files=None):
-        self.dir = Path(directory)
-        self.marks = self.dir / "marks"
-        self.marks.mkdir(parents=True, exist_ok=True)
-        self.db = str(self.dir / "jobs.sqlite")
-        self._app = None
-        for name, source in (files or {}).items():
-            self.write_module(name, source)
-
-
-def worker_cmd(db, *args, env=None):
-    """`python litequeue.py worker DB ARGS...`, through env(1) when env is given (env
-    execs python, so the supervisor keeps the pid the workers fixture started)."""
-    prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
-    return [*prefix, sys.executable, str(LITEQUEUE_PY), "worker", str(db), *map(str, args)]
-
-
 def lines_of(path):
     path = Path(path)
     return path.read_text().splitlines() if path.exists() else []
@@ -4649,63 +3693,12 @@ def stored_error_message(db, task_id):
     return str(msgpack.unpackb(blob, raw=False, strict_map_key=False).get("message"))
 
 
-def tables_rows(db, table):
-    """Rows of a table, or [] if the file or the table does not exist."""
-    if not os.path.exists(db):
-        return []
-    try:
-        return sql(db, f"SELECT * FROM {table}")
-    except apsw.Error:
-        return []
-
-
 # The seed tutorial's files (tasks.py and celeryconfig.py), as a Celery user has them.
-SEED_TASKS = '''
-import os
-from litequeue import LiteQueue
-
-app = LiteQueue("jobs.sqlite")
-app.config_from_object("celeryconfig")
-
-MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
+SEED_TASKS = task_source("seed/tasks.py")
 
 
-@app.task
-def add(x, y):
-    return x + y
+SEED_CONFIG = task_source("seed/celeryconfig.py")
 
-
-@app.task
-def note(tag):
-    with open(os.path.join(MARKS, "note." + tag), "a") as f:
-        f.write("ran\\n")
-
-
-app.add_periodic_task(1.0, note.s("tick"), name="tick")
-'''
-
-SEED_CONFIG = '''
-BROKER_URL = "amqp://guest:guest@localhost:5672//"
-CELERY_RESULT_BACKEND = "amqp"
-CELERY_IMPORTS = ("tasks",)
-CELERY_TASK_RESULT_EXPIRES = 2
-'''
-
-PLAIN_TASKS = '''
-from litequeue import LiteQueue
-
-app = LiteQueue("jobs.sqlite")
-
-
-@app.task
-def add(x, y):
-    return x + y
-'''
-
-
-# ---------------------------------------------------------------------------
-# 1. Priority inside a claimed batch
-# ---------------------------------------------------------------------------
 
 class TestPriorityOrder:
 
@@ -4721,10 +3714,6 @@ class TestPriorityOrder:
         assert sorted(order[:6]) == list(range(100, 106)), f"run order: {order}"
         assert sorted(order[6:]) == list(range(6)), f"run order: {order}"
 
-
-# ---------------------------------------------------------------------------
-# 2. The seed's own flow: worker first, no -A, fresh database
-# ---------------------------------------------------------------------------
 
 class TestSeedFlow:
 
@@ -4795,10 +3784,6 @@ class TestSeedFlow:
         assert w.proc.poll() is None, w.log_text()
 
 
-# ---------------------------------------------------------------------------
-# 3. Unknown task whose module this worker cannot import
-# ---------------------------------------------------------------------------
-
 class TestUnknownTaskMessage:
 
     def test_registered_name_whose_module_is_not_importable_here_says_so(self, project,
@@ -4839,10 +3824,6 @@ class TestUnknownTaskMessage:
         assert "does not define that task" in message and "cannot import" not in message
 
 
-# ---------------------------------------------------------------------------
-# 4. Worker on the wrong database
-# ---------------------------------------------------------------------------
-
 class TestWrongDatabase:
 
     def test_worker_on_another_file_than_the_app_s_is_refused(self, tmp_path):
@@ -4858,10 +3839,6 @@ class TestWrongDatabase:
         assert "jobs.sqlite" in last and "other.sqlite" in last, done.stderr
         assert tables_rows(str(other), "schedules") == []
 
-
-# ---------------------------------------------------------------------------
-# 5. Relative paths
-# ---------------------------------------------------------------------------
 
 class TestRelativePaths:
 
@@ -4892,10 +3869,6 @@ class TestRelativePaths:
                      "import jobs; print(jobs.app.path)", tmp_path / "app")
         assert out == f"{tmp_path / 'app' / 'jobs.sqlite'}\n"
 
-
-# ---------------------------------------------------------------------------
-# 6. Celery settings
-# ---------------------------------------------------------------------------
 
 BEAT_TASKS = PLAIN_TASKS.replace('app = LiteQueue("jobs.sqlite")\n',
                                  'app = LiteQueue("jobs.sqlite")\n'
@@ -5072,10 +4045,6 @@ class TestCelerySettings:
             app.config_from_object(config)
 
 
-# ---------------------------------------------------------------------------
-# 7. Eager mode matches the worker
-# ---------------------------------------------------------------------------
-
 class TestEagerRoundTrip:
 
     @pytest.fixture
@@ -5110,10 +4079,6 @@ class TestEagerRoundTrip:
         assert [(e["type"], e["message"], e["attempt"]) for e in errors] == \
             [("builtins.ValueError", "no", 1)]
 
-
-# ---------------------------------------------------------------------------
-# 8. CLI
-# ---------------------------------------------------------------------------
 
 class TestCLINewcomer:
 
@@ -5213,10 +4178,6 @@ class TestCLINewcomer:
         assert "ERROR" in header, header
 
 
-# ---------------------------------------------------------------------------
-# 9. The machine's time zone is the default
-# ---------------------------------------------------------------------------
-
 ZONE_PROBE = '''
 import datetime, json, sys
 from litequeue import LiteQueue
@@ -5283,14 +4244,6 @@ class TestLocalTimeZone:
                                                   env={"TZ": "Asia/Shanghai"}))
         wait_until(lambda: "Asia/Shanghai" in w.log_text(), 5,
                    lambda: f"the zone in the worker log\n{w.log_text()}")
-
-
-def assert_one_line_error(done, code=1, contains=""):
-    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
-    lines = done.stderr.strip().splitlines()
-    assert "Traceback" not in done.stderr, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
-    assert contains in lines[0], lines[0]
 
 
 class TestCLI:
@@ -5679,10 +4632,6 @@ class TestCLI:
         assert project.stamps("cli") == []
 
 
-# ---------------------------------------------------------------------------
-# Protocol: the schema and the msgpack envelope, without litequeue
-# ---------------------------------------------------------------------------
-
 # A client in "another language": stdlib sqlite3 and msgpack only. It inserts tasks with
 # one INSERT each (rings nothing) and polls their rows until they are finished.
 PROTOCOL_CLIENT = '''
@@ -5747,188 +4696,6 @@ class TestProtocol:
         assert max(elapsed) < 1.0, f"picked up after {elapsed} s with a 0.2 s fallback poll"
 
 
-# ---------------------------------------------------------------------------
-# Canvas and task state: link, chain, chord, progress, hooks and signals
-# ---------------------------------------------------------------------------
-
-# The tasks of the canvas tests (canvas_tasks.py in the project). Each logs what it saw
-# to marks/<name> (one O_APPEND line per event), so a test reads what ran in the worker.
-CANVAS_TASKS = '''\
-import json
-import os
-import time
-
-from litequeue import LiteQueue, Task, signals
-
-app = LiteQueue("jobs.sqlite")
-MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
-
-
-def log(name, *fields):
-    fd = os.open(os.path.join(MARKS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(fields) + "\\n").encode())
-    finally:
-        os.close(fd)
-
-
-def wait_for(marker, seconds=60):
-    deadline = time.monotonic() + seconds
-    while not os.path.exists(os.path.join(MARKS, marker)):
-        if time.monotonic() > deadline:
-            raise TimeoutError(marker)
-        time.sleep(0.005)
-
-
-@app.task
-def add(x, y):
-    return x + y
-
-
-@app.task
-def sub(x, y):
-    return x - y
-
-
-@app.task
-def mul(x, y):
-    return x * y
-
-
-@app.task
-def collect(values):
-    return values
-
-
-@app.task
-def nap_echo(value, seconds):
-    time.sleep(seconds)
-    return value
-
-
-@app.task
-def fail(message):
-    raise ValueError(message)
-
-
-@app.task(bind=True)
-def step(self, value, tag):
-    """A chaos step: logs each start with its attempt, naps 0-15 ms, adds one."""
-    log(f"runs.{tag}", self.request.id, self.request.attempt)
-    time.sleep((value * 7919 % 16) / 1000)
-    return value + 1
-
-
-@app.task
-def fails_once(value, marker):
-    """Fails until the marker exists, then passes its value on."""
-    if not os.path.exists(os.path.join(MARKS, marker)):
-        raise ValueError("not yet")
-    return value
-
-
-@app.task
-def errback3(request, exc, traceback):
-    log("errbacks", request.id, request.task, request.args, type(exc).__name__, str(exc),
-        "Traceback" in (traceback or ""))
-    return "errback3 " + request.id
-
-
-@app.task
-def errback1(task_id):
-    log("errbacks", task_id)
-    return "errback1 " + task_id
-
-
-@app.task
-def broken_errback(request, exc, traceback):
-    raise RuntimeError("the errback itself breaks")
-
-
-@app.task(bind=True)
-def progress(self, total, marker):
-    for i in range(total):
-        self.update_state(state="PROGRESS", meta={"current": i + 1, "total": total})
-    wait_for(marker)
-    return total
-
-
-class Hooked(Task):
-    def on_success(self, retval, task_id, args, kwargs):
-        log("hooks", "on_success", task_id, retval, args)
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        log("hooks", "on_failure", task_id, type(exc).__name__, "Traceback" in einfo.traceback)
-
-    def on_retry(self, exc, task_id, args, kwargs, einfo):
-        log("hooks", "on_retry", task_id, type(exc).__name__)
-
-    def after_return(self, status, retval, task_id, args, kwargs, einfo):
-        log("hooks", "after_return", task_id, status)
-        raise RuntimeError("a hook that breaks changes nothing")
-
-
-@app.task(base=Hooked, bind=True, max_retries=1, default_retry_delay=0.05)
-def hooked(self, mode):
-    if mode == "fail":
-        raise KeyError("no such key")
-    if mode == "retry" and self.request.retries == 0:
-        raise self.retry(exc=OSError("try again"))
-    return mode
-
-
-@app.task(ignore_result=True)
-def quiet(x):
-    return x * 2
-
-
-@app.task(bind=True)
-def spawner(self, n):
-    """Queues n subtasks from inside a task: they record it as their parent."""
-    return [add.delay(i, i).id for i in range(n)]
-
-
-@signals.task_prerun.connect
-def _prerun(sender=None, task_id=None, task=None, args=None, kwargs=None, **more):
-    log("signals", "task_prerun", task_id, sender.name)
-
-
-@signals.task_postrun.connect
-def _postrun(sender=None, task_id=None, retval=None, state=None, **more):
-    log("signals", "task_postrun", task_id, state)
-
-
-@signals.task_success.connect
-def _success(sender=None, result=None, **more):
-    log("signals", "task_success", sender.name, result)
-
-
-@signals.task_success.connect
-def _breaks(sender=None, **more):
-    raise RuntimeError("a signal handler that breaks changes nothing")
-
-
-@signals.task_failure.connect
-def _failure(sender=None, task_id=None, exception=None, einfo=None, **more):
-    log("signals", "task_failure", task_id, type(exception).__name__)
-
-
-@signals.task_retry.connect
-def _retry(sender=None, request=None, reason=None, **more):
-    log("signals", "task_retry", request.id, type(reason).__name__)
-
-
-@signals.worker_ready.connect
-def _ready(sender=None, **more):
-    log("signals", "worker_ready")
-
-
-@signals.worker_shutdown.connect
-def _shutdown(sender=None, **more):
-    log("signals", "worker_shutdown")
-'''
-
-
 def adder_app(path):
     """(db path, a producer app on it, its add task): the in-process canvas tests' setup."""
     db = str(path)
@@ -5939,32 +4706,6 @@ def adder_app(path):
         return x + y
 
     return db, app, add
-
-
-class CanvasProject(Project):
-    """A project whose worker runs canvas_tasks.py; calling programs run as separate
-    producer processes (python -c), as a user's would."""
-
-    MODULE, SOURCE = "canvas_tasks", None     # SOURCE None: CANVAS_TASKS
-
-    def __init__(self, directory):
-        super().__init__(directory)
-        (self.dir / f"{self.MODULE}.py").write_text(self.SOURCE or CANVAS_TASKS)
-
-    def client(self, code, timeout=60):
-        """Run a calling program in the project; it prints one JSON value."""
-        prelude = f"import json, time, uuid\nfrom {self.MODULE} import *\n" \
-                  "from litequeue import chain, chord, group, signature, ChordError\n"
-        return json.loads(python(prelude + textwrap.dedent(code), self.dir, timeout=timeout))
-
-    def logged(self, name):
-        path = self.marks / name
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines()]
-
-    def count(self, where="1"):
-        return sql(self.db, f"SELECT count(*) FROM tasks WHERE {where}")[0][0]
 
 
 @pytest.fixture
@@ -6424,18 +5165,6 @@ class TestCanvas:
         assert calls == ["x"]
 
 
-def sql_write(db, *statements):
-    """Run statements in one transaction on a fresh connection (a foreign writer)."""
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
-    try:
-        conn.set_busy_timeout(30_000)
-        with conn:
-            for statement in statements:
-                conn.execute(statement)
-    finally:
-        conn.close()
-
-
 # The canvas chaos test's producer: chains of five steps and chords of twelve, printed
 # as [kind, id of the result to check, the value it must have].
 CANVAS_CHAOS_PRODUCER = '''
@@ -6540,77 +5269,6 @@ class TestCanvasChaos:
         assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
         assert sum(kills.values()) >= 20, kills
         print(f"canvas chaos seed {seed}: {dict(kills)}")
-
-
-# ---------------------------------------------------------------------------
-# Monitoring: health, metrics, the dashboard and its API
-# ---------------------------------------------------------------------------
-
-class Dashboard:
-    """A `litequeue dashboard` subprocess on a free port; always stopped by its fixture."""
-
-    def __init__(self, project, *extra, env=None):
-        self.log = project.dir / "dashboard.log"
-        with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(LITEQUEUE_PY), "dashboard", project.db, "--port", "0",
-                 *map(str, extra)], cwd=project.dir, stdin=subprocess.DEVNULL, stdout=err,
-                stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        found = wait_until(lambda: self.proc.poll() is None and re.search(
-            r"on (http://\S+/).*\n.*(http://\S+/\?token=\S+)", self.log.read_text()), 20,
-            lambda: f"the dashboard to listen; log: {self.log.read_text()}")
-        self.url, self.login_url = found.group(1), found.group(2)
-        self.host = self.url.split("/")[2]
-        self.port = int(self.host.rpartition(":")[2])
-        # The token as a script reads it: from the 0600 file beside the database.
-        self.token = Path(project.db + "-lq", "dashboard.token").read_text().strip()
-
-    def request(self, path, method="GET", body=None, headers=None, auth=True):
-        """(status, headers, body text) of one request, with the token unless auth is
-        False or headers carry an Authorization; never raises for a status."""
-        import http.client
-        conn = http.client.HTTPConnection(self.host, timeout=30)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            bearer = {"Authorization": f"Bearer {self.token}"} if auth else {}
-            conn.request(method, path, body=data, headers={
-                "Host": self.host, **({"Content-Type": "application/json"} if data else {}),
-                **bearer, **(headers or {})})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read().decode()
-        finally:
-            conn.close()
-
-    def json(self, path, method="GET", body=None, headers=None, status=200):
-        code, _, text = self.request(path, method, body, headers)
-        assert code == status, (path, code, text)
-        return json.loads(text)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            with _suppress_lookup():
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with _suppress_lookup():
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-@pytest.fixture
-def dashboards():
-    started = []
-
-    def start(project, *extra, **kwargs):
-        d = Dashboard(project, *extra, **kwargs)
-        started.append(d)
-        return d
-    try:
-        yield start
-    finally:
-        for d in started:
-            d.stop()
 
 
 class TestHealthAndCommands:
@@ -6865,38 +5523,6 @@ class TestAlertsAndSystemd:
             assert worker.wait(30) == 0
 
 
-def page_click(browser, by, selector):
-    """Click an element of a page that redraws itself (the dashboard, every second): find
-    it again if it was replaced between the find and the click."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    for _ in range(50):
-        try:
-            browser.find_element(by, selector).click()
-            return
-        except StaleElementReferenceException:
-            continue
-    pytest.fail(f"could not click {selector}")
-
-
-def _chromium(tmp_path):
-    """A real headless Chromium (Debian's), driven over WebDriver by chromedriver."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        assert os.path.exists(binary), f"{binary} is missing: .ci/run installs chromium " \
-                                       "and chromium-driver"
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1300,1000",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
 class TestQueuePause:
 
     def test_a_paused_queue_waits_and_resumes_at_once(self, project, workers, dashboards):
@@ -6980,68 +5606,8 @@ class TestDashboardInChromium:
             browser.quit()
 
 
-# ---------------------------------------------------------------------------
-# Portability: a tasks module moves to Celery by changing the app line
-# ---------------------------------------------------------------------------
-
-# One tasks module; only APP_LINES differ between the engines ({app_lines} is replaced,
-# so the task code below is plain Python, braces and all).
-PORTABLE_TASKS = '''
-{app_lines}
-
-import os
-import time
-
-
-@app.task
-def add(x, y):
-    return x + y
-
-
-@app.task
-def mul(x, y):
-    return x * y
-
-
-@app.task
-def tsum(numbers):
-    return sum(numbers)
-
-
-@app.task
-def divide(x, y):
-    return x / y
-
-
-@app.task(bind=True, max_retries=2)
-def flaky(self, fail_times):
-    if self.request.retries < fail_times:
-        raise self.retry(exc=OSError(f"attempt {self.request.retries}"), countdown=0.1)
-    return self.request.retries
-
-
-@app.task(autoretry_for=(OSError,), max_retries=2, retry_backoff=0.1, retry_jitter=False)
-def always_fails():
-    raise OSError("still broken")
-
-
-@app.task
-def errback(task_id):
-    """An old-style (one argument) errback: it gets the failed task's id."""
-    return "errback saw " + task_id
-
-
-@app.task(bind=True)
-def progress(self, marker):
-    """Report PROGRESS, then wait (at most 30 s) for the caller to create marker."""
-    self.update_state(state="PROGRESS", meta={"current": 1, "total": 2})
-    deadline = time.monotonic() + 30
-    while not os.path.exists(marker):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{marker} never appeared")
-        time.sleep(0.01)
-    return "done"
-'''
+# The app lines of tasks/portable/tasks.py, and what the Celery run puts in their place:
+# only these differ between the engines.
 APP_LINES = {
     "litequeue": 'from litequeue import LiteQueue, chain, chord, group, signature\n'
                  'app = LiteQueue("jobs.sqlite")',
@@ -7050,80 +5616,7 @@ APP_LINES = {
               'app.conf.broker_connection_retry_on_startup = True',
 }
 
-# What a user's program does with the tasks, identical for both engines.
-PORTABLE_CLIENT = '''
-import os
-import time
-import uuid
-
-
-def observe(app, tasks):
-    seen = {}
-    r = tasks.add.delay(4, 4)
-    seen["delay"] = [r.get(timeout=30), r.ready(), r.successful(), r.failed(), r.state,
-                     r.result]
-    r = tasks.add.apply_async((1, 2), countdown=0.2)
-    seen["countdown"] = r.get(timeout=30)
-    seen["by_id"] = app.AsyncResult(r.id).get(timeout=30)
-    seen["signature"] = tasks.add.s(2, 3).delay().get(timeout=30)
-    seen["signature by name"] = tasks.signature("tasks.add", args=(2, 3)).delay().get(
-        timeout=30)
-    seen["partial"] = tasks.add.s(2).delay(3).get(timeout=30)
-    seen["partial countdown"] = tasks.add.s(2).apply_async((3,), countdown=0.1).get(
-        timeout=30)
-
-    seen["self.retry"] = tasks.flaky.delay(2).get(timeout=30)
-    r = tasks.always_fails.delay()
-    exc = r.get(timeout=30, propagate=False)
-    seen["autoretry"] = [r.state, type(exc).__name__, str(exc), r.failed()]
-    r = tasks.divide.delay(1, 0)
-    try:
-        r.get(timeout=30)
-    except ZeroDivisionError as exc:
-        seen["propagate"] = [type(exc).__name__, r.state]
-
-    r = (tasks.add.s(1, 2) | tasks.add.s(3) | tasks.mul.s(10)).apply_async()
-    seen["chain |"] = [r.get(timeout=30), r.parent.get(timeout=30),
-                       r.parent.parent.get(timeout=30)]
-    seen["chain()"] = tasks.chain(tasks.add.s(4, 4), tasks.mul.s(2))().get(timeout=30)
-    seen["chain .si"] = (tasks.add.s(1, 1) | tasks.add.si(5, 5) | tasks.mul.s(3)).delay().get(
-        timeout=30)
-
-    g = tasks.group(tasks.add.s(i, i) for i in range(5)).apply_async()
-    seen["group"] = [g.get(timeout=30), g.ready(), g.successful(), g.completed_count(),
-                     len(g), isinstance(g.id, str)]
-    r = tasks.chord([tasks.add.s(i, i) for i in range(10)])(tasks.tsum.s())
-    seen["chord"] = r.get(timeout=30)
-    bad = str(uuid.uuid4())
-    r = tasks.chord([tasks.add.s(1, 1), tasks.divide.s(1, 0).set(task_id=bad)])(
-        tasks.tsum.s())
-    exc = r.get(timeout=30, propagate=False)
-    seen["chord failing member"] = [r.state, type(exc).__name__,
-                                    str(exc).replace(bad, "<member id>")]
-
-    callback = str(uuid.uuid4())
-    r = tasks.add.apply_async((2, 2), link=tasks.add.s(10).set(task_id=callback))
-    seen["link"] = [r.get(timeout=30), app.AsyncResult(callback).get(timeout=30)]
-    errback = str(uuid.uuid4())
-    r = tasks.divide.apply_async((1, 0), link_error=tasks.errback.s().set(task_id=errback))
-    exc = r.get(timeout=30, propagate=False)
-    said = app.AsyncResult(errback).get(timeout=30)
-    seen["link_error"] = [r.state, type(exc).__name__, said == "errback saw " + r.id]
-
-    marker = os.path.abspath(f"progress-{uuid.uuid4()}.go")
-    r = tasks.progress.delay(marker)
-    deadline = time.monotonic() + 30
-    while r.state != "PROGRESS":
-        if time.monotonic() > deadline:
-            raise AssertionError(f"progress() never reported PROGRESS: {r.state}")
-        time.sleep(0.01)
-    seen["update_state"] = [r.state, r.info, r.result]
-    open(marker, "w").close()
-    seen["update_state"] += [r.get(timeout=30), r.state]
-    return seen
-'''
-
-# The calling process, the same for both engines.
+# The calling process, the same for both engines (it imports tasks/portable/client.py).
 PORTABLE_RUN = "import json, client, tasks\nprint(json.dumps(client.observe(tasks.app, tasks)))"
 
 
@@ -7242,8 +5735,10 @@ class TestPortability:
         for engine in ("litequeue", "celery"):
             proj = Project(tmp_path / engine)
             app_lines = APP_LINES[engine].replace("{redis_url}", redis_url)
-            (proj.dir / "tasks.py").write_text(PORTABLE_TASKS.replace("{app_lines}", app_lines))
-            (proj.dir / "client.py").write_text(PORTABLE_CLIENT)
+            source = task_source("portable/tasks.py")
+            assert source.count(APP_LINES["litequeue"]) == 1
+            (proj.dir / "tasks.py").write_text(source.replace(APP_LINES["litequeue"], app_lines))
+            (proj.dir / "client.py").write_text(task_source("portable/client.py"))
             if engine == "litequeue":
                 workers.start(proj, concurrency=2)
             else:
@@ -7268,179 +5763,6 @@ class TestPortability:
                              {"current": 1, "total": 2}, "done", "SUCCESS"]}
 
 
-# ---------------------------------------------------------------------------
-# Chaos: SIGKILL everything, lose nothing
-# ---------------------------------------------------------------------------
-
-# The chaos test's producer: queues `count` chaos tasks at `rate` per second and logs
-# each id once delay() has returned (an O_APPEND line, so a SIGKILL loses nothing logged).
-AIO_TASKS = '''\
-"""Coroutine, thread-pool, rate-limited and unique tasks for litequeue's tests."""
-import asyncio
-import json
-import os
-import threading
-import time
-
-from litequeue import LiteQueue, SoftTimeLimitExceeded
-
-app = LiteQueue("jobs.sqlite", **json.loads(os.environ.get("LQ_TEST_SETTINGS", "{}")))
-MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
-
-
-def log(name, *fields):
-    """One JSON line in marks/NAME: the fields, then the pid and the time (one O_APPEND
-    write: atomic, and it survives a SIGKILL of the writer)."""
-    fd = os.open(os.path.join(MARKS, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps([*fields, os.getpid(), time.time()]) + "\\n").encode())
-    finally:
-        os.close(fd)
-
-
-def released(name):
-    if os.path.exists(os.path.join(MARKS, "ABORT")):
-        raise RuntimeError(f"{name} was never released")
-    return os.path.exists(os.path.join(MARKS, name + ".go"))
-
-
-async def until(name):
-    while not released(name):
-        await asyncio.sleep(0.01)
-
-
-@app.task(bind=True, max_retries=100)
-async def ablock(self, name):
-    """Log its start, report progress, and wait (without blocking the loop) for
-    marks/NAME.go."""
-    log(name, "start", self.request.id, self.request.attempt)
-    self.update_state(state="PROGRESS", meta={"waiting for": name})
-    await until(name)
-    log(name, "done", self.request.id, self.request.attempt)
-    return name
-
-
-@app.task
-async def aadd(x, y):
-    await asyncio.sleep(0)
-    return x + y
-
-
-@app.task
-async def asum(values):
-    await asyncio.sleep(0)
-    return sum(values)
-
-
-@app.task
-async def afail(message):
-    await asyncio.sleep(0)
-    raise ValueError(message)
-
-
-@app.task(bind=True, max_retries=3)
-async def aretry(self, times):
-    await asyncio.sleep(0)
-    if self.request.retries < times:
-        raise self.retry(countdown=0.05)
-    return self.request.retries
-
-
-@app.task(soft_time_limit=0.2)
-async def asoft(name):
-    try:
-        await until(name)
-    except SoftTimeLimitExceeded:
-        log(name, "cleanup")
-        return "cleaned up"
-    return "released"
-
-
-@app.task(time_limit=0.2)
-async def ahard(name):
-    await until(name)
-
-
-@app.task(time_limit=0.2)
-async def ablocks_loop(name):
-    log(name, "start")
-    time.sleep(60)              # sync code in a coroutine: its loop cannot cancel it
-
-
-@app.task(bind=True, max_retries=100)
-def tblock(self, name):
-    """Sync: log its start, then wait for marks/NAME.go (blocking its thread)."""
-    log(name, "start", self.request.id, threading.get_ident())
-    while not released(name):
-        time.sleep(0.01)
-    log(name, "done", self.request.id, threading.get_ident())
-    return name
-
-
-@app.task(time_limit=0.3)
-def thard(name):
-    log(name, "start")
-    time.sleep(60)
-
-
-@app.task(bind=True)
-def pause_then(self, name, seconds):
-    log(name, "start", self.request.id)
-    time.sleep(seconds)
-    log(name, "done", self.request.id)
-    return seconds
-
-
-@app.task(bind=True)
-async def apause_then(self, name, seconds):
-    log(name, "start", self.request.id)
-    await asyncio.sleep(seconds)
-    log(name, "done", self.request.id)
-    return seconds
-
-
-@app.task(rate_limit="20/s", bind=True, max_retries=100)
-def limited(self, tag, n):
-    log(tag, "start", self.request.id, n)
-    return n
-
-
-@app.task(rate_limit="20/s", bind=True, max_retries=100)
-async def alimited(self, tag, n):
-    log(tag, "start", self.request.id, n)
-    await asyncio.sleep(0.005)
-    return n
-
-
-@app.task(bind=True, max_retries=100)
-async def achaos(self, n, ms):
-    log("achaos", "start", self.request.id, n)
-    await asyncio.sleep(ms / 1000)
-    log("achaos", "done", self.request.id, n)
-    return n
-
-
-@app.task(unique=True)
-def once(x):
-    return x
-
-
-@app.task
-def plain(x):
-    return x
-'''
-
-
-class AioProject(CanvasProject):
-    """A project whose worker runs aio_tasks.py (coroutines, threads, rate limits)."""
-
-    MODULE, SOURCE = "aio_tasks", AIO_TASKS
-
-    def starts(self, name):
-        """The start lines a task logged to marks/NAME: [fields..., pid, time]."""
-        return [line for line in self.logged(name) if line[0] == "start"]
-
-
 def max_overlap(lines):
     """The most runs in progress at once, from logged start and done lines."""
     events = sorted((line[-1], 0 if line[0] == "done" else 1) for line in lines
@@ -7450,22 +5772,6 @@ def max_overlap(lines):
         running += 1 if starting else -1
         most = max(most, running)
     return most
-
-
-def most_in_a_second(times):
-    """The largest number of the given instants in any half-open window of 1 s."""
-    times = sorted(times)
-    return max((sum(1 for t in times[i:] if t < start + 1.0)
-                for i, start in enumerate(times)), default=0)
-
-
-@pytest.fixture
-def aio(tmp_path):
-    return AioProject(tmp_path / "aio")
-
-
-def start_aio_worker(workers, aio, *extra, concurrency=1, **kwargs):
-    return workers.start(aio, *extra, concurrency=concurrency, app=("aio_tasks",), **kwargs)
 
 
 def only_child(worker, aio, threads=1):

@@ -3,7 +3,6 @@ reads. Each must end FAILURE (or be set aside) saying why, and never stop a work
 its children or reach a user as a traceback. Real workers, real files, a foreign
 connection writing beside them."""
 
-import os
 import time
 
 import apsw
@@ -11,21 +10,12 @@ import pytest
 
 import litequeue
 from litequeue import FAILURE, SUCCESS
-from test_litequeue import lq, project, sql, wait_until, workers  # noqa: F401 (fixtures)
+
+from .helpers import foreign, lq, sql, wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.worker]
 
 BAD = "CAST(X'61ff62' AS TEXT)"          # 'a', a byte that is never UTF-8, 'b'
-
-
-def foreign(db, query, *params):
-    """A write by another client (its own connection, as the sqlite3 shell would)."""
-    conn = apsw.Connection(str(db))
-    try:
-        conn.set_busy_timeout(30_000)
-        conn.execute(query, params)
-    finally:
-        conn.close()
 
 
 def queued_row(project):

@@ -1,16 +1,15 @@
 """The dashboard as an operator's tool: dated charts, bookmarkable filters, actions that
 fit a task's state, schedule and rate-limit actions, a workflow's timeline. Python-level
 tests of the JSON and the actions, then one test that drives the page in Chromium."""
-import json
+
 import time
 
 import pytest
 
 import litequeue
-from litequeue import STARTED, UnknownTask, chord
-from test_litequeue import (  # noqa: F401  (fixtures)
-    Project, _chromium, dashboards, insert_schedule, pack, page_click, project, sql,
-    wait_until, workers)
+from litequeue import UnknownTask, chord
+
+from .helpers import _chromium, insert_schedule, pack, page_click, sql, wait_until
 
 
 def test_schedule_actions_rate_limits_states_and_workflow(project):

@@ -2,12 +2,14 @@
 chord aside: the body fails with a reason naming the bad column, while the workers'
 children live on, the members keep the outcome they ran to, and rows that merely ran
 beside them are not charged."""
+
 import msgpack
 import pytest
 
 import litequeue
 from litequeue import FAILURE, SUCCESS, chord
-from test_litequeue import project, sql, sql_write, wait_until, workers  # noqa: F401 (fixtures)
+
+from .helpers import sql, sql_write, wait_until
 
 UNRELATED = 20     # plain add() rows queued beside the chord, all innocent
 

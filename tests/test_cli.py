@@ -1,8 +1,8 @@
 """Tests of what a new user meets in the first hour: README's commands, the demo, the CLI's
 messages and options, config warnings, and the parts of Flower's API that scripts call.
 
-Helpers and fixtures come from test_litequeue.py. Nothing waits a fixed time: processes are
-awaited with wait_until or their own exit.
+Helpers come from helpers.py, fixtures from conftest.py. Nothing waits a fixed time:
+processes are awaited with wait_until or their own exit.
 """
 
 import base64
@@ -21,14 +21,15 @@ import pytest
 
 import litequeue
 from litequeue import FAILURE, REVOKED, SCHEDULED, SUCCESS, ConfigurationError, LiteQueue
-from test_litequeue import (  # noqa: F401 (fixtures)
-    LITEQUEUE_PY, PLAIN_TASKS, Folder, dashboards, lq, project, run, sha256, sql, utc_ts,
-    wait_until, worker_cmd, workers,
+
+from .helpers import (
+    LITEQUEUE_PY, PLAIN_TASKS, Folder, lq, run, sha256, sql, task_source, utc_ts, wait_until,
+    worker_cmd,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
@@ -377,13 +378,7 @@ class TestListingCommands:
         assert done.stdout.strip() == "queue default paused", done.stdout
 
 
-CONFIG_WITH_IGNORED = '''\
-import os
-
-BROKER_URL = "amqp://guest:guest@localhost:5672//"
-task_acks_late = True
-CELERY_IMPORTS = ("tasks",)
-'''
+CONFIG_WITH_IGNORED = task_source("ignored_settings/celeryconfig.py")
 
 
 class TestConfigNotices:

@@ -2,15 +2,14 @@
 entry point; a huge value another client wrote is clipped in every log line and command
 output; every error a user can meet is a LitequeueError that says what to do."""
 
-import json
 import apsw
 import msgpack
 import pytest
 
 import litequeue
 from litequeue import ConfigurationError, LitequeueError
-from test_litequeue import (  # noqa: F401 (fixtures)
-    dashboards, lq, project, sql, wait_until, workers)
+
+from .helpers import lq, sql, wait_until
 
 HUGE = "n" * 10_000_000          # 10 MB
 ARGV = "n" * 100_000             # the most one argv string may hold is 128 KiB
