@@ -73,3 +73,47 @@ _legacy.__dict__.update({k: v for k, v in vars(helpers).items() if not k.startsw
 _legacy.__dict__.update(PENDING=litequeue.PENDING, REVOKED=litequeue.REVOKED,
                         SCHEDULED=litequeue.SCHEDULED, dashboards=dashboards, project=project)
 sys.modules.setdefault("test_litequeue", _legacy)
+
+
+# ---------------------------------------------------------------------------
+# The order of the files: the module's sections, top to bottom
+# ---------------------------------------------------------------------------
+
+# One test file per section of litequeue.py, in the module's order (STYLE.md's outline),
+# so that a run meets a broken lower layer first. A file missing here runs last.
+FILE_ORDER = (
+    "test_settings.py",             # 1-3   exceptions, settings
+    "test_serialization.py",        # 4     serialization
+    "test_time.py",                 # 5     zones, crontab, intervals, fire planning
+    "test_storage.py",              # 6-7   SQL, storage
+    "test_side_directory.py",       # 8     side directory
+    "test_task_policy.py",          # 9     task policy
+    "test_app.py",                  # 11    app
+    "test_eager.py",
+    "test_api_limits.py",
+    "test_canvas.py",               # 12    canvas
+    "test_hostile_chords.py",
+    "test_task_code.py",            # 14    worker: task code
+    "test_child.py",                # 15    worker: the child
+    "test_concurrency.py",
+    "test_failures.py",
+    "test_worker.py",               # 15-16 the child and the supervisor, end to end
+    "test_process_limits.py",       # 16    worker: the supervisor
+    "test_scheduler.py",
+    "test_supervisor.py",
+    "test_hostile_rows.py",
+    "test_hostile_limits.py",
+    "test_fuzz_rows.py",
+    "test_monitoring.py",           # 17    monitoring
+    "test_mails.py",
+    "test_dashboard_ui.py",
+    "test_dashboard_security.py",
+    "test_cli.py",                  # 18    CLI
+    "test_portability.py",          # 19    the same tasks on Celery
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: keeps
+    # each file's own order

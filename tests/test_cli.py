@@ -6,13 +6,17 @@ processes are awaited with wait_until or their own exit.
 """
 
 import base64
+import datetime as dt
 import http.client
 import json
 import os
 import re
 import shlex
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -20,11 +24,14 @@ import msgpack
 import pytest
 
 import litequeue
-from litequeue import FAILURE, REVOKED, SCHEDULED, SUCCESS, ConfigurationError, LiteQueue
+from litequeue import (
+    EXPIRED, FAILURE, PENDING, REVOKED, SCHEDULED, STARTED, SUCCESS, UNKNOWN, ConfigurationError,
+    LiteQueue, crontab,
+)
 
 from .helpers import (
-    LITEQUEUE_PY, PLAIN_TASKS, Folder, lq, run, sha256, sql, task_source, utc_ts, wait_until,
-    worker_cmd,
+    LITEQUEUE_PY, PLAIN_TASKS, UTC, Folder, alive, assert_one_line_error, fire_time, fires_of, lq,
+    run, sha256, sql, task_source, utc_ts, wait_until, worker_cmd,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -464,3 +471,487 @@ class TestReadmeText:
     def test_no_issue_numbers(self):
         found = re.findall(r".{0,30}(?:\bissues? \d+|#\d+).{0,30}", README, re.I)
         assert not found, found
+
+
+class TestCLINewcomer:
+
+    def test_read_commands_leave_an_older_schema_as_it_is(self, project):
+        project.delay("add", 1, 1)
+        sql(project.db, "ALTER TABLE schedules DROP COLUMN error")
+        sql(project.db, f"PRAGMA user_version = {litequeue.SCHEMA_VERSION - 1}")
+        before = sha256(project.db)
+        for args in (("status",), ("schedules",)):
+            done = lq(args[0], project.db, cwd=project.dir)
+            assert done.returncode == 1 and "older litequeue" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
+
+    def test_call_with_a_negative_number(self, project, workers):
+        workers.start(project, concurrency=1)
+        done = lq("call", project.db, "add", "-1", "2", "--wait", "--timeout", 20,
+                  cwd=project.dir)
+        assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+
+    def test_huge_priority_is_a_usage_error_and_writes_nothing(self, project):
+        project.delay("add", 1, 1)
+        before = sql(project.db, "SELECT count(*) FROM tasks")
+        done = lq("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
+                  cwd=project.dir)
+        assert done.returncode == 2, (done.stdout, done.stderr)   # bad arguments exit 2
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "must be between" in done.stderr.strip().splitlines()[-1], done.stderr
+        assert sql(project.db, "SELECT count(*) FROM tasks") == before
+
+    @pytest.mark.parametrize("option", ["--id", "--queue"])
+    def test_empty_id_or_queue_is_a_usage_error(self, project, option):
+        project.delay("add", 1, 1)
+        before = sql(project.db, "SELECT count(*) FROM tasks")
+        done = lq("call", project.db, "add", 1, 2, option, "", cwd=project.dir)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert sql(project.db, "SELECT count(*) FROM tasks") == before
+
+    @pytest.mark.parametrize("command", [["status"], ["result", "someid"], ["schedules"]],
+                             ids=["status", "result", "schedules"])
+    def test_read_commands_never_create_or_change_a_file(self, tmp_path, command):
+        empty = tmp_path / "empty.sqlite"
+        empty.touch()
+        done = lq(command[0], empty, *command[1:], cwd=tmp_path)
+        assert empty.stat().st_size == 0, "a 0-byte file was turned into a database"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
+        assert "Traceback" not in done.stderr, done.stderr
+        assert len((done.stdout + done.stderr).strip().splitlines()) == 1, \
+            (done.stdout, done.stderr)
+
+        missing = tmp_path / "missing.sqlite"
+        done = lq(command[0], missing, *command[1:], cwd=tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
+        assert "Traceback" not in done.stderr, done.stderr
+        assert len((done.stdout + done.stderr).strip().splitlines()) == 1, \
+            (done.stdout, done.stderr)
+
+    def test_a_module_name_where_the_database_belongs_gets_a_hint(self, project):
+        assert not (project.dir / "tasks").exists()
+        done = lq("worker", "tasks", "-c", 1, cwd=project.dir, timeout=20)
+        assert done.returncode != 0, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "-A" in done.stderr.strip().splitlines()[-1], done.stderr
+        assert not (project.dir / "tasks").exists()
+
+    def test_status_columns_align_for_a_long_queue_name(self, project):
+        add = project.app.tasks["tasks.add"]
+        add.delay(1, 1)
+        add.apply_async((1, 1), queue="q" * 30)
+        add.apply_async((1, 1), queue="mail", countdown=3600)
+        done = lq("status", project.db, cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        task_lines = lines[lines.index("tasks:") + 1:lines.index("workers:")]
+        assert len(task_lines) == 3, done.stdout
+        offsets = {re.match(r"\s*\S+\s+", line).end() for line in task_lines}
+        assert len(offsets) == 1, done.stdout
+
+    def test_a_failed_task_s_traceback_is_in_the_worker_log_at_error(self, project,
+                                                                     workers):
+        w = workers.start(project, concurrency=1)
+        result = project.delay("fail", "boom")
+        result.get(timeout=20, propagate=False)
+        assert result.state == FAILURE
+
+        def traceback_logged():
+            text = w.log_text()
+            return "Traceback (most recent call last)" in text and \
+                "raise TaskFailed(message)" in text and text
+        text = wait_until(traceback_logged, 5, lambda: f"the traceback in the worker log\n"
+                                                       f"{w.log_text()}")
+        lines = text.splitlines()
+        start = next(i for i, line in enumerate(lines)
+                     if "Traceback (most recent call last)" in line)
+        header = next(line for line in reversed(lines[:start]) if line.startswith("["))
+        assert "ERROR" in header, header
+
+
+class TestCLI:
+
+    def test_call_result_and_status(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+        done = lq("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
+        done = lq("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
+                  "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
+
+        done = lq("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
+                  "--priority", 3, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
+        done = lq("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+        done = lq("result", db, "cli-id", "--json", cwd=cwd)
+        out = json.loads(done.stdout)
+        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
+
+        done = lq("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
+        assert "raise TaskFailed(message)" in done.stderr
+
+        done = lq("status", db, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        assert "tasks:" in done.stdout and "workers:" in done.stdout
+        lines = done.stdout.splitlines()
+        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+        assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
+        (child,) = w.children()
+        assert f"child {child['id']} pid {child['pid']}: idle" in done.stdout
+
+    def test_demo(self, tmp_path):
+        """README's first command: a worker on demo tasks, and the user sees them done."""
+        done = lq("demo", tmp_path / "demo.sqlite", "-n", 6, cwd=tmp_path, timeout=90)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("SUCCESS") == 5, done.stdout
+        assert "FAILURE  ZeroDivisionError" in done.stdout, done.stdout
+        status = lq("status", tmp_path / "demo.sqlite", cwd=tmp_path)
+        assert "workers:\n  (none)" in status.stdout, status.stdout
+
+    def test_status_of_an_empty_database(self, project):
+        litequeue._Storage(project.db).close()
+        done = lq("status", project.db, cwd=project.dir)
+        assert done.returncode == 0
+        assert done.stdout.splitlines() == ["tasks:", "  (none)", "workers:", "  (none)"]
+
+    @pytest.mark.parametrize("args, message", [
+        (["worker", "{db}", "--bogus"], "No such option"),
+        (["worker", "{db}", "-c", "0"], "-c"),
+        (["worker", "{db}", "-c", "two"], "-c"),
+        (["worker", "{db}", "-l", "LOUD"], "-l"),
+        (["call", "{db}", "add", "--args", "not json"], "not valid JSON"),
+        (["call", "{db}", "add", "--args", '{"x": 1}'], "must be a JSON array"),
+        (["call", "{db}", "add", "--kwargs", "[1]"], "must be a JSON object"),
+        (["call", "{db}", "add", "1", "--args", "[1]"], "either positionally or with --args"),
+        (["call", "{db}"], "Missing argument"),
+        (["result"], "Missing argument"),
+        (["frobnicate", "{db}"], "No such command"),
+    ], ids=["unknown-option", "c-zero", "c-text", "bad-loglevel", "args-not-json",
+            "args-not-array", "kwargs-not-object", "args-twice", "no-task", "no-db",
+            "unknown-command"])
+    def test_usage_errors_exit_2(self, project, args, message):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        done = lq(*[a.replace("{db}", project.db) for a in args], cwd=project.dir, timeout=30)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Usage:" in done.stderr and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
+
+    def test_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
+        project.delay("add", 1, 1)
+        db, cwd = project.db, project.dir
+        corrupt = tmp_path / "corrupt.sqlite"
+        corrupt.write_bytes(b"not a database at all\n" * 10)
+        missing = tmp_path / "missing.sqlite"
+        assert_one_line_error(lq("call", db, "nope", cwd=cwd), contains="unknown task 'nope'")
+        assert_one_line_error(lq("call", db, "tasks.ad", 1, 2, cwd=cwd),
+                              contains="did you mean tasks.add")
+        assert_one_line_error(lq("status", missing, cwd=cwd), contains="no database")
+        assert_one_line_error(lq("call", missing, "add", cwd=cwd), contains="no database")
+        assert not missing.exists()
+        assert_one_line_error(lq("status", corrupt, cwd=cwd), contains="not a SQLite database")
+        assert_one_line_error(lq("result", db, "no-such-id", cwd=cwd), contains="no task")
+        queued = lq("call", db, "add", 1, 2, cwd=cwd)             # no worker runs here
+        assert queued.returncode == 0, queued.stderr
+        pending = lq("result", db, queued.stdout.strip(), cwd=cwd)
+        assert (pending.returncode, pending.stdout) == (0, "PENDING\n"), pending.stderr
+        foreign = tmp_path / "foreign.sqlite"
+        conn = sqlite3.connect(foreign)
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+        assert_one_line_error(lq("status", foreign, cwd=cwd), contains="did not create")
+        assert_one_line_error(lq("worker", tmp_path / "no" / "such" / "dir.sqlite", cwd=cwd,
+                                 timeout=30), contains="cannot open")
+        assert_one_line_error(lq("call", db, "add", 1, 1, "--wait", "--timeout", "0.2", cwd=cwd),
+                              contains="not ready")
+        assert_one_line_error(lq("worker", corrupt, "-c", 1, cwd=cwd, timeout=30),
+                              contains="not a SQLite database")
+        worker = lq("worker", db, "-A", "no_such_module", "-c", 1, cwd=cwd, timeout=30)
+        assert worker.returncode == 1 and "Traceback" not in worker.stderr, worker.stderr
+        assert worker.stderr.strip().splitlines()[-1].startswith("Error: cannot import")
+
+    # -- scheduling (issue 3) ---------------------------------------------------------------
+
+    def test_call_with_countdown_eta_expires_and_tz(self, project, workers):
+        workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+
+        def timing(task_id):
+            return sql(db, "SELECT state, eta, expires FROM tasks WHERE id = ?", task_id)[0]
+
+        sent = time.time()
+        done = lq("call", db, "add", 1, 2, "--countdown", 3, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        countdown_id = done.stdout.strip()
+        state, eta, _ = timing(countdown_id)
+        assert state == SCHEDULED and sent + 3 <= eta <= time.time() + 3
+        shown = lq("result", db, countdown_id, cwd=cwd)
+        assert (shown.returncode, shown.stdout) == (0, "SCHEDULED\n"), shown.stderr
+
+        # --eta in ISO 8601 with an offset is that instant.
+        eta = dt.datetime.now(dt.timezone(dt.timedelta(hours=5, minutes=30))) + \
+            dt.timedelta(seconds=2)
+        done = lq("call", db, "add", 2, 2, "--eta", eta.isoformat(), cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        offset_id = done.stdout.strip()
+        assert timing(offset_id)[:2] == (SCHEDULED, pytest.approx(eta.timestamp(), abs=1e-6))
+        # Without an offset it is read in --tz (else UTC).
+        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00",
+                  "--tz", "Asia/Shanghai", cwd=cwd)
+        assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 1, 0))
+        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00", cwd=cwd)
+        assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 9, 0))
+
+        # --expires: seconds from now, or an ISO time; one in the past never runs.
+        done = lq("call", db, "add", 4, 4, "--expires", 60, cwd=cwd)
+        assert timing(done.stdout.strip())[2] == pytest.approx(time.time() + 60, abs=10)
+        done = lq("call", db, "add", 5, 5, "--expires", "2020-01-01T00:00:00+00:00", cwd=cwd)
+        expired_id = done.stdout.strip()
+        assert timing(expired_id)[2] == utc_ts(2020, 1, 1, 0, 0)
+        shown = lq("result", db, expired_id, cwd=cwd)
+        assert (shown.returncode, shown.stdout) == (0, "EXPIRED\n"), shown.stderr
+
+        for task_id, value in [(countdown_id, "3"), (offset_id, "4")]:
+            done = lq("result", db, task_id, "--wait", "--timeout", 15, cwd=cwd)
+            assert (done.returncode, done.stdout) == (0, value + "\n"), done.stderr
+        (started_at, eta_at), = sql(db, "SELECT started_at, ? FROM tasks WHERE id = ?",
+                                    eta.timestamp(), offset_id)
+        assert started_at >= eta_at
+        wait_until(lambda: project.state(expired_id) == EXPIRED, 10, "the worker to mark it")
+
+    @pytest.mark.parametrize("args, message", [
+        (["--eta", "tomorrow"], "is not an ISO 8601 date and time"),
+        (["--eta", "2030-13-01T00:00:00"], "is not an ISO 8601 date and time"),
+        (["--expires", "soon"], "is not an ISO 8601 date and time"),
+        (["--eta", "2030-01-01T09:00:00", "--tz", "Mars/Olympus_Mons"],
+         "unknown time zone 'Mars/Olympus_Mons'"),
+        (["--countdown", "1", "--eta", "2030-01-01T09:00:00+00:00"], "--countdown or --eta"),
+        (["--countdown", "-1"], "--countdown"),
+        (["--countdown", "soon"], "--countdown"),
+    ], ids=["eta-text", "eta-month-13", "expires-text", "unknown-zone", "countdown-and-eta",
+            "negative-countdown", "countdown-text"])
+    def test_call_bad_timing_exits_2_and_writes_nothing(self, project, args, message):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        done = lq("call", project.db, "add", 1, 2, *args, cwd=project.dir, timeout=30)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Usage:" in done.stderr and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert sha256(project.db) == before
+
+    def test_call_with_expires_before_eta_exits_1_and_writes_nothing(self, project):
+        project.delay("add", 1, 1)
+        before = sha256(project.db)
+        assert_one_line_error(lq("call", project.db, "add", 1, 2,
+                                 "--eta", "2030-01-01T09:00:00+00:00",
+                                 "--expires", "2030-01-01T08:00:00+00:00", cwd=project.dir),
+                              contains="expires is earlier than eta")
+        assert sha256(project.db) == before
+
+    @staticmethod
+    def _parse_schedules(text):
+        """{name: {"task", "schedule", "zone", "last", "next": [...]}} from `schedules`."""
+        out, current = {}, None
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                name, _, task = line.partition("  ->  ")
+                current = out[name] = {"task": task, "next": []}
+            elif line.startswith("  schedule  "):
+                current["schedule"] = line[len("  schedule  "):]
+            elif line.startswith("  zone      "):
+                current["zone"] = line[len("  zone      "):]
+            elif line.startswith("  last fire "):
+                current["last"] = line[len("  last fire "):]
+            else:
+                current["next"].append(line.split()[-1])
+        return out
+
+    def test_schedules_lists_next_fires_in_their_own_zone(self, project, workers):
+        project.write_module("beat", '''
+            from litequeue import crontab
+            from tasks import app, record
+
+            app.add_periodic_task(crontab(minute=0, hour=9, day_of_week="mon-fri",
+                                          tz="Asia/Shanghai"), record.s("m"), name="morning")
+            app.add_periodic_task(crontab(minute=30, hour=2, tz="America/New_York"),
+                                  record.s("n"), name="nightly", catch_up="all")
+            app.add_periodic_task(1.0, record.s("t"), name="tick")
+        ''')
+        before = dt.datetime.now(UTC)
+        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        after = dt.datetime.now(UTC)
+        wait_until(lambda: any(s == SUCCESS for s, _ in fires_of(project.db, "tick").values()),
+                   10, "a tick")
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        done = lq("schedules", project.db, "-n", 4, cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        listed = self._parse_schedules(done.stdout)
+        assert list(listed) == ["morning", "nightly", "tick"], done.stdout
+        assert {name: (s["task"], s["zone"]) for name, s in listed.items()} == {
+            "morning": ("tasks.record", "Asia/Shanghai"),
+            "nightly": ("tasks.record", "America/New_York"), "tick": ("tasks.record", "UTC")}
+        assert listed["morning"]["schedule"].startswith("0 9 * * mon-fri  (cron, catch_up=once")
+        assert listed["nightly"]["schedule"].startswith("30 2 * * *  (cron, catch_up=all")
+        assert listed["tick"]["schedule"].startswith("1.0  (every, catch_up=once")
+
+        # The next four fire times, in the schedule's own zone, as next_after gives them
+        # from the time the worker synced them.
+        for name, cron in [
+                ("morning", crontab(minute=0, hour=9, day_of_week="mon-fri", tz="Asia/Shanghai")),
+                ("nightly", crontab(minute=30, hour=2, tz="America/New_York"))]:
+            candidates = []
+            for t in (before, after):
+                upcoming = [cron.next_after(t)]
+                for _ in range(3):
+                    upcoming.append(cron.next_after(upcoming[-1]))
+                candidates.append([f.isoformat() for f in upcoming])
+            assert listed[name]["next"] in candidates, (name, done.stdout)
+        assert listed["morning"]["next"][0].endswith("T09:00:00+08:00")
+
+        # The tick fired: its last fire and the times after it, in UTC.
+        (last_fire, next_fire), = sql(project.db, "SELECT last_fire, next_fire FROM schedules "
+                                      "WHERE name = 'tick'")
+        assert listed["tick"]["last"] == dt.datetime.fromtimestamp(last_fire, UTC).isoformat()
+        assert listed["tick"]["next"] == [
+            dt.datetime.fromtimestamp(next_fire + k, UTC).isoformat() for k in range(4)]
+        assert fire_time(max(fires_of(project.db, "tick"))) == last_fire
+
+        fewer = self._parse_schedules(lq("schedules", project.db, "-n", 1, cwd=project.dir).stdout)
+        assert all(len(s["next"]) == 1 for s in fewer.values())
+        litequeue._Storage(str(project.dir / "empty.sqlite")).close()
+        empty = lq("schedules", project.dir / "empty.sqlite", cwd=project.dir)
+        assert empty.returncode == 0 and "no periodic tasks" in empty.stdout
+
+    def test_schedules_shows_never_for_a_schedule_that_has_not_fired(self, project, workers):
+        project.write_module("beat", '''
+            from litequeue import crontab
+            from tasks import app, record
+            app.add_periodic_task(crontab(minute=0, hour=9, day_of_month=1, month_of_year=1,
+                                          tz="Asia/Shanghai"), record.s("m"), name="new-year")
+        ''')
+        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        w.signal(signal.SIGTERM)
+        assert w.wait(20) == 0
+        done = lq("schedules", project.db, cwd=project.dir)
+        assert done.returncode == 0, done.stderr
+        listed = self._parse_schedules(done.stdout)
+        assert fires_of(project.db, "new-year") == {}                 # it never fired
+        assert listed["new-year"]["last"] == "never", done.stdout
+
+    # -- failure handling (issue 4) ---------------------------------------------------------
+
+    def test_result_shows_every_attempt_s_error(self, project, workers):
+        workers.start(project, concurrency=1)
+        db, cwd = project.db, project.dir
+        recovered = project.delay("flaky", "cli", 2)
+        failed = project.delay("flaky", "clifail", 99)
+        assert recovered.get(timeout=20) == 2
+        failed.get(timeout=20, propagate=False)
+        done = lq("result", db, recovered.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 2, done.stderr
+        for n, line in enumerate(lines):
+            assert line.startswith(f"  attempt {n + 1} at 20"), line
+            assert line.endswith(f": builtins.OSError: cli failed on retry {n}"), line
+        done = lq("result", db, failed.id, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "clifail failed on retry 3" in done.stdout
+        assert "raise IOError" in done.stderr                       # the traceback
+        assert done.stderr.count("  attempt ") == 4
+        out = json.loads(lq("result", db, recovered.id, "--json", cwd=cwd).stdout)
+        assert (out["state"], out["result"], out["retries"]) == (SUCCESS, 2, 2)
+        assert [(e["type"], e["message"], e["attempt"]) for e in out["errors"]] == \
+            [("builtins.OSError", f"cli failed on retry {n}", n + 1) for n in range(2)]
+        assert all(isinstance(e["time"], float) for e in out["errors"])
+        out = json.loads(lq("result", db, failed.id, "--json", cwd=cwd).stdout)
+        assert (out["state"], out["retries"], len(out["errors"])) == (FAILURE, 3, 4)
+
+    def test_retry_queues_a_finished_task_again(self, project, workers):
+        db, cwd = project.db, project.dir
+        revoked = project.delay("add", 2, 3)                         # no worker running
+        assert revoked.revoke() is True
+        failed = project.delay("fail", "again")
+        w = workers.start(project, concurrency=1)
+        assert failed.get(timeout=20, propagate=False) is not None and failed.state == FAILURE
+        done_ok = project.delay("add", 1, 1)
+        assert done_ok.get(timeout=20) == 2
+        for res in (revoked, failed):
+            done = lq("retry", db, res.id, cwd=cwd)
+            assert (done.returncode, done.stdout) == (0, f"queued {res.id} again\n"), done.stderr
+        # Fresh handles: an AsyncResult keeps a finished row it has read, as Celery's does.
+        revoked, failed = (project.app.AsyncResult(r.id) for r in (revoked, failed))
+        assert revoked.get(timeout=20) == 5 and revoked.state == SUCCESS
+        assert failed.get(timeout=20, propagate=False) is not None
+        assert failed.state == FAILURE and len(failed.errors) == 2   # both attempts kept
+        done = lq("retry", db, done_ok.id, cwd=cwd)
+        assert done.returncode == 1 and "the task is SUCCESS" in done.stderr, done.stderr
+        assert_one_line_error(lq("retry", db, "no-such-id", cwd=cwd), contains="no task")
+        assert w.proc.poll() is None
+
+    def test_purge_deletes_waiting_tasks_only(self, project, workers):
+        db, cwd = project.db, project.dir
+        w = workers.start(project, concurrency=1)
+        finished = project.delay("add", 1, 1)
+        assert finished.get(timeout=20) == 2
+        running = project.delay("block", "purge")
+        wait_until(lambda: project.started("purge"), 10, "the task to start")
+        other = [project.app.tasks["tasks.add"].apply_async((n, n), queue="other")
+                 for n in range(3)]
+        later = [project.app.tasks["tasks.add"].apply_async((n, n), countdown=600)
+                 for n in range(2)]
+        waiting = [project.delay("add", n, n) for n in range(4)]       # behind the block
+        done = lq("purge", db, cwd=cwd)                                  # no tty: it asks
+        assert done.returncode == 1 and "Aborted" in done.stderr, done.stderr
+        assert {r.state for r in waiting + later} == {PENDING, SCHEDULED}
+        done = lq("purge", db, "--queue", "other", "--yes", cwd=cwd)
+        assert (done.returncode, done.stdout) == \
+            (0, "purged 3 waiting task(s) from queue 'other'\n"), done.stderr
+        assert {r.state for r in other} == {UNKNOWN}
+        done = lq("purge", db, "-y", cwd=cwd)
+        assert (done.returncode, done.stdout) == \
+            (0, "purged 6 waiting task(s) from every queue\n"), done.stderr
+        assert {r.state for r in waiting + later} == {UNKNOWN}
+        assert finished.state == SUCCESS and running.state == STARTED
+        project.go("purge")
+        assert running.get(timeout=20) == "purge"
+        assert w.proc.poll() is None
+
+    def test_revoke(self, project, workers):
+        db, cwd = project.db, project.dir
+        queued = project.delay("stamp", "cli")                      # no worker running
+        done = lq("revoke", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, f"revoked {queued.id}\n"), done.stderr
+        assert queued.state == REVOKED
+        done = lq("revoke", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (1, "not revoked: the task is REVOKED\n")
+        assert_one_line_error(lq("revoke", db, "no-such-id", cwd=cwd), contains="no task")
+        w = workers.start(project, concurrency=1)
+        finished = project.delay("add", 1, 1)
+        assert finished.get(timeout=20) == 2
+        done = lq("revoke", db, finished.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (1, "not revoked: the task is SUCCESS\n")
+        running = project.delay("block", "cli")
+        ((_, pid),) = wait_until(lambda: project.started("cli"), 10, "the task to start")
+        done = lq("revoke", db, running.id, cwd=cwd)
+        assert done.returncode == 1 and "STARTED (use --terminate)" in done.stdout, done.stdout
+        done = lq("revoke", db, running.id, "--terminate", cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, f"revoked {running.id}\n"), done.stderr
+        wait_until(lambda: not alive(pid), 5, "the child to be killed")
+        wait_until(lambda: len(w.live_children()) == 1, 10, "a replacement child")
+        done = lq("result", db, running.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
+        assert project.stamps("cli") == []

@@ -2,15 +2,16 @@
 same signals with the same arguments, and the same retry policy (a retry runs again at
 once, as in Celery's eager mode).
 
-Most tests run in this process (eager mode needs no worker); the last one runs the same
-tasks module under a real worker and eagerly, and compares what its handlers saw.
+Most tests run in this process (eager mode needs no worker); one runs the same tasks
+module under a real worker and eagerly, and compares what its handlers saw. Last, values
+and failures come back from eager mode as they would from a worker (TestEagerRoundTrip).
 """
 
 import pytest
 
 from litequeue import (
-    FAILURE, RETRY, SUCCESS, LiteQueue, MaxRetriesExceededError, SerializationError, Task, chain,
-    signals,
+    FAILURE, RETRY, SUCCESS, EagerResult, LiteQueue, MaxRetriesExceededError, SerializationError,
+    Task, chain, signals,
 )
 
 from .helpers import CanvasProject
@@ -380,3 +381,38 @@ def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_pa
                                   True]]]] in eager
     assert [e[0] for e in eager if e[0] in ("on_success", "on_failure", "on_retry")] == [
         "on_success", "on_failure", "on_retry", "on_success", "on_retry", "on_failure"]
+
+
+class TestEagerRoundTrip:
+
+    @pytest.fixture
+    def app(self, tmp_path):
+        return LiteQueue(str(tmp_path / "jobs.sqlite"), task_always_eager=True)
+
+    def test_a_tuple_comes_back_a_list(self, app):
+        @app.task
+        def pair():
+            return (1, 2)
+        result = pair.delay()
+        value = result.get()
+        assert value == [1, 2] and type(value) is list
+        assert result.state == SUCCESS
+
+    def test_a_set_is_a_serialization_error(self, app):
+        @app.task
+        def numbers():
+            return {1, 2}
+        result = numbers.delay()
+        assert isinstance(result, EagerResult)
+        assert result.state == FAILURE
+        assert isinstance(result.result, SerializationError), repr(result.result)
+        with pytest.raises(SerializationError):
+            result.get()
+
+    def test_a_failure_keeps_the_history_a_worker_would(self, app):
+        @app.task
+        def boom():
+            raise ValueError("no")
+        errors = boom.delay().errors
+        assert [(e["type"], e["message"], e["attempt"]) for e in errors] == \
+            [("builtins.ValueError", "no", 1)]
