@@ -1,8 +1,15 @@
-"""Fixtures of litequeue's tests (the helpers they use are in helpers.py).
+"""Fixtures of litequeue's tests (the helpers they use are in helpers.py), the order of the
+test files, and the check of the worker mark.
 
 Every fixture that starts a process reaps it, and every process it spawned, at teardown.
+Marks: `worker` on every test that starts a process (a worker, a dashboard, a command,
+Celery, Redis, Chromium), `browser` beside it on the Chromium tests, `slow` and `chaos`.
+`pytest -m "not worker and not slow"` is the inner loop. LITEQUEUE_CHECK_MARKS=1 (CI sets
+it) fails a test that starts a process without the worker mark.
 """
 
+import multiprocessing.process
+import os
 import subprocess
 import sys
 import types
@@ -82,6 +89,7 @@ sys.modules.setdefault("test_litequeue", _legacy)
 # One test file per section of litequeue.py, in the module's order (STYLE.md's outline),
 # so that a run meets a broken lower layer first. A file missing here runs last.
 FILE_ORDER = (
+    "test_conftest.py",             #       the suite's own rules
     "test_settings.py",             # 1-3   exceptions, settings
     "test_serialization.py",        # 4     serialization
     "test_time.py",                 # 5     zones, crontab, intervals, fire planning
@@ -114,6 +122,103 @@ FILE_ORDER = (
 
 
 def pytest_collection_modifyitems(config, items):
+    _mark_files_held_here(items)
     rank = {name: i for i, name in enumerate(FILE_ORDER)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: keeps
-    # each file's own order
+    # A stable sort: each file keeps its own order.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# ---------------------------------------------------------------------------
+# The worker mark: on every test that starts a process, checked
+# ---------------------------------------------------------------------------
+
+# test_dashboard_security.py is edited elsewhere for now: its marks are given here, until a
+# pytestmark line in the file takes over. Every test of it starts a dashboard or a command,
+# but for the one that builds the server in this process.
+_WORKER_MARKS_HELD_HERE = {
+    "test_dashboard_security.py": {"except": {"test_only_a_salted_hash_is_kept"}},
+}
+
+
+def _mark_files_held_here(items):
+    for item in items:
+        held = _WORKER_MARKS_HELD_HERE.get(item.path.name)
+        if held is not None and item.originalname not in held["except"]:
+            item.add_marker(pytest.mark.worker)
+
+
+# LITEQUEUE_CHECK_MARKS=1 (CI sets it) fails a test that starts a process without the
+# worker mark: every way this process starts another (subprocess and everything built on
+# it, such as asyncio's and selenium's; multiprocessing; os.fork, os.system, os.posix_spawn)
+# is watched while a test runs, its fixtures' setup and teardown included. It also lists the
+# tests that carry the mark and started nothing, which the inner loop leaves out for nothing.
+CHECK_MARKS = os.environ.get("LITEQUEUE_CHECK_MARKS") == "1"
+_started = {}               # nodeid of the running test -> what it started
+_marked_idle = []           # tests with the worker mark that started nothing
+_running = None
+
+
+def _note(what):
+    if _running is not None:
+        _started.setdefault(_running, []).append(what)
+
+
+def _watch_process_starts():
+    execute_child = subprocess.Popen._execute_child
+
+    def watched_execute_child(self, args, *more, **kwargs):
+        _note(f"subprocess {args if isinstance(args, str) else args[0]}")
+        return execute_child(self, args, *more, **kwargs)
+    subprocess.Popen._execute_child = watched_execute_child
+
+    start = multiprocessing.process.BaseProcess.start
+
+    def watched_start(self):
+        _note(f"multiprocessing {self.name}")
+        return start(self)
+    multiprocessing.process.BaseProcess.start = watched_start
+
+    os.register_at_fork(before=lambda: _note("fork"))
+    for name in ("system", "posix_spawn", "posix_spawnp"):
+        def watched(*args, _call=getattr(os, name), _name=name, **kwargs):
+            _note(f"os.{_name}")
+            return _call(*args, **kwargs)
+        setattr(os, name, watched)
+
+
+if CHECK_MARKS:
+    _watch_process_starts()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _running
+    _running = item.nodeid
+    try:
+        yield
+    finally:
+        _running = None
+        if CHECK_MARKS and item.get_closest_marker("worker") and item.nodeid not in _started:
+            _marked_idle.append(item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not CHECK_MARKS or call.when == "setup" or item.get_closest_marker("worker"):
+        return
+    started = _started.get(item.nodeid)
+    if started and report.passed and not getattr(item, "_lq_reported", False):
+        item._lq_reported = True
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} started a process without the worker mark "
+                           f"(@pytest.mark.worker): {', '.join(sorted(set(started))[:5])}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if CHECK_MARKS and _marked_idle:
+        terminalreporter.write_sep("-", f"{len(_marked_idle)} tests carry the worker mark and "
+                                        "started no process")
+        for nodeid in _marked_idle:
+            terminalreporter.write_line(nodeid)

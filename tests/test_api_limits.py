@@ -42,6 +42,7 @@ class TestBoundsAtTheAPI:
         assert add.apply_async((1, 2), task_id="i" * 255, queue="q" * 255).id == "i" * 255
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
+    @pytest.mark.worker
     def test_the_cli_call_refuses_them_with_one_line(self, project):
         project.delay("add", 1, 1)             # the file and the registry exist
         for args in ([ARGV], ["tasks.add", "--queue", ARGV], ["tasks.add", "--id", ARGV]):
@@ -50,6 +51,7 @@ class TestBoundsAtTheAPI:
             assert len(done.stderr) < 600 and "Traceback" not in done.stderr
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
+    @pytest.mark.worker
     def test_the_flower_api_refuses_them(self, project, dashboards):
         project.delay("add", 1, 1)
         d = dashboards(project)

@@ -463,6 +463,7 @@ class TestApp:
         assert same(kwargs, got_kwargs), (kwargs, got_kwargs)
 
 
+@pytest.mark.worker
 class TestWrongDatabase:
 
     def test_worker_on_another_file_than_the_app_s_is_refused(self, tmp_path):
@@ -479,6 +480,7 @@ class TestWrongDatabase:
         assert tables_rows(str(other), "schedules") == []
 
 
+@pytest.mark.worker
 class TestRelativePaths:
 
     def test_a_relative_path_is_resolved_against_the_module_creating_the_app(

@@ -51,6 +51,7 @@ def start_canvas_worker(workers, canvas, concurrency=2):
 
 class TestCanvas:
 
+    @pytest.mark.worker
     def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -75,6 +76,7 @@ class TestCanvas:
         ''')
         assert again == [out["first_id"], out["first_id"], SUCCESS]
 
+    @pytest.mark.worker
     def test_partial_arguments_go_first_as_in_celery(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -85,6 +87,7 @@ class TestCanvas:
         ''')
         assert out == [8, 18, -1, 3, 5, "canvas_tasks.sub(2)", 5]
 
+    @pytest.mark.worker
     def test_links_and_errbacks_are_queued_by_the_commit_that_ends_the_parent(
             self, canvas, workers):
         start_canvas_worker(workers, canvas)
@@ -118,6 +121,7 @@ class TestCanvas:
         assert sorted(canvas.logged("errbacks")) == sorted([
             [bad, "canvas_tasks.fail", ["broken"], "ValueError", "broken", True], [bad]])
 
+    @pytest.mark.worker
     def test_a_failure_ends_the_rest_of_the_chain_and_its_errback_runs_once(
             self, canvas, workers):
         start_canvas_worker(workers, canvas)
@@ -140,6 +144,7 @@ class TestCanvas:
         assert canvas.logged("errbacks") == [
             [out["failing"], "canvas_tasks.fail", [2], "ValueError", "2", True]]
 
+    @pytest.mark.worker
     def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, workers):
         start_canvas_worker(workers, canvas, concurrency=3)
         out = canvas.client('''
@@ -161,6 +166,7 @@ class TestCanvas:
                    out["group"]) == [(10, 10, 1)]
         assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
 
+    @pytest.mark.worker
     def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -181,6 +187,7 @@ class TestCanvas:
         assert out["errback"] == f"errback1 {out['body']}"
         assert canvas.logged("errbacks") == [[out["body"]]]
 
+    @pytest.mark.worker
     def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         gid = canvas.client('''
@@ -196,6 +203,7 @@ class TestCanvas:
         ''')
         assert out == [[1, 2, 3, 4, 5], 5, gid, None]
 
+    @pytest.mark.worker
     def test_relations_of_subtasks_queued_inside_a_task(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -208,6 +216,7 @@ class TestCanvas:
         ''')
         assert out == [[True, True, True], True, [0, 2, 4]]
 
+    @pytest.mark.worker
     def test_update_state_shows_progress_and_is_coalesced(self, canvas, workers):
         start_canvas_worker(workers, canvas, concurrency=1)
         # Count every write of the meta column with a trigger: real SQLite, no mock.
@@ -238,6 +247,7 @@ class TestCanvas:
         assert canvas.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
                              f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
 
+    @pytest.mark.worker
     def test_result_wait_draws_a_progress_bar(self, canvas, workers):
         start_canvas_worker(workers, canvas, concurrency=1)
         task_id = canvas.client('print(json.dumps(progress.delay(4, "go").id))')
@@ -263,6 +273,7 @@ class TestCanvas:
         assert waiter.returncode == 0 and out.strip() == "4"
         assert "PROGRESS [" in err and "100% 4/4" in err, err
 
+    @pytest.mark.worker
     def test_hooks_and_signals_run_and_a_raising_handler_breaks_nothing(self, canvas,
                                                                         workers):
         worker = start_canvas_worker(workers, canvas, concurrency=1)
@@ -299,6 +310,7 @@ class TestCanvas:
         assert worker.wait(30) == 0
         assert canvas.logged("signals")[-1] == ["worker_shutdown"]
 
+    @pytest.mark.worker
     def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas):
         out = canvas.client('''
             add.delay(0, 0)      # the file exists, with one row
@@ -326,6 +338,7 @@ class TestCanvas:
         assert canvas.count() == 1
         assert canvas.count("name = 'canvas_tasks.nope'") == 0
 
+    @pytest.mark.worker
     def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -341,6 +354,7 @@ class TestCanvas:
         ''')
         assert out == [True, "TaskRevoked", REVOKED, REVOKED, 1]
 
+    @pytest.mark.worker
     def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -379,6 +393,7 @@ class TestCanvas:
         with pytest.raises(TaskNotFound):
             app.GroupResult(g.id)
 
+    @pytest.mark.worker
     def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -395,6 +410,7 @@ class TestCanvas:
         assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
         assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
 
+    @pytest.mark.worker
     def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, workers):
         start_canvas_worker(workers, canvas)
         out = canvas.client('''
@@ -514,6 +530,7 @@ print(json.dumps(out))
 '''
 
 
+@pytest.mark.worker
 class TestCanvasChaos:
 
     @pytest.mark.chaos

@@ -92,6 +92,7 @@ def call_args(db, task_id):
 
 class TestReadmeCommands:
 
+    @pytest.mark.worker
     def test_the_test_command_installs_what_the_tests_need_first(self):
         """The browser test needs Debian's chromium and chromium-driver, the portability
         test redis-server: command 2 must install them, and CI must run command 2."""
@@ -118,6 +119,7 @@ class TestReadmeCommands:
 # demo, and forgetting a registered name
 # ---------------------------------------------------------------------------
 
+@pytest.mark.worker
 class TestDemo:
 
     def test_demo_refuses_a_database_a_worker_serves(self, project, workers):
@@ -175,6 +177,7 @@ def eta_of(db, done):
     return sql(db, "SELECT eta FROM tasks WHERE id = ?", done.stdout.strip())[0][0]
 
 
+@pytest.mark.worker
 class TestCallTimeZone:
 
     def test_help_says_a_naive_eta_is_read_in_the_app_s_zone(self, tmp_path):
@@ -206,6 +209,7 @@ class TestCallTimeZone:
 # A task module that cannot be imported
 # ---------------------------------------------------------------------------
 
+@pytest.mark.worker
 class TestBrokenTaskModule:
 
     @pytest.mark.parametrize("source, line, error", [
@@ -245,6 +249,7 @@ def post(d, path, body, content_type, headers=None, token=True):
         conn.close()
 
 
+@pytest.mark.worker
 class TestFlowerApi:
 
     def test_revoke_reads_terminate_from_a_form_encoded_body(self, project, workers,
@@ -322,6 +327,7 @@ class TestFlowerApi:
 # Small CLI and config defects
 # ---------------------------------------------------------------------------
 
+@pytest.mark.worker
 class TestCallArguments:
 
     def test_after_a_double_dash_everything_is_an_argument(self, project):
@@ -349,6 +355,7 @@ class TestCallArguments:
             project.app.tasks["tasks.add"].apply_async((1, 2), priority=1.5)
 
 
+@pytest.mark.worker
 class TestListingCommands:
 
     def test_tasks_accepts_any_state_name(self, project):
@@ -390,6 +397,7 @@ CONFIG_WITH_IGNORED = task_source("ignored_settings/celeryconfig.py")
 
 class TestConfigNotices:
 
+    @pytest.mark.worker
     def test_config_warnings_point_at_the_config_file_s_line(self, tmp_path):
         folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS,
                                             "celeryconfig": CONFIG_WITH_IGNORED})
@@ -406,6 +414,7 @@ class TestConfigNotices:
             done.stderr, done.stderr
         assert "litequeue.py" not in done.stderr, done.stderr
 
+    @pytest.mark.worker
     def test_a_worker_notes_each_ignored_setting_once(self, tmp_path, workers):
         folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS,
                                             "celeryconfig": CONFIG_WITH_IGNORED})
@@ -447,6 +456,7 @@ class TestWorkerBanner:
     def test_the_pool_in_words(self, pool, processes, threads, coroutines, expected):
         assert litequeue._pool_words(pool, processes, threads, coroutines) == expected
 
+    @pytest.mark.worker
     def test_the_banner_reads_as_a_sentence(self, project, workers):
         w = workers.start(project, "-P", "threads", "-c", 20, cmd=worker_cmd(
             project.db, "-A", "tasks"), concurrency=1)
@@ -473,6 +483,7 @@ class TestReadmeText:
         assert not found, found
 
 
+@pytest.mark.worker
 class TestCLINewcomer:
 
     def test_read_commands_leave_an_older_schema_as_it_is(self, project):
@@ -571,6 +582,7 @@ class TestCLINewcomer:
         assert "ERROR" in header, header
 
 
+@pytest.mark.worker
 class TestCLI:
 
     def test_call_result_and_status(self, project, workers):

@@ -40,6 +40,7 @@ def only_child(worker, aio, threads=1):
 class TestConcurrency:
     """async def tasks, -P threads and solo, global rate limits and unique tasks."""
 
+    @pytest.mark.worker
     def test_coroutines_run_together_in_one_process_beside_sync_tasks(self, aio, workers):
         start_aio_worker(workers, aio)
         ids = aio.client('print(json.dumps([ablock.delay("gate").id for _ in range(50)]))')
@@ -54,6 +55,7 @@ class TestConcurrency:
         assert results == ["gate"] * 50
         assert max_overlap(aio.logged("gate")) == 50
 
+    @pytest.mark.worker
     def test_worker_async_concurrency_caps_the_coroutines_in_flight(self, aio, workers):
         start_aio_worker(workers, aio, "--async-concurrency", 5)
         ids = aio.client('print(json.dumps([ablock.delay("cap").id for _ in range(12)]))')
@@ -63,6 +65,7 @@ class TestConcurrency:
         assert len(aio.starts("cap")) == 12
         assert max_overlap(aio.logged("cap")) == 5
 
+    @pytest.mark.worker
     def test_a_coroutine_task_has_what_a_sync_task_has(self, aio, workers):
         start_aio_worker(workers, aio, concurrency=2)
         out = aio.client('''
@@ -104,6 +107,7 @@ class TestConcurrency:
         ''')
         assert eager == [2, 4, 3]
 
+    @pytest.mark.worker
     def test_time_limits_cancel_only_the_coroutine_that_ran_over(self, aio, workers):
         worker = start_aio_worker(workers, aio)
         child = worker.live_children()[0]["pid"]
@@ -126,6 +130,7 @@ class TestConcurrency:
         assert [line[2] for line in aio.logged("bystander")] == [1, 1]   # never requeued
         assert worker.live_children()[0]["pid"] == child              # nothing was killed
 
+    @pytest.mark.worker
     def test_a_loop_blocked_by_sync_code_is_ended_by_the_supervisor(self, aio, workers):
         start_aio_worker(workers, aio)
         out = aio.client('''
@@ -147,6 +152,7 @@ class TestConcurrency:
         starts = aio.starts("by")
         assert [line[2] for line in starts] == [1, 2] and starts[0][-2] != starts[1][-2]
 
+    @pytest.mark.worker
     def test_revoke_terminate_cancels_one_coroutine_and_leaves_the_others(self, aio,
                                                                           workers):
         start_aio_worker(workers, aio)
@@ -171,6 +177,7 @@ class TestConcurrency:
         assert sorted(done) == sorted([ids[0], ids[2]])
         assert len({line[-2] for line in aio.logged("rv")}) == 1          # one process
 
+    @pytest.mark.worker
     def test_sigkill_requeues_the_coroutines_in_flight_and_charges_only_those(
             self, aio, workers):
         worker = start_aio_worker(workers, aio, "--async-concurrency", 4)
@@ -190,6 +197,7 @@ class TestConcurrency:
         charged = {i for i, (_, retries) in zip(ids, rows) if retries}
         assert len(begun) == 4 and charged == begun     # prefetched rows went back free
 
+    @pytest.mark.worker
     def test_threads_pool_runs_blocking_tasks_side_by_side_in_one_process(self, aio,
                                                                           workers):
         worker = only_child(workers.start(aio, "-P", "threads", concurrency=8,
@@ -219,6 +227,7 @@ class TestConcurrency:
         ''')
         assert out == ["the task ran past its hard time limit; ", "tb", 0]
 
+    @pytest.mark.worker
     def test_solo_runs_one_task_at_a_time_in_one_process(self, aio, workers):
         worker = only_child(workers.start(aio, "-P", "solo", concurrency=3,
                                           app=("aio_tasks",), ready=False), aio)
@@ -231,6 +240,7 @@ class TestConcurrency:
         assert max_overlap(aio.logged("solo")) == 1
         assert "solo (1 process, 1 task at a time)" in worker.log_text()
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("args, says", [
         (("-P", "gevent"), "no gevent pool: define I/O-bound tasks with async def"),
         (("-P", "nope"), "one of prefork, threads, solo"),
@@ -241,6 +251,7 @@ class TestConcurrency:
         assert done.returncode == 2 and says in done.stderr
         assert "Traceback" not in done.stderr and not os.path.exists(aio.db)
 
+    @pytest.mark.worker
     def test_rate_limit_is_global_across_supervisors_and_holds_nothing_up(self, aio,
                                                                           workers):
         first = start_aio_worker(workers, aio, concurrency=2)
@@ -282,6 +293,7 @@ class TestConcurrency:
                 app.task(lambda: None, name=f"bad{bad!r}", rate_limit=bad)
         assert not os.path.exists(aio.db)
 
+    @pytest.mark.worker
     def test_unique_tasks_return_the_task_that_holds_the_key(self, aio, workers):
         out = aio.client('''
             a, b, c = once.delay(1), once.delay(1), once.delay(2)

@@ -57,6 +57,7 @@ def test_schedule_actions_rate_limits_states_and_workflow(project):
     assert [t["id"] for t in admin.workflow(queued.id)] == [queued.id]
 
 
+@pytest.mark.worker
 def test_the_new_json_and_actions_over_http(project, dashboards):
     project.delay("add", 1, 1)
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
@@ -90,6 +91,7 @@ def test_the_new_json_and_actions_over_http(project, dashboards):
            headers={"Origin": f"http://{d.host}"})          # a browser needs the token
 
 
+@pytest.mark.worker
 def test_read_only_refuses_the_new_actions(project, dashboards):
     project.delay("add", 1, 1)
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
@@ -99,6 +101,8 @@ def test_read_only_refuses_the_new_actions(project, dashboards):
     assert project.app.admin.rate_limits() == [] and d.json("/data/states")
 
 
+@pytest.mark.worker
+@pytest.mark.browser
 @pytest.mark.timeout(180)
 def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path):
     from selenium.webdriver.common.by import By

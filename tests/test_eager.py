@@ -362,6 +362,7 @@ print(json.dumps("done"))
 '''
 
 
+@pytest.mark.worker
 def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_path,
                                                                           workers):
     project = EagerProject(tmp_path / "proj")

@@ -40,6 +40,7 @@ class TestFailures:
 
     # -- retries ----------------------------------------------------------------------------
 
+    @pytest.mark.worker
     def test_autoretry_follows_the_backoff_schedule_then_fails(self, project, workers):
         """flaky: autoretry_for=(IOError,), max_retries=3, retry_backoff=0.2, no jitter:
         runs at about 0, 0.2, 0.6 and 1.4 s, then FAILURE with the last exception."""
@@ -68,6 +69,7 @@ class TestFailures:
         for offset, due in zip(offsets, [0, 0.2, 0.6, 1.4]):
             assert due <= offset < due + 3 * RETRY_LATENESS_MAX, offsets
 
+    @pytest.mark.worker
     def test_retry_jitter_stays_within_the_capped_backoff(self, project, workers):
         """jittery: retry_backoff=True (1, 2, 4 s), retry_backoff_max=0.5, full jitter:
         every countdown is random in [0, 0.5]."""
@@ -84,6 +86,7 @@ class TestFailures:
         assert all(0 <= d < 0.5 + RETRY_LATENESS_MAX for d in delays), delays
         assert len({round(d, 2) for d in delays}) > 1, "no jitter at all"
 
+    @pytest.mark.worker
     def test_bound_retry_with_countdown_reads_retry_while_it_waits(self, project, workers):
         workers.start(project, concurrency=1)
         r = project.delay("retrier", "bound", 2, 0.6)
@@ -103,6 +106,7 @@ class TestFailures:
         for n in range(2):
             assert runs[n + 1][3] - errors[n]["time"] >= 0.6      # the countdown held
 
+    @pytest.mark.worker
     def test_bound_retry_out_of_budget_fails_with_the_last_exception(self, project, workers):
         workers.start(project, concurrency=1)
         with_exc = project.delay("retrier", "exc", 99, 0.01)
@@ -131,6 +135,7 @@ class TestFailures:
                     WorkerLostError):
             assert issubclass(cls, LitequeueError)
 
+    @pytest.mark.worker
     def test_task_max_retries_applies_when_queued_by_name(self, project, workers):
         workers.start(project, concurrency=1)
         done = lq("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
@@ -140,6 +145,7 @@ class TestFailures:
         runs = (project.marks / "runs.byname").read_text().splitlines()
         assert (len(runs), r.retries) == (2, 1)           # max_retries=1: two runs
 
+    @pytest.mark.worker
     def test_a_bad_retry_request_fails_the_task_instead_of_looping(self, project, workers):
         w = workers.start(project, concurrency=1)
         r = project.delay("bad_retry", "bad")
@@ -152,6 +158,7 @@ class TestFailures:
 
     # -- time limits ------------------------------------------------------------------------
 
+    @pytest.mark.worker
     def test_hard_time_limit_kills_and_replaces_the_child(self, project, workers):
         w = workers.start(project, concurrency=1)
         (old,) = w.children()
@@ -175,6 +182,7 @@ class TestFailures:
         assert project.row(project.delay("add", 1, 1).id)["pid"] in (None, new[0]["pid"])
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_worker_time_limit(self, project, workers):
         w = workers.start(project, "--time-limit", 0.5, concurrency=1)
         slow = project.delay("nap", "slow", 60)
@@ -187,6 +195,7 @@ class TestFailures:
                    pid not in [c["pid"] for c in w.live_children()], 10, "a replacement child")
         assert project.delay("add", 3, 3).get(timeout=20) == 6
 
+    @pytest.mark.worker
     def test_time_limit_in_autoretry_for_retries(self, project, workers):
         """limited_retry: time_limit=0.4, autoretry_for=(TimeLimitExceeded,), max_retries=2."""
         w = workers.start(project, concurrency=1)
@@ -203,6 +212,7 @@ class TestFailures:
         assert project.marked("*.finished.*") == ["recovers.finished." + str(runs[2][2])]
         assert len(w.live_children()) == 1 and w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_time_limit_retry_reads_retry_while_it_waits(self, project, workers):
         workers.start(project, concurrency=1)
         r = project.delay("limited_retry", "waits", 1)
@@ -214,6 +224,7 @@ class TestFailures:
         wait_until(finished, 30, "the task to finish", interval=0.005)
         assert RETRY in seen and r.state == SUCCESS, seen
 
+    @pytest.mark.worker
     def test_time_limit_retry_runs_on_its_backoff_schedule(self, project, workers):
         workers.start(project, concurrency=1)
         r = project.delay("limited_retry", "schedule", 2)      # backoff 0.1 s, then 0.2 s
@@ -223,6 +234,7 @@ class TestFailures:
         print(f"retry lateness after a time-limit kill (s): {lateness}")
         assert all(0 <= late < RETRY_LATENESS_MAX for late in lateness), lateness
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("where", ["task", "worker"])
     def test_soft_time_limit_lets_the_task_clean_up(self, project, workers, where):
         if where == "task":
@@ -252,6 +264,7 @@ class TestFailures:
 
     # -- revoke -----------------------------------------------------------------------------
 
+    @pytest.mark.worker
     def test_revoked_queued_tasks_never_run(self, project, workers):
         stamp = project.app.tasks["tasks.stamp"]
         # No worker running yet.
@@ -274,6 +287,7 @@ class TestFailures:
         assert project.row(queued.id)["attempt"] == project.row(elsewhere.id)["attempt"] == 0
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_revoked_scheduled_and_retrying_tasks_never_run(self, project, workers):
         workers.start(project, concurrency=1)
         stamp = project.app.tasks["tasks.stamp"]
@@ -294,6 +308,7 @@ class TestFailures:
             with pytest.raises(TaskRevoked):
                 r.get(timeout=5)
 
+    @pytest.mark.worker
     def test_revoke_terminate_kills_and_replaces_the_child(self, project, workers):
         w = workers.start(project, concurrency=2)
         r = project.delay("nap", "victim", 30)
@@ -323,6 +338,7 @@ class TestFailures:
             r.get(timeout=5)
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("terminate", [False, True])
     def test_revoke_of_a_prefetched_task_drops_it_and_kills_nothing(self, project, workers,
                                                                     terminate):
@@ -358,6 +374,7 @@ class TestFailures:
               "the target was never prefetched")
         assert prefetched, "the target was never in a prefetched batch"
 
+    @pytest.mark.worker
     def test_revokes_racing_fast_tasks_never_let_a_revoked_task_run(self, project, workers):
         """While two children drain 3 000 fast tasks in batches, the producer revokes
         one of the last 30 it queued after every third delay(). Whatever the timing,
@@ -390,6 +407,7 @@ class TestFailures:
 
     # -- worker hygiene ---------------------------------------------------------------------
 
+    @pytest.mark.worker
     def test_max_tasks_per_child_replaces_children_and_loses_nothing(self, project, workers):
         w = workers.start(project, "--max-tasks-per-child", 3, concurrency=2)
         first = {c["pid"] for c in w.children()}
@@ -422,6 +440,7 @@ class TestFailures:
         assert probe.wait(20) == 0
         return kib
 
+    @pytest.mark.worker
     def test_max_memory_per_child_replaces_a_child_that_grew(self, project, workers):
         fresh = self._fresh_child_kib(project, workers)
         limit = fresh + 40 * 1024
@@ -439,6 +458,7 @@ class TestFailures:
         assert "KiB (limit" in w.log_text() and "is below a fresh child" not in w.log_text()
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_memory_limit_below_a_fresh_child_does_not_respawn_in_a_loop(self, project,
                                                                          workers):
         w = workers.start(project, "--max-memory-per-child", 1000, concurrency=1)
@@ -458,6 +478,7 @@ class TestFailures:
 
     # -- bounded storage --------------------------------------------------------------------
 
+    @pytest.mark.worker
     @pytest.mark.slow
     @pytest.mark.timeout(300)
     def test_storage_stays_bounded_over_200_000_tasks(self, project, workers, request):

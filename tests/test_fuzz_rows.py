@@ -17,7 +17,7 @@ from litequeue import SUCCESS, LitequeueError, chord
 
 from .helpers import lq, sql, wait_until
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.worker, pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.worker]
 
 # name -> (SQL expression, parameters): what another client can store in any column.
 HOSTILE = {

@@ -58,6 +58,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_lying_chord_row_fails_its_body_and_kills_no_child(project, workers, case):
     write, reason = HOSTILE[case]

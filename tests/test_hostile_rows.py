@@ -23,7 +23,7 @@ from .helpers import (
     task_source, wait_until,
 )
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.worker]
+pytestmark = pytest.mark.timeout(180)
 
 BAD = "CAST(X'61ff62' AS TEXT)"          # 'a', a byte that is never UTF-8, 'b'
 
@@ -91,6 +91,7 @@ CASES = {
 }
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("case", list(CASES))
 def test_text_that_is_not_utf8_never_stops_a_worker(project, workers, case):
     seq = CASES[case](project)
@@ -224,6 +225,7 @@ def assert_schedules_disabled(project, names):
     assert "DISABLED" in status.stdout, status.stdout
 
 
+@pytest.mark.worker
 class TestBadRows:
 
     def test_worker_ids_that_are_paths_never_delete_files(self, project, workers, tmp_path):

@@ -18,7 +18,7 @@ from litequeue import FAILURE, PENDING, REVOKED, SCHEDULED, SUCCESS
 
 from .helpers import _chromium, lq, page_click, sql, sql_write, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
 
 
 class TestHealthAndCommands:
@@ -300,6 +300,7 @@ class TestQueuePause:
         assert lq("pause", project.db, "", cwd=project.dir).returncode == 2
 
 
+@pytest.mark.browser
 class TestDashboardInChromium:
 
     @pytest.mark.timeout(180)

@@ -16,7 +16,7 @@ import pytest
 
 from .helpers import LITEQUEUE_PY, Project, python, task_source, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
 
 
 # The app lines of tasks/portable/tasks.py, and what the Celery run puts in their place:

@@ -14,7 +14,7 @@ from litequeue import EXPIRED, SCHEDULED, SUCCESS, LiteQueue, TaskRevoked, cront
 
 from .helpers import UTC, fire_time, fires_of, pack, sql, task_source, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
 
 
 # Periodic definitions for the scheduler tests; each test writes its own beat.py.

@@ -24,6 +24,7 @@ BEAT_TASKS = PLAIN_TASKS.replace('app = LiteQueue("jobs.sqlite")\n',
 
 class TestCelerySettings:
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("setting, schedule, fires", [
         ("beat_schedule", "1.0", True),
         ("CELERYBEAT_SCHEDULE", "datetime.timedelta(seconds=1)", True),
@@ -54,6 +55,7 @@ class TestCelerySettings:
                                                                    f"{w.log_text()}")
         assert name == "tasks.add" and msgpack.unpackb(result) == 3
 
+    @pytest.mark.worker
     def test_the_worker_s_config_module_applies_to_the_app_without_it_loading_it(
             self, tmp_path, workers):
         """The seed's layout: tasks.py never calls config_from_object; the worker reads
@@ -116,6 +118,7 @@ class TestCelerySettings:
         assert queue_of(add.apply_async((1, 2), queue="explicit")) == "explicit"
         assert queue_of(mail_send.apply_async(queue="explicit")) == "explicit"
 
+    @pytest.mark.worker
     def test_celery_config_module_names_the_config_module(self, tmp_path, workers):
         folder = Folder(tmp_path / "proj", {
             "tasks": PLAIN_TASKS,
@@ -140,6 +143,7 @@ class TestCelerySettings:
         assert app.conf.timezone == "Asia/Shanghai"
         assert app.conf["timezone"] == "Asia/Shanghai"
 
+    @pytest.mark.worker
     def test_max_retries_none_honours_every_retry_request(self, project, workers):
         project.write_module("forever", '''
             from litequeue import LiteQueue
@@ -164,6 +168,7 @@ class TestCelerySettings:
             (row, w.log_text())
         assert msgpack.unpackb(row["result"]) == 6
 
+    @pytest.mark.worker
     def test_celery_names_with_no_meaning_warn_on_stderr_without_logging_set_up(
             self, tmp_path):
         (tmp_path / "celeryconfig.py").write_text(

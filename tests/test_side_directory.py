@@ -134,6 +134,7 @@ class TestSideDirectory:
         finally:
             shutil.rmtree(old, ignore_errors=True)
 
+    @pytest.mark.worker
     def test_deep_path_worker_keeps_its_sockets_beside_the_database(self, tmp_path, workers):
         proj = Project(tmp_path / ("d" * 100))
         old = old_temp_side_dir(proj.db)
@@ -149,6 +150,7 @@ class TestSideDirectory:
             workers.reap()
             shutil.rmtree(old, ignore_errors=True)
 
+    @pytest.mark.worker
     def test_regular_files_in_the_socket_directories_are_never_deleted(self, near_project, workers):
         project = near_project
         side = private_dir(project.db + "-lq")
@@ -170,6 +172,7 @@ class TestSideDirectory:
         assert [add.delay(i, i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
         assert decoys() == before
 
+    @pytest.mark.worker
     def test_side_directory_and_its_subdirectories_are_private(self, near_project, workers):
         project = near_project
         workers.start(project, concurrency=1)
@@ -180,6 +183,7 @@ class TestSideDirectory:
         modes = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs}
         assert set(modes.values()) == {"0o700"}, modes
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("unsafe", ["foreign_owner", "world_writable", "group_writable",
                                         "symlink", "regular_file", "symlinked_work"])
     def test_unsafe_side_directory_is_refused(self, near_project, workers, tmp_path, unsafe):
@@ -222,6 +226,7 @@ class TestSideDirectory:
         assert len(lines) == 1 and "-lq" in lines[0], text
         assert project.state(r.id) == PENDING
 
+    @pytest.mark.worker
     def test_producer_with_a_refused_side_directory_still_gets_results(self, near_project, workers):
         """A worker is running; then the side directory turns foreign. A new producer
         neither rings nor binds there, yet its task runs (the worker's fallback poll) and
@@ -251,6 +256,7 @@ for i in range(int(sys.argv[1])):
 """
 
 
+@pytest.mark.worker
 class TestWakeupHygiene:
 
     def test_short_lived_apps_leave_no_descriptors_open(self, near_project, workers):

@@ -250,6 +250,7 @@ class TestStorage:
             # No -wal or -shm left behind: nothing was journalled.
             assert sorted(p.name for p in tmp_path.iterdir()) == siblings
 
+    @pytest.mark.worker
     def test_concurrent_first_open_of_a_new_file(self, tmp_path):
         """Two supervisors, or a producer and a worker, may create the file at once."""
         script = textwrap.dedent("""
@@ -309,6 +310,7 @@ def run_without_dac(cmd, cwd, timeout=60):
                cwd=cwd, timeout=timeout)
 
 
+@pytest.mark.worker
 class TestClearErrors:
 
     def test_odd_columns_and_control_characters_never_break_the_cli(self, project):
@@ -447,6 +449,7 @@ print(json.dumps({"litequeue_imported": "litequeue" in sys.modules, "calls": out
 '''
 
 
+@pytest.mark.worker
 class TestProtocol:
 
     def test_enqueue_and_read_without_litequeue(self, project, workers):

@@ -21,7 +21,7 @@ from .helpers import (
     parent_of, sql, start_aio_worker, wait_until,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
 
 
 class TestResilience:

@@ -43,6 +43,7 @@ LATE_MODULE = task_source("late.py")
 
 class TestRegistryImport:
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("module", ["this.x", "venv.__main__.x", "pip.__main__.x",
                                         "antigravity.x"])
     def test_registry_never_imports_modules_outside_the_project(self, project, workers,
@@ -73,6 +74,7 @@ class TestRegistryImport:
         assert not (project.dir / "bin").exists()
         assert not (marks / "browser-opened").exists(), "a browser was opened"
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("module", [b"\x00\x01", 42], ids=["blob", "integer"])
     def test_registry_row_of_another_type_does_not_stop_the_worker(self, project, workers,
                                                                   module):
@@ -113,6 +115,7 @@ class TestRegistryImport:
             for name in set(sys.modules) - before:
                 del sys.modules[name]
 
+    @pytest.mark.worker
     def test_many_registry_rows_do_not_slow_unknown_tasks_down(self, project, workers):
         create_db(project)
         now = time.time()
@@ -154,6 +157,7 @@ SEED_TASKS = task_source("seed/tasks.py")
 SEED_CONFIG = task_source("seed/celeryconfig.py")
 
 
+@pytest.mark.worker
 class TestSeedFlow:
 
     def test_worker_reads_celeryconfig_and_serves_its_imports_at_once(self, tmp_path,
@@ -223,6 +227,7 @@ class TestSeedFlow:
         assert w.proc.poll() is None, w.log_text()
 
 
+@pytest.mark.worker
 class TestUnknownTaskMessage:
 
     def test_registered_name_whose_module_is_not_importable_here_says_so(self, project,

@@ -480,6 +480,7 @@ def _localtime_is_utc():
                                                   "Etc/Zulu")
 
 
+@pytest.mark.worker
 class TestLocalTimeZone:
 
     def test_default_zone_is_the_machine_s(self, tmp_path):

@@ -109,6 +109,7 @@ print(json.dumps(out))
 
 class TestWorker:
 
+    @pytest.mark.worker
     def test_group_results_come_back_in_order(self, project, workers):
         workers.start(project, concurrency=2)
         add = project.app.tasks["tasks.add"]
@@ -123,6 +124,7 @@ class TestWorker:
         with pytest.raises(Exception, match="boom"):
             mixed.get(timeout=5)
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("mode", ["vendored", "installed"])
     def test_quickstart(self, tmp_path, workers, mode):
         proj = Project(tmp_path / "quickstart", vendored=mode == "vendored")
@@ -172,6 +174,7 @@ class TestWorker:
         assert "tasks.py" in checks["f_traceback"]
         assert checks["f_no_propagate"] == "TaskFailed('boom')"
 
+    @pytest.mark.worker
     def test_exactly_once_over_two_supervisors(self, project, workers):
         a = workers.start(project, concurrency=2, loglevel="WARNING", ready=False)
         b = workers.start(project, concurrency=2, loglevel="WARNING", ready=False)
@@ -209,6 +212,7 @@ class TestWorker:
         assert set(by_supervisor) == {"a", "b"}, by_supervisor
         assert a.proc.poll() is None and b.proc.poll() is None
 
+    @pytest.mark.worker
     def test_sigkill_of_a_child_mid_task(self, project, workers):
         w = workers.start(project, concurrency=2)
         r = project.delay("block", "k")
@@ -239,6 +243,7 @@ class TestWorker:
         assert status.stdout.count("    child ") == 2, status.stdout
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_a_restarted_child_runs_its_supervisors_code_not_the_edited_file(
             self, tmp_path, workers):
         """The supervisor hands each child the code it was started with: a child that
@@ -257,6 +262,7 @@ class TestWorker:
         assert proj.delay("add", 4, 5).get(timeout=20) == 9
         assert "an edited litequeue.py" not in a.log.read_text()
 
+    @pytest.mark.worker
     def test_sigkill_of_the_whole_supervisor_mid_task(self, project, workers):
         a = workers.start(project, concurrency=2)
         results = [project.delay("block", name) for name in ("s1", "s2")]
@@ -284,6 +290,7 @@ class TestWorker:
         ids = {row[0] for row in sql(project.db, "SELECT id FROM workers")}
         assert a.id not in ids and not ({c["id"] for c in a.children()} & ids)
 
+    @pytest.mark.worker
     def test_a_live_worker_is_never_rescued_however_long_its_task_runs(self, project, workers):
         """A held lock always means a live worker: there is no lease to run out (the
         retired worker_lease setting is accepted and ignored)."""
@@ -302,6 +309,7 @@ class TestWorker:
         assert r.get(timeout=20) == "long"
         assert r.retries == 0
 
+    @pytest.mark.worker
     def test_sigkill_of_the_supervisor_only(self, project, workers):
         a = workers.start(project, concurrency=2)
         r = project.delay("block", "orphan")
@@ -331,6 +339,7 @@ class TestWorker:
                    "the dead supervisor to leave the workers table")
         assert sql(project.db, "SELECT count(*) FROM tasks WHERE state != ?", SUCCESS) == [(0,)]
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
     def test_warm_shutdown(self, project, workers, how):
         w = workers.start(project, concurrency=1)
@@ -350,6 +359,7 @@ class TestWorker:
         assert sql(project.db, "SELECT count(*) FROM workers") == [(0,)]
         wait_until(lambda: not group_members(w.pgid), 10, "no process left")
 
+    @pytest.mark.worker
     def test_cold_shutdown_requeues_the_running_task(self, project, workers):
         w = workers.start(project, concurrency=1)
         r = project.delay("block", "cold")
@@ -373,6 +383,7 @@ class TestWorker:
         assert len(project.started("cold")) == 2
         assert queued.get(timeout=20) == 5
 
+    @pytest.mark.worker
     def test_grace_period_over_turns_cold(self, project, workers):
         w = workers.start(project, "--grace", "0.5", concurrency=1)
         r = project.delay("block", "grace")
@@ -383,6 +394,7 @@ class TestWorker:
         row = project.row(r.id)
         assert (row["state"], row["retries"]) == (PENDING, 0)
 
+    @pytest.mark.worker
     def test_priority_and_queues(self, project, workers):
         w = workers.start(project, "-Q", "default,mail", concurrency=1)
         project.delay("block", "gate")
@@ -400,6 +412,7 @@ class TestWorker:
         assert project.state(elsewhere.id) == PENDING  # a queue nobody serves
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_the_child_loop_one_step_at_a_time(self, project):
         """The child's one-iteration seam: each step() claims a batch or runs one row,
         outcomes wait for the next commit, and the batch doubles while tasks are fast.
@@ -464,6 +477,7 @@ class TestWorker:
             storage.close()
         assert len(results) == 10
 
+    @pytest.mark.worker
     def test_a_due_eta_row_is_claimed_as_it_stands(self, project):
         """A child claims a SCHEDULED row whose eta has come without waiting for the
         supervisor to promote it; not one that is still ahead, nor one in a paused
@@ -523,6 +537,7 @@ class TestWorker:
             storage.close()
         assert (result.get(timeout=5), result.state) == (2, SUCCESS)
 
+    @pytest.mark.worker
     def test_wake_up_without_the_fallback(self, project, workers):
         w = workers.start(project, "--poll-interval", "60", concurrency=1)
         assert project.delay("add", 1, 1).get(timeout=10) == 2   # it has been busy, now idle
@@ -536,6 +551,7 @@ class TestWorker:
         assert max(latencies) < 1.0, latencies
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_bad_task_rows_fail_and_the_worker_keeps_serving(self, project, workers):
         w = workers.start(project, concurrency=1)
         cases = [
@@ -570,6 +586,7 @@ class TestWorker:
         assert {project.row(i)["pid"] for i in ids + [good_id]} == {child["pid"]}
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     @pytest.mark.parametrize("how, ended", [("sigkill", "signal 9"), ("exit", "exit code 1"),
                                             ("segfault", "signal 11")])
     def test_task_that_kills_its_process_fails_after_its_retry_budget(self, project, workers,
@@ -606,6 +623,7 @@ class TestWorker:
         wait_until(lambda: len(w.live_children()) == 1, 15, "one live child")
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_a_dying_task_s_own_retry_budget_applies(self, project, workers):
         """die_once has max_retries=1: two runs, then FAILURE."""
         w = workers.start(project, concurrency=1)
@@ -616,6 +634,7 @@ class TestWorker:
         assert project.delay("add", 1, 1).get(timeout=20) == 2
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_task_raising_a_base_exception_does_not_loop(self, project, workers):
         w = workers.start(project, concurrency=1)
         r = project.delay("interrupt")
@@ -631,6 +650,7 @@ class TestWorker:
 
     # -- bad input and round trips (issue 4) ------------------------------------------------
 
+    @pytest.mark.worker
     def test_arguments_of_every_supported_type_round_trip_through_a_worker(self, project,
                                                                            workers):
         workers.start(project, concurrency=1)
@@ -649,6 +669,7 @@ class TestWorker:
         round_trip()
         assert len(checked) >= 50
 
+    @pytest.mark.worker
     def test_fuzzed_envelopes_fail_cleanly_and_the_worker_survives(self, project, workers):
         """Arbitrary bytes, msgpack values and SQLite values as the payload of a registered
         task (fail(message), which fails on any good call too): each row ends FAILURE with
@@ -692,6 +713,7 @@ class TestWorker:
         assert w.proc.poll() is None and w.live_children() == [child]
         assert project.row(good.id)["pid"] == child["pid"]
 
+    @pytest.mark.worker
     def test_exceptions_that_cannot_be_rebuilt_come_back_as_remote_errors(self, project,
                                                                          workers):
         workers.start(project, concurrency=1)
@@ -724,6 +746,7 @@ class TestWorker:
         assert all(out[i]["traceback"] for i in ids)
 
 
+@pytest.mark.worker
 class TestPriorityOrder:
 
     def test_every_higher_priority_task_runs_before_any_lower_one(self, project, workers):
