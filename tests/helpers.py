@@ -26,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 import uuid
 from pathlib import Path
 
@@ -187,6 +188,22 @@ def run(cmd, cwd, timeout=60, env=None):
 def lq(*args, cwd, timeout=60):
     """Run `python litequeue.py ARGS...` (the repository's file)."""
     return run([sys.executable, str(LITEQUEUE_PY), *map(str, args)], cwd=cwd, timeout=timeout)
+
+
+def lq_here(*args, cwd):
+    """`litequeue ARGS...` run in this process by click's test runner, in cwd, for a command
+    that starts nothing (no worker, no dashboard): what lq() gives, a CompletedProcess.
+    An exception that escapes the CLI is exit 1 with its traceback on stderr, as the
+    interpreter would print it; the file's bootstrap as a script is left to lq()."""
+    from click.testing import CliRunner
+    args = [str(arg) for arg in args]
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(litequeue.cli, args, prog_name="litequeue")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["litequeue", *args], result.exit_code,
+                                       result.stdout, stderr)
 
 
 def python(code, cwd, *args, timeout=60, isolated=False):

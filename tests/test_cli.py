@@ -31,7 +31,7 @@ from litequeue import (
 
 from .helpers import (
     LITEQUEUE_PY, PLAIN_TASKS, UTC, Folder, alive, assert_one_line_error, fire_time, fires_of, lq,
-    run, sha256, sql, task_source, utc_ts, wait_until, worker_cmd,
+    lq_here, run, sha256, sql, task_source, utc_ts, wait_until, worker_cmd,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,9 +119,9 @@ class TestReadmeCommands:
 # demo, and forgetting a registered name
 # ---------------------------------------------------------------------------
 
-@pytest.mark.worker
 class TestDemo:
 
+    @pytest.mark.worker
     def test_demo_refuses_a_database_a_worker_serves(self, project, workers):
         workers.start(project)
         project.delay("add", 1, 1).get(timeout=30)
@@ -131,6 +131,7 @@ class TestDemo:
         assert sql(project.db, "SELECT count(*) FROM tasks") == before
         assert not any(name.startswith("litequeue_demo") for name in registered(project.db))
 
+    @pytest.mark.worker
     def test_demo_prints_commands_that_run_again_and_leaves_no_name_behind(self, project):
         done = lq("demo", "jobs.sqlite", "-n", 4, cwd=project.dir, timeout=90)
         assert done.returncode == 0, done.stderr
@@ -154,18 +155,20 @@ class TestDemo:
         register(project.db, "litequeue_demo_tasks.add", "litequeue_demo_tasks")
         register(project.db, "litequeue_demo_tasks.divide", "litequeue_demo_tasks")
         register(project.db, "old.add", "old")
-        one_line(lq("call", project.db, "add", 4, 4, cwd=project.dir), 1, "ambiguous")
+        one_line(lq_here("call", project.db, "add", 4, 4, cwd=project.dir), 1, "ambiguous")
 
         before = sha256(project.db)
-        one_line(lq("unregister", project.db, "old.add", "nope", cwd=project.dir), 1, "'nope'")
+        one_line(lq_here("unregister", project.db, "old.add", "nope", cwd=project.dir), 1,
+                 "'nope'")
         assert sha256(project.db) == before, "nothing is forgotten when one name is unknown"
 
-        done = lq("unregister", project.db, "old.add", "litequeue_demo_tasks", cwd=project.dir)
+        done = lq_here("unregister", project.db, "old.add", "litequeue_demo_tasks",
+                       cwd=project.dir)
         assert done.returncode == 0, done.stderr
         for name in ("old.add", "litequeue_demo_tasks.add", "litequeue_demo_tasks.divide"):
             assert name in done.stdout, done.stdout
         assert registered(project.db) == {"tasks.add"}
-        assert lq("call", project.db, "add", 4, 4, cwd=project.dir).returncode == 0
+        assert lq_here("call", project.db, "add", 4, 4, cwd=project.dir).returncode == 0
 
 
 # ---------------------------------------------------------------------------
@@ -177,15 +180,15 @@ def eta_of(db, done):
     return sql(db, "SELECT eta FROM tasks WHERE id = ?", done.stdout.strip())[0][0]
 
 
-@pytest.mark.worker
 class TestCallTimeZone:
 
     def test_help_says_a_naive_eta_is_read_in_the_app_s_zone(self, tmp_path):
-        done = lq("call", "--help", cwd=tmp_path)
+        done = lq_here("call", "--help", cwd=tmp_path)
         text = " ".join(done.stdout.split())
         assert "[default: UTC]" not in text, text
         assert "timezone" in text and "machine" in text, text
 
+    @pytest.mark.worker
     def test_naive_eta_is_read_in_the_config_zone_else_the_machine_s(self, tmp_path):
         folder = Folder(tmp_path / "proj", {"tasks": PLAIN_TASKS})
         register_app = LiteQueue(folder.db)
@@ -327,24 +330,23 @@ class TestFlowerApi:
 # Small CLI and config defects
 # ---------------------------------------------------------------------------
 
-@pytest.mark.worker
 class TestCallArguments:
 
     def test_after_a_double_dash_everything_is_an_argument(self, project):
         project.delay("add", 1, 1)
-        done = lq("call", project.db, "add", "--queue", "q", "--", "-x", "--wait", "7",
-                  cwd=project.dir)
+        done = lq_here("call", project.db, "add", "--queue", "q", "--", "-x", "--wait", "7",
+                       cwd=project.dir)
         assert done.returncode == 0, done.stderr
         task_id = done.stdout.strip()
         assert call_args(project.db, task_id) == (["-x", "--wait", 7], {})
         assert project.row(task_id)["queue"] == "q"
-        usage_error(lq("call", project.db, "add", "-x", cwd=project.dir), "No such option")
+        usage_error(lq_here("call", project.db, "add", "-x", cwd=project.dir), "No such option")
 
     def test_a_priority_out_of_range_is_a_usage_error(self, project):
         project.delay("add", 1, 1)
         before = sha256(project.db)
-        done = lq("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
-                  cwd=project.dir)
+        done = lq_here("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
+                       cwd=project.dir)
         usage_error(done, "must be between")
         assert "whole number" not in done.stderr, done.stderr
         assert sha256(project.db) == before
@@ -355,26 +357,25 @@ class TestCallArguments:
             project.app.tasks["tasks.add"].apply_async((1, 2), priority=1.5)
 
 
-@pytest.mark.worker
 class TestListingCommands:
 
     def test_tasks_accepts_any_state_name(self, project):
         ids = [project.delay("add", i, i).id for i in range(3)]
         sql(project.db, "UPDATE tasks SET state = 'STARTED', started_at = 1, meta = ? "
                         "WHERE id = ?", msgpack.packb(["PROGRESS", {"current": 1}]), ids[1])
-        done = lq("tasks", project.db, "--state", "PROGRESS", cwd=project.dir)
+        done = lq_here("tasks", project.db, "--state", "PROGRESS", cwd=project.dir)
         assert done.returncode == 0, done.stderr
         assert [line.split()[:2] for line in done.stdout.splitlines()] == \
             [[ids[1], "PROGRESS"]], done.stdout
-        done = lq("tasks", project.db, "--state", "pending", cwd=project.dir)
+        done = lq_here("tasks", project.db, "--state", "pending", cwd=project.dir)
         assert [line.split()[0] for line in done.stdout.splitlines()] == [ids[2], ids[0]]
-        done = lq("tasks", project.db, "--state", "NOPE", cwd=project.dir)
+        done = lq_here("tasks", project.db, "--state", "NOPE", cwd=project.dir)
         assert (done.returncode, done.stdout) == (0, ""), done.stderr
 
     def test_inspect_prints_arguments_as_json_values(self, project):
         task_id = project.app.tasks["tasks.echo"].apply_async(
             (1, "two", [3]), {"key": {"k": None}}, countdown=600).id
-        done = lq("inspect", project.db, "scheduled", cwd=project.dir)
+        done = lq_here("inspect", project.db, "scheduled", cwd=project.dir)
         assert done.returncode == 0, done.stderr
         (row,) = json.loads(done.stdout)
         assert row["id"] == task_id
@@ -382,13 +383,13 @@ class TestListingCommands:
 
     def test_pausing_a_queue_no_task_names_says_so_in_one_line(self, project):
         project.delay("add", 1, 1)
-        done = lq("pause", project.db, "nosuchqueue", cwd=project.dir)
+        done = lq_here("pause", project.db, "nosuchqueue", cwd=project.dir)
         assert done.returncode == 0, done.stderr
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert len(lines) == 1 and "paused" in lines[0], lines
         assert "no task" in lines[0] and "default" in lines[0], lines
         assert "nosuchqueue" in project.app.admin.paused()
-        done = lq("pause", project.db, "default", cwd=project.dir)
+        done = lq_here("pause", project.db, "default", cwd=project.dir)
         assert done.stdout.strip() == "queue default paused", done.stdout
 
 
@@ -483,7 +484,6 @@ class TestReadmeText:
         assert not found, found
 
 
-@pytest.mark.worker
 class TestCLINewcomer:
 
     def test_read_commands_leave_an_older_schema_as_it_is(self, project):
@@ -492,11 +492,12 @@ class TestCLINewcomer:
         sql(project.db, f"PRAGMA user_version = {litequeue.SCHEMA_VERSION - 1}")
         before = sha256(project.db)
         for args in (("status",), ("schedules",)):
-            done = lq(args[0], project.db, cwd=project.dir)
+            done = lq_here(args[0], project.db, cwd=project.dir)
             assert done.returncode == 1 and "older litequeue" in done.stderr, done.stderr
             assert "Traceback" not in done.stderr
         assert sha256(project.db) == before
 
+    @pytest.mark.worker
     def test_call_with_a_negative_number(self, project, workers):
         workers.start(project, concurrency=1)
         done = lq("call", project.db, "add", "-1", "2", "--wait", "--timeout", 20,
@@ -506,8 +507,8 @@ class TestCLINewcomer:
     def test_huge_priority_is_a_usage_error_and_writes_nothing(self, project):
         project.delay("add", 1, 1)
         before = sql(project.db, "SELECT count(*) FROM tasks")
-        done = lq("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
-                  cwd=project.dir)
+        done = lq_here("call", project.db, "add", 1, 2, "--priority", "99999999999999999999",
+                       cwd=project.dir)
         assert done.returncode == 2, (done.stdout, done.stderr)   # bad arguments exit 2
         assert "Traceback" not in done.stderr, done.stderr
         assert "must be between" in done.stderr.strip().splitlines()[-1], done.stderr
@@ -517,7 +518,7 @@ class TestCLINewcomer:
     def test_empty_id_or_queue_is_a_usage_error(self, project, option):
         project.delay("add", 1, 1)
         before = sql(project.db, "SELECT count(*) FROM tasks")
-        done = lq("call", project.db, "add", 1, 2, option, "", cwd=project.dir)
+        done = lq_here("call", project.db, "add", 1, 2, option, "", cwd=project.dir)
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
         assert sql(project.db, "SELECT count(*) FROM tasks") == before
@@ -527,7 +528,7 @@ class TestCLINewcomer:
     def test_read_commands_never_create_or_change_a_file(self, tmp_path, command):
         empty = tmp_path / "empty.sqlite"
         empty.touch()
-        done = lq(command[0], empty, *command[1:], cwd=tmp_path)
+        done = lq_here(command[0], empty, *command[1:], cwd=tmp_path)
         assert empty.stat().st_size == 0, "a 0-byte file was turned into a database"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
         assert "Traceback" not in done.stderr, done.stderr
@@ -535,12 +536,13 @@ class TestCLINewcomer:
             (done.stdout, done.stderr)
 
         missing = tmp_path / "missing.sqlite"
-        done = lq(command[0], missing, *command[1:], cwd=tmp_path)
+        done = lq_here(command[0], missing, *command[1:], cwd=tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
         assert "Traceback" not in done.stderr, done.stderr
         assert len((done.stdout + done.stderr).strip().splitlines()) == 1, \
             (done.stdout, done.stderr)
 
+    @pytest.mark.worker
     def test_a_module_name_where_the_database_belongs_gets_a_hint(self, project):
         assert not (project.dir / "tasks").exists()
         done = lq("worker", "tasks", "-c", 1, cwd=project.dir, timeout=20)
@@ -554,7 +556,7 @@ class TestCLINewcomer:
         add.delay(1, 1)
         add.apply_async((1, 1), queue="q" * 30)
         add.apply_async((1, 1), queue="mail", countdown=3600)
-        done = lq("status", project.db, cwd=project.dir)
+        done = lq_here("status", project.db, cwd=project.dir)
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
         task_lines = lines[lines.index("tasks:") + 1:lines.index("workers:")]
@@ -562,6 +564,7 @@ class TestCLINewcomer:
         offsets = {re.match(r"\s*\S+\s+", line).end() for line in task_lines}
         assert len(offsets) == 1, done.stdout
 
+    @pytest.mark.worker
     def test_a_failed_task_s_traceback_is_in_the_worker_log_at_error(self, project,
                                                                      workers):
         w = workers.start(project, concurrency=1)
@@ -582,9 +585,9 @@ class TestCLINewcomer:
         assert "ERROR" in header, header
 
 
-@pytest.mark.worker
 class TestCLI:
 
+    @pytest.mark.worker
     def test_call_result_and_status(self, project, workers):
         w = workers.start(project, concurrency=1)
         db, cwd = project.db, project.dir
@@ -622,6 +625,7 @@ class TestCLI:
         (child,) = w.children()
         assert f"child {child['id']} pid {child['pid']}: idle" in done.stdout
 
+    @pytest.mark.worker
     def test_demo(self, tmp_path):
         """README's first command: a worker on demo tasks, and the user sees them done."""
         done = lq("demo", tmp_path / "demo.sqlite", "-n", 6, cwd=tmp_path, timeout=90)
@@ -633,7 +637,7 @@ class TestCLI:
 
     def test_status_of_an_empty_database(self, project):
         litequeue._Storage(project.db).close()
-        done = lq("status", project.db, cwd=project.dir)
+        done = lq_here("status", project.db, cwd=project.dir)
         assert done.returncode == 0
         assert done.stdout.splitlines() == ["tasks:", "  (none)", "workers:", "  (none)"]
 
@@ -655,12 +659,13 @@ class TestCLI:
     def test_usage_errors_exit_2(self, project, args, message):
         project.delay("add", 1, 1)
         before = sha256(project.db)
-        done = lq(*[a.replace("{db}", project.db) for a in args], cwd=project.dir, timeout=30)
+        done = lq_here(*[a.replace("{db}", project.db) for a in args], cwd=project.dir)
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert "Usage:" in done.stderr and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert sha256(project.db) == before
 
+    @pytest.mark.worker
     def test_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
         project.delay("add", 1, 1)
         db, cwd = project.db, project.dir
@@ -696,6 +701,7 @@ class TestCLI:
 
     # -- scheduling (issue 3) ---------------------------------------------------------------
 
+    @pytest.mark.worker
     def test_call_with_countdown_eta_expires_and_tz(self, project, workers):
         workers.start(project, concurrency=1)
         db, cwd = project.db, project.dir
@@ -757,7 +763,7 @@ class TestCLI:
     def test_call_bad_timing_exits_2_and_writes_nothing(self, project, args, message):
         project.delay("add", 1, 1)
         before = sha256(project.db)
-        done = lq("call", project.db, "add", 1, 2, *args, cwd=project.dir, timeout=30)
+        done = lq_here("call", project.db, "add", 1, 2, *args, cwd=project.dir)
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert "Usage:" in done.stderr and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
@@ -766,9 +772,9 @@ class TestCLI:
     def test_call_with_expires_before_eta_exits_1_and_writes_nothing(self, project):
         project.delay("add", 1, 1)
         before = sha256(project.db)
-        assert_one_line_error(lq("call", project.db, "add", 1, 2,
-                                 "--eta", "2030-01-01T09:00:00+00:00",
-                                 "--expires", "2030-01-01T08:00:00+00:00", cwd=project.dir),
+        assert_one_line_error(lq_here("call", project.db, "add", 1, 2,
+                                      "--eta", "2030-01-01T09:00:00+00:00",
+                                      "--expires", "2030-01-01T08:00:00+00:00", cwd=project.dir),
                               contains="expires is earlier than eta")
         assert sha256(project.db) == before
 
@@ -790,6 +796,7 @@ class TestCLI:
                 current["next"].append(line.split()[-1])
         return out
 
+    @pytest.mark.worker
     def test_schedules_lists_next_fires_in_their_own_zone(self, project, workers):
         project.write_module("beat", '''
             from litequeue import crontab
@@ -847,6 +854,7 @@ class TestCLI:
         empty = lq("schedules", project.dir / "empty.sqlite", cwd=project.dir)
         assert empty.returncode == 0 and "no periodic tasks" in empty.stdout
 
+    @pytest.mark.worker
     def test_schedules_shows_never_for_a_schedule_that_has_not_fired(self, project, workers):
         project.write_module("beat", '''
             from litequeue import crontab
@@ -865,6 +873,7 @@ class TestCLI:
 
     # -- failure handling (issue 4) ---------------------------------------------------------
 
+    @pytest.mark.worker
     def test_result_shows_every_attempt_s_error(self, project, workers):
         workers.start(project, concurrency=1)
         db, cwd = project.db, project.dir
@@ -892,6 +901,7 @@ class TestCLI:
         out = json.loads(lq("result", db, failed.id, "--json", cwd=cwd).stdout)
         assert (out["state"], out["retries"], len(out["errors"])) == (FAILURE, 3, 4)
 
+    @pytest.mark.worker
     def test_retry_queues_a_finished_task_again(self, project, workers):
         db, cwd = project.db, project.dir
         revoked = project.delay("add", 2, 3)                         # no worker running
@@ -914,6 +924,7 @@ class TestCLI:
         assert_one_line_error(lq("retry", db, "no-such-id", cwd=cwd), contains="no task")
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_purge_deletes_waiting_tasks_only(self, project, workers):
         db, cwd = project.db, project.dir
         w = workers.start(project, concurrency=1)
@@ -942,6 +953,7 @@ class TestCLI:
         assert running.get(timeout=20) == "purge"
         assert w.proc.poll() is None
 
+    @pytest.mark.worker
     def test_revoke(self, project, workers):
         db, cwd = project.db, project.dir
         queued = project.delay("stamp", "cli")                      # no worker running

@@ -150,9 +150,16 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
                    "the URL and the list to follow the filter")
         click("th[data-key=name]")
         wait_until(lambda: "sort=name" in browser.current_url, 10, "the sort in the URL")
-        names = js("return [...document.querySelectorAll('tbody tr td:nth-child(2)')]"
-                   ".map(t => t.textContent)")
-        assert names == sorted(names) and "tasks.echo" in names
+
+        def names():
+            return js("return [...document.querySelectorAll('tbody tr td:nth-child(2)')]"
+                      ".map(t => t.textContent)")
+
+        def sorted_by_name():
+            shown = names()
+            return shown == sorted(shown) and "tasks.echo" in shown
+        # The URL changes first; the list follows once the page has read the tasks again.
+        wait_until(sorted_by_name, 10, lambda: f"the list sorted by name: {names()}")
         # 3. Actions fit the state: a FAILURE offers Retry only.
         browser.get(d.url + "task/" + failed.id)
         wait_until(lambda: js("return !!document.getElementById('actions')"), 20, "actions")

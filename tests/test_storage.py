@@ -23,8 +23,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    LITEQUEUE_PY, assert_one_line_error, create_db, insert_finished, log_lines, lq, need_root,
-    pack, python, run, sha256, sql, stand_in_app,
+    LITEQUEUE_PY, assert_one_line_error, insert_finished, log_lines, lq_here, need_root, pack,
+    python, run, sha256, sql, stand_in_app,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -310,33 +310,32 @@ def run_without_dac(cmd, cwd, timeout=60):
                cwd=cwd, timeout=timeout)
 
 
-@pytest.mark.worker
 class TestClearErrors:
 
     def test_odd_columns_and_control_characters_never_break_the_cli(self, project):
         """Database text reaches a terminal: odd types give no traceback, and control
         characters (a window-title escape in a traceback) are shown escaped."""
-        create_db(project)
+        project.delay("add", 0, 0)                 # makes the file
         task_id = insert_finished(project.db, FAILURE, result=pack({"type": "x.Y"}),
                                   errors=pack([1, {"time": "soon", "message": "m"}]))
         sql(project.db, "UPDATE tasks SET traceback = ?, finished_at = 'later', queue = ? "
                         "WHERE id = ?", "Traceback\x1b]0;owned\x07 end", b"\xffq", task_id)
         for args in (("result", project.db, task_id), ("result", project.db, task_id, "--json"),
                      ("status", project.db)):
-            done = lq(*args, cwd=project.dir)
+            done = lq_here(*args, cwd=project.dir)
             assert "Traceback (most recent call last)" not in done.stderr, (args, done.stderr)
             assert "\x1b" not in done.stdout + done.stderr, (args, done.stdout, done.stderr)
             assert done.returncode in (0, 1), (args, done.returncode, done.stderr)
-        assert "\\x1b]0;owned" in lq("result", project.db, task_id, cwd=project.dir).stderr
+        assert "\\x1b]0;owned" in lq_here("result", project.db, task_id, cwd=project.dir).stderr
 
     def test_result_that_is_not_msgpack_is_one_line_in_the_cli(self, project):
-        create_db(project)
+        project.delay("add", 0, 0)                 # makes the file
         task_id = insert_finished(project.db, SUCCESS, result=b"\xc1")
-        done = lq("result", project.db, task_id, cwd=project.dir)
+        done = lq_here("result", project.db, task_id, cwd=project.dir)
         assert_one_line_error(done, code=1)
 
     def test_result_that_is_not_msgpack_raises_a_litequeue_error(self, project):
-        create_db(project)
+        project.delay("add", 0, 0)                 # makes the file
         task_id = insert_finished(project.db, SUCCESS, result=b"\xc1")
         with pytest.raises(LitequeueError) as caught:
             project.app.AsyncResult(task_id).get(timeout=5)
@@ -344,7 +343,7 @@ class TestClearErrors:
         assert not isinstance(caught.value, msgpack.exceptions.UnpackException)
 
     def test_errors_that_are_not_msgpack_raise_a_litequeue_error(self, project):
-        create_db(project)
+        project.delay("add", 0, 0)                 # makes the file
         task_id = insert_finished(project.db, FAILURE, errors=b"\xc1")
         with pytest.raises(LitequeueError) as caught:
             project.app.AsyncResult(task_id).errors
@@ -359,12 +358,13 @@ class TestClearErrors:
         ({"queue": object()}, (TypeError, ValueError)),
     ], ids=["priority-huge", "priority-text", "priority-nan", "kwargs-int-key", "queue-object"])
     def test_bad_options_raise_and_write_no_row(self, project, options, error):
-        create_db(project)
+        project.delay("add", 0, 0)                 # makes the file
         before = task_count(project.db)
         with pytest.raises(error):
             project.app.tasks["tasks.add"].apply_async(**options)
         assert task_count(project.db) == before
 
+    @pytest.mark.worker
     def test_read_only_directory_without_a_side_directory(self, tmp_path):
         """The database's directory became read-only after the database was made, and no
         side directory exists. (Run without CAP_DAC_OVERRIDE: root ignores modes.)"""
@@ -408,6 +408,7 @@ class TestClearErrors:
             holder.close()
             home.chmod(0o755)
 
+    @pytest.mark.worker
     def test_huge_result_does_not_flood_the_log(self, project, workers):
         w = workers.start(project, concurrency=1, loglevel="INFO")
         big = "x" * 5_000_000

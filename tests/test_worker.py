@@ -22,8 +22,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    Project, alive, group_members, insert_raw, lq, msgpack_values, pack, python, same, sql,
-    wait_until,
+    Project, alive, group_members, insert_raw, lq, lq_here, msgpack_values, pack, python, same,
+    sql, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -477,7 +477,6 @@ class TestWorker:
             storage.close()
         assert len(results) == 10
 
-    @pytest.mark.worker
     def test_a_due_eta_row_is_claimed_as_it_stands(self, project):
         """A child claims a SCHEDULED row whose eta has come without waiting for the
         supervisor to promote it; not one that is still ahead, nor one in a paused
@@ -490,10 +489,10 @@ class TestWorker:
         storage = litequeue._Storage(project.db)
         try:
             self._claimers(storage, "w")
-            lq("pause", project.db, "default", cwd=project.dir)
+            lq_here("pause", project.db, "default", cwd=project.dir)
             rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
             assert rows == []
-            lq("resume", project.db, "default", cwd=project.dir)
+            lq_here("resume", project.db, "default", cwd=project.dir)
             rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
             assert [(r.id, r.attempt) for r in rows] == [(due.id, 1)]
             assert (project.state(due.id), project.state(ahead.id)) == (STARTED, SCHEDULED)
