@@ -15,9 +15,10 @@ import sys
 import pytest
 
 import litequeue
-from test_litequeue import project, wait_until, workers  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
+from .helpers import wait_until
+
+pytestmark = pytest.mark.timeout(120)
 
 # Six failing tasks with 80-character names, and one whose name would add a header.
 LONG_NAMES = [f"tasks.long_{i}_".ljust(80, "x") for i in range(6)]
@@ -89,6 +90,7 @@ def test_header_text_is_one_clipped_line():
     assert litequeue._one_line("short", 50) == "short"
 
 
+@pytest.mark.worker
 def test_long_and_hostile_task_names_make_one_mail_with_clean_headers(project, workers,
                                                                       tmp_path):
     (project.dir / "longnames.py").write_text(LONG_NAMES_SOURCE)
@@ -119,6 +121,7 @@ def test_long_and_hostile_task_names_make_one_mail_with_clean_headers(project, w
             "\\r\\nBcc: x@evil", "")
 
 
+@pytest.mark.worker
 def test_failures_of_a_refused_mail_come_with_a_later_one(project, workers, tmp_path):
     maildir, port = tmp_path / "maildir", free_port()
     # Nothing listens on the port yet: the first attempt gets "connection refused".

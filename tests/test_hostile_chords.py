@@ -2,12 +2,14 @@
 chord aside: the body fails with a reason naming the bad column, while the workers'
 children live on, the members keep the outcome they ran to, and rows that merely ran
 beside them are not charged."""
+
 import msgpack
 import pytest
 
 import litequeue
 from litequeue import FAILURE, SUCCESS, chord
-from test_litequeue import project, sql, sql_write, wait_until, workers  # noqa: F401 (fixtures)
+
+from .helpers import sql, sql_write, wait_until
 
 UNRELATED = 20     # plain add() rows queued beside the chord, all innocent
 
@@ -56,6 +58,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_lying_chord_row_fails_its_body_and_kills_no_child(project, workers, case):
     write, reason = HOSTILE[case]

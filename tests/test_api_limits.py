@@ -2,15 +2,14 @@
 entry point; a huge value another client wrote is clipped in every log line and command
 output; every error a user can meet is a LitequeueError that says what to do."""
 
-import json
 import apsw
 import msgpack
 import pytest
 
 import litequeue
 from litequeue import ConfigurationError, LitequeueError
-from test_litequeue import (  # noqa: F401 (fixtures)
-    dashboards, lq, project, sql, wait_until, workers)
+
+from .helpers import lq, sql, wait_until
 
 HUGE = "n" * 10_000_000          # 10 MB
 ARGV = "n" * 100_000             # the most one argv string may hold is 128 KiB
@@ -43,6 +42,7 @@ class TestBoundsAtTheAPI:
         assert add.apply_async((1, 2), task_id="i" * 255, queue="q" * 255).id == "i" * 255
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
+    @pytest.mark.worker
     def test_the_cli_call_refuses_them_with_one_line(self, project):
         project.delay("add", 1, 1)             # the file and the registry exist
         for args in ([ARGV], ["tasks.add", "--queue", ARGV], ["tasks.add", "--id", ARGV]):
@@ -51,6 +51,7 @@ class TestBoundsAtTheAPI:
             assert len(done.stderr) < 600 and "Traceback" not in done.stderr
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
+    @pytest.mark.worker
     def test_the_flower_api_refuses_them(self, project, dashboards):
         project.delay("add", 1, 1)
         d = dashboards(project)

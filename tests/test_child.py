@@ -4,52 +4,19 @@ task, and when its counters reach the file. Real worker processes on real files.
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 import litequeue
 from litequeue import LiteQueue, group
-from test_litequeue import lq, project, sql, wait_until, workers  # noqa: F401 (fixtures)
+
+from .helpers import lq, sql, task_source, wait_until
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.worker]
 
 # Tasks that run off the child's main thread (coroutines, -P threads) and a slow one.
-BURSTS = '''
-import asyncio, os, time
-from litequeue import LiteQueue
-
-app = LiteQueue(os.path.join(os.path.dirname(os.path.abspath(__file__)), "jobs.sqlite"))
-
-@app.task
-async def nap(seconds):
-    await asyncio.sleep(seconds)
-
-@app.task
-def tnap(seconds):
-    time.sleep(seconds)
-
-@app.task
-def noop(i):
-    return i
-
-@app.task
-def slow(path):
-    open(path + ".started", "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path + ".go") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return "slow done"
-
-@app.task
-def fail(i):
-    raise ValueError(i)
-
-@app.task
-async def anap(seconds):
-    await asyncio.sleep(seconds)
-'''
+BURSTS = task_source("bursts.py")
 
 
 def producer(db, module, *names):
@@ -276,20 +243,7 @@ def test_coroutines_do_not_wait_behind_a_sync_row_that_waits_for_a_thread(projec
     assert waiting.get(timeout=30) == 1 and long.get(timeout=30) == "slow done"
 
 
-LIMITED = '''
-import os
-from litequeue import LiteQueue
-
-app = LiteQueue(os.path.join(os.path.dirname(os.path.abspath(__file__)), "jobs.sqlite"))
-
-@app.task(rate_limit="5/s")
-def a(x):
-    return x
-
-@app.task(rate_limit="5/s")
-def b(x):
-    return x
-'''
+LIMITED = task_source("limited.py")
 
 
 def test_a_rate_limited_name_is_claimed_when_another_limited_name_has_nothing_waiting(

@@ -7,17 +7,17 @@ or raises a LitequeueError. One worker serves the whole run, so it stays short."
 
 import json
 import math
-import os
 import time
 
 import apsw
 import pytest
 
 import litequeue
-from litequeue import LitequeueError, SUCCESS, chord, group
-from test_litequeue import lq, project, sql, wait_until, workers  # noqa: F401 (fixtures)
+from litequeue import SUCCESS, LitequeueError, chord
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.worker, pytest.mark.slow]
+from .helpers import lq, sql, wait_until
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.worker]
 
 # name -> (SQL expression, parameters): what another client can store in any column.
 HOSTILE = {

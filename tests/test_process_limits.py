@@ -12,10 +12,8 @@ import apsw
 import pytest
 
 import litequeue
-from test_litequeue import (  # noqa: F401  (fixtures are used by name)
-    LITEQUEUE_PY, Project, alive, fill_disk, files_in, lq, producer, project, small_fs, wait_until,
-    workers,
-)
+
+from .helpers import LITEQUEUE_PY, Project, alive, fill_disk, lq, producer, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,6 +41,7 @@ def _raise_limit():
 
 class TestManyDescriptors:
 
+    @pytest.mark.worker
     def test_get_waits_in_a_process_with_descriptors_past_select_s_ceiling(self, project,
                                                                          workers):
         workers.start(project, concurrency=1)
@@ -57,6 +56,7 @@ print(r.get(timeout=30))
 """, project.dir)
         assert out.split() == ["5"]
 
+    @pytest.mark.worker
     def test_get_waits_with_thousands_of_idle_sleepers_in_work(self, project, workers):
         """A producer rings every sleeper in work/ through a socket of its own: with
         thousands there, its get() sleeps on a descriptor past select()'s ceiling."""
@@ -77,6 +77,7 @@ print(nap.delay("idle", 0.5).get(timeout=30))
                 sleeper.close()
         assert out.split() == ["idle"]
 
+    @pytest.mark.worker
     def test_a_producer_near_its_descriptor_limit_rings_what_it_can(self, project, workers):
         """Hundreds of sleepers and a producer allowed 100 descriptors: delay() and get()
         still work (the doorbell keeps sockets for a bounded number of sleepers)."""
@@ -133,6 +134,7 @@ def _one_line_error(done, code):
     assert "regular file" in lines[0], lines[0]
 
 
+@pytest.mark.worker
 class TestNotARegularFile:
     """A database path must name a regular file (or nothing, for commands that create
     it): anything else is refused at once, and nothing is created beside it."""
@@ -198,6 +200,7 @@ except DatabaseError as exc:
         assert sorted(os.listdir(os.path.dirname(os.devnull))) == dev_before
 
 
+@pytest.mark.worker
 class TestFullDiskAtStart:
 
     @pytest.mark.parametrize("reader", [True, False], ids=["file open elsewhere", "alone"])

@@ -1,16 +1,15 @@
 """The dashboard as an operator's tool: dated charts, bookmarkable filters, actions that
 fit a task's state, schedule and rate-limit actions, a workflow's timeline. Python-level
 tests of the JSON and the actions, then one test that drives the page in Chromium."""
-import json
+
 import time
 
 import pytest
 
 import litequeue
-from litequeue import STARTED, UnknownTask, chord
-from test_litequeue import (  # noqa: F401  (fixtures)
-    Project, _chromium, dashboards, insert_schedule, pack, page_click, project, sql,
-    wait_until, workers)
+from litequeue import UnknownTask, chord
+
+from .helpers import _chromium, insert_schedule, pack, page_click, sql, wait_until
 
 
 def test_schedule_actions_rate_limits_states_and_workflow(project):
@@ -58,6 +57,7 @@ def test_schedule_actions_rate_limits_states_and_workflow(project):
     assert [t["id"] for t in admin.workflow(queued.id)] == [queued.id]
 
 
+@pytest.mark.worker
 def test_the_new_json_and_actions_over_http(project, dashboards):
     project.delay("add", 1, 1)
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
@@ -91,6 +91,7 @@ def test_the_new_json_and_actions_over_http(project, dashboards):
            headers={"Origin": f"http://{d.host}"})          # a browser needs the token
 
 
+@pytest.mark.worker
 def test_read_only_refuses_the_new_actions(project, dashboards):
     project.delay("add", 1, 1)
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
@@ -100,6 +101,8 @@ def test_read_only_refuses_the_new_actions(project, dashboards):
     assert project.app.admin.rate_limits() == [] and d.json("/data/states")
 
 
+@pytest.mark.worker
+@pytest.mark.browser
 @pytest.mark.timeout(180)
 def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path):
     from selenium.webdriver.common.by import By

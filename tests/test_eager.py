@@ -2,17 +2,19 @@
 same signals with the same arguments, and the same retry policy (a retry runs again at
 once, as in Celery's eager mode).
 
-Most tests run in this process (eager mode needs no worker); the last one runs the same
-tasks module under a real worker and eagerly, and compares what its handlers saw.
+Most tests run in this process (eager mode needs no worker); one runs the same tasks
+module under a real worker and eagerly, and compares what its handlers saw. Last, values
+and failures come back from eager mode as they would from a worker (TestEagerRoundTrip).
 """
 
 import pytest
 
 from litequeue import (
-    FAILURE, RETRY, SUCCESS, LiteQueue, MaxRetriesExceededError, SerializationError, Task,
-    chain, signals,
+    FAILURE, RETRY, SUCCESS, EagerResult, LiteQueue, MaxRetriesExceededError, SerializationError,
+    Task, chain, signals,
 )
-from test_litequeue import CanvasProject, workers  # noqa: F401 (a fixture)
+
+from .helpers import CanvasProject
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -345,89 +347,10 @@ def test_eager_delay_publishes_nothing_as_in_celery(tmp_path, seen):
 # The same handlers under a real worker and in eager mode
 # ---------------------------------------------------------------------------
 
-# A tasks module whose hooks and signal handlers write what they receive, reduced to
-# JSON, to marks/worker or marks/eager (by the app's mode in the process they run in).
-EAGER_TASKS = '''\
-import json
-import os
-
-from litequeue import LiteQueue, Task, signals
-
-app = LiteQueue("jobs.sqlite")
-MARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "marks")
-
-
-def describe(value):
-    """What a handler can rely on in an argument, as JSON."""
-    if isinstance(value, Task):
-        return ["task", value.name]
-    if isinstance(value, BaseException):
-        return ["exception", type(value).__name__, str(value)]
-    if isinstance(value, (list, tuple)):
-        return [type(value).__name__, [describe(v) for v in value]]
-    if isinstance(value, dict):
-        return {str(k): describe(v) for k, v in sorted(value.items())}
-    if isinstance(value, str) and value.startswith("Traceback"):
-        return ["traceback text"]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "traceback") and hasattr(value, "exception"):
-        return ["einfo", describe(value.exception), value.type.__name__,
-                value.traceback.startswith("Traceback")]
-    if hasattr(value, "retries") and hasattr(value, "args"):
-        return ["request", value.id, value.task, value.retries, describe(value.args),
-                describe(value.kwargs), value.parent_id, value.root_id]
-    return ["other", type(value).__name__]
-
-
-def log(name, *fields):
-    mode = "eager" if app.conf["task_always_eager"] else "worker"
-    fd = os.open(os.path.join(MARKS, mode), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps([name, *map(describe, fields)]) + "\\n").encode())
-    finally:
-        os.close(fd)
-
-
-class Recorded(Task):
-    def on_success(self, *args):
-        log("on_success", self, args)
-
-    def on_failure(self, *args):
-        log("on_failure", self, args)
-
-    def on_retry(self, *args):
-        log("on_retry", self, args)
-
-    def after_return(self, *args):
-        log("after_return", self, args)
-
-
-def handler(name):
-    def handle(sender=None, signal=None, **kwargs):
-        log(name, sender, kwargs)
-    return handle
-
-
-for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_postrun",
-              "task_success", "task_failure", "task_retry"):
-    getattr(signals, _name).connect(handler(_name))
-
-
-@app.task(base=Recorded, bind=True, max_retries=1, default_retry_delay=0)
-def job(self, mode, n=0):
-    if mode == "fail":
-        raise KeyError("no such key")
-    if mode == "retry" and self.request.retries == 0:
-        raise self.retry(exc=OSError("try again"), countdown=0)
-    if mode == "give up":
-        raise self.retry(exc=OSError("again"), countdown=0)
-    return [mode, n]
-'''
-
-
 class EagerProject(CanvasProject):
-    MODULE, SOURCE = "eager_tasks", EAGER_TASKS
+    # tasks/eager_tasks.py: its hooks and signal handlers write what they receive, reduced
+    # to JSON, to marks/worker or marks/eager (by the app's mode in the process they run in).
+    MODULE = "eager_tasks"
 
 
 # The calls both runs make, one at a time, with fixed ids so that both logs name them.
@@ -439,6 +362,7 @@ print(json.dumps("done"))
 '''
 
 
+@pytest.mark.worker
 def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_path,
                                                                           workers):
     project = EagerProject(tmp_path / "proj")
@@ -458,3 +382,38 @@ def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_pa
                                   True]]]] in eager
     assert [e[0] for e in eager if e[0] in ("on_success", "on_failure", "on_retry")] == [
         "on_success", "on_failure", "on_retry", "on_success", "on_retry", "on_failure"]
+
+
+class TestEagerRoundTrip:
+
+    @pytest.fixture
+    def app(self, tmp_path):
+        return LiteQueue(str(tmp_path / "jobs.sqlite"), task_always_eager=True)
+
+    def test_a_tuple_comes_back_a_list(self, app):
+        @app.task
+        def pair():
+            return (1, 2)
+        result = pair.delay()
+        value = result.get()
+        assert value == [1, 2] and type(value) is list
+        assert result.state == SUCCESS
+
+    def test_a_set_is_a_serialization_error(self, app):
+        @app.task
+        def numbers():
+            return {1, 2}
+        result = numbers.delay()
+        assert isinstance(result, EagerResult)
+        assert result.state == FAILURE
+        assert isinstance(result.result, SerializationError), repr(result.result)
+        with pytest.raises(SerializationError):
+            result.get()
+
+    def test_a_failure_keeps_the_history_a_worker_would(self, app):
+        @app.task
+        def boom():
+            raise ValueError("no")
+        errors = boom.delay().errors
+        assert [(e["type"], e["message"], e["attempt"]) for e in errors] == \
+            [("builtins.ValueError", "no", 1)]

@@ -10,27 +10,13 @@ import signal
 import apsw
 import pytest
 
-from litequeue import LiteQueue, SUCCESS
-from test_hostile_rows import foreign
-from test_litequeue import Dashboard, lq, project, sql, wait_until, workers  # noqa: F401
+from litequeue import SUCCESS, LiteQueue
+
+from .helpers import Dashboard, foreign, lq, sql, task_source, wait_until
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.worker]
 
-LIMITS = '''\
-from litequeue import LiteQueue
-
-app = LiteQueue("jobs.sqlite")
-
-
-@app.task(rate_limit="20/s")
-def limited(n):
-    return n
-
-
-@app.task
-def plain(n):
-    return n
-'''
+LIMITS = task_source("limits.py")
 KEY = "limits.limited"
 
 # (table, column, SQL value) written by a foreign client after the worker registered.

@@ -7,7 +7,8 @@ import apsw
 
 import litequeue
 from litequeue import FAILURE, PENDING, SUCCESS
-from test_litequeue import project, sql  # noqa: F401  (fixtures)
+
+from .helpers import sql
 
 
 class Bell:

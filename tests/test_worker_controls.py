@@ -6,16 +6,16 @@ rung or at its next rescan), so the in-process tests check the surface with held
 files standing in for live workers, and the worker-marked ones check that a real worker
 obeys, loses nothing and refuses a request that makes no sense.
 """
-import json
 import signal
 import time
 
 import pytest
 
 import litequeue
-from litequeue import LitequeueError, UnknownTask, UnknownWorker
-from test_litequeue import (  # noqa: F401  (fixtures)
-    SUCCESS, Project, dashboards, insert_schedule, lq, project, sql, wait_until, workers)
+from litequeue import LitequeueError, UnknownWorker
+from litequeue import SUCCESS
+
+from .helpers import insert_schedule, lq, lq_here, sql, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,30 +72,30 @@ def test_the_admin_surface_records_requests_for_live_workers_only(project):
 def test_the_cli_runs_disables_and_enables_a_schedule(project):
     project.delay("add", 1, 1)
     insert_schedule(project.db, "nightly", next_fire=time.time() + 3600)
-    out = lq("schedules", project.db, "--disable", "nightly", cwd=project.dir)
+    out = lq_here("schedules", project.db, "--disable", "nightly", cwd=project.dir)
     assert (out.returncode, out.stdout) == (0, "periodic task nightly disabled\n")
-    out = lq("schedules", project.db, "--disable", "nightly", cwd=project.dir)
+    out = lq_here("schedules", project.db, "--disable", "nightly", cwd=project.dir)
     assert out.stdout == "periodic task nightly was already disabled\n"
-    assert "DISABLED  disabled by an operator" in lq("schedules", project.db, cwd=project.dir).stdout
-    out = lq("schedules", project.db, "--enable", "nightly", cwd=project.dir)
+    assert "DISABLED  disabled by an operator" in lq_here("schedules", project.db, cwd=project.dir).stdout
+    out = lq_here("schedules", project.db, "--enable", "nightly", cwd=project.dir)
     assert out.stdout == "periodic task nightly enabled\n"
-    out = lq("schedules", project.db, "--run", "nightly", cwd=project.dir)
+    out = lq_here("schedules", project.db, "--run", "nightly", cwd=project.dir)
     task_id = out.stdout.rsplit(" ", 1)[1].strip()
     assert out.stdout.startswith("queued nightly now: task ") and \
         project.state(task_id) == "PENDING"
-    out = lq("schedules", project.db, "--run", "nope", cwd=project.dir)
+    out = lq_here("schedules", project.db, "--run", "nope", cwd=project.dir)
     assert out.returncode == 1 and out.stderr == \
         "Error: no periodic task named 'nope' (known: nightly)\n"
-    out = lq("schedules", project.db, "--run", "nightly", "--enable", "nightly", cwd=project.dir)
+    out = lq_here("schedules", project.db, "--run", "nightly", "--enable", "nightly", cwd=project.dir)
     assert out.returncode == 2 and "give one of --run, --disable and --enable" in out.stderr
 
 
 def test_the_cli_sets_a_rate_limit_and_refuses_what_makes_no_sense(project):
     project.delay("add", 1, 1)
-    out = lq("control", project.db, "rate_limit", "tasks.add", "10/m", cwd=project.dir)
+    out = lq_here("control", project.db, "rate_limit", "tasks.add", "10/m", cwd=project.dir)
     assert out.stdout == "task tasks.add rate-limited to 10/m\n"
     assert [r["rate"] for r in project.app.admin.rate_limits()] == ["10/m"]
-    out = lq("control", project.db, "rate-limit", "tasks.add", "0", cwd=project.dir)
+    out = lq_here("control", project.db, "rate-limit", "tasks.add", "0", cwd=project.dir)
     assert out.stdout == "task tasks.add is not rate-limited\n"
     for args, error in [
             (("pool_grow", "x"), "N must be a whole number, not 'x'"),
@@ -104,10 +104,10 @@ def test_the_cli_sets_a_rate_limit_and_refuses_what_makes_no_sense(project):
             (("rate_limit", "tasks.add"), "rate_limit takes 2 argument(s), not 1"),
             (("rate_limit", "tasks.add", "fast"), "rate"),
             (("shutdown", "-d", "nosuch"), "no live worker named 'nosuch'")]:
-        out = lq("control", project.db, *args, cwd=project.dir)
+        out = lq_here("control", project.db, *args, cwd=project.dir)
         assert out.returncode in (1, 2) and error in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()[-1]) < 300
-    out = lq("control", project.db, "shutdown", cwd=project.dir)
+    out = lq_here("control", project.db, "shutdown", cwd=project.dir)
     assert (out.returncode, out.stdout) == (0, "no live worker to shut down\n")
 
 

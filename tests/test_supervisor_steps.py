@@ -7,8 +7,9 @@ import time
 import pytest
 
 import litequeue
-from test_litequeue import (  # noqa: F401  (fixtures)
-    PENDING, SCHEDULED, insert_schedule, project, sql)
+from litequeue import PENDING, SCHEDULED
+
+from .helpers import insert_schedule, sql
 
 
 class Bell:

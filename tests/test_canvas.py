@@ -1,0 +1,620 @@
+"""Canvas: chains, groups, chords, links and errbacks, progress, hooks and signals, and
+SIGKILL in the middle of workflows.
+"""
+
+import collections
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import litequeue
+from litequeue import (
+    FAILURE, PENDING, RETRY, REVOKED, SUCCESS, UNKNOWN, ConfigurationError, GroupResult, LiteQueue,
+    TaskNotFound, group,
+)
+
+from .helpers import (
+    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq, parent_of, sql, sql_write, wait_until,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def adder_app(path):
+    """(db path, a producer app on it, its add task): the in-process canvas tests' setup."""
+    db = str(path)
+    app = LiteQueue(db)
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    return db, app, add
+
+
+@pytest.fixture
+def canvas(tmp_path):
+    return CanvasProject(tmp_path / "canvas")
+
+
+def start_canvas_worker(workers, canvas, concurrency=2):
+    return workers.start(canvas, concurrency=concurrency, app=("canvas_tasks",))
+
+
+class TestCanvas:
+
+    @pytest.mark.worker
+    def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (add.s(1, 2) | sub.s(10) | mul.s(10)).apply_async()
+            c = chain(add.s(1, 1), add.si(5, 5), sub.s(1))()
+            p = r.parent.parent
+            print(json.dumps({
+                "values": [r.get(timeout=30), r.parent.get(), p.get(), c.get(timeout=30)],
+                "ids": [r.parent_id == r.parent.id, r.root_id == p.id, p.parent is None,
+                        p.root_id == p.id], "last_id": r.id, "first_id": p.id,
+                "children": [x.id for x in p.children] == [r.parent.id],
+                "args": [p.args, r.parent.args, r.args, r.name]}))
+        ''')
+        # Celery's rule: a parent's result goes first: sub(3, 10) = -7, then mul(-7, 10).
+        assert out["values"] == [-70, -7, 3, 9]
+        assert all(out["ids"]) and out["children"]
+        assert out["args"] == [[1, 2], [3, 10], [-7, 10], "canvas_tasks.mul"]
+        # Any process reads the relations back from the database.
+        again = canvas.client(f'''
+            r = app.AsyncResult({out["last_id"]!r})
+            print(json.dumps([r.parent.parent.id, r.root_id, r.state]))
+        ''')
+        assert again == [out["first_id"], out["first_id"], SUCCESS]
+
+    @pytest.mark.worker
+    def test_partial_arguments_go_first_as_in_celery(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            s = sub.s(2)
+            print(json.dumps([s.delay(10).get(timeout=30), s.clone((20,)).apply_async().get(
+                timeout=30), sub.si(1, 2).delay(99).get(timeout=30), s.apply((5,)).get(),
+                s(7), repr(s), signature("canvas_tasks.sub", (9, 4)).delay().get(timeout=30)]))
+        ''')
+        assert out == [8, 18, -1, 3, 5, "canvas_tasks.sub(2)", 5]
+
+    @pytest.mark.worker
+    def test_links_and_errbacks_are_queued_by_the_commit_that_ends_the_parent(
+            self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            cb = add.s(100).set(task_id=str(uuid.uuid4()))
+            eb = errback3.s().set(task_id=str(uuid.uuid4()))
+            ok = add.apply_async((1, 2), link=[cb, mul.s(2)], link_error=eb)
+            ok_children = lambda: sorted(c.name for c in ok.children)
+            link_value = app.AsyncResult(cb.id).get(timeout=30)
+            bad = fail.apply_async(("broken",), link=add.s(1), link_error=[errback3.s(),
+                                                                        errback1.s()])
+            bad.get(timeout=30, propagate=False)
+            kids = bad.children
+            print(json.dumps({
+                "link": link_value, "ok": ok.get(timeout=30),
+                "ok_children": ok_children(), "dropped_errback": app.AsyncResult(eb.id).state,
+                "bad_id": bad.id,
+                "bad_children": sorted([c.name, c.get(timeout=30, propagate=False)
+                                        if c.name != "canvas_tasks.add" else c.state]
+                                       for c in kids)}))
+        ''')
+        assert out["link"] == 103 and out["ok"] == 3
+        assert out["ok_children"] == ["canvas_tasks.add", "canvas_tasks.mul"]
+        # An errback of a task that succeeded never runs: its row is gone.
+        assert out["dropped_errback"] == UNKNOWN
+        bad = out["bad_id"]
+        # The link of a failed task ends as it did; both errback forms ran, once each.
+        assert out["bad_children"] == [["canvas_tasks.add", FAILURE],
+                                       ["canvas_tasks.errback1", f"errback1 {bad}"],
+                                       ["canvas_tasks.errback3", f"errback3 {bad}"]]
+        assert sorted(canvas.logged("errbacks")) == sorted([
+            [bad, "canvas_tasks.fail", ["broken"], "ValueError", "broken", True], [bad]])
+
+    @pytest.mark.worker
+    def test_a_failure_ends_the_rest_of_the_chain_and_its_errback_runs_once(
+            self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (add.s(1, 1) | fail.s() | add.s(1) | add.s(1)).on_error(errback3.s()).delay()
+            try:
+                r.get(timeout=30)
+            except ValueError as exc:
+                raised = [type(exc).__name__, str(exc)]
+            failing = r.parent.parent
+            states = [r.state, r.parent.state, failing.state, failing.parent.state]
+            eb = r.children[0]
+            print(json.dumps({"raised": raised, "states": states, "failing": failing.id,
+                              "errback": eb.get(timeout=30), "errbacks": len(r.children)}))
+        ''')
+        assert out["raised"] == ["ValueError", "2"]
+        assert out["states"] == [FAILURE, FAILURE, FAILURE, SUCCESS]
+        # The errback is told about the task that failed, not the ones it took down.
+        assert out["errback"] == f"errback3 {out['failing']}" and out["errbacks"] == 1
+        assert canvas.logged("errbacks") == [
+            [out["failing"], "canvas_tasks.fail", [2], "ValueError", "2", True]]
+
+    @pytest.mark.worker
+    def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, workers):
+        start_canvas_worker(workers, canvas, concurrency=3)
+        out = canvas.client('''
+            # Later members finish first: the body still sees header order.
+            r = chord([nap_echo.s(i, (9 - i) * 0.02) for i in range(10)])(collect.s())
+            other = chord([add.s(i, i) for i in range(30)], collect.s())()
+            empty = chord([], collect.s()).apply_async()
+            header = r.parent
+            print(json.dumps({"body": r.get(timeout=30), "other": other.get(timeout=30),
+                              "empty": empty.get(timeout=30), "group": header.id,
+                              "restored": app.GroupResult(header.id).get(timeout=30),
+                              "parent": app.AsyncResult(r.id).parent.id == header.id}))
+        ''')
+        assert out["body"] == list(range(10)) and out["empty"] == []
+        assert out["other"] == [2 * i for i in range(30)]
+        assert out["restored"] == list(range(10)) and out["parent"]
+        # Counted in the database: a counter and one slot per member, emptied once fired.
+        assert sql(canvas.db, "SELECT size, done, fired FROM chords WHERE id = ?",
+                   out["group"]) == [(10, 10, 1)]
+        assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
+
+    @pytest.mark.worker
+    def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = chord([add.s(1, 1), fail.s("member"), nap_echo.s(3, 0.2)],
+                      collect.s()).on_error(errback1.s()).apply_async()
+            exc = r.get(timeout=30, propagate=False)
+            members = r.parent
+            members.join(timeout=30, propagate=False)
+            print(json.dumps({"type": type(exc).__name__, "is_chord_error":
+                              isinstance(exc, ChordError), "message": str(exc),
+                              "bad": members[1].id, "states": [m.state for m in members],
+                              "body": r.id, "errback": r.children[0].get(timeout=30)}))
+        ''')
+        assert out["type"] == "ChordError" and out["is_chord_error"]
+        assert out["message"] == f"Dependency {out['bad']} raised ValueError('member')"
+        # The other members still run; the body's errback runs once, for the body.
+        assert out["states"] == [SUCCESS, FAILURE, SUCCESS]
+        assert out["errback"] == f"errback1 {out['body']}"
+        assert canvas.logged("errbacks") == [[out["body"]]]
+
+    @pytest.mark.worker
+    def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        gid = canvas.client('''
+            g = group(add.s(i, 1) for i in range(5)).apply_async()
+            g.get(timeout=30)
+            print(json.dumps(g.save().id))
+        ''')
+        out = canvas.client(f'''
+            from litequeue import GroupResult
+            g = app.GroupResult({gid!r})
+            print(json.dumps([g.get(timeout=30), g.completed_count(),
+                              GroupResult.restore({gid!r}).id, GroupResult.restore("nope")]))
+        ''')
+        assert out == [[1, 2, 3, 4, 5], 5, gid, None]
+
+    @pytest.mark.worker
+    def test_relations_of_subtasks_queued_inside_a_task(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = spawner.delay(3)
+            ids = r.get(timeout=30)
+            kids = [app.AsyncResult(i) for i in ids]
+            print(json.dumps([[k.parent_id == r.id and k.root_id == r.id for k in kids],
+                              sorted(c.id for c in r.children) == sorted(ids),
+                              [k.get(timeout=30) for k in kids]]))
+        ''')
+        assert out == [[True, True, True], True, [0, 2, 4]]
+
+    @pytest.mark.worker
+    def test_update_state_shows_progress_and_is_coalesced(self, canvas, workers):
+        start_canvas_worker(workers, canvas, concurrency=1)
+        # Count every write of the meta column with a trigger: real SQLite, no mock.
+        assert canvas.client("print(json.dumps(add.delay(0, 0).get(timeout=30)))") == 0
+        sql_write(canvas.db, "CREATE TABLE meta_writes (at REAL)",
+                  "CREATE TRIGGER count_meta AFTER UPDATE OF meta ON tasks BEGIN "
+                  "INSERT INTO meta_writes VALUES (julianday('now')); END")
+        task_id = canvas.client('''
+            print(json.dumps(progress.delay(20000, "go").id))
+        ''')
+        # The last of 20 000 reports reaches the database, though the loop is long over.
+        out = canvas.client(f'''
+            r = app.AsyncResult({task_id!r})
+            deadline = time.monotonic() + 30
+            while not (isinstance(r.info, dict) and r.info.get("current") == 20000):
+                assert time.monotonic() < deadline, (r.state, r.info)
+                time.sleep(0.01)
+            print(json.dumps([r.state, r.info, r.ready()]))
+        ''')
+        assert out == ["PROGRESS", {"current": 20000, "total": 20000}, False]
+        writes = sql(canvas.db, "SELECT count(*), (max(at) - min(at)) * 86400 FROM "
+                                "meta_writes")[0]
+        # At most one write per 0.2 s of reporting (plus the first and the last).
+        assert writes[0] <= (writes[1] or 0) / 0.2 + 3, writes
+        done = lq("result", canvas.db, task_id, cwd=canvas.dir)
+        assert done.stdout.strip() == "PROGRESS" and done.returncode == 0
+        (canvas.marks / "go").touch()
+        assert canvas.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
+                             f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
+
+    @pytest.mark.worker
+    def test_result_wait_draws_a_progress_bar(self, canvas, workers):
+        start_canvas_worker(workers, canvas, concurrency=1)
+        task_id = canvas.client('print(json.dumps(progress.delay(4, "go").id))')
+        waiter = subprocess.Popen([sys.executable, str(LITEQUEUE_PY), "result", canvas.db,
+                                   task_id, "--wait", "--timeout", "60"], cwd=canvas.dir,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(waiter.stderr), daemon=True)
+        reader.start()
+        try:
+            # stderr is not a terminal: one line per change of the bar.
+            wait_until(lambda: any("4/4" in line for line in lines), 30,
+                       lambda: f"a full progress bar, saw {lines}")
+            (canvas.marks / "go").touch()
+            out = waiter.stdout.read()
+            waiter.wait(timeout=60)
+            reader.join(timeout=10)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait()
+        err = "".join(lines)
+        assert waiter.returncode == 0 and out.strip() == "4"
+        assert "PROGRESS [" in err and "100% 4/4" in err, err
+
+    @pytest.mark.worker
+    def test_hooks_and_signals_run_and_a_raising_handler_breaks_nothing(self, canvas,
+                                                                        workers):
+        worker = start_canvas_worker(workers, canvas, concurrency=1)
+        out = canvas.client('''
+            ok, bad, again = hooked.delay("ok"), hooked.delay("fail"), hooked.delay("retry")
+            then = add.s(1).set(task_id=str(uuid.uuid4()))
+            print(json.dumps([ok.id, ok.get(timeout=30), bad.id,
+                              bad.get(timeout=30, propagate=False).__class__.__name__,
+                              again.id, again.get(timeout=30), quiet.delay(21).get(timeout=30),
+                              quiet.apply_async((21,), link=then) and
+                              app.AsyncResult(then.id).get(timeout=30)]))
+        ''')
+        ok, bad, again = out[0], out[2], out[4]
+        assert out[1] == "ok" and out[3] == "KeyError" and out[5] == "retry"
+        # ignore_result: nothing of the return value is kept, but a link still gets it.
+        assert out[6] is None and out[7] == 43
+        hooks = canvas.logged("hooks")
+        assert ["on_success", ok, "ok", ["ok"]] in hooks
+        assert ["on_failure", bad, "KeyError", True] in hooks
+        assert ["on_retry", again, "OSError"] in hooks
+        assert ["on_success", again, "retry", ["retry"]] in hooks
+        assert {tuple(h[1:]) for h in hooks if h[0] == "after_return"} == {
+            (ok, SUCCESS), (bad, FAILURE), (again, RETRY), (again, SUCCESS)}
+        logged = canvas.logged("signals")
+        assert ["task_prerun", ok, "canvas_tasks.hooked"] in logged
+        assert ["task_postrun", ok, SUCCESS] in logged
+        assert ["task_success", "canvas_tasks.hooked", "ok"] in logged
+        assert ["task_failure", bad, "KeyError"] in logged
+        assert ["task_retry", again, "OSError"] in logged
+        assert ["worker_ready"] in logged
+        assert "a signal handler that breaks" in worker.log_text()
+        assert "its after_return hook raised" in worker.log_text()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert canvas.logged("signals")[-1] == ["worker_shutdown"]
+
+    @pytest.mark.worker
+    def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas):
+        out = canvas.client('''
+            add.delay(0, 0)      # the file exists, with one row
+            errors = []
+            for build in (
+                    lambda: add.apply_async((1, 1), link=signature("canvas_tasks.nope")),
+                    lambda: chord([add.s(1, 1)], body=add),
+                    lambda: (add.s(1, 1) | add.s(object()) | add.s(2)).delay(),
+                    lambda: chord([add.s(i, i) for i in range(50)] + [add.s({1}, 1)])(
+                        collect.s()),
+                    lambda: group(add.s(1, 1), "add").delay(),
+                    lambda: add.apply_async((1, 1), link=add),
+                    lambda: chord([add.s(1, 1)], collect.s().set(queue=7)).delay()):
+                try:
+                    build()
+                    errors.append(None)
+                except Exception as exc:
+                    errors.append(type(exc).__name__)
+            print(json.dumps(errors))
+        ''')
+        # A queue of the wrong type is WrongType: a LitequeueError that is a TypeError.
+        assert out == ["UnknownTask", "TypeError", "SerializationError", "SerializationError",
+                       "TypeError", "TypeError", "WrongType"]
+        # Only the first add was written.
+        assert canvas.count() == 1
+        assert canvas.count("name = 'canvas_tasks.nope'") == 0
+
+    @pytest.mark.worker
+    def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (nap_echo.s(1, 0.5) | add.s(1) | add.s(1)).delay()
+            middle = r.parent
+            revoked = middle.revoke()
+            try:
+                r.get(timeout=30)
+            except Exception as exc:
+                raised = type(exc).__name__
+            print(json.dumps([revoked, raised, middle.state, r.state,
+                              r.parent.parent.get(timeout=30)]))
+        ''')
+        assert out == [True, "TaskRevoked", REVOKED, REVOKED, 1]
+
+    @pytest.mark.worker
+    def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (add.s(1, 1) | add.s(1).set(countdown=0.5)).delay()
+            value = r.get(timeout=30)
+            first = r.parent
+            print(json.dumps([value, r.date_started.timestamp() -
+                              first.date_done.timestamp()]))
+        ''')
+        assert out[0] == 3 and out[1] >= 0.5
+
+    def test_options_of_a_signature_and_send_task_with_links(self, tmp_path):
+        db, app, add = adder_app(tmp_path / "o.sqlite")
+        r = add.s(1, 2).apply_async(task_id="fixed", queue="q", priority=3)
+        assert (r.id, r.state, r.queue) == ("fixed", PENDING, "q")
+        r = app.send_task(add.name, (1, 2), link=add.s(3), link_error=add.si(0, 0))
+        kids = sql(db, "SELECT name, state, waits, parent_id FROM tasks WHERE parent_id = ? "
+                       "ORDER BY seq", r.id)
+        assert kids == [(add.name, "WAITING", "link", r.id), (add.name, "WAITING", "error_si",
+                                                              r.id)]
+        assert [k.state for k in r.children] == [PENDING, PENDING]   # as Celery shows it
+        assert sql(db, "SELECT followers FROM tasks WHERE id = ?", r.id) == [(1,)]
+
+    def test_pruning_results_also_prunes_saved_groups_and_chords(self, tmp_path):
+        db, app, add = adder_app(tmp_path / "p.sqlite")
+        from litequeue import chord
+        g = group(add.s(1, 1), add.s(2, 2)).apply_async()
+        c = chord([add.s(1, 1)], add.s(1)).apply_async()
+        sql_write(db, "UPDATE tasks SET state = 'SUCCESS', finished_at = 1",
+                  "UPDATE chords SET fired = 1", "UPDATE groups SET created_at = 1")
+        assert app.GroupResult(g.id).id == g.id
+        assert app._storage().prune(time.time()) == 4
+        assert sql(db, "SELECT (SELECT count(*) FROM groups), (SELECT count(*) FROM chords)") \
+            == [(0, 0)]
+        assert GroupResult.restore(g.id, app=app) is None and c.state == UNKNOWN
+        with pytest.raises(TaskNotFound):
+            app.GroupResult(g.id)
+
+    @pytest.mark.worker
+    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = (add.s(1, 1) | fails_once.s("ok") | add.s(1)).delay()
+            r.get(timeout=30, propagate=False)
+            print(json.dumps([r.id, r.parent.id, r.state]))
+        ''')
+        tail, step, state = out
+        assert state == FAILURE
+        # The tail never ran: it cannot be requeued alone (it has no input).
+        refused = lq("retry", canvas.db, tail, cwd=canvas.dir)
+        assert refused.returncode == 1
+        (canvas.marks / "ok").touch()
+        assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
+        assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
+
+    @pytest.mark.worker
+    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, workers):
+        start_canvas_worker(workers, canvas)
+        out = canvas.client('''
+            r = add.apply_async((1, 2), link_error=chain(errback1.s(), collect.s()))
+            print(json.dumps(r.get(timeout=30)))
+        ''')
+        assert out == 3
+        wait_until(lambda: canvas.count("state = 'WAITING'") == 0, 10, "no WAITING rows")
+
+    def test_options_set_on_a_chain_group_or_chord_reach_every_task(self, tmp_path):
+        db, app, add = adder_app(tmp_path / "set.sqlite")
+        from litequeue import chain, chord
+        chain(add.s(1, 1), add.s(1)).set(queue="q1", priority=3).apply_async()
+        group(add.s(1, 1), add.s(2, 2)).set(queue="q2").apply_async()
+        chord([add.s(1, 1)], add.s(1), queue="q3").apply_async()
+        assert sorted(sql(db, "SELECT queue, count(*) FROM tasks GROUP BY queue")) == [
+            ("q1", 2), ("q2", 2), ("q3", 2)]
+        with pytest.raises(ConfigurationError, match="countdown"):
+            (add.s(1, 1) | add.s(1).set(eta=dt.datetime.now(dt.timezone.utc))).delay()
+        with pytest.raises(TypeError, match="unsupported"):
+            chain(add.s(1, 1), add.s(1)).set(routing_key="x").delay()
+
+    def test_purging_a_queue_drops_what_waited_on_it_elsewhere(self, tmp_path):
+        db, app, add = adder_app(tmp_path / "purge.sqlite")
+        (add.s(1, 1).set(queue="a") | add.s(1).set(queue="b") | add.s(2).set(queue="c")).delay()
+        assert app.admin.purge("a") == 1
+        assert sql(db, "SELECT count(*) FROM tasks")[0][0] == 0
+
+    def test_eager_mode_runs_the_whole_canvas_inline(self, tmp_path):
+        app = LiteQueue(str(tmp_path / "eager.sqlite"), task_always_eager=True)
+
+        @app.task
+        def add(x, y):
+            return x + y
+
+        @app.task
+        def total(values):
+            return sum(values)
+
+        @app.task
+        def boom(x):
+            raise ValueError(x)
+
+        seen = []
+
+        @app.task
+        def eb(task_id):
+            seen.append(task_id)
+
+        from litequeue import chain, chord
+        assert (add.s(1, 2) | add.s(3)).delay().get() == 6
+        assert chord([add.s(i, i) for i in range(4)])(total.s()).get() == 12
+        r = chain(add.s(1, 1), boom.s(), add.s(1)).on_error(eb.s()).delay()
+        with pytest.raises(ValueError):
+            r.get()
+        assert len(seen) == 1
+        bad = chord([add.s(1, 1), boom.s(2)], total.s()).delay()
+        with pytest.raises(litequeue.ChordError):
+            bad.get()
+        told = []
+
+        @app.task
+        def eb3(request, exc, traceback):
+            told.append((request.id, type(exc).__name__, "Traceback" in traceback))
+
+        r = boom.apply_async((3,), link_error=chain(eb3.s(), add.si(1, 1)))
+        assert told == [(r.id, "ValueError", True)]
+        assert add.apply_async((1, 1), link=add.s(5)).successful()
+        assert not (tmp_path / "eager.sqlite").exists()
+
+    def test_shared_task_registers_with_every_app(self, tmp_path):
+        @litequeue.shared_task
+        def shared_double(x):
+            return 2 * x
+
+        try:
+            a = LiteQueue(str(tmp_path / "a.sqlite"), task_always_eager=True)
+            name = [n for n in a.tasks if n.endswith("shared_double")]
+            assert name and shared_double.delay(21).get() == 42
+            assert shared_double(2) == 4 and shared_double.name == name[0]
+        finally:
+            litequeue._shared_tasks.pop()
+
+    def test_signals_are_importable_by_their_celery_names(self):
+        from litequeue.signals import task_failure
+        from litequeue import signals
+        assert task_failure is signals.task_failure
+        calls = []
+
+        @task_failure.connect
+        def handler(sender=None, **kwargs):
+            calls.append(sender)
+
+        try:
+            task_failure.send(sender="x")
+            assert calls == ["x"]
+        finally:
+            task_failure.disconnect(handler)
+        task_failure.send(sender="y")
+        assert calls == ["x"]
+
+
+# The canvas chaos test's producer: chains of five steps and chords of twelve, printed
+# as [kind, id of the result to check, the value it must have].
+CANVAS_CHAOS_PRODUCER = '''
+import json, sys
+from canvas_tasks import collect, step
+from litequeue import chain, chord
+out = []
+for n in range(int(sys.argv[1])):
+    r = chain(step.s(n, "chain"), *[step.s("chain") for _ in range(4)]).delay()
+    out.append(["chain", r.id, n + 5])
+for n in range(int(sys.argv[2])):
+    r = chord([step.s(n + i, "chord") for i in range(12)])(collect.s())
+    out.append(["chord", r.id, [n + i + 1 for i in range(12)]])
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.worker
+class TestCanvasChaos:
+
+    @pytest.mark.chaos
+    @pytest.mark.slow
+    @pytest.mark.timeout(240)
+    def test_sigkill_during_chains_and_chords_loses_and_repeats_nothing(self, canvas,
+                                                                         workers):
+        """Two `-c 2` supervisors run 150 chains of five steps and 50 chords of twelve
+        members while, every 0.1-0.3 s for at least 12 s, a random child (sometimes a
+        supervisor's whole group) is SIGKILLed; dead supervisors are restarted. Every
+        chain ends once with the right value, every chord body runs with every member's
+        result in order, and no row of the canvas is queued twice."""
+        seed = int(os.environ.get("LQ_CHAOS_SEED", time.time_ns() % 10**6))
+        rng = random.Random(seed)
+        chains, chords, chaos_for = 150, 50, 12.0
+
+        def start_supervisor():
+            return workers.start(canvas, concurrency=2, app=("canvas_tasks",),
+                                 loglevel="WARNING", ready=False)
+
+        supervisors = [start_supervisor(), start_supervisor()]
+        for s in supervisors:
+            s.wait_ready()
+        producer = subprocess.Popen([sys.executable, "-c", CANVAS_CHAOS_PRODUCER, str(chains),
+                                     str(chords)], cwd=canvas.dir, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        kills = collections.Counter()
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < chaos_for:
+                time.sleep(rng.uniform(0.1, 0.3))
+                for i, s in enumerate(supervisors):
+                    if s.proc.poll() is not None:
+                        supervisors[i] = start_supervisor()
+                target = rng.choice(supervisors)
+                if target.proc.poll() is not None:
+                    continue
+                if rng.random() < 0.1:
+                    target.killpg(signal.SIGKILL)
+                    target.proc.wait()
+                    kills["group"] += 1
+                    continue
+                target.id = target.id or target.supervisor_row()
+                pids = [c["pid"] for c in target.live_children()
+                        if parent_of(c["pid"]) == target.proc.pid]
+                if pids:
+                    with _suppress_lookup():
+                        os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills["child"] += 1
+            out, err = producer.communicate(timeout=60)
+        finally:
+            if producer.poll() is None:
+                with _suppress_lookup():
+                    os.killpg(producer.pid, signal.SIGKILL)
+                producer.wait()
+        assert producer.returncode == 0, err
+        expected = json.loads(out)
+        for i, s in enumerate(supervisors):
+            if s.proc.poll() is not None:
+                supervisors[i] = start_supervisor()
+
+        def unfinished():
+            return sql(canvas.db, "SELECT count(*) FROM tasks WHERE state != 'SUCCESS'")[0][0]
+        wait_until(lambda: unfinished() == 0, 120,
+                   lambda: f"every row to succeed (seed {seed}; {unfinished()} not yet: "
+                   f"{sql(canvas.db, 'SELECT state, count(*) FROM tasks GROUP BY state')})")
+        values = canvas.client(f'''
+            print(json.dumps([app.AsyncResult(i).get(timeout=30) for i in
+                              {[e[1] for e in expected]!r}]))
+        ''')
+        assert values == [e[2] for e in expected], f"seed {seed}"
+        # One row per task of the canvas: 5 per chain, 12 + 1 per chord, none twice.
+        assert canvas.count() == 5 * chains + 13 * chords
+        # Every start of a step was a claim of its one row (attempt counts the claims).
+        starts = collections.Counter()
+        for path in canvas.marks.glob("runs.*"):
+            for line in path.read_text().splitlines():
+                task_id, attempt = json.loads(line)
+                starts[task_id] = max(starts[task_id], attempt)
+        attempts = dict(sql(canvas.db, "SELECT id, attempt FROM tasks WHERE name = "
+                                       "'canvas_tasks.step'"))
+        assert starts == attempts, f"seed {seed}"
+        assert sql(canvas.db, "SELECT count(*), sum(done = size AND fired = 1) "
+                              "FROM chords")[0] == (chords, chords)
+        assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
+        assert sum(kills.values()) >= 20, kills
+        print(f"canvas chaos seed {seed}: {dict(kills)}")

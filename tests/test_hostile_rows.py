@@ -1,0 +1,334 @@
+"""Rows another client wrote: text that is not UTF-8 in any column a worker or a command
+reads, and rows of the wrong type or shape (TestBadRows: worker ids that are paths, text
+where a time belongs, schedules that cannot fire, results that crash a process). Each
+must end FAILURE (or be set aside) saying why, and never stop a worker, crash its children
+or reach a user as a traceback. Real workers, real files, a foreign connection writing
+beside them."""
+
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import apsw
+import msgpack
+import pytest
+
+import litequeue
+from litequeue import FAILURE, SUCCESS
+
+from .helpers import (
+    assert_canary, files_in, foreign, insert_raw, insert_schedule, lq, make_victim, pack, sql,
+    task_source, wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+BAD = "CAST(X'61ff62' AS TEXT)"          # 'a', a byte that is never UTF-8, 'b'
+
+
+def queued_row(project):
+    """A PENDING add row, its seq and id."""
+    result = project.delay("add", 1, 2)
+    (seq,), = sql(project.db, "SELECT seq FROM tasks WHERE id = ?", result.id)
+    return seq, result.id
+
+
+def task_column(column):
+    def plant(project):
+        seq, _ = queued_row(project)
+        foreign(project.db, f"UPDATE tasks SET {column} = {BAD} WHERE seq = ?", seq)
+        return seq
+    return plant
+
+
+def started_row_worker(project):
+    seq, _ = queued_row(project)
+    foreign(project.db, f"UPDATE tasks SET state = 'STARTED', worker = {BAD} WHERE seq = ?",
+            seq)
+    return seq
+
+
+def worker_id(project):
+    project.delay("add", 0, 0)       # the file exists
+    foreign(project.db, f"INSERT INTO workers (id, parent, hostname, pid, queues, started_at) "
+            f"VALUES ({BAD}, NULL, 'h', 1, 'default', 0)")
+
+
+def schedule_name(project):
+    project.delay("add", 0, 0)
+    payload = litequeue._pack_envelope("tasks.add", [1, 1], {})
+    foreign(project.db, "INSERT INTO schedules (name, task, module, schedule, tz, payload, "
+            f"queue, next_fire, updated_at) VALUES ({BAD}, 'tasks.add', 'tasks', "
+            "'every:3600', 'UTC', ?, 'default', ?, 0)", payload, time.time() + 3600)
+
+
+def registry_module(project):
+    project.delay("add", 0, 0)       # registers tasks.add from module tasks
+    foreign(project.db, f"UPDATE registry SET module = {BAD} WHERE name = 'tasks.add'")
+
+
+def paused_queue(project):
+    project.delay("add", 0, 0)
+    foreign(project.db, f"INSERT INTO paused VALUES ({BAD}, 0)")
+
+
+def rate_limit_key(project):
+    project.delay("add", 0, 0)
+    foreign(project.db, f"INSERT INTO rate_limits (key, rate, interval) VALUES ({BAD}, '1/s', 1)")
+
+
+CASES = {
+    **{f"tasks.{c}": task_column(c)
+       for c in ("payload", "id", "name", "parent_id", "waits", "queue", "state")},
+    "tasks.worker (STARTED)": started_row_worker,
+    "workers.id": worker_id,
+    "schedules.name": schedule_name,
+    "registry.module": registry_module,
+    "paused.queue": paused_queue,
+    "rate_limits.key": rate_limit_key,
+}
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("case", list(CASES))
+def test_text_that_is_not_utf8_never_stops_a_worker(project, workers, case):
+    seq = CASES[case](project)
+    worker = workers.start(project, concurrency=2)
+    children = {c["pid"] for c in worker.live_children()}
+    # A canary queued after the bad row runs within seconds.
+    assert project.delay("add", 20, 22).get(timeout=20) == 42
+    for command in (["status"], ["health", "--max-wait", "3600"], ["tasks"],
+                    ["inspect", "active"]):
+        done = lq(*command, project.db, cwd=project.dir)
+        out = done.stdout + done.stderr
+        assert "Traceback" not in out and "UnicodeDecodeError" not in out, (command, out)
+        assert done.returncode in (0, 2), (command, done.returncode, out)
+    if seq is not None:
+        # The bad row ended FAILURE saying why (a row in no queue a worker serves, or in
+        # no state, ended when a command read it).
+        def ended():
+            rows = sql(project.db, "SELECT state FROM tasks WHERE seq = ?", seq)
+            return rows and rows[0][0] in (FAILURE, SUCCESS) and rows[0][0]
+        state = wait_until(ended, 20, f"the row with bad text in {case} to end")
+        (result,), = sql(project.db, "SELECT result FROM tasks WHERE seq = ?", seq)
+        if state == FAILURE:
+            assert b"not UTF-8" in result, result
+    # No child died, none was replaced, and the supervisor still runs.
+    assert worker.proc.poll() is None
+    assert {c["pid"] for c in worker.live_children()} == children
+    assert "ended with" not in worker.log_text()
+
+
+def test_a_read_only_reader_gets_one_clear_error(project, tmp_path):
+    """A user who may read the file but not write it cannot repair it: it gets BadText,
+    a LitequeueError that says what to do, not a decode error."""
+    seq, task_id = queued_row(project)
+    foreign(project.db, f"UPDATE tasks SET name = {BAD} WHERE seq = ?", seq)
+    storage = litequeue._Storage(project.db, create=False)
+    storage.conn.close()
+    storage.conn = apsw.Connection(project.db, flags=apsw.SQLITE_OPEN_READONLY)
+    storage.conn.create_scalar_function("lq_bad_text", litequeue._bad_utf8, 1)
+    storage.conn.create_scalar_function("lq_fix_text", litequeue._fixed_utf8, 2)
+    with pytest.raises(litequeue.BadText, match="owner"):
+        storage.list_tasks(None, None, None, 10)
+
+
+def insert_worker(db, worker_id, pid=999999, parent=None):
+    """A workers row as a foreign writer (or an attacker with write access) would put
+    there. pid_max is far below 999999 here, so the pid is dead."""
+    sql(db, "INSERT INTO workers (id, parent, hostname, pid, queues, concurrency, started_at) "
+            "VALUES (?, ?, 'x', ?, 'default', 1, 0)", worker_id, parent, pid)
+
+
+def insert_started(db, worker_id, name="tasks.add", args=(20, 22)):
+    """A STARTED row claimed by worker_id. Returns its id."""
+    task_id = str(uuid.uuid4())
+    sql(db, "INSERT INTO tasks (id, name, payload, state, attempt, worker, pid, started_at) "
+            "VALUES (?, ?, ?, 'STARTED', 1, ?, 999999, 0)",
+        task_id, name, pack({"args": list(args)}), worker_id)
+    return task_id
+
+
+def prove_rescue_passes(project, w, rounds=2):
+    """Wait until the worker has run complete rescue passes over the workers table.
+
+    Each round registers a dead worker with a well-formed id (12 hex digits, no lock
+    file) holding a STARTED task, and waits until that task was requeued and SUCCEEDED.
+    A pass handles every row of the table in one go, so once the task of round 2 has
+    been rescued, the pass that rescued round 1 has finished: every row present before
+    round 1 has been through a whole pass."""
+    for _ in range(rounds):
+        dead = secrets.token_hex(6)
+        insert_worker(project.db, dead)
+        task_id = insert_started(project.db, dead)
+        wait_until(lambda: project.state(task_id) == SUCCESS, 20,
+                   lambda: f"the task of dead worker {dead} rescued and run "
+                           f"(state {project.state(task_id)})\nlog:\n{w.log_text()}")
+    assert w.proc.poll() is None, w.log_text()
+
+
+def error_text(row_result, traceback):
+    """What a user reads about a failure: the stored error map and the traceback."""
+    text = ""
+    if isinstance(row_result, bytes):
+        try:
+            text += repr(msgpack.unpackb(row_result, raw=False, strict_map_key=False))
+        except Exception:
+            text += repr(row_result)
+    return text + "\n" + (traceback or "")
+
+
+def lq_ok(*args, cwd):
+    done = lq(*args, cwd=cwd)
+    assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+BAD_RESULT_MODULE = task_source("badresult.py")
+
+
+BAD_SCHEDULES = {
+    "nan-next-fire": {"next_fire": "NaN"},
+    "garbage-zone": {"tz": "Garbage/Zone"},
+    "bad-cron": {"schedule": "cron:99 * * * *"},
+    "every-zero": {"schedule": "every:0"},
+    "year-9999": {"last_fire": 253402300799.0},
+    # An interval so short that walking its missed fires would take the scheduler (and
+    # the write lock it holds) for ever, with nothing raised.
+    "every-10us": {"schedule": "every:0.00001", "last_fire": time.time() - 3600},
+}
+
+
+def assert_eta_promotion_works(project, w):
+    """The supervisor still promotes ETA tasks, and the worker is alive."""
+    r = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=0.5)
+    assert r.get(timeout=10) == 7
+    assert w.proc.poll() is None, w.log_text()
+    assert len(w.live_children()) == w.concurrency
+
+
+def assert_schedules_disabled(project, names):
+    def shown():
+        done = lq("schedules", project.db, cwd=project.dir)
+        if done.returncode == 0 and "Traceback" not in done.stderr and \
+                done.stdout.count("DISABLED") >= len(names):
+            return done
+        return None
+    done = wait_until(shown, 15, lambda: "`litequeue schedules` to show DISABLED for "
+                      f"{names}:\n{lq('schedules', project.db, cwd=project.dir)}")
+    for name in names:
+        assert name in done.stdout, done.stdout
+    status = lq_ok("status", project.db, cwd=project.dir)
+    assert "DISABLED" in status.stdout, status.stdout
+
+
+@pytest.mark.worker
+class TestBadRows:
+
+    def test_worker_ids_that_are_paths_never_delete_files(self, project, workers, tmp_path):
+        victim = tmp_path / "victim"
+        before = make_victim(victim, names=("poetry.lock", "dotdot.lock"))
+        w = workers.start(project, concurrency=1)
+        # The lock file of worker ID is <side dir>/locks/ID.lock.
+        insert_worker(project.db, str(victim / "poetry"))
+        side_locks = Path(project.db + "-lq") / "locks"
+        dotdot = os.path.relpath(victim / "dotdot", side_locks)
+        assert dotdot.startswith("..")
+        insert_worker(project.db, dotdot)
+        prove_rescue_passes(project, w)
+        assert files_in(victim) == before
+        assert_canary(project, w)
+
+    @pytest.mark.parametrize("worker_id", ["a\x00b", "z" * 5000, "../" * 40 + "nowhere",
+                                           "/", ""], ids=["nul", "long", "dotdot", "slash",
+                                                          "empty"])
+    def test_strange_worker_ids_do_not_crash_the_rescue(self, project, workers, worker_id):
+        w = workers.start(project, concurrency=1)
+        insert_worker(project.db, worker_id)
+        prove_rescue_passes(project, w)
+        assert_canary(project, w)
+
+    def test_scheduled_task_with_a_text_eta_fails_and_the_supervisor_goes_on(self, project,
+                                                                            workers):
+        w = workers.start(project, concurrency=1)
+        task_id = str(uuid.uuid4())
+        sql(project.db, "INSERT INTO tasks (id, name, payload, state, eta) "
+                        "VALUES (?, 'tasks.add', ?, 'SCHEDULED', 'soon')",
+            task_id, pack({"args": [1, 2]}))
+        wait_until(lambda: project.state(task_id) == FAILURE, 15,
+                   lambda: f"the task with eta 'soon' to fail (state {project.state(task_id)})"
+                           f"\n{w.log_text()}")
+        row = project.row(task_id)
+        assert "eta" in error_text(row["result"], row["traceback"]).lower(), row
+        assert_eta_promotion_works(project, w)
+
+    @pytest.mark.parametrize("name", list(BAD_SCHEDULES))
+    def test_bad_schedule_is_disabled_and_the_supervisor_goes_on(self, project, workers, name):
+        w = workers.start(project, concurrency=1)
+        insert_schedule(project.db, name, **BAD_SCHEDULES[name])
+        assert_eta_promotion_works(project, w)          # its ring makes the scheduler look
+        assert_schedules_disabled(project, [name])
+        assert_eta_promotion_works(project, w)
+
+    def test_all_bad_rows_at_once(self, project, workers):
+        w = workers.start(project, concurrency=1)
+        for name, overrides in BAD_SCHEDULES.items():
+            insert_schedule(project.db, name, **overrides)
+        good_payload = pack({"args": [100, 1]})
+        insert_schedule(project.db, "good", schedule="every:1.0", next_fire=time.time() + 0.5,
+                        payload=good_payload)
+        task_id = str(uuid.uuid4())
+        sql(project.db, "INSERT INTO tasks (id, name, payload, state, eta) "
+                        "VALUES (?, 'tasks.add', ?, 'SCHEDULED', 'soon')",
+            task_id, pack({"args": [1, 2]}))
+        insert_worker(project.db, "nul\x00id")
+        wait_until(lambda: project.state(task_id) == FAILURE, 15,
+                   lambda: f"the task with eta 'soon' to fail\n{w.log_text()}")
+        assert_eta_promotion_works(project, w)
+        prove_rescue_passes(project, w)
+        assert_schedules_disabled(project, list(BAD_SCHEDULES))
+        # The valid schedule keeps firing (each fire of tasks.add(1, 1) succeeds).
+        fired = lambda: sql(project.db, "SELECT count(*) FROM tasks WHERE payload = ? "
+                                        "AND state = ?", good_payload, SUCCESS)[0][0]
+        first = fired()
+        wait_until(lambda: fired() > first, 10, "the valid schedule to fire again")
+        assert_eta_promotion_works(project, w)
+
+    @pytest.mark.parametrize("case", ["text_expires", "blob_id", "unencodable_result"])
+    def test_row_that_crashes_its_process_ends_failure_without_a_loop(self, project, workers,
+                                                                     case):
+        if case == "unencodable_result":
+            project.write_module("badresult", BAD_RESULT_MODULE)
+            w = workers.start(project, concurrency=1, app=("tasks", "badresult"))
+        else:
+            w = workers.start(project, concurrency=1)
+        if case == "text_expires":
+            key = str(uuid.uuid4())
+            sql(project.db, "INSERT INTO tasks (id, name, payload, expires) "
+                            "VALUES (?, 'tasks.add', ?, 'soon')", key, pack({"args": [1, 2]}))
+            why = "expires"
+        elif case == "blob_id":
+            key = b"\xffblob-id\x00"
+            sql(project.db, "INSERT INTO tasks (id, name, payload) VALUES (?, 'tasks.add', ?)",
+                key, pack({"args": [1, 2]}))
+            why = "id"
+        else:
+            (key,) = insert_raw(project.db, [("badresult.sneaky", pack({}))])
+            why = "result"
+
+        def row():
+            rows = sql(project.db, "SELECT state, attempt, result, traceback FROM tasks "
+                                   "WHERE id = ?", key)
+            return rows[0]
+        wait_until(lambda: row()[0] == FAILURE, 30,
+                   lambda: f"the {case} row to end FAILURE (state, attempt = {row()[:2]})"
+                           f"\n{w.log_text()[-3000:]}")
+        state, attempt, result, tb = row()
+        assert attempt <= 4, (attempt, w.log_text()[-3000:])
+        text = error_text(result, tb)
+        assert why in text.lower(), text
+        assert_canary(project, w)
+        assert row()[:2] == (FAILURE, attempt)        # not run again since
