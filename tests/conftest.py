@@ -90,6 +90,7 @@ sys.modules.setdefault("test_litequeue", _legacy)
 # so that a run meets a broken lower layer first. A file missing here runs last.
 FILE_ORDER = (
     "test_conftest.py",             #       the suite's own rules
+    "test_layout.py",               # 0     the module's layout: top-down, section sizes
     "test_settings.py",             # 1-3   exceptions, settings
     "test_serialization.py",        # 4     serialization
     "test_time.py",                 # 5     zones, crontab, intervals, fire planning
@@ -103,12 +104,15 @@ FILE_ORDER = (
     "test_hostile_chords.py",
     "test_task_code.py",            # 14    worker: task code
     "test_child.py",                # 15    worker: the child
+    "test_child_steps.py",
     "test_concurrency.py",
     "test_failures.py",
     "test_worker.py",               # 15-16 the child and the supervisor, end to end
-    "test_process_limits.py",       # 16    worker: the supervisor
+    "test_supervisor_steps.py",     # 16    worker: the supervisor
+    "test_process_limits.py",
     "test_scheduler.py",
     "test_supervisor.py",
+    "test_worker_controls.py",
     "test_hostile_rows.py",
     "test_hostile_limits.py",
     "test_fuzz_rows.py",
