@@ -420,6 +420,9 @@ _SCHEDULE_OFF = "disabled by an operator"
 # The most rows a task page's workflow timeline reads: past a few hundred bars a
 # timeline is no longer readable, and reading them would hold the page up.
 _WORKFLOW_MAX = 200
+# The traceback of a row revoked with terminate=True: what tells a supervisor to kill the
+# process running it.
+_TERMINATE_NOTE = "revoked with terminate=True"
 
 # "LQE1": tells our files apart from every other SQLite file.
 APPLICATION_ID = 0x4C514531
@@ -2125,6 +2128,10 @@ _SQL_ADD_STATS = f"""
         {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COUNTS)}
 """
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
+_SQL_TERMINATED_OF_SEQS = """
+    SELECT seq FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))
+                            AND state = 'REVOKED' AND traceback = :why
+"""
 _SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 
 # -- supervisors: workers, rescue, quarantine, the scheduler, pruning ---------
@@ -2346,9 +2353,11 @@ _SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
 _SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
 # UNIQUE index on id. Without terminate, a running task is left to finish.
 _SQL_REVOKE_TARGET = "SELECT seq, state, worker FROM tasks WHERE id = :id"
-# PENDING, SCHEDULED, RETRY, WAITING or STARTED -> REVOKED.
+# PENDING, SCHEDULED, RETRY, WAITING or STARTED -> REVOKED. With terminate the row says so
+# (_TERMINATE_NOTE in traceback): only then does a supervisor kill the process running it.
 _SQL_REVOKE = """
-    UPDATE tasks SET state = 'REVOKED', finished_at = :now
+    UPDATE tasks SET state = 'REVOKED', finished_at = :now,
+                     traceback = CASE WHEN :terminate THEN :why ELSE traceback END
     WHERE seq = :seq AND state IN ('PENDING', 'SCHEDULED', 'RETRY', 'WAITING', 'STARTED')
 """
 _SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
@@ -3420,6 +3429,12 @@ class _Supervising:
     def running(self):
         return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
 
+    def terminated_of(self, seqs):
+        """The seqs among seqs revoked with terminate (a plain revoke took only rows a
+        worker had not begun, and the worker skips those itself)."""
+        return {seq for (seq,) in self.conn.execute(_SQL_TERMINATED_OF_SEQS, {
+            "seqs": json.dumps(list(seqs)), "why": _TERMINATE_NOTE})}
+
     def claiming_workers(self):
         """Ids of every process that holds STARTED rows (None for rows naming none)."""
         return [worker for (worker,) in self.conn.execute(_SQL_CLAIMING_WORKERS).fetchall()]
@@ -3836,7 +3851,8 @@ class _Administering:
                 stage = progress(worker, seq)
                 if stage == "finished" or (stage == "running" and not terminate):
                     return False
-            conn.execute(_SQL_REVOKE, {"now": now, "seq": seq})
+            conn.execute(_SQL_REVOKE, {"now": now, "seq": seq, "terminate": int(terminate),
+                                       "why": _TERMINATE_NOTE})
             if not conn.changes():
                 return False
             follow = _FollowUps()
@@ -9678,12 +9694,15 @@ class _Supervisor:
                     running[child] = entries
         if not running:
             return None
-        states = self.storage.states_of(seq for entries in running.values()
-                                        for seq, _, _ in entries)
+        seqs = [seq for entries in running.values() for seq, _, _ in entries]
+        states = self.storage.states_of(seqs)
+        # Only a revoke with terminate kills: a plain one took a row the child had not
+        # begun, which it skips itself (even if its lock record named it a moment ago).
+        terminated = self.storage.terminated_of(seqs)
         now, next_deadline, cancel = time.time(), None, False
         for child, entries in running.items():
             revoked = [seq for seq, _, kind in entries
-                       if states.get(seq) == REVOKED and kind != _OFF_LOOP]
+                       if seq in terminated and kind != _OFF_LOOP]
             late = [seq for seq, deadline, _ in entries if deadline and deadline <= now]
             # A revoked coroutine is cancelled by its own process, woken by a ring.
             cancel = cancel or any(states.get(seq) == REVOKED and kind == _OFF_LOOP

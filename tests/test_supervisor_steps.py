@@ -104,3 +104,25 @@ def test_the_scheduler_promotes_due_rows_fires_schedules_and_says_when_to_look_a
         assert quarantined == [1]
     finally:
         storage.close()
+
+
+def test_only_a_revoke_with_terminate_marks_a_row_for_the_supervisor_to_kill(project):
+    """A plain revoke takes a claimed row its worker has not begun (the worker skips it);
+    the supervisor, which may still read that row in the worker's lock record, must not
+    kill the process for it, as it does for terminate."""
+    add = project.app.tasks["tasks.add"]
+    plain, killed = add.delay(1, 1), add.delay(2, 2)
+    storage = litequeue._Storage(project.db)
+    worker = litequeue._new_worker_id()
+    storage.register_worker({"id": worker, "parent": None, "hostname": "h", "pid": 1,
+                             "queues": "default", "concurrency": 1, "started_at": time.time()})
+    try:
+        rows, _ = storage.complete_and_claim([], worker, 1, time.time(), "default", 2)
+        seqs = {row.id: row.seq for row in rows}
+        assert storage.revoke(plain.id, False, time.time(), lambda: None, lambda w, s: None)
+        assert storage.revoke(killed.id, True, time.time(), lambda: None,
+                              lambda w, s: "running")
+        assert storage.states_of(seqs.values()) == {s: "REVOKED" for s in seqs.values()}
+        assert storage.terminated_of(seqs.values()) == {seqs[killed.id]}
+    finally:
+        storage.close()
