@@ -2128,9 +2128,11 @@ _SQL_ADD_STATS = f"""
         {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COUNTS)}
 """
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
-_SQL_TERMINATED_OF_SEQS = """
-    SELECT seq FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))
-                            AND state = 'REVOKED' AND traceback = :why
+# A supervisor's look at what its children run: each row's state, and 1 if it was revoked
+# with terminate (_TERMINATE_NOTE).
+_SQL_POLICE_STATES = """
+    SELECT seq, state, state = 'REVOKED' AND traceback IS :why FROM tasks
+    WHERE seq IN (SELECT value FROM json_each(:seqs))
 """
 _SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 
@@ -3429,11 +3431,16 @@ class _Supervising:
     def running(self):
         return self.conn.execute(_SQL_RUNNING_BY_WORKER).fetchall()
 
-    def terminated_of(self, seqs):
-        """The seqs among seqs revoked with terminate (a plain revoke took only rows a
-        worker had not begun, and the worker skips those itself)."""
-        return {seq for (seq,) in self.conn.execute(_SQL_TERMINATED_OF_SEQS, {
-            "seqs": json.dumps(list(seqs)), "why": _TERMINATE_NOTE})}
+    def police_states(self, seqs):
+        """({seq: state}, {seqs revoked with terminate}) in one read. A plain revoke takes
+        only rows a worker has not begun, and the worker skips those itself."""
+        states, terminated = {}, set()
+        for seq, state, killed in self.conn.execute(_SQL_POLICE_STATES, {
+                "seqs": json.dumps(list(seqs)), "why": _TERMINATE_NOTE}):
+            states[seq] = state
+            if killed:
+                terminated.add(seq)
+        return states, terminated
 
     def claiming_workers(self):
         """Ids of every process that holds STARTED rows (None for rows naming none)."""
@@ -9694,11 +9701,10 @@ class _Supervisor:
                     running[child] = entries
         if not running:
             return None
-        seqs = [seq for entries in running.values() for seq, _, _ in entries]
-        states = self.storage.states_of(seqs)
         # Only a revoke with terminate kills: a plain one took a row the child had not
         # begun, which it skips itself (even if its lock record named it a moment ago).
-        terminated = self.storage.terminated_of(seqs)
+        states, terminated = self.storage.police_states(
+            seq for entries in running.values() for seq, _, _ in entries)
         now, next_deadline, cancel = time.time(), None, False
         for child, entries in running.items():
             revoked = [seq for seq, _, kind in entries

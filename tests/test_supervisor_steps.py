@@ -123,6 +123,7 @@ def test_only_a_revoke_with_terminate_marks_a_row_for_the_supervisor_to_kill(pro
         assert storage.revoke(killed.id, True, time.time(), lambda: None,
                               lambda w, s: "running")
         assert storage.states_of(seqs.values()) == {s: "REVOKED" for s in seqs.values()}
-        assert storage.terminated_of(seqs.values()) == {seqs[killed.id]}
+        assert storage.police_states(seqs.values()) == (
+            {s: "REVOKED" for s in seqs.values()}, {seqs[killed.id]})
     finally:
         storage.close()
