@@ -2120,12 +2120,22 @@ _SQL_CHORD_UNDO = "ROLLBACK TO chord_part"
 _SQL_CHORD_RELEASE = "RELEASE chord_part"
 _STATS_COUNTS = ("succeeded", "failed", "retried", "runtime") + \
     tuple(f"h{i}" for i in range(len(_RUNTIME_BUCKETS) + 1))
+
+
+def _sane_count(column):
+    """SQL for a counter as litequeue wrote it: a number from 0 to 10**15, else 0. A
+    counter another client spoiled (text, a blob, a negative or a huge number) then
+    neither overflows a sum nor fails the worker's next addition to it."""
+    return (f"(CASE WHEN typeof({column}) IN ('integer', 'real') AND {column} >= 0 "
+            f"AND {column} <= 1e15 THEN {column} ELSE 0 END)")
+
+
 # A worker's batch of counters, added to the minute's row.
 _SQL_ADD_STATS = f"""
     INSERT INTO stats (minute, name, queue, {", ".join(_STATS_COUNTS)})
     VALUES (?, ?, ?, {", ".join("?" for _ in _STATS_COUNTS)})
     ON CONFLICT (minute, name, queue) DO UPDATE SET
-        {", ".join(f"{c} = {c} + excluded.{c}" for c in _STATS_COUNTS)}
+        {", ".join(f"{c} = {_sane_count(c)} + excluded.{c}" for c in _STATS_COUNTS)}
 """
 _SQL_STATE_OF_SEQS = "SELECT seq, state FROM tasks WHERE seq IN (SELECT value FROM json_each(:seqs))"
 # A supervisor's look at what its children run: each row's state, and 1 if it was revoked
@@ -2486,17 +2496,17 @@ _SQL_STATE_COUNTS = """
     GROUP BY queue
 """
 # stats' primary key: the minutes since :since, summed over task names and queues.
-_SQL_STATS_BY_MINUTE = """
-    SELECT minute, sum(succeeded), sum(failed), sum(retried), sum(runtime) FROM stats
-    WHERE minute >= :since GROUP BY minute ORDER BY minute
+# Each sums sane counters only (_sane_count), so a spoiled one cannot overflow it.
+_SQL_STATS_BY_MINUTE = f"""
+    SELECT minute, {", ".join(f"sum({_sane_count(c)})" for c in _STATS_COUNTS[:4])}
+    FROM stats WHERE minute >= :since GROUP BY minute ORDER BY minute
 """
-_SQL_STATS_BY_QUEUE = """
-    SELECT queue, sum(succeeded), sum(failed) FROM stats WHERE minute >= :since
-    GROUP BY queue
+_SQL_STATS_BY_QUEUE = f"""
+    SELECT queue, {", ".join(f"sum({_sane_count(c)})" for c in _STATS_COUNTS[:2])}
+    FROM stats WHERE minute >= :since GROUP BY queue
 """
 _SQL_STATS_BY_NAME = f"""
-    SELECT name, sum(succeeded), sum(failed), sum(retried), sum(runtime),
-           {", ".join(f"sum(h{i})" for i in range(len(_RUNTIME_BUCKETS) + 1))}
+    SELECT name, {", ".join(f"sum({_sane_count(c)})" for c in _STATS_COUNTS)}
     FROM stats WHERE minute >= :since GROUP BY name ORDER BY name
 """
 # A page of tasks, newest first, from :before down (primary key; keyset paging). A filter

@@ -135,6 +135,27 @@ def test_a_read_only_reader_gets_one_clear_error(project, tmp_path):
         storage.list_tasks(None, None, None, 10)
 
 
+@pytest.mark.parametrize("lie", ["9223372036854775807", "-5", "'many'", "X'00ff'", "9e999"])
+def test_a_counter_that_lies_is_read_as_zero_and_counted_on_from_zero(project, lie):
+    """A stats counter another client spoiled, in the minute a worker is adding to: the
+    worker's next addition succeeds (counting on from zero) and every sum that reads it
+    (throughput, per task, per queue, /metrics) answers instead of overflowing."""
+    project.delay("add", 0, 0)       # the file exists
+    app, minute = project.app, int(time.time() // 60)
+    storage = app._storage()
+    counts = [0] * len(litequeue._STATS_COUNTS)
+    storage.add_stats([(minute, "tasks.add", "default", 3, *counts[1:])])
+    foreign(project.db, f"INSERT INTO stats (minute, name, queue, succeeded) "
+            f"VALUES (?, 'fuzz.liar', 'default', {lie})", minute)
+    foreign(project.db, f"UPDATE stats SET failed = {lie} WHERE name = 'tasks.add'")
+    storage.add_stats([(minute, "tasks.add", "default", 1, 2, *counts[2:])])
+    assert app.admin.throughput(2)[-1][1:3] == (4, 2)
+    by_name = {t["name"]: t for t in app.admin.task_stats()}
+    assert (by_name["tasks.add"]["succeeded"], by_name["tasks.add"]["failed"]) == (4, 2)
+    assert by_name["fuzz.liar"]["succeeded"] == 0
+    assert "litequeue_" in litequeue._metrics_text(app)
+
+
 def insert_worker(db, worker_id, pid=999999, parent=None):
     """A workers row as a foreign writer (or an attacker with write access) would put
     there. pid_max is far below 999999 here, so the pid is dead."""
