@@ -7943,6 +7943,7 @@ class _Watch:
         self.awake = False        # the main thread's copy of busy.is_set(), read for free
         self.busy = threading.Event()
         self.storage = self.bell = None
+        self.stopped = False      # the child has closed: the thread ends
         threading.Thread(target=self._run, name="litequeue-watch", daemon=True).start()
 
     def begin(self, seq, started):
@@ -7964,11 +7965,21 @@ class _Watch:
             self.awake = False
             self.busy.clear()
 
+    def stop(self):
+        """The child closes: the thread ends soon, closing its connection."""
+        with self.lock:
+            self.task, self.stopped = None, True
+        self.busy.set()
+
     def _run(self):
         handled = None            # the task whose claimed rows were handed back already
         retry_at = 0.0            # after a write that failed
         while True:
             self.busy.wait()
+            if self.stopped:
+                if self.storage is not None:
+                    self.storage.close()
+                return
             task = self.task
             if task is None:      # between two tasks
                 time.sleep(_HAND_BACK_AFTER)
@@ -8460,6 +8471,7 @@ class _Child(_RunPipeline, _Offloading):
         # State of the loop.
         self.running = False           # set once it has started and begins to claim
         self.stopping = False          # finish what runs, commit, exit (SIGTERM, max tasks)
+        self.burst = False             # stop once no row is ready (work_until_empty)
         self.orphaned = False          # the supervisor died: as stopping
         self.in_task = False           # a sync task runs on this thread (soft limit armed)
         self.tasks_done = 0            # for worker_max_tasks_per_child
@@ -8508,6 +8520,19 @@ class _Child(_RunPipeline, _Offloading):
             raise
         self.close()
         return 0
+
+    def work_until_empty(self):
+        """Run every ready row, and the rows their ends queue, in this process until
+        none is ready and none runs; then close. arq's burst and huey's work_on_tasks:
+        the steps of a child, driven by a test, with no signal handler installed."""
+        self.burst = True
+        self._open()
+        self.running = True
+        try:
+            self._loop()
+        finally:
+            self.close()
+        return self.tasks_done
 
     def _open(self):
         """Everything step() needs: storage, task code, lock file, registration and
@@ -8562,6 +8587,7 @@ class _Child(_RunPipeline, _Offloading):
         for runner in (self.loop_runner, self.thread_runner):
             if runner is not None:
                 runner.close()
+        self.watch.stop()
         self.sleeper.close()
         with contextlib.suppress(Exception):
             stats = self.stats.take(force=True)
@@ -8630,6 +8656,16 @@ class _Child(_RunPipeline, _Offloading):
         if want == 0:                      # every slot is taken: wait for one to end
             self._wait_done(self.poll_max)
             return True
+        if not rows and self.burst:        # work_until_empty(): look at every queue
+            for _ in self.queues[1:]:
+                rows = self._commit([], want)
+                if rows:
+                    break
+            else:
+                if not self.flights:           # done once nothing is ready or runs
+                    return False
+                self._wait_done(self.poll_max)
+                return True
         if not rows:
             # The batch size survives idleness: it was learnt from how fast the tasks
             # run, and any slow task resets it.

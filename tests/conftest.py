@@ -19,7 +19,7 @@ import pytest
 import litequeue
 
 from . import helpers
-from .helpers import AioProject, Dashboard, Project, Workers
+from .helpers import AioProject, Dashboard, InProcess, Project, Workers
 
 
 @pytest.fixture
@@ -34,6 +34,22 @@ def workers(tmp_path):
 @pytest.fixture
 def project(tmp_path):
     yield Project(tmp_path / "proj")
+
+
+@pytest.fixture
+def here():
+    """here(project, modules=("tasks",), settings=None): the project's worker in this
+    process (an InProcess: work(), work_until(), start(), client()), closed at teardown."""
+    made = []
+
+    def load(project, modules=("tasks",), settings=None):
+        made.append(InProcess(project, modules, settings))
+        return made[-1]
+    try:
+        yield load
+    finally:
+        while made:
+            made.pop().close()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import collections
 import contextlib
 import datetime as dt
 import hashlib
+import importlib
+import io
 import json
 import math
 import os
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import traceback
 import uuid
@@ -435,6 +438,133 @@ class Workers:
         for worker in self.started:
             print(f"----- {worker.log.name}: {worker.cmd}, exit {worker.proc.returncode}")
             print(worker.log_text())
+
+
+class InProcess:
+    """A project's worker run in this process: its task modules imported here (from the
+    project's directory, under their own names) and a worker child's own steps, with no
+    process started and no signal handler installed. work() drives them until no row is
+    ready and none runs (_Child.work_until_empty, as huey's work_on_tasks); start() runs
+    the child's loop on a thread until stop() (as celery.contrib.testing's start_worker),
+    for calling programs that wait on results. For what a task does and how its row
+    ends: kills, time limits and several processes need a real worker."""
+
+    def __init__(self, project, modules=("tasks",), settings=None):
+        self.project, self.modules = project, list(modules)
+        self.saved_modules = {m: sys.modules.pop(m) for m in self.modules if m in sys.modules}
+        self.saved_path = list(sys.path)
+        self.saved_env = os.environ.get("LQ_TEST_SETTINGS")
+        self.thread = None
+        os.environ["LQ_TEST_SETTINGS"] = json.dumps(settings or {})
+        sys.path.insert(0, str(project.dir))
+        try:
+            self.loaded = [importlib.import_module(m) for m in self.modules]
+        except BaseException:
+            self.close()
+            raise
+
+    def child(self, queues=("default",)):
+        """A worker child of the project's file, as a supervisor would spec it."""
+        return litequeue._Child(litequeue._ChildSpec(
+            db=self.project.db, worker_id=litequeue._new_worker_id(), parent_id=None,
+            queues=list(queues), modules=self.modules, loglevel="INFO",
+            settings=dict(self.loaded[0].app.conf), autoimport=False, poll_interval=0.05,
+            cwd=str(self.project.dir), hostname="in-process", time_limit=None,
+            soft_time_limit=None, max_tasks=None, max_memory=None))
+
+    @contextlib.contextmanager
+    def _real_tasks(self):
+        """The project's stand-in app names the same tasks: hidden while the child loads
+        its code, so that it finds the real ones."""
+        stand_in = self.project._app
+        if stand_in is not None:
+            litequeue._apps.discard(stand_in)
+        try:
+            yield
+        finally:
+            if stand_in is not None:
+                litequeue._apps.add(stand_in)
+
+    def work(self, queues=("default",)):
+        """Run every ready row of the queues, and what their ends queue. Returns how many
+        rows ran."""
+        child = self.child(queues)
+        # A soft time limit is a SIGALRM, which the child's handler turns into the task's
+        # exception: installed for the run, as the child's run() would.
+        previous = signal.signal(signal.SIGALRM, child._on_soft_limit)
+        try:
+            with self._real_tasks():
+                return child.work_until_empty()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def work_until(self, predicate, timeout=10.0, message="condition", queues=("default",)):
+        """work() again until predicate() holds (rows with an eta wait their turn)."""
+        wait_until(lambda: self.work(queues) is not None and predicate(), timeout, message)
+
+    def start(self, queues=("default",)):
+        """Run the child's loop on a thread until stop() (or the fixture's teardown)."""
+        child = self.child(queues)
+        with self._real_tasks():
+            child._open()
+        child.running = True
+        self.thread = _ChildThread(child)
+        return self
+
+    def client(self, code):
+        """Run a calling program here, with its module's names; it prints one JSON value."""
+        out = io.StringIO()
+        names = dict(vars(self.loaded[0]))
+        exec("import json, time, uuid\n"
+             "from litequeue import chain, chord, group, signature, ChordError\n", names)
+        with contextlib.redirect_stdout(out):
+            exec(textwrap.dedent(code), names)
+        return json.loads(out.getvalue())
+
+    def stop(self):
+        if self.thread is not None:
+            thread, self.thread = self.thread, None
+            thread.stop()
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            for name in self.modules:
+                sys.modules.pop(name, None)
+            sys.modules.update(self.saved_modules)
+            sys.path[:] = self.saved_path
+            if self.saved_env is None:
+                os.environ.pop("LQ_TEST_SETTINGS", None)
+            else:
+                os.environ["LQ_TEST_SETTINGS"] = self.saved_env
+
+
+class _ChildThread:
+    """A worker child's loop on a daemon thread; stop() asks it to stop as SIGTERM would,
+    wakes it, joins it and closes the child. An error of the loop fails the test."""
+
+    def __init__(self, child):
+        self.child, self.error = child, None
+        self.thread = threading.Thread(target=self._loop, name="in-process worker",
+                                       daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        try:
+            self.child._loop()
+        except BaseException as exc:      # noqa: BLE001 (re-raised by stop())
+            self.error = exc
+
+    def stop(self):
+        self.child.stopping = True
+        os.write(self.child._sig_w, b"\0")
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the in-process worker did not stop in 30 s"
+        self.child.close()
+        if self.error is not None:
+            raise self.error
 
 
 def pack(obj):
