@@ -2655,6 +2655,16 @@ class _FollowUps:
         self.ended = []
 
 
+# What a settling write returns: its own figures and the _FollowUps its caller rings once it
+# has committed (None: nothing to ring). complete_and_claim: the rows a worker child claimed
+# and how many outcomes were refused for a stale fencing token.
+_Committed = collections.namedtuple("_Committed", "rows rejected follow_ups")
+# rescue: rows given back to PENDING (or RETRY) and rows failed.
+_Rescued = collections.namedtuple("_Rescued", "requeued failed follow_ups")
+# quarantine: [(task id, name)] failed, [schedule name] disabled, [repairs, as log lines].
+_Quarantined = collections.namedtuple("_Quarantined", "failed disabled repaired follow_ups")
+
+
 def _msgpack_array(blobs):
     """One msgpack array of already-encoded values (None: nil), without decoding them."""
     n = len(blobs)
@@ -3189,7 +3199,6 @@ class _Claiming:
     claim_share = 1                  # the processes of the worker that claim from this file
     _limits_seen_at = -math.inf
     _has_limits = False
-    follow_ups = None
 
     def has_ready(self, queue, now):
         """Whether queue has a row to claim: ready, or due (see _DUE_ROWS)."""
@@ -3214,7 +3223,8 @@ class _Claiming:
         """Record finished tasks, hand back unstarted claimed rows (by seq) and claim up
         to n more, in one transaction.
 
-        Returns (claimed rows, completions rejected because their fencing token is stale).
+        Returns a _Committed: the claimed rows, the completions rejected because their
+        fencing token is stale, and what the ends set in motion, to ring.
         """
         if not outcomes and self.synchronous != "NORMAL":
             # A claim lost to a power cut only puts the row back to PENDING, which
@@ -3244,8 +3254,7 @@ class _Claiming:
             rows = self._claim(conn, worker, pid, now, queue, n) if n else []
             if len(rows) > 1 and any(r.priority != rows[0].priority for r in rows):
                 rows.sort(key=_claim_order)
-        self.follow_ups = follow
-        return rows, rejected
+        return _Committed(rows, rejected, follow)
 
     def _claim(self, conn, worker, pid, now, queue, n):
         """Claim up to n ready rows of queue: first one row of each rate-limited task whose
@@ -3280,11 +3289,6 @@ class _Claiming:
         totals = getattr(rows, "totals", None)
         if totals is not None and totals[2] is not None:
             conn.execute(_SQL_WORKER_TOTALS, totals)
-
-    def take_follow_ups(self):
-        """The _FollowUps of the last committed write that had any (then forgotten)."""
-        follow, self.follow_ups = self.follow_ups, None
-        return follow
 
     def _settle(self, conn, ended, now, follow):
         """Inside the caller's transaction: set in motion what the end of each row in
@@ -3462,7 +3466,7 @@ class _Supervising:
         Rows it had only prefetched go back to PENDING uncharged, and so do rows it was
         running that are not in crashed (a set of seqs, or None). Each row in crashed ends
         as settle(row) says: an _Outcome whose state is PENDING, RETRY or FAILURE.
-        Returns (requeued, failed) counts.
+        Returns a _Rescued: the requeued and failed counts, and what to ring.
         """
         crashed = crashed or ()
         requeued = failed = 0
@@ -3485,8 +3489,7 @@ class _Supervising:
                 else:
                     requeued += 1
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
-        self.follow_ups = follow
-        return requeued, failed
+        return _Rescued(requeued, failed, follow)
 
     def release_unowned(self):
         """Requeue STARTED rows that name no worker; returns how many."""
@@ -3501,8 +3504,7 @@ class _Supervising:
     def quarantine(self, now):
         """End rows and disable schedules the scheduler cannot read, and repair rate
         limits and pauses no claim can use, so none of them can stop a worker or a task
-        name. Returns ([(task id, name)] failed, [schedule name] disabled, [what was
-        repaired, as log lines])."""
+        name. Returns a _Quarantined."""
         error = _encode_error(ValueError("invalid task row: its eta is not a unix time, so "
                                          "it could never become due"))
         follow = _FollowUps()
@@ -3512,8 +3514,7 @@ class _Supervising:
                                 if isinstance(task_id, str)], now, follow)
             disabled = [name for (name,) in conn.execute(_SQL_DISABLE_BAD_TIMES).fetchall()]
             repaired = self._repair_limits(conn, now)
-        self.follow_ups = follow
-        return failed, disabled, repaired
+        return _Quarantined(failed, disabled, repaired, follow)
 
     @staticmethod
     def _repair_limits(conn, now):
@@ -3575,7 +3576,8 @@ class _Supervising:
             raise BadText(f"{self.path}: {len(bad)} value(s) hold text that is not UTF-8, "
                           "and this process may not repair them: run any litequeue "
                           "command as the file's owner") from None
-        self.follow_ups = follow
+        # Nothing rings for what the repair ended or queued: it runs inside another call
+        # (see _guarded), and workers and waiters see the rows at their next look.
         logger.error("%s: repaired %d text value(s) that were not UTF-8 (written by another "
                      "client): %s", self.path, len(bad), ", ".join(sorted(
                          {f"{table}.{column}" for table, _, _, column in bad})))
@@ -3853,7 +3855,8 @@ class _Administering:
 
     def revoke(self, task_id, terminate, now, announce, progress):
         """Mark a task REVOKED unless it finished, or is running and terminate is false.
-        Returns True if it was revoked.
+        Returns what the revoke set in motion, to ring (a _FollowUps), or None if the
+        task was not revoked.
 
         announce() runs under the write lock, before the task's state is read (see
         _RevokeCounter for why the order matters), and progress(worker, seq) says how far
@@ -3862,20 +3865,19 @@ class _Administering:
             announce()
             target = conn.execute(_SQL_REVOKE_TARGET, (task_id,)).fetchall()
             if not target:
-                return False
+                return None
             seq, state, worker = target[0]
             if state == STARTED:
                 stage = progress(worker, seq)
                 if stage == "finished" or (stage == "running" and not terminate):
-                    return False
+                    return None
             conn.execute(_SQL_REVOKE, {"now": now, "seq": seq, "terminate": int(terminate),
                                        "why": _TERMINATE_NOTE})
             if not conn.changes():
-                return False
+                return None
             follow = _FollowUps()
             self._settle(conn, [(task_id, REVOKED, None, None)], now, follow)
-        self.follow_ups = follow
-        return True
+        return follow
 
     def forget(self, task_id):
         with self.write() as conn:
@@ -5415,7 +5417,7 @@ class AsyncResult:
         locks = None
         try:
             locks = _Locks(self.app._side)
-            revoked = self.app._storage().revoke(
+            follow = self.app._storage().revoke(
                 self.id, terminate, time.time(), announce=counter.bump,
                 progress=functools.partial(_progress, locks))
         finally:
@@ -5423,8 +5425,9 @@ class AsyncResult:
             if locks is not None:
                 locks.close()
         self._row = None
+        revoked = follow is not None
         if revoked:
-            self.app._after_follow_ups()
+            self.app._ring_follow_ups(follow)
             signals.task_revoked.send(sender=self.app.tasks.get(self.name) or self.name,
                                       request=_Request(self.id, name=self.name),
                                       terminated=terminate,
@@ -6337,10 +6340,9 @@ class LiteQueue:
             sig.send(sender=row["name"], body=(args, kwargs, {}), exchange="",
                      routing_key=row["queue"], headers=headers, **extra)
 
-    def _after_follow_ups(self):
-        """Ring for what the last write set in motion (queued followers)."""
-        follow = self._storage().take_follow_ups()
-        if follow is not None and follow.woken:
+    def _ring_follow_ups(self, follow):
+        """Ring for what a write set in motion (queued followers)."""
+        if follow.woken:
             self._work_bell.ring()
             self._sched_bell.ring()
 
@@ -8759,7 +8761,7 @@ class _Child(_RunPipeline, _Offloading):
         queues_left = len(self.queues) if want else 1
         while True:
             queue = self._next_queue()
-            rows, rejected = self._write(outcomes, queue, want, release)
+            rows, rejected, follow = self._write(outcomes, queue, want, release)
             if rows:
                 self.claim_queue = queue
                 if self.offloading:
@@ -8774,10 +8776,9 @@ class _Child(_RunPipeline, _Offloading):
                 self.done_bell.ring_tasks([o.tag for o in outcomes if o.tag is not None])
                 if any(o.state == RETRY for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
-                follow = self.storage.take_follow_ups()
-                if follow is not None:
-                    self._ring_follow_ups(follow)
                 outcomes = []
+            if follow is not None:
+                self._ring_follow_ups(follow)
             queues_left -= 1
             if rows or queues_left <= 0:
                 return rows
@@ -8807,7 +8808,7 @@ class _Child(_RunPipeline, _Offloading):
                         stats),
                     f"keeping {len(outcomes)} result(s) and trying again")
             except (DatabaseBusy, DiskFull):
-                return [], 0                 # nothing to keep: claim again later
+                return _Committed([], 0, None)    # nothing to keep: claim again later
             except Exception as exc:         # the database's refusal, or what _settle raised
                 if not outcomes:
                     raise
@@ -8823,9 +8824,7 @@ class _Child(_RunPipeline, _Offloading):
                        type(exc).__name__, exc)
         for o in outcomes:
             try:
-                self._store([o])
-                # Each store's follow-ups are rung now: the next store would replace them.
-                follow = self.storage.take_follow_ups()
+                follow = self._store([o]).follow_ups
                 if follow is not None:
                     self._ring_follow_ups(follow)
             except Exception as refused:
@@ -9487,10 +9486,9 @@ class _Supervisor:
                            "tasks from the start, pass the module that defines them: "
                            "litequeue worker %s -A tasks", self.cwd, self.db)
 
-    def _ring_follow_ups(self):
+    def _ring_follow_ups(self, follow):
         """After a rescue or quarantine that failed rows: wake what their end queued, and
         the waiters of the rows it ended."""
-        follow = self.storage.take_follow_ups()
         if follow is None:
             return
         if follow.woken:
@@ -9804,8 +9802,8 @@ class _Supervisor:
         requeued. A read first: idle, it never takes the write lock."""
         if not self.storage.needs_quarantine(time.time()):
             return
-        failed, disabled, repaired = self.storage.quarantine(time.time())
-        self._ring_follow_ups()
+        failed, disabled, repaired, follow = self.storage.quarantine(time.time())
+        self._ring_follow_ups(follow)
         for line in repaired:
             logger.error("%s (another client wrote a value litequeue cannot use)", line)
         if repaired:
@@ -9851,10 +9849,10 @@ class _Supervisor:
         # If this fails, the lock file stays: the next rescue pass settles the rows.
         counts = self._guard("rescue", self.storage.rescue, child.worker_id, crashed,
                              self._lost(exc), time.time())
-        requeued, failed = counts or (0, 0)
+        requeued, failed, follow = counts or (0, 0, None)
         if counts is not None:
             self.locks.remove(child.worker_id)
-            self._ring_follow_ups()
+            self._ring_follow_ups(follow)
         if requeued:
             self.work_bell.ring()
         if failed or requeued or (code != 0 and child.killed_for is None):
@@ -9914,10 +9912,10 @@ class _Supervisor:
             who = (f"worker process {info['pid']} on {info['hostname']}" if info else
                    f"worker {_saferepr(worker_id, 40)}")
             exc = WorkerLostError(f"{who} died while running the task")
-            requeued, failed = self.storage.rescue(worker_id, crashed, self._lost(exc),
-                                                   time.time())
+            requeued, failed, follow = self.storage.rescue(worker_id, crashed,
+                                                           self._lost(exc), time.time())
             self.locks.remove(worker_id)
-            self._ring_follow_ups()
+            self._ring_follow_ups(follow)
             logger.warning("worker %s is gone; rescued %d task(s), %d failed",
                            _saferepr(worker_id, 40), requeued, failed)
             if requeued:

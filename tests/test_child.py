@@ -131,7 +131,7 @@ def test_reserved_rows_are_told_apart_from_running_ones(project, workers):
     storage.register_worker({"id": worker_id, "parent": "sup-x", "hostname": "h",
                              "pid": os.getpid(), "queues": "default", "concurrency": 1,
                              "started_at": time.time()})
-    claimed, _ = storage.complete_and_claim([], worker_id, os.getpid(), time.time(),
+    claimed, _, _ = storage.complete_and_claim([], worker_id, os.getpid(), time.time(),
                                             "default", 3)
     assert len(claimed) == 3
     lock = litequeue._WorkerLock(side, worker_id)

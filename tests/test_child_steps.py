@@ -51,7 +51,8 @@ def test_a_refused_result_is_stored_alone_and_its_neighbours_followers_still_run
     child.storage = storage
     child.done_bell, child.work_bell, child.control_bell = Bell(), Bell(), Bell()
     try:
-        rows, _ = storage.complete_and_claim([], worker, os.getpid(), time.time(), "default", 8)
+        rows = storage.complete_and_claim([], worker, os.getpid(), time.time(), "default",
+                                          8).rows
         by_id = {row.id: row for row in rows}
         assert set(by_id) == {first.id, alone.id}
         storage.poison = by_id[alone.id].seq

@@ -200,7 +200,7 @@ class TestStorage:
             storage = litequeue._Storage(db)
             check()
             # And the claim takes none of them.
-            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            rows = storage.complete_and_claim([], "w", 1, time.time(), "default", 16).rows
             assert rows == []
             assert storage.counts() == [("default", SCHEDULED, 50_000)]
         finally:

@@ -117,7 +117,7 @@ def test_only_a_revoke_with_terminate_marks_a_row_for_the_supervisor_to_kill(pro
     storage.register_worker({"id": worker, "parent": None, "hostname": "h", "pid": 1,
                              "queues": "default", "concurrency": 1, "started_at": time.time()})
     try:
-        rows, _ = storage.complete_and_claim([], worker, 1, time.time(), "default", 2)
+        rows = storage.complete_and_claim([], worker, 1, time.time(), "default", 2).rows
         seqs = {row.id: row.seq for row in rows}
         assert storage.revoke(plain.id, False, time.time(), lambda: None, lambda w, s: None)
         assert storage.revoke(killed.id, True, time.time(), lambda: None,

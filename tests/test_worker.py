@@ -490,10 +490,10 @@ class TestWorker:
         try:
             self._claimers(storage, "w")
             lq_here("pause", project.db, "default", cwd=project.dir)
-            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            rows = storage.complete_and_claim([], "w", 1, time.time(), "default", 16).rows
             assert rows == []
             lq_here("resume", project.db, "default", cwd=project.dir)
-            rows, _ = storage.complete_and_claim([], "w", 1, time.time(), "default", 16)
+            rows = storage.complete_and_claim([], "w", 1, time.time(), "default", 16).rows
             assert [(r.id, r.attempt) for r in rows] == [(due.id, 1)]
             assert (project.state(due.id), project.state(ahead.id)) == (STARTED, SCHEDULED)
         finally:
@@ -509,28 +509,27 @@ class TestWorker:
                 storage.register_worker({"id": worker, "parent": None, "hostname": "h",
                                          "pid": pid, "queues": "default", "concurrency": 1,
                                          "started_at": now})
-            (first,), rejected = storage.complete_and_claim([], "zombie", 111, now, "default", 1)
+            def commit(outcomes, worker, pid, n=0):
+                return storage.complete_and_claim(outcomes, worker, pid, now, "default", n)
+            (first,), rejected, _ = commit([], "zombie", 111, 1)
             seq, task_id, _, _, attempt, *_ = first
             assert (task_id, attempt, rejected) == (result.id, 1, 0)
             # The zombie's worker is found dead: its row goes back to the queue.
-            assert storage.rescue("zombie", None, None, now) == (1, 0)
-            (second,), _ = storage.complete_and_claim([], "heir", 222, now, "default", 1)
+            assert storage.rescue("zombie", None, None, now)[:2] == (1, 0)
+            (second,) = commit([], "heir", 222, 1).rows
             assert (second[0], second[4]) == (seq, 2)
 
             zombie = litequeue._Outcome(SUCCESS, pack("zombie"), seq=seq, attempt=attempt, tag="")
-            _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
-            assert rejected == 1
+            assert commit([zombie], "zombie", 111).rejected == 1
             # Right attempt number, wrong worker: rejected too.
             forged = litequeue._Outcome(SUCCESS, pack("forged"), seq=seq, attempt=2, tag="")
-            _, rejected = storage.complete_and_claim([forged], "zombie", 111, now, "default", 0)
-            assert rejected == 1
+            assert commit([forged], "zombie", 111).rejected == 1
             row = project.row(result.id)
             assert (row["state"], row["result"], row["worker"]) == (STARTED, None, "heir")
 
             heir = litequeue._Outcome(SUCCESS, pack(2), seq=seq, attempt=2, tag="")
-            _, rejected = storage.complete_and_claim([heir], "heir", 222, now, "default", 0)
-            assert rejected == 0
-            _, rejected = storage.complete_and_claim([zombie], "zombie", 111, now, "default", 0)
+            assert commit([heir], "heir", 222).rejected == 0
+            rejected = commit([zombie], "zombie", 111).rejected
             assert rejected == 1                     # still rejected after the result
         finally:
             storage.close()
