@@ -7593,8 +7593,11 @@ def _waiting_out(action, doing):
 # Counters, claimed rows, time limits, and the runners of coroutine and thread tasks.
 # ---------------------------------------------------------------------------
 
-# Which count an outcome adds to (expired or revoked before it ran: none, no run).
-_STATS_KIND = {SUCCESS: 0, FAILURE: 1, RETRY: 2}
+# Which count an outcome adds to (expired or revoked before it ran: none, no run), and
+# where the runtime sum and the first runtime bucket are, in _STATS_COUNTS' order.
+_STATS_KIND = {SUCCESS: _STATS_COUNTS.index("succeeded"), FAILURE: _STATS_COUNTS.index("failed"),
+               RETRY: _STATS_COUNTS.index("retried")}
+_STATS_RUNTIME, _STATS_BUCKET0 = _STATS_COUNTS.index("runtime"), _STATS_COUNTS.index("h0")
 
 
 def _stats_counts():
@@ -7602,10 +7605,23 @@ def _stats_counts():
     return [0, 0, 0, 0.0] + [0] * (len(_RUNTIME_BUCKETS) + 1)
 
 
+class _ThisFile:
+    """What an AsyncResult needs of an app, for a worker process's own file: its reads go
+    through the process's storage, whatever file the task module's app names."""
+
+    __slots__ = ("storage",)
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    def _storage(self):
+        return self.storage
+
+
 class _Stats:
     """A worker process's counters (by task name and queue; _Child._run adds to them),
-    kept in memory and added to the stats table with a commit at most every _STATS_FLUSH seconds, under the minute of
-    that flush (so a count can land in the next minute by up to that much). A crash loses
+    kept in memory and added to the stats table with a commit at most every _STATS_FLUSH
+    seconds, under the minute of that flush (so a count can land in the next minute by up to that much). A crash loses
     at most that much of the counts, never a task."""
 
     __slots__ = ("rows", "last", "worker", "processed", "failed")
@@ -7616,6 +7632,19 @@ class _Stats:
         self.worker = worker
         self.processed = self.failed = 0       # this process's totals, for its workers row
 
+    def add(self, name, queue, state, duration):
+        """Count one run of a task that ended in state after duration seconds."""
+        kind = _STATS_KIND.get(state)
+        if kind is None:
+            return
+        counts = self.rows.get((name, queue))
+        if counts is None:
+            counts = self.rows[(name, queue)] = _stats_counts()
+        counts[kind] += 1
+        counts[_STATS_RUNTIME] += duration
+        counts[_STATS_BUCKET0 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
+        self.processed += 1
+        self.failed += state == FAILURE
 
     def take(self, force=False):
         """The rows to add now ([] before the interval is over, unless forced)."""
@@ -8143,26 +8172,10 @@ class _RunPipeline:
     def _end(self, run, outcome, duration):
         """A run is over: keep its outcome for the next commit, and count it."""
         self.pending.add(outcome, time.monotonic() - duration)
-        self._count(run.row.name, outcome.state, duration)
+        self.stats.add(run.row.name, self.claim_queue, outcome.state, duration)
         self.tasks_done += 1
         if self._used_up():
             self.stopping = True
-
-    def _count(self, name, state, duration):
-        """Add one run to the counters (_Stats)."""
-        kind = _STATS_KIND.get(state)
-        if kind is None:
-            return
-        stats = self.stats
-        counts = stats.rows.get((name, self.claim_queue))
-        if counts is None:
-            counts = stats.rows[(name, self.claim_queue)] = _stats_counts()
-        counts[kind] += 1
-        counts[3] += duration
-        counts[4 if duration <= _RUNTIME_BUCKETS[0] else
-               4 + bisect.bisect_left(_RUNTIME_BUCKETS, duration)] += 1
-        stats.processed += 1
-        stats.failed += kind == 1
 
     def _still_ours(self, row, begun):
         """Record the row as the one about to run, then check that no revoke took it
@@ -8234,7 +8247,7 @@ class _RunPipeline:
     def _failed_ancestor(self, task_id):
         """The task whose failure reached an errback: up a chain, past the rows that
         ended without running, to the one that ran (or a chord body that failed)."""
-        app = types.SimpleNamespace(_storage=lambda: self.storage)   # reads this database
+        app = _ThisFile(self.storage)
         result = AsyncResult(task_id, app)
         for _ in range(100_000):
             row = result._fetch()
