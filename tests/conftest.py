@@ -11,14 +11,10 @@ it) fails a test that starts a process without the worker mark.
 import multiprocessing.process
 import os
 import subprocess
-import sys
-import types
 
 import pytest
 
-import litequeue
 
-from . import helpers
 from .helpers import AioProject, Dashboard, InProcess, Project, Workers
 
 
@@ -88,16 +84,6 @@ def aio(tmp_path):
     return AioProject(tmp_path / "aio")
 
 
-# test_dashboard_security.py still imports its helpers and fixtures from the module they
-# lived in before the tests moved here (its owner changes that line with their next edit of
-# it): that name is these helpers and fixtures.
-_legacy = types.ModuleType("test_litequeue", "helpers.py and conftest.py's fixtures")
-_legacy.__dict__.update({k: v for k, v in vars(helpers).items() if not k.startswith("__")})
-_legacy.__dict__.update(PENDING=litequeue.PENDING, REVOKED=litequeue.REVOKED,
-                        SCHEDULED=litequeue.SCHEDULED, dashboards=dashboards, project=project)
-sys.modules.setdefault("test_litequeue", _legacy)
-
-
 # ---------------------------------------------------------------------------
 # The order of the files: the module's sections, top to bottom
 # ---------------------------------------------------------------------------
@@ -142,7 +128,6 @@ FILE_ORDER = (
 
 
 def pytest_collection_modifyitems(config, items):
-    _mark_files_held_here(items)
     rank = {name: i for i, name in enumerate(FILE_ORDER)}
     # A stable sort: each file keeps its own order.
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
@@ -151,21 +136,6 @@ def pytest_collection_modifyitems(config, items):
 # ---------------------------------------------------------------------------
 # The worker mark: on every test that starts a process, checked
 # ---------------------------------------------------------------------------
-
-# test_dashboard_security.py is edited elsewhere for now: its marks are given here, until a
-# pytestmark line in the file takes over. Every test of it starts a dashboard or a command,
-# but for the one that builds the server in this process.
-_WORKER_MARKS_HELD_HERE = {
-    "test_dashboard_security.py": {"except": {"test_only_a_salted_hash_is_kept"}},
-}
-
-
-def _mark_files_held_here(items):
-    for item in items:
-        held = _WORKER_MARKS_HELD_HERE.get(item.path.name)
-        if held is not None and item.originalname not in held["except"]:
-            item.add_marker(pytest.mark.worker)
-
 
 # LITEQUEUE_CHECK_MARKS=1 (CI sets it) fails a test that starts a process without the
 # worker mark: every way this process starts another (subprocess and everything built on

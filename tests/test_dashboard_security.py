@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from test_litequeue import (LITEQUEUE_PY, PENDING, REVOKED, SCHEDULED, Dashboard, Project,
-                            _suppress_lookup, dashboards, lq, project, wait_until)  # noqa: F401
+from litequeue import PENDING, REVOKED, SCHEDULED
+
+from .helpers import LITEQUEUE_PY, Dashboard, Project, _suppress_lookup, lq, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,6 +105,7 @@ def token_file(project):
     return Path(project.db + "-lq") / "dashboard.token"
 
 
+@pytest.mark.worker
 class TestTheTokenIsTheBoundary:
 
     def test_another_uid_on_loopback_gets_nothing(self, shared_project, other_user,
@@ -200,6 +202,7 @@ def basic(user, password):
 
 class TestThePasswordStaysOutOfArgv:
 
+    @pytest.mark.worker
     def test_a_password_in_argv_is_refused_in_one_line(self, project):
         project.delay("add", 1, 1)
         done = lq("dashboard", project.db, "--port", "0", "--auth", "ops:s3cret",
@@ -213,6 +216,7 @@ class TestThePasswordStaysOutOfArgv:
         missing = run_env(project, env, "--auth", "ops")
         assert missing.returncode == 2 and "LITEQUEUE_DASHBOARD_PASSWORD" in missing.stderr
 
+    @pytest.mark.worker
     def test_from_the_environment_never_in_ps(self, project, dashboards):
         project.delay("add", 1, 1)
         d = dashboards(project, "--auth", "ops",
@@ -232,6 +236,7 @@ class TestThePasswordStaysOutOfArgv:
                                   auth=False)
         assert headers["Set-Cookie"].startswith(f"litequeue-token-{d.port}={d.token};")
 
+    @pytest.mark.worker
     def test_from_a_file_only_if_it_is_ours_and_0600(self, project, other_user, dashboards):
         project.delay("add", 1, 1)
         secret = project.dir / "dashboard.password"
@@ -359,6 +364,7 @@ def stop_helper(proc):
     return out.strip()
 
 
+@pytest.mark.worker
 class TestAHostileClientCostsLittle:
 
     @pytest.mark.timeout(180)
