@@ -14,7 +14,6 @@ import subprocess
 
 import pytest
 
-
 from .helpers import AioProject, Dashboard, InProcess, Project, Workers
 
 
