@@ -1984,16 +1984,20 @@ _SQL_REGISTRY_MARK = "SELECT max(rowid) FROM registry"
 
 # -- claiming and completing, and what a row's end sets off -------------------
 
+# What a worker reads of a row it runs (or a rescuer of a row that was running): the
+# columns of _Claimed, in its order.
+_CLAIMED_COLUMNS = ("seq", "id", "name", "payload", "attempt", "retries", "max_retries",
+                    "expires", "errors", "priority", "parent_id", "root_id", "group_id",
+                    "waits", "input", "followers")
 # PENDING -> STARTED: the rows `seqs` selects. A process whose workers row is gone
 # (declared dead) claims nothing: a rescuer may no longer see its rows.
-_CLAIM_ROWS = """
+_CLAIM_ROWS = f"""
     UPDATE tasks SET state = 'STARTED', attempt = attempt + 1, worker = :worker, pid = :pid,
                      started_at = :now
-    WHERE seq IN ({seqs})
+    WHERE seq IN ({{seqs}})
       AND EXISTS (SELECT 1 FROM workers WHERE id = :worker)
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
-    RETURNING seq, id, name, payload, attempt, retries, max_retries, expires, errors,
-              priority, parent_id, root_id, group_id, waits, input, followers
+    RETURNING {", ".join(_CLAIMED_COLUMNS)}
 """
 _READY_ROWS = "state = 'PENDING' AND rate_key IS NULL AND queue = :queue"
 # SCHEDULED or RETRY rows whose eta has come, claimed without waiting for the supervisor
@@ -2149,9 +2153,8 @@ _SQL_WORKER_TOTALS = "UPDATE workers SET processed = ?, failed = ? WHERE id = ?"
 # -- supervisors: workers, rescue, quarantine, the scheduler, pruning ---------
 
 # tasks_running.
-_SQL_RUNNING_OF_WORKER = """
-    SELECT seq, id, name, attempt, retries, max_retries, errors FROM tasks
-    WHERE worker = :worker AND state = 'STARTED'
+_SQL_RUNNING_OF_WORKER = f"""
+    SELECT {", ".join(_CLAIMED_COLUMNS)} FROM tasks WHERE worker = :worker AND state = 'STARTED'
 """
 # tasks_running: every process that holds STARTED rows, registered or not.
 _SQL_CLAIMING_WORKERS = "SELECT DISTINCT worker FROM tasks WHERE state = 'STARTED'"
@@ -2597,9 +2600,8 @@ for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER
                           f"not {_order}")
 
 # A claimed row, as _SQL_CLAIM returns it.
-_Claimed = collections.namedtuple(
-    "_Claimed", "seq id name payload attempt retries max_retries expires errors priority "
-                "parent_id root_id group_id waits input followers")
+# A row as a worker runs it (claimed) or a rescuer settles it (it was running).
+_Claimed = collections.namedtuple("_Claimed", _CLAIMED_COLUMNS)
 
 
 def _claim_order(row):
@@ -3464,19 +3466,18 @@ class _Supervising:
         """Take back a dead worker's rows and unregister it.
 
         Rows it had only prefetched go back to PENDING uncharged, and so do rows it was
-        running that are not in crashed (a set of seqs, or None). Each row in crashed ends
-        as settle(row) says: an _Outcome whose state is PENDING, RETRY or FAILURE.
-        Returns a _Rescued: the requeued and failed counts, and what to ring.
+        running that are not in crashed (a set of seqs, or None). Each row in crashed (a
+        _Claimed) ends as settle(row) says: an _Outcome whose state is PENDING, RETRY or
+        FAILURE. Returns a _Rescued: the requeued and failed counts, and what to ring.
         """
         crashed = crashed or ()
         requeued = failed = 0
         follow = None
-        cols = ("seq", "id", "name", "attempt", "retries", "max_retries", "errors")
         with self.write() as conn:
             for values in conn.execute(_SQL_RUNNING_OF_WORKER, (worker,)).fetchall():
-                row = dict(zip(cols, values))
-                if row["seq"] not in crashed:
-                    conn.execute(_SQL_RELEASE, {"seq": row["seq"], "worker": worker})
+                row = _Claimed(*values)
+                if row.seq not in crashed:
+                    conn.execute(_SQL_RELEASE, {"seq": row.seq, "worker": worker})
                     requeued += 1
                     continue
                 o = settle(row)
@@ -3484,7 +3485,7 @@ class _Supervising:
                 if o.state == FAILURE:
                     failed += 1
                     follow = follow or _FollowUps()
-                    self._settle(conn, [(row["id"], FAILURE, o.result, o.traceback)], now,
+                    self._settle(conn, [(row.id, FAILURE, o.result, o.traceback)], now,
                                  follow)
                 else:
                     requeued += 1
@@ -4779,28 +4780,28 @@ def _settle_lost(exc, tasks, default_max_retries):
     columns cannot be read ends FAILURE."""
     def settle(row):
         now = time.time()
-        history = _history(row["errors"])
-        error = _error_entry(exc, row["attempt"], now)
+        history = _history(row.errors)
+        error = _error_entry(exc, row.attempt, now)
         try:
-            task = tasks.get(row["name"])
+            task = tasks.get(row.name)
             timed_out = isinstance(exc, TimeLimitExceeded)
-            budget = _retry_budget(None, row["max_retries"],
+            budget = _retry_budget(None, row.max_retries,
                                    task._max_retries if task else _UNSET,
                                    default_max_retries)
             state, eta, retried, history = _after_failure(
-                retries=row["retries"], budget=_DEATH_RETRIES if budget is None else budget,
+                retries=row.retries, budget=_DEATH_RETRIES if budget is None else budget,
                 wants_retry=not timed_out or bool(task and task.autoretry_for and
                                                   isinstance(exc, task.autoretry_for)),
-                delay=lambda: task.backoff(row["retries"]) if timed_out else 0.0,
+                delay=lambda: task.backoff(row.retries) if timed_out else 0.0,
                 now=now, history=history, error=error)
             if state == RETRY and not timed_out:
                 state, eta = PENDING, None      # requeued now, not through the scheduler
         except Exception as bad:
-            logger.error("task row %s: cannot apply its retry policy: %s", row["seq"],
+            logger.error("task row %s: cannot apply its retry policy: %s", row.seq,
                          _saferepr(bad))
             state, eta, retried, history = FAILURE, None, 0, history + [error]
-        return _Outcome(state, _encode_error(exc), str(exc), seq=row["seq"],
-                        attempt=row["attempt"], tag=None, eta=eta, errors=_pack(history),
+        return _Outcome(state, _encode_error(exc), str(exc), seq=row.seq,
+                        attempt=row.attempt, tag=None, eta=eta, errors=_pack(history),
                         retried=retried)
     return settle
 
