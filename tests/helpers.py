@@ -474,16 +474,20 @@ class InProcess:
 
     @contextlib.contextmanager
     def _real_tasks(self):
-        """The project's stand-in app names the same tasks: hidden while the child loads
-        its code, so that it finds the real ones."""
-        stand_in = self.project._app
-        if stand_in is not None:
-            litequeue._apps.discard(stand_in)
+        """Producer apps of the test (the project's stand-ins, say) name the same tasks on
+        the same file: hidden while the child loads its code, so that it finds the real
+        ones of the loaded modules."""
+        real = {id(getattr(m, "app", None)) for m in self.loaded}
+        path = os.path.realpath(self.project.db)
+        hidden = [app for app in list(litequeue._apps)
+                  if id(app) not in real and os.path.realpath(app.path) == path]
+        for app in hidden:
+            litequeue._apps.discard(app)
         try:
             yield
         finally:
-            if stand_in is not None:
-                litequeue._apps.add(stand_in)
+            for app in hidden:
+                litequeue._apps.add(app)
 
     def work(self, queues=("default",)):
         """Run every ready row of the queues, and what their ends queue. Returns how many
