@@ -3,7 +3,7 @@ reads, and rows of the wrong type or shape (TestBadRows: worker ids that are pat
 where a time belongs, schedules that cannot fire, results that crash a process). Each
 must end FAILURE (or be set aside) saying why, and never stop a worker, crash its children
 or reach a user as a traceback. Real workers, real files, a foreign connection writing
-beside them."""
+beside them; how the rows end is also checked with a worker's child in this process."""
 
 import os
 import secrets
