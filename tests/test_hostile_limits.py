@@ -2,19 +2,22 @@
 range in any column of rate_limits or paused (SQLite stores what it is given). None may
 stop a task name, stop a worker, crash its children or reach a user as a traceback: the
 supervisor's quarantine repairs the row within seconds. Real workers, real files, a
-foreign connection writing beside them."""
+foreign connection writing beside them; what a worker's child and the commands make of the
+rows is also checked in this process (no worker process)."""
 
 import math
 import signal
+import time
 
 import apsw
 import pytest
 
-from litequeue import SUCCESS, LiteQueue
+import litequeue
+from litequeue import PENDING, SUCCESS, LiteQueue
 
-from .helpers import Dashboard, foreign, lq, sql, task_source, wait_until
+from .helpers import Dashboard, foreign, lq, lq_here, sql, task_source, wait_until
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.worker]
+pytestmark = pytest.mark.timeout(180)
 
 LIMITS = task_source("limits.py")
 KEY = "limits.limited"
@@ -69,6 +72,15 @@ def no_traceback(project):
         assert done.returncode in (0, 2), (command, done.returncode, out)
 
 
+def limits_repaired(db):
+    """Every rate limit holds values of the type and range litequeue writes."""
+    return all(isinstance(key, str) and isinstance(rate, str)
+               and isinstance(interval, float) and 0 < interval < math.inf
+               and isinstance(next_start, (int, float)) and next_start < 1e11
+               for key, rate, interval, next_start in sql(db, "SELECT * FROM rate_limits"))
+
+
+@pytest.mark.worker
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_bad_rate_limit_or_pause_never_stops_a_task_name(project, workers, case):
     table, column, value = CASES[case]
@@ -111,13 +123,8 @@ def test_a_bad_rate_limit_or_pause_never_stops_a_task_name(project, workers, cas
     assert all(r.state == SUCCESS for r in limited + plain)
     # The row is repaired within seconds: every value of the type and range litequeue
     # writes (some bad values do not hold the tasks, which may end first).
-    def repaired():
-        return all(isinstance(key, str) and isinstance(rate, str)
-                   and isinstance(interval, float) and 0 < interval < math.inf
-                   and isinstance(next_start, (int, float)) and next_start < 1e11
-                   for key, rate, interval, next_start
-                   in sql(project.db, "SELECT * FROM rate_limits"))
-    wait_until(repaired, 10, lambda: sql(project.db, "SELECT * FROM rate_limits"))
+    wait_until(lambda: limits_repaired(project.db), 10,
+               lambda: sql(project.db, "SELECT * FROM rate_limits"))
     no_traceback(project)
     # No child died, none was replaced, and the supervisor still runs.
     assert worker.proc.poll() is None
@@ -125,6 +132,69 @@ def test_a_bad_rate_limit_or_pause_never_stops_a_task_name(project, workers, cas
     assert "ended with" not in worker.log_text()
 
 
+def no_traceback_here(project):
+    """status and health, run in this process, answer without a traceback; health fails
+    nothing but what no live worker means (none runs here)."""
+    done = lq_here("status", project.db, cwd=project.dir)
+    assert "Traceback" not in done.stdout + done.stderr and done.returncode == 0, done
+    done = lq_here("health", project.db, "--max-wait", "3600", cwd=project.dir)
+    out = done.stdout + done.stderr
+    failed = {line.split(":")[0] for line in out.splitlines() if line.startswith("FAIL")}
+    assert "Traceback" not in out and done.returncode == 1, out
+    assert "FAIL workers" in failed, out
+    assert failed <= {"FAIL workers", "FAIL queues served"}, out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_rate_limit_or_pause_holds_no_other_name_and_is_repaired(project, here, case):
+    """The same values met by a worker's child and the commands in this process, with no
+    supervisor to repair them: no error escapes the child's steps, no command answers with
+    a traceback and the name the value is not about runs (unless its queue is paused).
+    Once the quarantine step a supervisor runs every 2 s (called here) has repaired the
+    row, every task runs, and a wrong interval is recomputed from the declared rate (20/s:
+    0.05 s). (That no process dies of it, and the dashboard's answers: the test above.)"""
+    table, column, value = CASES[case]
+    project.write_module("limits", LIMITS)
+    w = here(project, ("limits",))
+    tasks = {name: getattr(w.loaded[0], name) for name in ("limited", "plain")}
+    first = [tasks[name].delay(-1) for name in tasks]
+    assert w.work() == 2
+    assert [r.get(timeout=5) for r in first] == [-1, -1]
+    if table == "tasks":
+        limited = [tasks["limited"].delay(n) for n in range(5)]
+        plant(project, table, column, value)
+    else:
+        plant(project, table, column, value)
+        limited = [tasks["limited"].delay(n) for n in range(5)]
+    plain = [tasks["plain"].delay(n) for n in range(5)]
+    no_traceback_here(project)
+    w.work()
+    if table == "paused":
+        assert [r.state for r in limited + plain] == [PENDING] * 10
+    else:
+        assert [r.get(timeout=5) for r in plain] == list(range(5))
+    storage = litequeue._Storage(project.db)
+    try:
+        storage.quarantine(time.time())
+    finally:
+        storage.close()
+    assert limits_repaired(project.db), sql(project.db, "SELECT * FROM rate_limits")
+    if column == "interval":
+        assert sql(project.db, "SELECT interval FROM rate_limits") == [(0.05,)]
+    if table == "paused":
+        # The pause stays (it was on purpose; only its time was not one), repaired.
+        assert sql(project.db, "SELECT typeof(since) FROM paused") in ([("real",)],
+                                                                       [("integer",)])
+        assert w.work() == 0
+        assert "resumed" in lq_here("resume", project.db, "default", cwd=project.dir).stdout
+    w.work_until(lambda: all(r.ready() for r in limited + plain), 10, "every task to run")
+    assert [r.get(timeout=1) for r in limited] == list(range(5))
+    assert [r.get(timeout=1) for r in plain] == list(range(5))
+    assert all(r.state == SUCCESS for r in limited + plain)
+    no_traceback_here(project)
+
+
+@pytest.mark.worker
 def test_a_wrong_interval_is_recomputed_from_the_declared_rate(project, workers):
     """interval is derived from the declared rate: a wrong one is recomputed (not
     dropped), so the name stays limited (20/s: 50 ms between starts)."""
@@ -136,10 +206,10 @@ def test_a_wrong_interval_is_recomputed_from_the_declared_rate(project, workers)
     assert worker.proc.poll() is None
 
 
-def test_nan_cannot_be_written(project, workers):
+def test_nan_cannot_be_written(project):
     """SQLite stores NaN as NULL, which NOT NULL refuses: no NaN case to repair."""
-    project.write_module("limits", LIMITS)
-    workers.start(project, concurrency=1, app=("limits",))
+    producer(project)["limited"].delay(1)       # registers the rate limit
+    assert sql(project.db, "SELECT key FROM rate_limits") == [(KEY,)]
     for table, column in (("rate_limits", "next_start"), ("rate_limits", "interval"),
                           ("paused", "since")):
         with pytest.raises(apsw.ConstraintError):

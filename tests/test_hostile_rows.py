@@ -3,7 +3,7 @@ reads, and rows of the wrong type or shape (TestBadRows: worker ids that are pat
 where a time belongs, schedules that cannot fire, results that crash a process). Each
 must end FAILURE (or be set aside) saying why, and never stop a worker, crash its children
 or reach a user as a traceback. Real workers, real files, a foreign connection writing
-beside them."""
+beside them; how the rows end is also checked with a worker's child in this process."""
 
 import os
 import secrets
@@ -16,11 +16,11 @@ import msgpack
 import pytest
 
 import litequeue
-from litequeue import FAILURE, SUCCESS
+from litequeue import FAILURE, SCHEDULED, SUCCESS
 
 from .helpers import (
-    assert_canary, files_in, foreign, insert_raw, insert_schedule, lq, make_victim, pack, sql,
-    task_source, wait_until,
+    assert_canary, files_in, foreign, insert_raw, insert_schedule, lq, lq_here, make_victim, pack,
+    sql, task_source, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -119,6 +119,42 @@ def test_text_that_is_not_utf8_never_stops_a_worker(project, workers, case):
     assert worker.proc.poll() is None
     assert {c["pid"] for c in worker.live_children()} == children
     assert "ended with" not in worker.log_text()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_text_that_is_not_utf8_ends_its_row_saying_why(project, here, case):
+    """The same rows met by a worker's child and the commands in this process: no error
+    escapes the child's steps, the bad row is never run, a task row holding the text ends
+    FAILURE naming its column, a task queued after it runs and no command answers with a
+    traceback. (That no process dies of it: the test above.)"""
+    seq = CASES[case](project)
+    w = here(project)
+    # Only the add(0, 0) the other cases queue first runs; a task row with the text never.
+    assert w.work() == (0 if seq is not None else 1)
+    canary = project.delay("add", 20, 22)
+    assert w.work() == 1
+    assert canary.get(timeout=5) == 42
+    for command in (["status"], ["health", "--max-wait", "3600"], ["tasks"],
+                    ["inspect", "active"]):
+        done = lq_here(command[0], project.db, *command[1:], cwd=project.dir)
+        out = done.stdout + done.stderr
+        assert "Traceback" not in out and "UnicodeDecodeError" not in out, (command, out)
+        if command[0] == "health":
+            # No worker runs here; a schedule whose name held the text is disabled.
+            failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+            expected = ["FAIL workers: no live worker supervisor"]
+            if case == "schedules.name":
+                expected.append("FAIL schedules: disabled: a\\xffb")
+            assert (done.returncode, failed) == (1, expected), out
+        else:
+            assert done.returncode == 0, (command, done.returncode, out)
+    if seq is not None:
+        # A row in no state a worker claims is ended by the first command that read it.
+        (state, result), = sql(project.db, "SELECT state, result FROM tasks WHERE seq = ?",
+                               seq)
+        column = case.split(".")[1].split()[0]
+        assert state == FAILURE, (state, result)
+        assert f"its {column} column held text that is not UTF-8".encode() in result, result
 
 
 def test_a_read_only_reader_gets_one_clear_error(project, tmp_path):
@@ -246,6 +282,26 @@ def assert_schedules_disabled(project, names):
     assert "DISABLED" in status.stdout, status.stdout
 
 
+def plant_crashing_row(project, case):
+    """A row of CRASHING_ROWS; returns its id and the word its error must hold."""
+    if case == "text_expires":
+        key = str(uuid.uuid4())
+        sql(project.db, "INSERT INTO tasks (id, name, payload, expires) "
+                        "VALUES (?, 'tasks.add', ?, 'soon')", key, pack({"args": [1, 2]}))
+        return key, "expires"
+    if case == "blob_id":
+        key = b"\xffblob-id\x00"
+        sql(project.db, "INSERT INTO tasks (id, name, payload) VALUES (?, 'tasks.add', ?)",
+            key, pack({"args": [1, 2]}))
+        return key, "id"
+    (key,) = insert_raw(project.db, [("badresult.sneaky", pack({}))])
+    return key, "result"
+
+
+# Rows that once crashed the process that claimed them.
+CRASHING_ROWS = ["text_expires", "blob_id", "unencodable_result"]
+
+
 @pytest.mark.worker
 class TestBadRows:
 
@@ -318,7 +374,7 @@ class TestBadRows:
         wait_until(lambda: fired() > first, 10, "the valid schedule to fire again")
         assert_eta_promotion_works(project, w)
 
-    @pytest.mark.parametrize("case", ["text_expires", "blob_id", "unencodable_result"])
+    @pytest.mark.parametrize("case", CRASHING_ROWS)
     def test_row_that_crashes_its_process_ends_failure_without_a_loop(self, project, workers,
                                                                      case):
         if case == "unencodable_result":
@@ -326,19 +382,7 @@ class TestBadRows:
             w = workers.start(project, concurrency=1, app=("tasks", "badresult"))
         else:
             w = workers.start(project, concurrency=1)
-        if case == "text_expires":
-            key = str(uuid.uuid4())
-            sql(project.db, "INSERT INTO tasks (id, name, payload, expires) "
-                            "VALUES (?, 'tasks.add', ?, 'soon')", key, pack({"args": [1, 2]}))
-            why = "expires"
-        elif case == "blob_id":
-            key = b"\xffblob-id\x00"
-            sql(project.db, "INSERT INTO tasks (id, name, payload) VALUES (?, 'tasks.add', ?)",
-                key, pack({"args": [1, 2]}))
-            why = "id"
-        else:
-            (key,) = insert_raw(project.db, [("badresult.sneaky", pack({}))])
-            why = "result"
+        key, why = plant_crashing_row(project, case)
 
         def row():
             rows = sql(project.db, "SELECT state, attempt, result, traceback FROM tasks "
@@ -353,3 +397,56 @@ class TestBadRows:
         assert why in text.lower(), text
         assert_canary(project, w)
         assert row()[:2] == (FAILURE, attempt)        # not run again since
+
+
+@pytest.mark.parametrize("case", CRASHING_ROWS)
+def test_row_that_crashes_its_process_ends_failure_at_its_first_attempt(project, here, case):
+    """The same rows met by a worker's child in this process: no error escapes its steps,
+    the row ends FAILURE at its first attempt saying why, a task queued after it runs and
+    the row is not run again. (That no process dies of it: TestBadRows.)"""
+    project.write_module("badresult", BAD_RESULT_MODULE)
+    w = here(project, ("tasks", "badresult"))
+    project.delay("add", 0, 0)       # the file exists
+    key, why = plant_crashing_row(project, case)
+
+    def row():
+        (found,) = sql(project.db, "SELECT state, attempt, result, traceback FROM tasks "
+                                   "WHERE id = ?", key)
+        return found
+    w.work()
+    state, attempt, result, tb = row()
+    assert (state, attempt) == (FAILURE, 1), row()
+    text = error_text(result, tb)
+    assert why in text.lower(), text
+    canary = project.delay("add", 40, 2)
+    assert w.work() == 1
+    assert canary.get(timeout=5) == 42
+    assert w.work() == 0
+    assert row() == (state, attempt, result, tb)        # not run again since
+
+
+def test_scheduled_task_with_a_text_eta_ends_failure_at_the_quarantine(project, here):
+    """The row of test_scheduled_task_with_a_text_eta_fails_and_the_supervisor_goes_on,
+    met by a worker's child (which leaves it be) and then by the quarantine step a
+    supervisor runs every 2 s, called here: it ends FAILURE saying its eta is not a time,
+    and a task with a countdown still runs."""
+    w = here(project)
+    project.delay("add", 0, 0)       # the file exists
+    task_id = str(uuid.uuid4())
+    sql(project.db, "INSERT INTO tasks (id, name, payload, state, eta) "
+                    "VALUES (?, 'tasks.add', ?, 'SCHEDULED', 'soon')",
+        task_id, pack({"args": [1, 2]}))
+    assert w.work() == 1                        # add(0, 0)
+    assert project.state(task_id) == SCHEDULED
+    storage = litequeue._Storage(project.db)
+    try:
+        failed, disabled, repaired = storage.quarantine(time.time())
+    finally:
+        storage.close()
+    assert (failed, disabled, repaired) == ([(task_id, "tasks.add")], [], [])
+    row = project.row(task_id)
+    assert row["state"] == FAILURE
+    assert "eta" in error_text(row["result"], row["traceback"]).lower(), row
+    r = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=0.5)
+    w.work_until(lambda: r.ready(), 10, "the task with a countdown to run")
+    assert r.get(timeout=1) == 7
