@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -20,13 +21,15 @@ from litequeue import (
     TimeLimitExceeded, WorkerLostError,
 )
 
-from .helpers import UTC, alive, lq, sql, wait_until
+from .helpers import UTC, alive, lq_here, sql, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # Slack allowed between a retry's due time and its next run starting: the supervisor
 # promotes the row when it is due and rings a child, which claims it (about 1 ms idle).
+# A child run in the test process (here(...).start()) wakes itself at the row's eta and
+# claims it as it stands (_DUE_ROWS): the same bound holds.
 RETRY_LATENESS_MAX = 0.25
 
 
@@ -36,15 +39,16 @@ def error_lines(errors):
 
 
 class TestFailures:
-    """Retries, time limits, revoke and worker hygiene, with real workers and signals."""
+    """Retries, time limits, revoke and worker hygiene. Retries run in the test process
+    (the `here` fixture); kills, time limits and per-child limits need real workers and
+    signals."""
 
     # -- retries ----------------------------------------------------------------------------
 
-    @pytest.mark.worker
-    def test_autoretry_follows_the_backoff_schedule_then_fails(self, project, workers):
+    def test_autoretry_follows_the_backoff_schedule_then_fails(self, project, here):
         """flaky: autoretry_for=(IOError,), max_retries=3, retry_backoff=0.2, no jitter:
         runs at about 0, 0.2, 0.6 and 1.4 s, then FAILURE with the last exception."""
-        workers.start(project, concurrency=1)
+        here(project).start()
         r = project.delay("flaky", "always", 99)
         exc = r.get(timeout=20, propagate=False)
         assert (r.state, r.retries) == (FAILURE, 3)
@@ -69,11 +73,10 @@ class TestFailures:
         for offset, due in zip(offsets, [0, 0.2, 0.6, 1.4]):
             assert due <= offset < due + 3 * RETRY_LATENESS_MAX, offsets
 
-    @pytest.mark.worker
-    def test_retry_jitter_stays_within_the_capped_backoff(self, project, workers):
+    def test_retry_jitter_stays_within_the_capped_backoff(self, project, here):
         """jittery: retry_backoff=True (1, 2, 4 s), retry_backoff_max=0.5, full jitter:
         every countdown is random in [0, 0.5]."""
-        workers.start(project, concurrency=1)
+        here(project).start()
         results = [project.delay("jittery", f"j{n}") for n in range(3)]
         delays = []
         for n, r in enumerate(results):
@@ -86,9 +89,8 @@ class TestFailures:
         assert all(0 <= d < 0.5 + RETRY_LATENESS_MAX for d in delays), delays
         assert len({round(d, 2) for d in delays}) > 1, "no jitter at all"
 
-    @pytest.mark.worker
-    def test_bound_retry_with_countdown_reads_retry_while_it_waits(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_bound_retry_with_countdown_reads_retry_while_it_waits(self, project, here):
+        here(project).start()
         r = project.delay("retrier", "bound", 2, 0.6)
         wait_until(lambda: r.state == RETRY, 10, lambda: f"RETRY (state {r.state})")
         assert not r.ready() and r.result is None
@@ -106,11 +108,14 @@ class TestFailures:
         for n in range(2):
             assert runs[n + 1][3] - errors[n]["time"] >= 0.6      # the countdown held
 
-    @pytest.mark.worker
-    def test_bound_retry_out_of_budget_fails_with_the_last_exception(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_bound_retry_out_of_budget_fails_with_the_last_exception(self, project, here):
+        w = here(project)
         with_exc = project.delay("retrier", "exc", 99, 0.01)
         without = project.delay("retrier", "bare", 99, 0.01, with_exc=False)
+        w.work_until(lambda: with_exc.ready() and without.ready(), 20, "both tasks to end")
+        # The results are read as by a producer that never imported tasks.py.
+        w.close()
+        assert "tasks" not in sys.modules
         exc = with_exc.get(timeout=20, propagate=False)
         # tasks.TaskFailed is not imported here: a stand-in carrying its name and message.
         assert isinstance(exc, RemoteError)
@@ -135,26 +140,31 @@ class TestFailures:
                     WorkerLostError):
             assert issubclass(cls, LitequeueError)
 
-    @pytest.mark.worker
-    def test_task_max_retries_applies_when_queued_by_name(self, project, workers):
-        workers.start(project, concurrency=1)
-        done = lq("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
+    def test_task_max_retries_applies_when_queued_by_name(self, project, here):
+        w = here(project)
+        assert w.work() == 0                  # a worker's start creates the file ...
+        # ... and registers the names it serves, as its supervisor does (the in-process
+        # worker is a child alone): `call` finds the task by name.
+        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
+            "tasks.flaky_max1", "tasks", time.time())
+        # The CLI's app imports nothing: it queues the name without max_retries.
+        done = lq_here("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
         assert done.returncode == 0, done.stderr
         r = project.app.AsyncResult(done.stdout.strip())
+        w.work_until(r.ready, 20, "the task to end")
         assert isinstance(r.get(timeout=20, propagate=False), OSError)
         runs = (project.marks / "runs.byname").read_text().splitlines()
         assert (len(runs), r.retries) == (2, 1)           # max_retries=1: two runs
 
-    @pytest.mark.worker
-    def test_a_bad_retry_request_fails_the_task_instead_of_looping(self, project, workers):
-        w = workers.start(project, concurrency=1)
+    def test_a_bad_retry_request_fails_the_task_instead_of_looping(self, project, here):
+        w = here(project).start()
         r = project.delay("bad_retry", "bad")
         wait_until(lambda: r.ready() or len(project.runs("bad")) > 4, 30,
                    "the task to finish or loop")
         assert len(project.runs("bad")) <= 4, f"ran {len(project.runs('bad'))} times"
         assert r.state == FAILURE
         assert project.delay("add", 1, 2).get(timeout=20) == 3
-        assert w.proc.poll() is None
+        w.stop()                  # the child's loop ended without an error
 
     # -- time limits ------------------------------------------------------------------------
 
