@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -20,13 +21,15 @@ from litequeue import (
     TimeLimitExceeded, WorkerLostError,
 )
 
-from .helpers import UTC, alive, lq, sql, wait_until
+from .helpers import UTC, alive, lq_here, sql, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # Slack allowed between a retry's due time and its next run starting: the supervisor
 # promotes the row when it is due and rings a child, which claims it (about 1 ms idle).
+# A child run in the test process (here(...).start()) wakes itself at the row's eta and
+# claims it as it stands (_DUE_ROWS): the same bound holds.
 RETRY_LATENESS_MAX = 0.25
 
 
@@ -36,15 +39,16 @@ def error_lines(errors):
 
 
 class TestFailures:
-    """Retries, time limits, revoke and worker hygiene, with real workers and signals."""
+    """Retries, time limits, revoke and worker hygiene. Retries and revokes run in the
+    test process (the `here` fixture); kills, time limits and per-child limits need real
+    workers and signals."""
 
     # -- retries ----------------------------------------------------------------------------
 
-    @pytest.mark.worker
-    def test_autoretry_follows_the_backoff_schedule_then_fails(self, project, workers):
+    def test_autoretry_follows_the_backoff_schedule_then_fails(self, project, here):
         """flaky: autoretry_for=(IOError,), max_retries=3, retry_backoff=0.2, no jitter:
         runs at about 0, 0.2, 0.6 and 1.4 s, then FAILURE with the last exception."""
-        workers.start(project, concurrency=1)
+        here(project).start()
         r = project.delay("flaky", "always", 99)
         exc = r.get(timeout=20, propagate=False)
         assert (r.state, r.retries) == (FAILURE, 3)
@@ -69,11 +73,10 @@ class TestFailures:
         for offset, due in zip(offsets, [0, 0.2, 0.6, 1.4]):
             assert due <= offset < due + 3 * RETRY_LATENESS_MAX, offsets
 
-    @pytest.mark.worker
-    def test_retry_jitter_stays_within_the_capped_backoff(self, project, workers):
+    def test_retry_jitter_stays_within_the_capped_backoff(self, project, here):
         """jittery: retry_backoff=True (1, 2, 4 s), retry_backoff_max=0.5, full jitter:
         every countdown is random in [0, 0.5]."""
-        workers.start(project, concurrency=1)
+        here(project).start()
         results = [project.delay("jittery", f"j{n}") for n in range(3)]
         delays = []
         for n, r in enumerate(results):
@@ -86,9 +89,8 @@ class TestFailures:
         assert all(0 <= d < 0.5 + RETRY_LATENESS_MAX for d in delays), delays
         assert len({round(d, 2) for d in delays}) > 1, "no jitter at all"
 
-    @pytest.mark.worker
-    def test_bound_retry_with_countdown_reads_retry_while_it_waits(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_bound_retry_with_countdown_reads_retry_while_it_waits(self, project, here):
+        here(project).start()
         r = project.delay("retrier", "bound", 2, 0.6)
         wait_until(lambda: r.state == RETRY, 10, lambda: f"RETRY (state {r.state})")
         assert not r.ready() and r.result is None
@@ -106,11 +108,14 @@ class TestFailures:
         for n in range(2):
             assert runs[n + 1][3] - errors[n]["time"] >= 0.6      # the countdown held
 
-    @pytest.mark.worker
-    def test_bound_retry_out_of_budget_fails_with_the_last_exception(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_bound_retry_out_of_budget_fails_with_the_last_exception(self, project, here):
+        w = here(project)
         with_exc = project.delay("retrier", "exc", 99, 0.01)
         without = project.delay("retrier", "bare", 99, 0.01, with_exc=False)
+        w.work_until(lambda: with_exc.ready() and without.ready(), 20, "both tasks to end")
+        # The results are read as by a producer that never imported tasks.py.
+        w.close()
+        assert "tasks" not in sys.modules
         exc = with_exc.get(timeout=20, propagate=False)
         # tasks.TaskFailed is not imported here: a stand-in carrying its name and message.
         assert isinstance(exc, RemoteError)
@@ -135,26 +140,31 @@ class TestFailures:
                     WorkerLostError):
             assert issubclass(cls, LitequeueError)
 
-    @pytest.mark.worker
-    def test_task_max_retries_applies_when_queued_by_name(self, project, workers):
-        workers.start(project, concurrency=1)
-        done = lq("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
+    def test_task_max_retries_applies_when_queued_by_name(self, project, here):
+        w = here(project)
+        assert w.work() == 0                  # a worker's start creates the file ...
+        # ... and registers the names it serves, as its supervisor does (the in-process
+        # worker is a child alone): `call` finds the task by name.
+        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
+            "tasks.flaky_max1", "tasks", time.time())
+        # The CLI's app imports nothing: it queues the name without max_retries.
+        done = lq_here("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
         assert done.returncode == 0, done.stderr
         r = project.app.AsyncResult(done.stdout.strip())
+        w.work_until(r.ready, 20, "the task to end")
         assert isinstance(r.get(timeout=20, propagate=False), OSError)
         runs = (project.marks / "runs.byname").read_text().splitlines()
         assert (len(runs), r.retries) == (2, 1)           # max_retries=1: two runs
 
-    @pytest.mark.worker
-    def test_a_bad_retry_request_fails_the_task_instead_of_looping(self, project, workers):
-        w = workers.start(project, concurrency=1)
+    def test_a_bad_retry_request_fails_the_task_instead_of_looping(self, project, here):
+        w = here(project).start()
         r = project.delay("bad_retry", "bad")
         wait_until(lambda: r.ready() or len(project.runs("bad")) > 4, 30,
                    "the task to finish or loop")
         assert len(project.runs("bad")) <= 4, f"ran {len(project.runs('bad'))} times"
         assert r.state == FAILURE
         assert project.delay("add", 1, 2).get(timeout=20) == 3
-        assert w.proc.poll() is None
+        w.stop()                  # the child's loop ended without an error
 
     # -- time limits ------------------------------------------------------------------------
 
@@ -264,8 +274,7 @@ class TestFailures:
 
     # -- revoke -----------------------------------------------------------------------------
 
-    @pytest.mark.worker
-    def test_revoked_queued_tasks_never_run(self, project, workers):
+    def test_revoked_queued_tasks_never_run(self, project, here):
         stamp = project.app.tasks["tasks.stamp"]
         # No worker running yet.
         queued = stamp.delay("queued")
@@ -275,24 +284,26 @@ class TestFailures:
             queued.get(timeout=5)
         assert queued.get(timeout=5, propagate=False) is None
         assert queued.revoke() is False                  # nothing left to revoke
-        w = workers.start(project, concurrency=1)
+        w = here(project)
         # A queue nobody serves yet.
         elsewhere = stamp.apply_async(["elsewhere"], queue="other")
-        assert stamp.delay("later").get(timeout=20) > 0  # queued after `queued`: FIFO
+        later = stamp.delay("later")                     # queued after `queued`: FIFO
+        assert w.work() == 1                             # the default queue's worker
+        assert later.get(timeout=20) > 0
         assert elsewhere.state == PENDING and elsewhere.revoke() is True
-        workers.start(project, "-Q", "other", concurrency=1)
-        assert stamp.apply_async(["probe"], queue="other").get(timeout=20) > 0
+        probe = stamp.apply_async(["probe"], queue="other")
+        assert w.work(queues=("other",)) == 1            # a worker of queue other
+        assert probe.get(timeout=20) > 0
         assert [queued.state, elsewhere.state] == [REVOKED, REVOKED]
         assert project.stamps("queued") == project.stamps("elsewhere") == []
         assert project.row(queued.id)["attempt"] == project.row(elsewhere.id)["attempt"] == 0
-        assert w.proc.poll() is None
 
-    @pytest.mark.worker
-    def test_revoked_scheduled_and_retrying_tasks_never_run(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_revoked_scheduled_and_retrying_tasks_never_run(self, project, here):
+        w = here(project)
         stamp = project.app.tasks["tasks.stamp"]
         scheduled = stamp.apply_async(["scheduled"], countdown=0.5)
         retrying = project.delay("retrier", "waiting", 5, 0.5)
+        w.work()                                         # the first run only: none is due
         wait_until(lambda: retrying.state == RETRY, 10, "the retry to wait")
         assert scheduled.state == SCHEDULED
         assert scheduled.revoke() is True and retrying.revoke() is True
@@ -300,6 +311,7 @@ class TestFailures:
                       scheduled.id, retrying.id)
         # A task due after both: once it has run, the scheduler went past their ETAs.
         after = stamp.apply_async(["after"], eta=dt.datetime.fromtimestamp(eta + 0.2, UTC))
+        w.work_until(after.ready, 20, "the task due after both to run")
         assert after.get(timeout=20) >= eta
         assert [scheduled.state, retrying.state] == [REVOKED, REVOKED]
         assert project.stamps("scheduled") == []
@@ -338,17 +350,13 @@ class TestFailures:
             r.get(timeout=5)
         assert w.proc.poll() is None
 
-    @pytest.mark.worker
-    @pytest.mark.parametrize("terminate", [False, True])
-    def test_revoke_of_a_prefetched_task_drops_it_and_kills_nothing(self, project, workers,
-                                                                    terminate):
+    @staticmethod
+    def _revoke_a_prefetched_task(project, terminate, nothing_killed):
         """A row a child claimed in a batch but has not started (it reads STARTED) is
-        revoked and never runs, with or without terminate; the task the child is running
-        is left alone, and a plain revoke() of it is refused. Batches grow 1, 2, 4, 8, 16
-        rows while tasks are fast, so a slow task at position 20 shares a batch with the
-        one after it."""
-        w = workers.start(project, concurrency=1)
-        (child,) = w.children()
+        revoked and never runs; the task the child is running is left alone, and a plain
+        revoke() of it is refused. Batches grow 1, 2, 4, 8, 16 rows while tasks are fast,
+        so a slow task at position 20 shares a batch with the one after it. After each
+        round, nothing_killed() checks the child."""
         record = project.app.tasks["tasks.record"]
         prefetched = 0
         for round_ in range(3):
@@ -367,12 +375,32 @@ class TestFailures:
             assert mid.get(timeout=20) == f"mid{round_}" and mid.state == SUCCESS
             assert [r.get(timeout=20) for r in before + after] == list(range(30))
             assert target.state == REVOKED and project.stamps(f"target{round_}") == []
-            assert w.live_children() == [child]                # nothing was killed
+            nothing_killed()
             if prefetched:
                 break
         print(f"the target was prefetched in round {round_ + 1} of 3" if prefetched else
               "the target was never prefetched")
         assert prefetched, "the target was never in a prefetched batch"
+
+    def test_revoke_of_a_prefetched_task_drops_it(self, project, here):
+        """A plain revoke() of a prefetched row: the child drops it (see
+        _revoke_a_prefetched_task), in the test process. No supervisor acts on a plain
+        revoke; the child's loop runs on and ends without an error."""
+        w = here(project).start()
+        self._revoke_a_prefetched_task(project, False, lambda: None)
+        w.stop()
+
+    @pytest.mark.worker
+    def test_revoke_of_a_prefetched_task_drops_it_and_kills_nothing(self, project, workers):
+        """revoke(terminate=True) of a prefetched row drops it as a plain revoke does (see
+        _revoke_a_prefetched_task), and the supervisor, which kills the child of a running
+        row revoked with terminate, kills nothing."""
+        w = workers.start(project, concurrency=1)
+        (child,) = w.children()
+
+        def nothing_killed():
+            assert w.live_children() == [child]
+        self._revoke_a_prefetched_task(project, True, nothing_killed)
 
     @pytest.mark.worker
     def test_revokes_racing_fast_tasks_never_let_a_revoked_task_run(self, project, workers):

@@ -227,9 +227,9 @@ class TestSeedFlow:
         assert w.proc.poll() is None, w.log_text()
 
 
-@pytest.mark.worker
 class TestUnknownTaskMessage:
 
+    @pytest.mark.worker
     def test_registered_name_whose_module_is_not_importable_here_says_so(self, project,
                                                                          workers, tmp_path):
         w = workers.start(project, concurrency=1)
@@ -257,12 +257,17 @@ class TestUnknownTaskMessage:
         assert "has registered it" not in message, message
         assert w.proc.poll() is None, w.log_text()
 
-    def test_a_task_its_imported_module_no_longer_defines_says_so(self, project, workers):
-        w = workers.start(project, concurrency=1)
-        assert project.delay("add", 1, 1).get(timeout=10) == 2     # tasks is imported
+    def test_a_task_its_imported_module_no_longer_defines_says_so(self, project, here):
+        """In the test process (here): the worker imported tasks.py, which has no task
+        'renamed'."""
+        w = here(project)
+        first = project.delay("add", 1, 1)
+        w.work()
+        assert first.get(timeout=10) == 2                           # tasks is imported
         sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES "
                         "('tasks.renamed', 'tasks', 0)")
         (task_id,) = insert_raw(project.db, [("tasks.renamed", pack({}))])
-        wait_until(lambda: project.state(task_id) == FAILURE, 10, w.log_text)
+        w.work()
+        assert project.state(task_id) == FAILURE
         message = stored_error_message(project.db, task_id)
         assert "does not define that task" in message and "cannot import" not in message
