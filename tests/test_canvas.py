@@ -49,6 +49,33 @@ def start_canvas_worker(workers, canvas, concurrency=2):
     return workers.start(canvas, concurrency=concurrency, app=("canvas_tasks",))
 
 
+def _signal_receivers():
+    """{signal name: its receivers} of litequeue.signals."""
+    return {name: list(sig.receivers) for name, sig in vars(litequeue.signals).items()
+            if isinstance(sig, litequeue.Signal)}
+
+
+@pytest.fixture
+def canvas_here(canvas, here):
+    """canvas_tasks.py's worker in this process: here(canvas, ("canvas_tasks",)), not
+    started (work() or start()). The signal handlers the module connects as it is imported
+    are disconnected at teardown, as the end of a worker's process drops them: they would
+    otherwise see every later task this process runs, and log to this test's marks."""
+    before = _signal_receivers()
+    w = here(canvas, ("canvas_tasks",))
+    try:
+        yield w
+    finally:
+        try:
+            w.stop()
+        finally:
+            for name, receivers in _signal_receivers().items():
+                for key, receiver, sender in receivers:
+                    if (key, receiver, sender) not in before[name]:
+                        getattr(litequeue.signals, name).disconnect(dispatch_uid=key,
+                                                                    sender=sender)
+
+
 class TestCanvas:
 
     @pytest.mark.worker
@@ -76,10 +103,8 @@ class TestCanvas:
         ''')
         assert again == [out["first_id"], out["first_id"], SUCCESS]
 
-    @pytest.mark.worker
-    def test_partial_arguments_go_first_as_in_celery(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_partial_arguments_go_first_as_in_celery(self, canvas_here):
+        out = canvas_here.start().client('''
             s = sub.s(2)
             print(json.dumps([s.delay(10).get(timeout=30), s.clone((20,)).apply_async().get(
                 timeout=30), sub.si(1, 2).delay(99).get(timeout=30), s.apply((5,)).get(),
@@ -87,11 +112,9 @@ class TestCanvas:
         ''')
         assert out == [8, 18, -1, 3, 5, "canvas_tasks.sub(2)", 5]
 
-    @pytest.mark.worker
     def test_links_and_errbacks_are_queued_by_the_commit_that_ends_the_parent(
-            self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+            self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             cb = add.s(100).set(task_id=str(uuid.uuid4()))
             eb = errback3.s().set(task_id=str(uuid.uuid4()))
             ok = add.apply_async((1, 2), link=[cb, mul.s(2)], link_error=eb)
@@ -121,11 +144,9 @@ class TestCanvas:
         assert sorted(canvas.logged("errbacks")) == sorted([
             [bad, "canvas_tasks.fail", ["broken"], "ValueError", "broken", True], [bad]])
 
-    @pytest.mark.worker
     def test_a_failure_ends_the_rest_of_the_chain_and_its_errback_runs_once(
-            self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+            self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 1) | fail.s() | add.s(1) | add.s(1)).on_error(errback3.s()).delay()
             try:
                 r.get(timeout=30)
@@ -166,10 +187,8 @@ class TestCanvas:
                    out["group"]) == [(10, 10, 1)]
         assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
 
-    @pytest.mark.worker
-    def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = chord([add.s(1, 1), fail.s("member"), nap_echo.s(3, 0.2)],
                       collect.s()).on_error(errback1.s()).apply_async()
             exc = r.get(timeout=30, propagate=False)
@@ -203,10 +222,8 @@ class TestCanvas:
         ''')
         assert out == [[1, 2, 3, 4, 5], 5, gid, None]
 
-    @pytest.mark.worker
-    def test_relations_of_subtasks_queued_inside_a_task(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_relations_of_subtasks_queued_inside_a_task(self, canvas_here):
+        out = canvas_here.start().client('''
             r = spawner.delay(3)
             ids = r.get(timeout=30)
             kids = [app.AsyncResult(i) for i in ids]
@@ -310,9 +327,8 @@ class TestCanvas:
         assert worker.wait(30) == 0
         assert canvas.logged("signals")[-1] == ["worker_shutdown"]
 
-    @pytest.mark.worker
-    def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas):
-        out = canvas.client('''
+    def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas, canvas_here):
+        out = canvas_here.client('''
             add.delay(0, 0)      # the file exists, with one row
             errors = []
             for build in (
@@ -338,10 +354,8 @@ class TestCanvas:
         assert canvas.count() == 1
         assert canvas.count("name = 'canvas_tasks.nope'") == 0
 
-    @pytest.mark.worker
-    def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (nap_echo.s(1, 0.5) | add.s(1) | add.s(1)).delay()
             middle = r.parent
             revoked = middle.revoke()
@@ -354,10 +368,8 @@ class TestCanvas:
         ''')
         assert out == [True, "TaskRevoked", REVOKED, REVOKED, 1]
 
-    @pytest.mark.worker
-    def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 1) | add.s(1).set(countdown=0.5)).delay()
             value = r.get(timeout=30)
             first = r.parent
@@ -410,10 +422,8 @@ class TestCanvas:
         assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
         assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
 
-    @pytest.mark.worker
-    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = add.apply_async((1, 2), link_error=chain(errback1.s(), collect.s()))
             print(json.dumps(r.get(timeout=30)))
         ''')
