@@ -22,7 +22,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq, parent_of, sql, sql_write, wait_until,
+    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq_here, parent_of, sql, sql_write,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -233,19 +234,18 @@ class TestCanvas:
         ''')
         assert out == [[True, True, True], True, [0, 2, 4]]
 
-    @pytest.mark.worker
-    def test_update_state_shows_progress_and_is_coalesced(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=1)
+    def test_update_state_shows_progress_and_is_coalesced(self, canvas, canvas_here):
+        w = canvas_here.start()
         # Count every write of the meta column with a trigger: real SQLite, no mock.
-        assert canvas.client("print(json.dumps(add.delay(0, 0).get(timeout=30)))") == 0
+        assert w.client("print(json.dumps(add.delay(0, 0).get(timeout=30)))") == 0
         sql_write(canvas.db, "CREATE TABLE meta_writes (at REAL)",
                   "CREATE TRIGGER count_meta AFTER UPDATE OF meta ON tasks BEGIN "
                   "INSERT INTO meta_writes VALUES (julianday('now')); END")
-        task_id = canvas.client('''
+        task_id = w.client('''
             print(json.dumps(progress.delay(20000, "go").id))
         ''')
         # The last of 20 000 reports reaches the database, though the loop is long over.
-        out = canvas.client(f'''
+        out = w.client(f'''
             r = app.AsyncResult({task_id!r})
             deadline = time.monotonic() + 30
             while not (isinstance(r.info, dict) and r.info.get("current") == 20000):
@@ -258,11 +258,11 @@ class TestCanvas:
                                 "meta_writes")[0]
         # At most one write per 0.2 s of reporting (plus the first and the last).
         assert writes[0] <= (writes[1] or 0) / 0.2 + 3, writes
-        done = lq("result", canvas.db, task_id, cwd=canvas.dir)
+        done = lq_here("result", canvas.db, task_id, cwd=canvas.dir)
         assert done.stdout.strip() == "PROGRESS" and done.returncode == 0
         (canvas.marks / "go").touch()
-        assert canvas.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
-                             f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
+        assert w.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
+                        f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
 
     @pytest.mark.worker
     def test_result_wait_draws_a_progress_bar(self, canvas, workers):
@@ -405,10 +405,9 @@ class TestCanvas:
         with pytest.raises(TaskNotFound):
             app.GroupResult(g.id)
 
-    @pytest.mark.worker
-    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, canvas_here):
+        w = canvas_here.start()
+        out = w.client('''
             r = (add.s(1, 1) | fails_once.s("ok") | add.s(1)).delay()
             r.get(timeout=30, propagate=False)
             print(json.dumps([r.id, r.parent.id, r.state]))
@@ -416,11 +415,11 @@ class TestCanvas:
         tail, step, state = out
         assert state == FAILURE
         # The tail never ran: it cannot be requeued alone (it has no input).
-        refused = lq("retry", canvas.db, tail, cwd=canvas.dir)
+        refused = lq_here("retry", canvas.db, tail, cwd=canvas.dir)
         assert refused.returncode == 1
         (canvas.marks / "ok").touch()
-        assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
-        assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
+        assert lq_here("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
+        assert w.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
 
     def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, canvas_here):
         out = canvas_here.start().client('''
