@@ -166,19 +166,27 @@ class TestCanvas:
         assert canvas.logged("errbacks") == [
             [out["failing"], "canvas_tasks.fail", [2], "ValueError", "2", True]]
 
-    @pytest.mark.worker
-    def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=3)
-        out = canvas.client('''
-            # Later members finish first: the body still sees header order.
-            r = chord([nap_echo.s(i, (9 - i) * 0.02) for i in range(10)])(collect.s())
+    def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, canvas_here):
+        queued = canvas_here.client('''
+            # Each member on a queue of its own, for the worker to run them last to first.
+            r = chord([nap_echo.s(i, 0).set(queue=f"q{i}") for i in range(10)])(collect.s())
+            print(json.dumps([r.id, r.parent.id]))
+        ''')
+        # Later members finish first: the body still sees header order.
+        for i in reversed(range(10)):
+            assert canvas_here.work(queues=(f"q{i}",)) == 1
+        ended = sql(canvas.db, "SELECT group_index FROM tasks WHERE group_id = ? "
+                               "ORDER BY finished_at", queued[1])
+        assert ended == [(i,) for i in reversed(range(10))]
+        out = canvas_here.start().client(f'''
+            r_id, header_id = {queued!r}
+            r = app.AsyncResult(r_id)
             other = chord([add.s(i, i) for i in range(30)], collect.s())()
             empty = chord([], collect.s()).apply_async()
-            header = r.parent
-            print(json.dumps({"body": r.get(timeout=30), "other": other.get(timeout=30),
-                              "empty": empty.get(timeout=30), "group": header.id,
-                              "restored": app.GroupResult(header.id).get(timeout=30),
-                              "parent": app.AsyncResult(r.id).parent.id == header.id}))
+            print(json.dumps({{"body": r.get(timeout=30), "other": other.get(timeout=30),
+                               "empty": empty.get(timeout=30), "group": header_id,
+                               "restored": app.GroupResult(header_id).get(timeout=30),
+                               "parent": app.AsyncResult(r.id).parent.id == header_id}}))
         ''')
         assert out["body"] == list(range(10)) and out["empty"] == []
         assert out["other"] == [2 * i for i in range(30)]
