@@ -79,10 +79,8 @@ def canvas_here(canvas, here):
 
 class TestCanvas:
 
-    @pytest.mark.worker
-    def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 2) | sub.s(10) | mul.s(10)).apply_async()
             c = chain(add.s(1, 1), add.si(5, 5), sub.s(1))()
             p = r.parent.parent
@@ -97,6 +95,14 @@ class TestCanvas:
         assert out["values"] == [-70, -7, 3, 9]
         assert all(out["ids"]) and out["children"]
         assert out["args"] == [[1, 2], [3, 10], [-7, 10], "canvas_tasks.mul"]
+
+    @pytest.mark.worker
+    def test_a_chains_relations_are_read_back_in_another_process(self, canvas, canvas_here):
+        out = canvas_here.client('''
+            r = (add.s(1, 2) | sub.s(10) | mul.s(10)).apply_async()
+            print(json.dumps({"last_id": r.id, "first_id": r.parent.parent.id}))
+        ''')
+        assert canvas_here.work() == 3
         # Any process reads the relations back from the database.
         again = canvas.client(f'''
             r = app.AsyncResult({out["last_id"]!r})
@@ -216,9 +222,8 @@ class TestCanvas:
         assert canvas.logged("errbacks") == [[out["body"]]]
 
     @pytest.mark.worker
-    def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        gid = canvas.client('''
+    def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, canvas_here):
+        gid = canvas_here.start().client('''
             g = group(add.s(i, 1) for i in range(5)).apply_async()
             g.get(timeout=30)
             print(json.dumps(g.save().id))
@@ -273,9 +278,8 @@ class TestCanvas:
                         f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
 
     @pytest.mark.worker
-    def test_result_wait_draws_a_progress_bar(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=1)
-        task_id = canvas.client('print(json.dumps(progress.delay(4, "go").id))')
+    def test_result_wait_draws_a_progress_bar(self, canvas, canvas_here):
+        task_id = canvas_here.start().client('print(json.dumps(progress.delay(4, "go").id))')
         waiter = subprocess.Popen([sys.executable, str(LITEQUEUE_PY), "result", canvas.db,
                                    task_id, "--wait", "--timeout", "60"], cwd=canvas.dir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
