@@ -302,11 +302,9 @@ class TestCanvas:
         assert waiter.returncode == 0 and out.strip() == "4"
         assert "PROGRESS [" in err and "100% 4/4" in err, err
 
-    @pytest.mark.worker
     def test_hooks_and_signals_run_and_a_raising_handler_breaks_nothing(self, canvas,
-                                                                        workers):
-        worker = start_canvas_worker(workers, canvas, concurrency=1)
-        out = canvas.client('''
+                                                                        canvas_here, caplog):
+        out = canvas_here.start().client('''
             ok, bad, again = hooked.delay("ok"), hooked.delay("fail"), hooked.delay("retry")
             then = add.s(1).set(task_id=str(uuid.uuid4()))
             print(json.dumps([ok.id, ok.get(timeout=30), bad.id,
@@ -332,7 +330,20 @@ class TestCanvas:
         assert ["task_success", "canvas_tasks.hooked", "ok"] in logged
         assert ["task_failure", bad, "KeyError"] in logged
         assert ["task_retry", again, "OSError"] in logged
-        assert ["worker_ready"] in logged
+        # What the handler and the hook raised is logged; the outcomes above are unchanged.
+        assert "a signal handler that breaks" in caplog.text
+        assert "its after_return hook raised" in caplog.text
+
+    @pytest.mark.worker
+    def test_a_worker_sends_ready_and_shutdown_and_logs_a_raising_handler(self, canvas,
+                                                                          workers):
+        worker = start_canvas_worker(workers, canvas, concurrency=1)
+        out = canvas.client('''
+            print(json.dumps(hooked.delay("ok").get(timeout=30)))
+        ''')
+        assert out == "ok"
+        assert ["worker_ready"] in canvas.logged("signals")
+        # The worker's log shows what the handler and the hook raised.
         assert "a signal handler that breaks" in worker.log_text()
         assert "its after_return hook raised" in worker.log_text()
         worker.signal(signal.SIGTERM)
