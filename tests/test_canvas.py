@@ -22,7 +22,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq, parent_of, sql, sql_write, wait_until,
+    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq_here, parent_of, sql, sql_write,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,12 +50,37 @@ def start_canvas_worker(workers, canvas, concurrency=2):
     return workers.start(canvas, concurrency=concurrency, app=("canvas_tasks",))
 
 
+def _signal_receivers():
+    """{signal name: its receivers} of litequeue.signals."""
+    return {name: list(sig.receivers) for name, sig in vars(litequeue.signals).items()
+            if isinstance(sig, litequeue.Signal)}
+
+
+@pytest.fixture
+def canvas_here(canvas, here):
+    """canvas_tasks.py's worker in this process: here(canvas, ("canvas_tasks",)), not
+    started (work() or start()). The signal handlers the module connects as it is imported
+    are disconnected at teardown, as the end of a worker's process drops them: they would
+    otherwise see every later task this process runs, and log to this test's marks."""
+    before = _signal_receivers()
+    w = here(canvas, ("canvas_tasks",))
+    try:
+        yield w
+    finally:
+        try:
+            w.stop()
+        finally:
+            for name, receivers in _signal_receivers().items():
+                for key, receiver, sender in receivers:
+                    if (key, receiver, sender) not in before[name]:
+                        getattr(litequeue.signals, name).disconnect(dispatch_uid=key,
+                                                                    sender=sender)
+
+
 class TestCanvas:
 
-    @pytest.mark.worker
-    def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_chain_passes_each_result_on_and_parent_leads_back(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 2) | sub.s(10) | mul.s(10)).apply_async()
             c = chain(add.s(1, 1), add.si(5, 5), sub.s(1))()
             p = r.parent.parent
@@ -69,6 +95,14 @@ class TestCanvas:
         assert out["values"] == [-70, -7, 3, 9]
         assert all(out["ids"]) and out["children"]
         assert out["args"] == [[1, 2], [3, 10], [-7, 10], "canvas_tasks.mul"]
+
+    @pytest.mark.worker
+    def test_a_chains_relations_are_read_back_in_another_process(self, canvas, canvas_here):
+        out = canvas_here.client('''
+            r = (add.s(1, 2) | sub.s(10) | mul.s(10)).apply_async()
+            print(json.dumps({"last_id": r.id, "first_id": r.parent.parent.id}))
+        ''')
+        assert canvas_here.work() == 3
         # Any process reads the relations back from the database.
         again = canvas.client(f'''
             r = app.AsyncResult({out["last_id"]!r})
@@ -76,10 +110,8 @@ class TestCanvas:
         ''')
         assert again == [out["first_id"], out["first_id"], SUCCESS]
 
-    @pytest.mark.worker
-    def test_partial_arguments_go_first_as_in_celery(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_partial_arguments_go_first_as_in_celery(self, canvas_here):
+        out = canvas_here.start().client('''
             s = sub.s(2)
             print(json.dumps([s.delay(10).get(timeout=30), s.clone((20,)).apply_async().get(
                 timeout=30), sub.si(1, 2).delay(99).get(timeout=30), s.apply((5,)).get(),
@@ -87,11 +119,9 @@ class TestCanvas:
         ''')
         assert out == [8, 18, -1, 3, 5, "canvas_tasks.sub(2)", 5]
 
-    @pytest.mark.worker
     def test_links_and_errbacks_are_queued_by_the_commit_that_ends_the_parent(
-            self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+            self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             cb = add.s(100).set(task_id=str(uuid.uuid4()))
             eb = errback3.s().set(task_id=str(uuid.uuid4()))
             ok = add.apply_async((1, 2), link=[cb, mul.s(2)], link_error=eb)
@@ -121,11 +151,9 @@ class TestCanvas:
         assert sorted(canvas.logged("errbacks")) == sorted([
             [bad, "canvas_tasks.fail", ["broken"], "ValueError", "broken", True], [bad]])
 
-    @pytest.mark.worker
     def test_a_failure_ends_the_rest_of_the_chain_and_its_errback_runs_once(
-            self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+            self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 1) | fail.s() | add.s(1) | add.s(1)).on_error(errback3.s()).delay()
             try:
                 r.get(timeout=30)
@@ -144,19 +172,27 @@ class TestCanvas:
         assert canvas.logged("errbacks") == [
             [out["failing"], "canvas_tasks.fail", [2], "ValueError", "2", True]]
 
-    @pytest.mark.worker
-    def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=3)
-        out = canvas.client('''
-            # Later members finish first: the body still sees header order.
-            r = chord([nap_echo.s(i, (9 - i) * 0.02) for i in range(10)])(collect.s())
+    def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, canvas_here):
+        queued = canvas_here.client('''
+            # Each member on a queue of its own, for the worker to run them last to first.
+            r = chord([nap_echo.s(i, 0).set(queue=f"q{i}") for i in range(10)])(collect.s())
+            print(json.dumps([r.id, r.parent.id]))
+        ''')
+        # Later members finish first: the body still sees header order.
+        for i in reversed(range(10)):
+            assert canvas_here.work(queues=(f"q{i}",)) == 1
+        ended = sql(canvas.db, "SELECT group_index FROM tasks WHERE group_id = ? "
+                               "ORDER BY finished_at", queued[1])
+        assert ended == [(i,) for i in reversed(range(10))]
+        out = canvas_here.start().client(f'''
+            r_id, header_id = {queued!r}
+            r = app.AsyncResult(r_id)
             other = chord([add.s(i, i) for i in range(30)], collect.s())()
             empty = chord([], collect.s()).apply_async()
-            header = r.parent
-            print(json.dumps({"body": r.get(timeout=30), "other": other.get(timeout=30),
-                              "empty": empty.get(timeout=30), "group": header.id,
-                              "restored": app.GroupResult(header.id).get(timeout=30),
-                              "parent": app.AsyncResult(r.id).parent.id == header.id}))
+            print(json.dumps({{"body": r.get(timeout=30), "other": other.get(timeout=30),
+                               "empty": empty.get(timeout=30), "group": header_id,
+                               "restored": app.GroupResult(header_id).get(timeout=30),
+                               "parent": app.AsyncResult(r.id).parent.id == header_id}}))
         ''')
         assert out["body"] == list(range(10)) and out["empty"] == []
         assert out["other"] == [2 * i for i in range(30)]
@@ -166,10 +202,8 @@ class TestCanvas:
                    out["group"]) == [(10, 10, 1)]
         assert sql(canvas.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
 
-    @pytest.mark.worker
-    def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_a_failing_member_fails_the_body_with_chord_error(self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = chord([add.s(1, 1), fail.s("member"), nap_echo.s(3, 0.2)],
                       collect.s()).on_error(errback1.s()).apply_async()
             exc = r.get(timeout=30, propagate=False)
@@ -188,9 +222,8 @@ class TestCanvas:
         assert canvas.logged("errbacks") == [[out["body"]]]
 
     @pytest.mark.worker
-    def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        gid = canvas.client('''
+    def test_group_id_is_saved_and_read_back_in_another_process(self, canvas, canvas_here):
+        gid = canvas_here.start().client('''
             g = group(add.s(i, 1) for i in range(5)).apply_async()
             g.get(timeout=30)
             print(json.dumps(g.save().id))
@@ -203,10 +236,8 @@ class TestCanvas:
         ''')
         assert out == [[1, 2, 3, 4, 5], 5, gid, None]
 
-    @pytest.mark.worker
-    def test_relations_of_subtasks_queued_inside_a_task(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_relations_of_subtasks_queued_inside_a_task(self, canvas_here):
+        out = canvas_here.start().client('''
             r = spawner.delay(3)
             ids = r.get(timeout=30)
             kids = [app.AsyncResult(i) for i in ids]
@@ -216,19 +247,18 @@ class TestCanvas:
         ''')
         assert out == [[True, True, True], True, [0, 2, 4]]
 
-    @pytest.mark.worker
-    def test_update_state_shows_progress_and_is_coalesced(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=1)
+    def test_update_state_shows_progress_and_is_coalesced(self, canvas, canvas_here):
+        w = canvas_here.start()
         # Count every write of the meta column with a trigger: real SQLite, no mock.
-        assert canvas.client("print(json.dumps(add.delay(0, 0).get(timeout=30)))") == 0
+        assert w.client("print(json.dumps(add.delay(0, 0).get(timeout=30)))") == 0
         sql_write(canvas.db, "CREATE TABLE meta_writes (at REAL)",
                   "CREATE TRIGGER count_meta AFTER UPDATE OF meta ON tasks BEGIN "
                   "INSERT INTO meta_writes VALUES (julianday('now')); END")
-        task_id = canvas.client('''
+        task_id = w.client('''
             print(json.dumps(progress.delay(20000, "go").id))
         ''')
         # The last of 20 000 reports reaches the database, though the loop is long over.
-        out = canvas.client(f'''
+        out = w.client(f'''
             r = app.AsyncResult({task_id!r})
             deadline = time.monotonic() + 30
             while not (isinstance(r.info, dict) and r.info.get("current") == 20000):
@@ -241,16 +271,15 @@ class TestCanvas:
                                 "meta_writes")[0]
         # At most one write per 0.2 s of reporting (plus the first and the last).
         assert writes[0] <= (writes[1] or 0) / 0.2 + 3, writes
-        done = lq("result", canvas.db, task_id, cwd=canvas.dir)
+        done = lq_here("result", canvas.db, task_id, cwd=canvas.dir)
         assert done.stdout.strip() == "PROGRESS" and done.returncode == 0
         (canvas.marks / "go").touch()
-        assert canvas.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
-                             f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
+        assert w.client(f"print(json.dumps([app.AsyncResult({task_id!r}).get(timeout=30),"
+                        f" app.AsyncResult({task_id!r}).info]))") == [20000, 20000]
 
     @pytest.mark.worker
-    def test_result_wait_draws_a_progress_bar(self, canvas, workers):
-        start_canvas_worker(workers, canvas, concurrency=1)
-        task_id = canvas.client('print(json.dumps(progress.delay(4, "go").id))')
+    def test_result_wait_draws_a_progress_bar(self, canvas, canvas_here):
+        task_id = canvas_here.start().client('print(json.dumps(progress.delay(4, "go").id))')
         waiter = subprocess.Popen([sys.executable, str(LITEQUEUE_PY), "result", canvas.db,
                                    task_id, "--wait", "--timeout", "60"], cwd=canvas.dir,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -273,11 +302,9 @@ class TestCanvas:
         assert waiter.returncode == 0 and out.strip() == "4"
         assert "PROGRESS [" in err and "100% 4/4" in err, err
 
-    @pytest.mark.worker
     def test_hooks_and_signals_run_and_a_raising_handler_breaks_nothing(self, canvas,
-                                                                        workers):
-        worker = start_canvas_worker(workers, canvas, concurrency=1)
-        out = canvas.client('''
+                                                                        canvas_here, caplog):
+        out = canvas_here.start().client('''
             ok, bad, again = hooked.delay("ok"), hooked.delay("fail"), hooked.delay("retry")
             then = add.s(1).set(task_id=str(uuid.uuid4()))
             print(json.dumps([ok.id, ok.get(timeout=30), bad.id,
@@ -303,16 +330,28 @@ class TestCanvas:
         assert ["task_success", "canvas_tasks.hooked", "ok"] in logged
         assert ["task_failure", bad, "KeyError"] in logged
         assert ["task_retry", again, "OSError"] in logged
-        assert ["worker_ready"] in logged
+        # What the handler and the hook raised is logged; the outcomes above are unchanged.
+        assert "a signal handler that breaks" in caplog.text
+        assert "its after_return hook raised" in caplog.text
+
+    @pytest.mark.worker
+    def test_a_worker_sends_ready_and_shutdown_and_logs_a_raising_handler(self, canvas,
+                                                                          workers):
+        worker = start_canvas_worker(workers, canvas, concurrency=1)
+        out = canvas.client('''
+            print(json.dumps(hooked.delay("ok").get(timeout=30)))
+        ''')
+        assert out == "ok"
+        assert ["worker_ready"] in canvas.logged("signals")
+        # The worker's log shows what the handler and the hook raised.
         assert "a signal handler that breaks" in worker.log_text()
         assert "its after_return hook raised" in worker.log_text()
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0
         assert canvas.logged("signals")[-1] == ["worker_shutdown"]
 
-    @pytest.mark.worker
-    def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas):
-        out = canvas.client('''
+    def test_bad_canvas_input_is_refused_and_writes_nothing(self, canvas, canvas_here):
+        out = canvas_here.client('''
             add.delay(0, 0)      # the file exists, with one row
             errors = []
             for build in (
@@ -338,10 +377,8 @@ class TestCanvas:
         assert canvas.count() == 1
         assert canvas.count("name = 'canvas_tasks.nope'") == 0
 
-    @pytest.mark.worker
-    def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_revoking_a_waiting_step_ends_the_rest_of_its_chain(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (nap_echo.s(1, 0.5) | add.s(1) | add.s(1)).delay()
             middle = r.parent
             revoked = middle.revoke()
@@ -354,10 +391,8 @@ class TestCanvas:
         ''')
         assert out == [True, "TaskRevoked", REVOKED, REVOKED, 1]
 
-    @pytest.mark.worker
-    def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_a_countdown_inside_a_chain_counts_from_the_previous_step(self, canvas_here):
+        out = canvas_here.start().client('''
             r = (add.s(1, 1) | add.s(1).set(countdown=0.5)).delay()
             value = r.get(timeout=30)
             first = r.parent
@@ -393,10 +428,9 @@ class TestCanvas:
         with pytest.raises(TaskNotFound):
             app.GroupResult(g.id)
 
-    @pytest.mark.worker
-    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_requeueing_a_failed_step_resumes_its_chain(self, canvas, canvas_here):
+        w = canvas_here.start()
+        out = w.client('''
             r = (add.s(1, 1) | fails_once.s("ok") | add.s(1)).delay()
             r.get(timeout=30, propagate=False)
             print(json.dumps([r.id, r.parent.id, r.state]))
@@ -404,16 +438,14 @@ class TestCanvas:
         tail, step, state = out
         assert state == FAILURE
         # The tail never ran: it cannot be requeued alone (it has no input).
-        refused = lq("retry", canvas.db, tail, cwd=canvas.dir)
+        refused = lq_here("retry", canvas.db, tail, cwd=canvas.dir)
         assert refused.returncode == 1
         (canvas.marks / "ok").touch()
-        assert lq("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
-        assert canvas.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
+        assert lq_here("retry", canvas.db, step, cwd=canvas.dir).returncode == 0
+        assert w.client(f"print(json.dumps(app.AsyncResult({tail!r}).get(timeout=30)))") == 3
 
-    @pytest.mark.worker
-    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, workers):
-        start_canvas_worker(workers, canvas)
-        out = canvas.client('''
+    def test_an_errback_chain_of_a_success_leaves_nothing_waiting(self, canvas, canvas_here):
+        out = canvas_here.start().client('''
             r = add.apply_async((1, 2), link_error=chain(errback1.s(), collect.s()))
             print(json.dumps(r.get(timeout=30)))
         ''')

@@ -58,6 +58,28 @@ HOSTILE = {
 }
 
 
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_lying_chord_row_fails_its_body_and_spares_the_rest(project, here, case):
+    """A worker child's steps, run in this process, meet the lying row: nothing escapes
+    them, and the rows end as the test below has them end with two real children."""
+    write, reason = HOSTILE[case]
+    chord_id, body_id, members, adds = _queue_chord_and_adds(project)
+    sql_write(project.db, *write.format(chord=chord_id).split("; "))
+    # The members and the adds ran; the body was failed without running.
+    assert here(project).work() == len(members) + UNRELATED
+
+    assert [project.state(i) for i in adds] == [SUCCESS] * UNRELATED
+    assert [project.state(i) for i in members] == [SUCCESS, SUCCESS]
+    assert project.state(body_id) == FAILURE
+    message = _error_message(project, body_id)
+    assert message.startswith(f"chord row {chord_id}: ") and reason in message, message
+    assert sql(project.db, "SELECT fired FROM chords")[0][0] == 1
+    assert sql(project.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
+    # Each member ran once, and the body never ran.
+    runs = _ledger_runs(project)
+    assert [runs.get(i) for i in members] == [1, 1] and body_id not in runs
+
+
 @pytest.mark.worker
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_lying_chord_row_fails_its_body_and_kills_no_child(project, workers, case):
