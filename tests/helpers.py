@@ -455,6 +455,9 @@ class InProcess:
         self.saved_path = list(sys.path)
         self.saved_env = os.environ.get("LQ_TEST_SETTINGS")
         self.thread = None
+        # Signal handlers the modules connect as they are imported go when this closes, as
+        # they go with a worker's process: else they would see every later task here.
+        self.saved_receivers = {sig: list(sig.receivers) for sig in _signals()}
         os.environ["LQ_TEST_SETTINGS"] = json.dumps(settings or {})
         sys.path.insert(0, str(project.dir))
         try:
@@ -539,10 +542,17 @@ class InProcess:
                 sys.modules.pop(name, None)
             sys.modules.update(self.saved_modules)
             sys.path[:] = self.saved_path
+            for sig, receivers in self.saved_receivers.items():
+                sig.receivers = receivers
+                sig._count()
             if self.saved_env is None:
                 os.environ.pop("LQ_TEST_SETTINGS", None)
             else:
                 os.environ["LQ_TEST_SETTINGS"] = self.saved_env
+
+
+def _signals():
+    return [sig for sig in vars(litequeue.signals).values() if isinstance(sig, litequeue.Signal)]
 
 
 class _ChildThread:

@@ -50,31 +50,10 @@ def start_canvas_worker(workers, canvas, concurrency=2):
     return workers.start(canvas, concurrency=concurrency, app=("canvas_tasks",))
 
 
-def _signal_receivers():
-    """{signal name: its receivers} of litequeue.signals."""
-    return {name: list(sig.receivers) for name, sig in vars(litequeue.signals).items()
-            if isinstance(sig, litequeue.Signal)}
-
-
 @pytest.fixture
 def canvas_here(canvas, here):
-    """canvas_tasks.py's worker in this process: here(canvas, ("canvas_tasks",)), not
-    started (work() or start()). The signal handlers the module connects as it is imported
-    are disconnected at teardown, as the end of a worker's process drops them: they would
-    otherwise see every later task this process runs, and log to this test's marks."""
-    before = _signal_receivers()
-    w = here(canvas, ("canvas_tasks",))
-    try:
-        yield w
-    finally:
-        try:
-            w.stop()
-        finally:
-            for name, receivers in _signal_receivers().items():
-                for key, receiver, sender in receivers:
-                    if (key, receiver, sender) not in before[name]:
-                        getattr(litequeue.signals, name).disconnect(dispatch_uid=key,
-                                                                    sender=sender)
+    """canvas_tasks.py's worker in this process, not started (work() or start())."""
+    return here(canvas, ("canvas_tasks",))
 
 
 class TestCanvas:
