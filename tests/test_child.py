@@ -1,5 +1,6 @@
 """The worker child: what it costs when idle, how it holds claimed rows beside a long
-task, and when its counters reach the file. Real worker processes on real files."""
+task, and when its counters reach the file. Real worker processes on real files, but for
+a claim that needs no process (a child in the test process, here)."""
 
 import os
 import shutil
@@ -13,7 +14,7 @@ from litequeue import LiteQueue, group
 
 from .helpers import lq, sql, task_source, wait_until
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.worker]
+pytestmark = pytest.mark.timeout(300)
 
 # Tasks that run off the child's main thread (coroutines, -P threads) and a slow one.
 BURSTS = task_source("bursts.py")
@@ -55,6 +56,7 @@ def trace_child(pid, seconds):
     return out.count("F_WRLCK"), (cpu_seconds(pid) - before) / elapsed
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("pool", ["coroutines", "threads"])
 def test_an_idle_worker_after_bursts_uses_no_cpu_and_takes_no_write_lock(
         project, workers, pool):
@@ -88,6 +90,7 @@ def test_an_idle_worker_after_bursts_uses_no_cpu_and_takes_no_write_lock(
     assert cpu < 0.02, f"the idle child used {cpu:.1%} of a core"
 
 
+@pytest.mark.worker
 def test_rows_claimed_beside_a_long_task_are_handed_back_while_it_runs(project, workers):
     """-c 2: fast tasks grow the claim batch, then a slow task is claimed among no-ops.
     The no-ops must not wait for the slow task: the idle sibling runs them while it runs.
@@ -115,6 +118,7 @@ def test_rows_claimed_beside_a_long_task_are_handed_back_while_it_runs(project, 
     assert long.get(timeout=30) == "slow done"
 
 
+@pytest.mark.worker
 def test_reserved_rows_are_told_apart_from_running_ones(project, workers):
     """Rows a child has claimed but not begun are 'reserved' (Celery's inspect reserved),
     not 'running' or 'active': in inspect, status and the Flower API's workers."""
@@ -153,6 +157,7 @@ def test_reserved_rows_are_told_apart_from_running_ones(project, workers):
         lock.release()
 
 
+@pytest.mark.worker
 def test_counters_reach_the_file_while_a_long_task_runs(project, workers):
     """Failures counted just before a long task are in the stats table within seconds,
     not when the long task ends."""
@@ -200,6 +205,7 @@ def spawned_children(pid):
     return found
 
 
+@pytest.mark.worker
 def test_children_killed_as_they_start_never_hang_the_supervisor(project, workers):
     """A child SIGKILLed before it has read what its supervisor sends it at start must not
     leave the supervisor blocked writing to it: it goes on restarting children, runs
@@ -221,6 +227,7 @@ def test_children_killed_as_they_start_never_hang_the_supervisor(project, worker
     assert worker.wait(30) == 0
 
 
+@pytest.mark.worker
 def test_coroutines_do_not_wait_behind_a_sync_row_that_waits_for_a_thread(project, workers):
     """-P threads with one thread: a long sync task takes it, a second sync row waits for
     it; coroutine tasks claimed behind that row run at once on the event loop."""
@@ -247,15 +254,18 @@ LIMITED = task_source("limited.py")
 
 
 def test_a_rate_limited_name_is_claimed_when_another_limited_name_has_nothing_waiting(
-        project, workers):
-    """-c 1 claims one row at a time: a limited name with nothing waiting (a, first in key
-    order) must not take that place from b's waiting row."""
+        project, here):
+    """A child of one process claims one row at a time (-c 1): a limited name with nothing
+    waiting (a, first in key order) must not take that place from b's waiting row."""
     project.write_module("limited", LIMITED)
-    workers.start(project, concurrency=1, app=("limited",))
-    app = LiteQueue(project.db)
-
-    def b(x):
-        raise AssertionError("runs only in a worker")
-    b.__module__, b.__qualname__ = "limited", "b"
-    task = app.task(b, rate_limit="5/s")   # as the worker declares it
-    assert task.delay(7).get(timeout=15) == 7
+    w = here(project, ("limited",))
+    limited = w.loaded[0]
+    # A worker's supervisor registers the names it serves as it starts: a's limit is in
+    # the file, though no a was ever queued.
+    limited.app._storage().upsert_registry(
+        [task._registry_row(time.time()) for task in limited.app.tasks.values()])
+    # Queued by the worker's own declaration of b (a stand-in app in this process would
+    # also be taken for the worker's code).
+    result = limited.b.delay(7)
+    w.work_until(result.ready, 15, "b's row to be claimed and run")
+    assert result.get(timeout=15) == 7

@@ -12,7 +12,7 @@ import pytest
 import litequeue
 from litequeue import REVOKED, SUCCESS, ConfigurationError, LiteQueue
 
-from .helpers import lq, most_in_a_second, sql, start_aio_worker, wait_until
+from .helpers import create_db, lq, most_in_a_second, sql, start_aio_worker, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,10 +65,10 @@ class TestConcurrency:
         assert len(aio.starts("cap")) == 12
         assert max_overlap(aio.logged("cap")) == 5
 
-    @pytest.mark.worker
-    def test_a_coroutine_task_has_what_a_sync_task_has(self, aio, workers):
-        start_aio_worker(workers, aio, concurrency=2)
-        out = aio.client('''
+    def test_a_coroutine_task_has_what_a_sync_task_has(self, aio, here, monkeypatch):
+        w = here(aio, ("aio_tasks",)).start()
+        monkeypatch.chdir(aio.dir)          # the calling programs' directory (marks/...)
+        out = w.client('''
             import asyncio
             from litequeue import LitequeueError
             values = [aadd.delay(2, 3).get(timeout=30), aretry.delay(2).get(timeout=30),
@@ -99,8 +99,10 @@ class TestConcurrency:
                            ["PROGRESS", {"waiting for": "progress"}]]
         assert out[8] == ["progress", SUCCESS]
         assert "is an async generator" in out[9]
-        # Eager mode awaits the coroutine in the calling process.
-        eager = aio.client('''
+        # Eager mode awaits the coroutine in the calling process (with the worker stopped:
+        # the setting is its app's too, in this process).
+        w.stop()
+        eager = w.client('''
             app.conf.task_always_eager = True
             print(json.dumps([aadd.delay(1, 1).get(), aadd.apply((2, 2)).get(),
                               chain(aadd.s(1, 1), aadd.s(1)).apply().get()]))
@@ -293,9 +295,9 @@ class TestConcurrency:
                 app.task(lambda: None, name=f"bad{bad!r}", rate_limit=bad)
         assert not os.path.exists(aio.db)
 
-    @pytest.mark.worker
-    def test_unique_tasks_return_the_task_that_holds_the_key(self, aio, workers):
-        out = aio.client('''
+    def test_unique_tasks_return_the_task_that_holds_the_key(self, aio, here):
+        w = here(aio, ("aio_tasks",))
+        out = w.client('''
             a, b, c = once.delay(1), once.delay(1), once.delay(2)
             d = plain.apply_async((1,), unique_key="nightly")
             e = plain.apply_async((2,), unique_key="nightly")
@@ -310,7 +312,21 @@ class TestConcurrency:
         ''')
         assert out[:6] == [True, True, False, True, True, True]
         assert out[7:] == [True, False, REVOKED]
-        # Four processes race to queue the same call: the unique index lets one row in.
+        assert sql(aio.db, "SELECT count(*) FROM tasks WHERE name = 'aio_tasks.once'") == \
+            [(4,)]                # 1, 2, 5 (revoked) and 5 again
+        w.start()
+        again = w.client(f'''
+            first = app.AsyncResult({out[6]!r})
+            first.get(timeout=30)
+            fresh = once.delay(1)       # the key was freed when the first one ended
+            print(json.dumps([fresh.id != first.id, fresh.existing, fresh.get(timeout=30)]))
+        ''')
+        assert again == [True, False, 1]
+
+    @pytest.mark.worker
+    def test_processes_racing_to_queue_a_unique_task_queue_it_once(self, aio):
+        """Four processes race to queue the same call: the unique index lets one row in."""
+        create_db(aio)
         racer = "import json\nfrom aio_tasks import once\n" \
                 "print(json.dumps(sorted({once.delay(99).id for _ in range(50)})))"
         procs = [subprocess.Popen([sys.executable, "-c", racer], cwd=aio.dir,
@@ -323,12 +339,4 @@ class TestConcurrency:
                 p.wait()
         assert len(ids) == 1
         assert sql(aio.db, "SELECT count(*) FROM tasks WHERE name = 'aio_tasks.once'") == \
-            [(5,)]                # 1, 2, 5 (revoked), 5 again, and the racers' one
-        start_aio_worker(workers, aio)
-        again = aio.client(f'''
-            first = app.AsyncResult({out[6]!r})
-            first.get(timeout=30)
-            fresh = once.delay(1)       # the key was freed when the first one ended
-            print(json.dumps([fresh.id != first.id, fresh.existing, fresh.get(timeout=30)]))
-        ''')
-        assert again == [True, False, 1]
+            [(1,)]

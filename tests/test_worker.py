@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -66,6 +65,25 @@ def collect(strategy, max_examples):
     return drawn
 
 
+def fuzzed_payloads():
+    """Payloads for a task row: arbitrary bytes, msgpack values (envelope-like maps among
+    them), truncated msgpack, and SQLite values that are not bytes."""
+    values = msgpack_values()
+    envelope_like = st.dictionaries(st.sampled_from(["args", "kwargs", "other"]),
+                                    values | st.lists(values, max_size=3), max_size=3)
+
+    def packb(value):
+        return msgpack.packb(value, use_bin_type=True, datetime=True)
+    payloads = collect(st.binary(max_size=64), 150)
+    payloads += [packb(v) for v in collect(values | envelope_like, 150)]
+    payloads += [packb(v)[:cut] for v, cut in
+                 collect(st.tuples(values | envelope_like, st.integers(0, 200)), 50)
+                 if cut < len(packb(v))]
+    payloads += collect(st.text(max_size=20) | st.integers(-2**63, 2**63 - 1)
+                        | st.floats(allow_nan=False), 30)
+    return payloads
+
+
 QUICKSTART_CHECK = '''
 import json
 import litequeue
@@ -91,33 +109,55 @@ print(json.dumps(out))
 '''
 
 
-# Reads failed tasks' exceptions in a process that has imported tasks.py.
-READ_ERRORS = '''
-import json, sys
-import tasks
-out = {}
-for task_id in sys.argv[1:]:
-    exc = tasks.app.AsyncResult(task_id).result
-    notes = getattr(exc, "__notes__", [])
-    out[task_id] = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    "exc_type": getattr(exc, "exc_type", None),
-                    "exc_message": getattr(exc, "exc_message", None),
-                    "traceback": any("Traceback" in note for note in notes)}
-print(json.dumps(out))
-'''
+def read_errors(app, ids):
+    """What failed tasks' exceptions read as through app, in this process: their types,
+    a stand-in's exc_type and exc_message, and whether the remote traceback is noted."""
+    out = {}
+    for task_id in ids:
+        exc = app.AsyncResult(task_id).result
+        notes = getattr(exc, "__notes__", [])
+        out[task_id] = {"type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                        "exc_type": getattr(exc, "exc_type", None),
+                        "exc_message": getattr(exc, "exc_message", None),
+                        "traceback": any("Traceback" in note for note in notes)}
+    return out
+
+
+# Task rows a producer could not have written (or a task that cannot succeed) and how
+# each ends: (name, payload, exception type, words of its message).
+BAD_ROWS = [
+    ("tasks.nope", pack({"args": [], "kwargs": {}}), UnknownTask, "unknown task 'tasks.nope'"),
+    ("tasks.add", b"\xc1\xc1", ValueError, "payload is not valid msgpack"),
+    ("tasks.add", pack({"args": [1, 2]})[:-1], ValueError, "payload is not valid msgpack"),
+    ("tasks.add", pack([4, 4]), ValueError, "envelope is list, not a map"),
+    ("tasks.add", pack({"args": 4}), ValueError, "'args' is not an array"),
+    ("tasks.add", pack({"args": [], "kwargs": [1]}), ValueError, "'kwargs' is not a map"),
+    ("tasks.add", pack({"kwargs": {1: 2}}), ValueError, "string keys"),
+    ("tasks.add", '{"args": [4, 4]}', ValueError, "payload is str, not msgpack bytes"),
+    ("tasks.add", pack({"args": [1]}), TypeError, "missing 1 required positional"),
+    ("tasks.bad_result", pack({}), SerializationError, "cannot be encoded as msgpack"),
+    # Types the reading process has not imported come back as a stand-in naming them.
+    ("tasks.fail", pack({"args": ["x"]}), RemoteError, "tasks.TaskFailed: x"),
+    ("tasks.picky", pack({}), RemoteError, "tasks.Picky: 1-2"),
+]
 
 
 class TestWorker:
 
-    @pytest.mark.worker
-    def test_group_results_come_back_in_order(self, project, workers):
-        workers.start(project, concurrency=2)
+    def test_group_results_come_back_in_order(self, project, here):
+        w = here(project)
         add = project.app.tasks["tasks.add"]
         fail = project.app.tasks["tasks.fail"]
-        g = group(add.s(i, i) for i in range(200)).apply_async()
+        # Priorities make the members run in another order than the group's (as two
+        # children finishing in turn would): the results still come back in its order.
+        g = group(add.s(i, i).set(priority=i % 10) for i in range(200)).apply_async()
+        assert w.work() == 200
+        finished = dict(sql(project.db, "SELECT id, finished_at FROM tasks"))
+        assert finished[g.results[0].id] > finished[g.results[-1].id]
         assert g.get(timeout=30) == [2 * i for i in range(200)]
         assert g.ready() and g.successful() and g.completed_count() == 200
         mixed = group(add.s(1, 2), fail.s("boom"), add.s(3, 4)).apply_async()
+        assert w.work() == 3
         values = mixed.get(timeout=30, propagate=False)
         assert values[0] == 3 and values[2] == 7 and str(values[1]).endswith("boom")
         assert mixed.failed() and not mixed.successful() and mixed.completed_count() == 2
@@ -394,53 +434,41 @@ class TestWorker:
         row = project.row(r.id)
         assert (row["state"], row["retries"]) == (PENDING, 0)
 
-    @pytest.mark.worker
-    def test_priority_and_queues(self, project, workers):
-        w = workers.start(project, "-Q", "default,mail", concurrency=1)
-        project.delay("block", "gate")
-        wait_until(lambda: project.started("gate"), 10, "block to start")
+    def test_priority_and_queues(self, project, here):
+        w = here(project)
         record = project.app.tasks["tasks.record"]
         low = [record.apply_async([n]) for n in range(3)]
         high = [record.apply_async([10 + n], priority=5) for n in range(3)]
         mail = record.apply_async([20], queue="mail")
         elsewhere = record.apply_async([30], queue="elsewhere")
-        project.go("gate")
+        # All are queued before the worker (of -Q default,mail) claims any.
+        assert w.work(queues=("default", "mail")) == 7
         assert [r.get(timeout=20) for r in low + high + [mail]] == [0, 1, 2, 10, 11, 12, 20]
         (ledger,) = project.marks.glob("ledger.*")   # one child ran them, in this order:
         order = [int(line.split()[1]) for line in ledger.read_text().splitlines()]
         assert [n for n in order if n != 20] == [10, 11, 12, 0, 1, 2]
         assert project.state(elsewhere.id) == PENDING  # a queue nobody serves
-        assert w.proc.poll() is None
 
-    @pytest.mark.worker
-    def test_the_child_loop_one_step_at_a_time(self, project):
+    def test_the_child_loop_one_step_at_a_time(self, project, here, monkeypatch):
         """The child's one-iteration seam: each step() claims a batch or runs one row,
         outcomes wait for the next commit, and the batch doubles while tasks are fast.
-        Driven in a separate process (the child installs signal handlers)."""
-        results = [project.delay("add", n, n) for n in range(3)]
-        script = textwrap.dedent(f'''
-            import json, os, sys
-            sys.path.insert(0, {str(project.dir)!r})
-            import litequeue
-            litequeue._GROUP_COMMIT_WINDOW = 60.0   # no commit on a timer: steps decide
-            spec = {{"db": {project.db!r}, "worker_id": "0123456789ab", "parent_id": None,
-                     "queues": ["default"], "modules": ["tasks"], "loglevel": "WARNING",
-                     "settings": dict(litequeue.DEFAULTS), "autoimport": False,
-                     "poll_interval": 1.0, "cwd": {str(project.dir)!r}, "hostname": "h",
-                     "time_limit": None, "soft_time_limit": None, "max_tasks": None,
-                     "max_memory": None}}
-            child = litequeue._Child(spec)
-            child._open()
+        Driven in this process: opening a child installs no signal handler."""
+        monkeypatch.setattr(litequeue, "_GROUP_COMMIT_WINDOW", 60.0)  # no timed commit
+        w = here(project)
+        tasks = w.loaded[0]
+        results = [tasks.add.delay(n, n) for n in range(3)]
+        child = w.child()
+        child._open()
+        try:
             trace = []
             for _ in range(5):
                 going = child.step()
                 trace.append([going, len(child.pending.claimed), len(child.pending.outcomes)])
             child.stopping = True
-            trace.append([child.step(), len(child.pending.claimed), len(child.pending.outcomes)])
+            trace.append([child.step(), len(child.pending.claimed),
+                          len(child.pending.outcomes)])
+        finally:
             child.close()
-            print(json.dumps(trace))
-        ''')
-        trace = json.loads(python(script, project.dir))
         assert trace == [[True, 1, 0],     # claimed a batch of 1
                          [True, 0, 1],     # ran it; its outcome waits
                          [True, 2, 0],     # committed it, claimed 2 (the batch doubled)
@@ -549,36 +577,33 @@ class TestWorker:
         assert max(latencies) < 1.0, latencies
         assert w.proc.poll() is None
 
-    @pytest.mark.worker
-    def test_bad_task_rows_fail_and_the_worker_keeps_serving(self, project, workers):
-        w = workers.start(project, concurrency=1)
-        cases = [
-            ("tasks.nope", pack({"args": [], "kwargs": {}}), UnknownTask,
-             "unknown task 'tasks.nope'"),
-            ("tasks.add", b"\xc1\xc1", ValueError, "payload is not valid msgpack"),
-            ("tasks.add", pack({"args": [1, 2]})[:-1], ValueError, "payload is not valid msgpack"),
-            ("tasks.add", pack([4, 4]), ValueError, "envelope is list, not a map"),
-            ("tasks.add", pack({"args": 4}), ValueError, "'args' is not an array"),
-            ("tasks.add", pack({"args": [], "kwargs": [1]}), ValueError, "'kwargs' is not a map"),
-            ("tasks.add", pack({"kwargs": {1: 2}}), ValueError, "string keys"),
-            ("tasks.add", '{"args": [4, 4]}', ValueError, "payload is str, not msgpack bytes"),
-            ("tasks.add", pack({"args": [1]}), TypeError, "missing 1 required positional"),
-            ("tasks.bad_result", pack({}), SerializationError, "cannot be encoded as msgpack"),
-            # Types this process has not imported come back as a stand-in naming them.
-            ("tasks.fail", pack({"args": ["x"]}), RemoteError, "tasks.TaskFailed: x"),
-            ("tasks.picky", pack({}), RemoteError, "tasks.Picky: 1-2"),
-        ]
-        ids = insert_raw(project.db, [(name, payload) for name, payload, _, _ in cases])
+    def test_bad_task_rows_fail_saying_what_is_wrong(self, project, here):
+        w = here(project)
+        assert w.work() == 0        # it creates the file, as a worker process starting does
+        ids = insert_raw(project.db, [(name, payload) for name, payload, _, _ in BAD_ROWS])
         (good_id,) = insert_raw(project.db, [("tasks.add", pack({"args": [4, 4]}))])
+        assert w.work() == len(BAD_ROWS) + 1
+        w.close()               # this process reads them as one that never imported tasks.py
+        assert "tasks" not in sys.modules
         good = project.app.AsyncResult(good_id)
         assert good.get(timeout=20) == 8
-        for task_id, (name, _, exc_type, message) in zip(ids, cases):
+        for task_id, (name, _, exc_type, message) in zip(ids, BAD_ROWS):
             result = project.app.AsyncResult(task_id)
             assert result.state == FAILURE, (name, message)
             assert isinstance(result.result, exc_type), (message, result.result)
             assert message in str(result.result)
             with pytest.raises(exc_type):
                 result.get(timeout=5)
+
+    @pytest.mark.worker
+    def test_bad_task_rows_fail_and_the_worker_keeps_serving(self, project, workers):
+        """The rows of test_bad_task_rows_fail_saying_what_is_wrong, served by a worker
+        process: they all fail, and none of them crashes its child."""
+        w = workers.start(project, concurrency=1)
+        ids = insert_raw(project.db, [(name, payload) for name, payload, _, _ in BAD_ROWS])
+        (good_id,) = insert_raw(project.db, [("tasks.add", pack({"args": [4, 4]}))])
+        assert project.app.AsyncResult(good_id).get(timeout=20) == 8
+        assert [project.state(i) for i in ids] == [FAILURE] * len(ids)
         # One child served them all: none of these crashed it.
         (child,) = w.children()
         assert {project.row(i)["pid"] for i in ids + [good_id]} == {child["pid"]}
@@ -632,26 +657,26 @@ class TestWorker:
         assert project.delay("add", 1, 1).get(timeout=20) == 2
         assert w.proc.poll() is None
 
-    @pytest.mark.worker
-    def test_task_raising_a_base_exception_does_not_loop(self, project, workers):
-        w = workers.start(project, concurrency=1)
+    def test_task_raising_a_base_exception_does_not_loop(self, project, here):
+        w = here(project)
         r = project.delay("interrupt")
         after = project.delay("add", 3, 3)
 
         def runs():
             return len(list(project.marks.glob(f"interrupt.{r.id}.*")))
-        wait_until(lambda: r.ready() or runs() > 4, 30, "the task to finish or loop")
+        try:
+            w.work()
+        except KeyboardInterrupt:       # the task's, let out: it would end this test run
+            pytest.fail("the task's KeyboardInterrupt escaped the worker child")
         assert runs() <= 4, f"ran {runs()} times and is {r.state}"
         assert r.state == FAILURE
         assert after.get(timeout=20) == 6
-        assert w.proc.poll() is None
 
     # -- bad input and round trips (issue 4) ------------------------------------------------
 
-    @pytest.mark.worker
     def test_arguments_of_every_supported_type_round_trip_through_a_worker(self, project,
-                                                                           workers):
-        workers.start(project, concurrency=1)
+                                                                           here):
+        w = here(project)
         echo = project.app.tasks["tasks.echo"]
         checked = []
 
@@ -660,35 +685,27 @@ class TestWorker:
         @given(args=st.lists(msgpack_values(), max_size=4),
                kwargs=st.dictionaries(st.text(), msgpack_values(), max_size=3))
         def round_trip(args, kwargs):
-            got_args, got_kwargs = echo.apply_async(args, kwargs).get(timeout=20)
+            result = echo.apply_async(args, kwargs)
+            assert w.work() == 1
+            got_args, got_kwargs = result.get(timeout=20)
             assert same(args, got_args), (args, got_args)
             assert same(kwargs, got_kwargs), (kwargs, got_kwargs)
             checked.append(args)
         round_trip()
         assert len(checked) >= 50
 
-    @pytest.mark.worker
-    def test_fuzzed_envelopes_fail_cleanly_and_the_worker_survives(self, project, workers):
+    def test_fuzzed_envelopes_fail_cleanly(self, project, here):
         """Arbitrary bytes, msgpack values and SQLite values as the payload of a registered
         task (fail(message), which fails on any good call too): each row ends FAILURE with
-        a message that says what is wrong, and the worker's processes all survive."""
-        w = workers.start(project, concurrency=1)
-        (child,) = w.children()
-        values = msgpack_values()
-        envelope_like = st.dictionaries(st.sampled_from(["args", "kwargs", "other"]),
-                                        values | st.lists(values, max_size=3), max_size=3)
-
-        def packb(value):
-            return msgpack.packb(value, use_bin_type=True, datetime=True)
-        payloads = collect(st.binary(max_size=64), 150)
-        payloads += [packb(v) for v in collect(values | envelope_like, 150)]
-        payloads += [packb(v)[:cut] for v, cut in
-                     collect(st.tuples(values | envelope_like, st.integers(0, 200)), 50)
-                     if cut < len(packb(v))]
-        payloads += collect(st.text(max_size=20) | st.integers(-2**63, 2**63 - 1)
-                            | st.floats(allow_nan=False), 30)
+        a message that says what is wrong."""
+        w = here(project)
+        assert w.work() == 0        # it creates the file, as a worker process starting does
+        payloads = fuzzed_payloads()
         ids = insert_raw(project.db, [("tasks.fail", p) for p in payloads])  # one transaction
         good = project.delay("add", 20, 22)                       # queued after them all
+        assert w.work() == len(ids) + 1
+        w.close()               # this process reads them as one that never imported tasks.py
+        assert "tasks" not in sys.modules
         assert good.get(timeout=60) == 42
         states = dict(sql(project.db, "SELECT id, state FROM tasks"))
         assert collections.Counter(states[i] for i in ids) == {FAILURE: len(ids)}
@@ -707,14 +724,26 @@ class TestWorker:
                 wrong.append((payload, problem, exc))
         print(f"{len(payloads)} fuzzed payloads: {dict(problems)}")
         assert not wrong, f"{len(wrong)} unclear failure(s), e.g. {wrong[:3]}"
+
+    @pytest.mark.worker
+    def test_fuzzed_envelopes_leave_the_worker_serving(self, project, workers):
+        """Payloads as test_fuzzed_envelopes_fail_cleanly's, served by a worker process:
+        they all fail, and its processes all survive them."""
+        w = workers.start(project, concurrency=1)
+        (child,) = w.children()
+        payloads = fuzzed_payloads()
+        ids = insert_raw(project.db, [("tasks.fail", p) for p in payloads])  # one transaction
+        good = project.delay("add", 20, 22)                       # queued after them all
+        assert good.get(timeout=60) == 42
+        states = dict(sql(project.db, "SELECT id, state FROM tasks"))
+        assert collections.Counter(states[i] for i in ids) == {FAILURE: len(ids)}
         # Nothing died: the same supervisor and child, serving.
         assert w.proc.poll() is None and w.live_children() == [child]
         assert project.row(good.id)["pid"] == child["pid"]
 
-    @pytest.mark.worker
     def test_exceptions_that_cannot_be_rebuilt_come_back_as_remote_errors(self, project,
-                                                                         workers):
-        workers.start(project, concurrency=1)
+                                                                         here):
+        w = here(project)
         cases = {
             project.delay("picky"): ("tasks.Picky", "1-2", "raise Picky(1, 2)"),
             project.delay("fail", "boom"): ("tasks.TaskFailed", "boom",
@@ -724,6 +753,21 @@ class TestWorker:
             project.delay("unencodable_error"): ("tasks.TaskFailed", "{1, 2}",
                                                  "raise TaskFailed({1, 2})"),
         }
+        assert w.work() == 4
+        # A reader that has imported tasks.py (this process, while the worker's modules
+        # are loaded in it) rebuilds the types it can, and only those.
+        ids = [r.id for r in cases]
+        out = read_errors(w.loaded[0].app, ids)
+        assert [out[i]["type"] for i in ids] == [
+            "litequeue.RemoteError", "tasks.TaskFailed", "tasks.Unprintable",
+            "litequeue.RemoteError"]
+        assert out[ids[0]]["exc_type"] == "tasks.Picky"              # constructor refused
+        assert out[ids[3]]["exc_message"] == "{1, 2}"                # args not stored
+        assert all(out[i]["traceback"] for i in ids)
+        # Without tasks.py imported (it leaves this process with the worker), a reader
+        # rebuilds none of them.
+        w.close()
+        assert "tasks" not in sys.modules
         for r, (exc_type, message, line) in cases.items():
             exc = r.get(timeout=20, propagate=False)
             assert isinstance(exc, RemoteError), exc
@@ -733,25 +777,15 @@ class TestWorker:
             assert r.state == FAILURE and r.traceback == exc.remote_traceback
             with pytest.raises(RemoteError):                     # never hidden
                 r.get(timeout=5)
-        # A reader that has imported tasks.py rebuilds the types it can, and only those.
-        ids = [r.id for r in cases]
-        out = json.loads(python(READ_ERRORS, project.dir, *ids))
-        assert [out[i]["type"] for i in ids] == [
-            "litequeue.RemoteError", "tasks.TaskFailed", "tasks.Unprintable",
-            "litequeue.RemoteError"]
-        assert out[ids[0]]["exc_type"] == "tasks.Picky"              # constructor refused
-        assert out[ids[3]]["exc_message"] == "{1, 2}"                # args not stored
-        assert all(out[i]["traceback"] for i in ids)
 
 
-@pytest.mark.worker
 class TestPriorityOrder:
 
-    def test_every_higher_priority_task_runs_before_any_lower_one(self, project, workers):
+    def test_every_higher_priority_task_runs_before_any_lower_one(self, project, here):
         record = project.app.tasks["tasks.record"]
         low = [record.apply_async([n], priority=0) for n in range(6)]
         high = [record.apply_async([100 + n], priority=9) for n in range(6)]
-        workers.start(project, concurrency=1)       # all 12 are queued before it starts
+        assert here(project).work() == 12       # all 12 are queued before it starts
         assert [r.get(timeout=20) for r in low + high] == \
             list(range(6)) + list(range(100, 106))
         (ledger,) = project.marks.glob("ledger.*")  # one child ran them, in this order
