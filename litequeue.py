@@ -8011,6 +8011,8 @@ class _Watch:
             if self.stopped:
                 if self.storage is not None:
                     self.storage.close()
+                if self.bell is not None:
+                    self.bell.close()
                 return
             task = self.task
             if task is None:      # between two tasks
@@ -8613,6 +8615,14 @@ class _Child(_RunPipeline, _Offloading):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()
         self.storage.close()
+        # The rest goes with the process anyway; a child run in a test's process
+        # (work_until_empty) must not leave its descriptors behind.
+        for bell in (self.control_bell, self.done_bell, self.work_bell):
+            bell.close()
+        self.revocations.close()
+        self.done.close()
+        os.close(self.sig_r)
+        os.close(self._sig_w)
 
     def _on_soft_limit(self, signum, frame):
         """SIGALRM: the running task passed its soft time limit."""

@@ -462,9 +462,21 @@ class InProcess:
         sys.path.insert(0, str(project.dir))
         try:
             self.loaded = [importlib.import_module(m) for m in self.modules]
+            self._register()
         except BaseException:
             self.close()
             raise
+
+    def _register(self):
+        """As a supervisor does when it starts: the file exists and names the tasks served,
+        with their rate limits."""
+        now = time.time()
+        storage = litequeue._Storage(self.project.db)
+        try:
+            storage.upsert_registry([task._registry_row(now) for m in self.loaded
+                                     for task in m.app.tasks.values()])
+        finally:
+            storage.close()
 
     def child(self, queues=("default",)):
         """A worker child of the project's file, as a supervisor would spec it."""
@@ -523,6 +535,15 @@ class InProcess:
         """Run a calling program here, with its module's names; it prints one JSON value."""
         out = io.StringIO()
         names = dict(vars(self.loaded[0]))
+        here = os.getcwd()
+        os.chdir(self.project.dir)          # as the calling program would run
+        try:
+            return self._client(code, names, out)
+        finally:
+            os.chdir(here)
+
+    @staticmethod
+    def _client(code, names, out):
         exec("import json, time, uuid\n"
              "from litequeue import chain, chord, group, signature, ChordError\n", names)
         with contextlib.redirect_stdout(out):

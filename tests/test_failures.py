@@ -31,6 +31,8 @@ pytestmark = pytest.mark.timeout(120)
 # A child run in the test process (here(...).start()) wakes itself at the row's eta and
 # claims it as it stands (_DUE_ROWS): the same bound holds.
 RETRY_LATENESS_MAX = 0.25
+# How long a fresh child may take to start and make its first claim, at most.
+CHILD_START_MAX = 1.0
 
 
 def error_lines(errors):
@@ -141,12 +143,7 @@ class TestFailures:
             assert issubclass(cls, LitequeueError)
 
     def test_task_max_retries_applies_when_queued_by_name(self, project, here):
-        w = here(project)
-        assert w.work() == 0                  # a worker's start creates the file ...
-        # ... and registers the names it serves, as its supervisor does (the in-process
-        # worker is a child alone): `call` finds the task by name.
-        sql(project.db, "INSERT INTO registry (name, module, updated_at) VALUES (?, ?, ?)",
-            "tasks.flaky_max1", "tasks", time.time())
+        w = here(project)       # registers the names it serves: `call` finds the task
         # The CLI's app imports nothing: it queues the name without max_retries.
         done = lq_here("call", project.db, "tasks.flaky_max1", "byname", cwd=project.dir)
         assert done.returncode == 0, done.stderr
@@ -242,7 +239,10 @@ class TestFailures:
         runs, errors = project.runs("schedule"), r.errors
         lateness = [runs[n + 1][3] - errors[n]["time"] - 0.1 * 2 ** n for n in range(2)]
         print(f"retry lateness after a time-limit kill (s): {lateness}")
-        assert all(0 <= late < RETRY_LATENESS_MAX for late in lateness), lateness
+        # The child that ran it was killed: its replacement starts (imports, opens the
+        # file) before it can claim the retry, which takes longer on a loaded machine.
+        assert all(0 <= late < RETRY_LATENESS_MAX + CHILD_START_MAX for late in lateness), \
+            lateness
 
     @pytest.mark.worker
     @pytest.mark.parametrize("where", ["task", "worker"])

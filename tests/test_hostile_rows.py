@@ -442,7 +442,7 @@ def test_scheduled_task_with_a_text_eta_ends_failure_at_the_quarantine(project, 
     assert project.state(task_id) == SCHEDULED
     storage = litequeue._Storage(project.db)
     try:
-        failed, disabled, repaired = storage.quarantine(time.time())
+        failed, disabled, repaired, _ = storage.quarantine(time.time())
     finally:
         storage.close()
     assert (failed, disabled, repaired) == ([(task_id, "tasks.add")], [], [])
