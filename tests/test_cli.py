@@ -603,30 +603,57 @@ class TestCLINewcomer:
 
 class TestCLI:
 
+    def test_call_and_result(self, project, here):
+        """call and result's options, with the worker's loop in this process (on a thread);
+        test_call_result_and_status runs them as processes, with a worker's."""
+        here(project).start()
+        db, cwd = project.db, project.dir
+        for name in ("tasks.add", "tasks.fail"):    # as the worker's supervisor would
+            register(db, name, "tasks")
+        done = lq_here("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq_here("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq_here("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20,
+                       cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
+        done = lq_here("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
+                       "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
+
+        done = lq_here("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
+                       "--priority", 3, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
+        done = lq_here("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+        done = lq_here("result", db, "cli-id", "--json", cwd=cwd)
+        out = json.loads(done.stdout)
+        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
+
+        done = lq_here("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
+        assert "raise TaskFailed(message)" in done.stderr
+
+        done = lq_here("status", db, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        assert "tasks:" in done.stdout and "workers:" in done.stdout
+        lines = done.stdout.splitlines()
+        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+
     @pytest.mark.worker
     def test_call_result_and_status(self, project, workers):
+        """The commands as processes, and a worker's: status names its supervisor and
+        child (call and result's options: test_call_and_result)."""
         w = workers.start(project, concurrency=1)
         db, cwd = project.db, project.dir
         done = lq("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
-        done = lq("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
-        done = lq("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
-        done = lq("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
-                  "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
-
-        done = lq("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
-                  "--priority", 3, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
-        done = lq("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
-        done = lq("result", db, "cli-id", "--json", cwd=cwd)
-        out = json.loads(done.stdout)
-        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
-
-        done = lq("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        done = lq("call", db, "fail", "boom", cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        failed = done.stdout.strip()
+        done = lq("result", db, failed, "--wait", "--timeout", 20, cwd=cwd)
         assert done.returncode == 1
         assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
         assert "raise TaskFailed(message)" in done.stderr
@@ -635,7 +662,7 @@ class TestCLI:
         assert done.returncode == 0, done.stderr
         assert "tasks:" in done.stdout and "workers:" in done.stdout
         lines = done.stdout.splitlines()
-        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", SUCCESS, "1"] for line in lines), done.stdout
         assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
         assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
         (child,) = w.children()
@@ -681,34 +708,43 @@ class TestCLI:
         assert "Traceback" not in done.stderr
         assert sha256(project.db) == before
 
-    @pytest.mark.worker
     def test_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
         project.delay("add", 1, 1)
         db, cwd = project.db, project.dir
         corrupt = tmp_path / "corrupt.sqlite"
         corrupt.write_bytes(b"not a database at all\n" * 10)
         missing = tmp_path / "missing.sqlite"
-        assert_one_line_error(lq("call", db, "nope", cwd=cwd), contains="unknown task 'nope'")
-        assert_one_line_error(lq("call", db, "tasks.ad", 1, 2, cwd=cwd),
+        assert_one_line_error(lq_here("call", db, "nope", cwd=cwd),
+                              contains="unknown task 'nope'")
+        assert_one_line_error(lq_here("call", db, "tasks.ad", 1, 2, cwd=cwd),
                               contains="did you mean tasks.add")
-        assert_one_line_error(lq("status", missing, cwd=cwd), contains="no database")
-        assert_one_line_error(lq("call", missing, "add", cwd=cwd), contains="no database")
+        assert_one_line_error(lq_here("status", missing, cwd=cwd), contains="no database")
+        assert_one_line_error(lq_here("call", missing, "add", cwd=cwd), contains="no database")
         assert not missing.exists()
-        assert_one_line_error(lq("status", corrupt, cwd=cwd), contains="not a SQLite database")
-        assert_one_line_error(lq("result", db, "no-such-id", cwd=cwd), contains="no task")
-        queued = lq("call", db, "add", 1, 2, cwd=cwd)             # no worker runs here
+        assert_one_line_error(lq_here("status", corrupt, cwd=cwd),
+                              contains="not a SQLite database")
+        assert_one_line_error(lq_here("result", db, "no-such-id", cwd=cwd), contains="no task")
+        queued = lq_here("call", db, "add", 1, 2, cwd=cwd)        # no worker runs here
         assert queued.returncode == 0, queued.stderr
-        pending = lq("result", db, queued.stdout.strip(), cwd=cwd)
+        pending = lq_here("result", db, queued.stdout.strip(), cwd=cwd)
         assert (pending.returncode, pending.stdout) == (0, "PENDING\n"), pending.stderr
         foreign = tmp_path / "foreign.sqlite"
         conn = sqlite3.connect(foreign)
         conn.execute("CREATE TABLE t (x)")
         conn.close()
-        assert_one_line_error(lq("status", foreign, cwd=cwd), contains="did not create")
+        assert_one_line_error(lq_here("status", foreign, cwd=cwd), contains="did not create")
+        assert_one_line_error(lq_here("call", db, "add", 1, 1, "--wait", "--timeout", "0.2",
+                                      cwd=cwd), contains="not ready")
+
+    @pytest.mark.worker
+    def test_the_worker_s_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
+        """The worker command's (the other commands': test_runtime_errors_exit_1_with_one_line)."""
+        project.delay("add", 1, 1)
+        db, cwd = project.db, project.dir
+        corrupt = tmp_path / "corrupt.sqlite"
+        corrupt.write_bytes(b"not a database at all\n" * 10)
         assert_one_line_error(lq("worker", tmp_path / "no" / "such" / "dir.sqlite", cwd=cwd,
                                  timeout=30), contains="cannot open")
-        assert_one_line_error(lq("call", db, "add", 1, 1, "--wait", "--timeout", "0.2", cwd=cwd),
-                              contains="not ready")
         assert_one_line_error(lq("worker", corrupt, "-c", 1, cwd=cwd, timeout=30),
                               contains="not a SQLite database")
         worker = lq("worker", db, "-A", "no_such_module", "-c", 1, cwd=cwd, timeout=30)
@@ -969,21 +1005,30 @@ class TestCLI:
         assert running.get(timeout=20) == "purge"
         assert w.thread.thread.is_alive()       # the worker's loop still runs
 
-    @pytest.mark.worker
-    def test_revoke(self, project, workers):
+    def test_revoke(self, project, here):
         db, cwd = project.db, project.dir
         queued = project.delay("stamp", "cli")                      # no worker running
-        done = lq("revoke", db, queued.id, cwd=cwd)
+        done = lq_here("revoke", db, queued.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, f"revoked {queued.id}\n"), done.stderr
         assert queued.state == REVOKED
-        done = lq("revoke", db, queued.id, cwd=cwd)
+        done = lq_here("revoke", db, queued.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (1, "not revoked: the task is REVOKED\n")
-        assert_one_line_error(lq("revoke", db, "no-such-id", cwd=cwd), contains="no task")
-        w = workers.start(project, concurrency=1)
+        assert_one_line_error(lq_here("revoke", db, "no-such-id", cwd=cwd), contains="no task")
+        w = here(project)               # a worker child's steps, in this process
         finished = project.delay("add", 1, 1)
+        w.work()
         assert finished.get(timeout=20) == 2
-        done = lq("revoke", db, finished.id, cwd=cwd)
+        done = lq_here("revoke", db, finished.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (1, "not revoked: the task is SUCCESS\n")
+        done = lq_here("result", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
+        assert project.stamps("cli") == []
+
+    @pytest.mark.worker
+    def test_revoke_terminate_kills_the_running_task_s_child(self, project, workers):
+        """A running task, with a worker's processes (the rest: test_revoke)."""
+        db, cwd = project.db, project.dir
+        w = workers.start(project, concurrency=1)
         running = project.delay("block", "cli")
         ((_, pid),) = wait_until(lambda: project.started("cli"), 10, "the task to start")
         done = lq("revoke", db, running.id, cwd=cwd)
@@ -994,4 +1039,3 @@ class TestCLI:
         wait_until(lambda: len(w.live_children()) == 1, 10, "a replacement child")
         done = lq("result", db, running.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
-        assert project.stamps("cli") == []
