@@ -279,19 +279,40 @@ class TestAlertsAndSystemd:
             assert worker.wait(30) == 0
 
 
-@pytest.mark.worker
 class TestQueuePause:
 
-    def test_a_paused_queue_waits_and_resumes_at_once(self, project, workers, dashboards):
-        workers.start(project, "-Q", "default,other", concurrency=2)
-        assert "queue default paused" in lq("pause", project.db, "default",
-                                            cwd=project.dir).stdout
+    def test_a_paused_queue_waits_and_resumes_at_once(self, project, here):
+        # A worker child's loop on a thread (no process), serving both queues.
+        here(project).start(queues=("default", "other"))
+        assert "queue default paused" in lq_here("pause", project.db, "default",
+                                                 cwd=project.dir).stdout
         held = project.delay("add", 1, 1)
         other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
         # The other queue keeps running while this one waits.
         assert other.get(timeout=30) == 4
         assert held.state == PENDING
-        assert "PAUSED since" in lq("status", project.db, cwd=project.dir).stdout
+        assert "PAUSED since" in lq_here("status", project.db, cwd=project.dir).stdout
+        assert held.state == PENDING
+        resumed_at = time.monotonic()
+        assert "queue default resumed" in lq_here("resume", project.db, "default",
+                                                  cwd=project.dir).stdout
+        assert held.get(timeout=30) == 2
+        assert time.monotonic() - resumed_at < 5
+        assert "was not paused" in lq_here("resume", project.db, "default",
+                                           cwd=project.dir).stdout
+        assert lq_here("pause", project.db, "", cwd=project.dir).returncode == 2
+
+    @pytest.mark.worker
+    def test_the_dashboard_shows_a_paused_queue(self, project, workers, dashboards):
+        """With a worker's and a dashboard's processes (pausing and resuming itself:
+        test_a_paused_queue_waits_and_resumes_at_once)."""
+        workers.start(project, "-Q", "default,other", concurrency=2)
+        assert "queue default paused" in lq("pause", project.db, "default",
+                                            cwd=project.dir).stdout
+        held = project.delay("add", 1, 1)
+        other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
+        assert other.get(timeout=30) == 4
+        assert held.state == PENDING
         d = dashboards(project)
         assert "is paused" in d.json(f"/data/task/{held.id}")["why"]
         assert [q["paused"] for q in d.json("/data/queues") if q["name"] == "default"] == [True]
@@ -303,8 +324,6 @@ class TestQueuePause:
                                              cwd=project.dir).stdout
         assert held.get(timeout=30) == 2
         assert time.monotonic() - resumed_at < 5
-        assert "was not paused" in lq("resume", project.db, "default", cwd=project.dir).stdout
-        assert lq("pause", project.db, "", cwd=project.dir).returncode == 2
 
 
 @pytest.mark.worker
