@@ -80,6 +80,22 @@ def registered(db):
     return {name for name, in sql(db, "SELECT name FROM registry")}
 
 
+@pytest.fixture
+def here_unblocked(here):
+    """here(), and at teardown marks/ABORT before the worker's thread is stopped (as the
+    workers fixture's reap does): a block() still running ends, so the thread can stop."""
+    projects = []
+
+    def load(project, *args, **kwargs):
+        projects.append(project)
+        return here(project, *args, **kwargs)
+    try:
+        yield load
+    finally:
+        for project in projects:
+            project.abort_all()
+
+
 def call_args(db, task_id):
     (payload,), = sql(db, "SELECT payload FROM tasks WHERE id = ?", task_id)
     envelope = msgpack.unpackb(payload, raw=False)
@@ -497,11 +513,11 @@ class TestCLINewcomer:
             assert "Traceback" not in done.stderr
         assert sha256(project.db) == before
 
-    @pytest.mark.worker
-    def test_call_with_a_negative_number(self, project, workers):
-        workers.start(project, concurrency=1)
-        done = lq("call", project.db, "add", "-1", "2", "--wait", "--timeout", 20,
-                  cwd=project.dir)
+    def test_call_with_a_negative_number(self, project, here):
+        project.delay("add", 0, 0)      # registers the name, as a worker's supervisor would
+        here(project).start()           # a worker child's loop on a thread: no process
+        done = lq_here("call", project.db, "add", "-1", "2", "--wait", "--timeout", 20,
+                       cwd=project.dir)
         assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
 
     def test_huge_priority_is_a_usage_error_and_writes_nothing(self, project):
@@ -587,30 +603,57 @@ class TestCLINewcomer:
 
 class TestCLI:
 
+    def test_call_and_result(self, project, here):
+        """call and result's options, with the worker's loop in this process (on a thread);
+        test_call_result_and_status runs them as processes, with a worker's."""
+        here(project).start()
+        db, cwd = project.db, project.dir
+        for name in ("tasks.add", "tasks.fail"):    # as the worker's supervisor would
+            register(db, name, "tasks")
+        done = lq_here("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq_here("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
+        done = lq_here("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20,
+                       cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
+        done = lq_here("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
+                       "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
+
+        done = lq_here("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
+                       "--priority", 3, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
+        done = lq_here("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+        done = lq_here("result", db, "cli-id", "--json", cwd=cwd)
+        out = json.loads(done.stdout)
+        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
+
+        done = lq_here("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        assert done.returncode == 1
+        assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
+        assert "raise TaskFailed(message)" in done.stderr
+
+        done = lq_here("status", db, cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        assert "tasks:" in done.stdout and "workers:" in done.stdout
+        lines = done.stdout.splitlines()
+        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+
     @pytest.mark.worker
     def test_call_result_and_status(self, project, workers):
+        """The commands as processes, and a worker's: status names its supervisor and
+        child (call and result's options: test_call_and_result)."""
         w = workers.start(project, concurrency=1)
         db, cwd = project.db, project.dir
         done = lq("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
-        done = lq("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
-        done = lq("call", db, "add", "--args", "[1, 2]", "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
-        done = lq("call", db, "add", "--kwargs", '{"x": "a", "y": "b"}', "--wait",
-                  "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, '"ab"\n'), done.stderr
-
-        done = lq("call", db, "add", 20, 22, "--id", "cli-id", "--queue", "default",
-                  "--priority", 3, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "cli-id\n"), done.stderr
-        done = lq("result", db, "cli-id", "--wait", "--timeout", 20, cwd=cwd)
-        assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
-        done = lq("result", db, "cli-id", "--json", cwd=cwd)
-        out = json.loads(done.stdout)
-        assert (out["id"], out["state"], out["result"]) == ("cli-id", SUCCESS, 42)
-
-        done = lq("call", db, "fail", "boom", "--wait", "--timeout", 20, cwd=cwd)
+        done = lq("call", db, "fail", "boom", cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        failed = done.stdout.strip()
+        done = lq("result", db, failed, "--wait", "--timeout", 20, cwd=cwd)
         assert done.returncode == 1
         assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
         assert "raise TaskFailed(message)" in done.stderr
@@ -619,7 +662,7 @@ class TestCLI:
         assert done.returncode == 0, done.stderr
         assert "tasks:" in done.stdout and "workers:" in done.stdout
         lines = done.stdout.splitlines()
-        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
+        assert any(line.split() == ["default", SUCCESS, "1"] for line in lines), done.stdout
         assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
         assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
         (child,) = w.children()
@@ -665,34 +708,43 @@ class TestCLI:
         assert "Traceback" not in done.stderr
         assert sha256(project.db) == before
 
-    @pytest.mark.worker
     def test_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
         project.delay("add", 1, 1)
         db, cwd = project.db, project.dir
         corrupt = tmp_path / "corrupt.sqlite"
         corrupt.write_bytes(b"not a database at all\n" * 10)
         missing = tmp_path / "missing.sqlite"
-        assert_one_line_error(lq("call", db, "nope", cwd=cwd), contains="unknown task 'nope'")
-        assert_one_line_error(lq("call", db, "tasks.ad", 1, 2, cwd=cwd),
+        assert_one_line_error(lq_here("call", db, "nope", cwd=cwd),
+                              contains="unknown task 'nope'")
+        assert_one_line_error(lq_here("call", db, "tasks.ad", 1, 2, cwd=cwd),
                               contains="did you mean tasks.add")
-        assert_one_line_error(lq("status", missing, cwd=cwd), contains="no database")
-        assert_one_line_error(lq("call", missing, "add", cwd=cwd), contains="no database")
+        assert_one_line_error(lq_here("status", missing, cwd=cwd), contains="no database")
+        assert_one_line_error(lq_here("call", missing, "add", cwd=cwd), contains="no database")
         assert not missing.exists()
-        assert_one_line_error(lq("status", corrupt, cwd=cwd), contains="not a SQLite database")
-        assert_one_line_error(lq("result", db, "no-such-id", cwd=cwd), contains="no task")
-        queued = lq("call", db, "add", 1, 2, cwd=cwd)             # no worker runs here
+        assert_one_line_error(lq_here("status", corrupt, cwd=cwd),
+                              contains="not a SQLite database")
+        assert_one_line_error(lq_here("result", db, "no-such-id", cwd=cwd), contains="no task")
+        queued = lq_here("call", db, "add", 1, 2, cwd=cwd)        # no worker runs here
         assert queued.returncode == 0, queued.stderr
-        pending = lq("result", db, queued.stdout.strip(), cwd=cwd)
+        pending = lq_here("result", db, queued.stdout.strip(), cwd=cwd)
         assert (pending.returncode, pending.stdout) == (0, "PENDING\n"), pending.stderr
         foreign = tmp_path / "foreign.sqlite"
         conn = sqlite3.connect(foreign)
         conn.execute("CREATE TABLE t (x)")
         conn.close()
-        assert_one_line_error(lq("status", foreign, cwd=cwd), contains="did not create")
+        assert_one_line_error(lq_here("status", foreign, cwd=cwd), contains="did not create")
+        assert_one_line_error(lq_here("call", db, "add", 1, 1, "--wait", "--timeout", "0.2",
+                                      cwd=cwd), contains="not ready")
+
+    @pytest.mark.worker
+    def test_the_worker_s_runtime_errors_exit_1_with_one_line(self, project, tmp_path):
+        """The worker command's (the other commands': test_runtime_errors_exit_1_with_one_line)."""
+        project.delay("add", 1, 1)
+        db, cwd = project.db, project.dir
+        corrupt = tmp_path / "corrupt.sqlite"
+        corrupt.write_bytes(b"not a database at all\n" * 10)
         assert_one_line_error(lq("worker", tmp_path / "no" / "such" / "dir.sqlite", cwd=cwd,
                                  timeout=30), contains="cannot open")
-        assert_one_line_error(lq("call", db, "add", 1, 1, "--wait", "--timeout", "0.2", cwd=cwd),
-                              contains="not ready")
         assert_one_line_error(lq("worker", corrupt, "-c", 1, cwd=cwd, timeout=30),
                               contains="not a SQLite database")
         worker = lq("worker", db, "-A", "no_such_module", "-c", 1, cwd=cwd, timeout=30)
@@ -701,48 +753,49 @@ class TestCLI:
 
     # -- scheduling (issue 3) ---------------------------------------------------------------
 
-    @pytest.mark.worker
-    def test_call_with_countdown_eta_expires_and_tz(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_call_with_countdown_eta_expires_and_tz(self, project, here):
+        project.delay("add", 0, 0)      # registers the name, as a worker's supervisor would
+        here(project).start()           # a worker child's loop on a thread: no process
         db, cwd = project.db, project.dir
 
         def timing(task_id):
             return sql(db, "SELECT state, eta, expires FROM tasks WHERE id = ?", task_id)[0]
 
         sent = time.time()
-        done = lq("call", db, "add", 1, 2, "--countdown", 3, cwd=cwd)
+        done = lq_here("call", db, "add", 1, 2, "--countdown", 3, cwd=cwd)
         assert done.returncode == 0, done.stderr
         countdown_id = done.stdout.strip()
         state, eta, _ = timing(countdown_id)
         assert state == SCHEDULED and sent + 3 <= eta <= time.time() + 3
-        shown = lq("result", db, countdown_id, cwd=cwd)
+        shown = lq_here("result", db, countdown_id, cwd=cwd)
         assert (shown.returncode, shown.stdout) == (0, "SCHEDULED\n"), shown.stderr
 
         # --eta in ISO 8601 with an offset is that instant.
         eta = dt.datetime.now(dt.timezone(dt.timedelta(hours=5, minutes=30))) + \
             dt.timedelta(seconds=2)
-        done = lq("call", db, "add", 2, 2, "--eta", eta.isoformat(), cwd=cwd)
+        done = lq_here("call", db, "add", 2, 2, "--eta", eta.isoformat(), cwd=cwd)
         assert done.returncode == 0, done.stderr
         offset_id = done.stdout.strip()
         assert timing(offset_id)[:2] == (SCHEDULED, pytest.approx(eta.timestamp(), abs=1e-6))
         # Without an offset it is read in --tz (else UTC).
-        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00",
-                  "--tz", "Asia/Shanghai", cwd=cwd)
+        done = lq_here("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00",
+                       "--tz", "Asia/Shanghai", cwd=cwd)
         assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 1, 0))
-        done = lq("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00", cwd=cwd)
+        done = lq_here("call", db, "add", 3, 3, "--eta", "2030-01-01T09:00:00", cwd=cwd)
         assert timing(done.stdout.strip())[:2] == (SCHEDULED, utc_ts(2030, 1, 1, 9, 0))
 
         # --expires: seconds from now, or an ISO time; one in the past never runs.
-        done = lq("call", db, "add", 4, 4, "--expires", 60, cwd=cwd)
+        done = lq_here("call", db, "add", 4, 4, "--expires", 60, cwd=cwd)
         assert timing(done.stdout.strip())[2] == pytest.approx(time.time() + 60, abs=10)
-        done = lq("call", db, "add", 5, 5, "--expires", "2020-01-01T00:00:00+00:00", cwd=cwd)
+        done = lq_here("call", db, "add", 5, 5, "--expires", "2020-01-01T00:00:00+00:00",
+                       cwd=cwd)
         expired_id = done.stdout.strip()
         assert timing(expired_id)[2] == utc_ts(2020, 1, 1, 0, 0)
-        shown = lq("result", db, expired_id, cwd=cwd)
+        shown = lq_here("result", db, expired_id, cwd=cwd)
         assert (shown.returncode, shown.stdout) == (0, "EXPIRED\n"), shown.stderr
 
         for task_id, value in [(countdown_id, "3"), (offset_id, "4")]:
-            done = lq("result", db, task_id, "--wait", "--timeout", 15, cwd=cwd)
+            done = lq_here("result", db, task_id, "--wait", "--timeout", 15, cwd=cwd)
             assert (done.returncode, done.stdout) == (0, value + "\n"), done.stderr
         (started_at, eta_at), = sql(db, "SELECT started_at, ? FROM tasks WHERE id = ?",
                                     eta.timestamp(), offset_id)
@@ -873,61 +926,60 @@ class TestCLI:
 
     # -- failure handling (issue 4) ---------------------------------------------------------
 
-    @pytest.mark.worker
-    def test_result_shows_every_attempt_s_error(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_result_shows_every_attempt_s_error(self, project, here):
         db, cwd = project.db, project.dir
         recovered = project.delay("flaky", "cli", 2)
         failed = project.delay("flaky", "clifail", 99)
+        # A worker's steps in this process, again until the retries' countdowns have come.
+        here(project).work_until(lambda: recovered.ready() and failed.ready(), 20,
+                                 "both tasks to end, retries included")
         assert recovered.get(timeout=20) == 2
         failed.get(timeout=20, propagate=False)
-        done = lq("result", db, recovered.id, cwd=cwd)
+        done = lq_here("result", db, recovered.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "2\n"), done.stderr
         lines = done.stderr.splitlines()
         assert len(lines) == 2, done.stderr
         for n, line in enumerate(lines):
             assert line.startswith(f"  attempt {n + 1} at 20"), line
             assert line.endswith(f": builtins.OSError: cli failed on retry {n}"), line
-        done = lq("result", db, failed.id, cwd=cwd)
+        done = lq_here("result", db, failed.id, cwd=cwd)
         assert done.returncode == 1
         assert done.stdout.startswith("FAILURE: ") and "clifail failed on retry 3" in done.stdout
         assert "raise IOError" in done.stderr                       # the traceback
         assert done.stderr.count("  attempt ") == 4
-        out = json.loads(lq("result", db, recovered.id, "--json", cwd=cwd).stdout)
+        out = json.loads(lq_here("result", db, recovered.id, "--json", cwd=cwd).stdout)
         assert (out["state"], out["result"], out["retries"]) == (SUCCESS, 2, 2)
         assert [(e["type"], e["message"], e["attempt"]) for e in out["errors"]] == \
             [("builtins.OSError", f"cli failed on retry {n}", n + 1) for n in range(2)]
         assert all(isinstance(e["time"], float) for e in out["errors"])
-        out = json.loads(lq("result", db, failed.id, "--json", cwd=cwd).stdout)
+        out = json.loads(lq_here("result", db, failed.id, "--json", cwd=cwd).stdout)
         assert (out["state"], out["retries"], len(out["errors"])) == (FAILURE, 3, 4)
 
-    @pytest.mark.worker
-    def test_retry_queues_a_finished_task_again(self, project, workers):
+    def test_retry_queues_a_finished_task_again(self, project, here):
         db, cwd = project.db, project.dir
         revoked = project.delay("add", 2, 3)                         # no worker running
         assert revoked.revoke() is True
         failed = project.delay("fail", "again")
-        w = workers.start(project, concurrency=1)
+        w = here(project).start()       # a worker child's loop on a thread: no process
         assert failed.get(timeout=20, propagate=False) is not None and failed.state == FAILURE
         done_ok = project.delay("add", 1, 1)
         assert done_ok.get(timeout=20) == 2
         for res in (revoked, failed):
-            done = lq("retry", db, res.id, cwd=cwd)
+            done = lq_here("retry", db, res.id, cwd=cwd)
             assert (done.returncode, done.stdout) == (0, f"queued {res.id} again\n"), done.stderr
         # Fresh handles: an AsyncResult keeps a finished row it has read, as Celery's does.
         revoked, failed = (project.app.AsyncResult(r.id) for r in (revoked, failed))
         assert revoked.get(timeout=20) == 5 and revoked.state == SUCCESS
         assert failed.get(timeout=20, propagate=False) is not None
         assert failed.state == FAILURE and len(failed.errors) == 2   # both attempts kept
-        done = lq("retry", db, done_ok.id, cwd=cwd)
+        done = lq_here("retry", db, done_ok.id, cwd=cwd)
         assert done.returncode == 1 and "the task is SUCCESS" in done.stderr, done.stderr
-        assert_one_line_error(lq("retry", db, "no-such-id", cwd=cwd), contains="no task")
-        assert w.proc.poll() is None
+        assert_one_line_error(lq_here("retry", db, "no-such-id", cwd=cwd), contains="no task")
+        assert w.thread.thread.is_alive()       # the worker's loop still runs
 
-    @pytest.mark.worker
-    def test_purge_deletes_waiting_tasks_only(self, project, workers):
+    def test_purge_deletes_waiting_tasks_only(self, project, here_unblocked):
         db, cwd = project.db, project.dir
-        w = workers.start(project, concurrency=1)
+        w = here_unblocked(project).start()     # a worker child's loop on a thread
         finished = project.delay("add", 1, 1)
         assert finished.get(timeout=20) == 2
         running = project.delay("block", "purge")
@@ -937,37 +989,46 @@ class TestCLI:
         later = [project.app.tasks["tasks.add"].apply_async((n, n), countdown=600)
                  for n in range(2)]
         waiting = [project.delay("add", n, n) for n in range(4)]       # behind the block
-        done = lq("purge", db, cwd=cwd)                                  # no tty: it asks
+        done = lq_here("purge", db, cwd=cwd)                             # no tty: it asks
         assert done.returncode == 1 and "Aborted" in done.stderr, done.stderr
         assert {r.state for r in waiting + later} == {PENDING, SCHEDULED}
-        done = lq("purge", db, "--queue", "other", "--yes", cwd=cwd)
+        done = lq_here("purge", db, "--queue", "other", "--yes", cwd=cwd)
         assert (done.returncode, done.stdout) == \
             (0, "purged 3 waiting task(s) from queue 'other'\n"), done.stderr
         assert {r.state for r in other} == {UNKNOWN}
-        done = lq("purge", db, "-y", cwd=cwd)
+        done = lq_here("purge", db, "-y", cwd=cwd)
         assert (done.returncode, done.stdout) == \
             (0, "purged 6 waiting task(s) from every queue\n"), done.stderr
         assert {r.state for r in waiting + later} == {UNKNOWN}
         assert finished.state == SUCCESS and running.state == STARTED
         project.go("purge")
         assert running.get(timeout=20) == "purge"
-        assert w.proc.poll() is None
+        assert w.thread.thread.is_alive()       # the worker's loop still runs
 
-    @pytest.mark.worker
-    def test_revoke(self, project, workers):
+    def test_revoke(self, project, here):
         db, cwd = project.db, project.dir
         queued = project.delay("stamp", "cli")                      # no worker running
-        done = lq("revoke", db, queued.id, cwd=cwd)
+        done = lq_here("revoke", db, queued.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, f"revoked {queued.id}\n"), done.stderr
         assert queued.state == REVOKED
-        done = lq("revoke", db, queued.id, cwd=cwd)
+        done = lq_here("revoke", db, queued.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (1, "not revoked: the task is REVOKED\n")
-        assert_one_line_error(lq("revoke", db, "no-such-id", cwd=cwd), contains="no task")
-        w = workers.start(project, concurrency=1)
+        assert_one_line_error(lq_here("revoke", db, "no-such-id", cwd=cwd), contains="no task")
+        w = here(project)               # a worker child's steps, in this process
         finished = project.delay("add", 1, 1)
+        w.work()
         assert finished.get(timeout=20) == 2
-        done = lq("revoke", db, finished.id, cwd=cwd)
+        done = lq_here("revoke", db, finished.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (1, "not revoked: the task is SUCCESS\n")
+        done = lq_here("result", db, queued.id, cwd=cwd)
+        assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
+        assert project.stamps("cli") == []
+
+    @pytest.mark.worker
+    def test_revoke_terminate_kills_the_running_task_s_child(self, project, workers):
+        """A running task, with a worker's processes (the rest: test_revoke)."""
+        db, cwd = project.db, project.dir
+        w = workers.start(project, concurrency=1)
         running = project.delay("block", "cli")
         ((_, pid),) = wait_until(lambda: project.started("cli"), 10, "the task to start")
         done = lq("revoke", db, running.id, cwd=cwd)
@@ -978,4 +1039,3 @@ class TestCLI:
         wait_until(lambda: len(w.live_children()) == 1, 10, "a replacement child")
         done = lq("result", db, running.id, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "REVOKED\n"), done.stderr
-        assert project.stamps("cli") == []

@@ -16,13 +16,14 @@ import pytest
 
 from litequeue import FAILURE, PENDING, REVOKED, SCHEDULED, SUCCESS
 
-from .helpers import _chromium, lq, page_click, sql, sql_write, wait_until
+from .helpers import _chromium, lq, lq_here, page_click, sql, sql_write, wait_until
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
+pytestmark = pytest.mark.timeout(120)
 
 
 class TestHealthAndCommands:
 
+    @pytest.mark.worker
     def test_health_says_what_is_wrong_and_exits_by_verdict(self, project, workers):
         assert lq("health", project.db, cwd=project.dir).returncode == 3   # no file yet
         project.delay("add", 1, 1)
@@ -44,29 +45,33 @@ class TestHealthAndCommands:
         bad = lq("health", project.dir / "junk.sqlite", cwd=project.dir)
         assert bad.returncode == 3 and "UNKNOWN" in bad.stderr and "Traceback" not in bad.stderr
 
-    def test_tasks_and_inspect_answer_from_the_database(self, project, workers):
+    def test_tasks_and_inspect_answer_from_the_database(self, project, here):
         ids = [project.delay("add", i, i).id for i in range(3)]
         later = project.app.tasks["tasks.add"].apply_async((9, 9), countdown=600).id
-        listed = lq("tasks", project.db, "--state", "PENDING", cwd=project.dir)
+        listed = lq_here("tasks", project.db, "--state", "PENDING", cwd=project.dir)
         assert listed.returncode == 0 and [line.split()[0] for line in
                                            listed.stdout.splitlines()] == ids[::-1]
         # Celery's meaning: reserved rows were prefetched by a worker; queued ones are not.
-        reserved = json.loads(lq("inspect", project.db, "reserved", cwd=project.dir).stdout)
+        reserved = json.loads(lq_here("inspect", project.db, "reserved",
+                                      cwd=project.dir).stdout)
         assert reserved == []
-        scheduled = json.loads(lq("inspect", project.db, "scheduled", cwd=project.dir).stdout)
+        scheduled = json.loads(lq_here("inspect", project.db, "scheduled",
+                                       cwd=project.dir).stdout)
         assert [t["id"] for t in scheduled] == [later]
-        assert "tasks.add" in json.loads(lq("inspect", project.db, "registered",
-                                            cwd=project.dir).stdout)
-        workers.start(project)
+        assert "tasks.add" in json.loads(lq_here("inspect", project.db, "registered",
+                                                 cwd=project.dir).stdout)
+        assert here(project).work() == 3        # a worker's steps, in this process
         for task_id in ids:
             project.app.AsyncResult(task_id).get(timeout=30)
-        rows = [json.loads(line) for line in lq("tasks", project.db, "--json", "--state",
-                                                "SUCCESS", cwd=project.dir).stdout.splitlines()]
+        rows = [json.loads(line) for line in lq_here(
+            "tasks", project.db, "--json", "--state", "SUCCESS",
+            cwd=project.dir).stdout.splitlines()]
         assert sorted(r["id"] for r in rows) == sorted(ids)
-        nope = lq("tasks", project.db, "--state", "NOPE", cwd=project.dir)  # a custom state
+        nope = lq_here("tasks", project.db, "--state", "NOPE", cwd=project.dir)  # a custom state
         assert (nope.returncode, nope.stdout) == (0, ""), nope.stderr
 
 
+@pytest.mark.worker
 class TestDashboard:
 
     def test_flower_api_metrics_and_healthcheck(self, project, workers, dashboards):
@@ -200,6 +205,7 @@ class TestDashboard:
             "/", headers=basic)[2]).group(1))["readOnly"] is True
 
 
+@pytest.mark.worker
 class TestAlertsAndSystemd:
 
     @pytest.mark.timeout(120)
@@ -275,16 +281,38 @@ class TestAlertsAndSystemd:
 
 class TestQueuePause:
 
-    def test_a_paused_queue_waits_and_resumes_at_once(self, project, workers, dashboards):
-        workers.start(project, "-Q", "default,other", concurrency=2)
-        assert "queue default paused" in lq("pause", project.db, "default",
-                                            cwd=project.dir).stdout
+    def test_a_paused_queue_waits_and_resumes_at_once(self, project, here):
+        # A worker child's loop on a thread (no process), serving both queues.
+        here(project).start(queues=("default", "other"))
+        assert "queue default paused" in lq_here("pause", project.db, "default",
+                                                 cwd=project.dir).stdout
         held = project.delay("add", 1, 1)
         other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
         # The other queue keeps running while this one waits.
         assert other.get(timeout=30) == 4
         assert held.state == PENDING
-        assert "PAUSED since" in lq("status", project.db, cwd=project.dir).stdout
+        assert "PAUSED since" in lq_here("status", project.db, cwd=project.dir).stdout
+        assert held.state == PENDING
+        resumed_at = time.monotonic()
+        assert "queue default resumed" in lq_here("resume", project.db, "default",
+                                                  cwd=project.dir).stdout
+        assert held.get(timeout=30) == 2
+        assert time.monotonic() - resumed_at < 5
+        assert "was not paused" in lq_here("resume", project.db, "default",
+                                           cwd=project.dir).stdout
+        assert lq_here("pause", project.db, "", cwd=project.dir).returncode == 2
+
+    @pytest.mark.worker
+    def test_the_dashboard_shows_a_paused_queue(self, project, workers, dashboards):
+        """With a worker's and a dashboard's processes (pausing and resuming itself:
+        test_a_paused_queue_waits_and_resumes_at_once)."""
+        workers.start(project, "-Q", "default,other", concurrency=2)
+        assert "queue default paused" in lq("pause", project.db, "default",
+                                            cwd=project.dir).stdout
+        held = project.delay("add", 1, 1)
+        other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
+        assert other.get(timeout=30) == 4
+        assert held.state == PENDING
         d = dashboards(project)
         assert "is paused" in d.json(f"/data/task/{held.id}")["why"]
         assert [q["paused"] for q in d.json("/data/queues") if q["name"] == "default"] == [True]
@@ -296,10 +324,9 @@ class TestQueuePause:
                                              cwd=project.dir).stdout
         assert held.get(timeout=30) == 2
         assert time.monotonic() - resumed_at < 5
-        assert "was not paused" in lq("resume", project.db, "default", cwd=project.dir).stdout
-        assert lq("pause", project.db, "", cwd=project.dir).returncode == 2
 
 
+@pytest.mark.worker
 @pytest.mark.browser
 class TestDashboardInChromium:
 

@@ -12,7 +12,7 @@ import pytest
 import litequeue
 from litequeue import SUCCESS, ConfigurationError, LiteQueue
 
-from .helpers import PLAIN_TASKS, Folder, lq, python, run, sql, wait_until, worker_cmd
+from .helpers import PLAIN_TASKS, Folder, lq, run, sql, wait_until, worker_cmd
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,8 +143,7 @@ class TestCelerySettings:
         assert app.conf.timezone == "Asia/Shanghai"
         assert app.conf["timezone"] == "Asia/Shanghai"
 
-    @pytest.mark.worker
-    def test_max_retries_none_honours_every_retry_request(self, project, workers):
+    def test_max_retries_none_honours_every_retry_request(self, project, here):
         project.write_module("forever", '''
             from litequeue import LiteQueue
 
@@ -157,15 +156,16 @@ class TestCelerySettings:
                     raise self.retry(countdown=0.01)
                 return self.request.retries
         ''')
-        w = workers.start(project, app=("tasks", "forever"), concurrency=1)
-        out = python("import forever\n"
-                     "r = forever.persistent.delay(6)\n"
-                     "r.get(timeout=30, propagate=False)\n"
-                     "print(r.id, r.state)", project.dir)
-        task_id, state = out.split()
+        # The worker's loop on a thread, and the calling program, both in this process.
+        w = here(project, ("tasks", "forever")).start()
+        task_id, state = w.client("""
+            import forever
+            r = forever.persistent.delay(6)
+            r.get(timeout=30, propagate=False)
+            print(json.dumps([r.id, r.state]))
+        """)
         row = project.row(task_id)
-        assert (state, row["state"], row["retries"]) == (SUCCESS, SUCCESS, 6), \
-            (row, w.log_text())
+        assert (state, row["state"], row["retries"]) == (SUCCESS, SUCCESS, 6), row
         assert msgpack.unpackb(row["result"]) == 6
 
     @pytest.mark.worker

@@ -134,20 +134,20 @@ class TestSideDirectory:
         finally:
             shutil.rmtree(old, ignore_errors=True)
 
-    @pytest.mark.worker
-    def test_deep_path_worker_keeps_its_sockets_beside_the_database(self, tmp_path, workers):
+    def test_deep_path_worker_keeps_its_sockets_beside_the_database(self, tmp_path, here):
         proj = Project(tmp_path / ("d" * 100))
         old = old_temp_side_dir(proj.db)
         assert not os.path.lexists(old), f"{old} exists before the test"
+        w = here(proj)
         try:
-            workers.start(proj, concurrency=1)
+            w.start()                   # a worker child's loop on a thread: no process
             assert proj.delay("add", 2, 2).get(timeout=10) == 4
             work = proj.db + "-lq/work"
             assert os.path.isdir(work) and os.listdir(work), \
                 f"no worker socket in {work}: {os.listdir(proj.db + '-lq') if os.path.isdir(proj.db + '-lq') else 'no side dir'}"
             assert not os.path.lexists(old), f"the worker used {old}"
         finally:
-            workers.reap()
+            w.stop()
             shutil.rmtree(old, ignore_errors=True)
 
     @pytest.mark.worker
