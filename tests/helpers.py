@@ -550,13 +550,23 @@ class InProcess:
             exec(textwrap.dedent(code), names)
         return json.loads(out.getvalue())
 
+    def alive(self):
+        """Whether the loop start() began still runs."""
+        return self.thread is not None and self.thread.thread.is_alive()
+
     def stop(self):
+        """Stop the loop start() began, as a warm shutdown (the running task finishes)."""
         if self.thread is not None:
             thread, self.thread = self.thread, None
             thread.stop()
 
     def close(self):
+        """At the test's end: a block() still running ends (marks/ABORT, as the workers
+        fixture's reap does) so that the loop can stop; then the modules go."""
         try:
+            if self.thread is not None:
+                with contextlib.suppress(OSError):
+                    self.project.abort_all()
             self.stop()
         finally:
             for name in self.modules:

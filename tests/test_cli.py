@@ -80,22 +80,6 @@ def registered(db):
     return {name for name, in sql(db, "SELECT name FROM registry")}
 
 
-@pytest.fixture
-def here_unblocked(here):
-    """here(), and at teardown marks/ABORT before the worker's thread is stopped (as the
-    workers fixture's reap does): a block() still running ends, so the thread can stop."""
-    projects = []
-
-    def load(project, *args, **kwargs):
-        projects.append(project)
-        return here(project, *args, **kwargs)
-    try:
-        yield load
-    finally:
-        for project in projects:
-            project.abort_all()
-
-
 def call_args(db, task_id):
     (payload,), = sql(db, "SELECT payload FROM tasks WHERE id = ?", task_id)
     envelope = msgpack.unpackb(payload, raw=False)
@@ -606,10 +590,8 @@ class TestCLI:
     def test_call_and_result(self, project, here):
         """call and result's options, with the worker's loop in this process (on a thread);
         test_call_result_and_status runs them as processes, with a worker's."""
-        here(project).start()
+        here(project).start()                 # registers the names, as a supervisor would
         db, cwd = project.db, project.dir
-        for name in ("tasks.add", "tasks.fail"):    # as the worker's supervisor would
-            register(db, name, "tasks")
         done = lq_here("call", db, "tasks.add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
         assert (done.returncode, done.stdout) == (0, "8\n"), done.stderr
         done = lq_here("call", db, "add", 4, 4, "--wait", "--timeout", 20, cwd=cwd)
@@ -975,11 +957,11 @@ class TestCLI:
         done = lq_here("retry", db, done_ok.id, cwd=cwd)
         assert done.returncode == 1 and "the task is SUCCESS" in done.stderr, done.stderr
         assert_one_line_error(lq_here("retry", db, "no-such-id", cwd=cwd), contains="no task")
-        assert w.thread.thread.is_alive()       # the worker's loop still runs
+        assert w.alive()       # the worker's loop still runs
 
-    def test_purge_deletes_waiting_tasks_only(self, project, here_unblocked):
+    def test_purge_deletes_waiting_tasks_only(self, project, here):
         db, cwd = project.db, project.dir
-        w = here_unblocked(project).start()     # a worker child's loop on a thread
+        w = here(project).start()     # a worker child's loop on a thread
         finished = project.delay("add", 1, 1)
         assert finished.get(timeout=20) == 2
         running = project.delay("block", "purge")
@@ -1003,7 +985,7 @@ class TestCLI:
         assert finished.state == SUCCESS and running.state == STARTED
         project.go("purge")
         assert running.get(timeout=20) == "purge"
-        assert w.thread.thread.is_alive()       # the worker's loop still runs
+        assert w.alive()       # the worker's loop still runs
 
     def test_revoke(self, project, here):
         db, cwd = project.db, project.dir
