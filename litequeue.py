@@ -518,10 +518,14 @@ def _unpack(data):
     return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
 
 
-def _pack_envelope(task_name, args, kwargs):
-    """The msgpack envelope of one call: {"args": [...], "kwargs": {...}}."""
+def _pack_envelope(task_name, args, kwargs, options=None):
+    """The msgpack envelope of one call: {"args": [...], "kwargs": {...}}, and "options"
+    when the call has any that the running task sees (_CALL_OPTIONS)."""
     try:
-        payload = _pack({"args": list(args), "kwargs": dict(kwargs)})
+        envelope = {"args": list(args), "kwargs": dict(kwargs)}
+        if options:
+            envelope["options"] = options
+        payload = _pack(envelope)
         # Some values pack but do not read back (a dict keyed by tuples, a datetime outside
         # years 1-9999 in UTC): refuse them here, not in the worker.
         _unpack(payload)
@@ -535,6 +539,13 @@ def _pack_envelope(task_name, args, kwargs):
 
 def _unpack_envelope(payload):
     """(args, kwargs) from a payload, or ValueError saying what is wrong with it."""
+    return _unpack_call(payload)[:2]
+
+
+def _unpack_call(payload):
+    """(args, kwargs, options) from a payload, or ValueError saying what is wrong with
+    it. options are the call's _CALL_OPTIONS, those of the right type only ({}: none): a
+    foreign writer's wrong one is left out, never a reason to fail the call."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ValueError(f"payload is {type(payload).__name__}, not msgpack bytes")
     try:
@@ -549,7 +560,28 @@ def _unpack_envelope(payload):
         raise ValueError("envelope 'args' is not an array")
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise ValueError("envelope 'kwargs' is not a map with string keys")
-    return args, kwargs
+    options = envelope.get("options")
+    if options.__class__ is not dict:
+        return args, kwargs, {}
+    return args, kwargs, {key: value for key, value in options.items()
+                          if key in _CALL_OPTIONS and _CALL_OPTIONS[key](value)}
+
+
+# apply_async options the running task sees (self.request), kept in the envelope, with the
+# check each must pass: headers (a map with text keys), argsrepr and kwargsrepr (what logs
+# and the dashboard show instead of the arguments), shadow (the name logs show) and
+# ignore_result (this call's result is not kept).
+_CALL_OPTIONS = {
+    "headers": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    "argsrepr": lambda v: isinstance(v, str) and len(v) <= 4096,
+    "kwargsrepr": lambda v: isinstance(v, str) and len(v) <= 4096,
+    "shadow": lambda v: isinstance(v, str) and 0 < len(v) <= 255,
+    "ignore_result": lambda v: isinstance(v, bool),
+}
+_CALL_OPTION_HELP = {
+    "headers": "give a dict with text keys", "argsrepr": "give text of at most 4096 characters",
+    "kwargsrepr": "give text of at most 4096 characters",
+    "shadow": "give a name of 1 to 255 characters", "ignore_result": "give True or False"}
 
 
 def _unpack_stored(blob, what, task_id):
@@ -4861,14 +4893,40 @@ def _await_here(coro):
 
 
 class _Request:
-    """What a bound task sees as self.request while it runs."""
+    """What a bound task sees as self.request while it runs: Celery's fields, with its
+    defaults for those litequeue has no use for (a worker sets the rest: _Child._begin)."""
 
     __slots__ = ("id", "args", "kwargs", "retries", "attempt", "task", "hostname", "worker",
-                 "parent_id", "root_id", "group", "meta_writer", "progress", "__dict__")
+                 "parent_id", "root_id", "group", "meta_writer", "progress", "entering",
+                 "__dict__")
+    # Celery's other fields and their defaults. called_directly: a plain call, task(...),
+    # not a worker's or eager run; is_eager: an eager run (apply(), task_always_eager).
+    called_directly = False
+    is_eager = False
+    eta = expires = None                # ISO 8601 text, as Celery's messages carry them
+    headers = None                      # apply_async(headers=...)
+    argsrepr = kwargsrepr = None        # apply_async(argsrepr=..., kwargsrepr=...)
+    shadow = None                       # apply_async(shadow=...): the name logs show
+    ignore_result = False
+    delivery_info = None                # {"exchange": "", "routing_key": queue, ...}
+    correlation_id = None               # the task id, as Celery sets it
+    reply_to = origin = None            # no reply queue, no producer node name here
+    timelimit = (None, None)            # (hard, soft) in seconds
+    time_limit = soft_time_limit = None
+    callbacks = errbacks = chain = chord = None     # kept in the database, not the request
+    group_index = None
+    properties = None
+    utc = True
+    logfile = loglevel = None
+    stamps = stamped_headers = None
+    replaced_task_nesting = 0
 
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
                  hostname=None, worker=None, parent_id=None, root_id=None, group=None,
-                 meta_writer=None):
+                 meta_writer=None, **fields):
+        if fields:
+            self.__dict__.update(fields)
+        self.entering = None               # see _entry()
         self.id = id
         self.args = list(args)
         self.kwargs = dict(kwargs or {})
@@ -4882,6 +4940,11 @@ class _Request:
         self.group = group
         self.meta_writer = meta_writer     # (storage, seq, attempt) in a worker, else None
         self.progress = None
+
+    @property
+    def taskset(self):
+        """Celery's old name of group."""
+        return self.group
 
     def report(self, blob):
         """update_state() of this call: coalesced writes in a worker, nothing inline."""
@@ -5101,7 +5164,8 @@ def _conclude(task, request, args, kwargs, value, exc, tb, *, stored_max, defaul
         _task_ended(task, request, args, kwargs, FAILURE, None, error, tb)
         return _Ending(FAILURE, error, _encode_error(error), tb, None, None)
     if logger.isEnabledFor(logging.INFO):
-        logger.info("Task %s[%s] succeeded in %.6fs: %s", request.task, request.id,
+        logger.info("Task %s[%s] succeeded in %.6fs: %s", request.shadow or request.task,
+                    request.id,
                     time.monotonic() - started, _saferepr(value))
     _task_ended(task, request, args, kwargs, SUCCESS, value, None, None)
     return _Ending(SUCCESS, value, stored, None, None, None)
@@ -5110,7 +5174,7 @@ def _conclude(task, request, args, kwargs, value, exc, tb, *, stored_max, defaul
 def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default_max,
                        errors):
     """_conclude for a run that raised: RETRY or FAILURE, logged."""
-    name, task_id, retries = request.task, request.id, request.retries
+    name, task_id, retries = request.shadow or request.task, request.id, request.retries
     now = time.time()
     try:
         state, cause, eta, history, budget = _failure_decision(
@@ -5198,6 +5262,16 @@ def _unknown_task_message(name, known):
 # Results: AsyncResult, EagerResult, GroupResult
 # What a caller holds for a queued task or group: its state, result and waiting.
 # ---------------------------------------------------------------------------
+
+def _call_reprs(row):
+    """(argsrepr, kwargsrepr) the call of a task row gave (None for either not given):
+    the dashboard shows them instead of its arguments, so that secrets stay out."""
+    try:
+        options = _unpack_call(row["payload"])[2]
+    except ValueError:
+        return None, None
+    return options.get("argsrepr"), options.get("kwargsrepr")
+
 
 def _row_call(row):
     """(args, kwargs) of a task row as it runs: a link's or chord body's input first."""
@@ -5960,7 +6034,10 @@ class Admin:
             raise TaskNotFound(f"no task with id {task_id!r}")
         info = _task_summary(row)
         args, kwargs = _row_call(row)
-        info.update(args=_display(args), kwargs=_display(kwargs), traceback=row["traceback"]
+        argsrepr, kwargsrepr = _call_reprs(row)
+        info.update(args=_display(args) if argsrepr is None else argsrepr,
+                    kwargs=_display(kwargs) if kwargsrepr is None else kwargsrepr,
+                    traceback=row["traceback"]
                     if isinstance(row["traceback"], str) else None,
                     errors=_display(_history(row["errors"])), parent_id=row["parent_id"],
                     root_id=row["root_id"] or row["id"], group_id=row["group_id"],
@@ -6048,13 +6125,14 @@ def _task_summary(row):
         exception = f"{type(exc).__name__}({str(exc)!r})" if not isinstance(exc, RemoteError) \
             else f"{exc.exc_type.rpartition('.')[2]}({exc.exc_message!r})"
     args, kwargs = _row_call(row)
+    argsrepr, kwargsrepr = _call_reprs(row)
     started, finished = row["started_at"], row["finished_at"]
     custom = _custom_state(row)
     return {"id": _display(row["id"]), "name": _display(row["name"]),
             "state": _visible_state(row) if custom is None else custom[0],
             "queue": _display(row["queue"]), "priority": row["priority"],
-            "args": _shown(_saferepr(args, 300), 300),
-            "kwargs": _shown(_saferepr(kwargs, 300), 300),
+            "args": _shown(argsrepr or _saferepr(args, 300), 300),
+            "kwargs": _shown(kwargsrepr or _saferepr(kwargs, 300), 300),
             "result": result, "exception": exception, "retries": row["retries"],
             "attempt": row["attempt"], "worker": _display(row["worker"]), "pid": row["pid"],
             "created": row["created_at"], "started": started, "finished": finished,
@@ -6068,6 +6146,34 @@ def _task_summary(row):
 # The app first (delay() goes up from Task to it), then the task class. Task.s() and
 # app.signature() hand out the canvas's Signature: the one declared forward use.
 # ---------------------------------------------------------------------------
+
+# Options Celery's apply_async takes that mean nothing without a broker: accepted, with one
+# warning each (the message format, the exchange and routing, AMQP's delivery flags).
+_BROKER_OPTIONS = frozenset({
+    "serializer", "compression", "routing_key", "exchange", "exchange_type",
+    "delivery_mode", "mandatory", "immediate", "content_type", "content_encoding",
+    "reply_to", "correlation_id", "app_id", "producer", "connection", "publisher",
+    "add_to_parent", "retry", "retry_policy"})
+
+
+def _call_options(options):
+    """The _CALL_OPTIONS of an apply_async call, checked, for its envelope; Celery's
+    broker options are accepted with one warning each; others are a TypeError."""
+    unknown = sorted(k for k in options if k not in _CALL_OPTIONS and k not in _BROKER_OPTIONS)
+    if unknown:
+        raise TypeError(f"apply_async() got unsupported option(s): {', '.join(unknown)}")
+    kept = {}
+    for key, value in options.items():
+        if key in _BROKER_OPTIONS:
+            _warn_setting(f"apply_async option {key!r} means nothing without a broker: "
+                          "ignored (see README, What does not carry over)")
+        elif value is not None:
+            if not _CALL_OPTIONS[key](value):
+                raise TypeError(f"apply_async() option {key} is {_saferepr(value, 100)}: "
+                                f"{_CALL_OPTION_HELP[key]}")
+            kept[key] = value
+    return kept
+
 
 class LiteQueue:
     """The app: task registry, settings and the database they share.
@@ -6351,8 +6457,7 @@ class LiteQueue:
                   queue=None, countdown=None, eta=None, expires=None, unique_key=None,
                   **options):
         """The tasks row a call becomes, or the error its arguments or options deserve."""
-        if options:
-            raise TypeError(f"apply_async() got unsupported option(s): {', '.join(sorted(options))}")
+        options = _call_options(options) if options else None
         args = () if args is None else args
         kwargs = {} if kwargs is None else kwargs
         if not isinstance(args, (list, tuple)):
@@ -6364,7 +6469,7 @@ class LiteQueue:
             raise SerializationError(f"keyword argument names of {name} must be strings, "
                                      f"not {bad_keys[0]!r}")
         name = _checked_name(name)
-        payload = _pack_envelope(name, args, kwargs)
+        payload = _pack_envelope(name, args, kwargs, options)
         now = time.time()
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
         task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
@@ -6431,10 +6536,10 @@ class LiteQueue:
         """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
         if task is None:
             raise UnknownTask(f"cannot run {name!r} eagerly: it is not registered in this process")
-        args, kwargs = _unpack_envelope(payload)  # exactly what a worker would receive
-        return self._run_here(task, task_id, args, kwargs, parent, payload)
+        args, kwargs, options = _unpack_call(payload)  # exactly what a worker would receive
+        return self._run_here(task, task_id, args, kwargs, parent, payload, options)
 
-    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None):
+    def _run_here(self, task, task_id, args, kwargs, parent=None, payload=None, options=None):
         """Run a call through the worker's steps (_task_started, _conclude), with its
         hooks and signals; a retry runs again at once, as in Celery's eager mode, until
         the task ends or its retry budget does. An EagerResult."""
@@ -6446,13 +6551,15 @@ class LiteQueue:
         hostname, retries, errors = socket.gethostname(), 0, None
         while True:
             request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
-                               hostname, **ids)
+                               hostname, is_eager=True, **ids, **_request_fields(
+                                   task_id, None, None, retries + 1, None, (None, None), task,
+                                   options))
             _request.current = request
             _task_started(task, request, args, kwargs)
             started = time.monotonic()
             value = exc = tb = None
             try:
-                value = task(*args, **kwargs)
+                value = _entry(task, request)(*args, **kwargs)
                 if task.is_async:
                     value = _await_here(_with_request(value, request))
             except Exception as error:
@@ -6481,12 +6588,29 @@ class Task:
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
                 "unique"}
     _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
+    # The defaults of the options a decorator does not give. A base class (``base=``) may
+    # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).
+    queue = priority = time_limit = soft_time_limit = rate_limit = None
+    autoretry_for = ()
+    retry_backoff = False
+    retry_backoff_max = 600
+    retry_jitter = True
+    default_retry_delay = 180
+    ignore_result = False
+    unique = False
+    bind = False
+    _CLASS_DEFAULTS = ("queue", "priority", "bind", "autoretry_for", "retry_backoff",
+                       "retry_backoff_max", "retry_jitter", "default_retry_delay", "time_limit",
+                       "soft_time_limit", "ignore_result", "rate_limit", "unique")
 
-    def __init__(self, app, fn, name=None, queue=None, priority=None, bind=False,
-                 max_retries=_UNSET, autoretry_for=(), retry_backoff=False,
-                 retry_backoff_max=600, retry_jitter=True, default_retry_delay=180,
-                 time_limit=None, soft_time_limit=None, ignore_result=False, rate_limit=None,
-                 unique=False):
+    def __init__(self, app, fn, name=None, max_retries=_UNSET, **options):
+        unknown = set(options) - set(self._CLASS_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        (queue, priority, bind, autoretry_for, retry_backoff, retry_backoff_max, retry_jitter,
+         default_retry_delay, time_limit, soft_time_limit, ignore_result, rate_limit,
+         unique) = (options.get(key, getattr(type(self), key)) for key in self._CLASS_DEFAULTS)
+        max_retries = self._own_max_retries(max_retries)
         default_name, module = _task_name_for(fn)
         if inspect.isasyncgenfunction(getattr(fn, "__func__", fn)):
             raise ConfigurationError(
@@ -6534,6 +6658,17 @@ class Task:
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
 
+    def _own_max_retries(self, given):
+        """max_retries as given, else a base class's plain attribute (which hides the
+        property below, so the instance keeps its own value), else _UNSET (the app's)."""
+        own = next(c.__dict__["max_retries"] for c in type(self).__mro__
+                   if "max_retries" in c.__dict__)
+        if isinstance(own, property):
+            return given
+        given = own if given is _UNSET else given
+        self.__dict__["max_retries"] = given
+        return given
+
     def _registry_row(self, now):
         """Its registry row, with its rate limit (rate, interval: None for none)."""
         rate, interval = self._rate or (None, None)
@@ -6569,10 +6704,25 @@ class Task:
     def __repr__(self):
         return f"<@task: {self.name}>"
 
-    def __call__(self, *args, **kwargs):
+    def run(self, *args, **kwargs):
+        """The task's own function, called with these arguments (what a worker runs)."""
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        """Run the task here and now, as a plain function call: self.request is one of
+        its own (called_directly), as in Celery."""
+        current = _request.current
+        if current is not None and current.entering is self:
+            current.entering = None      # a worker's run, through a class's own __call__
+            return self.run(*args, **kwargs)
+        token = _RequestSlot._var.set(_Request(args=args, kwargs=kwargs, name=self.name,
+                                               called_directly=True))
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            _RequestSlot._var.reset(token)
 
     # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
     # arguments. They run after the task, in the worker or in eager mode (_task_ended);
@@ -6624,8 +6774,10 @@ class Task:
 
     @property
     def request(self):
-        """The running call's id, args, kwargs and retries (inline calls get an empty one)."""
-        return getattr(_request, "current", None) or _Request(name=self.name)
+        """The running call's request (id, args, kwargs, retries...); outside any call, an
+        empty one that says called_directly."""
+        return getattr(_request, "current", None) or _Request(name=self.name,
+                                                              called_directly=True)
 
     def delay(self, *args, **kwargs):
         """Queue a call with these arguments; returns its AsyncResult."""
@@ -6669,6 +6821,33 @@ class Task:
         return Signature(self, args or (), kwargs, options, immutable=immutable)
 
     subtask = signature
+
+
+LiteQueue.Task = Task           # app.Task: the base class of its tasks, as Celery's
+
+
+def _request_fields(task_id, queue, priority, attempt, expires, limits, task, options):
+    """The Celery request fields of a worker's or eager run (see _Request), beside
+    options, the call's own (_CALL_OPTIONS)."""
+    fields = {"correlation_id": task_id, "timelimit": limits, "time_limit": limits[0],
+              "soft_time_limit": limits[1],
+              "delivery_info": {"exchange": "", "routing_key": queue, "priority": priority,
+                                "redelivered": attempt > 1},
+              "ignore_result": task.ignore_result}
+    if _is_time(expires):
+        fields["expires"] = _dt.datetime.fromtimestamp(expires, _dt.timezone.utc).isoformat()
+    if options:
+        fields.update(options)
+    return fields
+
+
+def _entry(task, request):
+    """What a worker or an eager run calls for a task: its run(), or the task class's own
+    __call__ (Celery's rule), which then reaches run() under request, not a new one."""
+    if type(task).__call__ is Task.__call__:
+        return task.run
+    request.entering = task
+    return task
 
 
 # ---------------------------------------------------------------------------
@@ -6878,9 +7057,10 @@ class Signature(_Canvas):
         return task
 
     def _send(self, app, args, kwargs, defaults):
-        """A signature with nothing to follow it is a plain call: delay()'s own path."""
+        """A signature with nothing to follow it is a plain call: delay()'s own path. The
+        options given now win over the signature's own, as in Celery."""
         call_args, call_kwargs = self._merged(tuple(args or ()), dict(kwargs or {}))
-        options = {**defaults, **self.options}
+        options = {**self.options, **defaults}
         options.pop("link", None)
         options.pop("link_error", None)
         return app._send(self.task, call_args, call_kwargs, task=self._resolve(app),
@@ -7827,7 +8007,7 @@ class _LoopRunner:
         started = time.monotonic()
         value = exc = tb = None
         try:
-            coro = flight.task(*flight.args, **flight.kwargs)
+            coro = _entry(flight.task, flight.request)(*flight.args, **flight.kwargs)
             value = await (_SoftLimited(coro) if flight.soft else coro)
         except asyncio.CancelledError as cancelled:
             why = cancelled.args[0] if cancelled.args else None
@@ -7871,7 +8051,7 @@ class _ThreadRunner:
             started = time.monotonic()
             value = exc = tb = None
             try:
-                value = flight.task(*flight.args, **flight.kwargs)
+                value = _entry(flight.task, flight.request)(*flight.args, **flight.kwargs)
             except BaseException as error:  # its failure, whatever it is
                 exc, tb = error, _traceback.format_exc()
             _request.current = None
@@ -8110,7 +8290,8 @@ class _RunPipeline:
         ready = self._prepare(row, run.outcome)
         if isinstance(ready, _Outcome):
             return ready
-        run.task, run.args, run.kwargs = task, args, kwargs = ready
+        task, args, kwargs, options = ready
+        run.task, run.args, run.kwargs = task, args, kwargs
         run.soft = task.soft_time_limit or self.spec.soft_time_limit
         run.hard = task.time_limit or self.spec.time_limit
         if run.hard and run.kind == _ON_MAIN:
@@ -8126,7 +8307,9 @@ class _RunPipeline:
             id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
             name=row.name, hostname=self.hostname, worker=self.worker_id,
             parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
-            meta_writer=(meta, row.seq, row.attempt))
+            meta_writer=(meta, row.seq, row.attempt), **_request_fields(
+                row.id, self.claim_queue, row.priority, row.attempt, row.expires,
+                (run.hard, run.soft), task, options))
         _task_started(task, run.request, args, kwargs)
         return None
 
@@ -8141,7 +8324,7 @@ class _RunPipeline:
             if soft:
                 self.in_task = True
                 signal.setitimer(signal.ITIMER_REAL, soft)
-            value = task(*run.args, **run.kwargs)
+            value = _entry(task, run.request)(*run.args, **run.kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
             return self._finish(run, None, exc, _traceback.format_exc())
         finally:
@@ -8162,7 +8345,7 @@ class _RunPipeline:
                         errors=row.errors, started=run.started)
         state = end.state
         if state == SUCCESS:
-            if task.ignore_result:
+            if request.ignore_result:
                 return run.outcome(SUCCESS, None, passed=end.stored)
             # The common case, without the partial's merge.
             return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
@@ -8204,7 +8387,7 @@ class _RunPipeline:
         """(task, args, kwargs) of a row that can run, or the _Outcome of one that
         cannot: a payload or column it cannot read, an expiry passed, an unknown name."""
         try:
-            args, kwargs = _unpack_envelope(row.payload)
+            args, kwargs, options = _unpack_call(row.payload)
         except ValueError as exc:
             logger.error("Task %s[%s] rejected: %s", row.name, row.id, exc)
             return outcome(FAILURE, _encode_error(ValueError(f"invalid task payload: {exc}")))
@@ -8230,7 +8413,7 @@ class _RunPipeline:
             return outcome(FAILURE, _encode_error(UnknownTask(message)))
         if row.waits is not None:
             args = self._follower_args(row, task, args)
-        return task, args, kwargs
+        return task, args, kwargs, options
 
     def _follower_args(self, row, task, args):
         """The arguments of a row that followed another: a link's parent result or a

@@ -98,6 +98,7 @@ FILE_ORDER = (
     "test_storage.py",              # 6-7   SQL, storage
     "test_side_directory.py",       # 8     side directory
     "test_task_policy.py",          # 9     task policy
+    "test_task_context.py",         # 10    task context: the request, signals, hooks
     "test_app.py",                  # 11    app
     "test_eager.py",
     "test_api_limits.py",

@@ -442,6 +442,8 @@ class TestCanvas:
         with pytest.raises(ConfigurationError, match="countdown"):
             (add.s(1, 1) | add.s(1).set(eta=dt.datetime.now(dt.timezone.utc))).delay()
         with pytest.raises(TypeError, match="unsupported"):
+            chain(add.s(1, 1), add.s(1)).set(routing_keys="x").delay()
+        with pytest.warns(litequeue.LitequeueWarning, match="routing_key"):
             chain(add.s(1, 1), add.s(1)).set(routing_key="x").delay()
 
     def test_purging_a_queue_drops_what_waited_on_it_elsewhere(self, tmp_path):

@@ -267,3 +267,34 @@ def chaos(self, n, ms):
     time.sleep(ms / 1000)
     _line(f"exec.{os.getpid()}", f"done {self.request.id} {n}")
     return n
+
+
+_FIELDS = ("id", "task", "called_directly", "is_eager", "headers", "argsrepr", "kwargsrepr",
+           "shadow", "ignore_result", "delivery_info", "correlation_id", "reply_to", "origin",
+           "timelimit", "eta", "expires", "callbacks", "errbacks", "chain", "chord",
+           "group_index", "retries", "parent_id", "root_id", "group")
+
+
+@app.task(bind=True)
+def request_fields(self, inner=False):
+    """Celery's request fields as this call sees them; inner: also those of a plain call of
+    itself made from inside, and then its own again (restored after the inner call)."""
+    fields = {name: getattr(self.request, name) for name in _FIELDS}
+    if inner:
+        fields["inner"] = request_fields()
+        fields["after"] = self.request.id
+    return fields
+
+
+class Wrapped(app.Task):
+    """A base class with its own __call__, as Celery's guide writes them: a worker calls
+    it once per run, and the run still sees the worker's request."""
+
+    def __call__(self, *args, **kwargs):
+        _line("wrapped", str(self.request.id))
+        return super().__call__(*args, **kwargs)
+
+
+@app.task(bind=True, base=Wrapped)
+def wrapped(self):
+    return [self.request.id, self.request.called_directly]

@@ -1,0 +1,173 @@
+"""Task context: what a running task sees as self.request (Celery's fields), the calling
+options Celery's apply_async takes, plain calls of a task, and base classes with their own
+attributes and __call__. The worker runs in this process (here), on a real file."""
+
+import datetime as dt
+import logging
+import time
+import warnings
+
+import pytest
+
+import litequeue
+from litequeue import SUCCESS, LiteQueue, LitequeueWarning, Task
+
+from .helpers import sql
+
+
+def test_a_worker_run_sees_celerys_request_fields(project, here):
+    w = here(project)
+    fields = w.loaded[0].request_fields
+    r = fields.apply_async(headers={"x-tenant": "acme"}, expires=600)
+    assert w.work() == 1
+    got = r.get(timeout=5)
+    assert got["id"] == r.id == got["correlation_id"] and got["task"] == "tasks.request_fields"
+    assert (got["called_directly"], got["is_eager"], got["ignore_result"]) == (False, False,
+                                                                                False)
+    assert got["headers"] == {"x-tenant": "acme"}
+    assert got["delivery_info"] == {"exchange": "", "routing_key": "default", "priority": 0,
+                                    "redelivered": False}
+    assert got["timelimit"] == [None, None]          # (hard, soft): msgpack gives a list
+    expires = dt.datetime.fromisoformat(got["expires"])
+    assert abs(expires.timestamp() - (time.time() + 600)) < 30
+    # Celery's defaults for what a broker would carry and litequeue keeps elsewhere.
+    assert [got[k] for k in ("reply_to", "origin", "callbacks", "errbacks", "chain", "chord",
+                             "argsrepr", "kwargsrepr", "shadow", "eta")] == [None] * 10
+
+
+def test_a_plain_call_has_a_request_of_its_own_and_gives_the_runs_back(project, here):
+    w = here(project)
+    fields = w.loaded[0].request_fields
+    alone = fields()
+    assert alone["called_directly"] is True and alone["id"] is None
+    assert fields.request.called_directly is True          # outside any call
+    r = fields.delay(inner=True)
+    w.work()
+    got = r.get(timeout=5)
+    # Called from inside a run, the plain call sees its own request; the run gets its
+    # own back afterwards.
+    assert got["inner"]["called_directly"] is True and got["inner"]["id"] is None
+    assert got["called_directly"] is False and got["after"] == r.id
+
+
+def test_eager_runs_say_so(tmp_path):
+    app = LiteQueue(str(tmp_path / "eager.sqlite"), task_always_eager=True)
+
+    @app.task(bind=True)
+    def look(self):
+        return [self.request.is_eager, self.request.called_directly, self.request.id,
+                self.request.headers]
+    r = look.apply_async(headers={"h": 1})
+    assert r.get() == [True, False, r.id, {"h": 1}]
+
+
+def test_a_base_class_with_its_own_call_is_called_once_per_run(project, here):
+    w = here(project)
+    r = w.loaded[0].wrapped.delay()
+    assert w.work() == 1
+    assert r.get(timeout=5) == [r.id, False]
+    assert (project.marks / "wrapped").read_text().split() == [r.id]
+
+
+def test_per_call_options_reach_the_request_the_logs_and_the_dashboard(project, here,
+                                                                       caplog):
+    caplog.set_level(logging.INFO, logger="litequeue")
+    w = here(project)
+    fields = w.loaded[0].request_fields
+    secret = fields.apply_async((), {"inner": False}, argsrepr="()",
+                                kwargsrepr="{'inner': '***'}", shadow="reports.nightly")
+    quiet = fields.apply_async(ignore_result=True)
+    assert w.work() == 2
+    got = secret.get(timeout=5)
+    assert (got["argsrepr"], got["kwargsrepr"], got["shadow"]) == (
+        "()", "{'inner': '***'}", "reports.nightly")
+    assert f"Task reports.nightly[{secret.id}] succeeded" in caplog.text
+    # The dashboard shows the reprs the caller gave, not the arguments.
+    assert project.app.admin.task(secret.id)["kwargs"] == "{'inner': '***'}"
+    (listed,), _ = project.app.admin.page(None, None, None, "tasks.request_fields",
+                                          secret.id, 50)
+    assert listed["kwargs"] == "{'inner': '***'}"
+    # ignore_result for one call: it ran and succeeded, its result was not kept.
+    assert quiet.state == SUCCESS and quiet.result is None
+    assert sql(project.db, "SELECT result FROM tasks WHERE id = ?", quiet.id) == [(None,)]
+
+
+def test_broker_options_are_accepted_with_one_warning_and_bad_ones_refused(tmp_path):
+    app = LiteQueue(str(tmp_path / "opts.sqlite"))
+
+    @app.task
+    def add(x, y):
+        return x + y
+    with pytest.warns(LitequeueWarning, match="'serializer' means nothing without a broker"):
+        add.apply_async((1, 2), serializer="json", compression="zlib", routing_key="k",
+                        retry=True, retry_policy={"max_retries": 3})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        for _ in range(3):                      # one warning per line that gives it
+            add.apply_async((1, 2), serializer="json")
+    assert len([w for w in seen if "serializer" in str(w.message)]) == 1
+    with pytest.raises(TypeError, match="unsupported option"):
+        add.apply_async((1, 2), serialiser="json")
+    for key, bad in (("headers", ["x"]), ("argsrepr", 5), ("shadow", ""),
+                     ("ignore_result", "yes")):
+        with pytest.raises(TypeError, match=f"option {key} is"):
+            add.apply_async((1, 2), **{key: bad})
+
+
+def test_a_foreign_rows_wrong_options_are_left_out_not_fatal(project, here):
+    """Options of the wrong type in a row another client wrote: the call runs without
+    them."""
+    w = here(project)
+    r = project.app.tasks["tasks.request_fields"].delay()
+    envelope = {"args": [], "kwargs": {}, "options": {"headers": "not a map", "shadow": 7,
+                                                      "argsrepr": "(1,)"}}
+    sql(project.db, "UPDATE tasks SET payload = ? WHERE id = ?",
+        litequeue._pack(envelope), r.id)
+    w.work()
+    got = r.get(timeout=5)
+    assert (got["headers"], got["shadow"], got["argsrepr"]) == (None, None, "(1,)")
+
+
+def test_a_base_classs_attributes_are_the_defaults_of_its_tasks(tmp_path):
+    """Celery's guide: class BaseTaskWithRetry(Task) with autoretry_for and a backoff;
+    the decorator's own options still win."""
+    app = LiteQueue(str(tmp_path / "base.sqlite"), task_always_eager=True)
+
+    class BaseTaskWithRetry(Task):
+        autoretry_for = (KeyError,)
+        max_retries = 5
+        retry_backoff = True
+        retry_backoff_max = 700
+        retry_jitter = False
+
+    tries = []
+
+    @app.task(base=BaseTaskWithRetry)
+    def flaky():
+        tries.append(1)
+        if len(tries) < 3:
+            raise KeyError("not yet")
+        return len(tries)
+
+    @app.task(base=BaseTaskWithRetry, max_retries=1, retry_backoff=False)
+    def own():
+        pass
+
+    assert (flaky.autoretry_for, flaky.max_retries, flaky.retry_backoff,
+            flaky.retry_backoff_max, flaky.retry_jitter) == ((KeyError,), 5, True, 700, False)
+    assert (own.max_retries, own.retry_backoff, own.autoretry_for) == (1, False, (KeyError,))
+    assert flaky.delay().get() == 3
+    assert issubclass(app.Task, Task)
+
+
+def test_options_given_when_applied_win_over_the_signatures(tmp_path):
+    app = LiteQueue(str(tmp_path / "sig.sqlite"))
+
+    @app.task
+    def add(x, y):
+        return x + y
+    before = time.time()
+    r = add.signature((2, 2), countdown=600, queue="slow").apply_async(countdown=1,
+                                                                       queue="fast")
+    (eta, queue), = sql(app.path, "SELECT eta, queue FROM tasks WHERE id = ?", r.id)
+    assert before + 1 <= eta < before + 60 and queue == "fast"
