@@ -4,8 +4,8 @@ Most tests open a supervisor's scheduling parts in this process (InProcess.super
 the definitions synced as a worker's start syncs them) and drive its scheduler on an
 injected clock, so that hours of downtime take no time; a worker child's steps, here too,
 run what it queued. Real worker processes remain where the process is the point: a
-countdown started on time, a schedule fired by a running worker, and two supervisors
-racing for the same fires.
+running worker on time for a countdown and a schedule, and two supervisors racing for
+the same fires.
 """
 
 import collections
@@ -52,10 +52,17 @@ class TestScheduler:
     and real worker supervisors where the process is the point."""
 
     @pytest.mark.worker
-    def test_countdown_runs_after_its_eta_and_not_before(self, project, workers):
-        """End to end, as the clock runs: a real worker's supervisor wakes its child for
-        the eta, which starts the task within half a second of it and not before."""
-        workers.start(project, concurrency=1)
+    def test_a_running_worker_is_on_time_for_a_countdown_and_a_schedule(self, project,
+                                                                        workers):
+        """End to end, as the clock runs: a `litequeue worker -A tasks -A beat` process
+        syncs the definitions as it starts; its supervisor wakes the child for an eta,
+        which starts the task within half a second of it and not before; and it fires the
+        1-second schedule on whole seconds, each fire once. (What the sync writes, how
+        fires are planned and how etas are read, on an injected clock: the tests below.)"""
+        project.write_module("beat", BEAT_SOURCE)
+        before = time.time()
+        workers.start(project, app=("tasks", "beat"), concurrency=1)
+        assert set(project.schedules()) == {"tick", "morning", "six-hourly"}
         r = project.app.tasks["tasks.stamp"].apply_async(["countdown"], countdown=1.5)
         (eta,), = sql(project.db, "SELECT eta FROM tasks WHERE id = ?", r.id)
         # Until shortly before its ETA the state reads SCHEDULED and nothing has run.
@@ -74,11 +81,21 @@ class TestScheduler:
                                    "SELECT state, started_at FROM tasks WHERE id = ?", r.id)
         assert state == SUCCESS and started_at >= eta
 
+        # Meanwhile the 1-second schedule fired on whole seconds, each fire once.
+        def done():
+            return sorted(i for i, (state, _) in fires_of(project.db, "tick").items()
+                          if state == SUCCESS)
+        ticks = wait_until(lambda: len(done()) >= 2 and done(), 10, "two ticks")
+        times = [fire_time(t) for t in ticks]
+        assert all(t == int(t) and t > before for t in times)
+        assert times[1] - times[0] == 1.0
+        assert all(project.ledger()[t] == 1 for t in ticks)
+
     def test_eta_aware_naive_in_the_app_zone_and_in_the_past(self, project, here):
         """An aware eta is its instant, a naive one a wall time in the app's zone, and one
         in the past runs at once; the scheduler (on an injected clock) lets each row go
         at its instant and not before. (How close to its eta a real worker starts one:
-        test_countdown_runs_after_its_eta_and_not_before.)"""
+        test_a_running_worker_is_on_time_for_a_countdown_and_a_schedule.)"""
         w = here(project)
         sup = w.supervisor()
         shanghai_zone = zoneinfo.ZoneInfo("Asia/Shanghai")
@@ -180,26 +197,6 @@ class TestScheduler:
         assert w.work() == 2 + len(others)
         assert {i: state for i, (state, _) in fires_of(project.db, "tick").items()} == \
             dict.fromkeys(ticks, SUCCESS)
-        times = [fire_time(t) for t in ticks]
-        assert all(t == int(t) and t > before for t in times)
-        assert times[1] - times[0] == 1.0
-        assert all(project.ledger()[t] == 1 for t in ticks)
-
-    @pytest.mark.worker
-    def test_a_worker_process_fires_its_schedules(self, project, workers):
-        """End to end: a `litequeue worker -A tasks -A beat` process syncs the definitions
-        as it starts and, while it runs, fires the 1-second schedule on whole seconds,
-        each fire once. (What the sync writes and how fires are planned: the test above,
-        in process.)"""
-        project.write_module("beat", BEAT_SOURCE)
-        before = time.time()
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
-        assert set(project.schedules()) == {"tick", "morning", "six-hourly"}
-
-        def done():
-            return sorted(i for i, (state, _) in fires_of(project.db, "tick").items()
-                          if state == SUCCESS)
-        ticks = wait_until(lambda: len(done()) >= 2 and done(), 10, "two ticks")
         times = [fire_time(t) for t in ticks]
         assert all(t == int(t) and t > before for t in times)
         assert times[1] - times[0] == 1.0
