@@ -446,8 +446,10 @@ class InProcess:
     process started and no signal handler installed. work() drives them until no row is
     ready and none runs (_Child.work_until_empty, as huey's work_on_tasks); start() runs
     the child's loop on a thread until stop() (as celery.contrib.testing's start_worker),
-    for calling programs that wait on results. For what a task does and how its row
-    ends: kills, time limits and several processes need a real worker."""
+    for calling programs that wait on results; supervisor() opens a supervisor as a
+    worker's start does, for its scheduler's step(now) on a clock the test chooses. For
+    what a task does and how its row ends: kills, time limits and several processes
+    need a real worker."""
 
     def __init__(self, project, modules=("tasks",), settings=None):
         self.project, self.modules = project, list(modules)
@@ -455,6 +457,7 @@ class InProcess:
         self.saved_path = list(sys.path)
         self.saved_env = os.environ.get("LQ_TEST_SETTINGS")
         self.thread = None
+        self.supervisors = []          # opened by supervisor(), closed by close()
         # Signal handlers the modules connect as they are imported go when this closes, as
         # they go with a worker's process: else they would see every later task here.
         self.saved_receivers = {sig: list(sig.receivers) for sig in _signals()}
@@ -503,6 +506,39 @@ class InProcess:
         finally:
             for app in hidden:
                 litequeue._apps.add(app)
+
+    def supervisor(self, queues=None):
+        """The project's worker supervisor opened in this process as `litequeue worker DB
+        -A MODULES` opens it at its start (_Supervisor._open: the database, its lock file,
+        bells and workers row, the served task names and periodic definitions synced, and
+        the scheduler), with no child started, no signal handler installed and no loop:
+        the test drives sup.scheduler.step(now) on a clock it chooses (then work() runs
+        what it queued). The code is the loaded modules' (auto-import off, as child()).
+        Closed by close(), as the supervisor's run() closes it; close_supervisor() stops
+        one earlier."""
+        db = self.project.db
+        with self._real_tasks():
+            tasks, conf, periodic, autoimport = litequeue._load_worker_code(
+                db, str(self.project.dir), self.modules, False, None)
+        sup = litequeue._Supervisor(
+            db, concurrency=1, queues=list(queues or [conf["task_default_queue"]]),
+            modules=self.modules, loglevel="INFO",
+            settings={k: conf[k] for k in litequeue.DEFAULTS}, autoimport=autoimport,
+            poll_interval=conf["worker_poll_interval"], grace=conf["worker_shutdown_grace"],
+            tasks=tasks, periodic=periodic)
+        sup._open()
+        self.supervisors.append(sup)
+        return sup
+
+    def close_supervisor(self, sup):
+        """Close what supervisor() opened, as the end of its run() does (its wake-up
+        socket, its workers row, lock file, bells and database)."""
+        self.supervisors.remove(sup)
+        try:
+            sup.sched_sleeper.close()
+            sup.close()
+        finally:
+            sup.done_bell.close()
 
     def work(self, queues=("default",)):
         """Run every ready row of the queues, and what their ends queue. Returns how many
@@ -567,7 +603,11 @@ class InProcess:
             if self.thread is not None:
                 with contextlib.suppress(OSError):
                     self.project.abort_all()
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                while self.supervisors:
+                    self.close_supervisor(self.supervisors[-1])
         finally:
             for name in self.modules:
                 sys.modules.pop(name, None)

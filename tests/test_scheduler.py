@@ -1,4 +1,11 @@
-"""The supervisor's scheduler: ETAs, expiry and periodic tasks with real supervisors.
+"""The supervisor's scheduler: ETAs, expiry and periodic tasks.
+
+Most tests open a supervisor's scheduling parts in this process (InProcess.supervisor():
+the definitions synced as a worker's start syncs them) and drive its scheduler on an
+injected clock, so that hours of downtime take no time; a worker child's steps, here too,
+run what it queued. Real worker processes remain where the process is the point: a
+running worker on time for a countdown and a schedule, and two supervisors racing for
+the same fires.
 """
 
 import collections
@@ -21,12 +28,41 @@ pytestmark = pytest.mark.timeout(120)
 BEAT_SOURCE = task_source("beat.py")
 
 
+def start_worker(here, project, modules=("tasks", "beat"), queues=None):
+    """What `litequeue worker DB -A MODULES` does at its start, in this process: the
+    modules imported (w, an InProcess, runs their tasks) and a supervisor opened, which
+    syncs the served names and periodic definitions (sup, its scheduler to step). w.close()
+    stops that worker: its supervisor closes and its modules go, so that a worker started
+    after it imports the code as it then is."""
+    w = here(project, modules)
+    return w, w.supervisor(queues)
+
+
+def fires_by(project, schedule):
+    """Sorted ids of a schedule's fires."""
+    return sorted(fires_of(project.db, schedule))
+
+
+def iso(t):
+    return dt.datetime.fromtimestamp(t, UTC).isoformat()
+
+
 class TestScheduler:
-    """ETA, expiry and periodic tasks with real worker supervisors."""
+    """ETA, expiry and periodic tasks: the scheduler in process, on an injected clock,
+    and real worker supervisors where the process is the point."""
 
     @pytest.mark.worker
-    def test_countdown_runs_after_its_eta_and_not_before(self, project, workers):
-        workers.start(project, concurrency=1)
+    def test_a_running_worker_is_on_time_for_a_countdown_and_a_schedule(self, project,
+                                                                        workers):
+        """End to end, as the clock runs: a `litequeue worker -A tasks -A beat` process
+        syncs the definitions as it starts; its supervisor wakes the child for an eta,
+        which starts the task within half a second of it and not before; and it fires the
+        1-second schedule on whole seconds, each fire once. (What the sync writes, how
+        fires are planned and how etas are read, on an injected clock: the tests below.)"""
+        project.write_module("beat", BEAT_SOURCE)
+        before = time.time()
+        workers.start(project, app=("tasks", "beat"), concurrency=1)
+        assert set(project.schedules()) == {"tick", "morning", "six-hourly"}
         r = project.app.tasks["tasks.stamp"].apply_async(["countdown"], countdown=1.5)
         (eta,), = sql(project.db, "SELECT eta FROM tasks WHERE id = ?", r.id)
         # Until shortly before its ETA the state reads SCHEDULED and nothing has run.
@@ -45,14 +81,27 @@ class TestScheduler:
                                    "SELECT state, started_at FROM tasks WHERE id = ?", r.id)
         assert state == SUCCESS and started_at >= eta
 
-    @pytest.mark.worker
-    def test_eta_aware_naive_in_the_app_zone_and_in_the_past(self, project, workers):
-        workers.start(project, concurrency=1)
+        # Meanwhile the 1-second schedule fired on whole seconds, each fire once.
+        def done():
+            return sorted(i for i, (state, _) in fires_of(project.db, "tick").items()
+                          if state == SUCCESS)
+        ticks = wait_until(lambda: len(done()) >= 2 and done(), 10, "two ticks")
+        times = [fire_time(t) for t in ticks]
+        assert all(t == int(t) and t > before for t in times)
+        assert times[1] - times[0] == 1.0
+        assert all(project.ledger()[t] == 1 for t in ticks)
+
+    def test_eta_aware_naive_in_the_app_zone_and_in_the_past(self, project, here):
+        """An aware eta is its instant, a naive one a wall time in the app's zone, and one
+        in the past runs at once; the scheduler (on an injected clock) lets each row go
+        at its instant and not before. (How close to its eta a real worker starts one:
+        test_a_running_worker_is_on_time_for_a_countdown_and_a_schedule.)"""
+        w = here(project)
+        sup = w.supervisor()
         shanghai_zone = zoneinfo.ZoneInfo("Asia/Shanghai")
         shanghai = LiteQueue(project.db, timezone="Asia/Shanghai")
-        aware = dt.datetime.now(zoneinfo.ZoneInfo("America/New_York")) + \
-            dt.timedelta(seconds=1.5)
-        naive = dt.datetime.now(shanghai_zone).replace(tzinfo=None) + dt.timedelta(seconds=1.5)
+        aware = dt.datetime.now(zoneinfo.ZoneInfo("America/New_York")) + dt.timedelta(hours=1)
+        naive = dt.datetime.now(shanghai_zone).replace(tzinfo=None) + dt.timedelta(hours=2)
         r_aware = project.app.tasks["tasks.stamp"].apply_async(["aware"], eta=aware)
         r_naive = shanghai.send_task("tasks.stamp", ["naive"], eta=naive)
         sent = time.time()
@@ -60,13 +109,26 @@ class TestScheduler:
                                     eta=dt.datetime.now(shanghai_zone).replace(tzinfo=None)
                                     - dt.timedelta(hours=1))
         assert r_aware.state == r_naive.state == SCHEDULED
+        due = {r_aware.id: aware.timestamp(),
+               r_naive.id: naive.replace(tzinfo=shanghai_zone).timestamp()}
+        for r in (r_aware, r_naive):
+            assert sql(project.db, "SELECT eta FROM tasks WHERE id = ?", r.id) == [(due[r.id],)]
+
+        def ran():
+            return sorted(path.name for path in project.marks.glob("stamp.*"))
         # The past ETA runs at once, while the others wait.
-        assert r_past.get(timeout=10) - sent < 1.0
+        assert w.work() == 1
+        assert r_past.get(timeout=5) - sent < 1.0
+        assert ran() == ["stamp.past"]
         assert r_aware.state == r_naive.state == SCHEDULED
-        for r, due in [(r_aware, aware.timestamp()),
-                       (r_naive, naive.replace(tzinfo=shanghai_zone).timestamp())]:
-            started = r.get(timeout=10)
-            assert due <= started < due + 0.5, f"started {started - due:+.3f} s from its ETA"
+        # Each row goes at its own instant: not a hundredth of a second before it.
+        for r, tag in [(r_aware, "aware"), (r_naive, "naive")]:
+            sup.scheduler.step(due[r.id] - 0.01)
+            assert w.work() == 0 and project.state(r.id) == SCHEDULED
+            sup.scheduler.step(due[r.id] + litequeue._DUE_CLAIM_GRACE)
+            assert w.work() == 1
+            assert project.stamps(tag) == [(r.get(timeout=5), r.id)]      # ran once
+        assert ran() == ["stamp.aware", "stamp.naive", "stamp.past"]
 
     def test_expired_tasks_never_run(self, project, here):
         stamp = project.app.tasks["tasks.stamp"]
@@ -92,11 +154,10 @@ class TestScheduler:
             assert project.row(r.id)["result"] is None
         assert [p.name for p in project.marks.glob("stamp.*")] == ["stamp.later"]
 
-    @pytest.mark.worker
-    def test_definitions_are_synced_when_a_worker_starts_and_fire(self, project, workers):
+    def test_definitions_are_synced_when_a_worker_starts_and_fire(self, project, here):
         project.write_module("beat", BEAT_SOURCE)
         before = time.time()
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
+        w, sup = start_worker(here, project)
         after = time.time()
         rows = project.schedules()
         assert set(rows) == {"tick", "morning", "six-hourly"}
@@ -118,29 +179,40 @@ class TestScheduler:
         for row in rows.values():
             assert before <= row["last_fire"] <= after < row["next_fire"]
 
-        # The 1-second schedule fires on whole seconds, each fire once, named by its time.
-        def done():
-            return sorted(i for i, (state, _) in fires_of(project.db, "tick").items()
-                          if state == SUCCESS)
-        ticks = wait_until(lambda: len(done()) >= 2 and done(), 10, "two ticks")
+        # The 1-second schedule fires on whole seconds, each fire once, named by its time:
+        # its first fire time, and the next a second later, not a moment before either.
+        first = rows["tick"]["next_fire"]
+        assert first == int(first) and first - 1 <= after
+        for t in (first, first + 1):
+            sup.scheduler.step(t - 0.001)
+            assert [fire_time(i) for i in fires_by(project, "tick")] == \
+                [f for f in (first, first + 1) if f < t]
+            sup.scheduler.step(t)
+            sup.scheduler.step(t + 0.5)         # a second look queues it no second time
+        ticks = fires_by(project, "tick")
+        assert ticks == [f"tick@{iso(first)}", f"tick@{iso(first + 1)}"]
+        assert project.schedules()["tick"]["last_fire"] == first + 1
+        # (A sync a moment before six-hourly's or morning's time sees that fire too.)
+        others = fires_by(project, "six-hourly") + fires_by(project, "morning")
+        assert w.work() == 2 + len(others)
+        assert {i: state for i, (state, _) in fires_of(project.db, "tick").items()} == \
+            dict.fromkeys(ticks, SUCCESS)
         times = [fire_time(t) for t in ticks]
         assert all(t == int(t) and t > before for t in times)
         assert times[1] - times[0] == 1.0
         assert all(project.ledger()[t] == 1 for t in ticks)
 
-    @pytest.mark.worker
     def test_schedules_removed_from_the_code_are_deleted_on_the_next_start(self, project,
-                                                                           workers):
+                                                                           here):
         project.write_module("beat", BEAT_SOURCE)
-        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        w, _ = start_worker(here, project)
         assert set(project.schedules()) == {"tick", "morning", "six-hourly"}
-        w.signal(signal.SIGTERM)
-        assert w.wait(20) == 0
+        w.close()                                   # the worker stops
         # A schedule of a module this worker does not run.
         sql(project.db, "INSERT INTO schedules (name, task, module, schedule, tz, payload, "
             "queue, next_fire, updated_at) VALUES ('other', 'elsewhere.job', 'elsewhere', "
             "'cron:0 0 1 1 *', 'UTC', ?, 'default', ?, 0)", pack({}), time.time() + 86400 * 30)
-        last_tick = project.schedules()["tick"]["last_fire"]
+        tick = project.schedules()["tick"]
         # "morning" is removed from the code; the rest stays.
         project.write_module("beat", '''
             import datetime
@@ -153,93 +225,98 @@ class TestScheduler:
             def six_hourly(n):
                 return n
         ''')
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
+        start_worker(here, project)
         rows = project.schedules()
         assert set(rows) == {"tick", "six-hourly", "other"}
-        assert rows["tick"]["last_fire"] >= last_tick        # unchanged: keeps its history
+        # Unchanged, it keeps its history: nothing fired in between, so its cursor and
+        # next fire time are those of the first start.
+        assert (rows["tick"]["last_fire"], rows["tick"]["next_fire"]) == \
+            (tick["last_fire"], tick["next_fire"])
 
-    @pytest.mark.worker
-    def test_a_module_s_last_periodic_task_removed_is_deleted(self, project, workers):
+    def test_a_module_s_last_periodic_task_removed_is_deleted(self, project, here):
         project.write_module("beat", BEAT_SOURCE)
-        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        w, _ = start_worker(here, project)
         assert "six-hourly" in project.schedules()
-        w.signal(signal.SIGTERM)
-        assert w.wait(20) == 0
+        w.close()                                   # the worker stops
         project.write_module("beat", '''
             from tasks import app, record
             app.add_periodic_task(1.0, record.s("tick"), name="tick")
         ''')
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
+        start_worker(here, project)
         # six_hourly and its schedule are gone from beat.py; the row lingers and would
         # queue an unknown task every six hours.
         assert set(project.schedules()) == {"tick"}
 
-    @pytest.mark.worker
     def test_a_worker_without_the_schedule_module_leaves_its_schedules(self, project,
-                                                                       workers):
+                                                                       here):
         project.write_module("beat", '''
             from litequeue import crontab
             from tasks import app, record
             app.add_periodic_task(crontab(minute=0, hour=9), record.s("morning"),
                                   name="morning")
         ''')
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
-        assert set(project.schedules()) == {"morning"}
-        # A second pool for other work, e.g. `worker jobs.sqlite -A tasks -Q mail`.
-        workers.start(project, "-Q", "mail", app=("tasks",), concurrency=1)
-        assert set(project.schedules()) == {"morning"}
+        start_worker(here, project)
+        morning = project.schedules()
+        assert set(morning) == {"morning"}
+        # A second pool for other work, e.g. `worker jobs.sqlite -A tasks -Q mail`, while
+        # the first runs.
+        _, sup = start_worker(here, project, modules=("tasks",), queues=["mail"])
+        assert sup.periodic == {} and sup.queues == ["mail"]
+        assert project.schedules() == morning
 
-    @pytest.mark.worker
-    def test_catch_up_policies_after_downtime(self, project, workers):
-        now = time.time()
-        # An interval long enough that no fire falls due during the test, with the latest
-        # missed one well over 10 s late (choose the length that puts now mid-period).
-        period = next(p for p in (7 * 86400, 8 * 86400, 9 * 86400)
-                      if 20 < now % p < p - 300)
+    def test_catch_up_policies_after_downtime(self, project, here):
+        """Three 6-hour schedules, one per catch-up policy, synced when a worker starts;
+        it stops, and the next starts a day and a half later (an injected clock): "once"
+        queues the latest missed fire, "all" every missed one, "none" nothing (the latest
+        is half an hour late). The cursors are persisted: a restart fires none again."""
+        period = 6 * 3600.0
         project.write_module("beat", f'''
             from tasks import app, record
             for policy in ("once", "all", "none"):
                 app.add_periodic_task({period}, record.s(policy), name=policy,
                                       catch_up=policy)
         ''')
-        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
-        w.signal(signal.SIGTERM)
-        assert w.wait(20) == 0
-        # Downtime: the schedules last fired five periods before the latest fire time.
-        latest = now // period * period
-        sql(project.db, "UPDATE schedules SET last_fire = ?, next_fire = ?",
-            latest - 5 * period, latest - 4 * period)
-        w = workers.start(project, app=("tasks", "beat"), concurrency=1)
+        policies = ("once", "all", "none")
+        before = time.time()
+        w, _ = start_worker(here, project)
+        after = time.time()
 
         def cursors():
-            return {name: row["last_fire"] for name, row in project.schedules().items()}
-        wait_until(lambda: cursors() == dict.fromkeys(("once", "all", "none"), latest), 10,
-                   lambda: f"every schedule to have handled {latest} ({cursors()})")
-        assert {name: row["next_fire"] for name, row in project.schedules().items()} == \
-            dict.fromkeys(("once", "all", "none"), latest + period)
-
-        def iso(t):
-            return dt.datetime.fromtimestamp(t, UTC).isoformat()
+            return {name: (row["last_fire"], row["next_fire"])
+                    for name, row in project.schedules().items()}
+        synced = cursors()
+        # New, they start at the sync, and fire next at the first multiple of 6 h after it.
+        (start, first), = set(synced.values())
+        assert set(synced) == set(policies) and before <= start <= after
+        assert first == (start // period + 1) * period
+        w.close()                                   # the worker stops
+        # Five fire times pass while no worker runs; the next starts half an hour after
+        # the latest. Its start keeps the cursors (the definitions are unchanged).
+        latest = first + 4 * period
+        now = latest + 1800
+        w, sup = start_worker(here, project)
+        assert cursors() == synced
+        sup.scheduler.step(now)
+        assert cursors() == dict.fromkeys(policies, (latest, latest + period))
         expected = {"once": [f"once@{iso(latest)}"],
                     "all": [f"all@{iso(latest - k * period)}" for k in range(4, -1, -1)],
                     "none": []}
         for policy, ids in expected.items():
-            assert sorted(fires_of(project.db, policy)) == sorted(ids), policy
+            assert fires_by(project, policy) == sorted(ids), policy
         everything = expected["once"] + expected["all"]
-        wait_until(lambda: all(project.state(i) == SUCCESS for i in everything), 20,
-                   "the caught-up fires to run")
+        assert w.work() == len(everything)
+        assert all(project.state(i) == SUCCESS for i in everything)
         assert {i: project.ledger()[i] for i in everything} == dict.fromkeys(everything, 1)
 
         # A restart fires none of them again: the last fire is persisted.
-        w.signal(signal.SIGTERM)
-        assert w.wait(20) == 0
-        workers.start(project, app=("tasks", "beat"), concurrency=1)
-        # A short countdown task runs only after a scheduler pass (which also fires).
-        assert project.app.tasks["tasks.stamp"].apply_async(["pass"], countdown=0.2) \
-            .get(timeout=10) > 0
+        w.close()
+        w, sup = start_worker(here, project)
+        for t in (now, latest + period - 1):
+            sup.scheduler.step(t)
+        assert w.work() == 0
         for policy, ids in expected.items():
-            assert sorted(fires_of(project.db, policy)) == sorted(ids), policy
-        assert cursors() == dict.fromkeys(("once", "all", "none"), latest)
+            assert fires_by(project, policy) == sorted(ids), policy
+        assert cursors() == dict.fromkeys(policies, (latest, latest + period))
 
     @pytest.mark.worker
     @pytest.mark.slow

@@ -1,15 +1,17 @@
 """The supervisor's steps, driven in process on an injected clock: the scheduler
-(due ETA rows, periodic fires), the janitor's timers, and the guard that contains a
-failing step. Real SQLite files; no worker process, no sleep."""
+(due ETA rows, periodic fires, schedules that cannot fire), the janitor's timers, and the
+guard that contains a failing step. Real SQLite files; no worker process, no sleep."""
+import datetime as dt
 import logging
 import time
 
 import pytest
 
 import litequeue
-from litequeue import PENDING, SCHEDULED
+from litequeue import PENDING, SCHEDULED, SUCCESS
 
-from .helpers import insert_schedule, sql
+from .helpers import UTC, fires_of, insert_schedule, lq_here, pack, sql
+from .test_hostile_rows import BAD_SCHEDULES
 
 
 class Bell:
@@ -127,3 +129,49 @@ def test_only_a_revoke_with_terminate_marks_a_row_for_the_supervisor_to_kill(pro
             {s: "REVOKED" for s in seqs.values()}, {seqs[killed.id]})
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("name", list(BAD_SCHEDULES))
+def test_a_schedule_that_cannot_fire_is_disabled_and_the_scheduler_goes_on(project, here,
+                                                                           name):
+    """The schedules of test_hostile_rows' TestBadRows (not a time, no such zone, no such
+    minute, no interval, past year 9999, an interval of 10 microseconds) met by the
+    scheduler step of a supervisor opened in this process: it is disabled saying why, as
+    `litequeue schedules` and `status` show, no error reaches the guard that would end the
+    worker, however many passes, and ETA rows and a good schedule still go when due. (That
+    the process lives on: TestBadRows.)"""
+    w = here(project)
+    sup = w.supervisor()
+    insert_schedule(project.db, name, **BAD_SCHEDULES[name])
+    for _ in range(litequeue._STEP_FAILURES_MAX):   # passes enough to end a failing worker
+        sup._schedule()                             # the loop's step, under its guard
+    assert sup._guard.failures == {}
+    (error,), = sql(project.db, "SELECT error FROM schedules WHERE name = ?", name)
+    assert error                                    # why it was disabled
+    done = lq_here("schedules", project.db, cwd=project.dir)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done
+    assert name in done.stdout and "DISABLED" in done.stdout, done.stdout
+    status = lq_here("status", project.db, cwd=project.dir)
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status
+    assert f"{name} DISABLED" in status.stdout, status.stdout
+    # Still scheduling: a countdown row is promoted at its eta, a good schedule fires at
+    # its time, once; the disabled one never.
+    r = project.app.tasks["tasks.add"].apply_async((3, 4), countdown=60)
+    (eta,), = sql(project.db, "SELECT eta FROM tasks WHERE id = ?", r.id)
+    good = pack({"args": [100, 1]})
+    fire = float(int(eta) + 1)                      # its next whole second
+    insert_schedule(project.db, "good", schedule="every:1.0", payload=good,
+                    last_fire=fire - 1, next_fire=fire)
+    sup._guard("scheduler", sup.scheduler.step, eta - 0.5)
+    assert project.state(r.id) == SCHEDULED and fires_of(project.db, "good") == {}
+    for now in (eta + litequeue._DUE_CLAIM_GRACE, fire + 0.5):
+        sup._guard("scheduler", sup.scheduler.step, now)
+    assert project.state(r.id) == PENDING
+    assert list(fires_of(project.db, "good")) == \
+        [f"good@{dt.datetime.fromtimestamp(fire, UTC).isoformat()}"]
+    assert fires_of(project.db, name) == {}
+    assert w.work() == 2
+    assert r.get(timeout=5) == 7
+    assert sql(project.db, "SELECT count(*) FROM tasks WHERE payload = ? AND state = ?",
+               good, SUCCESS) == [(1,)]
+    assert sup._guard.failures == {}
