@@ -6586,7 +6586,7 @@ class Task:
     _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
                 "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
-                "unique"}
+                "unique", "typing"}
     _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
     # The defaults of the options a decorator does not give. A base class (``base=``) may
     # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).
@@ -6599,9 +6599,10 @@ class Task:
     ignore_result = False
     unique = False
     bind = False
+    typing = True           # check a call's arguments against the function when it is queued
     _CLASS_DEFAULTS = ("queue", "priority", "bind", "autoretry_for", "retry_backoff",
                        "retry_backoff_max", "retry_jitter", "default_retry_delay", "time_limit",
-                       "soft_time_limit", "ignore_result", "rate_limit", "unique")
+                       "soft_time_limit", "ignore_result", "rate_limit", "unique", "typing")
 
     def __init__(self, app, fn, name=None, max_retries=_UNSET, **options):
         unknown = set(options) - set(self._CLASS_DEFAULTS)
@@ -6609,7 +6610,10 @@ class Task:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         (queue, priority, bind, autoretry_for, retry_backoff, retry_backoff_max, retry_jitter,
          default_retry_delay, time_limit, soft_time_limit, ignore_result, rate_limit,
-         unique) = (options.get(key, getattr(type(self), key)) for key in self._CLASS_DEFAULTS)
+         unique, typing) = (options.get(key, getattr(type(self), key))
+                            for key in self._CLASS_DEFAULTS)
+        self.typing = bool(typing)
+        self._accepts = None               # _Accepts of fn, made on the first checked call
         max_retries = self._own_max_retries(max_retries)
         default_name, module = _task_name_for(fn)
         if inspect.isasyncgenfunction(getattr(fn, "__func__", fn)):
@@ -6783,6 +6787,17 @@ class Task:
         """Queue a call with these arguments; returns its AsyncResult."""
         return self.apply_async(args, kwargs)
 
+    def _check_call(self, args, kwargs):
+        """TypeError, in the caller, for arguments the function cannot take (Celery's
+        typing=True): a cheap count of positional arguments, a bind() when keywords are
+        given."""
+        if not self.typing:
+            return
+        accepts = self._accepts
+        if accepts is None:
+            accepts = self._accepts = _Accepts(self.fn, self.bind)
+        accepts.check(self.name, args, kwargs)
+
     def apply_async(self, args=None, kwargs=None, task_id=None, priority=None, queue=None,
                     countdown=None, eta=None, expires=None, link=None, link_error=None,
                     **options):
@@ -6793,6 +6808,9 @@ class Task:
         link_error: signatures (or lists of them) queued when it succeeds or fails, in
         the transaction that records its end.
         """
+        if (args is None or isinstance(args, (list, tuple))) and \
+                (kwargs is None or isinstance(kwargs, dict)):    # else _task_row says why
+            self._check_call(args or (), kwargs or {})
         if link is not None or link_error is not None:
             given = {"task_id": task_id, "priority": priority, "queue": queue,
                      "countdown": countdown, "eta": eta, "expires": expires}
@@ -6824,6 +6842,40 @@ class Task:
 
 
 LiteQueue.Task = Task           # app.Task: the base class of its tasks, as Celery's
+
+
+class _Accepts:
+    """What a task's function accepts (Task._check_call): the fewest and most positional
+    arguments, and its signature for calls with keywords (None: it cannot be read)."""
+
+    __slots__ = ("low", "high", "simple", "signature")
+
+    def __init__(self, fn, bind):
+        self.low, self.high, self.simple, self.signature = 0, math.inf, False, None
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return
+        params = list(sig.parameters.values())[1 if bind else 0:]      # bind: self
+        self.signature = sig.replace(parameters=params)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        self.low = sum(p.default is p.empty for p in positional)
+        if not any(p.kind == p.VAR_POSITIONAL for p in params):
+            self.high = len(positional)
+        self.simple = not any(p.kind == p.KEYWORD_ONLY and p.default is p.empty
+                              for p in params)
+
+    def check(self, name, args, kwargs):
+        if not kwargs and self.simple and self.low <= len(args) <= self.high:
+            return
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}() {exc} (queued nothing; typing=False on the task "
+                            "skips this check, as in Celery)") from None
 
 
 def _request_fields(task_id, queue, priority, attempt, expires, limits, task, options):
@@ -7063,8 +7115,10 @@ class Signature(_Canvas):
         options = {**self.options, **defaults}
         options.pop("link", None)
         options.pop("link_error", None)
-        return app._send(self.task, call_args, call_kwargs, task=self._resolve(app),
-                         **options)
+        task = self._resolve(app)
+        if task is not None:
+            task._check_call(call_args, call_kwargs)
+        return app._send(self.task, call_args, call_kwargs, task=task, **options)
 
     def _merged(self, args, kwargs):
         if self.immutable:

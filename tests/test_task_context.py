@@ -98,9 +98,12 @@ def test_broker_options_are_accepted_with_one_warning_and_bad_ones_refused(tmp_p
     @app.task
     def add(x, y):
         return x + y
-    with pytest.warns(LitequeueWarning, match="'serializer' means nothing without a broker"):
+    with pytest.warns(LitequeueWarning) as warned:
         add.apply_async((1, 2), serializer="json", compression="zlib", routing_key="k",
                         retry=True, retry_policy={"max_retries": 3})
+    assert sorted(str(w.message).split("'")[1] for w in warned) == [
+        "compression", "retry", "retry_policy", "routing_key", "serializer"]
+    assert all("means nothing without a broker" in str(w.message) for w in warned)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
         for _ in range(3):                      # one warning per line that gives it
@@ -171,3 +174,35 @@ def test_options_given_when_applied_win_over_the_signatures(tmp_path):
                                                                        queue="fast")
     (eta, queue), = sql(app.path, "SELECT eta, queue FROM tasks WHERE id = ?", r.id)
     assert before + 1 <= eta < before + 60 and queue == "fast"
+
+
+def test_arguments_the_function_cannot_take_are_refused_in_the_caller(tmp_path):
+    """Celery's typing=True: add.delay(8) for add(x, y) raises TypeError where it is
+    called and queues nothing; typing=False queues it (and the worker fails it)."""
+    app = LiteQueue(str(tmp_path / "typing.sqlite"))
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    @app.task(bind=True)
+    def bound(self, x, *, scale=1):
+        return x * scale
+
+    @app.task(typing=False)
+    def loose(x):
+        return x
+
+    add.delay(1, 2)
+    for call, match in ((lambda: add.delay(8), "missing a required argument: 'y'"),
+                        (lambda: add.delay(1, 2, 3), "too many positional arguments"),
+                        (lambda: add.delay(1, 2, z=3), "unexpected keyword argument .z."),
+                        (lambda: add.s(1).delay(), "missing a required argument"),
+                        (lambda: bound.delay(), "missing a required argument: 'x'"),
+                        (lambda: add.apply_async((1,), link=add.s(1)), "missing")):
+        with pytest.raises(TypeError, match=match):
+            call()
+    assert sql(app.path, "SELECT count(*) FROM tasks") == [(1,)]
+    add.delay(x=1, y=2), add.s(1).delay(2), bound.delay(3, scale=2)
+    loose.delay()
+    assert sql(app.path, "SELECT count(*) FROM tasks") == [(5,)]
