@@ -344,14 +344,9 @@ class TestBadRows:
         assert "eta" in error_text(row["result"], row["traceback"]).lower(), row
         assert_eta_promotion_works(project, w)
 
-    @pytest.mark.parametrize("name", list(BAD_SCHEDULES))
-    def test_bad_schedule_is_disabled_and_the_supervisor_goes_on(self, project, workers, name):
-        w = workers.start(project, concurrency=1)
-        insert_schedule(project.db, name, **BAD_SCHEDULES[name])
-        assert_eta_promotion_works(project, w)          # its ring makes the scheduler look
-        assert_schedules_disabled(project, [name])
-        assert_eta_promotion_works(project, w)
-
+    # Each bad schedule alone is disabled while the scheduler goes on: in process, in
+    # test_supervisor_steps.py (the scheduler's own step); here, all of them at once
+    # beside a running supervisor.
     def test_all_bad_rows_at_once(self, project, workers):
         w = workers.start(project, concurrency=1)
         for name, overrides in BAD_SCHEDULES.items():
