@@ -10183,6 +10183,20 @@ class _Supervisor:
                 self.work_bell.ring()
 
 
+def _configured_supervisor(db, conf, tasks, periodic, autoimport, *, modules, loglevel,
+                           concurrency=None, queues=None, poll_interval=None, grace=None):
+    """A _Supervisor of db for the code _load_worker_code loaded (tasks, periodic) and the
+    settings conf, the options not given taken from conf (run_worker; a test opens one
+    with _open() and drives its steps)."""
+    return _Supervisor(
+        db, concurrency=concurrency or conf["worker_concurrency"],
+        queues=list(queues or [conf["task_default_queue"]]), modules=modules,
+        loglevel=loglevel, settings={k: conf[k] for k in DEFAULTS}, autoimport=autoimport,
+        poll_interval=conf["worker_poll_interval"] if poll_interval is None else poll_interval,
+        grace=conf["worker_shutdown_grace"] if grace is None else grace, tasks=tasks,
+        periodic=periodic)
+
+
 def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO",
                autoimport=None, poll_interval=None, grace=None, settings=None):
     """Run a worker supervisor in this process until it is signalled; returns the exit
@@ -10208,14 +10222,9 @@ def run_worker(db, *, concurrency=None, queues=None, modules=(), loglevel="INFO"
             probe.close()
     tasks, conf, periodic, autoimport = _waiting_out(load, "opening the database again")
     conf = _merged_settings(conf, settings or {})
-    supervisor = _Supervisor(
-        db, concurrency=concurrency or conf["worker_concurrency"],
-        queues=list(queues or [conf["task_default_queue"]]), modules=modules,
-        loglevel=loglevel, settings={k: conf[k] for k in DEFAULTS}, autoimport=autoimport,
-        poll_interval=conf["worker_poll_interval"] if poll_interval is None else poll_interval,
-        grace=conf["worker_shutdown_grace"] if grace is None else grace, tasks=tasks,
-        periodic=periodic)
-    return supervisor.run()
+    return _configured_supervisor(db, conf, tasks, periodic, autoimport, modules=modules,
+                                  loglevel=loglevel, concurrency=concurrency, queues=queues,
+                                  poll_interval=poll_interval, grace=grace).run()
 
 
 # ---------------------------------------------------------------------------

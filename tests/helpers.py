@@ -520,12 +520,9 @@ class InProcess:
         with self._real_tasks():
             tasks, conf, periodic, autoimport = litequeue._load_worker_code(
                 db, str(self.project.dir), self.modules, False, None)
-        sup = litequeue._Supervisor(
-            db, concurrency=1, queues=list(queues or [conf["task_default_queue"]]),
-            modules=self.modules, loglevel="INFO",
-            settings={k: conf[k] for k in litequeue.DEFAULTS}, autoimport=autoimport,
-            poll_interval=conf["worker_poll_interval"], grace=conf["worker_shutdown_grace"],
-            tasks=tasks, periodic=periodic)
+        sup = litequeue._configured_supervisor(db, conf, tasks, periodic, autoimport,
+                                               modules=self.modules, loglevel="INFO",
+                                               concurrency=1, queues=queues)
         sup._open()
         self.supervisors.append(sup)
         return sup
