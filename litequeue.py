@@ -9692,7 +9692,6 @@ class _Supervisor:
         finally:
             self.notify.send("STOPPING=1")
             restore()
-            self.sched_sleeper.close()
             self.close()
 
     def _open(self):
@@ -9778,11 +9777,13 @@ class _Supervisor:
                                     _plan_sync)
 
     def close(self):
-        """Unregister, release the lock and close the database."""
+        """Unregister, release the lock, and close what _open() opened."""
+        self.sched_sleeper.close()
         with contextlib.suppress(Exception):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()
-        self.work_bell.close()
+        for bell in (self.work_bell, self.done_bell):
+            bell.close()
         self.storage.close()
 
     # -- the loop ----------------------------------------------------------------------

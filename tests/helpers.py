@@ -531,11 +531,7 @@ class InProcess:
         """Close what supervisor() opened, as the end of its run() does (its wake-up
         socket, its workers row, lock file, bells and database)."""
         self.supervisors.remove(sup)
-        try:
-            sup.sched_sleeper.close()
-            sup.close()
-        finally:
-            sup.done_bell.close()
+        sup.close()
 
     def work(self, queues=("default",)):
         """Run every ready row of the queues, and what their ends queue. Returns how many
