@@ -174,7 +174,9 @@ class TestSideDirectory:
 
     def test_side_directory_and_its_subdirectories_are_private(self, near_project, here):
         project = near_project
-        here(project).start()                  # a worker child's loop on a thread
+        w = here(project)
+        litequeue._SideDir(project.db).check()  # as `litequeue worker` does at its start
+        w.start()                               # a worker child's loop on a thread
         assert project.delay("add", 2, 2).get(timeout=10) == 4
         side = Path(project.db + "-lq")
         dirs = [side] + [p for p in side.iterdir() if p.is_dir()]
