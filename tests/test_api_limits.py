@@ -2,6 +2,8 @@
 entry point; a huge value another client wrote is clipped in every log line and command
 output; every error a user can meet is a LitequeueError that says what to do."""
 
+import logging
+
 import apsw
 import msgpack
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import litequeue
 from litequeue import ConfigurationError, LitequeueError
 
-from .helpers import lq, sql, wait_until
+from .helpers import lq_here, sql
 
 HUGE = "n" * 10_000_000          # 10 MB
 ARGV = "n" * 100_000             # the most one argv string may hold is 128 KiB
@@ -42,11 +44,10 @@ class TestBoundsAtTheAPI:
         assert add.apply_async((1, 2), task_id="i" * 255, queue="q" * 255).id == "i" * 255
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
 
-    @pytest.mark.worker
     def test_the_cli_call_refuses_them_with_one_line(self, project):
         project.delay("add", 1, 1)             # the file and the registry exist
         for args in ([ARGV], ["tasks.add", "--queue", ARGV], ["tasks.add", "--id", ARGV]):
-            done = lq("call", project.db, *args, cwd=project.dir)
+            done = lq_here("call", project.db, *args, cwd=project.dir)
             assert done.returncode == 1 and "255" in done.stderr, done.stderr[:600]
             assert len(done.stderr) < 600 and "Traceback" not in done.stderr
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(1,)]
@@ -124,21 +125,24 @@ def foreign_rows(db):
         conn.close()
 
 
-@pytest.mark.worker
 @pytest.mark.timeout(180)
-def test_huge_foreign_values_are_clipped_everywhere(project, workers):
+def test_huge_foreign_values_are_clipped_everywhere(project, here, caplog):
+    caplog.set_level(logging.INFO, logger="litequeue")
     project.delay("add", 1, 1).id
     foreign_rows(project.db)
-    worker = workers.start(project)
-    wait_until(lambda: project.state("huge-name") == "FAILURE", 30, "the huge name to fail")
-    assert project.delay("add", 2, 3).get(timeout=30) == 5         # the worker still runs
+    w = here(project)
+    w.work()                                   # a worker child's steps, in this process
+    assert project.state("huge-name") == "FAILURE"
+    still = project.delay("add", 2, 3)
+    assert w.work() == 1 and still.get(timeout=30) == 5            # the worker still runs
     outputs = {}
     for command in (["health"], ["health", "--json"], ["result", "huge-name"],
                     ["result", "huge-name", "--json"], ["status"], ["tasks"],
                     ["tasks", "--json"], ["inspect", "registered"]):
-        done = lq(command[0], project.db, *command[1:], cwd=project.dir)
+        done = lq_here(command[0], project.db, *command[1:], cwd=project.dir)
         outputs[" ".join(command)] = done.stdout + done.stderr
-    outputs["worker log"] = worker.log_text()
+    outputs["worker log"] = caplog.text
+    assert "Task tasks.add[nnnn" in caplog.text          # the huge id's run was logged
     too_long = {where: max(map(len, text.splitlines() or [""]))
                 for where, text in outputs.items()}
-    assert {w: n for w, n in too_long.items() if n >= SHORT} == {}
+    assert {where: n for where, n in too_long.items() if n >= SHORT} == {}

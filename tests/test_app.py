@@ -3,7 +3,9 @@ AsyncResult, eager mode, periodic registration and the database's path.
 """
 
 import datetime as dt
+import importlib
 import os
+import sys
 import textwrap
 import time
 import types
@@ -21,7 +23,7 @@ from litequeue import (
 )
 
 from .helpers import (
-    PLAIN_TASKS, UTC, Folder, insert_finished, lq, msgpack_values, pack, python, same, sha256, sql,
+    PLAIN_TASKS, UTC, Folder, insert_finished, lq, msgpack_values, pack, same, sha256, sql,
     tables_rows, utc_ts,
 )
 
@@ -480,23 +482,29 @@ class TestWrongDatabase:
         assert tables_rows(str(other), "schedules") == []
 
 
-@pytest.mark.worker
 class TestRelativePaths:
 
     def test_a_relative_path_is_resolved_against_the_module_creating_the_app(
-            self, project, workers, tmp_path):
+            self, project, here, tmp_path, monkeypatch):
         other = tmp_path / "other"
         other.mkdir()
-        workers.start(project, concurrency=1)
-        setup = f"import sys; sys.path.insert(0, {str(project.dir)!r}); import tasks\n"
-        assert python(setup + "print(tasks.app.path)", other) == f"{project.dir / 'jobs.sqlite'}\n"
-        assert python(setup + "print(tasks.add.delay(2, 3).get(timeout=10))", other) == "5\n"
+        # The calling program runs in another directory and imports tasks.py from the
+        # project's (here() puts it first on sys.path, as `sys.path.insert(0, ...)`).
+        monkeypatch.chdir(other)
+        w = here(project)
+        tasks = w.loaded[0]
+        assert tasks.app.path == f"{project.dir / 'jobs.sqlite'}"
+        r = tasks.add.delay(2, 3)
+        assert w.work() == 1                # a worker child of project.db, in this process
+        assert r.get(timeout=10) == 5
         assert not [p.name for p in other.iterdir() if p.name.startswith("jobs.sqlite")]
-        # Without a module file (python -c) a relative path is read from the cwd.
-        assert python("from litequeue import LiteQueue; print(LiteQueue('x.sqlite').path)",
-                      other) == f"{other / 'x.sqlite'}\n"
+        # Without a module file (python -c's __main__ has no __file__) a relative path is
+        # read from the cwd.
+        names = {"__name__": "__main__"}
+        exec("from litequeue import LiteQueue; app = LiteQueue('x.sqlite')", names)
+        assert names["app"].path == f"{other / 'x.sqlite'}"
 
-    def test_a_subclass_s_init_elsewhere_does_not_move_the_file(self, tmp_path):
+    def test_a_subclass_s_init_elsewhere_does_not_move_the_file(self, tmp_path, monkeypatch):
         (tmp_path / "lib").mkdir()
         (tmp_path / "lib" / "basequeue.py").write_text(
             "from litequeue import LiteQueue\n"
@@ -506,6 +514,14 @@ class TestRelativePaths:
         (tmp_path / "app").mkdir()
         (tmp_path / "app" / "jobs.py").write_text("from basequeue import MyQueue\n"
                                                   "app = MyQueue('jobs.sqlite')\n")
-        out = python("import sys; sys.path[:0] = ['../lib', '.']\n"
-                     "import jobs; print(jobs.app.path)", tmp_path / "app")
-        assert out == f"{tmp_path / 'app' / 'jobs.sqlite'}\n"
+        monkeypatch.chdir(tmp_path / "app")
+        monkeypatch.syspath_prepend(str(tmp_path / "app"))
+        monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+        for name in ("jobs", "basequeue"):          # a module of that name imported before
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        try:
+            jobs = importlib.import_module("jobs")
+            assert jobs.app.path == f"{tmp_path / 'app' / 'jobs.sqlite'}"
+        finally:
+            for name in ("jobs", "basequeue"):
+                sys.modules.pop(name, None)

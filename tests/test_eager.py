@@ -2,8 +2,8 @@
 same signals with the same arguments, and the same retry policy (a retry runs again at
 once, as in Celery's eager mode).
 
-Most tests run in this process (eager mode needs no worker); one runs the same tasks
-module under a real worker and eagerly, and compares what its handlers saw. Last, values
+Eager mode needs no worker; one test runs the same tasks module under a worker child's
+loop (in this process) and eagerly, and compares what its handlers saw. Last, values
 and failures come back from eager mode as they would from a worker (TestEagerRoundTrip).
 """
 
@@ -362,13 +362,14 @@ print(json.dumps("done"))
 '''
 
 
-@pytest.mark.worker
-def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_path,
-                                                                          workers):
+def test_a_handler_sees_the_same_arguments_in_eager_mode_as_from_a_worker(tmp_path, here):
     project = EagerProject(tmp_path / "proj")
-    workers.start(project, concurrency=1, app=(project.MODULE,))
-    assert project.client(CALLS) == "done"
-    project.client("app.conf.task_always_eager = True\n" + CALLS)
+    # A worker child's loop on a thread, and the calling program, in this process: each
+    # handler logs by the app's mode when it runs, so the worker stops before eager mode.
+    w = here(project, modules=(project.MODULE,)).start()
+    assert w.client(CALLS) == "done"
+    w.stop()
+    assert w.client("app.conf.task_always_eager = True\n" + CALLS) == "done"
     from_worker, eager = project.logged("worker"), project.logged("eager")
     published = [e for e in from_worker if e[0] in PUBLISH_SIGNALS]
     assert len(published) == 2 * 4            # the producer's, for each call

@@ -1,18 +1,19 @@
-"""Failure mails against a real SMTP server (aiosmtpd in a subprocess): headers stay one
-line whatever the task names hold, and a mail that fails keeps its failures for the next."""
+"""Failure mails against a real SMTP server (aiosmtpd, on its own thread): headers stay
+one line whatever the task names hold, and a mail that fails keeps its failures for the
+next. The tasks fail in a worker child's steps and the supervisor's mail step runs, both in
+this process (as test_supervisor_steps drives the supervisor's other steps)."""
 
 import contextlib
 import email
 import email.policy
+import logging
 import mailbox
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
 
 import litequeue
 
@@ -47,19 +48,58 @@ def free_port():
 @contextlib.contextmanager
 def smtp_server(port, maildir):
     """aiosmtpd delivering into a Maildir, listening on 127.0.0.1:port until the end."""
-    smtpd = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
-                              "-c", "aiosmtpd.handlers.Mailbox", str(maildir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    controller = Controller(Mailbox(str(maildir)), hostname="127.0.0.1", port=port)
+    controller.start()          # returns once the server answers
     try:
-        def listening():
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-        wait_until(listening, 20, "the SMTP server to listen")
         yield
     finally:
-        os.killpg(smtpd.pid, signal.SIGTERM)
-        smtpd.wait(timeout=10)
+        controller.stop()
+
+
+class MailStep:
+    """The supervisor's failure mail step (_FailureMailer) on a project's file, with the
+    settings of its loaded task modules. once() runs it as the janitor would, on a clock
+    that jumps to the time the step asked to be run again: no backoff is waited out. Its
+    first run starts the cursor, as a supervisor's first does when it starts."""
+
+    def __init__(self, w):
+        self.storage = litequeue._Storage(w.project.db)
+        self.mailer = litequeue._FailureMailer(
+            self.storage, litequeue._SideDir(w.project.db), dict(w.loaded[0].app.conf),
+            socket.gethostname())
+        self.clock = 0.0
+        self.once()
+
+    def once(self):
+        self.clock = self.mailer.step(self.clock)
+
+    def until(self, predicate, timeout, message):
+        """Run the step until predicate() holds."""
+        wait_until(lambda: self.once() or predicate(), timeout, message)
+
+    def close(self):
+        if self.mailer.sending is not None:
+            self.mailer.sending[0].join(30)
+        self.mailer._unlock()
+        self.storage.close()
+
+
+@pytest.fixture
+def mail_step(monkeypatch):
+    """mail_step(w): a MailStep, closed at teardown."""
+    # Failures are mailed once _ALERT_MARGIN old, for commits that race the cursor; here
+    # every failure is committed before the step looks.
+    monkeypatch.setattr(litequeue, "_ALERT_MARGIN", 0.0)
+    made = []
+
+    def make(w):
+        made.append(MailStep(w))
+        return made[-1]
+    try:
+        yield make
+    finally:
+        while made:
+            made.pop().close()
 
 
 def mails(maildir):
@@ -90,20 +130,20 @@ def test_header_text_is_one_clipped_line():
     assert litequeue._one_line("short", 50) == "short"
 
 
-@pytest.mark.worker
-def test_long_and_hostile_task_names_make_one_mail_with_clean_headers(project, workers,
-                                                                      tmp_path):
+def test_long_and_hostile_task_names_make_one_mail_with_clean_headers(project, here,
+                                                                      mail_step, tmp_path):
     (project.dir / "longnames.py").write_text(LONG_NAMES_SOURCE)
     maildir, port = tmp_path / "maildir", free_port()
+    w = here(project, modules=("tasks", "longnames"), settings=mail_settings(port, 8.0))
+    step = mail_step(w)
     with smtp_server(port, maildir):
-        # One digest: the failures all finish well inside the first interval.
-        workers.start(project, app=("tasks", "longnames"), concurrency=2,
-                      settings=mail_settings(port, 8.0))
         results = [project.app.send_task(name, ["boom"]) for name in LONG_NAMES + [EVIL_NAME]]
+        assert w.work() == len(results)         # a worker child's steps, in this process
         for r in results:
             r.get(timeout=30, propagate=False)
         assert {r.state for r in results} == {litequeue.FAILURE}
-        wait_until(lambda: mails(maildir), 60, "a failure mail")
+        # One digest: the failures all finish before the step looks again.
+        step.until(lambda: mails(maildir), 60, "a failure mail")
         (_, raw), = mails(maildir)
         counts = failure_counts(maildir)
         assert {name: counts.get(name) for name in LONG_NAMES} == dict.fromkeys(LONG_NAMES, 1)
@@ -121,24 +161,31 @@ def test_long_and_hostile_task_names_make_one_mail_with_clean_headers(project, w
             "\\r\\nBcc: x@evil", "")
 
 
-@pytest.mark.worker
-def test_failures_of_a_refused_mail_come_with_a_later_one(project, workers, tmp_path):
+def test_failures_of_a_refused_mail_come_with_a_later_one(project, here, mail_step,
+                                                         tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="litequeue")
     maildir, port = tmp_path / "maildir", free_port()
     # Nothing listens on the port yet: the first attempt gets "connection refused".
-    worker = workers.start(project, concurrency=2, settings=mail_settings(port, 1.0))
+    w = here(project, settings=mail_settings(port, 1.0))
+    step = mail_step(w)
     first = [project.delay("fail", f"before {i}") for i in range(3)]
+    assert w.work() == 3
     for r in first:
         r.get(timeout=30, propagate=False)
-    wait_until(lambda: "cannot mail" in worker.log_text(), 60,
-               lambda: "the refused attempt in the log:\n" + worker.log_text())
+    step.until(lambda: "cannot mail" in caplog.text, 60,
+               lambda: "the refused attempt in the log:\n" + caplog.text)
     later = [project.delay("fail", f"after {i}") for i in range(2)]
+    assert w.work() == 2
     for r in later:
         r.get(timeout=30, propagate=False)
+    # A second refused attempt, with the later failures: the same streak.
+    step.until(lambda: step.mailer.streak == 2, 60, "a second refused attempt")
     with smtp_server(port, maildir):
-        wait_until(lambda: failure_counts(maildir).get("tasks.fail") == 5, 60,
+        step.until(lambda: failure_counts(maildir).get("tasks.fail") == 5, 60,
                    lambda: f"5 failures mailed, got {failure_counts(maildir)}")
-        wait_until(lambda: "failure mails work again" in worker.log_text(), 10,
+        step.until(lambda: "failure mails work again" in caplog.text, 10,
                    "the mailer to say it works again")
-    log = worker.log_text()
+    log = caplog.text
     # Said once for the streak of refused attempts, with the reason.
     assert log.count("cannot mail") == 1 and "ConnectionRefusedError" in log, log
+    assert "failure mails work again after 2 failed attempts" in log, log

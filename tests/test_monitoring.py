@@ -23,26 +23,26 @@ pytestmark = pytest.mark.timeout(120)
 
 class TestHealthAndCommands:
 
-    @pytest.mark.worker
-    def test_health_says_what_is_wrong_and_exits_by_verdict(self, project, workers):
-        assert lq("health", project.db, cwd=project.dir).returncode == 3   # no file yet
+    def test_health_says_what_is_wrong_and_exits_by_verdict(self, project, here):
+        assert lq_here("health", project.db, cwd=project.dir).returncode == 3   # no file yet
         project.delay("add", 1, 1)
-        done = lq("health", project.db, cwd=project.dir)
+        done = lq_here("health", project.db, cwd=project.dir)
         assert done.returncode == 1
         assert "FAIL workers: no live worker supervisor" in done.stdout
         assert "FAIL queues served: waiting tasks in queue(s) no live worker serves: " \
                "default" in done.stdout
-        workers.start(project)
-        wait_until(lambda: lq("health", project.db, cwd=project.dir).returncode == 0, 30,
+        here(project).start()                   # a worker child's loop on a thread
+        wait_until(lambda: lq_here("health", project.db, cwd=project.dir).returncode == 0, 30,
                    "health to pass once a worker drains the queue")
-        out = lq("health", project.db, "--json", cwd=project.dir)
+        out = lq_here("health", project.db, "--json", cwd=project.dir)
         checks = [json.loads(line) for line in out.stdout.splitlines()]
         assert {c["name"] for c in checks} >= {"schema", "workers", "queues served",
                                                "oldest waiting", "schedules", "time limits",
                                                "wal"} and all(c["ok"] for c in checks)
-        assert lq("health", project.db, "--max-wait", "-1", cwd=project.dir).returncode == 2
+        assert lq_here("health", project.db, "--max-wait", "-1",
+                       cwd=project.dir).returncode == 2
         (project.dir / "junk.sqlite").write_bytes(b"not a database" * 10)
-        bad = lq("health", project.dir / "junk.sqlite", cwd=project.dir)
+        bad = lq_here("health", project.dir / "junk.sqlite", cwd=project.dir)
         assert bad.returncode == 3 and "UNKNOWN" in bad.stderr and "Traceback" not in bad.stderr
 
     def test_tasks_and_inspect_answer_from_the_database(self, project, here):

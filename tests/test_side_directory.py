@@ -11,17 +11,16 @@ import shutil
 import socket
 import stat
 import statistics
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 import litequeue
-from litequeue import PENDING
+from litequeue import PENDING, LiteQueue
 
 from .helpers import (
-    Project, create_db, files_in, log_lines, make_victim, need_root, producer, python, sql,
+    Project, create_db, files_in, log_lines, make_victim, need_root, python, sql,
     stand_in_app, wait_until,
 )
 
@@ -150,8 +149,7 @@ class TestSideDirectory:
             w.stop()
             shutil.rmtree(old, ignore_errors=True)
 
-    @pytest.mark.worker
-    def test_regular_files_in_the_socket_directories_are_never_deleted(self, near_project, workers):
+    def test_regular_files_in_the_socket_directories_are_never_deleted(self, near_project, here):
         project = near_project
         side = private_dir(project.db + "-lq")
         work, done = private_dir(side / "work"), private_dir(side / "done")
@@ -167,15 +165,18 @@ class TestSideDirectory:
         add = project.app.tasks["tasks.add"]
         add.delay(1, 1)                                  # rings work/ with no worker
         assert decoys() == before
-        workers.start(project, concurrency=1)
+        here(project).start()                  # a worker child's loop on a thread
         assert add.apply_async((2, 3), task_id=task_id).get(timeout=10) == 5   # rings done/
         assert [add.delay(i, i).get(timeout=10) for i in range(5)] == [0, 2, 4, 6, 8]
+        # The supervisor's sweep of sockets left by killed processes, as at its start.
+        litequeue._sweep_stale_sockets(litequeue._SideDir(project.db))
         assert decoys() == before
 
-    @pytest.mark.worker
-    def test_side_directory_and_its_subdirectories_are_private(self, near_project, workers):
+    def test_side_directory_and_its_subdirectories_are_private(self, near_project, here):
         project = near_project
-        workers.start(project, concurrency=1)
+        w = here(project)
+        litequeue._SideDir(project.db).check()  # as `litequeue worker` does at its start
+        w.start()                               # a worker child's loop on a thread
         assert project.delay("add", 2, 2).get(timeout=10) == 4
         side = Path(project.db + "-lq")
         dirs = [side] + [p for p in side.iterdir() if p.is_dir()]
@@ -226,23 +227,20 @@ class TestSideDirectory:
         assert len(lines) == 1 and "-lq" in lines[0], text
         assert project.state(r.id) == PENDING
 
-    @pytest.mark.worker
-    def test_producer_with_a_refused_side_directory_still_gets_results(self, near_project, workers):
+    def test_producer_with_a_refused_side_directory_still_gets_results(self, near_project, here):
         """A worker is running; then the side directory turns foreign. A new producer
         neither rings nor binds there, yet its task runs (the worker's fallback poll) and
         get() sees the result (its own fallback poll). (Passes on the released code too:
-        it guards the refusal against breaking producers.)"""
+        it guards the refusal against breaking producers.) The worker child's loop runs on
+        a thread; the new producer is a new app (a process's apps share no side directory
+        state)."""
         project = near_project
         need_root()
-        workers.start(project, concurrency=1)
+        here(project).start()
         assert project.delay("add", 1, 1).get(timeout=10) == 2
         os.chown(project.db + "-lq", NOBODY, NOBODY)
-        out = producer(textwrap.dedent(f"""
-            from litequeue import LiteQueue
-            app = LiteQueue({project.db!r})
-            print(app.send_task("tasks.add", (20, 22)).get(timeout=20))
-        """), project.dir)
-        assert out == "42\n"
+        app = LiteQueue(project.db)
+        assert app.send_task("tasks.add", (20, 22)).get(timeout=20) == 42
 
 
 STALE_SOCKETS = """\
@@ -256,13 +254,17 @@ for i in range(int(sys.argv[1])):
 """
 
 
-@pytest.mark.worker
 class TestWakeupHygiene:
 
-    def test_short_lived_apps_leave_no_descriptors_open(self, near_project, workers):
-        """A program that makes an app per request must not run out of descriptors."""
-        create_db(near_project)
-        workers.start(near_project, concurrency=1)
+    def test_short_lived_apps_leave_no_descriptors_open(self, near_project, request):
+        """A program that makes an app per request must not run out of descriptors.
+        Live sleepers in work/ and sched/ stand in for a worker's (no worker runs: a
+        worker's connection in this process would hold the file's lock, and SQLite would
+        keep every closed connection's descriptor until it is released)."""
+        stand_in_app(near_project.db).tasks["tasks.add"].delay(0, 0)     # makes the file
+        side = litequeue._SideDir(near_project.db)
+        sleepers = [litequeue._Sleeper(side, kind, "stand-in") for kind in ("work", "sched")]
+        request.addfinalizer(lambda: [sleeper.close() for sleeper in sleepers])
 
         def open_fds():
             return len(os.listdir("/proc/self/fd"))
@@ -279,7 +281,7 @@ class TestWakeupHygiene:
             self, near_project):
         """Only a missing lock file, or a free lock, means a dead worker: anything this
         process cannot read as a lock counts as alive, and opening never blocks."""
-        create_db(near_project)
+        near_project.delay("add", 0, 0)           # makes the file
         side = litequeue._SideDir(near_project.db)
         locks = litequeue._Locks(side)
         try:
@@ -293,6 +295,7 @@ class TestWakeupHygiene:
         finally:
             locks.close()
 
+    @pytest.mark.worker
     def test_stale_done_sockets_are_cleaned_up(self, near_project, workers):
         project = near_project
         create_db(project)
@@ -310,7 +313,8 @@ class TestWakeupHygiene:
 
     def test_junk_directories_in_work_cost_delay_nothing(self, near_project):
         project = near_project
-        create_db(project)
+        # The file, made by another app: project.app first looks at work/ with the junk.
+        stand_in_app(project.db).tasks["tasks.add"].delay(0, 0)
         work = private_dir(Path(project.db + "-lq") / "work")
         for i in range(2000):
             (work / f"junk{i:04d}").mkdir()

@@ -3,10 +3,10 @@ errors for rows that cannot be read, and the protocol a client without litequeue
 """
 
 import json
+import logging
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import sys
 import textwrap
@@ -23,8 +23,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    LITEQUEUE_PY, assert_one_line_error, insert_finished, log_lines, lq_here, need_root, pack,
-    python, run, sha256, sql, stand_in_app,
+    LITEQUEUE_PY, assert_one_line_error, insert_finished, insert_raw, log_lines, lq_here,
+    need_root, pack, python, run, sha256, sql, stand_in_app, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -408,17 +408,15 @@ class TestClearErrors:
             holder.close()
             home.chmod(0o755)
 
-    @pytest.mark.worker
-    def test_huge_result_does_not_flood_the_log(self, project, workers):
-        w = workers.start(project, concurrency=1, loglevel="INFO")
+    def test_huge_result_does_not_flood_the_log(self, project, here, caplog):
+        caplog.set_level(logging.INFO, logger="litequeue")
         big = "x" * 5_000_000
         r = project.delay("echo", big)
+        assert here(project).work() == 1        # a worker child's steps, in this process
         assert r.get(timeout=30) == [[big], {}]
-        w.signal(signal.SIGTERM)
-        assert w.wait(20) == 0
-        size = w.log.stat().st_size
-        assert size < 100_000, f"worker log is {size} bytes"
-        assert r.id in w.log_text()            # the task is still logged at INFO
+        size = len(caplog.text)
+        assert size < 100_000, f"the worker logged {size} characters"
+        assert r.id in caplog.text             # the task is still logged at INFO
 
 
 # A client in "another language": stdlib sqlite3 and msgpack only. It inserts tasks with
@@ -450,9 +448,9 @@ print(json.dumps({"litequeue_imported": "litequeue" in sys.modules, "calls": out
 '''
 
 
-@pytest.mark.worker
 class TestProtocol:
 
+    @pytest.mark.worker
     def test_enqueue_and_read_without_litequeue(self, project, workers):
         workers.start(project, concurrency=1)
         calls = [["tasks.add", [2, 3], {}], ["tasks.add", [], {"x": "a", "y": "b"}],
@@ -472,15 +470,19 @@ class TestProtocol:
         assert (row["queue"], row["priority"], row["attempt"]) == ("default", 0, 1)
         assert project.app.AsyncResult(ok["id"]).get(timeout=5) == 5
 
-    def test_writers_that_do_not_ring_are_picked_up(self, project, workers):
-        """The data_version fallback: an INSERT that rings nothing still runs, within the
-        fallback's poll interval (0.2 s here), not only when something else wakes it."""
-        workers.start(project, "--poll-interval", "0.2", concurrency=1)
+    def test_writers_that_do_not_ring_are_picked_up(self, project, here):
+        """The data_version fallback: an INSERT that rings nothing (insert_raw: its own
+        connection, as the sqlite3 shell's) still runs, within the fallback's poll
+        interval (0.05 s for a worker child run in this process), not only when something
+        else wakes it."""
+        here(project).start()                   # a worker child's loop on a thread
         assert project.delay("add", 0, 0).get(timeout=10) == 0   # worker idle after this
-        calls = [["tasks.add", [n, n], {}] for n in range(3)]
-        out = json.loads(python(PROTOCOL_CLIENT, project.dir, project.db, json.dumps(calls),
-                                isolated=True))
-        for n, call in enumerate(out["calls"]):
-            assert (call["state"], call["result"]) == (SUCCESS, 2 * n)
-        elapsed = [round(call["elapsed"], 3) for call in out["calls"]]
-        assert max(elapsed) < 1.0, f"picked up after {elapsed} s with a 0.2 s fallback poll"
+        for n in range(3):
+            started = time.monotonic()
+            task_id, = insert_raw(project.db, [("tasks.add", pack({"args": [n, n],
+                                                                   "kwargs": {}}))])
+            wait_until(lambda: project.state(task_id) in (SUCCESS, FAILURE), 30,
+                       f"the worker to run {task_id}")
+            elapsed = time.monotonic() - started
+            assert project.app.AsyncResult(task_id).get(timeout=5) == 2 * n
+            assert elapsed < 1.0, f"picked up after {elapsed:.3f} s with a 0.05 s fallback poll"
