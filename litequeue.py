@@ -1386,9 +1386,14 @@ def _to_instant(value, zone, what):
 
 
 _UTC = _dt.timezone.utc
-_DAY_NAMES = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-_MONTH_NAMES = {name: i + 1 for i, name in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
+# Names of days and months, as Celery reads them: the full English name or its first three
+# letters, in any case.
+_DAY_NAMES = {name[:n]: i for i, name in enumerate((
+    "sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"))
+    for n in (3, len(name))}
+_MONTH_NAMES = {name[:n]: i + 1 for i, name in enumerate((
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december")) for n in (3, len(name))}
 # field name -> (lowest, highest, names)
 _CRON_FIELDS = {
     "minute": (0, 59, {}),

@@ -231,8 +231,12 @@ class TestScheduling:
         ({"day_of_month": "1,15"}, "days_of_month", {1, 15}),
         ({"month_of_year": "jan-mar"}, "months", {1, 2, 3}),
         ({"month_of_year": "jul,DEC"}, "months", {7, 12}),
+        ({"day_of_week": "sunday"}, "days_of_week", {0}),                 # Celery's guide
+        ({"day_of_week": "Monday-Wednesday,saturday"}, "days_of_week", {1, 2, 3, 6}),
+        ({"month_of_year": "january,September"}, "months", {1, 9}),
     ], ids=["star", "step", "list", "python-list", "int", "range", "range-step", "mixed",
-            "mon-fri", "day-names", "sunday-7", "days-of-month", "month-range", "month-names"])
+            "mon-fri", "day-names", "sunday-7", "days-of-month", "month-range", "month-names",
+            "full-day-name", "full-day-range", "full-month-names"])
     def test_crontab_field_syntax(self, fields, attribute, expected):
         value = getattr(crontab(**fields), attribute)
         assert (sorted(value) if isinstance(expected, list) else set(value)) == expected
