@@ -6161,6 +6161,17 @@ _BROKER_OPTIONS = frozenset({
     "add_to_parent", "retry", "retry_policy"})
 
 
+def _call_text(name, args, kwargs, limit=_NAME_MAX):
+    """name(args, kw=value) as Celery's repr of a signature writes it; a longer text than
+    limit ends with a hash of the whole, so that two long calls still differ."""
+    text = f"{name}(" + ", ".join([*map(repr, args or ()),
+                                   *(f"{k}={v!r}" for k, v in (kwargs or {}).items())]) + ")"
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{text[:limit - 20]}...#{digest}"
+
+
 def _call_options(options):
     """The _CALL_OPTIONS of an apply_async call, checked, for its envelope; Celery's
     broker options are accepted with one warning each; others are a TypeError."""
@@ -6327,7 +6338,9 @@ class LiteQueue:
             raise ConfigurationError(f"catch_up must be one of {', '.join(_CATCH_UP_POLICIES)}, "
                                      f"not {catch_up!r}")
         task_name = task.name if isinstance(task, Task) else str(task)
-        name = name or task_name
+        if not name:     # as Celery names it: the call, so that two calls of a task differ
+            name = task_name if not args and not kwargs else _call_text(task_name, args,
+                                                                        kwargs)
         schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
         payload = _pack_envelope(task_name, args or (), kwargs or {})
         return {

@@ -525,3 +525,21 @@ class TestRelativePaths:
         finally:
             for name in ("jobs", "basequeue"):
                 sys.modules.pop(name, None)
+
+
+def test_unnamed_periodic_calls_of_one_task_are_named_by_their_call(tmp_path):
+    """Celery names an unnamed periodic entry by its signature: two calls of one task with
+    other arguments are two schedules, not a clash."""
+    app = LiteQueue(str(tmp_path / "beat.sqlite"))
+
+    @app.task
+    def add(x, y):
+        return x + y
+    names = [app.add_periodic_task(10, add.s(1, 2)), app.add_periodic_task(30, add, (3,),
+                                                                           {"y": 4}),
+             app.add_periodic_task(60, add), app.add_periodic_task(5, add.s("x" * 400, 1))]
+    assert names[:3] == [f"{add.name}(1, 2)", f"{add.name}(3, y=4)", add.name]
+    assert len(names[3]) == 255 and names[3].startswith(f"{add.name}('xxx")
+    assert set(app.periodic) == set(names)
+    with pytest.raises(ConfigurationError, match="already defined"):
+        app.add_periodic_task(10, add.s(1, 2))        # the same call twice is a mistake
