@@ -3333,13 +3333,15 @@ class _Claiming:
         """Inside the caller's transaction: set in motion what the end of each row in
         `ended` [(id, state, result, traceback)] starts. A success queues its links with
         its result as their input; any other end gives its chain's rest the same end
-        (and so on down the chain), and a failure queues its errbacks. A chord member is
-        counted once, in its own slot; the last one queues the body with every result in
-        header order, and the first that did not succeed fails the body with ChordError.
-        A worklist, not recursion: a chain of any length costs no stack."""
-        work = list(ended)
+        (and so on down the chain), and a failure queues its errbacks: those of the row
+        that failed, never those of the rows it took down, which never ran (Celery sends
+        them nothing). A chord member is counted once, in its own slot; the last one
+        queues the body with every result in header order, and the first that did not
+        succeed fails the body with ChordError. A worklist, not recursion: a chain of any
+        length costs no stack."""
+        work = [(*end, False) for end in ended]
         while work:
-            task_id, state, result, tb = work.pop()
+            task_id, state, result, tb, taken_down = work.pop()
             params = {"parent": task_id, "now": now}
             if state == SUCCESS:
                 conn.execute(_SQL_ACTIVATE_LINKS, dict(params, result=result))
@@ -3349,8 +3351,8 @@ class _Claiming:
                 for (child,) in conn.execute(_SQL_CASCADE, dict(
                         params, state=state, result=result, traceback=tb)).fetchall():
                     follow.ended.append(child)
-                    work.append((child, state, result, tb))
-                if state == FAILURE:
+                    work.append((child, state, result, tb, True))
+                if state == FAILURE and not taken_down:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
                 else:
@@ -3443,7 +3445,7 @@ class _Claiming:
             conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
             if conn.changes():
                 follow.ended.append(body)
-                work.append((body, FAILURE, error, None))
+                work.append((body, FAILURE, error, None, False))
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
@@ -4898,26 +4900,20 @@ def _await_here(coro):
 
 
 class _Request:
-    """What a bound task sees as self.request while it runs: Celery's fields, with its
-    defaults for those litequeue has no use for (a worker sets the rest: _Child._begin)."""
+    """What a bound task sees as self.request while it runs: Celery's fields. A run keeps
+    what they are made of (its queue, limits, expiry and call options) and the fields
+    are read from it only when a task asks, so a run pays nothing for them."""
 
     __slots__ = ("id", "args", "kwargs", "retries", "attempt", "task", "hostname", "worker",
                  "parent_id", "root_id", "group", "meta_writer", "progress", "entering",
+                 "queue", "priority", "limits", "expires_at", "options", "ignore_result",
                  "__dict__")
     # Celery's other fields and their defaults. called_directly: a plain call, task(...),
     # not a worker's or eager run; is_eager: an eager run (apply(), task_always_eager).
     called_directly = False
     is_eager = False
-    eta = expires = None                # ISO 8601 text, as Celery's messages carry them
-    headers = None                      # apply_async(headers=...)
-    argsrepr = kwargsrepr = None        # apply_async(argsrepr=..., kwargsrepr=...)
-    shadow = None                       # apply_async(shadow=...): the name logs show
-    ignore_result = False
-    delivery_info = None                # {"exchange": "", "routing_key": queue, ...}
-    correlation_id = None               # the task id, as Celery sets it
+    eta = None
     reply_to = origin = None            # no reply queue, no producer node name here
-    timelimit = (None, None)            # (hard, soft) in seconds
-    time_limit = soft_time_limit = None
     callbacks = errbacks = chain = chord = None     # kept in the database, not the request
     group_index = None
     properties = None
@@ -4928,7 +4924,8 @@ class _Request:
 
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
                  hostname=None, worker=None, parent_id=None, root_id=None, group=None,
-                 meta_writer=None, **fields):
+                 meta_writer=None, queue=None, priority=None, limits=(None, None),
+                 expires_at=None, options=None, ignore_result=False, **fields):
         if fields:
             self.__dict__.update(fields)
         self.entering = None               # see _entry()
@@ -4945,6 +4942,40 @@ class _Request:
         self.group = group
         self.meta_writer = meta_writer     # (storage, seq, attempt) in a worker, else None
         self.progress = None
+        self.queue, self.priority = queue, priority    # where the row waited
+        self.limits = limits               # (hard, soft) time limits in seconds
+        self.expires_at = expires_at       # unix time, or None
+        self.options = options             # the call's _CALL_OPTIONS, or None
+        # apply_async(ignore_result=...) of this call, else the task's own.
+        self.ignore_result = options.get("ignore_result", ignore_result) if options \
+            else ignore_result
+
+    # The call's options (apply_async): headers, argsrepr and kwargsrepr (what logs and the
+    # dashboard show instead of the arguments), shadow (the name logs show).
+    headers = property(lambda self: self.options.get("headers") if self.options else None)
+    argsrepr = property(lambda self: self.options.get("argsrepr") if self.options else None)
+    kwargsrepr = property(
+        lambda self: self.options.get("kwargsrepr") if self.options else None)
+    shadow = property(lambda self: self.options.get("shadow") if self.options else None)
+    correlation_id = property(lambda self: self.id)        # the task id, as Celery sets it
+    timelimit = property(lambda self: self.limits)
+    time_limit = property(lambda self: self.limits[0])
+    soft_time_limit = property(lambda self: self.limits[1])
+
+    @property
+    def delivery_info(self):
+        """Where the task waited, in Celery's shape (None outside a worker)."""
+        if self.queue is None:
+            return None
+        return {"exchange": "", "routing_key": self.queue, "priority": self.priority,
+                "redelivered": self.attempt > 1}
+
+    @property
+    def expires(self):
+        """When the task expires, ISO 8601 text as Celery's messages carry it, or None."""
+        if not _is_time(self.expires_at):
+            return None
+        return _dt.datetime.fromtimestamp(self.expires_at, _dt.timezone.utc).isoformat()
 
     @property
     def taskset(self):
@@ -6569,9 +6600,8 @@ class LiteQueue:
         hostname, retries, errors = socket.gethostname(), 0, None
         while True:
             request = _Request(task_id, args, kwargs, retries, retries + 1, task.name,
-                               hostname, is_eager=True, **ids, **_request_fields(
-                                   task_id, None, None, retries + 1, None, (None, None), task,
-                                   options))
+                               hostname, is_eager=True, options=options,
+                               ignore_result=task.ignore_result, **ids)
             _request.current = request
             _task_started(task, request, args, kwargs)
             started = time.monotonic()
@@ -6894,21 +6924,6 @@ class _Accepts:
         except TypeError as exc:
             raise TypeError(f"{name}() {exc} (queued nothing; typing=False on the task "
                             "skips this check, as in Celery)") from None
-
-
-def _request_fields(task_id, queue, priority, attempt, expires, limits, task, options):
-    """The Celery request fields of a worker's or eager run (see _Request), beside
-    options, the call's own (_CALL_OPTIONS)."""
-    fields = {"correlation_id": task_id, "timelimit": limits, "time_limit": limits[0],
-              "soft_time_limit": limits[1],
-              "delivery_info": {"exchange": "", "routing_key": queue, "priority": priority,
-                                "redelivered": attempt > 1},
-              "ignore_result": task.ignore_result}
-    if _is_time(expires):
-        fields["expires"] = _dt.datetime.fromtimestamp(expires, _dt.timezone.utc).isoformat()
-    if options:
-        fields.update(options)
-    return fields
 
 
 def _entry(task, request):
@@ -7296,6 +7311,9 @@ class chain(_Canvas):
         if self.options.get("task_id") is not None:
             steps[-1] = steps[-1]._copy().set(task_id=self.options["task_id"])
         result, lasts = None, None
+        # The chain's errbacks follow every step, as Celery links them: the step that
+        # fails queues them, and the steps it takes down never run (so never queue them).
+        errbacks = {"link_error": self.options.get("link_error")}
         for i, step in enumerate(steps):
             if i == 0:
                 res, new = step._attach(plan, given, after, waits)
@@ -7306,8 +7324,9 @@ class chain(_Canvas):
                 res, new = step._attach(plan, ((), {}), lasts[0], "link")
             if result is not None and isinstance(res, AsyncResult) and res._parent is None:
                 res._parent = result
+            plan.follow(errbacks, new)
             result, lasts = res, new
-        plan.follow(self.options, lasts)
+        plan.follow({"link": self.options.get("link")}, lasts)
         return result, lasts
 
     def apply(self, args=None, kwargs=None, **options):
@@ -8379,9 +8398,9 @@ class _RunPipeline:
             id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
             name=row.name, hostname=self.hostname, worker=self.worker_id,
             parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
-            meta_writer=(meta, row.seq, row.attempt), **_request_fields(
-                row.id, self.claim_queue, row.priority, row.attempt, row.expires,
-                (run.hard, run.soft), task, options))
+            meta_writer=(meta, row.seq, row.attempt), queue=self.claim_queue,
+            priority=row.priority, limits=(run.hard, run.soft), expires_at=row.expires,
+            options=options, ignore_result=task.ignore_result)
         _task_started(task, run.request, args, kwargs)
         return None
 

@@ -140,16 +140,38 @@ class TestCanvas:
                 raised = [type(exc).__name__, str(exc)]
             failing = r.parent.parent
             states = [r.state, r.parent.state, failing.state, failing.parent.state]
-            eb = r.children[0]
+            # As in Celery, the chain's errback follows each step and the failing one
+            # queued it: it is that step's child; the steps it took down have none.
+            errbacks = lambda res: [c for c in res.children if c.name.endswith("errback3")]
+            (eb,) = errbacks(failing)
             print(json.dumps({"raised": raised, "states": states, "failing": failing.id,
-                              "errback": eb.get(timeout=30), "errbacks": len(r.children)}))
+                              "errback": eb.get(timeout=30),
+                              "taken_down": [len(errbacks(r)), len(errbacks(r.parent))]}))
         ''')
         assert out["raised"] == ["ValueError", "2"]
         assert out["states"] == [FAILURE, FAILURE, FAILURE, SUCCESS]
-        # The errback is told about the task that failed, not the ones it took down.
-        assert out["errback"] == f"errback3 {out['failing']}" and out["errbacks"] == 1
+        assert out["errback"] == f"errback3 {out['failing']}" and out["taken_down"] == [0, 0]
         assert canvas.logged("errbacks") == [
             [out["failing"], "canvas_tasks.fail", [2], "ValueError", "2", True]]
+
+    def test_only_the_failing_steps_own_errbacks_run_not_those_of_the_steps_after_it(
+            self, canvas, canvas_here):
+        """Each step with an errback of its own (Celery runs only the failing step's: the
+        later steps never run); a chain of 20 such steps makes one errback call."""
+        out = canvas_here.start().client('''
+            steps = [add.s(1, 1).on_error(errback1.s())]
+            steps += [fail.s().on_error(errback1.s())]
+            steps += [add.s(1).on_error(errback1.s()) for _ in range(18)]
+            r = chain(*steps).delay()
+            r.get(timeout=30, propagate=False)
+            failing = r
+            while failing.parent is not None and failing.parent.state == FAILURE:
+                failing = failing.parent
+            (eb,) = [c for c in failing.children if c.name.endswith("errback1")]
+            print(json.dumps([eb.get(timeout=30), failing.id]))
+        '''.replace("FAILURE", repr(FAILURE)))
+        assert out[0] == f"errback1 {out[1]}"
+        assert canvas.logged("errbacks") == [[out[1]]]
 
     def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, canvas_here):
         queued = canvas_here.client('''
