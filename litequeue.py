@@ -77,7 +77,12 @@ take the write lock to read.
 
 A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
 supervisor sets aside what its scheduler cannot read and repairs a rate limit or pause no
-claim can use (quarantine). A busy write lock or a full disk is waited out; a supervisor step that keeps failing ends the worker (exit 2).
+claim can use (quarantine). A busy write lock or a full disk is waited out; a supervisor
+step that keeps failing ends the worker (exit 2).
+
+Every loop is a step a test can drive in its own process: _Child.step() (and
+work_until_empty(), which runs it until no row is ready), _Scheduler.step(now) on a
+clock the test chooses, and the janitor's _Timers.step(now).
 
 Sections, in file order (each uses only the sections above it; a test checks it)::
 
