@@ -563,7 +563,7 @@ def _unpack_call(payload):
     kwargs = envelope.get("kwargs", {})
     if not isinstance(args, list):
         raise ValueError("envelope 'args' is not an array")
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+    if kwargs.__class__ is not dict or kwargs and not all(isinstance(k, str) for k in kwargs):
         raise ValueError("envelope 'kwargs' is not a map with string keys")
     options = envelope.get("options")
     if options.__class__ is not dict:
@@ -5208,7 +5208,8 @@ def _conclude(task, request, args, kwargs, value, exc, tb, *, stored_max, defaul
         logger.info("Task %s[%s] succeeded in %.6fs: %s", request.shadow or request.task,
                     request.id,
                     time.monotonic() - started, _saferepr(value))
-    _task_ended(task, request, args, kwargs, SUCCESS, value, None, None)
+    if task._hooked or _TASK_WATCHERS[0]:
+        _task_ended(task, request, args, kwargs, SUCCESS, value, None, None)
     return _Ending(SUCCESS, value, stored, None, None, None)
 
 
@@ -6714,6 +6715,17 @@ class Task:
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
+        self._runner = self._worker_callable(fn, bind)
+
+    def _worker_callable(self, fn, bind):
+        """What a worker calls (_entry): the function itself, unless the class has its own
+        run() or __call__ (None: call the task, which reaches run())."""
+        cls = type(self)
+        if cls.__call__ is not Task.__call__:
+            return None
+        if cls.run is not Task.run:
+            return self.run
+        return functools.partial(fn, self) if bind else fn
 
     def _own_max_retries(self, given):
         """max_retries as given, else a base class's plain attribute (which hides the
@@ -6932,12 +6944,14 @@ class _Accepts:
 
 
 def _entry(task, request):
-    """What a worker or an eager run calls for a task: its run(), or the task class's own
-    __call__ (Celery's rule), which then reaches run() under request, not a new one."""
-    if type(task).__call__ is Task.__call__:
-        return task.run
-    request.entering = task
-    return task
+    """What a worker or an eager run calls for a task: its run() (task._runner), or the
+    task class's own __call__ (Celery's rule), which then reaches run() under request,
+    not a new one."""
+    runner = task._runner
+    if runner is None:
+        request.entering = task
+        return task
+    return runner
 
 
 # ---------------------------------------------------------------------------
@@ -7401,7 +7415,7 @@ class group(_Canvas):
             new[0]["group_id"], new[0]["group_index"] = group_id, index
             results.append(res)
             lasts.extend(new)
-        # Celery: a group's link and link_error go to every member.
+        # Celery: a group's link_error goes to every member (its link() to the first only).
         plan.follow(self.options, lasts)
         plan.save_group(group_id, lasts)
         return GroupResult(results, id=group_id, app=plan.app), lasts
@@ -7414,9 +7428,20 @@ class group(_Canvas):
                    not t.options.get("link_error") for t in self.tasks)
 
     def apply_async(self, args=None, kwargs=None, **options):
+        if options.get("link") is not None:
+            raise TypeError("Cannot add link to group: use a chord (as in Celery)")
         if not self.tasks:
             return GroupResult([], id=_new_id())
         return super().apply_async(args, kwargs, **options)
+
+    def link(self, callback):
+        """Celery's rule: the callback follows the first member only, immutable (it
+        cannot receive the others' results, and runs once): a chord waits for them all."""
+        if not self.tasks:
+            raise ConfigurationError("an empty group has no task to link a callback to")
+        callback = callback._copy().set(immutable=True)
+        self.tasks[0].link(callback)
+        return callback
 
     def apply(self, args=None, kwargs=None, **options):
         results = [task.apply(args, kwargs) for task in self.tasks]
@@ -8042,7 +8067,7 @@ class _Run:
     thread): _Child._begin makes it ready, the runner calls its task, _Child._end turns
     what came out into the _Outcome the next commit records."""
 
-    __slots__ = ("row", "task", "args", "kwargs", "request", "outcome", "soft", "hard",
+    __slots__ = ("row", "task", "args", "kwargs", "request", "soft", "hard",
                  "deadline", "kind", "started", "handle")
 
     def __init__(self, row, kind):
@@ -8051,14 +8076,16 @@ class _Run:
         self.task = None              # these four are set by _begin
         self.args, self.kwargs = (), {}
         self.request = None
-        # The row's _Outcome with its identity filled in: outcome(state, result, ...).
-        self.outcome = functools.partial(_Outcome, seq=row.seq, attempt=row.attempt,
-                                         tag=_ring_id(row.id), id=row.id,
-                                         followers=row.followers)
         self.soft = self.hard = None  # its time limits, seconds
         self.deadline = 0.0           # off the main thread: when the hard limit ends it
         self.started = time.monotonic()
         self.handle = None            # its asyncio.Task, once the loop has started it
+
+    def outcome(self, state, result=None, traceback=None, **more):
+        """The row's _Outcome, its identity filled in."""
+        row = self.row
+        return _Outcome(state, result, traceback, seq=row.seq, attempt=row.attempt,
+                        tag=_ring_id(row.id), id=row.id, followers=row.followers, **more)
 
 
 class _LoopRunner:
@@ -8370,13 +8397,16 @@ class _RunPipeline:
         try:
             return step(*args)
         except Exception as exc:
-            row = run.row
-            message = (f"the worker could not handle this task row: {type(exc).__name__}: "
-                       f"{_saferepr(exc)}")
-            logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100),
-                         message)
-            return run.outcome(FAILURE, _encode_error(ValueError(message)),
-                               _traceback.format_exc())
+            return self._unhandled(run, exc)
+
+    @staticmethod
+    def _unhandled(run, exc):
+        """The FAILURE of a row whose handling raised exc (see _safely)."""
+        row = run.row
+        message = (f"the worker could not handle this task row: {type(exc).__name__}: "
+                   f"{_saferepr(exc)}")
+        logger.error("Task %s[%s] failed: %s", _shown(row.name), _shown(row.id, 100), message)
+        return run.outcome(FAILURE, _encode_error(ValueError(message)), _traceback.format_exc())
 
     def _begin(self, run, begun=()):
         """Make a run ready: its task, arguments, time limits and request, then
@@ -8406,7 +8436,8 @@ class _RunPipeline:
             meta_writer=(meta, row.seq, row.attempt), queue=self.claim_queue,
             priority=row.priority, limits=(run.hard, run.soft), expires_at=row.expires,
             options=options, ignore_result=task.ignore_result)
-        _task_started(task, run.request, args, kwargs)
+        if _TASK_WATCHERS[0]:
+            _task_started(task, run.request, args, kwargs)
         return None
 
     def _run_here(self, run, begun):
@@ -8443,9 +8474,9 @@ class _RunPipeline:
         if state == SUCCESS:
             if request.ignore_result:
                 return run.outcome(SUCCESS, None, passed=end.stored)
-            # The common case, without the partial's merge.
+            # The common case, without the keywords' merge.
             return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
-                            tag=run.outcome.keywords["tag"], id=row.id, followers=row.followers)
+                            tag=_ring_id(row.id), id=row.id, followers=row.followers)
         if state == RETRY:
             return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
                                errors=end.errors, retried=1)
@@ -8456,7 +8487,7 @@ class _RunPipeline:
         self.pending.add(outcome, time.monotonic() - duration)
         self.stats.add(run.row.name, self.claim_queue, outcome.state, duration)
         self.tasks_done += 1
-        if self._used_up():
+        if (self.spec.max_tasks or self.max_memory) and self._used_up():
             self.stopping = True
 
     def _still_ours(self, row, begun):
@@ -9008,7 +9039,10 @@ class _Child(_RunPipeline, _Offloading):
         self.watch.begin(row.seq, run.started)
         # If anything ends this process before the next line, the lock record still
         # names the row, and the supervisor charges the row with it.
-        outcome = self._safely(run, self._run_here, run, begun)
+        try:                         # as _safely() does, one call less on the hot path
+            outcome = self._run_here(run, begun)
+        except Exception as exc:
+            outcome = self._unhandled(run, exc)
         self.watch.end()
         self.last_duration = duration = time.monotonic() - run.started
         self._end(run, outcome, duration)

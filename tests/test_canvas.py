@@ -173,6 +173,29 @@ class TestCanvas:
         assert out[0] == f"errback1 {out[1]}"
         assert canvas.logged("errbacks") == [[out[1]]]
 
+    def test_a_groups_link_runs_once_after_its_first_member_as_in_celery(
+            self, canvas, canvas_here):
+        """Celery links a group's callback to its first member, immutable: it runs once
+        (a chord is what waits for all); apply_async(link=) on a group is refused."""
+        out = canvas_here.start().client('''
+            g = group(add.s(1, 1), add.s(2, 2), add.s(3, 3))
+            cb = g.link(errback1.s("linked"))
+            r = g.apply_async()
+            r.get(timeout=30)
+            first = r.results[0]
+            (linked,) = [c for c in first.children if c.name.endswith("errback1")]
+            try:
+                group(add.s(1, 1)).apply_async(link=errback1.si("x"))
+                refused = None
+            except TypeError as exc:
+                refused = str(exc)
+            print(json.dumps([linked.get(timeout=30), cb.immutable,
+                              [len(m.children) for m in r.results[1:]], refused]))
+        ''')
+        assert out[:3] == ["errback1 linked", True, [0, 0]]
+        assert "use a chord" in out[3]
+        assert canvas.logged("errbacks") == [["linked"]]
+
     def test_a_chord_body_gets_every_result_in_header_order_once(self, canvas, canvas_here):
         queued = canvas_here.client('''
             # Each member on a queue of its own, for the worker to run them last to first.
