@@ -4803,6 +4803,13 @@ def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, defau
     cause = asked.exc if asked is not None and asked.exc is not None else exc
     wants_retry = asked is not None or bool(
         task.autoretry_for and isinstance(exc, task.autoretry_for))
+    if asked is None and wants_retry and task.retry_kwargs:
+        # Celery's autoretry calls retry(exc=exc, **retry_kwargs); a backoff sets the
+        # countdown itself.
+        given = task.retry_kwargs
+        asked = Retry(exc=exc, countdown=None if task.retry_backoff else
+                      given.get("countdown"), eta=given.get("eta"),
+                      max_retries=given.get("max_retries"))
     budget = _retry_budget(asked.max_retries if asked else None, stored_max,
                            task._max_retries, default_max)
     state, eta, _, history = _after_failure(
@@ -5230,6 +5237,9 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
         logger.warning("Task %s[%s] retry %d/%s in %.2fs: %s: %s", name, task_id,
                        retries + 1, "unbounded" if budget is None else budget, eta - now,
                        type(cause).__name__, _saferepr(cause))
+    elif task.throws and isinstance(cause, tuple(task.throws)):     # expected: at INFO
+        logger.info("Task %s[%s] raised expected: %s: %s", name, task_id,
+                    type(cause).__name__, _saferepr(cause))
     else:
         logger.error("Task %s[%s] raised %s: %s\n%s", name, task_id, type(cause).__name__,
                      _saferepr(cause), _clipped((tb or "").rstrip(), _LOG_TRACEBACK_MAX))
@@ -6526,6 +6536,8 @@ class LiteQueue:
         name = _checked_name(name)
         payload = _pack_envelope(name, args, kwargs, options)
         now = time.time()
+        if expires is None and task is not None:
+            expires = task.expires          # the task's own default, as Celery's
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
         task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
         if queue is None:
@@ -6640,7 +6652,8 @@ class Task:
     _OPTIONS = {"name", "queue", "priority", "bind", "max_retries", "autoretry_for",
                 "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
-                "unique", "typing"}
+                "unique", "typing", "retry_kwargs", "expires", "throws", "acks_late",
+                "track_started", "serializer"}
     _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
     # The defaults of the options a decorator does not give. A base class (``base=``) may
     # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).
@@ -6654,11 +6667,24 @@ class Task:
     unique = False
     bind = False
     typing = True           # check a call's arguments against the function when it is queued
+    retry_kwargs = None     # autoretry's retry() arguments: {"max_retries": 5, "countdown": 2}
+    expires = None          # of every call that gives none: seconds, or a datetime
+    throws = ()             # expected errors: their failure is logged without a traceback
+    # Celery's, with litequeue's behaviour whatever their value: a row is acknowledged when
+    # its outcome commits (acks_late), STARTED is always recorded, the format is msgpack.
+    acks_late = True
+    track_started = True
+    serializer = "msgpack"
     _CLASS_DEFAULTS = ("queue", "priority", "bind", "autoretry_for", "retry_backoff",
                        "retry_backoff_max", "retry_jitter", "default_retry_delay", "time_limit",
                        "soft_time_limit", "ignore_result", "rate_limit", "unique", "typing")
+    _PLAIN_OPTIONS = ("retry_kwargs", "expires", "throws", "acks_late", "track_started",
+                      "serializer")
 
     def __init__(self, app, fn, name=None, max_retries=_UNSET, **options):
+        for key in self._PLAIN_OPTIONS:           # kept as given, checked where used
+            if key in options:
+                setattr(self, key, options.pop(key))
         unknown = set(options) - set(self._CLASS_DEFAULTS)
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")

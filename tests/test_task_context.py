@@ -206,3 +206,40 @@ def test_arguments_the_function_cannot_take_are_refused_in_the_caller(tmp_path):
     add.delay(x=1, y=2), add.s(1).delay(2), bound.delay(3, scale=2)
     loose.delay()
     assert sql(app.path, "SELECT count(*) FROM tasks") == [(5,)]
+
+
+def test_celerys_other_task_options_are_honoured(tmp_path, caplog):
+    """retry_kwargs (autoretry's retry() arguments), expires (every call's default),
+    throws (an expected error is one INFO line, no traceback), and acks_late,
+    track_started and serializer, accepted for what litequeue always does."""
+    caplog.set_level(logging.INFO, logger="litequeue")
+    app = LiteQueue(str(tmp_path / "opts.sqlite"), task_always_eager=True)
+    tries = []
+
+    @app.task(autoretry_for=(KeyError,), retry_kwargs={"max_retries": 2, "countdown": 0})
+    def flaky():
+        tries.append(1)
+        raise KeyError("again")
+
+    @app.task(throws=(ValueError,), acks_late=True, track_started=True, serializer="json")
+    def picky():
+        raise ValueError("expected")
+
+    r = flaky.delay()
+    assert len(tries) == 3 and r.retries == 2 and isinstance(r.result, KeyError)
+    caplog.clear()
+    picky.delay()
+    assert "raised expected: ValueError" in caplog.text and "Traceback" not in caplog.text
+
+    queued = LiteQueue(str(tmp_path / "expires.sqlite"))
+
+    @queued.task(expires=60)
+    def soon():
+        pass
+    before = time.time()
+    row = soon.delay()
+    (expires,), = sql(queued.path, "SELECT expires FROM tasks WHERE id = ?", row.id)
+    assert before + 59 < expires < time.time() + 61
+    r2 = soon.apply_async(expires=600)                 # a call's own wins
+    (expires,), = sql(queued.path, "SELECT expires FROM tasks WHERE id = ?", r2.id)
+    assert expires > before + 590
