@@ -161,7 +161,7 @@ __all__ = [
     "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded",
-    "SoftTimeLimitExceeded", "crontab",
+    "SoftTimeLimitExceeded", "crontab", "allow_join_result",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
 ]
@@ -5315,6 +5315,26 @@ def _unknown_task_message(name, known):
 # What a caller holds for a queued task or group: its state, result and waiting.
 # ---------------------------------------------------------------------------
 
+# True in a worker's child process: a task that waits on another task's result holds a
+# worker slot meanwhile, and when every slot waits, nothing runs what they wait for. So
+# get() there raises, as Celery's does, unless told it may block.
+_JOIN_BLOCKS = [False]
+_WOULD_BLOCK = ("result.get() inside a task waits on another task while it holds a worker "
+                "slot (when every slot waits, nothing runs): chain the tasks instead, or "
+                "pass get(disable_sync_subtasks=False), or wait inside allow_join_result()")
+
+
+@contextlib.contextmanager
+def allow_join_result():
+    """Let a task wait on another task's result (Celery's allow_join_result)."""
+    before = _JOIN_BLOCKS[0]
+    _JOIN_BLOCKS[0] = False
+    try:
+        yield
+    finally:
+        _JOIN_BLOCKS[0] = before
+
+
 def _call_reprs(row):
     """(argsrepr, kwargsrepr) the call of a task row gave (None for either not given):
     the dashboard shows them instead of its arguments, so that secrets stay out."""
@@ -5569,13 +5589,17 @@ class AsyncResult:
         self.app._storage().forget(self.id)
         self._row = None
 
-    def get(self, timeout=None, propagate=True, interval=None):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         """Wait until the task is ready and return its result.
 
         Raises the task's exception if it failed and propagate is true, TimeoutError when
         timeout (seconds) runs out, and TaskNotFound for an id nobody queued. Waits on the
         wake-up channel; interval caps the fallback poll for workers that cannot ring.
+        Inside a task in a worker it raises RuntimeError unless disable_sync_subtasks is
+        false (see _JOIN_BLOCKS).
         """
+        if disable_sync_subtasks and _JOIN_BLOCKS[0]:
+            raise RuntimeError(_WOULD_BLOCK)
         waiting = self._waiting(timeout, interval)
         try:
             sleeper, wait = next(waiting)
@@ -5664,8 +5688,9 @@ class AsyncResult:
             raise exc
         return exc
 
-    def wait(self, timeout=None, propagate=True, interval=None):
-        return self.get(timeout=timeout, propagate=propagate, interval=interval)
+    def wait(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
+        return self.get(timeout=timeout, propagate=propagate, interval=interval,
+                        disable_sync_subtasks=disable_sync_subtasks)
 
 
 class EagerResult(AsyncResult):
@@ -5696,7 +5721,7 @@ class EagerResult(AsyncResult):
     def children(self):
         return []
 
-    def get(self, timeout=None, propagate=True, interval=None):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         if self._row["state"] == FAILURE and propagate:
             raise self._value
         return self._value
@@ -5775,13 +5800,16 @@ class GroupResult:
         """How many tasks succeeded."""
         return sum(r.successful() for r in self.results)
 
-    def get(self, timeout=None, propagate=True, interval=None):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         """Every task's result, in order; timeout (seconds) covers them all."""
+        if disable_sync_subtasks and _JOIN_BLOCKS[0]:
+            raise RuntimeError(_WOULD_BLOCK)
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for r in self.results:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(r.get(timeout=left, propagate=propagate, interval=interval))
+            values.append(r.get(timeout=left, propagate=propagate, interval=interval,
+                                disable_sync_subtasks=False))
         return values
 
     join = join_native = get
@@ -7382,7 +7410,8 @@ class chain(_Canvas):
             elif not result.successful():
                 break
             else:
-                value = result.get() if isinstance(result, GroupResult) else result.result
+                value = result.get(disable_sync_subtasks=False) \
+                    if isinstance(result, GroupResult) else result.result
                 res = step.apply((value,))
             if result is not None and isinstance(res, AsyncResult) and res._parent is None:
                 res._parent = result
@@ -7571,7 +7600,7 @@ class chord(_Canvas):
             result = EagerResult(_new_id(), self.body._find_app(), FAILURE, error)
             _eager_follow(self.body.options, result)
         else:
-            result = self.body.apply((header.get(),))
+            result = self.body.apply((header.get(disable_sync_subtasks=False),))
         result._parent = header
         _eager_follow(self.options, result)
         return result
@@ -8865,6 +8894,7 @@ class _Child(_RunPipeline, _Offloading):
         self._open()
         self._install_signal_handlers()
         self.running = True
+        _JOIN_BLOCKS[0] = True           # a task's get() raises here (see _JOIN_BLOCKS)
         try:
             self._loop()
         except BaseException:

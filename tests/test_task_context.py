@@ -243,3 +243,14 @@ def test_celerys_other_task_options_are_honoured(tmp_path, caplog):
     r2 = soon.apply_async(expires=600)                 # a call's own wins
     (expires,), = sql(queued.path, "SELECT expires FROM tasks WHERE id = ?", r2.id)
     assert expires > before + 590
+
+
+@pytest.mark.worker
+def test_a_task_waiting_on_another_tasks_result_is_refused_unless_allowed(project, workers):
+    """Celery's guard against a worker deadlocked on its own subtasks: get() inside a task
+    raises RuntimeError; disable_sync_subtasks=False and allow_join_result() let it wait.
+    Outside a worker (a producer, eager mode) get() waits as ever."""
+    workers.start(project, concurrency=2)
+    refused, allowed, inside = project.delay("waits_on_another").get(timeout=60)
+    assert "chain the tasks instead" in refused and "disable_sync_subtasks=False" in refused
+    assert (allowed, inside) == (42, 42)

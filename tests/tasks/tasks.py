@@ -298,3 +298,19 @@ class Wrapped(app.Task):
 @app.task(bind=True, base=Wrapped)
 def wrapped(self):
     return [self.request.id, self.request.called_directly]
+
+
+@app.task
+def waits_on_another():
+    """get() of another task from inside a task: refused, unless told it may block."""
+    from litequeue import allow_join_result
+    other = add.delay(20, 22)
+    try:
+        other.get(timeout=10)
+        refused = None
+    except RuntimeError as exc:
+        refused = str(exc)
+    allowed = other.get(timeout=30, disable_sync_subtasks=False)
+    with allow_join_result():
+        inside = other.get(timeout=30)
+    return [refused, allowed, inside]
