@@ -5151,7 +5151,14 @@ _Ending = collections.namedtuple("_Ending", "state value stored traceback eta er
 
 
 def _task_started(task, request, args, kwargs):
-    """task_prerun, with the running request set."""
+    """The task's before_start hook, then task_prerun, with the running request set (as
+    Celery's order). A hook that raises is logged."""
+    if task._hooked and type(task).before_start is not Task.before_start:
+        try:
+            task.before_start(request.id, args, kwargs)
+        except Exception:
+            logger.exception("Task %s[%s]: its before_start hook raised", task.name,
+                             request.id)
     if _TASK_WATCHERS[0]:
         signals.task_prerun.send(sender=task, task_id=request.id, task=task, args=args,
                                  kwargs=kwargs)
@@ -6682,7 +6689,7 @@ class Task:
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
                 "unique", "typing", "retry_kwargs", "expires", "throws", "acks_late",
                 "track_started", "serializer"}
-    _HOOKS = ("on_success", "on_failure", "on_retry", "after_return")
+    _HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
     # The defaults of the options a decorator does not give. A base class (``base=``) may
     # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).
     queue = priority = time_limit = soft_time_limit = rate_limit = None
@@ -6850,6 +6857,9 @@ class Task:
     # Hooks a base class (``@app.task(base=MyTask)``) may override, with Celery's
     # arguments. They run after the task, in the worker or in eager mode (_task_ended);
     # one that raises is logged.
+    def before_start(self, task_id, args, kwargs):
+        """The task is about to run (after the worker has made its request)."""
+
     def on_success(self, retval, task_id, args, kwargs):
         """The task returned retval."""
 
@@ -8491,7 +8501,7 @@ class _RunPipeline:
             meta_writer=(meta, row.seq, row.attempt), queue=self.claim_queue,
             priority=row.priority, limits=(run.hard, run.soft), expires_at=row.expires,
             options=options, ignore_result=task.ignore_result)
-        if _TASK_WATCHERS[0]:
+        if _TASK_WATCHERS[0] or task._hooked:
             _task_started(task, run.request, args, kwargs)
         return None
 

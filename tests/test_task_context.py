@@ -254,3 +254,32 @@ def test_a_task_waiting_on_another_tasks_result_is_refused_unless_allowed(projec
     refused, allowed, inside = project.delay("waits_on_another").get(timeout=60)
     assert "chain the tasks instead" in refused and "disable_sync_subtasks=False" in refused
     assert (allowed, inside) == (42, 42)
+
+
+def test_before_start_runs_first_in_celerys_hook_order(project, here):
+    """A base class's before_start, then the task, then on_success and after_return, in
+    a worker's run as in eager mode."""
+    calls = []
+
+    class Hooked(Task):
+        def before_start(self, task_id, args, kwargs):
+            calls.append(("before_start", task_id, args))
+
+        def on_success(self, retval, task_id, args, kwargs):
+            calls.append(("on_success", retval))
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            calls.append(("after_return", status))
+
+    w = here(project)
+    app = w.loaded[0].app
+
+    @app.task(base=Hooked, name="tasks.hooked")
+    def hooked(x):
+        calls.append(("run", x))
+        return x * 2
+    r = hooked.delay(21)
+    w.work()
+    assert r.get(timeout=5) == 42
+    assert calls == [("before_start", r.id, [21]), ("run", 21), ("on_success", 42),
+                     ("after_return", SUCCESS)]
