@@ -5153,7 +5153,7 @@ _Ending = collections.namedtuple("_Ending", "state value stored traceback eta er
 def _task_started(task, request, args, kwargs):
     """The task's before_start hook, then task_prerun, with the running request set (as
     Celery's order). A hook that raises is logged."""
-    if task._hooked and type(task).before_start is not Task.before_start:
+    if "before_start" in task._hooked:
         try:
             task.before_start(request.id, args, kwargs)
         except Exception:
@@ -6744,9 +6744,9 @@ class Task:
             raise ConfigurationError(f"unique must be True or False, not {unique!r}")
         self.unique = unique
         self.ignore_result = bool(ignore_result)
-        # Only a subclass that overrides a hook pays for calling hooks.
-        self._hooked = any(getattr(type(self), hook) is not getattr(Task, hook)
-                           for hook in self._HOOKS)
+        # The hooks a subclass overrides: only those are called, and none costs a run.
+        self._hooked = {hook for hook in self._HOOKS
+                        if getattr(type(self), hook) is not getattr(Task, hook)}
         self.app = app
         self.fn = fn
         self.name = _checked_name(name or default_name)
@@ -6754,11 +6754,6 @@ class Task:
         self.queue = None if queue is None else _checked_text("queue", queue, _QUEUE_MAX)
         self.priority = None if priority is None else _checked_priority(priority)
         self.bind = bind
-        if max_retries not in (None, _UNSET) and (isinstance(max_retries, bool) or
-                                                   not isinstance(max_retries, int) or
-                                                   max_retries < 0):
-            raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
-                                     f"bound), not {max_retries!r}")
         self._max_retries = max_retries
         self.autoretry_for = tuple(autoretry_for)
         if not all(isinstance(t, type) and issubclass(t, BaseException)
@@ -6793,10 +6788,13 @@ class Task:
         property below, so the instance keeps its own value), else _UNSET (the app's)."""
         own = next(c.__dict__["max_retries"] for c in type(self).__mro__
                    if "max_retries" in c.__dict__)
-        if isinstance(own, property):
-            return given
-        given = own if given is _UNSET else given
-        self.__dict__["max_retries"] = given
+        if not isinstance(own, property):
+            given = own if given is _UNSET else given
+            self.__dict__["max_retries"] = given
+        if given not in (None, _UNSET) and (isinstance(given, bool) or
+                                            not isinstance(given, int) or given < 0):
+            raise ConfigurationError(f"max_retries must be a whole number >= 0 or None (no "
+                                     f"bound), not {given!r}")
         return given
 
     def _registry_row(self, now):
