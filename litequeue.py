@@ -161,7 +161,7 @@ __all__ = [
     "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded",
-    "SoftTimeLimitExceeded", "crontab", "allow_join_result",
+    "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
 ]
@@ -4880,6 +4880,30 @@ class _RequestSlot:
 
 _request = _RequestSlot()
 _set_request = _RequestSlot._var.set        # the worker's hot path sets it directly
+
+
+class _TaskLogFilter(logging.Filter):
+    """Begins each line logged while a task runs with its name and id, as Celery's task
+    loggers do: ``tasks.add[2b0e...]: adding 2 and 2``."""
+
+    def filter(self, record):
+        request = _request.current
+        if request is not None and request.id is not None and not getattr(
+                record, "_lq_task", False):
+            prefix = f"{request.shadow or request.task}[{request.id}]: "
+            record.msg = prefix.replace("%", "%%") + str(record.msg) if record.args \
+                else prefix + str(record.msg)
+            record._lq_task = True
+        return True
+
+
+def get_task_logger(name):
+    """A logger for task code, as Celery's ``celery.utils.log.get_task_logger``: what a
+    running task logs through it says which task and id logged it."""
+    task_logger = logging.getLogger(name)
+    if not any(isinstance(f, _TaskLogFilter) for f in task_logger.filters):
+        task_logger.addFilter(_TaskLogFilter())
+    return task_logger
 
 
 async def _with_request(coro, request):

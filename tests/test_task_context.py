@@ -283,3 +283,24 @@ def test_before_start_runs_first_in_celerys_hook_order(project, here):
     assert r.get(timeout=5) == 42
     assert calls == [("before_start", r.id, [21]), ("run", 21), ("on_success", 42),
                      ("after_return", SUCCESS)]
+
+
+def test_a_task_logger_says_which_task_and_id_logged(tmp_path, caplog):
+    """Celery's get_task_logger: lines a running task logs begin with its name and id;
+    outside a task, they are left as they are."""
+    from litequeue import get_task_logger
+    log = get_task_logger("my.tasks")
+    caplog.set_level(logging.INFO, logger="my.tasks")
+    app = LiteQueue(str(tmp_path / "log.sqlite"), task_always_eager=True)
+
+    @app.task(name="my.add")
+    def add(x, y):
+        log.info("adding %s and %s (100%% sure)", x, y)
+        log.info("no args here: 100%")
+        return x + y
+    r = add.delay(2, 2)
+    log.info("outside")
+    assert [rec.getMessage() for rec in caplog.records] == [
+        f"my.add[{r.id}]: adding 2 and 2 (100% sure)", f"my.add[{r.id}]: no args here: 100%",
+        "outside"]
+    assert get_task_logger("my.tasks") is log and len(log.filters) == 1
