@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from .helpers import AioProject, Dashboard, InProcess, Project, Workers
+from .helpers import AioProject, Dashboard, InProcess, Project, Workers, closed_at_the_end
 
 
 @pytest.fixture
@@ -35,16 +35,8 @@ def project(tmp_path):
 def here():
     """here(project, modules=("tasks",), settings=None): the project's worker in this
     process (an InProcess: work(), work_until(), start(), client()), closed at teardown."""
-    made = []
-
-    def load(project, modules=("tasks",), settings=None):
-        made.append(InProcess(project, modules, settings))
-        return made[-1]
-    try:
+    with closed_at_the_end(InProcess) as load:
         yield load
-    finally:
-        while made:
-            made.pop().close()
 
 
 @pytest.fixture

@@ -440,6 +440,22 @@ class Workers:
             print(worker.log_text())
 
 
+@contextlib.contextmanager
+def closed_at_the_end(make):
+    """A fixture's factory: each call makes one (make(*args)), and every one made is
+    closed when the block ends, the last first."""
+    made = []
+
+    def factory(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+    try:
+        yield factory
+    finally:
+        while made:
+            made.pop().close()
+
+
 class InProcess:
     """A project's worker run in this process: its task modules imported here (from the
     project's directory, under their own names) and a worker child's own steps, with no

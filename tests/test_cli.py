@@ -80,6 +80,17 @@ def registered(db):
     return {name for name, in sql(db, "SELECT name FROM registry")}
 
 
+def assert_status_counts(done, succeeded, failed):
+    """`status` answered, with its tasks and workers, and these counts in queue default.
+    Returns the command's result."""
+    assert done.returncode == 0, done.stderr
+    assert "tasks:" in done.stdout and "workers:" in done.stdout
+    lines = done.stdout.splitlines()
+    for state, n in ((SUCCESS, succeeded), (FAILURE, failed)):
+        assert any(line.split() == ["default", state, str(n)] for line in lines), done.stdout
+    return done
+
+
 def call_args(db, task_id):
     (payload,), = sql(db, "SELECT payload FROM tasks WHERE id = ?", task_id)
     envelope = msgpack.unpackb(payload, raw=False)
@@ -617,12 +628,7 @@ class TestCLI:
         assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
         assert "raise TaskFailed(message)" in done.stderr
 
-        done = lq_here("status", db, cwd=cwd)
-        assert done.returncode == 0, done.stderr
-        assert "tasks:" in done.stdout and "workers:" in done.stdout
-        lines = done.stdout.splitlines()
-        assert any(line.split() == ["default", SUCCESS, "5"] for line in lines), done.stdout
-        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+        assert_status_counts(lq_here("status", db, cwd=cwd), succeeded=5, failed=1)
 
     @pytest.mark.worker
     def test_call_result_and_status(self, project, workers):
@@ -640,12 +646,7 @@ class TestCLI:
         assert done.stdout.startswith("FAILURE: ") and "boom" in done.stdout
         assert "raise TaskFailed(message)" in done.stderr
 
-        done = lq("status", db, cwd=cwd)
-        assert done.returncode == 0, done.stderr
-        assert "tasks:" in done.stdout and "workers:" in done.stdout
-        lines = done.stdout.splitlines()
-        assert any(line.split() == ["default", SUCCESS, "1"] for line in lines), done.stdout
-        assert any(line.split() == ["default", FAILURE, "1"] for line in lines), done.stdout
+        done = assert_status_counts(lq("status", db, cwd=cwd), succeeded=1, failed=1)
         assert f"pid {w.pid}" in done.stdout and "alive" in done.stdout
         (child,) = w.children()
         assert f"child {child['id']} pid {child['pid']}: idle" in done.stdout

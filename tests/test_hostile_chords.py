@@ -58,16 +58,10 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
-def test_a_lying_chord_row_fails_its_body_and_spares_the_rest(project, here, case):
-    """A worker child's steps, run in this process, meet the lying row: nothing escapes
-    them, and the rows end as the test below has them end with two real children."""
-    write, reason = HOSTILE[case]
-    chord_id, body_id, members, adds = _queue_chord_and_adds(project)
-    sql_write(project.db, *write.format(chord=chord_id).split("; "))
-    # The members and the adds ran; the body was failed without running.
-    assert here(project).work() == len(members) + UNRELATED
-
+def assert_only_the_body_failed(project, chord_id, body_id, members, adds, reason):
+    """The unrelated adds and the members succeeded, each member ran once, and the body
+    ended FAILURE saying which chord row and why, without running; the chord is fired
+    and its slots gone."""
     assert [project.state(i) for i in adds] == [SUCCESS] * UNRELATED
     assert [project.state(i) for i in members] == [SUCCESS, SUCCESS]
     assert project.state(body_id) == FAILURE
@@ -78,6 +72,19 @@ def test_a_lying_chord_row_fails_its_body_and_spares_the_rest(project, here, cas
     # Each member ran once, and the body never ran.
     runs = _ledger_runs(project)
     assert [runs.get(i) for i in members] == [1, 1] and body_id not in runs
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_lying_chord_row_fails_its_body_and_spares_the_rest(project, here, case):
+    """A worker child's steps, run in this process, meet the lying row: nothing escapes
+    them, and the rows end as the test below has them end with two real children."""
+    write, reason = HOSTILE[case]
+    chord_id, body_id, members, adds = _queue_chord_and_adds(project)
+    sql_write(project.db, *write.format(chord=chord_id).split("; "))
+    # The members and the adds ran; the body was failed without running.
+    assert here(project).work() == len(members) + UNRELATED
+
+    assert_only_the_body_failed(project, chord_id, body_id, members, adds, reason)
 
 
 @pytest.mark.worker
@@ -93,16 +100,7 @@ def test_a_lying_chord_row_fails_its_body_and_kills_no_child(project, workers, c
     wait_until(lambda: all(project.state(i) in (SUCCESS, FAILURE) for i in every), 30,
                lambda: f"every row to end: {[(i, project.state(i)) for i in every]}\n"
                        f"{worker.log_text()}")
-    assert [project.state(i) for i in adds] == [SUCCESS] * UNRELATED
-    assert [project.state(i) for i in members] == [SUCCESS, SUCCESS]
-    assert project.state(body_id) == FAILURE
-    message = _error_message(project, body_id)
-    assert message.startswith(f"chord row {chord_id}: ") and reason in message, message
-    assert sql(project.db, "SELECT fired FROM chords")[0][0] == 1
-    assert sql(project.db, "SELECT count(*) FROM chord_slots")[0][0] == 0
-    # Each member ran once, and the body never ran.
-    runs = _ledger_runs(project)
-    assert [runs.get(i) for i in members] == [1, 1] and body_id not in runs
+    assert_only_the_body_failed(project, chord_id, body_id, members, adds, reason)
     # No child died: the same two processes are still there.
     assert sorted(c["pid"] for c in worker.live_children()) == pids
     assert "died" not in worker.log_text()

@@ -52,6 +52,18 @@ def plant(project, table, column, value):
         foreign(project.db, f"UPDATE tasks SET {column} = {value} WHERE name = ?", KEY)
 
 
+def queue_beside_the_bad_row(project, tasks, table, column, value):
+    """Plant the bad value and queue 5 rate-limited and 5 plain tasks around it (a tasks
+    row's value needs the rows first). Returns (limited, plain) results."""
+    if table == "tasks":
+        limited = [tasks["limited"].delay(n) for n in range(5)]
+        plant(project, table, column, value)
+    else:
+        plant(project, table, column, value)
+        limited = [tasks["limited"].delay(n) for n in range(5)]
+    return limited, [tasks["plain"].delay(n) for n in range(5)]
+
+
 def producer(project):
     app = LiteQueue(project.db)
     tasks = {}
@@ -94,13 +106,7 @@ def test_a_bad_rate_limit_or_pause_never_stops_a_task_name(project, workers, cas
     # read: what the children, the commands and the dashboard meet is the bad row.
     worker.signal(signal.SIGSTOP)
     try:
-        if table == "tasks":
-            limited = [tasks["limited"].delay(n) for n in range(5)]
-            plant(project, table, column, value)
-        else:
-            plant(project, table, column, value)
-            limited = [tasks["limited"].delay(n) for n in range(5)]
-        plain = [tasks["plain"].delay(n) for n in range(5)]
+        limited, plain = queue_beside_the_bad_row(project, tasks, table, column, value)
         no_traceback(project)
         d = Dashboard(project)
         try:
@@ -160,13 +166,7 @@ def test_a_bad_rate_limit_or_pause_holds_no_other_name_and_is_repaired(project, 
     first = [tasks[name].delay(-1) for name in tasks]
     assert w.work() == 2
     assert [r.get(timeout=5) for r in first] == [-1, -1]
-    if table == "tasks":
-        limited = [tasks["limited"].delay(n) for n in range(5)]
-        plant(project, table, column, value)
-    else:
-        plant(project, table, column, value)
-        limited = [tasks["limited"].delay(n) for n in range(5)]
-    plain = [tasks["plain"].delay(n) for n in range(5)]
+    limited, plain = queue_beside_the_bad_row(project, tasks, table, column, value)
     no_traceback_here(project)
     w.work()
     if table == "paused":

@@ -17,7 +17,7 @@ from aiosmtpd.handlers import Mailbox
 
 import litequeue
 
-from .helpers import wait_until
+from .helpers import closed_at_the_end, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,16 +90,8 @@ def mail_step(monkeypatch):
     # Failures are mailed once _ALERT_MARGIN old, for commits that race the cursor; here
     # every failure is committed before the step looks.
     monkeypatch.setattr(litequeue, "_ALERT_MARGIN", 0.0)
-    made = []
-
-    def make(w):
-        made.append(MailStep(w))
-        return made[-1]
-    try:
+    with closed_at_the_end(MailStep) as make:
         yield make
-    finally:
-        while made:
-            made.pop().close()
 
 
 def mails(maildir):

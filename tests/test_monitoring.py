@@ -279,18 +279,24 @@ class TestAlertsAndSystemd:
             assert worker.wait(30) == 0
 
 
+def pause_default_and_queue_beside_it(project, cli):
+    """Pause queue default (cli: lq or lq_here) and queue a task on it and one on queue
+    other: the other runs while this one waits. Returns the waiting task's result."""
+    assert "queue default paused" in cli("pause", project.db, "default",
+                                         cwd=project.dir).stdout
+    held = project.delay("add", 1, 1)
+    other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
+    assert other.get(timeout=30) == 4
+    assert held.state == PENDING
+    return held
+
+
 class TestQueuePause:
 
     def test_a_paused_queue_waits_and_resumes_at_once(self, project, here):
         # A worker child's loop on a thread (no process), serving both queues.
         here(project).start(queues=("default", "other"))
-        assert "queue default paused" in lq_here("pause", project.db, "default",
-                                                 cwd=project.dir).stdout
-        held = project.delay("add", 1, 1)
-        other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
-        # The other queue keeps running while this one waits.
-        assert other.get(timeout=30) == 4
-        assert held.state == PENDING
+        held = pause_default_and_queue_beside_it(project, lq_here)
         assert "PAUSED since" in lq_here("status", project.db, cwd=project.dir).stdout
         assert held.state == PENDING
         resumed_at = time.monotonic()
@@ -307,12 +313,7 @@ class TestQueuePause:
         """With a worker's and a dashboard's processes (pausing and resuming itself:
         test_a_paused_queue_waits_and_resumes_at_once)."""
         workers.start(project, "-Q", "default,other", concurrency=2)
-        assert "queue default paused" in lq("pause", project.db, "default",
-                                            cwd=project.dir).stdout
-        held = project.delay("add", 1, 1)
-        other = project.app.tasks["tasks.add"].apply_async((2, 2), queue="other")
-        assert other.get(timeout=30) == 4
-        assert held.state == PENDING
+        held = pause_default_and_queue_beside_it(project, lq)
         d = dashboards(project)
         assert "is paused" in d.json(f"/data/task/{held.id}")["why"]
         assert [q["paused"] for q in d.json("/data/queues") if q["name"] == "default"] == [True]
