@@ -5366,29 +5366,27 @@ def allow_join_result():
         _JOIN_BLOCKS[0] = before
 
 
-def _call_reprs(row):
-    """(argsrepr, kwargsrepr) the call of a task row gave (None for either not given):
-    the dashboard shows them instead of its arguments, so that secrets stay out."""
-    try:
-        options = _unpack_call(row["payload"])[2]
-    except ValueError:
-        return None, None
-    return options.get("argsrepr"), options.get("kwargsrepr")
-
-
 def _row_call(row):
     """(args, kwargs) of a task row as it runs: a link's or chord body's input first."""
+    return _row_call_shown(row)[:2]
+
+
+def _row_call_shown(row):
+    """(args, kwargs, argsrepr, kwargsrepr) of a task row: _row_call's, and the reprs the
+    call gave (None if not: the dashboard shows them instead of the arguments, so that
+    secrets stay out). One decoding of the payload for all four."""
     try:
-        args, kwargs = _unpack_envelope(row["payload"]) if row else ([], {})
+        args, kwargs, options = _unpack_call(row["payload"]) if row else ([], {}, {})
     except ValueError:
-        return [], {}
+        return [], {}, None, None
+    reprs = options.get("argsrepr"), options.get("kwargsrepr")
     waits = row.get("waits")
     if waits in ("link", "chord") and row["state"] != WAITING and row.get("input") is not None:
         try:
             args = [_unpack(row["input"]), *args]
         except Exception:
             pass
-    return args, kwargs
+    return (args, kwargs, *reprs)
 
 
 def _custom_state(row):
@@ -6144,8 +6142,7 @@ class Admin:
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         info = _task_summary(row)
-        args, kwargs = _row_call(row)
-        argsrepr, kwargsrepr = _call_reprs(row)
+        args, kwargs, argsrepr, kwargsrepr = _row_call_shown(row)
         info.update(args=_display(args) if argsrepr is None else argsrepr,
                     kwargs=_display(kwargs) if kwargsrepr is None else kwargsrepr,
                     traceback=row["traceback"]
@@ -6235,8 +6232,7 @@ def _task_summary(row):
         exc = _rebuild_error(row["result"], None)
         exception = f"{type(exc).__name__}({str(exc)!r})" if not isinstance(exc, RemoteError) \
             else f"{exc.exc_type.rpartition('.')[2]}({exc.exc_message!r})"
-    args, kwargs = _row_call(row)
-    argsrepr, kwargsrepr = _call_reprs(row)
+    args, kwargs, argsrepr, kwargsrepr = _row_call_shown(row)
     started, finished = row["started_at"], row["finished_at"]
     custom = _custom_state(row)
     return {"id": _display(row["id"]), "name": _display(row["name"]),
