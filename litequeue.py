@@ -6263,12 +6263,13 @@ _BROKER_OPTIONS = frozenset({
     "add_to_parent", "retry", "retry_policy"})
 
 
-def _call_text(name, args, kwargs, limit=_NAME_MAX):
-    """name(args, kw=value) as Celery's repr of a signature writes it; a longer text than
-    limit ends with a hash of the whole, so that two long calls still differ."""
+def _call_text(name, args, kwargs, limit=None):
+    """name(args, kw=value) as Celery's repr of a signature writes it (Signature's repr);
+    a text longer than limit ends with a hash of the whole, so two long calls still
+    differ."""
     text = f"{name}(" + ", ".join([*map(repr, args or ()),
                                    *(f"{k}={v!r}" for k, v in (kwargs or {}).items())]) + ")"
-    if len(text) <= limit:
+    if limit is None or len(text) <= limit:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
     return f"{text[:limit - 20]}...#{digest}"
@@ -6441,8 +6442,8 @@ class LiteQueue:
                                      f"not {catch_up!r}")
         task_name = task.name if isinstance(task, Task) else str(task)
         if not name:     # as Celery names it: the call, so that two calls of a task differ
-            name = task_name if not args and not kwargs else _call_text(task_name, args,
-                                                                        kwargs)
+            name = task_name if not args and not kwargs else _call_text(
+                task_name, args, kwargs, _NAME_MAX)
         schedule.next_after(_dt.datetime.now(_UTC), zone)  # refuses one that never fires
         payload = _pack_envelope(task_name, args or (), kwargs or {})
         return {
@@ -7189,8 +7190,8 @@ class Signature(_Canvas):
         self.immutable = bool(immutable)
 
     def __repr__(self):
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{self.task}{'.si' if self.immutable else ''}({', '.join(parts)})"
+        return _call_text(f"{self.task}{'.si' if self.immutable else ''}", self.args,
+                          self.kwargs)
 
     def __eq__(self, other):
         return isinstance(other, Signature) and (self.task, self.args, self.kwargs,
