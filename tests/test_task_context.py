@@ -87,6 +87,13 @@ def test_per_call_options_reach_the_request_the_logs_and_the_dashboard(project, 
     (listed,), _ = project.app.admin.page(None, None, None, "tasks.request_fields",
                                           secret.id, 50)
     assert listed["kwargs"] == "{'inner': '***'}"
+    # Nor does the dashboard's search find the arguments such a call hides; a call
+    # without reprs is found by its arguments as before.
+    page = lambda text: [t["id"] for t in project.app.admin.page(None, None, None, None,
+                                                                  text, 50)[0]]
+    plain = fields.delay(inner="needle")
+    hidden = fields.apply_async((), {"inner": "needle"}, kwargsrepr="{'inner': '***'}")
+    assert page("needle") == [plain.id] and page(hidden.id) == [hidden.id]
     # ignore_result for one call: it ran and succeeded, its result was not kept.
     assert quiet.state == SUCCESS and quiet.result is None
     assert sql(project.db, "SELECT result FROM tasks WHERE id = ?", quiet.id) == [(None,)]
