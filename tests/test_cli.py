@@ -774,6 +774,10 @@ class TestCLI:
                        cwd=cwd)
         expired_id = done.stdout.strip()
         assert timing(expired_id)[2] == utc_ts(2020, 1, 1, 0, 0)
+        # The worker's loop may have claimed it a moment ago (STARTED): it ends EXPIRED
+        # without running, at its next commit.
+        wait_until(lambda: project.state(expired_id) == "EXPIRED", 15,
+                   "the expired task to end EXPIRED")
         shown = lq_here("result", db, expired_id, cwd=cwd)
         assert (shown.returncode, shown.stdout) == (0, "EXPIRED\n"), shown.stderr
 
