@@ -516,7 +516,16 @@ _SWEEP_INTERVAL = 60.0
 # ---------------------------------------------------------------------------
 
 def _pack(obj):
-    return msgpack.packb(obj, use_bin_type=True, datetime=True)
+    return msgpack.packb(obj, use_bin_type=True, datetime=True, default=_pack_other)
+
+
+def _pack_other(obj):
+    """A signature (or chain, group, chord) given as an argument or returned as a result
+    travels in Celery's dict form, as Celery sends it; signature(d) rebuilds it."""
+    as_dict = getattr(obj, "_as_dict", None)
+    if as_dict is None or not callable(as_dict):
+        raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+    return as_dict()
 
 
 def _unpack(data):
@@ -6299,6 +6308,32 @@ def _call_options(options):
     return kept
 
 
+def _task_named(app, name):
+    """The Task of that name in app, or in another app of this process on its file."""
+    task = app.tasks.get(name)
+    if task is None:
+        task = next((a.tasks[name] for a in list(_apps) if a.path == app.path and
+                     name in a.tasks), None)
+    if task is None:
+        raise UnknownTask(f"task {name!r} is not defined in this process")
+    return task
+
+
+def _builtin_tasks(app):
+    """The tasks Task.map(), starmap() and chunks() queue (Celery's celery.map and
+    celery.starmap): each calls the named task once per item, in the worker, in order,
+    and returns the list of its results."""
+    def run_map(task, it):
+        task = _task_named(app, task if isinstance(task, str) else task["task"])
+        return [task(item) for item in it]
+
+    def run_starmap(task, it):
+        task = _task_named(app, task if isinstance(task, str) else task["task"])
+        return [task(*item) for item in it]
+
+    return {"litequeue.map": run_map, "litequeue.starmap": run_starmap}
+
+
 class LiteQueue:
     """The app: task registry, settings and the database they share.
 
@@ -6332,6 +6367,9 @@ class LiteQueue:
         self.update_settings(settings)
         _apps.add(self)
         _last_app[0] = weakref.ref(self)
+        # Celery's built-in tasks, which every worker of the file runs (_collect_apps).
+        self._builtins = {name: Task(self, fn, name=name)
+                          for name, fn in _builtin_tasks(self).items()}
         for fn, options in _shared_tasks:
             self.task(**options)(fn)
 
@@ -6978,6 +7016,23 @@ class Task:
         """Run the task here and now, as a worker would (an EagerResult)."""
         return Signature(self, args or (), kwargs).apply(**options)
 
+    def map(self, it):
+        """A signature that calls this task once per item of it, in one worker task, and
+        returns the list of results: ``~xsum.map([range(10), range(100)])``."""
+        return Signature(self.app._builtins["litequeue.map"], (),
+                         {"task": self.name, "it": [list(i) if isinstance(i, range) else i
+                                                    for i in it]}, immutable=True)
+
+    def starmap(self, it):
+        """map() with each item spread as the arguments: ``~add.starmap([(2, 2), (4, 4)])``."""
+        return Signature(self.app._builtins["litequeue.starmap"], (),
+                         {"task": self.name, "it": [list(i) for i in it]}, immutable=True)
+
+    def chunks(self, it, n):
+        """The calls of it (argument tuples) cut into tasks of n calls each: a group of
+        starmaps, whose result is a list of lists."""
+        return chunks(self, it, n)
+
     def s(self, *args, **kwargs):
         """A signature: this task with these arguments, to queue later, chain, link, or
         schedule with add_periodic_task."""
@@ -7091,6 +7146,22 @@ class _Canvas:
     def delay(self, *args, **kwargs):
         return self.apply_async(args, kwargs)
 
+    def __invert__(self):
+        """``~sig``: queue it and wait for its result, as Celery."""
+        return self.apply_async().get()
+
+    def __getitem__(self, key):
+        """Celery's signature is a dict: sig["task"], sig["args"], sig["options"]..."""
+        return self._as_dict()[key]
+
+    def _as_dict(self):
+        """Celery's dict form, which a signature given as a task's argument (or returned
+        as its result) travels as, and signature(d) rebuilds."""
+        return {"task": f"celery.{type(self).__name__}", "args": [],
+                "kwargs": {"tasks": [t._as_dict() for t in self.tasks]},
+                "options": _options_dict(self.options), "subtask_type": type(self).__name__,
+                "immutable": self.immutable}
+
     def link(self, callback):
         """Queue callback (a signature) after this succeeds; returns callback."""
         self.options.setdefault("link", []).extend(_as_list(callback))
@@ -7158,6 +7229,17 @@ class _Canvas:
         return self.apply_async(args, kwargs)
 
 
+def _options_dict(options):
+    """A canvas's options for its dict form: link lists as dicts too."""
+    return {k: [c._as_dict() for c in v] if k in ("link", "link_error") else v
+            for k, v in options.items()}
+
+
+def _options_from_dict(options):
+    return {k: [signature(c) for c in v] if k in ("link", "link_error") else v
+            for k, v in (options or {}).items()}
+
+
 class Signature(_Canvas):
     """A task with (some of) its arguments and apply_async options: Celery's signature,
     made by ``add.s(2)``, ``add.si(2, 2)`` or ``signature("tasks.add", (2, 2))``.
@@ -7175,7 +7257,7 @@ class Signature(_Canvas):
             return
         if isinstance(task, dict):               # Celery's serialised form
             args, kwargs = task.get("args", args), task.get("kwargs", kwargs)
-            options = task.get("options", options)
+            options = {**_options_from_dict(task.get("options")), **(options or {})}
             immutable = task.get("immutable", immutable)
             task = task.get("task")
         if isinstance(task, Task):
@@ -7195,8 +7277,17 @@ class Signature(_Canvas):
         self.immutable = bool(immutable)
 
     def __repr__(self):
+        if self.task in ("litequeue.map", "litequeue.starmap") and \
+                set(self.kwargs) == {"task", "it"}:
+            star = "*" if self.task == "litequeue.starmap" else ""
+            return f"[{self.kwargs['task']}({star}x) for x in {reprlib.repr(self.kwargs['it'])}]"
         return _call_text(f"{self.task}{'.si' if self.immutable else ''}", self.args,
                           self.kwargs)
+
+    def _as_dict(self):
+        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
+                "options": _options_dict(self.options), "subtask_type": None,
+                "immutable": self.immutable, "chord_size": None}
 
     def __eq__(self, other):
         return isinstance(other, Signature) and (self.task, self.args, self.kwargs,
@@ -7366,6 +7457,13 @@ def signature(varies, args=(), kwargs=None, options=None, app=None, immutable=Fa
     Celery's ``signature("tasks.add", args=(2, 2), countdown=10)``."""
     if isinstance(varies, _Canvas):
         return varies._copy()
+    if isinstance(varies, dict) and varies.get("subtask_type") in _CANVAS_TYPES:
+        kind, given = _CANVAS_TYPES[varies["subtask_type"]], varies.get("kwargs") or {}
+        options = _options_from_dict(varies.get("options"))
+        if kind is chord:
+            return chord(signature(given["header"]), given.get("body") and
+                         signature(given["body"]), **options)
+        return kind(*[signature(t) for t in given.get("tasks") or ()], **options)
     return Signature(varies, args, kwargs, {**(options or {}), **more_options},
                      immutable=immutable, app=app)
 
@@ -7431,6 +7529,8 @@ class chain(_Canvas):
                 res, new = step._attach(plan, ((), {}), lasts[0], "link")
             if result is not None and isinstance(res, AsyncResult) and res._parent is None:
                 res._parent = result
+            elif result is not None and isinstance(res, GroupResult) and res.parent is None:
+                res.parent = result
             plan.follow(errbacks, new)
             result, lasts = res, new
         plan.follow({"link": self.options.get("link")}, lasts)
@@ -7509,6 +7609,16 @@ class group(_Canvas):
         plan.save_group(group_id, lasts)
         return GroupResult(results, id=group_id, app=plan.app), lasts
 
+    def skew(self, start=1.0, stop=None, step=1.0):
+        """Spread its members out in time: countdown start, start + step, ... (at most
+        stop); returns the group."""
+        countdown = start
+        for task in self.tasks:
+            task.set(countdown=countdown)
+            if stop is None or countdown + step <= stop:
+                countdown += step
+        return self
+
     def _flat(self, app):
         """True if every member is a plain signature with nothing to follow it."""
         if self.options.get("link") or self.options.get("link_error"):
@@ -7580,6 +7690,12 @@ class chord(_Canvas):
     def _nodes(self):
         return self.header._nodes() + (self.body._nodes() if self.body is not None else [])
 
+    def _as_dict(self):
+        return {"task": "celery.chord", "args": [], "subtask_type": "chord",
+                "kwargs": {"header": self.header._as_dict(), "kwargs": {},
+                           "body": self.body._as_dict() if self.body is not None else None},
+                "options": _options_dict(self.options), "immutable": self.immutable}
+
     def _copy(self):
         return chord(self.header._copy(), self.body._copy() if self.body else None,
                      **self._options_copy())
@@ -7638,6 +7754,31 @@ class chord(_Canvas):
         result._parent = header
         _eager_follow(self.options, result)
         return result
+
+
+class chunks(group):
+    """Task.chunks(it, n): the calls of it cut into starmaps of n calls, queued as a
+    group (Celery's chunks); its result is a list of lists. .group() gives that group."""
+
+    def __init__(self, task, it, n, **options):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigurationError(f"chunks takes a chunk size >= 1, not {n!r}")
+        calls = [list(call) for call in it]
+        self.task, self.n = task, n
+        super().__init__(*[task.starmap(calls[i:i + n]) for i in range(0, len(calls), n)],
+                         **options)
+
+    def __repr__(self):
+        return f"{self.task.name}.chunks({len(self.tasks)} chunk(s) of {self.n})"
+
+    def group(self):
+        return group(*[t._copy() for t in self.tasks], **self._options_copy())
+
+    def _copy(self):
+        return self.group()
+
+
+_CANVAS_TYPES = {"chain": chain, "group": group, "chord": chord, "chunks": group}
 
 
 _CANVAS_DEFAULTS = {"group_id": None, "group_index": None, "waits": None, "input": None,
@@ -7903,6 +8044,7 @@ def _collect_apps(db_path):
     matching = [a for a in list(_apps) if os.path.realpath(a.path) == real]
     tasks, periodic = {}, {}
     for app in matching:
+        tasks.update(app._builtins)
         tasks.update(app.tasks)
         periodic.update(app._all_periodic())
     return tasks, dict(matching[0].conf if matching else DEFAULTS), periodic

@@ -589,6 +589,55 @@ print(json.dumps(out))
 
 
 @pytest.mark.worker
+class TestCeleryCanvasShapes:
+    """The canvas shapes of Celery's canvas guide that a port of its programs meets."""
+
+    def test_map_starmap_chunks_and_invert_give_celerys_answers(self, canvas_here):
+        out = canvas_here.start().client('''
+            print(json.dumps({
+                "~": ~add.s(2, 2),
+                "map": ~collect.map([[1, 2], [3, 4, 5]]),
+                "starmap": ~add.starmap(zip(range(4), range(4))),
+                "chunks": add.chunks(zip(range(7), range(7)), 3).apply_async().get(timeout=30),
+                "chunks.group": add.chunks(zip(range(4), range(4)), 2).group()
+                    .skew(start=0, step=0.01).apply_async().get(timeout=30),
+                "~chunks": ~add.chunks([(1, 1), (2, 2)], 1),
+                "repr": repr(add.starmap([(1, 2)])),
+            }))
+        ''')
+        assert out == {"~": 4, "map": [[1, 2], [3, 4, 5]], "starmap": [0, 2, 4, 6],
+                       "chunks": [[0, 2, 4], [6, 8, 10], [12]], "chunks.group": [[0, 2], [4, 6]],
+                       "~chunks": [[2], [4]],
+                       "repr": "[canvas_tasks.add(*x) for x in [[1, 2]]]"}
+
+    def test_a_signature_given_as_an_argument_travels_as_celerys_dict(self, canvas_here):
+        """Celery sends a signature argument as a dict, and signature(d) rebuilds it: a
+        chain, a group and a chord too, with their links."""
+        out = canvas_here.start().client('''
+            plain = add.s(1, 2)
+            shapes = [add.s(1, 2).set(countdown=0), add.s(1, 2) | mul.s(3),
+                      group(add.s(1, 1), mul.s(2, 2)), chord([add.s(1, 1), add.s(2, 2)], collect.s())]
+            got = [identity.delay(s).get(timeout=30) for s in shapes]
+            print(json.dumps({"dict": got[0], "types": [g["subtask_type"] for g in got],
+                              "rebuilt": [signature(g).delay().get(timeout=30) for g in got],
+                              "getitem": [plain["task"], plain["args"]]}))
+        ''')
+        assert out["dict"] == {"task": "canvas_tasks.add", "args": [1, 2], "kwargs": {},
+                               "options": {"countdown": 0}, "subtask_type": None,
+                               "immutable": False, "chord_size": None}
+        assert out["types"] == [None, "chain", "group", "chord"]
+        assert out["rebuilt"] == [3, 9, [2, 4], [2, 4]]
+        assert out["getitem"] == ["canvas_tasks.add", [1, 2]]
+
+    def test_a_chain_ending_in_a_group_leads_back_to_its_first_step(self, canvas_here):
+        out = canvas_here.start().client('''
+            r = chain(add.s(1, 1), group(add.s(1), add.s(2))).apply_async()
+            print(json.dumps([r.get(timeout=30), r.parent.get(timeout=30),
+                              chain(group(add.s(1, 1), add.s(1, 2)), collect.s())().get(timeout=30)]))
+        ''')
+        assert out == [[3, 4], 2, [2, 3]]
+
+
 class TestCanvasChaos:
 
     @pytest.mark.chaos

@@ -17,7 +17,7 @@ if not LITEQUEUE_PY.exists():                       # tests/ beside the module
 # (section, name): the declared forward uses. Task.s() and app.signature() hand out the
 # canvas's Signature, and the canvas's Signature checks for a Task: one of the two must
 # point down, and the module docstring says which.
-DECLARED = {("App: LiteQueue and Task", "Signature")}
+DECLARED = {("App: LiteQueue and Task", "Signature"), ("App: LiteQueue and Task", "chunks")}
 BANNER = re.compile(r"^# -{20,}\n# (?P<title>[^\n]+)\n(?:#[^\n]*\n)*?# -{20,}$", re.M)
 ASSETS = "Assets"
 

@@ -45,6 +45,11 @@ def collect(values):
 
 
 @app.task
+def identity(value):
+    return value
+
+
+@app.task
 def nap_echo(value, seconds):
     time.sleep(seconds)
     return value
