@@ -163,7 +163,7 @@ __all__ = [
     "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
-    "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS",
+    "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS", "states",
 ]
 
 import bisect
@@ -416,7 +416,26 @@ REVOKED = "REVOKED"
 EXPIRED = "EXPIRED"
 UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
 
-READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
+# A row in one of these states will not run again (an expired row reads REVOKED in .state).
+_ENDED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
+# Celery's: the states AsyncResult.state reads once a task is ready.
+READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+# AsyncResult.state answers in Celery's states; detailed_state keeps litequeue's finer one.
+_CELERY_STATE = {SCHEDULED: PENDING, WAITING: PENDING, UNKNOWN: PENDING, EXPIRED: REVOKED}
+
+
+class states:
+    """Celery's celery.states, as one namespace: ``from litequeue import states``."""
+    PENDING, RECEIVED, STARTED, SUCCESS, FAILURE = \
+        PENDING, "RECEIVED", STARTED, SUCCESS, FAILURE
+    REVOKED, REJECTED, RETRY, IGNORED = REVOKED, "REJECTED", RETRY, "IGNORED"
+    READY_STATES = READY_STATES
+    UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, REJECTED, RETRY})
+    EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
+    PROPAGATE_STATES = frozenset({FAILURE, REVOKED})
+    ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, RETRY, REVOKED})
+
+
 # The states a stored row is in, in their usual order (the dashboard's state filter).
 _STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED,
                  EXPIRED)
@@ -2696,7 +2715,7 @@ class _Outcome:
 
     def ended(self):
         """(id, state, result, traceback) for _settle, or None if nothing follows it."""
-        if not self.followers or self.state not in READY_STATES or not isinstance(self.id, str):
+        if not self.followers or self.state not in _ENDED_STATES or not isinstance(self.id, str):
             return None
         return (self.id, self.state, self.passed if self.passed is not None else self.result,
                 self.traceback)
@@ -5455,18 +5474,28 @@ class AsyncResult:
 
     def _fetch(self):
         row = self._row
-        if row is not None and row["state"] in READY_STATES:
+        if row is not None and row["state"] in _ENDED_STATES:
             return row
         self._row = row = self.app._storage().get_task(self.id)
         return row
 
     @property
     def state(self):
-        """PENDING, SCHEDULED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, EXPIRED or UNKNOWN."""
-        row = self._fetch()
-        return _visible_state(row) if row else UNKNOWN
+        """Celery's state: PENDING (also while it waits for its ETA or another task, and
+        for an id nobody queued), STARTED, RETRY, SUCCESS, FAILURE or REVOKED (also once
+        it expired), or a state the task set with update_state()."""
+        state = self.detailed_state
+        return _CELERY_STATE.get(state, state)
 
     status = state
+
+    @property
+    def detailed_state(self):
+        """litequeue's finer state: PENDING, SCHEDULED (waiting for its ETA), STARTED,
+        RETRY, SUCCESS, FAILURE, REVOKED, EXPIRED, or UNKNOWN (no such task: never queued,
+        forgotten or pruned)."""
+        row = self._fetch()
+        return _visible_state(row) if row else UNKNOWN
 
     @property
     def name(self):
@@ -5539,7 +5568,7 @@ class AsyncResult:
 
     def ready(self):
         """True once the task has finished, whatever the outcome."""
-        return self.state in READY_STATES
+        return self.state in _ENDED_STATES
 
     def successful(self):
         return self.state == SUCCESS
@@ -5555,7 +5584,7 @@ class AsyncResult:
         if row and row["state"] == STARTED and row.get("meta") is not None:
             custom = _custom_state(row)
             return custom[1] if custom else None
-        if not row or row["state"] not in READY_STATES or row["result"] is None:
+        if not row or row["state"] not in _ENDED_STATES or row["result"] is None:
             return None
         if row["state"] == SUCCESS:
             return _unpack_stored(row["result"], "result", self.id)
@@ -5567,7 +5596,7 @@ class AsyncResult:
         row = self._fetch()
         if not row:
             return None
-        if row["state"] in READY_STATES:
+        if row["state"] in _ENDED_STATES:
             return self.result
         meta = _custom_state(row)
         return meta[1] if meta else None
@@ -5691,7 +5720,7 @@ class AsyncResult:
         sleeper = bound = None
         try:
             poll = _POLL_MIN
-            while row is None or _visible_state(row) not in READY_STATES:
+            while row is None or _visible_state(row) not in _ENDED_STATES:
                 if row is None:
                     raise TaskNotFound(f"no task with id {self.id!r}")
                 if bound is None:
@@ -5947,7 +5976,7 @@ class Admin:
     def requeue(self, task_id):
         """Queue a FAILURE, REVOKED or EXPIRED task again with a fresh retry budget;
         False if it is in another state. TaskNotFound for an unknown id."""
-        if self.app.AsyncResult(task_id).state == UNKNOWN:
+        if self.app.AsyncResult(task_id).detailed_state == UNKNOWN:
             raise TaskNotFound(f"no task with id {task_id!r}")
         if not self.app._storage().requeue(task_id):
             return False
@@ -6093,7 +6122,7 @@ class Admin:
     def revoke(self, task_id, terminate=False):
         """AsyncResult.revoke() of an id; TaskNotFound for an unknown one."""
         result = self.app.AsyncResult(task_id)
-        if result.state == UNKNOWN:
+        if result.detailed_state == UNKNOWN:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return result.revoke(terminate=terminate)
 
@@ -6172,7 +6201,7 @@ class Admin:
         """Why a task is not running (None if it is running or finished)."""
         now = time.time() if now is None else now
         state = row["state"]
-        if state in READY_STATES or state == STARTED:
+        if state in _ENDED_STATES or state == STARTED:
             return None
         name = row["name"]
         if state in (SCHEDULED, RETRY) and _is_time(row["eta"]):
@@ -6948,7 +6977,7 @@ class Task:
         here: return or raise instead."""
         if not isinstance(state, str) or not state:
             raise ConfigurationError(f"update_state needs a state name, not {state!r}")
-        if state in READY_STATES or state in (WAITING, SCHEDULED, PENDING):
+        if state in _ENDED_STATES or state in (WAITING, SCHEDULED, PENDING):
             raise ConfigurationError(f"update_state cannot set {state}: a task ends by "
                                      "returning or raising")
         try:
@@ -11674,7 +11703,7 @@ class _DashboardHandler:
 
     def api_task_result(self, id):
         result = self.server.app.AsyncResult(id)
-        if result.state == UNKNOWN:
+        if result.detailed_state == UNKNOWN:
             raise TaskNotFound(f"no task with id {id!r}")
         if "timeout" in self.query:
             timeout = float(self.query["timeout"])
@@ -11737,11 +11766,11 @@ class _DashboardHandler:
 
     def api_async_apply(self, name):
         result = self._send_from_body(name)
-        self._json({"task-id": result.id, "state": result.state})
+        self._json({"task-id": result.id, "state": result.detailed_state})
 
     def api_send_task(self, name):
         result = self._send_from_body(name)
-        self._json({"task-id": result.id, "state": result.state})
+        self._json({"task-id": result.id, "state": result.detailed_state})
 
     def api_apply(self, name):
         """Queue the task and answer once it has finished, as Flower's apply does (it
@@ -11977,7 +12006,7 @@ def _resolve_task_name(app, name):
 
 
 def _print_result(result, as_json):
-    state = result.state
+    state = result.detailed_state
     if as_json:
         out = {"id": result.id, "state": state, "date_done": None, "result": None,
                "traceback": _display(result.traceback),
@@ -12131,7 +12160,7 @@ def _cmd_result(db, task_id, wait, timeout, as_json):
     """Print a task's result (JSON), or its state if it is not finished."""
     app = _open_app(db, read_only=not wait)
     res = app.AsyncResult(task_id)
-    if res.state == UNKNOWN:
+    if res.detailed_state == UNKNOWN:
         raise TaskNotFound(f"no task with id {task_id!r}")
     if wait:
         _wait_showing_progress(res, timeout)
@@ -12168,8 +12197,8 @@ def _wait_showing_progress(res, timeout):
             except TimeoutError:
                 if left is not None and left <= step:
                     raise TimeoutError(f"task {res.id} not ready after {timeout} s "
-                                       f"(state {res.state})") from None
-            line = _progress_line(res.state, res.info)
+                                       f"(state {res.detailed_state})") from None
+            line = _progress_line(res.detailed_state, res.info)
             if line is not None and line != shown:
                 click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
                 shown = line
@@ -12186,13 +12215,13 @@ def _cmd_revoke(db, task_id, terminate):
     """Revoke a task: a waiting one never runs; with --terminate a running one is killed."""
     app = _open_app(db)
     res = app.AsyncResult(task_id)
-    if res.state == UNKNOWN:
+    if res.detailed_state == UNKNOWN:
         raise TaskNotFound(f"no task with id {task_id!r}")
     if res.revoke(terminate=terminate):
         click.echo(f"revoked {task_id}")
     else:
-        click.echo(f"not revoked: the task is {res.state}"
-                   + ("" if terminate or res.state != STARTED else " (use --terminate)"))
+        click.echo(f"not revoked: the task is {res.detailed_state}"
+                   + ("" if terminate or res.detailed_state != STARTED else " (use --terminate)"))
         sys.exit(1)
 
 
@@ -12203,7 +12232,7 @@ def _cmd_retry(db, task_id):
     """Queue a failed, revoked or expired task again, with a fresh retry budget."""
     app = _open_app(db)
     if not app.admin.requeue(task_id):
-        state = app.AsyncResult(task_id).state
+        state = app.AsyncResult(task_id).detailed_state
         click.echo(f"not queued again: the task is {state}; only FAILURE, REVOKED and "
                    "EXPIRED tasks can be" if state not in (FAILURE, REVOKED, EXPIRED) else
                    "not queued again: another task with its unique key waits or runs",
@@ -12490,7 +12519,7 @@ def _cmd_control(db, action, arguments, worker):
             click.echo(f"worker {worker_id}: pool of {_plural(processes, 'process', 'processes')} asked")
 
 
-_STATES = sorted(READY_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
+_STATES = sorted(_ENDED_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
 
 
 @cli.command("tasks")
@@ -12657,7 +12686,7 @@ def _cmd_demo(db, count):
             for label, res in results:
                 value = res.get(timeout=60, propagate=False)
                 shown_value = f"{type(value).__name__}: {value}" if res.failed() else repr(value)
-                click.echo(f"  {label:<18} -> {res.state:<8} {shown_value}")
+                click.echo(f"  {label:<18} -> {res.detailed_state:<8} {shown_value}")
         finally:
             worker_process.send_signal(signal.SIGTERM)
             worker_process.wait(timeout=60)

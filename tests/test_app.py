@@ -17,7 +17,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 import litequeue
 from litequeue import (
-    EXPIRED, FAILURE, PENDING, SCHEDULED, SUCCESS, UNKNOWN, ConfigurationError, DuplicateTaskId,
+    EXPIRED, FAILURE, PENDING, REVOKED, SCHEDULED, SUCCESS, UNKNOWN, ConfigurationError,
+    DuplicateTaskId,
     GroupResult, LiteQueue, SerializationError, TaskNotFound, TaskRevoked, UnknownTask, crontab,
     group,
 )
@@ -64,7 +65,7 @@ class TestApp:
         assert isinstance(g, GroupResult) and len(g) == 300
         assert {r.state for r in g} == {PENDING} and not g.ready() and g.waiting()
         later = group(add.s(1, 1), add.s(2, 2)).apply_async(countdown=60)
-        assert [r.state for r in later] == [SCHEDULED, SCHEDULED]
+        assert [r.detailed_state for r in later] == [SCHEDULED, SCHEDULED]
         assert len(group([add.s(5, 5)])()) == 1 and len(group().apply_async()) == 0
         count = lambda: sql(str(tmp_path / "g.sqlite"), "SELECT count(*) FROM tasks")[0][0]
         assert count() == 303
@@ -240,7 +241,8 @@ class TestApp:
 
     def test_async_result_of_unknown_and_pending_ids(self, project):
         unknown = project.app.AsyncResult("no-such-id")
-        assert unknown.state == UNKNOWN and not unknown.ready() and unknown.result is None
+        assert unknown.detailed_state == UNKNOWN and not unknown.ready() and unknown.result is None
+        assert unknown.state == unknown.status == PENDING       # Celery's answer for any id
         with pytest.raises(TaskNotFound):
             unknown.get(timeout=5)
 
@@ -254,7 +256,7 @@ class TestApp:
         with pytest.raises(TimeoutError):           # the builtin catches it too
             pending.get(timeout=0.05)
         pending.forget()
-        assert pending.state == UNKNOWN
+        assert pending.detailed_state == UNKNOWN
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(0,)]
 
     @pytest.mark.parametrize("args, kwargs", [
@@ -287,7 +289,7 @@ class TestApp:
         after = time.time()
         state, eta, expires = self._timing(db, r.id)
         assert state == SCHEDULED and before + 30 <= eta <= after + 30 and expires is None
-        assert r.state == SCHEDULED and not r.ready() and r.result is None
+        assert r.detailed_state == SCHEDULED and not r.ready() and r.result is None
         r = job.apply_async([1], countdown=dt.timedelta(minutes=2))
         assert self._timing(db, r.id)[1] == pytest.approx(time.time() + 120, abs=5)
 
@@ -352,12 +354,14 @@ class TestApp:
         get() says the task was expired instead of waiting forever."""
         for expires in (-1, dt.datetime.now(UTC) - dt.timedelta(minutes=1)):
             r = project.app.tasks["tasks.add"].apply_async([1, 1], expires=expires)
-            assert r.state == EXPIRED and r.ready() and not r.successful()
+            assert r.detailed_state == EXPIRED and r.ready() and not r.successful()
+            assert r.state == REVOKED and r.state in litequeue.states.READY_STATES
             with pytest.raises(TaskRevoked, match="expired"):
                 r.get(timeout=5)
             assert r.get(timeout=5, propagate=False) is None
         r = project.app.tasks["tasks.add"].apply_async([1, 1], countdown=30, expires=40)
-        assert r.state == SCHEDULED
+        assert r.detailed_state == SCHEDULED and r.state == PENDING
+        assert litequeue.READY_STATES == {"SUCCESS", "FAILURE", "REVOKED"}
 
     def test_periodic_task_registration(self, tmp_path):
         db = tmp_path / "beat.sqlite"

@@ -112,7 +112,8 @@ class TestCanvas:
             kids = bad.children
             print(json.dumps({
                 "link": link_value, "ok": ok.get(timeout=30),
-                "ok_children": ok_children(), "dropped_errback": app.AsyncResult(eb.id).state,
+                "ok_children": ok_children(),
+                "dropped_errback": app.AsyncResult(eb.id).detailed_state,
                 "bad_id": bad.id,
                 "bad_children": sorted([c.name, c.get(timeout=30, propagate=False)
                                         if c.name != "canvas_tasks.add" else c.state]
@@ -448,7 +449,7 @@ class TestCanvas:
         assert app._storage().prune(time.time()) == 4
         assert sql(db, "SELECT (SELECT count(*) FROM groups), (SELECT count(*) FROM chords)") \
             == [(0, 0)]
-        assert GroupResult.restore(g.id, app=app) is None and c.state == UNKNOWN
+        assert GroupResult.restore(g.id, app=app) is None and c.detailed_state == UNKNOWN
         with pytest.raises(TaskNotFound):
             app.GroupResult(g.id)
 

@@ -978,15 +978,15 @@ class TestCLI:
         waiting = [project.delay("add", n, n) for n in range(4)]       # behind the block
         done = lq_here("purge", db, cwd=cwd)                             # no tty: it asks
         assert done.returncode == 1 and "Aborted" in done.stderr, done.stderr
-        assert {r.state for r in waiting + later} == {PENDING, SCHEDULED}
+        assert {r.detailed_state for r in waiting + later} == {PENDING, SCHEDULED}
         done = lq_here("purge", db, "--queue", "other", "--yes", cwd=cwd)
         assert (done.returncode, done.stdout) == \
             (0, "purged 3 waiting task(s) from queue 'other'\n"), done.stderr
-        assert {r.state for r in other} == {UNKNOWN}
+        assert {r.detailed_state for r in other} == {UNKNOWN}
         done = lq_here("purge", db, "-y", cwd=cwd)
         assert (done.returncode, done.stdout) == \
             (0, "purged 6 waiting task(s) from every queue\n"), done.stderr
-        assert {r.state for r in waiting + later} == {UNKNOWN}
+        assert {r.detailed_state for r in waiting + later} == {UNKNOWN}
         assert finished.state == SUCCESS and running.state == STARTED
         project.go("purge")
         assert running.get(timeout=20) == "purge"

@@ -151,7 +151,7 @@ class TestTheTokenIsTheBoundary:
             assert secret not in body and late.id not in body, (method, p, body)
             assert "error" in json.loads(body)
         # Nothing changed: no task queued, revoked, purged, paused.
-        assert late.state == SCHEDULED
+        assert late.detailed_state == SCHEDULED
         assert not project.app.admin.paused()
         counts, _ = project.app.admin.state_counts()
         assert counts == {"default": {SCHEDULED: 1}}
@@ -193,7 +193,7 @@ class TestTheTokenIsTheBoundary:
         late = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
         code, _, _ = d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False, headers={
             "Cookie": name_value, "Origin": f"http://{d.host}"})
-        assert code == 403 and late.state == SCHEDULED
+        assert code == 403 and late.detailed_state == SCHEDULED
 
 
 def basic(user, password):

@@ -305,7 +305,7 @@ class TestFailures:
         retrying = project.delay("retrier", "waiting", 5, 0.5)
         w.work()                                         # the first run only: none is due
         wait_until(lambda: retrying.state == RETRY, 10, "the retry to wait")
-        assert scheduled.state == SCHEDULED
+        assert scheduled.detailed_state == SCHEDULED
         assert scheduled.revoke() is True and retrying.revoke() is True
         (eta,), = sql(project.db, "SELECT max(eta) FROM tasks WHERE id IN (?, ?)",
                       scheduled.id, retrying.id)
@@ -593,7 +593,7 @@ class TestFailures:
         assert peak["wal"] < bound, peak
         assert sql(project.db, "PRAGMA integrity_check") == [("ok",)]
         for task_id in first_wave:
-            assert project.app.AsyncResult(task_id).state == UNKNOWN
+            assert project.app.AsyncResult(task_id).detailed_state == UNKNOWN
         with pytest.raises(TaskNotFound):
             project.app.AsyncResult(first_wave[-1]).get(timeout=5)
         assert w.proc.poll() is None and len(w.live_children()) == 2

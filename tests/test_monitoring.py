@@ -147,7 +147,7 @@ class TestDashboard:
         conn.send(b"0\r\n\r\n")
         assert conn.getresponse().status == 411
         conn.close()
-        assert odd.state == SCHEDULED
+        assert odd.detailed_state == SCHEDULED
         assert "Revoked" in d.json("/api/task/revoke/id%2Fwith%2Fslash", "POST")["message"]
 
     def test_reads_never_wait_for_the_write_lock(self, project, dashboards):
@@ -176,7 +176,7 @@ class TestDashboard:
         for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
                         {"Origin": f"http://{d.host}"}):           # same origin, no token
             assert d.request(f"/action/revoke/{late.id}", "POST", {}, headers)[0] == 403
-        assert late.state == SCHEDULED
+        assert late.detailed_state == SCHEDULED
         page = d.request("/")
         csrf = json.loads(re.search(r'id="config">(.*?)</script>', page[2]).group(1))["csrf"]
         assert "nonce-" in page[1]["Content-Security-Policy"]
@@ -200,7 +200,7 @@ class TestDashboard:
         assert locked.request("/data/overview", headers=wrong, auth=False)[0] == 401
         other = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
         assert locked.request(f"/api/task/revoke/{other.id}", "POST", {}, basic)[0] == 403
-        assert other.state == SCHEDULED
+        assert other.detailed_state == SCHEDULED
         assert json.loads(re.search(r'id="config">(.*?)</script>', locked.request(
             "/", headers=basic)[2]).group(1))["readOnly"] is True
 

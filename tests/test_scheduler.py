@@ -68,7 +68,7 @@ class TestScheduler:
         # Until shortly before its ETA the state reads SCHEDULED and nothing has run.
         seen = collections.Counter()
         while time.time() < eta - 0.15:
-            seen[r.state] += 1
+            seen[r.detailed_state] += 1
             assert project.stamps("countdown") == []
             time.sleep(0.02)
         assert set(seen) == {SCHEDULED} and sum(seen.values()) > 10, seen
@@ -108,7 +108,7 @@ class TestScheduler:
         r_past = shanghai.send_task("tasks.stamp", ["past"],
                                     eta=dt.datetime.now(shanghai_zone).replace(tzinfo=None)
                                     - dt.timedelta(hours=1))
-        assert r_aware.state == r_naive.state == SCHEDULED
+        assert r_aware.detailed_state == r_naive.detailed_state == SCHEDULED
         due = {r_aware.id: aware.timestamp(),
                r_naive.id: naive.replace(tzinfo=shanghai_zone).timestamp()}
         for r in (r_aware, r_naive):
@@ -120,7 +120,7 @@ class TestScheduler:
         assert w.work() == 1
         assert r_past.get(timeout=5) - sent < 1.0
         assert ran() == ["stamp.past"]
-        assert r_aware.state == r_naive.state == SCHEDULED
+        assert r_aware.detailed_state == r_naive.detailed_state == SCHEDULED
         # Each row goes at its own instant: not a hundredth of a second before it.
         for r, tag in [(r_aware, "aware"), (r_naive, "naive")]:
             sup.scheduler.step(due[r.id] - 0.01)
@@ -135,8 +135,8 @@ class TestScheduler:
         # No worker yet: one expires while it waits, one while it is scheduled.
         waiting = stamp.apply_async(["waiting"], expires=1.0)
         scheduled = stamp.apply_async(["scheduled"], countdown=0.5, expires=1.0)
-        wait_until(lambda: waiting.state == scheduled.state == EXPIRED, 10,
-                   lambda: f"both to read EXPIRED ({waiting.state}, {scheduled.state})")
+        wait_until(lambda: waiting.detailed_state == scheduled.detailed_state == EXPIRED, 10,
+                   lambda: f"both to read EXPIRED ({waiting.detailed_state}, {scheduled.detailed_state})")
         with pytest.raises(TaskRevoked):
             waiting.get(timeout=5)
         past = stamp.apply_async(["past"], expires=dt.datetime.now(UTC) - dt.timedelta(seconds=1))
@@ -147,7 +147,7 @@ class TestScheduler:
         # The worker met each expired row and marked it, without running it.
         assert [project.state(r.id) for r in expired] == [EXPIRED] * 3
         for r in expired:
-            assert r.state == EXPIRED
+            assert r.detailed_state == EXPIRED
             with pytest.raises(TaskRevoked, match="expired"):
                 r.get(timeout=5)
             assert r.get(timeout=5, propagate=False) is None

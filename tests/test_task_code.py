@@ -173,7 +173,7 @@ class TestSeedFlow:
         (task_id,), = sql(folder.db, "SELECT id FROM tasks WHERE name = 'tasks.add'")
         wait_until(lambda: not sql(folder.db, "SELECT 1 FROM tasks WHERE id = ?", task_id),
                    12, lambda: f"the finished add row to be pruned\n{w.log_text()}")
-        assert LiteQueue(folder.db).AsyncResult(task_id).state == UNKNOWN
+        assert LiteQueue(folder.db).AsyncResult(task_id).detailed_state == UNKNOWN
 
         # The periodic task of tasks.py fires without a restart.
         wait_until(lambda: lines_of(folder.marks / "note.tick"), 10,
