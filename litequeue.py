@@ -5584,6 +5584,8 @@ class AsyncResult:
         if row and row["state"] == STARTED and row.get("meta") is not None:
             custom = _custom_state(row)
             return custom[1] if custom else None
+        if row and row["state"] == RETRY and row["result"] is not None:
+            return _rebuild_error(row["result"], row["traceback"])   # retry()'s exc, as Celery
         if not row or row["state"] not in _ENDED_STATES or row["result"] is None:
             return None
         if row["state"] == SUCCESS:
@@ -5596,7 +5598,7 @@ class AsyncResult:
         row = self._fetch()
         if not row:
             return None
-        if row["state"] in _ENDED_STATES:
+        if row["state"] in _ENDED_STATES or row["state"] == RETRY:
             return self.result
         meta = _custom_state(row)
         return meta[1] if meta else None
@@ -6291,6 +6293,133 @@ def _task_summary(row):
             "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
 
 
+def _node_name(worker):
+    """A worker's name in control and inspect answers: Celery's "celery@host" form, with
+    the worker's id, as Flower shows it (hostname-id)."""
+    return f"celery@{worker['hostname']}-{worker['id']}"
+
+
+class _Control:
+    """``app.control``: Celery's remote control, answered from the database. What Celery
+    broadcasts to workers is a row change here, which every worker of the file acts on;
+    replies come in Celery's shape, one per live worker."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def inspect(self, destination=None, timeout=None, **_):
+        return _Inspect(self.app, destination)
+
+    def _replies(self, destination, answer):
+        workers = self.app.admin._live_workers(None)
+        if destination is not None:
+            names = {destination} if isinstance(destination, str) else set(destination)
+            workers = [w for w in workers if _node_name(w) in names or w["id"] in names
+                       or w["hostname"] in names]
+        return [{_node_name(w): answer(w)} for w in workers]
+
+    def ping(self, destination=None, timeout=None, **_):
+        return self._replies(destination, lambda w: {"ok": "pong"})
+
+    def revoke(self, task_id, destination=None, terminate=False, signal=None, **_):
+        """Revoke one id or a list of them (terminate: kill the running one)."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        for one in ids:
+            self.app.AsyncResult(one).revoke(terminate=terminate)
+
+    def terminate(self, task_id, destination=None, signal=None, **_):
+        self.revoke(task_id, destination, terminate=True)
+
+    def rate_limit(self, task_name, rate_limit, destination=None, **_):
+        self.app.admin.set_rate_limit(task_name, rate_limit)
+        return self._replies(destination, lambda w: {"ok": "new rate limit set successfully"})
+
+    def purge(self):
+        """Delete every task waiting to run; returns how many."""
+        return self.app.admin.purge()
+
+    discard_all = purge
+
+    def shutdown(self, destination=None, **_):
+        replies = self._replies(destination, lambda w: {"ok": "shutdown requested"})
+        for reply in replies:
+            self.app.admin.shutdown_worker(next(iter(reply)).partition("@")[2])
+        return replies
+
+    def pool_grow(self, n=1, destination=None, **_):
+        self.app.admin.resize_pool(destination, n)
+
+    def pool_shrink(self, n=1, destination=None, **_):
+        self.app.admin.resize_pool(destination, -n)
+
+
+class _Inspect:
+    """``app.control.inspect()``: {worker name: answer} of every live worker (None when
+    none is alive, as Celery's inspect with no reply)."""
+
+    def __init__(self, app, destination):
+        self.app, self.control = app, _Control(app)
+        self.destination = destination
+
+    def _answers(self, answer):
+        replies = self.control._replies(self.destination, answer)
+        return {k: v for reply in replies for k, v in reply.items()} or None
+
+    def _rows(self, worker, kind):
+        admin = self.app.admin
+        sup = next((w for w in admin.workers() if w["id"] == worker["id"]), None)
+        children = sup["children"] if sup else []
+        return [(child, task) for child in children for task in child[kind]]
+
+    def _request(self, task_id, worker, pid=None, started=None):
+        result = self.app.AsyncResult(task_id)
+        return {"id": task_id, "name": result.name, "args": _display(result.args),
+                "kwargs": _display(result.kwargs), "type": result.name,
+                "hostname": _node_name(worker), "time_start": started,
+                "acknowledged": True, "worker_pid": pid,
+                "delivery_info": {"exchange": "", "routing_key": result.queue,
+                                  "priority": result._column("priority"),
+                                  "redelivered": False}}
+
+    def active(self, safe=None):
+        return self._answers(lambda w: [
+            self._request(task[0], w, child.get("pid"), task[2])
+            for child, task in self._rows(w, "running")])
+
+    def reserved(self, safe=None):
+        return self._answers(lambda w: [
+            self._request(task[0], w, child.get("pid"))
+            for child, task in self._rows(w, "reserved")])
+
+    def scheduled(self, safe=None):
+        """The tasks waiting for their ETA: every worker of the file may run them, so
+        each worker's answer lists them all."""
+        page, _ = self.app.admin.page(None, SCHEDULED, None, None, None, 500)
+        return self._answers(lambda w: [
+            {"eta": _from_unix(t["eta"]).isoformat() if t["eta"] else None,
+             "priority": t["priority"], "request": self._request(t["id"], w)} for t in page])
+
+    def registered(self, *taskinfoitems):
+        names = sorted(n for n in self.app.admin.registry() if not n.startswith("litequeue."))
+        return self._answers(lambda w: names)
+
+    registered_tasks = registered
+
+    def stats(self):
+        return self._answers(lambda w: {
+            "pid": w["pid"], "total": {}, "uptime": int(time.time() - (w["started_at"] or 0)),
+            "pool": {"max-concurrency": w["concurrency"],
+                     "processes": [c.get("pid") for c in w.get("children", [])]},
+            "processed": w.get("processed"), "failed": w.get("failed")})
+
+    def ping(self):
+        return self._answers(lambda w: {"ok": "pong"})
+
+    def active_queues(self):
+        return self._answers(lambda w: [{"name": q} for q in (w["queues"] or "").split(",")
+                                        if q])
+
+
 # ---------------------------------------------------------------------------
 # App: LiteQueue and Task
 # The app first (delay() goes up from Task to it), then the task class. Task.s() and
@@ -6568,6 +6697,11 @@ class LiteQueue:
         """The operator's surface (Admin): counts, workers, schedules, requeue, purge."""
         return Admin(self)
 
+    @property
+    def control(self):
+        """Celery's app.control: revoke, rate_limit, ping, shutdown, inspect()..."""
+        return _Control(self)
+
     # -- internals ----------------------------------------------------------------------
 
     def _storage(self):
@@ -6724,7 +6858,9 @@ class LiteQueue:
             eta_at = _to_instant(eta, _zone(self.conf["timezone"]), "eta")
         expires_at = _to_instant(expires, _zone(self.conf["timezone"]), "expires")
         if expires_at is not None and eta_at is not None and expires_at < eta_at:
-            raise ConfigurationError("expires is earlier than eta: the task could never run")
+            # Celery queues it, and it expires unstarted (REVOKED): so does litequeue.
+            _warn_setting("expires is earlier than eta: the task will expire before it "
+                          "can run")
         return eta_at, expires_at
 
     def _run_eagerly(self, task, name, task_id, payload, parent=None):
@@ -8798,6 +8934,8 @@ class _RunPipeline:
             message = self._unknown_message(row.name)
             logger.error("Task %s[%s] rejected: %s", row.name, row.id, message)
             return outcome(FAILURE, _encode_error(UnknownTask(message)))
+        if logger.isEnabledFor(logging.INFO):         # Celery's first line of a task
+            logger.info("Task %s[%s] received", options.get("shadow") or row.name, row.id)
         if row.waits is not None:
             args = self._follower_args(row, task, args)
         return task, args, kwargs, options
@@ -12139,6 +12277,9 @@ def _cmd_call(db, task, args, args_json, kwargs_json, queue, priority, task_id, 
                           for t in (eta, expires)):
         tz = _config_zone(os.getcwd())      # a naive time is in the app's zone, as in Celery
     app = _open_app(db, **({"timezone": tz} if tz else {}))
+    eta_at, expires_at = app._timing(time.time(), countdown, eta, expires)
+    if expires_at is not None and eta_at is not None and expires_at < eta_at:
+        raise ConfigurationError("expires is earlier than eta: the task could never run")
     name = _resolve_task_name(app, task)
     call_args = args_json if args_json is not None else [_json_value(a) for a in args]
     result = app.send_task(name, call_args, kwargs_json or {}, queue=queue, priority=priority,

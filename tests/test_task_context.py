@@ -311,3 +311,16 @@ def test_a_task_logger_says_which_task_and_id_logged(tmp_path, caplog):
         f"my.add[{r.id}]: adding 2 and 2 (100% sure)", f"my.add[{r.id}]: no args here: 100%",
         "outside"]
     assert get_task_logger("my.tasks") is log and len(log.filters) == 1
+
+
+def test_a_retrying_tasks_info_is_the_exception_retry_was_given(project, here, caplog):
+    """Celery's .info and .result of a task in RETRY: the exc passed to self.retry(); and
+    the worker logs "received" for each run, as Celery's does at INFO."""
+    w = here(project)
+    r = w.loaded[0].retrier.delay("info", 1, 60)
+    with caplog.at_level(logging.INFO, logger="litequeue"):
+        assert w.work() == 1
+    assert r.state == "RETRY" and r.retries == 1
+    assert type(r.info).__name__ == "TaskFailed" and str(r.info) == "info try 0"
+    assert type(r.result) is type(r.info) and not r.ready()
+    assert f"Task tasks.retrier[{r.id}] received" in caplog.messages

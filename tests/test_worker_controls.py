@@ -172,3 +172,33 @@ def test_a_threads_pool_refuses_to_resize_and_a_bad_request_row_is_set_aside(pro
     assert project.delay("add", 1, 2).get(timeout=20) == 3
     w.signal(signal.SIGTERM)
     assert w.wait(30) == 0
+
+
+def test_app_control_and_inspect_answer_in_celerys_shape(project):
+    """app.control and app.control.inspect(), as Celery programs call them: one answer
+    per live worker, keyed by its name; None from inspect when no worker lives."""
+    control = project.app.control
+    assert control.inspect().ping() is None and control.ping() == []
+    later = project.app.tasks["tasks.add"].apply_async([1, 2], countdown=60)
+    worker_id = litequeue._new_worker_id()
+    lock = register(project, worker_id, hostname="box")
+    try:
+        name = f"celery@box-{worker_id}"
+        inspect = control.inspect()
+        assert control.ping() == [{name: {"ok": "pong"}}] and inspect.ping() == {name: {"ok": "pong"}}
+        assert inspect.active() == {name: []} and inspect.reserved() == {name: []}
+        (scheduled,) = inspect.scheduled()[name]
+        assert scheduled["request"]["id"] == later.id and scheduled["request"]["args"] == [1, 2]
+        assert "tasks.add" in inspect.registered()[name]
+        assert inspect.stats()[name]["pool"]["max-concurrency"] == 2
+        assert control.inspect(destination=["celery@elsewhere"]).ping() is None
+        assert control.rate_limit("tasks.add", "5/s") == [
+            {name: {"ok": "new rate limit set successfully"}}]
+        assert {r["name"]: r["rate"] for r in project.app.admin.rate_limits()} == \
+            {"tasks.add": "5/s"}
+        control.revoke([later.id])
+        assert later.state == "REVOKED"
+        assert control.shutdown() == [{name: {"ok": "shutdown requested"}}]
+        assert asked(project, worker_id)[1] is not None
+    finally:
+        lock.release()
