@@ -1174,11 +1174,13 @@ _CELERY_ALIASES = {
     "EMAIL_USE_TLS": "email_use_tls",
     "EMAIL_TIMEOUT": "email_timeout",
     "task_annotations": None,
+    "include": "imports",                       # Celery("proj", include=[...])
+    "CELERY_INCLUDE": "imports",
 }
 # Settings that name a broker or backend: litequeue has exactly one, the file. They are
 # expected in a ported config (the seed's has them), so they are ignored quietly.
 _BROKER_SETTINGS = {"BROKER_URL", "CELERY_RESULT_BACKEND", "broker_url", "result_backend",
-                    "CELERY_ENABLE_UTC", "enable_utc"}
+                    "CELERY_ENABLE_UTC", "enable_utc", "broker", "backend"}
 # Celery settings with no meaning here: ignored with a warning a user sees.
 _CELERY_IGNORED = {
     "task_acks_late": "a task is acknowledged only when its outcome is committed, always",
@@ -6522,6 +6524,17 @@ class LiteQueue:
         self._waiters = 0
         self._waiters_lock = threading.Lock()
         self._create = True          # False: the CLI's read commands change no file
+        # Celery's app signals: fired once, when a worker loads the app (finalize()).
+        self.on_configure = Signal("on_configure")
+        self.on_after_configure = Signal("on_after_configure")
+        self.on_after_finalize = Signal("on_after_finalize")
+        self._discover, self._finalized = [], False
+        task_cls = settings.pop("task_cls", None)
+        if task_cls is not None:
+            if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+                raise ConfigurationError(f"task_cls must be a subclass of litequeue.Task, "
+                                         f"not {task_cls!r}")
+            self.Task = task_cls
         self.update_settings(settings)
         _apps.add(self)
         _last_app[0] = weakref.ref(self)
@@ -6556,7 +6569,7 @@ class LiteQueue:
         if unknown:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
-        base = options.pop("base", None) or Task
+        base = options.pop("base", None) or self.Task
         if not (isinstance(base, type) and issubclass(base, Task)):
             raise ConfigurationError(f"base must be a subclass of litequeue.Task, not {base!r}")
 
@@ -6570,6 +6583,59 @@ class LiteQueue:
                 raise ConfigurationError("@app.task takes a function")
             return register(fn)
         return register
+
+    def register_task(self, task, **options):
+        """Register a class-based task, as Celery's app.register_task: a Task subclass
+        (or an instance of one) with its own run(). Its name is the class's `name`
+        attribute, else module.ClassName. Returns the registered task."""
+        cls = task if isinstance(task, type) else type(task)
+        if not (issubclass(cls, Task) and cls.run is not Task.run):
+            raise ConfigurationError(f"register_task takes a Task subclass with its own "
+                                     f"run(), not {task!r}")
+        instance = cls() if isinstance(task, type) else task
+        name = options.pop("name", None) or cls.__dict__.get("name") or \
+            f"{_module_name(cls.__module__)}.{cls.__qualname__}"
+        Task.__init__(instance, self, instance.run, name=name, **options)
+        self.tasks[instance.name] = instance
+        return instance
+
+    def autodiscover_tasks(self, packages=None, related_name="tasks", force=False):
+        """Celery's: import each package's `tasks` module (related_name) when a worker
+        loads the app, or now with force. A package without one is skipped."""
+        if callable(packages):
+            packages = packages()
+        self._discover += [(package, related_name) for package in packages or ()]
+        if force:
+            self._import_discovered()
+
+    def _import_discovered(self):
+        while self._discover:
+            package, related = self._discover.pop(0)
+            name = f"{package}.{related}" if related else package
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except ModuleNotFoundError:           # the package itself is missing
+                found = False
+            if found:
+                importlib.import_module(name)
+
+    def finalize(self, auto=False):
+        """What a worker does once it has imported the app's module: import the modules
+        of its include (imports) setting and autodiscover_tasks(), then send on_after_configure and on_after_finalize (where
+        Celery's periodic-task guide adds its schedules). Once per app."""
+        if self._finalized:
+            return
+        self._finalized = True
+        for name in self.conf["imports"]:                # Celery's include= and imports
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot import {name!r}, which the app's "
+                                         f"include (imports) names: {exc}") from None
+        self._import_discovered()
+        self.on_configure.send(sender=self)
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
 
     def periodic_task(self, schedule, name=None, args=(), kwargs=None, catch_up="once",
                       **task_options):
@@ -6945,7 +7011,9 @@ class Task:
     _PLAIN_OPTIONS = ("retry_kwargs", "expires", "throws", "acks_late", "track_started",
                       "serializer")
 
-    def __init__(self, app, fn, name=None, max_retries=_UNSET, **options):
+    def __init__(self, app=None, fn=None, name=None, max_retries=_UNSET, **options):
+        if app is None:      # a class-based task, made before app.register_task() binds it
+            return
         for key in self._PLAIN_OPTIONS:           # kept as given, checked where used
             if key in options:
                 setattr(self, key, options.pop(key))
@@ -8206,6 +8274,9 @@ def _collect_tasks(db_path):
 def _collect_apps(db_path):
     """(tasks, settings, periodic definitions) of the apps that use db_path."""
     real = os.path.realpath(db_path)
+    matching = [a for a in list(_apps) if os.path.realpath(a.path) == real]
+    for app in matching:
+        app.finalize()
     matching = [a for a in list(_apps) if os.path.realpath(a.path) == real]
     tasks, periodic = {}, {}
     for app in matching:

@@ -92,6 +92,7 @@ FILE_ORDER = (
     "test_task_policy.py",          # 9     task policy
     "test_task_context.py",         # 10    task context: the request, signals, hooks
     "test_app.py",                  # 11    app
+    "test_celery_app.py",
     "test_eager.py",
     "test_api_limits.py",
     "test_canvas.py",               # 12    canvas

@@ -490,6 +490,7 @@ class InProcess:
         """As a supervisor does when it starts: the file exists and names the tasks served,
         with their rate limits."""
         now = time.time()
+        litequeue._collect_apps(self.project.db)      # finalized, as a worker loads them
         storage = litequeue._Storage(self.project.db)
         try:
             storage.upsert_registry([task._registry_row(now) for m in self.loaded

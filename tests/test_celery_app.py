@@ -1,0 +1,103 @@
+"""The app surface of a Celery program, ported by changing its app line: the app's
+arguments (include, task_cls, broker and backend), autodiscover_tasks, the
+on_after_configure signal that the periodic-task guide uses, and class-based tasks
+registered with app.register_task. The worker runs in this process (here)."""
+
+import sys
+import textwrap
+
+import pytest
+
+import litequeue
+from litequeue import ConfigurationError, LiteQueue, Task
+
+from .helpers import Folder
+
+PACKAGE = {
+    "__init__.py": "",
+    "celery.py": '''
+        from litequeue import LiteQueue, Task
+
+        class Base(Task):
+            """The app's task class (Celery's task_cls): every task gets its hooks."""
+            def on_success(self, retval, task_id, args, kwargs):
+                SEEN.append(("on_success", self.name, retval))
+
+        SEEN = []
+        app = LiteQueue("../jobs.sqlite", include=["portpkg.extra"], task_cls=Base,
+                        broker="redis://localhost:6379/0", backend="redis://")
+        app.autodiscover_tasks(["portpkg", "not_a_package"])
+
+        @app.on_after_configure.connect
+        def setup_periodic_tasks(sender, **kwargs):
+            # The guide's shape: the handler names a task defined below it.
+            sender.add_periodic_task(30.0, ping.s("hello"), name="ping every 30")
+            SEEN.append(("configured", sender is app))
+
+        @app.task
+        def ping(word):
+            return word
+
+        class Multiply(app.Task):
+            name = "portpkg.multiply"
+
+            def run(self, x, y=10):
+                return x * y
+
+        multiply = app.register_task(Multiply())
+    ''',
+    "tasks.py": '''
+        from .celery import app
+
+        @app.task
+        def discovered(x):
+            return ["discovered", x]
+    ''',
+    "extra.py": '''
+        from .celery import app
+
+        @app.task
+        def included(x):
+            return ["included", x]
+    ''',
+}
+
+
+@pytest.fixture
+def ported(tmp_path):
+    folder = Folder(tmp_path / "port")
+    (folder.dir / "portpkg").mkdir()
+    for name, source in PACKAGE.items():
+        (folder.dir / "portpkg" / name).write_text(textwrap.dedent(source))
+    yield folder
+    for name in [m for m in sys.modules if m == "portpkg" or m.startswith("portpkg.")]:
+        del sys.modules[name]
+
+
+def test_a_ported_apps_arguments_signals_and_class_based_tasks_work(ported, here):
+    w = here(ported, ("portpkg.celery",))
+    module = w.loaded[0]
+    app = module.app
+    # Loaded as a worker loads it: discovered and configured, once.
+    assert module.SEEN == [("configured", True)] and "portpkg.tasks.discovered" in app.tasks
+    multiply = module.multiply
+    calls = [multiply.delay(4), app.send_task("portpkg.tasks.discovered", [1]),
+             app.send_task("portpkg.extra.included", [2])]
+    assert w.work() == 3
+    assert [r.get(timeout=5) for r in calls] == [40, ["discovered", 1], ["included", 2]]
+    assert app.periodic["ping every 30"]["task"] == "portpkg.celery.ping"
+    assert ("on_success", "portpkg.multiply", 40) in module.SEEN
+    assert isinstance(multiply, module.Base) and multiply(2, y=3) == 6
+    assert sorted(n for n in app.tasks if n.startswith("portpkg.")) == [
+        "portpkg.celery.ping", "portpkg.extra.included", "portpkg.multiply",
+        "portpkg.tasks.discovered"]
+
+
+def test_register_task_and_task_cls_refuse_what_is_not_a_task(tmp_path):
+    app = LiteQueue(str(tmp_path / "jobs.sqlite"))
+    with pytest.raises(ConfigurationError, match="own run"):
+        app.register_task(Task)
+    with pytest.raises(ConfigurationError, match="task_cls"):
+        LiteQueue(str(tmp_path / "jobs.sqlite"), task_cls=dict)
+    app.autodiscover_tasks(["no_such_package_here"], force=True)      # skipped quietly
+    assert litequeue.LiteQueue.Task is Task and app.Task is Task
