@@ -160,7 +160,7 @@ __all__ = [
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
     "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
-    "TimeLimitExceeded",
+    "TimeLimitExceeded", "Ignore", "Reject",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS", "states",
@@ -384,6 +384,22 @@ class LitequeueWarning(UserWarning):
     """A setting or option that litequeue accepts but ignores."""
 
 
+class Ignore(Exception):
+    """Raised by a task (Celery's celery.exceptions.Ignore): no outcome is recorded. The
+    row ends IGNORED (its detailed_state), and .state stays what the task last set with
+    update_state(), else PENDING, as in Celery; nothing follows it."""
+
+
+class Reject(Exception):
+    """Raised by a task (Celery's celery.exceptions.Reject): with requeue=True the row is
+    queued again a second later (a redelivery: its retries do not count); else it ends
+    REJECTED and, like Ignore, records nothing else."""
+
+    def __init__(self, reason=None, requeue=False):
+        super().__init__(reason, requeue)
+        self.reason, self.requeue = reason, requeue
+
+
 class Retry(Exception):
     """Raised by ``self.retry()`` inside a task to ask for a retry.
 
@@ -415,6 +431,8 @@ FAILURE = "FAILURE"
 REVOKED = "REVOKED"
 EXPIRED = "EXPIRED"
 UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
+IGNORED = "IGNORED"        # the task raised Ignore: ended, its outcome not recorded
+REJECTED = "REJECTED"      # the task raised Reject (requeue=False): likewise
 
 # A row in one of these states will not run again (an expired row reads REVOKED in .state).
 _ENDED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
@@ -428,7 +446,7 @@ class states:
     """Celery's celery.states, as one namespace: ``from litequeue import states``."""
     PENDING, RECEIVED, STARTED, SUCCESS, FAILURE = \
         PENDING, "RECEIVED", STARTED, SUCCESS, FAILURE
-    REVOKED, REJECTED, RETRY, IGNORED = REVOKED, "REJECTED", RETRY, "IGNORED"
+    REVOKED, REJECTED, RETRY, IGNORED = REVOKED, REJECTED, RETRY, IGNORED
     READY_STATES = READY_STATES
     UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, REJECTED, RETRY})
     EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
@@ -438,7 +456,7 @@ class states:
 
 # The states a stored row is in, in their usual order (the dashboard's state filter).
 _STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED,
-                 EXPIRED)
+                 EXPIRED, IGNORED, REJECTED)
 # A periodic task an operator disabled (Admin.disable_schedule) has this as its error.
 _SCHEDULE_OFF = "disabled by an operator"
 # The most rows a task page's workflow timeline reads: past a few hundred bars a
@@ -5055,6 +5073,7 @@ class _Request:
 
     def report(self, blob):
         """update_state() of this call: coalesced writes in a worker, nothing inline."""
+        self.last_meta = blob           # what an Ignore after it keeps (_concluded_failure)
         if self.meta_writer is None:
             return
         if self.progress is None:
@@ -5288,9 +5307,17 @@ def _conclude(task, request, args, kwargs, value, exc, tb, *, stored_max, defaul
 
 def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default_max,
                        errors):
-    """_conclude for a run that raised: RETRY or FAILURE, logged."""
+    """_conclude for a run that raised: RETRY or FAILURE, logged (IGNORED or REJECTED,
+    or RETRY a second later for a requeue, for Celery's Ignore and Reject)."""
     name, task_id, retries = request.shadow or request.task, request.id, request.retries
     now = time.time()
+    if isinstance(exc, (Ignore, Reject)):
+        requeue = isinstance(exc, Reject) and bool(exc.requeue)
+        state = RETRY if requeue else IGNORED if isinstance(exc, Ignore) else REJECTED
+        logger.info("Task %s[%s] %s: %s", name, task_id, "rejected, requeued" if requeue
+                    else state.lower(), _saferepr(exc))
+        kept = None if requeue else getattr(request, "last_meta", None)
+        return _Ending(state, exc, kept, None, now + 1.0 if requeue else None, None)
     try:
         state, cause, eta, history, budget = _failure_decision(
             task, exc, task_id=task_id, retries=retries, attempt=request.attempt,
@@ -5436,6 +5463,13 @@ def _custom_state(row):
     return (state, meta) if isinstance(state, str) else None
 
 
+def _set_aside_state(row):
+    """(state, meta) of the last update_state() of a task that raised Ignore or Reject,
+    which its row keeps as its result; None if it set none."""
+    return _custom_state({"meta": row.get("result"), "state": STARTED}) \
+        if row.get("result") else None
+
+
 def _visible_state(row):
     """The row's state as Celery would show it: a task waiting for another reads
     PENDING, a running one its last update_state() state, and one still waiting past its
@@ -5487,6 +5521,9 @@ class AsyncResult:
         for an id nobody queued), STARTED, RETRY, SUCCESS, FAILURE or REVOKED (also once
         it expired), or a state the task set with update_state()."""
         state = self.detailed_state
+        if state in (IGNORED, REJECTED):      # nothing recorded: its last update_state()
+            custom = _set_aside_state(self._fetch())
+            return custom[0] if custom else PENDING
         return _CELERY_STATE.get(state, state)
 
     status = state
@@ -5583,6 +5620,9 @@ class AsyncResult:
         """The return value; an exception instance if it failed; while it runs, the meta
         of its last update_state() (as Celery); else None until ready."""
         row = self._fetch()
+        if row and row["state"] in (IGNORED, REJECTED):
+            custom = _set_aside_state(row)
+            return custom[1] if custom else None
         if row and row["state"] == STARTED and row.get("meta") is not None:
             custom = _custom_state(row)
             return custom[1] if custom else None
@@ -5600,7 +5640,7 @@ class AsyncResult:
         row = self._fetch()
         if not row:
             return None
-        if row["state"] in _ENDED_STATES or row["state"] == RETRY:
+        if row["state"] in _ENDED_STATES or row["state"] in (RETRY, IGNORED, REJECTED):
             return self.result
         meta = _custom_state(row)
         return meta[1] if meta else None
@@ -5724,7 +5764,9 @@ class AsyncResult:
         sleeper = bound = None
         try:
             poll = _POLL_MIN
-            while row is None or _visible_state(row) not in _ENDED_STATES:
+            # A running task's own update_state(FAILURE) does not end the wait.
+            while row is None or row["state"] == STARTED or \
+                    _visible_state(row) not in _ENDED_STATES:
                 if row is None:
                     raise TaskNotFound(f"no task with id {self.id!r}")
                 if bound is None:
@@ -6966,7 +7008,7 @@ class LiteQueue:
                             default_max=self.conf["task_max_retries"], errors=errors,
                             started=started)
             errors = end.errors or errors
-            if end.state != RETRY:
+            if end.state != RETRY or isinstance(end.value, Reject):
                 break
             retries += 1
         # A success reads back the value a worker would store and get() would read.
@@ -7178,12 +7220,13 @@ class Task:
         Without task_id it is the running task's own; its writes are coalesced to a few
         per second, so a task that reports in a tight loop cannot flood the write lock
         (the latest report always reaches the database). A finished state cannot be set
-        here: return or raise instead."""
+        here, but Celery's custom FAILURE or SUCCESS before raising Ignore can: the task
+        still ends as it returns or raises."""
         if not isinstance(state, str) or not state:
             raise ConfigurationError(f"update_state needs a state name, not {state!r}")
-        if state in _ENDED_STATES or state in (WAITING, SCHEDULED, PENDING):
-            raise ConfigurationError(f"update_state cannot set {state}: a task ends by "
-                                     "returning or raising")
+        if state in (WAITING, SCHEDULED, PENDING, EXPIRED, IGNORED, REJECTED):
+            raise ConfigurationError(f"update_state cannot set {state}: it is a state of "
+                                     "a task that has not run or that ended")
         try:
             blob = _pack([state, meta])
             _unpack(blob)
@@ -8946,7 +8989,9 @@ class _RunPipeline:
                             tag=_ring_id(row.id), id=row.id, followers=row.followers)
         if state == RETRY:
             return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
-                               errors=end.errors, retried=1)
+                               errors=end.errors, retried=0 if end.stored is None else 1)
+        if state in (IGNORED, REJECTED):       # its last update_state(), as its result
+            return run.outcome(state, end.stored)
         return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
 
     def _end(self, run, outcome, duration):
@@ -12731,7 +12776,7 @@ def _cmd_control(db, action, arguments, worker):
             click.echo(f"worker {worker_id}: pool of {_plural(processes, 'process', 'processes')} asked")
 
 
-_STATES = sorted(_ENDED_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING})
+_STATES = sorted(_ENDED_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING, IGNORED, REJECTED})
 
 
 @cli.command("tasks")

@@ -324,3 +324,20 @@ def test_a_retrying_tasks_info_is_the_exception_retry_was_given(project, here, c
     assert type(r.info).__name__ == "TaskFailed" and str(r.info) == "info try 0"
     assert type(r.result) is type(r.info) and not r.ready()
     assert f"Task tasks.retrier[{r.id}] received" in caplog.messages
+
+
+def test_ignore_and_reject_record_nothing_and_requeue_redelivers(project, here):
+    """Celery's Ignore keeps the state the task set (the tasks guide's custom FAILURE);
+    Reject(requeue=False) records nothing; Reject(requeue=True) runs it again without
+    spending a retry. detailed_state says what happened."""
+    w = here(project)
+    set_aside = w.loaded[0].set_aside
+    ignored, rejected, requeued = (set_aside.delay(how) for how in ("ignore", "reject",
+                                                                     "requeue"))
+    w.work_until(lambda: requeued.ready(), 10)
+    assert (ignored.state, ignored.detailed_state, ignored.info) == (
+        "FAILURE", "IGNORED", {"custom": "kept"})
+    assert (rejected.state, rejected.detailed_state, rejected.ready()) == (
+        "PENDING", "REJECTED", False)
+    assert requeued.get(timeout=5) == ["requeue", 2, 0]
+    assert litequeue.states.IGNORED == "IGNORED" and litequeue.states.REJECTED == "REJECTED"

@@ -314,3 +314,17 @@ def waits_on_another():
     with allow_join_result():
         inside = other.get(timeout=30)
     return [refused, allowed, inside]
+
+
+@app.task(bind=True)
+def set_aside(self, how):
+    """Celery's Ignore and Reject, raised after a custom state (the tasks guide's shape)."""
+    from litequeue import Ignore, Reject
+    if how == "ignore":
+        self.update_state(state="FAILURE", meta={"custom": "kept"})
+        raise Ignore()
+    if how == "requeue" and self.request.attempt == 1:
+        raise Reject("not yet", requeue=True)
+    if how == "reject":
+        raise Reject("bad input", requeue=False)
+    return [how, self.request.attempt, self.request.retries]
