@@ -390,6 +390,11 @@ class Ignore(Exception):
     update_state(), else PENDING, as in Celery; nothing follows it."""
 
 
+class _Replaced(Ignore):
+    """Task.replace() handed the running task's id over to its replacement: the run
+    records nothing (its row is gone, the replacement's last step took its id)."""
+
+
 class Reject(Exception):
     """Raised by a task (Celery's celery.exceptions.Reject): with requeue=True the row is
     queued again a second later (a redelivery: its retries do not count); else it ends
@@ -433,6 +438,7 @@ EXPIRED = "EXPIRED"
 UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
 IGNORED = "IGNORED"        # the task raised Ignore: ended, its outcome not recorded
 REJECTED = "REJECTED"      # the task raised Reject (requeue=False): likewise
+_REPLACED = "REPLACED"     # a run's outcome only, never a row's: Task.replace() took its row
 
 # A row in one of these states will not run again (an expired row reads REVOKED in .state).
 _ENDED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
@@ -2187,6 +2193,11 @@ _SQL_CASCADE = """
     WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('link', 'link_si')
     RETURNING id
 """
+# STARTED -> (deleted): a running row Task.replace() hands its id over from.
+_SQL_TAKE_REPLACED = """
+    DELETE FROM tasks WHERE seq = :seq AND attempt = :attempt AND state = 'STARTED'
+    RETURNING group_id, group_index, followers
+"""
 _SQL_MEMBER_OF = "SELECT group_id, group_index FROM tasks WHERE id = :id"
 _SQL_CHORD = "SELECT body, size, done, fired FROM chords WHERE id = :id"
 _SQL_CHORD_SLOT = """
@@ -3237,12 +3248,16 @@ class _Producing:
             raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
                                   "a task id of the group already exists") from None
 
-    def insert_canvas(self, rows, registry_rows, chords=(), groups=(), plain=False):
+    def insert_canvas(self, rows, registry_rows, chords=(), groups=(), plain=False,
+                      replacing=None):
         """Commit a canvas (its rows, chords and saved groups) in one transaction: all of
         it, or none. plain: the rows are members of a plain group (no canvas columns but
-        the group's)."""
+        the group's). replacing (Task.replace): {"id", "seq", "attempt"} of a running row
+        that the canvas's row of that id takes the place of, in its group and chord."""
         try:
             with self.write() as conn:
+                if replacing is not None:
+                    self._take_replaced(conn, rows, replacing)
                 for registry_row in registry_rows:
                     self._register(conn, registry_row)
                 conn.executemany(_SQL_INSERT_MEMBER if plain else _SQL_INSERT_CANVAS, rows)
@@ -3255,6 +3270,16 @@ class _Producing:
             repeated = [task_id for task_id, n in ids.items() if n > 1]
             raise DuplicateTaskId(f"task id {repeated[0]!r} is given twice" if repeated else
                                   "a task id of the canvas already exists") from None
+
+    @staticmethod
+    def _take_replaced(conn, rows, replacing):
+        taken = conn.execute(_SQL_TAKE_REPLACED, {"seq": replacing["seq"],
+                                                  "attempt": replacing["attempt"]}).fetchall()
+        if not taken:
+            raise LitequeueError("the task's row was revoked or taken over while it ran: "
+                                 "it was not replaced")
+        heir = next(row for row in rows if row["id"] == replacing["id"])
+        heir["group_id"], heir["group_index"], heir["followers"] = taken[0]
 
     def upsert_registry(self, rows):
         with self.write() as conn:
@@ -3338,6 +3363,8 @@ class _Claiming:
             if stats:
                 self._add_stats(conn, stats)
             for o in outcomes:
+                if o.state is _REPLACED:     # its row was replaced while it ran
+                    continue
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
                     rejected += 1
@@ -5311,6 +5338,9 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
     or RETRY a second later for a requeue, for Celery's Ignore and Reject)."""
     name, task_id, retries = request.shadow or request.task, request.id, request.retries
     now = time.time()
+    if isinstance(exc, _Replaced):
+        logger.info("Task %s[%s] %s", name, task_id, exc)
+        return _Ending(_REPLACED, exc, None, None, None, None)
     if isinstance(exc, (Ignore, Reject)):
         requeue = isinstance(exc, Reject) and bool(exc.requeue)
         state = RETRY if requeue else IGNORED if isinstance(exc, Ignore) else REJECTED
@@ -6533,7 +6563,13 @@ def _builtin_tasks(app):
         task = _task_named(app, task if isinstance(task, str) else task["task"])
         return [task(*item) for item in it]
 
-    return {"litequeue.map": run_map, "litequeue.starmap": run_starmap}
+    def run_replaced(value):
+        """The last step of a Task.replace(): the replacement's result, under the id of
+        the task it replaced."""
+        return value
+
+    return {"litequeue.map": run_map, "litequeue.starmap": run_starmap,
+            "litequeue.replaced": run_replaced}
 
 
 class LiteQueue:
@@ -7292,6 +7328,18 @@ class Task:
         """Run the task here and now, as a worker would (an EagerResult)."""
         return Signature(self, args or (), kwargs).apply(**options)
 
+    def replace(self, sig):
+        """Replace the running task with sig (a signature, chain, group or chord), as
+        Celery's: the task's id and its place in a chain, group or chord go to sig's last
+        step, so whoever waits on the id gets sig's result. It raises Ignore to end the
+        run (``return self.replace(sig)`` reads best); outside a worker it runs sig here
+        and returns its result."""
+        request = getattr(_request, "current", None)
+        if request is None or request.meta_writer is None:
+            return sig.apply().get(disable_sync_subtasks=False)
+        sig._replacing(request)
+        raise _Replaced(f"replaced by {sig!r}")
+
     def map(self, it):
         """A signature that calls this task once per item of it, in one worker task, and
         returns the list of results: ``~xsum.map([range(10), range(100)])``."""
@@ -7437,6 +7485,19 @@ class _Canvas:
                 "kwargs": {"tasks": [t._as_dict() for t in self.tasks]},
                 "options": _options_dict(self.options), "subtask_type": type(self).__name__,
                 "immutable": self.immutable}
+
+    def _replacing(self, request):
+        """Task.replace() in a worker: queue this, then a last step that passes its result
+        on under the running task's id, in the transaction that takes the running row away
+        (its group, chord and followers go to that step)."""
+        app = self._find_app()
+        _, seq, attempt = request.meta_writer
+        heir = Signature(app._builtins["litequeue.replaced"]).set(
+            task_id=request.id, queue=request.queue, priority=request.priority)
+        plan = _Plan(app, {})
+        plan.parent = request.parent_id
+        chain(self._copy(), heir)._attach(plan, ((), {}), None, None)
+        plan.commit(replacing={"id": request.id, "seq": seq, "attempt": attempt})
 
     def link(self, callback):
         """Queue callback (a signature) after this succeeds; returns callback."""
@@ -8156,7 +8217,7 @@ class _Plan:
             for errback in options.get("link_error") or ():
                 errback._attach(self, ((), {}), row, "error")
 
-    def commit(self):
+    def commit(self, replacing=None):
         app = self.app
         new = {name: task for name, task in self.tasks.items() if name not in app._noted}
         now = time.time()
@@ -8164,7 +8225,7 @@ class _Plan:
                          for name, task in new.items()]
         app._publish("before", self.rows)
         app._storage().insert_canvas(self.rows, registry_rows, self.chords, self.groups,
-                                     self.plain)
+                                     self.plain, replacing)
         app._noted.update(new)
         states = {row["state"] for row in self.rows}
         if SCHEDULED in states:
@@ -8990,7 +9051,7 @@ class _RunPipeline:
         if state == RETRY:
             return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
                                errors=end.errors, retried=0 if end.stored is None else 1)
-        if state in (IGNORED, REJECTED):       # its last update_state(), as its result
+        if state in (IGNORED, REJECTED, _REPLACED):   # its last update_state(), as its result
             return run.outcome(state, end.stored)
         return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
 

@@ -630,6 +630,27 @@ class TestCeleryCanvasShapes:
         assert out["rebuilt"] == [3, 9, [2, 4], [2, 4]]
         assert out["getitem"] == ["canvas_tasks.add", [1, 2]]
 
+    def test_replace_hands_the_tasks_id_and_place_over_to_its_replacement(self, canvas_here):
+        """Whoever waits on a replaced task's id gets the replacement's result, in a chain
+        and in a chord too; a failing replacement fails it; a plain call runs it inline."""
+        out = canvas_here.start().client('''
+            def outcome(r):
+                try:
+                    return r.get(timeout=30)
+                except Exception as exc:
+                    return [type(exc).__name__, str(exc)]
+            plain = [outcome(replacer.delay(how)) for how in ("sig", "chain", "group", "fail")]
+            print(json.dumps({
+                "plain": plain,
+                "in chain": (replacer.s("sig") | add.s(100)).delay().get(timeout=30),
+                "in chord": chord([replacer.s("chain"), replacer.s("group"), add.s(1, 1)],
+                                  collect.s()).delay().get(timeout=30),
+                "called": replacer("chain"),
+            }))
+        ''')
+        assert out == {"plain": [5, 20, [2, 4], ["ValueError", "replaced"]],
+                       "in chain": 105, "in chord": [20, [2, 4], 2], "called": 20}
+
     def test_a_chain_ending_in_a_group_leads_back_to_its_first_step(self, canvas_here):
         out = canvas_here.start().client('''
             r = chain(add.s(1, 1), group(add.s(1), add.s(2))).apply_async()

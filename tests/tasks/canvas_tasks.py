@@ -175,3 +175,12 @@ def _ready(sender=None, **more):
 @signals.worker_shutdown.connect
 def _shutdown(sender=None, **more):
     log("signals", "worker_shutdown")
+
+
+@app.task(bind=True)
+def replacer(self, how):
+    """Task.replace() with each kind of canvas, as Celery's canvas guide shows."""
+    from litequeue import group
+    replacements = {"sig": add.s(2, 3), "chain": add.s(1, 1) | mul.s(10),
+                    "group": group(add.s(1, 1), add.s(2, 2)), "fail": fail.s("replaced")}
+    return self.replace(replacements[how])
