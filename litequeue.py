@@ -160,7 +160,7 @@ __all__ = [
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
     "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
-    "TimeLimitExceeded", "Ignore", "Reject",
+    "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS", "states",
@@ -358,6 +358,10 @@ class RemoteError(LitequeueError):
 
 class ChordError(LitequeueError):
     """A chord's body did not run because a member of its header did not succeed."""
+
+
+class IncompleteStream(LitequeueError):
+    """AsyncResult.collect() met a task of the graph that is not ready (Celery's)."""
 
 
 class TaskRevoked(LitequeueError):
@@ -5609,6 +5613,52 @@ class AsyncResult:
         """The tasks it queued while it ran and those that follow it (links, errbacks)."""
         return [AsyncResult(i, self.app) for i in self.app._storage().children(self.id)]
 
+    def iterdeps(self, intermediate=False):
+        """(parent, result) of this task and, breadth first, of its children's graph. A
+        task that is not ready ends it with IncompleteStream unless intermediate."""
+        queue, seen = collections.deque([(None, self)]), set()
+        while queue:
+            parent, node = queue.popleft()
+            if node.id in seen:
+                continue
+            seen.add(node.id)
+            yield parent, node
+            if node.ready():
+                queue.extend((node, child) for child in node.children)
+            elif not intermediate:
+                raise IncompleteStream(f"task {node.id} of the graph is not ready")
+
+    def collect(self, intermediate=False, **kwargs):
+        """(result, value) of each task of the graph iterdeps() walks, as Celery's."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
+
+    @property
+    def graph(self):
+        """The graph of this task and its children, as {result: [its children]}."""
+        graph = {}
+        for parent, node in self.iterdeps(intermediate=True):
+            graph.setdefault(node, [])
+            if parent is not None:
+                graph.setdefault(parent, []).append(node)
+        return graph
+
+    def as_tuple(self):
+        """Celery's (id, parent) form: ((id, parent tuple or None), None)."""
+        parent = self.parent
+        return (self.id, parent.as_tuple() if isinstance(parent, AsyncResult) else None), None
+
+    def _message(self, on_message, last):
+        """get(on_message=...): call it with Celery's meta when the state or its meta
+        changed since last; returns what it saw."""
+        state, info = self.state, self.info
+        seen = (state, repr(info))
+        if seen != last:
+            on_message({"task_id": self.id, "status": state, "result": info,
+                        "traceback": self.traceback, "children": [],
+                        "date_done": self.date_done})
+        return seen
+
     def _call(self):
         return _row_call(self._fetch())
 
@@ -5735,21 +5785,27 @@ class AsyncResult:
         self.app._storage().forget(self.id)
         self._row = None
 
-    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True,
+            on_message=None, **_):
         """Wait until the task is ready and return its result.
 
         Raises the task's exception if it failed and propagate is true, TimeoutError when
         timeout (seconds) runs out, and TaskNotFound for an id nobody queued. Waits on the
         wake-up channel; interval caps the fallback poll for workers that cannot ring.
-        Inside a task in a worker it raises RuntimeError unless disable_sync_subtasks is
-        false (see _JOIN_BLOCKS).
+        on_message(meta) is called with Celery's meta dict as the state changes. Inside a
+        task in a worker it raises RuntimeError unless disable_sync_subtasks is false
+        (see _JOIN_BLOCKS).
         """
         if disable_sync_subtasks and _JOIN_BLOCKS[0]:
             raise RuntimeError(_WOULD_BLOCK)
         waiting = self._waiting(timeout, interval)
+        seen = None
         try:
             sleeper, wait = next(waiting)
             while True:
+                if on_message is not None:
+                    seen = self._message(on_message, seen)
+                    wait = min(wait, _PROGRESS_INTERVAL)
                 if sleeper is None:
                     time.sleep(wait)
                     rang = False
@@ -5757,6 +5813,8 @@ class AsyncResult:
                     rang = bool(_wait_readable([sleeper], wait))
                 sleeper, wait = waiting.send(rang)
         except StopIteration as done:
+            if on_message is not None:
+                self._message(on_message, seen)
             return self._ended(done.value, propagate)
 
     async def aget(self, timeout=None, propagate=True, interval=None):
@@ -5885,17 +5943,16 @@ class EagerResult(AsyncResult):
         return False
 
 
-class GroupResult:
-    """The AsyncResults of a group, in the group's order, under the group's id."""
+class ResultSet:
+    """Several AsyncResults waited on together (Celery's ResultSet): get() gives their
+    results in order."""
 
-    def __init__(self, results, id=None, app=None, parent=None):
+    def __init__(self, results, app=None, **_):
         self.results = list(results)
-        self.id = id
         self.app = app
-        self.parent = parent
 
     def __repr__(self):
-        return f"<GroupResult: {self.id} ({len(self.results)} task(s))>"
+        return f"<ResultSet: [{', '.join(r.id for r in self.results)}]>"
 
     def __iter__(self):
         return iter(self.results)
@@ -5907,8 +5964,8 @@ class GroupResult:
         return self.results[index]
 
     def __eq__(self, other):
-        return isinstance(other, GroupResult) and other.id == self.id and \
-            other.results == self.results
+        return type(other) is type(self) and other.results == self.results and \
+            getattr(other, "id", None) == getattr(self, "id", None)
 
     __hash__ = None
 
@@ -5916,18 +5973,21 @@ class GroupResult:
     def children(self):
         return self.results
 
-    def save(self, backend=None):
-        """Its members already carry its id in the database: nothing more to store."""
-        return self
+    def add(self, result):
+        if result not in self.results:
+            self.results.append(result)
 
-    @classmethod
-    def restore(cls, id, backend=None, app=None):
-        """The GroupResult saved under id, read from the database (None if unknown)."""
-        app = app or _current_app()
-        members = app._storage().group_members(id)
-        if not members:
-            return None
-        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
+    def discard(self, result):
+        if result in self.results:
+            self.results.remove(result)
+
+    remove = discard
+
+    def update(self, results):
+        self.results.extend(r for r in results if r not in self.results)
+
+    def clear(self):
+        self.results[:] = []
 
     def ready(self):
         """True when every task has finished, whatever the outcome."""
@@ -5948,7 +6008,8 @@ class GroupResult:
         """How many tasks succeeded."""
         return sum(r.successful() for r in self.results)
 
-    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True,
+            **_):
         """Every task's result, in order; timeout (seconds) covers them all."""
         if disable_sync_subtasks and _JOIN_BLOCKS[0]:
             raise RuntimeError(_WOULD_BLOCK)
@@ -5960,7 +6021,22 @@ class GroupResult:
                                 disable_sync_subtasks=False))
         return values
 
-    join = join_native = get
+    def join(self, timeout=None, propagate=True, interval=None, callback=None,
+             disable_sync_subtasks=True, **_):
+        """get(); with callback, callback(task id, value) for each instead."""
+        values = self.get(timeout=timeout, propagate=propagate, interval=interval,
+                          disable_sync_subtasks=disable_sync_subtasks)
+        if callback is None:
+            return values
+        for result, value in zip(self.results, values):
+            callback(result.id, value)
+        return None
+
+    join_native = join
+
+    def iterate(self, timeout=None, propagate=True, interval=None):
+        """Each result, in order, as it is ready."""
+        yield from self.get(timeout=timeout, propagate=propagate, interval=interval)
 
     def revoke(self, terminate=False):
         """Revoke every task; returns how many were revoked."""
@@ -5969,6 +6045,31 @@ class GroupResult:
     def forget(self):
         for r in self.results:
             r.forget()
+
+
+class GroupResult(ResultSet):
+    """The AsyncResults of a group, in the group's order, under the group's id."""
+
+    def __init__(self, results, id=None, app=None, parent=None):
+        super().__init__(results, app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self):
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def save(self, backend=None):
+        """Its members already carry its id in the database: nothing more to store."""
+        return self
+
+    @classmethod
+    def restore(cls, id, backend=None, app=None):
+        """The GroupResult saved under id, read from the database (None if unknown)."""
+        app = app or _current_app()
+        members = app._storage().group_members(id)
+        if not members:
+            return None
+        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
 
 
 # ---------------------------------------------------------------------------

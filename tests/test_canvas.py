@@ -651,6 +651,38 @@ class TestCeleryCanvasShapes:
         assert out == {"plain": [5, 20, [2, 4], ["ValueError", "replaced"]],
                        "in chain": 105, "in chord": [20, [2, 4], 2], "called": 20}
 
+    def test_collect_graph_result_sets_and_on_message_as_in_celery(self, canvas_here):
+        out = canvas_here.start().client('''
+            from litequeue import ResultSet
+            r = spawner.delay(2)
+            ids = r.get(timeout=30)
+            [app.AsyncResult(i).get(timeout=30) for i in ids]
+            collected = [[node.id == r.id, value] for node, value in r.collect()]
+            graph = {node.id: [c.id for c in children] for node, children in r.graph.items()}
+            rs = ResultSet([add.delay(1, 1), add.delay(2, 2)])
+            g = group(add.s(3, 3), add.s(4, 4)).delay()
+            seen = []
+
+            def on_message(meta):          # the task waits for the marker until PROGRESS
+                seen.append([meta["status"], meta["result"]])
+                if meta["status"] == "PROGRESS":
+                    open(os.path.join(MARKS, "go"), "w").close()
+            progress.delay(2, "go").get(timeout=30, on_message=on_message)
+            print(json.dumps({
+                "collected": collected, "graph": graph == {r.id: ids, ids[0]: [], ids[1]: []},
+                "set": [rs.get(timeout=30), rs.join(timeout=30), rs.completed_count(), len(rs)],
+                "repr": [repr(rs) == f"<ResultSet: [{rs[0].id}, {rs[1].id}]>",
+                         repr(g) == f"<GroupResult: {g.id} [{g[0].id}, {g[1].id}]>"],
+                "messages": [seen[0], seen[-2], seen[-1]]}))
+        ''')
+        assert out["collected"] == [[True, out["collected"][0][1]], [False, 0], [False, 2]]
+        assert out["graph"] and out["repr"] == [True, True]
+        assert out["set"] == [[2, 4], [2, 4], 2, 2]
+        # Reports are coalesced: at least one PROGRESS shows, between PENDING and SUCCESS.
+        first, progress, last = out["messages"]
+        assert first == ["PENDING", None] and last == ["SUCCESS", 2]
+        assert progress[0] == "PROGRESS" and progress[1]["total"] == 2
+
     def test_a_chain_ending_in_a_group_leads_back_to_its_first_step(self, canvas_here):
         out = canvas_here.start().client('''
             r = chain(add.s(1, 1), group(add.s(1), add.s(2))).apply_async()
