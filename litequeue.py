@@ -568,11 +568,15 @@ def _pack(obj):
 
 def _pack_other(obj):
     """A signature (or chain, group, chord) given as an argument or returned as a result
-    travels in Celery's dict form, as Celery sends it; signature(d) rebuilds it."""
+    travels in Celery's dict form, as Celery sends it; signature(d) rebuilds it. A
+    pydantic model travels as its dict (a pydantic=True task validates it back)."""
     as_dict = getattr(obj, "_as_dict", None)
-    if as_dict is None or not callable(as_dict):
-        raise TypeError(f"can not serialize {type(obj).__name__!r} object")
-    return as_dict()
+    if callable(as_dict):
+        return as_dict()
+    dump = getattr(obj, "model_dump", None)       # a pydantic model travels as its dict
+    if callable(dump) and hasattr(type(obj), "model_validate"):
+        return dump(mode="json")
+    raise TypeError(f"can not serialize {type(obj).__name__!r} object")
 
 
 def _unpack(data):
@@ -6652,6 +6656,58 @@ def _task_named(app, name):
     return task
 
 
+def _pydantic_task(fn, strict=False, context=None, dump_kwargs=None):
+    """@app.task(pydantic=True), as Celery's: an argument annotated with a pydantic model
+    (or an optional one) is validated into it from the dict it travels as, and a returned
+    instance of the annotated return model goes back as its dict (mode="json")."""
+    try:
+        import pydantic
+        import typing
+    except ImportError:
+        raise ConfigurationError("pydantic=True needs pydantic: pip install pydantic") from None
+    params = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:      # an annotation that does not resolve: use them as written
+        hints = {}
+
+    def model_for(annotation, value):
+        options = typing.get_args(annotation)
+        if type(None) in options:                  # Optional[Model]: None stays None
+            rest = [o for o in options if o is not type(None)]
+            annotation = rest[0] if len(rest) == 1 and value is not None else None
+        return annotation if isinstance(annotation, type) and \
+            issubclass(annotation, pydantic.BaseModel) else None
+
+    def before(args, kwargs):
+        bound = params.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            model = model_for(hints.get(name, params.parameters[name].annotation), value)
+            if model is not None and not isinstance(value, model):
+                bound.arguments[name] = model.model_validate(value, strict=strict,
+                                                             context=context)
+        return bound.args, bound.kwargs
+
+    def after(value):
+        model = model_for(hints.get("return", params.return_annotation), value)
+        if model is not None and isinstance(value, model):
+            return value.model_dump(**{"mode": "json", **(dump_kwargs or {})})
+        return value
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(*args, **kwargs):
+            args, kwargs = before(args, kwargs)
+            return after(await fn(*args, **kwargs))
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        args, kwargs = before(args, kwargs)
+        return after(fn(*args, **kwargs))
+    return run
+
+
 def _builtin_tasks(app):
     """The tasks Task.map(), starmap() and chunks() queue (Celery's celery.map and
     celery.starmap): each calls the named task once per item, in the worker, in order,
@@ -6749,10 +6805,17 @@ class LiteQueue:
             raise ConfigurationError(f"unknown task option(s): {', '.join(sorted(unknown))}")
 
         base = options.pop("base", None) or self.Task
+        pydantic = {k: options.pop(k) for k in ("pydantic", "pydantic_strict",
+                                                "pydantic_context", "pydantic_dump_kwargs")
+                    if k in options}
         if not (isinstance(base, type) and issubclass(base, Task)):
             raise ConfigurationError(f"base must be a subclass of litequeue.Task, not {base!r}")
 
         def register(func):
+            if pydantic.get("pydantic"):
+                func = _pydantic_task(func, pydantic.get("pydantic_strict", False),
+                                      pydantic.get("pydantic_context"),
+                                      pydantic.get("pydantic_dump_kwargs"))
             task = base(self, func, **options)
             self.tasks[task.name] = task
             return task
@@ -7162,7 +7225,8 @@ class Task:
                 "retry_backoff", "retry_backoff_max", "retry_jitter", "default_retry_delay",
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
                 "unique", "typing", "retry_kwargs", "expires", "throws", "acks_late",
-                "track_started", "serializer"}
+                "track_started", "serializer", "pydantic", "pydantic_strict",
+                "pydantic_context", "pydantic_dump_kwargs"}
     _HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
     # The defaults of the options a decorator does not give. A base class (``base=``) may
     # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).

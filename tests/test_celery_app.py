@@ -101,3 +101,44 @@ def test_register_task_and_task_cls_refuse_what_is_not_a_task(tmp_path):
         LiteQueue(str(tmp_path / "jobs.sqlite"), task_cls=dict)
     app.autodiscover_tasks(["no_such_package_here"], force=True)      # skipped quietly
     assert litequeue.LiteQueue.Task is Task and app.Task is Task
+
+
+PYDANTIC_TASKS = '''
+    from typing import Optional
+    from pydantic import BaseModel
+    from litequeue import LiteQueue
+
+    app = LiteQueue("jobs.sqlite")
+
+    class ArgModel(BaseModel):
+        value: int
+
+    class ReturnModel(BaseModel):
+        value: str
+
+    @app.task(pydantic=True)
+    def describe(arg: ArgModel, maybe: Optional[ArgModel] = None) -> ReturnModel:
+        assert isinstance(arg, ArgModel)
+        return ReturnModel(value=f"example: {arg.value} {maybe and maybe.value}")
+
+    @app.task(pydantic=True, bind=True)
+    async def described(self, arg: ArgModel) -> ReturnModel:
+        return ReturnModel(value=f"{self.name}: {arg.value}")
+'''
+
+
+def test_pydantic_arguments_are_validated_and_models_returned_as_dicts(tmp_path, here):
+    """Celery's examples/pydantic: a dict (or a model) in, the model in the task, its dict
+    out; a value the model refuses fails the task with pydantic's ValidationError."""
+    folder = Folder(tmp_path / "pyd", {"tasks": PYDANTIC_TASKS})
+    w = here(folder)
+    tasks = w.loaded[0]
+    calls = [tasks.describe.delay({"value": 1}), tasks.describe.delay(tasks.ArgModel(value=2),
+                                                                       {"value": 3}),
+             tasks.described.delay({"value": 4}), tasks.describe.delay({"value": "x"})]
+    w.work_until(lambda: all(r.ready() for r in calls), 10)
+    assert [r.get(timeout=5) for r in calls[:3]] == [
+        {"value": "example: 1 None"}, {"value": "example: 2 3"},
+        {"value": "tasks.described: 4"}]
+    assert calls[3].state == "FAILURE" and calls[3].result.exc_type.endswith(".ValidationError")
+    assert tasks.describe({"value": 5}) == {"value": "example: 5 None"}     # a plain call too
