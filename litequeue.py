@@ -1113,6 +1113,9 @@ _SETTINGS = {
                                 "task, seconds: the process is killed and replaced"),
     "task_soft_time_limit": _Setting(None, _check_number(optional=True, above=True), "soft limit "
                                      "per task, seconds: SoftTimeLimitExceeded is raised in it"),
+    "task_annotations": _Setting({}, _check_mapping, "task name or '*' -> task attributes "
+                                 "(Celery's task_annotations: {'tasks.add': {'rate_limit': "
+                                 "'10/s'}})"),
     "task_routes": _Setting({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
                             "task_routes)"),
     "beat_schedule": _Setting({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
@@ -1205,7 +1208,6 @@ _CELERY_ALIASES = {
     "EMAIL_USE_SSL": "email_use_ssl",
     "EMAIL_USE_TLS": "email_use_tls",
     "EMAIL_TIMEOUT": "email_timeout",
-    "task_annotations": None,
     "include": "imports",                       # Celery("proj", include=[...])
     "CELERY_INCLUDE": "imports",
 }
@@ -6817,6 +6819,7 @@ class LiteQueue:
                                       pydantic.get("pydantic_context"),
                                       pydantic.get("pydantic_dump_kwargs"))
             task = base(self, func, **options)
+            task._annotate(self.conf["task_annotations"])
             self.tasks[task.name] = task
             return task
 
@@ -6875,6 +6878,8 @@ class LiteQueue:
                 raise ConfigurationError(f"cannot import {name!r}, which the app's "
                                          f"include (imports) names: {exc}") from None
         self._import_discovered()
+        for task in self.tasks.values():
+            task._annotate(self.conf["task_annotations"])
         self.on_configure.send(sender=self)
         self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
@@ -7342,6 +7347,24 @@ class Task:
         rate, interval = self._rate or (None, None)
         return {"name": self.name, "module": self.module, "now": now, "rate": rate,
                 "interval": interval}
+
+    # What task_annotations may set (Celery's attribute names).
+    _ANNOTATABLE = frozenset(_CLASS_DEFAULTS) - {"bind", "typing", "unique"} | \
+        {"max_retries", "retry_kwargs", "expires", "throws"}
+
+    def _annotate(self, annotations):
+        """Apply the app's task_annotations: the "*" entry, then this task's own."""
+        for key in ("*", self.name):
+            for option, value in (annotations.get(key) or {}).items():
+                if option not in self._ANNOTATABLE:
+                    raise ConfigurationError(f"task_annotations[{key!r}] sets {option!r}, "
+                                             f"which is not a task option litequeue can set")
+                if option == "rate_limit":
+                    self._rate = _parse_rate(value)
+                if option == "max_retries":
+                    self._max_retries = self._own_max_retries(value)
+                else:
+                    setattr(self, option, value)
 
     @property
     def max_retries(self):

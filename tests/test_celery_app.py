@@ -142,3 +142,29 @@ def test_pydantic_arguments_are_validated_and_models_returned_as_dicts(tmp_path,
         {"value": "tasks.described: 4"}]
     assert calls[3].state == "FAILURE" and calls[3].result.exc_type.endswith(".ValidationError")
     assert tasks.describe({"value": 5}) == {"value": "example: 5 None"}     # a plain call too
+
+
+def test_task_annotations_set_task_attributes_by_name_or_for_all(tmp_path):
+    """Celery's task_annotations, set before or after the tasks: the worker reads the
+    rate limit from the registry row a registration writes."""
+    app = LiteQueue(str(tmp_path / "jobs.sqlite"),
+                    task_annotations={"tasks.add": {"rate_limit": "10/s"},
+                                      "*": {"max_retries": 7, "time_limit": 30}})
+
+    @app.task(name="tasks.add")
+    def add(x, y):
+        return x + y
+
+    @app.task(name="tasks.mul")
+    def mul(x, y):
+        return x * y
+
+    assert (add.rate_limit, add._registry_row(0)["interval"], add.max_retries,
+            add.time_limit) == ("10/s", 0.1, 7, 30)
+    assert (mul.rate_limit, mul.max_retries) == (None, 7)
+    app.conf.task_annotations = [{"tasks.mul": {"rate_limit": "1/m"}}]   # Celery's list form
+    app.finalize()
+    assert mul._registry_row(0)["interval"] == 60.0
+    with pytest.raises(ConfigurationError, match="not a task option"):
+        app.conf.task_annotations = {"*": {"on_failure": print}}
+        app.task(name="tasks.other")(lambda: None)
