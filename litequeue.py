@@ -685,6 +685,20 @@ def _encode_error(exc):
     return _pack(info)
 
 
+def _imported_name(dotted):
+    """The object a dotted name (module.Qual.Name, a class nested in a class too) names
+    in a module this process has already imported; None if none. Never imports."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        module = sys.modules.get(".".join(parts[:cut]) if cut else "builtins")
+        if module is not None:
+            obj = module
+            for part in parts[cut:]:
+                obj = getattr(obj, part, None)
+            return obj
+    return None
+
+
 def _rebuild_error(blob, remote_traceback):
     """An exception instance of the task's type, or a RemoteError stand-in.
 
@@ -699,10 +713,7 @@ def _rebuild_error(blob, remote_traceback):
         info = {}
     type_name = str(info.get("type", "Exception"))
     message = str(info.get("message", ""))
-    module_name, _, qualname = type_name.rpartition(".")
-    obj = sys.modules.get(module_name or "builtins")
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
+    obj = _imported_name(type_name)
     exc = None
     if isinstance(obj, type) and issubclass(obj, Exception) and isinstance(info.get("args"), list):
         try:

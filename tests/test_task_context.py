@@ -341,3 +341,12 @@ def test_ignore_and_reject_record_nothing_and_requeue_redelivers(project, here):
         "PENDING", "REJECTED", False)
     assert requeued.get(timeout=5) == ["requeue", 2, 0]
     assert litequeue.states.IGNORED == "IGNORED" and litequeue.states.REJECTED == "REJECTED"
+
+
+def test_an_exception_class_nested_in_a_class_comes_back_as_itself(project, here):
+    w = here(project)
+    tasks = w.loaded[0]
+    r = tasks.raise_nested.delay("inner")
+    assert w.work() == 1
+    with pytest.raises(tasks.Errors.Nested, match="inner"):
+        r.get(timeout=5)

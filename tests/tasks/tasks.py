@@ -328,3 +328,15 @@ def set_aside(self, how):
     if how == "reject":
         raise Reject("bad input", requeue=False)
     return [how, self.request.attempt, self.request.retries]
+
+
+class Errors:
+    """An exception class nested in a class, as some libraries define theirs."""
+
+    class Nested(Exception):
+        pass
+
+
+@app.task
+def raise_nested(message):
+    raise Errors.Nested(message)
