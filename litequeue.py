@@ -10583,10 +10583,11 @@ class _Supervisor:
         return sig_r, restore
 
     def _log_start(self):
+        own = sorted(name for name in self.tasks if not name.startswith("litequeue."))
         logger.info("litequeue worker %s: %s; %s %s; time zone %s; %s: %s", self.db,
                     self._pool_text(), "queue" if len(self.queues) == 1 else "queues",
                     ", ".join(self.queues), self.settings["timezone"],
-                    _plural(len(self.tasks), "task"), ", ".join(sorted(self.tasks)) or "none")
+                    _plural(len(own), "task"), ", ".join(own) or "none")
         if self.pool == "threads" and (self.settings["task_soft_time_limit"] or any(
                 t.soft_time_limit and not t.is_async for t in self.tasks.values())):
             logger.warning("-P threads: soft time limits of sync tasks are not enforced (a "
@@ -13219,6 +13220,24 @@ def _cmd_demo(db, count):
     for command in (f"status {shown}", f"tasks {shown} --state FAILURE",
                     f"result {shown} {results[0][1].id}"):
         click.echo(f"  $ {program} {command}")
+
+
+def _app_start(app, argv=None):
+    """Celery's app.start() and app.worker_main(): ``python myapp.py worker -l INFO``
+    runs the CLI, a `worker` command serving this app's file and module; any other
+    command is the CLI's own (``python myapp.py status jobs.sqlite``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "worker" and not any(a in ("-h", "--help") for a in args):
+        args = ["worker", app.path, "-A", app._module, *args[1:]]
+    try:
+        cli.main(args, prog_name=os.path.basename(sys.argv[0] or "litequeue"))
+    except SystemExit as done:
+        if done.code:
+            raise
+
+
+LiteQueue.start = _app_start
+LiteQueue.worker_main = _app_start
 
 
 # ---------------------------------------------------------------------------
