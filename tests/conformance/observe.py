@@ -36,7 +36,7 @@ class Observations(dict):
         return self[name]
 
 
-def wait_for(predicate, timeout=10.0):
+def wait_for(predicate, timeout=5.0):
     """predicate()'s first truthy value within timeout seconds, else its last value."""
     deadline = time.monotonic() + timeout
     while True:
