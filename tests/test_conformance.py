@@ -62,6 +62,12 @@ DEFAULT_QUEUE = {"litequeue": "default", "celery": "celery"}
 
 # program -> {observation: why it differs, as README's "What does not" says}.
 DIFFERENCES = {
+    "result_api": {
+        "name without result_extended": "a result's name and args are read in any process "
+                                        "here; Celery stores them only with result_extended",
+        "args without result_extended": "a result's name and args are read in any process "
+                                        "here; Celery stores them only with result_extended",
+    },
 }
 
 RUN_CLIENT = """\

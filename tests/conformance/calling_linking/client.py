@@ -52,4 +52,5 @@ def observe(seen):
     seen("get(on_message=)", r.get, on_message=messages.append, propagate=False, timeout=10)
     seen("on_message states", lambda: sorted({m["status"] for m in messages}))
     seen("on_message last",
-         lambda: {k: v for k, v in messages[-1].items() if k != "task_id"} if messages else None)
+         lambda: {k: v for k, v in messages[-1].items() if k not in ("task_id", "date_done")}
+         if messages else None)

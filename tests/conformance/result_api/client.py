@@ -1,6 +1,8 @@
 """Every field a user reads off a result."""
 import datetime
 
+from observe import wait_for
+
 from tasks import add, app, oops
 
 
@@ -35,7 +37,8 @@ def observe(seen):
 
     waiting = add.apply_async((1, 1), countdown=30)
     seen("revoke a waiting task", waiting.revoke)
-    seen("revoked: state", lambda: waiting.state)
+    seen("revoked: state", lambda: wait_for(lambda: waiting.state == "REVOKED" and waiting.state)
+         or waiting.state)
     seen("revoked: get", waiting.get, timeout=5)
     seen("revoked: ready", waiting.ready)
     seen("revoked: successful", waiting.successful)
