@@ -26,7 +26,7 @@ def plain(value):
         return {"bytes": value.hex()}
     if isinstance(value, datetime.datetime):
         return {"datetime": value.isoformat()}
-    return {type(value).__name__: repr(value)}
+    return {type(value).__name__: TASK_ID.sub("<id>", repr(value))}
 
 
 class Observations(dict):

@@ -2,7 +2,7 @@
 import time
 
 from litequeue import LiteQueue  # celery: from celery import Celery
-import litequeue as states  # celery: from celery import states
+from litequeue import states  # celery: from celery import states
 app = LiteQueue("jobs.sqlite")  # celery: app = Celery("tasks", broker=REDIS_URL, backend=REDIS_URL)
 
 
