@@ -117,7 +117,28 @@ FILE_ORDER = (
     "test_dashboard_security.py",
     "test_cli.py",                  # 18    CLI
     "test_portability.py",          # 19    the same tasks on Celery
+    "test_conformance.py",          #       Celery's own examples on both engines
 )
+
+# Files whose tests xdist may spread over its processes one by one, instead of sending the
+# whole file to one process (--dist loadfile): each conformance program is independent and
+# starts its own workers, and together they are too slow for one process.
+SPREAD_FILES = ("tests/test_conformance.py",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, except that the tests of SPREAD_FILES go out one by one."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SpreadSomeFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            if nodeid.split("::", 1)[0] in SPREAD_FILES:
+                return nodeid
+            return super()._split_scope(nodeid)
+    return SpreadSomeFiles(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,4 @@
+"""application.rst's configuration module."""
+enable_utc = True
+timezone = "Europe/London"
+result_expires = 1800

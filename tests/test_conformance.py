@@ -1,0 +1,256 @@
+"""Conformance: small programs doing what Celery's own examples and guides show a user
+doing, each run on litequeue and on Celery 5 with a real Redis and a real prefork worker,
+with the same calling code; the answers must be the same.
+
+Every program is a folder under tests/conformance/ written for litequeue: a tasks module
+(and any module beside it) and client.py, whose observe(seen) records what a user would
+look at (results, states, exception types and messages, reprs, request fields). A line that
+a port from Celery changes ends with `# celery: <the Celery line>`; the Celery run puts
+that line in its place (REDIS_URL in it becomes this test's Redis URL; ` \\n ` separates
+Celery lines that one litequeue line replaces), and nothing else changes. The count of
+the Celery lines so replaced is what the port cost.
+
+An observation may differ only where DIFFERENCES says so, with the reason README's "What
+does not" (in "When you outgrow one machine") gives; a listed observation that no longer
+differs fails too, so the list cannot go stale. CONFORMANCE_REPORT=DIR writes each
+program's observations on both engines to DIR/<program>.json.
+"""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import LITEQUEUE_PY, Folder, run, wait_until
+from .test_portability import _free_port, _reap, _redis_pid
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.worker]
+
+PROGRAMS_DIR = Path(__file__).resolve().with_name("conformance")
+PROGRAMS = sorted(p.parent.name for p in PROGRAMS_DIR.glob("*/client.py"))
+PORT_MARK = re.compile(r"^(?P<indent>\s*)(?P<code>.*?)\s*# celery: (?P<celery>.*)$")
+
+# How each program is run when it needs more than `-A tasks` and a worker on the default
+# queue: the modules its worker imports (litequeue's -A, and Celery's -A app), the database
+# path LiteQueue(...) names relative to the folder, the queues a worker serves (beside
+# the engine's default queue), beat for Celery's periodic tasks, no worker at all.
+SETUP = {
+    "myapp_example": {"modules": ["myapp"], "celery_app": "myapp"},
+    "next_steps_proj": {"modules": ["proj.celery"], "celery_app": "proj",
+                        "db": "proj/jobs.sqlite"},
+    "next_steps_routing": {"modules": ["proj.celery"], "celery_app": "proj",
+                           "db": "proj/jobs.sqlite", "queues": ["hipri", "lopri"]},
+    "first_steps_config": {"queues": ["low-priority"]},
+    "calling_options": {"queues": ["priority.high"]},
+    "periodic_on_after_configure": {"modules": ["myapp"], "celery_app": "myapp",
+                                    "beat": True},
+    "periodic_beat_schedule": {"beat": True},
+    "periodic_schedules": {"worker": False},
+    "application_autodiscover": {"modules": ["proj"], "celery_app": "proj",
+                                 "db": "proj/jobs.sqlite"},
+    "stamping": {"modules": ["myapp"], "celery_app": "myapp"},
+    "eventlet_shapes": {"modules": ["app"], "celery_app": "app"},
+}
+DEFAULT_QUEUE = {"litequeue": "default", "celery": "celery"}
+
+# program -> {observation: why it differs, as README's "What does not" says}.
+DIFFERENCES = {
+    "result_api": {
+        "name without result_extended": "a result's name and args are read in any process "
+                                        "here; Celery stores them only with result_extended",
+        "args without result_extended": "a result's name and args are read in any process "
+                                        "here; Celery stores them only with result_extended",
+    },
+}
+
+RUN_CLIENT = """\
+import json, traceback
+from observe import Observations
+seen = Observations()
+try:
+    import client
+    client.observe(seen)
+except BaseException as exc:
+    seen["<client stopped>"] = [type(exc).__name__, str(exc),
+                                traceback.format_exc().splitlines()[-3:]]
+print()
+print(json.dumps(seen))
+"""
+
+
+def port(program, dest, engine, redis_url):
+    """Copy the program into dest for engine; the number of lines a port changes."""
+    changed = 0
+    src = PROGRAMS_DIR / program
+    for path in sorted(src.rglob("*")):
+        if "__pycache__" in path.parts or path.is_dir():
+            continue
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for line in path.read_text().splitlines():
+            mark = PORT_MARK.match(line)
+            if mark:
+                celery = mark["celery"].split(" \\n ")     # one line here, several there
+                changed += len(celery)
+                if engine == "celery":
+                    line = "\n".join(mark["indent"] + part.replace("REDIS_URL", repr(redis_url))
+                                     for part in celery)
+                else:
+                    line = mark["indent"] + mark["code"]
+            lines.append(line)
+        target.write_text("\n".join(lines) + "\n")
+    shutil.copy(PROGRAMS_DIR / "observe.py", dest / "observe.py")
+    return changed
+
+
+# ---------------------------------------------------------------------------
+# Redis: one server per test process, one database number per test
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server on a free loopback port for this test process (64 databases);
+    stopped at the end of the session."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    home = tmp_path_factory.mktemp("redis")
+    log = home / "redis.log"
+    proc = None
+    try:
+        for _ in range(3):      # another process may take the free port before Redis does
+            port = _free_port()
+            cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--dir", str(home),
+                   "--databases", "64"]
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            wait_until(lambda: proc.poll() is not None or _redis_pid(port) == proc.pid, 15,
+                       lambda: f"redis-server to answer on port {port}\n{log.read_text()}")
+            if proc.poll() is None:
+                break
+            proc.wait()
+        else:
+            pytest.fail(f"redis-server did not start:\n{log.read_text()}")
+        yield port
+    finally:
+        if proc is not None:
+            _reap(proc)
+
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """This test's own database on the session's server (Celery's keys and its fanout
+    channels carry the database number, so tests do not see each other)."""
+    number = next(_db_numbers)
+    assert number < 64, "more tests in one process than the server has databases"
+    return f"redis://127.0.0.1:{redis_server}/{number}"
+
+
+# ---------------------------------------------------------------------------
+# Running a program on one engine
+# ---------------------------------------------------------------------------
+
+def start_litequeue(workers, folder, setup):
+    cmd = [sys.executable, str(LITEQUEUE_PY), "worker", folder.db]
+    for module in setup.get("modules", ["tasks"]):
+        cmd += ["-A", module]
+    cmd += ["-c", "2", "-l", "INFO"]
+    queues = setup.get("queues")
+    if queues:
+        cmd += ["-Q", ",".join([DEFAULT_QUEUE["litequeue"], *queues])]
+    workers.start(folder, cmd=cmd, concurrency=2)
+
+
+def start_celery(workers, folder, setup, redis_url):
+    """`celery -A APP worker -P prefork -c 2` (with -B for beat), reaped by the workers
+    fixture; returns once it answers a ping."""
+    from celery import Celery
+
+    cmd = [sys.executable, "-m", "celery", "-A", setup.get("celery_app", "tasks"), "worker",
+           "-P", "prefork", "-c", "2", "--loglevel=INFO", "--without-mingle",
+           "--without-gossip"]
+    queues = setup.get("queues")
+    if queues:
+        cmd += ["-Q", ",".join([DEFAULT_QUEUE["celery"], *queues])]
+    if setup.get("beat"):
+        cmd += ["-B", "-s", str(folder.dir / "celerybeat-schedule")]
+    worker = workers.start(folder, cmd=cmd, ready=False)
+    probe = Celery("probe", broker=redis_url, backend=redis_url, set_as_current=False)
+    try:
+        def answers():
+            if worker.proc.poll() is not None:
+                worker._fail(f"celery worker exited with {worker.proc.returncode}")
+            return probe.control.ping(timeout=0.2)
+        wait_until(answers, 30, lambda: f"celery worker to answer a ping\n{worker.log_text()}")
+    finally:
+        probe.close()
+
+
+def observe(program, engine, directory, workers, redis_url):
+    """{observation: value} of the program's client on engine, and the lines ported."""
+    setup = SETUP.get(program, {})
+    directory.mkdir(parents=True)
+    changed = port(program, directory, engine, redis_url)
+    folder = Folder(directory)
+    folder.db = str(directory / setup.get("db", "jobs.sqlite"))
+    if setup.get("worker", True):
+        try:
+            if engine == "litequeue":
+                start_litequeue(workers, folder, setup)
+            else:
+                start_celery(workers, folder, setup, redis_url)
+        except pytest.fail.Exception as exc:
+            return {"<worker did not start>": str(exc).splitlines()[-8:]}, changed
+    env = dict(os.environ, PYTHONPATH=str(LITEQUEUE_PY.parent))
+    done = run([sys.executable, "-c", RUN_CLIENT], cwd=directory, timeout=100, env=env)
+    if done.returncode != 0 or not done.stdout.strip():
+        return {"<client exited>": [done.returncode, done.stderr.splitlines()[-8:]]}, changed
+    return json.loads(done.stdout.strip().splitlines()[-1]), changed
+
+
+def test_program_runs_the_same_on_litequeue_and_on_celery(program, tmp_path, redis_url,
+                                                          workers):
+    started = time.monotonic()
+    seen, changed = {}, {}
+    for engine in ("litequeue", "celery"):
+        seen[engine], changed[engine] = observe(program, engine, tmp_path / engine, workers,
+                                                redis_url)
+        workers.reap()      # this engine's worker stops before the other's starts
+        workers.started.clear()
+    report = os.environ.get("CONFORMANCE_REPORT")
+    if report:
+        Path(report).mkdir(parents=True, exist_ok=True)
+        (Path(report) / f"{program}.json").write_text(json.dumps(
+            {"port_lines": changed["litequeue"], "seconds": time.monotonic() - started,
+             **seen}, indent=1))
+    broken = {k: v for k, v in seen["celery"].items() if k.startswith("<")}
+    assert not broken, f"the program does not run on Celery itself: {broken}"
+    allowed = DIFFERENCES.get(program, {})
+    names = sorted(set(seen["litequeue"]) | set(seen["celery"]))
+    missing = object()
+    differs = {name: {engine: seen[engine].get(name, missing) for engine in seen}
+               for name in names
+               if seen["litequeue"].get(name, missing) != seen["celery"].get(name, missing)}
+    unexplained = {name: d for name, d in differs.items() if name not in allowed}
+    stale = sorted(set(allowed) - set(differs))
+    assert not unexplained and not stale, json.dumps(
+        {"differ": unexplained, "listed in DIFFERENCES but the same": stale}, indent=1,
+        default=lambda v: "<absent>")
+
+
+def pytest_generate_tests(metafunc):
+    if "program" in metafunc.fixturenames:
+        metafunc.parametrize("program", PROGRAMS)
