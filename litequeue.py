@@ -158,7 +158,7 @@ __all__ = [
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "ReadOnlyDatabase",
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
-    "UnknownTask", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
+    "UnknownTask", "NotRegistered", "TaskRevokedError", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
@@ -313,8 +313,8 @@ class SerializationError(LitequeueError, TypeError):
     """Task arguments or a result cannot be encoded as msgpack."""
 
 
-class UnknownTask(LitequeueError, KeyError):
-    """No task of that name is registered."""
+class NotRegistered(LitequeueError, KeyError):
+    """No task of that name is registered (Celery's NotRegistered; also UnknownTask)."""
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""
@@ -364,8 +364,12 @@ class IncompleteStream(LitequeueError):
     """AsyncResult.collect() met a task of the graph that is not ready (Celery's)."""
 
 
-class TaskRevoked(LitequeueError):
-    """The task was revoked or expired before it ran."""
+class TaskRevokedError(LitequeueError):
+    """get() of a task that was revoked, expired or terminated (Celery's; also
+    TaskRevoked). Its message is Celery's word: revoked, expired or terminated."""
+
+
+UnknownTask, TaskRevoked = NotRegistered, TaskRevokedError
 
 
 class WorkerLostError(LitequeueError):
@@ -417,7 +421,9 @@ class Retry(Exception):
     """
 
     def __init__(self, message=None, exc=None, countdown=None, eta=None, max_retries=None):
-        super().__init__(message or (f"retry requested: {exc!r}" if exc else "retry requested"))
+        when = f"in {countdown}s" if countdown is not None else \
+            f"at {eta}" if eta is not None else "requested"
+        super().__init__(message or (f"Retry {when}: {exc!r}" if exc else f"Retry {when}"))
         self.exc = exc
         self.countdown = countdown
         self.eta = eta
@@ -635,18 +641,25 @@ def _unpack_call(payload):
 # apply_async options the running task sees (self.request), kept in the envelope, with the
 # check each must pass: headers (a map with text keys), argsrepr and kwargsrepr (what logs
 # and the dashboard show instead of the arguments), shadow (the name logs show) and
-# ignore_result (this call's result is not kept).
+# ignore_result (this call's result is not kept), time_limit and soft_time_limit (this
+# call's limits, over the task's).
 _CALL_OPTIONS = {
     "headers": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
     "argsrepr": lambda v: isinstance(v, str) and len(v) <= 4096,
     "kwargsrepr": lambda v: isinstance(v, str) and len(v) <= 4096,
     "shadow": lambda v: isinstance(v, str) and 0 < len(v) <= 255,
     "ignore_result": lambda v: isinstance(v, bool),
+    "time_limit": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+    "eta": lambda v: isinstance(v, str) and len(v) <= 64,
+    "soft_time_limit": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and
+    v > 0,
 }
 _CALL_OPTION_HELP = {
     "headers": "give a dict with text keys", "argsrepr": "give text of at most 4096 characters",
     "kwargsrepr": "give text of at most 4096 characters",
-    "shadow": "give a name of 1 to 255 characters", "ignore_result": "give True or False"}
+    "shadow": "give a name of 1 to 255 characters", "ignore_result": "give True or False",
+    "time_limit": "give a positive number of seconds", "eta": "give a datetime",
+    "soft_time_limit": "give a positive number of seconds"}
 
 
 def _unpack_stored(blob, what, task_id):
@@ -1114,6 +1127,8 @@ _SETTINGS = {
                          "crontabs without their own tz [default: this machine's zone]"),
     "imports": _Setting((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
     "task_always_eager": _Setting(False, _check_bool, "run tasks inline, for unit tests"),
+    "task_eager_propagates": _Setting(False, _check_bool, "an eager task's exception is raised "
+                                      "by apply_async() and apply(), not kept in its result"),
     "task_default_queue": _Setting("default", _check_text, "queue of tasks that name none"),
     "task_default_priority": _Setting(0, _check_number(-2**63, whole=True), "priority of tasks "
                                       "that name none (higher runs first)"),
@@ -1413,7 +1428,14 @@ class _Conf(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(f"no setting {name!r}") from None
+            raise AttributeError(f"'Settings' object has no attribute {name!r}") from None
+
+    def __missing__(self, name):
+        """A Celery setting litequeue ignores reads back as it was set."""
+        ignored = self.__dict__.get("_ignored", {})
+        if name in ignored:
+            return ignored[name]
+        raise KeyError(name)
 
     def __setattr__(self, name, value):
         self.update({name: value})
@@ -1424,8 +1446,10 @@ class _Conf(dict):
     def update(self, *args, **kwargs):
         loaded = args[0] if len(args) == 1 and not kwargs and \
             isinstance(args[0], _LoadedSettings) else None     # keeps where each was set
-        dict.update(self, _merged_settings(self, loaded if loaded is not None else
-                                           dict(*args, **kwargs)))
+        given = loaded if loaded is not None else dict(*args, **kwargs)
+        dict.update(self, _merged_settings(self, given))
+        self.__dict__.setdefault("_ignored", {}).update(
+            (k, v) for k, v in given.items() if _setting_name(k) == "")
 
 
 # ---------------------------------------------------------------------------
@@ -4890,7 +4914,7 @@ def _retry_delay(task, asked, retries, now):
 
 
 def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, default_max,
-                      errors, now):
+                      errors, now, call=((), {})):
     """What a run of task that raised exc comes to, in a worker and in eager mode alike:
     a _FailureDecision. RETRY, due at eta, when self.retry() or
     autoretry_for asks and the budget allows (_retry_budget: the request's max_retries,
@@ -4918,8 +4942,9 @@ def _failure_decision(task, exc, *, task_id, retries, attempt, stored_max, defau
         delay=lambda: _retry_delay(task, asked, retries, now), now=now,
         history=_history(errors), error=_error_entry(cause, attempt, now))
     if state == FAILURE and asked is not None and asked.exc is None:
-        cause = MaxRetriesExceededError(f"{task.name}[{task_id}] asked for a retry after "
-                                        f"{retries} retries (max {budget})")
+        args, kwargs = call
+        cause = MaxRetriesExceededError(f"Can't retry {task.name}[{task_id}] "
+                                        f"args:{tuple(args)} kwargs:{kwargs}")
         history[-1] = _error_entry(cause, attempt, now)
     return _FailureDecision(state, cause, eta, history, budget)
 
@@ -5049,7 +5074,6 @@ class _Request:
     # not a worker's or eager run; is_eager: an eager run (apply(), task_always_eager).
     called_directly = False
     is_eager = False
-    eta = None
     reply_to = origin = None            # no reply queue, no producer node name here
     callbacks = errbacks = chain = chord = None     # kept in the database, not the request
     group_index = None
@@ -5094,7 +5118,19 @@ class _Request:
     kwargsrepr = property(
         lambda self: self.options.get("kwargsrepr") if self.options else None)
     shadow = property(lambda self: self.options.get("shadow") if self.options else None)
+    # The ETA a countdown or eta gave the call, ISO 8601 text as Celery's (else None).
+    eta = property(lambda self: self.options.get("eta") if self.options else None)
     correlation_id = property(lambda self: self.id)        # the task id, as Celery sets it
+
+    def __getattr__(self, name):
+        """A header the call gave (apply_async(headers=...)) reads as a field, as in
+        Celery, whose message headers are the request's fields."""
+        if name.startswith("__") or name in _Request.__slots__ or name == "headers":
+            raise AttributeError(name)
+        headers = self.headers
+        if headers and name in headers:
+            return headers[name]
+        raise AttributeError(f"'Context' object has no attribute {name!r}")
     timelimit = property(lambda self: self.limits)
     time_limit = property(lambda self: self.limits[0])
     soft_time_limit = property(lambda self: self.limits[1])
@@ -5249,7 +5285,7 @@ for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_
 sys.modules[signals.__name__] = signals      # so `from litequeue.signals import ...` works
 
 
-class _ExceptionInfo:
+class ExceptionInfo:
     """What hooks and signals get as einfo (Celery's ExceptionInfo, reduced)."""
 
     def __init__(self, exc, traceback_text):
@@ -5290,7 +5326,7 @@ def _task_started(task, request, args, kwargs):
                                  kwargs=kwargs)
 
 
-def _task_ended(task, request, args, kwargs, state, value, exc, tb):
+def _task_ended(task, request, args, kwargs, state, value, exc, tb, reason=None):
     """The hooks and signals of a run that ended in state, with Celery's arguments and in
     its order: value is what the task returned; exc the error that ended it (for a retry,
     the one it is retried for), tb its traceback text. Whatever they raise is logged:
@@ -5298,7 +5334,7 @@ def _task_ended(task, request, args, kwargs, state, value, exc, tb):
     if not (task._hooked or _TASK_WATCHERS[0]):
         return
     task_id = request.id
-    einfo = _ExceptionInfo(exc, tb) if exc is not None else None
+    einfo = ExceptionInfo(exc, tb) if exc is not None else None
     retval = value if exc is None else exc
 
     def hook(name, *hook_args):
@@ -5312,12 +5348,14 @@ def _task_ended(task, request, args, kwargs, state, value, exc, tb):
         signals.task_success.send(sender=task, result=value)
     elif state == RETRY:
         hook("on_retry", exc, task_id, args, kwargs, einfo)
-        signals.task_retry.send(sender=task, request=request, reason=exc, einfo=einfo)
+        signals.task_retry.send(sender=task, request=request, reason=reason or exc,
+                                einfo=einfo)
     else:
         hook("on_failure", exc, task_id, args, kwargs, einfo)
         signals.task_failure.send(sender=task, task_id=task_id, exception=exc, args=args,
                                   kwargs=kwargs, traceback=tb, einfo=einfo)
-    hook("after_return", state, retval, task_id, args, kwargs, einfo)
+    if state != RETRY:                   # Celery's after_return follows the last run only
+        hook("after_return", state, retval, task_id, args, kwargs, einfo)
     signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
                               kwargs=kwargs, retval=retval, state=state)
 
@@ -5372,7 +5410,8 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
     try:
         state, cause, eta, history, budget = _failure_decision(
             task, exc, task_id=task_id, retries=retries, attempt=request.attempt,
-            stored_max=stored_max, default_max=default_max, errors=errors, now=now)
+            stored_max=stored_max, default_max=default_max, errors=errors, now=now,
+            call=(args, kwargs))
     except Exception as bad_request:   # e.g. self.retry(countdown="soon")
         logger.error("Task %s[%s] failed: %s", name, task_id, _saferepr(bad_request))
         _task_ended(task, request, args, kwargs, FAILURE, None, bad_request, tb)
@@ -5387,8 +5426,16 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
     else:
         logger.error("Task %s[%s] raised %s: %s\n%s", name, task_id, type(cause).__name__,
                      _saferepr(cause), _clipped((tb or "").rstrip(), _LOG_TRACEBACK_MAX))
-    _task_ended(task, request, args, kwargs, state, None, cause, tb)
-    return _Ending(state, cause, _encode_error(cause), tb, eta, _pack(history))
+    reason = None
+    if state == RETRY:       # what Celery's task_retry gets: "Retry in 0.1s: OSError(...)"
+        asked = exc if isinstance(exc, Retry) else None
+        reason = Retry(exc=cause if cause is not exc else None,
+                       countdown=asked.countdown if asked is not None and
+                       asked.countdown is not None else round(eta - now, 3))
+    _task_ended(task, request, args, kwargs, state, None, cause, tb, reason)
+    # A plain self.retry() (no exc) keeps no error: .result reads None meanwhile, as Celery.
+    stored = None if isinstance(cause, Retry) else _encode_error(cause)
+    return _Ending(state, cause, stored, tb, eta, _pack(history))
 
 
 def _current_app():
@@ -5552,6 +5599,20 @@ class AsyncResult:
 
     def __repr__(self):
         return f"<AsyncResult: {self.id}>"
+
+    def __str__(self):
+        return str(self.id)
+
+    @property
+    def task_id(self):
+        return self.id
+
+    def maybe_throw(self, propagate=True, callback=None):
+        """Raise the task's exception if it failed (and propagate); else nothing."""
+        if propagate and self.failed():
+            raise self.result
+        if callback is not None:
+            callback(self.id, self.result)
 
     def __eq__(self, other):
         return isinstance(other, AsyncResult) and other.id == self.id
@@ -5904,7 +5965,8 @@ class AsyncResult:
             return self.result
         if state in (REVOKED, EXPIRED):
             if propagate:
-                raise TaskRevoked(f"task {self.id} was {state.lower()} before it ran")
+                raise TaskRevokedError("terminated" if row.get("traceback") == _TERMINATE_NOTE
+                                       else state.lower())
             return None
         exc = self.result
         if propagate and exc is not None:
@@ -6642,12 +6704,12 @@ def _call_text(name, args, kwargs, limit=None):
 def _call_options(options):
     """The _CALL_OPTIONS of an apply_async call, checked, for its envelope; Celery's
     broker options are accepted with one warning each; others are a TypeError."""
-    unknown = sorted(k for k in options if k not in _CALL_OPTIONS and k not in _BROKER_OPTIONS)
-    if unknown:
-        raise TypeError(f"apply_async() got unsupported option(s): {', '.join(unknown)}")
     kept = {}
     for key, value in options.items():
-        if key in _BROKER_OPTIONS:
+        if key not in _CALL_OPTIONS and key not in _BROKER_OPTIONS:
+            # Celery hands an option it does not know to the broker, which ignores it.
+            _warn_setting(f"apply_async option {key!r} is not one litequeue knows: ignored")
+        elif key in _BROKER_OPTIONS:
             _warn_setting(f"apply_async option {key!r} means nothing without a broker: "
                           "ignored (see README, What does not carry over)")
         elif value is not None:
@@ -6808,6 +6870,23 @@ class LiteQueue:
         passed over; a misspelled setting is refused with a suggestion."""
         self.update_settings(_settings_of(obj))
         self._beat_definitions()          # a bad beat_schedule entry is refused now
+
+    def config_from_envvar(self, variable_name, silent=False, force=False):
+        """config_from_object() of the module the environment variable names (Celery's);
+        False if it is unset and silent."""
+        module = os.environ.get(variable_name)
+        if not module:
+            if silent:
+                return False
+            raise ConfigurationError(f"the environment variable {variable_name!r} is not set: "
+                                     "it should name a config module")
+        self.config_from_object(module)
+        return True
+
+    @property
+    def main(self):
+        """The name of the module that made the app (Celery's app.main)."""
+        return self._module
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -7055,7 +7134,8 @@ class LiteQueue:
     def _send(self, name, args, kwargs, task=None, **options):
         row = self._task_row(name, args, kwargs, task, **options)
         if self.conf["task_always_eager"]:
-            return self._run_eagerly(task, name, row["id"], row["payload"])
+            return self._eager_outcome(self._run_eagerly(task, name, row["id"],
+                                                         row["payload"]))
         registry_row = None
         if task is not None and name not in self._noted:
             registry_row = task._registry_row(row["created_at"])
@@ -7120,11 +7200,14 @@ class LiteQueue:
             raise SerializationError(f"keyword argument names of {name} must be strings, "
                                      f"not {bad_keys[0]!r}")
         name = _checked_name(name)
-        payload = _pack_envelope(name, args, kwargs, options)
         now = time.time()
         if expires is None and task is not None:
             expires = task.expires          # the task's own default, as Celery's
         eta_at, expires_at = self._timing(now, countdown, eta, expires)
+        if eta_at is not None:              # self.request.eta, as Celery's message has it
+            options = dict(options or (), eta=_dt.datetime.fromtimestamp(
+                eta_at, _dt.timezone.utc).isoformat())
+        payload = _pack_envelope(name, args, kwargs, options)
         task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
         if queue is None:
             queue = (task.queue if task else None) or self._routed_queue(name) \
@@ -7186,6 +7269,15 @@ class LiteQueue:
             _warn_setting("expires is earlier than eta: the task will expire before it "
                           "can run")
         return eta_at, expires_at
+
+    def _eager_outcome(self, result, throw=None):
+        """An eager run's result, or its exception raised when task_eager_propagates (or
+        throw) says so, as Celery's."""
+        if throw is None:
+            throw = self.conf["task_eager_propagates"]
+        if throw and result.failed():
+            raise result.result
+        return result
 
     def _run_eagerly(self, task, name, task_id, payload, parent=None):
         """Run a queued call here and now (task_always_eager, apply()): an EagerResult."""
@@ -7404,7 +7496,8 @@ class Task:
         return float(countdown)
 
     def __repr__(self):
-        return f"<@task: {self.name}>"
+        return f"<@task: {self.name} of {self.app.main if self.app else '?'} at " \
+            f"0x{id(self.app):x}>"
 
     def run(self, *args, **kwargs):
         """The task's own function, called with these arguments (what a worker runs)."""
@@ -7523,9 +7616,11 @@ class Task:
                               priority=priority, queue=queue, countdown=countdown, eta=eta,
                               expires=expires, **options)
 
-    def apply(self, args=None, kwargs=None, **options):
-        """Run the task here and now, as a worker would (an EagerResult)."""
-        return Signature(self, args or (), kwargs).apply(**options)
+    def apply(self, args=None, kwargs=None, throw=None, **options):
+        """Run the task here and now, as a worker would (an EagerResult); throw (default:
+        task_eager_propagates) raises its exception instead."""
+        return self.app._eager_outcome(Signature(self, args or (), kwargs).apply(**options),
+                                       throw)
 
     def replace(self, sig):
         """Replace the running task with sig (a signature, chain, group or chord), as
@@ -7747,7 +7842,7 @@ class _Canvas:
             if task_id is not None:
                 node.options["task_id"] = task_id
         if app.conf["task_always_eager"]:
-            return node.apply(args, kwargs, **options)
+            return app._eager_outcome(node.apply(args, kwargs, **options))
         if isinstance(node, Signature) and not node.options.get("link") and \
                 not node.options.get("link_error"):
             return node._send(app, args, kwargs, options)
@@ -7763,6 +7858,25 @@ class _Canvas:
 
     def __call__(self, *args, **kwargs):
         return self.apply_async(args, kwargs)
+
+
+def _once_qualified(node, text):
+    """Celery's repr of a canvas names the first task's module once: later tasks of the
+    same module go by their bare names ("tasks.add(2, 2) | add(4)")."""
+    first = node
+    while not isinstance(first, Signature):
+        first = first.tasks[0] if getattr(first, "tasks", None) else None
+        if first is None:
+            return text
+    module = first.task.rpartition(".")[0]
+    if not module:
+        return text
+    prefix = module + "."
+    at = text.find(prefix)
+    if at < 0:
+        return text
+    at += len(prefix)
+    return text[:at] + text[at:].replace(prefix, "")
 
 
 def _options_dict(options):
@@ -7817,8 +7931,7 @@ class Signature(_Canvas):
                 set(self.kwargs) == {"task", "it"}:
             star = "*" if self.task == "litequeue.starmap" else ""
             return f"[{self.kwargs['task']}({star}x) for x in {reprlib.repr(self.kwargs['it'])}]"
-        return _call_text(f"{self.task}{'.si' if self.immutable else ''}", self.args,
-                          self.kwargs)
+        return _call_text(self.task, self.args, self.kwargs)
 
     def _as_dict(self):
         return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
@@ -8019,7 +8132,9 @@ class chain(_Canvas):
         self.immutable = False
 
     def __repr__(self):
-        return " | ".join(repr(t) for t in self.tasks) or "chain()"
+        if not self.tasks:
+            return "chain()"
+        return _once_qualified(self, " | ".join(repr(t) for t in self.tasks))
 
     @property
     def app(self):
@@ -8117,7 +8232,12 @@ class group(_Canvas):
         return None
 
     def __repr__(self):
-        return f"group({self.tasks!r})"
+        if not self.tasks:
+            return "group(<empty>)"
+        return _once_qualified(self, f"group({tuple(self.tasks)!r})")
+
+    def __len__(self):
+        return len(self.tasks)
 
     def _nodes(self):
         return [n for t in self.tasks for n in t._nodes()]
@@ -8221,7 +8341,18 @@ class chord(_Canvas):
         return None
 
     def __repr__(self):
-        return f"chord({self.header!r}, {self.body!r})"
+        """Celery's: %body(header members), the body's own arguments after them."""
+        if self.body is None:
+            return f"<chord without body: {self.header.tasks!r}>"
+        body = self.body.tasks[0] if isinstance(self.body, chain) else self.body
+        if not isinstance(body, Signature):
+            return f"%{self.body!r}({self.header.tasks!r})"
+        text = _call_text(body.task, (list(self.header.tasks), *body.args), body.kwargs)
+        if isinstance(self.body, chain):
+            text = f"%({text} | {chain(*self.body.tasks[1:])!r})"
+        else:
+            text = "%" + text
+        return _once_qualified(body, text)
 
     def _nodes(self):
         return self.header._nodes() + (self.body._nodes() if self.body is not None else [])
@@ -9188,8 +9319,9 @@ class _RunPipeline:
             return ready
         task, args, kwargs, options = ready
         run.task, run.args, run.kwargs = task, args, kwargs
-        run.soft = task.soft_time_limit or self.spec.soft_time_limit
-        run.hard = task.time_limit or self.spec.time_limit
+        run.soft = options.get("soft_time_limit") or task.soft_time_limit or \
+            self.spec.soft_time_limit
+        run.hard = options.get("time_limit") or task.time_limit or self.spec.time_limit
         if run.hard and run.kind == _ON_MAIN:
             self.lock.executing(row.seq, time.time() + run.hard, begun)
             self.deadline_set = True
@@ -9248,8 +9380,8 @@ class _RunPipeline:
             return _Outcome(SUCCESS, end.stored, None, seq=row.seq, attempt=row.attempt,
                             tag=_ring_id(row.id), id=row.id, followers=row.followers)
         if state == RETRY:
-            return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta,
-                               errors=end.errors, retried=0 if end.stored is None else 1)
+            return run.outcome(RETRY, end.stored, end.traceback, eta=end.eta, errors=end.errors,
+                               retried=0 if isinstance(end.value, Reject) else 1)
         if state in (IGNORED, REJECTED, _REPLACED):   # its last update_state(), as its result
             return run.outcome(state, end.stored)
         return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
