@@ -5969,9 +5969,20 @@ class AsyncResult:
                                        else state.lower())
             return None
         exc = self.result
+        if propagate and isinstance(exc, ChordError):
+            raise self._dependency_cause(exc) from exc
         if propagate and exc is not None:
             raise exc
         return exc
+
+    def _dependency_cause(self, error):
+        """The header member's own exception a chord's ChordError names, which get()
+        raises as Celery's does (on Redis); the ChordError if it cannot be read."""
+        named = re.match(r"Dependency (\S+) raised ", str(error))
+        if named is None:
+            return error
+        cause = AsyncResult(named.group(1), self.app).result
+        return cause if isinstance(cause, BaseException) else error
 
     def wait(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         return self.get(timeout=timeout, propagate=propagate, interval=interval,
@@ -6795,13 +6806,14 @@ def _builtin_tasks(app):
         task = _task_named(app, task if isinstance(task, str) else task["task"])
         return [task(*item) for item in it]
 
-    def run_replaced(value):
-        """The last step of a Task.replace(): the replacement's result, under the id of
-        the task it replaced."""
+    def run_accumulate(value):
+        """Passes its input on (Celery's celery.accumulate): the last step of a
+        Task.replace(), under the id of the task replaced; the step before a chord's
+        group body, which every member of the group follows."""
         return value
 
     return {"litequeue.map": run_map, "litequeue.starmap": run_starmap,
-            "litequeue.replaced": run_replaced}
+            "litequeue.accumulate": run_accumulate}
 
 
 class LiteQueue:
@@ -7738,6 +7750,8 @@ class _Canvas:
     def __or__(self, other):
         if not isinstance(other, _Canvas):
             return NotImplemented
+        if isinstance(self, group) and not isinstance(self, chunks):
+            return chord(self, other)            # Celery's: a group then a task is a chord
         return chain(self, other)
 
     @staticmethod
@@ -7786,7 +7800,7 @@ class _Canvas:
         (its group, chord and followers go to that step)."""
         app = self._find_app()
         _, seq, attempt = request.meta_writer
-        heir = Signature(app._builtins["litequeue.replaced"]).set(
+        heir = Signature(app._builtins["litequeue.accumulate"]).set(
             task_id=request.id, queue=request.queue, priority=request.priority)
         plan = _Plan(app, {})
         plan.parent = request.parent_id
@@ -8147,13 +8161,13 @@ class chain(_Canvas):
         return chain(*[t._copy() for t in self.tasks], **self._options_copy())
 
     def _steps(self):
-        """The tasks, each group that something follows made a chord, as Celery does."""
-        steps, tasks = [], list(self.tasks)
-        while tasks:
-            task = tasks.pop(0)
-            if isinstance(task, group) and tasks:
-                task = chord(task, tasks.pop(0))
-            steps.append(task)
+        """The tasks, each group that something follows made a chord with it as the
+        body, as Celery does (from the right: group, group, task nests two chords)."""
+        steps = []
+        for task in reversed(self.tasks):
+            if isinstance(task, group) and steps:
+                task = chord(task, steps.pop(0))
+            steps.insert(0, task)
         return steps
 
     def _attach(self, plan, given, after, waits):
@@ -8308,7 +8322,7 @@ class group(_Canvas):
         return self.apply_async(args, kwargs)
 
 
-class chord(_Canvas):
+class _chord(_Canvas):
     """A group (the header) and a task (the body) that runs once every member has
     finished, receiving their results in header order: ``chord(header)(body)`` or
     ``chord(header, body)()``. The body is queued by the last member's own commit, once,
@@ -8328,9 +8342,19 @@ class chord(_Canvas):
     @staticmethod
     def _check_body(body):
         first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
-        if not isinstance(first, Signature):
-            raise TypeError(f"a chord's body must be a signature (task.s(...)) or a chain "
-                            f"starting with one, not {type(body).__name__}")
+        if not isinstance(first, (Signature, group, chord)):
+            raise TypeError(f"a chord's body must be a signature (task.s(...)), a group, a "
+                            f"chord, or a chain starting with one, not {type(body).__name__}")
+
+    def _body_steps(self):
+        """Its body; a group or chord body (or a chain starting with one) behind a step
+        that takes the header's results and passes them on to every first member."""
+        body = self.body
+        first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
+        if isinstance(first, (group, chord)):
+            app = body._find_app()
+            body = chain(Signature(app._builtins["litequeue.accumulate"]), body)
+        return body
 
     @property
     def tasks(self):
@@ -8381,7 +8405,7 @@ class chord(_Canvas):
     def _attach_parts(self, plan, given, after, waits):
         if self.body is None:
             raise TypeError("a chord needs a body: chord(header)(body)")
-        body = self.body
+        body = self._body_steps()
         if self.options.get("task_id") is not None:
             body = body._copy().set(task_id=self.options["task_id"])
         if not self.header.tasks:
@@ -8422,6 +8446,9 @@ class chord(_Canvas):
         _eager_follow(self.options, result)
         return result
 
+
+
+chord = _chord       # Celery's class is _chord too: type(group | task).__name__ reads so
 
 class chunks(group):
     """Task.chunks(it, n): the calls of it cut into starmaps of n calls, queued as a
