@@ -573,9 +573,22 @@ def _pack(obj):
 
 
 def _pack_other(obj):
-    """A signature (or chain, group, chord) given as an argument or returned as a result
-    travels in Celery's dict form, as Celery sends it; signature(d) rebuilds it. A
-    pydantic model travels as its dict (a pydantic=True task validates it back)."""
+    """Values msgpack has no type for: naive datetimes, dates, UUIDs, Decimals and big
+    integers as extensions (_unpack_other reads them back), as Celery's JSON carries
+    them. A signature (or chain, group, chord) travels in Celery's dict form, as Celery
+    sends it; signature(d) rebuilds it. A pydantic model travels as its dict (a
+    pydantic=True task validates it back)."""
+    kind = type(obj)
+    if kind is _dt.datetime:                        # naive: an aware one packs natively
+        return msgpack.ExtType(_EXT_NAIVE, obj.isoformat().encode())
+    if kind is _dt.date:
+        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
+    if kind is uuid.UUID:
+        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+    if kind is int:                                 # past 64 bits
+        return msgpack.ExtType(_EXT_BIG_INT, str(obj).encode())
+    if kind.__name__ == "Decimal" and kind.__module__ == "decimal":
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     as_dict = getattr(obj, "_as_dict", None)
     if callable(as_dict):
         return as_dict()
@@ -586,7 +599,36 @@ def _pack_other(obj):
 
 
 def _unpack(data):
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3,
+                           ext_hook=_unpack_other)
+
+
+# msgpack extension codes of the values Celery's JSON carries and msgpack has no type
+# for: naive datetimes, dates, Decimals, UUIDs and integers past 64 bits.
+_EXT_NAIVE, _EXT_DATE, _EXT_DECIMAL, _EXT_UUID, _EXT_BIG_INT = 1, 2, 3, 4, 5
+
+
+def _unpack_other(code, data):
+    """A value _pack_other wrote as an extension (ValueError if its bytes are not one);
+    an extension of another code is left as msgpack's ExtType."""
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=bytes(data))
+    if code not in (_EXT_NAIVE, _EXT_DATE, _EXT_DECIMAL, _EXT_BIG_INT):
+        return msgpack.ExtType(code, data)
+    text = bytes(data).decode("ascii")
+    if code == _EXT_NAIVE:
+        return _dt.datetime.fromisoformat(text)
+    if code == _EXT_DATE:
+        return _dt.date.fromisoformat(text)
+    if code == _EXT_BIG_INT:
+        if len(text) > 4300:
+            raise ValueError("an integer of more than 4300 digits")
+        return int(text)
+    import decimal
+    try:
+        return decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise ValueError(f"not a decimal: {text[:50]!r}") from None
 
 
 def _pack_envelope(task_name, args, kwargs, options=None):
@@ -604,8 +646,8 @@ def _pack_envelope(task_name, args, kwargs, options=None):
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(
             f"arguments of {task_name} cannot be encoded as msgpack: {exc} (supported: "
-            "None, bool, int up to 64 bits, float, str, bytes, list, tuple, dict with "
-            "hashable keys, aware datetime)") from None
+            "None, bool, int, float, str, bytes, list, tuple, dict with hashable keys, "
+            "datetime, date, Decimal, UUID)") from None
 
 
 def _unpack_envelope(payload):

@@ -260,8 +260,8 @@ class TestApp:
         assert sql(project.db, "SELECT count(*) FROM tasks") == [(0,)]
 
     @pytest.mark.parametrize("args, kwargs", [
-        (({1, 2},), {}), ((object(),), {}), ((2**64,), {}), ((), {"x": {1}}),
-    ], ids=["set", "object", "int-2**64", "kwarg-set"])
+        (({1, 2},), {}), ((object(),), {}), ((), {"x": {1}}),
+    ], ids=["set", "object", "kwarg-set"])
     def test_unencodable_arguments_write_no_row(self, project, args, kwargs):
         project.delay("add", 1, 1)
         with pytest.raises(SerializationError, match="tasks.add"):

@@ -3,6 +3,8 @@ round-trip exactly (property-based, no process).
 """
 
 import datetime as dt
+import decimal
+import uuid
 
 import msgpack
 import pytest
@@ -30,10 +32,25 @@ class TestSerialization:
                             {"k": 1}, when]
         assert got_kwargs == {"x": [1, 2]}
 
-    @pytest.mark.parametrize("value", [{1, 2}, object(), 2**64, -2**63 - 1,
-                                       dt.datetime(2024, 1, 1)],
-                             ids=["set", "object", "int-2**64", "int-below-int64",
-                                  "naive-datetime"])
+    @pytest.mark.parametrize("value", [
+        dt.datetime(2024, 1, 1, 12, 30), dt.date(2024, 1, 1), decimal.Decimal("1.10"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"), 2**64, -2**63 - 1, 10**4000,
+    ], ids=["naive-datetime", "date", "decimal", "uuid", "int-2**64", "int-below-int64",
+            "int-4000-digits"])
+    def test_what_celerys_json_carries_round_trips_too(self, value):
+        """Celery's JSON carries these; msgpack has no type for them: extensions do."""
+        args, _ = litequeue._unpack_envelope(litequeue._pack_envelope("t", (value,), {}))
+        assert args == [value] and type(args[0]) is type(value)
+
+    @pytest.mark.parametrize("data", [(1, b"yesterday"), (2, b"\xff"), (3, b"lots"),
+                                      (4, b"short"), (5, b"12a"), (5, b"9" * 5000)],
+                             ids=["naive", "date", "decimal", "uuid", "int", "int-too-long"])
+    def test_an_extension_another_client_spoiled_is_an_unreadable_payload(self, data):
+        payload = msgpack.packb({"args": [msgpack.ExtType(*data)], "kwargs": {}})
+        with pytest.raises(ValueError, match="not valid msgpack"):
+            litequeue._unpack_envelope(payload)
+
+    @pytest.mark.parametrize("value", [{1, 2}, object()], ids=["set", "object"])
     def test_unencodable_arguments(self, value):
         with pytest.raises(SerializationError, match="cannot be encoded as msgpack") as info:
             litequeue._pack_envelope("tasks.add", (value,), {})
