@@ -161,6 +161,7 @@ __all__ = [
     "UnknownTask", "NotRegistered", "TaskRevokedError", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet",
+    "result_from_tuple",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
     "EXPIRED", "UNKNOWN", "READY_STATES", "DEFAULTS", "states",
@@ -592,6 +593,9 @@ def _pack_other(obj):
     as_dict = getattr(obj, "_as_dict", None)
     if callable(as_dict):
         return as_dict()
+    as_tuple = getattr(obj, "as_tuple", None)       # a result: Celery's tuple form
+    if callable(as_tuple) and hasattr(obj, "app"):
+        return as_tuple()
     dump = getattr(obj, "model_dump", None)       # a pydantic model travels as its dict
     if callable(dump) and hasattr(type(obj), "model_validate"):
         return dump(mode="json")
@@ -1607,6 +1611,9 @@ def _parse_cron_field(field, spec):
     return frozenset(allowed)
 
 
+schedstate = collections.namedtuple("schedstate", "is_due next")
+
+
 class crontab:
     """A cron schedule in Celery's field syntax, evaluated in one time zone.
 
@@ -1650,7 +1657,29 @@ class crontab:
 
     def __repr__(self):
         zone = f", tz={_zone_name(self.tz)!r}" if self.tz else ""
-        return f"<crontab: {self.expression}{zone}>"
+        return f"<crontab: {self.expression} (m/h/dM/MY/d){zone}>"
+
+    # Celery's attributes: each field as the set of values it matches (Sunday is 0).
+    minute = property(lambda self: set(self.minutes))
+    hour = property(lambda self: set(self.hours))
+    day_of_week = property(lambda self: set(self.days_of_week))
+    day_of_month = property(lambda self: set(self.days_of_month))
+    month_of_year = property(lambda self: set(self.months))
+
+    def remaining_estimate(self, last_run_at):
+        """Celery's: a timedelta from now to the first fire time after last_run_at (a
+        naive one is in the schedule's zone, else UTC); negative if that has passed."""
+        if last_run_at.tzinfo is None:
+            last_run_at = last_run_at.replace(tzinfo=self.tz or _UTC)
+        return self.next_after(last_run_at) - _dt.datetime.now(_UTC)
+
+    def is_due(self, last_run_at):
+        """Celery's (is_due, seconds until it is worth asking again)."""
+        now = _dt.datetime.now(_UTC)
+        left = self.remaining_estimate(last_run_at).total_seconds()
+        if left <= 0:
+            return schedstate(True, (self.next_after(now) - now).total_seconds())
+        return schedstate(False, left)
 
     def __eq__(self, other):
         return isinstance(other, crontab) and (self.expression, self.tz) == \
@@ -5603,6 +5632,31 @@ def _custom_state(row):
     return (state, meta) if isinstance(state, str) else None
 
 
+def _waited_out(row):
+    """Whether get() is done waiting on a row: it ended (a running task's own
+    update_state(FAILURE) does not end it), or it raised Ignore after setting SUCCESS or
+    FAILURE itself, which Celery's get() takes as its outcome."""
+    if row["state"] in (IGNORED, REJECTED):
+        custom = _set_aside_state(row)
+        return custom is not None and custom[0] in (SUCCESS, FAILURE)
+    return row["state"] != STARTED and _visible_state(row) in _ENDED_STATES
+
+
+def _meta_error(meta):
+    """The exception a custom FAILURE's meta names (Celery's exc_type and exc_message
+    keys), rebuilt only from a module already imported; else a RemoteError."""
+    meta = meta if isinstance(meta, dict) else {}
+    kind, message = str(meta.get("exc_type", "Exception")), meta.get("exc_message", "")
+    message = message if isinstance(message, (list, tuple)) else [message]
+    found = _imported_name(kind)
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            return found(*message)
+        except Exception:
+            pass
+    return RemoteError(kind, " ".join(map(str, message)))
+
+
 def _set_aside_state(row):
     """(state, meta) of the last update_state() of a task that raised Ignore or Reject,
     which its row keeps as its result; None if it set none."""
@@ -5973,8 +6027,7 @@ class AsyncResult:
         try:
             poll = _POLL_MIN
             # A running task's own update_state(FAILURE) does not end the wait.
-            while row is None or row["state"] == STARTED or \
-                    _visible_state(row) not in _ENDED_STATES:
+            while row is None or not _waited_out(row):
                 if row is None:
                     raise TaskNotFound(f"no task with id {self.id!r}")
                 if bound is None:
@@ -6003,6 +6056,11 @@ class AsyncResult:
     def _ended(self, row, propagate):
         """get()'s answer for a ready row."""
         state = _visible_state(row)
+        if state in (IGNORED, REJECTED):      # the state it set before Ignore, as Celery
+            state, meta = _set_aside_state(row)
+            if state == SUCCESS or not propagate:
+                return meta
+            raise _meta_error(meta)
         if state == SUCCESS:
             return self.result
         if state in (REVOKED, EXPIRED):
@@ -6179,6 +6237,35 @@ class ResultSet:
             r.forget()
 
 
+class _AppGroupResult:
+    """app.GroupResult: GroupResult for one app (see LiteQueue.GroupResult)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, id=None, results=None, **_):
+        if results is not None:
+            return GroupResult(results, id=id, app=self.app)
+        found = GroupResult.restore(id, app=self.app)
+        if found is None:
+            raise TaskNotFound(f"no group with id {id!r}")
+        return found
+
+    def restore(self, id, backend=None, app=None):
+        return GroupResult.restore(id, app=app or self.app)
+
+
+def result_from_tuple(r, app=None):
+    """The AsyncResult or GroupResult of as_tuple()'s form (Celery's), as a task that
+    returned a result object gives it."""
+    app = app or _current_app()
+    (task_id, parent), nodes = r
+    if nodes is not None:
+        return GroupResult([result_from_tuple(n, app) for n in nodes], id=task_id, app=app,
+                           parent=parent and result_from_tuple(parent, app))
+    return AsyncResult(task_id, app, parent=parent and result_from_tuple(parent, app))
+
+
 class GroupResult(ResultSet):
     """The AsyncResults of a group, in the group's order, under the group's id."""
 
@@ -6193,6 +6280,12 @@ class GroupResult(ResultSet):
     def save(self, backend=None):
         """Its members already carry its id in the database: nothing more to store."""
         return self
+
+    def as_tuple(self):
+        """Celery's ((id, parent tuple or None), [member tuples]) form."""
+        parent = self.parent
+        return ((self.id, parent.as_tuple() if parent is not None else None),
+                [r.as_tuple() for r in self.results])
 
     @classmethod
     def restore(cls, id, backend=None, app=None):
@@ -7047,17 +7140,30 @@ class LiteQueue:
         return register
 
     def add_periodic_task(self, schedule, task, args=(), kwargs=None, name=None,
-                          catch_up="once", queue=None, priority=None):
+                          catch_up="once", queue=None, priority=None, **options):
         """Run a task (a Task, a signature such as add.s(2, 2), or a task name) on a
-        schedule, as Celery beat's add_periodic_task does.
+        schedule, as Celery beat's add_periodic_task does; app.conf.beat_schedule lists
+        it too, as Celery's does.
 
         The calling module owns the schedule: a worker that imports that module deletes
-        the module's stored schedules that it no longer defines.
+        the module's stored schedules that it no longer defines. Of Celery's other
+        apply_async options, none applies to a fire (expires, say: catch_up="once"
+        already keeps missed fires from piling up); each is warned about once.
         """
+        for key in options:
+            _warn_setting(f"periodic task option {key!r} is not applied to its fires "
+                          "(catch_up decides what happens to missed ones)")
         caller = sys._getframe(1).f_globals
         module = _module_name(caller.get("__name__", ""), caller.get("__file__"))
-        return self._add_periodic(schedule, task, args, kwargs, name, catch_up, queue,
+        name = self._add_periodic(schedule, task, args, kwargs, name, catch_up, queue,
                                   priority, module)
+        entry = self.periodic[name]
+        shown = {"task": entry["task"], "schedule": schedule, "args": tuple(args or ()),
+                 "kwargs": dict(kwargs or {}), "options": {"queue": queue, "priority": priority}}
+        if isinstance(task, Signature):
+            shown.update(args=task.args, kwargs=task.kwargs)
+        dict.__setitem__(self.conf, "beat_schedule", {**self.conf["beat_schedule"], name: shown})
+        return name
 
     def _add_periodic(self, schedule, task, args, kwargs, name, catch_up, queue, priority,
                       module):
@@ -7138,12 +7244,12 @@ class LiteQueue:
         """The result handle of a task id."""
         return AsyncResult(task_id, self)
 
-    def GroupResult(self, group_id):
-        """The GroupResult of a group id, read from the database in any process."""
-        result = GroupResult.restore(group_id, app=self)
-        if result is None:
-            raise TaskNotFound(f"no group with id {group_id!r}")
-        return result
+    @property
+    def GroupResult(self):
+        """app.GroupResult(id) reads a saved group in any process (TaskNotFound if there
+        is none); app.GroupResult(id, results) makes one and .restore(id) reads one (None
+        if there is none), as Celery's."""
+        return _AppGroupResult(self)
 
     def signature(self, name, args=(), kwargs=None, **options):
         """A signature of a task by name, as Celery's app.signature."""
@@ -9853,6 +9959,7 @@ class _Child(_RunPipeline, _Offloading):
         self.tasks, _, _, _ = _load_worker_code(spec.db, spec.cwd, spec.modules,
                                                 spec.autoimport, self.storage,
                                                 self.tried_modules)
+        signals.worker_process_init.send(sender=None)    # Celery's: in each pool process
         self.lock = _waiting_out(lambda: _WorkerLock(side, self.worker_id),
                                  "creating the lock file again")
         self.revocations = _RevokeCounter(side)
