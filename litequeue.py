@@ -5080,18 +5080,34 @@ _set_request = _RequestSlot._var.set        # the worker's hot path sets it dire
 
 
 class _TaskLogFilter(logging.Filter):
-    """Begins each line logged while a task runs with its name and id, as Celery's task
-    loggers do: ``tasks.add[2b0e...]: adding 2 and 2``."""
+    """Gives each record logged while a task runs Celery's task_name and task_id, which
+    the worker's log lines begin with (``tasks.add[2b0e...]: adding 2 and 2``); the
+    message itself stays the task's, as Celery's."""
 
     def filter(self, record):
         request = _request.current
-        if request is not None and request.id is not None and not getattr(
-                record, "_lq_task", False):
-            prefix = f"{request.shadow or request.task}[{request.id}]: "
-            record.msg = prefix.replace("%", "%%") + str(record.msg) if record.args \
-                else prefix + str(record.msg)
-            record._lq_task = True
+        if request is not None and request.id is not None:
+            record.task_name = request.shadow or request.task
+            record.task_id = request.id
         return True
+
+
+class _WorkerFormatter(logging.Formatter):
+    """The worker's log lines; one a task logged says which task and id (Celery's
+    worker_task_log_format)."""
+
+    _PLAIN = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+    _TASK = "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: " \
+        "%(message)s"
+
+    def __init__(self):
+        super().__init__(self._PLAIN)
+        self.task = logging.Formatter(self._TASK)
+
+    def format(self, record):
+        if getattr(record, "task_id", None) is not None:
+            return self.task.format(record)
+        return super().format(record)
 
 
 def get_task_logger(name):
@@ -8940,8 +8956,9 @@ def _load_worker_code(db, cwd, modules, autoimport, storage, tried=None):
 
 
 def _configure_logging(level):
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WorkerFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _resident_kib():

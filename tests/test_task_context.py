@@ -293,8 +293,8 @@ def test_before_start_runs_first_in_celerys_hook_order(project, here):
 
 
 def test_a_task_logger_says_which_task_and_id_logged(tmp_path, caplog):
-    """Celery's get_task_logger: lines a running task logs begin with its name and id;
-    outside a task, they are left as they are."""
+    """Celery's get_task_logger: the worker's lines of what a running task logs begin
+    with its name and id; outside a task, they are left as they are."""
     from litequeue import get_task_logger
     log = get_task_logger("my.tasks")
     caplog.set_level(logging.INFO, logger="my.tasks")
@@ -307,9 +307,14 @@ def test_a_task_logger_says_which_task_and_id_logged(tmp_path, caplog):
         return x + y
     r = add.delay(2, 2)
     log.info("outside")
+    # The message stays the task's; the worker's lines put the name and id before it.
     assert [rec.getMessage() for rec in caplog.records] == [
-        f"my.add[{r.id}]: adding 2 and 2 (100% sure)", f"my.add[{r.id}]: no args here: 100%",
-        "outside"]
+        "adding 2 and 2 (100% sure)", "no args here: 100%", "outside"]
+    assert [getattr(rec, "task_id", None) for rec in caplog.records] == [r.id, r.id, None]
+    lines = [litequeue._WorkerFormatter().format(rec).split("] ", 1)[1]
+             for rec in caplog.records]
+    assert lines == [f"my.add[{r.id}]: adding 2 and 2 (100% sure)",
+                     f"my.add[{r.id}]: no args here: 100%", "outside"]
     assert get_task_logger("my.tasks") is log and len(log.filters) == 1
 
 
