@@ -211,10 +211,11 @@ def run_suite(args, run_dir, deps, redis_url):
         proc = subprocess.Popen(command, cwd=run_dir, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            for line in proc.stdout:
-                log.write(line)
+            while chunk := proc.stdout.read1(65536):     # progress dots as they come
+                log.write(chunk)
+                log.flush()
                 if args.verbose:
-                    sys.stdout.buffer.write(line)
+                    sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
             proc.wait()
         finally:
@@ -240,6 +241,10 @@ def outcome_of(test):
         return ("xfailed" if setup.get("wasxfail") is not None else "skipped"), setup
     if call.get("outcome") == "failed":
         return "failed", call
+    # A subtest that fails fails its test (pytest counts it once more, on its own).
+    failed_sub = [sub for sub in test.get("subtests", ()) if sub.get("outcome") == "failed"]
+    if failed_sub and call.get("outcome") != "skipped":
+        return "failed", failed_sub[0]
     if call.get("outcome") == "skipped":
         return ("xfailed" if call.get("wasxfail") is not None else "skipped"), call
     if teardown.get("outcome") == "failed":
@@ -257,23 +262,39 @@ _NOISE = [
     (re.compile(r"port \d+|:\d{4,5}\b"), ":<port>"),
 ]
 
-# What a test needs that no run here can give it, known by where it failed.
-CANNOT = [
+# Failures known by where they happened, not by their message: (cause, category, test).
+# "cannot": the test needs what no litequeue run can give it (a Redis server, Celery's
+# worker remote control, its backend classes, an in-process worker). "harness": the test
+# reads a Celery setting litequeue does not have, only to choose what to check.
+def _redis_required(f):
+    code = _code(f)
+    return "result_backend" in code and ("not " in code or "transport_options" in code)
+
+
+RULES = [
     ("cannot: needs the Redis result backend (the test skips itself on any other backend)",
-     lambda f: "result_backend" in _code(f) or "result_backend_transport_options" in _code(f)),
+     "cannot", _redis_required),
     ("cannot: needs a Redis server (redis_echo/redis_count side channel or pubsub)",
-     lambda f: f["type"] in ("ConnectionError", "ConnectionRefusedError")
-     or "redis" in (f.get("raised_at") or {}).get("file", "").lower()
-     or any(fr["file"] in ("connection.py", "client.py") and "redis" in fr["code"].lower()
-            for fr in f["frames"])),
-    ("cannot: Celery worker remote control (manager.inspect / ping / Manager)",
-     lambda f: "Celery test Manager" in f["message"] or "remote control" in f["message"]),
+     "cannot", lambda f: (f.get("module") or "").startswith("redis")),
+    ("cannot: Celery worker remote control (manager.inspect().ping() and the like)",
+     "cannot", lambda f: "Celery test Manager" in f["message"]
+     or "remote control" in f["message"]),
     ("cannot: reads the worker's log records in the test process (Celery's embedded worker)",
-     lambda f: "check_for_logs" in _code(f)),
+     "cannot", lambda f: "check_for_logs" in _code(f)),
     ("cannot: Celery result-backend internals (app.backend beyond ensure_chords_allowed)",
-     lambda f: "result backend object (app.backend)" in f["message"]
+     "cannot", lambda f: "result backend object (app.backend)" in f["message"]
      or "BaseKeyValueStoreBackend" in f["message"]),
+    ("harness: reads app.conf.{setting}, a Celery setting litequeue does not have",
+     "harness", lambda f: "manager.app.conf." in _code(f) and f["type"] == "AttributeError"),
 ]
+CATEGORY_TITLES = {
+    "litequeue": "failing, by cause (litequeue lacks it or does it differently)",
+    "harness": "failing on a Celery setting the test only reads to choose its checks",
+    "cannot": "failing, cannot run here",
+    "skipped": "skipped",
+}
+# ChordError("Dependency <id> raised X(...)"), nested any depth: the innermost X is the cause.
+_DEPENDENCY = re.compile(r"""^(?:ChordError: )?Dependency \S+ raised (\w+)\((['"])(.*)\2\)$""")
 
 
 def _code(failure):
@@ -281,23 +302,28 @@ def _code(failure):
 
 
 def cause_of(failure):
-    """(cause, category): category is "cannot" (needs what no litequeue run can give) or
-    "litequeue" (what litequeue lacks or does differently)."""
-    for cause, test in CANNOT:
+    """(cause, category): category is "cannot", "harness" or "litequeue" (what litequeue
+    lacks or does differently)."""
+    for cause, category, test in RULES:
         if test(failure):
-            return cause, "cannot"
+            setting = re.search(r"conf\.(\w+)", _code(failure))
+            return cause.format(setting=setting.group(1) if setting else "?"), category
     message = failure["message"]
     for pattern, repl in _NOISE:
         message = pattern.sub(repl, message)
     kind = failure["type"]
     cause = f"{kind}: {message}" if message else kind
+    via = ""
+    while (inner := _DEPENDENCY.match(cause)):
+        via = " (in a chord's header, via ChordError)"
+        cause = f"{inner.group(1)}: {inner.group(3)}".replace("\\'", "'")
     at = failure.get("test_frame")
     if kind == "Failed" and message.startswith("Timeout"):
         where = failure.get("raised_at") or {}
         cause = f"Timeout (hung in {where.get('function', '?')} of {where.get('file', '?')})"
     elif kind == "AssertionError" and at:
         cause = f"AssertionError at `{at['code'][:90]}`"
-    return cause[:160], "litequeue"
+    return (cause + via)[:200], "litequeue"
 
 
 def summarize(data, engine, elapsed, returncode):
@@ -326,7 +352,8 @@ def summarize(data, engine, elapsed, returncode):
              if p.get("celery")}
     grouped = [{"category": cat, "cause": cause, "count": len(tests), "tests": tests}
                for (cat, cause), tests in causes.items()]
-    grouped.sort(key=lambda g: (g["category"] == "skipped", -g["count"], g["cause"]))
+    order = list(CATEGORY_TITLES)
+    grouped.sort(key=lambda g: (order.index(g["category"]), -g["count"], g["cause"]))
     return {
         "engine": engine, "seconds": round(elapsed, 1), "pytest_exit": returncode,
         "celery_module": sorted(shims),
@@ -334,6 +361,7 @@ def summarize(data, engine, elapsed, returncode):
         "errors": counts["error"], "skipped": counts["skipped"],
         "xfailed": counts["xfailed"], "xpassed": counts["xpassed"],
         "cannot": sum(g["count"] for g in grouped if g["category"] == "cannot"),
+        "harness": sum(g["count"] for g in grouped if g["category"] == "harness"),
         "collect_errors": data.get("collect_errors", []),
         "causes": grouped, "tests": rows,
     }
@@ -343,18 +371,18 @@ def print_report(report, limit):
     r = report
     print(f"\n{r['engine']}: {r['passed']} passed of {r['total']} "
           f"({r['failed']} failed, {r['errors']} errors, {r['skipped']} skipped, "
-          f"{r['xfailed']} xfailed, {r['xpassed']} xpassed) in {r['seconds']:.0f} s; "
-          f"{r['cannot']} of the failures need what no run here has")
+          f"{r['xfailed']} xfailed, {r['xpassed']} xpassed) in {r['seconds']:.0f} s")
+    if r["engine"] == "litequeue":
+        print(f"of the failures: {r['cannot']} need what no litequeue run can have, "
+              f"{r['harness']} stop on a Celery setting litequeue lacks")
     print(f"celery imported from: {', '.join(map(str, r['celery_module'])) or '?'}")
     for error in r["collect_errors"]:
         print(f"COLLECTION ERROR {error['nodeid']}:\n{error['longrepr']}")
     width = max([len(str(g["count"])) for g in r["causes"]] + [1])
-    for category in ("litequeue", "cannot", "skipped"):
+    for category, title in CATEGORY_TITLES.items():
         groups = [g for g in r["causes"] if g["category"] == category]
         if not groups:
             continue
-        title = {"litequeue": "failing, by cause", "cannot": "failing, cannot run here",
-                 "skipped": "skipped"}[category]
         print(f"\n{title} ({sum(g['count'] for g in groups)}):")
         for g in groups:
             print(f"  {g['count']:>{width}}  {g['cause']}")
@@ -383,6 +411,8 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     parser.add_argument("--examples", type=int, default=4, help="tests named per cause")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
+    parser.add_argument("--outcomes", type=Path, help="report on the outcomes.json of an "
+                        "earlier run (kept with --keep) instead of running")
     args = parser.parse_args(argv)
     if args.engine == "celery" and args.n:
         parser.error("-n is for the litequeue engine only")
@@ -392,6 +422,9 @@ def main(argv=None):
     if args.engine == "litequeue" and not (args.litequeue_dir / "litequeue.py").is_file():
         parser.error(f"no litequeue.py in {args.litequeue_dir}")
 
+    if args.outcomes:
+        data = json.loads(args.outcomes.read_text())
+        return finish(args, summarize(data, args.engine, 0.0, None))
     cache = cache_dir()
     suite_root = fetch_suite(args.celery_version, cache)
     deps = ensure_pydantic(cache)
@@ -408,12 +441,16 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     report = summarize(data, args.engine, elapsed, code)
+    if args.keep:
+        print(f"\nrun directory kept: {run_dir}")
+    return finish(args, report)
+
+
+def finish(args, report):
     report["celery_version"] = args.celery_version
     if args.engine == "litequeue":
         report["litequeue"] = str((args.litequeue_dir / "litequeue.py").resolve())
     print_report(report, args.examples)
-    if args.keep:
-        print(f"\nrun directory kept: {run_dir}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {args.json}")

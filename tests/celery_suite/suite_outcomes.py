@@ -80,11 +80,18 @@ def pytest_collectreport(report):
 
 def pytest_runtest_logreport(report):
     for key, record in report.user_properties:
-        if key == KEY:
-            entry = _records.setdefault(report.nodeid, {"nodeid": report.nodeid, "phases": {}})
+        if key != KEY:
+            continue
+        entry = _records.setdefault(report.nodeid, {"nodeid": report.nodeid, "phases": {},
+                                                    "subtests": [], "duration": 0.0})
+        context = getattr(report, "context", None)       # a subtest's report
+        if context is not None:
+            record["subtest"] = getattr(context, "msg", None) or str(context)
+            entry["subtests"].append(record)
+        else:
             entry["phases"][record["when"]] = record
-            entry.setdefault("duration", 0.0)
             entry["duration"] += report.duration
+        break
 
 
 def pytest_sessionfinish(session):

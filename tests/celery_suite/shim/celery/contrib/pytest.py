@@ -17,8 +17,9 @@ conftest calls them around every test, and they do no task, canvas or result wor
 The session app is made when this module is imported (Celery's conftest imports it before
 the tests are collected): the suite names @shared_task handles in its parametrize lists,
 and a litequeue handle looks its task up in the latest app, so one must exist by then, as
-Celery's default app does. The function-scoped `celery_app` is the session app (Celery
-makes one per test).
+Celery's default app does. The function-scoped `celery_app` is a new LiteQueue per test on
+the same database (the latest app is litequeue's current one), as Celery makes one per
+test.
 Class-based tasks (celery_class_tasks) are not registered: litequeue has no
 register_task; the runner's report says so.
 """
@@ -65,24 +66,32 @@ class _HarnessApp(litequeue.LiteQueue):
         return _Backend()
 
 
+def _make_app(path, config=None):
+    app = _HarnessApp(path)
+    if config is not None:
+        # litequeue's own way to read a Celery config: names with no meaning here
+        # (broker, backend, cassandra_*) are passed over or ignored.
+        app.config_from_object(dict(config))
+    app.conf.task_default_queue = QUEUE
+    return app
+
+
 # A fresh directory per test process (each xdist process has its own app and worker).
-_APP = _HarnessApp(os.path.join(tempfile.mkdtemp(prefix="litequeue-", dir=os.environ.get(
+_APP = _make_app(os.path.join(tempfile.mkdtemp(prefix="litequeue-", dir=os.environ.get(
     "LQ_SUITE_DB_DIR")), "celery-suite.sqlite"))
 
 
 @pytest.fixture(scope="session")
 def celery_session_app(celery_config):
-    app = _APP
-    # litequeue's own way to read a Celery config: names with no meaning here (broker,
-    # backend, cassandra_*) are passed over or ignored.
-    app.config_from_object(dict(celery_config))
-    app.conf.task_default_queue = QUEUE
-    yield app
+    _APP.config_from_object(dict(celery_config))
+    yield _APP
 
 
 @pytest.fixture
-def celery_app(celery_session_app):
-    yield celery_session_app
+def celery_app(celery_session_app, celery_config):
+    """A new app per test on the session's database, as Celery's celery_app is: what a
+    test changes in app.conf (task_always_eager...) ends with it."""
+    yield _make_app(celery_session_app.path, celery_config)
 
 
 @pytest.fixture(scope="session")
