@@ -27,6 +27,7 @@ per-test marks), pytest's cache off.
 """
 import argparse
 import collections
+import hashlib
 import json
 import os
 import re
@@ -376,6 +377,10 @@ def print_report(report, limit):
         print(f"of the failures: {r['cannot']} need what no litequeue run can have, "
               f"{r['harness']} stop on a Celery setting litequeue lacks")
     print(f"celery imported from: {', '.join(map(str, r['celery_module'])) or '?'}")
+    if r.get("litequeue"):
+        lq = r["litequeue"]
+        print(f"litequeue: {lq['path']} (commit {lq.get('commit', '?')}, "
+              f"sha256 {lq['sha256'][:12]})")
     for error in r["collect_errors"]:
         print(f"COLLECTION ERROR {error['nodeid']}:\n{error['longrepr']}")
     width = max([len(str(g["count"])) for g in r["causes"]] + [1])
@@ -425,6 +430,8 @@ def main(argv=None):
     if args.outcomes:
         data = json.loads(args.outcomes.read_text())
         return finish(args, summarize(data, args.engine, 0.0, None))
+    # The file as it was when the run began (another checkout may be changing it).
+    version = litequeue_version(args.litequeue_dir) if args.engine == "litequeue" else None
     cache = cache_dir()
     suite_root = fetch_suite(args.celery_version, cache)
     deps = ensure_pydantic(cache)
@@ -443,13 +450,26 @@ def main(argv=None):
     report = summarize(data, args.engine, elapsed, code)
     if args.keep:
         print(f"\nrun directory kept: {run_dir}")
-    return finish(args, report)
+    return finish(args, report, version)
 
 
-def finish(args, report):
+def litequeue_version(directory):
+    """Which litequeue.py ran: its path, sha256, and the git commit of its checkout (with
+    "+changes" when the file differs from that commit)."""
+    path = (directory / "litequeue.py").resolve()
+    found = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    git = ["git", "-C", str(path.parent)]
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        dirty = subprocess.run(git + ["diff", "--quiet", "HEAD", "--", path.name]).returncode
+        found["commit"] = head.stdout.strip() + ("+changes" if dirty else "")
+    return found
+
+
+def finish(args, report, version=None):
     report["celery_version"] = args.celery_version
-    if args.engine == "litequeue":
-        report["litequeue"] = str((args.litequeue_dir / "litequeue.py").resolve())
+    if version:
+        report["litequeue"] = version
     print_report(report, args.examples)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -1,27 +1,27 @@
-"""celery.contrib.pytest for litequeue: the session app is a LiteQueue on a fresh SQLite
-file in a temporary directory, and the session worker is a real `litequeue.py worker`
-process (prefork) that imports the suite's task modules, with the session app's
-database and settings made by celery.contrib.testing.worker_app; it is stopped, and its process
-group reaped, at the end of the session.
+"""celery.contrib.pytest for litequeue.
 
-Harness adapters (the only things in the shim that are not renames). Celery's integration
+Fixtures: the session app is a LiteQueue on a fresh SQLite file in a temporary directory;
+`celery_app` is a new LiteQueue per test on the same file (Celery too makes one per test,
+so what a test changes in app.conf, such as task_always_eager, ends with it; litequeue's
+current app is the latest one made). The session worker is a real `litequeue.py worker`
+process (prefork, -c $LQ_SUITE_CONCURRENCY) that imports celery.contrib.testing.worker_app
+(the session database's app, with the same settings) and the suite's task modules; it is
+stopped, and its process group reaped, at the end of the session.
+
+The session app is made when this module is imported, before the tests are collected: the
+suite names @shared_task handles in its parametrize lists, and a litequeue handle looks its
+task up in the latest app, so one must exist by then (as Celery's default app does).
+
+Harness adapters, the only things in the shim that are not renames. Celery's integration
 conftest calls them around every test, and they do no task, canvas or result work:
-- app.set_current(), app.set_default(): nothing to do; litequeue's current app is the
-  latest one made, which is this one (the only app in the test process).
-- app.amqp.queues: the app's queues as litequeue's settings say: {task_default_queue}.
-  The app is made with task_default_queue="celery", Celery's default queue name, and the
+- app.set_current(), app.set_default(): nothing to do (see above).
+- app.amqp.queues: the app's one queue, as its settings say ({task_default_queue}). The
+  apps are made with task_default_queue="celery", Celery's default queue name, and the
   worker serves that queue (-Q celery).
-- app.backend.ensure_chords_allowed(): returns, because litequeue's database runs chords
-  (88 tests ask it first). Any other use of app.backend refuses with NotImplementedError,
-  and isinstance(app.backend, <any Celery backend class>) is False.
-The session app is made when this module is imported (Celery's conftest imports it before
-the tests are collected): the suite names @shared_task handles in its parametrize lists,
-and a litequeue handle looks its task up in the latest app, so one must exist by then, as
-Celery's default app does. The function-scoped `celery_app` is a new LiteQueue per test on
-the same database (the latest app is litequeue's current one), as Celery makes one per
-test.
-Class-based tasks (celery_class_tasks) are not registered: litequeue has no
-register_task; the runner's report says so.
+- app.backend.ensure_chords_allowed(): returns, since litequeue runs chords (88 tests ask
+  it first, and skip if it raises). Any other use of app.backend raises
+  NotImplementedError, and isinstance(app.backend, <a Celery backend class>) is False.
+Class-based tasks (celery_class_tasks) are not registered: litequeue has no register_task.
 """
 import json
 import os
