@@ -11,11 +11,14 @@ The suite's tasks module imports pydantic; when this interpreter lacks it, it is
 into the same cache directory (pip install --target), which is put on PYTHONPATH.
 
 litequeue: the tests see the shim as `celery` (first on PYTHONPATH), then the directory
-holding litequeue.py (--litequeue-dir, default: this checkout; PYTHONPATH=/path/to/dir
-works too). The shim's session fixtures make a LiteQueue on a fresh SQLite file in the run
-directory and start `litequeue.py worker` on it. No Redis runs: the tests that need one
-(Redis result backend, redis_echo/redis_count side channels) are counted as "cannot run
-here"; REDIS_PORT points at a closed port so they fail at once.
+holding litequeue.py (--litequeue-dir, default: the first PYTHONPATH entry that has one,
+else this checkout). The shim's session fixtures make a LiteQueue on a fresh SQLite file in
+the run directory and start `litequeue.py worker` on it. No Redis runs, and the suite's
+TEST_BACKEND/TEST_BROKER say "litequeue://": a test that needs the Redis result backend
+skips itself, as it does on Celery with any other backend (or, where app.conf has no
+result_backend to read, fails on reading it), and one that talks to Redis for its side
+channel (redis_echo, redis_count, pubsub) fails at once on REDIS_PORT, a closed port. Both
+kinds are reported as "cannot run here".
 
 celery: the real celery package (no shim) with Celery's own pytest fixtures (its session
 worker is Celery's WorkController, prefork), broker and backend both on a redis-server this
@@ -376,6 +379,10 @@ def print_report(report, limit):
     if r["engine"] == "litequeue":
         print(f"of the failures: {r['cannot']} need what no litequeue run can have, "
               f"{r['harness']} stop on a Celery setting litequeue lacks")
+    needs_redis = sum(g["count"] for g in r["causes"]
+                      if g["category"] == "skipped" and "redis" in g["cause"].lower())
+    if needs_redis:
+        print(f"of the skipped: {needs_redis} skip themselves for want of the Redis backend")
     print(f"celery imported from: {', '.join(map(str, r['celery_module'])) or '?'}")
     if r.get("litequeue"):
         lq = r["litequeue"]

@@ -7,13 +7,13 @@ used (_missing.py). The test harness (celery.contrib.pytest) answers the few cal
 Celery's conftest makes on every test; that module lists them.
 """
 import litequeue
-from litequeue import Signature, Task, chain, chord, group, signature, subtask
+from litequeue import Signature, Task, chain, chord, group, signature
 
 from . import states
 from ._missing import MissingObject
 
 __all__ = ("Signature", "Task", "chain", "chord", "group", "shared_task", "signature",
-           "states", "subtask")
+           "states")
 
 
 def shared_task(*args, **options):

@@ -40,3 +40,11 @@ class MissingObject:
 
     def __repr__(self):
         return f"<placeholder: litequeue has no {self._what}>"
+
+
+def litequeue_or(name, placeholder):
+    """litequeue's object of that name if it has one (litequeue keeps every public name at
+    its top level), else the placeholder: the shim follows litequeue as it grows."""
+    import litequeue
+    found = getattr(litequeue, name, None)
+    return placeholder if found is None else found

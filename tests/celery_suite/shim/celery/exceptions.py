@@ -1,10 +1,11 @@
 """celery.exceptions: litequeue's exceptions. ImproperlyConfigured is litequeue's
-ConfigurationError (the same role: a call or setting that cannot work as given)."""
-from litequeue import (ChordError, MaxRetriesExceededError, Retry,  # noqa: F401
-                       SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded, TimeoutError,
-                       WorkerLostError)
-from litequeue import ConfigurationError as ImproperlyConfigured  # noqa: F401
+ConfigurationError (the same role: a call or setting that cannot work as given) unless
+litequeue has that name itself."""
+from litequeue import ChordError, SoftTimeLimitExceeded, TimeoutError  # noqa: F401
+from litequeue import ConfigurationError
 
-from ._missing import missing_class
+from ._missing import litequeue_or, missing_class
 
-Reject = missing_class("Reject", "Reject (rejecting a message)", Exception)
+ImproperlyConfigured = litequeue_or("ImproperlyConfigured", ConfigurationError)
+Reject = litequeue_or("Reject", missing_class("Reject", "Reject (rejecting a message)",
+                                              Exception))

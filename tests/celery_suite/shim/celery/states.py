@@ -1,3 +1,2 @@
 """celery.states: litequeue's state names."""
-from litequeue import (EXPIRED, FAILURE, PENDING, READY_STATES, RETRY, REVOKED,  # noqa: F401
-                       STARTED, SUCCESS)
+from litequeue import FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STARTED, SUCCESS  # noqa: F401

@@ -12,8 +12,9 @@ The session app is made when this module is imported, before the tests are colle
 suite names @shared_task handles in its parametrize lists, and a litequeue handle looks its
 task up in the latest app, so one must exist by then (as Celery's default app does).
 
-Harness adapters, the only things in the shim that are not renames. Celery's integration
-conftest calls them around every test, and they do no task, canvas or result work:
+Harness adapters, the only things in the shim that are not renames (each only where
+LiteQueue has no attribute of that name). Celery's integration conftest calls them around
+every test, and they do no task, canvas or result work:
 - app.set_current(), app.set_default(): nothing to do (see above).
 - app.amqp.queues: the app's one queue, as its settings say ({task_default_queue}). The
   apps are made with task_default_queue="celery", Celery's default queue name, and the
@@ -48,8 +49,8 @@ class _Backend(MissingObject):
         return None
 
 
-class _HarnessApp(litequeue.LiteQueue):
-    """A LiteQueue plus the harness calls listed in the module's docstring."""
+class _Harness:
+    """The harness calls listed in the module's docstring."""
 
     def set_current(self):
         pass
@@ -64,6 +65,12 @@ class _HarnessApp(litequeue.LiteQueue):
     @property
     def backend(self):
         return _Backend()
+
+
+# Only those litequeue does not have itself: its own always win.
+_HarnessApp = type("_HarnessApp", (litequeue.LiteQueue,), {
+    name: value for name, value in vars(_Harness).items()
+    if not name.startswith("__") and not hasattr(litequeue.LiteQueue, name)})
 
 
 def _make_app(path, config=None):
