@@ -1,0 +1,103 @@
+"""A pytest plugin (-p suite_outcomes) for run.py: one record per test of Celery's suite,
+with what run.py needs to name a failure's cause, written as JSON to $LQ_SUITE_OUTCOMES.
+
+Also sets every test's timeout to $LQ_SUITE_TIMEOUT seconds, in place of the marks the
+suite gives (Celery's @flaky sets 300 s), so that one hung test costs the same on either
+engine. Works under xdist: the records travel in the reports' user_properties.
+"""
+import json
+import os
+import sys
+
+import pytest
+
+KEY = "suite_outcome"
+TEST_FILE = "test_canvas.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    seconds = os.environ.get("LQ_SUITE_TIMEOUT")
+    if not seconds:
+        return
+    for item in items:
+        item.own_markers[:] = [m for m in item.own_markers if m.name != "timeout"]
+        item.add_marker(pytest.mark.timeout(float(seconds)))
+
+
+def _frame(entry):
+    try:
+        line = str(entry.statement).strip().splitlines()[0]
+    except Exception:
+        line = ""
+    return {"file": os.path.basename(str(entry.path)), "line": entry.lineno + 1,
+            "function": entry.name, "code": line[:200]}
+
+
+def _failure(excinfo):
+    exc = excinfo.value
+    text = str(exc).strip()
+    frames = [_frame(e) for e in excinfo.traceback]
+    in_test = [f for f in frames if f["file"] == TEST_FILE]
+    return {
+        "type": type(exc).__qualname__,
+        "module": type(exc).__module__,
+        "message": text.splitlines()[0][:300] if text else "",
+        "test_frame": in_test[-1] if in_test else None,
+        "raised_at": frames[-1] if frames else None,
+        "frames": frames[-12:],
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    record = {"when": call.when, "outcome": report.outcome,
+              "wasxfail": getattr(report, "wasxfail", None)}
+    if report.failed and call.excinfo is not None:
+        record["failure"] = _failure(call.excinfo)
+    elif report.failed:
+        record["failure"] = {"type": "Failed", "module": "",
+                             "message": str(report.longrepr).strip().splitlines()[0][:300]
+                             if report.longrepr else "", "test_frame": None,
+                             "raised_at": None, "frames": []}
+    if report.skipped and isinstance(report.longrepr, tuple):
+        record["skip_reason"] = str(report.longrepr[2])
+    if call.when == "setup":
+        record["celery"] = getattr(sys.modules.get("celery"), "__file__", None)
+    report.user_properties.append((KEY, record))
+
+
+_records = {}
+_collect_errors = []
+
+
+def pytest_collectreport(report):
+    if report.failed:
+        _collect_errors.append({"nodeid": report.nodeid,
+                                "longrepr": str(report.longrepr)[-3000:]})
+
+
+def pytest_runtest_logreport(report):
+    for key, record in report.user_properties:
+        if key != KEY:
+            continue
+        entry = _records.setdefault(report.nodeid, {"nodeid": report.nodeid, "phases": {},
+                                                    "subtests": [], "duration": 0.0})
+        context = getattr(report, "context", None)       # a subtest's report
+        if context is not None:
+            record["subtest"] = getattr(context, "msg", None) or str(context)
+            entry["subtests"].append(record)
+        else:
+            entry["phases"][record["when"]] = record
+            entry["duration"] += report.duration
+        break
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("LQ_SUITE_OUTCOMES")
+    if not path or hasattr(session.config, "workerinput"):
+        return
+    with open(path, "w") as out:
+        json.dump({"collect_errors": _collect_errors, "tests": list(_records.values())},
+                  out, indent=1)
