@@ -160,7 +160,7 @@ __all__ = [
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
     "UnknownTask", "NotRegistered", "TaskRevokedError", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
-    "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet",
+    "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet", "StampingVisitor",
     "result_from_tuple",
     "SoftTimeLimitExceeded", "crontab", "allow_join_result", "get_task_logger",
     "PENDING", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED",
@@ -697,6 +697,8 @@ _CALL_OPTIONS = {
     "ignore_result": lambda v: isinstance(v, bool),
     "time_limit": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
     "eta": lambda v: isinstance(v, str) and len(v) <= 64,
+    "stamps": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    "stamped_headers": lambda v: isinstance(v, list) and all(isinstance(k, str) for k in v),
     "soft_time_limit": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and
     v > 0,
 }
@@ -705,6 +707,7 @@ _CALL_OPTION_HELP = {
     "kwargsrepr": "give text of at most 4096 characters",
     "shadow": "give a name of 1 to 255 characters", "ignore_result": "give True or False",
     "time_limit": "give a positive number of seconds", "eta": "give a datetime",
+    "stamps": "give a dict", "stamped_headers": "give a list of names",
     "soft_time_limit": "give a positive number of seconds"}
 
 
@@ -5167,7 +5170,9 @@ class _Request:
     properties = None
     utc = True
     logfile = loglevel = None
-    stamps = stamped_headers = None
+    stamps = property(lambda self: self.options.get("stamps") if self.options else None)
+    stamped_headers = property(
+        lambda self: self.options.get("stamped_headers") if self.options else None)
     replaced_task_nesting = 0
 
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
@@ -6867,6 +6872,13 @@ def _call_options(options):
     """The _CALL_OPTIONS of an apply_async call, checked, for its envelope; Celery's
     broker options are accepted with one warning each; others are a TypeError."""
     kept = {}
+    stamped = options.get("stamped_headers")
+    if stamped:                        # Canvas.stamp(): the stamps travel with the call
+        options = dict(options)
+        kept["stamps"] = {name: options.pop(name, None) for name in stamped
+                          if isinstance(name, str)}
+        kept["stamped_headers"] = sorted(kept["stamps"])
+        options.pop("stamped_headers")
     for key, value in options.items():
         if key not in _CALL_OPTIONS and key not in _BROKER_OPTIONS:
             # Celery hands an option it does not know to the broker, which ignores it.
@@ -7950,6 +7962,23 @@ class _Canvas:
         """Celery's signature is a dict: sig["task"], sig["args"], sig["options"]..."""
         return self._as_dict()[key]
 
+    def keys(self):
+        """Its dict form's keys: dict(sig) gives Celery's dict form."""
+        return self._as_dict().keys()
+
+    @classmethod
+    def from_dict(cls, d, app=None):
+        """The signature (chain, group, chord) of a dict form (Celery's)."""
+        return signature(d, app=app)
+
+    def stamp(self, visitor=None, append_stamps=False, **headers):
+        """Stamp it (Celery's stamping): every task of the canvas gets the headers, and
+        what visitor (a StampingVisitor) returns for it; a running task reads them in
+        self.request.stamps and stamped_headers. append_stamps keeps earlier values
+        beside the new ones (as a list) instead of replacing them."""
+        _stamp_node(self, visitor, append_stamps, headers)
+        return self
+
     def _as_dict(self):
         """Celery's dict form, which a signature given as a task's argument (or returned
         as its result) travels as, and signature(d) rebuilds."""
@@ -8055,6 +8084,82 @@ def _once_qualified(node, text):
         return text
     at += len(prefix)
     return text[:at] + text[at:].replace(prefix, "")
+
+
+class StampingVisitor:
+    """Celery's stamping visitor: subclass it and return the stamps (a dict) each task
+    of a canvas gets; the default methods add none."""
+
+    def on_signature(self, sig, **headers):
+        return {}
+
+    def on_group_start(self, group, **headers):
+        return {}
+
+    def on_group_end(self, group, **headers):
+        return None
+
+    def on_chain_start(self, chain, **headers):
+        return {}
+
+    def on_chain_end(self, chain, **headers):
+        return None
+
+    def on_chord_header_start(self, sig, **headers):
+        return self.on_group_start(sig.header, **headers)
+
+    def on_chord_header_end(self, sig, **headers):
+        return self.on_group_end(sig.header, **headers)
+
+    def on_chord_body(self, sig, **headers):
+        return {}
+
+    def on_callback(self, callback, **headers):
+        return {}
+
+    def on_errback(self, errback, **headers):
+        return {}
+
+
+def _stamp_node(node, visitor, append, headers):
+    """Canvas.stamp(): walk node, the visitor's stamps joining the headers on the way."""
+    def asked(method, target):
+        found = getattr(visitor, method)(target, **headers) if visitor is not None else None
+        return {**headers, **(found or {})}
+
+    if isinstance(node, Signature):
+        _put_stamps(node.options, asked("on_signature", node), append)
+        for key, method in (("link", "on_callback"), ("link_error", "on_errback")):
+            for follower in node.options.get(key) or ():
+                _stamp_node(follower, visitor, append, asked(method, follower))
+    elif isinstance(node, chord):
+        inner = asked("on_chord_header_start", node)
+        for member in node.header.tasks:
+            _stamp_node(member, visitor, append, inner)
+        if visitor is not None:
+            visitor.on_chord_header_end(node, **headers)
+        if node.body is not None:
+            _stamp_node(node.body, visitor, append, asked("on_chord_body", node))
+    else:
+        start, end = ("on_chain_start", "on_chain_end") if isinstance(node, chain) else \
+            ("on_group_start", "on_group_end")
+        inner = asked(start, node)
+        for member in node.tasks:
+            _stamp_node(member, visitor, append, inner)
+        if visitor is not None:
+            getattr(visitor, end)(node, **headers)
+
+
+def _put_stamps(options, stamps, append):
+    """Stamps into a signature's options, as Celery keeps them: each under its name, and
+    their names in stamped_headers."""
+    for name, value in stamps.items():
+        if append and name in options:
+            old = options[name] if isinstance(options[name], list) else [options[name]]
+            value = old + (value if isinstance(value, list) else [value])
+        options[name] = value
+    options["stamped_headers"] = sorted(set(options.get("stamped_headers") or ()) |
+                                        set(stamps))
 
 
 def _options_dict(options):
