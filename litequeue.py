@@ -570,7 +570,10 @@ _SWEEP_INTERVAL = 60.0
 # ---------------------------------------------------------------------------
 
 def _pack(obj):
-    return msgpack.packb(obj, use_bin_type=True, datetime=True, default=_pack_other)
+    # strict_types: a subclass (a tuple, a canvas that is a dict, an IntEnum) goes through
+    # _pack_other, which packs it as its base type; msgpack would trust its __len__.
+    return msgpack.packb(obj, use_bin_type=True, datetime=True, default=_pack_other,
+                         strict_types=True)
 
 
 def _pack_other(obj):
@@ -580,19 +583,27 @@ def _pack_other(obj):
     sends it; signature(d) rebuilds it. A pydantic model travels as its dict (a
     pydantic=True task validates it back)."""
     kind = type(obj)
-    if kind is _dt.datetime:                        # naive: an aware one packs natively
-        return msgpack.ExtType(_EXT_NAIVE, obj.isoformat().encode())
-    if kind is _dt.date:
+    if isinstance(obj, dict):                       # by its items, whatever its __len__
+        return {k: v for k, v in dict.items(obj)}
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    if isinstance(obj, int) and kind is not bool:
+        if -2**63 <= obj < 2**64:
+            return int(obj)
+        return msgpack.ExtType(_EXT_BIG_INT, str(int(obj)).encode())
+    if isinstance(obj, (float, str, bytes)):
+        return (float if isinstance(obj, float) else str if isinstance(obj, str)
+                else bytes)(obj)
+    if isinstance(obj, _dt.datetime):
+        if obj.tzinfo is not None and obj.utcoffset() is not None:     # a subclass's
+            return _dt.datetime.fromtimestamp(obj.timestamp(), _dt.timezone.utc)
+        return msgpack.ExtType(_EXT_NAIVE, obj.replace(tzinfo=None).isoformat().encode())
+    if isinstance(obj, _dt.date):
         return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
-    if kind is uuid.UUID:
+    if isinstance(obj, uuid.UUID):
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
-    if kind is int:                                 # past 64 bits
-        return msgpack.ExtType(_EXT_BIG_INT, str(obj).encode())
     if kind.__name__ == "Decimal" and kind.__module__ == "decimal":
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
-    as_dict = getattr(obj, "_as_dict", None)
-    if callable(as_dict):
-        return as_dict()
     as_tuple = getattr(obj, "as_tuple", None)       # a result: Celery's tuple form
     if callable(as_tuple) and hasattr(obj, "app"):
         return as_tuple()
@@ -7919,9 +7930,36 @@ def _as_list(value):
     return values
 
 
-class _Canvas:
+def _item(key, inner=None):
+    """A property kept in the canvas's dict (Celery's signature is a dict), at key, or at
+    kwargs[inner] (a chain's or group's tasks, a chord's header and body)."""
+    if inner is None:
+        return property(lambda self: self[key],
+                        lambda self, value: dict.__setitem__(self, key, value))
+    return property(lambda self: self["kwargs"][inner],
+                    lambda self, value: self["kwargs"].__setitem__(inner, value))
+
+
+class _Canvas(dict):
     """What signatures, chains, groups and chords share: ``|``, delay(), apply_async()
-    (all rows in one transaction, checked before any is written) and apply() (inline)."""
+    (all rows in one transaction, checked before any is written) and apply() (inline).
+    Each is a dict in Celery's form ({"task", "args", "kwargs", "options", "subtask_type",
+    "immutable"}), so json.dumps() and msgpack carry it as Celery's does."""
+
+    options = _item("options")
+    immutable = _item("immutable")
+    __hash__ = None
+
+    def _start(self, kind, options, **kwargs):
+        """The dict of a chain, group or chord (kind), with kwargs as its kwargs."""
+        dict.__init__(self, task=f"celery.{kind}", args=(), kwargs=kwargs, options=options,
+                      subtask_type=kind, immutable=False)
+
+    def copy(self):
+        return self._copy()
+
+    def __ior__(self, other):            # not dict's in-place union: sig |= other chains
+        return self.__or__(other)
 
     def __or__(self, other):
         if not isinstance(other, _Canvas):
@@ -7958,14 +7996,6 @@ class _Canvas:
         """``~sig``: queue it and wait for its result, as Celery."""
         return self.apply_async().get()
 
-    def __getitem__(self, key):
-        """Celery's signature is a dict: sig["task"], sig["args"], sig["options"]..."""
-        return self._as_dict()[key]
-
-    def keys(self):
-        """Its dict form's keys: dict(sig) gives Celery's dict form."""
-        return self._as_dict().keys()
-
     @classmethod
     def from_dict(cls, d, app=None):
         """The signature (chain, group, chord) of a dict form (Celery's)."""
@@ -7980,12 +8010,10 @@ class _Canvas:
         return self
 
     def _as_dict(self):
-        """Celery's dict form, which a signature given as a task's argument (or returned
-        as its result) travels as, and signature(d) rebuilds."""
-        return {"task": f"celery.{type(self).__name__}", "args": [],
-                "kwargs": {"tasks": [t._as_dict() for t in self.tasks]},
-                "options": _options_dict(self.options), "subtask_type": type(self).__name__,
-                "immutable": self.immutable}
+        """A plain dict of its dict form (nested canvases plain too), which a signature
+        given as a task's argument (or returned as its result) travels as, and
+        signature(d) rebuilds."""
+        return _plain(self)
 
     def _replacing(self, request):
         """Task.replace() in a worker: queue this, then a last step that passes its result
@@ -8162,10 +8190,13 @@ def _put_stamps(options, stamps, append):
                                         set(stamps))
 
 
-def _options_dict(options):
-    """A canvas's options for its dict form: link lists as dicts too."""
-    return {k: [c._as_dict() for c in v] if k in ("link", "link_error") else v
-            for k, v in options.items()}
+def _plain(value):
+    """A canvas's dict form as plain dicts and lists, all the way down."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _options_from_dict(options):
@@ -8181,12 +8212,17 @@ class Signature(_Canvas):
     before its own, as in Celery; an immutable signature takes none of them.
     """
 
+    task = _item("task")
+    args = _item("args")
+    kwargs = _item("kwargs")
+
     def __init__(self, task, args=(), kwargs=None, options=None, immutable=False, app=None):
         if task.__class__ is Task and args.__class__ is tuple and not options and \
                 (kwargs is None or kwargs.__class__ is dict):     # task.s(...): the usual case
-            self.type, self.task, self.app = task, task.name, task.app
-            self.args, self.kwargs, self.options = args, dict(kwargs or {}), {}
-            self.immutable = bool(immutable)
+            self.type, self.app = task, task.app
+            dict.__init__(self, task=task.name, args=args, kwargs=dict(kwargs or {}),
+                          options={}, subtask_type=None, immutable=bool(immutable),
+                          chord_size=None)
             return
         if isinstance(task, dict):               # Celery's serialised form
             args, kwargs = task.get("args", args), task.get("kwargs", kwargs)
@@ -8194,9 +8230,9 @@ class Signature(_Canvas):
             immutable = task.get("immutable", immutable)
             task = task.get("task")
         if isinstance(task, Task):
-            self.type, self.task, self.app = task, task.name, task.app
+            self.type, name, self.app = task, task.name, task.app
         elif isinstance(task, str):
-            self.type, self.task, self.app = None, _checked_name(task), app
+            self.type, name, self.app = None, _checked_name(task), app
         else:
             raise WrongType(f"a signature names a task (a Task or its name), not "
                             f"{_saferepr(task, 100)}")
@@ -8204,10 +8240,9 @@ class Signature(_Canvas):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.options = dict(options or {})
-        self.immutable = bool(immutable)
+        dict.__init__(self, task=name, args=tuple(args), kwargs=dict(kwargs or {}),
+                      options=dict(options or {}), subtask_type=None,
+                      immutable=bool(immutable), chord_size=None)
 
     def __repr__(self):
         if self.task in ("litequeue.map", "litequeue.starmap") and \
@@ -8216,10 +8251,6 @@ class Signature(_Canvas):
             return f"[{self.kwargs['task']}({star}x) for x in {reprlib.repr(self.kwargs['it'])}]"
         return _call_text(self.task, self.args, self.kwargs)
 
-    def _as_dict(self):
-        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": _options_dict(self.options), "subtask_type": None,
-                "immutable": self.immutable, "chord_size": None}
 
     def __eq__(self, other):
         return isinstance(other, Signature) and (self.task, self.args, self.kwargs,
@@ -8409,10 +8440,10 @@ class chain(_Canvas):
     task's AsyncResult, whose .parent leads back to the first. A task that does not
     succeed ends the rest of the chain the same way, and the chain's errbacks run once."""
 
+    tasks = _item("kwargs", "tasks")
+
     def __init__(self, *tasks, **options):
-        self.tasks = self._flatten(tasks, chain)
-        self.options = options
-        self.immutable = False
+        self._start("chain", options, tasks=self._flatten(tasks, chain))
 
     def __repr__(self):
         if not self.tasks:
@@ -8496,10 +8527,11 @@ class group(_Canvas):
     ``group(add.s(i, i) for i in range(100)).apply_async()``
     """
 
+    tasks = _item("kwargs", "tasks")
+
     def __init__(self, *tasks, **options):
-        self.tasks = flat = self._flatten(tasks, group)
-        self.options = options
-        self.immutable = False
+        flat = self._flatten(tasks, group)
+        self._start("group", options, tasks=flat)
         apps = {id(t.app) for t in flat if t.__class__ is Signature and t.app is not None}
         apps.update(id(n.app) for t in flat if t.__class__ is not Signature
                     for n in t._nodes() if n.app is not None)
@@ -8521,6 +8553,9 @@ class group(_Canvas):
 
     def __len__(self):
         return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
 
     def _nodes(self):
         return [n for t in self.tasks for n in t._nodes()]
@@ -8597,16 +8632,18 @@ class _chord(_Canvas):
     ``chord(header, body)()``. The body is queued by the last member's own commit, once,
     with no polling; a member that does not succeed fails the body with ChordError."""
 
+    header = _item("kwargs", "header")
+    body = _item("kwargs", "body")
+
     def __init__(self, header, body=None, **options):
-        self.header = header if isinstance(header, group) else group(header)
+        self._start("chord", options, header=header if isinstance(header, group)
+                    else group(header), body=None, kwargs={})
         for member in self.header.tasks:
             if isinstance(member, group):
                 raise TypeError("a chord's header takes signatures or chains, not a group")
         if body is not None:
             self._check_body(body)
         self.body = body
-        self.options = options
-        self.immutable = False
 
     @staticmethod
     def _check_body(body):
@@ -8650,14 +8687,8 @@ class _chord(_Canvas):
     def _nodes(self):
         return self.header._nodes() + (self.body._nodes() if self.body is not None else [])
 
-    def _as_dict(self):
-        return {"task": "celery.chord", "args": [], "subtask_type": "chord",
-                "kwargs": {"header": self.header._as_dict(), "kwargs": {},
-                           "body": self.body._as_dict() if self.body is not None else None},
-                "options": _options_dict(self.options), "immutable": self.immutable}
-
     def _copy(self):
-        return chord(self.header._copy(), self.body._copy() if self.body else None,
+        return chord(self.header._copy(), self.body._copy() if self.body is not None else None,
                      **self._options_copy())
 
     def __call__(self, body=None, **options):
@@ -12689,10 +12720,16 @@ class _DashboardHandler:
             raise TypeError("args must be a JSON array")
         if not isinstance(kwargs, dict):
             raise TypeError("kwargs must be a JSON object")
+        unknown = sorted(set(options) - self._SEND_OPTIONS)
+        if unknown:                          # an API client gets told, not a warning
+            raise TypeError(f"unsupported option(s): {', '.join(unknown)}")
         for key in ("countdown", "expires", "eta"):
             if isinstance(options.get(key), str):
                 options[key] = self._time_option(key, options[key])
         return self.server.app.send_task(name, args, kwargs, **options)
+
+    _SEND_OPTIONS = frozenset({"task_id", "priority", "queue", "countdown", "eta", "expires",
+                               "unique_key"}) | frozenset(_CALL_OPTIONS) | _BROKER_OPTIONS
 
     @staticmethod
     def _time_option(key, text):

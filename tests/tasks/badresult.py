@@ -3,11 +3,13 @@ from litequeue import LiteQueue
 app = LiteQueue("jobs.sqlite")
 
 
-class Sneaky(dict):
-    def items(self):
-        raise RuntimeError("items() refuses")
+class Sneaky(int):
+    """A result whose own methods raise while it is encoded."""
+
+    def __int__(self):
+        raise RuntimeError("int() refuses")
 
 
 @app.task
 def sneaky():
-    return Sneaky(a=1)
+    return Sneaky(1)
