@@ -5859,7 +5859,8 @@ class AsyncResult:
         changed since last; returns what it saw."""
         state, info = self.state, self.info
         seen = (state, repr(info))
-        if seen != last:
+        # Celery's result channel carries neither PENDING nor, by default, STARTED.
+        if seen != last and state not in (PENDING, STARTED):
             on_message({"task_id": self.id, "status": state, "result": info,
                         "traceback": self.traceback, "children": [],
                         "date_done": self.date_done})
