@@ -576,6 +576,11 @@ def _pack(obj):
                          strict_types=True)
 
 
+def _listed(value):
+    """Nested tuples as lists (what _pack_other returns is packed with no second call)."""
+    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _pack_other(obj):
     """Values msgpack has no type for: naive datetimes, dates, UUIDs, Decimals and big
     integers as extensions (_unpack_other reads them back), as Celery's JSON carries
@@ -606,7 +611,7 @@ def _pack_other(obj):
         return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
     as_tuple = getattr(obj, "as_tuple", None)       # a result: Celery's tuple form
     if callable(as_tuple) and hasattr(obj, "app"):
-        return as_tuple()
+        return _listed(as_tuple())
     dump = getattr(obj, "model_dump", None)       # a pydantic model travels as its dict
     if callable(dump) and hasattr(type(obj), "model_validate"):
         return dump(mode="json")
