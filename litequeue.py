@@ -7833,6 +7833,8 @@ class Task:
         step, so whoever waits on the id gets sig's result. It raises Ignore to end the
         run (``return self.replace(sig)`` reads best); outside a worker it runs sig here
         and returns its result."""
+        if sig.get("subtask_type") == "chain" and not sig["kwargs"]["tasks"]:
+            raise ConfigurationError("Cannot replace with an empty chain")
         request = getattr(_request, "current", None)
         if request is None or request.meta_writer is None:
             return sig.apply().get(disable_sync_subtasks=False)
@@ -7978,7 +7980,8 @@ class _Canvas(dict):
     def _flatten(tasks, kind):
         """The members of a chain or group (kind): given one by one or as one iterable,
         each a signature or canvas; a member of the same kind with no options of its own
-        is spread out in its place."""
+        is spread out in its place, and an empty chain (or, in a chain, an empty group)
+        is left out, as Celery does: it has nothing to run."""
         if len(tasks) == 1 and not isinstance(tasks[0], _Canvas):
             tasks = tuple(tasks[0])
         flat = []
@@ -7986,6 +7989,9 @@ class _Canvas(dict):
             if not isinstance(task, _Canvas):
                 raise TypeError(f"{kind.__name__}() takes task signatures (task.s(...)), "
                                 f"not {type(task).__name__}")
+            empty_kinds = ("chain", "group") if kind is chain else ("chain",)
+            if task.get("subtask_type") in empty_kinds and not task.tasks:
+                continue
             flat.extend(task.tasks if isinstance(task, kind) and not task.options
                         else [task])
         return flat
@@ -8164,7 +8170,14 @@ def _stamp_node(node, visitor, append, headers):
     if isinstance(node, Signature):
         _put_stamps(node.options, asked("on_signature", node), append)
         for key, method in (("link", "on_callback"), ("link_error", "on_errback")):
-            for follower in node.options.get(key) or ():
+            followers = node.options.get(key) or []
+            if not followers:
+                continue
+            if isinstance(followers, dict):      # one follower, maybe in Celery's dict form
+                followers = [followers]
+            node.options[key] = followers = [
+                f if isinstance(f, _Canvas) else signature(f) for f in followers]
+            for follower in followers:
                 _stamp_node(follower, visitor, append, asked(method, follower))
     elif isinstance(node, chord):
         inner = asked("on_chord_header_start", node)
@@ -8451,6 +8464,19 @@ class chain(_Canvas):
     def __init__(self, *tasks, **options):
         self._start("chain", options, tasks=self._flatten(tasks, chain))
 
+    @property
+    def id(self):
+        """The id its result will have (its last task's), once frozen or set."""
+        return self.options.get("task_id")
+
+    def freeze(self, _id=None):
+        """Fix its last task's id now (to _id if given); returns that task's result."""
+        if not self.tasks:
+            raise ConfigurationError("an empty chain has no task to freeze")
+        result = self.tasks[-1].freeze(_id)
+        self.options["task_id"] = result.id
+        return result
+
     def __repr__(self):
         if not self.tasks:
             return "chain()"
@@ -8640,6 +8666,17 @@ class _chord(_Canvas):
 
     header = _item("kwargs", "header")
     body = _item("kwargs", "body")
+
+    @property
+    def id(self):
+        """Its body's id, once frozen or set, as Celery's."""
+        return self.body.id if self.body is not None else self.options.get("task_id")
+
+    def freeze(self, _id=None):
+        """Fix its body's id now (to _id if given); returns the body's result."""
+        if self.body is None:
+            raise TypeError("a chord needs a body: chord(header)(body)")
+        return self.body.freeze(_id)
 
     def __init__(self, header, body=None, **options):
         self._start("chord", options, header=header if isinstance(header, group)

@@ -707,6 +707,31 @@ class TestCeleryCanvasShapes:
         ''')
         assert out == ["_chord", [[2, 4], [2, 4]], [[2, 4], [2, 4]], [[2], [2]]]
 
+    def test_empty_chains_and_groups_are_left_out_and_a_frozen_chain_has_an_id(self,
+                                                                             canvas_here):
+        """Celery's: an empty chain in a group or a chord's header, or an empty group in a
+        chain, has nothing to run and is left out; a chain's id is its last task's once
+        frozen; replacing a task with an empty chain fails it."""
+        out = canvas_here.start().client('''
+            last = add.s(2).set(task_id="last-one")
+            c = add.s(4) | last
+            ids = [c.id, c.freeze().id, c.id]
+            try:
+                replacer.delay("empty").get(timeout=30)
+            except Exception as exc:
+                replaced = [type(exc).__name__, str(exc)]
+            print(json.dumps([
+                group(chain(), add.s(1, 2), chain(), add.s(3, 4)).apply_async().get(timeout=30),
+                chord([chain()], collect.s())().get(timeout=30),
+                chord([chain(), add.s(1, 1)], collect.s())().get(timeout=30),
+                chain(group(add.s(2, 2), add.s(4, 4)), group(), group())().get(timeout=30),
+                chain(group(), add.s(10)).apply_async((5,)).get(timeout=30),
+                chain(chain(group(), add.s(10)), add.s(20)).apply_async((5,)).get(timeout=30),
+                ids, replaced]))
+        ''')
+        assert out == [[3, 7], [], [2], [4, 8], 15, 35, [None, "last-one", "last-one"],
+                       ["ConfigurationError", "Cannot replace with an empty chain"]]
+
     def test_a_chain_ending_in_a_group_leads_back_to_its_first_step(self, canvas_here):
         out = canvas_here.start().client('''
             r = chain(add.s(1, 1), group(add.s(1), add.s(2))).apply_async()

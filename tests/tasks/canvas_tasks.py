@@ -181,6 +181,8 @@ def _shutdown(sender=None, **more):
 def replacer(self, how):
     """Task.replace() with each kind of canvas, as Celery's canvas guide shows."""
     from litequeue import group
+    from litequeue import chain
     replacements = {"sig": add.s(2, 3), "chain": add.s(1, 1) | mul.s(10),
-                    "group": group(add.s(1, 1), add.s(2, 2)), "fail": fail.s("replaced")}
+                    "group": group(add.s(1, 1), add.s(2, 2)), "fail": fail.s("replaced"),
+                    "empty": chain()}
     return self.replace(replacements[how])
