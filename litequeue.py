@@ -8603,6 +8603,10 @@ class group(_Canvas):
         group_id = group_id or self.options.get("task_id") or _new_id()
         results, lasts = [], []
         for index, task in enumerate(self.tasks):
+            if isinstance(task, chain) and task.tasks and isinstance(task._steps()[-1], group):
+                # A member that ends in a group ends in one step that gathers its results
+                # (a chord), so that the member is one task of this group, as Celery's.
+                task = chain(*task.tasks, Signature(plan.app._builtins["litequeue.accumulate"]))
             res, new = task._attach(plan, given, after, waits)
             if len(new) != 1:
                 raise ConfigurationError("a group's member must end in one task (a "

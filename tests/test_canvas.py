@@ -707,7 +707,7 @@ class TestCeleryCanvasShapes:
         ''')
         assert out == ["_chord", [[2, 4], [2, 4]], [[2, 4], [2, 4]], [[2], [2]]]
 
-    def test_empty_chains_and_groups_are_left_out_and_a_frozen_chain_has_an_id(self,
+    def test_empty_parts_are_left_out_nested_groups_gather_and_chains_freeze(self,
                                                                              canvas_here):
         """Celery's: an empty chain in a group or a chord's header, or an empty group in a
         chain, has nothing to run and is left out; a chain's id is its last task's once
@@ -720,15 +720,22 @@ class TestCeleryCanvasShapes:
                 replacer.delay("empty").get(timeout=30)
             except Exception as exc:
                 replaced = [type(exc).__name__, str(exc)]
-            print(json.dumps([
+            # A group member that ends in a group is one member, its results a list.
+            nested = [group(identity.si(1), identity.si(2), chain(identity.si(5), group(
+                identity.si(3), identity.si(4)))).delay().get(timeout=30),
+                chain(add.si(1, 0), group(add.si(1, 100), chain(add.si(1, 200), group(
+                    add.si(1, 1000), add.si(1, 2000)))), identity.s()).delay().get(timeout=30)]
+            print(json.dumps(nested + [[
                 group(chain(), add.s(1, 2), chain(), add.s(3, 4)).apply_async().get(timeout=30),
                 chord([chain()], collect.s())().get(timeout=30),
                 chord([chain(), add.s(1, 1)], collect.s())().get(timeout=30),
                 chain(group(add.s(2, 2), add.s(4, 4)), group(), group())().get(timeout=30),
                 chain(group(), add.s(10)).apply_async((5,)).get(timeout=30),
                 chain(chain(group(), add.s(10)), add.s(20)).apply_async((5,)).get(timeout=30),
-                ids, replaced]))
+                ids, replaced]]))
         ''')
+        assert out[:-1] == [[1, 2, [3, 4]], [101, [1001, 2001]]]
+        out = out[-1]
         assert out == [[3, 7], [], [2], [4, 8], 15, 35, [None, "last-one", "last-one"],
                        ["ConfigurationError", "Cannot replace with an empty chain"]]
 
