@@ -5578,6 +5578,8 @@ class _SharedTask:
         return _current_app().tasks[self.name]
 
     def __getattr__(self, attr):
+        if attr.startswith("__"):        # introspection (copy, pytest, pickle) finds none
+            raise AttributeError(attr)
         return getattr(self._task(), attr)
 
     def __call__(self, *args, **kwargs):
