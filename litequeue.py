@@ -1192,6 +1192,9 @@ _SETTINGS = {
                          "crontabs without their own tz [default: this machine's zone]"),
     "imports": _Setting((), _check_modules, "modules a worker imports (Celery's CELERY_IMPORTS)"),
     "task_always_eager": _Setting(False, _check_bool, "run tasks inline, for unit tests"),
+    "task_allow_error_cb_on_chord_header": _Setting(
+        False, _check_bool, "a chord's errbacks also follow each task of its header "
+        "(Celery's setting)"),
     "task_eager_propagates": _Setting(False, _check_bool, "an eager task's exception is raised "
                                       "by apply_async() and apply(), not kept in its result"),
     "task_default_queue": _Setting("default", _check_text, "queue of tasks that name none"),
@@ -7988,6 +7991,8 @@ class _Canvas(dict):
             tasks = tuple(tasks[0])
         flat = []
         for task in tasks:
+            if not isinstance(task, _Canvas) and callable(getattr(task, "s", None)):
+                task = task.s()                  # a task itself, as Celery takes it
             if not isinstance(task, _Canvas):
                 raise TypeError(f"{kind.__name__}() takes task signatures (task.s(...)), "
                                 f"not {type(task).__name__}")
@@ -8771,6 +8776,9 @@ class _chord(_Canvas):
             header, members = self.header._attach(plan, given, after, waits)
             for row in members:
                 row["followers"] = 1
+            if plan.app.conf["task_allow_error_cb_on_chord_header"]:
+                # Celery's setting: the chord's errbacks follow each header task too.
+                plan.follow({"link_error": self.options.get("link_error")}, members)
             start = len(plan.rows)
             result, lasts = body._attach(plan, ((), {}), None, "chord")
             plan.chords.append({"id": header.id, "body": plan.rows[start]["id"],
@@ -8824,6 +8832,16 @@ class chunks(group):
 _CANVAS_TYPES = {"chain": chain, "group": group, "chord": chord, "chunks": group}
 
 
+def _followers(value):
+    """link or link_error as a list of canvases: one signature or a list, each maybe a
+    dict in Celery's form."""
+    if not value:
+        return []
+    if isinstance(value, dict):
+        value = [value]
+    return [v if isinstance(v, _Canvas) else signature(v) for v in value]
+
+
 _CANVAS_DEFAULTS = {"group_id": None, "group_index": None, "waits": None, "input": None,
                     "followers": 0}
 
@@ -8852,6 +8870,10 @@ class _Plan:
             options = {**self.defaults, **options}
             options.pop("link", None)
             options.pop("link_error", None)
+            if waits:      # the canvas's own countdown or eta delays its first tasks only
+                for key in ("countdown", "eta"):
+                    if key not in sig.options:
+                        options.pop(key, None)
         row = self.app._task_row(sig.task, args, kwargs, task, **options)
         if self.root is None:
             self.root = row["id"]
@@ -8916,11 +8938,14 @@ class _Plan:
                            app=app), rows
 
     def follow(self, options, lasts):
-        """Attach a node's link and link_error signatures after each of its last rows."""
+        """Attach a node's link and link_error signatures after each of its last rows
+        (one signature, or a list; Celery's dict forms too)."""
+        callbacks, errbacks = _followers(options.get("link")), _followers(
+            options.get("link_error"))
         for row in lasts:
-            for callback in options.get("link") or ():
+            for callback in callbacks:
                 callback._attach(self, ((), {}), row, "link")
-            for errback in options.get("link_error") or ():
+            for errback in errbacks:
                 errback._attach(self, ((), {}), row, "error")
 
     def commit(self, replacing=None):

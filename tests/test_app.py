@@ -75,7 +75,8 @@ class TestApp:
         with pytest.raises(DuplicateTaskId):
             group(add.s(1, 1).set(task_id="same"), add.s(2, 2).set(task_id="same")).apply_async()
         with pytest.raises(TypeError, match="signatures"):
-            group(add, add)
+            group(1, "add")
+        assert group(add, add).tasks == [add.s(), add.s()]     # tasks themselves, as Celery
         assert count() == 303
 
     def test_group_in_eager_mode_runs_inline(self, tmp_path):

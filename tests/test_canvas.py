@@ -739,6 +739,31 @@ class TestCeleryCanvasShapes:
         assert out == [[3, 7], [], [2], [4, 8], 15, 35, [None, "last-one", "last-one"],
                        ["ConfigurationError", "Cannot replace with an empty chain"]]
 
+    def test_a_canvas_countdown_delays_its_first_tasks_and_errbacks_come_in_any_form(
+            self, canvas, canvas_here):
+        """Celery's: a chain's countdown delays its first task only (the next follows at
+        once); link_error may be one signature, a list, or Celery's dict; with
+        task_allow_error_cb_on_chord_header a chord's errback follows its header too."""
+        w = canvas_here
+        tasks = w.loaded[0]
+        first = tasks.add.s(1, 1) | tasks.add.s(1)
+        r = first.apply_async(countdown=30)
+        rows = dict(litequeue._Storage(canvas.db).conn.execute(
+            "SELECT id, coalesce(eta, 0) > 0 FROM tasks WHERE id IN (?, ?)",
+            (r.id, r.parent.id)).fetchall())
+        assert rows == {r.parent.id: 1, r.id: 0}
+        failing = tasks.fail.s("once").set(link_error=tasks.errback1.s())
+        as_dict = tasks.fail.s("dict").set(link_error=dict(tasks.errback1.s()))
+        tasks.app.conf.task_allow_error_cb_on_chord_header = True
+        c = litequeue.chord([tasks.fail.s("member")], tasks.collect.s()).on_error(
+            tasks.errback1.s())
+        bad = [failing.delay(), as_dict.delay(), c.delay()]
+        w.work_until(lambda: all(x.ready() for x in bad) and
+                     len(canvas.logged("errbacks")) == 4, 20)
+        # The chord's errback ran twice: for the failed header task and for the body.
+        assert sorted(e[0] for e in canvas.logged("errbacks")) == sorted(
+            [bad[0].id, bad[1].id, bad[2].id, bad[2].parent[0].id])
+
     def test_a_chain_ending_in_a_group_leads_back_to_its_first_step(self, canvas_here):
         out = canvas_here.start().client('''
             r = chain(add.s(1, 1), group(add.s(1), add.s(2))).apply_async()
