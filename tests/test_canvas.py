@@ -597,7 +597,6 @@ print(json.dumps(out))
 '''
 
 
-@pytest.mark.worker
 class TestCeleryCanvasShapes:
     """The canvas shapes of Celery's canvas guide that a port of its programs meets."""
 
@@ -773,6 +772,7 @@ class TestCeleryCanvasShapes:
         assert out == [[3, 4], 2, [2, 3]]
 
 
+@pytest.mark.worker
 class TestCanvasChaos:
 
     @pytest.mark.chaos
