@@ -5,7 +5,9 @@ Fixtures: the session app is a LiteQueue on a fresh SQLite file in a temporary d
 so what a test changes in app.conf, such as task_always_eager, ends with it; litequeue's
 current app is the latest one made). The session worker is a real `litequeue.py worker`
 process (prefork, -c $LQ_SUITE_CONCURRENCY) that imports celery.contrib.testing.worker_app
-(the session database's app, with the same settings) and the suite's task modules; it is
+(the session database's app, configured as the session app is: config_from_object of the
+suite's celery_config, then the queue) and the suite's task modules, in this process's
+environment (REDIS_HOST/REDIS_PORT of the suite's side channel, TEST_BACKEND...); it is
 stopped, and its process group reaped, at the end of the session.
 
 The session app is made when this module is imported, before the tests are collected: the
@@ -102,7 +104,8 @@ def celery_app(celery_session_app, celery_config):
 
 
 @pytest.fixture(scope="session")
-def celery_session_worker(request, celery_session_app, celery_includes, celery_worker_pool):
+def celery_session_worker(request, celery_session_app, celery_config, celery_includes,
+                          celery_worker_pool):
     if celery_worker_pool != "prefork":
         pytest.fail(f"the litequeue shim runs a prefork worker, not {celery_worker_pool!r}")
     concurrency = os.environ.get("LQ_SUITE_CONCURRENCY", "4")
@@ -112,7 +115,7 @@ def celery_session_worker(request, celery_session_app, celery_includes, celery_w
     for module in sorted(celery_includes):
         command += ["-A", module]
     env = dict(os.environ, LQ_SUITE_APP_DB=celery_session_app.path,
-               LQ_SUITE_APP_SETTINGS=json.dumps({"task_default_queue": QUEUE}))
+               LQ_SUITE_APP_CONFIG=json.dumps(dict(celery_config)), LQ_SUITE_QUEUE=QUEUE)
     with open(log_path, "ab") as log:
         worker = subprocess.Popen(command, cwd=str(request.config.rootpath), env=env,
                                   stdout=log, stderr=subprocess.STDOUT,
