@@ -13,7 +13,10 @@ def observe(seen):
         chord_ids = app.GroupResult.restore(group_id).get(timeout=10)
         return [app.AsyncResult(i).get(timeout=10) for i in chord_ids]
     seen("joined", leaves)
-    seen("children of A's run", lambda: [type(c).__name__ for c in
-                                         (app.AsyncResult(A.delay().id).children or [])])
+    def children_once_done():
+        run = A.delay()
+        run.get(timeout=10)             # both engines know its children once it has run
+        return sorted(type(c).__name__ for c in (app.AsyncResult(run.id).children or []))
+    seen("children of A's run", children_once_done)
     seen("a task returning a GroupResult",
          lambda: type(A_returns_result.delay().get(timeout=10)).__name__)
