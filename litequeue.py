@@ -8526,11 +8526,10 @@ class chain(_Canvas):
         for i, step in enumerate(steps):
             if i == 0:
                 res, new = step._attach(plan, given, after, waits)
-            else:
-                if len(lasts) != 1:
-                    raise ConfigurationError("a group inside a chain must be followed by a "
-                                             "task (it becomes a chord)")
+            elif len(lasts) == 1:
                 res, new = step._attach(plan, ((), {}), lasts[0], "link")
+            else:
+                res, new = self._after_group(plan, step, lasts)
             if result is not None and isinstance(res, AsyncResult) and res._parent is None:
                 res._parent = result
             elif result is not None and isinstance(res, GroupResult) and res.parent is None:
@@ -8539,6 +8538,22 @@ class chain(_Canvas):
             result, lasts = res, new
         plan.follow({"link": self.options.get("link")}, lasts)
         return result, lasts
+
+    @staticmethod
+    def _after_group(plan, step, lasts):
+        """A step after one that ended in a group (a chord whose body is a group): it
+        waits for every task of that group, as a chord's body does."""
+        group_id = lasts[0].get("group_id")
+        if group_id is None or any(row.get("group_id") != group_id for row in lasts):
+            raise ConfigurationError("a group inside a chain must be followed by a task "
+                                     "(it becomes a chord)")
+        for row in lasts:
+            row["followers"] = 1
+        start = len(plan.rows)
+        res, new = step._attach(plan, ((), {}), None, "chord")
+        plan.chords.append({"id": group_id, "body": plan.rows[start]["id"],
+                            "size": len(lasts)})
+        return res, new
 
     def apply(self, args=None, kwargs=None, **options):
         result = None

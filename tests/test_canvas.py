@@ -702,9 +702,13 @@ class TestCeleryCanvasShapes:
                 (g | group(collect.s(), identity.s())).delay().get(timeout=30),
                 chain(g, group(collect.s(), collect.s()), collect.s()).delay().get(timeout=30),
                 chord([add.s(1, 1)], group(identity.s(), identity.s())).delay().get(timeout=30),
+                # A step after a chord whose body is a group waits for that whole group.
+                chain(chord([add.s(1, 1), add.s(2, 2)], group(collect.s(), collect.s())),
+                      collect.s()).delay().get(timeout=30),
             ]))
         ''')
-        assert out == ["_chord", [[2, 4], [2, 4]], [[2, 4], [2, 4]], [[2], [2]]]
+        assert out == ["_chord", [[2, 4], [2, 4]], [[2, 4], [2, 4]], [[2], [2]],
+                       [[2, 4], [2, 4]]]
 
     def test_empty_parts_are_left_out_nested_groups_gather_and_chains_freeze(self,
                                                                              canvas_here):
