@@ -5719,6 +5719,11 @@ def _visible_state(row):
     expires = row.get("expires")
     if _is_time(expires) and state in (PENDING, SCHEDULED, RETRY) and expires <= time.time():
         return EXPIRED
+    # Claimed after it expired: the worker ends it EXPIRED unrun, so it reads so already
+    # (it read EXPIRED while it waited, and must not go back to STARTED meanwhile).
+    started = row.get("started_at")
+    if state == STARTED and _is_time(expires) and _is_time(started) and expires <= started:
+        return EXPIRED
     return state
 
 

@@ -25,7 +25,7 @@ from litequeue import (
 
 from .helpers import (
     PLAIN_TASKS, UTC, Folder, insert_finished, lq, msgpack_values, pack, same, sha256, sql,
-    tables_rows, utc_ts, wait_until,
+    sql_write, tables_rows, utc_ts, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -363,6 +363,13 @@ class TestApp:
             r = project.app.tasks["tasks.add"].apply_async([1, 1], expires=expires)
             assert r.detailed_state == EXPIRED and r.ready() and not r.successful()
             assert r.state == REVOKED and r.state in litequeue.states.READY_STATES
+            # A worker that claims it (before marking it) must not make it read STARTED.
+            sql_write(project.db, f"UPDATE tasks SET state = 'STARTED', started_at = "
+                                  f"{time.time()} WHERE id = '{r.id}'")
+            r._row = None
+            assert r.detailed_state == EXPIRED and r.ready()
+            sql_write(project.db, f"UPDATE tasks SET state = 'EXPIRED' WHERE id = '{r.id}'")
+            r._row = None
             with pytest.raises(TaskRevoked, match="expired"):
                 r.get(timeout=5)
             assert r.get(timeout=5, propagate=False) is None
