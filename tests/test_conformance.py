@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import LITEQUEUE_PY, Folder, run, wait_until
-from .test_portability import _free_port, _reap, _redis_pid
+from .test_portability import redis_server as portable_redis
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.worker]
 
@@ -146,32 +145,8 @@ def port(program, dest, engine, redis_url):
 def redis_server(tmp_path_factory):
     """A redis-server on a free loopback port for this test process (64 databases);
     stopped at the end of the session."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    home = tmp_path_factory.mktemp("redis")
-    log = home / "redis.log"
-    proc = None
-    try:
-        for _ in range(3):      # another process may take the free port before Redis does
-            port = _free_port()
-            cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no", "--dir", str(home),
-                   "--databases", "64"]
-            with open(log, "ab") as out:
-                proc = subprocess.Popen(cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            wait_until(lambda: proc.poll() is not None or _redis_pid(port) == proc.pid, 15,
-                       lambda: f"redis-server to answer on port {port}\n{log.read_text()}")
-            if proc.poll() is None:
-                break
-            proc.wait()
-        else:
-            pytest.fail(f"redis-server did not start:\n{log.read_text()}")
+    with portable_redis(tmp_path_factory.mktemp("redis"), "--databases", "64") as port:
         yield port
-    finally:
-        if proc is not None:
-            _reap(proc)
 
 
 _db_numbers = itertools.count(1)

@@ -72,23 +72,21 @@ def _reap(proc, timeout=5):
     proc.wait()
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    """A real redis-server on a free loopback port, in its own directory, for this test
-    only; always stopped at teardown."""
+@contextlib.contextmanager
+def redis_server(home, *extra):
+    """A real redis-server on a free loopback port, its files in home (extra: more of its
+    options); yields the port, always stopped at the end."""
     server = shutil.which("redis-server")
     if server is None:
-        pytest.fail("redis-server is not installed (the portability test runs Celery with a "
-                    "real Redis: apt-get install redis-server)")
-    home = tmp_path / "redis"
-    home.mkdir()
+        pytest.fail("redis-server is not installed (Celery runs here with a real Redis: "
+                    "apt-get install redis-server)")
     log = home / "redis.log"
     proc = None
     try:
         for _ in range(3):      # another process may take the free port before Redis does
             port = _free_port()
             cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no", "--dir", str(home)]
+                   "--appendonly", "no", "--daemonize", "no", "--dir", str(home), *extra]
             with open(log, "ab") as out:
                 proc = subprocess.Popen(cmd, cwd=home, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -100,10 +98,19 @@ def redis_url(tmp_path):
             proc.wait()
         else:
             pytest.fail(f"redis-server did not start:\n{log.read_text()}")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield port
     finally:
         if proc is not None:
             _reap(proc)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server for this test only, in its own directory."""
+    home = tmp_path / "redis"
+    home.mkdir()
+    with redis_server(home) as port:
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def start_celery_worker(workers, project, redis_url):
