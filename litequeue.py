@@ -476,6 +476,8 @@ _STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, 
                  EXPIRED, IGNORED, REJECTED)
 # A periodic task an operator disabled (Admin.disable_schedule) has this as its error.
 _SCHEDULE_OFF = "disabled by an operator"
+# Task.replace()'s last step, under the replaced task's id (a built-in task).
+_REPLACED_TASK = "litequeue.replaced"
 # The most rows a task page's workflow timeline reads: past a few hundred bars a
 # timeline is no longer readable, and reading them would hold the page up.
 _WORKFLOW_MAX = 200
@@ -2206,6 +2208,10 @@ _SQL_INSERT_GROUP = """
     INSERT INTO groups (id, members, first, created_at)
     VALUES (:id, :members, :first, :created_at)
 """
+_SQL_SAVE_EMPTY_GROUP = """
+    INSERT INTO groups (id, members, first, created_at) VALUES (?1, ?2, ?1, ?3)
+    ON CONFLICT (id) DO NOTHING
+"""
 _SQL_UPSERT_REGISTRY = """
     INSERT INTO registry (name, module, updated_at) VALUES (:name, :module, :now)
     ON CONFLICT (name) DO UPDATE SET module = excluded.module, updated_at = excluded.updated_at
@@ -2329,7 +2335,7 @@ _SQL_CASCADE = """
     UPDATE tasks SET state = :state, result = :result, traceback = :traceback,
                      finished_at = :now
     WHERE parent_id = :parent AND state = 'WAITING' AND waits IN ('link', 'link_si')
-    RETURNING id
+    RETURNING id, name
 """
 # STARTED -> (deleted): a running row Task.replace() hands its id over from.
 _SQL_TAKE_REPLACED = """
@@ -2618,6 +2624,11 @@ _SQL_CHILDREN = "SELECT id FROM tasks WHERE parent_id = :id ORDER BY seq"
 _SQL_GROUP_MEMBERS = "SELECT members FROM groups WHERE id = :id"
 _SQL_CHORD_OF_BODY = "SELECT id FROM chords WHERE body = :id"
 _SQL_CHORD_PROGRESS = "SELECT done, size FROM chords WHERE body = :id"  # chords_body
+# chords_body, then tasks_group: the header member that ended last.
+_SQL_CHORD_STARTER = """
+    SELECT t.id FROM chords AS c JOIN tasks AS t ON t.group_id = c.id
+    WHERE c.body = :id AND t.finished_at IS NOT NULL ORDER BY t.finished_at DESC LIMIT 1
+"""
 # UNIQUE index on id.
 _TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
                  "pid", "created_at", "started_at", "finished_at", "result", "traceback",
@@ -3441,6 +3452,11 @@ class _Producing:
         rows = self.conn.execute(_SQL_MODULE_OF, (task_name,)).fetchall()
         return rows[0][0] if rows else None
 
+    def save_empty_group(self, group_id):
+        """Keep an empty group's id for GroupResult.restore(), as long as results are kept."""
+        with self.write() as conn:
+            conn.execute(_SQL_SAVE_EMPTY_GROUP, (group_id, _pack([]), time.time()))
+
     def set_meta(self, meta, task_id=None, seq=None, attempt=None):
         """Store update_state()'s [state, meta]: the running task's own row (fenced by its
         claim), or any unfinished task by id. True if a row took it."""
@@ -3571,10 +3587,12 @@ class _Claiming:
                 follow.woken += conn.changes()
                 self._drop_errbacks(conn, task_id)
             else:
-                for (child,) in conn.execute(_SQL_CASCADE, dict(
+                for child, name in conn.execute(_SQL_CASCADE, dict(
                         params, state=state, result=result, traceback=tb)).fetchall():
                     follow.ended.append(child)
-                    work.append((child, state, result, tb, True))
+                    # A replaced task's stand-in failed with its replacement: the task's
+                    # own errbacks run, as Celery moves them onto the replacement.
+                    work.append((child, state, result, tb, name != _REPLACED_TASK))
                 if state == FAILURE and not taken_down:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
@@ -4032,10 +4050,10 @@ class _Administering:
         return [i for (i,) in self.conn.execute(_SQL_CHILDREN, (task_id,))]
 
     def group_members(self, group_id):
-        """The member ids of a saved group, in order ([] if unknown)."""
+        """The member ids of a saved group, in order (None if unknown)."""
         rows = self.conn.execute(_SQL_GROUP_MEMBERS, (group_id,)).fetchall()
         if not rows:
-            return []
+            return None
         members = _unpack_stored(rows[0][0], "member list", group_id)
         return [m for m in members if isinstance(m, str)] if isinstance(members, list) else []
 
@@ -4055,8 +4073,11 @@ class _Administering:
         return states
 
     def chord_of_body(self, task_id):
-        rows = self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall()
-        return rows[0][0] if rows else None
+        return (self.conn.execute(_SQL_CHORD_OF_BODY, (task_id,)).fetchall() or [[None]])[0][0]
+
+    def chord_starter(self, body_id):
+        """The id of the header member of body_id's chord that finished last, or None."""
+        return (self.conn.execute(_SQL_CHORD_STARTER, (body_id,)).fetchall() or [[None]])[0][0]
 
     def chord_progress(self, body_id):
         """(done, size) of the chord whose body is body_id, as its row says, or None."""
@@ -5758,6 +5779,9 @@ class AsyncResult:
             callback(self.id, self.result)
 
     def __eq__(self, other):
+        """Equal to a result of the same id, or to the id itself (as Celery's)."""
+        if isinstance(other, str):
+            return other == self.id
         return isinstance(other, AsyncResult) and other.id == self.id
 
     def __hash__(self):
@@ -5824,6 +5848,10 @@ class AsyncResult:
             return None
         if row.get("parent_id"):
             self._parent = AsyncResult(row["parent_id"], self.app)
+            if row.get("waits") in ("link", "link_si"):
+                above = self._parent._fetch() or {}
+                if above.get("name") == "litequeue.accumulate":   # ours: see _without_gathering
+                    self._parent = self._parent.parent
         elif isinstance(row.get("waits"), str) and row["waits"].startswith("chord"):
             group_id = self.app._storage().chord_of_body(self.id)
             self._parent = GroupResult.restore(group_id, app=self.app) if group_id else None
@@ -5864,10 +5892,13 @@ class AsyncResult:
                 graph.setdefault(parent, []).append(node)
         return graph
 
-    def as_tuple(self):
-        """Celery's (id, parent) form: ((id, parent tuple or None), None)."""
+    def as_tuple(self, _above=None):
+        """Celery's (id, parent) form: ((id, parent tuple or None), None). _above: the id
+        of the result a group this one belongs to follows, given there, not here."""
         parent = self.parent
-        return (self.id, parent.as_tuple() if isinstance(parent, AsyncResult) else None), None
+        if parent is None or parent.id == _above:
+            return (self.id, None), None
+        return (self.id, parent.as_tuple(_above)), None
 
     def _message(self, on_message, last):
         """get(on_message=...): call it with Celery's meta when the state or its meta
@@ -6246,27 +6277,30 @@ class ResultSet:
         """How many tasks succeeded."""
         return sum(r.successful() for r in self.results)
 
-    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True,
-            **_):
-        """Every task's result, in order; timeout (seconds) covers them all."""
+    def _each(self, timeout, propagate, interval, disable_sync_subtasks):
+        """Each task's result, in order, as it is ready; timeout (seconds) covers them all,
+        including the time the caller spends between them."""
         if disable_sync_subtasks and _JOIN_BLOCKS[0]:
             raise RuntimeError(_WOULD_BLOCK)
         deadline = None if timeout is None else time.monotonic() + timeout
-        values = []
         for r in self.results:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(r.get(timeout=left, propagate=propagate, interval=interval,
-                                disable_sync_subtasks=False))
-        return values
+            yield r, r.get(timeout=left, propagate=propagate, interval=interval,
+                           disable_sync_subtasks=False)
+
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True,
+            **_):
+        """Every task's result, in order; timeout (seconds) covers them all."""
+        return [value for _, value in self._each(timeout, propagate, interval,
+                                                 disable_sync_subtasks)]
 
     def join(self, timeout=None, propagate=True, interval=None, callback=None,
              disable_sync_subtasks=True, **_):
-        """get(); with callback, callback(task id, value) for each instead."""
-        values = self.get(timeout=timeout, propagate=propagate, interval=interval,
-                          disable_sync_subtasks=disable_sync_subtasks)
+        """get(); with callback, callback(task id, value) for each as it is ready instead,
+        the timeout covering the callbacks' own time too (as Celery's)."""
         if callback is None:
-            return values
-        for result, value in zip(self.results, values):
+            return self.get(timeout, propagate, interval, disable_sync_subtasks)
+        for result, value in self._each(timeout, propagate, interval, disable_sync_subtasks):
             callback(result.id, value)
         return None
 
@@ -6274,7 +6308,8 @@ class ResultSet:
 
     def iterate(self, timeout=None, propagate=True, interval=None):
         """Each result, in order, as it is ready."""
-        yield from self.get(timeout=timeout, propagate=propagate, interval=interval)
+        for _, value in self._each(timeout, propagate, interval, True):
+            yield value
 
     def revoke(self, terminate=False):
         """Revoke every task; returns how many were revoked."""
@@ -6326,23 +6361,33 @@ class GroupResult(ResultSet):
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
 
     def save(self, backend=None):
-        """Its members already carry its id in the database: nothing more to store."""
+        """Its members already carry its id in the database: only an empty group (which
+        has none) is stored here, so that restore() finds it."""
+        if not self.results and self.id is not None:
+            (self.app or _current_app())._storage().save_empty_group(self.id)
         return self
 
-    def as_tuple(self):
-        """Celery's ((id, parent tuple or None), [member tuples]) form."""
+    def as_tuple(self, _above=None):
+        """Celery's ((id, parent tuple or None), [member tuples]) form. What the group
+        follows is its own parent, not its members' (each node appears once)."""
         parent = self.parent
-        return ((self.id, parent.as_tuple() if parent is not None else None),
-                [r.as_tuple() for r in self.results])
+        above = parent.id if parent is not None else _above
+        mine = None if parent is None or parent.id == _above else parent.as_tuple(_above)
+        return (self.id, mine), [r.as_tuple(above) for r in self.results]
 
     @classmethod
     def restore(cls, id, backend=None, app=None):
         """The GroupResult saved under id, read from the database (None if unknown)."""
         app = app or _current_app()
         members = app._storage().group_members(id)
-        if not members:
+        if members is None:
             return None
-        return cls([AsyncResult(m, app) for m in members], id=id, app=app)
+        results = [AsyncResult(m, app) for m in members]
+        first = (results[0]._fetch() if results else None) or {}
+        parent = None        # a group chained after a task follows it: Celery's .parent
+        if first.get("parent_id") and first.get("waits") in ("link", "link_si"):
+            parent = AsyncResult(first["parent_id"], app)
+        return cls(results, id=id, app=app, parent=parent)
 
 
 # ---------------------------------------------------------------------------
@@ -6997,13 +7042,13 @@ def _builtin_tasks(app):
         return [task(*item) for item in it]
 
     def run_accumulate(value):
-        """Passes its input on (Celery's celery.accumulate): the last step of a
-        Task.replace(), under the id of the task replaced; the step before a chord's
-        group body, which every member of the group follows."""
+        """Passes its input on (Celery's celery.accumulate): the step before a chord's
+        group body, which every member of the group follows; as litequeue.replaced, the
+        last step of a Task.replace(), under the id of the task replaced."""
         return value
 
     return {"litequeue.map": run_map, "litequeue.starmap": run_starmap,
-            "litequeue.accumulate": run_accumulate}
+            "litequeue.accumulate": run_accumulate, _REPLACED_TASK: run_accumulate}
 
 
 class LiteQueue:
@@ -7215,7 +7260,7 @@ class LiteQueue:
         entry = self.periodic[name]
         shown = {"task": entry["task"], "schedule": schedule, "args": tuple(args or ()),
                  "kwargs": dict(kwargs or {}), "options": {"queue": queue, "priority": priority}}
-        if isinstance(task, Signature):
+        if isinstance(task, Signature) and task._single:
             shown.update(args=task.args, kwargs=task.kwargs)
         dict.__setitem__(self.conf, "beat_schedule", {**self.conf["beat_schedule"], name: shown})
         return name
@@ -7252,7 +7297,7 @@ class LiteQueue:
     def _periodic_definition(self, schedule, task, args, kwargs, name, catch_up, queue,
                              priority, module):
         """The schedules-table row that defines one periodic task."""
-        if isinstance(task, Signature):
+        if isinstance(task, Signature) and task._single:
             task, args, kwargs = task.type or task.task, task.args, task.kwargs
         schedule = _as_schedule(schedule)
         zone = schedule.tz or _zone(self.conf["timezone"])
@@ -7958,6 +8003,12 @@ def _item(key, inner=None):
                     lambda self, value: self["kwargs"].__setitem__(inner, value))
 
 
+def _is_task(node):
+    """Is node one task's signature (not a chain, group or chord, which are Signatures
+    too, as in Celery)?"""
+    return isinstance(node, _Canvas) and node._single
+
+
 class _Canvas(dict):
     """What signatures, chains, groups and chords share: ``|``, delay(), apply_async()
     (all rows in one transaction, checked before any is written) and apply() (inline).
@@ -7967,6 +8018,7 @@ class _Canvas(dict):
     options = _item("options")
     immutable = _item("immutable")
     __hash__ = None
+    _single = False                      # a chain, group or chord: many tasks
 
     def _start(self, kind, options, **kwargs):
         """The dict of a chain, group or chord (kind), with kwargs as its kwargs."""
@@ -8045,7 +8097,9 @@ class _Canvas(dict):
         (its group, chord and followers go to that step)."""
         app = self._find_app()
         _, seq, attempt = request.meta_writer
-        heir = Signature(app._builtins["litequeue.accumulate"]).set(
+        empty = isinstance(self, group) and not self.tasks     # its result is []
+        heir = Signature(app._builtins[_REPLACED_TASK], ([],) if empty else (),
+                         immutable=empty).set(
             task_id=request.id, queue=request.queue, priority=request.priority)
         plan = _Plan(app, {})
         plan.parent = request.parent_id
@@ -8089,6 +8143,8 @@ class _Canvas(dict):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        if not self._single and self.get("args") and not self.immutable:
+            args = (*(args or ()), *self["args"])     # a clone's arguments, as Celery's
         link, link_error = options.pop("link", None), options.pop("link_error", None)
         task_id = options.pop("task_id", None)
         node = self
@@ -8102,7 +8158,7 @@ class _Canvas(dict):
                 node.options["task_id"] = task_id
         if app.conf["task_always_eager"]:
             return app._eager_outcome(node.apply(args, kwargs, **options))
-        if isinstance(node, Signature) and not node.options.get("link") and \
+        if _is_task(node) and not node.options.get("link") and \
                 not node.options.get("link_error"):
             return node._send(app, args, kwargs, options)
         plan = _Plan(app, options)
@@ -8113,7 +8169,7 @@ class _Canvas(dict):
         else:
             result, _ = node._attach(plan, given, None, None)
         plan.commit()
-        return result
+        return _without_gathering(result)
 
     def __call__(self, *args, **kwargs):
         return self.apply_async(args, kwargs)
@@ -8123,7 +8179,7 @@ def _once_qualified(node, text):
     """Celery's repr of a canvas names the first task's module once: later tasks of the
     same module go by their bare names ("tasks.add(2, 2) | add(4)")."""
     first = node
-    while not isinstance(first, Signature):
+    while not _is_task(first):
         first = first.tasks[0] if getattr(first, "tasks", None) else None
         if first is None:
             return text
@@ -8179,7 +8235,7 @@ def _stamp_node(node, visitor, append, headers):
         found = getattr(visitor, method)(target, **headers) if visitor is not None else None
         return {**headers, **(found or {})}
 
-    if isinstance(node, Signature):
+    if _is_task(node):
         _put_stamps(node.options, asked("on_signature", node), append)
         for key, method in (("link", "on_callback"), ("link_error", "on_errback")):
             followers = node.options.get(key) or []
@@ -8246,6 +8302,7 @@ class Signature(_Canvas):
     task = _item("task")
     args = _item("args")
     kwargs = _item("kwargs")
+    _single = True
 
     def __init__(self, task, args=(), kwargs=None, options=None, immutable=False, app=None):
         if task.__class__ is Task and args.__class__ is tuple and not options and \
@@ -8307,11 +8364,14 @@ class Signature(_Canvas):
                          self._options_copy(), self.immutable, self.app)
 
     def clone(self, args=None, kwargs=None, **options):
-        """A copy, with more arguments (before its own) and options."""
+        """A copy, with more arguments (before its own) and options. A chain, group or
+        chord keeps the arguments for its first tasks, as Celery's; its kwargs are its
+        structure, so keyword arguments go to a task's signature only."""
         sig = self._copy()
         if not self.immutable:
             sig.args = (*(args or ()), *self.args)
-            sig.kwargs = {**self.kwargs, **(kwargs or {})}
+            if self._single:
+                sig.kwargs = {**self.kwargs, **(kwargs or {})}
         sig.options.update(options)
         return sig
 
@@ -8363,6 +8423,8 @@ class Signature(_Canvas):
         call_args, call_kwargs = self._merged(*given)
         row = plan.row(self, call_args, call_kwargs, after, waits)
         result = AsyncResult(row["id"], plan.app)
+        if self.task == "litequeue.accumulate":
+            result._gathers = True        # a step of ours, not the user's: see _follows
         plan.follow(self.options, [row])
         return result, [row]
 
@@ -8404,7 +8466,7 @@ def _eager_errback(errback, failed):
         return None
     steps = errback._steps() if isinstance(errback, chain) else [errback]
     first, rest = steps[0], steps[1:]
-    if not isinstance(first, Signature):
+    if not _is_task(first):
         raise ConfigurationError("an errback must start with a signature")
     app = first._find_app()
     task = first._resolve(app)
@@ -8465,13 +8527,15 @@ def signature(varies, args=(), kwargs=None, options=None, app=None, immutable=Fa
 subtask = signature
 
 
-class chain(_Canvas):
+class chain(Signature):
     """Tasks run one after another, each receiving the previous one's result:
     ``chain(add.s(2, 2), add.s(4))`` or ``add.s(2, 2) | add.s(4)``. The result is the last
     task's AsyncResult, whose .parent leads back to the first. A task that does not
     succeed ends the rest of the chain the same way, and the chain's errbacks run once."""
 
     tasks = _item("kwargs", "tasks")
+    _single = False
+    __call__ = _Canvas.__call__
 
     def __init__(self, *tasks, **options):
         self._start("chain", options, tasks=self._flatten(tasks, chain))
@@ -8535,10 +8599,8 @@ class chain(_Canvas):
                 res, new = step._attach(plan, ((), {}), lasts[0], "link")
             else:
                 res, new = self._after_group(plan, step, lasts)
-            if result is not None and isinstance(res, AsyncResult) and res._parent is None:
-                res._parent = result
-            elif result is not None and isinstance(res, GroupResult) and res.parent is None:
-                res.parent = result
+            if result is not None:
+                _follows(res, result)
             plan.follow(errbacks, new)
             result, lasts = res, new
         plan.follow({"link": self.options.get("link")}, lasts)
@@ -8578,7 +8640,45 @@ class chain(_Canvas):
         return result
 
 
-class group(_Canvas):
+def _follows(res, result):
+    """Make the first result of res's .parent line (res itself, or a chord's header) have
+    result as its parent: a chain's step follows the step before it."""
+    top = res
+    for _ in range(10_000):
+        above = top._parent if isinstance(top, AsyncResult) else getattr(top, "parent", None)
+        if above is None or above is result:
+            break
+        top = above
+    if isinstance(top, AsyncResult) and top._parent is None:
+        top._parent = result
+    elif isinstance(top, GroupResult) and top.parent is None:
+        top.parent = result
+
+
+def _without_gathering(result):
+    """Take the steps that gather a group's results for a group after it (ours, not the
+    user's) out of the .parent lines under result, which is returned: the next group
+    follows the group, as Celery's results show it. In memory only; nothing is read."""
+    seen, todo = set(), [result]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen or node is None:
+            continue
+        seen.add(id(node))
+        single = isinstance(node, AsyncResult)
+        parent = node._parent if single else getattr(node, "parent", None)
+        while getattr(parent, "_gathers", False):
+            parent = parent._parent
+        if single:
+            node._parent = parent
+        else:
+            node.parent = parent
+            todo.extend(node.results)
+        todo.append(parent)
+    return result
+
+
+class group(Signature):
     """Signatures queued together, as Celery's ``group``: one transaction for all of them
     (one commit, so one fsync at synchronous=FULL), and one GroupResult back, saved
     under its id (``app.GroupResult(id)`` reads it in any process).
@@ -8587,6 +8687,7 @@ class group(_Canvas):
     """
 
     tasks = _item("kwargs", "tasks")
+    _single = False
 
     def __init__(self, *tasks, **options):
         flat = self._flatten(tasks, group)
@@ -8630,11 +8731,16 @@ class group(_Canvas):
         group_id = group_id or self.options.get("task_id") or _new_id()
         results, lasts = [], []
         for index, task in enumerate(self.tasks):
-            if isinstance(task, chain) and task.tasks and isinstance(task._steps()[-1], group):
+            gathered = isinstance(task, chain) and task.tasks and \
+                isinstance(task._steps()[-1], group)
+            if gathered:
                 # A member that ends in a group ends in one step that gathers its results
-                # (a chord), so that the member is one task of this group, as Celery's.
+                # (a chord), so that the member is one task of this group; its result is
+                # that group's, as Celery's.
                 task = chain(*task.tasks, Signature(plan.app._builtins["litequeue.accumulate"]))
             res, new = task._attach(plan, given, after, waits)
+            if gathered:
+                res = res._parent
             if len(new) != 1:
                 raise ConfigurationError("a group's member must end in one task (a "
                                          "signature, chain or chord)")
@@ -8668,7 +8774,10 @@ class group(_Canvas):
             raise TypeError("Cannot add link to group: use a chord (as in Celery)")
         if not self.tasks:
             return GroupResult([], id=_new_id())
-        return super().apply_async(args, kwargs, **options)
+        result = super().apply_async(args, kwargs, **options)
+        if len(result.results) == 1 and isinstance(result.results[0], GroupResult):
+            return result.results[0]     # group(a | group(b, c)): Celery's special case
+        return result
 
     def link(self, callback):
         """Celery's rule: the callback follows the first member only, immutable (it
@@ -8689,7 +8798,7 @@ class group(_Canvas):
         return self.apply_async(args, kwargs)
 
 
-class _chord(_Canvas):
+class _chord(Signature):
     """A group (the header) and a task (the body) that runs once every member has
     finished, receiving their results in header order: ``chord(header)(body)`` or
     ``chord(header, body)()``. The body is queued by the last member's own commit, once,
@@ -8697,6 +8806,7 @@ class _chord(_Canvas):
 
     header = _item("kwargs", "header")
     body = _item("kwargs", "body")
+    _single = False
 
     @property
     def id(self):
@@ -8749,7 +8859,7 @@ class _chord(_Canvas):
         if self.body is None:
             return f"<chord without body: {self.header.tasks!r}>"
         body = self.body.tasks[0] if isinstance(self.body, chain) else self.body
-        if not isinstance(body, Signature):
+        if not _is_task(body):
             return f"%{self.body!r}({self.header.tasks!r})"
         text = _call_text(body.task, (list(self.header.tasks), *body.args), body.kwargs)
         if isinstance(self.body, chain):
@@ -8803,7 +8913,7 @@ class _chord(_Canvas):
             result, lasts = body._attach(plan, ((), {}), None, "chord")
             plan.chords.append({"id": header.id, "body": plan.rows[start]["id"],
                                 "size": len(members)})
-            result._parent = header
+            _follows(result, header)   # the body's first task follows the header
         plan.follow(self.options, lasts)
         return result, lasts
 
@@ -9756,13 +9866,20 @@ class _RunPipeline:
         run.request = _Request(
             id=row.id, args=args, kwargs=kwargs, retries=row.retries, attempt=row.attempt,
             name=row.name, hostname=self.hostname, worker=self.worker_id,
-            parent_id=row.parent_id, root_id=row.root_id, group=row.group_id,
-            meta_writer=(meta, row.seq, row.attempt), queue=self.claim_queue,
+            parent_id=row.parent_id or self._chord_starter(row), root_id=row.root_id,
+            group=row.group_id, meta_writer=(meta, row.seq, row.attempt), queue=self.claim_queue,
             priority=row.priority, limits=(run.hard, run.soft), expires_at=row.expires,
             options=options, ignore_result=task.ignore_result)
         if _TASK_WATCHERS[0] or task._hooked:
             _task_started(task, run.request, args, kwargs)
         return None
+
+    def _chord_starter(self, row):
+        """A chord body's parent id, as Celery gives it: the header task whose end
+        started it (the last to finish). None for any other row without a parent."""
+        if not (isinstance(row.waits, str) and row.waits.startswith("chord")):
+            return None
+        return self.storage.chord_starter(row.id)
 
     def _run_here(self, run, begun):
         """Begin a run, call its task on this thread (soft limit: SIGALRM), end it."""

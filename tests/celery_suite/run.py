@@ -356,7 +356,7 @@ RULES = [
      "cannot", lambda f: (f.get("module") or "").startswith("redis")),
     ("cannot: makes RabbitMQ redeliver a message, republishing it from before_task_publish "
      "through Celery's kombu producer (app.producer_pool)", "cannot", _republishes),
-    ("cannot: Celery worker remote control (manager.inspect().ping() and the like)",
+    ("cannot: Celery test Manager helpers that read a broker or Celery backend (query_task, backend cache, idle wait)",
      "cannot", lambda f: "Celery test Manager" in f["message"]
      or "remote control" in f["message"]),
     ("cannot: reads the worker's log records in the test process (Celery's embedded worker)",
