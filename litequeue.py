@@ -92,8 +92,8 @@ Sections, in file order (each uses only the sections above it; a test checks it)
   Settings                _SETTINGS (default, check, help), Celery's names, app.conf
   Time                    zones, crontab, intervals, planning periodic fires
   SQL                     migrations, then every statement as a named constant
-  Storage                 files, rows and text repair; then _Storage, the only code
-                          that touches apsw, one method per statement
+  Storage                 files, rows and text repair; the connection; then _Storage,
+                          the only code that touches apsw, one method per statement
   Side directory          the verified directory, wake-up sockets, the revoke counter
   Worker lock files       who is alive, and what each worker process is running
   Task policy             pure decisions: retry budget, backoff, failure handling
@@ -478,6 +478,8 @@ _STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, 
 _SCHEDULE_OFF = "disabled by an operator"
 # Task.replace()'s last step, under the replaced task's id (a built-in task).
 _REPLACED_TASK = "litequeue.replaced"
+# The built-in step that gathers a group's results for what follows it (a group body).
+_GATHER = "litequeue.accumulate"
 # The most rows a task page's workflow timeline reads: past a few hundred bars a
 # timeline is no longer readable, and reading them would hold the page up.
 _WORKFLOW_MAX = 200
@@ -2176,6 +2178,12 @@ _SQL_INSERT_MEMBER = f"""
             {_RATE_KEY})
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
+# Task.add_to_chord(): one more member, while the chord waits and its member still runs.
+_SQL_CHORD_GROW = """
+    UPDATE chords SET size = size + 1 WHERE id = :id AND fired = 0 AND EXISTS (
+        SELECT 1 FROM tasks WHERE seq = :seq AND attempt = :attempt AND state = 'STARTED')
+    RETURNING size
+"""
 _SQL_UPSERT_LIMIT = """
     INSERT INTO rate_limits (key, rate, interval) VALUES (:name, :rate, :interval)
     ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, interval = excluded.interval
@@ -2360,7 +2368,7 @@ _SQL_ACTIVATE_BODY = f"""
 # WAITING -> FAILURE: a chord's body, when a member of its header did not succeed.
 _SQL_FAIL_BODY = """
     UPDATE tasks SET state = 'FAILURE', result = :result, finished_at = :now
-    WHERE id = :id AND state = 'WAITING'
+    WHERE id = :id AND state = 'WAITING' RETURNING name
 """
 # One chord member's consequences run under a savepoint: if a row it reads is not what
 # litequeue writes, they are undone and the chord is set aside (_Storage._chord_part).
@@ -3053,8 +3061,8 @@ def _guarded(method):
 
 
 # ---------------------------------------------------------------------------
-# Storage: the connection and its statements
-# _Storage is the only code that touches apsw: one method per statement.
+# Storage: the connection
+# _Connection opens, checks and migrates the file and owns the write transaction.
 # ---------------------------------------------------------------------------
 
 class _Connection:
@@ -3330,6 +3338,12 @@ class _Connection:
         return self._pragma("journal_mode")
 
 
+# ---------------------------------------------------------------------------
+# Storage: its statements
+# _Storage is the only code that touches apsw: one method per statement, in the mixins
+# of those who make them (producers, workers, supervisors, operators).
+# ---------------------------------------------------------------------------
+
 class _Producing:
     """Statements of producers: queueing tasks and canvases, the registry, progress."""
 
@@ -3398,15 +3412,19 @@ class _Producing:
                                   "a task id of the group already exists") from None
 
     def insert_canvas(self, rows, registry_rows, chords=(), groups=(), plain=False,
-                      replacing=None):
+                      replacing=None, joining=None):
         """Commit a canvas (its rows, chords and saved groups) in one transaction: all of
         it, or none. plain: the rows are members of a plain group (no canvas columns but
         the group's). replacing (Task.replace): {"id", "seq", "attempt"} of a running row
-        that the canvas's row of that id takes the place of, in its group and chord."""
+        that the canvas's row of that id takes the place of, in its group and chord.
+        joining (Task.add_to_chord): {"chord", "row", "seq", "attempt"}: the row becomes a
+        new member of the chord that the running row (seq, attempt) is a member of."""
         try:
             with self.write() as conn:
                 if replacing is not None:
                     self._take_replaced(conn, rows, replacing)
+                if joining is not None:
+                    self._join_chord(conn, joining)
                 for registry_row in registry_rows:
                     self._register(conn, registry_row)
                 conn.executemany(_SQL_INSERT_MEMBER if plain else _SQL_INSERT_CANVAS, rows)
@@ -3429,6 +3447,15 @@ class _Producing:
                                  "it was not replaced")
         heir = next(row for row in rows if row["id"] == replacing["id"])
         heir["group_id"], heir["group_index"], heir["followers"] = taken[0]
+
+    @staticmethod
+    def _join_chord(conn, joining):
+        grown = conn.execute(_SQL_CHORD_GROW, {"id": joining["chord"], "seq": joining["seq"],
+                                               "attempt": joining["attempt"]}).fetchall()
+        if not grown:
+            raise ValueError("Current task is not member of any chord (or it has ended)")
+        joining["row"].update(group_id=joining["chord"], group_index=grown[0][0] - 1,
+                              followers=1)
 
     def upsert_registry(self, rows):
         with self.write() as conn:
@@ -3578,9 +3605,9 @@ class _Claiming:
         queues the body with every result in header order, and the first that did not
         succeed fails the body with ChordError. A worklist, not recursion: a chain of any
         length costs no stack."""
-        work = [(*end, False) for end in ended]
+        work = [(*end, False, False) for end in ended]
         while work:
-            task_id, state, result, tb, taken_down = work.pop()
+            task_id, state, result, tb, taken_down, stand_in = work.pop()
             params = {"parent": task_id, "now": now}
             if state == SUCCESS:
                 conn.execute(_SQL_ACTIVATE_LINKS, dict(params, result=result))
@@ -3591,8 +3618,11 @@ class _Claiming:
                         params, state=state, result=result, traceback=tb)).fetchall():
                     follow.ended.append(child)
                     # A replaced task's stand-in failed with its replacement: the task's
-                    # own errbacks run, as Celery moves them onto the replacement.
-                    work.append((child, state, result, tb, name != _REPLACED_TASK))
+                    # own errbacks run, as Celery moves them onto the replacement. The
+                    # tasks of a chord's group body, which follow our stand-in for the
+                    # body, fail as the body: their errbacks run too, as Celery's.
+                    work.append((child, state, result, tb,
+                                 not stand_in and name != _REPLACED_TASK, name == _GATHER))
                 if state == FAILURE and not taken_down:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
@@ -3683,10 +3713,10 @@ class _Claiming:
         """The chord's body (if it names one) ends FAILURE with exc; the chord is fired."""
         if isinstance(body, str):
             error = _encode_error(exc)
-            conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
-            if conn.changes():
+            failed = conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
+            for (name,) in failed.fetchall():
                 follow.ended.append(body)
-                work.append((body, FAILURE, error, None, False))
+                work.append((body, FAILURE, error, None, False, name == _GATHER))
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
@@ -5352,8 +5382,8 @@ class _ProgressWriter:
 
 
 # The signals sent around each task run; _TASK_WATCHERS[0]: does any have a handler?
-_TASK_SIGNAL_NAMES = ("task_prerun", "task_postrun", "task_success", "task_failure",
-                      "task_retry")
+_TASK_SIGNAL_NAMES = ("task_received", "task_prerun", "task_postrun", "task_success",
+                      "task_failure", "task_retry")
 _TASK_WATCHERS = [False]
 
 
@@ -5410,7 +5440,8 @@ class Signal:
 
 
 signals = types.ModuleType(f"{__name__}.signals", "litequeue's signals, with Celery's names.")
-for _name in ("before_task_publish", "after_task_publish", "task_prerun", "task_postrun",
+for _name in ("before_task_publish", "after_task_publish", "task_received", "task_prerun",
+              "task_postrun",
               "task_success", "task_failure", "task_retry", "task_revoked", "worker_ready",
               "worker_shutdown", "worker_process_init"):
     setattr(signals, _name, Signal(_name))
@@ -5433,7 +5464,7 @@ class ExceptionInfo:
 # (_Child._begin and _Child._finish, whichever runner runs the task in between) and
 # LiteQueue._run_eagerly call the same three steps, so a handler sees the same calls with
 # the same arguments from either:
-#   _task_started(task, request, args, kwargs)                   task_prerun
+#   _task_started(task, request, args, kwargs)    task_received (worker), task_prerun
 #   ... the task runs ...
 #   _conclude(task, request, args, kwargs, value, exc, tb, ...)  its state, then through
 #     _task_ended: on_success/on_retry/on_failure and task_success/task_retry/
@@ -5445,8 +5476,11 @@ _Ending = collections.namedtuple("_Ending", "state value stored traceback eta er
 
 
 def _task_started(task, request, args, kwargs):
-    """The task's before_start hook, then task_prerun, with the running request set (as
-    Celery's order). A hook that raises is logged."""
+    """task_received (the worker took the row: no message is received here), the task's
+    before_start hook, then task_prerun, with the running request set (as Celery's
+    order). A hook that raises is logged."""
+    if _TASK_WATCHERS[0] and not request.is_eager:
+        signals.task_received.send(sender=None, request=request)
     if "before_start" in task._hooked:
         try:
             task.before_start(request.id, args, kwargs)
@@ -5850,7 +5884,7 @@ class AsyncResult:
             self._parent = AsyncResult(row["parent_id"], self.app)
             if row.get("waits") in ("link", "link_si"):
                 above = self._parent._fetch() or {}
-                if above.get("name") == "litequeue.accumulate":   # ours: see _without_gathering
+                if above.get("name") == _GATHER:     # ours: see _without_gathering
                     self._parent = self._parent.parent
         elif isinstance(row.get("waits"), str) and row["waits"].startswith("chord"):
             group_id = self.app._storage().chord_of_body(self.id)
@@ -7048,7 +7082,7 @@ def _builtin_tasks(app):
         return value
 
     return {"litequeue.map": run_map, "litequeue.starmap": run_starmap,
-            "litequeue.accumulate": run_accumulate, _REPLACED_TASK: run_accumulate}
+            _GATHER: run_accumulate, _REPLACED_TASK: run_accumulate}
 
 
 class LiteQueue:
@@ -7426,13 +7460,15 @@ class LiteQueue:
             return
         for row in rows:
             try:
-                args, kwargs = _unpack_envelope(row["payload"])
+                args, kwargs, options = _unpack_call(row["payload"])
             except ValueError:
-                args, kwargs = [], {}
+                args, kwargs, options = [], {}, {}
             headers = {"id": row["id"], "task": row["name"], "root_id": row.get("root_id")
                        or row["id"], "parent_id": row.get("parent_id"),
                        "group": row.get("group_id"), "eta": row["eta"],
-                       "expires": row["expires"], "retries": 0}
+                       "expires": row["expires"], "retries": 0,
+                       "stamped_headers": options.get("stamped_headers") or [],
+                       "stamps": options.get("stamps") or {}}
             extra = {"declare": [], "retry_policy": None, "properties": {}} \
                 if when == "before" else {}
             sig.send(sender=row["name"], body=(args, kwargs, {}), exchange="",
@@ -7736,13 +7772,20 @@ class Task:
         return self.app.conf["task_max_retries"] if self._max_retries is _UNSET \
             else self._max_retries
 
-    def retry(self, exc=None, countdown=None, eta=None, max_retries=None):
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None,
+              max_retries=None, **options):
         """Ask the worker to run this call again later: ``raise self.retry(exc=exc)``.
         In eager mode and apply() it runs again at once, as in Celery.
 
         Raises Retry (it also returns it, so ``raise self.retry(...)`` reads naturally).
-        countdown defaults to the task's backoff policy.
+        countdown defaults to the task's backoff policy. The retry runs the same call
+        with its own options: Celery's args, kwargs and apply_async options here are
+        accepted and ignored, with one warning each.
         """
+        given = {"args": args, "kwargs": kwargs, **options}
+        for key in sorted(k for k, v in given.items() if v is not None):
+            _warn_setting(f"retry() option {key!r} is ignored: a retry runs the same call "
+                          "(see README, What does not carry over)")
         raise Retry(exc=exc, countdown=countdown, eta=eta, max_retries=max_retries)
 
     def backoff(self, retries):
@@ -7895,6 +7938,22 @@ class Task:
             return sig.apply().get(disable_sync_subtasks=False)
         sig._replacing(request)
         raise _Replaced(f"replaced by {sig!r}")
+
+    def add_to_chord(self, sig, lazy=False):
+        """Add sig (a task, chain or chord) to the chord whose header the running task is
+        in, as Celery's: the body waits for it too and gets its result after the others.
+        It is queued at once, with the chord's new size, in one transaction; its id comes
+        from the running task's, so a run repeated after a crash adds it only once."""
+        if lazy:
+            raise ConfigurationError("add_to_chord(lazy=True): litequeue queues the added "
+                                     "task at once, with the chord's new size")
+        request = getattr(_request, "current", None)
+        if request is None or request.meta_writer is None or not request.group:
+            raise ValueError("Current task is not member of any chord")
+        count = request.__dict__.get("added_to_chord", 0)
+        request.__dict__["added_to_chord"] = count + 1
+        task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"litequeue:{request.id}:{count}"))
+        return sig._copy().set(task_id=task_id)._joining(self.app, request)
 
     def map(self, it):
         """A signature that calls this task once per item of it, in one worker task, and
@@ -8105,6 +8164,22 @@ class _Canvas(dict):
         plan.parent = request.parent_id
         chain(self._copy(), heir)._attach(plan, ((), {}), None, None)
         plan.commit(replacing={"id": request.id, "seq": seq, "attempt": attempt})
+
+    def _joining(self, app, request):
+        """Task.add_to_chord() in a worker: queue this as a member of request's chord."""
+        _, seq, attempt = request.meta_writer
+        plan = _Plan(app, {})
+        plan.parent = request.id
+        result, lasts = self._attach(plan, ((), {}), None, None)
+        if len(lasts) != 1:
+            raise ConfigurationError("add_to_chord takes a task, chain or chord (one "
+                                     "task must end it)")
+        try:
+            plan.commit(joining={"chord": request.group, "row": lasts[0], "seq": seq,
+                                 "attempt": attempt})
+        except DuplicateTaskId:          # added by an earlier run of the same task
+            pass
+        return result
 
     def link(self, callback):
         """Queue callback (a signature) after this succeeds; returns callback."""
@@ -8423,7 +8498,7 @@ class Signature(_Canvas):
         call_args, call_kwargs = self._merged(*given)
         row = plan.row(self, call_args, call_kwargs, after, waits)
         result = AsyncResult(row["id"], plan.app)
-        if self.task == "litequeue.accumulate":
+        if self.task == _GATHER:
             result._gathers = True        # a step of ours, not the user's: see _follows
         plan.follow(self.options, [row])
         return result, [row]
@@ -8472,7 +8547,8 @@ def _eager_errback(errback, failed):
     task = first._resolve(app)
     if task is None:
         raise UnknownTask(f"cannot run {first.task!r} here: it is not defined in this process")
-    args = first.args if first.immutable else (*_errback_args(task, failed), *first.args)
+    args = first.args if first.immutable else (
+        *_errback_args(task, failed, first.args, first.kwargs), *first.args)
     task_id = first.options.get("task_id") or _new_id()
     result = app._run_here(task, task_id, list(args), dict(first.kwargs))
     _eager_follow(first.options, result)
@@ -8483,10 +8559,11 @@ def _eager_errback(errback, failed):
     return result
 
 
-def _errback_args(task, failed):
+def _errback_args(task, failed, stored=(), stored_kwargs=None):
     """What an errback receives (Celery's rule): (request, exc, traceback) if its task
-    takes more than one positional argument and is not bound, else the failed id."""
-    if task is None or task.bind or _positional_arity(task.fn) <= 1:
+    takes more than one positional argument beside those its signature stores (args
+    and kwargs) and is not bound, else the failed id."""
+    if task is None or task.bind or _positional_arity(task.fn, stored, stored_kwargs) <= 1:
         return (failed.id,)
     row = failed._fetch() or {}
     args, kwargs = _row_call(row) if row else ([], {})
@@ -8496,12 +8573,14 @@ def _errback_args(task, failed):
     return (request, failed.result, failed.traceback)
 
 
-def _positional_arity(fn):
-    """How many positional arguments fn takes (a large number for *args)."""
+def _positional_arity(fn, args=(), kwargs=None):
+    """How many positional arguments fn takes (a large number for *args), beside args
+    and kwargs given already."""
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(functools.partial(fn, *args, **(kwargs or {})) if (
+            args or kwargs) else fn).parameters.values()
     except (TypeError, ValueError):
-        return 1
+        return _positional_arity(fn) if args or kwargs else 1
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return 1 << 30
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
@@ -8570,9 +8649,13 @@ class chain(Signature):
 
     def _steps(self):
         """The tasks, each group that something follows made a chord with it as the
-        body, as Celery does (from the right: group, group, task nests two chords)."""
+        body, as Celery does (from the right: group, group, task nests two chords). A
+        group of one task is that task, as Celery unrolls it in a chain."""
         steps = []
         for task in reversed(self.tasks):
+            if isinstance(task, group) and not isinstance(task, chunks) and \
+                    len(task.tasks) == 1:
+                task = task.tasks[0]
             if isinstance(task, group) and steps:
                 task = chord(task, steps.pop(0))
             steps.insert(0, task)
@@ -8737,7 +8820,7 @@ class group(Signature):
                 # A member that ends in a group ends in one step that gathers its results
                 # (a chord), so that the member is one task of this group; its result is
                 # that group's, as Celery's.
-                task = chain(*task.tasks, Signature(plan.app._builtins["litequeue.accumulate"]))
+                task = chain(*task.tasks, Signature(plan.app._builtins[_GATHER]))
             res, new = task._attach(plan, given, after, waits)
             if gathered:
                 res = res._parent
@@ -8843,7 +8926,7 @@ class _chord(Signature):
         first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
         if isinstance(first, (group, chord)):
             app = body._find_app()
-            body = chain(Signature(app._builtins["litequeue.accumulate"]), body)
+            body = chain(Signature(app._builtins[_GATHER]), body)
         return body
 
     @property
@@ -9078,7 +9161,7 @@ class _Plan:
             for errback in errbacks:
                 errback._attach(self, ((), {}), row, "error")
 
-    def commit(self, replacing=None):
+    def commit(self, replacing=None, joining=None):
         app = self.app
         new = {name: task for name, task in self.tasks.items() if name not in app._noted}
         now = time.time()
@@ -9086,7 +9169,7 @@ class _Plan:
                          for name, task in new.items()]
         app._publish("before", self.rows)
         app._storage().insert_canvas(self.rows, registry_rows, self.chords, self.groups,
-                                     self.plain, replacing)
+                                     self.plain, replacing, joining)
         app._noted.update(new)
         states = {row["state"] for row in self.rows}
         if SCHEDULED in states:
@@ -9984,10 +10067,10 @@ class _RunPipeline:
         if logger.isEnabledFor(logging.INFO):         # Celery's first line of a task
             logger.info("Task %s[%s] received", options.get("shadow") or row.name, row.id)
         if row.waits is not None:
-            args = self._follower_args(row, task, args)
+            args = self._follower_args(row, task, args, kwargs)
         return task, args, kwargs, options
 
-    def _follower_args(self, row, task, args):
+    def _follower_args(self, row, task, args, kwargs):
         """The arguments of a row that followed another: a link's parent result or a
         chord body's list of results go first; an errback gets (request, exc, traceback)
         or the failed task's id (Celery's rule, _errback_args)."""
@@ -9999,7 +10082,7 @@ class _RunPipeline:
             return [value, *args]
         if waits == "error":
             failed = self._failed_ancestor(row.parent_id)
-            return [*_errback_args(task, failed), *args]
+            return [*_errback_args(task, failed, args, kwargs), *args]
         return args
 
     def _failed_ancestor(self, task_id):
@@ -10012,7 +10095,10 @@ class _RunPipeline:
             if not row or row["attempt"] or not row.get("parent_id") or \
                     row.get("waits") not in ("link", "link_si"):
                 break
-            result = AsyncResult(row["parent_id"], app)
+            above = AsyncResult(row["parent_id"], app)
+            if (above._fetch() or {}).get("name") == _GATHER:
+                break            # a task of a chord's group body: it failed as the body
+            result = above
         return result
 
     def _unknown_message(self, name):

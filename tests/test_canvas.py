@@ -775,6 +775,102 @@ class TestCeleryCanvasShapes:
         ''')
         assert out == [[3, 4], 2, [2, 3]]
 
+    def test_canvases_are_signatures_and_results_have_celerys_shape(self, canvas_here):
+        """Celery's: chain, group and chord are Signatures; a chord's body has the header
+        task that started it as parent_id, and its .parent is the header, whose .parent
+        is the step before; as_tuple() names each node once; a group of one task in a
+        chain is that task; group(a | group(b, c)) gives b's and c's results."""
+        out = canvas_here.start().client('''
+            from litequeue import GroupResult, ResultSet, Signature
+            root = ids.si(1)
+            root.freeze()
+            r = chain(root, ids.si(2), chord(group(ids.si(i) for i in range(3, 6)), ids.s()))()
+            body = r.get(timeout=30)
+            header = r.parent
+            shape = chain(add.si(1, 0), group(add.s(1), add.s(2)), group(collect.s(), collect.s()),
+                          collect.s()).apply_async()
+            shape.get(timeout=30)
+
+            def walk(t, seen):
+                (node, parent), members = t
+                seen.append(node)
+                for m in members or ():
+                    walk(m, seen)
+                if parent:
+                    walk(parent, seen)
+                return seen
+            tuple_ids = walk(json.loads(json.dumps(shape.as_tuple())), [])
+            empty = group([]).apply_async().save()
+            rs, seen = ResultSet([add.delay(1, 1), add.delay(2, 2)]), []
+            rs.join(timeout=30, callback=lambda task_id, value: seen.append([task_id == rs[len(seen)].id, value]))
+            print(json.dumps({
+                "signatures": [isinstance(x, Signature) for x in (
+                    chain(add.s(1, 1), add.s(1)), group(add.s(1, 1)), chord([add.s(1, 1)], collect.s()))],
+                "body": [body[0] == root.id, body[1] in header.results,
+                         [member[2] for member in body[2][0]]],
+                "parents": [type(header).__name__, header.parent.get(timeout=30)[2],
+                            r.parent.parent.parent.id == root.id],
+                "as_tuple": [len(tuple_ids), len(set(tuple_ids))],
+                "one member": chain(group(add.s(0, 0)), add.s(-1))().get(timeout=30),
+                "group of a chain ending in a group":
+                    group(add.s(1, 2) | group(add.s(1), add.s(2)))().get(timeout=30),
+                "join": seen,
+                "empty": GroupResult.restore(empty.id).results,
+                "equal to its id": shape == shape.id,
+            }))
+        ''')
+        assert out == {"signatures": [True, True, True], "body": [True, True, [[3], [4], [5]]],
+                       "parents": ["GroupResult", [2], True], "as_tuple": [8, 8],
+                       "one member": -1, "group of a chain ending in a group": [4, 5],
+                       "join": [[True, 2], [True, 4]], "empty": [], "equal to its id": True}
+
+    def test_errbacks_of_a_replaced_task_and_of_a_group_body_run_as_in_celery(
+            self, canvas, canvas_here):
+        """A replaced task's errbacks run when its replacement fails; when a chord's
+        header fails, each task of its group body fails as the body: its own errbacks
+        and the chord's (once per task) run, each given that task's id."""
+        w = canvas_here
+        tasks = w.loaded[0]
+        replaced = tasks.replacer.s("fail").set(link_error=tasks.errback1.s()).delay()
+        own = tasks.collect.s().set(link_error=tasks.errback1.s())
+        body = litequeue.chord([tasks.add.si(1, 1), tasks.fail.si("header")],
+                               litequeue.group(own, tasks.collect.s())).apply_async(
+            link_error=tasks.errback1.si("chord"))
+        w.work_until(lambda: replaced.ready() and body.ready() and
+                     len(canvas.logged("errbacks")) == 4, 20)
+        members = [m.id for m in body.results]
+        failed = [e[0] for e in canvas.logged("errbacks")]
+        assert failed.count("chord") == 2 and members[0] in failed, (failed, members)
+        (replacement,) = set(failed) - {"chord", members[0]}
+        assert tasks.app.AsyncResult(replacement).name == "canvas_tasks.fail"
+        assert replaced.state == "FAILURE"
+
+    def test_add_to_chord_grows_the_chord_once_per_call_even_when_run_again(self,
+                                                                            canvas_here):
+        out = canvas_here.start().client('''
+            def body(how, nums=(1, 2, 3)):
+                return (group([grows_chord.s(list(nums), how)]) | collect.s())().get(timeout=30)
+            try:
+                grows_chord.delay([1], "tasks").get(timeout=30)
+            except ValueError as exc:
+                alone = str(exc)
+            print(json.dumps([sorted(body("tasks")), body("chord"), body("retry", [1]), alone]))
+        ''')
+        assert out == [[0, 5, 6, 7], [0, [5, 6, 7]], [0, 5],
+                       "Current task is not member of any chord"]
+
+    def test_task_received_is_sent_by_the_worker_with_the_stamps(self, canvas, canvas_here):
+        class Visitor(litequeue.StampingVisitor):
+            def on_signature(self, sig, **headers):
+                return {"stamp": 42}
+
+        w = canvas_here
+        sig = w.loaded[0].add.si(1, 1)
+        sig.stamp(visitor=Visitor())
+        r = sig.apply_async()
+        w.work_until(lambda: r.ready() and canvas.logged("received"), 20)
+        assert canvas.logged("received") == [[r.id, {"stamp": 42}]]
+
 
 @pytest.mark.worker
 class TestCanvasChaos:

@@ -87,13 +87,43 @@ DIFFERENCES = {
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_every_allowed_difference_is_one_readme_names():
-    """Each reason in DIFFERENCES is a bullet of README's "What does not carry over"."""
-    text = README.read_text()
+README_BEGIN = "<!-- conformance differences: begin (python -m tests.test_conformance) -->"
+README_END = "<!-- conformance differences: end -->"
+
+
+def readme_table():
+    """README's table of the observations that differ, generated from DIFFERENCES (which
+    the suite holds to what the programs observe): by reason, then program."""
+    by_reason = {}
+    for program, allowed in sorted(DIFFERENCES.items()):
+        for observation, why in allowed.items():
+            by_reason.setdefault(why, {}).setdefault(program, []).append(observation)
+    total = sum(len(a) for a in DIFFERENCES.values())
+    lines = [README_BEGIN,
+             f"{len(PROGRAMS)} programs; the {total} observations that differ, each allowed "
+             "by the bullet it names:", "",
+             "| reason (bullet below) | program: observations |", "|---|---|"]
+    for why, programs in sorted(by_reason.items(), key=lambda kv: (-sum(
+            map(len, kv[1].values())), kv[0])):
+        cells = "; ".join(f"`{p}`: " + ", ".join(f"\"{o}\"" for o in sorted(obs))
+                          for p, obs in sorted(programs.items()))
+        lines.append(f"| {why} | {cells} |")
+    return "\n".join(lines + [README_END])
+
+
+def _readme_section(text):
     section = text[text.index("### What does not carry over"):]
-    section = section[:section.index("\n## ")]
+    return section[:section.index("\n## ")]
+
+
+def test_every_allowed_difference_is_one_readme_names():
+    """Each reason in DIFFERENCES is a bullet of README's "What does not carry over",
+    whose table of differences is the one DIFFERENCES generates."""
+    section = _readme_section(README.read_text())
     reasons = {why for allowed in DIFFERENCES.values() for why in allowed.values()}
     assert {why for why in reasons if f"- **{why}**" not in section} == set()
+    assert readme_table() in section, \
+        "README's table is stale: python -m tests.test_conformance rewrites it"
 
 
 RUN_CLIENT = """\
@@ -256,3 +286,16 @@ def test_program_runs_the_same_on_litequeue_and_on_celery(program, tmp_path, red
 def pytest_generate_tests(metafunc):
     if "program" in metafunc.fixturenames:
         metafunc.parametrize("program", PROGRAMS)
+
+
+if __name__ == "__main__":
+    # Rewrite README's table of differences from DIFFERENCES.
+    text = README.read_text()
+    if README_BEGIN in text:
+        start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+        text = text[:start] + readme_table() + text[end:]
+    else:
+        head = text.index("### What does not carry over")
+        at = head + len(_readme_section(text[head:]))
+        text = text[:at] + "\n\n" + readme_table() + text[at:]
+    README.write_text(text)

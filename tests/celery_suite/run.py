@@ -356,19 +356,31 @@ RULES = [
      "cannot", lambda f: (f.get("module") or "").startswith("redis")),
     ("cannot: makes RabbitMQ redeliver a message, republishing it from before_task_publish "
      "through Celery's kombu producer (app.producer_pool)", "cannot", _republishes),
-    ("cannot: Celery test Manager helpers that read a broker or Celery backend (query_task, backend cache, idle wait)",
+    ("cannot: Celery test Manager helpers that read a broker or Celery backend "
+     "(query_task, backend cache, idle wait)",
      "cannot", lambda f: "Celery test Manager" in f["message"]
      or "remote control" in f["message"]),
     ("cannot: reads the worker's log records in the test process (Celery's embedded worker)",
      "cannot", lambda f: "check_for_logs" in _code(f)),
+    ("cannot: its handler for a signal the worker sends ({signals}) is connected in the "
+     "test process, which Celery's embedded worker shares; litequeue's worker is a process "
+     "of its own", "cannot", lambda f: bool(f.get("worker_signals"))),
     ("cannot: Celery result-backend internals (app.backend beyond ensure_chords_allowed)",
      "cannot", lambda f: "result backend object (app.backend)" in f["message"]
      or "BaseKeyValueStoreBackend" in f["message"]),
     ("harness: reads app.conf.{setting}, a Celery setting litequeue does not have",
      "harness", lambda f: "manager.app.conf." in _code(f) and f["type"] == "AttributeError"),
+    ("on purpose: a task id names one task, so a canvas frozen once and applied again is "
+     "refused (DuplicateTaskId; Celery runs it again under the same ids)", "design",
+     lambda f: f["type"] == "DuplicateTaskId"),
+    ("on purpose: a canvas is queued whole in one transaction, so a chord header given as "
+     "a generator is read when the chord is applied (Celery queues each task as the "
+     "generator yields it)", "design",
+     lambda f: "unrolled too early" in f["message"]),
 ]
 CATEGORY_TITLES = {
     "litequeue": "failing, by cause (litequeue lacks it or does it differently)",
+    "design": "failing on purpose (README, What does not carry over: On purpose)",
     "harness": "failing on a Celery setting the test only reads to choose its checks",
     "cannot": "failing, cannot run here",
     "skipped": "skipped",
@@ -382,12 +394,14 @@ def _code(failure):
 
 
 def cause_of(failure):
-    """(cause, category): category is "cannot", "harness" or "litequeue" (what litequeue
-    lacks or does differently)."""
+    """(cause, category): category is "cannot", "harness", "design" (different on
+    purpose, as README says) or "litequeue" (what litequeue lacks or does differently)."""
     for cause, category, test in RULES:
         if test(failure):
             setting = re.search(r"conf\.(\w+)", _code(failure))
-            return cause.format(setting=setting.group(1) if setting else "?"), category
+            return cause.format(setting=setting.group(1) if setting else "?",
+                                signals=", ".join(failure.get("worker_signals") or ())), \
+                category
     message = failure["message"]
     for pattern, repl in _NOISE:
         message = pattern.sub(repl, message)
@@ -515,6 +529,10 @@ def main(argv=None):
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's output")
     parser.add_argument("--outcomes", type=Path, help="report on the outcomes.json of an "
                         "earlier run (kept with --keep) instead of running")
+    parser.add_argument("--report", type=Path, help="with --readme: the --json report of an "
+                        "earlier run, instead of running")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's canvas-suite "
+                        "table (between its markers) from the run's report")
     args = parser.parse_args(argv)
     if args.engine == "celery" and args.n:
         parser.error("-n is for the litequeue engine only")
@@ -540,6 +558,11 @@ def main(argv=None):
     if args.engine == "litequeue" and not (args.litequeue_dir / "litequeue.py").is_file():
         parser.error(f"no litequeue.py in {args.litequeue_dir}")
 
+    if args.report:
+        if not args.readme:
+            parser.error("--report is for --readme")
+        write_readme(args.readme, json.loads(args.report.read_text()))
+        return 0
     if args.outcomes:
         data = json.loads(args.outcomes.read_text())
         return finish(args, summarize(data, args.engine, 0.0, None, gate_given))
@@ -584,6 +607,41 @@ def litequeue_version(directory):
     return found
 
 
+README_BEGIN = "<!-- canvas suite: begin (python tests/celery_suite/run.py --readme README.md) -->"
+README_END = "<!-- canvas suite: end -->"
+README_CATEGORY = {"litequeue": "not ported yet", "design": "on purpose",
+                   "cannot": "cannot run here", "harness": "harness"}
+
+
+def readme_block(report):
+    """README's table of the canvas suite's run: the counts, then every test that did not
+    pass, by category and cause (generated from the report; never edited by hand)."""
+    r = report
+    lq = r.get("litequeue") or {}
+    gate = {True: "the Redis gate open", False: "the Redis gate closed"}.get(
+        r.get("redis_gate"), "")
+    lines = [README_BEGIN,
+             f"Celery {r.get('celery_version', '?')}'s `test_canvas.py` on {r['engine']}"
+             f"{', ' + gate if gate else ''} (litequeue.py sha256 "
+             f"{lq.get('sha256', '?')[:12]}): **{r['passed']} passed** and {r['xpassed']} "
+             f"xpassed of {r['total']}; {r['failed'] + r['errors']} failed, "
+             f"{r['skipped']} skipped, {r['xfailed']} xfailed, in {r['seconds']:.0f} s.", "",
+             "| tests | why they do not pass | which |", "|---|---|---|"]
+    for g in r["causes"]:
+        if g["category"] == "skipped":
+            continue
+        tests = ", ".join(f"`{t.split('::')[-1]}`" for t in g["tests"])
+        cause = g["cause"].replace("|", "\\|").replace("`", "'")
+        lines.append(f"| {g['count']} | {README_CATEGORY[g['category']]}: {cause} | {tests} |")
+    return "\n".join(lines + [README_END])
+
+
+def write_readme(path, report):
+    text = path.read_text()
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    path.write_text(text[:start] + readme_block(report) + text[end:])
+
+
 def finish(args, report, version=None):
     report["celery_version"] = args.celery_version
     if version:
@@ -592,6 +650,9 @@ def finish(args, report, version=None):
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {args.json}")
+    if args.readme:
+        write_readme(args.readme, report)
+        print(f"README table written to {args.readme}")
     return 0 if report["total"] and not report["collect_errors"] else 1
 
 

@@ -5,14 +5,30 @@ Also sets every test's timeout to $LQ_SUITE_TIMEOUT seconds, in place of the mar
 suite gives (Celery's @flaky sets 300 s), so that one hung test costs the same on either
 engine. Works under xdist: the records travel in the reports' user_properties.
 """
+import inspect
 import json
 import os
+import re
 import sys
 
 import pytest
 
 KEY = "suite_outcome"
 TEST_FILE = "test_canvas.py"
+# Signals a worker sends while it runs a task: a handler the test connects in its own
+# process hears them only from Celery's embedded worker (a thread of the test process).
+WORKER_SIGNALS = {"task_received", "task_prerun", "task_postrun", "task_success",
+                  "task_failure", "task_retry", "task_revoked", "task_rejected",
+                  "task_unknown", "task_internal_error"}
+
+
+def _worker_signals(item):
+    """The worker-side signals the test's own code connects a handler to."""
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return []
+    return sorted(set(re.findall(r"(\w+)\.connect\b", source)) & WORKER_SIGNALS)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,6 +72,7 @@ def pytest_runtest_makereport(item, call):
               "wasxfail": getattr(report, "wasxfail", None)}
     if report.failed and call.excinfo is not None:
         record["failure"] = _failure(call.excinfo)
+        record["failure"]["worker_signals"] = _worker_signals(item)
     elif report.failed:
         record["failure"] = {"type": "Failed", "module": "",
                              "message": str(report.longrepr).strip().splitlines()[0][:300]

@@ -186,3 +186,29 @@ def replacer(self, how):
                     "group": group(add.s(1, 1), add.s(2, 2)), "fail": fail.s("replaced"),
                     "empty": chain()}
     return self.replace(replacements[how])
+
+
+@app.task(bind=True)
+def ids(self, *args):
+    """Its request's root and parent ids, and its arguments."""
+    return [self.request.root_id, self.request.parent_id, list(args)]
+
+
+@signals.task_received.connect
+def _received(sender=None, request=None, **more):
+    log("received", request.id, request.stamps)
+
+
+@app.task(bind=True, max_retries=1)
+def grows_chord(self, nums, how):
+    """Celery's add_to_chord: each number becomes one more task of this task's chord
+    ("tasks"), or one chord added to it ("chord"); "retry" adds one, then runs again."""
+    from litequeue import group
+    if how == "chord":
+        self.add_to_chord(group(add.s(n, 4) for n in nums) | collect.s())
+    else:
+        for n in nums:
+            self.add_to_chord(add.s(n, 4))
+    if how == "retry" and not self.request.retries:
+        raise self.retry(countdown=0)
+    return 0
