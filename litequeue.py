@@ -3454,6 +3454,9 @@ class _Producing:
                                                "attempt": joining["attempt"]}).fetchall()
         if not grown:
             raise ValueError("Current task is not member of any chord (or it has ended)")
+        if type(grown[0][0]) is not int or grown[0][0] < 2:
+            raise ValueError(f"chord {joining['chord']!r} has a size in the database that "
+                             f"is not a count ({_saferepr(grown[0][0], 40)}): not added")
         joining["row"].update(group_id=joining["chord"], group_index=grown[0][0] - 1,
                               followers=1)
 
@@ -4107,7 +4110,8 @@ class _Administering:
 
     def chord_starter(self, body_id):
         """The id of the header member of body_id's chord that finished last, or None."""
-        return (self.conn.execute(_SQL_CHORD_STARTER, (body_id,)).fetchall() or [[None]])[0][0]
+        found = (self.conn.execute(_SQL_CHORD_STARTER, (body_id,)).fetchall() or [[None]])[0][0]
+        return found if isinstance(found, str) else None
 
     def chord_progress(self, body_id):
         """(done, size) of the chord whose body is body_id, as its row says, or None."""

@@ -859,6 +859,19 @@ class TestCeleryCanvasShapes:
         assert out == [[0, 5, 6, 7], [0, [5, 6, 7]], [0, 5],
                        "Current task is not member of any chord"]
 
+    def test_add_to_chord_on_a_chord_whose_size_lies_fails_that_task_only(self, canvas,
+                                                                         canvas_here):
+        w = canvas_here
+        tasks = w.loaded[0]
+        body = (litequeue.group([tasks.grows_chord.s([1], "tasks")]) | tasks.collect.s())()
+        member = body.parent.results[0]
+        with litequeue._Storage(canvas.db).write() as conn:
+            conn.execute("UPDATE chords SET size = 'many'")
+        after = tasks.add.delay(2, 2)
+        w.work_until(lambda: body.ready() and after.ready(), 20)
+        assert member.state == "FAILURE" and "not a count" in str(member.result)
+        assert body.state == "FAILURE" and after.get() == 4
+
     def test_task_received_is_sent_by_the_worker_with_the_stamps(self, canvas, canvas_here):
         class Visitor(litequeue.StampingVisitor):
             def on_signature(self, sig, **headers):

@@ -368,6 +368,8 @@ RULES = [
     ("cannot: Celery result-backend internals (app.backend beyond ensure_chords_allowed)",
      "cannot", lambda f: "result backend object (app.backend)" in f["message"]
      or "BaseKeyValueStoreBackend" in f["message"]),
+    ("cannot: checks the Redis result backend's own keys ({internals}) and the shape of "
+     "Celery's results around them", "cannot", lambda f: bool(f.get("backend_internals"))),
     ("harness: reads app.conf.{setting}, a Celery setting litequeue does not have",
      "harness", lambda f: "manager.app.conf." in _code(f) and f["type"] == "AttributeError"),
     ("on purpose: a task id names one task, so a canvas frozen once and applied again is "
@@ -400,7 +402,8 @@ def cause_of(failure):
         if test(failure):
             setting = re.search(r"conf\.(\w+)", _code(failure))
             return cause.format(setting=setting.group(1) if setting else "?",
-                                signals=", ".join(failure.get("worker_signals") or ())), \
+                                signals=", ".join(failure.get("worker_signals") or ()),
+                                internals=", ".join(failure.get("backend_internals") or ())), \
                 category
     message = failure["message"]
     for pattern, repl in _NOISE:
@@ -534,6 +537,9 @@ def main(argv=None):
     parser.add_argument("--readme", type=Path, help="rewrite this README's canvas-suite "
                         "table (between its markers) from the run's report")
     args = parser.parse_args(argv)
+    # SIGTERM ends the run through its finally blocks: the redis-server and the run
+    # directory it started go with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.engine == "celery" and args.n:
         parser.error("-n is for the litequeue engine only")
     gate_given = args.redis_gate
