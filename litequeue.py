@@ -154,7 +154,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LiteQueue", "Task", "AsyncResult", "group", "GroupResult", "Retry", "Admin",
     "Signature", "signature", "subtask", "chain", "chord", "ChordError", "signals",
-    "shared_task", "EagerResult",
+    "shared_task", "EagerResult", "current_app", "current_task",
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "ReadOnlyDatabase",
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
@@ -5617,6 +5617,51 @@ def _current_app():
     return app
 
 
+class _Proxy:
+    """A name that stands for an object found when it is used: Celery's current_app and
+    current_task. It is false when that object is None (no task runs)."""
+
+    __slots__ = ("_find",)
+
+    def __init__(self, find):
+        object.__setattr__(self, "_find", find)
+
+    def __getattr__(self, name):
+        return getattr(self._find(), name)
+
+    def __setattr__(self, name, value):
+        setattr(self._find(), name, value)
+
+    def __bool__(self):
+        return self._find() is not None
+
+    def __call__(self, *args, **kwargs):
+        return self._find()(*args, **kwargs)
+
+    def __eq__(self, other):
+        return self._find() == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self._find())
+
+
+def _running_task():
+    """The Task whose request is the current one (a worker's run, an eager one or a
+    plain call), or None."""
+    request = _request.current
+    name = getattr(request, "task", None)
+    for app in list(_apps):
+        if name in app.tasks:
+            return app.tasks[name]
+    return None
+
+
+current_app = _Proxy(lambda: _current_app())
+current_task = _Proxy(_running_task)
+
+
 def shared_task(fn=None, **options):
     """A task for library code that names no app: every LiteQueue of the process (made
     before or after) registers it. Calling or queueing it uses the latest app."""
@@ -8701,6 +8746,9 @@ class chain(Signature):
         if group_id is None or any(row.get("group_id") != group_id for row in lasts):
             raise ConfigurationError("a group inside a chain must be followed by a task "
                                      "(it becomes a chord)")
+        if any(c["id"] == group_id for c in plan.chords):
+            raise ConfigurationError("a chord whose body is a group and has a link cannot "
+                                     "be followed by more steps: chain them after the link")
         for row in lasts:
             row["followers"] = 1
         start = len(plan.rows)
@@ -9001,7 +9049,16 @@ class _chord(Signature):
             plan.chords.append({"id": header.id, "body": plan.rows[start]["id"],
                                 "size": len(members)})
             _follows(result, header)   # the body's first task follows the header
-        plan.follow(self.options, lasts)
+        links = _followers(self.options.get("link"))
+        if len(lasts) > 1 and links:
+            # A group body's callbacks run once, after all of it (as chord.link() does in
+            # Celery): a chord on that group, its body the callback (or a group of them).
+            after = links[0] if len(links) == 1 else chain(
+                Signature(plan.app._builtins[_GATHER]), group(*links))
+            chain._after_group(plan, after, lasts)
+            plan.follow({"link_error": self.options.get("link_error")}, lasts)
+        else:
+            plan.follow(self.options, lasts)
         return result, lasts
 
     def apply(self, args=None, kwargs=None, **options):

@@ -872,6 +872,18 @@ class TestCeleryCanvasShapes:
         assert member.state == "FAILURE" and "not a count" in str(member.result)
         assert body.state == "FAILURE" and after.get() == 4
 
+    def test_a_link_of_a_chord_with_a_group_body_runs_once_after_the_whole_group(
+            self, canvas_here):
+        out = canvas_here.start().client('''
+            r = chord([add.si(1, 1), add.si(2, 2)], group(collect.s(), collect.s())).apply_async(
+                link=identity.s())
+            values = r.get(timeout=30)
+            links = app._storage().conn.execute(
+                "SELECT id FROM tasks WHERE name = 'canvas_tasks.identity'").fetchall()
+            print(json.dumps([values, [app.AsyncResult(i).get(timeout=30) for (i,) in links]]))
+        ''')
+        assert out == [[[2, 4], [2, 4]], [[[2, 4], [2, 4]]]]
+
     def test_task_received_is_sent_by_the_worker_with_the_stamps(self, canvas, canvas_here):
         class Visitor(litequeue.StampingVisitor):
             def on_signature(self, sig, **headers):

@@ -61,6 +61,19 @@ def test_eager_runs_say_so(tmp_path):
     assert r.get() == [True, False, r.id, {"h": 1}]
 
 
+def test_current_task_and_current_app_stand_for_the_running_task_and_the_app(tmp_path):
+    from litequeue import current_app, current_task
+    app = LiteQueue(str(tmp_path / "current.sqlite"), task_always_eager=True)
+
+    @app.task
+    def look():
+        return [current_task.name, current_task.request.id, bool(current_task)]
+    r = look.delay()
+    assert r.get() == [look.name, r.id, True]
+    assert look() == [look.name, None, True]         # a plain call is the task too
+    assert not current_task and current_app == app and current_app.main == app.main
+
+
 def test_a_base_class_with_its_own_call_is_called_once_per_run(project, here):
     w = here(project)
     r = w.loaded[0].wrapped.delay()
