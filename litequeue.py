@@ -8231,14 +8231,23 @@ class _Canvas(dict):
         return result
 
     def link(self, callback):
-        """Queue callback (a signature) after this succeeds; returns callback."""
-        self.options.setdefault("link", []).extend(_as_list(callback))
+        """Queue callback (a signature) after this succeeds; returns callback. Linking
+        the same signature twice links it once, as in Celery."""
+        self._add_follower("link", callback)
         return callback
 
     def link_error(self, errback):
-        """Queue errback after this fails; returns errback."""
-        self.options.setdefault("link_error", []).extend(_as_list(errback))
+        """Queue errback after this fails; returns errback (once, however often it is
+        linked)."""
+        self._add_follower("link_error", errback)
         return errback
+
+    def _add_follower(self, key, followers):
+        known = self.options.get(key)
+        known = self.options[key] = _followers(known)   # one, a list, Celery's dicts
+        for follower in _as_list(followers):
+            if not any(dict.__eq__(follower, k) is True for k in known):   # Celery's rule
+                known.append(follower)
 
     def on_error(self, errback):
         """link_error() that returns self, for chaining calls."""
