@@ -476,9 +476,8 @@ _STATES_SHOWN = (PENDING, SCHEDULED, WAITING, STARTED, RETRY, SUCCESS, FAILURE, 
                  EXPIRED, IGNORED, REJECTED)
 # A periodic task an operator disabled (Admin.disable_schedule) has this as its error.
 _SCHEDULE_OFF = "disabled by an operator"
-# Task.replace()'s last step, under the replaced task's id (a built-in task).
-_REPLACED_TASK = "litequeue.replaced"
-# The built-in step that gathers a group's results for what follows it (a group body).
+# The built-in step that gathers a group's results for what follows it (a group body),
+# and that ends a Task.replace() under the replaced task's id.
 _GATHER = "litequeue.accumulate"
 # The most rows a task page's workflow timeline reads: past a few hundred bars a
 # timeline is no longer readable, and reading them would hold the page up.
@@ -3607,10 +3606,13 @@ class _Claiming:
         them nothing). A chord member is counted once, in its own slot; the last one
         queues the body with every result in header order, and the first that did not
         succeed fails the body with ChordError. A worklist, not recursion: a chain of any
-        length costs no stack."""
-        work = [(*end, False, False) for end in ended]
+        length costs no stack. Each item says whether its errbacks run (fires: it ran, or
+        it fails as what ran), whether its failure starts here (origin: a chord it is in
+        fails as from a task that ran), and whether it is our stand-in for a chord's group
+        body, whose tasks then fail as the body, their errbacks running as Celery's do."""
+        work = [(*end, True, True, False) for end in ended]
         while work:
-            task_id, state, result, tb, taken_down, stand_in = work.pop()
+            task_id, state, result, tb, fires, origin, stand_in = work.pop()
             params = {"parent": task_id, "now": now}
             if state == SUCCESS:
                 conn.execute(_SQL_ACTIVATE_LINKS, dict(params, result=result))
@@ -3620,13 +3622,13 @@ class _Claiming:
                 for child, name in conn.execute(_SQL_CASCADE, dict(
                         params, state=state, result=result, traceback=tb)).fetchall():
                     follow.ended.append(child)
-                    # A replaced task's stand-in failed with its replacement: the task's
-                    # own errbacks run, as Celery moves them onto the replacement. The
-                    # tasks of a chord's group body, which follow our stand-in for the
-                    # body, fail as the body: their errbacks run too, as Celery's.
-                    work.append((child, state, result, tb,
-                                 not stand_in and name != _REPLACED_TASK, name == _GATHER))
-                if state == FAILURE and not taken_down:
+                    # A built-in step reached down a chain is Task.replace()'s heir: the
+                    # replacement failed, so the replaced task's own errbacks run, as
+                    # Celery moves them onto the replacement.
+                    heir = name == _GATHER
+                    work.append((child, state, result, tb, (stand_in and fires) or heir,
+                                 heir, False))
+                if state == FAILURE and fires:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
                 else:
@@ -3634,7 +3636,7 @@ class _Claiming:
             member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
             if member and member[0][0] is not None and member[0][1] is not None:
                 self._chord_part_safely(conn, member[0], task_id, state, result, now, follow,
-                                        work)
+                                        work, origin)
 
     @staticmethod
     def _drop_errbacks(conn, task_id):
@@ -3646,7 +3648,8 @@ class _Claiming:
             gone += [i for (i,) in conn.execute(_SQL_DROP_WAITING_CHILDREN,
                                                 {"parent": parent})]
 
-    def _chord_part_safely(self, conn, member, task_id, state, result, now, follow, work):
+    def _chord_part_safely(self, conn, member, task_id, state, result, now, follow, work,
+                           fires=True):
         """_chord_part under a savepoint. Whatever else it raises (a foreign write it did
         not foresee), its changes are undone and the chord is set aside with the reason,
         so the member's own end is still recorded, and no process dies of it. A database
@@ -3654,7 +3657,7 @@ class _Claiming:
         woken, ended, queued = follow.woken, len(follow.ended), len(work)
         conn.execute(_SQL_CHORD_SAVEPOINT)
         try:
-            self._chord_part(conn, member, task_id, state, result, now, follow, work)
+            self._chord_part(conn, member, task_id, state, result, now, follow, work, fires)
         except apsw.Error:
             raise
         except Exception as exc:
@@ -3668,9 +3671,11 @@ class _Claiming:
                                   now, follow, work)
         conn.execute(_SQL_CHORD_RELEASE)
 
-    def _chord_part(self, conn, member, task_id, state, result, now, follow, work):
+    def _chord_part(self, conn, member, task_id, state, result, now, follow, work,
+                    fires=True):
         """Count one chord member's end (see _settle). A chord row or slot that is not
-        what litequeue writes sets the chord aside instead (_set_chord_aside)."""
+        what litequeue writes sets the chord aside instead (_set_chord_aside). A member
+        that failed without running fails the body the same way: its errbacks stay."""
         chord_id, index = member
         chord = conn.execute(_SQL_CHORD, (chord_id,)).fetchall()
         if not chord:
@@ -3702,7 +3707,7 @@ class _Claiming:
             conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
         else:
             self._fail_chord(conn, chord_id, body, _dependency_error(task_id, state, result),
-                             now, follow, work)
+                             now, follow, work, fires)
 
     def _set_chord_aside(self, conn, chord_id, body, reason, now, follow, work):
         """A chord whose row litequeue cannot trust: its body (and the chain after it)
@@ -3712,14 +3717,14 @@ class _Claiming:
         self._fail_chord(conn, chord_id, body, ValueError(reason), now, follow, work)
 
     @staticmethod
-    def _fail_chord(conn, chord_id, body, exc, now, follow, work):
+    def _fail_chord(conn, chord_id, body, exc, now, follow, work, fires=True):
         """The chord's body (if it names one) ends FAILURE with exc; the chord is fired."""
         if isinstance(body, str):
             error = _encode_error(exc)
             failed = conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
             for (name,) in failed.fetchall():
                 follow.ended.append(body)
-                work.append((body, FAILURE, error, None, False, name == _GATHER))
+                work.append((body, FAILURE, error, None, fires, fires, name == _GATHER))
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
@@ -5248,6 +5253,7 @@ class _Request:
     stamped_headers = property(
         lambda self: self.options.get("stamped_headers") if self.options else None)
     replaced_task_nesting = 0
+    name = property(lambda self: self.task)     # the task's name, as Celery's Request has it
 
     def __init__(self, id=None, args=(), kwargs=None, retries=0, attempt=0, name=None,
                  hostname=None, worker=None, parent_id=None, root_id=None, group=None,
@@ -5633,7 +5639,13 @@ class _Proxy:
         setattr(self._find(), name, value)
 
     def __bool__(self):
-        return self._find() is not None
+        try:
+            return self._find() is not None
+        except ConfigurationError:       # no app at all
+            return False
+
+    def _get_current_object(self):
+        return self._find()
 
     def __call__(self, *args, **kwargs):
         return self._find()(*args, **kwargs)
@@ -5831,6 +5843,12 @@ def _visible_state(row):
     return state
 
 
+def _stands_in(row):
+    """Is this row our step before a chord's group body (not a task of the user's)?"""
+    return bool(row) and row.get("name") == _GATHER and \
+        str(row.get("waits")).startswith("chord")
+
+
 class AsyncResult:
     """The state and result of one task, read from the database."""
 
@@ -5932,8 +5950,7 @@ class AsyncResult:
         if row.get("parent_id"):
             self._parent = AsyncResult(row["parent_id"], self.app)
             if row.get("waits") in ("link", "link_si"):
-                above = self._parent._fetch() or {}
-                if above.get("name") == _GATHER:     # ours: see _without_gathering
+                if _stands_in(self._parent._fetch()):   # ours: see _without_gathering
                     self._parent = self._parent.parent
         elif isinstance(row.get("waits"), str) and row["waits"].startswith("chord"):
             group_id = self.app._storage().chord_of_body(self.id)
@@ -6469,7 +6486,7 @@ class GroupResult(ResultSet):
         first = (results[0]._fetch() if results else None) or {}
         parent = None        # a group chained after a task follows it: Celery's .parent
         if first.get("parent_id") and first.get("waits") in ("link", "link_si"):
-            parent = AsyncResult(first["parent_id"], app)
+            parent = results[0].parent
         return cls(results, id=id, app=app, parent=parent)
 
 
@@ -7126,12 +7143,13 @@ def _builtin_tasks(app):
 
     def run_accumulate(value):
         """Passes its input on (Celery's celery.accumulate): the step before a chord's
-        group body, which every member of the group follows; as litequeue.replaced, the
-        last step of a Task.replace(), under the id of the task replaced."""
+        group body, which every member of the group follows (it waits for a chord); the
+        last step of a Task.replace(), under the id of the task replaced (it follows the
+        replacement's last step)."""
         return value
 
     return {"litequeue.map": run_map, "litequeue.starmap": run_starmap,
-            _GATHER: run_accumulate, _REPLACED_TASK: run_accumulate}
+            _GATHER: run_accumulate}
 
 
 class LiteQueue:
@@ -7831,6 +7849,8 @@ class Task:
         with its own options: Celery's args, kwargs and apply_async options here are
         accepted and ignored, with one warning each.
         """
+        if isinstance(args, BaseException) and exc is None:
+            args, exc = None, args        # retry(exc): litequeue's own order, kept
         given = {"args": args, "kwargs": kwargs, **options}
         for key in sorted(k for k, v in given.items() if v is not None):
             _warn_setting(f"retry() option {key!r} is ignored: a retry runs the same call "
@@ -8001,8 +8021,11 @@ class Task:
             raise ValueError("Current task is not member of any chord")
         count = request.__dict__.get("added_to_chord", 0)
         request.__dict__["added_to_chord"] = count + 1
-        task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"litequeue:{request.id}:{count}"))
-        return sig._copy().set(task_id=task_id)._joining(self.app, request)
+        sig = sig._copy()
+        if sig.id is None:
+            sig.set(task_id=str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                           f"litequeue:{request.id}:{count}")))
+        return sig._joining(self.app, request)
 
     def map(self, it):
         """A signature that calls this task once per item of it, in one worker task, and
@@ -8144,6 +8167,12 @@ class _Canvas(dict):
             return NotImplemented
         if isinstance(self, group) and not isinstance(self, chunks):
             return chord(self, other)            # Celery's: a group then a task is a chord
+        if isinstance(self, chain) and self.tasks and _is_task(other) and \
+                isinstance(self.tasks[-1], group) and not isinstance(self.tasks[-1], chunks) \
+                and self.tasks[-1].tasks:
+            joined = self._copy()                # so is a chain ending in one, then a task
+            joined.tasks[-1] = chord(joined.tasks[-1], other)
+            return joined
         return chain(self, other)
 
     @staticmethod
@@ -8170,7 +8199,7 @@ class _Canvas(dict):
 
     def _options_copy(self):
         """Its options, with link lists copied (a copy must not share them)."""
-        return {k: list(v) if k in ("link", "link_error") else v
+        return {k: _followers(v) if k in ("link", "link_error") else v
                 for k, v in self.options.items()}
 
     def delay(self, *args, **kwargs):
@@ -8206,7 +8235,7 @@ class _Canvas(dict):
         app = self._find_app()
         _, seq, attempt = request.meta_writer
         empty = isinstance(self, group) and not self.tasks     # its result is []
-        heir = Signature(app._builtins[_REPLACED_TASK], ([],) if empty else (),
+        heir = Signature(app._builtins[_GATHER], ([],) if empty else (),
                          immutable=empty).set(
             task_id=request.id, queue=request.queue, priority=request.priority)
         plan = _Plan(app, {})
@@ -8226,8 +8255,10 @@ class _Canvas(dict):
         try:
             plan.commit(joining={"chord": request.group, "row": lasts[0], "seq": seq,
                                  "attempt": attempt})
-        except DuplicateTaskId:          # added by an earlier run of the same task
-            pass
+        except DuplicateTaskId:          # added by an earlier run of the same task?
+            if (AsyncResult(lasts[0]["id"], app)._fetch() or {}).get("group_id") != \
+                    request.group:
+                raise
         return result
 
     def link(self, callback):
@@ -8246,7 +8277,7 @@ class _Canvas(dict):
         known = self.options.get(key)
         known = self.options[key] = _followers(known)   # one, a list, Celery's dicts
         for follower in _as_list(followers):
-            if not any(dict.__eq__(follower, k) is True for k in known):   # Celery's rule
+            if not any(_plain(follower) == _plain(k) for k in known):   # Celery's rule
                 known.append(follower)
 
     def on_error(self, errback):
@@ -8664,6 +8695,16 @@ def signature(varies, args=(), kwargs=None, options=None, app=None, immutable=Fa
 subtask = signature
 
 
+def _gathered(body):
+    """What waits for a group's results (a chord's body): a group or chord (or a chain
+    starting with one) goes behind a step that takes those results and passes them on to
+    every first member; one row must wait for the chord."""
+    first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
+    if isinstance(first, (group, chord)):
+        return chain(Signature(body._find_app()._builtins[_GATHER]), body)
+    return body
+
+
 class chain(Signature):
     """Tasks run one after another, each receiving the previous one's result:
     ``chain(add.s(2, 2), add.s(4))`` or ``add.s(2, 2) | add.s(4)``. The result is the last
@@ -8713,7 +8754,7 @@ class chain(Signature):
         for task in reversed(self.tasks):
             if isinstance(task, group) and not isinstance(task, chunks) and \
                     len(task.tasks) == 1:
-                task = task.tasks[0]
+                task = task._unrolled()
             if isinstance(task, group) and steps:
                 task = chord(task, steps.pop(0))
             steps.insert(0, task)
@@ -8761,7 +8802,7 @@ class chain(Signature):
         for row in lasts:
             row["followers"] = 1
         start = len(plan.rows)
-        res, new = step._attach(plan, ((), {}), None, "chord")
+        res, new = _gathered(step)._attach(plan, ((), {}), None, "chord")
         plan.chords.append({"id": group_id, "body": plan.rows[start]["id"],
                             "size": len(lasts)})
         return res, new
@@ -8896,6 +8937,26 @@ class group(Signature):
         plan.save_group(group_id, lasts)
         return GroupResult(results, id=group_id, app=plan.app), lasts
 
+    def _unrolled(self):
+        """A group of one task as that task (Celery's maybe_unroll_group), with the
+        group's options where the task has none of its own, its followers added."""
+        only = self.tasks[0]
+        if not self.options:
+            return only
+        only = only._copy()
+        for key, value in self.options.items():
+            if key in ("link", "link_error"):
+                only._add_follower(key, _followers(value))
+            elif key != "task_id":
+                only.options.setdefault(key, value)
+        return only
+
+    def freeze(self, _id=None):
+        """Fix its group id and its members' ids now; returns its GroupResult."""
+        self.options.setdefault("task_id", _id or _new_id())
+        return GroupResult([t.freeze() for t in self.tasks], id=self.options["task_id"],
+                           app=self._find_app())
+
     def skew(self, start=1.0, stop=None, step=1.0):
         """Spread its members out in time: countdown start, start + step, ... (at most
         stop); returns the group."""
@@ -8981,14 +9042,7 @@ class _chord(Signature):
                             f"chord, or a chain starting with one, not {type(body).__name__}")
 
     def _body_steps(self):
-        """Its body; a group or chord body (or a chain starting with one) behind a step
-        that takes the header's results and passes them on to every first member."""
-        body = self.body
-        first = body.tasks[0] if isinstance(body, chain) and body.tasks else body
-        if isinstance(first, (group, chord)):
-            app = body._find_app()
-            body = chain(Signature(app._builtins[_GATHER]), body)
-        return body
+        return _gathered(self.body)
 
     @property
     def tasks(self):
@@ -9062,9 +9116,7 @@ class _chord(Signature):
         if len(lasts) > 1 and links:
             # A group body's callbacks run once, after all of it (as chord.link() does in
             # Celery): a chord on that group, its body the callback (or a group of them).
-            after = links[0] if len(links) == 1 else chain(
-                Signature(plan.app._builtins[_GATHER]), group(*links))
-            chain._after_group(plan, after, lasts)
+            chain._after_group(plan, links[0] if len(links) == 1 else group(*links), lasts)
             plan.follow({"link_error": self.options.get("link_error")}, lasts)
         else:
             plan.follow(self.options, lasts)
@@ -9098,12 +9150,12 @@ class chunks(group):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigurationError(f"chunks takes a chunk size >= 1, not {n!r}")
         calls = [list(call) for call in it]
-        self.task, self.n = task, n
+        self._chunked, self.n = task, n
         super().__init__(*[task.starmap(calls[i:i + n]) for i in range(0, len(calls), n)],
                          **options)
 
     def __repr__(self):
-        return f"{self.task.name}.chunks({len(self.tasks)} chunk(s) of {self.n})"
+        return f"{self._chunked.name}.chunks({len(self.tasks)} chunk(s) of {self.n})"
 
     def group(self):
         return group(*[t._copy() for t in self.tasks], **self._options_copy())
@@ -10166,7 +10218,7 @@ class _RunPipeline:
                     row.get("waits") not in ("link", "link_si"):
                 break
             above = AsyncResult(row["parent_id"], app)
-            if (above._fetch() or {}).get("name") == _GATHER:
+            if _stands_in(above._fetch()):
                 break            # a task of a chord's group body: it failed as the body
             result = above
         return result

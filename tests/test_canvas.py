@@ -884,6 +884,41 @@ class TestCeleryCanvasShapes:
         ''')
         assert out == [[[2, 4], [2, 4]], [[[2, 4], [2, 4]]]]
 
+    def test_errbacks_run_once_per_failure_that_ran_and_a_lone_group_keeps_its_options(
+            self, canvas, canvas_here):
+        """A chain's errbacks run for the tasks of a group body that fail as the body, not
+        again for the step after it; a failure upstream of a chord runs them once; a group
+        of one task in a chain is that task, with the group's errbacks and queue."""
+        w = canvas_here
+        t = w.loaded[0]
+        chain, chord, group = litequeue.chain, litequeue.chord, litequeue.group
+        header_fails = chain(chord([t.fail.s("h"), t.add.s(1, 1)], group(
+            t.identity.s(), t.identity.s())), t.identity.s()).on_error(t.errback1.si("a"))
+        upstream_fails = chain(t.fail.s("u"), chord([t.add.s(1), t.add.s(2)], group(
+            t.identity.s(), t.identity.s())), t.identity.s()).on_error(t.errback1.si("b"))
+        lone = chain(t.add.s(1, 1), group(t.fail.s()).on_error(t.errback1.si("c")))
+        queued = chain(t.add.s(1, 1), group(t.identity.s()).set(queue="elsewhere")).delay()
+        runs = [header_fails.delay(), upstream_fails.delay(), lone.delay()]
+        w.work_until(lambda: all(r.ready() for r in runs) and
+                     len(canvas.logged("errbacks")) == 4, 20)
+        assert sorted(e[0] for e in canvas.logged("errbacks")) == ["a", "a", "b", "c"]
+        assert queued.parent.get(timeout=5) == 2 and queued.queue == "elsewhere"
+
+    def test_celerys_shapes_of_pipes_freezes_and_reprs(self, canvas_here):
+        out = canvas_here.start().client('''
+            g = group(add.s(1, 1), add.s(2, 2))
+            frozen = g.freeze()
+            r = g.apply_async()
+            print(json.dumps([
+                (add.s(1, 1) | group(identity.s()) | identity.s()).delay().get(timeout=30),
+                chain(add.s(1, 1), group(identity.s()), identity.s()).delay().get(timeout=30),
+                [type(frozen).__name__, frozen.id == r.id, r.get(timeout=30)],
+                repr(add.chunks([(1, 1), (2, 2)], 1)),
+            ]))
+        ''')
+        assert out == [[2], 2, ["GroupResult", True, [2, 4]],
+                       "canvas_tasks.add.chunks(2 chunk(s) of 1)"]
+
     def test_task_received_is_sent_by_the_worker_with_the_stamps(self, canvas, canvas_here):
         class Visitor(litequeue.StampingVisitor):
             def on_signature(self, sig, **headers):
