@@ -3607,8 +3607,9 @@ class _Claiming:
         queues the body with every result in header order, and the first that did not
         succeed fails the body with ChordError. A worklist, not recursion: a chain of any
         length costs no stack. Each item says whether its errbacks run (fires: it ran, or
-        it fails as what ran), whether its failure starts here (origin: a chord it is in
-        fails as from a task that ran), and whether it is our stand-in for a chord's group
+        it fails as what ran), whether a chord it is in fails with the body's errbacks
+        running (origin: false only for the tasks of a group body that fail as the body,
+        whose errbacks ran already), and whether it is our stand-in for a chord's group
         body, whose tasks then fail as the body, their errbacks running as Celery's do."""
         work = [(*end, True, True, False) for end in ended]
         while work:
@@ -3627,7 +3628,7 @@ class _Claiming:
                     # Celery moves them onto the replacement.
                     heir = name == _GATHER
                     work.append((child, state, result, tb, (stand_in and fires) or heir,
-                                 heir, False))
+                                 heir or not stand_in, False))
                 if state == FAILURE and fires:
                     conn.execute(_SQL_ACTIVATE_ERRBACKS, params)
                     follow.woken += conn.changes()
@@ -3636,7 +3637,7 @@ class _Claiming:
             member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
             if member and member[0][0] is not None and member[0][1] is not None:
                 self._chord_part_safely(conn, member[0], task_id, state, result, now, follow,
-                                        work, origin)
+                                        work, (origin, fires))
 
     @staticmethod
     def _drop_errbacks(conn, task_id):
@@ -3649,7 +3650,7 @@ class _Claiming:
                                                 {"parent": parent})]
 
     def _chord_part_safely(self, conn, member, task_id, state, result, now, follow, work,
-                           fires=True):
+                           fires=(True, True)):
         """_chord_part under a savepoint. Whatever else it raises (a foreign write it did
         not foresee), its changes are undone and the chord is set aside with the reason,
         so the member's own end is still recorded, and no process dies of it. A database
@@ -3672,10 +3673,11 @@ class _Claiming:
         conn.execute(_SQL_CHORD_RELEASE)
 
     def _chord_part(self, conn, member, task_id, state, result, now, follow, work,
-                    fires=True):
+                    fires=(True, True)):
         """Count one chord member's end (see _settle). A chord row or slot that is not
-        what litequeue writes sets the chord aside instead (_set_chord_aside). A member
-        that failed without running fails the body the same way: its errbacks stay."""
+        what litequeue writes sets the chord aside instead (_set_chord_aside). fires:
+        (do the body's errbacks run, do a group body's tasks run theirs: only when the
+        member that failed ran)."""
         chord_id, index = member
         chord = conn.execute(_SQL_CHORD, (chord_id,)).fetchall()
         if not chord:
@@ -3717,14 +3719,16 @@ class _Claiming:
         self._fail_chord(conn, chord_id, body, ValueError(reason), now, follow, work)
 
     @staticmethod
-    def _fail_chord(conn, chord_id, body, exc, now, follow, work, fires=True):
+    def _fail_chord(conn, chord_id, body, exc, now, follow, work, fires=(True, True)):
         """The chord's body (if it names one) ends FAILURE with exc; the chord is fired."""
         if isinstance(body, str):
             error = _encode_error(exc)
             failed = conn.execute(_SQL_FAIL_BODY, {"id": body, "result": error, "now": now})
             for (name,) in failed.fetchall():
                 follow.ended.append(body)
-                work.append((body, FAILURE, error, None, fires, fires, name == _GATHER))
+                gather = name == _GATHER   # no errbacks of its own: "fires" is its tasks'
+                work.append((body, FAILURE, error, None, fires[1] if gather else fires[0],
+                             fires[0], gather))
         conn.execute(_SQL_CHORD_FIRED, (chord_id,))
         conn.execute(_SQL_CHORD_CLEAR, (chord_id,))
 
@@ -8240,7 +8244,7 @@ class _Canvas(dict):
             task_id=request.id, queue=request.queue, priority=request.priority)
         plan = _Plan(app, {})
         plan.parent = request.parent_id
-        chain(self._copy(), heir)._attach(plan, ((), {}), None, None)
+        (self._copy() | heir)._attach(plan, ((), {}), None, None)   # a group: a chord
         plan.commit(replacing={"id": request.id, "seq": seq, "attempt": attempt})
 
     def _joining(self, app, request):
@@ -9042,7 +9046,13 @@ class _chord(Signature):
                             f"chord, or a chain starting with one, not {type(body).__name__}")
 
     def _body_steps(self):
-        return _gathered(self.body)
+        """Its body, gathered (see _gathered), with the chord's errbacks as its own, as
+        Celery's chord.link_error(): a chain body's follow each of its steps."""
+        body, errbacks = self.body, _followers(self.options.get("link_error"))
+        if errbacks:
+            body = body._copy()
+            body._add_follower("link_error", errbacks)
+        return _gathered(body)
 
     @property
     def tasks(self):
@@ -9117,9 +9127,8 @@ class _chord(Signature):
             # A group body's callbacks run once, after all of it (as chord.link() does in
             # Celery): a chord on that group, its body the callback (or a group of them).
             chain._after_group(plan, links[0] if len(links) == 1 else group(*links), lasts)
-            plan.follow({"link_error": self.options.get("link_error")}, lasts)
         else:
-            plan.follow(self.options, lasts)
+            plan.follow({"link": links}, lasts)
         return result, lasts
 
     def apply(self, args=None, kwargs=None, **options):

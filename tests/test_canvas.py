@@ -898,10 +898,18 @@ class TestCeleryCanvasShapes:
             t.identity.s(), t.identity.s())), t.identity.s()).on_error(t.errback1.si("b"))
         lone = chain(t.add.s(1, 1), group(t.fail.s()).on_error(t.errback1.si("c")))
         queued = chain(t.add.s(1, 1), group(t.identity.s()).set(queue="elsewhere")).delay()
-        runs = [header_fails.delay(), upstream_fails.delay(), lone.delay()]
+        # A chord's errbacks are its body's: a chain body's follow each step; a header
+        # chain that fails part way fails the body, whose errbacks run.
+        partway = chain(t.identity.si(42), t.fail.s(), t.identity.si(42))
+        in_header = chord((partway,), t.identity.s()).on_error(t.errback1.si("d"))
+        in_body = chord((t.identity.si(42),), partway._copy()).on_error(t.errback1.si("e"))
+        runs = [header_fails.delay(), upstream_fails.delay(), lone.delay(), in_header.delay(),
+                in_body.delay()]
         w.work_until(lambda: all(r.ready() for r in runs) and
-                     len(canvas.logged("errbacks")) == 4, 20)
-        assert sorted(e[0] for e in canvas.logged("errbacks")) == ["a", "a", "b", "c"]
+                     len(canvas.logged("errbacks")) == 6, 20)
+        assert w.work() == 0                 # nothing more was queued: no errback twice
+        assert sorted(e[0] for e in canvas.logged("errbacks")) == ["a", "a", "b", "c", "d",
+                                                                   "e"]
         assert queued.parent.get(timeout=5) == 2 and queued.queue == "elsewhere"
 
     def test_celerys_shapes_of_pipes_freezes_and_reprs(self, canvas_here):
