@@ -825,15 +825,23 @@ def _short_hash(text, size=5):
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
-def _new_id():
+def _new_id(urandom=os.urandom, time_ns=time.time_ns, last=[0, ""]):
     """A uuid in version 7's layout: 48 bits of milliseconds, then random bits. New ids
     land at the right edge of the id index, where its pages are cached, so enqueueing
-    into a table of a million rows stays as fast as into an empty one."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = value & ~(0xF << 76) | 0x7 << 76        # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62        # RFC 4122 variant
-    h = f"{value:032x}"                              # str(uuid.UUID(int=value)), faster
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    into a table of a million rows stays as fast as into an empty one. Written as text
+    directly (str(uuid.UUID(...)) is slower), the millisecond's part made once per ms."""
+    ms = time_ns() // 1_000_000
+    if ms != last[0]:
+        h = f"{ms:012x}"
+        last[1], last[0] = f"{h[:8]}-{h[8:12]}-7", ms      # then version 7
+    r = urandom(10).hex()                                  # 76 random bits are used
+    return f"{last[1]}{r[:3]}-{'89ab'[int(r[3], 16) & 3]}{r[4:7]}-{r[7:19]}"  # RFC 4122
+
+
+# Forks this process descends through: a connection made before a fork is not used after
+# it (cheaper to compare than os.getpid(), a system call).
+_FORKS = [0]
+os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 
 
 def _app_path(path, module_file):
@@ -7476,12 +7484,12 @@ class LiteQueue:
         """This thread's connection, opened on first use and again after a fork."""
         local = self._local
         storage = getattr(local, "storage", None)
-        if storage is None or local.pid != os.getpid():
+        if storage is None or local.forks != _FORKS[0]:
             storage = _Storage(self.path, synchronous=self.conf["synchronous"],
                                busy_timeout=self.conf["busy_timeout"],
                                autocheckpoint=self.conf["wal_autocheckpoint"],
                                create=self._create)
-            local.storage, local.pid = storage, os.getpid()
+            local.storage, local.forks = storage, _FORKS[0]
         return storage
 
     def _waiter(self, task_id):
@@ -7576,6 +7584,20 @@ class LiteQueue:
                 eta_at, _dt.timezone.utc).isoformat())
         payload = _pack_envelope(name, args, kwargs, options)
         task_id = _new_id() if task_id is None else _checked_text("task_id", task_id, _ID_MAX)
+        scheduled = eta_at is not None and eta_at > now
+        if unique_key is not None:
+            unique_key = f"{name}:{_checked_text('unique_key', unique_key, _UNIQUE_KEY_MAX)}"
+        elif task is not None and task.unique:
+            # The same arguments make the same key, whatever the order of the kwargs.
+            unique_key = f"{name}:" + hashlib.sha256(_pack(
+                [list(args), sorted(kwargs.items())])).hexdigest()[:32]
+        return self._row(name, task, task_id, payload, now, queue, priority,
+                         SCHEDULED if scheduled else PENDING, eta_at if scheduled else None,
+                         expires_at, unique_key)
+
+    def _row(self, name, task, task_id, payload, now, queue=None, priority=None,
+             state=PENDING, eta=None, expires=None, unique_key=None):
+        """The tasks row of one call (_task_row, and delay()'s plain path)."""
         if queue is None:
             queue = (task.queue if task else None) or self._routed_queue(name) \
                 or self.conf["task_default_queue"]
@@ -7583,22 +7605,22 @@ class LiteQueue:
         if priority is None:
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
-        priority = _checked_priority(priority)
-        scheduled = eta_at is not None and eta_at > now
-        current = getattr(_request, "current", None)     # queued by a running task
-        if unique_key is not None:
-            unique_key = f"{name}:{_checked_text('unique_key', unique_key, _UNIQUE_KEY_MAX)}"
-        elif task is not None and task.unique:
-            # The same arguments make the same key, whatever the order of the kwargs.
-            unique_key = f"{name}:" + hashlib.sha256(_pack(
-                [list(args), sorted(kwargs.items())])).hexdigest()[:32]
-        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue, "priority": priority,
-                "state": SCHEDULED if scheduled else PENDING, "payload": payload,
-                "eta": eta_at if scheduled else None, "expires": expires_at,
-                "max_retries": task._max_retries if task and
+        current = _request.current          # queued by a running task
+        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue,
+                "priority": _checked_priority(priority), "state": state, "payload": payload,
+                "eta": eta, "expires": expires, "max_retries": task._max_retries if task and
                 isinstance(task._max_retries, int) else None, "created_at": now,
                 "parent_id": current.id if current is not None else None,
                 "root_id": (current.root_id or current.id) if current is not None else None}
+
+    def _send_plain(self, task, args, kwargs):
+        """delay() of a registered task with no options, as _send would queue it, with
+        none of apply_async's option handling in between: its common case, made short."""
+        row = self._row(task.name, task, _new_id(), _pack_envelope(task.name, args, kwargs),
+                        time.time())
+        self._storage().insert_task(row)
+        self._work_bell.ring()
+        return AsyncResult(row["id"], self)
 
     def _routed_queue(self, name):
         """The queue task_routes gives a task name: an exact name first, then the first
@@ -7956,6 +7978,12 @@ class Task:
 
     def delay(self, *args, **kwargs):
         """Queue a call with these arguments; returns its AsyncResult."""
+        app = self.app
+        if self.name in app._noted and not self.unique and self.expires is None and not (
+                app.conf["task_always_eager"] or signals.before_task_publish.receivers or
+                signals.after_task_publish.receivers):
+            self._check_call(args, kwargs)
+            return app._send_plain(self, args, kwargs)
         return self.apply_async(args, kwargs)
 
     def _check_call(self, args, kwargs):

@@ -561,3 +561,32 @@ def test_unnamed_periodic_calls_of_one_task_are_named_by_their_call(tmp_path):
     assert set(app.periodic) == set(names)
     with pytest.raises(ConfigurationError, match="already defined"):
         app.add_periodic_task(10, add.s(1, 2))        # the same call twice is a mistake
+
+
+def test_delays_short_path_writes_the_row_apply_async_writes(tmp_path):
+    """delay() of a registered task with no options takes a shorter path than
+    apply_async(); the rows must not differ but for the id and the time."""
+    app = LiteQueue(str(tmp_path / "same.sqlite"), task_routes={"*.routed": "elsewhere"},
+                    task_default_priority=3)
+
+    @app.task(max_retries=7)
+    def routed(x, y=0):
+        return x + y
+
+    @app.task(priority=9)
+    def plain(x):
+        return x
+
+    def row(result):
+        found = sql(app.path, "SELECT * FROM tasks WHERE id = ?", result.id)
+        names = [r[1] for r in sql(app.path, "PRAGMA table_info(tasks)")]
+        got = dict(zip(names, found[0]))
+        return {k: v for k, v in got.items() if k not in ("seq", "id", "created_at")}
+
+    routed.apply_async((0,))                      # registers the name: delay() is short now
+    plain.apply_async((0,))
+    for task, args, kwargs in ((routed, (1,), {"y": 2}), (plain, (5,), {})):
+        assert row(task.delay(*args, **kwargs)) == row(task.apply_async(args, kwargs))
+    assert row(routed.delay(1))["queue"] == "elsewhere"
+    assert row(plain.delay(1))["priority"] == 9
+    assert row(routed.delay(1))["max_retries"] == 7
