@@ -572,11 +572,18 @@ _SWEEP_INTERVAL = 60.0
 # Serialization and small helpers
 # ---------------------------------------------------------------------------
 
-def _pack(obj):
-    # strict_types: a subclass (a tuple, a canvas that is a dict, an IntEnum) goes through
-    # _pack_other, which packs it as its base type; msgpack would trust its __len__.
-    return msgpack.packb(obj, use_bin_type=True, datetime=True, default=_pack_other,
-                         strict_types=True)
+def _pack(obj, packers=threading.local()):
+    """msgpack bytes of obj. strict_types: a subclass (a tuple, a canvas that is a dict,
+    an IntEnum) goes through _pack_other, which packs it as its base type; msgpack would
+    trust its __len__. Each thread reuses its Packer (making one costs more than packing
+    a call's arguments); a nested call, or one after a failed pack, makes its own."""
+    packer = packers.__dict__.pop("packer", None)
+    if packer is None:
+        packer = msgpack.Packer(use_bin_type=True, datetime=True, default=_pack_other,
+                                strict_types=True)
+    data = packer.pack(obj)
+    packers.packer = packer
+    return data
 
 
 def _listed(value):
