@@ -631,13 +631,15 @@ def readme_block(report):
              f"{', ' + gate if gate else ''} (litequeue.py sha256 "
              f"{lq.get('sha256', '?')[:12]}): **{r['passed']} passed** and {r['xpassed']} "
              f"xpassed of {r['total']}; {r['failed'] + r['errors']} failed, "
-             f"{r['skipped']} skipped, {r['xfailed']} xfailed, in {r['seconds']:.0f} s.", "",
+             f"{r['skipped']} skipped, {r['xfailed']} xfailed, in {r['seconds']:.0f} s "
+             f"(commit {lq.get('commit', '?')[:7]}).", "",
              "| tests | why they do not pass | which |", "|---|---|---|"]
     for g in r["causes"]:
         if g["category"] == "skipped":
             continue
         tests = ", ".join(f"`{t.split('::')[-1]}`" for t in g["tests"])
-        cause = g["cause"].replace("|", "\\|").replace("`", "'")
+        cause = re.sub(r"^(on purpose|harness|cannot): ", "", g["cause"])
+        cause = cause.replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
         lines.append(f"| {g['count']} | {README_CATEGORY[g['category']]}: {cause} | {tests} |")
     return "\n".join(lines + [README_END])
 
