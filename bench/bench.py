@@ -920,8 +920,8 @@ def build_future_template(tmp, rows):
     far = time.time() + 365 * 86400.0
     try:
         first = noop.apply_async((0,), eta=_dt.datetime.fromtimestamp(far, _dt.timezone.utc))
-        if first.state != litequeue.SCHEDULED:
-            raise RuntimeError(f"template row is {first.state}, not SCHEDULED")
+        if first.detailed_state != litequeue.SCHEDULED:
+            raise RuntimeError(f"template row is {first.detailed_state}, not SCHEDULED")
     finally:
         with contextlib.suppress(Exception):
             app._local.storage.close()
