@@ -590,3 +590,26 @@ def test_delays_short_path_writes_the_row_apply_async_writes(tmp_path):
     assert row(routed.delay(1))["queue"] == "elsewhere"
     assert row(plain.delay(1))["priority"] == 9
     assert row(routed.delay(1))["max_retries"] == 7
+
+
+def test_new_ids_are_uuid7_text_unique_and_in_time_order_by_millisecond():
+    import uuid as _uuid
+    ids = [litequeue._new_id() for _ in range(200_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[::997]:
+        parsed = _uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, _uuid.RFC_4122, text)
+    # The first 48 bits are milliseconds: ids of later milliseconds sort after.
+    stamps = [int(text[:8] + text[9:13], 16) for text in ids]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time() * 1000) < 60_000
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path):
+    app = LiteQueue(str(tmp_path / "fork.sqlite"))
+    mine = app._storage()
+    pid = os.fork()
+    if pid == 0:                                  # the child: a connection of its own
+        os._exit(0 if app._storage() is not mine else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert app._storage() is mine                 # the parent keeps its own
