@@ -604,6 +604,7 @@ def test_new_ids_are_uuid7_text_unique_and_in_time_order_by_millisecond():
     assert stamps == sorted(stamps) and abs(stamps[-1] - time.time() * 1000) < 60_000
 
 
+@pytest.mark.worker
 def test_a_forked_child_opens_its_own_connection(tmp_path):
     app = LiteQueue(str(tmp_path / "fork.sqlite"))
     mine = app._storage()
