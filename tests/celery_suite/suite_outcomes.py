@@ -22,21 +22,20 @@ WORKER_SIGNALS = {"task_received", "task_prerun", "task_postrun", "task_success"
                   "task_unknown", "task_internal_error"}
 
 
-def _backend_internals(item):
-    """The Redis result backend's own parts the test's code reads."""
+def _source(item):
     try:
-        source = inspect.getsource(item.function)
+        return inspect.getsource(item.function)
     except (OSError, TypeError, AttributeError):
-        return []
+        return ""
+
+
+def _backend_internals(source):
+    """The Redis result backend's own parts the test's code reads."""
     return sorted(set(re.findall(r"\b(get_key_for_group|result_consumer)\b", source)))
 
 
-def _worker_signals(item):
+def _worker_signals(source):
     """The worker-side signals the test's own code connects a handler to."""
-    try:
-        source = inspect.getsource(item.function)
-    except (OSError, TypeError, AttributeError):
-        return []
     return sorted(set(re.findall(r"(\w+)\.connect\b", source)) & WORKER_SIGNALS)
 
 
@@ -89,8 +88,9 @@ def pytest_runtest_makereport(item, call):
               "wasxfail": getattr(report, "wasxfail", None)}
     if report.failed and call.excinfo is not None:
         record["failure"] = _failure(call.excinfo)
-        record["failure"]["worker_signals"] = _worker_signals(item)
-        record["failure"]["backend_internals"] = _backend_internals(item)
+        source = _source(item)
+        record["failure"].update(worker_signals=_worker_signals(source),
+                                 backend_internals=_backend_internals(source))
     elif report.failed:
         record["failure"] = {"type": "Failed", "module": "",
                              "message": str(report.longrepr).strip().splitlines()[0][:300]
