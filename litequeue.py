@@ -2297,13 +2297,14 @@ _SQL_TAKE_STARTS = """
 _SQL_HAS_LIMITS = "SELECT 1 FROM rate_limits LIMIT 1"
 _LIMITS_LOOK_EVERY = 1.0         # seconds
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
-# tasks_ready and tasks_due: one index probe each (due rows: those of _DUE_ROWS). Then,
-# if the file has rate limits, the earliest next start of a key with a ready row
-# (tasks_limited, one probe per key).
-_SQL_HAS_READY = f"""
-    SELECT 1 WHERE (EXISTS (SELECT 1 FROM tasks WHERE {_READY_ROWS})
-                    OR EXISTS (SELECT 1 FROM tasks WHERE {_DUE_ROWS}))
-      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
+# Ready and due rows (_DUE_ROWS) of a queue that is not paused, counted up to :cap in
+# each of tasks_ready and tasks_due: a few index entries. Then, if the file has rate
+# limits, the earliest next start of a key with a ready row (tasks_limited, one probe per
+# key).
+_SQL_READY_ROWS = f"""
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {_READY_ROWS} LIMIT :cap))
+         + (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {_DUE_ROWS} LIMIT :cap))
+    WHERE NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
 _SQL_NEXT_START = """
     SELECT min(r.next_start) FROM rate_limits AS r
@@ -3520,9 +3521,11 @@ class _Claiming:
     _limits_seen_at = -math.inf
     _has_limits = False
 
-    def has_ready(self, queue, now):
-        """Whether queue has a row to claim: ready, or due (see _DUE_ROWS)."""
-        return bool(self.conn.execute(_SQL_HAS_READY, {"queue": queue, "now": now}).fetchall())
+    def ready_rows(self, queue, now, cap):
+        """How many rows queue has to claim (ready, or due: see _DUE_ROWS), counting no
+        further than cap of each."""
+        found = self.conn.execute(_SQL_READY_ROWS, {"queue": queue, "now": now, "cap": cap})
+        return sum(n for (n,) in found)
 
     def next_start(self, queue):
         """When the first rate-limited ready row of queue may start (None: there is none)."""
@@ -4330,7 +4333,7 @@ del _name, _member
 # lock file of ours, and ids read from the database are checked before they name a file.
 
 _SIDE_DIR_MODE = 0o700
-_SIDE_KINDS = ("work", "sched", "done", "locks")
+_SIDE_KINDS = ("work", "child", "sched", "done", "locks")
 _WORKER_ID = re.compile(r"^[0-9a-f]{12}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -4689,6 +4692,16 @@ class _Sleeper:
                                      f"{os.path.join(side.path, kind)}: {exc.strerror}") from None
         self.sock.setblocking(False)
 
+    @classmethod
+    def shared(cls, sock):
+        """A sleeper on a socket that another process bound and handed down (a
+        supervisor's pool socket, in its children): drained like any, never unlinked."""
+        self = cls.__new__(cls)
+        self.dir_fd = self.name = self.ino = None
+        self.sock = sock
+        sock.setblocking(False)
+        return self
+
     def fileno(self):
         return self.sock.fileno()
 
@@ -4703,12 +4716,46 @@ class _Sleeper:
                 return rang
 
     def close(self):
-        _unlink_socket(self.dir_fd, self.name, self.ino)
+        if self.dir_fd is not None:
+            _unlink_socket(self.dir_fd, self.name, self.ino)
+            os.close(self.dir_fd)
         self.sock.close()
-        os.close(self.dir_fd)
 
 
-def _sweep_stale_sockets(side, kinds=("done", "work", "sched")):
+class _Waitset:
+    """epoll over a fixed set of waitables, for a loop that sleeps on the same ones again
+    and again. The `exclusive` one, a pool socket that the children of one supervisor
+    share, wakes one of the children waiting on it per ring, not all of them
+    (EPOLLEXCLUSIVE, Linux 4.5): a busy child is not waiting, so a ring for new work
+    wakes an idle one, and costs the ringer one wake-up."""
+
+    def __init__(self, waitables, exclusive=None):
+        self.epoll = select.epoll()
+        self.given = {}
+        for waitable in waitables:
+            self._add(waitable, select.EPOLLIN)
+        if exclusive is not None:
+            try:
+                self._add(exclusive, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            except (AttributeError, OSError):      # an older kernel: every child wakes
+                self._add(exclusive, select.EPOLLIN)
+
+    def _add(self, waitable, events):
+        fd = waitable if isinstance(waitable, int) else waitable.fileno()
+        self.epoll.register(fd, events)
+        self.given[fd] = waitable
+
+    def wait(self, timeout=None):
+        """The waitables that are ready (readable, or whose other end has gone) after
+        waiting up to timeout seconds (None: for ever) for one."""
+        ready = self.epoll.poll(-1 if timeout is None else max(0.0, timeout))
+        return [self.given[fd] for fd, _ in ready]
+
+    def close(self):
+        self.epoll.close()
+
+
+def _sweep_stale_sockets(side, kinds=("done", "work", "child", "sched")):
     """Remove sockets nobody is bound to any more (left by killed processes); returns how
     many. Anything that is not a socket is left alone."""
     removed = 0
@@ -10478,9 +10525,10 @@ class _Child(_RunPipeline, _Offloading):
     main thread (prefork, solo) or on its threads (-P threads); coroutine tasks run on its
     event loop thread (_LoopRunner), up to worker_async_concurrency at once."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, pool=None):
         spec = spec if isinstance(spec, _ChildSpec) else _ChildSpec(**spec)
         self.spec = spec
+        self.given_pool = pool         # the supervisor's pool socket (None: one of its own)
         self.worker_id = spec.worker_id
         self.pid = os.getpid()
         self.queues = spec.queues
@@ -10520,6 +10568,8 @@ class _Child(_RunPipeline, _Offloading):
         self.last_claim = (True, False)               # did it bring sync rows, coroutines
         # Resources, opened by _open().
         self.storage = self.lock = self.sleeper = None
+        self.pool_socket = self.waitset = None   # new-work rings, shared with the siblings
+        self.relay = None              # a socket connected to the pool, to pass a ring on
         self.control_bell = self.done_bell = self.work_bell = None
         self.revocations = None        # the revoke counter, and its value when last read
         self.revocations_seen = None
@@ -10528,6 +10578,7 @@ class _Child(_RunPipeline, _Offloading):
         self.stats = _Stats(self.worker_id)
         self.sig_r = None              # the read end of the signal wake-up pipe
         self.parent_sentinel = None    # ready once the supervisor has died
+        self.ppid = None               # the supervisor's pid (a reparented child is orphaned)
         self.watch = None              # a _Watch: hands back rows claimed beside a long task
 
     def run(self):
@@ -10592,15 +10643,49 @@ class _Child(_RunPipeline, _Offloading):
                "pid": self.pid, "queues": ",".join(self.queues),
                "concurrency": spec.threads or 1, "started_at": time.time(), "pool": None}
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
-        self.sleeper = _Sleeper(side, "work", self.worker_id)
+        self.sleeper = _Sleeper(side, "child", self.worker_id)
+        self._open_pool(side)
         self.done_bell = _Doorbell(side, "done", keep=False)
         self.work_bell = _Doorbell(side, "work")
         self.sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
+        self.ppid = os.getppid()
+        self.waitset = _Waitset([w for w in (self.sleeper, self.sig_r, self.done,
+                                             self.parent_sentinel) if w is not None],
+                                exclusive=self.pool_socket)
         self.watch = _Watch(self)      # its thread starts now
         self._note_async()
+
+    def _open_pool(self, side):
+        """The socket that producers ring for new work (work/<supervisor's id>): the
+        supervisor's, shared by its children, or, for a child on its own (a test's), one
+        of its own. The relay socket passes a ring on to an idle sibling."""
+        if self.given_pool is None:
+            self.pool_socket = _Sleeper(side, "work", self.worker_id)
+            name = self.worker_id
+        else:
+            self.pool_socket = _Sleeper.shared(self.given_pool)
+            name = self.spec.parent_id
+        self.relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.relay.setblocking(False)
+        dir_fd = side.open("work")
+        try:
+            self.relay.connect(_fd_path(dir_fd, name))
+        except OSError:              # the supervisor has gone: nobody to pass a ring to
+            self.relay.close()
+            self.relay = None
+        finally:
+            os.close(dir_fd)
+
+    def _pass_ring_on(self):
+        """Claimed all it asked for from idle: more rows may be ready, and the ring that
+        woke it may have been meant for a sibling too (one ring wakes one child), so wake
+        another idle one, if any."""
+        if self.relay is not None:
+            with contextlib.suppress(OSError):      # a full buffer: nobody is idle
+                self.relay.send(b"!")
 
     def _install_signal_handlers(self):
         """SIGALRM: a sync task's soft time limit; SIGTERM: stop after the running task.
@@ -10616,6 +10701,10 @@ class _Child(_RunPipeline, _Offloading):
                 runner.close()
         self.watch.stop()
         self.sleeper.close()
+        self.pool_socket.close()
+        self.waitset.close()
+        if self.relay is not None:
+            self.relay.close()
         with contextlib.suppress(Exception):
             stats = self.stats.take(force=True)
             if stats:
@@ -10783,10 +10872,10 @@ class _Child(_RunPipeline, _Offloading):
         return False
 
     def _parent_gone(self):
-        """True once the supervisor has died (its sentinel is ready)."""
+        """True once the supervisor has died (this child was given another parent)."""
         if self.parent_sentinel is None:
             return False
-        return bool(_wait_readable([self.parent_sentinel], 0))
+        return os.getppid() != self.ppid      # reparented: one system call, no poll
 
     def _commit(self, outcomes, want, release=()):
         """Record outcomes, hand back `release`, and claim up to `want` rows from the
@@ -10883,17 +10972,17 @@ class _Child(_RunPipeline, _Offloading):
         self.watch.sleep()
         poll = _POLL_MIN
         version = self.storage.data_version()
-        waitables = [self.sleeper, self.sig_r, self.done]
-        if self.parent_sentinel is not None:
-            waitables.append(self.parent_sentinel)
         look = True
         start_at = None       # when a rate-limited ready row may start
         while not self.stopping:
             if look:
-                start_at = self._next_start()
-                if start_at is not None and start_at <= time.time() or \
-                        any(self.storage.has_ready(q, time.time()) for q in self.queues):
-                    rows = self._commit([], max(1, self._want()))
+                # A ready row first (what a ring is for), then the next start or eta.
+                want = max(1, self._want())
+                ready_now = sum(self.storage.ready_rows(q, time.time(), want + 1)
+                                for q in self.queues)
+                start_at = None if ready_now else self._next_start()
+                if ready_now or start_at is not None and start_at <= time.time():
+                    rows = self._claim_from_idle(want, ready_now)
                     if rows:
                         return rows
                     start_at = None
@@ -10908,7 +10997,7 @@ class _Child(_RunPipeline, _Offloading):
             wait = self._flush_idle_stats(poll)
             if start_at is not None:
                 wait = max(0.0, min(wait, start_at - time.time()))
-            ready = _wait_readable(waitables, wait)
+            ready = self.waitset.wait(wait)
             if self.sig_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.sig_r, 64)
@@ -10917,9 +11006,7 @@ class _Child(_RunPipeline, _Offloading):
                 return None
             if self.done in ready:
                 return None               # a coroutine or thread ended: collect it
-            if self.sleeper in ready:
-                self.sleeper.drain()
-                self._cancel_revoked()
+            if self._rung(ready):
                 look = True
             elif start_at is not None and start_at <= time.time():
                 look = True                   # an eta or a rate-limited row's start has come
@@ -10928,8 +11015,31 @@ class _Child(_RunPipeline, _Offloading):
                 # change data_version; reading it costs no lock.
                 new_version = self.storage.data_version()
                 look, version = new_version != version, new_version
-            poll = _POLL_MIN if look else min(poll * 2, self.poll_max)
+            # Longer each time: a look that found nothing to claim means the file's
+            # changes were not new work for this child, which rings would have said.
+            poll = min(poll * 2, self.poll_max)
         return None
+
+    def _rung(self, ready):
+        """Read the rings among the ready waitables: True if there was one. The pool's
+        rings mean new work; the child's own, an eta near or a revoke to look at."""
+        rung = False
+        if self.pool_socket in ready:
+            self.pool_socket.drain()
+            rung = True
+        if self.sleeper in ready:
+            self.sleeper.drain()
+            self._cancel_revoked()
+            rung = True
+        return rung
+
+    def _claim_from_idle(self, want, ready):
+        """Claim up to want rows after a sleep. If it took as many, and more were ready
+        (or due rows were not counted), pass the ring on to an idle sibling."""
+        rows = self._commit([], want)
+        if len(rows) >= want and (ready > len(rows) or not ready):
+            self._pass_ring_on()
+        return rows
 
     def _next_start(self):
         """When to look again without a ring: the earliest start time of a rate-limited
@@ -10984,7 +11094,7 @@ except BaseException:
     del sys.modules[name]
     raise
 del code
-module._child_main(pickle.loads(spec))
+module._child_main(pickle.loads(spec), pool)
 """
 
 
@@ -11008,21 +11118,24 @@ def _module_code_file():
     return f"/proc/{os.getpid()}/fd/{fd}", hashlib.sha256(blob).hexdigest()
 
 
-def _child_process(ctx, spec, name):
-    """A multiprocessing Process (not started) that runs _child_main(spec): from this
-    module's code when it can, so a child neither reads nor compiles the file (74 ms for
-    this module when bytecode caching is off, and a child that read an edited file would
-    run other code than its supervisor); else by importing this module by name."""
+def _child_process(ctx, spec, name, pool=None):
+    """A multiprocessing Process (not started) that runs _child_main(spec, pool): from
+    this module's code when it can, so a child neither reads nor compiles the file (74 ms
+    for this module when bytecode caching is off, and a child that read an edited file
+    would run other code than its supervisor); else by importing this module by name.
+    The pool socket goes down as a descriptor (multiprocessing passes a socket in a
+    spawned process's arguments through the exec)."""
     spec = spec._asdict()
     code = _module_code_file()
     if code is None:
-        return ctx.Process(target=_child_main, args=(spec,), name=name)
+        return ctx.Process(target=_child_main, args=(spec, pool), name=name)
     return ctx.Process(target=exec, name=name, args=(_CHILD_BOOT, {
         "name": __name__, "path": os.path.abspath(__file__), "code_file": code[0],
-        "digest": code[1], "spec": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)}))
+        "digest": code[1], "spec": pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL),
+        "pool": pool}))
 
 
-def _child_main(spec):
+def _child_main(spec, pool=None):
     """Entry point of a worker child process (spawned, so it shares no connection)."""
     spec = _ChildSpec(**spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which decides
@@ -11032,7 +11145,7 @@ def _child_main(spec):
         # -P solo from a terminal: breakpoint() and pdb in a task read from it.
         with contextlib.suppress(OSError):
             sys.stdin = open("/dev/tty")      # noqa: SIM115 (for the process's life)
-    child = _Child(spec)
+    child = _Child(spec, pool)
     try:
         code = child.run()
     except LitequeueError as exc:
@@ -11431,7 +11544,8 @@ class _Supervisor:
     def _start_child(self):
         """Spawn one child with a fresh worker id."""
         worker_id = _new_worker_id()
-        process = _child_process(self.ctx, self._spec(worker_id), f"litequeue-{worker_id[:6]}")
+        process = _child_process(self.ctx, self._spec(worker_id), f"litequeue-{worker_id[:6]}",
+                                 self.pool_socket.sock)
         process.start()
         self.children[process.sentinel] = _ChildHandle(process, worker_id, time.monotonic())
         logger.debug("started child %s (pid %d)", worker_id, process.pid)
@@ -11481,7 +11595,10 @@ class _Supervisor:
         self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
                                  "creating the lock file again")
         self.locks = self.lock.locks
-        self.work_bell = _Doorbell(self.side, "work")
+        # Its children share a socket for new work (work/<id>: a ring wakes one idle
+        # child); this bell rings each child's own (child/: an eta near, a revoke).
+        self.pool_socket = _Sleeper(self.side, "work", self.worker_id)
+        self.work_bell = _Doorbell(self.side, "child")
         self.done_bell = _Doorbell(self.side, "done", keep=False)
         self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
         _waiting_out(self._register, "registering again")
@@ -11555,6 +11672,7 @@ class _Supervisor:
     def close(self):
         """Unregister, release the lock, and close what _open() opened."""
         self.sched_sleeper.close()
+        self.pool_socket.close()
         with contextlib.suppress(Exception):
             self.storage.unregister_worker(self.worker_id)
         self.lock.release()

@@ -51,6 +51,13 @@ def envelope_problem(payload):
     return None
 
 
+def _voluntary_switches(pid):
+    """How often a process's main thread has gone to sleep (each wake-up ends in one)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f
+                    if line.startswith("voluntary_ctxt_switches"))
+
+
 def collect(strategy, max_examples):
     """Draw examples of a strategy with hypothesis (no I/O per example): tests that need
     a worker insert them all at once."""
@@ -576,6 +583,54 @@ class TestWorker:
         # also rings every child every 2 s, which would satisfy 3 s with no doorbell at all.
         assert max(latencies) < 1.0, latencies
         assert w.proc.poll() is None
+
+    @pytest.mark.worker
+    def test_one_ring_for_two_rows_starts_both_children(self, project, workers):
+        """A ring wakes one idle child; one that claims all it asked for and saw more
+        ready passes the ring on, so a group queued in one commit (one ring) starts on
+        both children at once, with no fallback poll to help."""
+        w = workers.start(project, "--poll-interval", "60", concurrency=2)
+        for n in range(4):           # alternately one idle child, then two, then one
+            names = [f"g{n}a", f"g{n}b"]
+            result = group(project.app.tasks["tasks.block"].s(name) for name in names).delay()
+            wait_until(lambda: all(project.started(name) for name in names), timeout=1.5,
+                       message="both tasks of a group started, one per child")
+            assert {pid for name in names for _, pid in project.started(name)} == \
+                {c["pid"] for c in w.children()}
+            for name in names:
+                project.go(name)
+            assert result.get(timeout=10) == names
+
+    @pytest.mark.worker
+    def test_a_busy_child_does_not_take_the_ring_meant_for_its_idle_sibling(
+            self, project, workers):
+        w = workers.start(project, "--poll-interval", "60", concurrency=2)
+        busy = project.delay("block", "busy")
+        wait_until(lambda: project.started("busy"), message="the first child busy")
+        for n in range(3):
+            started = time.monotonic()
+            assert project.delay("add", n, n).get(timeout=10) == 2 * n
+            assert time.monotonic() - started < 1.0       # the sibling took it at once
+        project.go("busy")
+        assert busy.get(timeout=10) == "busy"
+        assert w.proc.poll() is None
+
+    @pytest.mark.worker
+    def test_a_round_trip_wakes_one_child_not_all(self, project, workers):
+        """Each new row rings the pool the children share, which wakes one idle child
+        (EPOLLEXCLUSIVE): over many round trips the children are woken about once each,
+        where ringing every child woke both every time."""
+        w = workers.start(project, "--poll-interval", "60", concurrency=2)
+        assert project.delay("add", 0, 0).get(timeout=10) == 0
+        pids = [c["pid"] for c in w.children()]
+
+        def wakes():
+            return sum(_voluntary_switches(pid) for pid in pids)
+        before, trips = wakes(), 100
+        for n in range(trips):
+            assert project.delay("add", n, 1).get(timeout=10) == n + 1
+        woken = wakes() - before
+        assert woken < 1.5 * trips, f"{woken} wake-ups of the children for {trips} round trips"
 
     def test_bad_task_rows_fail_saying_what_is_wrong(self, project, here):
         w = here(project)
