@@ -129,16 +129,35 @@ def make_litequeue_more(app, kinds):
     return made
 
 
-def make_celery(url, more=False):
+def make_celery(url, more=False, marks=None):
     """A Celery app with `url` (redis://...) as broker and result backend, every other
     setting at Celery's defaults (prefetch multiplier 4, early acks, json). Returns
     (app, noop, endstamp, step, collect), named as the litequeue tasks; with more=True,
     (app, noop, stamp, limited) instead (the ratelimit rows: stamp as on litequeue,
-    limited with rate_limit=RATE_LIMIT, which Celery enforces per worker)."""
+    limited with rate_limit=RATE_LIMIT, which Celery enforces per worker).
+
+    With ``marks`` (a directory; the drain row's worker only), each worker process
+    records the unix time of the first task it starts (start-<pid>, from the task_prerun
+    signal) and of the last task it finished (end-<pid>-<thread id>, from task_postrun,
+    which Celery sends after mark_as_done has stored the result), as huey's marks below.
+    Signal receivers change no setting."""
     from celery import Celery
 
     app = Celery("benchtasks", broker=url, backend=url)
     app.conf.broker_connection_retry_on_startup = True   # silences a deprecation warning
+    if marks:
+        from celery import signals
+        mark = _marker(marks)
+
+        def _prerun(*args, **kwargs):
+            mark("start")
+
+        def _postrun(*args, **kwargs):
+            mark("end")
+
+        # weak=False: the receivers are local functions, kept alive by the signal.
+        signals.task_prerun.connect(_prerun, weak=False)
+        signals.task_postrun.connect(_postrun, weak=False)
 
     @app.task(name="benchtasks.noop")
     def noop(i):
@@ -158,6 +177,38 @@ def make_celery(url, more=False):
     endstamp, step, collect = make_litequeue_canvas(app)
 
     return app, noop, endstamp, step, collect
+
+
+def _marker(marks):
+    """mark(kind) for the drain rows' per-process files in the directory ``marks``:
+    mark("start") writes the time once per process (start-<pid>); mark("end") writes it
+    every time, one file per thread or greenlet (end-<pid>-<thread id>), so that no thread
+    overwrites another's later end. The bench takes the earliest start and the latest
+    end."""
+    files = {}
+    lock = threading.Lock()     # threads: two may start their first task at once
+
+    def _fd(kind):
+        key = (kind, os.getpid()) if kind == "start" else \
+            (kind, os.getpid(), threading.get_ident())
+        fd = files.get(key)
+        if fd is None:
+            with lock:
+                fd = files.get(key)
+                if fd is None:
+                    name = "-".join(str(k) for k in key)
+                    fd = os.open(os.path.join(marks, name), os.O_RDWR | os.O_CREAT, 0o644)
+                    if kind == "start":
+                        os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+                    files[key] = fd
+        return fd
+
+    def mark(kind):
+        fd = _fd(kind)
+        if kind == "end":
+            os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+
+    return mark
 
 
 def make_huey(path, marks=None):
@@ -183,34 +234,16 @@ def make_huey(path, marks=None):
         return time.time()
 
     if marks:
-        files = {}
-        lock = threading.Lock()     # -k thread: two threads may start the first task at once
-
-        def _fd(kind):
-            # One start file per process; one end file per thread (or greenlet), so that no
-            # thread overwrites another's later end.
-            key = (kind, os.getpid()) if kind == "start" else \
-                (kind, os.getpid(), threading.get_ident())
-            fd = files.get(key)
-            if fd is None:
-                with lock:
-                    fd = files.get(key)
-                    if fd is None:
-                        name = "-".join(str(k) for k in key)
-                        fd = os.open(os.path.join(marks, name), os.O_RDWR | os.O_CREAT, 0o644)
-                        if kind == "start":
-                            os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
-                        files[key] = fd
-            return fd
+        mark = _marker(marks)
 
         @huey.signal(signals.SIGNAL_EXECUTING)
         def _executing(signal, task, *args, **kwargs):
-            _fd("start")  # writes once per process
+            mark("start")  # writes once per process
 
         # huey emits SIGNAL_COMPLETE after put_result(): the result is stored.
         @huey.signal(signals.SIGNAL_COMPLETE)
         def _complete(signal, task, *args, **kwargs):
-            os.pwrite(_fd("end"), _DOUBLE.pack(time.time()), 0)
+            mark("end")
 
     return huey, noop, stamp
 
@@ -244,7 +277,7 @@ if os.environ.get("CELERYBENCH_URL"):
             os.environ["CELERYBENCH_URL"], more=True)
     else:
         celery_app, celery_noop, celery_endstamp, celery_step, celery_collect = make_celery(
-            os.environ["CELERYBENCH_URL"])
+            os.environ["CELERYBENCH_URL"], marks=os.environ.get("CELERYBENCH_MARKS"))
 if os.environ.get("HUEYBENCH_DB"):
     huey, huey_noop, huey_stamp = make_huey(os.environ["HUEYBENCH_DB"],
                                 os.environ.get("HUEYBENCH_MARKS"))
