@@ -259,6 +259,50 @@ def make_huey_more(huey):
     return block
 
 
+# DBOS Transact (the peers' rows): the workflows the bench enqueues, by these names, through
+# a DBOSClient; bench/dbos_worker.py registers them with make_dbos() and runs the queue.
+DBOS_APP = "lqbench"
+DBOS_QUEUE = "lqbench"
+DBOS_NOOP = "benchtasks.noop"
+DBOS_CHAIN = "benchtasks.chain"
+
+
+def make_dbos(marks=None):
+    """Register on DBOS's (process-global) registry, before DBOS() is made:
+
+    - noop(i), a workflow that returns i: the queue's task, as noop is on the others.
+    - chain(x, n), a workflow of n steps, each ``step(x)``, a @DBOS.step that returns its
+      input: the chain row's counterpart of litequeue's chain of n tasks. The n steps run
+      one after the other in the workflow's own thread; DBOS checkpoints each step's output
+      in the system database before the next one starts.
+
+    With ``marks`` (a directory), noop writes start-<pid> (the first noop's start, once)
+    and end-<pid>-<thread id> (its end, every time) as huey's and Celery's marks; DBOS
+    stores the workflow's result after its body returns. Returns (noop, chain)."""
+    from dbos import DBOS
+
+    mark = _marker(marks) if marks else None
+
+    @DBOS.step(name="benchtasks.step")
+    def step(x):
+        return x
+
+    @DBOS.workflow(name=DBOS_NOOP)
+    def noop(i):
+        if mark is not None:
+            mark("start")
+            mark("end")
+        return i
+
+    @DBOS.workflow(name=DBOS_CHAIN)
+    def chain(x, n):
+        for _ in range(n):
+            x = step(x)
+        return x
+
+    return noop, chain
+
+
 def read_mark(path):
     with open(path, "rb") as f:
         return _DOUBLE.unpack(f.read(_DOUBLE.size))[0]
