@@ -21,7 +21,12 @@ result backend. make_litequeue_canvas() and make_celery() define the same tasks 
 - noop(i), as above (Celery: the round trip and the chain's first task).
 
 A Celery worker imports this module as ``-A benchtasks:celery_app``; the Redis URL comes
-from the environment (CELERYBENCH_URL).
+from the environment (CELERYBENCH_URL), and the drain row's mark directory from
+CELERYBENCH_MARKS.
+
+DBOS Transact (the peers' columns): make_dbos() registers noop(i) and chain(x, n) (a
+workflow of n steps) as DBOS workflows; bench/dbos_worker.py calls it and runs the queue,
+and the bench enqueues them by name through a DBOSClient.
 
 The concurrency rows (async, threads, ratelimit) add, on request only (make_litequeue_more,
 make_huey_more, and on Celery make_celery(..., more=True)):
