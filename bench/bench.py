@@ -3473,7 +3473,9 @@ def build_canvas_table(S, cfg):
     def lower(lq, ce):
         if not lq or not ce or lq < 0 or ce < 0:     # the inner-hop estimate can be < 0
             return "—"
-        return f"{ce / lq:.1f}× lower" if ce >= lq else f"{lq / ce:.1f}× higher"
+        if ce >= lq:
+            return f"{ce / lq:,.0f}× lower" if ce / lq >= 100 else f"{ce / lq:.1f}× lower"
+        return f"{lq / ce:.1f}× higher"
 
     def vs_dbos(key):
         cells = [lower(med(N, key), med(d, key)) for d in (D, D1)]
