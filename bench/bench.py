@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""litequeue against huey's SqliteHuey (and, for the canvas rows, Celery on Redis), in one
-run on one machine.
+"""litequeue against huey's SqliteHuey, Celery on Redis and DBOS Transact on SQLite, in one
+run on one machine (Celery and DBOS where the operation exists: delay(), drain, round
+trip, chain, launch; Celery also for the chord and the rate limit).
 
     python bench/bench.py              # full run: 3 repeats, about 14.5 minutes on 2 cores
     python bench/bench.py --quick      # 1 repeat, smaller sizes, about 4 minutes
@@ -13,6 +14,7 @@ run on one machine.
     python bench/bench.py --only insert,producers,launch,memory   # issue 13: delay() vs a
                                                     # bare INSERT, 4 producers at once,
                                                     # launch time, memory over 1M tasks
+    python bench/bench.py --only drain,roundtrip --no-celery --no-dbos   # without the peers
     python bench/bench.py --repeat 5 --out bench/results/run.json
 
 Prints a Markdown table (medians, with min-max over the repeats) to stdout; progress goes
@@ -25,6 +27,7 @@ import collections
 import contextlib
 import datetime as _dt
 import http.client
+import importlib.util
 import json
 import math
 import os
@@ -67,7 +70,10 @@ MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", 
 # The groups whose figures issue 13's target table shows.
 ISSUE13_GROUPS = {"drain", "roundtrip", "eta", "insert", "producers", "launch", "memory"}
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
-CELERY = "Celery + Redis"                  # results label of the canvas rows' comparison
+CELERY = "Celery + Redis"                  # results label of every Celery figure
+DBOS_DEF = "DBOS"                          # results label of DBOS Transact at its defaults
+DBOS_FAST = "DBOS 1ms poll"                # and with its two polls at 1 ms (information)
+DBOS_WORKER_PY = os.path.join(BENCH_DIR, "dbos_worker.py")
 DASH = "litequeue dashboard"               # results label of the dashboard rows
 CONC = "concurrency"                       # results label of the async/threads/ratelimit rows
 ISSUE13 = "issue 13"                       # results label of insert, producers, launch, memory
@@ -140,7 +146,8 @@ def _worker_env(extra, bytecode=False):
     else:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     for key in ("LQBENCH_DB", "LQBENCH_SYNC", "LQBENCH_MORE", "HUEYBENCH_DB",
-                "HUEYBENCH_MARKS", "HUEYBENCH_MORE", "CELERYBENCH_URL", "CELERYBENCH_MORE"):
+                "HUEYBENCH_MARKS", "HUEYBENCH_MORE", "CELERYBENCH_URL", "CELERYBENCH_MORE",
+                "CELERYBENCH_MARKS", "DBOSBENCH_MARKS"):
         env.pop(key, None)
     env.update(extra)
     return env
@@ -539,12 +546,15 @@ class CelerySystem:
                 server.stop()
             shutil.rmtree(rdir, ignore_errors=True)
 
-    def start_worker(self, tmp, tag, url, more=False, suffix=""):
+    def start_worker(self, tmp, tag, url, more=False, suffix="", marks=None):
         """`celery -A benchtasks:celery_app worker -P prefork -c 2` on the Redis at url, in
-        its own session (stopped with SIGTERM, its warm shutdown)."""
+        its own session (stopped with SIGTERM, its warm shutdown). marks: a directory for
+        the drain row's start and end marks (see benchtasks.make_celery)."""
         env = {"CELERYBENCH_URL": url}
         if more:
             env["CELERYBENCH_MORE"] = "1"
+        if marks:
+            env["CELERYBENCH_MARKS"] = marks
         return Worker(self.label, [
             sys.executable, "-m", "celery", "-A", "benchtasks:celery_app", "worker",
             "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-gossip",
@@ -609,6 +619,130 @@ class CelerySystem:
 
     def chord_db_gap(self, result, members):
         return None
+
+
+@contextlib.contextmanager
+def _deadline(seconds, what):
+    """TimeoutError if the block lasts over `seconds` (SIGALRM, so the main thread only).
+    DBOS's get_result() has no timeout: a worker that died would leave it polling."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"{what}: no answer in {seconds:.0f} s")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class DBOSSystem:
+    """DBOS Transact on its default system database, a SQLite file (a fresh one per
+    measurement, in the run's temporary directory, shared by the bench process and the
+    worker it starts: the file is the queue).
+
+    The bench process is DBOS's producer and caller: a `DBOSClient` (DBOS's API for code
+    outside the application; it runs no workflow) enqueues `noop(i)` by name on the queue
+    and waits with `handle.get_result()`. The worker is bench/dbos_worker.py: one process,
+    the queue at `worker_concurrency=2`. poll=None keeps DBOS's defaults: the queue is
+    polled every 1 s (polling_interval_sec) and get_result() polls every 1 s; poll=0.001
+    sets both to 1 ms (not a default; like huey's 1 ms poll, it shows what the polls
+    cost). Every other setting is DBOS's default: rollback journal (no WAL), SQLite's
+    compiled-in synchronous (FULL here), a 30 s busy timeout."""
+
+    min_rate = 100      # tasks/s: the drain's timeout (at 1 s polls DBOS drains 2 a second)
+
+    def __init__(self, label, poll=None):
+        self.label = label
+        self.poll = poll
+        self.client = None
+        self.get_kwargs = {} if poll is None else {"polling_interval_sec": poll}
+        self.queue_kwargs = {} if poll is None else {"polling_interval_sec": poll}
+        if poll is None:
+            self.min_rate = 1
+        self.noop_options = {"workflow_name": benchtasks.DBOS_NOOP,
+                             "queue_name": benchtasks.DBOS_QUEUE}
+        self.chain_options = {"workflow_name": benchtasks.DBOS_CHAIN,
+                              "queue_name": benchtasks.DBOS_QUEUE}
+
+    def open(self, db):
+        """Create the system database as a DBOS application's launch does (DBOS.migrate:
+        a client never migrates), open the client and register the queue (the worker
+        registers it again at its start, as an application does). Returns the file's
+        journal mode and synchronous setting, as DBOS's connections leave them."""
+        from dbos import DBOS, DBOSClient
+        self.db = db
+        url = f"sqlite:///{db}"
+        DBOS.migrate(url)
+        self.client = DBOSClient(system_database_url=url,
+                                 application_name=benchtasks.DBOS_APP)
+        self.client.register_queue(benchtasks.DBOS_QUEUE, worker_concurrency=2,
+                                   application_name=benchtasks.DBOS_APP,
+                                   **self.queue_kwargs)
+        conn = sqlite3.connect(db)      # the stdlib module, the SQLite DBOS itself uses
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+        finally:
+            conn.close()
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return f"{names[sync]} ({mode} journal)"
+
+    def close(self):
+        if self.client is not None:
+            self.client.destroy()
+        self.client = None
+
+    def enqueue(self, i):
+        return self.client.enqueue(self.noop_options, i)
+
+    def result(self, handle, timeout=60.0):
+        with _deadline(timeout, f"{self.label}: get_result"):
+            return handle.get_result(**self.get_kwargs)
+
+    def roundtrip(self, i):
+        return self.result(self.enqueue(i))
+
+    def run_chain(self, length):
+        """chain(0, length) (a workflow of `length` steps), enqueued and awaited."""
+        return self.result(self.client.enqueue(self.chain_options, 0, length))
+
+    def start_worker(self, tmp, logname):
+        self.marks = os.path.join(tmp, logname + "-marks")
+        os.makedirs(self.marks, exist_ok=True)
+        argv = [sys.executable, DBOS_WORKER_PY, self.db,
+                "default" if self.poll is None else repr(self.poll)]
+        env = _worker_env({"DBOSBENCH_MARKS": self.marks})
+        return Worker(self.label, argv, env, tmp, os.path.join(tmp, logname), signal.SIGTERM)
+
+    def wait_drained(self, n, worker, timeout):
+        """Poll (every 20 ms) until n workflows are SUCCESS; return (the first noop's
+        start, from the worker's mark; the time this poll saw the last result, which
+        stands for the last result's store: DBOS's own stamps, updated_at and completed_at,
+        are whole seconds on Python < 3.12; that time again)."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                worker.check_alive()
+                done = conn.execute("SELECT count(*) FROM workflow_status "
+                                    "WHERE status = 'SUCCESS'").fetchone()[0]
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.label}: drain not finished after {timeout} s "
+                                       f"({done} of {n} done)")
+                time.sleep(0.02)
+            observed = time.time()
+            total = conn.execute("SELECT count(*) FROM workflow_status").fetchone()[0]
+        finally:
+            conn.close()
+        if done != n or total != n:
+            raise RuntimeError(f"{self.label}: {done} of {total} workflows succeeded, for "
+                               f"{n} tasks")
+        starts = [benchtasks.read_mark(os.path.join(self.marks, f))
+                  for f in os.listdir(self.marks) if f.startswith("start-")]
+        return min(starts), observed, observed
 
 
 class LiteQueueMore(LiteQueueSystem):
@@ -729,9 +863,11 @@ def measure_delay_and_drain(system, tmp, tag, n, results):
 
         launched = time.time()
         worker = session.start_worker("drain")
-        first, last, observed = system.wait_drained(n, worker, timeout=max(120, n / 100))
+        first, last, observed = system.wait_drained(
+            n, worker, timeout=max(120, n / getattr(system, "min_rate", 100)))
         rate = n / (last - first)
         results["drain"].append(rate)
+        results["drain_count"].append(n)
         results["drain_incl_startup"].append(n / (observed - launched))
         log(f"  {system.label:<18} drain:   {rate:9.0f} tasks/s  "
             f"(first start -> last result {last - first:.2f} s; "
@@ -811,18 +947,107 @@ def timed_roundtrip(system, i):
 
 def measure_roundtrip(system, tmp, tag, repeats, gap, results):
     with idle_worker(system, tmp, tag, "rt") as worker:
-        for i in range(5):                  # warm-up, not counted
-            system.roundtrip(-2 - i)
-        time.sleep(0.2)
-        samples = []
-        for i in range(repeats):
-            samples.append(timed_roundtrip(system, i))
-            time.sleep(gap)
-        worker.check_alive()
-        p50, p99 = percentile(samples, 50), percentile(samples, 99)
-        results["rt_p50"].append(p50)
-        results["rt_p99"].append(p99)
-        log(f"  {system.label:<18} round trip: p50 {p50:8.2f} ms  p99 {p99:8.2f} ms")
+        _timed_roundtrips(system, worker, repeats, gap, results)
+
+
+def _timed_roundtrips(system, worker, repeats, gap, results):
+    """On a worker that has run one task: 5 warm-up round trips, 0.2 s idle, then
+    `repeats` timed ones, `gap` s of idleness after each; appends p50 and p99."""
+    for i in range(5):                  # warm-up, not counted
+        system.roundtrip(-2 - i)
+    time.sleep(0.2)
+    samples = []
+    for i in range(repeats):
+        samples.append(timed_roundtrip(system, i))
+        time.sleep(gap)
+    worker.check_alive()
+    p50, p99 = percentile(samples, 50), percentile(samples, 99)
+    results["rt_p50"].append(p50)
+    results["rt_p99"].append(p99)
+    results["rt_count"].append(repeats)
+    log(f"  {system.label:<18} round trip: p50 {p50:8.2f} ms  p99 {p99:8.2f} ms  "
+        f"({repeats} round trips)")
+
+
+def measure_celery_roundtrip(cel, tmp, tag, repeats, gap, results):
+    """As measure_roundtrip, on a fresh redis-server and a prefork -c 2 worker that has
+    run one task: noop.delay(i).get(timeout=30) (the result through Redis pub/sub)."""
+    with cel.session(tmp, f"{tag}-rt") as worker:
+        _timed_roundtrips(cel, worker, repeats, gap, results)
+
+
+def _celery_wait_drained(url, ids, worker, timeout):
+    """Poll Redis (every 20 ms) until the queue is empty and every task's result key
+    exists; return the time that poll saw it, after checking every result: SUCCESS, the
+    task's own argument."""
+    import redis as redis_py
+    client = redis_py.Redis.from_url(url)
+    keys = [f"celery-task-meta-{i}" for i in ids]
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            worker.check_alive()
+            if client.llen("celery") == 0 and client.exists(*keys) == len(keys):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Celery: drain not finished after {timeout} s")
+            time.sleep(0.02)
+        observed = time.time()
+        bad = 0
+        for first in range(0, len(keys), 1000):
+            for k, raw in enumerate(client.mget(keys[first:first + 1000])):
+                meta = json.loads(raw)
+                bad += meta.get("status") != "SUCCESS" or meta.get("result") != first + k
+        if bad:
+            raise RuntimeError(f"Celery: {bad} of {len(keys)} results are not noop(i)'s "
+                               f"SUCCESS")
+        return observed
+    finally:
+        client.close()
+
+
+def measure_celery_delay_and_drain(cel, tmp, tag, n, results):
+    """As measure_delay_and_drain, on a fresh redis-server: n noop.delay(i) with no worker
+    running (after one untimed call onto a queue no worker reads: the connection, the
+    producer and the result consumer are ready before the clock starts), then `celery
+    worker -P prefork -c 2` drains them. Rate = n ÷ (the first task_prerun → the last
+    task_postrun, which Celery sends after storing the result), from the worker's marks."""
+    with cel.redis(tmp, f"{tag}-drain") as url:
+        marks = os.path.join(tmp, f"{tag}-celery-marks")
+        os.makedirs(marks, exist_ok=True)
+        cel.app, cel.noop, *_ = benchtasks.make_celery(url)
+        worker = None
+        try:
+            cel.noop.apply_async((-1,), queue="lqbench-warmup")
+            t0 = time.perf_counter()
+            handles = [cel.noop.delay(i) for i in range(n)]
+            elapsed = time.perf_counter() - t0
+            results["delay"].append(n / elapsed)
+            log(f"  {cel.label:<18} delay(): {n / elapsed:9.0f} tasks/s")
+            launched = time.time()
+            worker = cel.start_worker(tmp, f"{tag}-drain", url, marks=marks)
+            observed = _celery_wait_drained(url, [h.id for h in handles], worker,
+                                            timeout=max(120, n / 100))
+            worker.check_alive()
+            # Each AsyncResult unsubscribes from its result when it is collected: let them go
+            # while redis-server still runs.
+            del handles
+            _report_worker_logs([worker], "drain (Celery)", results, errors_only=True)
+        finally:
+            if worker is not None:
+                worker.stop()
+            cel.close()
+    names = os.listdir(marks)
+    first = min(benchtasks.read_mark(os.path.join(marks, f))
+                for f in names if f.startswith("start-"))
+    last = max(benchtasks.read_mark(os.path.join(marks, f))
+               for f in names if f.startswith("end-"))
+    shutil.rmtree(marks, ignore_errors=True)
+    results["drain"].append(n / (last - first))
+    results["drain_incl_startup"].append(n / (observed - launched))
+    log(f"  {cel.label:<18} drain:   {n / (last - first):9.0f} tasks/s  "
+        f"(first start -> last result {last - first:.2f} s; "
+        f"launch -> observed done {observed - launched:.2f} s)")
 
 
 def measure_idle(system, tmp, tag, settle, window, results):
@@ -1143,18 +1368,27 @@ def measure_chord(system, worker, cfg, results):
         f"{gap * 1000:7.2f} ms (task clocks{db}); apply -> body result {wall * 1000:7.1f} ms")
 
 
-def measure_chain(system, worker, cfg, results):
-    """`chain_runs` chains of `chain_length` tasks (noop.s(0), then step.s() each), each
-    timed from apply_async() to the last task's result and divided by the length; and as
-    many noop.delay(i).get() round trips on the same worker, interleaved with the chains,
-    `roundtrip_gap_s` of idleness after each. Appends the p50s and their ratio."""
-    length, runs, gap = cfg["chain_length"], cfg["chain_runs"], cfg["roundtrip_gap_s"]
+def measure_chain(system, worker, cfg, results, runs=None):
+    """`chain_runs` (or `runs`) chains of `chain_length` tasks (noop.s(0), then step.s()
+    each), each timed from apply_async() to the last task's result and divided by the
+    length; and as many noop.delay(i).get() round trips on the same worker, interleaved
+    with the chains, `roundtrip_gap_s` of idleness after each. Appends the p50s and their
+    ratio. DBOS (a system with run_chain): one workflow of `chain_length` steps, enqueued
+    by the client and awaited with get_result()."""
+    length, gap = cfg["chain_length"], cfg["roundtrip_gap_s"]
+    runs = runs or cfg["chain_runs"]
 
     def one_chain():
-        sig = system.canvas.chain(system.noop.s(0), *[system.step.s() for _ in range(length - 1)])
-        t0 = time.perf_counter()
-        value = sig.apply_async().get(timeout=60)
-        elapsed = time.perf_counter() - t0
+        if hasattr(system, "run_chain"):
+            t0 = time.perf_counter()
+            value = system.run_chain(length)
+            elapsed = time.perf_counter() - t0
+        else:
+            sig = system.canvas.chain(system.noop.s(0),
+                                      *[system.step.s() for _ in range(length - 1)])
+            t0 = time.perf_counter()
+            value = sig.apply_async().get(timeout=60)
+            elapsed = time.perf_counter() - t0
         if value != 0:
             raise RuntimeError(f"{system.label}: the chain returned {value!r}")
         return elapsed
@@ -1173,6 +1407,7 @@ def measure_chain(system, worker, cfg, results):
     hop, trip = percentile(hops, 50), percentile(trips, 50)
     results["chain_hop_p50"].append(hop)
     results["chain_rt_p50"].append(trip)
+    results["chain_count"].append(runs)
     results["chain_ratio"].append(hop / trip)
     # The first hop starts from apply_async and the last ends in get(), as a round trip
     # does; the other length - 1 hops happen inside the worker. An estimate from the p50s.
@@ -1835,6 +2070,24 @@ def _launch_celery(cel, tmp, tag, url):
         worker.stop()
 
 
+def _launch_dbos(system, tmp, tag):
+    """One launch: a fresh system database with noop(7) enqueued, then
+    bench/dbos_worker.py started; ms from just before Popen to get_result() returning,
+    polling every 1 ms (at its default it polls every 1 s), whatever the queue's poll."""
+    with fresh_database(system, tmp, tag) as session:
+        handle = system.enqueue(7)
+        launched = time.time()
+        worker = session.start_worker("launch")
+        with _deadline(60, f"{system.label} launch"):
+            value = handle.get_result(polling_interval_sec=0.001)
+        got = time.time()
+        if value != 7:
+            raise RuntimeError(f"{system.label} launch: noop(7) returned {value!r}")
+        worker.check_alive()
+        _report_worker_logs([worker], f"launch ({system.label})", {})
+        return {"get": (got - launched) * 1000.0}
+
+
 def _pyc_dirs():
     """Where a worker's imports could write .pyc files: __pycache__ beside the checkout,
     bench/, and the interpreter's library and site-packages directories."""
@@ -1885,11 +2138,11 @@ def _bytecode_written():
                             for p in created[:6]) + (" ..." if len(created) > 6 else ""))
 
 
-def measure_launch(tmp, tag, cfg, results, cel):
+def measure_launch(tmp, tag, cfg, results, cel, dbos=()):
     """`launch_runs` launches of each system, one after the other (litequeue, huey,
-    Celery, litequeue...), then litequeue's again with .pyc files allowed (after one
+    Celery, DBOS, litequeue...), then litequeue's again with .pyc files allowed (after one
     untimed launch that writes them; they are removed afterwards). The repeat's figure is
-    the median of its launches."""
+    the median of its launches. dbos: (key, DBOSSystem) pairs."""
     runs = cfg["launch_runs"]
     got = collections.defaultdict(list)
     lq_pyc = os.path.join(REPO, "__pycache__",
@@ -1910,6 +2163,8 @@ def measure_launch(tmp, tag, cfg, results, cel):
                 if cel is not None:
                     got["celery"].append(_launch_celery(cel, tmp, f"{tag}-launch-celery-{k}",
                                                         url))
+                for key, system in dbos:
+                    got[key].append(_launch_dbos(system, tmp, f"{tag}-launch-{key}-{k}"))
                 log(f"  launch {k + 1}/{runs}: launch -> get() litequeue "
                     f"{got['lq'][-1]['get']:.0f} ms (supervisor's row "
                     f"{got['lq'][-1]['supervisor']:.0f} ms, children "
@@ -1917,7 +2172,9 @@ def measure_launch(tmp, tag, cfg, results, cel):
                     f"claimed {got['lq'][-1]['claimed']:.0f} ms); as the litequeue command "
                     f"{got['lq_cli'][-1]['get']:.0f} ms; huey "
                     f"{got['huey'][-1]['get']:.0f} ms"
-                    + (f"; Celery {got['celery'][-1]['get']:.0f} ms" if cel else ""))
+                    + (f"; Celery {got['celery'][-1]['get']:.0f} ms" if cel else "")
+                    + "".join(f"; {system.label} {got[key][-1]['get']:.0f} ms"
+                              for key, system in dbos))
         finally:
             if cel is not None:
                 cel.close()
@@ -2955,18 +3212,34 @@ def fmt(s, unit, digits=0):
 
 def build_table(S, cfg):
     N, F, H = S["litequeue NORMAL"], S["litequeue FULL"], S["huey"]
+    C, D, D1 = S.get(CELERY) or {}, S.get(DBOS_DEF) or {}, S.get(DBOS_FAST) or {}
     rows = []
 
     def med(d, key):
         return d[key]["median"] if d.get(key) else None
 
     def times(a, b, digits=1):
-        return f"{a / b:.{digits}f}×" if a and b else "—"
+        if not a or not b:
+            return "—"
+        return f"{a / b:,.0f}×" if a / b >= 100 else f"{a / b:.{digits}f}×"
 
     def lower(lq, hu):
         if not lq or not hu:
             return "—"
-        return f"{hu / lq:.0f}× lower" if hu >= lq else f"{lq / hu:.1f}× higher"
+        return f"{hu / lq:,.0f}× lower" if hu >= lq else f"{lq / hu:.1f}× higher"
+
+    def peers(key, unit, digits, kind):
+        """The peers' cells of a row: Celery, DBOS, DBOS 1 ms, then litequeue NORMAL
+        against Celery and against DBOS (defaults / 1 ms polls); kind "rate" (times) or
+        "latency" (lower)."""
+        n = med(N, key)
+        vs = times if kind == "rate" else lower
+        dbos = [vs(n, med(d, key)) for d in (D, D1)]
+        return [fmt(C.get(key), unit, digits), fmt(D.get(key), unit, digits),
+                fmt(D1.get(key), unit, digits), vs(n, med(C, key)),
+                "—" if dbos == ["—", "—"] else " / ".join(dbos)]
+
+    no_peers = ["—"] * 5
 
     def at_least(key, label, factor, full_factor=None, digits=1):
         """A row whose target is `factor` times huey's rate, at NORMAL (and shown at FULL;
@@ -2977,8 +3250,9 @@ def build_table(S, cfg):
         target = f"≥ {factor}× huey" + (f" (FULL: ≥ {full_factor}×, issue 13)"
                                         if full_factor else "")
         full = f"FULL ≥ {full_factor}×" if full_factor else "FULL"
+        p = peers(key, "/s", 0, "rate")
         rows.append([label, fmt(N.get(key), "/s"), fmt(F.get(key), "/s"), fmt(H.get(key), "/s"),
-                     f"{times(n, h, digits)} / {times(f, h, digits)}", target,
+                     *p[:3], f"{times(n, h, digits)} / {times(f, h, digits)}", *p[3:], target,
                      f"{'yes' if met else 'NO'} ({full}: {'yes' if met_full else 'no'})"])
 
     # FULL against huey: both commit with synchronous=FULL in WAL, one fsync per call.
@@ -2988,31 +3262,36 @@ def build_table(S, cfg):
     rows.append([f"group() enqueue rate, {cfg['tasks']:,} no-op tasks in groups of "
                  f"{cfg['group_size']}, no worker (huey: its delay(), it has no batch enqueue)",
                  fmt(N.get("group"), "/s"), fmt(F.get("group"), "/s"), fmt(H.get("delay"), "/s"),
-                 f"{times(gn, gh)} / {times(gf, gh)}", "—", "—"])
+                 *no_peers[:3], f"{times(gn, gh)} / {times(gf, gh)}", *no_peers[3:], "—", "—"])
     at_least("drain", f"drain rate, {cfg['tasks']:,} prefilled, 2 worker processes, results "
              "stored", 4)
+    p = peers("drain_incl_startup", "/s", 0, "rate")
     rows.append(["drain, worker launch → all results seen by a 20 ms poll (incl. start-up)",
                  fmt(N.get("drain_incl_startup"), "/s"), fmt(F.get("drain_incl_startup"), "/s"),
-                 fmt(H.get("drain_incl_startup"), "/s"),
+                 fmt(H.get("drain_incl_startup"), "/s"), *p[:3],
                  f"{times(med(N, 'drain_incl_startup'), med(H, 'drain_incl_startup'))} / "
-                 f"{times(med(F, 'drain_incl_startup'), med(H, 'drain_incl_startup'))}", "—", "—"])
+                 f"{times(med(F, 'drain_incl_startup'), med(H, 'drain_incl_startup'))}",
+                 *p[3:], "—", "—"])
     # round trip
     pn, pf, ph = med(N, "rt_p50"), med(F, "rt_p50"), med(H, "rt_p50")
     ok = [v is not None and v <= 2.0 for v in (pn, pf)]
+    p = peers("rt_p50", "ms", 2, "latency")
     rows.append([f"round trip delay()+get() p50, {cfg['roundtrips']} repeats, idle worker",
                  fmt(N.get("rt_p50"), "ms", 2), fmt(F.get("rt_p50"), "ms", 2),
-                 fmt(H.get("rt_p50"), "ms", 1),
-                 f"{lower(pn, ph)} / {lower(pf, ph)}", "≤ 2 ms",
+                 fmt(H.get("rt_p50"), "ms", 1), *p[:3],
+                 f"{lower(pn, ph)} / {lower(pf, ph)}", *p[3:], "≤ 2 ms",
                  f"{'yes' if ok[0] else 'NO'} (FULL: {'yes' if ok[1] else 'no'})"])
     qn, qf, qh = med(N, "rt_p99"), med(F, "rt_p99"), med(H, "rt_p99")
+    p = peers("rt_p99", "ms", 2, "latency")
     rows.append(["round trip p99", fmt(N.get("rt_p99"), "ms", 2), fmt(F.get("rt_p99"), "ms", 2),
-                 fmt(H.get("rt_p99"), "ms", 1), f"{lower(qn, qh)} / {lower(qf, qh)}", "—", "—"])
+                 fmt(H.get("rt_p99"), "ms", 1), *p[:3], f"{lower(qn, qh)} / {lower(qf, qh)}",
+                 *p[3:], "—", "—"])
     # idle CPU
     cn, ch = med(N, "idle_cpu"), med(H, "idle_cpu")
     rows.append([f"idle worker CPU, -c 2 / -w 2, {cfg['idle_window']:.0f} s after "
                  f"{cfg['idle_settle']:.0f} s settle (% of one core)",
                  fmt(N.get("idle_cpu"), "%", 2), "(same code path)", fmt(H.get("idle_cpu"), "%", 2),
-                 f"{cn / ch:.1f}× huey's" if cn and ch else "—",
+                 *no_peers[:3], f"{cn / ch:.1f}× huey's" if cn and ch else "—", *no_peers[3:],
                  "< 1%", "yes" if cn is not None and cn < 1.0 else "NO"])
     for key, what in (("load_p50", "p50"), ("load_p99", "p99"), ("load_max", "max")):
         ln, lh = med(N, key), med(H, key)
@@ -3020,19 +3299,49 @@ def build_table(S, cfg):
                      f"(up to {cfg['load_calls']:,} calls 1 ms apart, at most "
                      f"{cfg['load_seconds']:.0f} s)",
                      fmt(N.get(key), "ms", 2), "(same code path)", fmt(H.get(key), "ms", 2),
-                     lower(ln, lh), "—", "—"])
+                     *no_peers[:3], lower(ln, lh), *no_peers[3:], "—", "—"])
     wn, wh = med(N, "idle_wakeups"), med(H, "idle_wakeups")
     rows.append(["idle wake-ups per second, all processes (voluntary context switches)",
                  fmt(N.get("idle_wakeups"), "/s", 1), "(same code path)",
-                 fmt(H.get("idle_wakeups"), "/s", 1),
-                 f"{wn / wh:.1f}× huey's" if wn and wh else "—", "—", "—"])
+                 fmt(H.get("idle_wakeups"), "/s", 1), *no_peers[:3],
+                 f"{wn / wh:.1f}× huey's" if wn and wh else "—", *no_peers[3:], "—", "—"])
     # Rows of measurements this run skipped (--only) have no figures: leave them out.
-    rows = [r for r in rows if any(c not in ("—", "(same code path)") for c in r[1:4])]
+    rows = [r for r in rows if any(c not in ("—", "(same code path)") for c in r[1:7])]
+    celery_head = CELERY
+    if C.get("versions") and C["versions"].get("redis") != "?":
+        celery_head = f"Celery {C['versions']['celery']} + Redis {C['versions']['redis']}"
+    dbos_version = (D.get("versions") or {}).get("dbos", "")
     header = ["metric", "litequeue NORMAL", "litequeue FULL", "huey (defaults)",
-              "ratio vs huey (NORMAL / FULL)", "target", "met?"]
+              f"{celery_head} (prefork -c 2, defaults)",
+              f"DBOS {dbos_version} on SQLite (worker_concurrency=2, defaults: 1 s polls)",
+              "DBOS, both polls at 1 ms (info)", "ratio vs huey (NORMAL / FULL)",
+              "litequeue NORMAL vs Celery", "litequeue NORMAL vs DBOS (defaults / 1 ms polls)",
+              "target", "met?"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
-
+    notes = []
+    if D or D1:
+        counts = []
+        for d, what in ((D, "at its defaults"), (D1, "with 1 ms polls")):
+            parts = []
+            if d.get("drain_count"):
+                parts.append(f"{d['drain_count']['median']:,.0f} tasks enqueued and drained")
+            if d.get("rt_count"):
+                parts.append(f"{d['rt_count']['median']:,.0f} round trips")
+            if parts:
+                counts.append(f"{what}, " + " and ".join(parts))
+        notes.append("DBOS's counts per repeat (smaller than litequeue's, so that no row "
+                     "takes minutes; its rates stay comparable, and its round-trip p99 over "
+                     "fewer samples is closer to its max): " + "; ".join(counts) + ". The "
+                     "polls do not touch its enqueue path, so its two delay() figures "
+                     "measure the same code, the first over few calls." +
+                     (" At its defaults the queue is polled every 1 s, so "
+                      "`worker_concurrency=2` starts at most 2 workflows a second, and "
+                      "get_result() polls every 1 s." if D else ""))
+    if C.get("delay") or C.get("rt_p50"):
+        notes.append("Celery: the same counts as litequeue, on a fresh redis-server each.")
+    if notes:
+        out += [""] + notes
     X = S.get("huey 1ms poll")
     if X and X.get("rt_p50"):
         out += ["", "huey tuned to a 1 ms poll (not its default; shows what its latency costs):",
@@ -3153,16 +3462,24 @@ def build_sched_table(S, raw, cfg):
 
 def build_canvas_table(S, cfg):
     """The canvas rows: chord and chain on litequeue NORMAL and on Celery + Redis, both
-    with 2 worker processes."""
+    with 2 worker processes; the chain also on DBOS (one workflow of chain_length steps;
+    DBOS has no chord)."""
     N, C = S["litequeue NORMAL"], S.get(CELERY) or {}
+    D, D1 = S.get(DBOS_DEF) or {}, S.get(DBOS_FAST) or {}
 
     def med(d, key):
         return d[key]["median"] if d.get(key) else None
 
     def lower(lq, ce):
-        if not lq or not ce:
+        if not lq or not ce or lq < 0 or ce < 0:     # the inner-hop estimate can be < 0
             return "—"
-        return f"{ce / lq:.1f}× lower" if ce >= lq else f"{lq / ce:.1f}× higher"
+        if ce >= lq:
+            return f"{ce / lq:,.0f}× lower" if ce / lq >= 100 else f"{ce / lq:.1f}× lower"
+        return f"{lq / ce:.1f}× higher"
+
+    def vs_dbos(key):
+        cells = [lower(med(N, key), med(d, key)) for d in (D, D1)]
+        return "—" if cells == ["—", "—"] else " / ".join(cells)
 
     m, n = cfg["chord_members"], cfg["chain_length"]
     rows = []
@@ -3175,28 +3492,43 @@ def build_canvas_table(S, cfg):
                              "stamps read before the write lock, so it can be < 0)",
              2),
             ("chord_wall", f"chord of {m}, wall time chord(header)(body) → body's result", 1),
-            ("chain_hop_p50", f"chain of {n} (noop, then {n - 1} pass-through steps): time "
-                              f"per hop p50, (apply_async → last result) ÷ {n}, "
-                              f"{cfg['chain_runs']} chains", 2),
+            ("chain_hop_p50", f"chain of {n} (noop, then {n - 1} pass-through steps; DBOS: "
+                              f"one workflow of {n} steps): time per hop p50, (apply_async → "
+                              f"last result) ÷ {n}, {cfg['chain_runs']} chains", 2),
             ("chain_rt_p50", f"round trip delay()+get() p50, same worker, "
                              f"{cfg['chain_runs']} interleaved with the chains", 2)):
         rows.append([what, fmt(N.get(key), "ms", digits), fmt(C.get(key), "ms", digits),
-                     lower(med(N, key), med(C, key))])
+                     fmt(D.get(key), "ms", digits), fmt(D1.get(key), "ms", digits),
+                     lower(med(N, key), med(C, key)), vs_dbos(key)])
     rows.append([f"chain: a hop inside the worker, estimated as (chain p50 − round trip "
                  f"p50) ÷ {n - 1}", fmt(N.get("chain_inner_hop"), "ms", 2),
-                 fmt(C.get("chain_inner_hop"), "ms", 2),
-                 lower(med(N, "chain_inner_hop"), med(C, "chain_inner_hop"))])
-    rows.append(["chain: time per hop ÷ round trip (per repeat, then the median)",
-                 fmt(N.get("chain_ratio"), "×", 2).replace(" ×", "×"),
-                 fmt(C.get("chain_ratio"), "×", 2).replace(" ×", "×"), "—"])
-    rows = [r for r in rows if any(c != "—" for c in r[1:3])]
+                 fmt(C.get("chain_inner_hop"), "ms", 2), fmt(D.get("chain_inner_hop"), "ms", 2),
+                 fmt(D1.get("chain_inner_hop"), "ms", 2),
+                 lower(med(N, "chain_inner_hop"), med(C, "chain_inner_hop")),
+                 vs_dbos("chain_inner_hop")])
+    rows.append(["chain: time per hop ÷ round trip (per repeat, then the median)"] +
+                [fmt(d.get("chain_ratio"), "×", 2).replace(" ×", "×") for d in (N, C, D, D1)] +
+                ["—", "—"])
+    rows = [r for r in rows if any(c != "—" for c in r[1:5])]
     celery_head = CELERY
-    if C.get("versions"):
+    if C.get("versions") and C["versions"].get("redis") != "?":
         celery_head = f"Celery {C['versions']['celery']} + Redis {C['versions']['redis']}"
-    header = ["metric (worker -c 2 / prefork -c 2)", "litequeue NORMAL", celery_head,
-              "litequeue vs Celery"]
+    dbos_version = (D.get("versions") or {}).get("dbos", "")
+    header = ["metric (worker -c 2 / prefork -c 2 / DBOS worker_concurrency=2)",
+              "litequeue NORMAL", celery_head, f"DBOS {dbos_version} on SQLite (defaults: 1 s polls)",
+              "DBOS, both polls at 1 ms (info)", "litequeue vs Celery",
+              "litequeue vs DBOS (defaults / 1 ms polls)"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
+    if D.get("chain_hop_p50") or D1.get("chain_hop_p50"):
+        runs = "; ".join(f"{what} {d['chain_count']['median']:,.0f}" for d, what in (
+            (D, "at its defaults"), (D1, "with 1 ms polls")) if d.get("chain_count"))
+        out += ["", f"DBOS's chain is one workflow, enqueued by a client and awaited with "
+                    f"get_result(): its {n} steps run one after the other in the workflow's "
+                    f"thread, each checkpointed in the system database, not queued as tasks "
+                    f"of their own. Chains (and as many round trips) per repeat: {runs}. "
+                    f"At its defaults get_result() polls every 1 s, so a chain and a round "
+                    f"trip both take about 1 s and the inner-hop estimate says nothing."]
     return "\n".join(out)
 
 
@@ -3348,7 +3680,18 @@ def build_issue13_table(S, raw, cfg):
     did not run are left out), then the new groups' own tables: insert, producers,
     launch, memory."""
     N, F, H, I = S["litequeue NORMAL"], S["litequeue FULL"], S["huey"], S[ISSUE13]
+    C, D, D1 = S.get(CELERY) or {}, S.get(DBOS_DEF) or {}, S.get(DBOS_FAST) or {}
     R = raw[ISSUE13]
+    peer_names = (("huey", H), ("Celery", C), ("DBOS", D), ("DBOS 1 ms polls", D1))
+
+    def peers(keys, unit, digits=0, names=peer_names):
+        """The same figure(s) of the other systems of this run, for information."""
+        cells = []
+        for name, d in names:
+            if any(d.get(k) for k in keys):
+                cells.append(f"{name} " + " / ".join(fmt(d.get(k), unit, digits)
+                                                      for k in keys))
+        return "; ".join(cells) or "—"
 
     def med(d, key):
         return d[key]["median"] if d.get(key) else None
@@ -3371,19 +3714,21 @@ def build_issue13_table(S, raw, cfg):
         rows.append([f"round trip delay()+get() p50 / p99, idle -c 2 ({cfg['roundtrips']} "
                      f"round trips)", f"{fmt(N['rt_p50'], 'ms', 2)} / "
                      f"{fmt(N.get('rt_p99'), 'ms', 2)}", "≤ 0.5 / ≤ 1.0 ms",
-                     judge(p50 <= 0.5, p99 is not None and p99 <= 1.0)])
+                     judge(p50 <= 0.5, p99 is not None and p99 <= 1.0),
+                     peers(("rt_p50", "rt_p99"), "ms", 2)])
     if N.get("drain") or F.get("drain"):
         dn, df = med(N, "drain"), med(F, "drain")
         rows.append([f"drain, {cfg['tasks']:,} no-op, -c 2, NORMAL / FULL",
                      f"{fmt(N.get('drain'), '/s')} / {fmt(F.get('drain'), '/s')}",
                      "≥ 60,000 / ≥ 30,000 per s",
-                     judge(dn is not None and dn >= 60000, df is not None and df >= 30000)])
+                     judge(dn is not None and dn >= 60000, df is not None and df >= 30000),
+                     peers(("drain",), "/s")])
     if I.get("ins_normal_ratio"):
         rows.append([f"delay() at NORMAL ÷ a bare committed INSERT through apsw, same run "
                      f"(rates: {fmt(I.get('ins_normal_delay'), '/s')} ÷ "
                      f"{fmt(I.get('ins_normal_bare'), '/s')})",
                      fmt(I["ins_normal_ratio"], "%", 1), "≥ 80%",
-                     judge(med(I, "ins_normal_ratio") >= 80.0)])
+                     judge(med(I, "ins_normal_ratio") >= 80.0), "—"])
     full_vs_huey = _paired(raw["litequeue FULL"].get("delay"), raw["huey"].get("delay"))
     if full_vs_huey:
         s = summary(full_vs_huey)
@@ -3391,11 +3736,13 @@ def build_issue13_table(S, raw, cfg):
                      f"fsync per call; per repeat: {fmt(F.get('delay'), '/s')} ÷ "
                      f"{fmt(H.get('delay'), '/s')})",
                      fmt(s, "×", 2).replace(" ×", "×"), "≥ 1.1×",
-                     judge(s["median"] >= 1.1)])
+                     judge(s["median"] >= 1.1),
+                     peers(("delay",), "/s", names=peer_names[1:])])
     if N.get("eta_burst_p99"):
         rows.append([f"ETA burst: {cfg['eta_tasks']} due at one instant, lateness p99",
                      fmt(N["eta_burst_p99"], "ms", 2), "≤ 5 ms",
-                     judge(med(N, "eta_burst_p99") <= 5.0)])
+                     judge(med(N, "eta_burst_p99") <= 5.0),
+                     peers(("eta_burst_p99",), "ms", 0, names=peer_names[:1])])
     if I.get("prod_ratio"):
         rows.append([f"{cfg['producers']} producer processes calling delay() at once while "
                      f"-c 2 drains: total rate ÷ 1 producer alone; p99 latency",
@@ -3403,18 +3750,18 @@ def build_issue13_table(S, raw, cfg):
                      f"{fmt(I.get('prod_many_p99'), 'ms', 2)}", "≥ 1.0×, p99 ≤ 5 ms",
                      judge(med(I, "prod_ratio") >= 1.0,
                            med(I, "prod_many_p99") is not None and
-                           med(I, "prod_many_p99") <= 5.0)])
+                           med(I, "prod_many_p99") <= 5.0), "—"])
     if I.get("launch_lq_get"):
         others = []
-        if I.get("launch_celery_get"):
-            others.append(f"Celery {fmt(I['launch_celery_get'], 'ms')}")
-        if I.get("launch_huey_get"):
-            others.append(f"huey {fmt(I['launch_huey_get'], 'ms')}")
+        for name, key in (("huey", "launch_huey_get"), ("Celery", "launch_celery_get"),
+                          ("DBOS", "launch_dbos_get"),
+                          ("DBOS 1 ms polls", "launch_dbos_fast_get")):
+            if I.get(key):
+                others.append(f"{name} {fmt(I[key], 'ms')}")
         rows.append([f"worker launch → first task done (get() returns; median of "
                      f"{cfg['launch_runs']} launches a repeat)",
-                     fmt(I["launch_lq_get"], "ms") +
-                     (f" ({'; '.join(others)})" if others else ""), "≤ 300 ms",
-                     judge(med(I, "launch_lq_get") <= 300.0)])
+                     fmt(I["launch_lq_get"], "ms"), "≤ 300 ms",
+                     judge(med(I, "launch_lq_get") <= 300.0), "; ".join(others) or "—"])
     if I.get("mem_supervisor_start"):
         growth = [med(I, f"mem_{p}_delta") for p in ("supervisor", "child1", "child2")]
         rows.append([f"resident memory (VmRSS) at start, demo tasks loaded: supervisor / "
@@ -3425,10 +3772,11 @@ def build_issue13_table(S, raw, cfg):
                      f"{fmt(I.get('mem_child2_start'), 'MiB', 1)}; growth "
                      + " / ".join(f"{g:+.1f}" for g in growth) + " MiB",
                      f"report; no growth (≤ {cfg['memory_tolerance']:g} MiB each)",
-                     judge(*(g <= cfg["memory_tolerance"] for g in growth))])
+                     judge(*(g <= cfg["memory_tolerance"] for g in growth)), "—"])
     if rows:
         out += ["Issue 13's targets (litequeue; each figure from its own group of this run):",
-                ""] + table(["figure", "litequeue", "target", "met?"], rows)
+                ""] + table(["figure", "litequeue", "target", "met?",
+                             "the other systems, same run (info; not judged)"], rows)
 
     if I.get("ins_normal_delay") or I.get("ins_full_delay"):
         rows = []
@@ -3483,13 +3831,14 @@ def build_issue13_table(S, raw, cfg):
     if I.get("launch_lq_get"):
         rows = []
 
-        def launch_row(what, lq, hu=None, ce=None):
-            rows.append([what, fmt(I.get(lq), "ms"), fmt(I.get(hu), "ms") if hu else "—",
-                         fmt(I.get(ce), "ms") if ce else "—"])
+        def launch_row(what, lq, hu=None, ce=None, db=None, db1=None):
+            rows.append([what] + [fmt(I.get(k), "ms") if k else "—"
+                                  for k in (lq, hu, ce, db, db1)])
 
         launch_row("launch → the first task's result returned by get() in the bench process "
-                   "(huey: get() polling every 1 ms)", "launch_lq_get", "launch_huey_get",
-                   "launch_celery_get")
+                   "(huey: get() polling every 1 ms; DBOS: get_result() polling every 1 ms)",
+                   "launch_lq_get", "launch_huey_get", "launch_celery_get", "launch_dbos_get",
+                   "launch_dbos_fast_get")
         launch_row("launch → the result stored, by the system's own clock (litequeue: "
                    "finished_at; huey: its SIGNAL_COMPLETE, after put_result; Celery: "
                    "date_done)", "launch_lq_stored", "launch_huey_stored",
@@ -3520,7 +3869,9 @@ def build_issue13_table(S, raw, cfg):
                              f"no-op task queued before the launch; launch = just before "
                              f"Popen)", "litequeue `litequeue.py worker -c 2`",
                              "huey `huey_consumer -w 2 -k process`",
-                             "Celery `worker -P prefork -c 2` + Redis"], rows)
+                             "Celery `worker -P prefork -c 2` + Redis",
+                             "DBOS `dbos_worker.py` (worker_concurrency=2, 1 s queue poll)",
+                             "DBOS, queue polled every 1 ms (info)"], rows)
         if R.get("launch_pyc_present"):
             out += ["", "A litequeue .pyc file existed before the run: the 'as is' launches "
                         "read it."]
@@ -3685,8 +4036,22 @@ def main(argv=None):
     ap.add_argument("--chain-runs", type=int,
                     help="timed chains (and as many round trips) per repeat [50; quick 20]")
     ap.add_argument("--no-celery", action="store_true",
-                    help="chord, chain and ratelimit on litequeue only (no redis-server, "
-                         "no Celery)")
+                    help="no Celery (and no redis-server) in any row")
+    ap.add_argument("--no-dbos", action="store_true",
+                    help="no DBOS Transact in any row")
+    ap.add_argument("--no-tuned-dbos", action="store_true",
+                    help="skip the extra DBOS runs with its polls at 1 ms")
+    ap.add_argument("--dbos-tasks", type=int,
+                    help="tasks of DBOS's delay() and drain at its defaults (its 1 s poll "
+                         "drains 2 a second) [20; quick 10]")
+    ap.add_argument("--dbos-fast-tasks", type=int,
+                    help="the same with its polls at 1 ms [2000; quick 500]")
+    ap.add_argument("--dbos-roundtrips", type=int,
+                    help="DBOS's round trips per repeat at its defaults (1-2 s each) "
+                         "[20; quick 10]; at 1 ms polls: --roundtrips")
+    ap.add_argument("--dbos-chain-runs", type=int,
+                    help="DBOS's chains (and round trips) per repeat at its defaults "
+                         "[10; quick 5]; at 1 ms polls: --chain-runs")
     ap.add_argument("--dashboard-rows", type=int,
                     help="tasks in the dashboard's database [1000000; quick 100000]")
     ap.add_argument("--dashboard-requests", type=int, default=20,
@@ -3769,6 +4134,12 @@ def main(argv=None):
         "chord_members": args.chord_members,
         "chain_length": args.chain_length,
         "chain_runs": args.chain_runs or (20 if args.quick else 50),
+        # DBOS at its defaults polls its queue and get_result() every 1 s: 2 tasks a second
+        # at worker_concurrency=2, 1-2 s a round trip, so it gets smaller counts.
+        "dbos_tasks": args.dbos_tasks or (10 if args.quick else 20),
+        "dbos_fast_tasks": args.dbos_fast_tasks or (500 if args.quick else 2000),
+        "dbos_roundtrips": args.dbos_roundtrips or (10 if args.quick else 20),
+        "dbos_chain_runs": args.dbos_chain_runs or (5 if args.quick else 10),
         "dashboard_rows": args.dashboard_rows or (100_000 if args.quick else 1_000_000),
         "dashboard_requests": args.dashboard_requests,
         "dashboard_warmups": 2,
@@ -3817,6 +4188,20 @@ def main(argv=None):
         systems.append(hu_fast)
     canvas = {"chord", "chain"} & set(only)
     cel = CelerySystem(CELERY) if canvas and not args.no_celery else None
+    # The peers' rows of the first table: Celery's delay(), drain and round trip, DBOS's.
+    cel_core = CelerySystem(CELERY) if {"drain", "roundtrip"} & set(only) and \
+        not args.no_celery else None
+    dbos_systems = []           # (key, system, counts)
+    if not args.no_dbos and {"drain", "roundtrip", "chain", "launch"} & set(only):
+        if importlib.util.find_spec("dbos") is None:
+            ap.error("the DBOS rows need DBOS Transact: pip install dbos (or --no-dbos)")
+        dbos_systems.append(("dbos", DBOSSystem(DBOS_DEF), {
+            "tasks": cfg["dbos_tasks"], "roundtrips": cfg["dbos_roundtrips"],
+            "chain_runs": cfg["dbos_chain_runs"]}))
+        if not args.no_tuned_dbos:
+            dbos_systems.append(("dbos_fast", DBOSSystem(DBOS_FAST, poll=0.001), {
+                "tasks": cfg["dbos_fast_tasks"], "roundtrips": cfg["roundtrips"],
+                "chain_runs": cfg["chain_runs"]}))
     # The concurrency rows (async, threads, ratelimit).
     lq_async = LiteQueueMore("litequeue -c 2 (async 100)", ["async"], ["-c", "2"])
     lq_async_k = LiteQueueMore(f"litequeue -c 2 --async-concurrency {cfg['async_concurrency']}",
@@ -3834,15 +4219,21 @@ def main(argv=None):
         args.rate_celery_repeats > 0 else None
     cel_launch = CelerySystem(CELERY) if "launch" in only and not args.no_celery else None
     results = {label: collections.defaultdict(list)
-               for label in [s.label for s in systems] + [FUTURE, CELERY, DASH, CONC, ISSUE13]}
+               for label in [s.label for s in systems] + [FUTURE, CELERY, DASH, CONC, ISSUE13,
+                                                          DBOS_DEF, DBOS_FAST]}
     if "async" in only:
         import gevent
         results[CONC]["versions"] = {"gevent": gevent.__version__}
-    if cel is not None or cel_rate is not None or cel_launch is not None:
+    if dbos_systems:
+        from importlib.metadata import version
+        results[DBOS_DEF]["versions"] = {"dbos": version("dbos"),
+                                         "sqlalchemy": version("sqlalchemy")}
+    if cel is not None or cel_rate is not None or cel_launch is not None or \
+            cel_core is not None:
         import kombu
         import redis as redis_py
         results[CELERY]["versions"] = {
-            "celery": (cel or cel_rate or cel_launch).canvas.__version__,
+            "celery": (cel or cel_rate or cel_launch or cel_core).canvas.__version__,
             "kombu": kombu.__version__,
             "redis_py": redis_py.__version__, "redis": "?"}
     template = None
@@ -3867,10 +4258,24 @@ def main(argv=None):
                 if s is not hu:
                     measure_group(s, tmp, tag, cfg["tasks"], cfg["group_size"],
                                   results[s.label])
+            if "drain" in only and cel_core is not None:
+                measure_celery_delay_and_drain(cel_core, tmp, f"r{r}-celery", cfg["tasks"],
+                                               results[CELERY])
+                results[CELERY]["versions"]["redis"] = cel_core.redis_version
+            for key, s, counts in dbos_systems if "drain" in only else ():
+                measure_delay_and_drain(s, tmp, f"r{r}-{key}", counts["tasks"],
+                                        results[s.label])
             for s in systems if "roundtrip" in only else ():
                 tag = f"r{r}-{s.label.replace(' ', '-')}"
                 measure_roundtrip(s, tmp, tag, cfg["roundtrips"], cfg["roundtrip_gap_s"],
                                   results[s.label])
+            if "roundtrip" in only and cel_core is not None:
+                measure_celery_roundtrip(cel_core, tmp, f"r{r}-celery", cfg["roundtrips"],
+                                         cfg["roundtrip_gap_s"], results[CELERY])
+                results[CELERY]["versions"]["redis"] = cel_core.redis_version
+            for key, s, counts in dbos_systems if "roundtrip" in only else ():
+                measure_roundtrip(s, tmp, f"r{r}-{key}", counts["roundtrips"],
+                                  cfg["roundtrip_gap_s"], results[s.label])
             for s in (lq_normal, hu, hu_fast) if "idle" in only else ():
                 if s is hu_fast and args.no_tuned_huey:
                     continue
@@ -3904,6 +4309,10 @@ def main(argv=None):
                         measure_chain(s, worker, cfg, results[s.label])
                 if s is cel:
                     results[CELERY]["versions"]["redis"] = cel.redis_version
+            for key, s, counts in dbos_systems if "chain" in only else ():
+                # DBOS has no chord; its chain is one workflow of chain_length steps.
+                with canvas_worker(s, tmp, f"r{r}-{key}-canvas") as worker:
+                    measure_chain(s, worker, cfg, results[s.label], runs=counts["chain_runs"])
             for key, system, seconds in (
                     ("async_lq100", lq_async, cfg["async_sleep"]),
                     ("async_lqk", lq_async_k, cfg["async_sleep"]),
@@ -3926,7 +4335,8 @@ def main(argv=None):
                 order = (1, cfg["producers"]) if r % 2 == 0 else (cfg["producers"], 1)
                 measure_producers(tmp, f"r{r}", cfg, results[ISSUE13], order)
             if "launch" in only:
-                measure_launch(tmp, f"r{r}", cfg, results[ISSUE13], cel_launch)
+                measure_launch(tmp, f"r{r}", cfg, results[ISSUE13], cel_launch,
+                               [(key, s) for key, s, _ in dbos_systems])
                 if cel_launch is not None:
                     results[CELERY]["versions"]["redis"] = cel_launch.redis_version
             if "memory" in only and r < cfg["memory_repeats"]:
@@ -3975,6 +4385,14 @@ def main(argv=None):
         (f"Celery {v['celery']} (kombu {v['kombu']}, redis-py {v['redis_py']}) on "
          f"redis-server {v['redis']} (127.0.0.1 TCP, no persistence) as broker and result "
          f"backend. " if (v := results[CELERY].get("versions")) else "") +
+        (f"DBOS Transact {v['dbos']} (SQLAlchemy {v['sqlalchemy']}) on its SQLite system "
+         f"database (stdlib sqlite3, SQLite {sqlite3.sqlite_version}; one fresh file per "
+         f"measurement, shared by the bench's DBOSClient and the worker"
+         + (f"; synchronous and journal as its connections leave them: "
+            f"{results[DBOS_DEF].get('pragma_synchronous') or results[DBOS_FAST].get('pragma_synchronous')}"
+            if results[DBOS_DEF].get('pragma_synchronous') or
+            results[DBOS_FAST].get('pragma_synchronous') else "") + "). "
+         if (v := results[DBOS_DEF].get("versions")) else "") +
         (f"gevent {v['gevent']} (huey's greenlet consumer). "
          if (v := results[CONC].get("versions")) else "") +
         (f"Dashboard: its database held {cfg['dashboard_rows']:,} tasks (built once, kept in "

@@ -21,7 +21,12 @@ result backend. make_litequeue_canvas() and make_celery() define the same tasks 
 - noop(i), as above (Celery: the round trip and the chain's first task).
 
 A Celery worker imports this module as ``-A benchtasks:celery_app``; the Redis URL comes
-from the environment (CELERYBENCH_URL).
+from the environment (CELERYBENCH_URL), and the drain row's mark directory from
+CELERYBENCH_MARKS.
+
+DBOS Transact (the peers' columns): make_dbos() registers noop(i) and chain(x, n) (a
+workflow of n steps) as DBOS workflows; bench/dbos_worker.py calls it and runs the queue,
+and the bench enqueues them by name through a DBOSClient.
 
 The concurrency rows (async, threads, ratelimit) add, on request only (make_litequeue_more,
 make_huey_more, and on Celery make_celery(..., more=True)):
@@ -129,16 +134,35 @@ def make_litequeue_more(app, kinds):
     return made
 
 
-def make_celery(url, more=False):
+def make_celery(url, more=False, marks=None):
     """A Celery app with `url` (redis://...) as broker and result backend, every other
     setting at Celery's defaults (prefetch multiplier 4, early acks, json). Returns
     (app, noop, endstamp, step, collect), named as the litequeue tasks; with more=True,
     (app, noop, stamp, limited) instead (the ratelimit rows: stamp as on litequeue,
-    limited with rate_limit=RATE_LIMIT, which Celery enforces per worker)."""
+    limited with rate_limit=RATE_LIMIT, which Celery enforces per worker).
+
+    With ``marks`` (a directory; the drain row's worker only), each worker process
+    records the unix time of the first task it starts (start-<pid>, from the task_prerun
+    signal) and of the last task it finished (end-<pid>-<thread id>, from task_postrun,
+    which Celery sends after mark_as_done has stored the result), as huey's marks below.
+    Signal receivers change no setting."""
     from celery import Celery
 
     app = Celery("benchtasks", broker=url, backend=url)
     app.conf.broker_connection_retry_on_startup = True   # silences a deprecation warning
+    if marks:
+        from celery import signals
+        mark = _marker(marks)
+
+        def _prerun(*args, **kwargs):
+            mark("start")
+
+        def _postrun(*args, **kwargs):
+            mark("end")
+
+        # weak=False: the receivers are local functions, kept alive by the signal.
+        signals.task_prerun.connect(_prerun, weak=False)
+        signals.task_postrun.connect(_postrun, weak=False)
 
     @app.task(name="benchtasks.noop")
     def noop(i):
@@ -158,6 +182,38 @@ def make_celery(url, more=False):
     endstamp, step, collect = make_litequeue_canvas(app)
 
     return app, noop, endstamp, step, collect
+
+
+def _marker(marks):
+    """mark(kind) for the drain rows' per-process files in the directory ``marks``:
+    mark("start") writes the time once per process (start-<pid>); mark("end") writes it
+    every time, one file per thread or greenlet (end-<pid>-<thread id>), so that no thread
+    overwrites another's later end. The bench takes the earliest start and the latest
+    end."""
+    files = {}
+    lock = threading.Lock()     # threads: two may start their first task at once
+
+    def _fd(kind):
+        key = (kind, os.getpid()) if kind == "start" else \
+            (kind, os.getpid(), threading.get_ident())
+        fd = files.get(key)
+        if fd is None:
+            with lock:
+                fd = files.get(key)
+                if fd is None:
+                    name = "-".join(str(k) for k in key)
+                    fd = os.open(os.path.join(marks, name), os.O_RDWR | os.O_CREAT, 0o644)
+                    if kind == "start":
+                        os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+                    files[key] = fd
+        return fd
+
+    def mark(kind):
+        fd = _fd(kind)
+        if kind == "end":
+            os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
+
+    return mark
 
 
 def make_huey(path, marks=None):
@@ -183,34 +239,16 @@ def make_huey(path, marks=None):
         return time.time()
 
     if marks:
-        files = {}
-        lock = threading.Lock()     # -k thread: two threads may start the first task at once
-
-        def _fd(kind):
-            # One start file per process; one end file per thread (or greenlet), so that no
-            # thread overwrites another's later end.
-            key = (kind, os.getpid()) if kind == "start" else \
-                (kind, os.getpid(), threading.get_ident())
-            fd = files.get(key)
-            if fd is None:
-                with lock:
-                    fd = files.get(key)
-                    if fd is None:
-                        name = "-".join(str(k) for k in key)
-                        fd = os.open(os.path.join(marks, name), os.O_RDWR | os.O_CREAT, 0o644)
-                        if kind == "start":
-                            os.pwrite(fd, _DOUBLE.pack(time.time()), 0)
-                        files[key] = fd
-            return fd
+        mark = _marker(marks)
 
         @huey.signal(signals.SIGNAL_EXECUTING)
         def _executing(signal, task, *args, **kwargs):
-            _fd("start")  # writes once per process
+            mark("start")  # writes once per process
 
         # huey emits SIGNAL_COMPLETE after put_result(): the result is stored.
         @huey.signal(signals.SIGNAL_COMPLETE)
         def _complete(signal, task, *args, **kwargs):
-            os.pwrite(_fd("end"), _DOUBLE.pack(time.time()), 0)
+            mark("end")
 
     return huey, noop, stamp
 
@@ -224,6 +262,50 @@ def make_huey_more(huey):
         return i
 
     return block
+
+
+# DBOS Transact (the peers' rows): the workflows the bench enqueues, by these names, through
+# a DBOSClient; bench/dbos_worker.py registers them with make_dbos() and runs the queue.
+DBOS_APP = "lqbench"
+DBOS_QUEUE = "lqbench"
+DBOS_NOOP = "benchtasks.noop"
+DBOS_CHAIN = "benchtasks.chain"
+
+
+def make_dbos(marks=None):
+    """Register on DBOS's (process-global) registry, before DBOS() is made:
+
+    - noop(i), a workflow that returns i: the queue's task, as noop is on the others.
+    - chain(x, n), a workflow of n steps, each ``step(x)``, a @DBOS.step that returns its
+      input: the chain row's counterpart of litequeue's chain of n tasks. The n steps run
+      one after the other in the workflow's own thread; DBOS checkpoints each step's output
+      in the system database before the next one starts.
+
+    With ``marks`` (a directory), noop writes start-<pid> (the first noop's start, once)
+    and end-<pid>-<thread id> (its end, every time) as huey's and Celery's marks; DBOS
+    stores the workflow's result after its body returns. Returns (noop, chain)."""
+    from dbos import DBOS
+
+    mark = _marker(marks) if marks else None
+
+    @DBOS.step(name="benchtasks.step")
+    def step(x):
+        return x
+
+    @DBOS.workflow(name=DBOS_NOOP)
+    def noop(i):
+        if mark is not None:
+            mark("start")
+            mark("end")
+        return i
+
+    @DBOS.workflow(name=DBOS_CHAIN)
+    def chain(x, n):
+        for _ in range(n):
+            x = step(x)
+        return x
+
+    return noop, chain
 
 
 def read_mark(path):
@@ -244,7 +326,7 @@ if os.environ.get("CELERYBENCH_URL"):
             os.environ["CELERYBENCH_URL"], more=True)
     else:
         celery_app, celery_noop, celery_endstamp, celery_step, celery_collect = make_celery(
-            os.environ["CELERYBENCH_URL"])
+            os.environ["CELERYBENCH_URL"], marks=os.environ.get("CELERYBENCH_MARKS"))
 if os.environ.get("HUEYBENCH_DB"):
     huey, huey_noop, huey_stamp = make_huey(os.environ["HUEYBENCH_DB"],
                                 os.environ.get("HUEYBENCH_MARKS"))
