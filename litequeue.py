@@ -2461,6 +2461,16 @@ _SQL_REGISTER_WORKER = """
     VALUES (:id, :parent, :hostname, :pid, :queues, :concurrency, :started_at, :pool)
 """
 _SQL_UNREGISTER_WORKER = "DELETE FROM workers WHERE id = :id"
+# Before a child's row goes, its totals go to its supervisor's row: a worker's counts do
+# not fall as its pool shrinks or its children are replaced.
+_SQL_RETIRE_TOTALS = f"""
+    UPDATE workers SET
+        processed = {_sane_count("processed")} + (SELECT {_sane_count("c.processed")}
+                                                  FROM workers AS c WHERE c.id = :id),
+        failed = {_sane_count("failed")} + (SELECT {_sane_count("c.failed")}
+                                            FROM workers AS c WHERE c.id = :id)
+    WHERE id = (SELECT parent FROM workers WHERE id = :id)
+"""
 _SQL_WORKERS = """
     SELECT id, parent, hostname, pid, queues, concurrency, started_at, processed, failed,
            pool, wanted, stop_asked
@@ -3767,6 +3777,7 @@ class _Supervising:
 
     def unregister_worker(self, worker_id):
         with self.write() as conn:
+            conn.execute(_SQL_RETIRE_TOTALS, {"id": worker_id})
             conn.execute(_SQL_UNREGISTER_WORKER, (worker_id,))
 
     def workers(self):
@@ -3829,6 +3840,7 @@ class _Supervising:
                                  follow)
                 else:
                     requeued += 1
+            conn.execute(_SQL_RETIRE_TOTALS, {"id": worker})
             conn.execute(_SQL_UNREGISTER_WORKER, (worker,))
         return _Rescued(requeued, failed, follow)
 
@@ -12262,13 +12274,21 @@ def _schedule_view(row, count=3):
     view["last_fire"] = None
     view["next"] = []
     view["off"] = row["error"] == _SCHEDULE_OFF
-    if row["error"] is not None:
-        return view
+    kind, _, spec = view["schedule"].partition(":") if isinstance(view["schedule"], str) \
+        else ("", "", "")
+    with contextlib.suppress(ValueError, OverflowError):
+        if kind == "every":                          # as people write it: every 20 s
+            view["schedule"] = f"every {float(spec):g} s"
+        elif kind == "cron":
+            view["schedule"] = f"cron {spec}"
     try:
         zone = _zone(row["tz"])
-        schedule = _schedule_from_text(row["schedule"], zone)
+        # A disabled or set-aside schedule fired before: it says when, and no next fire.
         if row["fires"] and _is_time(row["last_fire"]):
             view["last_fire"] = _from_unix(row["last_fire"]).astimezone(zone).isoformat()
+        if row["error"] is not None:
+            return view
+        schedule = _schedule_from_text(row["schedule"], zone)
         t = _dt.datetime.fromtimestamp(max(row["next_fire"] - 1e-6, 0), _UTC)
         offset = None
         for _ in range(count):
@@ -12304,10 +12324,16 @@ def _flower_task(info):
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The dashboard's token, as Jupyter's: 32 random bytes (never guessed, so never throttled),
-# new at each start, written 0600 into the verified side directory for scripts.
-_DASHBOARD_TOKEN_FILE = "dashboard.token"
+# new at each start, written 0600 into the verified side directory for scripts, one file
+# per port (two dashboards of one file each have their own). Only ever sent in an
+# Authorization header: never in a cookie, which a browser would also send to a page that
+# another user serves on another port of 127.0.0.1 (cookies ignore the port).
+_DASHBOARD_TOKEN_FILE = "dashboard-{port}.token"
 # Paths that carry no task data, served without a token under --metrics-public.
 _DASHBOARD_PUBLIC = ("/metrics", "/healthcheck")
+# The page's paths: each gets the same page, code without data, served to anyone; its
+# script asks for the data with the token (see _check_auth).
+_DASHBOARD_SHELLS = r"/(tasks|workers|queues|schedules)?|/task/[^/]+"
 # Where `dashboard --auth USER` reads the password when no --auth-file is given: never argv,
 # which every user of the machine can read in ps.
 _DASHBOARD_PASSWORD_ENV = "LITEQUEUE_DASHBOARD_PASSWORD"
@@ -12438,13 +12464,14 @@ def _dashboard_password(auth_file):
     return text[:-1] if text.endswith("\n") else text
 
 
-def _write_dashboard_token(db_path, token):
-    """Write the token to DB-lq/dashboard.token, mode 0600: a new file renamed over the
-    old one inside the verified directory, so that a link there is replaced, never
+def _write_dashboard_token(db_path, token, port):
+    """Write the token to DB-lq/dashboard-PORT.token, mode 0600: a new file renamed over
+    an old one inside the verified directory, so that a link there is replaced, never
     followed. SideDirectoryError if the directory cannot be trusted."""
+    name = _DASHBOARD_TOKEN_FILE.format(port=port)
     fd = _SideDir(db_path).open()
     try:
-        temporary = f"{_DASHBOARD_TOKEN_FILE}.{os.getpid()}"
+        temporary = f"{name}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary, dir_fd=fd)
         out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -12454,10 +12481,28 @@ def _write_dashboard_token(db_path, token):
             os.write(out, token.encode() + b"\n")
         finally:
             os.close(out)
-        os.replace(temporary, _DASHBOARD_TOKEN_FILE, src_dir_fd=fd, dst_dir_fd=fd)
-        return os.path.join(db_path + "-lq", _DASHBOARD_TOKEN_FILE)
+        os.replace(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+        return os.path.join(db_path + "-lq", name)
     finally:
         os.close(fd)
+
+
+def _remove_dashboard_token(db_path, token, port):
+    """Remove DB-lq/dashboard-PORT.token at the end if it still holds this token (a
+    dashboard started since on the same port keeps its own)."""
+    name = _DASHBOARD_TOKEN_FILE.format(port=port)
+    with contextlib.suppress(OSError, SideDirectoryError):
+        fd = _SideDir(db_path).open(create=False)
+        try:
+            held = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                           dir_fd=fd)
+            try:
+                if os.read(held, 256).strip() == token.encode():
+                    os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(held)
+        finally:
+            os.close(fd)
 
 
 def _dashboard_server(*args):
@@ -12587,7 +12632,6 @@ class _Dashboard:
         self.app, self.read_only, self.max_wait = app, read_only, max_wait
         # (user, password) is kept as a salted hash only.
         self.auth = _PasswordCheck(*auth) if isinstance(auth, tuple) else auth
-        self.csrf = secrets.token_urlsafe(32)
         self.token = token or secrets.token_urlsafe(32)
         self.metrics_public = metrics_public
         self.pool = queue.SimpleQueue()      # idle read connections, lent to requests
@@ -12598,8 +12642,6 @@ class _Dashboard:
             {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
         if self.hosts is not None and self.port == 80:        # browsers omit :80
             self.hosts |= {f"[{n}]" if ":" in n else n for n in names}
-        # Cookies ignore the port: each dashboard on this host has its own name.
-        self.cookie_name = f"litequeue-token-{self.port}"
         self.guesses = _Throttle(*_DASHBOARD_GUESSES)
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         spare = _DASHBOARD_CONNECTIONS if soft == resource.RLIM_INFINITY else \
@@ -12885,8 +12927,8 @@ class _DashboardHandler:
 
     # (method, compiled path pattern, handler name); the first match wins.
     ROUTES = [(m, re.compile(p), h) for m, p, h in (
-        ("GET", r"/(tasks|workers|queues|schedules)?", "page"),
-        ("GET", r"/task/[^/]+", "page"),
+        ("GET", _DASHBOARD_SHELLS, "page"),
+        ("GET", r"/login", "login"),
         ("GET", r"/data/overview", "data_overview"),
         ("GET", r"/data/tasks", "data_tasks"),
         ("GET", r"/data/task/(?P<id>[^/]+)", "data_task"),
@@ -12976,6 +13018,7 @@ class _DashboardHandler:
 
     def _route(self, method):
         self.extra_headers = []
+        self.authed_by = None
         keep_alive = not self.close_connection
         # Until the body is read, an answer closes the connection: left unread, the body
         # would be taken for the start of the next request.
@@ -12993,9 +13036,7 @@ class _DashboardHandler:
             # Who may ask is settled before a byte of the body is read.
             url = urllib.parse.urlsplit(self.path)
             self._check_host()
-            if method == "GET" and "token" in urllib.parse.parse_qs(url.query):
-                return self._login(url)
-            self._check_auth(method, url.path)
+            self.authed_by = self._check_auth(method, url.path)
             try:
                 self.raw = self.rfile.read(length) if length else b""
             except OSError:                 # timed out or gone: nobody to answer
@@ -13041,44 +13082,20 @@ class _DashboardHandler:
             raise _HTTPError(421, "the Host header does not name this dashboard "
                                   "(DNS rebinding is refused)")
 
-    def _cookie(self):
-        """The value of this dashboard's token cookie, or None."""
-        for header in self.headers.get_all("Cookie") or ():
-            for pair in header.split(";"):
-                name, _, value = pair.strip().partition("=")
-                if name == self.server.cookie_name:
-                    return value
-        return None
-
-    def _login(self, url):
-        """GET ...?token=T: with the right token, set it as a cookie and redirect to the
-        same page without it (out of the address bar, the history and Referer)."""
-        query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
-        given = [v for k, v in query if k == "token"]
-        if len(given) != 1 or not self.server.token_ok(given[0]):
-            raise _HTTPError(401, "wrong token: open the URL the dashboard printed at start")
-        rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
-        path = url.path if url.path.startswith("/") and not url.path.startswith("//") else "/"
-        self._send(303, "application/json", b'{"ok": true}',
-                   [("Location", path + ("?" + rest if rest else "")),
-                    ("Set-Cookie", self._token_cookie())])
-
-    def _token_cookie(self):
-        return f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; " \
-               "SameSite=Strict"
-
     def _check_auth(self, method, path):
-        """Every request needs the token (header or cookie) or the --auth password, but
-        the data-free /metrics and /healthcheck under --metrics-public."""
+        """How the request may go on: "shell" (the page's code, which holds no data),
+        "public" (/metrics and /healthcheck under --metrics-public), "bearer" (the
+        token) or "basic" (the --auth password); else 401. The token travels only in the
+        Authorization header: a browser keeps it in the page's own storage, which no
+        other port's page can read, where a cookie would go to every port of the host."""
         server = self.server
+        if method == "GET" and re.fullmatch(_DASHBOARD_SHELLS, path):
+            return "shell"
         if server.metrics_public and method == "GET" and path in _DASHBOARD_PUBLIC:
-            return
+            return "public"
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and server.token_ok(given.strip()):
-            return
-        cookie = self._cookie()
-        if cookie is not None and server.token_ok(cookie):
-            return
+            return "bearer"
         if server.auth is not None and scheme.lower() == "basic":
             try:
                 credentials = base64.b64decode(given.strip(), validate=True)
@@ -13092,13 +13109,12 @@ class _DashboardHandler:
                                       "token is never throttled)")
             if server.auth.check(credentials):
                 server.guesses.give(client)
-                # The browser keeps the password; its next requests need no scrypt.
-                self.extra_headers.append(("Set-Cookie", self._token_cookie()))
-                return
+                return "basic"
         raise _HTTPError(401, "authentication required: open the URL the dashboard "
                               "printed at start, or send 'Authorization: Bearer TOKEN' (the "
-                              "token is in DB-lq/dashboard.token)"
-                         + (", or the --auth user and password" if server.auth else ""))
+                              f"token is in DB-lq/{_DASHBOARD_TOKEN_FILE.format(port=server.port)})"
+                         + (", or the --auth user and password (a browser: open /login)"
+                            if server.auth else ""))
 
     def _check_request(self, method):
         server = self.server
@@ -13112,10 +13128,11 @@ class _DashboardHandler:
                 raise _HTTPError(403, "cross-site request refused")
             if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
                 raise _HTTPError(403, "cross-origin request refused")
-            if origin is not None or site is not None:      # a browser: it needs the token
-                token = self.headers.get("X-CSRF-Token", "")
-                if not hmac.compare_digest(token.encode(), server.csrf.encode()):
-                    raise _HTTPError(403, "missing or wrong CSRF token")
+            # A browser sends a password it was given by itself, to any site's form; the
+            # token only when the page's script adds it.
+            if (origin is not None or site is not None) and self.authed_by != "bearer":
+                raise _HTTPError(403, "a browser's change needs the token in the "
+                                      "Authorization header (the page sends it)")
 
     def _send(self, status, content_type, body, extra=()):
         self.send_response(status)
@@ -13126,9 +13143,16 @@ class _DashboardHandler:
         self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         if status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"' if self.server.auth
+            # A wrong token from the page's script must not make the browser ask for a
+            # password: only a request without one is offered Basic.
+            basic = self.server.auth and not self.headers.get("Authorization", "").lower() \
+                .startswith("bearer")
+            self.send_header("WWW-Authenticate", 'Basic realm="litequeue"' if basic
                              else 'Bearer realm="litequeue"')
-        for name, value in (*extra, *self.extra_headers):
+        extra = (*extra, *self.extra_headers)
+        if self.close_connection and not any(n == "Connection" for n, _ in extra):
+            extra += (("Connection", "close"),)      # a kept-alive client must know
+        for name, value in extra:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -13152,10 +13176,15 @@ class _DashboardHandler:
 
     # -- the page ---------------------------------------------------------------------
 
-    def page(self):
+    def login(self):
+        """GET /login, with the --auth password (or the token): the page, holding the token
+        for its script to keep (in the page's storage), which then shows the overview."""
+        self.page(token=self.server.token)
+
+    def page(self, token=None):
         nonce = secrets.token_urlsafe(16)
-        config = json.dumps({"csrf": self.server.csrf, "readOnly": self.server.read_only,
-                             "version": __version__})
+        config = json.dumps({"readOnly": self.server.read_only, "version": __version__,
+                             "auth": self.server.auth is not None, "token": token})
         # The config goes in a JSON script element: </ cannot close it early.
         html = (_DASHBOARD_PAGE.replace("{nonce}", nonce)
                 .replace("{config}", config.replace("</", "<\\/")))
@@ -13944,7 +13973,8 @@ def _schedule_lines(row, count):
               help="Health: the oldest waiting task may have waited this many seconds.")
 def _cmd_dashboard(db, host, port, auth, auth_file, read_only, metrics_public, max_wait):
     """Serve the live web dashboard, Flower's HTTP API, /metrics and /healthcheck.
-    Every request needs the token printed at start (also in DB-lq/dashboard.token)."""
+    Every request for data needs the token printed at start (also in
+    DB-lq/dashboard-PORT.token)."""
     if auth is not None and ":" in auth:
         raise click.UsageError(f"--auth takes USER only: a password on the command line is "
                                f"visible to every user in ps; put it in ${_DASHBOARD_PASSWORD_ENV}"
@@ -13965,11 +13995,13 @@ def _cmd_dashboard(db, host, port, auth, auth_file, read_only, metrics_public, m
                                    metrics_public)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    token_path = _write_dashboard_token(app.path, token)
+    token_path = _write_dashboard_token(app.path, token, server.port)
     click.echo(f"litequeue dashboard for {app.path} on {server.url()}"
                f"{' (read-only)' if read_only else ''}", err=True)
-    click.echo(f"  open {server.url()}?token={token}\n  scripts: send 'Authorization: "
-               f"Bearer TOKEN', the token is in {token_path} (mode 0600)", err=True)
+    click.echo(f"  open {server.url()}#token={token}\n  scripts: send 'Authorization: "
+               f"Bearer TOKEN', the token is in {token_path} (mode 0600)"
+               + (f"\n  or log in at {server.url()}login with the --auth password"
+                  if auth else ""), err=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         server.serve_forever(poll_interval=0.5)
@@ -13977,6 +14009,7 @@ def _cmd_dashboard(db, host, port, auth, auth_file, read_only, metrics_public, m
         pass
     finally:
         server.server_close()
+        _remove_dashboard_token(app.path, token, server.port)
 
 
 @cli.command("health")
@@ -14334,7 +14367,7 @@ h2{font-size:15px;margin:18px 0 8px}.cards{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 14px;min-width:120px}
 .card .n{font-size:22px;font-weight:600}.card .l{color:var(--mute);font-size:12px}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);border-radius:8px}
-th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top;max-width:420px;overflow-wrap:anywhere}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid var(--line);vertical-align:top;max-width:420px;overflow-wrap:break-word}th{white-space:nowrap}
 th{font-size:12px;color:var(--mute);font-weight:600}
 .st{font-weight:600;font-size:12px;white-space:nowrap}td:nth-child(2){white-space:nowrap}.SUCCESS{color:var(--ok)}.FAILURE,.REVOKED,.EXPIRED{color:var(--bad)}.RETRY,.STARTED{color:var(--warn)}
 .ok{color:var(--ok)}.bad{color:var(--bad)}.muted{color:var(--mute);font-size:12px}
@@ -14358,6 +14391,20 @@ progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140p
 "use strict";
 const CFG = JSON.parse(document.getElementById("config").textContent);
 const main = document.getElementById("main");
+// The token: from the printed URL's fragment (#token=..., never sent to a server) or from
+// /login, kept in this origin's storage, which a page on another port cannot read, and
+// sent only in the Authorization header (a cookie would go to every port of the host).
+const TOKEN_KEY = "litequeue-token";
+{ const given = new URLSearchParams(location.hash.slice(1)).get("token") || CFG.token;
+  if (given) { localStorage.setItem(TOKEN_KEY, given);
+    history.replaceState(null, "", location.pathname === "/login" ? "/" : location.pathname + location.search); } }
+class LoggedOut extends Error {}
+function authorized(headers) {
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (!token) throw new LoggedOut();
+  return Object.assign({"Authorization": "Bearer " + token}, headers);
+}
+function checkAuth(r) { if (r.status === 401) throw new LoggedOut(); }
 const SVG = "http://www.w3.org/2000/svg";
 // Every value from the server is put in the page with textContent: data is never HTML.
 function el(tag, props, ...kids) {
@@ -14373,7 +14420,7 @@ function el(tag, props, ...kids) {
 }
 function svg(tag, attrs) { const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v)); return e; }
-function when(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
+function when(t) { return t ? new Date(t * 1000).toLocaleString([], {hour12: false}) : ""; }
 // A duration as an operator reads it: 4.0 ms, 12.3 s, 1 min 48 s, 3 h 2 min, 2 d 4 h.
 function secs(s) {
   if (s === null || s === undefined || s === "" || isNaN(s)) return "";
@@ -14390,7 +14437,8 @@ const seen = {};
 let auto = false;      // true while the timer redraws: an unchanged answer redraws nothing
 class Unchanged extends Error {}
 async function getJSON(path) {
-  const r = await fetch(path, {headers: {"Accept": "application/json"}});
+  const r = await fetch(path, {headers: authorized({"Accept": "application/json"})});
+  checkAuth(r);
   const text = await r.text();
   const body = JSON.parse(text);
   if (!r.ok) throw new Error(body.error || r.statusText);
@@ -14411,8 +14459,9 @@ async function getMany(...paths) {
   } finally { auto = was; }
 }
 async function post(path, body) {
-  const r = await fetch(path, {method: "POST", headers: {"X-CSRF-Token": CFG.csrf,
-    "Content-Type": "application/json"}, body: JSON.stringify(body || {})});
+  const r = await fetch(path, {method: "POST", headers: authorized({
+    "Content-Type": "application/json"}), body: JSON.stringify(body || {})});
+  checkAuth(r);
   const out = await r.json();
   if (!r.ok) throw new Error(out.error || r.statusText);
   return out;
@@ -14466,7 +14515,7 @@ function barChart(title, points, series, stepSecs, dated) {
   const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": title});
   const max = niceMax(Math.max(0, ...points.map(p => series.reduce((a, [k]) => a + p[k], 0))));
   const t0 = points.length ? points[0].t : 0, t1 = t0 + points.length * stepSecs;
-  axes(s, w, h, L, B, t0, t1, max, v => Math.round(v), dated, false);
+  axes(s, w, h, L, B, t0, t1, max, v => +v.toFixed(1), dated, false);
   const bw = (w - L) / Math.max(1, points.length);
   points.forEach((p, i) => { let y = h - B; const g = svg("g", {class: "bar"});
     const tip = svg("title", {}); tip.textContent = (dated ? day(p.t) + " " : "") + hhmm(p.t) + "–" + hhmm(p.t + stepSecs) + ": " +
@@ -14497,7 +14546,7 @@ function table(headers, rows) {
   return el("div", {class: "scroll"}, el("table", {}, el("thead", {}, el("tr", {}, ...headers.map(h => h instanceof Node ? h : el("th", {text: h})))),
             el("tbody", {}, ...rows)));
 }
-const SERIES = [["ok", "#12805c", "succeeded"], ["retry", "#b54708", "retried"], ["bad", "#c4320a", "failed"]];
+const SERIES = [["ok", "#12805c", "succeeded"], ["retry", "#e0a800", "retried"], ["bad", "#c4320a", "failed"]];
 async function overview() {
   const d = await getJSON("/data/overview");
   const totals = {};
@@ -14582,7 +14631,7 @@ function whyBox(t) {
   return box;
 }
 // A workflow's members as bars on one time axis: queued (light), running (its state's colour).
-const COLORS = {SUCCESS: "#12805c", FAILURE: "#c4320a", REVOKED: "#c4320a", EXPIRED: "#c4320a", RETRY: "#b54708", STARTED: "#b54708"};
+const COLORS = {SUCCESS: "#12805c", FAILURE: "#c4320a", REVOKED: "#c4320a", EXPIRED: "#c4320a", RETRY: "#e0a800", STARTED: "#e0a800"};
 function timeline(flow, current) {
   const now = Date.now() / 1000, w = chartWidth(), L = Math.min(220, w * 0.38), row = 20, top = 6, B = 18;
   const ends = flow.flatMap(t => [t.created, t.started, t.finished]).filter(x => x), t0 = Math.min(...ends);
@@ -14600,10 +14649,10 @@ function timeline(flow, current) {
       (t.started ? "\nstarted " + when(t.started) + " (waited " + secs(t.started - t.created) + ")" : "") +
       (t.finished ? "\nended " + when(t.finished) + (t.started ? " (ran " + secs(t.finished - t.started) + ")" : "") : "");
     g.append(tip, a, svg("rect", {x: x(t.created), y: y + 7, width: Math.max(1, x(start) - x(t.created)), height: 6, fill: "#d0d5dd"}));
-    if (t.started) g.append(svg("rect", {x: x(t.started), y: y + 3, width: Math.max(2, x(end) - x(t.started)), height: 14, rx: 2, fill: COLORS[t.state] || "#b54708"}));
+    if (t.started) g.append(svg("rect", {x: x(t.started), y: y + 3, width: Math.max(2, x(end) - x(t.started)), height: 14, rx: 2, fill: COLORS[t.state] || "#e0a800"}));
     s.append(g); });
   return el("div", {class: "chart"}, el("div", {class: "legend", text: "timeline of its workflow (" + flow.length + " tasks, " + secs(span) + ")"}), s,
-    legend([["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#b54708", "running or retried"]]));
+    legend([["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#e0a800", "running or retried"]]));
 }
 async function taskPage(id) {
   const [t, flow] = await getMany("/data/task/" + encodeURIComponent(id), "/data/workflow/" + encodeURIComponent(id));
@@ -14636,7 +14685,8 @@ async function workersPage() {
   const ws = await getJSON("/data/workers");
   const rows = [];
   for (const w of ws) {
-    const done = w.children.reduce((a, c) => a + (c.processed || 0), 0), bad = w.children.reduce((a, c) => a + (c.failed || 0), 0);
+    // The supervisor's own row holds the totals of its children that have ended.
+    const done = w.children.reduce((a, c) => a + (c.processed || 0), w.processed || 0), bad = w.children.reduce((a, c) => a + (c.failed || 0), w.failed || 0);
     const stopping = w.stop_asked !== null && w.stop_asked !== undefined, prefork = !w.pool || w.pool === "prefork";
     const controls = CFG.readOnly || w.alive === false || stopping ? [] : [
       ...(prefork ? [workerButton(w, "+1", "pool/grow", "Add a process"), workerButton(w, "\u22121", "pool/shrink", "Remove a process (it finishes its task first)")] : []),
@@ -14700,11 +14750,21 @@ async function render(timer) {
     else if (p === "/workers") await workersPage();
     else if (p === "/queues") await queuesPage();
     else if (p === "/schedules") await schedulesPage();
-    document.getElementById("live").textContent = "live · " + new Date().toLocaleTimeString();
+    document.getElementById("live").textContent = "live · " + clock();
   } catch (e) {
-    if (e instanceof Unchanged) document.getElementById("live").textContent = "live · " + new Date().toLocaleTimeString();
+    if (e instanceof Unchanged) document.getElementById("live").textContent = "live · " + clock();
+    else if (e instanceof LoggedOut) loggedOut();
     else document.getElementById("live").textContent = "error: " + e.message;
   } finally { auto = false; }
+}
+function clock() { return new Date().toLocaleTimeString([], {hour12: false, timeZoneName: "short"}); }
+function loggedOut() {
+  localStorage.removeItem(TOKEN_KEY);
+  document.getElementById("live").textContent = "not logged in";
+  main.replaceChildren(el("h2", {text: "This dashboard needs its token"}),
+    el("p", {text: "Open the address the dashboard printed when it started: it ends in #token=... " +
+      "(the token is also in the database's side directory, in dashboard-PORT.token, readable by its user only)."}),
+    CFG.auth ? el("p", {}, "Or ", el("a", {href: "/login", text: "log in with the password"}), ".") : null);
 }
 function go(path) { history.pushState(null, "", path); render(); }
 window.addEventListener("popstate", render);

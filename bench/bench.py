@@ -22,6 +22,7 @@ to stderr. See bench/README.md for what each figure means and how it is measured
 """
 
 import argparse
+import glob
 import array
 import collections
 import contextlib
@@ -2734,7 +2735,7 @@ def start_dashboard(db, tmp, tag):
         proc.stop()
         raise
     proc.url, proc.port = found.group(1), int(found.group(2))
-    with open(db + "-lq/dashboard.token") as f:        # every request needs the token
+    with open(glob.glob(db + "-lq/dashboard-*.token")[0]) as f:        # every request needs the token
         proc.token = f.read().strip()
     return proc
 

@@ -158,14 +158,15 @@ def start_dashboard(db, directory, litequeue):
     while True:
         text = open(log).read()
         found = re.search(r"on http://([^/\s]+)/", text)
-        if found and os.path.exists(db + "-lq/dashboard.token"):
+        token_file = found and f"{db}-lq/dashboard-{found.group(1).rpartition(':')[2]}.token"
+        if found and os.path.exists(token_file):
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             raise RuntimeError(f"the dashboard did not start: {text}")
         time.sleep(0.05)
-    token = open(db + "-lq/dashboard.token").read().strip()
+    token = open(token_file).read().strip()
     return proc, found.group(1), token, log
 
 

@@ -932,13 +932,14 @@ class Dashboard:
                  *map(str, extra)], cwd=project.dir, stdin=subprocess.DEVNULL, stdout=err,
                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
         found = wait_until(lambda: self.proc.poll() is None and re.search(
-            r"on (http://\S+/).*\n.*(http://\S+/\?token=\S+)", self.log.read_text()), 20,
+            r"on (http://\S+/).*\n.*(http://\S+/#token=\S+)", self.log.read_text()), 20,
             lambda: f"the dashboard to listen; log: {self.log.read_text()}")
         self.url, self.login_url = found.group(1), found.group(2)
         self.host = self.url.split("/")[2]
         self.port = int(self.host.rpartition(":")[2])
         # The token as a script reads it: from the 0600 file beside the database.
-        self.token = Path(project.db + "-lq", "dashboard.token").read_text().strip()
+        self.token_file = Path(project.db + "-lq", f"dashboard-{self.port}.token")
+        self.token = self.token_file.read_text().strip()
 
     def request(self, path, method="GET", body=None, headers=None, auth=True):
         """(status, headers, body text) of one request, with the token unless auth is

@@ -101,10 +101,6 @@ def as_other(user, base, requests, secret_file):
     return json.loads(done.stdout)
 
 
-def token_file(project):
-    return Path(project.db + "-lq") / "dashboard.token"
-
-
 @pytest.mark.worker
 class TestTheTokenIsTheBoundary:
 
@@ -117,18 +113,19 @@ class TestTheTokenIsTheBoundary:
         d = dashboards(project, "--metrics-public")
         # The token file: 0600, ours. Make its directory traversable, so that the file's
         # own mode is what keeps the other user out.
-        path = token_file(project)
+        path = d.token_file
         st = os.stat(path)
         assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600)
         os.chmod(path.parent, 0o711)
         token = path.read_text().strip()
         assert len(token) >= 40 and token in d.login_url
         base = d.url.rstrip("/")
-        paths = ["/", "/tasks", f"/task/{late.id}", "/data/overview", "/data/tasks",
+        shells = ["/", "/tasks", f"/task/{late.id}", "/?token=wrong"]    # code, no data
+        paths = [*shells, "/data/overview", "/data/tasks", "/login",
                  f"/data/task/{late.id}", "/data/workers", "/data/queues", "/data/schedules",
                  "/api/workers", "/api/tasks", "/api/task/types", f"/api/task/info/{late.id}",
-                 f"/api/task/result/{late.id}", "/api/queues/length", "/?token=wrong",
-                 f"/api/tasks?token={token[:-1]}"]
+                 f"/api/task/result/{late.id}", "/api/queues/length",
+                 f"/api/tasks?token={token[:-1]}", f"/api/tasks?token={token}"]
         posts = ["/api/task/async-apply/tasks.add", "/api/task/send-task/tasks.add",
                  f"/api/task/revoke/{late.id}", f"/action/revoke/{late.id}",
                  "/action/pause/default", "/action/purge/default", "/action/retry-failed",
@@ -143,9 +140,14 @@ class TestTheTokenIsTheBoundary:
         out = as_other(other_user, base, requests, path)
         assert out["token_file"] == "PermissionError"
         for method, p, status, body in out["answers"]:
+            assert token not in body
             if p in ("/metrics", "/healthcheck"):       # --metrics-public: no task data
                 assert status in (200, 503), (p, status, body)
                 assert secret not in body and late.id not in body
+                continue
+            if method == "GET" and p in shells:         # the page's code, without data
+                assert status == 200 and "<html" in body.lower(), (p, status)
+                assert secret not in body and late.id not in body, p
                 continue
             assert status in (401, 403), (method, p, status, body)
             assert secret not in body and late.id not in body, (method, p, body)
@@ -162,38 +164,47 @@ class TestTheTokenIsTheBoundary:
     def test_without_metrics_public_metrics_need_the_token_too(self, project, dashboards):
         project.delay("add", 1, 1)
         d = dashboards(project)
-        for path in ("/metrics", "/healthcheck", "/api/tasks", "/"):
+        for path in ("/metrics", "/healthcheck", "/api/tasks", "/data/overview"):
             code, headers, body = d.request(path, auth=False)
             assert code == 401 and "token" in json.loads(body)["error"], (path, body)
         assert d.request("/metrics")[0] == 200
         assert d.request("/healthcheck")[0] in (200, 503)
 
-    def test_the_printed_url_sets_a_strict_httponly_cookie_and_drops_the_token(
+    def test_the_token_travels_in_the_fragment_and_a_header_never_a_cookie(
             self, project, dashboards):
+        """Cookies ignore the port: a cookie for 127.0.0.1 also goes to a page another user
+        serves on another port. So the printed URL puts the token in its fragment (which
+        the browser keeps to itself), the page keeps it in its own origin's storage and
+        sends it in the Authorization header; nothing sets or accepts a cookie."""
         project.delay("add", 1, 1)
         d = dashboards(project)
-        login = "/" + d.login_url.split("/", 3)[3]
-        assert login.startswith("/?token=")
-        code, headers, _ = d.request(login + "&x=1", auth=False)
-        assert code in (302, 303)
-        assert headers["Location"] == "/?x=1"                  # the token is gone
-        cookie = headers["Set-Cookie"]
-        name_value = cookie.split(";")[0]
-        assert name_value == f"litequeue-token-{d.port}={d.token}"
-        flags = {f.strip().lower() for f in cookie.split(";")[1:]}
-        assert {"httponly", "samesite=strict", "path=/"} <= flags
-        code, _, page = d.request("/", headers={"Cookie": name_value}, auth=False)
-        assert code == 200 and "<html" in page.lower()
-        assert d.request("/data/overview", headers={"Cookie": name_value}, auth=False)[0] == 200
-        # A path that would leave the site is not followed after login.
-        code, headers, _ = d.request("//evil.example/?token=" + d.token, auth=False)
-        assert code in (302, 303) and headers["Location"].startswith("/")
-        assert not headers["Location"].startswith("//")
-        # The CSRF check stays: a cookie alone does not make a browser POST pass.
+        assert d.login_url == f"{d.url}#token={d.token}"
+        for path in ("/", f"/?token={d.token}", "/tasks?state=FAILURE", "/data/overview"):
+            code, headers, page = d.request(path, auth=path.startswith("/data"))
+            assert code == 200 and "Set-Cookie" not in headers, (path, headers)
+            assert d.token not in page
+        cookie = {"Cookie": f"litequeue-token-{d.port}={d.token}; token={d.token}"}
+        assert d.request("/data/overview", headers=cookie, auth=False)[0] == 401
+        # A browser's change (it sends Origin or Sec-Fetch-Site) needs the token in the
+        # header: a password the browser remembers would go with any site's form.
         late = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
-        code, _, _ = d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False, headers={
-            "Cookie": name_value, "Origin": f"http://{d.host}"})
-        assert code == 403 and late.detailed_state == SCHEDULED
+        browser = {"Origin": f"http://{d.host}", "Sec-Fetch-Site": "same-origin"}
+        code, _, _ = d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False,
+                               headers={**browser, **cookie})
+        assert code == 401 and late.detailed_state == SCHEDULED
+        assert d.json(f"/action/revoke/{late.id}", "POST", {}, headers=browser) == {"ok": True}
+        assert late.detailed_state == "REVOKED"
+
+    def test_two_dashboards_of_one_file_keep_their_own_tokens(self, project, dashboards):
+        project.delay("add", 1, 1)
+        first, second = dashboards(project), dashboards(project)
+        assert first.token != second.token and first.token_file != second.token_file
+        for d in (first, second):
+            assert d.token_file.read_text().strip() == d.token
+            assert d.request("/data/overview")[0] == 200
+        first.stop()                       # its file goes with it; the other's stays
+        wait_until(lambda: not first.token_file.exists(), message="the first token file gone")
+        assert second.token_file.exists() and second.request("/data/overview")[0] == 200
 
 
 def basic(user, password):
@@ -231,10 +242,17 @@ class TestThePasswordStaysOutOfArgv:
                              auth=False)[0] == 401
         # The token still works beside the password.
         assert d.request("/data/overview")[0] == 200
-        # A browser that logged in with the password gets the token cookie.
-        _, headers, _ = d.request("/data/overview", headers=basic("ops", "correct horse"),
-                                  auth=False)
-        assert headers["Set-Cookie"].startswith(f"litequeue-token-{d.port}={d.token};")
+        # A browser logs in at /login with the password: the page it gets holds the token
+        # for its script (no cookie); without the password, /login asks for it.
+        code, headers, page = d.request("/login", headers=basic("ops", "correct horse"),
+                                        auth=False)
+        assert code == 200 and d.token in page and "Set-Cookie" not in headers
+        code, headers, _ = d.request("/login", auth=False)
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
+        # A wrong token from the page's script is not offered a password prompt.
+        code, headers, _ = d.request("/data/overview", auth=False,
+                                     headers={"Authorization": "Bearer stale"})
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
 
     @pytest.mark.worker
     def test_from_a_file_only_if_it_is_ours_and_0600(self, project, other_user, dashboards):
@@ -251,8 +269,10 @@ class TestThePasswordStaysOutOfArgv:
         os.chown(secret, 0, -1)
         os.chmod(secret, 0o600)
         d = dashboards(project, "--auth", "ops", "--auth-file", secret, env=env)
-        assert d.request("/", headers=basic("ops", "from a file"), auth=False)[0] == 200
-        assert d.request("/", headers=basic("ops", "from a file\n"), auth=False)[0] == 401
+        assert d.request("/data/overview", headers=basic("ops", "from a file"),
+                         auth=False)[0] == 200
+        assert d.request("/data/overview", headers=basic("ops", "from a file\n"),
+                         auth=False)[0] == 401
 
     def test_only_a_salted_hash_is_kept(self, project):
         import litequeue
@@ -484,7 +504,7 @@ class TestAHostileClientCostsLittle:
             (f"GET / HTTP/1.1\r\n{auth}".encode() + b"".join(b"X-%d: 1\r\n" % i
                                                           for i in range(200)) + b"\r\n", 431),
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 421),
-            (f"GET / HTTP/1.1\r\nHost: {d.host}\r\n\r\n".encode(), 401),
+            (f"GET /data/overview HTTP/1.1\r\nHost: {d.host}\r\n\r\n".encode(), 401),
         ]
         for data, status in cases:
             code, headers, body = raw_request(d, data)

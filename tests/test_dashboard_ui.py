@@ -88,8 +88,8 @@ def test_the_new_json_and_actions_over_http(project, dashboards):
     assert d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "0"}) == \
         {"message": "rate limit removed"}
     d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "quick"}, status=400)
-    d.json("/action/schedule/disable/nightly", "POST", status=403,
-           headers={"Origin": f"http://{d.host}"})          # a browser needs the token
+    assert d.request("/action/schedule/disable/nightly", "POST", auth=False,
+                     headers={"Origin": f"http://{d.host}"})[0] == 401   # needs the token
 
 
 @pytest.mark.worker
@@ -127,7 +127,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         page_click(browser, By.CSS_SELECTOR, css)
     try:
         # 1. Charts: a time axis (HH:MM ticks), a colour key, a hover value per bar.
-        browser.get(d.login_url)             # the printed URL: sets the cookie
+        browser.get(d.login_url)             # the printed URL: the token in its fragment
         wait_until(lambda: js("return document.querySelectorAll('.chart').length") == 3, 20,
                    "the charts")
         ticks = js("return [...document.querySelectorAll('.chart svg text.tick')]"
@@ -204,3 +204,79 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         assert errors == []
     finally:
         browser.quit()
+
+
+class _Snoop:
+    """A page on another port of 127.0.0.1, as another local user could serve: it asks
+    its own server for /steal and keeps every request's headers."""
+
+    PAGE = (b"<!doctype html><html><body><p id=s>snooping</p><script>"
+            b"fetch('/steal').then(() => { document.getElementById('s').textContent = 'done'; });"
+            b"</script></body></html>")
+
+    def __init__(self):
+        import http.server
+        import threading
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append((self.path, dict(self.headers)))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(_Snoop.PAGE)))
+                self.end_headers()
+                self.wfile.write(_Snoop.PAGE)
+
+            def log_message(self, *args):
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+@pytest.mark.timeout(120)
+def test_a_page_on_another_loopback_port_gets_no_token_from_the_browser(
+        project, dashboards, tmp_path):
+    """Cookies ignore the port, and SameSite counts every port of 127.0.0.1 as one site:
+    a token cookie would reach a page another user serves on 127.0.0.1. The token is in the
+    printed URL's fragment and the dashboard's own storage, sent in a header by its page
+    only; the other page's requests carry nothing of it, and cannot read it."""
+    project.delay("add", 1, 1)
+    d = dashboards(project)
+    snoop = _Snoop()
+    browser = _chromium(tmp_path)
+    js = browser.execute_script
+    try:
+        browser.get(d.login_url)
+        wait_until(lambda: js("return document.querySelectorAll('.chart').length") == 3, 20,
+                   "the overview, logged in")
+        assert "#token" not in browser.current_url and d.token not in browser.current_url
+        browser.get(f"http://127.0.0.1:{snoop.port}/")
+        wait_until(lambda: js("return document.getElementById('s').textContent") == "done",
+                   20, "the other page's request")
+        assert {"/", "/steal"} <= {path for path, _ in snoop.seen}
+        for path, headers in snoop.seen:
+            assert d.token not in repr(headers), (path, headers)
+        assert js("return Object.values(localStorage).join(' ')").find(d.token) < 0
+        assert d.token not in js("return document.cookie")
+        # Back on the dashboard, in a new page load: still logged in, from its storage.
+        browser.get(d.url + "tasks")
+        wait_until(lambda: js("return document.querySelectorAll('main table').length") >= 1,
+                   20, "the tasks page, logged in")
+        # Without the token (another browser profile), the page explains how to log in.
+        js("localStorage.clear()")
+        browser.get(d.url)
+        wait_until(lambda: "needs its token" in js("return document.body.innerText"), 20,
+                   "the login explanation")
+    finally:
+        browser.quit()
+        snoop.close()

@@ -172,17 +172,19 @@ class TestDashboard:
         assert d.url.startswith("http://127.0.0.1:")
         # DNS rebinding: a page served under another name cannot read the API.
         assert d.request("/data/overview", headers={"Host": f"evil.example:{d.host.split(':')[1]}"})[0] == 421
-        # A cross-site POST changes nothing.
-        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                        {"Origin": f"http://{d.host}"}):           # same origin, no token
+        # A cross-site POST changes nothing, even with the token; a same-origin one needs it.
+        for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
             assert d.request(f"/action/revoke/{late.id}", "POST", {}, headers)[0] == 403
+        assert d.request(f"/action/revoke/{late.id}", "POST", {}, auth=False,
+                         headers={"Origin": f"http://{d.host}"})[0] == 401
         assert late.detailed_state == SCHEDULED
-        page = d.request("/")
-        csrf = json.loads(re.search(r'id="config">(.*?)</script>', page[2]).group(1))["csrf"]
+        page = d.request("/", auth=False)              # the page: code, no data, no secret
+        config = json.loads(re.search(r'id="config">(.*?)</script>', page[2]).group(1))
+        assert config["token"] is None and d.token not in page[2]
         assert "nonce-" in page[1]["Content-Security-Policy"]
         assert "default-src 'none'" in page[1]["Content-Security-Policy"]
         assert d.json(f"/action/revoke/{late.id}", "POST", {}, {
-            "Origin": f"http://{d.host}", "X-CSRF-Token": csrf}) == {"ok": True}
+            "Origin": f"http://{d.host}"}) == {"ok": True}
         assert late.state == REVOKED
         # Any address but loopback needs --auth, said in one line.
         refused = lq("dashboard", project.db, "--host", "0.0.0.0", cwd=project.dir)
@@ -347,7 +349,7 @@ class TestDashboardInChromium:
         def click(xpath):
             page_click(browser, By.XPATH, xpath)
         try:
-            browser.get(d.login_url)             # the printed URL: sets the cookie
+            browser.get(d.login_url)             # the printed URL: the token in its fragment
             assert "token" not in browser.current_url
             wait_until(lambda: "Health" in text() and "live" in browser.find_element(
                 By.ID, "live").text, 20, "the overview to load")
