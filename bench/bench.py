@@ -22,7 +22,6 @@ to stderr. See bench/README.md for what each figure means and how it is measured
 """
 
 import argparse
-import glob
 import array
 import collections
 import contextlib
@@ -2735,8 +2734,10 @@ def start_dashboard(db, tmp, tag):
         proc.stop()
         raise
     proc.url, proc.port = found.group(1), int(found.group(2))
-    with open(glob.glob(db + "-lq/dashboard-*.token")[0]) as f:        # every request needs the token
+    with open(f"{db}-lq/dashboard-{proc.port}.token") as f:   # every request needs the token
         proc.token = f.read().strip()
+    # A browser logs in with the printed URL: the token in its fragment.
+    proc.login = f"{proc.url}#token={proc.token}"
     return proc
 
 
@@ -3102,7 +3103,7 @@ def measure_dashboard_idle(dash, tmp, tag, cfg, results):
     information."""
     browser = Browser(tmp, f"{tag}-idle")
     try:
-        browser.open([dash.url])
+        browser.open([dash.login])
         results.setdefault("versions", {"chromium": browser.version,
                                         "selenium": _selenium_version()})
         time.sleep(cfg["idle_settle"])
@@ -3151,7 +3152,7 @@ def measure_dashboard_drain(tmp, tag, browse, n, cfg, results):
             if browse:
                 dash = start_dashboard(system.db, tmp, tag)
                 browser = Browser(tmp, tag)
-                browser.open([dash.url, dash.url + "tasks"])
+                browser.open([dash.login, dash.url + "tasks"])
             time.sleep(cfg["dashboard_drain_settle"])
             if browser:
                 browser.start_count()
