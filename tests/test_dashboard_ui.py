@@ -280,3 +280,16 @@ def test_a_page_on_another_loopback_port_gets_no_token_from_the_browser(
     finally:
         browser.quit()
         snoop.close()
+
+
+def test_a_disabled_schedule_still_says_when_it_last_fired():
+    last = 1_780_000_000.0
+    row = {"name": "nightly", "task": "tasks.add", "schedule": "every:20.0", "tz": "UTC",
+           "queue": "default", "catch_up": "once", "fires": 8, "last_fire": last,
+           "next_fire": last + 20, "error": litequeue._SCHEDULE_OFF}
+    view = litequeue._schedule_view(row)
+    assert view["off"] and view["schedule"] == "every 20 s" and view["next"] == []
+    assert view["last_fire"] == "2026-05-28T20:26:40+00:00"
+    assert litequeue._schedule_view(dict(row, error=None))["next"]
+    cron = litequeue._schedule_view(dict(row, schedule="cron:0 3 * * *", error=None))
+    assert cron["schedule"] == "cron 0 3 * * *" and cron["next"][0]["at"].endswith("03:00:00+00:00")

@@ -202,3 +202,31 @@ def test_app_control_and_inspect_answer_in_celerys_shape(project):
         assert asked(project, worker_id)[1] is not None
     finally:
         lock.release()
+
+
+@pytest.mark.parametrize("spoiled", [None, "lots", 2**63 - 1])
+def test_a_worker_keeps_the_counts_of_children_that_ended(project, spoiled):
+    """A shrunk pool or a replaced child takes its row away; its counts go to its
+    supervisor's row, so the worker's processed and failed never fall (and a counter
+    another client spoiled is counted as 0, never an error)."""
+    project.delay("add", 1, 1)                              # creates the file
+    storage = project.app._storage()
+    sup, child, other = (litequeue._new_worker_id() for _ in range(3))
+    lock = register(project, sup)
+    try:
+        for worker_id in (child, other):
+            storage.register_worker({
+                "id": worker_id, "parent": sup, "hostname": "box", "pid": 1,
+                "queues": "default", "concurrency": 1, "started_at": time.time(),
+                "pool": None})
+        sql(project.db, "UPDATE workers SET processed = 38, failed = 5 WHERE id = ?", child)
+        sql(project.db, "UPDATE workers SET processed = 2, failed = 1 WHERE id = ?", other)
+        if spoiled is not None:
+            sql(project.db, "UPDATE workers SET processed = ? WHERE id = ?", spoiled, sup)
+        storage.unregister_worker(child)                    # a shrunk pool's child ends
+        storage.rescue(other, [], lambda *a: None, time.time())    # a dead child
+        (row,) = [w for w in project.app.admin.workers() if w["id"] == sup]
+        assert (row["processed"], row["failed"]) == (40, 6)
+        assert row["children"] == []
+    finally:
+        lock.release()
