@@ -5921,10 +5921,14 @@ def _visible_state(row):
     return state
 
 
+def _is_chord_wait(waits):
+    """Is a row's `waits` column that of a chord's body (it waits for the header)?"""
+    return isinstance(waits, str) and waits.startswith("chord")
+
+
 def _stands_in(row):
     """Is this row our step before a chord's group body (not a task of the user's)?"""
-    return bool(row) and row.get("name") == _GATHER and \
-        str(row.get("waits")).startswith("chord")
+    return bool(row) and row.get("name") == _GATHER and _is_chord_wait(row.get("waits"))
 
 
 class AsyncResult:
@@ -6776,9 +6780,12 @@ class Admin:
         row = self.app.AsyncResult(task_id)._fetch()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
-        rows = self.app._storage().workflow(row["root_id"] or row["id"], limit)
-        return [dict(_task_summary(r), parent_id=_display(r["parent_id"]),
-                     group_id=_display(r["group_id"])) for r in rows]
+        storage = self.app._storage()
+        rows = storage.workflow(row["root_id"] or row["id"], limit)
+        # A chord body's parent, as Celery gives it: the header task that ended last.
+        return [dict(_task_summary(r), group_id=_display(r["group_id"]), parent_id=_display(
+            r["parent_id"] if r["parent_id"] is not None or not _is_chord_wait(r["waits"])
+            else storage.chord_starter(r["id"]))) for r in rows]
 
     def states(self):
         """The states a task can be in, then the custom update_state() states in use."""
@@ -10185,7 +10192,7 @@ class _RunPipeline:
     def _chord_starter(self, row):
         """A chord body's parent id, as Celery gives it: the header task whose end
         started it (the last to finish). None for any other row without a parent."""
-        if not (isinstance(row.waits, str) and row.waits.startswith("chord")):
+        if not _is_chord_wait(row.waits):
             return None
         return self.storage.chord_starter(row.id)
 
@@ -14646,20 +14653,26 @@ function timeline(flow, current) {
   const h = top + flow.length * row + B, x = t => L + (t - t0) / span * (w - L - 6);
   const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "workflow timeline", id: "timeline"});
   axes(s, w - 6, h, L, B, t0, t1, 0, null, false, span < 600);
+  const byId = Object.fromEntries(flow.map(t => [t.id, t]));
   flow.forEach((t, i) => { const y = top + i * row, g = svg("g", {class: "member", "data-id": t.id});
     const name = svg("text", {x: 4, y: y + 14, class: "tick" + (t.id === current ? " here" : "")});
     name.textContent = (t.id === current ? "▶ " : "") + t.name.split(".").pop() + " " + t.id.slice(-6);
     const a = document.createElementNS(SVG, "a"); a.setAttribute("href", "/task/" + encodeURIComponent(t.id)); a.append(name);
     a.addEventListener("click", e => { e.preventDefault(); go("/task/" + encodeURIComponent(t.id)); });
     const start = t.started || (t.finished ? t.finished : now), end = t.finished || now;
+    // A step of a chain or a chord's body waits for the step before it, then is queued.
+    const before = t.parent_id && byId[t.parent_id];
+    const ready = before ? Math.min(start, Math.max(t.created, before.finished || start)) : t.created;
     const tip = svg("title", {}); tip.textContent = t.name + " " + t.id + " · " + t.state + "\nqueued " + when(t.created) +
-      (t.started ? "\nstarted " + when(t.started) + " (waited " + secs(t.started - t.created) + ")" : "") +
+      (before ? "\nready " + when(ready) + " (the step before it ended)" : "") +
+      (t.started ? "\nstarted " + when(t.started) + " (queued " + secs(t.started - ready) + ")" : "") +
       (t.finished ? "\nended " + when(t.finished) + (t.started ? " (ran " + secs(t.finished - t.started) + ")" : "") : "");
-    g.append(tip, a, svg("rect", {x: x(t.created), y: y + 7, width: Math.max(1, x(start) - x(t.created)), height: 6, fill: "#d0d5dd"}));
+    g.append(tip, a, svg("rect", {x: x(t.created), y: y + 9, width: Math.max(0, x(ready) - x(t.created)), height: 2, fill: "#98a2b3"}),
+      svg("rect", {x: x(ready), y: y + 7, width: Math.max(1, x(start) - x(ready)), height: 6, fill: "#d0d5dd"}));
     if (t.started) g.append(svg("rect", {x: x(t.started), y: y + 3, width: Math.max(2, x(end) - x(t.started)), height: 14, rx: 2, fill: COLORS[t.state] || "#e0a800"}));
     s.append(g); });
   return el("div", {class: "chart"}, el("div", {class: "legend", text: "timeline of its workflow (" + flow.length + " tasks, " + secs(span) + ")"}), s,
-    legend([["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#e0a800", "running or retried"]]));
+    legend([["w", "#98a2b3", "waiting for the step before"], ["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#e0a800", "running or retried"]]));
 }
 async function taskPage(id) {
   const [t, flow] = await getMany("/data/task/" + encodeURIComponent(id), "/data/workflow/" + encodeURIComponent(id));

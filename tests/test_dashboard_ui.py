@@ -181,6 +181,12 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         browser.get(d.url + "task/" + body.id)
         wait_until(lambda: js("return document.querySelectorAll('#timeline .member').length")
                    == 4, 20, "the timeline's four bars")
+        # The body waited for its header (no "queued" for that time), then was queued.
+        body_tip = js("return [...document.querySelectorAll('#timeline .member')].pop()"
+                      ".querySelector('title').textContent")
+        assert "ready " in body_tip and "(the step before it ended)" in body_tip, body_tip
+        assert js("return [...document.querySelectorAll('#timeline .member title')]"
+                  ".filter(t => t.textContent.includes('ready ')).length") == 1
         assert js("return [...document.querySelectorAll('#actions button')].length") == 0
         # 5. Schedules: disable from the page, then run now.
         browser.get(d.url + "schedules")
