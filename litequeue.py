@@ -6691,8 +6691,10 @@ class Admin:
         a number per second; None or 0 drops it); returns the rate set (None: none). It
         lasts until a worker or producer that defines the task registers it again."""
         parsed = _parse_rate(rate)
-        self.app._storage().set_rate_limit(_checked_text("task name", name, _NAME_MAX),
-                                           parsed)
+        name = _checked_text("task name", name, _NAME_MAX)
+        if name not in self.app._storage().registry():     # Flower: 404, as here
+            raise UnknownTask(f"no task named {_shown(name, 100)} is registered in this file")
+        self.app._storage().set_rate_limit(name, parsed)
         self.app._work_bell.ring()
         return parsed[0] if parsed else None
 
@@ -12650,8 +12652,13 @@ class _Dashboard:
         self.metrics_public = metrics_public
         self.pool = queue.SimpleQueue()      # idle read connections, lent to requests
         self.port = self.server_address[1]
+        # On loopback a browser uses a host name of its own, new at each start:
+        # RANDOM.localhost, which browsers resolve to loopback. Its origin is one no other
+        # user can know, so none can have planted a script there (a service worker,
+        # registered while this port was theirs) to read the token as the page gets it.
+        self.site = f"{secrets.token_hex(8)}.localhost" if host in _LOOPBACK else None
         # Behind --auth on another address any Host is served: the password guards it.
-        names = {host, "localhost"} if host in _LOOPBACK else None
+        names = {host, "localhost", self.site} if host in _LOOPBACK else None
         self.hosts = None if names is None else \
             {f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names}
         if self.hosts is not None and self.port == 80:        # browsers omit :80
@@ -12681,6 +12688,10 @@ class _Dashboard:
     def url(self):
         host = self.server_address[0]
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
+
+    def browser_url(self):
+        """The address a person opens: on loopback, under this start's own host name."""
+        return self.url() if self.site is None else f"http://{self.site}:{self.port}/"
 
     def token_ok(self, given):
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())
@@ -13192,13 +13203,20 @@ class _DashboardHandler:
 
     def login(self):
         """GET /login, with the --auth password (or the token): the page, holding the token
-        for its script to keep (in the page's storage), which then shows the overview."""
+        for its script to keep (in the page's storage), which then shows the overview. On
+        loopback only under the dashboard's own host name (see _Dashboard.site)."""
+        site = self.server.site
+        if site is not None and self.headers.get("Host", "").rpartition(":")[0] != site:
+            self._send(303, "application/json", b'{"ok": true}',
+                       [("Location", f"{self.server.browser_url()}login")])
+            return
         self.page(token=self.server.token)
 
     def page(self, token=None):
         nonce = secrets.token_urlsafe(16)
         config = json.dumps({"readOnly": self.server.read_only, "version": __version__,
-                             "auth": self.server.auth is not None, "token": token})
+                             "auth": self.server.auth is not None, "token": token,
+                             "ownSite": self.server.site is not None})
         # The config goes in a JSON script element: </ cannot close it early.
         html = (_DASHBOARD_PAGE.replace("{nonce}", nonce)
                 .replace("{config}", config.replace("</", "<\\/")))
@@ -14012,9 +14030,9 @@ def _cmd_dashboard(db, host, port, auth, auth_file, read_only, metrics_public, m
     token_path = _write_dashboard_token(app.path, token, server.port)
     click.echo(f"litequeue dashboard for {app.path} on {server.url()}"
                f"{' (read-only)' if read_only else ''}", err=True)
-    click.echo(f"  open {server.url()}#token={token}\n  scripts: send 'Authorization: "
+    click.echo(f"  open {server.browser_url()}#token={token}\n  scripts: send 'Authorization: "
                f"Bearer TOKEN', the token is in {token_path} (mode 0600)"
-               + (f"\n  or log in at {server.url()}login with the --auth password"
+               + (f"\n  or log in at {server.browser_url()}login with the --auth password"
                   if auth else ""), err=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
@@ -14394,7 +14412,10 @@ button.danger{color:var(--bad);border-color:#f3b8a5}input,select{font:inherit;pa
 .keys .key{margin-right:14px;white-space:nowrap}.key .sw{display:inline-block;margin-right:4px;vertical-align:-1px}
 .scroll{overflow-x:auto}th.sortable{cursor:pointer;user-select:none}th.sortable:hover{color:var(--fg)}.cardlink{text-decoration:none;color:inherit}.cardlink .card:hover{border-color:var(--acc)}
 header{flex-wrap:wrap}#filters{display:flex;flex-wrap:wrap;gap:6px 0}
-@media (max-width:640px){.scroll table{min-width:760px}main{padding:10px}header{gap:6px 14px;padding:8px 10px}nav a{margin-right:10px}.card{min-width:96px;padding:8px 10px}.card .n{font-size:18px}progress{width:160px}}
+td.long{overflow-wrap:anywhere;min-width:9em;max-width:300px}td.when{white-space:nowrap}
+@media (max-width:640px){.scroll table,.scroll tbody,.scroll tr,.scroll td{display:block}.scroll thead{display:none}
+.scroll tr{border-bottom:1px solid var(--line);padding:6px 0}.scroll td{border:none;padding:2px 8px;max-width:none}
+.scroll td[data-label]::before{content:attr(data-label) ": ";color:var(--mute)}.scroll td:empty{display:none}main{padding:10px}header{gap:6px 14px;padding:8px 10px}nav a{margin-right:10px}.card{min-width:96px;padding:8px 10px}.card .n{font-size:18px}progress{width:160px}}
 a{color:var(--acc)}.why{padding:8px 10px;background:#fffaeb;border:1px solid #fedf89;border-radius:8px;margin:8px 0}
 progress{width:320px;height:14px}.kv td:first-child{color:var(--mute);width:140px;white-space:nowrap;overflow-wrap:normal}
 </style></head><body>
@@ -14409,12 +14430,19 @@ const main = document.getElementById("main");
 // /login, kept in this origin's storage, which a page on another port cannot read, and
 // sent only in the Authorization header (a cookie would go to every port of the host).
 const TOKEN_KEY = "litequeue-token";
+// On loopback the token is used only under the dashboard's own host name (RANDOM.localhost,
+// new at each start), never under 127.0.0.1 or localhost, where another user could have
+// left a script while the port was theirs.
+const OWN_SITE = !CFG.ownSite || /^[0-9a-f]{16}[.]localhost$/.test(location.hostname);
 { const given = new URLSearchParams(location.hash.slice(1)).get("token") || CFG.token;
-  if (given) { localStorage.setItem(TOKEN_KEY, given);
-    history.replaceState(null, "", location.pathname === "/login" ? "/" : location.pathname + location.search); } }
+  // The address without the token, and without any user:password in it (fetch refuses
+  // relative URLs under such an address).
+  const clean = location.origin + (location.pathname === "/login" ? "/" : location.pathname + location.search);
+  if (given || location.hash || new URL(location.href).username) history.replaceState(null, "", clean);
+  if (given && OWN_SITE) localStorage.setItem(TOKEN_KEY, given); }
 class LoggedOut extends Error {}
 function authorized(headers) {
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = OWN_SITE ? localStorage.getItem(TOKEN_KEY) : null;
   if (!token) throw new LoggedOut();
   return Object.assign({"Authorization": "Bearer " + token}, headers);
 }
@@ -14434,6 +14462,8 @@ function el(tag, props, ...kids) {
 }
 function svg(tag, attrs) { const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v)); return e; }
+// A time in a schedule's own zone (ISO with its offset), as "2026-12-07 14:20:00".
+function zoned(iso) { return iso ? String(iso).slice(0, 19).replace("T", " ") : ""; }
 function when(t) { return t ? new Date(t * 1000).toLocaleString([], {hour12: false}) : ""; }
 // A duration as an operator reads it: 4.0 ms, 12.3 s, 1 min 48 s, 3 h 2 min, 2 d 4 h.
 function secs(s) {
@@ -14557,6 +14587,9 @@ function lineChart(title, points, stepSecs, label) {
   return box;
 }
 function table(headers, rows) {
+  // Each cell carries its column's name: on a phone a row reads as a card of "name: value".
+  const names = headers.map(h => h instanceof Node ? h.textContent : h);
+  for (const r of rows) [...r.children].forEach((td, i) => { if (names[i]) td.setAttribute("data-label", names[i]); });
   return el("div", {class: "scroll"}, el("table", {}, el("thead", {}, el("tr", {}, ...headers.map(h => h instanceof Node ? h : el("th", {text: h})))),
             el("tbody", {}, ...rows)));
 }
@@ -14620,7 +14653,7 @@ async function tasksPage() {
     el("button", {text: "Clear", on: {click: () => { pageBefore = []; setQuery({}); render(); }}}));
   if (!CFG.readOnly) form.append(el("button", {class: "danger", text: "Retry all failed" , on: {click: async () => { const r = await post("/action/retry-failed", {name: f.name || null}); document.getElementById("live").textContent = "requeued " + r.requeued; render(); }}}));
   const rows = sortRows(d.tasks, f.sort).map(t => el("tr", {}, el("td", {}, link("/task/" + encodeURIComponent(t.id), t.id)), el("td", {text: t.name}), stateCell(t.state),
-    el("td", {text: t.args}), el("td", {text: t.exception || (t.result === null ? "" : JSON.stringify(t.result))}), el("td", {text: when(t.created)}), el("td", {text: secs(t.runtime)}), el("td", {text: t.worker || ""})));
+    el("td", {class: "long", text: t.args}), el("td", {class: "long", text: t.exception || (t.result === null ? "" : JSON.stringify(t.result))}), el("td", {text: when(t.created)}), el("td", {text: secs(t.runtime)}), el("td", {text: t.worker || ""})));
   const heads = COLUMNS.map(([key, label]) => { const on = f.sort.replace(/^-/, "") === key, down = f.sort === "-" + key;
     return el("th", {class: "sortable", "data-key": key, title: "sort by " + label, "aria-sort": on ? (down ? "descending" : "ascending") : "none",
       on: {click: () => { setQuery(Object.assign(query(), {sort: on && !down ? "-" + key : on ? "" : key})); render(); }}}, label + (on ? (down ? " ▼" : " ▲") : "")); });
@@ -14752,8 +14785,8 @@ async function schedulesPage() {
   const act = (s, label, action) => el("button", {text: label, on: {click: async () => {
     try { const r = await post("/action/schedule/" + action + "/" + encodeURIComponent(s.name)); scheduleResult = label + " " + s.name + (r.task ? ": queued " + r.task : r.ok ? ": done" : ": no change"); } catch (e) { scheduleResult = e.message; }
     render(); }}});
-  const rows = ss.map(s => el("tr", {}, el("td", {text: s.name}), el("td", {}, link("/tasks?name=" + encodeURIComponent(s.task), s.task)), el("td", {text: s.schedule}), el("td", {text: s.tz}), el("td", {text: s.last_fire || "never"}),
-    el("td", {}, ...(s.off ? [el("span", {class: "bad", text: "disabled"})] : s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: n.at + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires}),
+  const rows = ss.map(s => el("tr", {}, el("td", {text: s.name}), el("td", {}, link("/tasks?name=" + encodeURIComponent(s.task), s.task)), el("td", {class: "when", text: s.schedule}), el("td", {text: s.tz}), el("td", {class: "when", text: zoned(s.last_fire) || "never"}),
+    el("td", {class: "when"}, ...(s.off ? [el("span", {class: "bad", text: "disabled"})] : s.error ? [el("span", {class: "bad", text: s.error})] : s.next.map(n => el("div", {text: zoned(n.at) + (n.dst_change ? "  (UTC offset changes)" : "")})))), el("td", {text: s.fires}),
     el("td", {}, ...(CFG.readOnly ? [] : [act(s, "Run now", "run"), s.error ? act(s, "Enable", "enable") : act(s, "Disable", "disable")]))));
   main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires", ""], rows), el("p", {id: "sched-result", class: "muted", text: scheduleResult}));
 }
@@ -14779,12 +14812,14 @@ async function render(timer) {
 }
 function clock() { return new Date().toLocaleTimeString([], {hour12: false, timeZoneName: "short"}); }
 function loggedOut() {
-  localStorage.removeItem(TOKEN_KEY);
+  if (OWN_SITE) localStorage.removeItem(TOKEN_KEY);
   document.getElementById("live").textContent = "not logged in";
-  main.replaceChildren(el("h2", {text: "This dashboard needs its token"}),
-    el("p", {text: "Open the address the dashboard printed when it started: it ends in #token=... " +
-      "(the token is also in the database's side directory, in dashboard-PORT.token, readable by its user only)."}),
-    CFG.auth ? el("p", {}, "Or ", el("a", {href: "/login", text: "log in with the password"}), ".") : null);
+  main.replaceChildren(...[el("h2", {text: "This dashboard needs its token"}),
+    el("p", {text: "Open the address the dashboard printed when it started: http://RANDOM.localhost:" + (location.port || "80") + "/#token=... " +
+      "(the token is also in the database's side directory, in dashboard-" + (location.port || "80") + ".token, readable by its user only)."}),
+    OWN_SITE ? null : el("p", {text: "On this machine the page takes the token only under the host name the dashboard printed, " +
+      "new at each start: no other user can have left a script at that address."}),
+    CFG.auth && OWN_SITE ? el("p", {}, "Or ", el("a", {href: "/login", text: "log in with the password"}), ".") : null].filter(Boolean));
 }
 function go(path) { history.pushState(null, "", path); render(); }
 window.addEventListener("popstate", render);

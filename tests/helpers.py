@@ -935,6 +935,8 @@ class Dashboard:
             r"on (http://\S+/).*\n.*(http://\S+/#token=\S+)", self.log.read_text()), 20,
             lambda: f"the dashboard to listen; log: {self.log.read_text()}")
         self.url, self.login_url = found.group(1), found.group(2)
+        # What a browser opens: the dashboard's own host name (RANDOM.localhost on loopback).
+        self.site_url = self.login_url.partition("#")[0]
         self.host = self.url.split("/")[2]
         self.port = int(self.host.rpartition(":")[2])
         # The token as a script reads it: from the 0600 file beside the database.

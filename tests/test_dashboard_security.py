@@ -178,7 +178,12 @@ class TestTheTokenIsTheBoundary:
         sends it in the Authorization header; nothing sets or accepts a cookie."""
         project.delay("add", 1, 1)
         d = dashboards(project)
-        assert d.login_url == f"{d.url}#token={d.token}"
+        # For a browser, under a host name of this start's own (RANDOM.localhost on loopback).
+        site = re.fullmatch(r"http://([0-9a-f]{16}\.localhost):(\d+)/#token=(\S+)", d.login_url)
+        assert site and int(site.group(2)) == d.port and site.group(3) == d.token
+        assert d.request("/data/overview", headers={"Host": f"{site.group(1)}:{d.port}"})[0] == 200
+        assert d.request("/data/overview", headers={"Host": f"0123456789abcdef.localhost:{d.port}"}
+                         )[0] == 421
         for path in ("/", f"/?token={d.token}", "/tasks?state=FAILURE", "/data/overview"):
             code, headers, page = d.request(path, auth=path.startswith("/data"))
             assert code == 200 and "Set-Cookie" not in headers, (path, headers)
@@ -244,8 +249,15 @@ class TestThePasswordStaysOutOfArgv:
         assert d.request("/data/overview")[0] == 200
         # A browser logs in at /login with the password: the page it gets holds the token
         # for its script (no cookie); without the password, /login asks for it.
+        # Only under the dashboard's own host name (no other user can have left a script
+        # there): elsewhere /login sends the browser to it.
         code, headers, page = d.request("/login", headers=basic("ops", "correct horse"),
                                         auth=False)
+        assert code == 303 and d.token not in page
+        assert headers["Location"] == d.site_url + "login"
+        site = {"Host": d.site_url.split("/")[2]}
+        code, headers, page = d.request("/login", headers={**basic("ops", "correct horse"),
+                                                           **site}, auth=False)
         assert code == 200 and d.token in page and "Set-Cookie" not in headers
         code, headers, _ = d.request("/login", auth=False)
         assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")

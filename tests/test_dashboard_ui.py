@@ -39,6 +39,9 @@ def test_schedule_actions_rate_limits_states_and_workflow(project):
     assert admin.set_rate_limit("tasks.add", None) is None and admin.rate_limits() == []
     with pytest.raises(litequeue.ConfigurationError):
         admin.set_rate_limit("tasks.add", "fast")
+    with pytest.raises(UnknownTask):                   # Flower answers 404 for it too
+        admin.set_rate_limit("tasks.nosuch", "10/s")
+    assert admin.rate_limits() == []
 
     running = add.delay(2, 2)
     sql(project.db, "UPDATE tasks SET state = 'STARTED', meta = ? WHERE id = ?",
@@ -141,7 +144,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         wait_until(lambda: any("succeeded" in t and "failed 1" in t for t in titles()), 20,
                    lambda: f"a chart's hover value to count the failure: {titles()[-3:]}")
         # 2. Filters in the URL: read on load, written on change; headers sort.
-        browser.get(d.url + "tasks?state=FAILURE")
+        browser.get(d.site_url + "tasks?state=FAILURE")
         wait_until(lambda: failed.id in text(), 20, "the failed task")
         assert body.id not in text()
         assert js("return document.getElementById('f-state').value") == "FAILURE"
@@ -162,13 +165,13 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         # The URL changes at the click, the rows once the page's fetch has answered.
         wait_until(sorted_by_name, 10, lambda: f"the rows sorted by name: {names()}")
         # 3. Actions fit the state: a FAILURE offers Retry only.
-        browser.get(d.url + "task/" + failed.id)
+        browser.get(d.site_url + "task/" + failed.id)
         wait_until(lambda: js("return !!document.getElementById('actions')"), 20, "actions")
         buttons = js("return [...document.querySelectorAll('#actions button')]"
                      ".map(b => b.textContent)")
         assert buttons == ["Retry"]
         # 4. The why box links its parent; durations read as an operator says them.
-        browser.get(d.url + "task/" + follower.id)
+        browser.get(d.site_url + "task/" + follower.id)
         wait_until(lambda: js("return document.querySelectorAll('#why a').length") == 1, 20,
                    "the why box's link")
         click("#why a")
@@ -178,7 +181,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
                   " secs(0.004), secs(120)]") == ["1 min 48 s", "3 h 2 min", "2 d 4 h",
                                                    "4.0 ms", "2 min"]
         # 6. A chord's task page draws its workflow on one time axis.
-        browser.get(d.url + "task/" + body.id)
+        browser.get(d.site_url + "task/" + body.id)
         wait_until(lambda: js("return document.querySelectorAll('#timeline .member').length")
                    == 4, 20, "the timeline's four bars")
         # The body waited for its header (no "queued" for that time), then was queued.
@@ -189,7 +192,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
                   ".filter(t => t.textContent.includes('ready ')).length") == 1
         assert js("return [...document.querySelectorAll('#actions button')].length") == 0
         # 5. Schedules: disable from the page, then run now.
-        browser.get(d.url + "schedules")
+        browser.get(d.site_url + "schedules")
         wait_until(lambda: "nightly" in text(), 20, "the schedule")
         click("main button:nth-of-type(2)")                  # Disable
         wait_until(lambda: project.app.admin.schedules()[0]["error"] is not None, 10,
@@ -197,7 +200,7 @@ def test_the_operator_s_views_in_chromium(project, workers, dashboards, tmp_path
         wait_until(lambda: "disabled" in text() and "Enable" in text(), 10, "Enable offered")
         browser.save_screenshot(str(tmp_path / "schedules.png"))
         # 7. Workers: grow the pool from the page, then shut the worker down.
-        browser.get(d.url + "workers")
+        browser.get(d.site_url + "workers")
         wait_until(lambda: "1 process(es) · prefork" in text(), 20, "the worker's pool")
         click("main button[title^='Add a process']")
         wait_until(lambda: "2 process(es) · prefork" in text(), 20, "the grown pool")
@@ -275,14 +278,29 @@ def test_a_page_on_another_loopback_port_gets_no_token_from_the_browser(
         assert js("return Object.values(localStorage).join(' ')").find(d.token) < 0
         assert d.token not in js("return document.cookie")
         # Back on the dashboard, in a new page load: still logged in, from its storage.
-        browser.get(d.url + "tasks")
-        wait_until(lambda: js("return document.querySelectorAll('main table').length") >= 1,
-                   20, "the tasks page, logged in")
+        # On a phone's width each row reads as a card: nothing to scroll sideways.
+        browser.set_window_size(390, 844)
+        browser.get(d.site_url + "tasks")
+        wait_until(lambda: js("return document.querySelectorAll('main tbody tr').length")
+                   >= 1, 20, "the tasks page, logged in")
+        assert js("const s = document.querySelector('.scroll');"
+                  "return s.scrollWidth - s.clientWidth") <= 1
+        assert js("return getComputedStyle(document.querySelector('main tbody td'), "
+                  "'::before').content") == '"id: "'
+        browser.set_window_size(1400, 1000)
         # Without the token (another browser profile), the page explains how to log in.
         js("localStorage.clear()")
-        browser.get(d.url)
+        browser.get(d.site_url)
         wait_until(lambda: "needs its token" in js("return document.body.innerText"), 20,
                    "the login explanation")
+        assert "null" not in js("return document.querySelector('main').innerText")
+        # Under 127.0.0.1, where another user could have left a script while the port was
+        # theirs, the page takes no token, not even from the printed URL's fragment.
+        browser.get(f"{d.url}#token={d.token}")
+        wait_until(lambda: "needs its token" in js("return document.body.innerText"), 20,
+                   "the page refusing the token under 127.0.0.1")
+        assert "#token" not in browser.current_url
+        assert d.token not in js("return Object.values(localStorage).join(' ')")
     finally:
         browser.quit()
         snoop.close()

@@ -369,14 +369,14 @@ class TestDashboardInChromium:
             browser.save_screenshot(str(tmp_path / "tasks.png"))
             # Revoke a scheduled task with its button.
             late = project.app.tasks["tasks.add"].apply_async((1, 1), countdown=600)
-            browser.get(d.url + "task/" + late.id)
+            browser.get(d.site_url + "task/" + late.id)
             wait_until(lambda: "its ETA is" in text(), 20, "the why-not-running line")
             click("//button[text()='Revoke']")
             wait_until(lambda: late.state == REVOKED, 10, "the revoke click to work")
             wait_until(lambda: REVOKED in text(), 10, "the page to show REVOKED")
             browser.save_screenshot(str(tmp_path / "task.png"))
             # The overview's charts draw from the workers' counters.
-            browser.get(d.url)
+            browser.get(d.site_url)
             wait_until(lambda: browser.execute_script(
                 "return document.querySelectorAll('svg rect').length") >= 1, 20,
                 "the charts' bars")
