@@ -4736,26 +4736,21 @@ class _Sleeper:
 
 class _Waitset:
     """epoll over a fixed set of waitables, for a loop that sleeps on the same ones again
-    and again. The `exclusive` one, a pool socket that the children of one supervisor
-    share, wakes one of the children waiting on it per ring, not all of them
-    (EPOLLEXCLUSIVE, Linux 4.5): a busy child is not waiting, so a ring for new work
-    wakes an idle one, and costs the ringer one wake-up."""
+    and again (registered once, not at every sleep).
 
-    def __init__(self, waitables, exclusive=None):
+    A supervisor's idle children all wait on its pool socket, and a ring wakes every one
+    of them. Waking one only (EPOLLEXCLUSIVE) was measured and dropped: on 2 cores the
+    kernel often woke the child on the producer's core, which then waited for the
+    producer to sleep, and the idle round trip grew by about 0.4 ms (p50 1.7-2.0 ms
+    against 1.2-1.6 ms, alternating runs of bench.py --only roundtrip)."""
+
+    def __init__(self, waitables):
         self.epoll = select.epoll()
         self.given = {}
         for waitable in waitables:
-            self._add(waitable, select.EPOLLIN)
-        if exclusive is not None:
-            try:
-                self._add(exclusive, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-            except (AttributeError, OSError):      # an older kernel: every child wakes
-                self._add(exclusive, select.EPOLLIN)
-
-    def _add(self, waitable, events):
-        fd = waitable if isinstance(waitable, int) else waitable.fileno()
-        self.epoll.register(fd, events)
-        self.given[fd] = waitable
+            fd = waitable if isinstance(waitable, int) else waitable.fileno()
+            self.epoll.register(fd, select.EPOLLIN)
+            self.given[fd] = waitable
 
     def wait(self, timeout=None):
         """The waitables that are ready (readable, or whose other end has gone) after
@@ -10590,7 +10585,6 @@ class _Child(_RunPipeline, _Offloading):
         # Resources, opened by _open().
         self.storage = self.lock = self.sleeper = None
         self.pool_socket = self.waitset = None   # new-work rings, shared with the siblings
-        self.relay = None              # a socket connected to the pool, to pass a ring on
         self.control_bell = self.done_bell = self.work_bell = None
         self.revocations = None        # the revoke counter, and its value when last read
         self.revocations_seen = None
@@ -10673,40 +10667,19 @@ class _Child(_RunPipeline, _Offloading):
         parent = multiprocessing.parent_process()
         self.parent_sentinel = parent.sentinel if parent else None
         self.ppid = os.getppid()
-        self.waitset = _Waitset([w for w in (self.sleeper, self.sig_r, self.done,
-                                             self.parent_sentinel) if w is not None],
-                                exclusive=self.pool_socket)
+        self.waitset = _Waitset([w for w in (self.pool_socket, self.sleeper, self.sig_r,
+                                             self.done, self.parent_sentinel)
+                                 if w is not None])
         self.watch = _Watch(self)      # its thread starts now
         self._note_async()
 
     def _open_pool(self, side):
         """The socket that producers ring for new work (work/<supervisor's id>): the
-        supervisor's, shared by its children, or, for a child on its own (a test's), one
-        of its own. The relay socket passes a ring on to an idle sibling."""
-        if self.given_pool is None:
-            self.pool_socket = _Sleeper(side, "work", self.worker_id)
-            name = self.worker_id
-        else:
-            self.pool_socket = _Sleeper.shared(self.given_pool)
-            name = self.spec.parent_id
-        self.relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.relay.setblocking(False)
-        dir_fd = side.open("work")
-        try:
-            self.relay.connect(_fd_path(dir_fd, name))
-        except OSError:              # the supervisor has gone: nobody to pass a ring to
-            self.relay.close()
-            self.relay = None
-        finally:
-            os.close(dir_fd)
-
-    def _pass_ring_on(self):
-        """Claimed all it asked for from idle: more rows may be ready, and the ring that
-        woke it may have been meant for a sibling too (one ring wakes one child), so wake
-        another idle one, if any."""
-        if self.relay is not None:
-            with contextlib.suppress(OSError):      # a full buffer: nobody is idle
-                self.relay.send(b"!")
+        supervisor's, shared by its children (a producer sends one datagram a
+        supervisor, not one a child), or, for a child on its own (a test's), one of its
+        own."""
+        self.pool_socket = _Sleeper(side, "work", self.worker_id) if self.given_pool is None \
+            else _Sleeper.shared(self.given_pool)
 
     def _install_signal_handlers(self):
         """SIGALRM: a sync task's soft time limit; SIGTERM: stop after the running task.
@@ -10724,8 +10697,6 @@ class _Child(_RunPipeline, _Offloading):
         self.sleeper.close()
         self.pool_socket.close()
         self.waitset.close()
-        if self.relay is not None:
-            self.relay.close()
         with contextlib.suppress(Exception):
             stats = self.stats.take(force=True)
             if stats:
@@ -10998,12 +10969,11 @@ class _Child(_RunPipeline, _Offloading):
         while not self.stopping:
             if look:
                 # A ready row first (what a ring is for), then the next start or eta.
-                want = max(1, self._want())
-                ready_now = sum(self.storage.ready_rows(q, time.time(), want + 1)
+                ready_now = any(self.storage.ready_rows(q, time.time(), 1)
                                 for q in self.queues)
                 start_at = None if ready_now else self._next_start()
                 if ready_now or start_at is not None and start_at <= time.time():
-                    rows = self._claim_from_idle(want, ready_now)
+                    rows = self._commit([], max(1, self._want()))
                     if rows:
                         return rows
                     start_at = None
@@ -11053,14 +11023,6 @@ class _Child(_RunPipeline, _Offloading):
             self._cancel_revoked()
             rung = True
         return rung
-
-    def _claim_from_idle(self, want, ready):
-        """Claim up to want rows after a sleep. If it took as many, and more were ready
-        (or due rows were not counted), pass the ring on to an idle sibling."""
-        rows = self._commit([], want)
-        if len(rows) >= want and (ready > len(rows) or not ready):
-            self._pass_ring_on()
-        return rows
 
     def _next_start(self):
         """When to look again without a ring: the earliest start time of a rate-limited
@@ -11616,8 +11578,8 @@ class _Supervisor:
         self.lock = _waiting_out(lambda: _WorkerLock(self.side, self.worker_id),
                                  "creating the lock file again")
         self.locks = self.lock.locks
-        # Its children share a socket for new work (work/<id>: a ring wakes one idle
-        # child); this bell rings each child's own (child/: an eta near, a revoke).
+        # Its children share a socket for new work (work/<id>: a producer's ring is one
+        # datagram); this bell rings each child's own (child/: an eta near, a revoke).
         self.pool_socket = _Sleeper(self.side, "work", self.worker_id)
         self.work_bell = _Doorbell(self.side, "child")
         self.done_bell = _Doorbell(self.side, "done", keep=False)
