@@ -931,9 +931,13 @@ class Dashboard:
                 [sys.executable, str(LITEQUEUE_PY), "dashboard", project.db, "--port", "0",
                  *map(str, extra)], cwd=project.dir, stdin=subprocess.DEVNULL, stdout=err,
                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        found = wait_until(lambda: self.proc.poll() is None and re.search(
-            r"on (http://\S+/).*\n.*(http://\S+/#token=\S+)", self.log.read_text()), 20,
-            lambda: f"the dashboard to listen; log: {self.log.read_text()}")
+        try:
+            found = wait_until(lambda: self.proc.poll() is None and re.search(
+                r"on (http://\S+/).*\n.*(http://\S+/#token=\S+)", self.log.read_text()), 20,
+                lambda: f"the dashboard to listen; log: {self.log.read_text()}")
+        except BaseException:          # the fixture never gets this object: stop it here
+            self.stop()
+            raise
         self.url, self.login_url = found.group(1), found.group(2)
         # What a browser opens: the dashboard's own host name (RANDOM.localhost on loopback).
         self.site_url = self.login_url.partition("#")[0]
