@@ -2723,8 +2723,10 @@ def start_dashboard(db, tmp, tag):
         deadline = time.monotonic() + 30
         while True:
             with open(logfile, errors="replace") as f:
-                found = re.search(r" on (http://127\.0\.0\.1:(\d+)/)", f.read())
-            if found:
+                text = f.read()
+            found = re.search(r" on (http://127\.0\.0\.1:(\d+)/)", text)
+            printed = re.search(r"open (http://\S+#token=\S+)", text)
+            if found and printed:
                 break
             proc.check_alive()
             if time.monotonic() > deadline:
@@ -2736,8 +2738,10 @@ def start_dashboard(db, tmp, tag):
     proc.url, proc.port = found.group(1), int(found.group(2))
     with open(f"{db}-lq/dashboard-{proc.port}.token") as f:   # every request needs the token
         proc.token = f.read().strip()
-    # A browser logs in with the printed URL: the token in its fragment.
-    proc.login = f"{proc.url}#token={proc.token}"
+    # A browser logs in with the printed URL (RANDOM.localhost on loopback, the token in
+    # its fragment), and opens the dashboard's other pages under the same name.
+    proc.login = printed.group(1)
+    proc.site = proc.login.partition("#")[0]
     return proc
 
 
@@ -3152,7 +3156,7 @@ def measure_dashboard_drain(tmp, tag, browse, n, cfg, results):
             if browse:
                 dash = start_dashboard(system.db, tmp, tag)
                 browser = Browser(tmp, tag)
-                browser.open([dash.login, dash.url + "tasks"])
+                browser.open([dash.login, dash.site + "tasks"])
             time.sleep(cfg["dashboard_drain_settle"])
             if browser:
                 browser.start_count()
