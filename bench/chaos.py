@@ -376,7 +376,9 @@ def produce(mod, seconds, rng, rate, db):
             backlog_checked = now
             try:
                 backlog = reader.execute(
-                    "SELECT count(*) FROM tasks WHERE state = 'PENDING'").fetchall()[0][0]
+                    "SELECT (SELECT count(*) FROM tasks WHERE state = 'PENDING'"
+                    " AND rate_key IS NULL) + (SELECT count(*) FROM tasks"
+                    " WHERE state = 'PENDING' AND rate_key IS NOT NULL)").fetchall()[0][0]
             except apsw.Error:
                 pass
         if backlog > 600:
