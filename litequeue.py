@@ -62,13 +62,16 @@ Wake-up channels (datagram sockets in jobs.sqlite-lq/; each name is defined once
 _Doorbell and _Sleeper's callers)::
 
   channel          who sleeps on it        who rings it
-  work/<child>     an idle child           delay() of a PENDING task, the scheduler after
-                                           it promotes or fires, a rescue that requeues,
-                                           `litequeue retry`
+  work/<super>     a supervisor's idle     delay() of a PENDING task, the scheduler after
+                   children, all on one    it promotes or fires, a rescue that requeues,
+                   socket (a datagram      `litequeue retry`; a child that claimed and
+                   wakes one or more)      saw rows left (it passes the ring on)
+  child/<child>    each child              its supervisor: an eta near, a revoke
   sched/<super>    each supervisor         delay() of a SCHEDULED task; a child after a
                                            RETRY, before a hard-limited task, or when the
                                            WAL grows; revoke(terminate=True)
-  done/<tag>.*     AsyncResult.get()       the child that commits the task's outcome
+  done/<tag>       AsyncResult.get()       the child that commits the task's outcome
+  extra/<tag>.*    further get()s of it    the same, after one look at extra/
 
 Monitoring reads the same file: each worker process adds per-minute counters (the stats
 table) with a commit at most once a second; `litequeue dashboard`, /metrics and `litequeue
@@ -131,7 +134,7 @@ One task, from delay() to get(), by function::
             _Child._finish -> _conclude (_failure_decision when it raised) -> _Outcome
             -> _Child._end (kept in _Pending, counted) -> _Child._commit ->
             _Storage.complete_and_claim (_SQL_COMPLETE, then _Storage._settle for its
-            followers, in the same transaction) -> _Doorbell.ring_tasks on done/<tag>
+            followers, in the same transaction) -> _WaiterBell.ring_tasks
   caller    AsyncResult.get -> AsyncResult._waiting (a _Sleeper on done/<tag>) ->
             AsyncResult._fetch (_SQL_GET_TASK) -> AsyncResult._ended (_unpack_stored)
 
@@ -4333,7 +4336,9 @@ del _name, _member
 # Everything beside the database lives in one directory, DB-lq/:
 #   work/<child id>      datagram sockets of idle children; producers ring them
 #   sched/<supervisor>   supervisors' sockets; ETA producers, children and revoke() ring
-#   done/<tag>.<...>     sockets of AsyncResult.get() waiters; a child rings its task's tag
+#   done/<tag>           the socket of a task's first AsyncResult.get() waiter (one send
+#                        rings it: no listing)
+#   extra/<tag>.<...>    sockets of any further waiters on the same task (or tag)
 #   locks/<id>.lock      an fcntl lock held for each worker process's life
 #   revocations          a counter every revoke() bumps (see _RevokeCounter)
 #
@@ -4345,7 +4350,7 @@ del _name, _member
 # lock file of ours, and ids read from the database are checked before they name a file.
 
 _SIDE_DIR_MODE = 0o700
-_SIDE_KINDS = ("work", "child", "sched", "done", "locks")
+_SIDE_KINDS = ("work", "child", "sched", "done", "extra", "locks")
 _WORKER_ID = re.compile(r"^[0-9a-f]{12}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -4499,8 +4504,10 @@ _PEERS_KEPT = 256
 class _Doorbell:
     """Rings the sleepers bound in one subdirectory: one datagram each, never blocking.
 
-    With keep=True (work/, sched/: few, long-lived sleepers) it keeps a connected socket
-    per sleeper until the directory changes, so a ring is one send() each. Thread-safe.
+    With keep=True (work/, sched/, child/: few, long-lived sleepers) it keeps a connected
+    socket per sleeper until the directory changes, so a ring is one send() each; ring()
+    rings them all. With keep=False (get() waiters: _WaiterBell) it rings by name, through
+    ring_exact() and ring_tags(). Thread-safe.
     """
 
     def __init__(self, side, kind, keep=True):
@@ -4519,28 +4526,37 @@ class _Doorbell:
         self._looked = -math.inf    # when the directory was last looked at
         _doorbells.add(self)
 
-    def ring(self, prefix=None):
+    def ring(self):
+        """Ring every sleeper (keep=True)."""
         with self._lock:
-            if self.keep and time.monotonic() - self._looked < _RELOOK:
+            if time.monotonic() - self._looked < _RELOOK:
                 self._ring_peers()          # a ring in a tight loop: no stat each time
                 return
             self._looked = time.monotonic()
-            if not self._listed():
-                return
-            if self.keep:
+            if self._listed():
                 self._ring_peers()
-            else:
-                self._ring_names(prefix)
 
-    def ring_tasks(self, task_ids):
-        """Ring the get() waiters of these task ids (keep=False): one look at the
-        directory, and the ids are hashed only if somebody waits at all."""
-        if not task_ids:
-            return
+    def ring_tags(self, tags):
+        """Ring the sleepers whose names begin with one of these tags and a dot
+        (keep=False): one look at the directory, which rarely changes (extra/)."""
         with self._lock:
             if not self._listed() or not self._names:
                 return
-            self._ring_names({_tag(task_id) for task_id in task_ids})
+            for name in self._names:
+                if name.split(".", 1)[0] in tags:
+                    self._send_named(name)
+
+    def ring_exact(self, names):
+        """Ring the sleepers bound under exactly these names (keep=False), with no
+        listing: one send each (done/<tag>)."""
+        with self._lock:
+            try:
+                st = os.stat(self.path, follow_symlinks=False)
+            except OSError:
+                return                  # nobody has waited here yet
+            if self._current(st):
+                for name in names:
+                    self._send_named(name)
 
     def _listed(self):
         """Bring the list of sleepers up to date; False if nobody can be rung."""
@@ -4625,34 +4641,25 @@ class _Doorbell:
                 self._peers.pop(name).close()
                 self._listed_mtime = None          # look again next time
 
-    def _ring_names(self, prefix):
-        """Ring the sleepers whose name starts with prefix (None: all; a set: any of
-        them, each a whole first part of the name)."""
+    def _send_named(self, name):
+        """One datagram to the socket bound as name; a dead one's file is removed."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
-        for name in self._names:
-            if prefix is None:
-                pass
-            elif isinstance(prefix, set):
-                if name.split(".", 1)[0] not in prefix:
-                    continue
-            elif not name.startswith(prefix):
-                continue
-            found = _open_socket_file(self._fd, name)
-            if found is None:
-                continue
-            path_fd, ino = found
-            try:
-                self._sock.sendto(b"!", _fd_path(path_fd))
-            except BlockingIOError:
-                pass
-            except ConnectionRefusedError:
-                _unlink_socket(self._fd, name, ino)
-            except OSError:
-                pass
-            finally:
-                os.close(path_fd)
+        found = _open_socket_file(self._fd, name)
+        if found is None:
+            return
+        path_fd, ino = found
+        try:
+            self._sock.sendto(b"!", _fd_path(path_fd))
+        except BlockingIOError:
+            pass
+        except ConnectionRefusedError:
+            _unlink_socket(self._fd, name, ino)
+        except OSError:
+            pass
+        finally:
+            os.close(path_fd)
 
     def close(self):
         for sock in self._peers.values():
@@ -4667,6 +4674,27 @@ class _Doorbell:
             self.close()
             if self._sock is not None:
                 self._sock.close()
+
+
+class _WaiterBell:
+    """Rings the get() waiters of tasks that ended. A task's first waiter is bound as
+    done/<tag>, rung with one send and no listing (a listing of done/ would be stale at
+    every ring: each get() binds and unbinds there). Further waiters on the same task,
+    or on another task with the same tag, are bound in extra/, which is listed."""
+
+    def __init__(self, side):
+        self.first = _Doorbell(side, "done", keep=False)
+        self.extra = _Doorbell(side, "extra", keep=False)
+
+    def ring_tasks(self, task_ids):
+        tags = {_tag(task_id) for task_id in task_ids if isinstance(task_id, str)}
+        if tags:
+            self.first.ring_exact(tags)
+            self.extra.ring_tags(tags)
+
+    def close(self):
+        self.first.close()
+        self.extra.close()
 
 
 def _wait_readable(waitables, timeout=None):
@@ -4689,20 +4717,54 @@ class _Sleeper:
     """A datagram socket that doorbells ring; _wait_readable() on it to sleep until work
     comes."""
 
-    def __init__(self, side, kind, name):
+    def __init__(self, side, kind, name, take=False):
+        """take=True: bind the name only if nobody live holds it (FileExistsError if
+        somebody does); otherwise replace whatever socket has the name."""
         self.dir_fd = side.open(kind)
         self.name = name
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            _unlink_socket(self.dir_fd, name)
-            self.sock.bind(_fd_path(self.dir_fd, name))
+            if not take:
+                _unlink_socket(self.dir_fd, name)
+            self._bind(take)
             self.ino = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_ino
+        except FileExistsError:
+            self.sock.close()
+            os.close(self.dir_fd)
+            raise
         except OSError as exc:
             self.sock.close()
             os.close(self.dir_fd)
             raise SideDirectoryError(f"cannot bind a wake-up socket in "
                                      f"{os.path.join(side.path, kind)}: {exc.strerror}") from None
         self.sock.setblocking(False)
+
+    def _bind(self, take):
+        try:
+            self.sock.bind(_fd_path(self.dir_fd, self.name))
+            return
+        except OSError as exc:
+            if not take or exc.errno != errno.EADDRINUSE:
+                raise
+        found = _open_socket_file(self.dir_fd, self.name)
+        if found is None:                   # not a socket: leave it be
+            raise FileExistsError(self.name)
+        path_fd, ino = found
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(_fd_path(path_fd))    # sends nothing
+            raise FileExistsError(self.name)    # a live waiter holds it
+        except ConnectionRefusedError:
+            _unlink_socket(self.dir_fd, self.name, ino)   # left by a killed process
+        finally:
+            probe.close()
+            os.close(path_fd)
+        try:
+            self.sock.bind(_fd_path(self.dir_fd, self.name))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:   # another waiter took it meanwhile
+                raise FileExistsError(self.name) from None
+            raise
 
     @classmethod
     def shared(cls, sock):
@@ -4762,7 +4824,7 @@ class _Waitset:
         self.epoll.close()
 
 
-def _sweep_stale_sockets(side, kinds=("done", "work", "child", "sched")):
+def _sweep_stale_sockets(side, kinds=("done", "extra", "work", "child", "sched")):
     """Remove sockets nobody is bound to any more (left by killed processes); returns how
     many. Anything that is not a socket is left alone."""
     removed = 0
@@ -4796,7 +4858,7 @@ def _sweep_stale_sockets(side, kinds=("done", "work", "child", "sched")):
 
 def _ring_id(task_id):
     """An outcome's `tag`: the id whose get() waiters its commit rings (hashed only when
-    somebody waits: _Doorbell.ring_tasks), None when nobody can wait on it."""
+    somebody waits: _WaiterBell.ring_tasks), None when nobody can wait on it."""
     return task_id if isinstance(task_id, str) else None
 
 
@@ -7563,13 +7625,18 @@ class LiteQueue:
         return storage
 
     def _waiter(self, task_id):
-        """A socket the child that finishes task_id rings, or None if the side directory
-        cannot hold one (get() then polls)."""
-        with self._waiters_lock:
-            self._waiters += 1
-            name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
+        """A socket the child that finishes task_id rings (_WaiterBell), or None if the
+        side directory cannot hold one (get() then polls)."""
+        tag = _tag(task_id)
         try:
-            return _Sleeper(self._side, "done", name)
+            try:
+                return _Sleeper(self._side, "done", tag, take=True)
+            except FileExistsError:
+                pass
+            with self._waiters_lock:
+                self._waiters += 1
+                name = f"{tag}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
+            return _Sleeper(self._side, "extra", name)
         except SideDirectoryError as exc:
             logger.debug("%s; waiting by polling", exc)
             return None
@@ -10660,7 +10727,7 @@ class _Child(_RunPipeline, _Offloading):
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "child", self.worker_id)
         self._open_pool(side)
-        self.done_bell = _Doorbell(side, "done", keep=False)
+        self.done_bell = _WaiterBell(side)
         self.work_bell = _Doorbell(side, "work")
         self.sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
@@ -10905,8 +10972,7 @@ class _Child(_RunPipeline, _Offloading):
         if follow.woken:
             self.work_bell.ring()
             self.control_bell.ring()      # a follower with a countdown is SCHEDULED
-        for task_id in follow.ended:
-            self.done_bell.ring(prefix=_tag(task_id))
+        self.done_bell.ring_tasks(follow.ended)
 
     def _write(self, outcomes, queue, want, release):
         """complete_and_claim, waiting out a busy write lock or a full disk with the
@@ -10969,12 +11035,18 @@ class _Child(_RunPipeline, _Offloading):
         while not self.stopping:
             if look:
                 # A ready row first (what a ring is for), then the next start or eta.
-                ready_now = any(self.storage.ready_rows(q, time.time(), 1)
-                                for q in self.queues)
+                want = max(1, self._want())
+                now = time.time()
+                ready_now = sum(self.storage.ready_rows(q, now, want + 1) for q in self.queues)
                 start_at = None if ready_now else self._next_start()
                 if ready_now or start_at is not None and start_at <= time.time():
-                    rows = self._commit([], max(1, self._want()))
+                    rows = self._commit([], want)
                     if rows:
+                        if ready_now > len(rows):
+                            # Rows are left. The ring that woke this child was one datagram
+                            # on the pool socket, and it has read it: a sibling that woke
+                            # later found nothing to read and slept on. Pass the ring on.
+                            self.work_bell.ring()
                         return rows
                     start_at = None
                     if not self.storage.registered(self.worker_id):
@@ -11582,7 +11654,7 @@ class _Supervisor:
         # datagram); this bell rings each child's own (child/: an eta near, a revoke).
         self.pool_socket = _Sleeper(self.side, "work", self.worker_id)
         self.work_bell = _Doorbell(self.side, "child")
-        self.done_bell = _Doorbell(self.side, "done", keep=False)
+        self.done_bell = _WaiterBell(self.side)
         self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
         _waiting_out(self._register, "registering again")
         _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
@@ -11629,8 +11701,7 @@ class _Supervisor:
             return
         if follow.woken:
             self.work_bell.ring()
-        for task_id in follow.ended:
-            self.done_bell.ring(prefix=_tag(task_id))
+        self.done_bell.ring_tasks(follow.ended)
 
     def _register(self):
         """Insert (or put back) this supervisor's workers row."""

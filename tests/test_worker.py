@@ -580,12 +580,21 @@ class TestWorker:
     @pytest.mark.worker
     def test_one_ring_for_two_rows_starts_both_children(self, project, workers):
         """A producer rings the pool socket the children share, once: a group queued in
-        one commit starts on both children at once, with no fallback poll to help."""
+        one commit starts on both children at once, with no fallback poll to help. The
+        one datagram wakes whichever child reads it first; a sibling that wakes after it
+        was read finds nothing and sleeps on, so the child that claims passes the ring on
+        when rows are left. Before it did, the second child joined a burst only at its
+        next poll or the supervisor's periodic ring, up to 2 s later."""
         w = workers.start(project, "--poll-interval", "60", concurrency=2)
         for n in range(4):           # alternately one idle child, then two, then one
             names = [f"g{n}a", f"g{n}b"]
+            if n == 3:
+                # A quiet second first: the children's fallback poll has backed off to
+                # about a second, so only a ring can start the second task in time.
+                quiet = time.monotonic() + 1.2
+                wait_until(lambda: time.monotonic() > quiet, timeout=5, message="quiet")
             result = group(project.app.tasks["tasks.block"].s(name) for name in names).delay()
-            wait_until(lambda: all(project.started(name) for name in names), timeout=1.5,
+            wait_until(lambda: all(project.started(name) for name in names), timeout=0.5,
                        message="both tasks of a group started, one per child")
             assert {pid for name in names for _, pid in project.started(name)} == \
                 {c["pid"] for c in w.children()}
