@@ -9,7 +9,7 @@ Data flow::
   producer (any process)               jobs.sqlite (WAL)                 worker supervisor
   add.delay(4, 4) ──INSERT+COMMIT──▶   tasks    (state machine)  ◀──── N children claim rows
         │                              workers  (who runs what)         with UPDATE..RETURNING,
-        └──ring──▶ jobs.sqlite-lq/work/<child>  (datagram wake-up)      complete + claim fused
+        └──ring──▶ jobs.sqlite-lq/work/<super>  (datagram wake-up)      complete + claim fused
   AsyncResult.get() ◀──read── tasks ◀──ring── jobs.sqlite-lq/done/<waiter>
                                        jobs.sqlite-lq/locks/<worker>.lock
                                        (fcntl lock held while a worker lives:
@@ -44,6 +44,12 @@ it (each statement's comment names its transitions again)::
   STARTED                 SUCCESS, FAILURE,        its outcome (fenced by       _SQL_COMPLETE
                           RETRY, EXPIRED           attempt and worker)
   STARTED                 PENDING, RETRY, FAILURE  its process died             _SQL_SETTLE_LOST
+  STARTED (a workflow)    WAITING, SCHEDULED       its run ended at a wait: a   _SQL_SUSPEND
+                          (or PENDING)             task step, a sleep, a recv
+  WAITING (a workflow)    PENDING                  the task step it waits for   _SQL_WAKE_WORKFLOW
+                                                   ended (in that end's commit)
+  WAITING, SCHEDULED      PENDING                  a message on the topic its   _SQL_WAKE_RECEIVER
+  (a workflow in recv)                             recv() waits for
   PENDING, SCHEDULED,     REVOKED                  revoke() (STARTED only if    _SQL_REVOKE
   RETRY, WAITING,                                  not begun, or terminate)
   STARTED
@@ -70,8 +76,7 @@ _Doorbell and _Sleeper's callers)::
   sched/<super>    each supervisor         delay() of a SCHEDULED task; a child after a
                                            RETRY, before a hard-limited task, or when the
                                            WAL grows; revoke(terminate=True)
-  done/<tag>       AsyncResult.get()       the child that commits the task's outcome
-  extra/<tag>.*    further get()s of it    the same, after one look at extra/
+  done/<tag>.*     AsyncResult.get()       the child that commits the task's outcome
 
 Monitoring reads the same file: each worker process adds per-minute counters (the stats
 table) with a commit at most once a second; `litequeue dashboard`, /metrics and `litequeue
@@ -101,6 +106,8 @@ Sections, in file order (each uses only the sections above it; a test checks it)
   Worker lock files       who is alive, and what each worker process is running
   Task policy             pure decisions: retry budget, backoff, failure handling
   Task context            the request, progress, Celery's signals, shared_task
+  Workflows               a workflow's run: its steps replayed from their records, new
+                          ones recorded; durable sleep, messages, events, step functions
   Results                 AsyncResult, EagerResult, GroupResult
   Admin                   what the CLI and the dashboard do to a queue
   App                     LiteQueue, then Task (Task.s() hands out the canvas's
@@ -134,7 +141,7 @@ One task, from delay() to get(), by function::
             _Child._finish -> _conclude (_failure_decision when it raised) -> _Outcome
             -> _Child._end (kept in _Pending, counted) -> _Child._commit ->
             _Storage.complete_and_claim (_SQL_COMPLETE, then _Storage._settle for its
-            followers, in the same transaction) -> _WaiterBell.ring_tasks
+            followers, in the same transaction) -> _Doorbell.ring_tasks on done/<tag>
   caller    AsyncResult.get -> AsyncResult._waiting (a _Sleeper on done/<tag>) ->
             AsyncResult._fetch (_SQL_GET_TASK) -> AsyncResult._ended (_unpack_stored)
 
@@ -161,7 +168,8 @@ __all__ = [
     "LitequeueError", "ConfigurationError", "DatabaseError", "CorruptDatabase",
     "ForeignDatabase", "SchemaTooNew", "DatabaseBusy", "DiskFull", "ReadOnlyDatabase",
     "SideDirectoryError", "CorruptResult", "SerializationError", "WrongType",
-    "UnknownTask", "NotRegistered", "TaskRevokedError", "UnknownWorker", "DuplicateTaskId", "TaskNotFound", "TimeoutError", "RemoteError",
+    "UnknownTask", "NotRegistered", "TaskRevokedError", "UnknownWorker", "DuplicateTaskId",
+    "TaskNotFound", "TimeoutError", "RemoteError", "WorkflowChanged",
     "WorkerLostError", "TaskRevoked", "LitequeueWarning", "MaxRetriesExceededError",
     "TimeLimitExceeded", "Ignore", "Reject", "IncompleteStream", "ResultSet", "StampingVisitor",
     "result_from_tuple",
@@ -417,6 +425,27 @@ class Reject(Exception):
         self.reason, self.requeue = reason, requeue
 
 
+class WorkflowChanged(LitequeueError):
+    """A workflow's run called a different step, at some index, from the one its earlier
+    runs recorded there: its code changed between runs (or it is not deterministic)."""
+
+
+class _Suspended(BaseException):
+    """A workflow's run reached a step it must wait for (a task not finished, a sleep not
+    over, no message yet): the run ends and frees its process, and the row waits (waits,
+    and eta if the wait has an end). A BaseException, so that a workflow's own ``except
+    Exception`` does not catch it."""
+
+    def __init__(self, waits, eta=None, shown=""):
+        super().__init__(shown or waits)
+        self.waits, self.eta, self.shown = waits, eta, shown
+
+
+class _Superseded(BaseException):
+    """A workflow's run may no longer record steps: its row was rescued and claimed again
+    (the attempt it holds is stale), or it ended. Its writes are rolled back."""
+
+
 class Retry(Exception):
     """Raised by ``self.retry()`` inside a task to ask for a retry.
 
@@ -453,6 +482,7 @@ UNKNOWN = "UNKNOWN"        # no such task id (never queued, forgotten or pruned)
 IGNORED = "IGNORED"        # the task raised Ignore: ended, its outcome not recorded
 REJECTED = "REJECTED"      # the task raised Reject (requeue=False): likewise
 _REPLACED = "REPLACED"     # a run's outcome only, never a row's: Task.replace() took its row
+_SUSPENDED = "SUSPENDED"   # a run's outcome only: a workflow's run ended at a wait (_Suspended)
 
 # A row in one of these states will not run again (an expired row reads REVOKED in .state).
 _ENDED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, EXPIRED})
@@ -542,6 +572,9 @@ _DUE_CLAIM_GRACE = 0.005
 # The children are rung this long before an eta: a process that has slept for seconds
 # takes up to a millisecond to run again on a VM, one that has just run a fraction of it.
 _ETA_PREWAKE = 0.002
+# The longest durable sleep or recv() timeout of a workflow, seconds (ten years): an eta
+# further off is a mistake, and infinity is not a time a row can hold.
+_WAIT_MAX = 10 * 365 * 86400.0
 # catch_up="all" fires at most this many missed times per schedule per pass.
 _CATCH_UP_MAX = 1000
 # catch_up="none": a fire later than this is skipped, not run late.
@@ -2137,6 +2170,43 @@ _MIGRATIONS = [
     ALTER TABLE workers ADD COLUMN wanted INTEGER;      -- processes asked for (prefork)
     ALTER TABLE workers ADD COLUMN stop_asked REAL;     -- when a warm shutdown was asked
     """,
+    """
+    -- Durable workflows. A workflow is a task row whose function runs again from the top
+    -- after each wait; every step it calls is a row here, in call order, and a run that
+    -- finds a step recorded takes its outcome instead of doing it again.
+    CREATE TABLE steps (
+        workflow    TEXT NOT NULL,                 -- the workflow's task id
+        idx         INTEGER NOT NULL,              -- call order, from 0
+        kind        TEXT NOT NULL,                 -- task, step, sleep, recv, send, event
+        name        TEXT NOT NULL,                 -- task or function name; topic; key
+        child       TEXT,                          -- a task step's row id
+        state       TEXT,                          -- NULL until it ends; then as a task's
+        result      BLOB,                          -- msgpack: its value or an error map
+        traceback   TEXT,
+        until       REAL,                          -- a sleep's end, a recv's deadline
+        started_at  REAL NOT NULL,
+        finished_at REAL,
+        PRIMARY KEY (workflow, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX steps_child ON steps (child) WHERE child IS NOT NULL;
+    -- Messages sent to a workflow (app.send), taken in order by its recv() steps.
+    CREATE TABLE messages (
+        seq         INTEGER PRIMARY KEY,
+        workflow    TEXT NOT NULL,
+        topic       TEXT NOT NULL,                 -- '' for none
+        body        BLOB NOT NULL,                 -- msgpack
+        sent_at     REAL NOT NULL
+    );
+    CREATE INDEX messages_to ON messages (workflow, topic, seq);
+    -- A workflow's events (app.set_event): the latest value of each key.
+    CREATE TABLE events (
+        workflow    TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        value       BLOB NOT NULL,                 -- msgpack
+        set_at      REAL NOT NULL,
+        PRIMARY KEY (workflow, key)
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # One statement, so the three are read in one snapshot.
@@ -2826,6 +2896,115 @@ _SQL_FAILURES = """
 _SQL_START_ALERT_CURSOR = "INSERT OR IGNORE INTO alerts (id, cursor) VALUES (1, :cursor)"
 _SQL_MARK_MAILED = "UPDATE alerts SET cursor = :until WHERE id = 1 AND cursor < :until"
 
+# -- workflows: steps, messages and events -------------------------------------
+
+_STEP_COLUMNS = ("idx", "kind", "name", "child", "state", "result", "traceback", "until",
+                 "started_at", "finished_at")
+_SQL_STEPS = f"""
+    SELECT {", ".join(_STEP_COLUMNS)} FROM steps WHERE workflow = :workflow ORDER BY idx
+"""
+_SQL_STEP = f"""
+    SELECT {", ".join(_STEP_COLUMNS)} FROM steps WHERE workflow = :workflow AND idx = :idx
+"""
+# A workflow's run writes only while its row is still the one it claimed (the fencing
+# token): a run that a rescue superseded records nothing.
+_WORKFLOW_FENCE = """EXISTS (SELECT 1 FROM tasks WHERE id = :workflow AND attempt = :attempt
+                               AND state = 'STARTED')"""
+# (new step): an open one (state NULL: a task step queued, a sleep or recv begun), or one
+# recorded as it ended (a step function's outcome, a message taken, an event, a send).
+_SQL_RECORD_STEP = f"""
+    INSERT INTO steps (workflow, idx, kind, name, child, state, result, traceback, until,
+                       started_at, finished_at)
+    SELECT :workflow, :idx, :kind, :name, :child, :state, :result, :traceback, :until,
+           :now, CASE WHEN :state IS NULL THEN NULL ELSE :now END
+    WHERE {_WORKFLOW_FENCE}
+"""
+# An open step ends: a sleep that is over, a recv that timed out or got its message.
+_SQL_END_STEP = f"""
+    UPDATE steps SET state = :state, result = :result, traceback = NULL, finished_at = :now
+    WHERE workflow = :workflow AND idx = :idx AND state IS NULL AND {_WORKFLOW_FENCE}
+"""
+# A task step's row ended: its outcome becomes the step's, in the transaction that records
+# the row's end (_Storage._settle); steps_child serves it.
+_SQL_STEP_CHILD_ENDED = """
+    UPDATE steps SET state = :state, result = :result, traceback = :traceback,
+                     finished_at = :now
+    WHERE child = :child AND state IS NULL
+    RETURNING workflow, idx
+"""
+# WAITING -> PENDING: a workflow waiting for this step (waits 'step:<idx>'), once it ended.
+_SQL_WAKE_WORKFLOW = """
+    UPDATE tasks SET state = 'PENDING', eta = :now, waits = NULL
+    WHERE id = :workflow AND state = 'WAITING' AND waits = 'step:' || :idx
+"""
+# STARTED -> WAITING (a task step), SCHEDULED (a sleep, a recv with a timeout) or PENDING
+# (what it would wait for came meanwhile): a workflow's run ended at a wait.
+_SQL_SUSPEND = """
+    UPDATE tasks SET state = :state, eta = :eta, waits = :waits
+    WHERE seq = :seq AND attempt = :attempt AND worker = :worker AND state = 'STARTED'
+"""
+_SQL_STEP_ENDED = """
+    SELECT 1 FROM steps WHERE workflow = :workflow AND idx = :idx AND state IS NOT NULL
+"""
+_SQL_HAS_MESSAGE = "SELECT 1 FROM messages WHERE workflow = :workflow AND topic = :topic LIMIT 1"
+# (new message) to a workflow; messages_to serves the rest.
+_SQL_SEND = """
+    INSERT INTO messages (workflow, topic, body, sent_at) VALUES (:workflow, :topic, :body, :now)
+"""
+# WAITING or SCHEDULED -> PENDING: a workflow waiting in recv() for this topic.
+_SQL_WAKE_RECEIVER = """
+    UPDATE tasks SET state = 'PENDING', eta = :now, waits = NULL
+    WHERE id = :workflow AND state IN ('WAITING', 'SCHEDULED') AND waits = 'recv:' || :topic
+"""
+# A recv() step takes the oldest message of its topic (and records it, fenced).
+_SQL_TAKE_MESSAGE = """
+    DELETE FROM messages WHERE seq = (SELECT seq FROM messages WHERE workflow = :workflow
+                                      AND topic = :topic ORDER BY seq LIMIT 1)
+    RETURNING body
+"""
+_SQL_SET_EVENT = """
+    INSERT INTO events (workflow, key, value, set_at) VALUES (:workflow, :key, :value, :now)
+    ON CONFLICT (workflow, key) DO UPDATE SET value = excluded.value, set_at = excluded.set_at
+"""
+_SQL_GET_EVENT = "SELECT value FROM events WHERE workflow = :workflow AND key = :key"
+_SQL_TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = :workflow"
+# Workflows, newest first: each task row that has steps, with its last step.
+_SQL_WORKFLOWS = f"""
+    SELECT {", ".join("t." + c for c in _TASK_COLUMNS)}, s.steps, s.last
+    FROM (SELECT workflow, count(*) AS steps, max(idx) AS last FROM steps
+          GROUP BY workflow) AS s
+    JOIN tasks AS t ON t.id = s.workflow
+    WHERE (:state IS NULL OR t.state = :state)
+    ORDER BY t.seq DESC LIMIT :n
+"""
+# A workflow queued again (`litequeue retry`): its steps that failed are forgotten, so
+# that they run again; the steps that succeeded are kept.
+_SQL_DROP_FAILED_STEPS = """
+    DELETE FROM steps WHERE workflow = :workflow AND state IN ('FAILURE', 'REVOKED', 'EXPIRED')
+"""
+# (new row) PENDING: a fork of a workflow, with the steps recorded before index :n.
+_SQL_FORK_WORKFLOW = f"""
+    INSERT INTO tasks (id, name, queue, priority, state, payload, expires, max_retries,
+                       created_at, rate_key)
+    SELECT :new, name, queue, priority, 'PENDING', payload, NULL, max_retries, :now,
+           {_RATE_KEY.replace(":name", "tasks.name")}
+    FROM tasks WHERE id = :workflow
+"""
+_SQL_FORK_STEPS = """
+    INSERT INTO steps (workflow, idx, kind, name, child, state, result, traceback, until,
+                       started_at, finished_at)
+    SELECT :new, idx, kind, name, child, state, result, traceback, until, started_at,
+           finished_at
+    FROM steps WHERE workflow = :workflow AND idx < :n
+"""
+# A pruned (or forgotten) workflow's steps, messages and events go with it: one probe
+# of the task ids per workflow, after a prune that deleted rows.
+_SQL_PRUNE_WORKFLOWS = [f"""
+    DELETE FROM {table} WHERE workflow IN (
+        SELECT DISTINCT workflow FROM {table}
+        WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.id = {table}.workflow))
+""" for table in ("steps", "messages", "events")]
+
 
 # ---------------------------------------------------------------------------
 # Storage: files, rows and text repair
@@ -2893,6 +3072,8 @@ for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER
 # A claimed row, as _SQL_CLAIM returns it.
 # A row as a worker runs it (claimed) or a rescuer settles it (it was running).
 _Claimed = collections.namedtuple("_Claimed", _CLAIMED_COLUMNS)
+# A workflow's step, as _SQL_STEPS returns it.
+_Step = collections.namedtuple("_Step", _STEP_COLUMNS)
 
 
 def _claim_order(row):
@@ -2908,14 +3089,15 @@ class _Outcome:
     blob its links receive when the row itself keeps none (ignore_result)."""
 
     __slots__ = ("state", "result", "traceback", "seq", "attempt", "tag", "eta", "errors",
-                 "retried", "id", "followers", "passed")
+                 "retried", "id", "followers", "passed", "waits")
 
     def __init__(self, state, result=None, traceback=None, *, seq, attempt, tag, eta=None,
-                 errors=None, retried=0, id=None, followers=0, passed=None):
+                 errors=None, retried=0, id=None, followers=0, passed=None, waits=None):
         self.state, self.result, self.traceback = state, result, traceback
         self.seq, self.attempt, self.tag = seq, attempt, tag
         self.eta, self.errors, self.retried = eta, errors, retried
         self.id, self.followers, self.passed = id, followers, passed
+        self.waits = waits          # a workflow's suspension (_SUSPENDED): what it waits for
 
     def params(self, worker, now):
         """The named parameters of _SQL_COMPLETE and _SQL_SETTLE_LOST."""
@@ -3579,6 +3761,13 @@ class _Claiming:
             for o in outcomes:
                 if o.state is _REPLACED:     # its row was replaced while it ran
                     continue
+                if o.state is _SUSPENDED:
+                    recorded, queued = self._suspend(conn, o, worker, now)
+                    rejected += not recorded
+                    if queued:
+                        follow = follow or _FollowUps()
+                        follow.woken += 1
+                    continue
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
                     rejected += 1
@@ -3665,6 +3854,7 @@ class _Claiming:
                     follow.woken += conn.changes()
                 else:
                     self._drop_errbacks(conn, task_id)
+            self._end_steps(conn, task_id, state, result, tb, now, follow)
             member = conn.execute(_SQL_MEMBER_OF, (task_id,)).fetchall()
             if member and member[0][0] is not None and member[0][1] is not None:
                 self._chord_part_safely(conn, member[0], task_id, state, result, now, follow,
@@ -4061,6 +4251,8 @@ class _Supervising:
             with self.write() as conn:
                 conn.execute(_SQL_PRUNE_CHORDS)
                 conn.execute(_SQL_PRUNE_GROUPS, {"cutoff": cutoff})
+                for statement in _SQL_PRUNE_WORKFLOWS:
+                    conn.execute(statement)
             self._vacuum()
         return deleted
 
@@ -4255,6 +4447,7 @@ class _Administering:
         conn.execute(_SQL_REQUEUE, (task_id,))
         if not conn.changes():
             return False
+        conn.execute(_SQL_DROP_FAILED_STEPS, {"workflow": task_id})   # a workflow resumes
         reopened = [task_id]
         while reopened:
             reopened += [i for (i,) in conn.execute(_SQL_REOPEN_CHAIN,
@@ -4312,7 +4505,144 @@ class _Administering:
             conn.execute(_SQL_MARK_MAILED, {"until": until})
 
 
-class _Storage(_Connection, _Producing, _Claiming, _Supervising, _Administering):
+class _Stepping:
+    """Statements of durable workflows: a run's steps (each write fenced by the claim the
+    run holds: fence is {"workflow": id, "attempt": n}), messages and events."""
+
+    def steps_of(self, workflow):
+        return [_Step(*row) for row in self.conn.execute(_SQL_STEPS, {"workflow": workflow})]
+
+    def step_of(self, workflow, idx):
+        rows = self.conn.execute(_SQL_STEP, {"workflow": workflow, "idx": idx}).fetchall()
+        return _Step(*rows[0]) if rows else None
+
+    @staticmethod
+    def _record(conn, fence, step, now):
+        """Inside the caller's transaction: record a step, or _Superseded (rolled back)."""
+        conn.execute(_SQL_RECORD_STEP, {"child": None, "state": None, "result": None,
+                                        "traceback": None, "until": None, **step, **fence,
+                                        "now": now})
+        if not conn.changes():
+            raise _Superseded(f"workflow {fence['workflow']} was claimed again or ended")
+
+    @staticmethod
+    def _end_step(conn, fence, idx, state, result, now):
+        conn.execute(_SQL_END_STEP, {**fence, "idx": idx, "state": state, "result": result,
+                                     "now": now})
+        if not conn.changes():
+            raise _Superseded(f"workflow {fence['workflow']} was claimed again or ended")
+
+    def record_step(self, fence, step, now):
+        """Record a step: an open one (a sleep begun), or one that ended as it ran."""
+        with self.write() as conn:
+            self._record(conn, fence, step, now)
+
+    def end_step(self, fence, idx, state, result, now):
+        """An open step ends (a sleep over, a recv timed out)."""
+        with self.write() as conn:
+            self._end_step(conn, fence, idx, state, result, now)
+
+    def queue_step_task(self, fence, step, row, registry_row, now):
+        """Queue a task step's row, whose end settles the step (followers), and record
+        the step, in one transaction."""
+        try:
+            with self.write() as conn:
+                if registry_row is not None:
+                    self._register(conn, registry_row)
+                conn.execute(_SQL_INSERT_CANVAS, {**row, "group_id": None, "group_index": None,
+                                                  "waits": None, "input": None,
+                                                  "followers": 1})
+                self._record(conn, fence, {**step, "child": row["id"]}, now)
+        except apsw.ConstraintError:
+            raise DuplicateTaskId(f"a task with id {row['id']!r} already exists") from None
+
+    def take_message(self, fence, step, opened, now):
+        """A recv() step: the oldest message of its topic (step["name"]), recorded as the
+        step's result (an open step ends with it), or None if there is none."""
+        with self.write() as conn:
+            taken = conn.execute(_SQL_TAKE_MESSAGE, {"workflow": fence["workflow"],
+                                                     "topic": step["name"]}).fetchall()
+            if not taken:
+                return None
+            body = taken[0][0]
+            if opened:
+                self._end_step(conn, fence, step["idx"], SUCCESS, body, now)
+            else:
+                self._record(conn, fence, {**step, "state": SUCCESS, "result": body}, now)
+            return body
+
+    def send_message(self, workflow, topic, body, now, fence=None, step=None):
+        """A message to a workflow (with the step of the workflow that sends it, if one
+        does); True if it queued the workflow, waiting in recv() for that topic."""
+        with self.write() as conn:
+            if not conn.execute(_SQL_TASK_EXISTS, {"workflow": workflow}).fetchall():
+                raise TaskNotFound(f"no workflow with id {workflow!r}")
+            if step is not None:
+                self._record(conn, fence, step, now)
+            conn.execute(_SQL_SEND, {"workflow": workflow, "topic": topic, "body": body,
+                                     "now": now})
+            conn.execute(_SQL_WAKE_RECEIVER, {"workflow": workflow, "topic": topic,
+                                              "now": now})
+            return conn.changes() > 0
+
+    def fork_workflow(self, workflow, new, n, now):
+        """Queue a new run of a workflow, under id new, that starts with its steps
+        before index n; False if there is no such task."""
+        with self.write() as conn:
+            conn.execute(_SQL_FORK_WORKFLOW, {"workflow": workflow, "new": new, "now": now})
+            if not conn.changes():
+                return False
+            conn.execute(_SQL_FORK_STEPS, {"workflow": workflow, "new": new, "n": n})
+            return True
+
+    def set_event(self, fence, step, key, value, now):
+        with self.write() as conn:
+            self._record(conn, fence, step, now)
+            conn.execute(_SQL_SET_EVENT, {"workflow": fence["workflow"], "key": key,
+                                          "value": value, "now": now})
+
+    def get_event(self, workflow, key):
+        """The event's msgpack value, or None if it was not set."""
+        rows = self.conn.execute(_SQL_GET_EVENT, {"workflow": workflow, "key": key}).fetchall()
+        return rows[0][0] if rows else None
+
+    def workflows(self, state, limit):
+        rows = self.conn.execute(_SQL_WORKFLOWS, {"state": state, "n": int(limit)})
+        return [dict(zip(_TASK_COLUMNS + ("steps", "last"), row)) for row in rows]
+
+    @staticmethod
+    def _suspend(conn, o, worker, now):
+        """Inside complete_and_claim's transaction: a workflow's run ended at a wait.
+        What it waits for may have come meanwhile (the step ended, a message came): then
+        it is queued at once, as the end that came first could not queue it. Returns
+        (recorded, queued)."""
+        waits = o.waits
+        state, eta = (SCHEDULED, o.eta) if o.eta is not None else (WAITING, None)
+        kind, _, what = waits.partition(":")
+        if kind == "step":
+            came = conn.execute(_SQL_STEP_ENDED, {"workflow": o.id, "idx": int(what)})
+        elif kind == "recv":
+            came = conn.execute(_SQL_HAS_MESSAGE, {"workflow": o.id, "topic": what})
+        else:
+            came = ()
+        if came and came.fetchall():
+            state, eta = PENDING, now
+        conn.execute(_SQL_SUSPEND, {"state": state, "eta": eta, "waits": waits, "seq": o.seq,
+                                    "attempt": o.attempt, "worker": worker})
+        return conn.changes() > 0, state == PENDING
+
+    def _end_steps(self, conn, task_id, state, result, tb, now, follow):
+        """Inside _settle: a task step's row ended; its workflows waiting for it are
+        queued."""
+        for workflow, idx in conn.execute(_SQL_STEP_CHILD_ENDED, {
+                "child": task_id, "state": state, "result": result, "traceback": tb,
+                "now": now}).fetchall():
+            conn.execute(_SQL_WAKE_WORKFLOW, {"workflow": workflow, "idx": idx, "now": now})
+            follow.woken += conn.changes()
+
+
+class _Storage(_Connection, _Producing, _Claiming, _Supervising, _Administering,
+               _Stepping):
     """One apsw connection, its pragmas, migrations and every statement litequeue runs."""
 
 
@@ -4336,9 +4666,7 @@ del _name, _member
 # Everything beside the database lives in one directory, DB-lq/:
 #   work/<child id>      datagram sockets of idle children; producers ring them
 #   sched/<supervisor>   supervisors' sockets; ETA producers, children and revoke() ring
-#   done/<tag>           the socket of a task's first AsyncResult.get() waiter (one send
-#                        rings it: no listing)
-#   extra/<tag>.<...>    sockets of any further waiters on the same task (or tag)
+#   done/<tag>.<...>     sockets of AsyncResult.get() waiters; a child rings its task's tag
 #   locks/<id>.lock      an fcntl lock held for each worker process's life
 #   revocations          a counter every revoke() bumps (see _RevokeCounter)
 #
@@ -4350,7 +4678,7 @@ del _name, _member
 # lock file of ours, and ids read from the database are checked before they name a file.
 
 _SIDE_DIR_MODE = 0o700
-_SIDE_KINDS = ("work", "child", "sched", "done", "extra", "locks")
+_SIDE_KINDS = ("work", "child", "sched", "done", "locks")
 _WORKER_ID = re.compile(r"^[0-9a-f]{12}$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -4506,8 +4834,8 @@ class _Doorbell:
 
     With keep=True (work/, sched/, child/: few, long-lived sleepers) it keeps a connected
     socket per sleeper until the directory changes, so a ring is one send() each; ring()
-    rings them all. With keep=False (get() waiters: _WaiterBell) it rings by name, through
-    ring_exact() and ring_tags(). Thread-safe.
+    rings them all. With keep=False (get() waiters, done/) ring_tasks() rings the
+    sleepers of some tasks by name. Thread-safe.
     """
 
     def __init__(self, side, kind, keep=True):
@@ -4536,26 +4864,18 @@ class _Doorbell:
             if self._listed():
                 self._ring_peers()
 
-    def ring_tags(self, tags):
-        """Ring the sleepers whose names begin with one of these tags and a dot
-        (keep=False): one look at the directory, which rarely changes (extra/)."""
+    def ring_tasks(self, task_ids):
+        """Ring the get() waiters of these task ids (keep=False): one look at the
+        directory (listed again only when it changed), and the ids are hashed only if
+        somebody waits at all."""
+        if not task_ids:
+            return
         with self._lock:
             if not self._listed() or not self._names:
                 return
+            tags = {_tag(task_id) for task_id in task_ids}
             for name in self._names:
                 if name.split(".", 1)[0] in tags:
-                    self._send_named(name)
-
-    def ring_exact(self, names):
-        """Ring the sleepers bound under exactly these names (keep=False), with no
-        listing: one send each (done/<tag>)."""
-        with self._lock:
-            try:
-                st = os.stat(self.path, follow_symlinks=False)
-            except OSError:
-                return                  # nobody has waited here yet
-            if self._current(st):
-                for name in names:
                     self._send_named(name)
 
     def _listed(self):
@@ -4676,27 +4996,6 @@ class _Doorbell:
                 self._sock.close()
 
 
-class _WaiterBell:
-    """Rings the get() waiters of tasks that ended. A task's first waiter is bound as
-    done/<tag>, rung with one send and no listing (a listing of done/ would be stale at
-    every ring: each get() binds and unbinds there). Further waiters on the same task,
-    or on another task with the same tag, are bound in extra/, which is listed."""
-
-    def __init__(self, side):
-        self.first = _Doorbell(side, "done", keep=False)
-        self.extra = _Doorbell(side, "extra", keep=False)
-
-    def ring_tasks(self, task_ids):
-        tags = {_tag(task_id) for task_id in task_ids if isinstance(task_id, str)}
-        if tags:
-            self.first.ring_exact(tags)
-            self.extra.ring_tags(tags)
-
-    def close(self):
-        self.first.close()
-        self.extra.close()
-
-
 def _wait_readable(waitables, timeout=None):
     """The waitables (descriptors, or objects with fileno()) that are readable, or whose
     other end has gone, after waiting up to timeout seconds (None: for ever) for one; each
@@ -4717,54 +5016,20 @@ class _Sleeper:
     """A datagram socket that doorbells ring; _wait_readable() on it to sleep until work
     comes."""
 
-    def __init__(self, side, kind, name, take=False):
-        """take=True: bind the name only if nobody live holds it (FileExistsError if
-        somebody does); otherwise replace whatever socket has the name."""
+    def __init__(self, side, kind, name):
         self.dir_fd = side.open(kind)
         self.name = name
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            if not take:
-                _unlink_socket(self.dir_fd, name)
-            self._bind(take)
+            _unlink_socket(self.dir_fd, name)
+            self.sock.bind(_fd_path(self.dir_fd, name))
             self.ino = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_ino
-        except FileExistsError:
-            self.sock.close()
-            os.close(self.dir_fd)
-            raise
         except OSError as exc:
             self.sock.close()
             os.close(self.dir_fd)
             raise SideDirectoryError(f"cannot bind a wake-up socket in "
                                      f"{os.path.join(side.path, kind)}: {exc.strerror}") from None
         self.sock.setblocking(False)
-
-    def _bind(self, take):
-        try:
-            self.sock.bind(_fd_path(self.dir_fd, self.name))
-            return
-        except OSError as exc:
-            if not take or exc.errno != errno.EADDRINUSE:
-                raise
-        found = _open_socket_file(self.dir_fd, self.name)
-        if found is None:                   # not a socket: leave it be
-            raise FileExistsError(self.name)
-        path_fd, ino = found
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            probe.connect(_fd_path(path_fd))    # sends nothing
-            raise FileExistsError(self.name)    # a live waiter holds it
-        except ConnectionRefusedError:
-            _unlink_socket(self.dir_fd, self.name, ino)   # left by a killed process
-        finally:
-            probe.close()
-            os.close(path_fd)
-        try:
-            self.sock.bind(_fd_path(self.dir_fd, self.name))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:   # another waiter took it meanwhile
-                raise FileExistsError(self.name) from None
-            raise
 
     @classmethod
     def shared(cls, sock):
@@ -4824,7 +5089,7 @@ class _Waitset:
         self.epoll.close()
 
 
-def _sweep_stale_sockets(side, kinds=("done", "extra", "work", "child", "sched")):
+def _sweep_stale_sockets(side, kinds=("done", "work", "child", "sched")):
     """Remove sockets nobody is bound to any more (left by killed processes); returns how
     many. Anything that is not a socket is left alone."""
     removed = 0
@@ -4858,7 +5123,7 @@ def _sweep_stale_sockets(side, kinds=("done", "extra", "work", "child", "sched")
 
 def _ring_id(task_id):
     """An outcome's `tag`: the id whose get() waiters its commit rings (hashed only when
-    somebody waits: _WaiterBell.ring_tasks), None when nobody can wait on it."""
+    somebody waits: _Doorbell.ring_tasks), None when nobody can wait on it."""
     return task_id if isinstance(task_id, str) else None
 
 
@@ -5708,6 +5973,15 @@ def _concluded_failure(task, request, args, kwargs, exc, tb, stored_max, default
     or RETRY a second later for a requeue, for Celery's Ignore and Reject)."""
     name, task_id, retries = request.shadow or request.task, request.id, request.retries
     now = time.time()
+    if isinstance(exc, _Superseded):        # another run holds the row: record nothing
+        logger.warning("Task %s[%s] stopped: %s", name, task_id, exc)
+        return _Ending(_REPLACED, exc, None, None, None, None)
+    if isinstance(exc, _Suspended):
+        logger.info("Task %s[%s] waits: %s", name, task_id, exc.shown or exc.waits)
+        if _TASK_WATCHERS[0]:      # task_prerun was sent: its pair, as for any run's end
+            signals.task_postrun.send(sender=task, task_id=task_id, task=task, args=args,
+                                      kwargs=kwargs, retval=None, state=WAITING)
+        return _Ending(_SUSPENDED, exc, None, None, exc.eta, None)
     if isinstance(exc, _Replaced):
         logger.info("Task %s[%s] %s", name, task_id, exc)
         return _Ending(_REPLACED, exc, None, None, None, None)
@@ -5863,6 +6137,333 @@ def _unknown_task_message(name, known):
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return (f"unknown task {_saferepr(name, 300)}: no worker or producer of this database has registered "
             f"it{hint}")
+
+
+# ---------------------------------------------------------------------------
+# Workflows: durable steps, sleeps, messages and events
+# A workflow is a task whose function runs again from the top after each wait. Each step
+# it calls is a row of steps, in call order: a run that finds a step recorded takes its
+# outcome at once, and a run that must wait ends (_Suspended), freeing its process; what
+# it waits for queues it again, in the transaction that records that end.
+# ---------------------------------------------------------------------------
+
+_workflow_run = contextvars.ContextVar("litequeue_workflow", default=None)
+
+
+def _workflow_function(app, fn):
+    """What a workflow's task runs: fn under a _WorkflowRun when a worker runs it, fn
+    itself inline (eager mode, a direct call, or from another workflow's run)."""
+    if inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(f"workflow {fn.__qualname__} is a coroutine function: a "
+                                 "workflow is a plain function (its steps may be "
+                                 "coroutine tasks)")
+
+    @functools.wraps(fn)
+    def workflow(*args, **kwargs):
+        request = _request.current
+        if request is None or request.is_eager or _workflow_run.get() is not None:
+            return fn(*args, **kwargs)
+        token = _workflow_run.set(_WorkflowRun(app, request))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _workflow_run.reset(token)
+    return workflow
+
+
+def _wait_seconds(what, value):
+    try:
+        return float(_check_number(0.0, _WAIT_MAX)(value))
+    except ValueError as exc:
+        raise ValueError(f"{what} must be {exc}, not {_saferepr(value)}") from None
+
+
+def _topic_text(topic):
+    return "" if topic is None else _checked_text("topic", topic, _QUEUE_MAX)
+
+
+def _running_workflow(what):
+    run = _workflow_run.get()
+    if run is None:
+        raise LitequeueError(f"{what} acts for the workflow that calls it: call it in a "
+                             "workflow that a worker runs")
+    return run
+
+
+def _refuse_canvas_step():
+    """A canvas queued from a workflow (not from its step functions) is refused: it is
+    not a step, and each run would queue it again."""
+    run = _workflow_run.get()
+    if run is not None and run.in_step is None:
+        raise LitequeueError("a canvas (chain, group, chord, a link) is not a workflow "
+                             "step: in a workflow, queue each task with delay() and get() "
+                             "their results")
+
+
+def _step_outcome(step, workflow="?"):
+    """(value, exception) of an ended step, as its first run gave them (CorruptResult
+    for an outcome another client wrote that cannot be read)."""
+    if step.state == SUCCESS:
+        return (None if step.result is None else
+                _unpack_stored(step.result, f"outcome of step {step.idx}", workflow)), None
+    if step.state in (REVOKED, EXPIRED):
+        return None, TaskRevokedError(step.state.lower())
+    return None, _rebuild_error(step.result, step.traceback)
+
+
+def _retry_wait(retries, backoff, backoff_max, delay):
+    """Seconds before a step function's retry number `retries` (from 0): Celery's
+    retry_backoff (1, 2, 4... seconds, or that factor), else a fixed delay."""
+    if backoff:
+        factor = 1 if backoff is True else backoff
+        return min(factor * 2 ** retries, backoff_max)
+    return delay
+
+
+class _StepFunction:
+    """An @app.step function. Inside a workflow's run, a call is a step: its outcome (a
+    value, or the exception it raised) is recorded when it ends, and a later run of the
+    workflow gets that outcome without calling it again. Elsewhere it is a plain call.
+    retry: (autoretry_for, max_retries, retry_backoff, retry_backoff_max,
+    default_retry_delay), retried in the same run."""
+
+    def __init__(self, fn, name, retry):
+        functools.update_wrapper(self, fn)
+        self.fn, self.name, self.retry = fn, name, retry
+
+    def __call__(self, *args, **kwargs):
+        run = _workflow_run.get()
+        if run is None or run.in_step is not None:     # not a step: a plain call
+            return self.attempts(args, kwargs)
+        return run.call(self, args, kwargs)
+
+    def attempts(self, args, kwargs):
+        """Call fn, retrying as the step's options say; the last exception goes up."""
+        autoretry_for, max_retries, backoff, backoff_max, delay = self.retry
+        retries = 0
+        while True:
+            try:
+                return self.fn(*args, **kwargs)
+            except autoretry_for as exc:
+                if retries >= max_retries:
+                    raise
+                logger.warning("step %s raised %s: %s; retry %d/%d", self.name,
+                               type(exc).__name__, _saferepr(exc), retries + 1, max_retries)
+                time.sleep(_retry_wait(retries, backoff, backoff_max, delay))
+                retries += 1
+
+
+class _Workflows:
+    """LiteQueue's workflow API (a base of LiteQueue)."""
+
+    def workflow(self, fn=None, **options):
+        """Register a durable workflow (``@app.workflow``, any task option): a task whose
+        steps (tasks it queues and get()s, @app.step calls, app.sleep, recv, send,
+        set_event) are recorded, so that after a wait or a crash it runs again from the
+        top and each recorded step gives its outcome at once."""
+        def register(func):
+            return self.task(_workflow_function(self, func), **options)
+        return register if fn is None else register(fn)
+
+    def step(self, fn=None, *, name=None, autoretry_for=(), max_retries=3,
+             retry_backoff=False, retry_backoff_max=600, default_retry_delay=0):
+        """A step function of workflows: ``@app.step`` or ``@app.step(autoretry_for=...)``.
+        In a workflow, its outcome is recorded, and a later run of the workflow gets it
+        without calling it again; a failure in autoretry_for is retried in the same run
+        (Celery's retry_backoff, retry_backoff_max and default_retry_delay)."""
+        retry = (tuple(autoretry_for), int(max_retries), retry_backoff,
+                 float(retry_backoff_max), float(default_retry_delay))
+        register = lambda func: _StepFunction(func, name or _task_name_for(func)[0], retry)
+        return register if fn is None else register(fn)
+
+    def sleep(self, seconds):
+        """In a workflow, a durable sleep: its run ends, no process is held, and it goes
+        on at the sleep's end, also after a restart. Elsewhere, time.sleep."""
+        seconds = _wait_seconds("app.sleep()'s seconds", seconds)
+        run = _workflow_run.get()
+        if run is None or run.in_step is not None:     # in a step function: it blocks
+            time.sleep(seconds)
+        else:
+            run.sleep(seconds)
+
+    def recv(self, topic=None, timeout=None):
+        """In a workflow: the oldest message sent to it on topic (app.send), waiting for
+        one (durably: no process is held) for up to timeout seconds (None: for ever);
+        None once timeout has passed."""
+        run = _running_workflow("app.recv()")
+        if timeout is not None:
+            timeout = _wait_seconds("app.recv()'s timeout", timeout)
+        return run.recv(_topic_text(topic), timeout)
+
+    def send(self, workflow_id, message, topic=None):
+        """Send message (any msgpack value) to a workflow, for its app.recv(topic). From a
+        workflow, the send is a step: it happens once."""
+        workflow_id = _checked_text("workflow_id", workflow_id, _ID_MAX)
+        body, topic, run = _pack(message), _topic_text(topic), _workflow_run.get()
+        if run is None or run.in_step is not None:     # not a step: sent at each call
+            woke = self._storage().send_message(workflow_id, topic, body, time.time())
+        else:
+            woke = run.send(workflow_id, topic, body)
+        if woke:
+            self._work_bell.ring()
+
+    def set_event(self, key, value):
+        """In a workflow: set its event key to value (any msgpack value), for
+        AsyncResult(workflow id).get_event(key) in any process."""
+        run = _running_workflow("app.set_event()")
+        run.set_event(_checked_text("event key", key, _QUEUE_MAX), _pack(value))
+        self._waiter_bell().ring_tasks([run.id])
+
+    def _waiter_bell(self):
+        if "_done_bell" not in self.__dict__:
+            self._done_bell = _Doorbell(self._side, "done", keep=False)
+        return self._done_bell
+
+
+class _WorkflowRun:
+    """One run of a workflow's function: the steps it calls, in order, each taken from
+    its record when an earlier run made one, else done and recorded. Every write is
+    fenced by the claim this run holds (_Superseded once another run holds the row)."""
+
+    def __init__(self, app, request):
+        self.app, self.id = app, request.id
+        self.fence = {"workflow": request.id, "attempt": request.attempt}
+        self.storage = app._storage()
+        self.recorded = {step.idx: step for step in self.storage.steps_of(self.id)}
+        self.children = {step.child: step.idx for step in self.recorded.values()
+                         if step.child is not None}
+        self.next = 0
+        self.in_step = None        # the step function running: steps do not nest
+
+    def _take(self, kind, name):
+        """The next step's index and its record (None if it has none yet); raises
+        WorkflowChanged if the record is of another step."""
+        if self.in_step is not None:
+            raise LitequeueError(f"step function {self.in_step} called {kind} {name!r}: "
+                                 "steps do not nest; call it from the workflow itself")
+        idx = self.next
+        self.next += 1
+        step = self.recorded.get(idx)
+        if step is not None and (step.kind, step.name) != (kind, name):
+            raise WorkflowChanged(
+                f"workflow {self.id}: its step {idx} was {step.kind} {step.name!r} when it "
+                f"was recorded, and the code now calls {kind} {name!r} there: the "
+                "workflow's code changed (see README: what a workflow may do between steps)")
+        return idx, step
+
+    def _record(self, idx, kind, name, **fields):
+        self.storage.record_step(self.fence, {"idx": idx, "kind": kind, "name": name,
+                                              **fields}, time.time())
+
+    def queue_task(self, row, registry_row):
+        """A task queued by the workflow is a step; returns its row's id (on a replay,
+        the recorded one, and nothing is queued)."""
+        idx, step = self._take("task", row["name"])
+        if step is not None:
+            return step.child
+        self.storage.queue_step_task(self.fence, {"idx": idx, "kind": "task",
+                                                  "name": row["name"]},
+                                     row, registry_row, time.time())
+        self.children[row["id"]] = idx
+        return row["id"]
+
+    def owns(self, task_id):
+        return task_id in self.children
+
+    def await_task(self, task_id):
+        """The ended step of a task this workflow queued; while it has not ended, the run
+        ends here and the workflow waits for it."""
+        idx = self.children[task_id]
+        step = self.storage.step_of(self.id, idx)
+        if step is not None and step.state is not None:
+            return step
+        raise _Suspended(f"step:{idx}", shown=f"step {idx}, task {task_id}")
+
+    def call(self, function, args, kwargs):
+        """A step function's call: its recorded outcome, or its outcome now, recorded."""
+        idx, step = self._take("step", function.name)
+        if step is not None and step.state is not None:
+            value, exc = _step_outcome(step, self.id)
+            if exc is not None:
+                raise exc
+            return value
+        self.in_step = function.name
+        try:
+            value = function.attempts(args, kwargs)
+        except Exception as exc:
+            self._record(idx, "step", function.name, state=FAILURE,
+                         result=_encode_error(exc), traceback=_traceback.format_exc())
+            raise
+        finally:
+            self.in_step = None
+        try:
+            blob = _pack(value)
+        except Exception as bad:
+            error = SerializationError(f"result of step {function.name} cannot be encoded as "
+                                       f"msgpack: {type(bad).__name__}: {_saferepr(bad)}")
+            self._record(idx, "step", function.name, state=FAILURE,
+                         result=_encode_error(error))
+            raise error from None
+        self._record(idx, "step", function.name, state=SUCCESS, result=blob)
+        return value
+
+    def sleep(self, seconds):
+        """A durable sleep: the run ends, and the workflow is due again at its end."""
+        idx, step = self._take("sleep", "sleep")
+        if step is not None and step.state is not None:
+            return
+        now = time.time()
+        until = now + seconds if step is None else step.until
+        if step is None:
+            self._record(idx, "sleep", "sleep", until=until,
+                         state=SUCCESS if until <= now else None)
+            if until <= now:
+                return
+        elif until <= now:
+            self.storage.end_step(self.fence, idx, SUCCESS, None, now)
+            return
+        raise _Suspended("sleep", eta=until, shown=f"step {idx}, sleep until "
+                         f"{_from_unix(until).isoformat(timespec='milliseconds')}")
+
+    def recv(self, topic, timeout):
+        """The workflow's oldest message on topic, or None once timeout has passed (the
+        run ends while it waits)."""
+        idx, step = self._take("recv", topic)
+        if step is not None and step.state is not None:
+            return None if step.result is None else _unpack(step.result)
+        now = time.time()
+        body = self.storage.take_message(self.fence, {"idx": idx, "kind": "recv",
+                                                      "name": topic}, step is not None, now)
+        if body is not None:
+            return _unpack(body)
+        until = step.until if step is not None else \
+            None if timeout is None else now + timeout
+        if step is None:
+            over = until is not None and until <= now
+            self._record(idx, "recv", topic, until=until, state=SUCCESS if over else None)
+            if over:
+                return None
+        elif until is not None and until <= now:
+            self.storage.end_step(self.fence, idx, SUCCESS, None, now)
+            return None
+        raise _Suspended(f"recv:{topic}", eta=until,
+                         shown=f"step {idx}, a message on topic {topic!r}")
+
+    def send(self, workflow_id, topic, body):
+        """A message to another workflow, as a step (sent once); True if it queued it."""
+        idx, step = self._take("send", topic)
+        if step is not None:
+            return False
+        return self.storage.send_message(workflow_id, topic, body, time.time(), self.fence,
+                                         {"idx": idx, "kind": "send", "name": topic,
+                                          "state": SUCCESS})
+
+    def set_event(self, key, value):
+        """Set one of the workflow's events, as a step (set once)."""
+        idx, step = self._take("event", key)
+        if step is None:
+            self.storage.set_event(self.fence, {"idx": idx, "kind": "event", "name": key,
+                                                "state": SUCCESS}, key, value, time.time())
 
 
 # ---------------------------------------------------------------------------
@@ -6286,8 +6887,11 @@ class AsyncResult:
         wake-up channel; interval caps the fallback poll for workers that cannot ring.
         on_message(meta) is called with Celery's meta dict as the state changes. Inside a
         task in a worker it raises RuntimeError unless disable_sync_subtasks is false
-        (see _JOIN_BLOCKS).
+        (see _JOIN_BLOCKS). In a workflow, get() of a task it queued is a durable wait.
         """
+        run = _workflow_run.get()
+        if run is not None and run.owns(self.id):
+            return self._step_ended(run.await_task(self.id), run.id, propagate)
         if disable_sync_subtasks and _JOIN_BLOCKS[0]:
             raise RuntimeError(_WOULD_BLOCK)
         waiting = self._waiting(timeout, interval)
@@ -6308,6 +6912,46 @@ class AsyncResult:
             if on_message is not None:
                 self._message(on_message, seen)
             return self._ended(done.value, propagate)
+
+    @staticmethod
+    def _step_ended(step, workflow, propagate):
+        """get()'s answer, in a workflow, for a task step that ended."""
+        value, exc = _step_outcome(step, workflow)
+        if exc is None:
+            return value
+        if propagate:
+            raise exc
+        return exc
+
+    def get_event(self, key, timeout=None, interval=None):
+        """The value of this workflow's event key (app.set_event), waiting for it to be
+        set for up to timeout seconds (None: for ever; TimeoutError after)."""
+        key = _checked_text("event key", key, _QUEUE_MAX)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll_max = interval or self.app.conf["worker_poll_interval"]
+        storage, sleeper, bound, poll = self.app._storage(), None, False, _POLL_MIN
+        try:
+            while True:
+                blob = storage.get_event(self.id, key)
+                if blob is not None:
+                    return _unpack_stored(blob, f"event {key!r}", self.id)
+                if not bound:
+                    bound, sleeper = True, self.app._waiter(self.id)
+                    continue                    # read again after binding: no lost ring
+                wait = poll
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise TimeoutError(f"event {key!r} of {self.id} not set after "
+                                           f"{timeout} s")
+                if sleeper is None:
+                    time.sleep(wait)
+                elif _wait_readable([sleeper], wait):
+                    sleeper.drain()
+                poll = min(poll * 2, poll_max)
+        finally:
+            if sleeper is not None:
+                sleeper.close()
 
     async def aget(self, timeout=None, propagate=True, interval=None):
         """get() for a coroutine: the event loop runs on while it waits (woken by the same
@@ -6934,7 +7578,28 @@ class Admin:
                     children=self.app._storage().children(task_id),
                     progress=_display(_custom_state(row)),
                     why=self.why_not_running(row))
+        steps = self.steps(task_id)
+        if steps:
+            info["steps"] = steps
         return info
+
+    def workflows(self, state=None, limit=50):
+        """Workflows, newest first, each with its number of steps and what it waits for."""
+        return [dict(_task_summary(row), steps=row["steps"], waiting=self.why_not_running(row))
+                for row in self.app._storage().workflows(state, limit)]
+
+    def fork_workflow(self, workflow_id, from_step):
+        """Queue a new run of a workflow that keeps its steps before index from_step and
+        runs the rest again; returns the new run's AsyncResult."""
+        new = _new_id()
+        if not self.app._storage().fork_workflow(workflow_id, new, int(from_step), time.time()):
+            raise TaskNotFound(f"no task with id {workflow_id!r}")
+        self.app._work_bell.ring()
+        return self.app.AsyncResult(new)
+
+    def steps(self, workflow_id):
+        """A workflow's steps in call order, decoded for display ([] for a plain task)."""
+        return [_step_summary(step) for step in self.app._storage().steps_of(workflow_id)]
 
     def why_not_running(self, row, now=None):
         """Why a task is not running (None if it is running or finished)."""
@@ -6943,13 +7608,15 @@ class Admin:
         if state in _ENDED_STATES or state == STARTED:
             return None
         name = row["name"]
+        waits = str(row.get("waits") or "")
+        if state in (SCHEDULED, WAITING) and waits.startswith(("step:", "recv:", "sleep")):
+            return _workflow_wait(waits, row["eta"] if state == SCHEDULED else None)
         if state in (SCHEDULED, RETRY) and _is_time(row["eta"]):
             what = "retry" if state == RETRY else "ETA"
             when = _from_unix(row["eta"])
             return f"its {what} is {when.isoformat(timespec='seconds') if when else '?'}" + \
                 (" (due now: a worker's scheduler moves it)" if row["eta"] <= now else "")
         if state == WAITING:
-            waits = str(row.get("waits") or "")
             if waits.startswith("chord"):
                 progress = self.app._storage().chord_progress(row["id"])
                 return (f"waiting for its chord: {_shown(progress[0], 20)} of "
@@ -7028,6 +7695,37 @@ def _task_summary(row):
             "eta": row["eta"] if _is_time(row["eta"]) else None,
             "expires": row["expires"] if _is_time(row["expires"]) else None,
             "runtime": finished - started if _is_time(started) and _is_time(finished) else None}
+
+
+def _workflow_wait(waits, until):
+    """What a suspended workflow waits for, in words (its row's waits and eta)."""
+    kind, _, what = waits.partition(":")
+    at = _from_unix(until) if _is_time(until) else None
+    when = at.isoformat(timespec="milliseconds") if at else None
+    if kind == "step":
+        return f"waiting for its step {what} to end"
+    if kind == "recv":
+        topic = f"on topic {what!r}" if what else "(no topic)"
+        return f"waiting for a message {topic}" + (f" until {when}" if when else "")
+    return f"sleeping until {when or '?'}"
+
+
+def _step_summary(step):
+    """A workflow's step as the dashboard and the CLI show it."""
+    state, outcome = step.state, None
+    if state is None:
+        state = "RUNNING" if step.kind in ("task", "step") else "WAITING"
+    else:
+        try:
+            value, exc = _step_outcome(step)
+            outcome = _display(value) if exc is None else \
+                f"{type(exc).__name__}({str(exc)!r})"
+        except Exception:
+            outcome = "<outcome cannot be decoded>"
+    return {"index": step.idx, "kind": _display(step.kind), "name": _display(step.name),
+            "task_id": _display(step.child), "state": _display(state), "outcome": outcome,
+            "until": step.until if _is_time(step.until) else None,
+            "started": step.started_at, "finished": step.finished_at}
 
 
 def _node_name(worker):
@@ -7296,7 +7994,7 @@ def _builtin_tasks(app):
             _GATHER: run_accumulate}
 
 
-class LiteQueue:
+class LiteQueue(_Workflows):
     """The app: task registry, settings and the database they share.
 
     ``LiteQueue("jobs.sqlite", timezone="Asia/Shanghai", result_expires=3600)``
@@ -7625,18 +8323,13 @@ class LiteQueue:
         return storage
 
     def _waiter(self, task_id):
-        """A socket the child that finishes task_id rings (_WaiterBell), or None if the
-        side directory cannot hold one (get() then polls)."""
-        tag = _tag(task_id)
+        """A socket the child that finishes task_id rings, or None if the side directory
+        cannot hold one (get() then polls)."""
+        with self._waiters_lock:
+            self._waiters += 1
+            name = f"{_short_hash(task_id)}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
         try:
-            try:
-                return _Sleeper(self._side, "done", tag, take=True)
-            except FileExistsError:
-                pass
-            with self._waiters_lock:
-                self._waiters += 1
-                name = f"{tag}.{os.getpid()}.{threading.get_ident() % 10**6}.{self._waiters}"
-            return _Sleeper(self._side, "extra", name)
+            return _Sleeper(self._side, "done", name)
         except SideDirectoryError as exc:
             logger.debug("%s; waiting by polling", exc)
             return None
@@ -7649,6 +8342,13 @@ class LiteQueue:
         registry_row = None
         if task is not None and name not in self._noted:
             registry_row = task._registry_row(row["created_at"])
+        run = _workflow_run.get()
+        if run is not None and run.in_step is None:       # a workflow's step
+            task_id = run.queue_task(row, registry_row)
+            if registry_row:
+                self._noted.add(name)
+            (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
+            return AsyncResult(task_id, self)
         publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
         if publish:
             self._publish("before", [row])
@@ -7755,6 +8455,11 @@ class LiteQueue:
         none of apply_async's option handling in between: its common case, made short."""
         row = self._row(task.name, task, _new_id(), _pack_envelope(task.name, args, kwargs),
                         time.time())
+        run = _workflow_run.get()
+        if run is not None and run.in_step is None:       # a workflow's step
+            task_id = run.queue_task(row, None)
+            self._work_bell.ring()
+            return AsyncResult(task_id, self)
         self._storage().insert_task(row)
         self._work_bell.ring()
         return AsyncResult(row["id"], self)
@@ -9459,6 +10164,7 @@ class _Plan:
 
     def commit(self, replacing=None, joining=None):
         app = self.app
+        _refuse_canvas_step()
         new = {name: task for name, task in self.tasks.items() if name not in app._noted}
         now = time.time()
         registry_rows = [task._registry_row(now)
@@ -10302,6 +11008,9 @@ class _RunPipeline:
                                retried=0 if isinstance(end.value, Reject) else 1)
         if state in (IGNORED, REJECTED, _REPLACED):   # its last update_state(), as its result
             return run.outcome(state, end.stored)
+        if state == _SUSPENDED:          # get() waiters go on waiting: no ring (tag None)
+            return _Outcome(_SUSPENDED, seq=row.seq, attempt=row.attempt, tag=None,
+                            id=row.id, eta=end.eta, waits=end.value.waits)
         return run.outcome(FAILURE, end.stored, end.traceback, errors=end.errors)
 
     def _end(self, run, outcome, duration):
@@ -10727,7 +11436,7 @@ class _Child(_RunPipeline, _Offloading):
         _waiting_out(lambda: self.storage.register_worker(row), "registering again")
         self.sleeper = _Sleeper(side, "child", self.worker_id)
         self._open_pool(side)
-        self.done_bell = _WaiterBell(side)
+        self.done_bell = _Doorbell(side, "done", keep=False)
         self.work_bell = _Doorbell(side, "work")
         self.sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_w, False)
@@ -10958,7 +11667,7 @@ class _Child(_RunPipeline, _Offloading):
                                "given to another worker", rejected)
             if outcomes:
                 self.done_bell.ring_tasks([o.tag for o in outcomes if o.tag is not None])
-                if any(o.state == RETRY for o in outcomes):
+                if any(o.state in (RETRY, _SUSPENDED) for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 outcomes = []
             if follow is not None:
@@ -11654,7 +12363,7 @@ class _Supervisor:
         # datagram); this bell rings each child's own (child/: an eta near, a revoke).
         self.pool_socket = _Sleeper(self.side, "work", self.worker_id)
         self.work_bell = _Doorbell(self.side, "child")
-        self.done_bell = _WaiterBell(self.side)
+        self.done_bell = _Doorbell(self.side, "done", keep=False)
         self.mailer = _FailureMailer(self.storage, self.side, self.settings, self.hostname)
         _waiting_out(self._register, "registering again")
         _waiting_out(self._sync_definitions, "syncing the periodic tasks again")
@@ -14186,6 +14895,48 @@ def _cmd_control(db, action, arguments, worker):
 _STATES = sorted(_ENDED_STATES | {PENDING, SCHEDULED, STARTED, RETRY, WAITING, IGNORED, REJECTED})
 
 
+@cli.command("workflows")
+@click.argument("db", type=click.Path(dir_okay=False))
+@click.argument("workflow_id", required=False)
+@click.option("--state", callback=_nonempty, help=f"One of {', '.join(_STATES)} (any case).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--fork-from", type=click.IntRange(0), metavar="N",
+              help="Queue a new run of WORKFLOW_ID that keeps its steps before index N and "
+                   "runs the rest again; prints the new run's id.")
+def _cmd_workflows(db, workflow_id, state, limit, as_json, fork_from):
+    """List workflows, newest first, with their steps and what they wait for; with a
+    WORKFLOW_ID, that workflow's steps in call order. `litequeue retry DB ID` resumes a
+    failed or revoked workflow: the steps that succeeded are kept, the failed ones run
+    again."""
+    if fork_from is not None:
+        if workflow_id is None:
+            raise click.UsageError("--fork-from needs a WORKFLOW_ID")
+        click.echo(_open_app(db).admin.fork_workflow(workflow_id, fork_from).id)
+        return
+    admin = _open_app(db, read_only=True).admin
+    if workflow_id is not None:
+        items = admin.steps(workflow_id)
+        if not items and admin.app.AsyncResult(workflow_id)._fetch() is None:
+            raise TaskNotFound(f"no task with id {workflow_id!r}")
+    else:
+        items = admin.workflows(state.upper() if state else None, limit)
+    for item in items:
+        if as_json:
+            click.echo(json.dumps({k: _cut(v, _LOG_REPR_MAX) if isinstance(v, str) else v
+                                   for k, v in item.items()}))
+        elif workflow_id is not None:
+            what = f" task {item['task_id']}" if item["task_id"] else ""
+            tail = f": {_shown(json.dumps(item['outcome']), 120)}" \
+                if item["outcome"] is not None else ""
+            click.echo(_printable(f"{item['index']:>4}  {item['state']:<9} {item['kind']:<6} "
+                                  f"{_shown(item['name'])}{what}{tail}"))
+        else:
+            click.echo(_printable(f"{_shown(item['id'])}  {_shown(item['state']):<9} "
+                                  f"{_shown(item['name'])}  {item['steps']} step(s)"
+                                  + (f"; {item['waiting']}" if item["waiting"] else "")))
+
+
 @cli.command("tasks")
 @click.argument("db", type=click.Path(dir_okay=False))
 @click.option("--state", callback=_nonempty, help=f"One of {', '.join(_STATES)} (any case), "
@@ -14740,6 +15491,25 @@ function timeline(flow, current) {
   return el("div", {class: "chart"}, el("div", {class: "legend", text: "timeline of its workflow (" + flow.length + " tasks, " + secs(span) + ")"}), s,
     legend([["w", "#98a2b3", "waiting for the step before"], ["q", "#d0d5dd", "queued"], ["s", "#12805c", "ran, succeeded"], ["f", "#c4320a", "ran, failed or revoked"], ["r", "#e0a800", "running or retried"]]));
 }
+function stepsTimeline(steps) {
+  // A workflow's steps in call order: each from its start to its end (or now), by state.
+  const now = Date.now() / 1000, w = chartWidth(), L = Math.min(220, w * 0.38), row = 20, top = 6, B = 18;
+  const ends = steps.flatMap(st => [st.started, st.finished, st.until]).filter(x => x), t0 = Math.min(...ends);
+  const t1 = Math.max(t0 + 1, ...ends.filter(x => x <= now), steps.some(st => !st.finished) ? now : 0), span = t1 - t0;
+  const h = top + steps.length * row + B, x = t => L + (Math.min(t, t1) - t0) / span * (w - L - 6);
+  const s = svg("svg", {width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: "img", "aria-label": "workflow steps", id: "steps"});
+  axes(s, w - 6, h, L, B, t0, t1, 0, null, false, span < 600);
+  steps.forEach((st, i) => { const y = top + i * row, g = svg("g", {class: "step"});
+    const name = svg("text", {x: 4, y: y + 14, class: "tick"}); name.textContent = st.index + " " + st.kind + " " + st.name.split(".").pop();
+    const tip = svg("title", {}); tip.textContent = st.kind + " " + st.name + ": " + st.state + (st.outcome !== null ? " → " + JSON.stringify(st.outcome) : "") +
+      "\nstarted " + when(st.started) + (st.finished ? "\nended " + when(st.finished) : "") + (st.until ? "\nuntil " + when(st.until) : "");
+    const end = st.finished || now, open = !st.finished;
+    g.append(name, tip, svg("rect", {x: x(st.started), y: y + 3, width: Math.max(2, x(end) - x(st.started)), height: 14, rx: 2,
+      fill: open ? "#d0d5dd" : COLORS[st.state] || "#e0a800"}));
+    s.append(g); });
+  return el("div", {class: "chart"}, el("div", {class: "legend", text: "its steps (" + steps.length + ")"}), s,
+    legend([["s", "#12805c", "ended, succeeded"], ["f", "#c4320a", "ended, failed"], ["o", "#d0d5dd", "running or waiting"]]));
+}
 async function taskPage(id) {
   const [t, flow] = await getMany("/data/task/" + encodeURIComponent(id), "/data/workflow/" + encodeURIComponent(id));
   const kv = (k, v) => el("tr", {}, el("td", {text: k}), v instanceof Node ? el("td", {}, v) : el("td", {text: v === null || v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v)}));
@@ -14759,6 +15529,12 @@ async function taskPage(id) {
       render(); }}});
     const acts = actionsFor(t.state);
     parts.push(el("div", {id: "actions"}, ...acts.map(a => act(...a)), acts.length ? null : el("span", {class: "muted", text: "finished: nothing to do "}), el("span", {id: "act-result", text: actResult})));
+  }
+  if (t.steps && t.steps.length) {
+    parts.push(el("h2", {text: "Its steps"}), stepsTimeline(t.steps), table(["#", "state", "kind", "name", "task", "outcome", "started", "ended"],
+      t.steps.map(st => el("tr", {}, el("td", {text: st.index}), el("td", {}, el("span", {class: "st " + st.state, text: st.state})), el("td", {text: st.kind}), el("td", {text: st.name}),
+        el("td", {}, st.task_id ? link("/task/" + encodeURIComponent(st.task_id), st.task_id) : ""), el("td", {class: "long", text: st.outcome === null ? "" : typeof st.outcome === "string" ? st.outcome : JSON.stringify(st.outcome)}),
+        el("td", {text: when(st.started)}), el("td", {text: st.finished ? when(st.finished) : st.until ? "until " + when(st.until) : ""})))));
   }
   if (flow.length > 1) parts.push(el("h2", {text: "Its workflow"}), timeline(flow, t.id));
   parts.push(el("p"), el("div", {class: "scroll"}, el("table", {class: "kv"}, el("tbody", {}, ...rows))));

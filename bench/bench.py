@@ -65,8 +65,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Measurements, in the order a repeat runs them; --only picks a subset.
 MEASUREMENTS = ("drain", "roundtrip", "idle", "load", "eta", "future", "chord", "chain",
-                "async", "threads", "ratelimit", "insert", "producers", "launch", "memory",
-                "dashboard")
+                "workflows", "async", "threads", "ratelimit", "insert", "producers", "launch",
+                "memory", "dashboard")
 # The groups whose figures issue 13's target table shows.
 ISSUE13_GROUPS = {"drain", "roundtrip", "eta", "insert", "producers", "launch", "memory"}
 FUTURE = "litequeue NORMAL, future rows"   # results label of the 'future' drain
@@ -320,6 +320,8 @@ class LiteQueueSystem:
         self.db = db
         self.app, self.noop, self.stamp = benchtasks.make_litequeue(db, self.synchronous)
         self.endstamp, self.step, self.collect = benchtasks.make_litequeue_canvas(self.app)
+        self.wf_steps, self.wf_tasks, self.wf_sleep = benchtasks.make_litequeue_workflows(
+            self.app, self.step)
         # Create the schema and open this thread's connection before any timing.
         warm = self.app.AsyncResult("warm-up")
         assert getattr(warm, "detailed_state", warm.state) == litequeue.UNKNOWN
@@ -1438,6 +1440,88 @@ def measure_chain(system, worker, cfg, results, runs=None):
     log(f"  {system.label:<18} chain of {length}: per hop p50 {hop:6.2f} ms (max "
         f"{max(hops):6.2f}); round trip p50 {trip:6.2f} ms; hop / round trip "
         f"{hop / trip:.2f}")
+
+
+def measure_workflows(system, tmp, tag, cfg, results):
+    """Durable workflows, litequeue NORMAL, an idle `-c 2` worker:
+
+    - per step: `chain_runs` workflows of `chain_length` steps, each timed from delay()
+      to get() and divided by the length: step functions (wf_steps, DBOS's chain row's
+      shape), then task steps (wf_tasks), `roundtrip_gap_s` idle after each;
+    - a durable sleep's lateness: `wf_sleeps` workflows each sleeping `wf_sleep_s`,
+      queued 50 ms apart; lateness = the time.time() the workflow read when it ran again
+      minus the sleep's end as its step recorded it (steps.until);
+    - `wf_sleepers` workflows asleep at once (each `wf_sleepers_s`): the worker's process
+      count and CPU over a 2 s window while all of them sleep, then the time from their
+      common due time to the last one's result."""
+    with idle_worker(system, tmp, tag, "wf") as worker:
+        n, gap = cfg["chain_length"], cfg["roundtrip_gap_s"]
+        for key, flow in (("wf_steps", system.wf_steps), ("wf_tasks", system.wf_tasks)):
+            per = []
+            for i in range(3 + cfg["chain_runs"]):
+                t0 = time.perf_counter()
+                value = flow.delay(0, n).get(timeout=60)
+                elapsed = time.perf_counter() - t0
+                if value != 0:
+                    raise RuntimeError(f"{key} returned {value!r}")
+                if i >= 3:                       # three warm-up runs, not counted
+                    per.append(elapsed / n * 1000.0)
+                time.sleep(gap)
+            results[f"{key}_p50"].append(percentile(per, 50))
+            log(f"  {system.label:<18} workflow of {n} {key[3:]}: per step p50 "
+                f"{percentile(per, 50):6.3f} ms (max {max(per):6.3f})")
+        sleepers = [system.wf_sleep.delay(cfg["wf_sleep_s"])]
+        for _ in range(cfg["wf_sleeps"] - 1):
+            time.sleep(0.05)
+            sleepers.append(system.wf_sleep.delay(cfg["wf_sleep_s"]))
+        woke = [r.get(timeout=60) for r in sleepers]
+        conn = _apsw_reader(system.db)
+        try:
+            ends = [conn.execute("SELECT until FROM steps WHERE workflow = ? AND "
+                                 "kind = 'sleep'", (r.id,)).fetchall()[0][0] for r in sleepers]
+        finally:
+            conn.close()
+        late = [(w - e) * 1000.0 for w, e in zip(woke, ends)]
+        for q in (50, 99):
+            results[f"wf_sleep_p{q}"].append(percentile(late, q))
+        results["wf_sleep_max"].append(max(late))
+        log(f"  {system.label:<18} durable sleep of {cfg['wf_sleep_s']:g} s: lateness p50 "
+            f"{percentile(late, 50):.2f} ms, p99 {percentile(late, 99):.2f} ms, max "
+            f"{max(late):.2f} ms ({len(late)} sleeps)")
+        _measure_sleepers(system, worker, cfg, results)
+
+
+def _measure_sleepers(system, worker, cfg, results):
+    count, seconds = cfg["wf_sleepers"], cfg["wf_sleepers_s"]
+    t0 = time.time()
+    handles = [system.wf_sleep.delay(seconds) for _ in range(count)]
+    due = t0 + seconds
+    conn = _apsw_reader(system.db)
+    try:
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT count(*) FROM tasks WHERE state IN ('SCHEDULED', 'RETRY') AND "
+                           "state = 'SCHEDULED'").fetchall()[0][0] < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workflows not all asleep after 30 s")
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    asleep = time.time()
+    if due - asleep < 2.5:
+        raise RuntimeError(f"the sleepers took {asleep - t0:.1f} s to fall asleep: raise "
+                           "--wf-sleepers-s")
+    time.sleep(0.2)
+    before, w0 = session_cpu_ticks(worker.pid), time.monotonic()
+    time.sleep(2.0)
+    after, w1 = session_cpu_ticks(worker.pid), time.monotonic()
+    cpu = sum(after.get(pid, 0) - ticks for pid, ticks in before.items()) / CLK_TCK
+    results["wf_sleepers_cpu"].append(cpu / (w1 - w0) * 100.0)
+    results["wf_sleepers_procs"].append(len(after))
+    last = max(r.get(timeout=120) for r in handles)
+    results["wf_sleepers_all_woke"].append((last - due) * 1000.0)
+    log(f"  {system.label:<18} {count} workflows asleep at once: {len(after)} worker "
+        f"processes, CPU {cpu / (w1 - w0) * 100.0:.2f}% of one core over 2 s; all ran "
+        f"again {(last - due) * 1000.0:.0f} ms after their due time")
 
 
 # ---------------------------------------------------------------------------
@@ -3558,6 +3642,34 @@ def build_canvas_table(S, cfg):
     return "\n".join(out)
 
 
+def build_workflow_table(S, cfg):
+    """The workflow rows (litequeue NORMAL), with DBOS's chain workflow beside the
+    step-function row when DBOS ran (the chain row)."""
+    N, D, D1 = S["litequeue NORMAL"], S.get(DBOS_DEF) or {}, S.get(DBOS_FAST) or {}
+    n = cfg["chain_length"]
+    rows = [
+        [f"workflow of {n} step functions (@app.step; DBOS: its chain workflow of {n} "
+         f"@DBOS.step), delay() → get() ÷ {n}, p50 per step", fmt(N.get("wf_steps_p50"), "ms", 3),
+         fmt(D.get("chain_hop_p50"), "ms", 2), fmt(D1.get("chain_hop_p50"), "ms", 2), "≤ 1 ms"],
+        [f"workflow of {n} task steps (`x = step.delay(x).get()`: each queued, run by a worker "
+         f"process and awaited durably), p50 per step", fmt(N.get("wf_tasks_p50"), "ms", 3),
+         "—", "—", "≤ 1 ms"],
+        [f"durable sleep of {cfg['wf_sleep_s']:g} s: lateness p50 ({cfg['wf_sleeps']} sleeps)",
+         fmt(N.get("wf_sleep_p50"), "ms", 2), "—", "—", "—"],
+        ["durable sleep: lateness p99", fmt(N.get("wf_sleep_p99"), "ms", 2), "—", "—", "≤ 5 ms"],
+        ["durable sleep: lateness max", fmt(N.get("wf_sleep_max"), "ms", 2), "—", "—", "—"],
+        [f"{cfg['wf_sleepers']:,} workflows asleep at once: worker processes",
+         fmt(N.get("wf_sleepers_procs"), ""), "—", "—", "3 (the pool of 2, unchanged)"],
+        [f"{cfg['wf_sleepers']:,} asleep: worker CPU over 2 s (% of one core)",
+         fmt(N.get("wf_sleepers_cpu"), "%", 2), "—", "—", "≈ 0"],
+        [f"{cfg['wf_sleepers']:,} asleep: their common due time → the last one's result",
+         fmt(N.get("wf_sleepers_all_woke"), "ms", 0), "—", "—", "—"]]
+    header = ["metric (litequeue worker -c 2; DBOS worker_concurrency=2)", "litequeue NORMAL",
+              "DBOS (defaults: 1 s polls)", "DBOS, 1 ms polls (info)", "target"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def build_concurrency_table(S, raw, cfg):
     """The concurrency rows: coroutine tasks (async) against huey's greenlet consumer,
     blocking tasks on threads against huey's thread consumer, and a global rate limit on
@@ -4061,6 +4173,14 @@ def main(argv=None):
                     help="tasks in the chain, each one hop [10]")
     ap.add_argument("--chain-runs", type=int,
                     help="timed chains (and as many round trips) per repeat [50; quick 20]")
+    ap.add_argument("--wf-sleeps", type=int, default=20,
+                    help="durable sleeps timed in the workflows row [20]")
+    ap.add_argument("--wf-sleep-s", type=float, default=1.0,
+                    help="seconds each of those sleeps [1]")
+    ap.add_argument("--wf-sleepers", type=int,
+                    help="workflows asleep at once in the workflows row [1000; quick 200]")
+    ap.add_argument("--wf-sleepers-s", type=float, default=6.0,
+                    help="seconds those sleep [6]")
     ap.add_argument("--no-celery", action="store_true",
                     help="no Celery (and no redis-server) in any row")
     ap.add_argument("--no-dbos", action="store_true",
@@ -4160,6 +4280,9 @@ def main(argv=None):
         "chord_members": args.chord_members,
         "chain_length": args.chain_length,
         "chain_runs": args.chain_runs or (20 if args.quick else 50),
+        "wf_sleeps": args.wf_sleeps, "wf_sleep_s": args.wf_sleep_s,
+        "wf_sleepers": args.wf_sleepers or (200 if args.quick else 1000),
+        "wf_sleepers_s": args.wf_sleepers_s,
         # DBOS at its defaults polls its queue and get_result() every 1 s: 2 tasks a second
         # at worker_concurrency=2, 1-2 s a round trip, so it gets smaller counts.
         "dbos_tasks": args.dbos_tasks or (10 if args.quick else 20),
@@ -4335,6 +4458,9 @@ def main(argv=None):
                         measure_chain(s, worker, cfg, results[s.label])
                 if s is cel:
                     results[CELERY]["versions"]["redis"] = cel.redis_version
+            if "workflows" in only:
+                measure_workflows(lq_normal, tmp, f"r{r}-workflows", cfg,
+                                  results[lq_normal.label])
             for key, s, counts in dbos_systems if "chain" in only else ():
                 # DBOS has no chord; its chain is one workflow of chain_length steps.
                 with canvas_worker(s, tmp, f"r{r}-{key}-canvas") as worker:
@@ -4389,6 +4515,8 @@ def main(argv=None):
         tables.append(build_sched_table(S, results, cfg))
     if canvas:
         tables.append(build_canvas_table(S, cfg))
+    if "workflows" in only:
+        tables.append(build_workflow_table(S, cfg))
     if {"async", "threads", "ratelimit"} & set(only):
         tables.append(build_concurrency_table(S, results, cfg))
     if ISSUE13_GROUPS & set(only):

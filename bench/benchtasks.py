@@ -272,6 +272,42 @@ DBOS_NOOP = "benchtasks.noop"
 DBOS_CHAIN = "benchtasks.chain"
 
 
+def make_litequeue_workflows(app, step):
+    """The workflow rows (litequeue only; the bench queues them by name):
+
+    - wf_steps(x, n): a workflow of n calls of wf_step(x), an @app.step that returns its
+      input (DBOS's chain workflow, step for step: each step's output recorded before the
+      next one runs);
+    - wf_tasks(x, n): a workflow of n task steps, ``x = step.delay(x).get()``: each one
+      queued, run by a worker process, and awaited durably (the run ends and the step's
+      end queues the workflow again);
+    - wf_sleep(seconds): ``app.sleep(seconds)`` (durable: no process is held), then
+      returns time.time(), the moment the workflow ran again after the sleep."""
+
+    @app.step(name="benchtasks.wf_step")
+    def wf_step(x):
+        return x
+
+    @app.workflow(name="benchtasks.wf_steps")
+    def wf_steps(x, n):
+        for _ in range(n):
+            x = wf_step(x)
+        return x
+
+    @app.workflow(name="benchtasks.wf_tasks")
+    def wf_tasks(x, n):
+        for _ in range(n):
+            x = step.delay(x).get()
+        return x
+
+    @app.workflow(name="benchtasks.wf_sleep")
+    def wf_sleep(seconds):
+        app.sleep(seconds)
+        return time.time()
+
+    return wf_steps, wf_tasks, wf_sleep
+
+
 def make_dbos(marks=None):
     """Register on DBOS's (process-global) registry, before DBOS() is made:
 
@@ -318,6 +354,7 @@ if os.environ.get("LQBENCH_DB"):
     app, noop, stamp = make_litequeue(os.environ["LQBENCH_DB"],
                                os.environ.get("LQBENCH_SYNC", "NORMAL"))
     endstamp, step, collect = make_litequeue_canvas(app)
+    wf_steps, wf_tasks, wf_sleep = make_litequeue_workflows(app, step)
     if os.environ.get("LQBENCH_MORE"):
         globals().update(make_litequeue_more(app, os.environ["LQBENCH_MORE"].split(",")))
 if os.environ.get("CELERYBENCH_URL"):

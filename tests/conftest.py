@@ -91,6 +91,7 @@ FILE_ORDER = (
     "test_side_directory.py",       # 8     side directory
     "test_task_policy.py",          # 9     task policy
     "test_task_context.py",         # 10    task context: the request, signals, hooks
+    "test_workflows.py",            # 10b   workflows
     "test_app.py",                  # 11    app
     "test_celery_app.py",
     "test_eager.py",

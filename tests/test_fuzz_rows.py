@@ -15,7 +15,7 @@ import pytest
 import litequeue
 from litequeue import SUCCESS, LitequeueError, chord
 
-from .helpers import lq, sql, wait_until
+from .helpers import lq, sql, task_source, wait_until
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow, pytest.mark.worker]
 
@@ -103,6 +103,16 @@ class Victims:
         elif table == "paused":
             self.write("INSERT INTO paused VALUES (?, ?)", f"fuzzq{n}", now)
             return ("queue", f"fuzzq{n}")
+        elif table in ("steps", "events", "messages"):
+            # A workflow waiting for its task step, with a message queued for its recv():
+            # its replay, once the gate opens, reads all three.
+            app = self.project.app
+            self.flow_gate = f"flow{n}"
+            self.task_id = app.send_task("flows.fuzz_flow", args=[n, self.flow_gate]).id
+            wait_until(lambda: self.project.marked(f"hold.{self.flow_gate}"), 20,
+                       "the workflow's task step started")
+            app.send(self.task_id, n, topic="t")
+            return ("workflow", self.task_id)
         elif table == "rate_limits":
             self.write("INSERT INTO rate_limits (key, rate, interval) VALUES (?, '5/s', 0.2)",
                        f"fuzz.limited{n}")
@@ -125,6 +135,8 @@ class Victims:
         """Let a chord's second member end, so that its end reads the spoiled row."""
         if table in ("chords", "chord_slots"):
             self.project.go(self.chord_gate)
+        if table in ("steps", "events", "messages"):
+            self.project.go(self.flow_gate)
 
 
 def read_everything(app, task_id):
@@ -145,7 +157,8 @@ def read_everything(app, task_id):
     if task_id is not None:
         result = app.AsyncResult(task_id)
         readers += [lambda: admin.task(task_id), lambda: result.state,
-                    lambda: (result.result, result.traceback, result.ready())]
+                    lambda: (result.result, result.traceback, result.ready()),
+                    lambda: result.get_event("e", timeout=0), admin.workflows]
     for i, read in enumerate(readers):
         try:
             json.dumps(litequeue._display(read()), default=str)
@@ -157,7 +170,8 @@ def read_everything(app, task_id):
 
 
 def test_hostile_values_in_every_column_never_stop_a_worker(project, workers, capsys):
-    worker = workers.start(project, concurrency=2)
+    project.write_module("flows", task_source("flows.py"))
+    worker = workers.start(project, concurrency=2, app=("tasks", "flows"))
     children = {c["pid"] for c in worker.live_children()}
     victims = Victims(project)
     keep = [w for (w,) in sql(project.db, "SELECT id FROM workers")]
@@ -193,7 +207,8 @@ def test_hostile_values_in_every_column_never_stop_a_worker(project, workers, ca
                 except Exception as exc:   # noqa: BLE001
                     failures.append(f"{where}: the canary did not complete: {exc}"[:300])
                 error = read_everything(app, victims.task_id if table in
-                                        ("tasks", "chords", "chord_slots") else None)
+                                        ("tasks", "chords", "chord_slots", "steps", "events",
+                                         "messages") else None)
                 if error:
                     failures.append(f"{where}: a reader raised {error}")
                 if worker.proc.poll() is not None:

@@ -175,48 +175,32 @@ class TestSideDirectory:
 
     def test_every_get_of_a_task_is_woken_by_its_end_not_by_polling(self, near_project, here,
                                                                      monkeypatch):
-        """A task's first get() waits as done/<tag>, rung with no listing; a second get()
-        of the same task waits in extra/, and so does one whose done/<tag> is a plain
-        file. A socket a killed waiter left at done/<tag> is taken over. Every one of them
-        wakes when its task ends: with the first poll ten minutes away, none could wake
+        """Two get()s of one task and one of another, each a socket in done/: every one
+        wakes when its task ends. With the first poll ten minutes away, none could wake
         any other way within the test's deadline."""
         project = near_project
         here(project).start()
         assert project.delay("add", 1, 1).get(timeout=10) == 2
         monkeypatch.setattr(litequeue, "_POLL_MIN", 600.0)
-        side = Path(project.db + "-lq")
-        done, extra = private_dir(side / "done"), side / "extra"
-        stale_id, blocked_id = "task-left-by-a-killed-waiter", "task-behind-a-plain-file"
-        tag = lambda task_id: hashlib.blake2b(task_id.encode(), digest_size=5).hexdigest()
-        dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        dead.bind(str(done / tag(stale_id)))
-        dead.close()                                   # its file stays, refusing datagrams
-        (done / tag(blocked_id)).write_text("not a socket\n")
+        done = private_dir(Path(project.db + "-lq") / "done")
         block = project.app.tasks["tasks.block"]
-        stale = block.apply_async(("stale",), task_id=stale_id)
-        behind = block.apply_async(("behind",), task_id=blocked_id)
-        waiters = {}
-        for name, result in (("first", stale), ("second", stale), ("behind", behind)):
-            waiters[name] = concurrent.futures.ThreadPoolExecutor(1)
-            waiters[name] = (waiters[name], waiters[name].submit(result.get, timeout=60))
-        in_extra = lambda: sorted(p.name.split(".")[0] for p in extra.iterdir()) \
-            if extra.exists() else []
-        wait_until(lambda: in_extra() == sorted([tag(stale_id), tag(blocked_id)])
-                   and stat.S_ISSOCK(os.lstat(done / tag(stale_id)).st_mode), 10,
-                   lambda: f"three waiters bound (extra/ holds {in_extra()})")
-        project.go("stale")
-        project.go("behind")
+        one, other = block.delay("one"), block.delay("other")
+        waiters = []
+        for result in (one, one, other):
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+            waiters.append((pool, pool.submit(result.get, timeout=60)))
+        wait_until(lambda: len(os.listdir(done)) == 3, 10,
+                   lambda: f"three waiters bound (done/ holds {os.listdir(done)})")
+        project.go("one")
+        project.go("other")
         try:
-            assert waiters["first"][1].result(timeout=15) == "stale"
-            assert waiters["second"][1].result(timeout=15) == "stale"
-            assert waiters["behind"][1].result(timeout=15) == "behind"
+            assert [future.result(timeout=15) for _, future in waiters] == \
+                ["one", "one", "other"]
         finally:
             project.abort_all()
-            for pool, _ in waiters.values():
+            for pool, _ in waiters:
                 pool.shutdown(wait=True)
-        assert (done / tag(blocked_id)).read_text() == "not a socket\n"
-        wait_until(lambda: not in_extra() and not (done / tag(stale_id)).exists(), 10,
-                   "every waiter's socket removed after its get()")
+        wait_until(lambda: not os.listdir(done), 10, "every waiter's socket removed")
 
     def test_side_directory_and_its_subdirectories_are_private(self, near_project, here):
         project = near_project
