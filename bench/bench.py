@@ -3659,7 +3659,7 @@ def build_workflow_table(S, cfg):
         ["durable sleep: lateness p99", fmt(N.get("wf_sleep_p99"), "ms", 2), "—", "—", "≤ 5 ms"],
         ["durable sleep: lateness max", fmt(N.get("wf_sleep_max"), "ms", 2), "—", "—", "—"],
         [f"{cfg['wf_sleepers']:,} workflows asleep at once: worker processes",
-         fmt(N.get("wf_sleepers_procs"), ""), "—", "—", "3 (the pool of 2, unchanged)"],
+         fmt(N.get("wf_sleepers_procs"), ""), "—", "—", "4: the supervisor, its 2 children, multiprocessing's resource tracker (as idle)"],
         [f"{cfg['wf_sleepers']:,} asleep: worker CPU over 2 s (% of one core)",
          fmt(N.get("wf_sleepers_cpu"), "%", 2), "—", "—", "≈ 0"],
         [f"{cfg['wf_sleepers']:,} asleep: their common due time → the last one's result",
