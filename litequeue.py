@@ -15462,7 +15462,8 @@ function whyBox(t) {
   return box;
 }
 // A workflow's members as bars on one time axis: queued (light), running (its state's colour).
-const COLORS = {SUCCESS: "#12805c", FAILURE: "#c4320a", REVOKED: "#c4320a", EXPIRED: "#c4320a", RETRY: "#e0a800", STARTED: "#e0a800"};
+const COLORS = {SUCCESS: "#12805c", FAILURE: "#c4320a", REVOKED: "#c4320a", EXPIRED: "#c4320a", RETRY: "#e0a800", STARTED: "#e0a800",
+  WAITING: "#d0d5dd", SCHEDULED: "#d0d5dd", PENDING: "#d0d5dd"};   // a workflow between its runs waits: not running
 function timeline(flow, current) {
   const now = Date.now() / 1000, w = chartWidth(), L = Math.min(220, w * 0.38), row = 20, top = 6, B = 18;
   const ends = flow.flatMap(t => [t.created, t.started, t.finished]).filter(x => x), t0 = Math.min(...ends);
