@@ -157,6 +157,31 @@ def parent_of(pid):
         return None
 
 
+def chaos_kill(supervisors, start_supervisor, rng, group_chance=0.1):
+    """One step of a chaos loop over several supervisors: start again the ones that died,
+    then SIGKILL a random one's whole process group (group_chance) or one of its children.
+    Returns (kind, pids): "group" with the children it had, "child" with the one killed,
+    or (None, []) when nothing was killed."""
+    for i, s in enumerate(supervisors):
+        if s.proc.poll() is not None:
+            supervisors[i] = start_supervisor()
+    target = rng.choice(supervisors)
+    if target.proc.poll() is not None:
+        return None, []
+    target.id = target.id or target.supervisor_row()
+    pids = [c["pid"] for c in target.live_children() if parent_of(c["pid"]) == target.proc.pid]
+    if rng.random() < group_chance:
+        target.killpg(signal.SIGKILL)
+        target.proc.wait()
+        return "group", pids
+    if not pids:
+        return None, []
+    pid = rng.choice(pids)
+    with _suppress_lookup():
+        os.kill(pid, signal.SIGKILL)
+    return "child", [pid]
+
+
 def alive(pid):
     """True if the process exists and is not a zombie (PID 1 here does not reap)."""
     stat = _proc_stat(pid)

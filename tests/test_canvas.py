@@ -22,8 +22,8 @@ from litequeue import (
 )
 
 from .helpers import (
-    LITEQUEUE_PY, CanvasProject, _suppress_lookup, lq_here, parent_of, sql, sql_write,
-    wait_until,
+    LITEQUEUE_PY, CanvasProject, _suppress_lookup, chaos_kill, lq_here, sql,
+    sql_write, wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -972,24 +972,9 @@ class TestCanvasChaos:
         try:
             while time.monotonic() - began < chaos_for:
                 time.sleep(rng.uniform(0.1, 0.3))
-                for i, s in enumerate(supervisors):
-                    if s.proc.poll() is not None:
-                        supervisors[i] = start_supervisor()
-                target = rng.choice(supervisors)
-                if target.proc.poll() is not None:
-                    continue
-                if rng.random() < 0.1:
-                    target.killpg(signal.SIGKILL)
-                    target.proc.wait()
-                    kills["group"] += 1
-                    continue
-                target.id = target.id or target.supervisor_row()
-                pids = [c["pid"] for c in target.live_children()
-                        if parent_of(c["pid"]) == target.proc.pid]
-                if pids:
-                    with _suppress_lookup():
-                        os.kill(rng.choice(pids), signal.SIGKILL)
-                    kills["child"] += 1
+                kind, _ = chaos_kill(supervisors, start_supervisor, rng)
+                if kind is not None:
+                    kills[kind] += 1
             out, err = producer.communicate(timeout=60)
         finally:
             if producer.poll() is None:

@@ -14,7 +14,7 @@ import litequeue
 from litequeue import FAILURE, SCHEDULED, SUCCESS, WAITING, LiteQueue
 
 from .helpers import (
-    _suppress_lookup, lq, parent_of, sql, sql_write, task_source, wait_until,
+    chaos_kill, lq, sql, sql_write, task_source, wait_until,
 )
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
@@ -191,22 +191,7 @@ def test_sigkill_during_workflows_loses_nothing_and_reruns_only_killed_steps(flo
                                         r.id)[0][0] == "recv:go":
                 app.send(r.id, results.index(r), topic="go")
                 sent.add(r.id)
-        for i, s in enumerate(supervisors):
-            if s.proc.poll() is not None:
-                supervisors[i] = start_supervisor()
-        target = rng.choice(supervisors)
-        if target.proc.poll() is not None:
-            continue
-        pids = [c["pid"] for c in target.live_children() if parent_of(c["pid"]) == target.pid]
-        if rng.random() < 0.1:
-            killed.update(pids)
-            target.killpg(signal.SIGKILL)
-            target.proc.wait()
-        elif pids:
-            pid = rng.choice(pids)
-            killed.add(pid)
-            with _suppress_lookup():
-                os.kill(pid, signal.SIGKILL)
+        killed.update(chaos_kill(supervisors, start_supervisor, rng)[1])
     for i, s in enumerate(supervisors):
         if s.proc.poll() is not None:
             supervisors[i] = start_supervisor()
