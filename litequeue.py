@@ -1129,6 +1129,21 @@ def _parse_rate(value):
     return text, period / count
 
 
+# The largest concurrency limit: a slot count that fits SQLite's integers with room to spare.
+_SLOTS_MAX = 1 << 31
+
+
+def _checked_slots(option, value):
+    """A concurrency limit as declared: None (none) or a whole number >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _SLOTS_MAX:
+        raise ConfigurationError(f"{option} must be a whole number >= 1 (how many may run at "
+                                 f"once on every worker of the file) or None, not "
+                                 f"{_saferepr(value, 60)}")
+    return value
+
+
 def _check_choice(*choices):
     def check(value):
         if str(value).upper() not in choices:
@@ -1231,6 +1246,18 @@ def _check_mapping(value):
     return dict(value)
 
 
+def _check_queue_limits(value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(q, str) and q for q in value):
+        raise ValueError("a dict of queue name -> a whole number >= 1")
+    try:
+        return {queue: _checked_slots(f"queue_concurrency[{queue!r}]", limit)
+                for queue, limit in value.items()}
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
 # Every setting: (default, check, help). LiteQueue(**settings), app.conf.update(),
 # config_from_object() and the worker's CLI options all read this one table; a check
 # returns the value to keep or raises ValueError saying what it must be.
@@ -1266,6 +1293,9 @@ _SETTINGS = {
                                  "'10/s'}})"),
     "task_routes": _Setting({}, _check_mapping, "task name or glob -> {'queue': name} (Celery's "
                             "task_routes)"),
+    "queue_concurrency": _Setting({}, _check_queue_limits, "queue -> at most this many of its "
+                                  "tasks running at once, on every worker of the file (a worker "
+                                  "that serves the queue writes it when it starts)"),
     "beat_schedule": _Setting({}, _check_mapping, "periodic tasks: name -> {'task', 'schedule', "
                               "'args', 'kwargs', 'options'} (Celery's beat_schedule)"),
     "worker_max_tasks_per_child": _Setting(None, _check_number(1, whole=True, optional=True),
@@ -2207,6 +2237,31 @@ _MIGRATIONS = [
         PRIMARY KEY (workflow, key)
     ) WITHOUT ROWID;
     """,
+    """
+    -- Global concurrency limits. A task name with a row here has its rows in the limited
+    -- lane, as a rate-limited name does (rate_key = its name, tasks_limited), and a row of
+    -- it is claimed only while fewer than max rows of the name, and fewer than per_key rows
+    -- of its conc_key, are STARTED (tasks_holding counts them in the claim's transaction).
+    -- A slot is a STARTED row: the transaction that ends the row frees it, and a dead
+    -- worker's rescue frees its slots, so no counter can drift.
+    CREATE TABLE concurrency (
+        key         TEXT PRIMARY KEY,              -- the task name
+        max         INTEGER,                       -- rows of the name at once; NULL: any
+        per_key     INTEGER                        -- rows of one conc_key at once; NULL: any
+    ) WITHOUT ROWID;
+    -- At most max STARTED rows of the queue at once (app.conf.queue_concurrency).
+    CREATE TABLE queue_limits (
+        queue       TEXT PRIMARY KEY,
+        max         INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE tasks ADD COLUMN conc_key TEXT;    -- apply_async(concurrency_key=...)
+    -- The limited lane by key: the first row of each key (a loose index scan, one seek per
+    -- key), and the rows that hold a slot.
+    CREATE INDEX tasks_keyed ON tasks (rate_key, queue, conc_key, priority DESC, seq)
+        WHERE state = 'PENDING' AND rate_key IS NOT NULL;
+    CREATE INDEX tasks_holding ON tasks (rate_key, conc_key)
+        WHERE state = 'STARTED' AND rate_key IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # One statement, so the three are read in one snapshot.
@@ -2222,13 +2277,15 @@ _SQL_DATA_VERSION = "PRAGMA data_version"
 # -- producers: tasks, canvases, the registry ---------------------------------
 
 # (new row) -> PENDING or SCHEDULED.
-# A rate-limited task's rows carry its name in rate_key (rate_limits, a primary key probe).
-_RATE_KEY = "(SELECT key FROM rate_limits WHERE key = :name)"
+# A rate-limited or concurrency-limited task's rows carry its name in rate_key (the limited
+# lane: rate_limits or concurrency, primary key probes), and their concurrency key in conc_key.
+_RATE_KEY = ("coalesce((SELECT key FROM rate_limits WHERE key = :name), "
+             "(SELECT key FROM concurrency WHERE key = :name))")
 _SQL_INSERT_TASK = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
-                       max_retries, created_at, parent_id, root_id, rate_key)
+                       max_retries, created_at, parent_id, root_id, rate_key, conc_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
-            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY})
+            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY}, :conc_key)
 """
 # The states in which a unique task holds its key (tasks_unique's condition).
 _UNIQUE_HELD = "state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED', 'WAITING')"
@@ -2236,9 +2293,9 @@ _UNIQUE_HELD = "state IN ('PENDING', 'SCHEDULED', 'RETRY', 'STARTED', 'WAITING')
 # (tasks_unique): then nothing is written, and the caller reads that row's id.
 _SQL_INSERT_UNIQUE = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
-                       max_retries, created_at, parent_id, root_id, rate_key, unique_key)
+                       max_retries, created_at, parent_id, root_id, rate_key, conc_key, unique_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
-            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY}, :unique_key)
+            :max_retries, :created_at, :parent_id, :root_id, {_RATE_KEY}, :conc_key, :unique_key)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND {_UNIQUE_HELD} DO NOTHING
 """
 _SQL_UNIQUE_HOLDER = f"""
@@ -2250,19 +2307,19 @@ _SQL_UNIQUE_HOLDER = f"""
 _SQL_INSERT_CANVAS = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
                        max_retries, created_at, parent_id, root_id, group_id, group_index,
-                       waits, input, followers, rate_key)
+                       waits, input, followers, rate_key, conc_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
-            :waits, :input, :followers, {_RATE_KEY})
+            :waits, :input, :followers, {_RATE_KEY}, :conc_key)
 """
 # (new row) -> PENDING or SCHEDULED: a member of a plain group.
 _SQL_INSERT_MEMBER = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, eta, expires,
                        max_retries, created_at, parent_id, root_id, group_id, group_index,
-                       rate_key)
+                       rate_key, conc_key)
     VALUES (:id, :name, :queue, :priority, :state, :payload, :eta, :expires,
             :max_retries, :created_at, :parent_id, :root_id, :group_id, :group_index,
-            {_RATE_KEY})
+            {_RATE_KEY}, :conc_key)
 """
 _SQL_INSERT_CHORD = "INSERT INTO chords (id, body, size) VALUES (:id, :body, :size)"
 # Task.add_to_chord(): one more member, while the chord waits and its member still runs.
@@ -2276,18 +2333,35 @@ _SQL_UPSERT_LIMIT = """
     ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, interval = excluded.interval
       WHERE rate_limits.rate IS NOT excluded.rate
 """
-# A limit removed: its ready rows become ordinary (tasks_limited).
+# The name's last limit removed: its ready rows become ordinary (tasks_limited).
 _SQL_DROP_LIMIT = "DELETE FROM rate_limits WHERE key = :name"
 _SQL_UNLIMIT_ROWS = """
     UPDATE tasks SET rate_key = NULL WHERE state = 'PENDING' AND rate_key = :name
 """
-_SQL_HAS_LIMIT = "SELECT 1 FROM rate_limits WHERE key = :name"
-# A new limit: the name's waiting rows (tasks_ready, tasks_due, tasks_waiting) are limited.
+# Whether a task name's rows belong in the limited lane: it has a rate or a concurrency limit.
+_SQL_IN_LANE = """
+    SELECT EXISTS (SELECT 1 FROM rate_limits WHERE key = :name)
+        OR EXISTS (SELECT 1 FROM concurrency WHERE key = :name)
+"""
+_SQL_UPSERT_BOUND = """
+    INSERT INTO concurrency (key, max, per_key) VALUES (:name, :concurrency, :per_key)
+    ON CONFLICT (key) DO UPDATE SET max = excluded.max, per_key = excluded.per_key
+      WHERE concurrency.max IS NOT excluded.max OR concurrency.per_key IS NOT excluded.per_key
+"""
+_SQL_DROP_BOUND = "DELETE FROM concurrency WHERE key = :name"
+_SQL_UPSERT_QUEUE_LIMIT = """
+    INSERT INTO queue_limits (queue, max) VALUES (:queue, :max)
+    ON CONFLICT (queue) DO UPDATE SET max = excluded.max WHERE queue_limits.max IS NOT excluded.max
+"""
+_SQL_DROP_QUEUE_LIMIT = "DELETE FROM queue_limits WHERE queue = :queue"
+# The name's first limit: its waiting rows (tasks_ready, tasks_due, tasks_waiting) are
+# limited, and its running rows (tasks_running) hold the concurrency slots they take.
 _SQL_LIMIT_ROWS = """
     UPDATE tasks SET rate_key = :name
     WHERE seq IN (SELECT seq FROM tasks WHERE state = 'PENDING' AND rate_key IS NULL
                   UNION ALL SELECT seq FROM tasks WHERE state IN ('SCHEDULED', 'RETRY')
-                  UNION ALL SELECT seq FROM tasks WHERE state = 'WAITING')
+                  UNION ALL SELECT seq FROM tasks WHERE state = 'WAITING'
+                  UNION ALL SELECT seq FROM tasks WHERE state = 'STARTED')
       AND name = :name
 """
 # update_state() of the running task itself, fenced by its claim.
@@ -2353,36 +2427,102 @@ _SQL_CLAIM_SHARE = _CLAIM_ROWS.format(
 _SQL_CLAIM_DUE = _CLAIM_ROWS.format(
     seqs=f"SELECT seq FROM tasks WHERE {_DUE_ROWS} ORDER BY eta "
          f"LIMIT {_FAIR_SHARE.format(rows=_DUE_ROWS)}")
-# Rate-limited rows whose key has a start to give (next_start has passed): at most one row
-# per key (tasks_limited), then _SQL_TAKE_STARTS moves each key's next_start on. Keys
-# with no waiting row are passed over before the LIMIT: else they could take every place
-# of a small claim, and a later key's rows would wait for ever.
-_SQL_CLAIM_LIMITED = _CLAIM_ROWS.format(seqs="""
-    SELECT first FROM (
-        SELECT (SELECT seq FROM tasks INDEXED BY tasks_limited
-                WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue
-                ORDER BY priority DESC, seq LIMIT 1) AS first
-        FROM rate_limits AS r WHERE r.next_start <= :now)
-    WHERE first IS NOT NULL LIMIT :n""")
+# The limited lane (rate_key set: the name has a rate or a concurrency limit). A claim
+# takes from it first: at most one row of each name that may start one now, which is a
+# name whose rate limit has a start to give (next_start has passed) and whose concurrency
+# limit has a free slot, in a queue with a free slot (queue_limits). Slots are STARTED
+# rows, counted in the claim's own transaction (tasks_holding, tasks_running), so two
+# processes can never both take the last one. A limit that is not a whole number >= 1
+# (another client's) holds nothing, until the quarantine removes it.
+_QUEUE_FULL = """EXISTS (SELECT 1 FROM queue_limits AS ql
+        WHERE ql.queue = :queue AND typeof(ql.max) = 'integer' AND ql.max >= 1
+          AND ql.max <= (SELECT count(*) FROM tasks INDEXED BY tasks_running
+                         WHERE state = 'STARTED' AND queue = :queue))"""
+_SQL_QUEUE_ROOM = """
+    SELECT max - (SELECT count(*) FROM tasks INDEXED BY tasks_running
+                  WHERE state = 'STARTED' AND queue = :queue)
+    FROM queue_limits WHERE queue = :queue AND typeof(max) = 'integer' AND max >= 1
+"""
+# Names with no waiting row in the queue are passed over: else they could take every
+# place of a small claim, and a later name's rows would wait for ever.
+_SQL_LANE_NAMES = f"""
+    SELECT l.key, c.per_key FROM (
+        SELECT key FROM rate_limits WHERE next_start <= :now
+        UNION SELECT key FROM concurrency AS b
+              WHERE NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = b.key)) AS l
+    LEFT JOIN concurrency AS c ON c.key = l.key
+    WHERE EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_limited
+                  WHERE state = 'PENDING' AND rate_key = l.key AND queue = :queue)
+      AND (typeof(c.max) != 'integer' OR c.max < 1
+           OR (SELECT count(*) FROM tasks INDEXED BY tasks_holding
+               WHERE state = 'STARTED' AND rate_key = l.key) < c.max)
+      AND NOT {_QUEUE_FULL}
+      AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
+"""
+# A name's first row (no per-key limit).
+_SQL_LANE_FIRST = """
+    SELECT priority, seq FROM tasks INDEXED BY tasks_limited
+    WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
+    ORDER BY priority DESC, seq LIMIT 1
+"""
+# A name's first row whose conc_key has a free slot: the first row of each key (a loose
+# index scan of tasks_keyed, one seek per key; NULL, a call with no key, is a key too),
+# the full keys passed over. One seek per key, not one per row: a backlog of one key
+# costs the others nothing.
+_SQL_LANE_FIRST_FREE = """
+    WITH RECURSIVE k(key) AS (
+        SELECT (SELECT min(conc_key) FROM tasks INDEXED BY tasks_keyed
+                WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
+                  AND conc_key IS NOT NULL)
+        UNION ALL
+        SELECT (SELECT min(conc_key) FROM tasks INDEXED BY tasks_keyed
+                WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
+                  AND conc_key > k.key)
+        FROM k WHERE k.key IS NOT NULL),
+    heads(seq) AS (
+        SELECT (SELECT seq FROM tasks INDEXED BY tasks_keyed
+                WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
+                  AND conc_key IS keys.key ORDER BY priority DESC, seq LIMIT 1)
+        FROM (SELECT key FROM k WHERE key IS NOT NULL UNION ALL SELECT NULL) AS keys
+        WHERE (SELECT count(*) FROM tasks INDEXED BY tasks_holding
+               WHERE state = 'STARTED' AND rate_key = :key AND conc_key IS keys.key)
+              < :per_key)
+    SELECT t.priority, t.seq FROM heads JOIN tasks AS t ON t.seq = heads.seq
+    ORDER BY t.priority DESC, t.seq LIMIT 1
+"""
+# PENDING -> STARTED: the lane's rows picked above, in the same transaction.
+_SQL_CLAIM_PICKED = _CLAIM_ROWS.format(seqs="SELECT value FROM json_each(:seqs)")
 _SQL_TAKE_STARTS = """
     UPDATE rate_limits SET next_start = max(next_start, :now) + interval WHERE key = :key
 """
-_SQL_HAS_LIMITS = "SELECT 1 FROM rate_limits LIMIT 1"
+# Whether the file has limits of any kind, and the names and queues whose rows hold slots.
+_SQL_HAS_LIMITS = """
+    SELECT EXISTS (SELECT 1 FROM rate_limits), EXISTS (SELECT 1 FROM concurrency),
+           EXISTS (SELECT 1 FROM queue_limits)
+"""
+_SQL_BOUNDED_NAMES = "SELECT key FROM concurrency"
+_SQL_BOUNDED_QUEUES = "SELECT queue FROM queue_limits"
 _LIMITS_LOOK_EVERY = 1.0         # seconds
 _SQL_IS_REGISTERED = "SELECT 1 FROM workers WHERE id = :worker"
-# Ready and due rows (_DUE_ROWS) of a queue that is not paused, counted up to :cap in
-# each of tasks_ready and tasks_due: a few index entries. Then, if the file has rate
-# limits, the earliest next start of a key with a ready row (tasks_limited, one probe per
-# key).
+# Ready and due rows (_DUE_ROWS) of a queue that is not paused nor full, counted up to
+# :cap in each of tasks_ready and tasks_due: a few index entries. Then, if the file has
+# limits, when a row of the limited lane may start (_SQL_LANE_NAMES, _SQL_NEXT_START).
 _SQL_READY_ROWS = f"""
     SELECT (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {_READY_ROWS} LIMIT :cap))
          + (SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {_DUE_ROWS} LIMIT :cap))
     WHERE NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
-_SQL_NEXT_START = """
-    SELECT min(r.next_start) FROM rate_limits AS r
+_SQL_READY_ROWS_LIMITED = _SQL_READY_ROWS + f" AND NOT {_QUEUE_FULL}"
+# The earliest next start of a rate-limited name with a waiting row whose concurrency
+# limit has a free slot (a full one is rung when a slot frees).
+_SQL_NEXT_START = f"""
+    SELECT min(r.next_start) FROM rate_limits AS r LEFT JOIN concurrency AS c ON c.key = r.key
     WHERE EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_limited
                   WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue)
+      AND (typeof(c.max) != 'integer' OR c.max < 1
+           OR (SELECT count(*) FROM tasks INDEXED BY tasks_holding
+               WHERE state = 'STARTED' AND rate_key = r.key) < c.max)
+      AND NOT {_QUEUE_FULL}
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
 # STARTED -> SUCCESS, FAILURE, RETRY or EXPIRED. Primary key; the attempt and worker are
@@ -2654,6 +2794,15 @@ _SQL_REPAIR_LIMITS = f"""
     WHERE {_BAD_LIMIT}
     RETURNING key
 """
+# A concurrency limit is a whole number >= 1 or NULL (none), of a name that is text; a row
+# with neither limit, or one another client spoiled, goes (its rows run unlimited until a
+# worker or producer registers the name again). So does a queue limit that is not one.
+_BAD_SLOTS = "({col} IS NOT NULL AND (typeof({col}) != 'integer' OR {col} < 1))"
+_BAD_BOUND = f"""typeof(key) != 'text' OR (max IS NULL AND per_key IS NULL)
+       OR {_BAD_SLOTS.format(col="max")} OR {_BAD_SLOTS.format(col="per_key")}"""
+_BAD_QUEUE_LIMIT = f"typeof(queue) != 'text' OR max IS NULL OR {_BAD_SLOTS.format(col='max')}"
+_SQL_DROP_BAD_BOUNDS = f"DELETE FROM concurrency WHERE {_BAD_BOUND} RETURNING key"
+_SQL_DROP_BAD_QUEUE_LIMITS = f"DELETE FROM queue_limits WHERE {_BAD_QUEUE_LIMIT} RETURNING queue"
 # PENDING rows whose rate_key names no limit are never claimed (_SQL_CLAIM wants none,
 # _SQL_CLAIM_LIMITED joins rate_limits). litequeue writes rate_key only with its limit in
 # the same transaction, so such a key is another client's, or of a row dropped above:
@@ -2669,6 +2818,7 @@ _SQL_ORPHAN_KEYS = """
         FROM k WHERE k.key IS NOT NULL)
     SELECT key FROM k
     WHERE key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = k.key)
+      AND NOT EXISTS (SELECT 1 FROM concurrency AS c WHERE c.key = k.key)
 """
 # A paused queue whose name is not text names no queue (and `resume` cannot name it): it
 # goes. One whose since is not a time stays paused (a pause is on purpose): since = now.
@@ -2688,6 +2838,8 @@ _SQL_NEEDS_QUARANTINE = f"""
            EXISTS (SELECT 1 FROM tasks WHERE state = 'STARTED' AND worker IS NULL),
            EXISTS (SELECT 1 FROM rate_limits WHERE {_BAD_LIMIT}),
            EXISTS ({_SQL_ORPHAN_KEYS}),
+           EXISTS (SELECT 1 FROM concurrency WHERE {_BAD_BOUND}),
+           EXISTS (SELECT 1 FROM queue_limits WHERE {_BAD_QUEUE_LIMIT}),
            EXISTS (SELECT 1 FROM paused
                    WHERE typeof(queue) != 'text' OR typeof(since) NOT IN ('integer', 'real'))
 """
@@ -2714,6 +2866,15 @@ _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 # -- the admin surface and results --------------------------------------------
 
 _SQL_RATE_LIMITS = "SELECT key, rate, interval, next_start FROM rate_limits ORDER BY key"
+_SQL_BOUNDS = "SELECT key, max, per_key FROM concurrency ORDER BY key"
+_SQL_QUEUE_LIMITS = "SELECT queue, max FROM queue_limits ORDER BY queue"
+_SQL_HOLDING = """
+    SELECT count(*) FROM tasks INDEXED BY tasks_holding WHERE state = 'STARTED' AND rate_key = :key
+"""
+_SQL_HOLDING_KEY = _SQL_HOLDING.rstrip() + " AND conc_key IS :conc_key"
+_SQL_RUNNING_IN = """
+    SELECT count(*) FROM tasks INDEXED BY tasks_running WHERE state = 'STARTED' AND queue = :queue
+"""
 _SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
 _SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
 _SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
@@ -2739,7 +2900,8 @@ _SQL_CHORD_STARTER = """
 _TASK_COLUMNS = ("id", "name", "queue", "priority", "state", "attempt", "retries", "worker",
                  "pid", "created_at", "started_at", "finished_at", "result", "traceback",
                  "errors", "eta", "expires", "payload", "parent_id", "root_id", "group_id",
-                 "group_index", "waits", "meta", "input", "rate_key", "unique_key")
+                 "group_index", "waits", "meta", "input", "rate_key", "unique_key",
+                 "conc_key")
 _SQL_GET_TASK = f"""
     SELECT {", ".join(_TASK_COLUMNS)} FROM tasks WHERE id = :id
 """
@@ -2985,9 +3147,9 @@ _SQL_DROP_FAILED_STEPS = """
 # (new row) PENDING: a fork of a workflow, with the steps recorded before index :n.
 _SQL_FORK_WORKFLOW = f"""
     INSERT INTO tasks (id, name, queue, priority, state, payload, expires, max_retries,
-                       created_at, rate_key)
+                       created_at, rate_key, conc_key)
     SELECT :new, name, queue, priority, 'PENDING', payload, NULL, max_retries, :now,
-           {_RATE_KEY.replace(":name", "tasks.name")}
+           {_RATE_KEY.replace(":name", "tasks.name")}, conc_key
     FROM tasks WHERE id = :workflow
 """
 _SQL_FORK_STEPS = """
@@ -3063,7 +3225,7 @@ _COMPLETE_ORDER = ("state", "result", "traceback", "eta", "errors", "retried", "
 _CLAIM_ORDER = ("worker", "pid", "now", "queue", "n")
 _CLAIM_SHARE_ORDER = _CLAIM_ORDER + ("share",)
 for _sql, _order in ((_SQL_COMPLETE, _COMPLETE_ORDER), (_SQL_CLAIM, _CLAIM_ORDER),
-                     (_SQL_CLAIM_LIMITED, _CLAIM_ORDER), (_SQL_CLAIM_SHARE, _CLAIM_SHARE_ORDER),
+                     (_SQL_CLAIM_SHARE, _CLAIM_SHARE_ORDER),
                      (_SQL_CLAIM_DUE, _CLAIM_SHARE_ORDER)):
     if _param_order(_sql) != _order:
         raise ImportError(f"litequeue: a statement's parameters are {_param_order(_sql)}, "
@@ -3598,15 +3760,17 @@ class _Producing:
 
     @staticmethod
     def _apply_limit(conn, row):
-        if row["rate"] is None:
-            conn.execute(_SQL_DROP_LIMIT, row)
-            if conn.changes():
-                conn.execute(_SQL_UNLIMIT_ROWS, row)
-            return
-        new = not conn.execute(_SQL_HAS_LIMIT, row).fetchall()
-        conn.execute(_SQL_UPSERT_LIMIT, row)
-        if new:
-            conn.execute(_SQL_LIMIT_ROWS, row)
+        """A name's rate limit (row["rate"], None: none) and, when the row has them, its
+        concurrency limits (row["concurrency"], row["per_key"]); its rows join the limited
+        lane with its first limit and leave it with its last."""
+        was = conn.execute(_SQL_IN_LANE, row).fetchall()[0][0]
+        conn.execute(_SQL_DROP_LIMIT if row["rate"] is None else _SQL_UPSERT_LIMIT, row)
+        if "concurrency" in row:
+            bounded = row["concurrency"] is not None or row["per_key"] is not None
+            conn.execute(_SQL_UPSERT_BOUND if bounded else _SQL_DROP_BOUND, row)
+        now = conn.execute(_SQL_IN_LANE, row).fetchall()[0][0]
+        if now != was:
+            conn.execute(_SQL_LIMIT_ROWS if now else _SQL_UNLIMIT_ROWS, row)
 
     def insert_tasks(self, rows, registry_rows):
         """Commit many task rows in one transaction: all of them, or none."""
@@ -3670,10 +3834,33 @@ class _Producing:
         joining["row"].update(group_id=joining["chord"], group_index=grown[0][0] - 1,
                               followers=1)
 
-    def upsert_registry(self, rows):
+    def upsert_registry(self, rows, queue_limits=None):
+        """Register task names with their limits, and (a starting worker) set or drop the
+        concurrency limit of each queue it serves ({queue: max or None})."""
         with self.write() as conn:
             for row in rows:
                 self._register(conn, row)
+            for queue, limit in (queue_limits or {}).items():
+                conn.execute(_SQL_DROP_QUEUE_LIMIT if limit is None else
+                             _SQL_UPSERT_QUEUE_LIMIT, {"queue": queue, "max": limit})
+
+    def queue_limits(self):
+        """{queue: at most this many STARTED rows at once}."""
+        return dict(self.conn.execute(_SQL_QUEUE_LIMITS).fetchall())
+
+    def concurrency_limits(self):
+        """[(task name, max, per_key)]."""
+        return self.conn.execute(_SQL_BOUNDS).fetchall()
+
+    def running_of(self, name, *conc_key):
+        """How many rows of a limited task name (and of one concurrency key, if given)
+        are STARTED."""
+        sql = _SQL_HOLDING_KEY if conc_key else _SQL_HOLDING
+        found = self.conn.execute(sql, {"key": name, "conc_key": (conc_key or [None])[0]})
+        return found.fetchall()[0][0]
+
+    def running_in(self, queue):
+        return self.conn.execute(_SQL_RUNNING_IN, {"queue": queue}).fetchall()[0][0]
 
     def registry(self):
         return dict(self.conn.execute(_SQL_REGISTRY).fetchall())
@@ -3715,24 +3902,42 @@ class _Claiming:
     claim_share = 1                  # the processes of the worker that claim from this file
     _limits_seen_at = -math.inf
     _has_limits = False
+    _bounded = (frozenset(), frozenset())      # names and queues with concurrency limits
 
     def ready_rows(self, queue, now, cap):
         """How many rows queue has to claim (ready, or due: see _DUE_ROWS), counting no
-        further than cap of each."""
-        found = self.conn.execute(_SQL_READY_ROWS, {"queue": queue, "now": now, "cap": cap})
+        further than cap of each (none while the queue's concurrency limit is reached)."""
+        sql = _SQL_READY_ROWS_LIMITED if self.has_limits() else _SQL_READY_ROWS
+        found = self.conn.execute(sql, {"queue": queue, "now": now, "cap": cap})
         return sum(n for (n,) in found)
 
     def next_start(self, queue):
-        """When the first rate-limited ready row of queue may start (None: there is none)."""
-        return self.conn.execute(_SQL_NEXT_START, (queue,)).fetchall()[0][0]
+        """When the first row of queue's limited lane may start (None: there is none, or
+        none before a running row of its name frees a slot, which rings)."""
+        now = time.time()
+        if self._lane_picks(self.conn, queue, now, 1):
+            return now
+        return self.conn.execute(_SQL_NEXT_START, {"queue": queue}).fetchall()[0][0]
 
     def has_limits(self):
-        """Whether the file has rate limits, looked at once a second: a limit new to this
-        process is honoured within that second (its rows wait meanwhile)."""
+        """Whether the file has rate or concurrency limits, looked at once a second: a
+        limit new to this process is honoured within that second (its rows wait
+        meanwhile)."""
         if self._limits_seen_at + _LIMITS_LOOK_EVERY < time.monotonic():
             self._limits_seen_at = time.monotonic()
-            self._has_limits = bool(self.conn.execute(_SQL_HAS_LIMITS).fetchall())
+            rates, bounds, queues = self.conn.execute(_SQL_HAS_LIMITS).fetchall()[0]
+            self._has_limits = bool(rates or bounds or queues)
+            self._bounded = (
+                frozenset(k for (k,) in self.conn.execute(_SQL_BOUNDED_NAMES)) if bounds
+                else frozenset(),
+                frozenset(q for (q,) in self.conn.execute(_SQL_BOUNDED_QUEUES)) if queues
+                else frozenset())
         return self._has_limits
+
+    def holds_slot(self, name, queue):
+        """Whether a row of this name in this queue holds a concurrency slot: its end
+        frees one, which the idle processes of the file are rung for."""
+        return self.has_limits() and (name in self._bounded[0] or queue in self._bounded[1])
 
     def registered(self, worker_id):
         return bool(self.conn.execute(_SQL_IS_REGISTERED, (worker_id,)).fetchall())
@@ -3788,10 +3993,18 @@ class _Claiming:
         next start has come (the start is taken in this transaction), then ordinary rows."""
         rows = []
         if self.has_limits():
-            rows = [_Claimed(*row) for row in conn.execute(
-                _SQL_CLAIM_LIMITED, (worker, pid, now, queue, n))]    # _CLAIM_ORDER
-            for row in rows:
-                conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": row.name})
+            room = conn.execute(_SQL_QUEUE_ROOM, {"queue": queue}).fetchall()
+            if room and room[0][0] < n:
+                n = max(0, room[0][0])
+                if n == 0:
+                    return rows
+            picks = self._lane_picks(conn, queue, now, n)
+            if picks:
+                rows = [_Claimed(*row) for row in conn.execute(_SQL_CLAIM_PICKED, {
+                    "worker": worker, "pid": pid, "now": now, "queue": queue,
+                    "seqs": json.dumps(list(picks))})]
+                for row in rows:
+                    conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": picks[row.seq]})
         share = self.claim_share
         if len(rows) < n:
             if share > 1:
@@ -3804,6 +4017,21 @@ class _Claiming:
             rows += [_Claimed(*row) for row in conn.execute(
                 _SQL_CLAIM_DUE, (worker, pid, now, queue, n - len(rows), share))]
         return rows
+
+    @staticmethod
+    def _lane_picks(conn, queue, now, n):
+        """{seq: name} of at most n rows of queue's limited lane that may start now, one
+        per name (_SQL_LANE_NAMES), in priority order."""
+        picks = []
+        for key, per_key in conn.execute(_SQL_LANE_NAMES, {"now": now, "queue": queue}):
+            args = {"key": key, "queue": queue, "per_key": per_key}
+            if isinstance(per_key, int) and per_key >= 1:
+                picks += [(row, key) for row in conn.execute(_SQL_LANE_FIRST_FREE, args)]
+            else:
+                picks += [(row, key) for row in conn.execute(_SQL_LANE_FIRST, args)]
+        picks.sort(key=lambda pick: (-pick[0][0] if isinstance(pick[0][0], int) else 0,
+                                     pick[0][1]))
+        return {row[1]: key for row, key in picks[:n]}
 
     def add_stats(self, rows):
         """Add a worker's per-minute counters (see _Stats) in their own transaction."""
@@ -4074,10 +4302,18 @@ class _Supervising:
         for (key,) in conn.execute(_SQL_REPAIR_LIMITS, {"now": now}).fetchall():
             done.append(f"rate limit of {_shown(key)} repaired (interval from its rate; "
                         "a next start that is not a usable time: none given yet)")
+        for (key,) in conn.execute(_SQL_DROP_BAD_BOUNDS).fetchall():
+            done.append(f"concurrency limit of {_shown(key)} dropped: it is not a whole "
+                        "number >= 1; its tasks run unlimited until a worker or producer "
+                        "registers the name again")
+        for (queue,) in conn.execute(_SQL_DROP_BAD_QUEUE_LIMITS).fetchall():
+            done.append(f"concurrency limit of queue {_shown(queue)} dropped: it is not a "
+                        "whole number >= 1; the queue runs unlimited until a worker that "
+                        "serves it starts with its queue_concurrency setting")
         for (key,) in conn.execute(_SQL_ORPHAN_KEYS).fetchall():
             conn.execute(_SQL_UNLIMIT_ROWS, {"name": key})
             done.append(f"{conn.changes()} waiting task(s) with rate_key {_shown(key)}, "
-                        "which names no rate limit, run unlimited")
+                        "which names no rate or concurrency limit, run unlimited")
         for (queue,) in conn.execute(_SQL_DROP_BAD_PAUSES).fetchall():
             done.append(f"pause of queue {_shown(queue)} dropped: that is no queue name")
         for (queue,) in conn.execute(_SQL_REPAIR_PAUSES, {"now": now}).fetchall():
@@ -7601,6 +7837,30 @@ class Admin:
         """A workflow's steps in call order, decoded for display ([] for a plain task)."""
         return [_step_summary(step) for step in self.app._storage().steps_of(workflow_id)]
 
+    def _held_by_concurrency(self, row):
+        """Which concurrency limit holds a waiting row back, if one is full now."""
+        storage = self.app._storage()
+        queue = row["queue"]
+        room = storage.queue_limits().get(queue)
+        if isinstance(room, int) and storage.running_in(queue) >= room > 0:
+            return (f"its queue {_shown(queue)} runs at most {room} task(s) at once (for "
+                    f"every worker on this file): {storage.running_in(queue)} are running")
+        bound = [b for b in storage.concurrency_limits() if b[0] == row.get("rate_key")]
+        if not bound:
+            return None
+        key, most, per_key = bound[0]
+        running = storage.running_of(key)
+        if isinstance(most, int) and running >= most > 0:
+            return (f"concurrency limit: at most {most} of {_shown(key)} run at once (for "
+                    f"every worker on this file): {running} are running")
+        conc_key = row.get("conc_key")
+        running = storage.running_of(key, conc_key)
+        if isinstance(per_key, int) and running >= per_key > 0:
+            return (f"concurrency limit per key: at most {per_key} of {_shown(key)} with "
+                    f"concurrency_key {_shown(conc_key)} run at once (for every worker on "
+                    f"this file): {running} are running")
+        return None
+
     def why_not_running(self, row, now=None):
         """Why a task is not running (None if it is running or finished)."""
         now = time.time() if now is None else now
@@ -7640,6 +7900,9 @@ class Admin:
         if row["queue"] not in queues:
             return f"no live worker serves its queue {row['queue']!r} (they serve " \
                    f"{', '.join(sorted(queues))})"
+        held = self._held_by_concurrency(row)
+        if held:
+            return held
         limit = [r for r in self.app._storage().rate_limits() if r[0] == row.get("rate_key")]
         if limit:
             _, rate, _, next_start = limit[0]
@@ -8398,7 +8661,7 @@ class LiteQueue(_Workflows):
 
     def _task_row(self, name, args, kwargs, task=None, task_id=None, priority=None,
                   queue=None, countdown=None, eta=None, expires=None, unique_key=None,
-                  **options):
+                  concurrency_key=None, **options):
         """The tasks row a call becomes, or the error its arguments or options deserve."""
         options = _call_options(options) if options else None
         args = () if args is None else args
@@ -8428,12 +8691,15 @@ class LiteQueue(_Workflows):
             # The same arguments make the same key, whatever the order of the kwargs.
             unique_key = f"{name}:" + hashlib.sha256(_pack(
                 [list(args), sorted(kwargs.items())])).hexdigest()[:32]
+        if concurrency_key is not None:
+            concurrency_key = _checked_text("concurrency_key", concurrency_key,
+                                            _UNIQUE_KEY_MAX)
         return self._row(name, task, task_id, payload, now, queue, priority,
                          SCHEDULED if scheduled else PENDING, eta_at if scheduled else None,
-                         expires_at, unique_key)
+                         expires_at, unique_key, concurrency_key)
 
     def _row(self, name, task, task_id, payload, now, queue=None, priority=None,
-             state=PENDING, eta=None, expires=None, unique_key=None):
+             state=PENDING, eta=None, expires=None, unique_key=None, conc_key=None):
         """The tasks row of one call (_task_row, and delay()'s plain path)."""
         if queue is None:
             queue = (task.queue if task else None) or self._routed_queue(name) \
@@ -8443,7 +8709,8 @@ class LiteQueue(_Workflows):
             priority = task.priority if task and task.priority is not None else \
                 self.conf["task_default_priority"]
         current = _request.current          # queued by a running task
-        return {"unique_key": unique_key, "id": task_id, "name": name, "queue": queue,
+        return {"unique_key": unique_key, "conc_key": conc_key, "id": task_id, "name": name,
+                "queue": queue,
                 "priority": _checked_priority(priority), "state": state, "payload": payload,
                 "eta": eta, "expires": expires, "max_retries": task._max_retries if task and
                 isinstance(task._max_retries, int) else None, "created_at": now,
@@ -8565,11 +8832,13 @@ class Task:
                 "time_limit", "soft_time_limit", "ignore_result", "base", "rate_limit",
                 "unique", "typing", "retry_kwargs", "expires", "throws", "acks_late",
                 "track_started", "serializer", "pydantic", "pydantic_strict",
-                "pydantic_context", "pydantic_dump_kwargs"}
+                "pydantic_context", "pydantic_dump_kwargs", "concurrency",
+                "concurrency_per_key"}
     _HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
     # The defaults of the options a decorator does not give. A base class (``base=``) may
     # set its own as class attributes, as Celery's guide does (BaseTaskWithRetry).
     queue = priority = time_limit = soft_time_limit = rate_limit = None
+    concurrency = concurrency_per_key = None   # global limits of STARTED rows (see README)
     autoretry_for = ()
     retry_backoff = False
     retry_backoff_max = 600
@@ -8589,7 +8858,8 @@ class Task:
     serializer = "msgpack"
     _CLASS_DEFAULTS = ("queue", "priority", "bind", "autoretry_for", "retry_backoff",
                        "retry_backoff_max", "retry_jitter", "default_retry_delay", "time_limit",
-                       "soft_time_limit", "ignore_result", "rate_limit", "unique", "typing")
+                       "soft_time_limit", "ignore_result", "rate_limit", "unique", "typing",
+                       "concurrency", "concurrency_per_key")
     _PLAIN_OPTIONS = ("retry_kwargs", "expires", "throws", "acks_late", "track_started",
                       "serializer")
 
@@ -8604,8 +8874,8 @@ class Task:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         (queue, priority, bind, autoretry_for, retry_backoff, retry_backoff_max, retry_jitter,
          default_retry_delay, time_limit, soft_time_limit, ignore_result, rate_limit,
-         unique, typing) = (options.get(key, getattr(type(self), key))
-                            for key in self._CLASS_DEFAULTS)
+         unique, typing, concurrency, per_key) = (options.get(key, getattr(type(self), key))
+                                                  for key in self._CLASS_DEFAULTS)
         self.typing = bool(typing)
         self._accepts = None               # _Accepts of fn, made on the first checked call
         max_retries = self._own_max_retries(max_retries)
@@ -8619,6 +8889,8 @@ class Task:
         self.is_async = inspect.iscoroutinefunction(getattr(fn, "__func__", fn))
         self.rate_limit = rate_limit
         self._rate = _parse_rate(rate_limit)
+        self.concurrency = _checked_slots("concurrency", concurrency)
+        self.concurrency_per_key = _checked_slots("concurrency_per_key", per_key)
         if not isinstance(unique, bool):
             raise ConfigurationError(f"unique must be True or False, not {unique!r}")
         self.unique = unique
@@ -8680,7 +8952,8 @@ class Task:
         """Its registry row, with its rate limit (rate, interval: None for none)."""
         rate, interval = self._rate or (None, None)
         return {"name": self.name, "module": self.module, "now": now, "rate": rate,
-                "interval": interval}
+                "interval": interval, "concurrency": self.concurrency,
+                "per_key": self.concurrency_per_key}
 
     # What task_annotations may set (Celery's attribute names).
     _ANNOTATABLE = frozenset(_CLASS_DEFAULTS) - {"bind", "typing", "unique"} | \
@@ -8695,6 +8968,8 @@ class Task:
                                              f"which is not a task option litequeue can set")
                 if option == "rate_limit":
                     self._rate = _parse_rate(value)
+                if option in ("concurrency", "concurrency_per_key"):
+                    value = _checked_slots(option, value)
                 if option == "max_retries":
                     self._max_retries = self._own_max_retries(value)
                 else:
@@ -11017,6 +11292,8 @@ class _RunPipeline:
         """A run is over: keep its outcome for the next commit, and count it."""
         self.pending.add(outcome, time.monotonic() - duration)
         self.stats.add(run.row.name, self.claim_queue, outcome.state, duration)
+        if self.storage.holds_slot(run.row.name, self.claim_queue):
+            self.frees_slot = True        # rung once its commit frees the slot
         self.tasks_done += 1
         if (self.spec.max_tasks or self.max_memory) and self._used_up():
             self.stopping = True
@@ -11344,6 +11621,7 @@ class _Child(_RunPipeline, _Offloading):
         self._durations = {}           # task name -> moving average of its run time
         self.pending = _Pending()      # outcomes to commit, rows claimed not begun
         self.claim_queue = self.queues[0]     # the queue the held claimed rows came from
+        self.frees_slot = False               # an outcome to commit holds a concurrency slot
         # Rows to claim at once, never more than a fair share of the ready rows: 1 while
         # the tasks' durations are unknown (a slow task must not hold rows an idle sibling
         # could run); fast tasks multiply it by 4, up to worker_prefetch; a slow one
@@ -11667,6 +11945,9 @@ class _Child(_RunPipeline, _Offloading):
                                "given to another worker", rejected)
             if outcomes:
                 self.done_bell.ring_tasks([o.tag for o in outcomes if o.tag is not None])
+                if self.frees_slot:   # a process held back by a concurrency limit may start
+                    self.frees_slot = False
+                    self.work_bell.ring()
                 if any(o.state in (RETRY, _SUSPENDED) for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 outcomes = []
@@ -12422,10 +12703,10 @@ class _Supervisor:
     def _sync_definitions(self):
         """Register the served task names and sync the periodic definitions."""
         tasks = self.tasks
-        if tasks:
-            now = time.time()
-            self.storage.upsert_registry(
-                [t._registry_row(now) for t in tasks.values()])
+        now = time.time()
+        limits = self.settings["queue_concurrency"]
+        self.storage.upsert_registry([t._registry_row(now) for t in tasks.values()],
+                                     {queue: limits.get(queue) for queue in self.queues})
         owned = {t.module for t in tasks.values()} | {p["module"] for p in self.periodic.values()}
         owned |= {_module_spec_name(m) for m in self.modules}
         owned |= {_module_spec_name(m) for m in self.settings["imports"]}

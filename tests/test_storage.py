@@ -154,12 +154,13 @@ class TestStorage:
                           litequeue._SQL_CLAIMING_WORKERS):
                 plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query,
                                             {"result": b"", "now": 0.0}).fetchall()
-                # Only the index of STARTED rows (a few), the small schedules, rate-limit
-                # and pause tables, and the distinct rate keys (k: one seek each) are
+                # Only the index of STARTED rows (a few), the small schedules, rate-limit,
+                # concurrency-limit and pause tables, and the distinct rate keys (k: one seek each) are
                 # read from end to end; tasks never.
                 scans = [row[3] for row in plan if row[3].startswith("SCAN")]
                 assert all(scan in ("SCAN CONSTANT ROW", "SCAN schedules", "SCAN rate_limits",
-                                    "SCAN paused", "SCAN k")
+                                    "SCAN paused", "SCAN k", "SCAN concurrency",
+                                    "SCAN queue_limits")
                            or "tasks_running" in scan for scan in scans), plan
         finally:
             storage.close()
