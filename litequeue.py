@@ -446,6 +446,10 @@ class _Superseded(BaseException):
     (the attempt it holds is stale), or it ended. Its writes are rolled back."""
 
 
+# How a workflow's run ends other than by returning or failing: no traceback is kept.
+_WORKFLOW_ENDS = (_Suspended, _Superseded)
+
+
 class Retry(Exception):
     """Raised by ``self.retry()`` inside a task to ask for a retry.
 
@@ -3098,6 +3102,7 @@ _SQL_STEP_CHILD_ENDED = """
 _SQL_WAKE_WORKFLOW = """
     UPDATE tasks SET state = 'PENDING', eta = :now, waits = NULL
     WHERE id = :workflow AND state = 'WAITING' AND waits = 'step:' || :idx
+    RETURNING seq
 """
 # STARTED -> WAITING (a task step), SCHEDULED (a sleep, a recv with a timeout) or PENDING
 # (what it would wait for came meanwhile): a workflow's run ended at a wait.
@@ -3283,13 +3288,22 @@ class _Outcome:
 
 class _FollowUps:
     """What _settle set in motion in one transaction, for the caller to ring once it has
-    committed: rows queued (woken) and rows that ended without running (ended ids)."""
+    committed: rows queued (woken) and rows that ended without running (ended ids).
+    seqs: the woken rows known by seq (workflows): when the same transaction claimed all
+    of them, and they are all that was woken, there is nobody to ring."""
 
-    __slots__ = ("woken", "ended")
+    __slots__ = ("woken", "ended", "seqs")
 
     def __init__(self):
         self.woken = 0
         self.ended = []
+        self.seqs = []
+
+    def claimed(self, rows):
+        """The transaction's claim took rows: forget the woken ones it took itself."""
+        if self.woken and self.woken == len(self.seqs) and \
+                set(self.seqs) <= {row.seq for row in rows}:
+            self.woken = 0
 
 
 # What a settling write returns: its own figures and the _FollowUps its caller rings once it
@@ -3972,6 +3986,7 @@ class _Claiming:
                     if queued:
                         follow = follow or _FollowUps()
                         follow.woken += 1
+                        follow.seqs.append(o.seq)
                     continue
                 conn.execute(_SQL_COMPLETE, o.complete_params(worker, now))
                 if conn.changes() == 0:
@@ -3986,6 +4001,8 @@ class _Claiming:
             rows = self._claim(conn, worker, pid, now, queue, n) if n else []
             if len(rows) > 1 and any(r.priority != rows[0].priority for r in rows):
                 rows.sort(key=_claim_order)
+        if follow is not None and rows:
+            follow.claimed(rows)
         return _Committed(rows, rejected, follow)
 
     def _claim(self, conn, worker, pid, now, queue, n):
@@ -4873,8 +4890,10 @@ class _Stepping:
         for workflow, idx in conn.execute(_SQL_STEP_CHILD_ENDED, {
                 "child": task_id, "state": state, "result": result, "traceback": tb,
                 "now": now}).fetchall():
-            conn.execute(_SQL_WAKE_WORKFLOW, {"workflow": workflow, "idx": idx, "now": now})
-            follow.woken += conn.changes()
+            woken = conn.execute(_SQL_WAKE_WORKFLOW, {"workflow": workflow, "idx": idx,
+                                                     "now": now}).fetchall()
+            follow.woken += len(woken)
+            follow.seqs += [seq for (seq,) in woken]
 
 
 class _Storage(_Connection, _Producing, _Claiming, _Supervising, _Administering,
@@ -6399,11 +6418,13 @@ def _workflow_function(app, fn):
         request = _request.current
         if request is None or request.is_eager or _workflow_run.get() is not None:
             return fn(*args, **kwargs)
-        token = _workflow_run.set(_WorkflowRun(app, request))
+        run = _WorkflowRun(app, request)
+        token = _workflow_run.set(run)
         try:
             return fn(*args, **kwargs)
         finally:
             _workflow_run.reset(token)
+            run.ring()
     return workflow
 
 
@@ -6570,10 +6591,21 @@ class _WorkflowRun:
                          if step.child is not None}
         self.next = 0
         self.in_step = None        # the step function running: steps do not nest
+        self.unrung = {}           # task steps queued and not yet rung for: {id: bell}
+
+    def ring(self):
+        """Ring for the task steps queued since the last ring. A step task is not rung for
+        when it is queued: if the run then waits for it alone, the process that runs the
+        workflow claims it in the commit that suspends the run, and a woken sibling would
+        only race it for the row and the write lock. Any other next move rings."""
+        for bell in set(self.unrung.values()):
+            bell.ring()
+        self.unrung.clear()
 
     def _take(self, kind, name):
         """The next step's index and its record (None if it has none yet); raises
         WorkflowChanged if the record is of another step."""
+        self.ring()
         if self.in_step is not None:
             raise LitequeueError(f"step function {self.in_step} called {kind} {name!r}: "
                                  "steps do not nest; call it from the workflow itself")
@@ -6591,9 +6623,9 @@ class _WorkflowRun:
         self.storage.record_step(self.fence, {"idx": idx, "kind": kind, "name": name,
                                               **fields}, time.time())
 
-    def queue_task(self, row, registry_row):
+    def queue_task(self, row, registry_row, bell):
         """A task queued by the workflow is a step; returns its row's id (on a replay,
-        the recorded one, and nothing is queued)."""
+        the recorded one, and nothing is queued). bell: what to ring for it (see ring)."""
         idx, step = self._take("task", row["name"])
         if step is not None:
             return step.child
@@ -6601,6 +6633,7 @@ class _WorkflowRun:
                                                   "name": row["name"]},
                                      row, registry_row, time.time())
         self.children[row["id"]] = idx
+        self.unrung[row["id"]] = bell
         return row["id"]
 
     def owns(self, task_id):
@@ -6610,9 +6643,13 @@ class _WorkflowRun:
         """The ended step of a task this workflow queued; while it has not ended, the run
         ends here and the workflow waits for it."""
         idx = self.children[task_id]
-        step = self.storage.step_of(self.id, idx)
+        step = self.recorded.get(idx)           # ended when this run began: no read
+        if step is None or step.state is None:
+            step = self.storage.step_of(self.id, idx)
         if step is not None and step.state is not None:
             return step
+        if list(self.unrung) == [task_id] and self.unrung[task_id] is self.app._work_bell:
+            self.unrung.clear()              # claimed in the suspension's own commit
         raise _Suspended(f"step:{idx}", shown=f"step {idx}, task {task_id}")
 
     def call(self, function, args, kwargs):
@@ -8607,10 +8644,10 @@ class LiteQueue(_Workflows):
             registry_row = task._registry_row(row["created_at"])
         run = _workflow_run.get()
         if run is not None and run.in_step is None:       # a workflow's step
-            task_id = run.queue_task(row, registry_row)
+            task_id = run.queue_task(row, registry_row, self._sched_bell
+                                     if row["state"] == SCHEDULED else self._work_bell)
             if registry_row:
                 self._noted.add(name)
-            (self._sched_bell if row["state"] == SCHEDULED else self._work_bell).ring()
             return AsyncResult(task_id, self)
         publish = signals.before_task_publish.receivers or signals.after_task_publish.receivers
         if publish:
@@ -8724,9 +8761,7 @@ class LiteQueue(_Workflows):
                         time.time())
         run = _workflow_run.get()
         if run is not None and run.in_step is None:       # a workflow's step
-            task_id = run.queue_task(row, None)
-            self._work_bell.ring()
-            return AsyncResult(task_id, self)
+            return AsyncResult(run.queue_task(row, None, self._work_bell), self)
         self._storage().insert_task(row)
         self._work_bell.ring()
         return AsyncResult(row["id"], self)
@@ -10969,7 +11004,8 @@ class _ThreadRunner:
             try:
                 value = _entry(flight.task, flight.request)(*flight.args, **flight.kwargs)
             except BaseException as error:  # its failure, whatever it is
-                exc, tb = error, _traceback.format_exc()
+                exc = error
+                tb = None if isinstance(error, _WORKFLOW_ENDS) else _traceback.format_exc()
             _request.current = None
             self.report(flight.row.seq, value, exc, tb, time.monotonic() - started)
 
@@ -11254,7 +11290,10 @@ class _RunPipeline:
                 signal.setitimer(signal.ITIMER_REAL, soft)
             value = _entry(task, run.request)(*run.args, **run.kwargs)
         except BaseException as exc:  # KeyboardInterrupt or SystemExit from a task is its failure
-            return self._finish(run, None, exc, _traceback.format_exc())
+            # A workflow's wait is no failure: no traceback to format (Python 3.11's costs
+            # a parse of each line's source, the largest part of a suspension).
+            return self._finish(run, None, exc, None if isinstance(exc, _WORKFLOW_ENDS)
+                                else _traceback.format_exc())
         finally:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -11948,7 +11987,8 @@ class _Child(_RunPipeline, _Offloading):
                 if self.frees_slot:   # a process held back by a concurrency limit may start
                     self.frees_slot = False
                     self.work_bell.ring()
-                if any(o.state in (RETRY, _SUSPENDED) for o in outcomes):
+                if any(o.state == RETRY or o.state is _SUSPENDED and o.eta is not None
+                       for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
                 outcomes = []
             if follow is not None:
