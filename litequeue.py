@@ -6593,14 +6593,28 @@ class _WorkflowRun:
         self.in_step = None        # the step function running: steps do not nest
         self.unrung = {}           # task steps queued and not yet rung for: {id: bell}
 
+    # The runs of this process with task steps not yet rung for (see ring).
+    unrung_runs = set()
+
     def ring(self):
         """Ring for the task steps queued since the last ring. A step task is not rung for
         when it is queued: if the run then waits for it alone, the process that runs the
         workflow claims it in the commit that suspends the run, and a woken sibling would
-        only race it for the row and the write lock. Any other next move rings."""
-        for bell in set(self.unrung.values()):
+        only race it for the row and the write lock. Any other next move rings, and so
+        does the worker's watch thread once the run has gone on for 10 ms (ring_late):
+        a step left to run beside slow code between two steps is not held back."""
+        unrung, self.unrung = self.unrung, {}        # one swap: the watch thread rings too
+        _WorkflowRun.unrung_runs.discard(self)
+        for bell in set(unrung.values()):
             bell.ring()
-        self.unrung.clear()
+
+    @staticmethod
+    def ring_late():
+        """From another thread: ring for every run's unrung steps; True if there were."""
+        runs = list(_WorkflowRun.unrung_runs)
+        for run in runs:
+            run.ring()
+        return bool(runs)
 
     def _take(self, kind, name):
         """The next step's index and its record (None if it has none yet); raises
@@ -6634,6 +6648,7 @@ class _WorkflowRun:
                                      row, registry_row, time.time())
         self.children[row["id"]] = idx
         self.unrung[row["id"]] = bell
+        _WorkflowRun.unrung_runs.add(self)
         return row["id"]
 
     def owns(self, task_id):
@@ -6648,8 +6663,10 @@ class _WorkflowRun:
             step = self.storage.step_of(self.id, idx)
         if step is not None and step.state is not None:
             return step
-        if list(self.unrung) == [task_id] and self.unrung[task_id] is self.app._work_bell:
-            self.unrung.clear()              # claimed in the suspension's own commit
+        unrung = self.unrung
+        if list(unrung) == [task_id] and unrung[task_id] is self.app._work_bell:
+            self.unrung = {}                 # claimed in the suspension's own commit
+            _WorkflowRun.unrung_runs.discard(self)
         raise _Suspended(f"step:{idx}", shown=f"step {idx}, task {task_id}")
 
     def call(self, function, args, kwargs):
@@ -11168,10 +11185,14 @@ class _Watch:
                         retry_at = time.monotonic() + _WATCH_LOOK
 
     def _act(self, hand_back):
-        """Hand back the claimed rows (when asked), write the counters if due. What
+        """Hand back the claimed rows and ring for a workflow's step tasks not yet rung
+        for (when asked), write the counters if due. What
         cannot be written stays with the main thread, which commits it later; returns
         False if the write failed."""
         child = self.child
+        if hand_back:
+            with contextlib.suppress(Exception):     # a ring only hastens a claim
+                _WorkflowRun.ring_late()
         rows = list(child.pending.claimed) if hand_back else []
         stats = child.stats.take()
         if not rows and not stats:

@@ -93,6 +93,16 @@ def test_a_replay_returns_the_recorded_step_and_the_wait_holds_no_process(flows,
     assert w.proc.poll() is None
 
 
+def test_a_step_task_runs_beside_slow_code_between_two_steps(flows, workers):
+    """A step task is not rung for when it is queued (the process that runs the workflow
+    claims it when it waits for it): if the workflow goes on with slow code instead, the
+    other process is rung soon and runs the step meanwhile."""
+    start(workers, flows, concurrency=2)
+    waited, value = call(flows, "slow_between", "s1").get(timeout=30)
+    assert value == "s1"
+    assert waited < 5, f"the step ran only once the slow code gave up ({waited:.1f} s)"
+
+
 def test_sigkill_of_the_worker_mid_workflow_resumes_from_the_recorded_steps(flows, workers):
     w = start(workers, flows)
     result = call(flows, "replays", "k1")

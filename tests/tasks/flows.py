@@ -181,3 +181,26 @@ def fuzz_flow(n, gate):
     app.set_event("e", x)
     hold.delay(gate).get()
     return [x, app.recv("t", timeout=60)]
+
+
+@app.task
+def beside(x):
+    mark(f"beside.{x}")
+    return x
+
+
+@app.step
+def noted(value):
+    """Records a value of the workflow's first run: a replay returns that one."""
+    return value
+
+
+@app.workflow
+def slow_between(x):
+    """A task step, then slow code that is no step (it waits up to 10 s for the step to
+    run), then the step's result: the seconds the first run's slow code lasted."""
+    r = beside.delay(x)
+    began = time.time()
+    while not os.path.exists(os.path.join(MARKS, f"beside.{x}")) and time.time() < began + 10:
+        time.sleep(0.005)
+    return [noted(time.time() - began), r.get()]
