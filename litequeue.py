@@ -3975,6 +3975,9 @@ class _Claiming:
         rejected = 0
         follow = None
         with self.write() as conn:
+            # The time once the lock is held: a start never reads earlier than the end
+            # whose commit freed its process or its concurrency slot.
+            now = max(now, time.time())
             if stats:
                 self._add_stats(conn, stats)
             for o in outcomes:

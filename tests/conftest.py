@@ -102,6 +102,7 @@ FILE_ORDER = (
     "test_child.py",                # 15    worker: the child
     "test_child_steps.py",
     "test_concurrency.py",
+    "test_global_limits.py",
     "test_failures.py",
     "test_worker.py",               # 15-16 the child and the supervisor, end to end
     "test_supervisor_steps.py",     # 16    worker: the supervisor
