@@ -7878,7 +7878,8 @@ class Admin:
 
     def workflows(self, state=None, limit=50):
         """Workflows, newest first, each with its number of steps and what it waits for."""
-        return [dict(_task_summary(row), steps=row["steps"], waiting=self.why_not_running(row))
+        return [dict(_task_summary(row), state=_display(row["state"]), steps=row["steps"],
+                     waiting=self.why_not_running(row))       # WAITING as it is: no Celery state
                 for row in self.app._storage().workflows(state, limit)]
 
     def fork_workflow(self, workflow_id, from_step):
@@ -13429,7 +13430,7 @@ _DASHBOARD_TOKEN_FILE = "dashboard-{port}.token"
 _DASHBOARD_PUBLIC = ("/metrics", "/healthcheck")
 # The page's paths: each gets the same page, code without data, served to anyone; its
 # script asks for the data with the token (see _check_auth).
-_DASHBOARD_SHELLS = r"/(tasks|workers|queues|schedules)?|/task/[^/]+"
+_DASHBOARD_SHELLS = r"/(tasks|workers|queues|schedules|workflows)?|/task/[^/]+"
 # Where `dashboard --auth USER` reads the password when no --auth-file is given: never argv,
 # which every user of the machine can read in ps.
 _DASHBOARD_PASSWORD_ENV = "LITEQUEUE_DASHBOARD_PASSWORD"
@@ -14066,6 +14067,9 @@ class _DashboardHandler:
         ("GET", r"/data/states", "data_states"),
         ("GET", r"/data/rate-limits", "data_rate_limits"),
         ("GET", r"/data/workflow/(?P<id>[^/]+)", "data_workflow"),
+        ("GET", r"/data/workflows", "data_workflows"),
+        ("GET", r"/data/concurrency-limits", "data_concurrency_limits"),
+        ("POST", r"/action/fork/(?P<id>[^/]+)", "act_fork"),
         ("POST", r"/action/schedule/(?P<action>run|enable|disable)/(?P<name>[^/]+)",
          "act_schedule"),
         ("POST", r"/api/task/rate-limit/(?P<name>[^/]+)", "api_rate_limit"),
@@ -14524,6 +14528,24 @@ class _DashboardHandler:
 
     def data_workflow(self, id):
         self._json(self.server.app.admin.workflow(id))
+
+    def data_workflows(self):
+        """Durable workflows, newest first (?state=WAITING...), with what each waits for."""
+        self._json(self.server.app.admin.workflows(self.query.get("state") or None, 100))
+
+    def data_concurrency_limits(self):
+        storage = self.server.app._storage()
+        self._json({"tasks": [{"name": _display(k), "max": m, "per_key": p}
+                              for k, m, p in storage.concurrency_limits()],
+                    "queues": [{"queue": _display(q), "max": m, "running": storage.running_in(q)}
+                               for q, m in storage.queue_limits().items()]})
+
+    def act_fork(self, id):
+        """Fork a workflow: a new run that keeps its steps before index "from"."""
+        n = self._body().get("from")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1 << 31:
+            raise _HTTPError(400, "give \"from\": the index of the first step to run again")
+        self._json({"ok": True, "task": self.server.app.admin.fork_workflow(id, n).id})
 
     def act_schedule(self, action, name):
         admin = self.server.app.admin
@@ -15642,7 +15664,7 @@ async function post(path, body) {
 function link(path, text) {
   return el("a", {href: path, text: text, on: {click: e => { e.preventDefault(); go(path); }}});
 }
-const PAGES = [["/", "Overview"], ["/tasks", "Tasks"], ["/workers", "Workers"],
+const PAGES = [["/", "Overview"], ["/tasks", "Tasks"], ["/workflows", "Workflows"], ["/workers", "Workers"],
                ["/queues", "Queues"], ["/schedules", "Schedules"]];
 function drawNav() {
   const nav = document.getElementById("nav"); nav.replaceChildren();
@@ -15874,7 +15896,9 @@ async function taskPage(id) {
       try { const r = await post("/action/" + action + "/" + encodeURIComponent(t.id)); actResult = r.ok ? label + ": done" : label + ": not possible now"; } catch (e) { actResult = e.message; }
       render(); }}});
     const acts = actionsFor(t.state);
-    parts.push(el("div", {id: "actions"}, ...acts.map(a => act(...a)), acts.length ? null : el("span", {class: "muted", text: "finished: nothing to do "}), el("span", {id: "act-result", text: actResult})));
+    parts.push(el("div", {id: "actions"}, ...acts.map(a => act(...a)), acts.length ? null : el("span", {class: "muted", text: "finished: nothing to do "}), el("span", {id: "act-result", text: actResult}),
+      forked ? link("/task/" + encodeURIComponent(forked), forked) : null));
+    if (t.steps && t.steps.length) parts.push(forkBox(t));
   }
   if (t.steps && t.steps.length) {
     parts.push(el("h2", {text: "Its steps"}), stepsTimeline(t.steps), table(["#", "state", "kind", "name", "task", "outcome", "started", "ended"],
@@ -15916,7 +15940,7 @@ function workerButton(w, label, action, title, cls) {
     render(); }}});
 }
 async function queuesPage() {
-  const [qs, limits] = await getMany("/data/queues", "/data/rate-limits");
+  const [qs, limits, bounds] = await getMany("/data/queues", "/data/rate-limits", "/data/concurrency-limits");
   const rows = qs.map(q => el("tr", {}, el("td", {}, link("/tasks?queue=" + encodeURIComponent(q.name), q.name), q.paused ? " (paused)" : ""), el("td", {text: q.counts.PENDING || 0}), el("td", {text: q.counts.SCHEDULED || 0}), el("td", {text: q.counts.STARTED || 0}),
     el("td", {text: q.oldest_age === null ? "" : secs(q.oldest_age)}), el("td", {text: q.last_hour[0] + " / " + q.last_hour[1]}), el("td", {class: q.processes ? "" : "bad", text: q.processes}),
     el("td", {}, CFG.readOnly ? null : el("button", {text: q.paused ? "Resume" : "Pause", on: {click: async () => { await post("/action/" + (q.paused ? "resume/" : "pause/") + encodeURIComponent(q.name)); render(); }}}),
@@ -15928,6 +15952,10 @@ async function queuesPage() {
   if (!CFG.readOnly) { const n = el("input", {id: "rl-name", placeholder: "task name"}), r = el("input", {id: "rl-rate", placeholder: "10/s, 100/m, 0 = none", size: 16});
     parts.push(el("p", {}, n, r, el("button", {id: "rl-set", text: "Set rate limit", on: {click: () => setLimit(n.value.trim(), r.value.trim())}}), el("span", {id: "rl-result", class: "muted", text: limitResult}),
       el("div", {class: "muted", text: "lasts until a worker or producer that defines the task registers it again with its own rate_limit"}))); }
+  const boundRows = [...bounds.queues.map(q => el("tr", {}, el("td", {text: "queue " + q.queue}), el("td", {text: q.max}), el("td", {text: ""}), el("td", {text: q.running}))),
+    ...bounds.tasks.map(b => el("tr", {}, el("td", {}, link("/tasks?name=" + encodeURIComponent(b.name), b.name)), el("td", {text: b.max === null ? "" : b.max}), el("td", {text: b.per_key === null ? "" : b.per_key}), el("td", {text: ""})))];
+  parts.push(el("h2", {text: "Concurrency limits (for every worker on this file)"}),
+    boundRows.length ? table(["task or queue", "at once", "per key", "running"], boundRows) : el("p", {class: "muted", text: "no task or queue has a concurrency limit: concurrency= on a task, queue_concurrency in the settings"}));
   main.replaceChildren(...parts);
 }
 let limitResult = "";
@@ -15946,6 +15974,25 @@ async function schedulesPage() {
   main.replaceChildren(el("h2", {text: "Periodic tasks"}), table(["name", "task", "schedule", "zone", "last fire", "next fires", "fires", ""], rows), el("p", {id: "sched-result", class: "muted", text: scheduleResult}));
 }
 let scheduleResult = "";
+async function workflowsPage() {
+  const state = new URLSearchParams(location.search).get("state") || "";
+  const ws = await getJSON("/data/workflows" + (state ? "?state=" + encodeURIComponent(state) : ""));
+  const pick = el("select", {id: "wf-state", on: {change: e => go("/workflows" + (e.target.value ? "?state=" + e.target.value : ""))}},
+    ...["", "WAITING", "SCHEDULED", "PENDING", "STARTED", "SUCCESS", "FAILURE", "REVOKED"].map(v => el("option", {value: v, text: v || "every state"})));
+  pick.value = state;
+  const rows = ws.map(w => el("tr", {}, el("td", {}, link("/task/" + encodeURIComponent(w.id), w.id)), el("td", {text: w.name}), el("td", {}, el("span", {class: "st " + w.state, text: w.state})),
+    el("td", {text: w.steps}), el("td", {class: "long", text: w.waiting || ""}), el("td", {text: when(w.created)})));
+  main.replaceChildren(el("h2", {text: "Durable workflows"}), el("p", {}, pick, el("span", {class: "muted", text: " newest first; open one for its steps, to cancel, resume or fork it"})),
+    rows.length ? table(["workflow", "name", "state", "steps", "waiting for", "queued"], rows) : el("p", {class: "muted", text: "no workflow" + (state ? " in state " + state : "")}));
+}
+function forkBox(t) {
+  // A new run of this workflow that keeps its steps before the one picked and runs the rest again.
+  const pick = el("select", {id: "fork-from"}, ...t.steps.map(st => el("option", {value: st.index, text: "step " + st.index + " (" + st.kind + " " + st.name.split(".").pop() + ")"})));
+  return el("div", {id: "fork"}, el("span", {text: "Fork a new run from "}), pick, el("button", {id: "fork-go", text: "Fork", on: {click: async () => {
+    try { const r = await post("/action/fork/" + encodeURIComponent(t.id), {from: +pick.value}); actResult = "forked: "; forked = r.task; } catch (e) { actResult = e.message; forked = null; }
+    render(); }}}), el("span", {class: "muted", text: " (the steps before it are kept, the rest run again)"}));
+}
+let forked = null;
 async function render(timer) {
   auto = timer === true;
   if (!auto) for (const k of Object.keys(seen)) delete seen[k];
@@ -15958,6 +16005,7 @@ async function render(timer) {
     else if (p === "/workers") await workersPage();
     else if (p === "/queues") await queuesPage();
     else if (p === "/schedules") await schedulesPage();
+    else if (p === "/workflows") await workflowsPage();
     document.getElementById("live").textContent = "live · " + clock();
   } catch (e) {
     if (e instanceof Unchanged) document.getElementById("live").textContent = "live · " + clock();
@@ -15976,7 +16024,7 @@ function loggedOut() {
       "new at each start: no other user can have left a script at that address."}),
     CFG.auth && OWN_SITE ? el("p", {}, "Or ", el("a", {href: "/login", text: "log in with the password"}), ".") : null].filter(Boolean));
 }
-function go(path) { history.pushState(null, "", path); render(); }
+function go(path) { actResult = ""; forked = null; history.pushState(null, "", path); render(); }
 window.addEventListener("popstate", render);
 let busy = false;
 // Live: the current view is read again every second, except while the user types in it.

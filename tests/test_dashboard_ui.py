@@ -77,6 +77,8 @@ def test_the_new_json_and_actions_over_http(project, dashboards):
     fired = d.json("/action/schedule/run/nightly", "POST")["task"]
     assert project.state(fired) == "PENDING"
     d.json("/action/schedule/run/nope", "POST", status=404)
+    d.json("/action/fork/nope", "POST", {"from": 0}, status=404)
+    d.json(f"/action/fork/{body.id}", "POST", {"from": "1"}, status=400)
     # Flower's form: ratelimit=10/s; a browser without the CSRF token is refused.
 
     import http.client
@@ -102,7 +104,10 @@ def test_read_only_refuses_the_new_actions(project, dashboards):
     d = dashboards(project, "--read-only")
     d.json("/action/schedule/run/nightly", "POST", status=403)
     d.json("/api/task/rate-limit/tasks.add", "POST", {"ratelimit": "1/s"}, status=403)
+    d.json("/action/fork/whatever", "POST", {"from": 0}, status=403)
     assert project.app.admin.rate_limits() == [] and d.json("/data/states")
+    assert d.json("/data/workflows") == [] and d.json("/data/concurrency-limits") == {
+        "tasks": [], "queues": []}
 
 
 @pytest.mark.worker

@@ -14,7 +14,7 @@ import litequeue
 from litequeue import FAILURE, SCHEDULED, SUCCESS, WAITING, LiteQueue
 
 from .helpers import (
-    chaos_kill, lq, sql, sql_write, task_source, wait_until,
+    _chromium, chaos_kill, lq, page_click, sql, sql_write, task_source, wait_until,
 )
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
@@ -233,3 +233,48 @@ def test_a_step_another_client_spoiled_fails_its_workflow_only(flows, workers):
     with pytest.raises(litequeue.CorruptResult, match="outcome of step 0"):
         result.get(timeout=30)
     assert call(flows, "fan_out", 3).get(timeout=30) == [0, 1, 4]
+
+
+@pytest.mark.browser
+def test_the_dashboard_lists_workflows_and_forks_one_in_chromium(flows, workers, dashboards,
+                                                                 tmp_path):
+    """The Workflows page lists a waiting workflow with what it waits for; its task page
+    forks a new run from a step, which keeps the steps before it."""
+    from selenium.webdriver.common.by import By
+    start(workers, flows)
+    result = call(flows, "replays", "d1")
+    wait_until(lambda: runs(flows, "hold.d1"), 30, "the held task started")
+    d = dashboards(flows)
+    browser = _chromium(tmp_path)
+    js = browser.execute_script
+
+    def text():
+        return js("const m = document.querySelector('main'); return m ? m.innerText : ''")
+    try:
+        browser.get(d.login_url)
+        wait_until(lambda: "Workflows" in js("return document.getElementById('nav').innerText"),
+                   20, "the nav")
+        browser.get(d.site_url + "workflows")
+        wait_until(lambda: result.id in text() and "waiting for its step 1" in text(), 20,
+                   lambda: f"the waiting workflow listed: {text()[:300]}")
+        assert "WAITING" in text()
+        assert js("return document.getElementById('wf-state').value") == ""
+        browser.save_screenshot(str(tmp_path / "workflows.png"))
+        (flows.marks / "d1.go").touch()
+        first = result.get(timeout=30)
+        browser.get(d.site_url + "task/" + result.id)
+        wait_until(lambda: js("return !!document.getElementById('fork-from')"), 20, "fork box")
+        js("document.getElementById('fork-from').value = '1'")
+        page_click(browser, By.ID, "fork-go")
+        wait_until(lambda: "forked:" in js("return document.getElementById('actions')"
+                                          ".innerText"), 20, "the fork's link")
+        fork = js("return document.querySelector('#actions a').textContent")
+        assert LiteQueue(flows.db).AsyncResult(fork).get(timeout=30) == first
+        assert runs(flows, "stamp") == 1, "a step before the fork point ran again"
+        assert runs(flows, "hold.d1") == 2, "the step forked from did not run again"
+        browser.save_screenshot(str(tmp_path / "forked.png"))
+        browser.get(d.site_url + "queues")
+        wait_until(lambda: "Concurrency limits" in text(), 20, "the limits section")
+        browser.save_screenshot(str(tmp_path / "queues.png"))
+    finally:
+        browser.quit()
