@@ -6,6 +6,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +16,7 @@ import litequeue
 from litequeue import FAILURE, SCHEDULED, SUCCESS, WAITING, LiteQueue
 
 from .helpers import (
-    _chromium, chaos_kill, lq, page_click, sql, sql_write, task_source, wait_until,
+    TASKS_DIR, _chromium, chaos_kill, lq, page_click, sql, sql_write, task_source, wait_until,
 )
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.worker]
@@ -218,6 +220,78 @@ def test_sigkill_during_workflows_loses_nothing_and_reruns_only_killed_steps(flo
                 (flows.marks / f"tripled.{i}").read_text().splitlines()]
         # Every run but the last was in a process that was killed (before it recorded).
         assert all(pid in killed for pid in pids[:-1]), (seed, i, pids)
+    assert sql(flows.db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _producer(flows, log, start, end):
+    return subprocess.Popen([sys.executable, str(TASKS_DIR / "flow_producer.py"), flows.db,
+                             str(log), str(start), str(end)], cwd=flows.dir,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _producer_lines(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _answer_waiting_workflows(flows, app):
+    """Send its message to each chaos_flow whose producer died before sending it, until
+    every one has ended; returns {id: (argument, state, value)}."""
+    def rows():
+        return sql(flows.db, "SELECT id, state, waits FROM tasks WHERE name = 'flows.chaos_flow'")
+
+    def settled():
+        for task_id, state, waits in rows():
+            if state == WAITING and waits == "recv:go":
+                app.send(task_id, app.AsyncResult(task_id).args[0], topic="go")
+        return all(state in (SUCCESS, FAILURE) for _, state, _ in rows())
+    wait_until(settled, 90, lambda: f"every workflow to end: {rows()}")
+    return {task_id: (app.AsyncResult(task_id).args[0], state, app.AsyncResult(task_id).result)
+            for task_id, state, _ in rows()}
+
+
+@pytest.mark.chaos
+def test_sigkill_of_producers_loses_no_workflow_they_were_told_was_queued(flows, workers):
+    """Three producers queue workflows and send their messages while the test SIGKILLs
+    them (and worker processes) at random and restarts them where their log stops: every
+    workflow a producer's delay() returned for ends SUCCESS with its value, and so does
+    every other row a killed producer left."""
+    seed = int(os.environ.get("LQ_CHAOS_SEED", time.time_ns() % 10**6))
+    rng, per = random.Random(seed), 150
+    supervisors = [workers.start(flows, concurrency=2, app=("flows",), loglevel="WARNING")]
+    logs = [flows.dir / f"producer-{k}.log" for k in range(3)]
+    procs = [_producer(flows, log, k * 1000, k * 1000 + per) for k, log in enumerate(logs)]
+    kills = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(rng.uniform(0.005, 0.05))
+            k = rng.randrange(3)
+            if procs[k].poll() is None and rng.random() < 0.5:
+                os.killpg(procs[k].pid, signal.SIGKILL)
+                procs[k].wait()
+                kills += 1
+                done = [int(x.split()[1]) for x in _producer_lines(logs[k])
+                        if x.startswith("queued")]
+                first = max(done, default=k * 1000 - 1) + 1
+                if first < k * 1000 + per:
+                    procs[k] = _producer(flows, logs[k], first, k * 1000 + per)
+            elif rng.random() < 0.2:
+                chaos_kill(supervisors, lambda: workers.start(
+                    flows, concurrency=2, app=("flows",), loglevel="WARNING"), rng)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if supervisors[0].proc.poll() is not None:
+        supervisors[0] = workers.start(flows, concurrency=2, app=("flows",))
+    ended = _answer_waiting_workflows(flows, LiteQueue(flows.db))
+    promised = {x.split()[2]: int(x.split()[1]) for log in logs for x in _producer_lines(log)
+                if x.startswith("queued")}
+    assert kills >= 3, seed
+    assert set(promised) <= set(ended), (seed, set(promised) - set(ended))
+    assert all(state == SUCCESS and value == 6 * i for i, state, value in ended.values()), \
+        (seed, ended)
     assert sql(flows.db, "PRAGMA integrity_check") == [("ok",)]
 
 
