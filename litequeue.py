@@ -3999,6 +3999,11 @@ class _Claiming:
                     if ended is not None:
                         follow = follow or _FollowUps()
                         self._settle(conn, [ended], now, follow)
+                    elif o.state in (IGNORED, REJECTED) and isinstance(o.id, str):
+                        # Nothing follows it, but a workflow waiting for it as a step
+                        # goes on (_step_outcome).
+                        follow = follow or _FollowUps()
+                        self._end_steps(conn, o.id, o.state, o.result, None, now, follow)
             for seq in release:
                 conn.execute(_SQL_RELEASE, {"seq": seq, "worker": worker})
             rows = self._claim(conn, worker, pid, now, queue, n) if n else []
@@ -7208,7 +7213,13 @@ class AsyncResult:
 
     @staticmethod
     def _step_ended(step, workflow, propagate):
-        """get()'s answer, in a workflow, for a task step that ended."""
+        """get()'s answer, in a workflow, for a task step that ended. One that raised
+        Ignore or Reject gives the state it set before (update_state()), else None."""
+        if step.state in (IGNORED, REJECTED):
+            aside = _set_aside_state({"result": step.result})
+            if aside is None or aside[0] == SUCCESS or not propagate:
+                return None if aside is None else aside[1]
+            raise _meta_error(aside[1])
         value, exc = _step_outcome(step, workflow)
         if exc is None:
             return value

@@ -105,6 +105,15 @@ def test_a_step_task_runs_beside_slow_code_between_two_steps(flows, workers):
     assert waited < 5, f"the step ran only once the slow code gave up ({waited:.1f} s)"
 
 
+def test_a_task_step_that_raises_ignore_ends_its_step(flows, workers):
+    """Nothing follows an ignored task, but its workflow does not wait for ever: the step
+    gives the state the task set before Ignore, else None."""
+    start(workers, flows)
+    result = call(flows, "ignoring", 7)
+    assert result.get(timeout=30) == [None, 7]
+    assert [st["state"] for st in steps(flows, result.id)] == ["IGNORED", "IGNORED"]
+
+
 def test_sigkill_of_the_worker_mid_workflow_resumes_from_the_recorded_steps(flows, workers):
     w = start(workers, flows)
     result = call(flows, "replays", "k1")

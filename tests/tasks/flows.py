@@ -204,3 +204,18 @@ def slow_between(x):
     while not os.path.exists(os.path.join(MARKS, f"beside.{x}")) and time.time() < began + 10:
         time.sleep(0.005)
     return [noted(time.time() - began), r.get()]
+
+
+@app.task(bind=True)
+def ignores(self, x):
+    """Ends IGNORED; with x, after reporting it as its state."""
+    from litequeue import Ignore
+    if x is not None:
+        self.update_state(state="SUCCESS", meta=x)
+    raise Ignore()
+
+
+@app.workflow
+def ignoring(x):
+    """Task steps that raise Ignore: the workflow goes on past them."""
+    return [ignores.delay(None).get(), ignores.delay(x).get()]
