@@ -71,7 +71,10 @@ _Doorbell and _Sleeper's callers)::
   work/<super>     a supervisor's idle     delay() of a PENDING task, the scheduler after
                    children, all on one    it promotes or fires, a rescue that requeues,
                    socket (a datagram      `litequeue retry`; a child that claimed and
-                   wakes one or more)      saw rows left (it passes the ring on)
+                   wakes one or more)      saw rows left (it passes the ring on); a child
+                                           whose task held a concurrency slot, once its
+                                           end commits; a workflow's step task only when
+                                           its own process will not claim it at once
   child/<child>    each child              its supervisor: an eta near, a revoke
   sched/<super>    each supervisor         delay() of a SCHEDULED task; a child after a
                                            RETRY, before a hard-limited task, or when the
@@ -82,6 +85,11 @@ Monitoring reads the same file: each worker process adds per-minute counters (th
 table) with a commit at most once a second; `litequeue dashboard`, /metrics and `litequeue
 health` read those, the workers table, lock files and the small state indexes, and never
 take the write lock to read.
+
+Global limits live in the file too: a rate-limited or concurrency-limited task's rows wait
+in the limited lane (rate_key, tasks_limited), and a claim takes a row of it only when
+the name's next start has come and fewer rows of the name, its key or its queue are
+STARTED than their limits, counted in the claim's own transaction.
 
 A row nobody can read never stops a loop: a child records it FAILURE saying why, and the
 supervisor sets aside what its scheduler cannot read and repairs a rate limit or pause no
