@@ -1156,6 +1156,13 @@ def _checked_slots(option, value):
     return value
 
 
+def _limits_text(most, per_key):
+    """A task's concurrency limits as a log line says them."""
+    parts = [f"{_shown(most)} at once"] if most is not None else []
+    parts += [f"{_shown(per_key)} per key"] if per_key is not None else []
+    return ", ".join(parts) or "none"
+
+
 def _check_choice(*choices):
     def check(value):
         if str(value).upper() not in choices:
@@ -2267,6 +2274,11 @@ _MIGRATIONS = [
         max         INTEGER NOT NULL
     ) WITHOUT ROWID;
     ALTER TABLE tasks ADD COLUMN conc_key TEXT;    -- apply_async(concurrency_key=...)
+    -- conc_key as a column of the lane's index too: a claim skips the rows of full keys
+    -- without reading the table.
+    DROP INDEX tasks_limited;
+    CREATE INDEX tasks_limited ON tasks (rate_key, queue, priority DESC, seq, conc_key)
+        WHERE state = 'PENDING' AND rate_key IS NOT NULL;
     -- The limited lane by key: the first row of each key (a loose index scan, one seek per
     -- key), and the rows that hold a slot.
     CREATE INDEX tasks_keyed ON tasks (rate_key, queue, conc_key, priority DESC, seq)
@@ -2361,6 +2373,7 @@ _SQL_UPSERT_BOUND = """
       WHERE concurrency.max IS NOT excluded.max OR concurrency.per_key IS NOT excluded.per_key
 """
 _SQL_DROP_BOUND = "DELETE FROM concurrency WHERE key = :name"
+_SQL_BOUND_OF = "SELECT max, per_key FROM concurrency WHERE key = :name"
 _SQL_UPSERT_QUEUE_LIMIT = """
     INSERT INTO queue_limits (queue, max) VALUES (:queue, :max)
     ON CONFLICT (queue) DO UPDATE SET max = excluded.max WHERE queue_limits.max IS NOT excluded.max
@@ -2456,32 +2469,46 @@ _SQL_QUEUE_ROOM = """
     FROM queue_limits WHERE queue = :queue AND typeof(max) = 'integer' AND max >= 1
 """
 # Names with no waiting row in the queue are passed over: else they could take every
-# place of a small claim, and a later name's rows would wait for ever.
+# place of a small claim, and a later name's rows would wait for ever. Each comes with
+# whether it is rate-limited (then one row per claim: a start is one row), the slots its
+# concurrency limit has free (NULL: no limit) and its per-key limit.
 _SQL_LANE_NAMES = f"""
-    SELECT l.key, c.per_key FROM (
-        SELECT key FROM rate_limits WHERE next_start <= :now
-        UNION SELECT key FROM concurrency AS b
-              WHERE NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = b.key)) AS l
+    SELECT l.key, EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = l.key),
+           CASE WHEN typeof(c.max) = 'integer' AND c.max >= 1
+                THEN c.max - (SELECT count(*) FROM tasks INDEXED BY tasks_holding
+                              WHERE state = 'STARTED' AND rate_key = l.key) END AS room,
+           c.per_key
+    FROM (SELECT key FROM rate_limits WHERE next_start <= :now
+          UNION SELECT key FROM concurrency AS b
+                WHERE NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = b.key)) AS l
     LEFT JOIN concurrency AS c ON c.key = l.key
     WHERE EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_limited
                   WHERE state = 'PENDING' AND rate_key = l.key AND queue = :queue)
-      AND (typeof(c.max) != 'integer' OR c.max < 1
-           OR (SELECT count(*) FROM tasks INDEXED BY tasks_holding
-               WHERE state = 'STARTED' AND rate_key = l.key) < c.max)
+      AND coalesce(room, 1) > 0
       AND NOT {_QUEUE_FULL}
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
-# A name's first row (no per-key limit).
+# A name's first rows, in claim order, with their keys.
 _SQL_LANE_FIRST = """
-    SELECT priority, seq FROM tasks INDEXED BY tasks_limited
+    SELECT priority, seq, conc_key FROM tasks INDEXED BY tasks_limited
     WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
-    ORDER BY priority DESC, seq LIMIT 1
+    ORDER BY priority DESC, seq LIMIT :n
 """
-# A name's first row whose conc_key has a free slot: the first row of each key (a loose
-# index scan of tasks_keyed, one seek per key; NULL, a call with no key, is a key too),
-# the full keys passed over. One seek per key, not one per row: a backlog of one key
-# costs the others nothing.
-_SQL_LANE_FIRST_FREE = """
+# The first rows of the ordinary lane, to merge with the limited lane's picks.
+_SQL_READY_FIRST = f"""
+    SELECT priority, seq FROM tasks WHERE {_READY_ROWS} ORDER BY priority DESC, seq LIMIT :n
+"""
+# How many rows of each conc_key of a name are STARTED (a few rows: tasks_holding).
+_SQL_HOLDING_BY_KEY = """
+    SELECT conc_key, count(*) FROM tasks INDEXED BY tasks_holding
+    WHERE state = 'STARTED' AND rate_key = :key GROUP BY conc_key
+"""
+# When a name's first _LANE_LOOK rows all belong to full keys (one key's backlog): the
+# first row of each key whose slots are not all taken, by a loose index scan of
+# tasks_keyed (one seek per waiting key, not one per waiting row; NULL, calls with no
+# key, together count as one key), in claim order.
+_LANE_LOOK = 64
+_SQL_LANE_FREE_HEADS = """
     WITH RECURSIVE k(key) AS (
         SELECT (SELECT min(conc_key) FROM tasks INDEXED BY tasks_keyed
                 WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
@@ -2499,8 +2526,8 @@ _SQL_LANE_FIRST_FREE = """
         WHERE (SELECT count(*) FROM tasks INDEXED BY tasks_holding
                WHERE state = 'STARTED' AND rate_key = :key AND conc_key IS keys.key)
               < :per_key)
-    SELECT t.priority, t.seq FROM heads JOIN tasks AS t ON t.seq = heads.seq
-    ORDER BY t.priority DESC, t.seq LIMIT 1
+    SELECT t.priority, t.seq, t.conc_key FROM heads JOIN tasks AS t ON t.seq = heads.seq
+    ORDER BY t.priority DESC, t.seq LIMIT :n
 """
 # PENDING -> STARTED: the lane's rows picked above, in the same transaction.
 _SQL_CLAIM_PICKED = _CLAIM_ROWS.format(seqs="SELECT value FROM json_each(:seqs)")
@@ -3251,6 +3278,13 @@ _Claimed = collections.namedtuple("_Claimed", _CLAIMED_COLUMNS)
 _Step = collections.namedtuple("_Step", _STEP_COLUMNS)
 
 
+def _pick_order(pick):
+    """(priority, seq, ...) of a row a claim may take, in claim order (a priority
+    another client wrote that is no integer counts as 0)."""
+    priority = pick[0] if isinstance(pick[0], int) else 0
+    return -priority, pick[1]
+
+
 def _claim_order(row):
     """RETURNING gives rows in no useful order: run a batch by priority, then seq."""
     priority = row.priority if isinstance(row.priority, int) else 0
@@ -3778,7 +3812,7 @@ class _Producing:
         new limit also applies to the name's rows already queued; a removed one frees
         them."""
         conn.execute(_SQL_UPSERT_REGISTRY, row)
-        _Storage._apply_limit(conn, row)
+        _Producing._apply_limit(conn, row)
 
     @staticmethod
     def _apply_limit(conn, row):
@@ -3788,8 +3822,16 @@ class _Producing:
         was = conn.execute(_SQL_IN_LANE, row).fetchall()[0][0]
         conn.execute(_SQL_DROP_LIMIT if row["rate"] is None else _SQL_UPSERT_LIMIT, row)
         if "concurrency" in row:
-            bounded = row["concurrency"] is not None or row["per_key"] is not None
+            before = conn.execute(_SQL_BOUND_OF, row).fetchall()
+            new = (row["concurrency"], row["per_key"])
+            bounded = new != (None, None)
             conn.execute(_SQL_UPSERT_BOUND if bounded else _SQL_DROP_BOUND, row)
+            if before and tuple(before[0]) != new:
+                # Every worker on the file now honours this process's definition.
+                logger.warning("the concurrency limit of %s changes from %s to %s for every "
+                               "worker on the file: this process's definition of the task "
+                               "differs from the one that wrote it", _shown(row["name"]),
+                               _limits_text(*before[0]), _limits_text(*new))
         now = conn.execute(_SQL_IN_LANE, row).fetchall()[0][0]
         if now != was:
             conn.execute(_SQL_LIMIT_ROWS if now else _SQL_UNLIMIT_ROWS, row)
@@ -4022,22 +4064,30 @@ class _Claiming:
         return _Committed(rows, rejected, follow)
 
     def _claim(self, conn, worker, pid, now, queue, n):
-        """Claim up to n ready rows of queue: first one row of each rate-limited task whose
-        next start has come (the start is taken in this transaction), then ordinary rows."""
-        rows = []
+        """Claim up to n ready rows of queue, in priority order across the ordinary rows
+        and the limited lane's rows that may start now (their starts and slots are taken
+        in this transaction), then rows whose eta has come."""
+        rows, total, lane = [], n, False
         if self.has_limits():
             room = conn.execute(_SQL_QUEUE_ROOM, {"queue": queue}).fetchall()
             if room and room[0][0] < n:
-                n = max(0, room[0][0])
+                n = total = max(0, room[0][0])
                 if n == 0:
                     return rows
             picks = self._lane_picks(conn, queue, now, n)
             if picks:
+                lane = True
+                first = conn.execute(_SQL_READY_FIRST, {"queue": queue, "n": n}).fetchall()
+                merged = sorted([(p, s, None) for p, s in first] + list(picks.values()),
+                                key=_pick_order)[:n]
+                picks = {s: key for _, s, key in merged if key is not None}
+                n = len(merged) - len(picks)        # the ordinary rows that made the cut
                 rows = [_Claimed(*row) for row in conn.execute(_SQL_CLAIM_PICKED, {
                     "worker": worker, "pid": pid, "now": now, "queue": queue,
                     "seqs": json.dumps(list(picks))})]
                 for row in rows:
                     conn.execute(_SQL_TAKE_STARTS, {"now": now, "key": picks[row.seq]})
+                n += len(rows)
         share = self.claim_share
         if len(rows) < n:
             if share > 1:
@@ -4046,25 +4096,49 @@ class _Claiming:
             else:
                 found = conn.execute(_SQL_CLAIM, (worker, pid, now, queue, n - len(rows)))
             rows += [_Claimed(*row) for row in found]
-        if len(rows) < n:     # then rows whose eta has come
+        if len(rows) < total:     # then rows whose eta has come
             rows += [_Claimed(*row) for row in conn.execute(
-                _SQL_CLAIM_DUE, (worker, pid, now, queue, n - len(rows), share))]
+                _SQL_CLAIM_DUE, (worker, pid, now, queue, total - len(rows), share))]
+        if lane:            # the lane's rows were claimed first: run them all in order
+            rows.sort(key=_claim_order)
         return rows
 
     @staticmethod
     def _lane_picks(conn, queue, now, n):
-        """{seq: name} of at most n rows of queue's limited lane that may start now, one
-        per name (_SQL_LANE_NAMES), in priority order."""
+        """{seq: (priority, seq, name)} of at most n rows of queue's limited lane that may
+        start now (_SQL_LANE_NAMES): one of a rate-limited name, as many as a name's free
+        slots and its keys' free slots allow of another, in claim order."""
         picks = []
-        for key, per_key in conn.execute(_SQL_LANE_NAMES, {"now": now, "queue": queue}):
-            args = {"key": key, "queue": queue, "per_key": per_key}
+        for key, rated, room, per_key in conn.execute(_SQL_LANE_NAMES,
+                                                      {"now": now, "queue": queue}):
+            room = 1 if rated else n if not isinstance(room, int) else min(n, room)
             if isinstance(per_key, int) and per_key >= 1:
-                picks += [(row, key) for row in conn.execute(_SQL_LANE_FIRST_FREE, args)]
+                found = _Claiming._keyed_picks(conn, key, queue, per_key, room)
             else:
-                picks += [(row, key) for row in conn.execute(_SQL_LANE_FIRST, args)]
-        picks.sort(key=lambda pick: (-pick[0][0] if isinstance(pick[0][0], int) else 0,
-                                     pick[0][1]))
-        return {row[1]: key for row, key in picks[:n]}
+                found = conn.execute(_SQL_LANE_FIRST, {"key": key, "queue": queue, "n": room})
+            picks += [(p, s, key) for p, s, _ in found]
+        picks.sort(key=_pick_order)
+        return {pick[1]: pick for pick in picks[:n]}
+
+    @staticmethod
+    def _keyed_picks(conn, key, queue, per_key, room):
+        """Up to room rows of a name with a per-key limit, whose keys have free slots: from
+        its first _LANE_LOOK rows, else (one key's backlog fills them) from the first row
+        of each key."""
+        held = dict(conn.execute(_SQL_HOLDING_BY_KEY, {"key": key}).fetchall())
+        first = conn.execute(_SQL_LANE_FIRST, {"key": key, "queue": queue,
+                                               "n": _LANE_LOOK}).fetchall()
+        picks = []
+        for row in first:
+            if held.get(row[2], 0) < per_key:
+                held[row[2]] = held.get(row[2], 0) + 1
+                picks.append(row)
+                if len(picks) >= room:
+                    break
+        if picks or len(first) < _LANE_LOOK:
+            return picks
+        return conn.execute(_SQL_LANE_FREE_HEADS, {"key": key, "queue": queue,
+                                                   "per_key": per_key, "n": room}).fetchall()
 
     def add_stats(self, rows):
         """Add a worker's per-minute counters (see _Stats) in their own transaction."""
@@ -4773,6 +4847,11 @@ class _Administering:
         with self.write() as conn:
             conn.execute(_SQL_MARK_MAILED, {"until": until})
 
+
+# ---------------------------------------------------------------------------
+# Storage: workflows' statements, and _Storage
+# The last mixin, then the class that joins them and guards every public method.
+# ---------------------------------------------------------------------------
 
 class _Stepping:
     """Statements of durable workflows: a run's steps (each write fenced by the claim the
@@ -11667,9 +11746,19 @@ class _Offloading:
         self.revocations_seen = revocations
         seqs = [seq for seq, f in self.flights.items() if f.kind == _OFF_LOOP]
         states = self.storage.states_of(seqs)
+        killing = False
         for seq in seqs:
             if states.get(seq) == REVOKED:
-                self.loop_runner.cancel(self.flights[seq], _TERMINATED)
+                flight = self.flights[seq]
+                self.loop_runner.cancel(flight, _TERMINATED)
+                # A coroutine that blocks its loop cannot be cancelled: as for a hard time
+                # limit, the supervisor kills the process if it has not ended by then.
+                limit = time.time() + _LOOP_KILL_GRACE
+                if not flight.deadline or flight.deadline > limit:
+                    flight.deadline, killing = limit, True
+        if killing:
+            self._record_flights()
+            self.control_bell.ring()
 
 
 class _Child(_RunPipeline, _Offloading):

@@ -12,7 +12,7 @@ import pytest
 import litequeue
 from litequeue import REVOKED, SUCCESS, ConfigurationError, LiteQueue
 
-from .helpers import create_db, lq, most_in_a_second, sql, start_aio_worker, wait_until
+from .helpers import alive, create_db, lq, most_in_a_second, sql, start_aio_worker, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -153,6 +153,20 @@ class TestConcurrency:
         assert out == ["TimeLimitExceeded", 0, "by", 0]
         starts = aio.starts("by")
         assert [line[2] for line in starts] == [1, 2] and starts[0][-2] != starts[1][-2]
+
+    @pytest.mark.worker
+    def test_revoke_terminate_of_a_coroutine_that_blocks_its_loop_kills_its_process(
+            self, aio, workers):
+        """A coroutine that blocks its loop cannot be cancelled: as for a hard time limit,
+        its process is killed soon after (2 s), not left running it."""
+        start_aio_worker(workers, aio)
+        task_id = aio.client('print(json.dumps(ablocks_loop_until.delay("bl").id))')
+        wait_until(lambda: aio.starts("bl"), 30, "the coroutine started")
+        pid = aio.starts("bl")[0][-2]
+        assert aio.client(f'print(json.dumps(app.AsyncResult({task_id!r})'
+                          '.revoke(terminate=True)))') is True
+        wait_until(lambda: not alive(pid), 15, "the process that ran it killed")
+        assert aio.state(task_id) == REVOKED
 
     @pytest.mark.worker
     def test_revoke_terminate_cancels_one_coroutine_and_leaves_the_others(self, aio,

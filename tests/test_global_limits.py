@@ -253,6 +253,27 @@ def test_one_run_per_key_at_once_and_the_waiting_rows_hold_up_nothing(bounded, w
 
 
 @pytest.mark.worker
+def test_limited_rows_take_their_turn_in_priority_and_queue_order(bounded, workers):
+    """5 plain calls, then 10 calls of two_at_once (its limit has room), then a plain call
+    of priority 9, all queued before a `-c 1` worker starts: the priority-9 call runs
+    first, then the others in the order they were queued. The limited lane's rows do not
+    jump ahead of older rows, nor of a higher priority."""
+    log = bounded.marks / "order"
+    ids = bounded.client(f'''
+        log = {str(log)!r}
+        ids = [plain.delay(1, log).id for _ in range(5)]
+        ids += [two_at_once.delay(1, log).id for _ in range(10)]
+        ids.append(plain.apply_async((1, log), priority=9).id)
+        print(json.dumps(ids))
+    ''')
+    start(workers, bounded, concurrency=1)
+    app = LiteQueue(bounded.db)
+    assert [app.AsyncResult(i).get(timeout=30) for i in ids] == [1] * 16
+    starts = [key for kind, key, _, _ in logged(log) if kind == "start"]
+    assert starts == ["plain"] * 6 + [None] * 10, starts
+
+
+@pytest.mark.worker
 def test_calls_without_a_key_share_one_key(bounded, workers):
     """Calls of a per-key task given no concurrency_key count as one key (None): they run
     one at a time, beside the calls of another key."""
@@ -326,6 +347,24 @@ def test_a_limit_that_is_not_a_whole_number_of_at_least_one_is_refused(tmp_path,
     with pytest.raises(ConfigurationError, match=option):
         app.task(name="tasks.job", **{option: bad})(job)
     assert "tasks.job" not in app.tasks and not db.exists()
+
+
+def test_a_producer_whose_definition_differs_changes_the_limit_and_says_so(tmp_path,
+                                                                          caplog):
+    """The limit is the last registration's, for every worker on the file: a process
+    whose definition of the task differs (an older module) logs a warning saying so."""
+    db = str(tmp_path / "jobs.sqlite")
+    for limit in (2, 2, 3, None):
+        app = LiteQueue(db)
+
+        def job():
+            return None
+        caplog.clear()
+        app.task(name="tasks.job", concurrency=limit)(job).delay()
+        assert sql(db, "SELECT max FROM concurrency") == ([] if limit is None else [(limit,)])
+        warned = [r.getMessage() for r in caplog.records if "concurrency limit" in r.getMessage()]
+        expected = {2: [], 3: ["from 2 at once to 3 at once"], None: ["from 3 at once to none"]}
+        assert [w[w.index("from"):w.index(" for every")] for w in warned] == expected[limit]
 
 
 def test_whole_limits_are_accepted_alone_and_together(tmp_path):
@@ -485,9 +524,10 @@ def test_a_hostile_limit_stops_no_task_and_prints_no_traceback(bounded, workers,
     wait_until(lambda: limits_sane(bounded.db), 10, lambda: "the limits repaired: "
                f"{sql(bounded.db, 'SELECT * FROM concurrency')}, "
                f"{sql(bounded.db, 'SELECT * FROM queue_limits')}")
-    if table != "tasks" and value != "NULL":
-        lines = w.log_text()[seen:].splitlines()
-        assert any(key in line and "limit" in line.lower() for line in lines), lines
+    if table != "tasks" and value != "NULL":     # logged just after the repair commits
+        lines = lambda: w.log_text()[seen:].splitlines()
+        wait_until(lambda: any(key in line and "limit" in line.lower() for line in lines()),
+                   10, lambda: f"the repair's log line: {lines()}")
     no_traceback(bounded, [i for ids in queued.values() for i in ids])
     if table == "concurrency":
         register_again(bounded, key)

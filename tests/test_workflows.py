@@ -249,10 +249,13 @@ def _answer_waiting_workflows(flows, app):
     def rows():
         return sql(flows.db, "SELECT id, state, waits FROM tasks WHERE name = 'flows.chaos_flow'")
 
+    answered = set()
+
     def settled():
-        for task_id, state, waits in rows():
-            if state == WAITING and waits == "recv:go":
+        for task_id, _, waits in rows():       # WAITING, or SCHEDULED for its timeout
+            if waits == "recv:go" and task_id not in answered:
                 app.send(task_id, app.AsyncResult(task_id).args[0], topic="go")
+                answered.add(task_id)
         return all(state in (SUCCESS, FAILURE) for _, state, _ in rows())
     wait_until(settled, 90, lambda: f"every workflow to end: {rows()}")
     return {task_id: (app.AsyncResult(task_id).args[0], state, app.AsyncResult(task_id).result)

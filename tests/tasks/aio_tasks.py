@@ -90,6 +90,14 @@ async def ablocks_loop(name):
     time.sleep(60)              # sync code in a coroutine: its loop cannot cancel it
 
 
+@app.task
+async def ablocks_loop_until(name):
+    """Sync code in a coroutine, with no time limit: it blocks its loop until released."""
+    log(name, "start")
+    while not released(name):
+        time.sleep(0.01)
+
+
 @app.task(bind=True, max_retries=100)
 def tblock(self, name):
     """Sync: log its start, then wait for marks/NAME.go (blocking its thread)."""
