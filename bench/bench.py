@@ -260,6 +260,15 @@ def session_wakeups(sid):
     return total
 
 
+def session_threads(sid):
+    """Threads of every live process of the session (the entries of /proc/PID/task)."""
+    total = 0
+    for pid in session_pids(sid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/task"))
+    return total
+
+
 def session_cpu_ticks(sid):
     """{pid: utime+stime in clock ticks} for every live process of the session."""
     ticks = {}
@@ -729,6 +738,51 @@ class DBOSSystem:
     def run_chain(self, length):
         """chain(0, length) (a workflow of `length` steps), enqueued and awaited."""
         return self.result(self.client.enqueue(self.chain_options, 0, length))
+
+    def register_workflow_queues(self):
+        """The workflow rows' two extra queues, registered through the client before the
+        worker starts (its queue thread polls every queue of the application in the file,
+        at the run's interval): the task steps' queue at worker_concurrency=2, and the
+        sleepers' queue with no worker_concurrency (DBOS's default)."""
+        for name, limit in ((benchtasks.DBOS_STEPS_QUEUE, 2),
+                            (benchtasks.DBOS_SLEEP_QUEUE, None)):
+            self.client.register_queue(name, worker_concurrency=limit,
+                                       application_name=benchtasks.DBOS_APP,
+                                       **self.queue_kwargs)
+
+    def wf_start(self, name, *args, queue=benchtasks.DBOS_QUEUE):
+        """Enqueue the workflow `name`(*args) on `queue` through the client: its handle."""
+        return self.client.enqueue({"workflow_name": name, "queue_name": queue}, *args)
+
+    def wf_results(self, handles, timeout):
+        """The handles' results, in order, all within `timeout` s (one SIGALRM deadline)."""
+        with _deadline(timeout, f"{self.label}: get_result of {len(handles)} workflows"):
+            return [h.get_result(**self.get_kwargs) for h in handles]
+
+    def sleep_ends(self):
+        """{workflow id: the end of its DBOS.sleep as DBOS recorded it}: the output of the
+        sleep's operation_outputs row, time.time() + seconds read when the sleep began."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("SELECT workflow_uuid, output, serialization FROM "
+                                "operation_outputs WHERE function_name = 'DBOS.sleep'").fetchall()
+        finally:
+            conn.close()
+        odd = [r for r in rows if r[2] != "portable_json"]
+        if odd:
+            raise RuntimeError(f"{self.label}: a DBOS.sleep row in an unexpected serialization "
+                               f"{odd[0][2]!r} (expected portable_json)")
+        return {wid: float(json.loads(out)) for wid, out, _ in rows}
+
+    def count_sleeps(self):
+        """How many DBOS.sleep rows operation_outputs holds (each written as its sleep
+        begins, before the workflow's thread sleeps)."""
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute("SELECT count(*) FROM operation_outputs WHERE "
+                                "function_name = 'DBOS.sleep'").fetchone()[0]
+        finally:
+            conn.close()
 
     def start_worker(self, tmp, logname):
         self.marks = os.path.join(tmp, logname + "-marks")
@@ -1495,7 +1549,7 @@ def _measure_sleepers(system, worker, cfg, results):
     count, seconds = cfg["wf_sleepers"], cfg["wf_sleepers_s"]
     t0 = time.time()
     handles = [system.wf_sleep.delay(seconds) for _ in range(count)]
-    due = t0 + seconds
+    enqueued, due = time.time() - t0, t0 + seconds
     conn = _apsw_reader(system.db)
     try:
         deadline = time.monotonic() + 30
@@ -1510,18 +1564,227 @@ def _measure_sleepers(system, worker, cfg, results):
     if due - asleep < 2.5:
         raise RuntimeError(f"the sleepers took {asleep - t0:.1f} s to fall asleep: raise "
                            "--wf-sleepers-s")
+    results["wf_sleepers_enqueue_ms"].append(enqueued * 1000.0)
+    results["wf_sleepers_asleep_ms"].append((asleep - t0) * 1000.0)
     time.sleep(0.2)
-    before, w0 = session_cpu_ticks(worker.pid), time.monotonic()
-    time.sleep(2.0)
-    after, w1 = session_cpu_ticks(worker.pid), time.monotonic()
-    cpu = sum(after.get(pid, 0) - ticks for pid, ticks in before.items()) / CLK_TCK
-    results["wf_sleepers_cpu"].append(cpu / (w1 - w0) * 100.0)
-    results["wf_sleepers_procs"].append(len(after))
+    _sleepers_window(worker, results)
     last = max(r.get(timeout=120) for r in handles)
     results["wf_sleepers_all_woke"].append((last - due) * 1000.0)
-    log(f"  {system.label:<18} {count} workflows asleep at once: {len(after)} worker "
-        f"processes, CPU {cpu / (w1 - w0) * 100.0:.2f}% of one core over 2 s; all ran "
-        f"again {(last - due) * 1000.0:.0f} ms after their due time")
+    conn = _apsw_reader(system.db)
+    try:
+        last_end = conn.execute("SELECT max(until) FROM steps WHERE kind = 'sleep' AND workflow "
+                                "IN (SELECT value FROM json_each(?))",
+                                (json.dumps([r.id for r in handles]),)).fetchall()[0][0]
+    finally:
+        conn.close()
+    results["wf_sleepers_last_end"].append((last_end - due) * 1000.0)
+    log(f"  {system.label:<18} {count} workflows asleep at once: "
+        f"{results['wf_sleepers_procs'][-1]} worker processes "
+        f"({results['wf_sleepers_threads'][-1]} threads), CPU "
+        f"{results['wf_sleepers_cpu'][-1]:.2f}% of one core over 2 s; queued in "
+        f"{enqueued:.2f} s, all asleep {asleep - t0:.2f} s after the first delay(); all ran "
+        f"again {(last - due) * 1000.0:.0f} ms after their due time (the last recorded sleep "
+        f"end {(last_end - due) * 1000.0:.0f} ms after it)")
+
+
+def _cpu_window(worker, seconds=2.0):
+    """(CPU of the worker's session over `seconds`, utime + stime as % of one core; its
+    processes and their threads at the window's end)."""
+    before, w0 = session_cpu_ticks(worker.pid), time.monotonic()
+    time.sleep(seconds)
+    after, w1 = session_cpu_ticks(worker.pid), time.monotonic()
+    cpu = sum(after.get(pid, 0) - ticks for pid, ticks in before.items()) / CLK_TCK
+    return cpu / (w1 - w0) * 100.0, len(after), session_threads(worker.pid)
+
+
+def _sleepers_window(worker, results):
+    """The sleepers' 2 s window: wf_sleepers_cpu, _procs and _threads."""
+    cpu, procs, threads = _cpu_window(worker)
+    results["wf_sleepers_cpu"].append(cpu)
+    results["wf_sleepers_procs"].append(procs)
+    results["wf_sleepers_threads"].append(threads)
+
+
+def measure_dbos_workflows(system, tmp, tag, cfg, counts, results):
+    """DBOS's side of the workflow rows, on a fresh system database with the two extra
+    queues (register_workflow_queues) and one dbos_worker.py that has run one noop:
+
+    - per step: counts["wf_runs"] workflows of `chain_length` steps (after
+      counts["wf_warmups"] not counted), each timed from the client's enqueue to
+      get_result() and divided by the length: the chain workflow (@DBOS.step functions),
+      then wf_tasks (each step a child workflow enqueued on the steps queue and awaited);
+    - `wf_sleepers` workflows asleep at once on the sleepers' queue (_dbos_sleepers; before
+      the other sleeps, so that the thread count before them is the worker's at rest:
+      DBOS's executor keeps every thread it has started);
+    - durable sleep lateness: `wf_sleeps` wf_sleep(wf_sleep_s) 50 ms apart on the
+      sleepers' queue; lateness = the time.time() each returned minus its sleep's end as
+      DBOS recorded it (operation_outputs);
+    - whether a sleeping workflow holds a worker_concurrency slot (_dbos_sleep_slot)."""
+    with fresh_database(system, tmp, tag) as session:
+        system.register_workflow_queues()
+        worker = session.start_worker("wf")
+        if not _dbos_part(_dbos_first_noop, system, worker, results):
+            return
+        _dbos_part(_dbos_wf_per_step, system, worker, results, cfg, counts)
+        _dbos_part(_dbos_sleepers, system, worker, results, cfg)
+        _dbos_part(_dbos_sleep_lateness, system, worker, results, cfg)
+        _dbos_part(_dbos_sleep_slot, system, worker, results)
+        _report_worker_logs([worker], system.label, results, errors_only=True)
+
+
+# The workflow table's rows of each part of DBOS's measurement (where a failure shows).
+DBOS_WF_PARTS = {"_dbos_wf_per_step": ("per_step",), "_dbos_sleepers": ("sleepers",),
+                 "_dbos_sleep_lateness": ("lateness",), "_dbos_sleep_slot": ("slot",),
+                 "_dbos_first_noop": ("per_step", "sleepers", "lateness", "slot")}
+
+
+def _dbos_part(part, system, worker, results, *args):
+    """Run one part of DBOS's workflow rows; True if it succeeded. A failure (a timeout,
+    the worker's death, an error of DBOS's) is logged and kept, as a line of text, in
+    results["wf_errors"][row] for the table's cells, and the other parts still run; a
+    signal (SystemExit, KeyboardInterrupt) still ends the run."""
+    try:
+        part(system, worker, *args, results=results)
+        return True
+    except Exception as e:
+        text = (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0][:160]
+        for row in DBOS_WF_PARTS[part.__name__]:
+            results.setdefault("wf_errors", {}).setdefault(row, []).append(text)
+        log(f"  {system.label:<18} {part.__name__[1:]} failed: {text}")
+        return False
+
+
+def _dbos_first_noop(system, worker, results):
+    """One noop through the queue: waits out the worker's start-up."""
+    value = system.roundtrip(-1)
+    if value != -1:
+        raise RuntimeError(f"{system.label}: the first noop returned {value!r}")
+
+
+def _dbos_wf_per_step(system, worker, cfg, counts, results):
+    n, gap = cfg["chain_length"], cfg["roundtrip_gap_s"]
+    timeout = 60.0 + 5.0 * n                # at 1 s polls a task step takes 1 to 2 s
+    for key, name, args in (("wf_steps", benchtasks.DBOS_CHAIN, (0, n)),
+                            ("wf_tasks", benchtasks.DBOS_WF_TASKS, (0, n, system.poll))):
+        per = []
+        for i in range(counts["wf_warmups"] + counts["wf_runs"]):
+            t0 = time.perf_counter()
+            value = system.result(system.wf_start(name, *args), timeout)
+            elapsed = time.perf_counter() - t0
+            if value != 0:
+                raise RuntimeError(f"{system.label}: {name} returned {value!r}")
+            if i >= counts["wf_warmups"]:
+                per.append(elapsed / n * 1000.0)
+            time.sleep(gap)
+        worker.check_alive()
+        results[f"{key}_p50"].append(percentile(per, 50))
+        results[f"{key}_count"].append(len(per))
+        log(f"  {system.label:<18} workflow of {n} {key[3:]}: per step p50 "
+            f"{percentile(per, 50):8.3f} ms (max {max(per):8.3f}; {len(per)} runs)")
+
+
+def _dbos_sleep_spans(system, handles, woke, seconds):
+    """[(the sleep's start, its recorded end, the time.time() the workflow returned)]."""
+    ends = system.sleep_ends()
+    missing = [h.get_workflow_id() for h in handles if h.get_workflow_id() not in ends]
+    if missing:
+        raise RuntimeError(f"{system.label}: {len(missing)} sleeping workflows have no "
+                           f"DBOS.sleep row in operation_outputs (the first: {missing[0]})")
+    return [(ends[h.get_workflow_id()] - seconds, ends[h.get_workflow_id()], w)
+            for h, w in zip(handles, woke)]
+
+
+def _dbos_sleep_lateness(system, worker, cfg, results):
+    seconds, queue = cfg["wf_sleep_s"], benchtasks.DBOS_SLEEP_QUEUE
+    handles = [system.wf_start(benchtasks.DBOS_WF_SLEEP, seconds, queue=queue)]
+    for _ in range(cfg["wf_sleeps"] - 1):
+        time.sleep(0.05)
+        handles.append(system.wf_start(benchtasks.DBOS_WF_SLEEP, seconds, queue=queue))
+    woke = system.wf_results(handles, 60.0 + 2 * seconds)
+    worker.check_alive()
+    late = [(w - end) * 1000.0 for _, end, w in _dbos_sleep_spans(system, handles, woke, seconds)]
+    for q in (50, 99):
+        results[f"wf_sleep_p{q}"].append(percentile(late, q))
+    results["wf_sleep_max"].append(max(late))
+    log(f"  {system.label:<18} durable sleep of {seconds:g} s: lateness p50 "
+        f"{percentile(late, 50):.2f} ms, p99 {percentile(late, 99):.2f} ms, max "
+        f"{max(late):.2f} ms ({len(late)} sleeps)")
+
+
+def _dbos_sleep_slot(system, worker, results, seconds=3.0):
+    """Whether a sleeping DBOS workflow keeps its queue's worker_concurrency slot: two
+    wf_sleep(3 s) on the bench's worker_concurrency=2 queue; once both are asleep (and
+    0.1 s more, so that both count as running: DBOS counts a claimed workflow against
+    the limit only once its thread starts it), a third. From each sleep's start (its
+    recorded end - 3 s) to the workflow's return, the most asleep at one moment: 2 says
+    the third waited for a slot, 3 that it did not."""
+    base = system.count_sleeps()
+    handles = [system.wf_start(benchtasks.DBOS_WF_SLEEP, seconds) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while system.count_sleeps() - base < 2:
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{system.label}: 2 sleeps on the worker_concurrency=2 queue "
+                               f"not both asleep after 30 s")
+        time.sleep(0.02)
+    time.sleep(0.1)
+    handles.append(system.wf_start(benchtasks.DBOS_WF_SLEEP, seconds))
+    woke = system.wf_results(handles, 60.0 + 3 * seconds)
+    worker.check_alive()
+    spans = _dbos_sleep_spans(system, handles, woke, seconds)
+    most = max(sum(1 for a, _, b in spans if a <= t < b) for t, _, _ in spans)
+    results["wf_sleep_slot_most"].append(most)
+    log(f"  {system.label:<18} a third sleep queued while 2 sleep on its worker_concurrency=2 "
+        f"queue: at most {most} asleep at once (the third's sleep began "
+        f"{(spans[2][0] - spans[0][0]) * 1000.0:.0f} ms after the first's)")
+
+
+def _dbos_sleepers(system, worker, cfg, results):
+    """`wf_sleepers` wf_sleep(dbos_sleepers_s) enqueued one by one on the sleepers' queue;
+    once every one has begun its sleep (its DBOS.sleep row written), the 2 s window (as
+    litequeue's; and one before them, the worker at rest), then their results. The sleep
+    is longer than litequeue's: on SQLite 1 000 DBOS workflows take about 7 s to enqueue
+    and begin their sleeps (their threads' writes and the client's share the file)."""
+    count, seconds = cfg["wf_sleepers"], cfg["dbos_sleepers_s"]
+    before = system.count_sleeps()
+    cpu, _, threads = _cpu_window(worker)          # the worker at rest, for comparison
+    results["wf_sleepers_cpu_idle"].append(cpu)
+    results["wf_sleepers_threads_idle"].append(threads)
+    t0 = time.time()
+    handles = [system.wf_start(benchtasks.DBOS_WF_SLEEP, seconds,
+                               queue=benchtasks.DBOS_SLEEP_QUEUE) for _ in range(count)]
+    enqueued, due = time.time() - t0, t0 + seconds
+    deadline = time.monotonic() + 30
+    while (asleep := system.count_sleeps() - before) < count:
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{system.label}: {asleep} of {count} workflows asleep after "
+                               f"30 s")
+        time.sleep(0.02)
+    asleep = time.time()
+    if due - asleep < 2.5:
+        raise RuntimeError(f"{system.label}: the sleepers took {asleep - t0:.1f} s to begin "
+                           f"their sleeps ({enqueued:.1f} s to enqueue): raise --dbos-sleepers-s")
+    results["wf_sleepers_enqueue_ms"].append(enqueued * 1000.0)
+    results["wf_sleepers_asleep_ms"].append((asleep - t0) * 1000.0)
+    time.sleep(0.2)
+    _sleepers_window(worker, results)
+    woke = system.wf_results(handles, 120.0 + seconds)
+    spans = _dbos_sleep_spans(system, handles, woke, seconds)
+    last, last_end = max(woke), max(end for _, end, _ in spans)
+    if min(end for _, end, _ in spans) < asleep:
+        raise RuntimeError(f"{system.label}: a sleep ended before the last one began: they "
+                           f"were never all asleep at once")
+    results["wf_sleepers_all_woke"].append((last - due) * 1000.0)
+    results["wf_sleepers_last_end"].append((last_end - due) * 1000.0)
+    log(f"  {system.label:<18} {count} workflows asleep at once: "
+        f"{results['wf_sleepers_procs'][-1]} process, {results['wf_sleepers_threads'][-1]} "
+        f"threads ({results['wf_sleepers_threads_idle'][-1]} before), CPU "
+        f"{results['wf_sleepers_cpu'][-1]:.2f}% of one core over 2 s (before them "
+        f"{results['wf_sleepers_cpu_idle'][-1]:.2f}%); enqueued in "
+        f"{enqueued:.2f} s, all asleep {asleep - t0:.2f} s after the first enqueue; the last "
+        f"recorded sleep end {(last_end - due) * 1000.0:.0f} ms "
+        f"after the due time, the last ran again {(last - due) * 1000.0:.0f} ms after it")
 
 
 # ---------------------------------------------------------------------------
@@ -3643,31 +3906,135 @@ def build_canvas_table(S, cfg):
 
 
 def build_workflow_table(S, cfg):
-    """The workflow rows (litequeue NORMAL), with DBOS's chain workflow beside the
-    step-function row when DBOS ran (the chain row)."""
+    """The workflow rows: litequeue NORMAL, and DBOS beside it when it ran (at its
+    defaults and with 1 ms polls): its chain workflow for the step functions (from the
+    workflows measurement, or else the chain row's), child workflows for the task steps,
+    DBOS.sleep for the sleeps (the sleepers on a queue with no worker_concurrency)."""
     N, D, D1 = S["litequeue NORMAL"], S.get(DBOS_DEF) or {}, S.get(DBOS_FAST) or {}
-    n = cfg["chain_length"]
+    n, k = cfg["chain_length"], cfg["wf_sleepers"]
+
+    def row(label, key, unit, digits, target, part, dbos_digits=None):
+        dd = digits if dbos_digits is None else dbos_digits
+        return [label, fmt(N.get(key), unit, digits)] + \
+            [_dbos_wf_cell(d, part, fmt(d.get(key), unit, dd)) for d in (D, D1)] + [target]
+
+    steps = row(f"workflow of {n} step functions (@app.step; DBOS: its chain workflow of {n} "
+                f"@DBOS.step), delay() → get() ÷ {n}, p50 per step", "wf_steps_p50", "ms", 3,
+                "≤ 1 ms", "per_step", 2)
+    for i, d in ((2, D), (3, D1)):
+        if d.get("wf_steps_p50") is None and d.get("chain_hop_p50") is not None:
+            steps[i] = fmt(d["chain_hop_p50"], "ms", 2) + " (the chain row)"
     rows = [
-        [f"workflow of {n} step functions (@app.step; DBOS: its chain workflow of {n} "
-         f"@DBOS.step), delay() → get() ÷ {n}, p50 per step", fmt(N.get("wf_steps_p50"), "ms", 3),
-         fmt(D.get("chain_hop_p50"), "ms", 2), fmt(D1.get("chain_hop_p50"), "ms", 2), "≤ 1 ms"],
-        [f"workflow of {n} task steps (`x = step.delay(x).get()`: each queued, run by a worker "
-         f"process and awaited durably), p50 per step", fmt(N.get("wf_tasks_p50"), "ms", 3),
-         "—", "—", "≤ 1 ms"],
-        [f"durable sleep of {cfg['wf_sleep_s']:g} s: lateness p50 ({cfg['wf_sleeps']} sleeps)",
-         fmt(N.get("wf_sleep_p50"), "ms", 2), "—", "—", "—"],
-        ["durable sleep: lateness p99", fmt(N.get("wf_sleep_p99"), "ms", 2), "—", "—", "≤ 5 ms"],
-        ["durable sleep: lateness max", fmt(N.get("wf_sleep_max"), "ms", 2), "—", "—", "—"],
-        [f"{cfg['wf_sleepers']:,} workflows asleep at once: worker processes",
-         fmt(N.get("wf_sleepers_procs"), ""), "—", "—", "4: the supervisor, its 2 children, multiprocessing's resource tracker (as idle)"],
-        [f"{cfg['wf_sleepers']:,} asleep: worker CPU over 2 s (% of one core)",
-         fmt(N.get("wf_sleepers_cpu"), "%", 2), "—", "—", "≈ 0"],
-        [f"{cfg['wf_sleepers']:,} asleep: their common due time → the last one's result",
-         fmt(N.get("wf_sleepers_all_woke"), "ms", 0), "—", "—", "—"]]
+        steps,
+        row(f"workflow of {n} task steps (`x = step.delay(x).get()`: each queued, run by a "
+            f"worker process and awaited durably; DBOS: a child workflow enqueued on a "
+            f"worker_concurrency=2 queue, `get_result()`), p50 per step", "wf_tasks_p50",
+            "ms", 3, "≤ 1 ms", "per_step", 2),
+        row(f"durable sleep of {cfg['wf_sleep_s']:g} s (DBOS: `DBOS.sleep`): lateness p50 "
+            f"({cfg['wf_sleeps']} sleeps)", "wf_sleep_p50", "ms", 2, "—", "lateness"),
+        row("durable sleep: lateness p99", "wf_sleep_p99", "ms", 2, "≤ 5 ms", "lateness"),
+        row("durable sleep: lateness max", "wf_sleep_max", "ms", 2, "—", "lateness"),
+        _workflow_slot_row(N, D, D1, k)]
+    rows += _workflow_sleeper_rows(N, D, D1, cfg)
     header = ["metric (litequeue worker -c 2; DBOS worker_concurrency=2)", "litequeue NORMAL",
               "DBOS (defaults: 1 s polls)", "DBOS, 1 ms polls (info)", "target"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows] +
+                     _workflow_notes(D, D1, cfg))
+
+
+def _workflow_notes(D, D1, cfg):
+    """The lines under the workflow table when DBOS ran."""
+    if not any(d.get(k) for d in (D, D1) for k in ("wf_steps_p50", "wf_errors",
+                                                     "wf_sleep_p50", "wf_sleepers_cpu")):
+        return []
+    runs = [f"{d['wf_steps_count']['median']:.0f} {what}" for d, what in
+            ((D, "at its defaults after 1 warm-up"), (D1, "with 1 ms polls after 3"))
+            if d.get("wf_steps_count")]
+    return ["", f"DBOS: each workflow enqueued by a client on its worker_concurrency=2 queue and "
+            f"awaited with get_result(); timed workflows of each kind per repeat: "
+            f"{', '.join(runs) or '—'}. Its task steps are child workflows on a second "
+            f"worker_concurrency=2 queue, run on threads of the same worker process: at its "
+            f"defaults each waits for a queue poll and a get_result() poll, 1 s each. A "
+            f"DBOS.sleep is time.sleep "
+            f"in the workflow's thread, which keeps the thread and its queue slot: its "
+            f"{cfg['wf_sleepers']:,} sleepers run on a third queue, with no "
+            f"worker_concurrency, one thread each, and sleep {cfg['dbos_sleepers_s']:g} s "
+            f"(litequeue's {cfg['wf_sleepers_s']:g} s), as their enqueues and sleep rows "
+            f"take longer. With 1 ms polls its worker polls those three queues every 1 ms: "
+            f"the CPU before them is that."]
+
+
+def _dbos_wf_cell(d, part, text):
+    """A DBOS cell of the workflow table: `text` (its figure, or "—"), and the failures of
+    the measurement's `part` over the repeats, if any."""
+    errors = (d.get("wf_errors") or {}).get(part)
+    if not errors:
+        return text
+    failed = f"failed in {len(errors)} repeat(s): {errors[0]}".replace("|", "/")
+    return failed if text == "—" else f"{text}; {failed}"
+
+
+def _workflow_slot_row(N, D, D1, k):
+    """Does a sleeping workflow keep a worker slot? litequeue: the sleepers measurement
+    itself (all k asleep at once on -c 2); DBOS: the most of 3 asleep at once on its
+    worker_concurrency=2 queue."""
+    def dbos(d):
+        most = d.get("wf_sleep_slot_most")
+        if most is None:
+            return _dbos_wf_cell(d, "slot", "—")
+        held = "yes" if most["max"] <= 2 else "no" if most["min"] >= 3 else "mixed"
+        return f"{held}: {fmt(most, 'asleep at once', 0)}"
+    lq = f"no: all {k:,} asleep at once on `-c 2`" if N.get("wf_sleepers_procs") else "—"
+    return ["a sleeping workflow keeps a worker slot (DBOS: on its worker_concurrency=2 queue, "
+            "a third sleep of 3 s queued once two sleep)", lq, dbos(D), dbos(D1), "no"]
+
+
+def _workflow_sleeper_rows(N, D, D1, cfg):
+    """The rows of the `wf_sleepers` workflows asleep at once (DBOS: on its sleepers' queue,
+    which has no worker_concurrency, as a slot is kept through a sleep; each sleeping
+    `dbos_sleepers_s`)."""
+    k = cfg["wf_sleepers"]
+    def num(x):
+        return fmt(x, "").replace("  ", " ").strip()
+
+    def procs(d):
+        if d.get("wf_sleepers_procs") is None:
+            return _dbos_wf_cell(d, "sleepers", "—")
+        cell = f"{num(d['wf_sleepers_procs'])} / {fmt(d.get('wf_sleepers_threads'), 'threads')}"
+        if d.get("wf_sleepers_threads_idle") is not None:
+            cell += f" (before them: {num(d['wf_sleepers_threads_idle'])})"
+        return _dbos_wf_cell(d, "sleepers", cell)
+
+    def cpu(d):
+        cell = fmt(d.get("wf_sleepers_cpu"), "%", 2)
+        if d.get("wf_sleepers_cpu_idle") is not None:
+            cell += f" (before them: {fmt(d['wf_sleepers_cpu_idle'], '%', 2)})"
+        return _dbos_wf_cell(d, "sleepers", cell)
+
+    def asleep(d):
+        cell = fmt(d.get("wf_sleepers_asleep_ms"), "ms", 0)
+        if d.get("wf_sleepers_enqueue_ms") is not None:
+            cell += f" (the calls: {fmt(d['wf_sleepers_enqueue_ms'], 'ms', 0)})"
+        return _dbos_wf_cell(d, "sleepers", cell)
+
+    def woke(d):
+        cell = fmt(d.get("wf_sleepers_all_woke"), "ms", 0)
+        if d.get("wf_sleepers_last_end") is not None:
+            late = fmt(d["wf_sleepers_last_end"], "ms", 0)
+            cell += f" (the latest recorded sleep end: due + {late})"
+        return _dbos_wf_cell(d, "sleepers", cell)
+
+    return [
+        [f"{k:,} workflows asleep at once (litequeue: {cfg['wf_sleepers_s']:g} s each; DBOS: "
+         f"{cfg['dbos_sleepers_s']:g} s each, on a queue with no worker_concurrency): the "
+         f"first delay() / enqueue → all asleep (the {k:,} calls alone)", asleep(N),
+         asleep(D), asleep(D1), "—"],
+        [f"{k:,} asleep: worker processes / their threads", procs(N), procs(D), procs(D1),
+         "4: the supervisor, its 2 children, multiprocessing's resource tracker (as idle)"],
+        [f"{k:,} asleep: worker CPU over 2 s (% of one core)", cpu(N), cpu(D), cpu(D1), "≈ 0"],
+        [f"{k:,} asleep: their common due time (the first delay() / enqueue + the sleep) → "
+         f"the last one's result", woke(N), woke(D), woke(D1), "—"]]
 
 
 def build_concurrency_table(S, raw, cfg):
@@ -4198,6 +4565,13 @@ def main(argv=None):
     ap.add_argument("--dbos-chain-runs", type=int,
                     help="DBOS's chains (and round trips) per repeat at its defaults "
                          "[10; quick 5]; at 1 ms polls: --chain-runs")
+    ap.add_argument("--dbos-sleepers-s", type=float,
+                    help="seconds DBOS's --wf-sleepers workflows sleep (its 1,000 take about "
+                         "7 s to enqueue and begin) [20, or --wf-sleepers-s if longer]")
+    ap.add_argument("--dbos-wf-runs", type=int,
+                    help="DBOS's timed workflows of each kind per repeat in the workflows "
+                         "rows at its defaults (a task-step workflow takes 10-20 s) [3]; "
+                         "at 1 ms polls: --chain-runs")
     ap.add_argument("--dashboard-rows", type=int,
                     help="tasks in the dashboard's database [1000000; quick 100000]")
     ap.add_argument("--dashboard-requests", type=int, default=20,
@@ -4283,12 +4657,14 @@ def main(argv=None):
         "wf_sleeps": args.wf_sleeps, "wf_sleep_s": args.wf_sleep_s,
         "wf_sleepers": args.wf_sleepers or (200 if args.quick else 1000),
         "wf_sleepers_s": args.wf_sleepers_s,
+        "dbos_sleepers_s": args.dbos_sleepers_s or max(20.0, args.wf_sleepers_s),
         # DBOS at its defaults polls its queue and get_result() every 1 s: 2 tasks a second
         # at worker_concurrency=2, 1-2 s a round trip, so it gets smaller counts.
         "dbos_tasks": args.dbos_tasks or (10 if args.quick else 20),
         "dbos_fast_tasks": args.dbos_fast_tasks or (500 if args.quick else 2000),
         "dbos_roundtrips": args.dbos_roundtrips or (10 if args.quick else 20),
         "dbos_chain_runs": args.dbos_chain_runs or (5 if args.quick else 10),
+        "dbos_wf_runs": args.dbos_wf_runs or 3,
         "dashboard_rows": args.dashboard_rows or (100_000 if args.quick else 1_000_000),
         "dashboard_requests": args.dashboard_requests,
         "dashboard_warmups": 2,
@@ -4341,16 +4717,18 @@ def main(argv=None):
     cel_core = CelerySystem(CELERY) if {"drain", "roundtrip"} & set(only) and \
         not args.no_celery else None
     dbos_systems = []           # (key, system, counts)
-    if not args.no_dbos and {"drain", "roundtrip", "chain", "launch"} & set(only):
+    if not args.no_dbos and {"drain", "roundtrip", "chain", "workflows", "launch"} & set(only):
         if importlib.util.find_spec("dbos") is None:
             ap.error("the DBOS rows need DBOS Transact: pip install dbos (or --no-dbos)")
         dbos_systems.append(("dbos", DBOSSystem(DBOS_DEF), {
             "tasks": cfg["dbos_tasks"], "roundtrips": cfg["dbos_roundtrips"],
-            "chain_runs": cfg["dbos_chain_runs"]}))
+            "chain_runs": cfg["dbos_chain_runs"], "wf_runs": cfg["dbos_wf_runs"],
+            "wf_warmups": 1}))
         if not args.no_tuned_dbos:
             dbos_systems.append(("dbos_fast", DBOSSystem(DBOS_FAST, poll=0.001), {
                 "tasks": cfg["dbos_fast_tasks"], "roundtrips": cfg["roundtrips"],
-                "chain_runs": cfg["chain_runs"]}))
+                "chain_runs": cfg["chain_runs"], "wf_runs": cfg["chain_runs"],
+                "wf_warmups": 3}))
     # The concurrency rows (async, threads, ratelimit).
     lq_async = LiteQueueMore("litequeue -c 2 (async 100)", ["async"], ["-c", "2"])
     lq_async_k = LiteQueueMore(f"litequeue -c 2 --async-concurrency {cfg['async_concurrency']}",
@@ -4461,6 +4839,9 @@ def main(argv=None):
             if "workflows" in only:
                 measure_workflows(lq_normal, tmp, f"r{r}-workflows", cfg,
                                   results[lq_normal.label])
+            for key, s, counts in dbos_systems if "workflows" in only else ():
+                measure_dbos_workflows(s, tmp, f"r{r}-{key}-workflows", cfg, counts,
+                                       results[s.label])
             for key, s, counts in dbos_systems if "chain" in only else ():
                 # DBOS has no chord; its chain is one workflow of chain_length steps.
                 with canvas_worker(s, tmp, f"r{r}-{key}-canvas") as worker:

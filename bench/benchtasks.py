@@ -25,8 +25,10 @@ from the environment (CELERYBENCH_URL), and the drain row's mark directory from
 CELERYBENCH_MARKS.
 
 DBOS Transact (the peers' columns): make_dbos() registers noop(i) and chain(x, n) (a
-workflow of n steps) as DBOS workflows; bench/dbos_worker.py calls it and runs the queue,
-and the bench enqueues them by name through a DBOSClient.
+workflow of n steps) as DBOS workflows, and the workflow rows' wf_tasks(x, n, poll) (n child
+workflows, each enqueued and awaited) and wf_sleep(seconds) (DBOS.sleep);
+bench/dbos_worker.py calls it and runs the queues, and the bench enqueues them by name
+through a DBOSClient.
 
 The concurrency rows (async, threads, ratelimit) add, on request only (make_litequeue_more,
 make_huey_more, and on Celery make_celery(..., more=True)):
@@ -270,6 +272,14 @@ DBOS_APP = "lqbench"
 DBOS_QUEUE = "lqbench"
 DBOS_NOOP = "benchtasks.noop"
 DBOS_CHAIN = "benchtasks.chain"
+# The workflows rows' DBOS side: the task steps' queue (worker_concurrency=2, as the -c 2 of
+# litequeue's step tasks) and the sleepers' queue (no worker_concurrency: a DBOS.sleep holds
+# its workflow's thread and queue slot), which the bench registers only for those rows.
+DBOS_STEPS_QUEUE = "lqbench_steps"
+DBOS_SLEEP_QUEUE = "lqbench_sleep"
+DBOS_WF_TASKS = "benchtasks.wf_tasks"
+DBOS_WF_TASK_STEP = "benchtasks.wf_task_step"
+DBOS_WF_SLEEP = "benchtasks.wf_sleep"
 
 
 def make_litequeue_workflows(app, step):
@@ -317,6 +327,8 @@ def make_dbos(marks=None):
       one after the other in the workflow's own thread; DBOS checkpoints each step's output
       in the system database before the next one starts.
 
+    and the workflow rows' DBOS side (make_dbos_workflows).
+
     With ``marks`` (a directory), noop writes start-<pid> (the first noop's start, once)
     and end-<pid>-<thread id> (its end, every time) as huey's and Celery's marks; DBOS
     stores the workflow's result after its body returns. Returns (noop, chain)."""
@@ -341,7 +353,43 @@ def make_dbos(marks=None):
             x = step(x)
         return x
 
+    make_dbos_workflows()
     return noop, chain
+
+
+def make_dbos_workflows():
+    """The workflow rows' DBOS side, registered by make_dbos() (run only by that
+    measurement, which registers the two queues they use). Returns (wf_tasks, wf_sleep):
+
+    - wf_tasks(x, n, poll): n task steps, DBOS's counterpart of litequeue's
+      ``x = step.delay(x).get()``: each step a child workflow wf_task_step(x) (returns x)
+      enqueued on DBOS_STEPS_QUEUE from the workflow (``DBOS.enqueue_workflow``, i.e.
+      ``queue.enqueue(wf_task_step, x)``) and awaited with ``handle.get_result()``
+      (polling every `poll` s; None: DBOS's default, 1 s), so that the queue's poller
+      claims it and it runs on another thread of the worker;
+    - wf_sleep(seconds): ``DBOS.sleep(seconds)`` (durable: its end, time.time() +
+      seconds, is recorded in operation_outputs before the thread sleeps), then returns
+      time.time(), the moment the workflow ran on after the sleep."""
+    from dbos import DBOS
+
+    @DBOS.workflow(name=DBOS_WF_TASK_STEP)
+    def wf_task_step(x):
+        return x
+
+    @DBOS.workflow(name=DBOS_WF_TASKS)
+    def wf_tasks(x, n, poll=None):
+        wait = {} if poll is None else {"polling_interval_sec": poll}
+        for _ in range(n):
+            handle = DBOS.enqueue_workflow(DBOS_STEPS_QUEUE, wf_task_step, x)
+            x = handle.get_result(**wait)
+        return x
+
+    @DBOS.workflow(name=DBOS_WF_SLEEP)
+    def wf_sleep(seconds):
+        DBOS.sleep(seconds)
+        return time.time()
+
+    return wf_tasks, wf_sleep
 
 
 def read_mark(path):
