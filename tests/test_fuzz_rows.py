@@ -117,6 +117,14 @@ class Victims:
             self.write("INSERT INTO rate_limits (key, rate, interval) VALUES (?, '5/s', 0.2)",
                        f"fuzz.limited{n}")
             return ("key", f"fuzz.limited{n}")
+        elif table == "concurrency":         # every claim reads every row of it
+            self.write("INSERT INTO concurrency (key, max, per_key) VALUES (?, 100, 10)",
+                       f"fuzz.bound{n}")
+            return ("key", f"fuzz.bound{n}")
+        elif table == "queue_limits":        # the claims of the queue the canaries run in
+            self.write("INSERT OR REPLACE INTO queue_limits (queue, max) VALUES ('default', "
+                       "1000)")
+            return ("queue", "default")
         else:
             return None
         return ("rowid", self.write(f'SELECT max(rowid) FROM "{table}"')[0][0])
@@ -127,7 +135,8 @@ class Victims:
         if table == "workers":
             marks = ",".join("?" * len(keep))
             self.write(f"DELETE FROM workers WHERE id NOT IN ({marks})", *keep)
-        elif table in ("registry", "schedules", "groups", "stats", "paused", "rate_limits"):
+        elif table in ("registry", "schedules", "groups", "stats", "paused", "rate_limits",
+                       "concurrency", "queue_limits"):
             self.write(f'DELETE FROM "{table}"' + (" WHERE name NOT LIKE 'tasks.%'"
                                                     if table == "registry" else ""))
 
@@ -146,6 +155,7 @@ def read_everything(app, task_id):
     readers = [
         admin.state_counts, lambda: admin.throughput(24 * 60), admin.workers, admin.registry,
         admin.schedules, admin.paused, admin.rate_limits,
+        lambda: app._storage().concurrency_limits(), lambda: app._storage().queue_limits(),
         lambda: [litequeue._schedule_view(row) for row in admin.schedules()],
         lambda: litequeue._health_checks(app, 300.0),
         lambda: litequeue._metrics_text(app),
