@@ -6680,13 +6680,14 @@ class _WorkflowRun:
     def __init__(self, app, request):
         self.app, self.id = app, request.id
         self.fence = {"workflow": request.id, "attempt": request.attempt}
+        self.queue = request.queue      # the queue this run's process claimed it from
         self.storage = app._storage()
         self.recorded = {step.idx: step for step in self.storage.steps_of(self.id)}
         self.children = {step.child: step.idx for step in self.recorded.values()
                          if step.child is not None}
         self.next = 0
         self.in_step = None        # the step function running: steps do not nest
-        self.unrung = {}           # task steps queued and not yet rung for: {id: bell}
+        self.unrung = {}           # task steps queued, not yet rung for: {id: (bell, own)}
 
     # The runs of this process with task steps not yet rung for (see ring).
     unrung_runs = set()
@@ -6700,7 +6701,7 @@ class _WorkflowRun:
         a step left to run beside slow code between two steps is not held back."""
         unrung, self.unrung = self.unrung, {}        # one swap: the watch thread rings too
         _WorkflowRun.unrung_runs.discard(self)
-        for bell in set(unrung.values()):
+        for bell in {bell for bell, _ in unrung.values()}:
             bell.ring()
 
     @staticmethod
@@ -6742,7 +6743,9 @@ class _WorkflowRun:
                                                   "name": row["name"]},
                                      row, registry_row, time.time())
         self.children[row["id"]] = idx
-        self.unrung[row["id"]] = bell
+        # (what to ring, whether this process can claim it: a PENDING row of its queue)
+        self.unrung[row["id"]] = (bell, bell is self.app._work_bell and
+                                  row["queue"] == self.queue)
         _WorkflowRun.unrung_runs.add(self)
         return row["id"]
 
@@ -6759,7 +6762,7 @@ class _WorkflowRun:
         if step is not None and step.state is not None:
             return step
         unrung = self.unrung
-        if list(unrung) == [task_id] and unrung[task_id] is self.app._work_bell:
+        if list(unrung) == [task_id] and unrung[task_id][1]:
             self.unrung = {}                 # claimed in the suspension's own commit
             _WorkflowRun.unrung_runs.discard(self)
         raise _Suspended(f"step:{idx}", shown=f"step {idx}, task {task_id}")

@@ -219,3 +219,15 @@ def ignores(self, x):
 def ignoring(x):
     """Task steps that raise Ignore: the workflow goes on past them."""
     return [ignores.delay(None).get(), ignores.delay(x).get()]
+
+
+@app.task(queue="far")
+def far(x):
+    return time.time()
+
+
+@app.workflow
+def across(x):
+    """A task step in a queue that another worker serves: [when it was queued, when it
+    ran]."""
+    return [noted(time.time()), far.delay(x).get()]
