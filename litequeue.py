@@ -12126,6 +12126,10 @@ class _Child(_RunPipeline, _Offloading):
                 if any(o.state == RETRY or o.state is _SUSPENDED and o.eta is not None
                        for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
+                if not want and any(o.state is _SUSPENDED for o in outcomes):
+                    # A step the run left unrung for this process to claim: it claims
+                    # nothing now (it stops), so its siblings must.
+                    self.work_bell.ring()
                 outcomes = []
             if follow is not None:
                 self._ring_follow_ups(follow)
