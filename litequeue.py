@@ -6689,20 +6689,29 @@ class _WorkflowRun:
         self.in_step = None        # the step function running: steps do not nest
         self.unrung = {}           # task steps queued, not yet rung for: {id: (bell, own)}
 
-    # The runs of this process with task steps not yet rung for (see ring).
+    # This process's runs with task steps not yet rung for (see ring), since when (a
+    # monotonic time), and the steps its next commit is expected to claim.
     unrung_runs = set()
+    unrung_since = None
+    expected = set()
 
     def ring(self):
         """Ring for the task steps queued since the last ring. A step task is not rung for
         when it is queued: if the run then waits for it alone, the process that runs the
         workflow claims it in the commit that suspends the run, and a woken sibling would
-        only race it for the row and the write lock. Any other next move rings, and so
-        does the worker's watch thread once the run has gone on for 10 ms (ring_late):
+        only race it for the row and the write lock (if that commit claims other rows
+        instead, the process rings then: take_expected). Any other next move rings, and
+        so does the worker's watch thread once a step has waited 10 ms unrung (ring_late):
         a step left to run beside slow code between two steps is not held back."""
         unrung, self.unrung = self.unrung, {}        # one swap: the watch thread rings too
-        _WorkflowRun.unrung_runs.discard(self)
+        self._forget()
         for bell in {bell for bell, _ in unrung.values()}:
             bell.ring()
+
+    def _forget(self):
+        _WorkflowRun.unrung_runs.discard(self)
+        if not _WorkflowRun.unrung_runs:
+            _WorkflowRun.unrung_since = None
 
     @staticmethod
     def ring_late():
@@ -6711,6 +6720,12 @@ class _WorkflowRun:
         for run in runs:
             run.ring()
         return bool(runs)
+
+    @staticmethod
+    def take_expected():
+        """The ids of the steps this process's next commit should claim, forgotten."""
+        expected, _WorkflowRun.expected = _WorkflowRun.expected, set()
+        return expected
 
     def _take(self, kind, name):
         """The next step's index and its record (None if it has none yet); raises
@@ -6746,6 +6761,8 @@ class _WorkflowRun:
         # (what to ring, whether this process can claim it: a PENDING row of its queue)
         self.unrung[row["id"]] = (bell, bell is self.app._work_bell and
                                   row["queue"] == self.queue)
+        if _WorkflowRun.unrung_since is None:
+            _WorkflowRun.unrung_since = time.monotonic()
         _WorkflowRun.unrung_runs.add(self)
         return row["id"]
 
@@ -6764,7 +6781,8 @@ class _WorkflowRun:
         unrung = self.unrung
         if list(unrung) == [task_id] and unrung[task_id][1]:
             self.unrung = {}                 # claimed in the suspension's own commit
-            _WorkflowRun.unrung_runs.discard(self)
+            self._forget()
+            _WorkflowRun.expected.add(task_id)
         raise _Suspended(f"step:{idx}", shown=f"step {idx}, task {task_id}")
 
     def call(self, function, args, kwargs):
@@ -11278,6 +11296,13 @@ class _Watch:
                 due = self.child.stats.last + _STATS_FLUSH
             else:                 # nothing to do until this task ends or counts appear
                 due = float("inf")
+            unrung = _WorkflowRun.unrung_since        # a workflow's step left unrung
+            if unrung is not None:
+                if time.monotonic() >= unrung + _HAND_BACK_AFTER:
+                    with contextlib.suppress(Exception):   # a ring only hastens a claim
+                        _WorkflowRun.ring_late()
+                    continue
+                due = min(due, unrung + _HAND_BACK_AFTER)
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(min(wait, _WATCH_LOOK))
@@ -11290,14 +11315,10 @@ class _Watch:
                         retry_at = time.monotonic() + _WATCH_LOOK
 
     def _act(self, hand_back):
-        """Hand back the claimed rows and ring for a workflow's step tasks not yet rung
-        for (when asked), write the counters if due. What
+        """Hand back the claimed rows (when asked), write the counters if due. What
         cannot be written stays with the main thread, which commits it later; returns
         False if the write failed."""
         child = self.child
-        if hand_back:
-            with contextlib.suppress(Exception):     # a ring only hastens a claim
-                _WorkflowRun.ring_late()
         rows = list(child.pending.claimed) if hand_back else []
         stats = child.stats.take()
         if not rows and not stats:
@@ -12103,7 +12124,8 @@ class _Child(_RunPipeline, _Offloading):
         next queue in turn."""
         if not outcomes and not want and not release:
             return []
-        rows = []
+        rows, claimed = [], []
+        expected = _WorkflowRun.take_expected() if outcomes else ()
         queues_left = len(self.queues) if want else 1
         while True:
             queue = self._next_queue()
@@ -12126,15 +12148,16 @@ class _Child(_RunPipeline, _Offloading):
                 if any(o.state == RETRY or o.state is _SUSPENDED and o.eta is not None
                        for o in outcomes):
                     self.control_bell.ring()  # the scheduler must learn the retry's ETA
-                if not want and any(o.state is _SUSPENDED for o in outcomes):
-                    # A step the run left unrung for this process to claim: it claims
-                    # nothing now (it stops), so its siblings must.
-                    self.work_bell.ring()
                 outcomes = []
             if follow is not None:
                 self._ring_follow_ups(follow)
+            claimed += rows
             queues_left -= 1
             if rows or queues_left <= 0:
+                if expected and not expected <= {row.id for row in claimed}:
+                    # A step its run left unrung for this claim went unclaimed (this
+                    # process stops, or it claimed other rows first): siblings must.
+                    self.work_bell.ring()
                 return rows
 
     def _ring_follow_ups(self, follow):

@@ -195,10 +195,17 @@ def noted(value):
     return value
 
 
+@app.step
+def pause(seconds):
+    time.sleep(seconds)
+
+
 @app.workflow
 def slow_between(x):
-    """A task step, then slow code that is no step (it waits up to 10 s for the step to
-    run), then the step's result: the seconds the first run's slow code lasted."""
+    """A step function, a task step, then slow code that is no step (it waits up to 10 s
+    for the task step to run), then the step's result: the seconds the first run's slow
+    code lasted."""
+    pause(0.05)                 # a first step: the run is past its first 10 ms
     r = beside.delay(x)
     began = time.time()
     while not os.path.exists(os.path.join(MARKS, f"beside.{x}")) and time.time() < began + 10:
