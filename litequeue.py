@@ -2453,19 +2453,25 @@ _SQL_CLAIM_DUE = _CLAIM_ROWS.format(
     seqs=f"SELECT seq FROM tasks WHERE {_DUE_ROWS} ORDER BY eta "
          f"LIMIT {_FAIR_SHARE.format(rows=_DUE_ROWS)}")
 # The limited lane (rate_key set: the name has a rate or a concurrency limit). A claim
-# takes from it first: at most one row of each name that may start one now, which is a
-# name whose rate limit has a start to give (next_start has passed) and whose concurrency
-# limit has a free slot, in a queue with a free slot (queue_limits). Slots are STARTED
-# rows, counted in the claim's own transaction (tasks_holding, tasks_running), so two
-# processes can never both take the last one. A limit that is not a whole number >= 1
-# (another client's) holds nothing, until the quarantine removes it.
-_QUEUE_FULL = """EXISTS (SELECT 1 FROM queue_limits AS ql
+# merges into its choice the rows of names that may start some now: a name whose rate
+# limit has a start to give (next_start has passed; then one row) and whose concurrency
+# limit has free slots (as many as those), in a queue with free slots (queue_limits).
+# Slots are STARTED rows, counted in the claim's own transaction, so two processes can
+# never both take the last one. A limit that is not a whole number >= 1 (another
+# client's) holds nothing, until the quarantine removes it.
+# STARTED rows of the queue (tasks_running: a few) and of a limited name (tasks_holding).
+_RUNNING_IN_QUEUE = """(SELECT count(*) FROM tasks INDEXED BY tasks_running
+                        WHERE state = 'STARTED' AND queue = :queue)"""
+_HOLDING_OF = """(SELECT count(*) FROM tasks INDEXED BY tasks_holding
+                  WHERE state = 'STARTED' AND rate_key = {key})"""
+# The free slots of a name's concurrency limit c (NULL: it has none, or no usable one).
+_NAME_ROOM = ("CASE WHEN typeof(c.max) = 'integer' AND c.max >= 1 THEN c.max - "
+              + _HOLDING_OF.format(key="{key}") + " END")
+_QUEUE_FULL = f"""EXISTS (SELECT 1 FROM queue_limits AS ql
         WHERE ql.queue = :queue AND typeof(ql.max) = 'integer' AND ql.max >= 1
-          AND ql.max <= (SELECT count(*) FROM tasks INDEXED BY tasks_running
-                         WHERE state = 'STARTED' AND queue = :queue))"""
-_SQL_QUEUE_ROOM = """
-    SELECT max - (SELECT count(*) FROM tasks INDEXED BY tasks_running
-                  WHERE state = 'STARTED' AND queue = :queue)
+          AND ql.max <= {_RUNNING_IN_QUEUE})"""
+_SQL_QUEUE_ROOM = f"""
+    SELECT max - {_RUNNING_IN_QUEUE}
     FROM queue_limits WHERE queue = :queue AND typeof(max) = 'integer' AND max >= 1
 """
 # Names with no waiting row in the queue are passed over: else they could take every
@@ -2474,10 +2480,7 @@ _SQL_QUEUE_ROOM = """
 # concurrency limit has free (NULL: no limit) and its per-key limit.
 _SQL_LANE_NAMES = f"""
     SELECT l.key, EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = l.key),
-           CASE WHEN typeof(c.max) = 'integer' AND c.max >= 1
-                THEN c.max - (SELECT count(*) FROM tasks INDEXED BY tasks_holding
-                              WHERE state = 'STARTED' AND rate_key = l.key) END AS room,
-           c.per_key
+           {_NAME_ROOM.format(key="l.key")} AS room, c.per_key
     FROM (SELECT key FROM rate_limits WHERE next_start <= :now
           UNION SELECT key FROM concurrency AS b
                 WHERE NOT EXISTS (SELECT 1 FROM rate_limits AS r WHERE r.key = b.key)) AS l
@@ -2523,9 +2526,8 @@ _SQL_LANE_FREE_HEADS = """
                 WHERE state = 'PENDING' AND rate_key = :key AND queue = :queue
                   AND conc_key IS keys.key ORDER BY priority DESC, seq LIMIT 1)
         FROM (SELECT key FROM k WHERE key IS NOT NULL UNION ALL SELECT NULL) AS keys
-        WHERE (SELECT count(*) FROM tasks INDEXED BY tasks_holding
-               WHERE state = 'STARTED' AND rate_key = :key AND conc_key IS keys.key)
-              < :per_key)
+        WHERE (SELECT count(*) FROM tasks INDEXED BY tasks_holding WHERE state = 'STARTED'
+               AND rate_key = :key AND conc_key IS keys.key) < :per_key)
     SELECT t.priority, t.seq, t.conc_key FROM heads JOIN tasks AS t ON t.seq = heads.seq
     ORDER BY t.priority DESC, t.seq LIMIT :n
 """
@@ -2558,9 +2560,7 @@ _SQL_NEXT_START = f"""
     SELECT min(r.next_start) FROM rate_limits AS r LEFT JOIN concurrency AS c ON c.key = r.key
     WHERE EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_limited
                   WHERE state = 'PENDING' AND rate_key = r.key AND queue = :queue)
-      AND (typeof(c.max) != 'integer' OR c.max < 1
-           OR (SELECT count(*) FROM tasks INDEXED BY tasks_holding
-               WHERE state = 'STARTED' AND rate_key = r.key) < c.max)
+      AND coalesce({_NAME_ROOM.format(key="r.key")}, 1) > 0
       AND NOT {_QUEUE_FULL}
       AND NOT EXISTS (SELECT 1 FROM paused WHERE queue = :queue)
 """
@@ -2907,13 +2907,9 @@ _SQL_SCHEDULES_OF_MODULE = "SELECT name FROM schedules WHERE module = :module"
 _SQL_RATE_LIMITS = "SELECT key, rate, interval, next_start FROM rate_limits ORDER BY key"
 _SQL_BOUNDS = "SELECT key, max, per_key FROM concurrency ORDER BY key"
 _SQL_QUEUE_LIMITS = "SELECT queue, max FROM queue_limits ORDER BY queue"
-_SQL_HOLDING = """
-    SELECT count(*) FROM tasks INDEXED BY tasks_holding WHERE state = 'STARTED' AND rate_key = :key
-"""
-_SQL_HOLDING_KEY = _SQL_HOLDING.rstrip() + " AND conc_key IS :conc_key"
-_SQL_RUNNING_IN = """
-    SELECT count(*) FROM tasks INDEXED BY tasks_running WHERE state = 'STARTED' AND queue = :queue
-"""
+_SQL_HOLDING = "SELECT " + _HOLDING_OF.format(key=":key")
+_SQL_HOLDING_KEY = "SELECT " + _HOLDING_OF.format(key=":key AND conc_key IS :conc_key")
+_SQL_RUNNING_IN = "SELECT " + _RUNNING_IN_QUEUE
 _SQL_PAUSE = "INSERT INTO paused (queue, since) VALUES (:queue, :now) ON CONFLICT DO NOTHING"
 _SQL_RESUME = "DELETE FROM paused WHERE queue = :queue"
 _SQL_PAUSED = "SELECT queue, since FROM paused ORDER BY queue"
@@ -3916,12 +3912,14 @@ class _Producing:
         """[(task name, max, per_key)]."""
         return self.conn.execute(_SQL_BOUNDS).fetchall()
 
-    def running_of(self, name, *conc_key):
-        """How many rows of a limited task name (and of one concurrency key, if given)
-        are STARTED."""
-        sql = _SQL_HOLDING_KEY if conc_key else _SQL_HOLDING
-        found = self.conn.execute(sql, {"key": name, "conc_key": (conc_key or [None])[0]})
-        return found.fetchall()[0][0]
+    def running_of(self, name):
+        """How many rows of a limited task name are STARTED."""
+        return self.conn.execute(_SQL_HOLDING, {"key": name}).fetchall()[0][0]
+
+    def running_of_key(self, name, conc_key):
+        """How many rows of a limited task name with this concurrency key are STARTED."""
+        return self.conn.execute(_SQL_HOLDING_KEY, {"key": name, "conc_key": conc_key}
+                                 ).fetchall()[0][0]
 
     def running_in(self, queue):
         return self.conn.execute(_SQL_RUNNING_IN, {"queue": queue}).fetchall()[0][0]
@@ -8019,9 +8017,10 @@ class Admin:
         storage = self.app._storage()
         queue = row["queue"]
         room = storage.queue_limits().get(queue)
-        if isinstance(room, int) and storage.running_in(queue) >= room > 0:
+        running = storage.running_in(queue) if isinstance(room, int) and room > 0 else None
+        if running is not None and running >= room:
             return (f"its queue {_shown(queue)} runs at most {room} task(s) at once (for "
-                    f"every worker on this file): {storage.running_in(queue)} are running")
+                    f"every worker on this file): {running} are running")
         bound = [b for b in storage.concurrency_limits() if b[0] == row.get("rate_key")]
         if not bound:
             return None
@@ -8031,7 +8030,7 @@ class Admin:
             return (f"concurrency limit: at most {most} of {_shown(key)} run at once (for "
                     f"every worker on this file): {running} are running")
         conc_key = row.get("conc_key")
-        running = storage.running_of(key, conc_key)
+        running = storage.running_of_key(key, conc_key)
         if isinstance(per_key, int) and running >= per_key > 0:
             return (f"concurrency limit per key: at most {per_key} of {_shown(key)} with "
                     f"concurrency_key {_shown(conc_key)} run at once (for every worker on "
